@@ -1,0 +1,120 @@
+//! `crust`: the command line over the crust engine, with criu's option names.
+
+mod demo;
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{ArgAction, Parser, Subcommand};
+
+use crust::dump::{dump, DumpOptions, DumpStats};
+
+#[derive(Parser)]
+#[command(name = "crust", version, about = "Checkpoint/restore for Linux process trees (CRIU-compatible images)")]
+struct Cli {
+    /// Write logs to this file instead of stderr.
+    #[arg(short = 'o', long = "log-file", global = true)]
+    log_file: Option<PathBuf>,
+    /// More log output (repeat for more).
+    #[arg(short = 'v', action = ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Freeze the process tree rooted at PID and write its state to DIR.
+    Dump {
+        /// Root of the process tree to dump.
+        #[arg(short = 't', long = "tree", value_name = "PID")]
+        pid: i32,
+        /// Directory for the images (created 0700 if missing).
+        #[arg(short = 'D', long = "images-dir", value_name = "DIR")]
+        dir: PathBuf,
+        /// Let the tree run on after the dump instead of killing it.
+        #[arg(short = 'R', long = "leave-running")]
+        leave_running: bool,
+        /// The tree is a job of a shell: its session leader is outside the tree.
+        #[arg(short = 'j', long = "shell-job")]
+        shell_job: bool,
+        /// Print the stats as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Decode the images in DIR and print them as JSON.
+    Show {
+        /// An images directory, or one image file.
+        path: PathBuf,
+    },
+    /// Start the bundled test_mm, checkpoint it and show what was saved.
+    Demo,
+}
+
+fn init_logging(cli: &Cli) -> Result<()> {
+    let level = match cli.verbose {
+        0 => log::LevelFilter::Warn,
+        1 => log::LevelFilter::Info,
+        2 => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    };
+    let mut b = env_logger::Builder::new();
+    b.filter_level(level).format_timestamp_micros();
+    if let Some(path) = &cli.log_file {
+        let f = File::create(path).with_context(|| format!("creating log file {}", path.display()))?;
+        b.target(env_logger::Target::Pipe(Box::new(f)));
+    }
+    b.try_init().context("setting up logging")?;
+    Ok(())
+}
+
+pub fn print_dump_stats(s: &DumpStats, dir: &std::path::Path) {
+    println!(
+        "dumped {} process(es), {} thread(s) to {}: frozen {:.1} ms (freezing {:.1} ms), {} of {} pages written, {:.1} MiB of images",
+        s.processes,
+        s.threads,
+        dir.display(),
+        s.frozen_time_us as f64 / 1e3,
+        s.freezing_time_us as f64 / 1e3,
+        s.pages_written,
+        s.pages_scanned,
+        s.bytes_written as f64 / (1 << 20) as f64,
+    );
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Dump { pid, dir, leave_running, shell_job, json } => {
+            let opts = DumpOptions { pid, dir: dir.clone(), leave_running, shell_job };
+            let stats = dump(&opts).with_context(|| format!("dump of process {pid} failed"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+            } else {
+                print_dump_stats(&stats, &dir);
+            }
+        }
+        Command::Show { path } => {
+            let v = if path.is_dir() { crust::show::show_dir(&path)? } else { crust::show::show_file(&path)? };
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Command::Demo => demo::run()?,
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = init_logging(&cli) {
+        eprintln!("crust: error: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("crust: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,487 @@
+//! `crust dump`: freeze a tree, write its state as CRIU images, then kill it or
+//! let it run on.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::arch;
+use crate::cgroups::CgroupRecorder;
+use crate::error::{Context, Error, Result};
+use crate::files::{FileTable, OpenFd};
+use crate::images::proto::{
+    core_entry::March, CoreEntry, DumpStatsEntry, FsEntry, InventoryEntry, ItimerEntry, Lsmtype, MmEntry,
+    PagemapEntry, PagemapHead, PstreeEntry, RseqEntry, SaEntry, SiginfoEntry, SignalQueueEntry, StatsEntry,
+    TaskCoreEntry, TaskKobjIdsEntry, TaskTimersEntry, ThreadCoreEntry, ThreadInfoX86, ThreadSasEntry, VmaEntry,
+};
+use crate::images::{ImageDir, Kind};
+use crate::mem::{self, Backing, PageReader, Vma, PAGE_SIZE};
+use crate::proc;
+use crate::ptrace::{self, RemoteThread};
+use crate::tree::{FrozenProcess, FrozenTree};
+
+#[derive(Clone, Debug)]
+pub struct DumpOptions {
+    pub pid: i32,
+    pub dir: PathBuf,
+    pub leave_running: bool,
+    pub shell_job: bool,
+}
+
+/// What a dump did, for the user and for stats-dump.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DumpStats {
+    pub processes: usize,
+    pub threads: usize,
+    pub freezing_time_us: u64,
+    pub frozen_time_us: u64,
+    pub memdump_time_us: u64,
+    pub memwrite_time_us: u64,
+    pub pages_scanned: u64,
+    pub pages_written: u64,
+    pub bytes_written: u64,
+}
+
+// task_core_entry.task_state values (CRIU's).
+const TASK_ALIVE: u32 = 1;
+const TASK_STOPPED: u32 = 3;
+const PE_PRESENT: u32 = 4;
+const IMG_VERSION: u32 = 2;
+
+fn us(d: Duration) -> u64 {
+    d.as_micros() as u64
+}
+
+pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
+    let start = Instant::now();
+    let tree = FrozenTree::seize(opts.pid)?;
+    let frozen_at = Instant::now();
+    let mut stats = DumpStats {
+        processes: tree.processes.len(),
+        threads: tree.thread_count(),
+        freezing_time_us: us(frozen_at - start),
+        ..Default::default()
+    };
+    check_session(&tree, opts)?;
+
+    let mut dir = ImageDir::create(&opts.dir)?;
+    let mut files = FileTable::default();
+    let mut cgroups = CgroupRecorder::new()?;
+    let mut kobj = KobjIds::default();
+    let mut root_ids = None;
+    for (n, p) in tree.processes.iter().enumerate() {
+        let ids = dump_process(p, n as u32 + 1, &mut dir, &mut files, &mut cgroups, &mut kobj, &mut stats)?;
+        root_ids.get_or_insert(ids);
+    }
+    let mut w = dir.writer("pstree.img", Kind::Pstree)?;
+    for p in &tree.processes {
+        w.entry(&PstreeEntry {
+            pid: p.pid as u32,
+            ppid: if p.pid == opts.pid { 0 } else { p.ppid as u32 },
+            pgid: p.pgid as u32,
+            sid: p.sid as u32,
+            threads: p.threads.iter().map(|&t| t as u32).collect(),
+        })?;
+    }
+    stats.bytes_written += w.finish()?;
+    stats.bytes_written += files.write(&mut dir)?;
+    let mut w = dir.writer("cgroup.img", Kind::Cgroup)?;
+    w.entry(&cgroups.entry())?;
+    stats.bytes_written += w.finish()?;
+    let mut w = dir.writer("inventory.img", Kind::Inventory)?;
+    w.entry(&InventoryEntry {
+        img_version: IMG_VERSION,
+        fdinfo_per_id: Some(true),
+        root_ids,
+        ns_per_id: Some(true),
+        root_cg_set: Some(crate::cgroups::SAME_AS_DUMPER),
+        lsmtype: Some(Lsmtype::NoLsm as i32),
+        ..Default::default()
+    })?;
+    stats.bytes_written += w.finish()?;
+
+    stats.frozen_time_us = us(frozen_at.elapsed());
+    let mut w = dir.writer("stats-dump", Kind::Stats)?;
+    w.entry(&StatsEntry {
+        dump: Some(DumpStatsEntry {
+            freezing_time: stats.freezing_time_us as u32,
+            frozen_time: stats.frozen_time_us as u32,
+            memdump_time: stats.memdump_time_us as u32,
+            memwrite_time: stats.memwrite_time_us as u32,
+            pages_scanned: stats.pages_scanned,
+            pages_skipped_parent: 0,
+            pages_written: stats.pages_written,
+            pages_lazy: 0,
+            ..Default::default()
+        }),
+        restore: None,
+    })?;
+    stats.bytes_written += w.finish()?;
+    dir.commit()?;
+
+    if opts.leave_running {
+        drop(tree);
+    } else {
+        tree.kill();
+    }
+    stats.frozen_time_us = us(frozen_at.elapsed());
+    Ok(stats)
+}
+
+/// A tree whose session or process group lives outside it belongs to a shell's
+/// job; like criu, dump it only when the user says so with --shell-job.
+fn check_session(tree: &FrozenTree, opts: &DumpOptions) -> Result<()> {
+    if opts.shell_job {
+        return Ok(());
+    }
+    let inside = |pid: i32| tree.processes.iter().any(|p| p.pid == pid);
+    for p in &tree.processes {
+        for (what, leader) in [("session", p.sid), ("process group", p.pgid)] {
+            if !inside(leader) {
+                let comm = proc::read_string(&format!("/proc/{leader}/comm")).unwrap_or_default();
+                return Err(Error::Invalid(format!(
+                    "process {} belongs to {what} {leader}, whose leader ({leader} {}) is not in the dumped tree; \
+                     if it is a job started from a shell, dump it with --shell-job",
+                    p.pid,
+                    comm.trim()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Small ids for kernel objects that tasks may share (namespaces, fd tables, ...).
+#[derive(Default)]
+struct KobjIds {
+    namespaces: Vec<(String, u64)>,
+}
+
+impl KobjIds {
+    fn ns(&mut self, pid: i32, ns: &str) -> Option<u32> {
+        let ino = proc::ns_inode(pid, ns)?;
+        let key = (ns.to_string(), ino);
+        let pos = self.namespaces.iter().position(|k| *k == key).unwrap_or_else(|| {
+            self.namespaces.push(key);
+            self.namespaces.len() - 1
+        });
+        Some(pos as u32 + 1)
+    }
+}
+
+/// State only visible from inside the process: gathered by syscalls run in it.
+struct InsideProcess {
+    sigactions: Vec<SaEntry>,
+    brk: u64,
+    timers: TaskTimersEntry,
+}
+
+struct InsideThread {
+    sas: ThreadSasEntry,
+    clear_tid_addr: u64,
+    pdeath_sig: u32,
+    secbits: u32,
+}
+
+fn remote_err(tid: i32, what: &str, r: i64) -> Error {
+    Error::Invalid(format!("task {tid}: {what} failed inside the task: {}", nix::errno::Errno::from_raw(-r as i32)))
+}
+
+fn inside_process(rt: &RemoteThread, tid: i32) -> Result<InsideProcess> {
+    let buf = rt.scratch();
+    let mut sigactions = Vec::new();
+    for sig in 1..=64u64 {
+        if sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64 {
+            continue;
+        }
+        let r = rt.syscall(libc::SYS_rt_sigaction, [sig, 0, buf, 8, 0, 0])?;
+        if r < 0 {
+            return Err(remote_err(tid, "rt_sigaction", r));
+        }
+        let b = rt.read_scratch(32)?;
+        let word = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+        sigactions.push(SaEntry { sigaction: word(0), flags: word(1), restorer: word(2), mask: word(3), ..Default::default() });
+    }
+    let brk = rt.syscall(libc::SYS_brk, [0; 6])? as u64;
+    let itimer = |which: u64| -> Result<ItimerEntry> {
+        let r = rt.syscall(libc::SYS_getitimer, [which, buf, 0, 0, 0, 0])?;
+        if r < 0 {
+            return Err(remote_err(tid, "getitimer", r));
+        }
+        let b = rt.read_scratch(32)?;
+        let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+        Ok(ItimerEntry { isec: w(0), iusec: w(1), vsec: w(2), vusec: w(3) })
+    };
+    let timers = TaskTimersEntry {
+        real: itimer(libc::ITIMER_REAL as u64)?,
+        virt: itimer(libc::ITIMER_VIRTUAL as u64)?,
+        prof: itimer(libc::ITIMER_PROF as u64)?,
+        posix: Vec::new(),
+    };
+    Ok(InsideProcess { sigactions, brk, timers })
+}
+
+fn inside_thread(rt: &RemoteThread, tid: i32) -> Result<InsideThread> {
+    let buf = rt.scratch();
+    let r = rt.syscall(libc::SYS_sigaltstack, [0, buf, 0, 0, 0, 0])?;
+    if r < 0 {
+        return Err(remote_err(tid, "sigaltstack", r));
+    }
+    let b = rt.read_scratch(24)?;
+    let sas = ThreadSasEntry {
+        ss_sp: u64::from_le_bytes(b[0..8].try_into().expect("8 bytes")),
+        ss_flags: u32::from_le_bytes(b[8..12].try_into().expect("4 bytes")),
+        ss_size: u64::from_le_bytes(b[16..24].try_into().expect("8 bytes")),
+    };
+    let r = rt.syscall(libc::SYS_prctl, [libc::PR_GET_TID_ADDRESS as u64, buf, 0, 0, 0, 0])?;
+    if r < 0 {
+        return Err(remote_err(tid, "prctl(PR_GET_TID_ADDRESS)", r));
+    }
+    let clear_tid_addr = u64::from_le_bytes(rt.read_scratch(8)?.try_into().expect("8 bytes"));
+    let r = rt.syscall(libc::SYS_prctl, [libc::PR_GET_PDEATHSIG as u64, buf, 0, 0, 0, 0])?;
+    if r < 0 {
+        return Err(remote_err(tid, "prctl(PR_GET_PDEATHSIG)", r));
+    }
+    let pdeath_sig = u32::from_le_bytes(rt.read_scratch(4)?.try_into().expect("4 bytes"));
+    let r = rt.syscall(libc::SYS_prctl, [libc::PR_GET_SECUREBITS as u64, 0, 0, 0, 0, 0])?;
+    if r < 0 {
+        return Err(remote_err(tid, "prctl(PR_GET_SECUREBITS)", r));
+    }
+    Ok(InsideThread { sas, clear_tid_addr, pdeath_sig, secbits: r as u32 })
+}
+
+fn signal_queue(raw: Vec<[u8; 128]>) -> Option<SignalQueueEntry> {
+    (!raw.is_empty()).then(|| SignalQueueEntry { signals: raw.into_iter().map(|s| SiginfoEntry { siginfo: s.to_vec() }).collect() })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn dump_process(
+    p: &FrozenProcess,
+    index: u32,
+    dir: &mut ImageDir,
+    files: &mut FileTable,
+    cgroups: &mut CgroupRecorder,
+    kobj: &mut KobjIds,
+    stats: &mut DumpStats,
+) -> Result<TaskKobjIdsEntry> {
+    let pid = p.pid;
+    let vmas = mem::read_vmas(pid)?;
+    let gadget = mem::vdso_syscall_gadget(pid, &vmas)?;
+    let writable = |a: u64, b: u64| {
+        vmas.iter().any(|v| v.start <= a && b <= v.end && v.prot & libc::PROT_WRITE as u32 != 0)
+    };
+
+    // The same numbers name this process's memory, fd table, fs and signal handlers:
+    // crust does not support processes sharing them without being threads.
+    let ids = TaskKobjIdsEntry {
+        vm_id: index,
+        files_id: index,
+        fs_id: index,
+        sighand_id: index,
+        pid_ns_id: kobj.ns(pid, "pid"),
+        net_ns_id: kobj.ns(pid, "net"),
+        ipc_ns_id: kobj.ns(pid, "ipc"),
+        uts_ns_id: kobj.ns(pid, "uts"),
+        mnt_ns_id: kobj.ns(pid, "mnt"),
+        user_ns_id: kobj.ns(pid, "user"),
+        cgroup_ns_id: kobj.ns(pid, "cgroup"),
+        time_ns_id: kobj.ns(pid, "time"),
+    };
+    let cg_set = cgroups.set_of(pid)?;
+    let leader_stat = proc::stat(pid, pid)?;
+    let leader_status = proc::status(pid, pid)?;
+
+    // Per-thread state, the leader first; the leader also answers for the process.
+    let mut inside_proc = None;
+    for &tid in &p.threads {
+        let regs = ptrace::regs(tid)?;
+        let xsave = ptrace::xstate(tid)?;
+        let rt = RemoteThread::start(tid, gadget, writable)?;
+        if tid == pid {
+            inside_proc = Some(inside_process(&rt, tid)?);
+        }
+        let inside = inside_thread(&rt, tid)?;
+        rt.finish()?;
+
+        let st = proc::stat(pid, tid)?;
+        let status = proc::status(pid, tid)?;
+        let (futex_rla, futex_rla_len) = proc::robust_list(tid)?;
+        let (sched_policy, sched_prio) = proc::sched(tid);
+        let rseq = ptrace::rseq_config(tid)?;
+        let comm = proc::read_string(&format!("/proc/{pid}/task/{tid}/comm"))?.trim_end_matches('\n').to_string();
+        let thread_core = ThreadCoreEntry {
+            futex_rla,
+            futex_rla_len,
+            sched_nice: Some(st.nice as i32),
+            sched_policy: Some(sched_policy),
+            sched_prio: Some(sched_prio),
+            blk_sigset: Some(ptrace::sigmask(tid)?),
+            sas: Some(inside.sas),
+            pdeath_sig: Some(inside.pdeath_sig),
+            signals_p: signal_queue(ptrace::pending_signals(tid, false)?),
+            creds: Some(proc::creds(&status, inside.secbits)),
+            comm: Some(comm.clone()),
+            rseq_entry: (rseq.rseq_abi_size != 0).then_some(RseqEntry {
+                rseq_abi_pointer: rseq.rseq_abi_pointer,
+                rseq_abi_size: rseq.rseq_abi_size,
+                signature: rseq.signature,
+                rseq_cs_pointer: None,
+            }),
+            cg_set: Some(cg_set),
+            ..Default::default()
+        };
+        let tc = if tid == pid {
+            let inside = inside_proc.as_ref().expect("leader dumped first");
+            Some(TaskCoreEntry {
+                task_state: if p.stopped { TASK_STOPPED } else { TASK_ALIVE },
+                exit_code: 0,
+                personality: proc::personality(pid)?,
+                flags: leader_stat.flags,
+                blk_sigset: thread_core.blk_sigset.unwrap_or(0),
+                comm,
+                timers: Some(inside.timers.clone()),
+                rlimits: Some(proc::rlimits(pid)?),
+                cg_set: Some(cg_set),
+                signals_s: signal_queue(ptrace::pending_signals(tid, true)?),
+                loginuid: proc::read_string(&format!("/proc/{pid}/loginuid")).ok().and_then(|s| s.trim().parse().ok()),
+                oom_score_adj: proc::read_string(&format!("/proc/{pid}/oom_score_adj"))
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok()),
+                sigactions: inside.sigactions.clone(),
+                ..Default::default()
+            })
+        } else {
+            None
+        };
+        let core = CoreEntry {
+            mtype: March::X8664 as i32,
+            thread_info: Some(ThreadInfoX86 {
+                clear_tid_addr: inside.clear_tid_addr,
+                gpregs: arch::gpregs(&regs),
+                fpregs: arch::fpregs(&xsave),
+                tls: Vec::new(),
+            }),
+            ids: (tid == pid).then(|| ids.clone()),
+            tc,
+            thread_core: Some(thread_core),
+        };
+        let mut w = dir.writer(&format!("core-{tid}.img"), Kind::Core)?;
+        w.entry(&core)?;
+        stats.bytes_written += w.finish()?;
+    }
+    let inside = inside_proc.expect("the leader is always among the threads");
+
+    // Memory: the layout, then the pages that hold contents of their own.
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ctx(|| format!("reading /proc/{pid}/exe"))?;
+    let exe_file_id = files.path_id(&exe.to_string_lossy(), libc::O_RDONLY as u32)?;
+    let mut vma_entries = Vec::new();
+    for v in &vmas {
+        vma_entries.push(vma_entry(v, files)?);
+    }
+    let mm = MmEntry {
+        mm_start_code: leader_stat.startcode,
+        mm_end_code: leader_stat.endcode,
+        mm_start_data: leader_stat.start_data.unwrap_or(0),
+        mm_end_data: leader_stat.end_data.unwrap_or(0),
+        mm_start_stack: leader_stat.startstack,
+        mm_start_brk: leader_stat.start_brk.unwrap_or(0),
+        mm_brk: inside.brk,
+        mm_arg_start: leader_stat.arg_start.unwrap_or(0),
+        mm_arg_end: leader_stat.arg_end.unwrap_or(0),
+        mm_env_start: leader_stat.env_start.unwrap_or(0),
+        mm_env_end: leader_stat.env_end.unwrap_or(0),
+        exe_file_id,
+        mm_saved_auxv: proc::auxv(pid)?,
+        vmas: vma_entries,
+        dumpable: None,
+        ..Default::default()
+    };
+    let mut w = dir.writer(&format!("mm-{pid}.img"), Kind::Mm)?;
+    w.entry(&mm)?;
+    stats.bytes_written += w.finish()?;
+    dump_pages(pid, index, &vmas, dir, stats)?;
+
+    // Files: fd table, cwd and root.
+    let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ctx(|| format!("listing /proc/{pid}/fd"))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    fds.sort_unstable();
+    let mut w = dir.writer(&format!("fdinfo-{index}.img"), Kind::Fdinfo)?;
+    for fd in fds {
+        let open = OpenFd::read(pid, fd)?;
+        w.entry(&files.dump_fd(&open)?)?;
+    }
+    stats.bytes_written += w.finish()?;
+    let dir_flags = (libc::O_RDONLY | libc::O_DIRECTORY) as u32;
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ctx(|| format!("reading /proc/{pid}/cwd"))?;
+    let root = std::fs::read_link(format!("/proc/{pid}/root")).ctx(|| format!("reading /proc/{pid}/root"))?;
+    let fs = FsEntry {
+        cwd_id: files.path_id(&cwd.to_string_lossy(), dir_flags)?,
+        root_id: files.path_id(&root.to_string_lossy(), dir_flags)?,
+        umask: leader_status.umask,
+    };
+    let mut w = dir.writer(&format!("fs-{pid}.img"), Kind::Fs)?;
+    w.entry(&fs)?;
+    stats.bytes_written += w.finish()?;
+    let mut w = dir.writer(&format!("ids-{pid}.img"), Kind::Ids)?;
+    w.entry(&ids)?;
+    stats.bytes_written += w.finish()?;
+    Ok(ids)
+}
+
+fn vma_entry(v: &Vma, files: &mut FileTable) -> Result<VmaEntry> {
+    let shmid = match &v.backing {
+        Backing::File { path, .. } => {
+            let writable_shared = v.shared() && v.prot & libc::PROT_WRITE as u32 != 0;
+            let flags = if writable_shared { libc::O_RDWR } else { libc::O_RDONLY } as u32;
+            files.path_id(&path.to_string_lossy(), flags)? as u64
+        }
+        _ => 0,
+    };
+    Ok(VmaEntry {
+        start: v.start,
+        end: v.end,
+        pgoff: v.pgoff,
+        shmid,
+        prot: v.prot,
+        flags: v.flags,
+        status: v.status,
+        fd: -1,
+        madv: None,
+        fdflags: None,
+    })
+}
+
+/// pagemap-PID.img and pages-N.img: the runs of saved pages and their contents.
+fn dump_pages(pid: i32, pages_id: u32, vmas: &[Vma], dir: &mut ImageDir, stats: &mut DumpStats) -> Result<()> {
+    let t = Instant::now();
+    let (runs, scanned) = mem::private_page_runs(pid, vmas)?;
+    stats.pages_scanned += scanned;
+    let mut map = dir.writer(&format!("pagemap-{pid}.img"), Kind::Pagemap)?;
+    map.entry(&PagemapHead { pages_id })?;
+    let mut pages = dir.writer(&format!("pages-{pages_id}.img"), Kind::Pages)?;
+    let reader = PageReader::new(pid)?;
+    const CHUNK: u64 = 1 << 20;
+    let mut buf = vec![0u8; CHUNK as usize];
+    let mut read_time = Duration::ZERO;
+    for run in &runs {
+        map.entry(&PagemapEntry { vaddr: run.vaddr, nr_pages: run.nr_pages as u32, in_parent: None, flags: Some(PE_PRESENT) })?;
+        let mut addr = run.vaddr;
+        let end = run.vaddr + run.nr_pages * PAGE_SIZE;
+        while addr < end {
+            let n = (end - addr).min(CHUNK) as usize;
+            let r = Instant::now();
+            reader.read(addr, &mut buf[..n])?;
+            read_time += r.elapsed();
+            pages.raw(&buf[..n])?;
+            addr += n as u64;
+        }
+        stats.pages_written += run.nr_pages;
+    }
+    stats.bytes_written += map.finish()? + pages.finish()?;
+    stats.memdump_time_us += us(read_time);
+    stats.memwrite_time_us += us(t.elapsed().saturating_sub(read_time));
+    Ok(())
+}

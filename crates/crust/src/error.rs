@@ -1,0 +1,52 @@
+//! Typed errors of the engine. Every error carries what crust was doing, so the CLI
+//! can print one line that a user can act on.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{context}: {source}")]
+    Sys {
+        context: String,
+        #[source]
+        source: nix::Error,
+    },
+    /// A malformed, truncated or unexpected image, located by file and byte offset.
+    #[error("{}: at offset {offset}: {what}", file.display())]
+    Image {
+        file: PathBuf,
+        offset: u64,
+        what: String,
+    },
+    /// Something in the target crust does not handle yet; the message names it.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The request itself cannot be carried out (no such pid, bad argument, ...).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Attach a description of the operation to low-level errors.
+pub trait Context<T> {
+    fn ctx<S: Into<String>>(self, f: impl FnOnce() -> S) -> Result<T>;
+}
+
+impl<T> Context<T> for std::io::Result<T> {
+    fn ctx<S: Into<String>>(self, f: impl FnOnce() -> S) -> Result<T> {
+        self.map_err(|source| Error::Io { context: f().into(), source })
+    }
+}
+
+impl<T> Context<T> for nix::Result<T> {
+    fn ctx<S: Into<String>>(self, f: impl FnOnce() -> S) -> Result<T> {
+        self.map_err(|source| Error::Sys { context: f().into(), source })
+    }
+}

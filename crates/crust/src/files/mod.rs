@@ -1,0 +1,241 @@
+//! Open files: the fd table of each task and the files behind it.
+//!
+//! One module per kind of file, each with its dump side (and later its restore
+//! side) next to each other; [`HANDLERS`] dispatches an fd to its kind. Adding a
+//! kind of fd means one new module and one new row in the table.
+
+pub mod pipe;
+pub mod reg;
+pub mod tty;
+
+use std::collections::HashMap;
+use std::os::fd::{FromRawFd, OwnedFd};
+
+use nix::errno::Errno;
+use nix::sys::stat::{stat, FileStat, SFlag};
+
+use crate::error::{Context, Error, Result};
+use crate::images::proto::{FdinfoEntry, FileEntry, FownEntry, PipeDataEntry, TtyInfoEntry};
+use crate::images::{Kind, ImageDir};
+
+/// One fd of a stopped task, as /proc describes it.
+pub struct OpenFd {
+    pub pid: i32,
+    pub fd: i32,
+    /// Target of /proc/PID/fd/FD: a path, `pipe:[ino]`, `socket:[ino]`, `anon_inode:...`.
+    pub link: String,
+    pub stat: FileStat,
+    pub pos: u64,
+    /// Open flags of the file description (without O_CLOEXEC, which belongs to the fd).
+    pub flags: u32,
+    pub cloexec: bool,
+}
+
+impl OpenFd {
+    pub fn read(pid: i32, fd: i32) -> Result<OpenFd> {
+        let path = format!("/proc/{pid}/fd/{fd}");
+        let link = std::fs::read_link(&path).ctx(|| format!("reading {path}"))?.to_string_lossy().into_owned();
+        let stat = stat(path.as_str()).ctx(|| format!("stat {path} ({link})"))?;
+        let info_path = format!("/proc/{pid}/fdinfo/{fd}");
+        let info = std::fs::read_to_string(&info_path).ctx(|| format!("reading {info_path}"))?;
+        let field = |name: &str| {
+            info.lines().find_map(|l| l.strip_prefix(name)).map(str::trim).unwrap_or("0").to_string()
+        };
+        let pos = field("pos:").parse().unwrap_or(0);
+        let raw_flags = u32::from_str_radix(&field("flags:"), 8).unwrap_or(0);
+        let cloexec = raw_flags & libc::O_CLOEXEC as u32 != 0;
+        Ok(OpenFd { pid, fd, link, stat, pos, flags: raw_flags & !(libc::O_CLOEXEC as u32), cloexec })
+    }
+
+    pub fn file_type(&self) -> SFlag {
+        SFlag::from_bits_truncate(self.stat.st_mode & SFlag::S_IFMT.bits())
+    }
+
+    /// A copy of the task's fd in crust, without running code in the task.
+    pub fn take(&self) -> Result<OwnedFd> {
+        take_fd(self.pid, self.fd).ctx(|| format!("taking fd {} of process {} ({})", self.fd, self.pid, self.link))
+    }
+
+    fn unsupported(&self, what: &str) -> Error {
+        Error::Unsupported(format!("process {}: fd {} ({}): {what} not supported yet", self.pid, self.fd, self.link))
+    }
+}
+
+fn take_fd(pid: i32, fd: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: plain syscalls; each returned fd is new and owned by us.
+    unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0);
+        if pidfd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let pidfd = OwnedFd::from_raw_fd(pidfd as i32);
+        let r = libc::syscall(libc::SYS_pidfd_getfd, std::os::fd::AsRawFd::as_raw_fd(&pidfd), fd, 0);
+        if r < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(OwnedFd::from_raw_fd(r as i32))
+    }
+}
+
+/// The fown_entry of a file: who gets SIGIO. crust does not restore async owners
+/// yet, so it records none set and refuses files that have one.
+fn fown_of(fd: &OpenFd) -> Result<FownEntry> {
+    let info = std::fs::read_to_string(format!("/proc/{}/fdinfo/{}", fd.pid, fd.fd)).unwrap_or_default();
+    if fd.flags & libc::O_ASYNC as u32 != 0 {
+        return Err(fd.unsupported("O_ASYNC files are"));
+    }
+    let _ = info;
+    Ok(FownEntry::default())
+}
+
+/// A kind of file: how to recognise it and how to dump it.
+pub struct Handler {
+    pub name: &'static str,
+    pub matches: fn(&OpenFd) -> bool,
+    pub dump: fn(&OpenFd, &mut FileTable) -> Result<FileEntry>,
+}
+
+/// Tried in order; the first that matches handles the fd.
+pub static HANDLERS: &[Handler] = &[tty::HANDLER, pipe::HANDLER, reg::HANDLER];
+
+/// Everything that goes into files.img and its companions, with the ids shared
+/// between tasks: one entry per open file description, however many fds and
+/// tasks share it.
+#[derive(Default)]
+pub struct FileTable {
+    next_id: u32,
+    pub files: Vec<FileEntry>,
+    /// fds already dumped, by inode, to find shared descriptions with kcmp.
+    seen: HashMap<(u64, u64), Vec<(i32, i32, u32)>>,
+    /// Files known by path alone (mapped files, cwd, root, exe), by (path, flags).
+    by_path: HashMap<(String, u32), u32>,
+    pub pipe_data: Vec<(PipeDataEntry, Vec<u8>)>,
+    pub tty_infos: Vec<TtyInfoEntry>,
+}
+
+impl FileTable {
+    pub fn new_id(&mut self) -> u32 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// The id of a regular file opened by path (not through a task's fd).
+    pub fn path_id(&mut self, path: &str, flags: u32) -> Result<u32> {
+        if let Some(id) = self.by_path.get(&(path.to_string(), flags)) {
+            return Ok(*id);
+        }
+        let id = self.new_id();
+        let entry = reg::entry_for_path(id, path, flags)?;
+        self.files.push(entry);
+        self.by_path.insert((path.to_string(), flags), id);
+        Ok(id)
+    }
+
+    /// Dump one fd: find the description it shares with an fd seen before, or
+    /// dump the file through its kind's handler.
+    pub fn dump_fd(&mut self, fd: &OpenFd) -> Result<FdinfoEntry> {
+        let key = (fd.stat.st_dev, fd.stat.st_ino);
+        let existing = self.seen.get(&key).and_then(|list| {
+            list.iter().find(|(pid, n, _)| same_description(fd.pid, fd.fd, *pid, *n)).map(|(_, _, id)| *id)
+        });
+        let handler = HANDLERS
+            .iter()
+            .find(|h| (h.matches)(fd))
+            .ok_or_else(|| fd.unsupported(&describe_unknown(fd)))?;
+        let (id, file_type) = match existing {
+            Some(id) => {
+                let ty = self.files.iter().find(|f| f.id == id).map(|f| f.r#type).unwrap_or_default();
+                (id, ty)
+            }
+            None => {
+                log::debug!("process {}: fd {} ({}) is a {}", fd.pid, fd.fd, fd.link, handler.name);
+                let entry = (handler.dump)(fd, self)?;
+                let ty = entry.r#type;
+                let id = entry.id;
+                self.files.push(entry);
+                self.seen.entry(key).or_default().push((fd.pid, fd.fd, id));
+                (id, ty)
+            }
+        };
+        Ok(FdinfoEntry {
+            id,
+            flags: if fd.cloexec { libc::FD_CLOEXEC as u32 } else { 0 },
+            r#type: file_type,
+            fd: fd.fd as u32,
+            ..Default::default()
+        })
+    }
+
+    /// files.img, pipes-data.img and tty-info.img.
+    pub fn write(&self, dir: &mut ImageDir) -> Result<u64> {
+        let mut bytes = 0;
+        let mut w = dir.writer("files.img", Kind::Files)?;
+        for f in &self.files {
+            w.entry(f)?;
+        }
+        bytes += w.finish()?;
+        if !self.pipe_data.is_empty() {
+            let mut w = dir.writer("pipes-data.img", Kind::PipesData)?;
+            for (entry, data) in &self.pipe_data {
+                w.entry(entry)?;
+                w.raw(data)?;
+            }
+            bytes += w.finish()?;
+        }
+        if !self.tty_infos.is_empty() {
+            let mut w = dir.writer("tty-info.img", Kind::TtyInfo)?;
+            for t in &self.tty_infos {
+                w.entry(t)?;
+            }
+            bytes += w.finish()?;
+        }
+        Ok(bytes)
+    }
+}
+
+/// kcmp(KCMP_FILE): do two fds refer to one open file description?
+fn same_description(pid1: i32, fd1: i32, pid2: i32, fd2: i32) -> bool {
+    const KCMP_FILE: libc::c_int = 0;
+    // SAFETY: kcmp only compares kernel objects.
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, KCMP_FILE, fd1, fd2) };
+    r == 0
+}
+
+/// A precise name for an fd no handler takes, e.g. "unix sockets are".
+fn describe_unknown(fd: &OpenFd) -> String {
+    if fd.link.starts_with("socket:") {
+        let family = fd.take().ok().and_then(|s| {
+            let mut dom: libc::c_int = 0;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: getsockopt writes one int into `dom`.
+            let r = unsafe {
+                libc::getsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(&s),
+                    libc::SOL_SOCKET,
+                    libc::SO_DOMAIN,
+                    (&mut dom as *mut libc::c_int).cast(),
+                    &mut len,
+                )
+            };
+            Errno::result(r).ok().map(|_| dom)
+        });
+        let name = match family {
+            Some(libc::AF_UNIX) => "unix",
+            Some(libc::AF_INET) => "inet",
+            Some(libc::AF_INET6) => "inet6",
+            Some(libc::AF_NETLINK) => "netlink",
+            Some(libc::AF_PACKET) => "packet",
+            _ => "",
+        };
+        return format!("{name}{}sockets are", if name.is_empty() { "" } else { " " });
+    }
+    if let Some(kind) = fd.link.strip_prefix("anon_inode:") {
+        return format!("{} files are", kind.trim_matches(|c| c == '[' || c == ']'));
+    }
+    match fd.file_type() {
+        SFlag::S_IFIFO => "named FIFOs are".into(),
+        SFlag::S_IFCHR => "character devices other than ttys and memory devices are".into(),
+        SFlag::S_IFBLK => "block devices are".into(),
+        _ => "files of this kind are".into(),
+    }
+}

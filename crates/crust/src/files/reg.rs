@@ -1,0 +1,68 @@
+//! Regular files, directories, and the memory devices (/dev/null, /dev/zero, ...):
+//! everything that is reopened by path.
+
+use nix::sys::stat::{stat, SFlag};
+
+use super::{fown_of, FileTable, Handler, OpenFd};
+use crate::error::{Context, Error, Result};
+use crate::images::proto::{FdTypes, FileEntry, RegFileEntry};
+
+pub const HANDLER: Handler = Handler { name: "regular file", matches, dump };
+
+/// Major number of /dev/null, /dev/zero, /dev/urandom and their kin.
+const MEM_MAJOR: u64 = 1;
+
+fn matches(fd: &OpenFd) -> bool {
+    match fd.file_type() {
+        SFlag::S_IFREG | SFlag::S_IFDIR => fd.link.starts_with('/'),
+        SFlag::S_IFCHR => libc::major(fd.stat.st_rdev) as u64 == MEM_MAJOR,
+        _ => false,
+    }
+}
+
+fn dump(fd: &OpenFd, table: &mut FileTable) -> Result<FileEntry> {
+    if fd.link.ends_with(" (deleted)") {
+        return Err(fd.unsupported("deleted files are"));
+    }
+    let id = table.new_id();
+    let is_reg = fd.file_type() == SFlag::S_IFREG;
+    Ok(FileEntry {
+        r#type: FdTypes::Reg as i32,
+        id,
+        reg: Some(RegFileEntry {
+            id,
+            flags: fd.flags,
+            pos: fd.pos,
+            fown: fown_of(fd)?,
+            name: fd.link.clone(),
+            size: is_reg.then_some(fd.stat.st_size as u64),
+            mode: Some(fd.stat.st_mode),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+/// A regular-file entry for a file known only by path: a mapped file, the
+/// executable, a cwd or root directory.
+pub fn entry_for_path(id: u32, path: &str, flags: u32) -> Result<FileEntry> {
+    if path.ends_with(" (deleted)") {
+        return Err(Error::Unsupported(format!("{path}: deleted files are not supported yet")));
+    }
+    let st = stat(path).ctx(|| format!("stat {path}"))?;
+    let is_reg = st.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFREG.bits();
+    Ok(FileEntry {
+        r#type: FdTypes::Reg as i32,
+        id,
+        reg: Some(RegFileEntry {
+            id,
+            flags,
+            pos: 0,
+            name: path.to_string(),
+            size: is_reg.then_some(st.st_size as u64),
+            mode: Some(st.st_mode),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}

@@ -1,0 +1,101 @@
+//! Terminals: the slave side of a pseudo-terminal (/dev/pts/N). The terminal's
+//! settings (termios, window size, session and foreground group) go to
+//! tty-info.img once per terminal; each open file of it to files.img.
+
+use std::os::fd::AsRawFd;
+
+use nix::sys::stat::SFlag;
+use nix::sys::termios::tcgetattr;
+
+use super::{fown_of, FileTable, Handler, OpenFd};
+use crate::error::{Context, Result};
+use crate::images::proto::{
+    FdTypes, FileEntry, TermiosEntry, TtyFileEntry, TtyInfoEntry, TtyPtyEntry, TtyType, WinsizeEntry,
+};
+
+pub const HANDLER: Handler = Handler { name: "terminal", matches, dump };
+
+/// Majors of Unix98 pty slaves (/dev/pts/N).
+const PTS_MAJORS: std::ops::RangeInclusive<u64> = 136..=143;
+
+fn pts_index(fd: &OpenFd) -> Option<u32> {
+    let rdev = fd.stat.st_rdev;
+    let major = libc::major(rdev) as u64;
+    (fd.file_type() == SFlag::S_IFCHR && PTS_MAJORS.contains(&major))
+        .then(|| ((major - PTS_MAJORS.start()) as u32) * 256 + libc::minor(rdev))
+}
+
+fn matches(fd: &OpenFd) -> bool {
+    pts_index(fd).is_some()
+}
+
+fn dump(fd: &OpenFd, table: &mut FileTable) -> Result<FileEntry> {
+    let index = pts_index(fd).expect("matched a pty slave");
+    let rdev = fd.stat.st_rdev as u32;
+    let info_id = match table.tty_infos.iter().find(|t| t.rdev == rdev) {
+        Some(t) => t.id,
+        None => {
+            let id = table.new_id();
+            let info = tty_info(fd, id, index)?;
+            table.tty_infos.push(info);
+            id
+        }
+    };
+    let id = table.new_id();
+    Ok(FileEntry {
+        r#type: FdTypes::Tty as i32,
+        id,
+        tty: Some(TtyFileEntry { id, tty_info_id: info_id, flags: fd.flags, fown: fown_of(fd)?, ..Default::default() }),
+        ..Default::default()
+    })
+}
+
+fn tty_info(fd: &OpenFd, id: u32, index: u32) -> Result<TtyInfoEntry> {
+    let what = || format!("reading terminal settings of {} (fd {} of process {})", fd.link, fd.fd, fd.pid);
+    let tty = fd.take()?;
+    let t = tcgetattr(&tty).ctx(what)?;
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: TIOCGWINSZ writes one winsize.
+    let r = unsafe { libc::ioctl(tty.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
+    nix::errno::Errno::result(r).ctx(what)?;
+    // Session and foreground group of the terminal, 0 when it is nobody's controlling tty.
+    let query = |req| {
+        let mut v: libc::pid_t = 0;
+        // SAFETY: both requests write one pid_t.
+        let r = unsafe { libc::ioctl(tty.as_raw_fd(), req, &mut v) };
+        if r < 0 {
+            0
+        } else {
+            v as u32
+        }
+    };
+    let raw: libc::termios = t.clone().into();
+    Ok(TtyInfoEntry {
+        id,
+        r#type: TtyType::Pty as i32,
+        locked: false,
+        exclusive: false,
+        packet_mode: false,
+        sid: query(libc::TIOCGSID),
+        pgrp: query(libc::TIOCGPGRP),
+        rdev: fd.stat.st_rdev as u32,
+        termios: Some(TermiosEntry {
+            c_iflag: raw.c_iflag,
+            c_oflag: raw.c_oflag,
+            c_cflag: raw.c_cflag,
+            c_lflag: raw.c_lflag,
+            c_line: raw.c_line as u32,
+            c_ispeed: raw.c_ispeed,
+            c_ospeed: raw.c_ospeed,
+            c_cc: raw.c_cc.iter().map(|&c| c as u32).collect(),
+        }),
+        winsize: Some(WinsizeEntry {
+            ws_row: ws.ws_row as u32,
+            ws_col: ws.ws_col as u32,
+            ws_xpixel: ws.ws_xpixel as u32,
+            ws_ypixel: ws.ws_ypixel as u32,
+        }),
+        pty: Some(TtyPtyEntry { index }),
+        ..Default::default()
+    })
+}

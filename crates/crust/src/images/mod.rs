@@ -1,0 +1,332 @@
+//! CRIU's image format: file names, magic words, framing, and an image directory
+//! that becomes visible only when a whole dump has been written.
+//!
+//! Every image but `inventory.img` starts with two u32 LE words (a head magic and
+//! the image's own magic); `inventory.img` has only its own magic; `pages-N.img` is
+//! raw. Each entry is a u32 LE length followed by a proto2 message.
+
+pub mod proto;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+
+use crate::error::{Context, Error, Result};
+
+pub const COMMON_MAGIC: u32 = 0x5456_4319;
+pub const SERVICE_MAGIC: u32 = 0x5510_5940;
+
+/// The kinds of image file crust reads and writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Inventory,
+    Pstree,
+    Core,
+    Mm,
+    Pagemap,
+    Pages,
+    Files,
+    Fdinfo,
+    Fs,
+    Ids,
+    Cgroup,
+    PipesData,
+    TtyInfo,
+    Stats,
+}
+
+impl Kind {
+    /// The image's own magic word (0 for raw images).
+    pub fn magic(self) -> u32 {
+        match self {
+            Kind::Inventory => 0x5831_3116,
+            Kind::Pstree => 0x5027_3030,
+            Kind::Core => 0x5505_3847,
+            Kind::Mm => 0x5749_2820,
+            Kind::Pagemap => 0x5608_4025,
+            Kind::Pages => 0,
+            Kind::Files => 0x5630_3138,
+            Kind::Fdinfo => 0x5621_3732,
+            Kind::Fs => 0x5140_3912,
+            Kind::Ids => 0x5443_2030,
+            Kind::Cgroup => 0x5938_3330,
+            Kind::PipesData => 0x5645_3709,
+            Kind::TtyInfo => 0x5945_3036,
+            Kind::Stats => 0x5709_3306,
+        }
+    }
+
+    /// The word that precedes the image's own magic, if any.
+    fn head_magic(self) -> Option<u32> {
+        match self {
+            Kind::Inventory | Kind::Pages => None,
+            Kind::Stats => Some(SERVICE_MAGIC),
+            _ => Some(COMMON_MAGIC),
+        }
+    }
+
+    /// Which kind a file in an image directory is, by its name.
+    pub fn of_file_name(name: &str) -> Option<Kind> {
+        let stem = name.strip_suffix(".img").unwrap_or(name);
+        let prefix = stem.rsplit_once('-').map_or(stem, |(p, id)| {
+            if id.bytes().all(|b| b.is_ascii_digit()) {
+                p
+            } else {
+                stem
+            }
+        });
+        Some(match prefix {
+            "inventory" => Kind::Inventory,
+            "pstree" => Kind::Pstree,
+            "core" => Kind::Core,
+            "mm" => Kind::Mm,
+            "pagemap" => Kind::Pagemap,
+            "pages" => Kind::Pages,
+            "files" => Kind::Files,
+            "fdinfo" => Kind::Fdinfo,
+            "fs" => Kind::Fs,
+            "ids" => Kind::Ids,
+            "cgroup" => Kind::Cgroup,
+            "pipes-data" => Kind::PipesData,
+            "tty-info" => Kind::TtyInfo,
+            "stats-dump" | "stats-restore" => Kind::Stats,
+            _ => return None,
+        })
+    }
+}
+
+/// Largest entry we accept; larger lengths mean a corrupted image.
+const MAX_ENTRY: u32 = 64 << 20;
+
+/// A directory of images being written. Files go to a private staging directory
+/// inside it and are moved into place by [`ImageDir::commit`], `inventory.img`
+/// last, so a dump that did not finish never looks like a whole one.
+pub struct ImageDir {
+    dir: PathBuf,
+    staging: PathBuf,
+    names: Vec<String>,
+    committed: bool,
+}
+
+impl ImageDir {
+    pub fn create(dir: &Path) -> Result<ImageDir> {
+        if !dir.exists() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .ctx(|| format!("creating images directory {}", dir.display()))?;
+        }
+        remove_stale_staging(dir);
+        let staging = dir.join(format!(".crust-staging-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&staging);
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&staging)
+            .ctx(|| format!("creating {}", staging.display()))?;
+        Ok(ImageDir { dir: dir.to_path_buf(), staging, names: Vec::new(), committed: false })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A new image file named `name`, with the magic words of `kind` already written.
+    pub fn writer(&mut self, name: &str, kind: Kind) -> Result<ImageWriter> {
+        let path = self.staging.join(name);
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .ctx(|| format!("creating image {}", path.display()))?;
+        self.names.push(name.to_string());
+        let mut w = ImageWriter { out: BufWriter::with_capacity(1 << 20, file), path, bytes: 0 };
+        if let Some(head) = kind.head_magic() {
+            w.put(&head.to_le_bytes())?;
+        }
+        if kind != Kind::Pages {
+            w.put(&kind.magic().to_le_bytes())?;
+        }
+        Ok(w)
+    }
+
+    /// Make the dump visible: sync, then move every file into place, inventory last.
+    pub fn commit(mut self) -> Result<()> {
+        let inventory = "inventory.img";
+        let _ = fs::remove_file(self.dir.join(inventory));
+        let mut names = std::mem::take(&mut self.names);
+        names.sort_by_key(|n| n == inventory);
+        for name in &names {
+            let from = self.staging.join(name);
+            File::open(&from).and_then(|f| f.sync_all()).ctx(|| format!("syncing {}", from.display()))?;
+        }
+        for name in &names {
+            let to = self.dir.join(name);
+            fs::rename(self.staging.join(name), &to).ctx(|| format!("moving image into place as {}", to.display()))?;
+        }
+        if let Ok(d) = File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        self.committed = true;
+        let _ = fs::remove_dir(&self.staging);
+        Ok(())
+    }
+}
+
+impl Drop for ImageDir {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_dir_all(&self.staging);
+        }
+    }
+}
+
+/// Staging directories left by a crust that was killed mid-dump.
+fn remove_stale_staging(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(".crust-staging-")) else { continue };
+        if !Path::new("/proc").join(pid).exists() {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// Writes framed entries into one image file.
+pub struct ImageWriter {
+    out: BufWriter<File>,
+    path: PathBuf,
+    bytes: u64,
+}
+
+impl ImageWriter {
+    fn put(&mut self, data: &[u8]) -> Result<()> {
+        self.out.write_all(data).ctx(|| format!("writing {}", self.path.display()))?;
+        self.bytes += data.len() as u64;
+        Ok(())
+    }
+
+    pub fn entry<M: Message>(&mut self, msg: &M) -> Result<()> {
+        let body = msg.encode_to_vec();
+        self.put(&(body.len() as u32).to_le_bytes())?;
+        self.put(&body)
+    }
+
+    /// Raw bytes: page contents, or the payload that follows a pipe-data entry.
+    pub fn raw(&mut self, data: &[u8]) -> Result<()> {
+        self.put(data)
+    }
+
+    pub fn finish(mut self) -> Result<u64> {
+        self.out.flush().ctx(|| format!("writing {}", self.path.display()))?;
+        Ok(self.bytes)
+    }
+}
+
+/// Reads framed entries of one image file; every error names the file and offset.
+pub struct ImageReader {
+    input: BufReader<File>,
+    path: PathBuf,
+    offset: u64,
+}
+
+impl ImageReader {
+    pub fn open(path: &Path, kind: Kind) -> Result<ImageReader> {
+        let file = File::open(path).ctx(|| format!("opening image {}", path.display()))?;
+        let mut r = ImageReader { input: BufReader::with_capacity(1 << 20, file), path: path.to_path_buf(), offset: 0 };
+        if let Some(head) = kind.head_magic() {
+            r.expect_magic(head)?;
+        }
+        if kind != Kind::Pages {
+            r.expect_magic(kind.magic())?;
+        }
+        Ok(r)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn error(&self, what: impl Into<String>) -> Error {
+        Error::Image { file: self.path.clone(), offset: self.offset, what: what.into() }
+    }
+
+    fn expect_magic(&mut self, want: u32) -> Result<()> {
+        let mut w = [0u8; 4];
+        self.exact(&mut w, "magic")?;
+        let got = u32::from_le_bytes(w);
+        if got != want {
+            self.offset -= 4;
+            return Err(self.error(format!("bad magic {got:#010x}, expected {want:#010x}")));
+        }
+        Ok(())
+    }
+
+    fn exact(&mut self, buf: &mut [u8], what: &str) -> Result<()> {
+        let mut got = 0;
+        while got < buf.len() {
+            match self.input.read(&mut buf[got..]) {
+                Ok(0) => {
+                    return Err(self.error(format!("truncated: {what} needs {} bytes, only {got} left", buf.len())))
+                }
+                Ok(n) => {
+                    got += n;
+                    self.offset += n as u64;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.error(format!("read error: {e}"))),
+            }
+        }
+        Ok(())
+    }
+
+    /// The next entry, or None at a clean end of file.
+    pub fn next<M: Message + Default>(&mut self) -> Result<Option<M>> {
+        let mut len = [0u8; 4];
+        let n = loop {
+            match self.input.read(&mut len[..1]) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.error(format!("read error: {e}"))),
+                Ok(n) => break n,
+            }
+        };
+        if n == 0 {
+            return Ok(None);
+        }
+        self.offset += 1;
+        self.exact(&mut len[1..], "entry length")?;
+        let len = u32::from_le_bytes(len);
+        if len > MAX_ENTRY {
+            self.offset -= 4;
+            return Err(self.error(format!("entry length {len} is beyond any valid entry")));
+        }
+        let start = self.offset;
+        let mut body = vec![0u8; len as usize];
+        self.exact(&mut body, "entry")?;
+        M::decode(body.as_slice()).map(Some).map_err(|e| Error::Image {
+            file: self.path.clone(),
+            offset: start,
+            what: format!("undecodable {}: {e}", std::any::type_name::<M>().rsplit("::").next().unwrap_or("entry")),
+        })
+    }
+
+    /// Exactly one entry must be there.
+    pub fn one<M: Message + Default>(&mut self) -> Result<M> {
+        self.next()?.ok_or_else(|| self.error("expected an entry, found end of file"))
+    }
+
+    pub fn raw(&mut self, len: usize) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        self.exact(&mut buf, "raw data")?;
+        Ok(buf)
+    }
+
+    pub fn raw_into(&mut self, buf: &mut [u8]) -> Result<()> {
+        self.exact(buf, "page data")
+    }
+}

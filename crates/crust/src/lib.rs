@@ -1,0 +1,15 @@
+//! crust: checkpoint/restore of Linux process trees, in CRIU's image format.
+
+pub mod arch;
+pub mod cgroups;
+pub mod dump;
+pub mod error;
+pub mod files;
+pub mod images;
+pub mod mem;
+pub mod proc;
+pub mod show;
+pub mod ptrace;
+pub mod tree;
+
+pub use error::{Error, Result};

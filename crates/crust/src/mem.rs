@@ -1,0 +1,238 @@
+//! Memory: the vmas of a task, which of their pages hold state of their own, and
+//! copying those pages out of the task.
+
+use std::fs::File;
+use std::io::IoSliceMut;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+
+use nix::sys::uio::{process_vm_readv, RemoteIoVec};
+use nix::unistd::Pid;
+use procfs::process::{MMPermissions, MMapPath, Process, VmFlags};
+
+use crate::error::{Context, Error, Result};
+
+pub const PAGE_SIZE: u64 = 4096;
+
+// vma_entry.status bits, as CRIU defines them.
+pub const VMA_AREA_REGULAR: u32 = 1 << 0;
+pub const VMA_AREA_STACK: u32 = 1 << 1;
+pub const VMA_AREA_VSYSCALL: u32 = 1 << 2;
+pub const VMA_AREA_VDSO: u32 = 1 << 3;
+pub const VMA_AREA_HEAP: u32 = 1 << 5;
+pub const VMA_FILE_PRIVATE: u32 = 1 << 6;
+pub const VMA_FILE_SHARED: u32 = 1 << 7;
+pub const VMA_ANON_SHARED: u32 = 1 << 8;
+pub const VMA_ANON_PRIVATE: u32 = 1 << 9;
+pub const VMA_AREA_VVAR: u32 = 1 << 12;
+
+/// What a vma is, as far as dumping and restoring it is concerned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Backing {
+    Anon,
+    File { path: PathBuf, dev: (i32, i32), inode: u64 },
+    Vdso,
+    /// `[vvar]` or `[vvar_vclock]`: kernel data pages mapped next to the vdso.
+    Vvar(String),
+    Vsyscall,
+}
+
+/// One line of /proc/PID/smaps, in the terms the images use.
+#[derive(Clone, Debug)]
+pub struct Vma {
+    pub start: u64,
+    pub end: u64,
+    pub pgoff: u64,
+    pub prot: u32,
+    /// mmap flags: MAP_PRIVATE/MAP_SHARED, MAP_ANONYMOUS, MAP_GROWSDOWN.
+    pub flags: u32,
+    pub status: u32,
+    pub backing: Backing,
+    /// Name in /proc/PID/maps ("[heap]", "[stack]", a path, or "").
+    pub name: String,
+}
+
+impl Vma {
+    pub fn shared(&self) -> bool {
+        self.flags & libc::MAP_SHARED as u32 != 0
+    }
+
+    pub fn pages(&self) -> u64 {
+        (self.end - self.start) / PAGE_SIZE
+    }
+
+    /// Whether its private pages are saved in the pages image.
+    pub fn has_private_pages(&self) -> bool {
+        matches!(self.backing, Backing::Anon | Backing::File { .. }) && !self.shared()
+    }
+}
+
+pub fn read_vmas(pid: i32) -> Result<Vec<Vma>> {
+    let proc = Process::new(pid).map_err(|e| Error::Invalid(format!("process {pid}: {e}")))?;
+    let maps = proc.smaps().map_err(|e| Error::Invalid(format!("reading /proc/{pid}/smaps: {e}")))?;
+    let mut out = Vec::new();
+    for m in maps {
+        let mut prot = 0u32;
+        if m.perms.contains(MMPermissions::READ) {
+            prot |= libc::PROT_READ as u32;
+        }
+        if m.perms.contains(MMPermissions::WRITE) {
+            prot |= libc::PROT_WRITE as u32;
+        }
+        if m.perms.contains(MMPermissions::EXECUTE) {
+            prot |= libc::PROT_EXEC as u32;
+        }
+        let shared = m.perms.contains(MMPermissions::SHARED);
+        let mut flags = if shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE } as u32;
+        if m.extension.vm_flags.contains(VmFlags::GD) {
+            flags |= libc::MAP_GROWSDOWN as u32;
+        }
+        let mut status = VMA_AREA_REGULAR;
+        let (backing, name) = match &m.pathname {
+            MMapPath::Path(p) => {
+                let s = p.to_string_lossy().into_owned();
+                if s.ends_with(" (deleted)") {
+                    return Err(Error::Unsupported(format!(
+                        "process {pid}: mapping {:#x}-{:#x} of deleted file {s}: deleted files are not supported yet",
+                        m.address.0, m.address.1
+                    )));
+                }
+                status |= if shared { VMA_FILE_SHARED } else { VMA_FILE_PRIVATE };
+                (Backing::File { path: p.clone(), dev: m.dev, inode: m.inode }, s)
+            }
+            MMapPath::Vdso => {
+                status |= VMA_AREA_VDSO;
+                (Backing::Vdso, "[vdso]".into())
+            }
+            MMapPath::Vvar => {
+                status |= VMA_AREA_VVAR;
+                (Backing::Vvar("[vvar]".into()), "[vvar]".into())
+            }
+            MMapPath::Vsyscall => {
+                status = VMA_AREA_VSYSCALL;
+                (Backing::Vsyscall, "[vsyscall]".into())
+            }
+            MMapPath::Other(s) if s == "vvar_vclock" || s == "[vvar_vclock]" => {
+                status |= VMA_AREA_VVAR;
+                (Backing::Vvar("[vvar_vclock]".into()), "[vvar_vclock]".into())
+            }
+            MMapPath::Heap => {
+                status |= VMA_AREA_HEAP | VMA_ANON_PRIVATE;
+                flags |= libc::MAP_ANONYMOUS as u32;
+                (Backing::Anon, "[heap]".into())
+            }
+            MMapPath::Stack | MMapPath::TStack(_) => {
+                status |= VMA_AREA_STACK | VMA_ANON_PRIVATE;
+                flags |= libc::MAP_ANONYMOUS as u32;
+                (Backing::Anon, "[stack]".into())
+            }
+            MMapPath::Anonymous => {
+                flags |= libc::MAP_ANONYMOUS as u32;
+                if shared {
+                    return Err(Error::Unsupported(format!(
+                        "process {pid}: shared anonymous mapping {:#x}-{:#x}: shared memory is not supported yet",
+                        m.address.0, m.address.1
+                    )));
+                }
+                status |= VMA_ANON_PRIVATE;
+                (Backing::Anon, String::new())
+            }
+            other => {
+                return Err(Error::Unsupported(format!(
+                    "process {pid}: mapping {:#x}-{:#x} of {other:?}: this kind of mapping is not supported yet",
+                    m.address.0, m.address.1
+                )))
+            }
+        };
+        out.push(Vma { start: m.address.0, end: m.address.1, pgoff: m.offset, prot, flags, status, backing, name });
+    }
+    Ok(out)
+}
+
+/// Address of a `syscall` instruction (0f 05) in the task's vdso: a gadget for
+/// injected syscalls that needs no change to the task's memory.
+pub fn vdso_syscall_gadget(pid: i32, vmas: &[Vma]) -> Result<u64> {
+    let vdso = vmas
+        .iter()
+        .find(|v| v.backing == Backing::Vdso)
+        .ok_or_else(|| Error::Unsupported(format!("process {pid} has no [vdso] mapping")))?;
+    let mem = File::open(format!("/proc/{pid}/mem")).ctx(|| format!("opening memory of process {pid}"))?;
+    let mut code = vec![0u8; (vdso.end - vdso.start) as usize];
+    mem.read_exact_at(&mut code, vdso.start).ctx(|| format!("reading vdso of process {pid}"))?;
+    code.windows(2)
+        .position(|w| w == [0x0f, 0x05])
+        .map(|off| vdso.start + off as u64)
+        .ok_or_else(|| Error::Unsupported(format!("process {pid}: no syscall instruction in its vdso")))
+}
+
+// /proc/PID/pagemap entry bits.
+const PM_PRESENT: u64 = 1 << 63;
+const PM_SWAPPED: u64 = 1 << 62;
+const PM_FILE: u64 = 1 << 61;
+
+/// A run of consecutive pages to save.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageRun {
+    pub vaddr: u64,
+    pub nr_pages: u64,
+}
+
+/// Which pages of the private vmas hold contents of their own: anonymous pages
+/// that were ever touched (present or swapped), and copied-on-write pages of
+/// private file mappings. Untouched pages and pages still shared with the file
+/// are left out: a restore gets them from the file or as zero pages.
+pub fn private_page_runs(pid: i32, vmas: &[Vma]) -> Result<(Vec<PageRun>, u64)> {
+    let pagemap = File::open(format!("/proc/{pid}/pagemap")).ctx(|| format!("opening /proc/{pid}/pagemap"))?;
+    let mut runs: Vec<PageRun> = Vec::new();
+    let mut scanned = 0u64;
+    let mut buf = Vec::new();
+    for vma in vmas.iter().filter(|v| v.has_private_pages()) {
+        let pages = vma.pages();
+        scanned += pages;
+        buf.resize(pages as usize * 8, 0);
+        pagemap
+            .read_exact_at(&mut buf, vma.start / PAGE_SIZE * 8)
+            .ctx(|| format!("reading /proc/{pid}/pagemap"))?;
+        let is_file = matches!(vma.backing, Backing::File { .. });
+        for (i, e) in buf.chunks_exact(8).enumerate() {
+            let e = u64::from_le_bytes(e.try_into().expect("chunks of 8"));
+            let own = if is_file { (e & PM_PRESENT != 0 && e & PM_FILE == 0) || e & PM_SWAPPED != 0 } else { e & (PM_PRESENT | PM_SWAPPED) != 0 };
+            if !own {
+                continue;
+            }
+            let vaddr = vma.start + i as u64 * PAGE_SIZE;
+            match runs.last_mut() {
+                Some(r) if r.vaddr + r.nr_pages * PAGE_SIZE == vaddr => r.nr_pages += 1,
+                _ => runs.push(PageRun { vaddr, nr_pages: 1 }),
+            }
+        }
+    }
+    Ok((runs, scanned))
+}
+
+/// Reads page contents out of a stopped task: process_vm_readv where the pages
+/// are readable, /proc/PID/mem (which ignores protection) where they are not.
+pub struct PageReader {
+    pid: i32,
+    mem: File,
+}
+
+impl PageReader {
+    pub fn new(pid: i32) -> Result<PageReader> {
+        let mem = File::open(format!("/proc/{pid}/mem")).ctx(|| format!("opening memory of process {pid}"))?;
+        Ok(PageReader { pid, mem })
+    }
+
+    pub fn read(&self, vaddr: u64, buf: &mut [u8]) -> Result<()> {
+        let remote = [RemoteIoVec { base: vaddr as usize, len: buf.len() }];
+        let len = buf.len();
+        if let Ok(n) = process_vm_readv(Pid::from_raw(self.pid), &mut [IoSliceMut::new(buf)], &remote) {
+            if n == len {
+                return Ok(());
+            }
+        }
+        self.mem
+            .read_exact_at(buf, vaddr)
+            .ctx(|| format!("reading memory of process {} at {vaddr:#x}", self.pid))
+    }
+}

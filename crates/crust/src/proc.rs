@@ -1,0 +1,113 @@
+//! Small readers of /proc and of per-task state crust can query from outside.
+
+use procfs::process::{Process, Stat, Status};
+
+use crate::error::{Context, Error, Result};
+use crate::images::proto::{CredsEntry, RlimitEntry, TaskRlimitsEntry};
+
+pub fn process(pid: i32) -> Result<Process> {
+    Process::new(pid).map_err(|e| Error::Invalid(format!("process {pid}: {e}")))
+}
+
+pub fn stat(pid: i32, tid: i32) -> Result<Stat> {
+    process(pid)?
+        .task_from_tid(tid)
+        .and_then(|t| t.stat())
+        .map_err(|e| Error::Invalid(format!("reading /proc/{pid}/task/{tid}/stat: {e}")))
+}
+
+pub fn status(pid: i32, tid: i32) -> Result<Status> {
+    process(pid)?
+        .task_from_tid(tid)
+        .and_then(|t| t.status())
+        .map_err(|e| Error::Invalid(format!("reading /proc/{pid}/task/{tid}/status: {e}")))
+}
+
+pub fn read_string(path: &str) -> Result<String> {
+    std::fs::read_to_string(path).ctx(|| format!("reading {path}"))
+}
+
+/// A 64-bit capability set as CRIU stores it: two 32-bit words, low first.
+fn cap_words(v: u64) -> Vec<u32> {
+    vec![v as u32, (v >> 32) as u32]
+}
+
+/// Credentials of a thread (securebits come from inside the task, see dump).
+pub fn creds(st: &Status, secbits: u32) -> CredsEntry {
+    CredsEntry {
+        uid: st.ruid,
+        gid: st.rgid,
+        euid: st.euid,
+        egid: st.egid,
+        suid: st.suid,
+        sgid: st.sgid,
+        fsuid: st.fuid,
+        fsgid: st.fgid,
+        cap_inh: cap_words(st.capinh),
+        cap_prm: cap_words(st.capprm),
+        cap_eff: cap_words(st.capeff),
+        cap_bnd: cap_words(st.capbnd.unwrap_or(0)),
+        secbits,
+        groups: st.groups.clone(),
+        ..Default::default()
+    }
+}
+
+/// Resource limits of a process, by prlimit(2) from outside.
+pub fn rlimits(pid: i32) -> Result<TaskRlimitsEntry> {
+    const RLIM_NLIMITS: u32 = 16;
+    let mut rlimits = Vec::new();
+    for res in 0..RLIM_NLIMITS {
+        let mut old = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: prlimit writes one rlimit into `old`.
+        let r = unsafe { libc::prlimit(pid, res as libc::__rlimit_resource_t, std::ptr::null(), &mut old) };
+        nix::errno::Errno::result(r).ctx(|| format!("reading resource limit {res} of process {pid}"))?;
+        rlimits.push(RlimitEntry { cur: old.rlim_cur, max: old.rlim_max });
+    }
+    Ok(TaskRlimitsEntry { rlimits })
+}
+
+/// The saved auxiliary vector as (type, value) words, up to and including AT_NULL.
+pub fn auxv(pid: i32) -> Result<Vec<u64>> {
+    let path = format!("/proc/{pid}/auxv");
+    let raw = std::fs::read(&path).ctx(|| format!("reading {path}"))?;
+    let mut words: Vec<u64> =
+        raw.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
+    if let Some(end) = words.chunks_exact(2).position(|p| p[0] == 0) {
+        words.truncate(end * 2 + 2);
+    }
+    Ok(words)
+}
+
+pub fn personality(pid: i32) -> Result<u32> {
+    let text = read_string(&format!("/proc/{pid}/personality"))?;
+    u32::from_str_radix(text.trim(), 16)
+        .map_err(|_| Error::Invalid(format!("/proc/{pid}/personality: unexpected {text:?}")))
+}
+
+/// The robust futex list head of a thread.
+pub fn robust_list(tid: i32) -> Result<(u64, u32)> {
+    let mut head: u64 = 0;
+    let mut len: libc::size_t = 0;
+    // SAFETY: the kernel writes a pointer and a length.
+    let r = unsafe { libc::syscall(libc::SYS_get_robust_list, tid, &mut head as *mut u64, &mut len as *mut libc::size_t) };
+    nix::errno::Errno::result(r).ctx(|| format!("reading robust futex list of task {tid}"))?;
+    Ok((head, len as u32))
+}
+
+/// Inode of one of a process's namespaces (e.g. "pid", "net").
+pub fn ns_inode(pid: i32, ns: &str) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}/ns/{ns}")).ok().map(|m| m.ino())
+}
+
+/// Scheduling policy and priority of a thread.
+pub fn sched(tid: i32) -> (u32, u32) {
+    // SAFETY: plain queries of another thread's scheduling parameters.
+    unsafe {
+        let policy = libc::sched_getscheduler(tid);
+        let mut param = libc::sched_param { sched_priority: 0 };
+        libc::sched_getparam(tid, &mut param);
+        (policy.max(0) as u32, param.sched_priority.max(0) as u32)
+    }
+}
