@@ -18,7 +18,8 @@ use crate::images::proto::{
 use crate::images::{ImageDir, Kind};
 use crate::mem::{self, Backing, PageReader, Vma, PAGE_SIZE};
 use crate::proc;
-use crate::ptrace::{self, RemoteThread};
+use crate::ptrace;
+use crate::remote::RemoteThread;
 use crate::tree::{FrozenProcess, FrozenTree};
 
 #[derive(Clone, Debug)]
@@ -184,31 +185,21 @@ struct InsideThread {
     secbits: u32,
 }
 
-fn remote_err(tid: i32, what: &str, r: i64) -> Error {
-    Error::Invalid(format!("task {tid}: {what} failed inside the task: {}", nix::errno::Errno::from_raw(-r as i32)))
-}
-
-fn inside_process(rt: &RemoteThread, tid: i32) -> Result<InsideProcess> {
+fn inside_process(rt: &RemoteThread) -> Result<InsideProcess> {
     let buf = rt.scratch();
     let mut sigactions = Vec::new();
     for sig in 1..=64u64 {
         if sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64 {
             continue;
         }
-        let r = rt.syscall(libc::SYS_rt_sigaction, [sig, 0, buf, 8, 0, 0])?;
-        if r < 0 {
-            return Err(remote_err(tid, "rt_sigaction", r));
-        }
+        rt.call("rt_sigaction", libc::SYS_rt_sigaction, [sig, 0, buf, 8, 0, 0])?;
         let b = rt.read_scratch(32)?;
         let word = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
         sigactions.push(SaEntry { sigaction: word(0), flags: word(1), restorer: word(2), mask: word(3), ..Default::default() });
     }
-    let brk = rt.syscall(libc::SYS_brk, [0; 6])? as u64;
+    let brk = rt.call("brk", libc::SYS_brk, [0; 6])?;
     let itimer = |which: u64| -> Result<ItimerEntry> {
-        let r = rt.syscall(libc::SYS_getitimer, [which, buf, 0, 0, 0, 0])?;
-        if r < 0 {
-            return Err(remote_err(tid, "getitimer", r));
-        }
+        rt.call("getitimer", libc::SYS_getitimer, [which, buf, 0, 0, 0, 0])?;
         let b = rt.read_scratch(32)?;
         let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
         Ok(ItimerEntry { isec: w(0), iusec: w(1), vsec: w(2), vusec: w(3) })
@@ -222,33 +213,21 @@ fn inside_process(rt: &RemoteThread, tid: i32) -> Result<InsideProcess> {
     Ok(InsideProcess { sigactions, brk, timers })
 }
 
-fn inside_thread(rt: &RemoteThread, tid: i32) -> Result<InsideThread> {
+fn inside_thread(rt: &RemoteThread) -> Result<InsideThread> {
     let buf = rt.scratch();
-    let r = rt.syscall(libc::SYS_sigaltstack, [0, buf, 0, 0, 0, 0])?;
-    if r < 0 {
-        return Err(remote_err(tid, "sigaltstack", r));
-    }
+    rt.call("sigaltstack", libc::SYS_sigaltstack, [0, buf, 0, 0, 0, 0])?;
     let b = rt.read_scratch(24)?;
     let sas = ThreadSasEntry {
         ss_sp: u64::from_le_bytes(b[0..8].try_into().expect("8 bytes")),
         ss_flags: u32::from_le_bytes(b[8..12].try_into().expect("4 bytes")),
         ss_size: u64::from_le_bytes(b[16..24].try_into().expect("8 bytes")),
     };
-    let r = rt.syscall(libc::SYS_prctl, [libc::PR_GET_TID_ADDRESS as u64, buf, 0, 0, 0, 0])?;
-    if r < 0 {
-        return Err(remote_err(tid, "prctl(PR_GET_TID_ADDRESS)", r));
-    }
+    rt.call("prctl(PR_GET_TID_ADDRESS)", libc::SYS_prctl, [libc::PR_GET_TID_ADDRESS as u64, buf, 0, 0, 0, 0])?;
     let clear_tid_addr = u64::from_le_bytes(rt.read_scratch(8)?.try_into().expect("8 bytes"));
-    let r = rt.syscall(libc::SYS_prctl, [libc::PR_GET_PDEATHSIG as u64, buf, 0, 0, 0, 0])?;
-    if r < 0 {
-        return Err(remote_err(tid, "prctl(PR_GET_PDEATHSIG)", r));
-    }
+    rt.call("prctl(PR_GET_PDEATHSIG)", libc::SYS_prctl, [libc::PR_GET_PDEATHSIG as u64, buf, 0, 0, 0, 0])?;
     let pdeath_sig = u32::from_le_bytes(rt.read_scratch(4)?.try_into().expect("4 bytes"));
-    let r = rt.syscall(libc::SYS_prctl, [libc::PR_GET_SECUREBITS as u64, 0, 0, 0, 0, 0])?;
-    if r < 0 {
-        return Err(remote_err(tid, "prctl(PR_GET_SECUREBITS)", r));
-    }
-    Ok(InsideThread { sas, clear_tid_addr, pdeath_sig, secbits: r as u32 })
+    let secbits = rt.call("prctl(PR_GET_SECUREBITS)", libc::SYS_prctl, [libc::PR_GET_SECUREBITS as u64, 0, 0, 0, 0, 0])?;
+    Ok(InsideThread { sas, clear_tid_addr, pdeath_sig, secbits: secbits as u32 })
 }
 
 fn signal_queue(raw: Vec<[u8; 128]>) -> Option<SignalQueueEntry> {
@@ -299,9 +278,9 @@ fn dump_process(
         let xsave = ptrace::xstate(tid)?;
         let rt = RemoteThread::start(tid, gadget, writable)?;
         if tid == pid {
-            inside_proc = Some(inside_process(&rt, tid)?);
+            inside_proc = Some(inside_process(&rt)?);
         }
-        let inside = inside_thread(&rt, tid)?;
+        let inside = inside_thread(&rt)?;
         rt.finish()?;
 
         let st = proc::stat(pid, tid)?;

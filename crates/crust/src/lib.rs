@@ -10,6 +10,7 @@ pub mod mem;
 pub mod proc;
 pub mod show;
 pub mod ptrace;
+pub mod remote;
 pub mod tree;
 
 pub use error::{Error, Result};

@@ -1,11 +1,7 @@
-//! ptrace plumbing: seizing and releasing tasks, register sets, signal queues,
-//! and syscalls run inside a stopped task.
+//! ptrace plumbing: seizing and releasing tasks, register sets, signal queues.
 //!
 //! nix covers seize/interrupt/regs/step; the requests it lacks (GETSIGMASK,
 //! PEEKSIGINFO, GET_RSEQ_CONFIGURATION, the XSTATE regset) are thin libc calls here.
-
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 
 use nix::errno::Errno;
 use nix::sys::ptrace;
@@ -159,113 +155,10 @@ pub fn rseq_config(tid: i32) -> Result<RseqConfig> {
     Ok(conf)
 }
 
-/// Syscalls run by a stopped thread on crust's behalf, at dump time for the state
-/// that is only visible from inside (signal handlers, sigaltstack, brk, itimers).
-///
-/// The thread executes a `syscall` instruction that already exists in its own
-/// memory (found in the vdso), with all signals blocked; its registers, signal mask
-/// and the scratch bytes used below its stack pointer are put back by `finish`,
-/// so nothing of the target is changed.
-pub struct RemoteThread {
-    tid: i32,
-    gadget: u64,
-    saved_regs: libc::user_regs_struct,
-    saved_mask: u64,
-    mem: File,
-    scratch: u64,
-    saved_scratch: Vec<u8>,
-    restored: bool,
-}
-
-/// Bytes of scratch memory a remote call may use for its results.
-pub const SCRATCH_LEN: usize = 256;
-/// The x86-64 ABI lets leaf code use 128 bytes below %rsp; stay clear of them.
-const RED_ZONE: u64 = 128;
-
-impl RemoteThread {
-    /// `gadget` is the address of a `syscall` instruction in the thread's memory;
-    /// `writable` says whether an address range is mapped writable in the task.
-    pub fn start(tid: i32, gadget: u64, writable: impl Fn(u64, u64) -> bool) -> Result<RemoteThread> {
-        let saved_regs = regs(tid)?;
-        let scratch = (saved_regs.rsp - RED_ZONE - SCRATCH_LEN as u64) & !0xf;
-        if !writable(scratch, scratch + SCRATCH_LEN as u64) {
-            return Err(Error::Unsupported(format!(
-                "task {tid}: no writable stack below its stack pointer {:#x} for crust's scratch data",
-                saved_regs.rsp
-            )));
-        }
-        let mem = File::options()
-            .read(true)
-            .write(true)
-            .open(format!("/proc/{tid}/mem"))
-            .ctx(|| format!("opening memory of task {tid}"))?;
-        let mut saved_scratch = vec![0u8; SCRATCH_LEN];
-        mem.read_exact_at(&mut saved_scratch, scratch).ctx(|| format!("reading stack of task {tid}"))?;
-        let saved_mask = sigmask(tid)?;
-        set_sigmask(tid, !0)?;
-        Ok(RemoteThread { tid, gadget, saved_regs, saved_mask, mem, scratch, saved_scratch, restored: false })
-    }
-
-    pub fn scratch(&self) -> u64 {
-        self.scratch
-    }
-
-    pub fn read_scratch(&self, len: usize) -> Result<Vec<u8>> {
-        let mut buf = vec![0u8; len.min(SCRATCH_LEN)];
-        self.mem.read_exact_at(&mut buf, self.scratch).ctx(|| format!("reading scratch of task {}", self.tid))?;
-        Ok(buf)
-    }
-
-    /// Run one syscall in the thread and return its raw result (negative errno on failure).
-    pub fn syscall(&self, nr: i64, args: [u64; 6]) -> Result<i64> {
-        let mut r = self.saved_regs;
-        r.rax = nr as u64;
-        r.rdi = args[0];
-        r.rsi = args[1];
-        r.rdx = args[2];
-        r.r10 = args[3];
-        r.r8 = args[4];
-        r.r9 = args[5];
-        r.rip = self.gadget;
-        // Not inside a syscall as far as the kernel's restart logic is concerned.
-        r.orig_rax = u64::MAX;
-        set_regs(self.tid, r)?;
-        let pid = Pid::from_raw(self.tid);
-        ptrace::step(pid, None).ctx(|| format!("stepping task {}", self.tid))?;
-        match waitpid(pid, Some(WaitPidFlag::__WALL)).ctx(|| format!("waiting for task {}", self.tid))? {
-            WaitStatus::Stopped(_, Signal::SIGTRAP) => {}
-            other => {
-                return Err(Error::Invalid(format!("task {}: unexpected stop {other:?} in an injected syscall", self.tid)))
-            }
-        }
-        let after = regs(self.tid)?;
-        if after.rip != self.gadget + 2 {
-            return Err(Error::Invalid(format!("task {}: injected syscall ended at {:#x}", self.tid, after.rip)));
-        }
-        Ok(after.rax as i64)
-    }
-
-    /// Put back registers, signal mask and scratch bytes.
-    pub fn finish(mut self) -> Result<()> {
-        self.restore()
-    }
-
-    fn restore(&mut self) -> Result<()> {
-        self.restored = true;
-        self.mem
-            .write_all_at(&self.saved_scratch, self.scratch)
-            .ctx(|| format!("restoring stack of task {}", self.tid))?;
-        set_regs(self.tid, self.saved_regs)?;
-        set_sigmask(self.tid, self.saved_mask)
-    }
-}
-
-impl Drop for RemoteThread {
-    fn drop(&mut self) {
-        if !self.restored {
-            if let Err(e) = self.restore() {
-                log::error!("task {}: could not put its state back: {e}", self.tid);
-            }
-        }
-    }
+pub fn set_xstate(tid: i32, buf: &[u8]) -> Result<()> {
+    let mut iov = libc::iovec { iov_base: buf.as_ptr() as *mut libc::c_void, iov_len: buf.len() };
+    // SAFETY: the kernel reads iov_len bytes from the buffer.
+    let r = unsafe { libc::ptrace(libc::PTRACE_SETREGSET, tid, NT_X86_XSTATE as usize, &mut iov as *mut libc::iovec) };
+    Errno::result(r).ctx(|| format!("setting xstate of task {tid}"))?;
+    Ok(())
 }

@@ -1,0 +1,170 @@
+//! Syscalls executed by a stopped task on crust's behalf.
+//!
+//! The task is made to run one `syscall` instruction that exists in its own
+//! memory (in the vdso, so nothing has to be written into the task), with the
+//! number and arguments in its registers, under PTRACE_SINGLESTEP.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+use nix::sys::ptrace;
+use nix::sys::signal::Signal;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::error::{Context, Error, Result};
+use crate::ptrace::{regs, set_regs, set_sigmask, sigmask};
+
+/// Run one syscall in stopped task `tid`, starting from registers `base`.
+/// Returns the raw result (negative errno on failure) and, when the syscall
+/// created a task that ptrace attached (fork/clone under TRACEFORK/TRACECLONE),
+/// its id.
+pub fn syscall(tid: i32, base: &libc::user_regs_struct, gadget: u64, nr: i64, args: [u64; 6]) -> Result<(i64, Option<i32>)> {
+    let mut r = *base;
+    r.rax = nr as u64;
+    r.rdi = args[0];
+    r.rsi = args[1];
+    r.rdx = args[2];
+    r.r10 = args[3];
+    r.r8 = args[4];
+    r.r9 = args[5];
+    r.rip = gadget;
+    // Not inside a syscall, as far as the kernel's restart logic is concerned.
+    r.orig_rax = u64::MAX;
+    set_regs(tid, r)?;
+    let pid = Pid::from_raw(tid);
+    let mut created = None;
+    loop {
+        ptrace::step(pid, None).ctx(|| format!("stepping task {tid}"))?;
+        match waitpid(pid, Some(WaitPidFlag::__WALL)).ctx(|| format!("waiting for task {tid}"))? {
+            WaitStatus::Stopped(_, Signal::SIGTRAP) => break,
+            WaitStatus::PtraceEvent(_, _, ev)
+                if ev == libc::PTRACE_EVENT_FORK || ev == libc::PTRACE_EVENT_CLONE || ev == libc::PTRACE_EVENT_VFORK =>
+            {
+                let new = ptrace::getevent(pid).ctx(|| format!("reading new task id from task {tid}"))?;
+                created = Some(new as i32);
+            }
+            other => {
+                return Err(Error::Invalid(format!("task {tid}: unexpected stop {other:?} in an injected syscall (nr {nr})")))
+            }
+        }
+    }
+    let after = regs(tid)?;
+    if after.rip != gadget + 2 {
+        return Err(Error::Invalid(format!("task {tid}: injected syscall {nr} ended at {:#x}", after.rip)));
+    }
+    Ok((after.rax as i64, created))
+}
+
+/// Turn a raw syscall result into a Result naming what failed.
+pub fn check(tid: i32, what: &str, r: i64) -> Result<u64> {
+    if (-4095..0).contains(&r) {
+        Err(Error::Invalid(format!("task {tid}: {what} failed inside the task: {}", nix::errno::Errno::from_raw(-r as i32))))
+    } else {
+        Ok(r as u64)
+    }
+}
+
+/// The memory of a task, read and written through /proc/PID/mem (which ignores
+/// page protection).
+pub struct TaskMem {
+    tid: i32,
+    file: File,
+}
+
+impl TaskMem {
+    pub fn open(tid: i32) -> Result<TaskMem> {
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .open(format!("/proc/{tid}/mem"))
+            .ctx(|| format!("opening memory of task {tid}"))?;
+        Ok(TaskMem { tid, file })
+    }
+
+    pub fn read(&self, addr: u64, buf: &mut [u8]) -> Result<()> {
+        self.file.read_exact_at(buf, addr).ctx(|| format!("reading memory of task {} at {addr:#x}", self.tid))
+    }
+
+    pub fn write(&self, addr: u64, data: &[u8]) -> Result<()> {
+        self.file.write_all_at(data, addr).ctx(|| format!("writing memory of task {} at {addr:#x}", self.tid))
+    }
+}
+
+/// Injected syscalls at dump time, for state only visible from inside the task
+/// (signal handlers, sigaltstack, brk, itimers). All signals stay blocked while
+/// they run; registers, signal mask and the scratch bytes used below the stack
+/// pointer are put back by `finish` (or on drop), so the task is left as it was.
+pub struct RemoteThread {
+    tid: i32,
+    gadget: u64,
+    saved_regs: libc::user_regs_struct,
+    saved_mask: u64,
+    mem: TaskMem,
+    scratch: u64,
+    saved_scratch: Vec<u8>,
+    restored: bool,
+}
+
+/// Bytes of scratch memory a remote call may use for its results.
+pub const SCRATCH_LEN: usize = 256;
+/// The x86-64 ABI lets leaf code use 128 bytes below %rsp; stay clear of them.
+const RED_ZONE: u64 = 128;
+
+impl RemoteThread {
+    /// `gadget` is the address of a `syscall` instruction in the thread's memory;
+    /// `writable` says whether an address range is mapped writable in the task.
+    pub fn start(tid: i32, gadget: u64, writable: impl Fn(u64, u64) -> bool) -> Result<RemoteThread> {
+        let saved_regs = regs(tid)?;
+        let scratch = (saved_regs.rsp - RED_ZONE - SCRATCH_LEN as u64) & !0xf;
+        if !writable(scratch, scratch + SCRATCH_LEN as u64) {
+            return Err(Error::Unsupported(format!(
+                "task {tid}: no writable stack below its stack pointer {:#x} for crust's scratch data",
+                saved_regs.rsp
+            )));
+        }
+        let mem = TaskMem::open(tid)?;
+        let mut saved_scratch = vec![0u8; SCRATCH_LEN];
+        mem.read(scratch, &mut saved_scratch)?;
+        let saved_mask = sigmask(tid)?;
+        set_sigmask(tid, !0)?;
+        Ok(RemoteThread { tid, gadget, saved_regs, saved_mask, mem, scratch, saved_scratch, restored: false })
+    }
+
+    pub fn scratch(&self) -> u64 {
+        self.scratch
+    }
+
+    pub fn read_scratch(&self, len: usize) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; len.min(SCRATCH_LEN)];
+        self.mem.read(self.scratch, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// Run one syscall; a failure is an error naming `what`.
+    pub fn call(&self, what: &str, nr: i64, args: [u64; 6]) -> Result<u64> {
+        let (r, _) = syscall(self.tid, &self.saved_regs, self.gadget, nr, args)?;
+        check(self.tid, what, r)
+    }
+
+    pub fn finish(mut self) -> Result<()> {
+        self.restore()
+    }
+
+    fn restore(&mut self) -> Result<()> {
+        self.restored = true;
+        self.mem.write(self.scratch, &self.saved_scratch)?;
+        set_regs(self.tid, self.saved_regs)?;
+        set_sigmask(self.tid, self.saved_mask)
+    }
+}
+
+impl Drop for RemoteThread {
+    fn drop(&mut self) {
+        if !self.restored {
+            if let Err(e) = self.restore() {
+                log::error!("task {}: could not put its state back: {e}", self.tid);
+            }
+        }
+    }
+}
