@@ -9,7 +9,10 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{ArgAction, Parser, Subcommand};
 
+use std::time::Duration;
+
 use crust::dump::{dump, DumpOptions, DumpStats};
+use crust::restore::{restore, RestoreOptions, Restored};
 
 #[derive(Parser)]
 #[command(name = "crust", version, about = "Checkpoint/restore for Linux process trees (CRIU-compatible images)")]
@@ -40,6 +43,27 @@ enum Command {
         /// The tree is a job of a shell: its session leader is outside the tree.
         #[arg(short = 'j', long = "shell-job")]
         shell_job: bool,
+        /// Print the stats as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bring back the tree dumped in DIR.
+    Restore {
+        /// Directory with the images.
+        #[arg(short = 'D', long = "images-dir", value_name = "DIR")]
+        dir: PathBuf,
+        /// Return once the tree runs, instead of waiting for its root to exit.
+        #[arg(short = 'd', long = "restore-detached")]
+        detach: bool,
+        /// The tree is a shell job: it joins this terminal's session.
+        #[arg(short = 'j', long = "shell-job")]
+        shell_job: bool,
+        /// Write the root's pid to this file.
+        #[arg(long, value_name = "FILE")]
+        pidfile: Option<PathBuf>,
+        /// Seconds to wait for pids of the image that are still being released.
+        #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
+        pid_wait: f64,
         /// Print the stats as JSON.
         #[arg(long)]
         json: bool,
@@ -84,6 +108,32 @@ pub fn print_dump_stats(s: &DumpStats, dir: &std::path::Path) {
     );
 }
 
+pub fn print_restore_stats(r: &Restored) {
+    let s = &r.stats;
+    println!(
+        "restored {} process(es), {} thread(s), root pid {}: {:.1} ms ({:.1} ms forking), {} pages",
+        s.processes,
+        s.threads,
+        r.root,
+        s.restore_time_us as f64 / 1e3,
+        s.forking_time_us as f64 / 1e3,
+        s.pages_restored,
+    );
+}
+
+/// Like criu without -d: wait for the restored root and exit as it did.
+fn wait_root(pid: i32) -> Result<()> {
+    use nix::sys::wait::{waitpid, WaitStatus};
+    loop {
+        match waitpid(nix::unistd::Pid::from_raw(pid), None).context("waiting for the restored tree")? {
+            WaitStatus::Exited(_, 0) => return Ok(()),
+            WaitStatus::Exited(_, code) => std::process::exit(code),
+            WaitStatus::Signaled(_, sig, _) => std::process::exit(128 + sig as i32),
+            _ => continue,
+        }
+    }
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Dump { pid, dir, leave_running, shell_job, json } => {
@@ -93,6 +143,22 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&stats)?);
             } else {
                 print_dump_stats(&stats, &dir);
+            }
+        }
+        Command::Restore { dir, detach, shell_job, pidfile, pid_wait, json } => {
+            let opts = RestoreOptions { dir: dir.clone(), shell_job, pid_wait: Duration::from_secs_f64(pid_wait.max(0.0)) };
+            let restored = restore(&opts).with_context(|| format!("restore from {} failed", dir.display()))?;
+            if let Some(path) = pidfile {
+                std::fs::write(&path, format!("{}\n", restored.root))
+                    .with_context(|| format!("writing pid file {}", path.display()))?;
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&restored.stats)?);
+            } else {
+                print_restore_stats(&restored);
+            }
+            if !detach {
+                return wait_root(restored.root);
             }
         }
         Command::Show { path } => {

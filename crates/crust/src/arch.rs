@@ -109,3 +109,106 @@ pub fn fpregs(xsave: &[u8]) -> UserX86FpregsEntry {
         xsave: xsave_entry,
     }
 }
+
+/// General registers back from the image. A thread caught inside an
+/// interrupted syscall gets the call issued again when it resumes (the kernel's
+/// restart state does not survive into the new task).
+pub fn user_regs(g: &UserX86RegsEntry) -> libc::user_regs_struct {
+    // -ERESTARTSYS, -ERESTARTNOINTR, -ERESTARTNOHAND, -ERESTART_RESTARTBLOCK.
+    const RESTART: [i64; 4] = [-512, -513, -514, -516];
+    let mut r = libc::user_regs_struct {
+        r15: g.r15,
+        r14: g.r14,
+        r13: g.r13,
+        r12: g.r12,
+        rbp: g.bp,
+        rbx: g.bx,
+        r11: g.r11,
+        r10: g.r10,
+        r9: g.r9,
+        r8: g.r8,
+        rax: g.ax,
+        rcx: g.cx,
+        rdx: g.dx,
+        rsi: g.si,
+        rdi: g.di,
+        orig_rax: g.orig_ax,
+        rip: g.ip,
+        cs: g.cs,
+        eflags: g.flags,
+        rsp: g.sp,
+        ss: g.ss,
+        fs_base: g.fs_base,
+        gs_base: g.gs_base,
+        ds: g.ds,
+        es: g.es,
+        fs: g.fs,
+        gs: g.gs,
+    };
+    if (r.orig_rax as i64) >= 0 && RESTART.contains(&(r.rax as i64)) {
+        r.rax = r.orig_rax;
+        r.rip -= 2;
+    }
+    r.orig_rax = u64::MAX;
+    r
+}
+
+fn put32(buf: &mut [u8], off: usize, words: &[u32]) {
+    for (i, w) in words.iter().enumerate() {
+        if let Some(dst) = buf.get_mut(off + i * 4..off + i * 4 + 4) {
+            dst.copy_from_slice(&w.to_le_bytes());
+        }
+    }
+}
+
+fn put64(buf: &mut [u8], off: usize, words: &[u64]) {
+    for (i, w) in words.iter().enumerate() {
+        if let Some(dst) = buf.get_mut(off + i * 8..off + i * 8 + 8) {
+            dst.copy_from_slice(&w.to_le_bytes());
+        }
+    }
+}
+
+/// Rebuild an XSAVE buffer from CRIU's fpregs message. `template` is the
+/// thread's current buffer: it gives the size and the software-reserved bytes
+/// the kernel expects. Fails when the image uses a component this CPU lacks.
+pub fn xsave_buffer(fp: &UserX86FpregsEntry, template: &[u8]) -> Result<Vec<u8>, String> {
+    let mut buf = template.to_vec();
+    if buf.len() < 512 {
+        return Err(format!("xstate buffer of {} bytes is too small", buf.len()));
+    }
+    buf[0..2].copy_from_slice(&(fp.cwd as u16).to_le_bytes());
+    buf[2..4].copy_from_slice(&(fp.swd as u16).to_le_bytes());
+    buf[4..6].copy_from_slice(&(fp.twd as u16).to_le_bytes());
+    buf[6..8].copy_from_slice(&(fp.fop as u16).to_le_bytes());
+    put64(&mut buf, 8, &[fp.rip, fp.rdp]);
+    put32(&mut buf, 24, &[fp.mxcsr, fp.mxcsr_mask]);
+    put32(&mut buf, 32, &fp.st_space);
+    put32(&mut buf, 160, &fp.xmm_space);
+    let Some(x) = &fp.xsave else { return Ok(buf) };
+    if buf.len() < 576 {
+        return Err("the image has extended (AVX) state but this CPU saves none".into());
+    }
+    put64(&mut buf, 512, &[x.xstate_bv]);
+    let comps: [(u32, Vec<u8>); 7] = [
+        (YMM, x.ymmh_space.iter().flat_map(|w| w.to_le_bytes()).collect()),
+        (BNDREGS, x.bndreg_state.iter().flat_map(|w| w.to_le_bytes()).collect()),
+        (BNDCSR, x.bndcsr_state.iter().flat_map(|w| w.to_le_bytes()).collect()),
+        (OPMASK, x.opmask_reg.iter().flat_map(|w| w.to_le_bytes()).collect()),
+        (ZMM_HI256, x.zmm_upper.iter().flat_map(|w| w.to_le_bytes()).collect()),
+        (HI16_ZMM, x.hi16_zmm.iter().flat_map(|w| w.to_le_bytes()).collect()),
+        (PKRU, x.pkru.iter().flat_map(|w| w.to_le_bytes()).collect()),
+    ];
+    for (id, bytes) in comps {
+        if bytes.is_empty() {
+            continue;
+        }
+        match component(id) {
+            Some((off, size)) if off + size <= buf.len() && bytes.len() == size => {
+                buf[off..off + size].copy_from_slice(&bytes)
+            }
+            _ => return Err(format!("the image has state of CPU feature component {id}, which this CPU does not save")),
+        }
+    }
+    Ok(buf)
+}

@@ -11,6 +11,7 @@ pub mod proc;
 pub mod show;
 pub mod ptrace;
 pub mod remote;
+pub mod restore;
 pub mod tree;
 
 pub use error::{Error, Result};

@@ -15,8 +15,10 @@ use nix::errno::Errno;
 use nix::sys::stat::{stat, FileStat, SFlag};
 
 use crate::error::{Context, Error, Result};
-use crate::images::proto::{FdinfoEntry, FileEntry, FownEntry, PipeDataEntry, TtyInfoEntry};
-use crate::images::{Kind, ImageDir};
+use crate::images::proto::{FdTypes, FdinfoEntry, FileEntry, FownEntry, PipeDataEntry, TtyInfoEntry};
+use crate::images::{ImageDir, Kind};
+use crate::restore::load::DumpImage;
+use crate::restore::task::{Scratch, Task};
 
 /// One fd of a stopped task, as /proc describes it.
 pub struct OpenFd {
@@ -88,15 +90,60 @@ fn fown_of(fd: &OpenFd) -> Result<FownEntry> {
     Ok(FownEntry::default())
 }
 
-/// A kind of file: how to recognise it and how to dump it.
+/// A kind of file: how to recognise it, dump it, and open it again in a task
+/// being restored (returning the fd there).
 pub struct Handler {
     pub name: &'static str,
+    pub fd_type: FdTypes,
     pub matches: fn(&OpenFd) -> bool,
     pub dump: fn(&OpenFd, &mut FileTable) -> Result<FileEntry>,
+    pub restore: fn(&FileEntry, &mut FdRestorer) -> Result<u64>,
 }
 
 /// Tried in order; the first that matches handles the fd.
 pub static HANDLERS: &[Handler] = &[tty::HANDLER, pipe::HANDLER, reg::HANDLER];
+
+/// Open the file of `entry` in the task being restored.
+pub fn restore_file(entry: &FileEntry, r: &mut FdRestorer) -> Result<u64> {
+    let handler = HANDLERS.iter().find(|h| h.fd_type as i32 == entry.r#type).ok_or_else(|| {
+        Error::Unsupported(format!("file {}: files of type {} are not supported yet", entry.id, entry.r#type))
+    })?;
+    (handler.restore)(entry, r)
+}
+
+/// What the restore side of a file kind works with: the task, its scratch area,
+/// the images, and the fds already made in the task.
+pub struct FdRestorer<'a> {
+    pub task: &'a Task,
+    pub scratch: &'a mut Scratch,
+    pub image: &'a DumpImage,
+    /// Ends of the pipes made so far, by pipe_id: (read fd, write fd) in the task.
+    pub pipes: HashMap<u32, (u64, u64)>,
+    /// New objects are kept at fds from here up, above every fd the image uses.
+    pub next_high: u64,
+}
+
+impl FdRestorer<'_> {
+    /// Move a new fd of the task above every fd the image uses.
+    pub fn to_high(&mut self, fd: u64) -> Result<u64> {
+        let high = self.task.call("fcntl(F_DUPFD)", libc::SYS_fcntl, [fd, libc::F_DUPFD as u64, self.next_high, 0, 0, 0])?;
+        self.task.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+        self.next_high = high + 1;
+        Ok(high)
+    }
+
+    /// open(2) inside the task; the fd is left where the kernel put it.
+    pub fn open_low(&mut self, path: &str, flags: u32) -> Result<u64> {
+        let addr = self.scratch.reset().put_str(path)?;
+        let what = format!("opening {path}");
+        self.task.call(&what, libc::SYS_openat, [libc::AT_FDCWD as u64, addr, flags as u64, 0, 0, 0])
+    }
+
+    pub fn open_path(&mut self, path: &str, flags: u32) -> Result<u64> {
+        let fd = self.open_low(path, flags)?;
+        self.to_high(fd)
+    }
+}
 
 /// Everything that goes into files.img and its companions, with the ids shared
 /// between tasks: one entry per open file description, however many fds and

@@ -2,17 +2,18 @@
 //! in the pipe are saved once per pipe in pipes-data.img.
 
 use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::fd::AsRawFd;
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::stat::SFlag;
 
-use super::{fown_of, FileTable, Handler, OpenFd};
-use crate::error::{Context, Result};
+use super::{fown_of, FdRestorer, FileTable, Handler, OpenFd};
+use crate::error::{Context, Error, Result};
 use crate::images::proto::{FdTypes, FileEntry, PipeDataEntry, PipeEntry};
 
-pub const HANDLER: Handler = Handler { name: "pipe", matches, dump };
+pub const HANDLER: Handler = Handler { name: "pipe", fd_type: FdTypes::Pipe, matches, dump, restore };
 
 fn matches(fd: &OpenFd) -> bool {
     fd.file_type() == SFlag::S_IFIFO && fd.link.starts_with("pipe:")
@@ -61,4 +62,41 @@ fn peek_pipe(fd: &OpenFd) -> Result<(Vec<u8>, u32)> {
         Err(e) => return Err(e).ctx(what),
     }
     Ok((data, size as u32))
+}
+
+fn restore(entry: &FileEntry, r: &mut FdRestorer) -> Result<u64> {
+    let p = entry.pipe.as_ref().ok_or_else(|| Error::Invalid(format!("file {}: pipe without its entry", entry.id)))?;
+    let (rd, wr) = match r.pipes.get(&p.pipe_id) {
+        Some(ends) => *ends,
+        None => {
+            let addr = r.scratch.reset().put(&[0u8; 8])?;
+            r.task.call("pipe2", libc::SYS_pipe2, [addr, 0, 0, 0, 0, 0])?;
+            let mut fds = [0u8; 8];
+            r.scratch.read(addr, &mut fds)?;
+            let rd = r.to_high(u32::from_le_bytes(fds[0..4].try_into().expect("4 bytes")) as u64)?;
+            let wr = r.to_high(u32::from_le_bytes(fds[4..8].try_into().expect("4 bytes")) as u64)?;
+            fill_pipe(r.task.pid, wr, r.image.pipe_data.get(&p.pipe_id))?;
+            r.pipes.insert(p.pipe_id, (rd, wr));
+            (rd, wr)
+        }
+    };
+    let fd = if p.flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32 { wr } else { rd };
+    let status = p.flags & (libc::O_NONBLOCK | libc::O_DIRECT) as u32;
+    if status != 0 {
+        r.task.call("fcntl(F_SETFL)", libc::SYS_fcntl, [fd, libc::F_SETFL as u64, status as u64, 0, 0, 0])?;
+    }
+    Ok(fd)
+}
+
+/// Put the saved bytes (and buffer size) back into a new pipe, from crust,
+/// through another open of the task's write end.
+fn fill_pipe(pid: i32, wr: u64, saved: Option<&(Vec<u8>, Option<u32>)>) -> Result<()> {
+    let Some((data, size)) = saved else { return Ok(()) };
+    let path = format!("/proc/{pid}/fd/{wr}");
+    let what = || format!("refilling pipe {path}");
+    let mut pipe = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&path).ctx(what)?;
+    if let Some(size) = size {
+        fcntl(&pipe, FcntlArg::F_SETPIPE_SZ(*size as i32)).ctx(what)?;
+    }
+    std::io::Write::write_all(&mut pipe, data).ctx(what)
 }

@@ -3,11 +3,11 @@
 
 use nix::sys::stat::{stat, SFlag};
 
-use super::{fown_of, FileTable, Handler, OpenFd};
+use super::{fown_of, FdRestorer, FileTable, Handler, OpenFd};
 use crate::error::{Context, Error, Result};
 use crate::images::proto::{FdTypes, FileEntry, RegFileEntry};
 
-pub const HANDLER: Handler = Handler { name: "regular file", matches, dump };
+pub const HANDLER: Handler = Handler { name: "regular file", fd_type: FdTypes::Reg, matches, dump, restore };
 
 /// Major number of /dev/null, /dev/zero, /dev/urandom and their kin.
 const MEM_MAJOR: u64 = 1;
@@ -65,4 +65,33 @@ pub fn entry_for_path(id: u32, path: &str, flags: u32) -> Result<FileEntry> {
         }),
         ..Default::default()
     })
+}
+
+fn restore(entry: &FileEntry, r: &mut FdRestorer) -> Result<u64> {
+    let reg = entry.reg.as_ref().ok_or_else(|| Error::Invalid(format!("file {}: regular file without its entry", entry.id)))?;
+    // Reopen, never create or truncate: the file must be the one the dump saw.
+    let flags = reg.flags & !((libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) as u32);
+    let fd = r.open_path(&reg.name, flags)?;
+    if reg.pos != 0 {
+        r.task.call(&format!("lseek in {}", reg.name), libc::SYS_lseek, [fd, reg.pos, libc::SEEK_SET as u64, 0, 0, 0])?;
+    }
+    Ok(fd)
+}
+
+/// Before a restore: the file must be there, and a regular file must have the
+/// size it had at dump time (a changed file would hand the task other data).
+pub fn check(reg: &RegFileEntry) -> Result<()> {
+    let st = stat(reg.name.as_str()).map_err(|e| {
+        Error::Invalid(format!("{}: needed by the restore, but {}", reg.name, if e == nix::errno::Errno::ENOENT { "it is missing".to_string() } else { e.to_string() }))
+    })?;
+    let is_reg = st.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFREG.bits();
+    if let (true, Some(size)) = (is_reg, reg.size) {
+        if st.st_size as u64 != size {
+            return Err(Error::Invalid(format!(
+                "{}: its size changed since the dump ({size} bytes then, {} now)",
+                reg.name, st.st_size
+            )));
+        }
+    }
+    Ok(())
 }

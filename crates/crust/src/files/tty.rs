@@ -7,13 +7,13 @@ use std::os::fd::AsRawFd;
 use nix::sys::stat::SFlag;
 use nix::sys::termios::tcgetattr;
 
-use super::{fown_of, FileTable, Handler, OpenFd};
-use crate::error::{Context, Result};
+use super::{fown_of, FdRestorer, FileTable, Handler, OpenFd};
+use crate::error::{Context, Error, Result};
 use crate::images::proto::{
     FdTypes, FileEntry, TermiosEntry, TtyFileEntry, TtyInfoEntry, TtyPtyEntry, TtyType, WinsizeEntry,
 };
 
-pub const HANDLER: Handler = Handler { name: "terminal", matches, dump };
+pub const HANDLER: Handler = Handler { name: "terminal", fd_type: FdTypes::Tty, matches, dump, restore };
 
 /// Majors of Unix98 pty slaves (/dev/pts/N).
 const PTS_MAJORS: std::ops::RangeInclusive<u64> = 136..=143;
@@ -98,4 +98,21 @@ fn tty_info(fd: &OpenFd, id: u32, index: u32) -> Result<TtyInfoEntry> {
         pty: Some(TtyPtyEntry { index }),
         ..Default::default()
     })
+}
+
+/// Reopen the same pty slave by its index: a restore on the host where the
+/// terminal still exists.
+fn restore(entry: &FileEntry, r: &mut FdRestorer) -> Result<u64> {
+    let t = entry.tty.as_ref().ok_or_else(|| Error::Invalid(format!("file {}: terminal without its entry", entry.id)))?;
+    let info = r
+        .image
+        .tty_infos
+        .get(&t.tty_info_id)
+        .ok_or_else(|| Error::Invalid(format!("tty-info.img: no terminal {} for file {}", t.tty_info_id, entry.id)))?;
+    let index = info.pty.as_ref().map(|p| p.index).ok_or_else(|| Error::Unsupported("terminals other than ptys are not supported yet".into()))?;
+    let path = format!("/dev/pts/{index}");
+    if !std::fs::metadata(&path).map(|m| std::os::unix::fs::FileTypeExt::is_char_device(&m.file_type())).unwrap_or(false) {
+        return Err(Error::Invalid(format!("the job's terminal {path} is gone; restoring onto another terminal is not supported yet")));
+    }
+    r.open_path(&path, t.flags | libc::O_NOCTTY as u32)
 }

@@ -1,0 +1,178 @@
+//! Turning the address space of a fresh task (a copy of crust) into the one in
+//! the image: unmap crust's mappings, move the vdso and its data pages to where
+//! the image had them, map the image's vmas and fill them from the pages image.
+
+use crate::error::{Error, Result};
+use crate::images::proto::{MmEntry, PagemapEntry, VmaEntry};
+use crate::mem::{Backing, PAGE_SIZE, VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR};
+use crate::restore::task::{Scratch, Task};
+
+/// Lowest and highest addresses crust places its own temporary mappings at.
+const LOW: u64 = 0x1000_0000;
+const HIGH: u64 = 0x7ff0_0000_0000;
+
+/// An address where `len` bytes are free of every range in `occupied`, with a
+/// page of gap on each side.
+pub fn free_gap(occupied: &[(u64, u64)], len: u64) -> Option<u64> {
+    let mut ranges: Vec<(u64, u64)> = occupied.to_vec();
+    ranges.sort_unstable();
+    let mut top = HIGH;
+    for &(start, end) in ranges.iter().rev() {
+        if end + PAGE_SIZE + len + PAGE_SIZE <= top && end + PAGE_SIZE >= LOW {
+            return Some(top - PAGE_SIZE - len);
+        }
+        top = top.min(start);
+    }
+    (top >= LOW + len + PAGE_SIZE).then(|| top - PAGE_SIZE - len)
+}
+
+fn is_vdso_group(status: u32) -> bool {
+    status & (VMA_AREA_VDSO | VMA_AREA_VVAR) != 0
+}
+
+/// The image's [vvar]/[vvar_vclock]/[vdso] mappings, in address order.
+fn image_vdso_group(mm: &MmEntry) -> Vec<&VmaEntry> {
+    let mut g: Vec<&VmaEntry> = mm.vmas.iter().filter(|v| is_vdso_group(v.status)).collect();
+    g.sort_by_key(|v| v.start);
+    g
+}
+
+/// Check that this kernel's vdso layout is the image's: the same mappings with
+/// the same sizes at the same distances from each other. A different vdso
+/// cannot host the code pointers glibc keeps into it.
+pub fn check_vdso(mm: &MmEntry, here: &[crate::mem::Vma], image_name: &str) -> Result<()> {
+    let img = image_vdso_group(mm);
+    let mut cur: Vec<&crate::mem::Vma> =
+        here.iter().filter(|v| matches!(v.backing, Backing::Vdso | Backing::Vvar(_))).collect();
+    cur.sort_by_key(|v| v.start);
+    let img_shape: Vec<(u64, u64, bool)> = img
+        .iter()
+        .map(|v| (v.start - img[0].start, v.end - v.start, v.status & VMA_AREA_VDSO != 0))
+        .collect();
+    let cur_shape: Vec<(u64, u64, bool)> =
+        cur.iter().map(|v| (v.start - cur[0].start, v.end - v.start, v.backing == Backing::Vdso)).collect();
+    if img_shape != cur_shape {
+        return Err(Error::Unsupported(format!(
+            "{image_name}: the image's vdso layout (offset, size, is-vdso) {img_shape:x?} differs from this kernel's \
+             {cur_shape:x?}; restoring across kernels with different vdsos is not supported yet"
+        )));
+    }
+    Ok(())
+}
+
+/// Unmap everything of crust's copy but the vdso group and the scratch area.
+pub fn unmap_crust(task: &Task, here: &[crate::mem::Vma], scratch: &Scratch) -> Result<()> {
+    for v in here {
+        let keep = matches!(v.backing, Backing::Vdso | Backing::Vvar(_) | Backing::Vsyscall)
+            || (v.start >= scratch.addr && v.end <= scratch.addr + scratch.len);
+        if !keep {
+            task.call("munmap", libc::SYS_munmap, [v.start, v.end - v.start, 0, 0, 0, 0])?;
+        }
+    }
+    Ok(())
+}
+
+/// Move the vdso group to the image's addresses, in two passes through a free
+/// slot so no move overlaps another; the task's gadget moves with it.
+pub fn move_vdso(task: &mut Task, mm: &MmEntry, here: &[crate::mem::Vma], scratch: &Scratch) -> Result<()> {
+    let img = image_vdso_group(mm);
+    let mut cur: Vec<(u64, u64, bool)> = here
+        .iter()
+        .filter(|v| matches!(v.backing, Backing::Vdso | Backing::Vvar(_)))
+        .map(|v| (v.start, v.end, v.backing == Backing::Vdso))
+        .collect();
+    cur.sort_unstable();
+    if cur.is_empty() || cur.iter().zip(&img).all(|(c, i)| c.0 == i.start) {
+        return Ok(());
+    }
+    let span = cur.last().expect("non-empty").1 - cur[0].0;
+    let img_span = (img[0].start, img.last().expect("same length").end);
+    let mut occupied: Vec<(u64, u64)> = mm.vmas.iter().map(|v| (v.start, v.end)).collect();
+    occupied.push((cur[0].0, cur.last().expect("non-empty").1));
+    occupied.push((scratch.addr, scratch.addr + scratch.len));
+    occupied.push(img_span);
+    let temp = free_gap(&occupied, span).ok_or_else(|| Error::Invalid("no free address range to move the vdso through".into()))?;
+    let vdso_offset = |g: &[(u64, u64, bool)]| g.iter().find(|v| v.2).map(|v| v.0).unwrap_or(0);
+    let gadget_off = task.gadget() - vdso_offset(&cur);
+    for target_base in [temp, img_span.0] {
+        let base = cur[0].0;
+        let mut moved = Vec::new();
+        for &(start, end, is_vdso) in &cur {
+            let to = target_base + (start - base);
+            task.call(
+                "mremap of the vdso",
+                libc::SYS_mremap,
+                [start, end - start, end - start, (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64, to, 0],
+            )?;
+            moved.push((to, to + (end - start), is_vdso));
+        }
+        cur = moved;
+        task.set_gadget(vdso_offset(&cur) + gadget_off);
+    }
+    Ok(())
+}
+
+/// Map every vma of the image but the vdso group (already in place), writable
+/// at first so the pages can be filled in. `open` opens a file inside the task.
+pub fn map_vmas(task: &Task, mm: &MmEntry, mut open: impl FnMut(u32, u32) -> Result<u64>) -> Result<()> {
+    for v in &mm.vmas {
+        if is_vdso_group(v.status) || v.status & VMA_AREA_VSYSCALL != 0 {
+            continue;
+        }
+        let shared = v.flags & libc::MAP_SHARED as u32 != 0;
+        let anon = v.flags & libc::MAP_ANONYMOUS as u32 != 0;
+        let prot = if shared { v.prot } else { v.prot | (libc::PROT_READ | libc::PROT_WRITE) as u32 };
+        let keep = (libc::MAP_SHARED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_GROWSDOWN) as u32;
+        let flags = (v.flags & keep) as u64 | libc::MAP_FIXED as u64;
+        let (fd, off) = if anon {
+            (u64::MAX, 0)
+        } else {
+            let writable_shared = shared && v.prot & libc::PROT_WRITE as u32 != 0;
+            let oflags = if writable_shared { libc::O_RDWR } else { libc::O_RDONLY } as u32;
+            (open(v.shmid as u32, oflags)?, v.pgoff)
+        };
+        let at = task.call("mmap", libc::SYS_mmap, [v.start, v.end - v.start, prot as u64, flags, fd, off])?;
+        if at != v.start {
+            return Err(Error::Invalid(format!("mmap of {:#x}-{:#x} landed at {at:#x}", v.start, v.end)));
+        }
+    }
+    Ok(())
+}
+
+/// Read every saved page into place with pread from the pages image, opened
+/// inside the task as `pages_fd`. Returns the number of pages.
+pub fn fill_pages(task: &Task, pagemap: &[PagemapEntry], pages_fd: u64) -> Result<u64> {
+    // pread moves at most this much at once (MAX_RW_COUNT).
+    const MAX_IO: u64 = 1 << 30;
+    let mut offset = 0u64;
+    let mut pages = 0u64;
+    for e in pagemap {
+        let len = e.nr_pages as u64 * PAGE_SIZE;
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(MAX_IO);
+            let got = task.call("pread of saved pages", libc::SYS_pread64, [pages_fd, e.vaddr + done, n, offset + done, 0, 0])?;
+            if got != n {
+                return Err(Error::Invalid(format!("short read of saved pages at {:#x}: {got} of {n} bytes", e.vaddr + done)));
+            }
+            done += n;
+        }
+        offset += len;
+        pages += e.nr_pages as u64;
+    }
+    Ok(pages)
+}
+
+/// Give every private vma its saved protection back.
+pub fn protect_vmas(task: &Task, mm: &MmEntry) -> Result<()> {
+    for v in &mm.vmas {
+        let shared = v.flags & libc::MAP_SHARED as u32 != 0;
+        if is_vdso_group(v.status) || v.status & VMA_AREA_VSYSCALL != 0 || shared {
+            continue;
+        }
+        if v.prot != (v.prot | (libc::PROT_READ | libc::PROT_WRITE) as u32) {
+            task.call("mprotect", libc::SYS_mprotect, [v.start, v.end - v.start, v.prot as u64, 0, 0, 0])?;
+        }
+    }
+    Ok(())
+}

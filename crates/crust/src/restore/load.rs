@@ -1,0 +1,171 @@
+//! Reading a dump back: every image a restore needs, checked for consistency
+//! before anything is created. Errors name the image file (and offset).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::images::proto::{
+    CoreEntry, FdinfoEntry, FileEntry, FsEntry, InventoryEntry, MmEntry, PagemapEntry, PagemapHead, PipeDataEntry,
+    PstreeEntry, TaskKobjIdsEntry, TtyInfoEntry,
+};
+use crate::images::{ImageReader, Kind};
+use crate::mem::PAGE_SIZE;
+
+/// One process of the dump.
+pub struct ProcessImage {
+    pub pstree: PstreeEntry,
+    /// Core of every thread, the leader first.
+    pub cores: Vec<(i32, CoreEntry)>,
+    pub ids: TaskKobjIdsEntry,
+    pub mm: MmEntry,
+    pub pagemap: Vec<PagemapEntry>,
+    pub pages_path: PathBuf,
+    pub fds: Vec<FdinfoEntry>,
+    pub fs: FsEntry,
+}
+
+impl ProcessImage {
+    pub fn pid(&self) -> i32 {
+        self.pstree.pid as i32
+    }
+}
+
+/// A whole dump, as read from its directory.
+pub struct DumpImage {
+    pub dir: PathBuf,
+    /// Parents before children, the root first.
+    pub processes: Vec<ProcessImage>,
+    pub files: HashMap<u32, FileEntry>,
+    /// Data queued in pipes, by pipe_id, with the pipe's buffer size.
+    pub pipe_data: HashMap<u32, (Vec<u8>, Option<u32>)>,
+    /// Terminals, by tty-info id.
+    pub tty_infos: HashMap<u32, TtyInfoEntry>,
+}
+
+fn invalid(path: &Path, what: impl Into<String>) -> Error {
+    Error::Image { file: path.to_path_buf(), offset: 0, what: what.into() }
+}
+
+fn read_all<M: prost::Message + Default>(path: &Path, kind: Kind) -> Result<Vec<M>> {
+    let mut r = ImageReader::open(path, kind)?;
+    let mut out = Vec::new();
+    while let Some(m) = r.next()? {
+        out.push(m);
+    }
+    Ok(out)
+}
+
+fn read_one<M: prost::Message + Default>(path: &Path, kind: Kind) -> Result<M> {
+    ImageReader::open(path, kind)?.one()
+}
+
+pub fn load(dir: &Path) -> Result<DumpImage> {
+    let dir = dir.canonicalize().map_err(|e| Error::Invalid(format!("images directory {}: {e}", dir.display())))?;
+    let inventory: InventoryEntry = read_one(&dir.join("inventory.img"), Kind::Inventory)?;
+    if inventory.img_version != 2 {
+        return Err(invalid(&dir.join("inventory.img"), format!("image version {} is not supported", inventory.img_version)));
+    }
+    let pstree_path = dir.join("pstree.img");
+    let pstree: Vec<PstreeEntry> = read_all(&pstree_path, Kind::Pstree)?;
+    if pstree.is_empty() {
+        return Err(invalid(&pstree_path, "no processes"));
+    }
+    let mut processes = Vec::new();
+    for (n, p) in pstree.iter().enumerate() {
+        if p.threads.first() != Some(&p.pid) {
+            return Err(invalid(&pstree_path, format!("process {}: its first thread is not its leader", p.pid)));
+        }
+        if n > 0 && !pstree[..n].iter().any(|q| q.pid == p.ppid) {
+            return Err(invalid(&pstree_path, format!("process {}: parent {} is not listed before it", p.pid, p.ppid)));
+        }
+        processes.push(load_process(&dir, p.clone())?);
+    }
+    let files_path = dir.join("files.img");
+    let mut files = HashMap::new();
+    for f in read_all::<FileEntry>(&files_path, Kind::Files)? {
+        files.insert(f.id, f);
+    }
+    for p in &processes {
+        for fd in &p.fds {
+            if !files.contains_key(&fd.id) {
+                return Err(invalid(&files_path, format!("no file {} for fd {} of process {}", fd.id, fd.fd, p.pid())));
+            }
+        }
+        for id in [p.fs.cwd_id, p.fs.root_id, p.mm.exe_file_id] {
+            if !files.contains_key(&id) {
+                return Err(invalid(&files_path, format!("no file {id} named by process {}", p.pid())));
+            }
+        }
+    }
+    let mut pipe_data = HashMap::new();
+    let pd_path = dir.join("pipes-data.img");
+    if pd_path.exists() {
+        let mut r = ImageReader::open(&pd_path, Kind::PipesData)?;
+        while let Some(e) = r.next::<PipeDataEntry>()? {
+            let data = r.raw(e.bytes as usize)?;
+            pipe_data.insert(e.pipe_id, (data, e.size));
+        }
+    }
+    let mut tty_infos = HashMap::new();
+    let tty_path = dir.join("tty-info.img");
+    if tty_path.exists() {
+        for t in read_all::<TtyInfoEntry>(&tty_path, Kind::TtyInfo)? {
+            tty_infos.insert(t.id, t);
+        }
+    }
+    Ok(DumpImage { dir, processes, files, pipe_data, tty_infos })
+}
+
+fn load_process(dir: &Path, pstree: PstreeEntry) -> Result<ProcessImage> {
+    let pid = pstree.pid;
+    let mut cores = Vec::new();
+    for &tid in &pstree.threads {
+        let path = dir.join(format!("core-{tid}.img"));
+        let core: CoreEntry = read_one(&path, Kind::Core)?;
+        if core.thread_info.is_none() || core.thread_core.is_none() {
+            return Err(invalid(&path, "core without x86-64 thread state"));
+        }
+        if tid == pid && (core.tc.is_none() || core.ids.is_none()) {
+            return Err(invalid(&path, "leader's core without task state"));
+        }
+        cores.push((tid as i32, core));
+    }
+    let ids = cores[0].1.ids.clone().expect("checked above");
+    let mm_path = dir.join(format!("mm-{pid}.img"));
+    let mm: MmEntry = read_one(&mm_path, Kind::Mm)?;
+    for v in &mm.vmas {
+        if v.start >= v.end || v.start % PAGE_SIZE != 0 || v.end % PAGE_SIZE != 0 {
+            return Err(invalid(&mm_path, format!("vma {:#x}-{:#x} is not a page-aligned range", v.start, v.end)));
+        }
+    }
+    let pm_path = dir.join(format!("pagemap-{pid}.img"));
+    let mut r = ImageReader::open(&pm_path, Kind::Pagemap)?;
+    let head: PagemapHead = r.one()?;
+    let mut pagemap = Vec::new();
+    let mut pages = 0u64;
+    while let Some(e) = r.next::<PagemapEntry>()? {
+        let end = e.vaddr + e.nr_pages as u64 * PAGE_SIZE;
+        let inside = |a: u64| mm.vmas.iter().any(|v| v.start <= a && a < v.end);
+        if e.vaddr % PAGE_SIZE != 0 || !inside(e.vaddr) || !inside(end - 1) {
+            return Err(invalid(&pm_path, format!("pages at {:#x}-{end:#x} lie outside the process's memory", e.vaddr)));
+        }
+        if e.in_parent == Some(true) {
+            return Err(invalid(&pm_path, "incremental dumps (pages in a parent image) are not supported yet"));
+        }
+        pages += e.nr_pages as u64;
+        pagemap.push(e);
+    }
+    let pages_path = dir.join(format!("pages-{}.img", head.pages_id));
+    let size = std::fs::metadata(&pages_path).map_err(|e| invalid(&pages_path, format!("cannot read: {e}")))?.len();
+    if size != pages * PAGE_SIZE {
+        return Err(Error::Image {
+            file: pages_path,
+            offset: size.min(pages * PAGE_SIZE),
+            what: format!("holds {size} bytes, but pagemap-{pid}.img lists {} pages ({} bytes)", pages, pages * PAGE_SIZE),
+        });
+    }
+    let fds: Vec<FdinfoEntry> = read_all(&dir.join(format!("fdinfo-{}.img", ids.files_id)), Kind::Fdinfo)?;
+    let fs: FsEntry = read_one(&dir.join(format!("fs-{pid}.img")), Kind::Fs)?;
+    Ok(ProcessImage { pstree, cores, ids, mm, pagemap, pages_path, fds, fs })
+}

@@ -1,0 +1,606 @@
+//! `crust restore`: bring a dumped tree back, with its pids, memory, files,
+//! signal state and registers, and let it run on.
+//!
+//! No code is loaded into the new tasks. crust forks a copy of itself with the
+//! root's pid (clone3 with set_tid), stops it under ptrace, and from then on
+//! drives every task by syscalls injected at a `syscall` instruction of the
+//! vdso: children and threads are made by clone3 inside their parents, crust's
+//! mappings are replaced by the image's, files are opened, and finally every
+//! thread gets its saved registers and is let go.
+
+pub mod layout;
+pub mod load;
+pub mod task;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use nix::sys::ptrace::{self as nix_ptrace, Options};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use serde::Serialize;
+
+use crate::arch;
+use crate::error::{Context, Error, Result};
+use crate::files::{self, FdRestorer};
+use crate::images::proto::{FdTypes, FileEntry};
+use crate::mem;
+use crate::ptrace;
+use load::{DumpImage, ProcessImage};
+use task::{Scratch, Task, SCRATCH_LEN};
+
+#[derive(Clone, Debug)]
+pub struct RestoreOptions {
+    pub dir: PathBuf,
+    /// The tree is a job of a shell: it joins crust's session instead of its own.
+    pub shell_job: bool,
+    /// How long to wait for pids of the image that are still taken (a killed
+    /// process's pid is released only once it has been reaped).
+    pub pid_wait: Duration,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RestoreStats {
+    pub processes: usize,
+    pub threads: usize,
+    pub pages_restored: u64,
+    pub forking_time_us: u64,
+    pub restore_time_us: u64,
+}
+
+/// A restored tree, running. Its root is a child of the calling process.
+pub struct Restored {
+    pub root: i32,
+    pub stats: RestoreStats,
+}
+
+// task_core_entry.task_state of a stopped job.
+const TASK_STOPPED: u32 = 3;
+const CLONE_THREAD_FLAGS: u64 = (libc::CLONE_VM
+    | libc::CLONE_FS
+    | libc::CLONE_FILES
+    | libc::CLONE_SIGHAND
+    | libc::CLONE_THREAD
+    | libc::CLONE_SYSVSEM) as u64;
+
+/// Everything created so far; killed (and reaped) unless the restore succeeds.
+#[derive(Default)]
+struct Created {
+    processes: Vec<i32>,
+    threads: Vec<i32>,
+    done: bool,
+}
+
+impl Drop for Created {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        for &pid in &self.processes {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        for &tid in self.threads.iter().chain(self.processes.iter().rev()) {
+            let _ = waitpid(Pid::from_raw(tid), Some(WaitPidFlag::__WALL));
+        }
+    }
+}
+
+/// One process under construction: its leader, its other threads, its scratch area.
+struct Proc<'a> {
+    image: &'a ProcessImage,
+    leader: Task,
+    threads: Vec<Task>,
+    scratch: Scratch,
+}
+
+pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
+    let start = Instant::now();
+    let img = load::load(&opts.dir)?;
+    preflight(&img, opts)?;
+    let mut created = Created::default();
+    let mut stats = RestoreStats { processes: img.processes.len(), ..Default::default() };
+
+    // The root: a copy of crust with the root's pid, stopped at birth.
+    let root_img = &img.processes[0];
+    let root_pid = root_img.pid();
+    spawn_stopped(root_pid)?;
+    created.processes.push(root_pid);
+    nix_ptrace::setoptions(
+        Pid::from_raw(root_pid),
+        Options::PTRACE_O_TRACEFORK | Options::PTRACE_O_TRACECLONE | Options::PTRACE_O_EXITKILL,
+    )
+    .ctx(|| format!("setting ptrace options on {root_pid}"))?;
+    let crust_layout = mem::read_vmas(root_pid)?;
+    for p in &img.processes {
+        layout::check_vdso(&p.mm, &crust_layout, &format!("mm-{}.img", p.pid()))?;
+    }
+    let gadget = mem::vdso_syscall_gadget(root_pid, &crust_layout)?;
+    let root = Task::new(root_pid, root_pid, gadget)?;
+    // A fork inherits crust's rseq registration, which points into memory that
+    // is about to go away: drop it before anything else.
+    let rseq = ptrace::rseq_config(root_pid)?;
+    if rseq.rseq_abi_size != 0 {
+        root.call(
+            "rseq unregister",
+            libc::SYS_rseq,
+            [rseq.rseq_abi_pointer, rseq.rseq_abi_size as u64, 1, rseq.signature as u64, 0, 0],
+        )?;
+    }
+    let mut occupied: Vec<(u64, u64)> = crust_layout.iter().map(|v| (v.start, v.end)).collect();
+    for p in &img.processes {
+        occupied.extend(p.mm.vmas.iter().map(|v| (v.start, v.end)));
+    }
+    let scratch_addr = layout::free_gap(&occupied, SCRATCH_LEN)
+        .ok_or_else(|| Error::Invalid("no address range is free for crust's scratch area".into()))?;
+    let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+    let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64;
+    root.call("mmap of the scratch area", libc::SYS_mmap, [scratch_addr, SCRATCH_LEN, prot, flags, u64::MAX, 0])?;
+
+    // Fds: crust's own go; objects shared by several processes are made in the
+    // root, above every fd of the image, and inherited by the forks.
+    let fd_base = img.processes.iter().flat_map(|p| p.fds.iter().map(|f| f.fd as u64 + 1)).max().unwrap_or(0).max(3);
+    root.call("close_range", libc::SYS_close_range, [0, fd_base - 1, 0, 0, 0, 0])?;
+    let mut root_scratch = Scratch::new(root_pid, scratch_addr)?;
+    let (shared, shared_pipes, next_high) = {
+        let mut r = FdRestorer { task: &root, scratch: &mut root_scratch, image: &img, pipes: HashMap::new(), next_high: fd_base };
+        let mut shared = HashMap::new();
+        for id in shared_files(&img) {
+            shared.insert(id, files::restore_file(&img.files[&id], &mut r)?);
+        }
+        (shared, r.pipes, r.next_high)
+    };
+    if root_img.pstree.sid == root_img.pstree.pid && !opts.shell_job {
+        root.call("setsid", libc::SYS_setsid, [0; 6])?;
+    }
+    let mut procs = vec![Proc { image: root_img, leader: root, threads: Vec::new(), scratch: root_scratch }];
+
+    // Children, each forked by its parent before anyone's memory changes.
+    let fork_start = Instant::now();
+    for p in &img.processes[1..] {
+        let parent = procs
+            .iter_mut()
+            .find(|q| q.image.pid() == p.pstree.ppid as i32)
+            .ok_or_else(|| Error::Invalid(format!("process {}: its parent {} is not in the image", p.pid(), p.pstree.ppid)))?;
+        let child = clone_in(&parent.leader, &mut parent.scratch, p.pid(), 0, libc::SIGCHLD as u64)?;
+        created.processes.push(child);
+        wait_new_task(child)?;
+        let task = Task::new(child, child, parent.leader.gadget())?;
+        if p.pstree.sid == p.pstree.pid {
+            task.call("setsid", libc::SYS_setsid, [0; 6])?;
+        }
+        procs.push(Proc { image: p, leader: task, threads: Vec::new(), scratch: Scratch::new(child, scratch_addr)? });
+    }
+    set_process_groups(&procs)?;
+    stats.forking_time_us = fork_start.elapsed().as_micros() as u64;
+
+    for p in &mut procs {
+        stats.pages_restored += restore_memory(p, &crust_layout, &img)?;
+        let mut r = FdRestorer {
+            task: &p.leader,
+            scratch: &mut p.scratch,
+            image: &img,
+            pipes: shared_pipes.clone(),
+            next_high,
+        };
+        restore_fds(p.image, &img, &shared, &mut r)?;
+        restore_process_state(p, &img)?;
+        for &(tid, _) in &p.image.cores[1..] {
+            let t = clone_in(&p.leader, &mut p.scratch, tid, CLONE_THREAD_FLAGS, 0)?;
+            created.threads.push(t);
+            wait_new_task(t)?;
+            p.threads.push(Task::new(p.image.pid(), t, p.leader.gadget())?);
+        }
+        restore_threads_state(p)?;
+        stats.threads += p.image.cores.len();
+    }
+    for p in &procs {
+        let len = p.scratch.len;
+        p.leader.call("munmap of the scratch area", libc::SYS_munmap, [p.scratch.addr, len, 0, 0, 0, 0])?;
+        set_limits(p)?;
+    }
+    // Last: every thread gets its registers back, then all are let go at once.
+    for p in &procs {
+        for (task, (_, core)) in std::iter::once(&p.leader).chain(p.threads.iter()).zip(&p.image.cores) {
+            let ti = core.thread_info.as_ref().expect("checked on load");
+            let template = ptrace::xstate(task.tid)?;
+            let xsave = arch::xsave_buffer(&ti.fpregs, &template)
+                .map_err(|e| Error::Unsupported(format!("thread {}: {e}", task.tid)))?;
+            ptrace::set_xstate(task.tid, &xsave)?;
+            ptrace::set_regs(task.tid, arch::user_regs(&ti.gpregs))?;
+            let tc = core.thread_core.as_ref().expect("checked on load");
+            ptrace::set_sigmask(task.tid, tc.blk_sigset.unwrap_or(0))?;
+        }
+    }
+    for p in &procs {
+        let stopped = p.image.cores[0].1.tc.as_ref().is_some_and(|tc| tc.task_state == TASK_STOPPED);
+        for task in p.threads.iter().chain(std::iter::once(&p.leader)) {
+            let sig = stopped.then_some(Signal::SIGSTOP);
+            nix_ptrace::detach(Pid::from_raw(task.tid), sig).ctx(|| format!("letting task {} go", task.tid))?;
+        }
+    }
+    created.done = true;
+    stats.restore_time_us = start.elapsed().as_micros() as u64;
+    Ok(Restored { root: root_pid, stats })
+}
+
+/// Checks that need no process: files the images name, sessions, free pids.
+fn preflight(img: &DumpImage, opts: &RestoreOptions) -> Result<()> {
+    for f in img.files.values() {
+        if let Some(reg) = &f.reg {
+            files::reg::check(reg)?;
+        }
+    }
+    let root = &img.processes[0].pstree;
+    let in_tree = |pid: u32| img.processes.iter().any(|p| p.pstree.pid == pid);
+    if !opts.shell_job && !in_tree(root.sid) {
+        return Err(Error::Invalid(format!(
+            "the dumped tree was a shell job (its session leader {} was not dumped); restore it with --shell-job",
+            root.sid
+        )));
+    }
+    for p in &img.processes[1..] {
+        let parent = img.processes.iter().find(|q| q.pstree.pid == p.pstree.ppid).expect("checked on load");
+        if p.pstree.sid != p.pstree.pid && p.pstree.sid != parent.pstree.sid {
+            return Err(Error::Unsupported(format!(
+                "process {} is in session {}, apart from its parent's: such trees are not supported yet",
+                p.pstree.pid, p.pstree.sid
+            )));
+        }
+    }
+    wait_for_pids(img, opts.pid_wait)
+}
+
+/// Every pid and tid of the image must be free. A pid whose process was just
+/// killed is released once it is reaped, which can take a moment here.
+fn wait_for_pids(img: &DumpImage, wait: Duration) -> Result<()> {
+    let deadline = Instant::now() + wait;
+    let ids: Vec<u32> = img.processes.iter().flat_map(|p| p.pstree.threads.iter().copied()).collect();
+    let max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(u32::MAX);
+    if let Some(id) = ids.iter().find(|&&id| id >= max) {
+        return Err(Error::Invalid(format!("pid {id} of the image is beyond this host's pid_max ({max})")));
+    }
+    loop {
+        let taken: Vec<u32> = ids.iter().copied().filter(|id| std::path::Path::new(&format!("/proc/{id}")).exists()).collect();
+        let Some(&id) = taken.first() else { return Ok(()) };
+        if Instant::now() >= deadline {
+            return Err(Error::Invalid(format!("pid {id} is taken by {}; nothing was restored", describe_holder(id))));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn describe_holder(id: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{id}/status")).unwrap_or_default();
+    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_string()).unwrap_or_default();
+    let tgid = field("Tgid:");
+    let what = if tgid == id.to_string() { "process".to_string() } else { format!("a thread of process {tgid}") };
+    format!("{what} {id} ({}, state {})", field("Name:"), field("State:"))
+}
+
+/// Files and pipes that more than one process holds: made once, in the root.
+fn shared_files(img: &DumpImage) -> Vec<u32> {
+    let mut users: HashMap<u32, Vec<i32>> = HashMap::new();
+    let mut pipe_users: HashMap<u32, Vec<i32>> = HashMap::new();
+    for p in &img.processes {
+        for fd in &p.fds {
+            users.entry(fd.id).or_default().push(p.pid());
+            if let Some(pipe) = img.files.get(&fd.id).and_then(|f| f.pipe.as_ref()) {
+                pipe_users.entry(pipe.pipe_id).or_default().push(p.pid());
+            }
+        }
+    }
+    let spans = |v: &Vec<i32>| v.iter().any(|&p| p != v[0]);
+    let mut ids: Vec<u32> = users
+        .iter()
+        .filter(|(id, v)| {
+            spans(v) || img.files[*id].pipe.as_ref().is_some_and(|p| spans(&pipe_users[&p.pipe_id]))
+        })
+        .map(|(id, _)| *id)
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// crust forks itself with `pid` and the child waits, stopped, for crust to
+/// take it over.
+fn spawn_stopped(pid: i32) -> Result<()> {
+    let set_tid = [pid as libc::pid_t];
+    let args = CloneArgs { exit_signal: libc::SIGCHLD as u64, set_tid: set_tid.as_ptr() as u64, set_tid_size: 1, ..Default::default() };
+    // SAFETY: a fork; the child runs only async-signal-safe raw syscalls and then
+    // stops, and never returns into crust's code once crust has taken it over.
+    let r = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    if r == 0 {
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0);
+            libc::raise(libc::SIGSTOP);
+            libc::_exit(127);
+        }
+    }
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(match e.raw_os_error() {
+            Some(libc::EEXIST) => Error::Invalid(format!("pid {pid} was taken while crust restored it")),
+            _ => Error::Io { context: format!("creating process {pid}"), source: e },
+        });
+    }
+    wait_new_task(pid)
+}
+
+/// The first stop of a task created under ptrace.
+fn wait_new_task(tid: i32) -> Result<()> {
+    match waitpid(Pid::from_raw(tid), Some(WaitPidFlag::__WALL)).ctx(|| format!("waiting for new task {tid}"))? {
+        WaitStatus::Stopped(_, Signal::SIGSTOP) | WaitStatus::PtraceEvent(_, _, libc::PTRACE_EVENT_STOP) => Ok(()),
+        other => Err(Error::Invalid(format!("new task {tid} did not stop as expected: {other:?}"))),
+    }
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// clone3 inside `task`, giving the new task id `id`.
+fn clone_in(task: &Task, scratch: &mut Scratch, id: i32, flags: u64, exit_signal: u64) -> Result<i32> {
+    let set_tid = scratch.reset().put(&(id as i32).to_le_bytes())?;
+    let args = CloneArgs { flags, exit_signal, set_tid, set_tid_size: 1, ..Default::default() };
+    // SAFETY: CloneArgs is plain old data.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(&args as *const CloneArgs as *const u8, std::mem::size_of::<CloneArgs>())
+    };
+    let addr = scratch.put(bytes)?;
+    let what = format!("clone3 of task {id}");
+    task.call_clone(&what, libc::SYS_clone3, [addr, bytes.len() as u64, 0, 0, 0, 0]).map_err(|e| match e {
+        Error::Invalid(m) if m.contains("EEXIST") => Error::Invalid(format!("pid {id} was taken while crust restored it")),
+        other => other,
+    })
+}
+
+/// Process groups: leaders make their groups first, then members join.
+fn set_process_groups(procs: &[Proc]) -> Result<()> {
+    let in_tree = |pid: u32| procs.iter().any(|p| p.image.pstree.pid == pid);
+    let mut order: Vec<&Proc> = procs.iter().collect();
+    order.sort_by_key(|p| p.image.pstree.pgid != p.image.pstree.pid);
+    for p in order {
+        let (pid, pgid) = (p.image.pstree.pid, p.image.pstree.pgid);
+        if in_tree(pgid) && nix::unistd::getpgid(Some(Pid::from_raw(pid as i32))).map(|g| g.as_raw() as u32) != Ok(pgid) {
+            p.leader.call("setpgid", libc::SYS_setpgid, [0, pgid as u64, 0, 0, 0, 0])?;
+        }
+    }
+    Ok(())
+}
+
+/// Replace crust's copy with the image's memory. Returns the pages restored.
+fn restore_memory(p: &mut Proc, crust_layout: &[mem::Vma], img: &DumpImage) -> Result<u64> {
+    let task = &mut p.leader;
+    layout::unmap_crust(task, crust_layout, &p.scratch)?;
+    layout::move_vdso(task, &p.image.mm, crust_layout, &p.scratch)?;
+    let mut opened: HashMap<(u32, u32), u64> = HashMap::new();
+    {
+        let scratch = &mut p.scratch;
+        let task: &Task = task;
+        layout::map_vmas(task, &p.image.mm, |file_id, flags| {
+            if let Some(fd) = opened.get(&(file_id, flags)) {
+                return Ok(*fd);
+            }
+            let path = file_path(img, file_id)?;
+            let fd = open_in(task, scratch, path, flags | libc::O_CLOEXEC as u32)?;
+            opened.insert((file_id, flags), fd);
+            Ok(fd)
+        })?;
+    }
+    let task: &Task = task;
+    let pages_fd = open_in(task, &mut p.scratch, &p.image.pages_path.to_string_lossy(), (libc::O_RDONLY | libc::O_CLOEXEC) as u32)?;
+    let pages = layout::fill_pages(task, &p.image.pagemap, pages_fd)?;
+    layout::protect_vmas(task, &p.image.mm)?;
+    // The mm's own bounds, auxv and executable.
+    let mm = &p.image.mm;
+    let exe_fd = open_in(task, &mut p.scratch, file_path(img, mm.exe_file_id)?, (libc::O_RDONLY | libc::O_CLOEXEC) as u32)?;
+    let auxv = p.scratch.reset().put_u64s(&mm.mm_saved_auxv)?;
+    let mut map = vec![
+        mm.mm_start_code,
+        mm.mm_end_code,
+        mm.mm_start_data,
+        mm.mm_end_data,
+        mm.mm_start_brk,
+        mm.mm_brk,
+        mm.mm_start_stack,
+        mm.mm_arg_start,
+        mm.mm_arg_end,
+        mm.mm_env_start,
+        mm.mm_env_end,
+        auxv,
+    ];
+    map.push((mm.mm_saved_auxv.len() as u64 * 8) | (exe_fd << 32));
+    let map_addr = p.scratch.put_u64s(&map)?;
+    task.call("prctl(PR_SET_MM_MAP)", libc::SYS_prctl, [libc::PR_SET_MM as u64, libc::PR_SET_MM_MAP as u64, map_addr, map.len() as u64 * 8, 0, 0])?;
+    for fd in opened.into_values().chain([pages_fd, exe_fd]) {
+        task.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+    }
+    Ok(pages)
+}
+
+fn file_path(img: &DumpImage, id: u32) -> Result<&str> {
+    img.files
+        .get(&id)
+        .and_then(|f: &FileEntry| f.reg.as_ref())
+        .map(|r| r.name.as_str())
+        .ok_or_else(|| Error::Invalid(format!("files.img: file {id} is not a regular file")))
+}
+
+fn open_in(task: &Task, scratch: &mut Scratch, path: &str, flags: u32) -> Result<u64> {
+    let addr = scratch.reset().put_str(path)?;
+    task.call(&format!("opening {path}"), libc::SYS_openat, [libc::AT_FDCWD as u64, addr, flags as u64, 0, 0, 0])
+}
+
+/// The fd table: every object made (or inherited from the root), then each
+/// put at its number, then everything else closed.
+fn restore_fds(image: &ProcessImage, img: &DumpImage, shared: &HashMap<u32, u64>, r: &mut FdRestorer) -> Result<()> {
+    let mut objects = shared.clone();
+    for fd in &image.fds {
+        if !objects.contains_key(&fd.id) {
+            let fd_obj = files::restore_file(&img.files[&fd.id], r)?;
+            objects.insert(fd.id, fd_obj);
+        }
+    }
+    for fd in &image.fds {
+        let obj = objects[&fd.id];
+        r.task.call("dup2", libc::SYS_dup2, [obj, fd.fd as u64, 0, 0, 0, 0])?;
+        if fd.flags & libc::FD_CLOEXEC as u32 != 0 {
+            r.task.call("fcntl(F_SETFD)", libc::SYS_fcntl, [fd.fd as u64, libc::F_SETFD as u64, libc::FD_CLOEXEC as u64, 0, 0, 0])?;
+        }
+        if fd.r#type != img.files[&fd.id].r#type {
+            return Err(Error::Invalid(format!(
+                "fdinfo of process {}: fd {} has type {} but its file {} is {}",
+                image.pid(),
+                fd.fd,
+                FdTypes::try_from(fd.r#type).map(|t| t.as_str_name()).unwrap_or("?"),
+                fd.id,
+                img.files[&fd.id].r#type
+            )));
+        }
+    }
+    let base = image.fds.iter().map(|f| f.fd as u64 + 1).max().unwrap_or(0);
+    let first_high = objects.values().copied().min().unwrap_or(u64::MAX).max(base);
+    r.task.call("close_range", libc::SYS_close_range, [first_high, u32::MAX as u64, 0, 0, 0, 0])?;
+    Ok(())
+}
+
+/// Per-process state: cwd, root, umask, personality, signal handlers, itimers.
+fn restore_process_state(p: &mut Proc, img: &DumpImage) -> Result<()> {
+    let task = &p.leader;
+    let root = file_path(img, p.image.fs.root_id)?;
+    if root != "/" {
+        let a = p.scratch.reset().put_str(root)?;
+        task.call(&format!("chroot to {root}"), libc::SYS_chroot, [a, 0, 0, 0, 0, 0])?;
+    }
+    let cwd = file_path(img, p.image.fs.cwd_id)?;
+    let a = p.scratch.reset().put_str(cwd)?;
+    task.call(&format!("chdir to {cwd}"), libc::SYS_chdir, [a, 0, 0, 0, 0, 0])?;
+    if let Some(umask) = p.image.fs.umask {
+        task.call("umask", libc::SYS_umask, [umask as u64, 0, 0, 0, 0, 0])?;
+    }
+    let tc = p.image.cores[0].1.tc.as_ref().expect("checked on load");
+    task.call("personality", libc::SYS_personality, [tc.personality as u64, 0, 0, 0, 0, 0])?;
+    let signals = (1..=64u64).filter(|&s| s != libc::SIGKILL as u64 && s != libc::SIGSTOP as u64);
+    for (sig, sa) in signals.zip(&tc.sigactions) {
+        let act = p.scratch.reset().put_u64s(&[sa.sigaction, sa.flags, sa.restorer, sa.mask])?;
+        task.call(&format!("rt_sigaction({sig})"), libc::SYS_rt_sigaction, [sig, act, 0, 8, 0, 0])?;
+    }
+    if let Some(t) = &tc.timers {
+        for (which, it) in [(libc::ITIMER_REAL, &t.real), (libc::ITIMER_VIRTUAL, &t.virt), (libc::ITIMER_PROF, &t.prof)] {
+            if it.vsec != 0 || it.vusec != 0 {
+                let v = p.scratch.reset().put_u64s(&[it.isec, it.iusec, it.vsec, it.vusec])?;
+                task.call("setitimer", libc::SYS_setitimer, [which as u64, v, 0, 0, 0, 0])?;
+            }
+        }
+    }
+    if let Some(q) = &tc.signals_s {
+        for s in &q.signals {
+            let sig = s.siginfo.get(0..4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes"))).unwrap_or(0);
+            let info = p.scratch.reset().put(&s.siginfo)?;
+            task.call("rt_sigqueueinfo", libc::SYS_rt_sigqueueinfo, [p.image.pid() as u64, sig as u64, info, 0, 0, 0])?;
+        }
+    }
+    Ok(())
+}
+
+/// Per-thread state, in each thread: tid address, robust list, sigaltstack,
+/// rseq, name, parent-death signal, pending signals, credentials.
+fn restore_threads_state(p: &mut Proc) -> Result<()> {
+    let pid = p.image.pid() as u64;
+    for (task, (_, core)) in std::iter::once(&p.leader).chain(p.threads.iter()).zip(&p.image.cores) {
+        let ti = core.thread_info.as_ref().expect("checked on load");
+        let tc = core.thread_core.as_ref().expect("checked on load");
+        task.call("set_tid_address", libc::SYS_set_tid_address, [ti.clear_tid_addr, 0, 0, 0, 0, 0])?;
+        if tc.futex_rla_len != 0 {
+            task.call("set_robust_list", libc::SYS_set_robust_list, [tc.futex_rla, tc.futex_rla_len as u64, 0, 0, 0, 0])?;
+        }
+        if let Some(sas) = &tc.sas {
+            // SS_ONSTACK is the kernel's report, not a setting.
+            let flags = sas.ss_flags & !(libc::SS_ONSTACK as u32);
+            let ss = p.scratch.reset().put_u64s(&[sas.ss_sp, flags as u64, sas.ss_size])?;
+            task.call("sigaltstack", libc::SYS_sigaltstack, [ss, 0, 0, 0, 0, 0])?;
+        }
+        if let Some(rs) = &tc.rseq_entry {
+            task.call("rseq", libc::SYS_rseq, [rs.rseq_abi_pointer, rs.rseq_abi_size as u64, 0, rs.signature as u64, 0, 0])?;
+        }
+        if let Some(comm) = &tc.comm {
+            let name = p.scratch.reset().put_str(comm)?;
+            task.call("prctl(PR_SET_NAME)", libc::SYS_prctl, [libc::PR_SET_NAME as u64, name, 0, 0, 0, 0])?;
+        }
+        task.call("prctl(PR_SET_PDEATHSIG)", libc::SYS_prctl, [libc::PR_SET_PDEATHSIG as u64, tc.pdeath_sig.unwrap_or(0) as u64, 0, 0, 0, 0])?;
+        if let Some(q) = &tc.signals_p {
+            for s in &q.signals {
+                let sig = s.siginfo.get(0..4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes"))).unwrap_or(0);
+                let info = p.scratch.reset().put(&s.siginfo)?;
+                task.call("rt_tgsigqueueinfo", libc::SYS_rt_tgsigqueueinfo, [pid, task.tid as u64, sig as u64, info, 0, 0])?;
+            }
+        }
+        if let Some(c) = &tc.creds {
+            restore_creds(task, &mut p.scratch, c)?;
+        }
+    }
+    Ok(())
+}
+
+/// Credentials, as far as crust may set them: groups, gids, uids (per thread,
+/// as the kernel keeps them). Capabilities beyond what the ids imply are not set.
+fn restore_creds(task: &Task, scratch: &mut Scratch, c: &crate::images::proto::CredsEntry) -> Result<()> {
+    let st = crate::proc::status(task.pid, task.tid)?;
+    if st.groups != c.groups {
+        let words: Vec<u8> = c.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
+        let a = scratch.reset().put(&words)?;
+        task.call("setgroups", libc::SYS_setgroups, [c.groups.len() as u64, a, 0, 0, 0, 0])?;
+    }
+    if (st.rgid, st.egid, st.sgid) != (c.gid, c.egid, c.sgid) {
+        task.call("setresgid", libc::SYS_setresgid, [c.gid as u64, c.egid as u64, c.sgid as u64, 0, 0, 0])?;
+    }
+    if (st.ruid, st.euid, st.suid) != (c.uid, c.euid, c.suid) {
+        task.call("setresuid", libc::SYS_setresuid, [c.uid as u64, c.euid as u64, c.suid as u64, 0, 0, 0])?;
+    }
+    Ok(())
+}
+
+/// Resource limits and scheduling, set from outside. A hard limit above crust's
+/// own cannot be restored (no CAP_SYS_RESOURCE here): it is kept at crust's.
+fn set_limits(p: &Proc) -> Result<()> {
+    let pid = p.image.pid();
+    let tc = p.image.cores[0].1.tc.as_ref().expect("checked on load");
+    if let Some(r) = &tc.rlimits {
+        for (res, l) in r.rlimits.iter().enumerate() {
+            let mut cur = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            // SAFETY: prlimit reads/writes one rlimit.
+            unsafe { libc::prlimit(pid, res as libc::__rlimit_resource_t, std::ptr::null(), &mut cur) };
+            let max = l.max.min(cur.rlim_max);
+            let new = libc::rlimit { rlim_cur: l.cur.min(max), rlim_max: max };
+            if (new.rlim_cur, new.rlim_max) != (cur.rlim_cur, cur.rlim_max) {
+                // SAFETY: as above.
+                let r = unsafe { libc::prlimit(pid, res as libc::__rlimit_resource_t, &new, std::ptr::null_mut()) };
+                if r != 0 {
+                    log::warn!("process {pid}: resource limit {res} not restored: {}", std::io::Error::last_os_error());
+                }
+            }
+        }
+    }
+    for (task, (_, core)) in std::iter::once(&p.leader).chain(p.threads.iter()).zip(&p.image.cores) {
+        if let Some(nice) = core.thread_core.as_ref().and_then(|t| t.sched_nice) {
+            // SAFETY: setpriority of one thread.
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, task.tid as libc::id_t, nice) };
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,95 @@
+//! A task being restored: crust drives it by syscalls injected under ptrace,
+//! with a scratch mapping in it for the syscalls' arguments.
+
+use crate::error::{Error, Result};
+use crate::ptrace;
+use crate::remote::{self, TaskMem};
+
+/// One stopped thread of a task under construction.
+pub struct Task {
+    pub pid: i32,
+    pub tid: i32,
+    gadget: u64,
+    base: libc::user_regs_struct,
+}
+
+impl Task {
+    pub fn new(pid: i32, tid: i32, gadget: u64) -> Result<Task> {
+        Ok(Task { pid, tid, gadget, base: ptrace::regs(tid)? })
+    }
+
+    /// Run a syscall in the task; failures become errors naming `what`.
+    pub fn call(&self, what: &str, nr: i64, args: [u64; 6]) -> Result<u64> {
+        let (r, _) = remote::syscall(self.tid, &self.base, self.gadget, nr, args)?;
+        remote::check(self.tid, what, r)
+    }
+
+    /// Run a syscall that creates a task (clone3), and return the new task's id.
+    pub fn call_clone(&self, what: &str, nr: i64, args: [u64; 6]) -> Result<i32> {
+        let (r, created) = remote::syscall(self.tid, &self.base, self.gadget, nr, args)?;
+        let id = remote::check(self.tid, what, r)? as i32;
+        match created {
+            Some(c) if c == id => Ok(id),
+            _ => Err(Error::Invalid(format!("task {}: {what} created {id}, but ptrace did not report it", self.tid))),
+        }
+    }
+
+    pub fn gadget(&self) -> u64 {
+        self.gadget
+    }
+
+    /// The gadget lives in the vdso; when the vdso moves, so does the gadget.
+    pub fn set_gadget(&mut self, gadget: u64) {
+        self.gadget = gadget;
+    }
+}
+
+/// A private read-write mapping in a task for syscall arguments, filled from
+/// crust through /proc/PID/mem.
+pub struct Scratch {
+    pub addr: u64,
+    pub len: u64,
+    used: u64,
+    mem: TaskMem,
+}
+
+pub const SCRATCH_LEN: u64 = 1 << 20;
+
+impl Scratch {
+    pub fn new(pid: i32, addr: u64) -> Result<Scratch> {
+        Ok(Scratch { addr, len: SCRATCH_LEN, used: 0, mem: TaskMem::open(pid)? })
+    }
+
+    /// Forget what was put before: the previous syscall is done with it.
+    pub fn reset(&mut self) -> &mut Self {
+        self.used = 0;
+        self
+    }
+
+    /// Copy `data` into the scratch area and return its address in the task.
+    pub fn put(&mut self, data: &[u8]) -> Result<u64> {
+        let at = (self.used + 15) & !15;
+        if at + data.len() as u64 > self.len {
+            return Err(Error::Invalid(format!("{} bytes do not fit in crust's scratch area", data.len())));
+        }
+        self.mem.write(self.addr + at, data)?;
+        self.used = at + data.len() as u64;
+        Ok(self.addr + at)
+    }
+
+    /// A NUL-terminated string.
+    pub fn put_str(&mut self, s: &str) -> Result<u64> {
+        let mut b = s.as_bytes().to_vec();
+        b.push(0);
+        self.put(&b)
+    }
+
+    pub fn put_u64s(&mut self, words: &[u64]) -> Result<u64> {
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        self.put(&bytes)
+    }
+
+    pub fn read(&self, addr: u64, buf: &mut [u8]) -> Result<()> {
+        self.mem.read(addr, buf)
+    }
+}
