@@ -35,10 +35,16 @@ impl Workload {
         let exe = Path::new(WORKLOAD_DIR).join(name);
         let mut cmd = Command::new(&exe);
         cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
-        // SAFETY: setsid is async-signal-safe; the child leads its own session
-        // so the dump does not need shell_job.
+        // SAFETY: setsid and close_range are async-signal-safe. The child leads
+        // its own session so the dump does not need shell_job, and it inherits
+        // no fds beyond 0-2 (a profiler's leaked eventfd, say, would make the
+        // dump fail on an unsupported file).
         unsafe {
-            cmd.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(std::io::Error::from));
+            cmd.pre_exec(|| {
+                nix::unistd::setsid().map_err(std::io::Error::from)?;
+                libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+                Ok(())
+            });
         }
         let mut child = cmd.spawn().with_context(|| format!("starting {}", exe.display()))?;
         let stdout = child.stdout.take().expect("piped stdout");
@@ -179,7 +185,9 @@ fn bench(name: &str, args: &[&str], iters: usize, counter: &mut usize, buf: &[u8
     let mut stats: Vec<DumpStats> = Vec::new();
     let mut dump_t = Vec::new();
     let mut base_t = Vec::new();
-    for _ in 0..iters {
+    // Round 0 is an untimed warm-up: the first use of a lot of fresh memory in
+    // this VM is much slower (host faults) than steady state.
+    for round in 0..=iters {
         let dir = TmpPath::new("", *counter);
         *counter += 1;
         let opts = DumpOptions { pid: w.pid(), dir: dir.0.clone(), leave_running: true, shell_job: false };
@@ -192,6 +200,18 @@ fn bench(name: &str, args: &[&str], iters: usize, counter: &mut usize, buf: &[u8
         *counter += 1;
         base_t.push(ms(write_baseline(&file.0, s.bytes_written, buf)?));
         drop(file);
+        if round == 0 {
+            dump_t.clear();
+            base_t.clear();
+            continue;
+        }
+        eprintln!(
+            "    iter: dump {:8.2} ms (memdump {:7.2} memwrite {:7.2})  baseline {:8.2} ms",
+            dump_t[dump_t.len() - 1],
+            s.memdump_time_us as f64 / 1e3,
+            s.memwrite_time_us as f64 / 1e3,
+            base_t[base_t.len() - 1]
+        );
         stats.push(s);
     }
     w.verify().with_context(|| format!("{} after {iters} dumps", w.name))?;
@@ -231,23 +251,30 @@ fn main() -> Result<()> {
         *b = (x as u8) | 1;
     }
 
-    let cases: [(&str, &[&str], usize); 3] = [("test_mm", &[], 5), ("bigmem", &["256"], 5), ("bigmem", &["1024"], 3)];
+    let cases: [(&str, &[&str], usize); 3] = [("test_mm", &[], 5), ("bigmem", &["256"], 5), ("bigmem", &["1024"], 7)];
     let mut counter = 0;
     let mut rows = Vec::new();
+    // CRUST_BENCH_FILTER=<substring> runs only the matching workloads (e.g. for profiling).
+    let filter = std::env::var("CRUST_BENCH_FILTER").unwrap_or_default();
     for (name, args, iters) in cases {
+        if !format!("{name} {}", args.join(" ")).contains(filter.as_str()) {
+            continue;
+        }
         rows.push(bench(name, args, iters, &mut counter, &buf)?);
     }
 
     println!();
+    println!("medians over the timed rounds (one untimed warm-up round per workload):");
     println!(
-        "{:<14} {:>14} {:>10} {:>10} {:>11} {:>10} {:>12}",
-        "workload", "bytes", "dump ms", "frozen ms", "baseline ms", "dump/base", "frozen/base"
+        "{:<14} {:>14} {:>8} {:>10} {:>10} {:>11} {:>10} {:>12}",
+        "workload", "bytes", "pages", "dump ms", "frozen ms", "baseline ms", "dump/base", "frozen/base"
     );
     for r in &rows {
         println!(
-            "{:<14} {:>14} {:>10.2} {:>10.2} {:>11.2} {:>10.2} {:>12.2}",
+            "{:<14} {:>14} {:>8} {:>10.2} {:>10.2} {:>11.2} {:>10.2} {:>12.2}",
             r.name,
             r.bytes,
+            r.pages_written,
             r.dump_ms,
             r.frozen_ms,
             r.base_ms,
@@ -256,20 +283,23 @@ fn main() -> Result<()> {
         );
     }
     println!();
-    println!("details (medians; ms):");
+    println!("details (ms; phase times are medians of DumpStats; ranges are min..max):");
     for r in &rows {
+        let (dmin, dmax) = r.dump_range;
+        let (bmin, bmax) = r.base_range;
         println!(
-            "  {:<14} pages scanned {:>7} written {:>7} | freezing {:.2} memdump {:.2} memwrite {:.2} | dump {:.2}..{:.2} baseline {:.2}..{:.2}",
+            "  {:<14} pages scanned {:>7} | freezing {:.2} memdump {:.2} memwrite {:.2} | dump {:.2}..{:.2} baseline {:.2}..{:.2} | min dump/min base {:.2}{}",
             r.name,
             r.pages_scanned,
-            r.pages_written,
             r.freezing_ms,
             r.memdump_ms,
             r.memwrite_ms,
-            r.dump_range.0,
-            r.dump_range.1,
-            r.base_range.0,
-            r.base_range.1
+            dmin,
+            dmax,
+            bmin,
+            bmax,
+            dmin / bmin,
+            if dmax > 1.5 * dmin || bmax > 1.5 * bmin { "  (noisy: max > 1.5 x min)" } else { "" }
         );
     }
     println!();

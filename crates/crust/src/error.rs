@@ -5,18 +5,10 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{context}: {source}")]
-    Sys {
-        context: String,
-        #[source]
-        source: nix::Error,
-    },
+    #[error("{context}: {err}")]
+    Io { context: String, err: std::io::Error },
+    #[error("{context}: {err}")]
+    Sys { context: String, err: nix::Error },
     /// A malformed, truncated or unexpected image, located by file and byte offset.
     #[error("{}: at offset {offset}: {what}", file.display())]
     Image {
@@ -41,12 +33,12 @@ pub trait Context<T> {
 
 impl<T> Context<T> for std::io::Result<T> {
     fn ctx<S: Into<String>>(self, f: impl FnOnce() -> S) -> Result<T> {
-        self.map_err(|source| Error::Io { context: f().into(), source })
+        self.map_err(|err| Error::Io { context: f().into(), err })
     }
 }
 
 impl<T> Context<T> for nix::Result<T> {
     fn ctx<S: Into<String>>(self, f: impl FnOnce() -> S) -> Result<T> {
-        self.map_err(|source| Error::Sys { context: f().into(), source })
+        self.map_err(|err| Error::Sys { context: f().into(), err })
     }
 }

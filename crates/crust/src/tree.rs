@@ -150,7 +150,7 @@ fn children(p: &FrozenProcess) -> Result<Vec<i32>> {
     let mut out = Vec::new();
     for tid in &p.threads {
         let path = format!("/proc/{}/task/{tid}/children", p.pid);
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::Io { context: format!("reading {path}"), source: e })?;
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::Io { context: format!("reading {path}"), err: e })?;
         out.extend(text.split_whitespace().filter_map(|s| s.parse::<i32>().ok()));
     }
     Ok(out)

@@ -112,6 +112,9 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
         Options::PTRACE_O_TRACEFORK | Options::PTRACE_O_TRACECLONE | Options::PTRACE_O_EXITKILL,
     )
     .ctx(|| format!("setting ptrace options on {root_pid}"))?;
+    // Nothing may be delivered while crust works inside the tasks; forks and
+    // threads inherit the mask, and each thread gets its own back at the end.
+    ptrace::set_sigmask(root_pid, !0)?;
     let crust_layout = mem::read_vmas(root_pid)?;
     for p in &img.processes {
         layout::check_vdso(&p.mm, &crust_layout, &format!("mm-{}.img", p.pid()))?;
@@ -141,7 +144,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
     // Fds: crust's own go; objects shared by several processes are made in the
     // root, above every fd of the image, and inherited by the forks.
     let fd_base = img.processes.iter().flat_map(|p| p.fds.iter().map(|f| f.fd as u64 + 1)).max().unwrap_or(0).max(3);
-    root.call("close_range", libc::SYS_close_range, [0, fd_base - 1, 0, 0, 0, 0])?;
+    root.call("close_range", libc::SYS_close_range, [0, u32::MAX as u64, 0, 0, 0, 0])?;
     let mut root_scratch = Scratch::new(root_pid, scratch_addr)?;
     let (shared, shared_pipes, next_high) = {
         let mut r = FdRestorer { task: &root, scratch: &mut root_scratch, image: &img, pipes: HashMap::new(), next_high: fd_base };
@@ -323,7 +326,7 @@ fn spawn_stopped(pid: i32) -> Result<()> {
         let e = std::io::Error::last_os_error();
         return Err(match e.raw_os_error() {
             Some(libc::EEXIST) => Error::Invalid(format!("pid {pid} was taken while crust restored it")),
-            _ => Error::Io { context: format!("creating process {pid}"), source: e },
+            _ => Error::Io { context: format!("creating process {pid}"), err: e },
         });
     }
     wait_new_task(pid)
