@@ -1,76 +1,110 @@
 //! `crust demo`: the bundled test_mm (two threads printing counters) is started,
-//! checkpointed with --leave-running, and the saved images are summarised while
-//! it goes on counting.
+//! checkpointed (which stops it), restored from its images, and shown counting
+//! on from where it was, with the numbers of both steps.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Seek};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 
 use crust::dump::{dump, DumpOptions};
+use crust::restore::{restore, RestoreOptions};
 
 const TEST_MM: &[u8] = include_bytes!(concat!(env!("CRUST_WORKLOAD_DIR"), "/test_mm"));
 
 pub fn run() -> Result<()> {
     let work = std::env::temp_dir().join(format!("crust-demo-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
-    let result = run_in(&work);
+    let mut pid = None;
+    let result = run_in(&work, &mut pid);
+    if let Some(pid) = pid {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), None);
+    }
     let _ = std::fs::remove_dir_all(&work);
     result
 }
 
-fn run_in(work: &std::path::Path) -> Result<()> {
+/// Follows test_mm's output file, which survives the checkpoint (the restored
+/// process reopens it at its saved offset).
+struct Output {
+    reader: BufReader<std::fs::File>,
+}
+
+impl Output {
+    fn lines(&mut self, n: usize) -> Result<Vec<String>> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut out = Vec::new();
+        let mut line = String::new();
+        while out.len() < n {
+            let pos = self.reader.stream_position()?;
+            line.clear();
+            if self.reader.read_line(&mut line)? > 0 && line.ends_with('\n') {
+                out.push(line.trim_end().to_string());
+                continue;
+            }
+            self.reader.seek(std::io::SeekFrom::Start(pos))?;
+            if Instant::now() > deadline {
+                bail!("test_mm printed nothing for 5 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(out)
+    }
+
+    fn show(&mut self, n: usize) -> Result<()> {
+        for l in self.lines(n)? {
+            println!("  test_mm| {l}");
+        }
+        Ok(())
+    }
+}
+
+fn run_in(work: &Path, pid_out: &mut Option<i32>) -> Result<()> {
     let exe = work.join("test_mm");
     std::fs::write(&exe, TEST_MM)?;
     std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o700))?;
+    let log = work.join("test_mm.out");
+    let out = std::fs::File::create(&log)?;
     let mut cmd = Command::new(&exe);
-    cmd.stdout(Stdio::piped()).stdin(Stdio::null());
+    cmd.stdout(out).stdin(Stdio::null());
     // SAFETY: setsid is async-signal-safe; the child gets a session of its own so
-    // the dump does not need --shell-job.
+    // the dump needs no --shell-job.
     unsafe {
         cmd.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(std::io::Error::from));
     }
-    let mut child = cmd.spawn().context("starting test_mm")?;
+    let child = cmd.spawn().context("starting test_mm")?;
     let pid = child.id() as i32;
-    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
-    let mut show = |n: usize| -> Result<()> {
-        for _ in 0..n {
-            match lines.next() {
-                Some(l) => println!("  test_mm| {}", l?),
-                None => bail!("test_mm stopped printing"),
-            }
-        }
-        Ok(())
-    };
-    println!("started test_mm as pid {pid}");
-    show(7)?;
+    *pid_out = Some(pid);
+    let mut output = Output { reader: BufReader::new(std::fs::File::open(&log)?) };
+    println!("started test_mm as pid {pid}, its output goes to {}", log.display());
+    output.show(7)?;
+
     let images = work.join("images");
-    let opts = DumpOptions { pid, dir: images.clone(), leave_running: true, shell_job: false };
-    let stats = dump(&opts);
-    let stats = match stats {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(e).context("dump failed");
-        }
-    };
-    println!("checkpointed pid {pid} with --leave-running:");
+    let stats = dump(&DumpOptions { pid, dir: images.clone(), leave_running: false, shell_job: false })
+        .context("dump failed")?;
+    println!("\n$ crust dump -t {pid} -D {}", images.display());
     crate::print_dump_stats(&stats, &images);
     let mut names: Vec<_> = std::fs::read_dir(&images)?.filter_map(|e| e.ok()).collect();
     names.sort_by_key(|e| e.file_name());
     for e in names {
         println!("  {:<20} {:>10} bytes", e.file_name().to_string_lossy(), e.metadata()?.len());
     }
-    let pstree = crust::show::show_file(&images.join("pstree.img"))?;
-    println!("pstree.img: {pstree}");
-    println!("test_mm keeps counting after the dump:");
-    show(6)?;
-    std::thread::sleep(Duration::from_millis(10));
-    let _ = child.kill();
-    let _ = child.wait();
+    std::thread::sleep(Duration::from_millis(500));
+    let alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
+    println!("test_mm is {} and printed nothing for 0.5 s", if alive { "STILL ALIVE (unexpected)" } else { "gone" });
+
+    println!("\n$ crust restore -D {} -d", images.display());
+    let restored = restore(&RestoreOptions { dir: images.clone(), shell_job: false, pid_wait: Duration::from_secs(5) })
+        .context("restore failed")?;
+    crate::print_restore_stats(&restored);
+    println!("test_mm counts on from where it stopped, in both threads:");
+    output.show(8)?;
     Ok(())
 }
