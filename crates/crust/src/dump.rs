@@ -119,11 +119,13 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         restore: None,
     })?;
     stats.bytes_written += w.finish()?;
-    dir.commit()?;
-
     if opts.leave_running {
+        // Everything is read: the tree need not wait for the disk.
         drop(tree);
+        dir.commit()?;
     } else {
+        // The tree dies only once its images are safely in place.
+        dir.commit()?;
         tree.kill();
     }
     stats.frozen_time_us = us(frozen_at.elapsed());
@@ -185,11 +187,17 @@ struct InsideThread {
     secbits: u32,
 }
 
-fn inside_process(rt: &RemoteThread) -> Result<InsideProcess> {
+/// `handled` is the set of signals (bit n-1 for signal n) whose disposition is
+/// not the default, from /proc: only those are asked for, the rest are SIG_DFL.
+fn inside_process(rt: &RemoteThread, handled: u64) -> Result<InsideProcess> {
     let buf = rt.scratch();
     let mut sigactions = Vec::new();
     for sig in 1..=64u64 {
         if sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64 {
+            continue;
+        }
+        if handled & (1 << (sig - 1)) == 0 {
+            sigactions.push(SaEntry::default());
             continue;
         }
         rt.call("rt_sigaction", libc::SYS_rt_sigaction, [sig, 0, buf, 8, 0, 0])?;
@@ -278,7 +286,7 @@ fn dump_process(
         let xsave = ptrace::xstate(tid)?;
         let rt = RemoteThread::start(tid, gadget, writable)?;
         if tid == pid {
-            inside_proc = Some(inside_process(&rt)?);
+            inside_proc = Some(inside_process(&rt, leader_status.sigcgt | leader_status.sigign)?);
         }
         let inside = inside_thread(&rt)?;
         rt.finish()?;
