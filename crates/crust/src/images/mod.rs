@@ -5,6 +5,7 @@
 //! the image's own magic); `inventory.img` has only its own magic; `pages-N.img` is
 //! raw. Each entry is a u32 LE length followed by a proto2 message.
 
+pub mod digest;
 pub mod proto;
 
 use std::fs::{self, File, OpenOptions};
@@ -108,6 +109,7 @@ pub struct ImageDir {
     dir: PathBuf,
     staging: PathBuf,
     names: Vec<String>,
+    digests: digest::Digests,
     committed: bool,
 }
 
@@ -127,7 +129,7 @@ impl ImageDir {
             .mode(0o700)
             .create(&staging)
             .ctx(|| format!("creating {}", staging.display()))?;
-        Ok(ImageDir { dir: dir.to_path_buf(), staging, names: Vec::new(), committed: false })
+        Ok(ImageDir { dir: dir.to_path_buf(), staging, names: Vec::new(), digests: Default::default(), committed: false })
     }
 
     pub fn path(&self) -> &Path {
@@ -144,7 +146,13 @@ impl ImageDir {
             .open(&path)
             .ctx(|| format!("creating image {}", path.display()))?;
         self.names.push(name.to_string());
-        let mut w = ImageWriter { out: BufWriter::with_capacity(1 << 20, file), path, bytes: 0 };
+        let mut w = ImageWriter {
+            out: BufWriter::with_capacity(1 << 20, file),
+            path,
+            name: name.to_string(),
+            hasher: digest::BlockHasher::default(),
+            digests: self.digests.clone(),
+        };
         if let Some(head) = kind.head_magic() {
             w.put(&head.to_le_bytes())?;
         }
@@ -154,10 +162,14 @@ impl ImageDir {
         Ok(w)
     }
 
-    /// Make the dump visible: sync, then move every file into place, inventory last.
+    /// Make the dump visible: write the digests, sync, then move every file
+    /// into place, inventory last.
     pub fn commit(mut self) -> Result<()> {
         let inventory = "inventory.img";
         let _ = fs::remove_file(self.dir.join(inventory));
+        let digests = self.digests.lock().map(|d| d.clone()).unwrap_or_default();
+        digest::write(&self.staging, &digests)?;
+        self.names.push(digest::MANIFEST.to_string());
         let mut names = std::mem::take(&mut self.names);
         names.sort_by_key(|n| n == inventory);
         for name in &names {
@@ -201,13 +213,15 @@ fn remove_stale_staging(dir: &Path) {
 pub struct ImageWriter {
     out: BufWriter<File>,
     path: PathBuf,
-    bytes: u64,
+    name: String,
+    hasher: digest::BlockHasher,
+    digests: digest::Digests,
 }
 
 impl ImageWriter {
     fn put(&mut self, data: &[u8]) -> Result<()> {
         self.out.write_all(data).ctx(|| format!("writing {}", self.path.display()))?;
-        self.bytes += data.len() as u64;
+        self.hasher.update(data);
         Ok(())
     }
 
@@ -224,7 +238,12 @@ impl ImageWriter {
 
     pub fn finish(mut self) -> Result<u64> {
         self.out.flush().ctx(|| format!("writing {}", self.path.display()))?;
-        Ok(self.bytes)
+        let digest = self.hasher.finish();
+        let bytes = digest.size;
+        if let Ok(mut all) = self.digests.lock() {
+            all.insert(self.name, digest);
+        }
+        Ok(bytes)
     }
 }
 

@@ -62,6 +62,7 @@ fn read_one<M: prost::Message + Default>(path: &Path, kind: Kind) -> Result<M> {
 
 pub fn load(dir: &Path) -> Result<DumpImage> {
     let dir = dir.canonicalize().map_err(|e| Error::Invalid(format!("images directory {}: {e}", dir.display())))?;
+    crate::images::digest::verify(&dir)?;
     let inventory: InventoryEntry = read_one(&dir.join("inventory.img"), Kind::Inventory)?;
     if inventory.img_version != 2 {
         return Err(invalid(&dir.join("inventory.img"), format!("image version {} is not supported", inventory.img_version)));

@@ -1,0 +1,110 @@
+//! Integrity of a dump: CRIU's images carry no checksum, so crust writes a
+//! manifest beside them (`crust-digests.json`) with each file's size and a
+//! CRC-32 of every block. A restore checks every file against it first, so a
+//! truncated or corrupted image is reported by file and offset before anything
+//! is created. Dumps without a manifest (from criu) are taken as they are.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Context, Error, Result};
+
+pub const MANIFEST: &str = "crust-digests.json";
+const BLOCK: usize = 1 << 20;
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileDigest {
+    pub size: u64,
+    /// CRC-32 of each 1 MiB block, the last one possibly shorter.
+    pub blocks: Vec<u32>,
+}
+
+/// Digests of the files of one dump, shared by the writers of that dump.
+pub type Digests = Arc<Mutex<BTreeMap<String, FileDigest>>>;
+
+/// Computes a FileDigest from data fed in any slicing.
+#[derive(Default)]
+pub struct BlockHasher {
+    digest: FileDigest,
+    hasher: crc32fast::Hasher,
+    in_block: usize,
+}
+
+impl BlockHasher {
+    pub fn update(&mut self, mut data: &[u8]) {
+        self.digest.size += data.len() as u64;
+        while !data.is_empty() {
+            let n = data.len().min(BLOCK - self.in_block);
+            self.hasher.update(&data[..n]);
+            self.in_block += n;
+            data = &data[n..];
+            if self.in_block == BLOCK {
+                let h = std::mem::take(&mut self.hasher);
+                self.digest.blocks.push(h.finalize());
+                self.in_block = 0;
+            }
+        }
+    }
+
+    pub fn finish(mut self) -> FileDigest {
+        if self.in_block > 0 {
+            self.digest.blocks.push(self.hasher.finalize());
+        }
+        self.digest
+    }
+}
+
+pub fn write(dir: &Path, digests: &BTreeMap<String, FileDigest>) -> Result<()> {
+    let path = dir.join(MANIFEST);
+    let text = serde_json::to_vec_pretty(digests).map_err(|e| Error::Invalid(format!("encoding {MANIFEST}: {e}")))?;
+    std::fs::write(&path, text).ctx(|| format!("writing {}", path.display()))
+}
+
+/// Check every file the manifest names; the first difference is an error
+/// naming the file and the offset of the block (or end) where it starts.
+pub fn verify(dir: &Path) -> Result<()> {
+    let path = dir.join(MANIFEST);
+    let Ok(text) = std::fs::read(&path) else { return Ok(()) };
+    let digests: BTreeMap<String, FileDigest> = serde_json::from_slice(&text)
+        .map_err(|e| Error::Image { file: path.clone(), offset: e.column() as u64, what: format!("unreadable: {e}") })?;
+    for (name, want) in &digests {
+        let file_path = dir.join(name);
+        let mut f = File::open(&file_path).map_err(|e| Error::Image {
+            file: file_path.clone(),
+            offset: 0,
+            what: format!("missing from the dump ({e})"),
+        })?;
+        let size = f.metadata().ctx(|| format!("stat {}", file_path.display()))?.len();
+        if size != want.size {
+            return Err(Error::Image {
+                file: file_path,
+                offset: size.min(want.size),
+                what: format!("{} bytes, but the dump wrote {}: {}", size, want.size, if size < want.size { "truncated" } else { "extra bytes" }),
+            });
+        }
+        let mut buf = vec![0u8; BLOCK];
+        for (i, crc) in want.blocks.iter().enumerate() {
+            let mut got = 0;
+            while got < BLOCK {
+                let n = f.read(&mut buf[got..]).ctx(|| format!("reading {}", file_path.display()))?;
+                if n == 0 {
+                    break;
+                }
+                got += n;
+            }
+            if crc32fast::hash(&buf[..got]) != *crc {
+                return Err(Error::Image {
+                    file: file_path,
+                    offset: (i * BLOCK) as u64,
+                    what: format!("corrupted: the {} bytes from here differ from what the dump wrote", got),
+                });
+            }
+        }
+    }
+    Ok(())
+}
