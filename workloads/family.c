@@ -27,32 +27,13 @@
 #include <sys/sysmacros.h>
 #include <sys/types.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
+
+#include "workload.h"
 
 #define FILE_POS 12345
 #define PIPE_MSG "pipe-data-0123456789\n"
 #define PIPE_REPEAT 10
-
-static volatile sig_atomic_t got_usr1;
-
-static void on_usr1(int sig)
-{
-    (void)sig;
-    got_usr1 = 1;
-}
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
-    nanosleep(&ts, NULL);
-}
-
-static void die(const char *what)
-{
-    perror(what);
-    exit(2);
-}
 
 static void child_loop(pid_t orig_ppid)
 {
@@ -65,18 +46,12 @@ static void child_loop(pid_t orig_ppid)
 
 int main(int argc, char **argv)
 {
-    setvbuf(stdout, NULL, _IOLBF, 0);
     if (argc != 2) {
         fprintf(stderr, "usage: %s FILE\n", argv[0]);
         return 2;
     }
 
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_usr1;
-    sigemptyset(&sa.sa_mask);
-    if (sigaction(SIGUSR1, &sa, NULL) != 0)
-        die("sigaction");
+    workload_init();
 
     pid_t me = getpid();
     pid_t child = fork();
@@ -111,8 +86,7 @@ int main(int argc, char **argv)
            (int)child, file_fd, p[0], p[1], null_fd);
     fflush(stdout);
 
-    while (!got_usr1)
-        sleep_ms(20);
+    wait_usr1();
 
     char reason[256] = "";
     size_t total = msg_len * PIPE_REPEAT;
@@ -184,12 +158,7 @@ int main(int argc, char **argv)
                      (int)child, status);
     }
 
-    if (reason[0]) {
-        printf("FAIL %s\n", reason);
-        fflush(stdout);
-        exit(1);
-    }
-    printf("OK\n");
-    fflush(stdout);
-    exit(0);
+    if (reason[0])
+        fail("%s", reason);
+    succeed();
 }

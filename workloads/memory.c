@@ -20,52 +20,21 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
-#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
+
+#include "workload.h"
 
 #define BIG_SIZE (64UL << 20)
 #define RO_SIZE (1UL << 20)
 #define HEAP_SIZE (6 * 1024)
 #define STACK_SIZE 4096
 #define MIN_FILE_SIZE (256 * 1024)
-
-static volatile sig_atomic_t got_usr1;
-
-static void on_usr1(int sig)
-{
-    (void)sig;
-    got_usr1 = 1;
-}
-
-static uint64_t xorshift64(uint64_t *s)
-{
-    uint64_t x = *s;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    *s = x;
-    return x;
-}
-
-#define FNV_OFFSET 0xcbf29ce484222325ULL
-#define FNV_PRIME 0x100000001b3ULL
-
-static uint64_t fnv1a(uint64_t h, const void *p, size_t n)
-{
-    const unsigned char *b = p;
-    for (size_t i = 0; i < n; i++) {
-        h ^= b[i];
-        h *= FNV_PRIME;
-    }
-    return h;
-}
 
 struct regions {
     unsigned char *big;
@@ -120,32 +89,14 @@ static int maps_perms(const void *addr, char perms[5])
     return found;
 }
 
-static void sleep_ms(long ms)
-{
-    struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
-    nanosleep(&ts, NULL);
-}
-
-static void die(const char *what)
-{
-    perror(what);
-    exit(2);
-}
-
 int main(int argc, char **argv)
 {
-    setvbuf(stdout, NULL, _IOLBF, 0);
     if (argc != 2) {
         fprintf(stderr, "usage: %s FILE\n", argv[0]);
         return 2;
     }
 
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_usr1;
-    sigemptyset(&sa.sa_mask);
-    if (sigaction(SIGUSR1, &sa, NULL) != 0)
-        die("sigaction");
+    workload_init();
 
     size_t page = (size_t)sysconf(_SC_PAGESIZE);
     struct regions r;
@@ -156,11 +107,7 @@ int main(int argc, char **argv)
                  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (r.big == MAP_FAILED)
         die("mmap big");
-    uint64_t s = 0x9e3779b97f4a7c15ULL;
-    for (size_t i = 0; i < BIG_SIZE; i += 8) {
-        uint64_t v = xorshift64(&s);
-        memcpy(r.big + i, &v, 8);
-    }
+    fill_xorshift64(r.big, BIG_SIZE, 0x9e3779b97f4a7c15ULL);
 
     /* 1 MiB read-only. */
     r.ro = mmap(NULL, RO_SIZE, PROT_READ | PROT_WRITE,
@@ -219,8 +166,7 @@ int main(int argc, char **argv)
     printf("READY %016llx\n", (unsigned long long)sum);
     fflush(stdout);
 
-    while (!got_usr1)
-        sleep_ms(20);
+    wait_usr1();
 
     char reason[256] = "";
     uint64_t now = checksum(&r);
@@ -242,12 +188,7 @@ int main(int argc, char **argv)
             snprintf(reason, sizeof reason, "hole page perms wrong");
     }
 
-    if (reason[0]) {
-        printf("FAIL %s\n", reason);
-        fflush(stdout);
-        exit(1);
-    }
-    printf("OK\n");
-    fflush(stdout);
-    exit(0);
+    if (reason[0])
+        fail("%s", reason);
+    succeed();
 }

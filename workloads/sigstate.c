@@ -23,19 +23,18 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
-#include <time.h>
 #include <unistd.h>
+
+#include "workload.h"
 
 #define ALTSTACK_SIZE (64 * 1024)
 #define TIMER_SEC 1000
 
-static volatile sig_atomic_t got_usr1;
 static volatile sig_atomic_t usr2_ran;
 static volatile sig_atomic_t rt_ran;
 static volatile sig_atomic_t rt_value = -1;
@@ -43,12 +42,6 @@ static volatile sig_atomic_t rt_code;
 static volatile sig_atomic_t rt_on_altstack;
 
 static char *altstack;
-
-static void on_usr1(int sig)
-{
-    (void)sig;
-    got_usr1 = 1;
-}
 
 static void on_usr2(int sig, siginfo_t *si, void *uc)
 {
@@ -71,30 +64,17 @@ static void on_rt(int sig, siginfo_t *si, void *uc)
     rt_ran = 1;
 }
 
-static void die(const char *what)
+/* Installs an SA_SIGINFO handler with the given extra flags (empty mask). */
+static void catch_siginfo(int sig, void (*fn)(int, siginfo_t *, void *), int flags,
+                          const char *what)
 {
-    perror(what);
-    exit(2);
-}
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
-    nanosleep(&ts, NULL);
-}
-
-static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
-
-static void fail(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("FAIL ", stdout);
-    vprintf(fmt, ap);
-    va_end(ap);
-    fputc('\n', stdout);
-    fflush(stdout);
-    exit(1);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sigemptyset(&sa.sa_mask);
+    sa.sa_sigaction = fn;
+    sa.sa_flags = SA_SIGINFO | flags;
+    if (sigaction(sig, &sa, NULL) != 0)
+        die(what);
 }
 
 int main(void)
@@ -102,27 +82,13 @@ int main(void)
     setvbuf(stdout, NULL, _IOLBF, 0);
     const int sigrt = SIGRTMIN + 1;
 
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sigemptyset(&sa.sa_mask);
-    sa.sa_handler = on_usr1;
-    if (sigaction(SIGUSR1, &sa, NULL) != 0)
+    if (catch_usr1() != 0)
         die("sigaction SIGUSR1");
 
-    memset(&sa, 0, sizeof sa);
-    sigemptyset(&sa.sa_mask);
-    sa.sa_sigaction = on_usr2;
-    sa.sa_flags = SA_SIGINFO | SA_RESTART;
-    if (sigaction(SIGUSR2, &sa, NULL) != 0)
-        die("sigaction SIGUSR2");
+    catch_siginfo(SIGUSR2, on_usr2, SA_RESTART, "sigaction SIGUSR2");
+    catch_siginfo(sigrt, on_rt, SA_ONSTACK, "sigaction SIGRTMIN+1");
 
-    memset(&sa, 0, sizeof sa);
-    sigemptyset(&sa.sa_mask);
-    sa.sa_sigaction = on_rt;
-    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
-    if (sigaction(sigrt, &sa, NULL) != 0)
-        die("sigaction SIGRTMIN+1");
-
+    struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sigemptyset(&sa.sa_mask);
     sa.sa_handler = SIG_IGN;
@@ -164,8 +130,7 @@ int main(void)
     printf("READY\n");
     fflush(stdout);
 
-    while (!got_usr1)
-        sleep_ms(20);
+    wait_usr1();
 
     /* Pending and blocked. */
     sigset_t pend, cur;
@@ -240,7 +205,5 @@ int main(void)
     if (!rt_on_altstack)
         fail("SIGRTMIN+1 handler did not run on the alternate stack");
 
-    printf("OK\n");
-    fflush(stdout);
-    exit(0);
+    succeed();
 }

@@ -9,32 +9,16 @@
  * On SIGUSR1: prints "OK" and exits 0.
  */
 #define _GNU_SOURCE
-#include <errno.h>
 #include <pthread.h>
 #include <sched.h>
-#include <signal.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
-static volatile sig_atomic_t got_usr1;
+#include "workload.h"
+
 static volatile long counters[3]; /* index 1 and 2 used */
 static volatile int last_cpu[3];
-
-static void on_usr1(int sig)
-{
-    (void)sig;
-    got_usr1 = 1;
-}
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
-    while (clock_nanosleep(CLOCK_MONOTONIC, 0, &ts, &ts) == EINTR)
-        ;
-}
 
 static void *worker(void *arg)
 {
@@ -43,23 +27,14 @@ static void *worker(void *arg)
         last_cpu[id] = sched_getcpu();
         printf("t%d %ld\n", id, counters[id]);
         counters[id]++;
-        sleep_ms(100);
+        sleep_ms_full(100);
     }
     return NULL;
 }
 
 int main(void)
 {
-    setvbuf(stdout, NULL, _IOLBF, 0);
-
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_usr1;
-    sigemptyset(&sa.sa_mask);
-    if (sigaction(SIGUSR1, &sa, NULL) != 0) {
-        perror("sigaction");
-        return 2;
-    }
+    workload_init();
 
     printf("READY %d\n", (int)getpid());
     fflush(stdout);
@@ -74,9 +49,7 @@ int main(void)
     }
 
     while (!got_usr1)
-        sleep_ms(20);
+        sleep_ms_full(20);
 
-    printf("OK\n");
-    fflush(stdout);
-    exit(0);
+    succeed();
 }
