@@ -1,8 +1,9 @@
 //! Integrity of a dump: CRIU's images carry no checksum, so crust writes a
 //! manifest beside them (`crust-digests.json`) with each file's size and a
-//! CRC-32 of every block. A restore checks every file against it first, so a
-//! truncated or corrupted image is reported by file and offset before anything
-//! is created. Dumps without a manifest (from criu) are taken as they are.
+//! CRC-32 of every block. A restore checks every file against it, so a
+//! truncated or corrupted image is reported by file and offset and nothing of
+//! the tree is left running. Dumps without a manifest (from criu) are taken as
+//! they are.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -65,45 +66,52 @@ pub fn write(dir: &Path, digests: &BTreeMap<String, FileDigest>) -> Result<()> {
     std::fs::write(&path, text).ctx(|| format!("writing {}", path.display()))
 }
 
-/// Check every file the manifest names; the first difference is an error
-/// naming the file and the offset of the block (or end) where it starts.
-pub fn verify(dir: &Path) -> Result<()> {
+/// The manifest of a dump, if it has one.
+pub fn read_manifest(dir: &Path) -> Result<Option<BTreeMap<String, FileDigest>>> {
     let path = dir.join(MANIFEST);
-    let Ok(text) = std::fs::read(&path) else { return Ok(()) };
-    let digests: BTreeMap<String, FileDigest> = serde_json::from_slice(&text)
-        .map_err(|e| Error::Image { file: path.clone(), offset: e.column() as u64, what: format!("unreadable: {e}") })?;
-    for (name, want) in &digests {
-        let file_path = dir.join(name);
-        let mut f = File::open(&file_path).map_err(|e| Error::Image {
-            file: file_path.clone(),
-            offset: 0,
-            what: format!("missing from the dump ({e})"),
-        })?;
-        let size = f.metadata().ctx(|| format!("stat {}", file_path.display()))?.len();
-        if size != want.size {
+    let Ok(text) = std::fs::read(&path) else { return Ok(None) };
+    serde_json::from_slice(&text)
+        .map(Some)
+        .map_err(|e| Error::Image { file: path.clone(), offset: e.column() as u64, what: format!("unreadable: {e}") })
+}
+
+/// Check one file against its digest; the first difference is an error naming
+/// the file and the offset of the block (or end) where it starts.
+pub fn verify_file(dir: &Path, name: &str, want: &FileDigest) -> Result<()> {
+    let file_path = dir.join(name);
+    let mut f = File::open(&file_path).map_err(|e| Error::Image {
+        file: file_path.clone(),
+        offset: 0,
+        what: format!("missing from the dump ({e})"),
+    })?;
+    let size = f.metadata().ctx(|| format!("stat {}", file_path.display()))?.len();
+    if size != want.size {
+        return Err(Error::Image {
+            file: file_path,
+            offset: size.min(want.size),
+            what: format!(
+                "{size} bytes, but the dump wrote {}: {}",
+                want.size,
+                if size < want.size { "truncated" } else { "extra bytes" }
+            ),
+        });
+    }
+    let mut buf = vec![0u8; BLOCK];
+    for (i, crc) in want.blocks.iter().enumerate() {
+        let mut got = 0;
+        while got < BLOCK {
+            let n = f.read(&mut buf[got..]).ctx(|| format!("reading {}", file_path.display()))?;
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        if crc32fast::hash(&buf[..got]) != *crc {
             return Err(Error::Image {
                 file: file_path,
-                offset: size.min(want.size),
-                what: format!("{} bytes, but the dump wrote {}: {}", size, want.size, if size < want.size { "truncated" } else { "extra bytes" }),
+                offset: (i * BLOCK) as u64,
+                what: format!("corrupted: the {got} bytes from here differ from what the dump wrote"),
             });
-        }
-        let mut buf = vec![0u8; BLOCK];
-        for (i, crc) in want.blocks.iter().enumerate() {
-            let mut got = 0;
-            while got < BLOCK {
-                let n = f.read(&mut buf[got..]).ctx(|| format!("reading {}", file_path.display()))?;
-                if n == 0 {
-                    break;
-                }
-                got += n;
-            }
-            if crc32fast::hash(&buf[..got]) != *crc {
-                return Err(Error::Image {
-                    file: file_path,
-                    offset: (i * BLOCK) as u64,
-                    what: format!("corrupted: the {} bytes from here differ from what the dump wrote", got),
-                });
-            }
         }
     }
     Ok(())

@@ -9,6 +9,7 @@ use crate::images::proto::{
     CoreEntry, FdinfoEntry, FileEntry, FsEntry, InventoryEntry, MmEntry, PagemapEntry, PagemapHead, PipeDataEntry,
     PstreeEntry, TaskKobjIdsEntry, TtyInfoEntry,
 };
+use crate::images::digest::{self, FileDigest};
 use crate::images::{ImageReader, Kind};
 use crate::mem::PAGE_SIZE;
 
@@ -41,6 +42,8 @@ pub struct DumpImage {
     pub pipe_data: HashMap<u32, (Vec<u8>, Option<u32>)>,
     /// Terminals, by tty-info id.
     pub tty_infos: HashMap<u32, TtyInfoEntry>,
+    /// Digests of the pages images, not checked yet.
+    pub pages_digests: Vec<(String, FileDigest)>,
 }
 
 fn invalid(path: &Path, what: impl Into<String>) -> Error {
@@ -62,7 +65,15 @@ fn read_one<M: prost::Message + Default>(path: &Path, kind: Kind) -> Result<M> {
 
 pub fn load(dir: &Path) -> Result<DumpImage> {
     let dir = dir.canonicalize().map_err(|e| Error::Invalid(format!("images directory {}: {e}", dir.display())))?;
-    crate::images::digest::verify(&dir)?;
+    // Metadata is checked now; the bulk of the pages while the tree is built.
+    let mut pages_digests = Vec::new();
+    for (name, digest) in digest::read_manifest(&dir)?.unwrap_or_default() {
+        if Kind::of_file_name(&name) == Some(Kind::Pages) {
+            pages_digests.push((name, digest));
+        } else {
+            digest::verify_file(&dir, &name, &digest)?;
+        }
+    }
     let inventory: InventoryEntry = read_one(&dir.join("inventory.img"), Kind::Inventory)?;
     if inventory.img_version != 2 {
         return Err(invalid(&dir.join("inventory.img"), format!("image version {} is not supported", inventory.img_version)));
@@ -115,7 +126,7 @@ pub fn load(dir: &Path) -> Result<DumpImage> {
             tty_infos.insert(t.id, t);
         }
     }
-    Ok(DumpImage { dir, processes, files, pipe_data, tty_infos })
+    Ok(DumpImage { dir, processes, files, pipe_data, tty_infos, pages_digests })
 }
 
 fn load_process(dir: &Path, pstree: PstreeEntry) -> Result<ProcessImage> {

@@ -25,6 +25,7 @@ use serde::Serialize;
 use crate::arch;
 use crate::error::{Context, Error, Result};
 use crate::files::{self, FdRestorer};
+use crate::images::digest;
 use crate::images::proto::{FdTypes, FileEntry};
 use crate::mem;
 use crate::ptrace;
@@ -99,6 +100,13 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
     let start = Instant::now();
     let img = load::load(&opts.dir)?;
     preflight(&img, opts)?;
+    // The pages are checked on the other core while the tree is built; the
+    // tree runs only if they are intact.
+    let pages_check = {
+        let dir = img.dir.clone();
+        let digests = img.pages_digests.clone();
+        std::thread::spawn(move || digests.iter().try_for_each(|(name, d)| digest::verify_file(&dir, name, d)))
+    };
     let mut created = Created::default();
     let mut stats = RestoreStats { processes: img.processes.len(), ..Default::default() };
 
@@ -216,6 +224,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
             ptrace::set_sigmask(task.tid, tc.blk_sigset.unwrap_or(0))?;
         }
     }
+    pages_check.join().map_err(|_| Error::Invalid("the check of the pages images failed".into()))??;
     for p in &procs {
         let stopped = p.image.cores[0].1.tc.as_ref().is_some_and(|tc| tc.task_state == TASK_STOPPED);
         for task in p.threads.iter().chain(std::iter::once(&p.leader)) {
