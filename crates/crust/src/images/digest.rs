@@ -60,9 +60,13 @@ impl BlockHasher {
     }
 }
 
+/// The manifest is its own CRC-32 (8 hex digits and a newline) followed by
+/// the JSON of the digests, so a damaged manifest is told from a damaged image.
 pub fn write(dir: &Path, digests: &BTreeMap<String, FileDigest>) -> Result<()> {
     let path = dir.join(MANIFEST);
-    let text = serde_json::to_vec_pretty(digests).map_err(|e| Error::Invalid(format!("encoding {MANIFEST}: {e}")))?;
+    let json = serde_json::to_vec_pretty(digests).map_err(|e| Error::Invalid(format!("encoding {MANIFEST}: {e}")))?;
+    let mut text = format!("{:08x}\n", crc32fast::hash(&json)).into_bytes();
+    text.extend_from_slice(&json);
     std::fs::write(&path, text).ctx(|| format!("writing {}", path.display()))
 }
 
@@ -70,9 +74,16 @@ pub fn write(dir: &Path, digests: &BTreeMap<String, FileDigest>) -> Result<()> {
 pub fn read_manifest(dir: &Path) -> Result<Option<BTreeMap<String, FileDigest>>> {
     let path = dir.join(MANIFEST);
     let Ok(text) = std::fs::read(&path) else { return Ok(None) };
-    serde_json::from_slice(&text)
-        .map(Some)
-        .map_err(|e| Error::Image { file: path.clone(), offset: e.column() as u64, what: format!("unreadable: {e}") })
+    let bad = |offset: usize, what: &str| Error::Image { file: path.clone(), offset: offset as u64, what: what.to_string() };
+    if text.len() < 9 || text[8] != b'\n' {
+        return Err(bad(0, "corrupted: no checksum line"));
+    }
+    let json = &text[9..];
+    let want = std::str::from_utf8(&text[..8]).ok().and_then(|h| u32::from_str_radix(h, 16).ok());
+    if want != Some(crc32fast::hash(json)) {
+        return Err(bad(0, "corrupted: its checksum does not match its contents"));
+    }
+    serde_json::from_slice(json).map(Some).map_err(|e| bad(9, &format!("unreadable: {e}")))
 }
 
 /// Check one file against its digest; the first difference is an error naming
