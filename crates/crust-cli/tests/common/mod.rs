@@ -59,6 +59,11 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        // CRUST_TEST_KEEP=1 keeps the images of a failing test for a look.
+        if std::env::var_os("CRUST_TEST_KEEP").is_some() && std::thread::panicking() {
+            eprintln!("keeping {}", self.path.display());
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.path);
     }
 }
@@ -425,13 +430,16 @@ pub fn crit_show(path: &Path) -> Value {
         .unwrap_or_else(|e| panic!("crit show {}: output is not JSON: {e}", path.display()))
 }
 
-/// Decodes every file in `dir` except the raw pages-*.img with crit (in parallel);
-/// returns the decoded images by file name.
+/// crust's own integrity manifest in an images directory: not a CRIU image.
+pub const DIGESTS: &str = "crust-digests.json";
+
+/// Decodes every file in `dir` except the raw pages-*.img (and crust's manifest)
+/// with crit, in parallel; returns the decoded images by file name.
 pub fn crit_decode_dir(dir: &Path) -> BTreeMap<String, Value> {
     let names: Vec<String> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("listing {}: {e}", dir.display()))
         .map(|e| e.expect("dir entry").file_name().to_string_lossy().into_owned())
-        .filter(|n| !(n.starts_with("pages-") && n.ends_with(".img")))
+        .filter(|n| !(n.starts_with("pages-") && n.ends_with(".img")) && n != DIGESTS)
         .collect();
     assert!(!names.is_empty(), "no images in {}", dir.display());
     let handles: Vec<_> = names
@@ -583,7 +591,7 @@ pub fn assert_images_dir_permissions(dir: &Path) {
         assert!(!name.starts_with(".crust-staging-"), "staging directory {name} left behind in {}", dir.display());
         let md = std::fs::symlink_metadata(e.path()).expect("metadata");
         assert!(md.is_file(), "{name} in {} is not a regular file", dir.display());
-        assert_eq!(md.permissions().mode() & 0o7777, 0o600, "mode of image {name}");
+        assert_eq!(md.permissions().mode() & 0o7777, 0o600, "mode of {name} in {}", dir.display());
     }
 }
 

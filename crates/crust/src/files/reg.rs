@@ -78,20 +78,28 @@ fn restore(entry: &FileEntry, r: &mut FdRestorer) -> Result<u64> {
     Ok(fd)
 }
 
-/// Before a restore: the file must be there, and a regular file must have the
-/// size it had at dump time (a changed file would hand the task other data).
+/// Before a restore: the file must be there. A file the task only reads (and
+/// every mapped file and executable) must have the size it had at dump time: a
+/// changed file would hand the task other data. A file it writes may have
+/// grown meanwhile (a log the original went on writing after a --leave-running
+/// dump), but not shrunk below the saved offset.
 pub fn check(reg: &RegFileEntry) -> Result<()> {
     let st = stat(reg.name.as_str()).map_err(|e| {
-        Error::Invalid(format!("{}: needed by the restore, but {}", reg.name, if e == nix::errno::Errno::ENOENT { "it is missing".to_string() } else { e.to_string() }))
+        let why = if e == nix::errno::Errno::ENOENT { "it is missing".to_string() } else { e.to_string() };
+        Error::Invalid(format!("{}: needed by the restore, but {why}", reg.name))
     })?;
     let is_reg = st.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFREG.bits();
-    if let (true, Some(size)) = (is_reg, reg.size) {
-        if st.st_size as u64 != size {
-            return Err(Error::Invalid(format!(
-                "{}: its size changed since the dump ({size} bytes then, {} now)",
-                reg.name, st.st_size
-            )));
-        }
+    let (Some(size), true) = (reg.size, is_reg) else { return Ok(()) };
+    let now = st.st_size as u64;
+    let read_only = reg.flags & libc::O_ACCMODE as u32 == libc::O_RDONLY as u32;
+    if read_only && now != size {
+        return Err(Error::Invalid(format!("{}: its size changed since the dump ({size} bytes then, {now} now)", reg.name)));
+    }
+    if now < reg.pos {
+        return Err(Error::Invalid(format!(
+            "{}: it shrank since the dump to {now} bytes, below the saved offset {}",
+            reg.name, reg.pos
+        )));
     }
     Ok(())
 }

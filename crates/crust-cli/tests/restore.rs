@@ -1,0 +1,510 @@
+//! Restore on the same host: real workloads are dumped, restored by `crust
+//! restore`, and check their own state afterwards (counters continue,
+//! checksums equal, offsets and pipe data intact, signals still pending).
+//!
+//! Workloads write to a file here, not a pipe: a file survives the checkpoint
+//! (the restored process reopens it), a pipe to the test would not.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use common::{assert_clean_failure, crust, os, workload_path, TempDir};
+
+const STEP: Duration = Duration::from_secs(60);
+
+/// Restored roots are children of `crust restore`; when it exits they are
+/// handed to us, so that we can reap them and read their exit status.
+fn become_subreaper() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: a plain prctl on this process.
+        let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+        assert_eq!(r, 0, "PR_SET_CHILD_SUBREAPER: {}", std::io::Error::last_os_error());
+    });
+}
+
+/// A workload started in a session of its own, writing to `out` (O_APPEND).
+/// Dropping it kills and reaps it and every pid it was told about.
+struct Job {
+    name: String,
+    pid: i32,
+    out: PathBuf,
+    read: usize,
+    /// Every line read so far.
+    history: Vec<String>,
+    child: Option<Child>,
+    others: Vec<i32>,
+}
+
+impl Job {
+    fn start(name: &str, args: &[&str], dir: &Path) -> Job {
+        become_subreaper();
+        let out = dir.join(format!("{name}.out"));
+        let file = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&out).expect("output file");
+        let mut cmd = Command::new(workload_path(name));
+        cmd.args(args).stdin(Stdio::null()).stdout(file.try_clone().unwrap()).stderr(file);
+        // SAFETY: setsid is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| if libc::setsid() < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) });
+        }
+        let child = cmd.spawn().expect("spawning workload");
+        Job { name: name.into(), pid: child.id() as i32, out, read: 0, history: Vec::new(), child: Some(child), others: Vec::new() }
+    }
+
+    /// The next complete line of output, waiting up to `timeout`.
+    fn line(&mut self, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+            if let Some(rest) = text.get(self.read..) {
+                if let Some(nl) = rest.find('\n') {
+                    let l = rest[..nl].to_string();
+                    self.read += nl + 1;
+                    self.history.push(l.clone());
+                    return l;
+                }
+            }
+            assert!(Instant::now() < deadline, "{} ({}): no output line within {timeout:?}; so far {:?}", self.name, self.pid, self.history);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn ready(&mut self) -> String {
+        let l = self.line(STEP);
+        l.strip_prefix("READY").unwrap_or_else(|| panic!("{}: expected READY, got {l:?}", self.name)).trim().to_string()
+    }
+
+    /// Every complete line written so far.
+    fn drain(&mut self) -> Vec<String> {
+        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+        let mut out = Vec::new();
+        while let Some(nl) = text.get(self.read..).and_then(|r| r.find('\n')) {
+            let l = text[self.read..self.read + nl].to_string();
+            self.read += nl + 1;
+            self.history.push(l.clone());
+            out.push(l);
+        }
+        out
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: plain kill; the pid is ours (child or adopted), not yet reaped.
+        unsafe { libc::kill(self.pid, sig) };
+    }
+
+    /// After a dump killed it: reap the original (and, as their subreaper,
+    /// its orphaned children) so the pids are free again.
+    fn reap_original(&mut self) {
+        match self.child.take() {
+            Some(mut c) => {
+                let _ = c.wait();
+            }
+            // A restored process: handed to us as subreaper.
+            // SAFETY: waitpid on our own pid.
+            None => unsafe {
+                libc::waitpid(self.pid, std::ptr::null_mut(), 0);
+            },
+        }
+        for &p in &self.others {
+            // SAFETY: waitpid on a pid handed to us; ECHILD if it is not ours.
+            unsafe { libc::waitpid(p, std::ptr::null_mut(), 0) };
+        }
+    }
+
+    /// Exit status of the (restored) process, which is ours to reap.
+    fn wait_exit(&mut self, timeout: Duration) -> i32 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut status = 0;
+            // SAFETY: waitpid on a pid we own.
+            let r = unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) };
+            if r == self.pid {
+                self.pid = 0;
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{}: did not exit within {timeout:?}", self.name);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGUSR1: the workload checks itself and must print OK and exit 0.
+    fn expect_ok(&mut self) {
+        self.signal(libc::SIGUSR1);
+        loop {
+            let l = self.line(STEP);
+            assert!(!l.starts_with("FAIL"), "{} reported {l:?} after restore", self.name);
+            if l == "OK" {
+                break;
+            }
+        }
+        let status = self.wait_exit(STEP);
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{} exited with status {status:#x}", self.name);
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        let all: Vec<i32> = std::iter::once(self.pid).chain(self.others.iter().copied()).filter(|&p| p > 0).collect();
+        for &p in &all {
+            // SAFETY: kill pids this test owns.
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+        // The root first: once it is reaped, its children are ours to reap.
+        for &p in &all {
+            // SAFETY: waitpid; ECHILD for pids that are not (or no longer) ours.
+            unsafe { libc::waitpid(p, std::ptr::null_mut(), 0) };
+        }
+    }
+}
+
+fn dump(pid: i32, dir: &Path, extra: &[&str]) {
+    let mut args = vec![os("dump"), os("-t")];
+    let pid_s = pid.to_string();
+    args.push(os(&pid_s));
+    args.extend([os("-D"), dir.as_os_str()]);
+    args.extend(extra.iter().map(|s| os(s)));
+    let out = crust(&args, STEP);
+    assert!(out.status.success(), "dump of {pid} failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn restore(dir: &Path) -> std::process::Output {
+    crust(&[os("restore"), os("-D"), dir.as_os_str(), os("-d")], STEP)
+}
+
+fn restore_ok(dir: &Path) {
+    let out = restore(dir);
+    assert!(out.status.success(), "restore from {} failed: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
+}
+
+/// `t1 N` / `t2 N` lines: the last counter of each thread seen in `lines`.
+fn counters(lines: &[String]) -> BTreeMap<String, i64> {
+    let mut last = BTreeMap::new();
+    for l in lines {
+        if let Some((t, n)) = l.split_once(' ') {
+            if let (true, Ok(n)) = (t.starts_with('t'), n.parse::<i64>()) {
+                last.insert(t.to_string(), n);
+            }
+        }
+    }
+    last
+}
+
+/// Each thread's counter goes up by exactly one from line to line.
+fn assert_counting(lines: &[String]) {
+    let mut last: BTreeMap<String, i64> = BTreeMap::new();
+    for l in lines {
+        let Some((t, n)) = l.split_once(' ') else { continue };
+        let Ok(n) = n.parse::<i64>() else { continue };
+        if let Some(prev) = last.get(t) {
+            assert_eq!(n, prev + 1, "{t} jumped from {prev} to {n}; lines: {lines:?}");
+        }
+        last.insert(t.to_string(), n);
+    }
+}
+
+/// rseq registration of every thread, read with ptrace.
+fn rseq_of(pid: i32) -> BTreeMap<i32, crust::ptrace::RseqConfig> {
+    let tids: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("task dir")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    let mut out = BTreeMap::new();
+    for tid in tids {
+        crust::ptrace::seize_and_stop(tid).expect("seize");
+        out.insert(tid, crust::ptrace::rseq_config(tid).expect("rseq config"));
+        crust::ptrace::detach(tid);
+    }
+    out
+}
+
+#[test]
+fn test_mm_counts_on_after_restore_in_both_threads() {
+    let dir = TempDir::new("restore-test-mm");
+    let mut job = Job::start("test_mm", &[], dir.path());
+    job.ready();
+    for _ in 0..6 {
+        job.line(STEP);
+    }
+    let rseq_before = rseq_of(job.pid);
+    assert_eq!(rseq_before.len(), 3);
+    assert!(rseq_before.values().all(|r| r.rseq_abi_size > 0), "glibc registers rseq in every thread");
+    let exe_before = std::fs::read_link(format!("/proc/{}/exe", job.pid)).unwrap();
+    let cmdline_before = std::fs::read(format!("/proc/{}/cmdline", job.pid)).unwrap();
+    let images = dir.join("images");
+    dump(job.pid, &images, &[]);
+    job.reap_original();
+    let before = job.drain();
+    let last = counters(&job.history);
+    assert_eq!(last.len(), 2, "both threads printed before the dump: {before:?}");
+
+    restore_ok(&images);
+    let after: Vec<String> = (0..8).map(|_| job.line(STEP)).collect();
+    let first = counters(&after[..2]);
+    for (t, n) in &last {
+        assert_eq!(first.get(t), Some(&(n + 1)), "{t} must continue from {n}; after restore: {after:?}");
+    }
+    assert_counting(&job.history[1..]);
+    assert_eq!(rseq_of(job.pid), rseq_before, "rseq registration of each thread");
+    assert_eq!(std::fs::read_link(format!("/proc/{}/exe", job.pid)).unwrap(), exe_before);
+    assert_eq!(std::fs::read(format!("/proc/{}/cmdline", job.pid)).unwrap(), cmdline_before);
+    job.expect_ok();
+}
+
+/// Address ranges of /proc/PID/maps with permissions and path.
+fn maps(pid: i32) -> Vec<(u64, u64, String, String)> {
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (a, b) = f[0].split_once('-').unwrap();
+            let path = f.get(5).map(|s| s.to_string()).unwrap_or_default();
+            (u64::from_str_radix(a, 16).unwrap(), u64::from_str_radix(b, 16).unwrap(), f[1].to_string(), path)
+        })
+        .collect()
+}
+
+#[test]
+fn memory_checksum_layout_and_holes_survive_restore() {
+    let dir = TempDir::new("restore-memory");
+    let file = dir.join("mapped");
+    common::write_pattern_file(&file, 300_000, 7);
+    let mut job = Job::start("memory", &[file.to_str().unwrap()], dir.path());
+    job.ready();
+    let before = maps(job.pid);
+    let images = dir.join("images");
+    dump(job.pid, &images, &[]);
+    job.reap_original();
+    restore_ok(&images);
+    let after = maps(job.pid);
+    // Every original mapping is there with its permissions and file; nothing is
+    // mapped where nothing was (the hole stays a hole). Neighbours may merge.
+    for (s, e, perms, path) in &before {
+        assert!(
+            after.iter().any(|(a, b, p, f)| a <= s && e <= b && p == perms && f == path),
+            "{s:#x}-{e:#x} {perms} {path} is not restored; after: {after:x?}"
+        );
+    }
+    for (a, b, _, f) in &after {
+        let mut x = *a;
+        while x < *b {
+            let covering = before.iter().find(|(s, e, _, _)| *s <= x && x < *e);
+            let (_, e, _, _) = covering.unwrap_or_else(|| panic!("{x:#x} ({f}) is mapped after restore but was not before"));
+            x = *e;
+        }
+    }
+    job.expect_ok();
+}
+
+#[test]
+fn family_child_file_offset_pipe_data_and_dev_null_survive_restore() {
+    let dir = TempDir::new("restore-family");
+    let file = dir.join("data");
+    common::write_pattern_file(&file, 20_000, 3);
+    let mut job = Job::start("family", &[file.to_str().unwrap()], dir.path());
+    let ready = job.ready();
+    let child: i32 = ready.split_whitespace().find_map(|w| w.strip_prefix("child=")).unwrap().parse().unwrap();
+    job.others.push(child);
+    let images = dir.join("images");
+    dump(job.pid, &images, &[]);
+    job.reap_original();
+    restore_ok(&images);
+    let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).expect("child restored with its pid");
+    let ppid: i32 = stat.rsplit(')').next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert_eq!(ppid, job.pid, "the child is the restored parent's child again");
+    let pos = std::fs::read_to_string(format!("/proc/{}/fdinfo/3", job.pid)).unwrap();
+    assert!(pos.contains("pos:\t12345"), "file offset after restore: {pos}");
+    job.expect_ok();
+}
+
+#[test]
+fn pending_signals_handlers_altstack_and_itimer_survive_restore() {
+    let dir = TempDir::new("restore-sigstate");
+    let mut job = Job::start("sigstate", &[], dir.path());
+    job.ready();
+    let status = |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let sig_lines = |s: String| s.lines().filter(|l| l.starts_with("Sig") || l.starts_with("ShdPnd")).map(str::to_string).collect::<Vec<_>>();
+    let before = sig_lines(status(job.pid));
+    let images = dir.join("images");
+    dump(job.pid, &images, &[]);
+    job.reap_original();
+    restore_ok(&images);
+    assert_eq!(sig_lines(status(job.pid)), before, "pending, blocked, ignored and caught sets");
+    job.expect_ok();
+}
+
+#[test]
+fn twenty_dump_restore_cycles_keep_counters_monotonic() {
+    let dir = TempDir::new("restore-cycles");
+    let mut job = Job::start("test_mm", &[], dir.path());
+    job.ready();
+    for i in 0..20 {
+        job.line(STEP);
+        let images = dir.join(format!("images-{i}"));
+        dump(job.pid, &images, &[]);
+        job.reap_original();
+        restore_ok(&images);
+        job.line(STEP);
+        std::fs::remove_dir_all(&images).unwrap();
+    }
+    for _ in 0..4 {
+        job.line(STEP);
+    }
+    assert_counting(&job.history[1..]);
+    let last = counters(&job.history);
+    assert!(last.values().all(|&n| n >= 20), "both threads counted through all cycles: {last:?}");
+    job.expect_ok();
+}
+
+#[test]
+fn leave_running_dump_then_kill_and_restore_resumes_from_the_dump() {
+    let dir = TempDir::new("restore-leave-running");
+    let mut job = Job::start("test_mm", &[], dir.path());
+    job.ready();
+    for _ in 0..4 {
+        job.line(STEP);
+    }
+    let images = dir.join("images");
+    job.drain();
+    let before_dump = counters(&job.history);
+    dump(job.pid, &images, &["-R"]);
+    job.drain();
+    let after_dump = counters(&job.history);
+    // Let the original run on well past the dump, then kill it.
+    for _ in 0..6 {
+        job.line(STEP);
+    }
+    job.signal(libc::SIGKILL);
+    job.reap_original();
+    job.drain();
+    let at_kill = counters(&job.history);
+    let killed_at = job.history.len();
+    restore_ok(&images);
+    let after: Vec<String> = (0..6).map(|_| job.line(STEP)).collect();
+    let first = counters(&after[..2]);
+    assert_eq!(first.len(), 2, "both threads print after restore: {after:?}");
+    for (t, n) in &first {
+        let (low, high) = (before_dump[t] + 1, after_dump[t] + 1);
+        assert!(at_kill[t] > high, "{t}: the original must have run on past the dump ({} vs {high})", at_kill[t]);
+        assert!((low..=high).contains(n), "{t} restarts at {n}: it must continue from the dump ({low}..={high}), not from the kill ({})", at_kill[t]);
+    }
+    assert_counting(&job.history[killed_at..]);
+    job.expect_ok();
+}
+
+#[test]
+fn restore_refuses_a_taken_pid_and_names_its_holder() {
+    let dir = TempDir::new("restore-pid-taken");
+    let mut job = Job::start("test_mm", &[], dir.path());
+    job.ready();
+    let images = dir.join("images");
+    dump(job.pid, &images, &["-R"]);
+    let out = crust(&[os("restore"), os("-D"), images.as_os_str(), os("-d"), os("--pid-wait"), os("0.2")], STEP);
+    let err = assert_clean_failure(&out, "restore over a running original");
+    assert!(err.contains(&format!("pid {} is taken", job.pid)) && err.contains("test_mm"), "message: {err}");
+    // The original runs on untouched.
+    let n = job.history.len();
+    job.line(STEP);
+    job.line(STEP);
+    assert_counting(&job.history[n.saturating_sub(1)..]);
+}
+
+#[test]
+fn restore_refuses_missing_or_changed_files_and_leaves_nothing() {
+    let dir = TempDir::new("restore-files");
+    let file = dir.join("data");
+    common::write_pattern_file(&file, 20_000, 5);
+    let mut job = Job::start("family", &[file.to_str().unwrap()], dir.path());
+    let ready = job.ready();
+    let child: i32 = ready.split_whitespace().find_map(|w| w.strip_prefix("child=")).unwrap().parse().unwrap();
+    job.others.push(child);
+    let images = dir.join("images");
+    dump(job.pid, &images, &[]);
+    job.reap_original();
+    let pid = job.pid;
+    let gone = |p: i32| !Path::new(&format!("/proc/{p}")).exists();
+
+    // family reads and writes its file at offset 12345: cutting the file below
+    // that offset must be refused.
+    std::fs::OpenOptions::new().write(true).open(&file).unwrap().set_len(10_000).unwrap();
+    let err = assert_clean_failure(&restore(&images), "restore with a file that shrank");
+    assert!(err.contains(file.to_str().unwrap()) && err.contains("shrank"), "message: {err}");
+    assert!(gone(pid) && gone(child), "nothing may be left after a failed restore");
+
+    std::fs::remove_file(&file).unwrap();
+    let err = assert_clean_failure(&restore(&images), "restore with a missing file");
+    assert!(err.contains(file.to_str().unwrap()) && err.contains("missing"), "message: {err}");
+    assert!(gone(pid) && gone(child), "nothing may be left after a failed restore");
+    job.pid = 0;
+}
+
+#[test]
+fn corrupted_truncated_and_missing_images_are_refused_by_file() {
+    let dir = TempDir::new("restore-corrupt");
+    let mut job = Job::start("test_mm", &[], dir.path());
+    job.ready();
+    let images = dir.join("images");
+    dump(job.pid, &images, &[]);
+    job.reap_original();
+    let pid = job.pid;
+    job.pid = 0;
+    let names: Vec<String> = std::fs::read_dir(&images)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(names.len() >= 10, "{names:?}");
+    let case = dir.join("case");
+    let mut cases = 0;
+    for name in &names {
+        let len = std::fs::metadata(images.join(name)).unwrap().len();
+        let mut damages: Vec<(String, Box<dyn Fn(&Path)>)> = Vec::new();
+        for cut in [0, 4, 8, len / 2, len.saturating_sub(1)] {
+            if cut < len {
+                damages.push((format!("cut at {cut}"), Box::new(move |p: &Path| {
+                    std::fs::OpenOptions::new().write(true).open(p).unwrap().set_len(cut).unwrap()
+                })));
+            }
+        }
+        for at in [0, 8, len / 2, len.saturating_sub(1)] {
+            if at < len {
+                damages.push((format!("byte flipped at {at}"), Box::new(move |p: &Path| {
+                    let mut b = std::fs::read(p).unwrap();
+                    b[at as usize] ^= 0x5a;
+                    std::fs::write(p, b).unwrap();
+                })));
+            }
+        }
+        if name != crust::images::digest::MANIFEST {
+            damages.push(("missing".into(), Box::new(|p: &Path| std::fs::remove_file(p).unwrap())));
+        }
+        for (what, damage) in damages {
+            let _ = std::fs::remove_dir_all(&case);
+            std::fs::create_dir_all(&case).unwrap();
+            for n in &names {
+                std::fs::copy(images.join(n), case.join(n)).unwrap();
+            }
+            damage(&case.join(name));
+            let out = restore(&case);
+            let err = assert_clean_failure(&out, &format!("{name} {what}"));
+            assert!(err.contains(name.as_str()), "{name} {what}: the error must name the file: {err}");
+            assert!(!Path::new(&format!("/proc/{pid}")).exists(), "{name} {what}: a process was left behind");
+            cases += 1;
+        }
+    }
+    assert!(cases > 100, "{cases} cases");
+    // The undamaged images still restore.
+    restore_ok(&images);
+    job.pid = pid;
+    job.line(STEP);
+    job.expect_ok();
+}
