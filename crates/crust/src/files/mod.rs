@@ -121,6 +121,9 @@ pub struct FdRestorer<'a> {
     pub pipes: HashMap<u32, (u64, u64)>,
     /// New objects are kept at fds from here up, above every fd the image uses.
     pub next_high: u64,
+    /// For a shell job: the restoring terminal, which takes the place of the
+    /// job's terminal at dump time.
+    pub terminal: Option<&'a str>,
 }
 
 impl FdRestorer<'_> {

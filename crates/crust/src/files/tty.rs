@@ -100,19 +100,73 @@ fn tty_info(fd: &OpenFd, id: u32, index: u32) -> Result<TtyInfoEntry> {
     })
 }
 
-/// Reopen the same pty slave by its index: a restore on the host where the
-/// terminal still exists.
+/// A shell job's terminal becomes the restoring terminal; otherwise the same
+/// pty slave is reopened by its index (a restore where the terminal lives on).
 fn restore(entry: &FileEntry, r: &mut FdRestorer) -> Result<u64> {
     let t = entry.tty.as_ref().ok_or_else(|| Error::Invalid(format!("file {}: terminal without its entry", entry.id)))?;
+    if let Some(term) = r.terminal {
+        return r.open_path(term, t.flags | libc::O_NOCTTY as u32);
+    }
     let info = r
         .image
         .tty_infos
         .get(&t.tty_info_id)
         .ok_or_else(|| Error::Invalid(format!("tty-info.img: no terminal {} for file {}", t.tty_info_id, entry.id)))?;
-    let index = info.pty.as_ref().map(|p| p.index).ok_or_else(|| Error::Unsupported("terminals other than ptys are not supported yet".into()))?;
+    let index = info
+        .pty
+        .as_ref()
+        .map(|p| p.index)
+        .ok_or_else(|| Error::Unsupported("terminals other than ptys are not supported yet".into()))?;
     let path = format!("/dev/pts/{index}");
-    if !std::fs::metadata(&path).map(|m| std::os::unix::fs::FileTypeExt::is_char_device(&m.file_type())).unwrap_or(false) {
-        return Err(Error::Invalid(format!("the job's terminal {path} is gone; restoring onto another terminal is not supported yet")));
+    let is_tty = std::fs::metadata(&path).map(|m| std::os::unix::fs::FileTypeExt::is_char_device(&m.file_type()));
+    if !is_tty.unwrap_or(false) {
+        return Err(Error::Invalid(format!(
+            "the job's terminal {path} is gone; restore it with --shell-job from the terminal it should use"
+        )));
     }
     r.open_path(&path, t.flags | libc::O_NOCTTY as u32)
+}
+
+/// The terminal crust runs on (the first of stdin, stdout, stderr that is one).
+pub fn own_terminal() -> Option<(String, std::os::fd::BorrowedFd<'static>)> {
+    [0, 1, 2].into_iter().find_map(|fd| {
+        // SAFETY: fds 0-2 stay open for crust's whole life.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        if !nix::unistd::isatty(fd).unwrap_or(false) {
+            return None;
+        }
+        let path = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
+        Some((path.to_string_lossy().into_owned(), fd))
+    })
+}
+
+/// Give the restoring terminal the job's saved settings and window size.
+pub fn apply_settings(term: std::os::fd::BorrowedFd, info: &TtyInfoEntry) -> Result<()> {
+    let what = || "applying the job's terminal settings".to_string();
+    if let Some(t) = &info.termios {
+        let mut raw: libc::termios = tcgetattr(term).ctx(what)?.into();
+        raw.c_iflag = t.c_iflag;
+        raw.c_oflag = t.c_oflag;
+        raw.c_cflag = t.c_cflag;
+        raw.c_lflag = t.c_lflag;
+        raw.c_line = t.c_line as u8;
+        for (dst, &src) in raw.c_cc.iter_mut().zip(&t.c_cc) {
+            *dst = src as u8;
+        }
+        raw.c_ispeed = t.c_ispeed;
+        raw.c_ospeed = t.c_ospeed;
+        nix::sys::termios::tcsetattr(term, nix::sys::termios::SetArg::TCSANOW, &raw.into()).ctx(what)?;
+    }
+    if let Some(w) = &info.winsize {
+        let ws = libc::winsize {
+            ws_row: w.ws_row as u16,
+            ws_col: w.ws_col as u16,
+            ws_xpixel: w.ws_xpixel as u16,
+            ws_ypixel: w.ws_ypixel as u16,
+        };
+        // SAFETY: TIOCSWINSZ reads one winsize.
+        let r = unsafe { libc::ioctl(term.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+        nix::errno::Errno::result(r).ctx(what)?;
+    }
+    Ok(())
 }

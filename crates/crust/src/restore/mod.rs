@@ -107,6 +107,11 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
         let digests = img.pages_digests.clone();
         std::thread::spawn(move || digests.iter().try_for_each(|(name, d)| digest::verify_file(&dir, name, d)))
     };
+    // A shell job's terminal is the one crust runs on.
+    let terminal = if opts.shell_job { files::tty::own_terminal() } else { None };
+    if let (Some((_, fd)), Some(info)) = (&terminal, job_terminal(&img)) {
+        files::tty::apply_settings(*fd, info)?;
+    }
     let mut created = Created::default();
     let mut stats = RestoreStats { processes: img.processes.len(), ..Default::default() };
 
@@ -155,7 +160,14 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
     root.call("close_range", libc::SYS_close_range, [0, u32::MAX as u64, 0, 0, 0, 0])?;
     let mut root_scratch = Scratch::new(root_pid, scratch_addr)?;
     let (shared, shared_pipes, next_high) = {
-        let mut r = FdRestorer { task: &root, scratch: &mut root_scratch, image: &img, pipes: HashMap::new(), next_high: fd_base };
+        let mut r = FdRestorer {
+            task: &root,
+            scratch: &mut root_scratch,
+            image: &img,
+            pipes: HashMap::new(),
+            next_high: fd_base,
+            terminal: terminal.as_ref().map(|(path, _)| path.as_str()),
+        };
         let mut shared = HashMap::new();
         for id in shared_files(&img) {
             shared.insert(id, files::restore_file(&img.files[&id], &mut r)?);
@@ -183,7 +195,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
         }
         procs.push(Proc { image: p, leader: task, threads: Vec::new(), scratch: Scratch::new(child, scratch_addr)? });
     }
-    set_process_groups(&procs)?;
+    set_process_groups(&procs, opts.shell_job)?;
     stats.forking_time_us = fork_start.elapsed().as_micros() as u64;
 
     for p in &mut procs {
@@ -194,6 +206,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
             image: &img,
             pipes: shared_pipes.clone(),
             next_high,
+            terminal: terminal.as_ref().map(|(path, _)| path.as_str()),
         };
         restore_fds(p.image, &img, &shared, &mut r)?;
         restore_process_state(p, &img)?;
@@ -291,6 +304,12 @@ fn describe_holder(id: u32) -> String {
     format!("{what} {id} ({}, state {})", field("Name:"), field("State:"))
 }
 
+/// The terminal of the job's session at dump time, if it had one.
+fn job_terminal(img: &DumpImage) -> Option<&crate::images::proto::TtyInfoEntry> {
+    let sid = img.processes[0].pstree.sid;
+    img.tty_infos.values().find(|t| t.sid == sid).or_else(|| img.tty_infos.values().next())
+}
+
 /// Files and pipes that more than one process holds: made once, in the root.
 fn shared_files(img: &DumpImage) -> Vec<u32> {
     let mut users: HashMap<u32, Vec<i32>> = HashMap::new();
@@ -381,13 +400,19 @@ fn clone_in(task: &Task, scratch: &mut Scratch, id: i32, flags: u64, exit_signal
     })
 }
 
-/// Process groups: leaders make their groups first, then members join.
-fn set_process_groups(procs: &[Proc]) -> Result<()> {
+/// Process groups: leaders make their groups first, then members join. The
+/// group of a shell job (the root's) is crust's own, so that the restoring
+/// shell's job control (Ctrl-Z, fg) reaches the job through crust.
+fn set_process_groups(procs: &[Proc], shell_job: bool) -> Result<()> {
     let in_tree = |pid: u32| procs.iter().any(|p| p.image.pstree.pid == pid);
+    let job_group = procs[0].image.pstree.pgid;
     let mut order: Vec<&Proc> = procs.iter().collect();
     order.sort_by_key(|p| p.image.pstree.pgid != p.image.pstree.pid);
     for p in order {
         let (pid, pgid) = (p.image.pstree.pid, p.image.pstree.pgid);
+        if shell_job && pgid == job_group {
+            continue;
+        }
         if in_tree(pgid) && nix::unistd::getpgid(Some(Pid::from_raw(pid as i32))).map(|g| g.as_raw() as u32) != Ok(pgid) {
             p.leader.call("setpgid", libc::SYS_setpgid, [0, pgid as u64, 0, 0, 0, 0])?;
         }
