@@ -508,3 +508,30 @@ fn corrupted_truncated_and_missing_images_are_refused_by_file() {
     job.line(STEP);
     job.expect_ok();
 }
+
+#[test]
+fn zombies_and_reparented_children_come_back() {
+    let dir = TempDir::new("restore-orphans");
+    let mut job = Job::start("orphans", &[], dir.path());
+    let ready = job.ready();
+    let field = |name: &str| -> i32 {
+        ready.split_whitespace().find_map(|w| w.strip_prefix(name)).unwrap().parse().unwrap()
+    };
+    let (grandchild, exited, killed) = (field("grandchild="), field("exited="), field("killed="));
+    job.others.extend([grandchild, exited, killed]);
+    let images = dir.join("images");
+    dump(job.pid, &images, &[]);
+    let show = crust(&[os("show"), images.as_os_str()], STEP);
+    let shown: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    let state = |pid: i32| shown[format!("core-{pid}.img")][0]["tc"]["task_state"].as_u64();
+    assert_eq!(state(exited), Some(6), "zombie recorded as such");
+    assert_eq!(state(killed), Some(6));
+    assert_eq!(shown[format!("core-{exited}.img")][0]["tc"]["exit_code"].as_u64(), Some(7 << 8));
+    job.reap_original();
+    restore_ok(&images);
+    for z in [exited, killed] {
+        let stat = std::fs::read_to_string(format!("/proc/{z}/stat")).unwrap_or_default();
+        assert!(stat.contains(") Z "), "{z} is a zombie again: {stat:?}");
+    }
+    job.expect_ok();
+}

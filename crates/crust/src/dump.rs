@@ -47,6 +47,7 @@ pub struct DumpStats {
 // task_core_entry.task_state values (CRIU's).
 const TASK_ALIVE: u32 = 1;
 const TASK_STOPPED: u32 = 3;
+pub const TASK_ZOMBIE: u32 = 6;
 const PE_PRESENT: u32 = 4;
 const IMG_VERSION: u32 = 2;
 
@@ -72,6 +73,10 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
     let mut kobj = KobjIds::default();
     let mut root_ids = None;
     for (n, p) in tree.processes.iter().enumerate() {
+        if let Some(status) = p.zombie {
+            stats.bytes_written += dump_zombie(p, status, &mut dir)?;
+            continue;
+        }
         let ids = dump_process(p, n as u32 + 1, &mut dir, &mut files, &mut cgroups, &mut kobj, &mut stats)?;
         root_ids.get_or_insert(ids);
     }
@@ -153,6 +158,24 @@ fn check_session(tree: &FrozenTree, opts: &DumpOptions) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A zombie is its pstree entry and a core with its exit status, as in CRIU.
+fn dump_zombie(p: &FrozenProcess, status: u32, dir: &mut ImageDir) -> Result<u64> {
+    let comm = proc::read_string(&format!("/proc/{}/comm", p.pid)).unwrap_or_default();
+    let core = CoreEntry {
+        mtype: March::X8664 as i32,
+        tc: Some(TaskCoreEntry {
+            task_state: TASK_ZOMBIE,
+            exit_code: status,
+            comm: comm.trim_end().to_string(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut w = dir.writer(&format!("core-{}.img", p.pid), Kind::Core)?;
+    w.entry(&core)?;
+    w.finish()
 }
 
 /// Small ids for kernel objects that tasks may share (namespaces, fd tables, ...).

@@ -21,13 +21,7 @@ use crate::ptrace::{regs, set_regs, set_sigmask, sigmask};
 /// its id.
 pub fn syscall(tid: i32, base: &libc::user_regs_struct, gadget: u64, nr: i64, args: [u64; 6]) -> Result<(i64, Option<i32>)> {
     let mut r = *base;
-    r.rax = nr as u64;
-    r.rdi = args[0];
-    r.rsi = args[1];
-    r.rdx = args[2];
-    r.r10 = args[3];
-    r.r8 = args[4];
-    r.r9 = args[5];
+    (r.rax, r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9) = (nr as u64, args[0], args[1], args[2], args[3], args[4], args[5]);
     r.rip = gadget;
     // Not inside a syscall, as far as the kernel's restart logic is concerned.
     r.orig_rax = u64::MAX;
@@ -54,6 +48,26 @@ pub fn syscall(tid: i32, base: &libc::user_regs_struct, gadget: u64, nr: i64, ar
         return Err(Error::Invalid(format!("task {tid}: injected syscall {nr} ended at {:#x}", after.rip)));
     }
     Ok((after.rax as i64, created))
+}
+
+/// Run a syscall that ends the task (exit_group, or a fatal signal sent to
+/// itself), passing on any signal it stops with, until it is dead.
+pub fn syscall_to_death(tid: i32, base: &libc::user_regs_struct, gadget: u64, nr: i64, args: [u64; 6]) -> Result<()> {
+    let mut r = *base;
+    (r.rax, r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9) = (nr as u64, args[0], args[1], args[2], args[3], args[4], args[5]);
+    r.rip = gadget;
+    r.orig_rax = u64::MAX;
+    set_regs(tid, r)?;
+    let pid = Pid::from_raw(tid);
+    let mut sig = None;
+    loop {
+        ptrace::cont(pid, sig).ctx(|| format!("resuming task {tid}"))?;
+        match waitpid(pid, Some(WaitPidFlag::__WALL)).ctx(|| format!("waiting for task {tid}"))? {
+            WaitStatus::Exited(..) | WaitStatus::Signaled(..) => return Ok(()),
+            WaitStatus::Stopped(_, s) => sig = Some(s),
+            _ => sig = None,
+        }
+    }
 }
 
 /// Turn a raw syscall result into a Result naming what failed.

@@ -22,6 +22,8 @@ pub struct FrozenProcess {
     pub threads: Vec<i32>,
     /// The process was a stopped job before we came.
     pub stopped: bool,
+    /// A zombie: dead, not yet reaped by its parent; its raw wait status.
+    pub zombie: Option<u32>,
 }
 
 /// A tree whose every thread is in a ptrace stop. Dropping it lets every thread
@@ -59,6 +61,9 @@ impl FrozenTree {
             let pid = queue[i];
             i += 1;
             let p = tree.seize_process(pid)?;
+            if pid == root && p.zombie.is_some() {
+                return Err(Error::Invalid(format!("process {root} is a zombie: there is nothing to dump")));
+            }
             for child in children(&p)? {
                 if child == me {
                     return Err(Error::Invalid(format!("crust itself is in the tree of {root}")));
@@ -77,7 +82,16 @@ impl FrozenTree {
         let proc = Process::new(pid).map_err(|e| proc_err(pid, e))?;
         let stat = proc.stat().map_err(|e| proc_err(pid, e))?;
         if stat.state == 'Z' {
-            return Err(Error::Unsupported(format!("process {pid} ({}) is a zombie: zombies are not supported yet", stat.comm)));
+            // Nothing to seize: a zombie is only its pid and exit status.
+            return Ok(FrozenProcess {
+                pid,
+                ppid: stat.ppid,
+                pgid: stat.pgrp,
+                sid: stat.session,
+                threads: vec![pid],
+                stopped: false,
+                zombie: Some(stat.exit_code.unwrap_or(0) as u32),
+            });
         }
         let mut threads: Vec<i32> = Vec::new();
         let mut done: HashSet<i32> = HashSet::new();
@@ -114,7 +128,7 @@ impl FrozenTree {
         }
         // Read ids again now that nothing in the process can change them.
         let stat = proc.stat().map_err(|e| proc_err(pid, e))?;
-        Ok(FrozenProcess { pid, ppid: stat.ppid, pgid: stat.pgrp, sid: stat.session, threads, stopped })
+        Ok(FrozenProcess { pid, ppid: stat.ppid, pgid: stat.pgrp, sid: stat.session, threads, stopped, zombie: None })
     }
 
     pub fn thread_count(&self) -> usize {

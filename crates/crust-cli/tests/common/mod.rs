@@ -543,14 +543,16 @@ pub struct BlockedSyscall {
     pub pc: u64,
 }
 
-/// Waits (bounded) until the thread is blocked in a syscall and returns it.
+/// Waits (bounded) until the thread is blocked in a syscall and returns it. A
+/// restart_syscall (a sleep resumed after a stop, e.g. by an earlier dump) is
+/// waited out: the next sleep of the workload's loop is a fresh call.
 pub fn blocked_syscall(pid: i32, tid: i32) -> BlockedSyscall {
     let path = format!("/proc/{pid}/task/{tid}/syscall");
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
         let f: Vec<&str> = text.split_whitespace().collect();
-        if f.len() == 9 {
+        if f.len() == 9 && f[0] != libc::SYS_restart_syscall.to_string() {
             let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).expect("hex");
             return BlockedSyscall { nr: f[0].parse().expect("syscall nr"), sp: hex(f[7]), pc: hex(f[8]) };
         }

@@ -11,11 +11,15 @@ use crate::images::proto::{
 };
 use crate::images::digest::{self, FileDigest};
 use crate::images::{ImageReader, Kind};
+use crate::dump::TASK_ZOMBIE;
 use crate::mem::PAGE_SIZE;
 
-/// One process of the dump.
+/// One process of the dump. A zombie has only its pstree entry and exit status.
+#[derive(Default)]
 pub struct ProcessImage {
     pub pstree: PstreeEntry,
+    /// Raw wait status of a zombie.
+    pub zombie: Option<u32>,
     /// Core of every thread, the leader first.
     pub cores: Vec<(i32, CoreEntry)>,
     pub ids: TaskKobjIdsEntry,
@@ -98,7 +102,7 @@ pub fn load(dir: &Path) -> Result<DumpImage> {
     for f in read_all::<FileEntry>(&files_path, Kind::Files)? {
         files.insert(f.id, f);
     }
-    for p in &processes {
+    for p in processes.iter().filter(|p| p.zombie.is_none()) {
         for fd in &p.fds {
             if !files.contains_key(&fd.id) {
                 return Err(invalid(&files_path, format!("no file {} for fd {} of process {}", fd.id, fd.fd, p.pid())));
@@ -131,6 +135,14 @@ pub fn load(dir: &Path) -> Result<DumpImage> {
 
 fn load_process(dir: &Path, pstree: PstreeEntry) -> Result<ProcessImage> {
     let pid = pstree.pid;
+    let leader_path = dir.join(format!("core-{pid}.img"));
+    let leader: CoreEntry = read_one(&leader_path, Kind::Core)?;
+    if let Some(tc) = leader.tc.as_ref().filter(|tc| tc.task_state == TASK_ZOMBIE) {
+        if pstree.threads.len() != 1 {
+            return Err(invalid(&leader_path, "a zombie with threads"));
+        }
+        return Ok(ProcessImage { zombie: Some(tc.exit_code), pstree, ..Default::default() });
+    }
     let mut cores = Vec::new();
     for &tid in &pstree.threads {
         let path = dir.join(format!("core-{tid}.img"));
@@ -179,5 +191,5 @@ fn load_process(dir: &Path, pstree: PstreeEntry) -> Result<ProcessImage> {
     }
     let fds: Vec<FdinfoEntry> = read_all(&dir.join(format!("fdinfo-{}.img", ids.files_id)), Kind::Fdinfo)?;
     let fs: FsEntry = read_one(&dir.join(format!("fs-{pid}.img")), Kind::Fs)?;
-    Ok(ProcessImage { pstree, cores, ids, mm, pagemap, pages_path, fds, fs })
+    Ok(ProcessImage { pstree, zombie: None, cores, ids, mm, pagemap, pages_path, fds, fs })
 }

@@ -129,7 +129,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
     // threads inherit the mask, and each thread gets its own back at the end.
     ptrace::set_sigmask(root_pid, !0)?;
     let crust_layout = mem::read_vmas(root_pid)?;
-    for p in &img.processes {
+    for p in img.processes.iter().filter(|p| p.zombie.is_none()) {
         layout::check_vdso(&p.mm, &crust_layout, &format!("mm-{}.img", p.pid()))?;
     }
     let gadget = mem::vdso_syscall_gadget(root_pid, &crust_layout)?;
@@ -189,6 +189,11 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
         let child = clone_in(&parent.leader, &mut parent.scratch, p.pid(), 0, libc::SIGCHLD as u64)?;
         created.processes.push(child);
         wait_new_task(child)?;
+        if let Some(status) = p.zombie {
+            let mut scratch = Scratch::new(child, scratch_addr)?;
+            make_zombie(Task::new(child, child, parent.leader.gadget())?, &mut scratch, status)?;
+            continue;
+        }
         let task = Task::new(child, child, parent.leader.gadget())?;
         if p.pstree.sid == p.pstree.pid {
             task.call("setsid", libc::SYS_setsid, [0; 6])?;
@@ -398,6 +403,24 @@ fn clone_in(task: &Task, scratch: &mut Scratch, id: i32, flags: u64, exit_signal
         Error::Invalid(m) if m.contains("EEXIST") => Error::Invalid(format!("pid {id} was taken while crust restored it")),
         other => other,
     })
+}
+
+/// A zombie is made by letting a new child die the way the original did; its
+/// parent, stopped under crust, has not reaped it when the tree resumes.
+fn make_zombie(task: Task, scratch: &mut Scratch, status: u32) -> Result<()> {
+    let sig = status & 0x7f;
+    if sig == 0 {
+        return task.call_to_death(libc::SYS_exit_group, [((status >> 8) & 0xff) as u64, 0, 0, 0, 0, 0]);
+    }
+    // A fatal signal: default action, unblocked, no core file.
+    let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: prlimit of our own new child.
+    unsafe { libc::prlimit(task.pid, libc::RLIMIT_CORE, &no_core, std::ptr::null_mut()) };
+    ptrace::set_sigmask(task.tid, !(1u64 << (sig - 1)))?;
+    let default_action = scratch.reset().put_u64s(&[libc::SIG_DFL as u64, 0, 0, 0])?;
+    task.call(&format!("rt_sigaction({sig})"), libc::SYS_rt_sigaction, [sig as u64, default_action, 0, 8, 0, 0])?;
+    let pid = task.pid as u64;
+    task.call_to_death(libc::SYS_tgkill, [pid, pid, sig as u64, 0, 0, 0])
 }
 
 /// Process groups: leaders make their groups first, then members join. The

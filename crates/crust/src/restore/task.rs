@@ -34,6 +34,11 @@ impl Task {
         }
     }
 
+    /// Run a syscall that ends the task; returns once it is dead.
+    pub fn call_to_death(self, nr: i64, args: [u64; 6]) -> Result<()> {
+        remote::syscall_to_death(self.tid, &self.base, self.gadget, nr, args)
+    }
+
     pub fn gadget(&self) -> u64 {
         self.gadget
     }

@@ -1,0 +1,89 @@
+/* A parent that is a child subreaper, with a grandchild re-parented to it
+ * (its own child exited) and two zombies it has not reaped: one exited with
+ * status 7, one killed by SIGTERM.  On SIGUSR1 it checks that the grandchild
+ * is still its child and that the zombies give their statuses. */
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <signal.h>
+#include "workload.h"
+
+static pid_t parent_of(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    int ppid = -1;
+    if (fscanf(f, "%*d %*s %*c %d", &ppid) != 1)
+        ppid = -1;
+    fclose(f);
+    return ppid;
+}
+
+int main(void)
+{
+    workload_init();
+    if (prctl(PR_SET_CHILD_SUBREAPER, 1) != 0)
+        die("PR_SET_CHILD_SUBREAPER");
+
+    int link[2];
+    if (pipe(link) != 0)
+        die("pipe");
+    pid_t middle = fork();
+    if (middle == 0) {
+        pid_t grandchild = fork();
+        if (grandchild == 0) {
+            close(link[0]);
+            close(link[1]);
+            for (;;)
+                pause();
+        }
+        if (write(link[1], &grandchild, sizeof grandchild) != sizeof grandchild)
+            _exit(1);
+        _exit(0);
+    }
+    pid_t grandchild;
+    if (read(link[0], &grandchild, sizeof grandchild) != sizeof grandchild)
+        die("read");
+    if (waitpid(middle, NULL, 0) != middle)
+        die("waitpid");
+    while (parent_of(grandchild) != getpid())
+        sleep_ms(5);
+
+    pid_t exited = fork();
+    if (exited == 0)
+        _exit(7);
+    pid_t killed = fork();
+    if (killed == 0) {
+        for (;;)
+            pause();
+    }
+    kill(killed, SIGTERM);
+    siginfo_t si;
+    /* Wait until both are zombies, without reaping them. */
+    for (pid_t z = exited;; z = killed) {
+        si.si_pid = 0;
+        if (waitid(P_PID, z, &si, WEXITED | WNOWAIT) != 0)
+            die("waitid");
+        if (z == killed)
+            break;
+    }
+    printf("READY grandchild=%d exited=%d killed=%d\n", (int)grandchild, (int)exited, (int)killed);
+
+    wait_usr1();
+    if (parent_of(grandchild) != getpid())
+        fail("grandchild %d has parent %d", (int)grandchild, (int)parent_of(grandchild));
+    int status;
+    if (waitpid(exited, &status, WNOHANG) != exited || !WIFEXITED(status) || WEXITSTATUS(status) != 7)
+        fail("zombie %d: status %#x", (int)exited, status);
+    if (waitpid(killed, &status, WNOHANG) != killed || !WIFSIGNALED(status) || WTERMSIG(status) != SIGTERM)
+        fail("zombie %d: status %#x", (int)killed, status);
+    kill(grandchild, SIGKILL);
+    waitpid(grandchild, NULL, 0);
+    succeed();
+}
