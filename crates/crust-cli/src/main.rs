@@ -1,6 +1,7 @@
 //! `crust`: the command line over the crust engine, with criu's option names.
 
 mod demo;
+mod guard;
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -138,7 +139,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Dump { pid, dir, leave_running, shell_job, json } => {
             let opts = DumpOptions { pid, dir: dir.clone(), leave_running, shell_job };
-            let stats = dump(&opts).with_context(|| format!("dump of process {pid} failed"))?;
+            let stats = guard::in_child(|| Ok(dump(&opts)?)).with_context(|| format!("dump of process {pid} failed"))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&stats)?);
             } else {

@@ -870,9 +870,11 @@ fn crust_killed_mid_dump_leaves_target_running() {
     // in-task state were read, the 512 MiB copy is under way.
     for extra_ms in [0u64, 30] {
         kill_crust_during_dump(w.pid, &dir, |cpid| {
-            let pages = dir.join(format!(".crust-staging-{cpid}")).join("pages-1.img");
+            // The staging directory is named after the process doing the work,
+            // which may be a child of the crust command.
+            let pages = || staging_dirs(&dir).iter().any(|s| dir.join(s).join("pages-1.img").exists());
             let deadline = Instant::now() + Duration::from_secs(20);
-            while !pages.exists() {
+            while !pages() {
                 if Instant::now() > deadline || !Path::new(&format!("/proc/{cpid}")).exists() {
                     return false;
                 }

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::arch;
 use crate::cgroups::CgroupRecorder;
@@ -31,7 +31,7 @@ pub struct DumpOptions {
 }
 
 /// What a dump did, for the user and for stats-dump.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct DumpStats {
     pub processes: usize,
     pub threads: usize,
@@ -107,6 +107,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
     })?;
     stats.bytes_written += w.finish()?;
 
+    crate::cancel::check()?;
     stats.frozen_time_us = us(frozen_at.elapsed());
     let mut w = dir.writer("stats-dump", Kind::Stats)?;
     w.entry(&StatsEntry {
@@ -305,6 +306,7 @@ fn dump_process(
     // Per-thread state, the leader first; the leader also answers for the process.
     let mut inside_proc = None;
     for &tid in &p.threads {
+        crate::cancel::check()?;
         let regs = ptrace::regs(tid)?;
         let xsave = ptrace::xstate(tid)?;
         let rt = RemoteThread::start(tid, gadget, writable)?;
@@ -481,6 +483,7 @@ fn dump_pages(pid: i32, pages_id: u32, vmas: &[Vma], dir: &mut ImageDir, stats: 
         let mut addr = run.vaddr;
         let end = run.vaddr + run.nr_pages * PAGE_SIZE;
         while addr < end {
+            crate::cancel::check()?;
             let n = (end - addr).min(CHUNK) as usize;
             let r = Instant::now();
             reader.read(addr, &mut buf[..n])?;

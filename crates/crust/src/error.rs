@@ -22,6 +22,9 @@ pub enum Error {
     /// The request itself cannot be carried out (no such pid, bad argument, ...).
     #[error("{0}")]
     Invalid(String),
+    /// crust was asked to stop (a signal, or the death of its parent).
+    #[error("interrupted: crust was asked to stop, and put everything back as it was")]
+    Cancelled,
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -1,6 +1,7 @@
 //! crust: checkpoint/restore of Linux process trees, in CRIU's image format.
 
 pub mod arch;
+pub mod cancel;
 pub mod cgroups;
 pub mod dump;
 pub mod error;

@@ -32,7 +32,7 @@ pub enum StopKind {
 /// Seize `tid` and wait until it is in a ptrace stop.
 pub fn seize_and_stop(tid: i32) -> Result<StopKind> {
     let pid = Pid::from_raw(tid);
-    ptrace::seize(pid, ptrace::Options::empty()).ctx(|| format!("seizing task {tid}"))?;
+    ptrace::seize(pid, ptrace::Options::PTRACE_O_TRACESYSGOOD).ctx(|| format!("seizing task {tid}"))?;
     ptrace::interrupt(pid).ctx(|| format!("interrupting task {tid}"))?;
     wait_for_stop(tid)
 }

@@ -2,13 +2,13 @@
 //!
 //! The task is made to run one `syscall` instruction that exists in its own
 //! memory (in the vdso, so nothing has to be written into the task), with the
-//! number and arguments in its registers, under PTRACE_SINGLESTEP.
+//! number and arguments in its registers, between its syscall-entry and
+//! syscall-exit stops.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
 use nix::sys::ptrace;
-use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
@@ -28,10 +28,13 @@ pub fn syscall(tid: i32, base: &libc::user_regs_struct, gadget: u64, nr: i64, ar
     set_regs(tid, r)?;
     let pid = Pid::from_raw(tid);
     let mut created = None;
-    loop {
-        ptrace::step(pid, None).ctx(|| format!("stepping task {tid}"))?;
+    // Run to the syscall's entry stop, then to its exit stop. (Not single-step:
+    // a tracer that dies mid-way would leave the trap flag armed in the task.)
+    let mut syscall_stops = 0;
+    while syscall_stops < 2 {
+        ptrace::syscall(pid, None).ctx(|| format!("resuming task {tid} into a syscall"))?;
         match waitpid(pid, Some(WaitPidFlag::__WALL)).ctx(|| format!("waiting for task {tid}"))? {
-            WaitStatus::Stopped(_, Signal::SIGTRAP) => break,
+            WaitStatus::PtraceSyscall(_) => syscall_stops += 1,
             WaitStatus::PtraceEvent(_, _, ev)
                 if ev == libc::PTRACE_EVENT_FORK || ev == libc::PTRACE_EVENT_CLONE || ev == libc::PTRACE_EVENT_VFORK =>
             {

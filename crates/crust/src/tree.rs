@@ -47,9 +47,12 @@ impl FrozenTree {
             return Err(Error::Invalid(format!("{root} is not a process id")));
         }
         let me = std::process::id() as i32;
-        let stat = Process::new(root).and_then(|p| p.stat()).map_err(|e| proc_err(root, e))?;
-        if stat.pid != root || std::fs::metadata(format!("/proc/{root}/task/{root}")).is_err() {
-            return Err(Error::Invalid(format!("{root} is not a process id")));
+        let status = Process::new(root).and_then(|p| p.status()).map_err(|e| proc_err(root, e))?;
+        if status.tgid != root {
+            return Err(Error::Invalid(format!(
+                "{root} is a thread of process {}, not a process: dump the process",
+                status.tgid
+            )));
         }
         if root == me {
             return Err(Error::Invalid("crust cannot dump itself".into()));
@@ -108,6 +111,7 @@ impl FrozenTree {
             }
             new.sort_by_key(|&t| (t != pid, t));
             for tid in new {
+                crate::cancel::check()?;
                 done.insert(tid);
                 match ptrace::seize_and_stop(tid) {
                     Ok(kind) => {

@@ -7,7 +7,8 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -67,7 +68,13 @@ pub fn write(dir: &Path, digests: &BTreeMap<String, FileDigest>) -> Result<()> {
     let json = serde_json::to_vec_pretty(digests).map_err(|e| Error::Invalid(format!("encoding {MANIFEST}: {e}")))?;
     let mut text = format!("{:08x}\n", crc32fast::hash(&json)).into_bytes();
     text.extend_from_slice(&json);
-    std::fs::write(&path, text).ctx(|| format!("writing {}", path.display()))
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .ctx(|| format!("creating {}", path.display()))?;
+    f.write_all(&text).ctx(|| format!("writing {}", path.display()))
 }
 
 /// The manifest of a dump, if it has one.

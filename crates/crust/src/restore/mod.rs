@@ -122,7 +122,10 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
     created.processes.push(root_pid);
     nix_ptrace::setoptions(
         Pid::from_raw(root_pid),
-        Options::PTRACE_O_TRACEFORK | Options::PTRACE_O_TRACECLONE | Options::PTRACE_O_EXITKILL,
+        Options::PTRACE_O_TRACEFORK
+            | Options::PTRACE_O_TRACECLONE
+            | Options::PTRACE_O_EXITKILL
+            | Options::PTRACE_O_TRACESYSGOOD,
     )
     .ctx(|| format!("setting ptrace options on {root_pid}"))?;
     // Nothing may be delivered while crust works inside the tasks; forks and
