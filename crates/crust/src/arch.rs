@@ -212,3 +212,47 @@ pub fn xsave_buffer(fp: &UserX86FpregsEntry, template: &[u8]) -> Result<Vec<u8>,
     }
     Ok(buf)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xsave_split_and_rebuilt_is_identical() {
+        // The layout of this CPU, as the kernel would hand it out: header at 512.
+        let size = (2..=9).filter_map(component).map(|(off, len)| off + len).max().unwrap_or(576).max(576);
+        let raw: Vec<u8> = (0..size).map(|i| (i * 31 % 253) as u8).collect();
+        let mut raw = raw;
+        raw[520..576].iter_mut().for_each(|b| *b = 0);
+        let fp = fpregs(&raw);
+        let template = vec![0u8; raw.len()];
+        let mut back = xsave_buffer(&fp, &template).unwrap();
+        // Bytes crust does not carry (fxsave padding, header reserve, gaps
+        // between components) come from the template; compare the rest.
+        back[416..512].copy_from_slice(&raw[416..512]);
+        let carried: Vec<(usize, usize)> = [YMM, BNDREGS, BNDCSR, OPMASK, ZMM_HI256, HI16_ZMM, PKRU]
+            .into_iter()
+            .filter_map(component)
+            .filter(|(off, len)| off + len <= raw.len())
+            .collect();
+        for i in 0..raw.len() {
+            let covered = i < 520 || carried.iter().any(|(off, len)| (*off..off + len).contains(&i));
+            if covered {
+                assert_eq!(back[i], raw[i], "byte {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn interrupted_syscalls_are_issued_again() {
+        let mut g = gpregs(&unsafe { std::mem::zeroed() });
+        g.orig_ax = 230; // clock_nanosleep
+        g.ax = (-516i64) as u64; // -ERESTART_RESTARTBLOCK
+        g.ip = 0x1002;
+        let r = user_regs(&g);
+        assert_eq!((r.rax, r.rip, r.orig_rax), (230, 0x1000, u64::MAX));
+        g.ax = 0;
+        let r = user_regs(&g);
+        assert_eq!((r.rax, r.rip), (0, 0x1002), "a finished syscall is left alone");
+    }
+}

@@ -134,3 +134,53 @@ pub fn verify_file(dir: &Path, name: &str, want: &FileDigest) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_digests_do_not_depend_on_how_data_is_fed() {
+        let data: Vec<u8> = (0..(3 * BLOCK + 1234)).map(|i| (i * 7 % 251) as u8).collect();
+        let mut whole = BlockHasher::default();
+        whole.update(&data);
+        let mut pieces = BlockHasher::default();
+        for chunk in data.chunks(4093) {
+            pieces.update(chunk);
+        }
+        let (a, b) = (whole.finish(), pieces.finish());
+        assert_eq!(a, b);
+        assert_eq!(a.size, data.len() as u64);
+        assert_eq!(a.blocks.len(), 4);
+        assert_eq!(a.blocks[3], crc32fast::hash(&data[3 * BLOCK..]));
+    }
+
+    #[test]
+    fn damage_is_reported_at_its_block() {
+        let dir = std::env::temp_dir().join(format!("crust-unit-digest-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let data = vec![0xabu8; 2 * BLOCK + 10];
+        std::fs::write(dir.join("pages-1.img"), &data).unwrap();
+        let mut h = BlockHasher::default();
+        h.update(&data);
+        let mut all = BTreeMap::new();
+        all.insert("pages-1.img".to_string(), h.finish());
+        write(&dir, &all).unwrap();
+        let back = read_manifest(&dir).unwrap().unwrap();
+        assert_eq!(back, all);
+        verify_file(&dir, "pages-1.img", &back["pages-1.img"]).unwrap();
+        let mut bad = data.clone();
+        bad[BLOCK + 5] ^= 1;
+        std::fs::write(dir.join("pages-1.img"), &bad).unwrap();
+        let err = verify_file(&dir, "pages-1.img", &back["pages-1.img"]).unwrap_err();
+        assert!(matches!(err, Error::Image { offset, .. } if offset == BLOCK as u64), "{err}");
+        // A damaged manifest is told apart from damaged images.
+        let mut m = std::fs::read(dir.join(MANIFEST)).unwrap();
+        let n = m.len();
+        m[n - 3] ^= 1;
+        std::fs::write(dir.join(MANIFEST), m).unwrap();
+        assert!(read_manifest(&dir).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -349,3 +349,80 @@ impl ImageReader {
         self.exact(buf, "page data")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::images::proto::PstreeEntry;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("crust-unit-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn entries_round_trip_and_damage_is_located() {
+        let d = temp_dir("images");
+        let mut dir = ImageDir::create(&d).unwrap();
+        let mut w = dir.writer("pstree.img", Kind::Pstree).unwrap();
+        let entries: Vec<PstreeEntry> =
+            (1..=3).map(|i| PstreeEntry { pid: i, ppid: i - 1, pgid: 1, sid: 1, threads: vec![i, i + 100] }).collect();
+        for e in &entries {
+            w.entry(e).unwrap();
+        }
+        let len = w.finish().unwrap();
+        assert!(!d.join("pstree.img").exists(), "nothing is visible before commit");
+        dir.commit().unwrap();
+        let path = d.join("pstree.img");
+        assert_eq!(fs::metadata(&path).unwrap().len(), len);
+        let mut r = ImageReader::open(&path, Kind::Pstree).unwrap();
+        let mut back = Vec::new();
+        while let Some(e) = r.next::<PstreeEntry>().unwrap() {
+            back.push(e);
+        }
+        assert_eq!(back, entries);
+
+        // Cut inside the second entry: the error names the file and an offset in it.
+        let bytes = fs::read(&path).unwrap();
+        fs::write(&path, &bytes[..bytes.len() - 5]).unwrap();
+        let mut r = ImageReader::open(&path, Kind::Pstree).unwrap();
+        let err = loop {
+            match r.next::<PstreeEntry>() {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("a truncated image read to its end"),
+                Err(e) => break e,
+            }
+        };
+        match err {
+            Error::Image { file, offset, .. } => {
+                assert_eq!(file, path);
+                assert!(offset > 8 && offset < len, "offset {offset}");
+            }
+            other => panic!("{other}"),
+        }
+        // A wrong magic is refused at offset 4.
+        let err = ImageReader::open(&path, Kind::Mm).err().expect("wrong kind");
+        assert!(matches!(err, Error::Image { offset: 4, .. }), "{err}");
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn file_kinds_by_name() {
+        assert_eq!(Kind::of_file_name("core-1234.img"), Some(Kind::Core));
+        assert_eq!(Kind::of_file_name("pages-1.img"), Some(Kind::Pages));
+        assert_eq!(Kind::of_file_name("pipes-data.img"), Some(Kind::PipesData));
+        assert_eq!(Kind::of_file_name("stats-dump"), Some(Kind::Stats));
+        assert_eq!(Kind::of_file_name("crust-digests.json"), None);
+    }
+
+    #[test]
+    fn a_dump_that_is_dropped_leaves_nothing() {
+        let d = temp_dir("dropped");
+        let mut dir = ImageDir::create(&d).unwrap();
+        dir.writer("inventory.img", Kind::Inventory).unwrap().finish().unwrap();
+        drop(dir);
+        assert_eq!(fs::read_dir(&d).unwrap().count(), 0);
+        fs::remove_dir_all(&d).unwrap();
+    }
+}

@@ -176,3 +176,20 @@ pub fn protect_vmas(task: &Task, mm: &MmEntry) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_gap_avoids_every_range_with_a_guard_page() {
+        let occupied = [(0x7fe0_0000_0000, HIGH), (0x5000_0000, 0x6000_0000), (0x7fd0_0000_0000, 0x7fdf_ffff_f000)];
+        let len = 1 << 20;
+        let at = free_gap(&occupied, len).unwrap();
+        assert!(at >= LOW && at + len <= HIGH);
+        for (s, e) in occupied {
+            assert!(at + len + PAGE_SIZE <= s || at >= e + PAGE_SIZE, "{at:#x} overlaps {s:#x}-{e:#x}");
+        }
+        assert_eq!(free_gap(&[(LOW, HIGH)], len), None);
+    }
+}
