@@ -66,7 +66,7 @@ fn bench(name: &str, args: &[&str], iters: usize, counter: &mut usize, buf: &[u8
     for round in 0..=iters {
         let dir = TmpPath::new("", *counter);
         *counter += 1;
-        let opts = DumpOptions { pid: w.pid(), dir: dir.0.clone(), leave_running: true, shell_job: false };
+        let opts = DumpOptions { pid: w.pid(), dir: dir.0.clone(), leave_running: true, shell_job: false, ..Default::default() };
         let t = Instant::now();
         let s = dump(&opts).map_err(|e| anyhow::anyhow!("dump of {}: {e}", w.name))?;
         dump_t.push(ms(t.elapsed()));

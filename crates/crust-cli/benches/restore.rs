@@ -230,11 +230,11 @@ fn bench(name: &str, args: &[&str], rounds: usize, counter: &mut usize) -> Resul
         &run,
         true,
         |w, images| {
-            let opts = DumpOptions { pid: w.pid(), dir: images.to_path_buf(), leave_running: false, shell_job: false };
+            let opts = DumpOptions { pid: w.pid(), dir: images.to_path_buf(), leave_running: false, shell_job: false, ..Default::default() };
             dump(&opts).map(drop).map_err(|e| anyhow!("{e}"))
         },
         |images, _| {
-            let opts = RestoreOptions { dir: images.to_path_buf(), shell_job: false, pid_wait: Duration::from_secs(5) };
+            let opts = RestoreOptions { dir: images.to_path_buf(), shell_job: false, pid_wait: Duration::from_secs(5), ..Default::default() };
             let r = restore(&opts).map_err(|e| anyhow!("{e}"))?;
             Ok((r.root, Some(r.stats)))
         },

@@ -87,7 +87,7 @@ fn run_in(work: &Path, pid_out: &mut Option<i32>) -> Result<()> {
     output.show(7)?;
 
     let images = work.join("images");
-    let stats = dump(&DumpOptions { pid, dir: images.clone(), leave_running: false, shell_job: false })
+    let stats = dump(&DumpOptions { pid, dir: images.clone(), leave_running: false, shell_job: false, ..Default::default() })
         .context("dump failed")?;
     println!("\n$ crust dump -t {pid} -D {}", images.display());
     crate::print_dump_stats(&stats, &images);
@@ -101,7 +101,7 @@ fn run_in(work: &Path, pid_out: &mut Option<i32>) -> Result<()> {
     println!("test_mm is {} and printed nothing for 0.5 s", if alive { "STILL ALIVE (unexpected)" } else { "gone" });
 
     println!("\n$ crust restore -D {} -d", images.display());
-    let restored = restore(&RestoreOptions { dir: images.clone(), shell_job: false, pid_wait: Duration::from_secs(5) })
+    let restored = restore(&RestoreOptions { dir: images.clone(), shell_job: false, pid_wait: Duration::from_secs(5), ..Default::default() })
         .context("restore failed")?;
     crate::print_restore_stats(&restored);
     println!("test_mm counts on from where it stopped, in both threads:");

@@ -13,6 +13,7 @@ use clap::{ArgAction, Parser, Subcommand};
 use std::time::Duration;
 
 use crust::dump::{dump, DumpOptions, DumpStats};
+use crust::cgroups::{CgroupRoot, Mode};
 use crust::restore::{restore, RestoreOptions, Restored};
 
 #[derive(Parser)]
@@ -44,6 +45,12 @@ enum Command {
         /// The tree is a job of a shell: its session leader is outside the tree.
         #[arg(short = 'j', long = "shell-job")]
         shell_job: bool,
+        /// Record cgroup paths relative to this root ([controller:]/path; repeatable).
+        #[arg(long = "cgroup-root", value_name = "[CONTROLLER:]/PATH")]
+        cgroup_roots: Vec<CgroupRoot>,
+        /// Freeze the tree through this cgroup's freezer before seizing it.
+        #[arg(long = "freeze-cgroup", value_name = "PATH")]
+        freeze_cgroup: Option<PathBuf>,
         /// Print the stats as JSON.
         #[arg(long)]
         json: bool,
@@ -62,12 +69,25 @@ enum Command {
         /// Write the root's pid to this file.
         #[arg(long, value_name = "FILE")]
         pidfile: Option<PathBuf>,
+        /// What to do with the recorded cgroups: ignore, none, props, soft, full, strict.
+        #[arg(long = "manage-cgroups", default_value = "soft", value_name = "MODE")]
+        manage_cgroups: Mode,
+        /// Put the tree's cgroups under this root ([controller:]/path; repeatable).
+        #[arg(long = "cgroup-root", value_name = "[CONTROLLER:]/PATH")]
+        cgroup_roots: Vec<CgroupRoot>,
         /// Seconds to wait for pids of the image that are still being released.
         #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
         pid_wait: f64,
         /// Print the stats as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Say in plain words what the images in DIR hold and what a restore needs.
+    Explain {
+        dir: PathBuf,
+        /// The cgroup mode a restore would use.
+        #[arg(long = "manage-cgroups", default_value = "soft", value_name = "MODE")]
+        manage_cgroups: Mode,
     },
     /// Decode the images in DIR and print them as JSON.
     Show {
@@ -107,6 +127,7 @@ pub fn print_dump_stats(s: &DumpStats, dir: &std::path::Path) {
         s.pages_scanned,
         s.bytes_written as f64 / (1 << 20) as f64,
     );
+    println!("{}", s.cgroups);
 }
 
 pub fn print_restore_stats(r: &Restored) {
@@ -137,8 +158,8 @@ fn wait_root(pid: i32) -> Result<()> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Dump { pid, dir, leave_running, shell_job, json } => {
-            let opts = DumpOptions { pid, dir: dir.clone(), leave_running, shell_job };
+        Command::Dump { pid, dir, leave_running, shell_job, cgroup_roots, freeze_cgroup, json } => {
+            let opts = DumpOptions { pid, dir: dir.clone(), leave_running, shell_job, cgroup_roots, freeze_cgroup };
             let stats = guard::in_child(|| Ok(dump(&opts)?)).with_context(|| format!("dump of process {pid} failed"))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&stats)?);
@@ -146,8 +167,14 @@ fn run(cli: Cli) -> Result<()> {
                 print_dump_stats(&stats, &dir);
             }
         }
-        Command::Restore { dir, detach, shell_job, pidfile, pid_wait, json } => {
-            let opts = RestoreOptions { dir: dir.clone(), shell_job, pid_wait: Duration::from_secs_f64(pid_wait.max(0.0)) };
+        Command::Restore { dir, detach, shell_job, pidfile, manage_cgroups, cgroup_roots, pid_wait, json } => {
+            let opts = RestoreOptions {
+                dir: dir.clone(),
+                shell_job,
+                pid_wait: Duration::from_secs_f64(pid_wait.max(0.0)),
+                manage_cgroups,
+                cgroup_roots,
+            };
             let restored = restore(&opts).with_context(|| format!("restore from {} failed", dir.display()))?;
             if let Some(path) = pidfile {
                 std::fs::write(&path, format!("{}\n", restored.root))
@@ -165,6 +192,11 @@ fn run(cli: Cli) -> Result<()> {
         Command::Show { path } => {
             let v = if path.is_dir() { crust::show::show_dir(&path)? } else { crust::show::show_file(&path)? };
             println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Command::Explain { dir, manage_cgroups } => {
+            for line in crust::explain::explain(&dir, manage_cgroups)? {
+                println!("{line}");
+            }
         }
         Command::Demo => demo::run()?,
     }

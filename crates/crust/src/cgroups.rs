@@ -1,14 +1,25 @@
-//! Cgroup membership. A task's membership is recorded per hierarchy only where
-//! it differs from crust's own, as CRIU does: a restore puts the task back into
-//! the recorded cgroups and leaves it where the restorer is for the others.
+//! Cgroups: recorded at dump time, placed on restore.
+//!
+//! A task's membership is recorded per hierarchy only where it differs from
+//! crust's own (CRIU's rule): a task that lives where crust lives needs no
+//! cgroup of its own on restore, it just stays with the restoring crust. Each
+//! recorded directory carries the properties crust knows and its mode and
+//! owner, so that a restore can create it again. What a restore does with them
+//! is the user's choice (`--manage-cgroups`), as in criu.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 
-use crate::error::Result;
-use crate::images::proto::{CgControllerEntry, CgMemberEntry, CgSetEntry, CgroupEntry};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Context, Error, Result};
+use crate::images::proto::{
+    CgControllerEntry, CgMemberEntry, CgSetEntry, CgroupDirEntry, CgroupEntry, CgroupPerms, CgroupPropEntry,
+};
 use crate::proc::read_string;
 
-/// Hierarchy name ("cpu,cpuacct", "name=systemd", "" for cgroup v2) to path.
+/// Hierarchy name as in /proc/PID/cgroup ("cpu", "name=systemd", "" for v2) to path.
 pub type Membership = BTreeMap<String, String>;
 
 pub fn membership(pid: &str) -> Result<Membership> {
@@ -18,35 +29,168 @@ pub fn membership(pid: &str) -> Result<Membership> {
         .filter_map(|l| {
             let mut parts = l.splitn(3, ':');
             let _id = parts.next()?;
-            let name = parts.next()?;
-            let path = parts.next()?;
-            Some((name.to_string(), path.to_string()))
+            Some((parts.next()?.to_string(), parts.next()?.to_string()))
         })
         .collect())
 }
 
-/// Collects the distinct cgroup sets of the dumped tasks.
-pub struct CgroupRecorder {
-    own: Membership,
-    sets: Vec<CgSetEntry>,
+/// How a hierarchy is named to a user ("cgroup2" for the unified one).
+pub fn display_name(name: &str) -> &str {
+    if name.is_empty() {
+        "cgroup2"
+    } else {
+        name
+    }
+}
+
+/// Properties crust saves and restores, per controller, in the order they are
+/// written (a cpu period before its quota; a new cpuset needs cpus and mems
+/// before any task can join it).
+fn known_properties(controller: &str) -> &'static [&'static str] {
+    match controller {
+        "cpu" => &["cpu.shares", "cpu.cfs_period_us", "cpu.cfs_quota_us"],
+        "cpuset" => &["cpuset.cpus", "cpuset.mems"],
+        "memory" => &["memory.limit_in_bytes"],
+        "pids" => &["pids.max"],
+        "" => &["cpuset.cpus", "cpuset.mems", "cpu.weight", "cpu.max", "memory.max", "pids.max"],
+        _ => &[],
+    }
+}
+
+/// A mounted cgroup hierarchy of this host.
+#[derive(Clone, Debug)]
+pub struct Hierarchy {
+    /// As /proc/PID/cgroup names it.
+    pub name: String,
+    pub mount: PathBuf,
+}
+
+impl Hierarchy {
+    fn controllers(&self) -> Vec<&str> {
+        if self.name.is_empty() {
+            vec![""]
+        } else {
+            self.name.split(',').collect()
+        }
+    }
+
+    fn properties(&self) -> Vec<&'static str> {
+        self.controllers().into_iter().flat_map(known_properties).copied().collect()
+    }
+}
+
+/// The hierarchies mounted here, matched to the names /proc/self/cgroup uses.
+pub fn hierarchies() -> Result<Vec<Hierarchy>> {
+    let own = membership("self")?;
+    let mountinfo = read_string("/proc/self/mountinfo")?;
+    let mut out = Vec::new();
+    for line in mountinfo.lines() {
+        let Some((left, right)) = line.split_once(" - ") else { continue };
+        let mut r = right.split_whitespace();
+        let (fstype, _source, opts) = (r.next().unwrap_or(""), r.next(), r.next().unwrap_or(""));
+        let mount = PathBuf::from(left.split_whitespace().nth(4).unwrap_or(""));
+        let name = match fstype {
+            "cgroup2" => Some(String::new()),
+            "cgroup" => {
+                let items: BTreeSet<&str> = opts.split(',').collect();
+                own.keys().find(|n| !n.is_empty() && n.split(',').all(|c| items.contains(c))).cloned()
+            }
+            _ => None,
+        };
+        if let Some(name) = name {
+            if !out.iter().any(|h: &Hierarchy| h.name == name) {
+                out.push(Hierarchy { name, mount });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `--cgroup-root [controller:]/path`: where a hierarchy's recorded paths start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CgroupRoot {
+    pub controller: Option<String>,
+    pub path: String,
+}
+
+impl std::str::FromStr for CgroupRoot {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let (controller, path) = match s.split_once(':') {
+            Some((c, p)) => (Some(c.to_string()), p),
+            None => (None, s),
+        };
+        if !path.starts_with('/') {
+            return Err(format!("{s}: the cgroup root must be an absolute path, as [controller:]/path"));
+        }
+        Ok(CgroupRoot { controller, path: path.trim_end_matches('/').to_string() })
+    }
+}
+
+/// The root that applies to a hierarchy: one naming one of its controllers, else
+/// one without a controller.
+fn root_for<'a>(roots: &'a [CgroupRoot], hierarchy: &str) -> Option<&'a str> {
+    let named = roots.iter().find(|r| r.controller.as_deref().is_some_and(|c| hierarchy.split(',').any(|h| h == c)));
+    named.or_else(|| roots.iter().find(|r| r.controller.is_none())).map(|r| r.path.as_str())
+}
+
+fn join(root: &str, path: &str) -> String {
+    let joined = format!("{}/{}", root.trim_end_matches('/'), path.trim_start_matches('/'));
+    if joined == "/" {
+        joined
+    } else {
+        joined.trim_end_matches('/').to_string()
+    }
 }
 
 /// The set of tasks that live exactly where crust does: it lists no member.
 pub const SAME_AS_DUMPER: u32 = 1;
 
+/// Why something was recorded: for `crust explain` and the dump's summary.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CgroupReport {
+    /// crust's own cgroups when it dumped.
+    pub dumper: Membership,
+    pub cgroup_roots: Vec<String>,
+}
+
+/// Collects the distinct cgroup sets of the dumped tasks.
+pub struct CgroupRecorder {
+    own: Membership,
+    roots: Vec<CgroupRoot>,
+    sets: Vec<CgSetEntry>,
+    /// Recorded directories by hierarchy: path in the image -> path on this host.
+    dirs: BTreeMap<String, BTreeMap<String, String>>,
+}
+
 impl CgroupRecorder {
-    pub fn new() -> Result<CgroupRecorder> {
+    pub fn new(roots: Vec<CgroupRoot>) -> Result<CgroupRecorder> {
         let own = membership("self")?;
-        Ok(CgroupRecorder { own, sets: vec![CgSetEntry { id: SAME_AS_DUMPER, ctls: Vec::new() }] })
+        let sets = vec![CgSetEntry { id: SAME_AS_DUMPER, ctls: Vec::new() }];
+        Ok(CgroupRecorder { own, roots, sets, dirs: BTreeMap::new() })
     }
 
     /// The id of the set that describes `pid`'s cgroups.
     pub fn set_of(&mut self, pid: i32) -> Result<u32> {
-        let ctls: Vec<CgMemberEntry> = membership(&pid.to_string())?
-            .into_iter()
-            .filter(|(name, path)| self.own.get(name) != Some(path))
-            .map(|(name, path)| CgMemberEntry { name, path, cgns_prefix: None })
-            .collect();
+        let mut ctls = Vec::new();
+        for (name, path) in membership(&pid.to_string())? {
+            if self.own.get(&name) == Some(&path) {
+                continue;
+            }
+            let recorded = match root_for(&self.roots, &name) {
+                Some(root) => match path.strip_prefix(root) {
+                    Some(rest) if rest.is_empty() || rest.starts_with('/') => join("/", rest),
+                    _ => {
+                        return Err(Error::Invalid(format!(
+                            "process {pid} is in {name}:{path}, outside the cgroup root {root} given for it"
+                        )))
+                    }
+                },
+                None => path.clone(),
+            };
+            self.dirs.entry(name.clone()).or_default().insert(recorded.clone(), path);
+            ctls.push(CgMemberEntry { name, path: recorded, cgns_prefix: None });
+        }
         if let Some(set) = self.sets.iter().find(|s| s.ctls == ctls) {
             return Ok(set.id);
         }
@@ -55,15 +199,220 @@ impl CgroupRecorder {
         Ok(id)
     }
 
-    pub fn entry(&self) -> CgroupEntry {
-        let controllers = self
-            .own
-            .keys()
-            .map(|name| CgControllerEntry {
-                cnames: name.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect(),
-                dirs: Vec::new(),
-            })
-            .collect();
-        CgroupEntry { sets: self.sets.clone(), controllers }
+    /// cgroup.img's one entry: the sets, and per hierarchy the recorded
+    /// directories with their properties, mode and owner.
+    pub fn entry(&self) -> Result<CgroupEntry> {
+        let hierarchies = hierarchies()?;
+        let mut controllers = Vec::new();
+        for h in &hierarchies {
+            let mut dirs = Vec::new();
+            for (recorded, live) in self.dirs.get(&h.name).into_iter().flatten() {
+                let dir = h.mount.join(live.trim_start_matches('/'));
+                let md = std::fs::metadata(&dir).ctx(|| format!("reading cgroup {}", dir.display()))?;
+                let properties = h
+                    .properties()
+                    .into_iter()
+                    .filter_map(|p| {
+                        let value = std::fs::read_to_string(dir.join(p)).ok()?;
+                        Some(CgroupPropEntry { name: p.to_string(), value: value.trim().to_string(), perms: None })
+                    })
+                    .collect();
+                dirs.push(CgroupDirEntry {
+                    dir_name: recorded.clone(),
+                    children: Vec::new(),
+                    properties,
+                    dir_perms: Some(CgroupPerms { mode: md.permissions().mode() & 0o7777, uid: md.uid(), gid: md.gid() }),
+                });
+            }
+            controllers.push(CgControllerEntry {
+                cnames: if h.name.is_empty() { Vec::new() } else { h.name.split(',').map(str::to_string).collect() },
+                dirs,
+            });
+        }
+        Ok(CgroupEntry { sets: self.sets.clone(), controllers })
+    }
+
+    pub fn report(&self) -> CgroupReport {
+        CgroupReport {
+            dumper: self.own.clone(),
+            cgroup_roots: self
+                .roots
+                .iter()
+                .map(|r| format!("{}{}", r.controller.as_ref().map(|c| format!("{c}:")).unwrap_or_default(), r.path))
+                .collect(),
+        }
+    }
+
+    /// One line for the end of a dump.
+    pub fn summary(&self) -> String {
+        let members: BTreeSet<String> =
+            self.sets.iter().flat_map(|s| s.ctls.iter().map(|m| format!("{}:{}", display_name(&m.name), m.path))).collect();
+        if members.is_empty() {
+            "cgroups: every task shared crust's cgroups, nothing recorded".to_string()
+        } else {
+            format!(
+                "cgroups: recorded {} where tasks differ from crust's own cgroups (crust explain DIR says why)",
+                members.into_iter().collect::<Vec<_>>().join(", ")
+            )
+        }
+    }
+}
+
+/// criu's `--manage-cgroups` modes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Leave the restored tree where crust runs.
+    Ignore,
+    /// Move tasks into the recorded cgroups, which must exist; no properties.
+    None,
+    /// The cgroups must exist; their properties are set.
+    Props,
+    /// Create missing cgroups, and set properties only in those crust created.
+    #[default]
+    Soft,
+    /// Create missing cgroups, and set properties in all.
+    Full,
+    /// Every cgroup must be created by crust: fail if one exists.
+    Strict,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Ok(match s {
+            "ignore" => Mode::Ignore,
+            "none" => Mode::None,
+            "props" => Mode::Props,
+            "soft" => Mode::Soft,
+            "full" => Mode::Full,
+            "strict" => Mode::Strict,
+            _ => return Err(format!("{s}: not a cgroup mode (ignore, none, props, soft, full, strict)")),
+        })
+    }
+}
+
+impl Mode {
+    /// What a restore in this mode needs of one recorded directory, in words.
+    pub fn needs(self) -> &'static str {
+        match self {
+            Mode::Ignore => "is ignored: the tree stays in the restoring crust's cgroups",
+            Mode::None => "must exist; the tasks are moved in, its properties are left alone",
+            Mode::Props => "must exist; the tasks are moved in and its properties are set",
+            Mode::Soft => "is created with its properties if missing, else used as it is",
+            Mode::Full => "is created if missing; its properties are set either way",
+            Mode::Strict => "must not exist; crust creates it with its properties",
+        }
+    }
+}
+
+/// Where the restored tasks go: for each set, the directories to join. Holds the
+/// directories crust created, which `undo` removes again.
+#[derive(Default)]
+pub struct Placement {
+    dirs: BTreeMap<u32, Vec<PathBuf>>,
+    created: Vec<PathBuf>,
+}
+
+impl Placement {
+    /// Check, create and configure every directory the image needs, before any
+    /// task runs. On error, what was created is removed again.
+    pub fn prepare(entry: &CgroupEntry, mode: Mode, roots: &[CgroupRoot]) -> Result<Placement> {
+        let mut placement = Placement::default();
+        if mode == Mode::Ignore {
+            return Ok(placement);
+        }
+        match placement.prepare_dirs(entry, mode, roots) {
+            Ok(()) => Ok(placement),
+            Err(e) => {
+                placement.undo();
+                Err(e)
+            }
+        }
+    }
+
+    fn prepare_dirs(&mut self, entry: &CgroupEntry, mode: Mode, roots: &[CgroupRoot]) -> Result<()> {
+        let hierarchies = hierarchies()?;
+        for set in &entry.sets {
+            for m in &set.ctls {
+                let fail = |why: String| Error::Invalid(format!("cgroup {}:{}: {why}", display_name(&m.name), m.path));
+                let h = hierarchies
+                    .iter()
+                    .find(|h| h.name == m.name)
+                    .ok_or_else(|| fail("this hierarchy is not mounted on this host".into()))?;
+                let path = join(root_for(roots, &m.name).unwrap_or("/"), &m.path);
+                let dir = h.mount.join(path.trim_start_matches('/'));
+                let saved = entry
+                    .controllers
+                    .iter()
+                    .filter(|c| c.cnames.join(",") == m.name)
+                    .flat_map(|c| c.dirs.iter())
+                    .find(|d| d.dir_name == m.path);
+                let exists = dir.is_dir();
+                let created = match (exists, mode) {
+                    (true, Mode::Strict) => {
+                        return Err(fail(format!("{} exists, and --manage-cgroups strict needs crust to create it", dir.display())))
+                    }
+                    (false, Mode::None | Mode::Props) => {
+                        return Err(fail(format!("{} does not exist, and --manage-cgroups {mode:?} does not create it", dir.display()).to_lowercase()))
+                    }
+                    (true, _) => false,
+                    (false, _) => {
+                        self.create(&dir, saved.and_then(|d| d.dir_perms.as_ref())).map_err(|e| fail(e.to_string()))?;
+                        true
+                    }
+                };
+                let set_props = matches!(mode, Mode::Props | Mode::Full | Mode::Strict) || (mode == Mode::Soft && created);
+                if set_props {
+                    for p in saved.map(|d| d.properties.as_slice()).unwrap_or_default() {
+                        std::fs::write(dir.join(&p.name), &p.value)
+                            .map_err(|e| fail(format!("setting {} to {}: {e}", p.name, p.value)))?;
+                    }
+                }
+                self.dirs.entry(set.id).or_default().push(dir);
+            }
+        }
+        Ok(())
+    }
+
+    /// mkdir -p, remembering each level made, with the saved mode and owner.
+    fn create(&mut self, dir: &Path, perms: Option<&CgroupPerms>) -> Result<()> {
+        let mut missing = Vec::new();
+        let mut d = dir;
+        while !d.is_dir() {
+            missing.push(d.to_path_buf());
+            d = d.parent().ok_or_else(|| Error::Invalid(format!("{}: no parent", dir.display())))?;
+        }
+        for d in missing.into_iter().rev() {
+            std::fs::create_dir(&d).ctx(|| format!("creating {}", d.display()))?;
+            self.created.push(d);
+        }
+        if let Some(p) = perms {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(p.mode)).ctx(|| format!("chmod {}", dir.display()))?;
+            std::os::unix::fs::chown(dir, Some(p.uid), Some(p.gid)).ctx(|| format!("chown {}", dir.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Move process `pid` into the directories of set `set`.
+    pub fn place(&self, pid: i32, set: u32) -> Result<()> {
+        for dir in self.dirs.get(&set).into_iter().flatten() {
+            let procs = dir.join("cgroup.procs");
+            std::fs::write(&procs, pid.to_string()).ctx(|| format!("moving process {pid} into {}", dir.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Remove the directories crust created (their tasks must be gone).
+    pub fn undo(&mut self) {
+        for d in self.created.drain(..).rev() {
+            if let Err(e) = std::fs::remove_dir(&d) {
+                log::warn!("could not remove cgroup {} created for the failed restore: {e}", d.display());
+            }
+        }
+    }
+
+    /// Keep what was created: the restore succeeded.
+    pub fn keep(&mut self) {
+        self.created.clear();
     }
 }

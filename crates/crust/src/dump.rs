@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::arch;
-use crate::cgroups::CgroupRecorder;
+use crate::cgroups::{CgroupRecorder, CgroupReport, CgroupRoot};
 use crate::error::{Context, Error, Result};
 use crate::files::{FileTable, OpenFd};
 use crate::images::proto::{
@@ -22,12 +22,24 @@ use crate::ptrace;
 use crate::remote::RemoteThread;
 use crate::tree::{FrozenProcess, FrozenTree};
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct DumpOptions {
     pub pid: i32,
     pub dir: PathBuf,
     pub leave_running: bool,
     pub shell_job: bool,
+    /// `--cgroup-root`: record cgroup paths relative to these roots.
+    pub cgroup_roots: Vec<CgroupRoot>,
+    /// `--freeze-cgroup`: freeze the tree through this cgroup's freezer first.
+    pub freeze_cgroup: Option<PathBuf>,
+}
+
+/// crust's notes beside the images, for `crust explain` and preflight checks.
+pub const META: &str = "crust-meta.json";
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct DumpMeta {
+    pub cgroups: CgroupReport,
 }
 
 /// What a dump did, for the user and for stats-dump.
@@ -42,6 +54,8 @@ pub struct DumpStats {
     pub pages_scanned: u64,
     pub pages_written: u64,
     pub bytes_written: u64,
+    /// One line on what cgroup.img holds and why.
+    pub cgroups: String,
 }
 
 // task_core_entry.task_state values (CRIU's).
@@ -57,7 +71,10 @@ fn us(d: Duration) -> u64 {
 
 pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
     let start = Instant::now();
-    let tree = FrozenTree::seize(opts.pid)?;
+    let tree = match &opts.freeze_cgroup {
+        Some(cg) => FrozenTree::seize_through_freezer(opts.pid, cg)?,
+        None => FrozenTree::seize(opts.pid)?,
+    };
     let frozen_at = Instant::now();
     let mut stats = DumpStats {
         processes: tree.processes.len(),
@@ -69,7 +86,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
 
     let mut dir = ImageDir::create(&opts.dir)?;
     let mut files = FileTable::default();
-    let mut cgroups = CgroupRecorder::new()?;
+    let mut cgroups = CgroupRecorder::new(opts.cgroup_roots.clone())?;
     let mut kobj = KobjIds::default();
     let mut root_ids = None;
     for (n, p) in tree.processes.iter().enumerate() {
@@ -93,8 +110,10 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
     stats.bytes_written += w.finish()?;
     stats.bytes_written += files.write(&mut dir)?;
     let mut w = dir.writer("cgroup.img", Kind::Cgroup)?;
-    w.entry(&cgroups.entry())?;
+    w.entry(&cgroups.entry()?)?;
     stats.bytes_written += w.finish()?;
+    stats.cgroups = cgroups.summary();
+    stats.bytes_written += dir.write_json(META, &DumpMeta { cgroups: cgroups.report() })?;
     let mut w = dir.writer("inventory.img", Kind::Inventory)?;
     w.entry(&InventoryEntry {
         img_version: IMG_VERSION,

@@ -5,6 +5,7 @@ pub mod cancel;
 pub mod cgroups;
 pub mod dump;
 pub mod error;
+pub mod explain;
 pub mod files;
 pub mod images;
 pub mod mem;

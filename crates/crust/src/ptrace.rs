@@ -31,15 +31,20 @@ pub enum StopKind {
 
 /// Seize `tid` and wait until it is in a ptrace stop.
 pub fn seize_and_stop(tid: i32) -> Result<StopKind> {
+    seize_no_wait(tid)?;
+    wait_for_stop(tid)
+}
+
+/// Seize `tid` and ask it to stop, without waiting (its cgroup may be frozen).
+pub fn seize_no_wait(tid: i32) -> Result<()> {
     let pid = Pid::from_raw(tid);
     ptrace::seize(pid, ptrace::Options::PTRACE_O_TRACESYSGOOD).ctx(|| format!("seizing task {tid}"))?;
-    ptrace::interrupt(pid).ctx(|| format!("interrupting task {tid}"))?;
-    wait_for_stop(tid)
+    ptrace::interrupt(pid).ctx(|| format!("interrupting task {tid}"))
 }
 
 /// Wait for the stop that PTRACE_INTERRUPT asked for. A signal that arrives first is
 /// passed on (it would have been delivered anyway) and we wait again.
-fn wait_for_stop(tid: i32) -> Result<StopKind> {
+pub fn wait_for_stop(tid: i32) -> Result<StopKind> {
     let pid = Pid::from_raw(tid);
     loop {
         let status = waitpid(pid, Some(WaitPidFlag::__WALL)).ctx(|| format!("waiting for task {tid} to stop"))?;

@@ -1,14 +1,15 @@
 //! Freezing a process tree: seize every thread of every process under the root,
 //! catching threads and children that appear meanwhile, and let them go again.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::Pid;
 use procfs::process::Process;
 
-use crate::error::{Error, Result};
+use crate::error::{Context, Error, Result};
 use crate::ptrace::{self, StopKind};
 
 /// One process of a frozen tree.
@@ -32,6 +33,8 @@ pub struct FrozenTree {
     /// Parents before children.
     pub processes: Vec<FrozenProcess>,
     seized: Vec<i32>,
+    /// Stops already collected (when the tree was seized through the freezer).
+    stops: HashMap<i32, StopKind>,
 }
 
 fn proc_err(pid: i32, e: procfs::ProcError) -> Error {
@@ -57,13 +60,20 @@ impl FrozenTree {
         if root == me {
             return Err(Error::Invalid("crust cannot dump itself".into()));
         }
-        let mut tree = FrozenTree { processes: Vec::new(), seized: Vec::new() };
+        let mut tree = FrozenTree { processes: Vec::new(), seized: Vec::new(), stops: HashMap::new() };
+        tree.walk(root)?;
+        Ok(tree)
+    }
+
+    /// Every process under `root`, parents first, each with all its threads stopped.
+    fn walk(&mut self, root: i32) -> Result<()> {
+        let me = std::process::id() as i32;
         let mut queue = vec![root];
         let mut i = 0;
         while i < queue.len() {
             let pid = queue[i];
             i += 1;
-            let p = tree.seize_process(pid)?;
+            let p = self.seize_process(pid)?;
             if pid == root && p.zombie.is_some() {
                 return Err(Error::Invalid(format!("process {root} is a zombie: there is nothing to dump")));
             }
@@ -75,8 +85,40 @@ impl FrozenTree {
                     queue.push(child);
                 }
             }
-            tree.processes.push(p);
+            self.processes.push(p);
         }
+        Ok(())
+    }
+
+    /// Freeze the cgroup the tree lives in, seize every thread while nothing can
+    /// run or fork, thaw, and collect the stops: a consistent snapshot of a tree
+    /// that forks fast. The cgroup is thawed whatever happens.
+    pub fn seize_through_freezer(root: i32, cgroup: &Path) -> Result<FrozenTree> {
+        let freezer = Freezer::freeze(cgroup)?;
+        let mut tree = FrozenTree { processes: Vec::new(), seized: Vec::new(), stops: HashMap::new() };
+        let mut queue = vec![root];
+        let mut i = 0;
+        while i < queue.len() {
+            let pid = queue[i];
+            i += 1;
+            let tids: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+                .ctx(|| format!("listing threads of {pid}"))?
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect();
+            for &tid in &tids {
+                ptrace::seize_no_wait(tid)?;
+                tree.seized.push(tid);
+                let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/children")).unwrap_or_default();
+                queue.extend(text.split_whitespace().filter_map(|s| s.parse::<i32>().ok()));
+            }
+        }
+        freezer.thaw()?;
+        for &tid in &tree.seized.clone() {
+            let kind = ptrace::wait_for_stop(tid)?;
+            tree.stops.insert(tid, kind);
+        }
+        // Now the usual walk: it finds everything seized, and anything missed.
+        tree.walk(root)?;
         Ok(tree)
     }
 
@@ -113,9 +155,12 @@ impl FrozenTree {
             for tid in new {
                 crate::cancel::check()?;
                 done.insert(tid);
-                match ptrace::seize_and_stop(tid) {
+                let kind = match self.stops.get(&tid) {
+                    Some(k) => Ok(*k),
+                    None => ptrace::seize_and_stop(tid).inspect(|_| self.seized.push(tid)),
+                };
+                match kind {
                     Ok(kind) => {
-                        self.seized.push(tid);
                         if tid == pid {
                             stopped = kind == StopKind::GroupStop;
                         }
@@ -172,4 +217,62 @@ fn children(p: &FrozenProcess) -> Result<Vec<i32>> {
         out.extend(text.split_whitespace().filter_map(|s| s.parse::<i32>().ok()));
     }
     Ok(out)
+}
+
+/// A cgroup frozen through its freezer (v1 freezer.state or v2 cgroup.freeze);
+/// thawed on drop.
+struct Freezer {
+    dir: PathBuf,
+    v1: bool,
+    thawed: bool,
+}
+
+impl Freezer {
+    fn freeze(dir: &Path) -> Result<Freezer> {
+        let v1 = dir.join("freezer.state").exists();
+        if !v1 && !dir.join("cgroup.freeze").exists() {
+            return Err(Error::Invalid(format!("{}: not a cgroup with a freezer (no freezer.state or cgroup.freeze)", dir.display())));
+        }
+        let f = Freezer { dir: dir.to_path_buf(), v1, thawed: false };
+        f.set(true)?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !f.frozen()? {
+            if std::time::Instant::now() > deadline {
+                return Err(Error::Invalid(format!("{}: the cgroup did not freeze within 10 s", dir.display())));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        Ok(f)
+    }
+
+    fn set(&self, frozen: bool) -> Result<()> {
+        let (file, value) = match (self.v1, frozen) {
+            (true, true) => ("freezer.state", "FROZEN"),
+            (true, false) => ("freezer.state", "THAWED"),
+            (false, true) => ("cgroup.freeze", "1"),
+            (false, false) => ("cgroup.freeze", "0"),
+        };
+        let path = self.dir.join(file);
+        std::fs::write(&path, value).ctx(|| format!("writing {value} to {}", path.display()))
+    }
+
+    fn frozen(&self) -> Result<bool> {
+        let (file, want) = if self.v1 { ("freezer.state", "FROZEN") } else { ("cgroup.events", "frozen 1") };
+        let path = self.dir.join(file);
+        let text = std::fs::read_to_string(&path).ctx(|| format!("reading {}", path.display()))?;
+        Ok(text.lines().any(|l| l.trim() == want))
+    }
+
+    fn thaw(mut self) -> Result<()> {
+        self.thawed = true;
+        self.set(false)
+    }
+}
+
+impl Drop for Freezer {
+    fn drop(&mut self) {
+        if !self.thawed {
+            let _ = self.set(false);
+        }
+    }
 }

@@ -162,6 +162,26 @@ impl ImageDir {
         Ok(w)
     }
 
+    /// A JSON file of crust's own beside the images (not a CRIU image).
+    pub fn write_json<T: serde::Serialize>(&mut self, name: &str, value: &T) -> Result<u64> {
+        let path = self.staging.join(name);
+        let text = serde_json::to_vec_pretty(value).map_err(|e| Error::Invalid(format!("encoding {name}: {e}")))?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .ctx(|| format!("creating {}", path.display()))?;
+        f.write_all(&text).ctx(|| format!("writing {}", path.display()))?;
+        let mut h = digest::BlockHasher::default();
+        h.update(&text);
+        if let Ok(mut all) = self.digests.lock() {
+            all.insert(name.to_string(), h.finish());
+        }
+        self.names.push(name.to_string());
+        Ok(text.len() as u64)
+    }
+
     /// Make the dump visible: write the digests, sync, then move every file
     /// into place, inventory last.
     pub fn commit(mut self) -> Result<()> {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::images::proto::{
-    CoreEntry, FdinfoEntry, FileEntry, FsEntry, InventoryEntry, MmEntry, PagemapEntry, PagemapHead, PipeDataEntry,
+    CgroupEntry, CoreEntry, FdinfoEntry, FileEntry, FsEntry, InventoryEntry, MmEntry, PagemapEntry, PagemapHead, PipeDataEntry,
     PstreeEntry, TaskKobjIdsEntry, TtyInfoEntry,
 };
 use crate::images::digest::{self, FileDigest};
@@ -46,6 +46,8 @@ pub struct DumpImage {
     pub pipe_data: HashMap<u32, (Vec<u8>, Option<u32>)>,
     /// Terminals, by tty-info id.
     pub tty_infos: HashMap<u32, TtyInfoEntry>,
+    /// cgroup.img, if the dump has one.
+    pub cgroups: Option<CgroupEntry>,
     /// Digests of the pages images, not checked yet.
     pub pages_digests: Vec<(String, FileDigest)>,
 }
@@ -130,7 +132,9 @@ pub fn load(dir: &Path) -> Result<DumpImage> {
             tty_infos.insert(t.id, t);
         }
     }
-    Ok(DumpImage { dir, processes, files, pipe_data, tty_infos, pages_digests })
+    let cg_path = dir.join("cgroup.img");
+    let cgroups = if cg_path.exists() { Some(read_one(&cg_path, Kind::Cgroup)?) } else { None };
+    Ok(DumpImage { dir, processes, files, pipe_data, tty_infos, cgroups, pages_digests })
 }
 
 fn load_process(dir: &Path, pstree: PstreeEntry) -> Result<ProcessImage> {

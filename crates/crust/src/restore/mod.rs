@@ -23,6 +23,7 @@ use nix::unistd::Pid;
 use serde::Serialize;
 
 use crate::arch;
+use crate::cgroups::{CgroupRoot, Mode, Placement};
 use crate::error::{Context, Error, Result};
 use crate::files::{self, FdRestorer};
 use crate::images::digest;
@@ -32,7 +33,7 @@ use crate::ptrace;
 use load::{DumpImage, ProcessImage};
 use task::{Scratch, Task, SCRATCH_LEN};
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct RestoreOptions {
     pub dir: PathBuf,
     /// The tree is a job of a shell: it joins crust's session instead of its own.
@@ -40,6 +41,10 @@ pub struct RestoreOptions {
     /// How long to wait for pids of the image that are still taken (a killed
     /// process's pid is released only once it has been reaped).
     pub pid_wait: Duration,
+    /// What to do with the recorded cgroups.
+    pub manage_cgroups: Mode,
+    /// Put the recorded cgroups under these roots.
+    pub cgroup_roots: Vec<CgroupRoot>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -66,11 +71,12 @@ const CLONE_THREAD_FLAGS: u64 = (libc::CLONE_VM
     | libc::CLONE_THREAD
     | libc::CLONE_SYSVSEM) as u64;
 
-/// Everything created so far; killed (and reaped) unless the restore succeeds.
-#[derive(Default)]
+/// Everything created so far; killed (and reaped), and cgroups crust made
+/// removed again, unless the restore succeeds.
 struct Created {
     processes: Vec<i32>,
     threads: Vec<i32>,
+    cgroups: Placement,
     done: bool,
 }
 
@@ -85,6 +91,7 @@ impl Drop for Created {
         for &tid in self.threads.iter().chain(self.processes.iter().rev()) {
             let _ = waitpid(Pid::from_raw(tid), Some(WaitPidFlag::__WALL));
         }
+        self.cgroups.undo();
     }
 }
 
@@ -112,7 +119,12 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
     if let (Some((_, fd)), Some(info)) = (&terminal, job_terminal(&img)) {
         files::tty::apply_settings(*fd, info)?;
     }
-    let mut created = Created::default();
+    // Cgroups are checked and made before any task exists.
+    let cgroups = match &img.cgroups {
+        Some(entry) => Placement::prepare(entry, opts.manage_cgroups, &opts.cgroup_roots)?,
+        None => Placement::default(),
+    };
+    let mut created = Created { processes: Vec::new(), threads: Vec::new(), cgroups, done: false };
     let mut stats = RestoreStats { processes: img.processes.len(), ..Default::default() };
 
     // The root: a copy of crust with the root's pid, stopped at birth.
@@ -120,6 +132,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
     let root_pid = root_img.pid();
     spawn_stopped(root_pid)?;
     created.processes.push(root_pid);
+    created.cgroups.place(root_pid, cg_set(root_img))?;
     nix_ptrace::setoptions(
         Pid::from_raw(root_pid),
         Options::PTRACE_O_TRACEFORK
@@ -192,6 +205,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
         let child = clone_in(&parent.leader, &mut parent.scratch, p.pid(), 0, libc::SIGCHLD as u64)?;
         created.processes.push(child);
         wait_new_task(child)?;
+        created.cgroups.place(child, cg_set(p))?;
         if let Some(status) = p.zombie {
             let mut scratch = Scratch::new(child, scratch_addr)?;
             make_zombie(Task::new(child, child, parent.leader.gadget())?, &mut scratch, status)?;
@@ -254,6 +268,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
         }
     }
     created.done = true;
+    created.cgroups.keep();
     stats.restore_time_us = start.elapsed().as_micros() as u64;
     Ok(Restored { root: root_pid, stats })
 }
@@ -310,6 +325,14 @@ fn describe_holder(id: u32) -> String {
     let tgid = field("Tgid:");
     let what = if tgid == id.to_string() { "process".to_string() } else { format!("a thread of process {tgid}") };
     format!("{what} {id} ({}, state {})", field("Name:"), field("State:"))
+}
+
+/// The cgroup set of a process (crust's own set when none was recorded).
+fn cg_set(p: &ProcessImage) -> u32 {
+    let core = p.cores.first().map(|(_, c)| c);
+    core.and_then(|c| c.thread_core.as_ref()?.cg_set)
+        .or_else(|| core.and_then(|c| c.tc.as_ref()?.cg_set))
+        .unwrap_or(crate::cgroups::SAME_AS_DUMPER)
 }
 
 /// The terminal of the job's session at dump time, if it had one.
