@@ -430,16 +430,17 @@ pub fn crit_show(path: &Path) -> Value {
         .unwrap_or_else(|e| panic!("crit show {}: output is not JSON: {e}", path.display()))
 }
 
-/// crust's own integrity manifest in an images directory: not a CRIU image.
-pub const DIGESTS: &str = "crust-digests.json";
-
-/// Decodes every file in `dir` except the raw pages-*.img (and crust's manifest)
-/// with crit, in parallel; returns the decoded images by file name.
+/// Decodes every CRIU image in `dir` but the raw pages-*.img with crit (crust's
+/// own JSON files beside them are not CRIU images), in parallel; returns the
+/// decoded images by file name.
 pub fn crit_decode_dir(dir: &Path) -> BTreeMap<String, Value> {
     let names: Vec<String> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("listing {}: {e}", dir.display()))
         .map(|e| e.expect("dir entry").file_name().to_string_lossy().into_owned())
-        .filter(|n| !(n.starts_with("pages-") && n.ends_with(".img")) && n != DIGESTS)
+        .filter(|n| {
+            assert!(n.ends_with(".img") || n == "stats-dump" || n.starts_with("crust-") && n.ends_with(".json"), "unexpected file {n}");
+            !(n.starts_with("pages-") || n.starts_with("crust-"))
+        })
         .collect();
     assert!(!names.is_empty(), "no images in {}", dir.display());
     let handles: Vec<_> = names
