@@ -82,6 +82,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Will the images in DIR restore on this host? Reports every problem at once.
+    Check {
+        /// The images to check against this host.
+        #[arg(long = "images", value_name = "DIR")]
+        images: PathBuf,
+        #[arg(short = 'j', long = "shell-job")]
+        shell_job: bool,
+        #[arg(long = "manage-cgroups", default_value = "soft", value_name = "MODE")]
+        manage_cgroups: Mode,
+        #[arg(long = "cgroup-root", value_name = "[CONTROLLER:]/PATH")]
+        cgroup_roots: Vec<CgroupRoot>,
+    },
     /// Say in plain words what the images in DIR hold and what a restore needs.
     Explain {
         dir: PathBuf,
@@ -192,6 +204,15 @@ fn run(cli: Cli) -> Result<()> {
         Command::Show { path } => {
             let v = if path.is_dir() { crust::show::show_dir(&path)? } else { crust::show::show_file(&path)? };
             println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Command::Check { images, shell_job, manage_cgroups, cgroup_roots } => {
+            let opts = RestoreOptions { dir: images.clone(), shell_job, manage_cgroups, cgroup_roots, ..Default::default() };
+            let img = crust::restore::load::load(&images)?;
+            let problems = crust::restore::check::problems(&img, &opts);
+            if !problems.is_empty() {
+                anyhow::bail!("this host cannot restore {}:\n  {}", images.display(), problems.join("\n  "));
+            }
+            println!("this host can restore {}", images.display());
         }
         Command::Explain { dir, manage_cgroups } => {
             for line in crust::explain::explain(&dir, manage_cgroups)? {

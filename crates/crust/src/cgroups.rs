@@ -305,6 +305,63 @@ impl Mode {
     }
 }
 
+/// One recorded membership, placed on this host.
+struct Planned<'a> {
+    set: u32,
+    label: String,
+    dir: PathBuf,
+    saved: Option<&'a CgroupDirEntry>,
+}
+
+impl Planned<'_> {
+    fn problem(&self, mode: Mode) -> Option<String> {
+        let exists = self.dir.is_dir();
+        let name = format!("{mode:?}").to_lowercase();
+        match (exists, mode) {
+            (true, Mode::Strict) => Some(format!(
+                "cgroup {}: {} exists, and --manage-cgroups strict needs crust to create it",
+                self.label,
+                self.dir.display()
+            )),
+            (false, Mode::None | Mode::Props) => Some(format!(
+                "cgroup {}: {} does not exist, and --manage-cgroups {name} does not create it",
+                self.label,
+                self.dir.display()
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// Where each recorded membership lands on this host.
+fn plan<'a>(entry: &'a CgroupEntry, roots: &[CgroupRoot]) -> std::result::Result<Vec<Planned<'a>>, Vec<String>> {
+    let hierarchies = hierarchies().map_err(|e| vec![e.to_string()])?;
+    let mut planned = Vec::new();
+    let mut problems = Vec::new();
+    for set in &entry.sets {
+        for m in &set.ctls {
+            let label = format!("{}:{}", display_name(&m.name), m.path);
+            let Some(h) = hierarchies.iter().find(|h| h.name == m.name) else {
+                problems.push(format!("cgroup {label}: this hierarchy is not mounted on this host"));
+                continue;
+            };
+            let path = join(root_for(roots, &m.name).unwrap_or("/"), &m.path);
+            let saved = entry
+                .controllers
+                .iter()
+                .filter(|c| c.cnames.join(",") == m.name)
+                .flat_map(|c| c.dirs.iter())
+                .find(|d| d.dir_name == m.path);
+            planned.push(Planned { set: set.id, label, dir: h.mount.join(path.trim_start_matches('/')), saved });
+        }
+    }
+    if problems.is_empty() {
+        Ok(planned)
+    } else {
+        Err(problems)
+    }
+}
+
 /// Where the restored tasks go: for each set, the directories to join. Holds the
 /// directories crust created, which `undo` removes again.
 #[derive(Default)]
@@ -330,46 +387,39 @@ impl Placement {
         }
     }
 
+    /// What the image asks of this host, and every way this host falls short
+    /// of it in `mode`, without changing anything.
+    pub fn check(entry: &CgroupEntry, mode: Mode, roots: &[CgroupRoot]) -> Vec<String> {
+        if mode == Mode::Ignore {
+            return Vec::new();
+        }
+        match plan(entry, roots) {
+            Err(problems) => problems,
+            Ok(planned) => planned.iter().filter_map(|p| p.problem(mode)).collect(),
+        }
+    }
+
     fn prepare_dirs(&mut self, entry: &CgroupEntry, mode: Mode, roots: &[CgroupRoot]) -> Result<()> {
-        let hierarchies = hierarchies()?;
-        for set in &entry.sets {
-            for m in &set.ctls {
-                let fail = |why: String| Error::Invalid(format!("cgroup {}:{}: {why}", display_name(&m.name), m.path));
-                let h = hierarchies
-                    .iter()
-                    .find(|h| h.name == m.name)
-                    .ok_or_else(|| fail("this hierarchy is not mounted on this host".into()))?;
-                let path = join(root_for(roots, &m.name).unwrap_or("/"), &m.path);
-                let dir = h.mount.join(path.trim_start_matches('/'));
-                let saved = entry
-                    .controllers
-                    .iter()
-                    .filter(|c| c.cnames.join(",") == m.name)
-                    .flat_map(|c| c.dirs.iter())
-                    .find(|d| d.dir_name == m.path);
-                let exists = dir.is_dir();
-                let created = match (exists, mode) {
-                    (true, Mode::Strict) => {
-                        return Err(fail(format!("{} exists, and --manage-cgroups strict needs crust to create it", dir.display())))
-                    }
-                    (false, Mode::None | Mode::Props) => {
-                        return Err(fail(format!("{} does not exist, and --manage-cgroups {mode:?} does not create it", dir.display()).to_lowercase()))
-                    }
-                    (true, _) => false,
-                    (false, _) => {
-                        self.create(&dir, saved.and_then(|d| d.dir_perms.as_ref())).map_err(|e| fail(e.to_string()))?;
-                        true
-                    }
-                };
-                let set_props = matches!(mode, Mode::Props | Mode::Full | Mode::Strict) || (mode == Mode::Soft && created);
-                if set_props {
-                    for p in saved.map(|d| d.properties.as_slice()).unwrap_or_default() {
-                        std::fs::write(dir.join(&p.name), &p.value)
-                            .map_err(|e| fail(format!("setting {} to {}: {e}", p.name, p.value)))?;
-                    }
-                }
-                self.dirs.entry(set.id).or_default().push(dir);
+        let planned = plan(entry, roots).map_err(|p| Error::Invalid(p.join("; ")))?;
+        for p in &planned {
+            if let Some(problem) = p.problem(mode) {
+                return Err(Error::Invalid(problem));
             }
+        }
+        for p in planned {
+            let fail = |why: String| Error::Invalid(format!("cgroup {}: {why}", p.label));
+            let created = !p.dir.is_dir();
+            if created {
+                self.create(&p.dir, p.saved.and_then(|d| d.dir_perms.as_ref())).map_err(|e| fail(e.to_string()))?;
+            }
+            let set_props = matches!(mode, Mode::Props | Mode::Full | Mode::Strict) || (mode == Mode::Soft && created);
+            if set_props {
+                for prop in p.saved.map(|d| d.properties.as_slice()).unwrap_or_default() {
+                    std::fs::write(p.dir.join(&prop.name), &prop.value)
+                        .map_err(|e| fail(format!("setting {} to {}: {e}", prop.name, prop.value)))?;
+                }
+            }
+            self.dirs.entry(p.set).or_default().push(p.dir);
         }
         Ok(())
     }

@@ -40,6 +40,24 @@ pub const META: &str = "crust-meta.json";
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct DumpMeta {
     pub cgroups: CgroupReport,
+    /// Size and modification time of every file the tree only reads (mapped
+    /// files, executables, read-only fds): a restore elsewhere needs the same.
+    #[serde(default)]
+    pub files: std::collections::BTreeMap<String, FileStamp>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileStamp {
+    pub size: u64,
+    pub mtime_ns: i128,
+}
+
+impl FileStamp {
+    pub fn of(path: &str) -> Option<FileStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let md = std::fs::metadata(path).ok().filter(|m| m.is_file())?;
+        Some(FileStamp { size: md.len(), mtime_ns: md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128 })
+    }
 }
 
 /// What a dump did, for the user and for stats-dump.
@@ -69,7 +87,54 @@ fn us(d: Duration) -> u64 {
     d.as_micros() as u64
 }
 
+/// A tree whose images are written, still frozen: the caller decides whether
+/// it dies (its state lives on elsewhere) or resumes (the move failed).
+pub struct Dumped {
+    tree: FrozenTree,
+    frozen_at: Instant,
+    pub stats: DumpStats,
+}
+
+impl Dumped {
+    pub fn kill(mut self) -> DumpStats {
+        self.tree.kill();
+        self.stats.frozen_time_us = us(self.frozen_at.elapsed());
+        self.stats
+    }
+
+    pub fn resume(mut self) -> DumpStats {
+        drop(self.tree);
+        self.stats.frozen_time_us = us(self.frozen_at.elapsed());
+        self.stats
+    }
+}
+
 pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
+    let (tree, dir, stats, frozen_at) = write_images(opts)?;
+    let d = Dumped { tree, frozen_at, stats };
+    if opts.leave_running {
+        // Everything is read: the tree need not wait for the disk.
+        let mut stats = d.resume();
+        dir.commit()?;
+        stats.frozen_time_us = us(frozen_at.elapsed());
+        Ok(stats)
+    } else {
+        // The tree dies only once its images are safely in place.
+        dir.commit()?;
+        Ok(d.kill())
+    }
+}
+
+/// Dump and keep the tree frozen, with its images in place.
+pub fn dump_frozen(opts: &DumpOptions) -> Result<Dumped> {
+    let (tree, dir, mut stats, frozen_at) = write_images(opts)?;
+    dir.commit()?;
+    stats.frozen_time_us = us(frozen_at.elapsed());
+    Ok(Dumped { tree, frozen_at, stats })
+}
+
+/// Freeze the tree and write all its images (not yet made visible).
+fn write_images(opts: &DumpOptions) -> Result<(FrozenTree, ImageDir, DumpStats, Instant)> {
     let start = Instant::now();
     let tree = match &opts.freeze_cgroup {
         Some(cg) => FrozenTree::seize_through_freezer(opts.pid, cg)?,
@@ -113,7 +178,9 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
     w.entry(&cgroups.entry()?)?;
     stats.bytes_written += w.finish()?;
     stats.cgroups = cgroups.summary();
-    stats.bytes_written += dir.write_json(META, &DumpMeta { cgroups: cgroups.report() })?;
+    let read_only = files.files.iter().filter_map(|f| f.reg.as_ref()).filter(|r| r.flags & libc::O_ACCMODE as u32 == 0);
+    let stamps = read_only.filter_map(|r| Some((r.name.clone(), FileStamp::of(&r.name)?))).collect();
+    stats.bytes_written += dir.write_json(META, &DumpMeta { cgroups: cgroups.report(), files: stamps })?;
     let mut w = dir.writer("inventory.img", Kind::Inventory)?;
     w.entry(&InventoryEntry {
         img_version: IMG_VERSION,
@@ -144,17 +211,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         restore: None,
     })?;
     stats.bytes_written += w.finish()?;
-    if opts.leave_running {
-        // Everything is read: the tree need not wait for the disk.
-        drop(tree);
-        dir.commit()?;
-    } else {
-        // The tree dies only once its images are safely in place.
-        dir.commit()?;
-        tree.kill();
-    }
-    stats.frozen_time_us = us(frozen_at.elapsed());
-    Ok(stats)
+    Ok((tree, dir, stats, frozen_at))
 }
 
 /// A tree whose session or process group lives outside it belongs to a shell's

@@ -8,6 +8,7 @@
 //! mappings are replaced by the image's, files are opened, and finally every
 //! thread gets its saved registers and is let go.
 
+pub mod check;
 pub mod layout;
 pub mod load;
 pub mod task;
@@ -273,58 +274,15 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
     Ok(Restored { root: root_pid, stats })
 }
 
-/// Checks that need no process: files the images name, sessions, free pids.
+/// Before anything is created: the pids (waiting a little for ones being
+/// released), then every other check, all problems reported together.
 fn preflight(img: &DumpImage, opts: &RestoreOptions) -> Result<()> {
-    for f in img.files.values() {
-        if let Some(reg) = &f.reg {
-            files::reg::check(reg)?;
-        }
+    check::wait_for_pids(img, opts.pid_wait)?;
+    let problems = check::problems(img, opts);
+    if problems.is_empty() {
+        return Ok(());
     }
-    let root = &img.processes[0].pstree;
-    let in_tree = |pid: u32| img.processes.iter().any(|p| p.pstree.pid == pid);
-    if !opts.shell_job && !in_tree(root.sid) {
-        return Err(Error::Invalid(format!(
-            "the dumped tree was a shell job (its session leader {} was not dumped); restore it with --shell-job",
-            root.sid
-        )));
-    }
-    for p in &img.processes[1..] {
-        let parent = img.processes.iter().find(|q| q.pstree.pid == p.pstree.ppid).expect("checked on load");
-        if p.pstree.sid != p.pstree.pid && p.pstree.sid != parent.pstree.sid {
-            return Err(Error::Unsupported(format!(
-                "process {} is in session {}, apart from its parent's: such trees are not supported yet",
-                p.pstree.pid, p.pstree.sid
-            )));
-        }
-    }
-    wait_for_pids(img, opts.pid_wait)
-}
-
-/// Every pid and tid of the image must be free. A pid whose process was just
-/// killed is released once it is reaped, which can take a moment here.
-fn wait_for_pids(img: &DumpImage, wait: Duration) -> Result<()> {
-    let deadline = Instant::now() + wait;
-    let ids: Vec<u32> = img.processes.iter().flat_map(|p| p.pstree.threads.iter().copied()).collect();
-    let max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(u32::MAX);
-    if let Some(id) = ids.iter().find(|&&id| id >= max) {
-        return Err(Error::Invalid(format!("pid {id} of the image is beyond this host's pid_max ({max})")));
-    }
-    loop {
-        let taken: Vec<u32> = ids.iter().copied().filter(|id| std::path::Path::new(&format!("/proc/{id}")).exists()).collect();
-        let Some(&id) = taken.first() else { return Ok(()) };
-        if Instant::now() >= deadline {
-            return Err(Error::Invalid(format!("pid {id} is taken by {}; nothing was restored", describe_holder(id))));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn describe_holder(id: u32) -> String {
-    let status = std::fs::read_to_string(format!("/proc/{id}/status")).unwrap_or_default();
-    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_string()).unwrap_or_default();
-    let tgid = field("Tgid:");
-    let what = if tgid == id.to_string() { "process".to_string() } else { format!("a thread of process {tgid}") };
-    format!("{what} {id} ({}, state {})", field("Name:"), field("State:"))
+    Err(Error::Invalid(format!("this host cannot restore {}:\n  {}", img.dir.display(), problems.join("\n  "))))
 }
 
 /// The cgroup set of a process (crust's own set when none was recorded).

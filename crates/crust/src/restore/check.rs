@@ -1,0 +1,151 @@
+//! "Will this restore here?": every check a restore makes before it creates a
+//! task, run together so that all problems are reported at once. `crust check
+//! --images DIR` runs them alone; a migration runs them on the destination.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use crate::cgroups::Placement;
+use crate::dump::{DumpMeta, FileStamp, META};
+use crate::error::{Error, Result};
+use crate::files;
+use crate::mem;
+use crate::restore::layout;
+use crate::restore::load::DumpImage;
+use crate::restore::RestoreOptions;
+
+/// Everything about this host that stands in the way of restoring `img`.
+pub fn problems(img: &DumpImage, opts: &RestoreOptions) -> Vec<String> {
+    let mut out = Vec::new();
+    let meta: Option<DumpMeta> = std::fs::read(img.dir.join(META)).ok().and_then(|t| serde_json::from_slice(&t).ok());
+
+    // Files: present, and those only read unchanged since the dump.
+    for f in img.files.values() {
+        if let Some(reg) = &f.reg {
+            if let Err(e) = files::reg::check(reg) {
+                out.push(e.to_string());
+            }
+        }
+    }
+    for (path, then) in meta.iter().flat_map(|m| m.files.iter()) {
+        if let Some(now) = FileStamp::of(path) {
+            if now.size == then.size && now.mtime_ns != then.mtime_ns {
+                out.push(format!("{path}: it was modified since the dump (same size, other modification time)"));
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+
+    // Sessions.
+    let root = &img.processes[0].pstree;
+    let in_tree = |pid: u32| img.processes.iter().any(|p| p.pstree.pid == pid);
+    if !opts.shell_job && !in_tree(root.sid) {
+        out.push(format!(
+            "the dumped tree was a shell job (its session leader {} was not dumped); restore it with --shell-job",
+            root.sid
+        ));
+    }
+    for p in &img.processes[1..] {
+        let parent = img.processes.iter().find(|q| q.pstree.pid == p.pstree.ppid);
+        if p.pstree.sid != p.pstree.pid && parent.is_some_and(|q| p.pstree.sid != q.pstree.sid) {
+            out.push(format!(
+                "process {} is in session {}, apart from its parent's: such trees are not supported yet",
+                p.pstree.pid, p.pstree.sid
+            ));
+        }
+    }
+
+    // The vdso and the CPU.
+    match mem::read_vmas(std::process::id() as i32) {
+        Ok(here) => {
+            for p in img.processes.iter().filter(|p| p.zombie.is_none()) {
+                if let Err(e) = layout::check_vdso(&p.mm, &here, &format!("mm-{}.img", p.pid())) {
+                    out.push(e.to_string());
+                }
+            }
+        }
+        Err(e) => out.push(format!("cannot read this host's memory layout: {e}")),
+    }
+    let supported = cpu_xstate_features();
+    for p in &img.processes {
+        for (tid, core) in &p.cores {
+            let used = core.thread_info.as_ref().and_then(|t| t.fpregs.xsave.as_ref()).map_or(0, |x| x.xstate_bv);
+            if used & !supported != 0 {
+                out.push(format!(
+                    "thread {tid} uses CPU state components {:#x} that this CPU does not have (it has {supported:#x})",
+                    used & !supported
+                ));
+            }
+        }
+    }
+
+    // Users and groups.
+    let mut ids = BTreeSet::new();
+    for p in &img.processes {
+        for (_, core) in &p.cores {
+            if let Some(c) = core.thread_core.as_ref().and_then(|t| t.creds.as_ref()) {
+                ids.insert((c.uid, c.gid));
+            }
+        }
+    }
+    for (uid, gid) in ids {
+        if !matches!(nix::unistd::User::from_uid(uid.into()), Ok(Some(_))) {
+            out.push(format!("user {uid} does not exist on this host"));
+        }
+        if !matches!(nix::unistd::Group::from_gid(gid.into()), Ok(Some(_))) {
+            out.push(format!("group {gid} does not exist on this host"));
+        }
+    }
+
+    // Cgroups in the chosen mode.
+    if let Some(entry) = &img.cgroups {
+        out.extend(Placement::check(entry, opts.manage_cgroups, &opts.cgroup_roots));
+    }
+
+    // Pids.
+    for id in taken_pids(img) {
+        out.push(format!("pid {id} is taken by {}", describe_holder(id)));
+    }
+    out
+}
+
+/// XSAVE components this CPU supports (CPUID leaf 0xD, sub-leaf 0).
+pub fn cpu_xstate_features() -> u64 {
+    let c = std::arch::x86_64::__cpuid_count(0xd, 0);
+    (c.edx as u64) << 32 | c.eax as u64
+}
+
+/// The image's pids and tids that a process of this host holds.
+fn taken_pids(img: &DumpImage) -> Vec<u32> {
+    let max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(u32::MAX);
+    img.processes
+        .iter()
+        .flat_map(|p| p.pstree.threads.iter().copied())
+        .filter(|&id| id >= max || std::path::Path::new(&format!("/proc/{id}")).exists())
+        .collect()
+}
+
+/// Every pid and tid of the image must be free. A pid whose process was just
+/// killed is released once it is reaped, which can take a moment here.
+pub fn wait_for_pids(img: &DumpImage, wait: Duration) -> Result<()> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let Some(&id) = taken_pids(img).first() else { return Ok(()) };
+        if Instant::now() >= deadline {
+            return Err(Error::Invalid(format!("pid {id} is taken by {}; nothing was restored", describe_holder(id))));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn describe_holder(id: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{id}/status")).unwrap_or_default();
+    if status.is_empty() {
+        return "nothing (it is beyond this host's pid_max)".to_string();
+    }
+    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_string()).unwrap_or_default();
+    let tgid = field("Tgid:");
+    let what = if tgid == id.to_string() { "process".to_string() } else { format!("a thread of process {tgid}") };
+    format!("{what} {id} ({}, state {})", field("Name:"), field("State:"))
+}
