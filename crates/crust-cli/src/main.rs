@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use crust::dump::{dump, DumpOptions, DumpStats};
 use crust::cgroups::{CgroupRoot, Mode};
+use crust::migrate::{migrate, Destination, MigrateOptions};
 use crust::restore::{restore, RestoreOptions, Restored};
 
 #[derive(Parser)]
@@ -81,6 +82,40 @@ enum Command {
         /// Print the stats as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Move the tree rooted at PID to another host: dump, send, check, restore
+    /// there, and kill it here only once it runs there.
+    Migrate {
+        #[arg(short = 't', long = "tree", value_name = "PID")]
+        pid: i32,
+        /// ssh://[user@]host[:port] or tcp://host:port (a `crust serve`).
+        #[arg(long = "to", value_name = "DEST")]
+        to: Destination,
+        /// Pre-shared key file, for tcp://.
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
+        #[arg(short = 'j', long = "shell-job")]
+        shell_job: bool,
+        /// crust's path on the destination, for ssh:// (default: this crust's path).
+        #[arg(long = "remote-crust", value_name = "PATH")]
+        remote_crust: Option<String>,
+        #[arg(long = "manage-cgroups", default_value = "soft", value_name = "MODE")]
+        manage_cgroups: Mode,
+        #[arg(long = "cgroup-root", value_name = "[CONTROLLER:]/PATH")]
+        cgroup_roots: Vec<CgroupRoot>,
+        /// Print the stats as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Receive migrations on ADDR:PORT from peers holding the key.
+    Serve {
+        #[arg(long, value_name = "ADDR:PORT")]
+        listen: String,
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// Where received images are kept until they are restored.
+        #[arg(short = 'D', long = "images-dir", value_name = "DIR")]
+        dir: PathBuf,
     },
     /// Will the images in DIR restore on this host? Reports every problem at once.
     Check {
@@ -193,7 +228,8 @@ fn run(cli: Cli) -> Result<()> {
                     .with_context(|| format!("writing pid file {}", path.display()))?;
             }
             if json {
-                println!("{}", serde_json::to_string_pretty(&restored.stats)?);
+                let out = crust::migrate::Restored { root: restored.root, stats: restored.stats.clone() };
+                println!("{}", serde_json::to_string(&out)?);
             } else {
                 print_restore_stats(&restored);
             }
@@ -204,6 +240,35 @@ fn run(cli: Cli) -> Result<()> {
         Command::Show { path } => {
             let v = if path.is_dir() { crust::show::show_dir(&path)? } else { crust::show::show_file(&path)? };
             println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Command::Migrate { pid, to, key, shell_job, remote_crust, manage_cgroups, cgroup_roots, json } => {
+            let remote_crust = match remote_crust {
+                Some(p) => p,
+                None => std::env::current_exe().context("finding crust's own path")?.to_string_lossy().into_owned(),
+            };
+            let progress = !json && nix::unistd::isatty(std::io::stderr()).unwrap_or(false);
+            let opts = MigrateOptions { pid, to, shell_job, key, remote_crust, manage_cgroups, cgroup_roots, progress };
+            let stats = guard::in_child(|| Ok(migrate(&opts)?)).with_context(|| format!("migration of process {pid} failed; it runs on here"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+            } else {
+                println!(
+                    "migrated process {pid} ({} thread(s)): runs there as pid {}; frozen {:.1} ms; {:.1} MiB sent; \
+                     dump {:.1} ms, transfer {:.1} ms, check {:.1} ms, restore {:.1} ms, total {:.1} ms",
+                    stats.dump.threads,
+                    stats.remote.root,
+                    stats.frozen_time_us as f64 / 1e3,
+                    stats.bytes_sent as f64 / 1048576.0,
+                    stats.dump_time_us as f64 / 1e3,
+                    stats.transfer_time_us as f64 / 1e3,
+                    stats.check_time_us as f64 / 1e3,
+                    stats.restore_time_us as f64 / 1e3,
+                    stats.total_time_us as f64 / 1e3,
+                );
+            }
+        }
+        Command::Serve { listen, key, dir } => {
+            crust::migrate::tcp::serve(&crust::migrate::tcp::ServeOptions { listen, key, dir })?;
         }
         Command::Check { images, shell_job, manage_cgroups, cgroup_roots } => {
             let opts = RestoreOptions { dir: images.clone(), shell_job, manage_cgroups, cgroup_roots, ..Default::default() };

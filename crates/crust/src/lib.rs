@@ -9,6 +9,7 @@ pub mod explain;
 pub mod files;
 pub mod images;
 pub mod mem;
+pub mod migrate;
 pub mod proc;
 pub mod show;
 pub mod ptrace;

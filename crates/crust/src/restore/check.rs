@@ -146,6 +146,6 @@ fn describe_holder(id: u32) -> String {
     }
     let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_string()).unwrap_or_default();
     let tgid = field("Tgid:");
-    let what = if tgid == id.to_string() { "process".to_string() } else { format!("a thread of process {tgid}") };
-    format!("{what} {id} ({}, state {})", field("Name:"), field("State:"))
+    let what = if tgid == id.to_string() { format!("process {id}") } else { format!("thread {id} of process {tgid}") };
+    format!("{what} ({}, state {})", field("Name:"), field("State:"))
 }

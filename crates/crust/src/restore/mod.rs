@@ -21,7 +21,7 @@ use nix::sys::ptrace::{self as nix_ptrace, Options};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::arch;
 use crate::cgroups::{CgroupRoot, Mode, Placement};
@@ -48,7 +48,7 @@ pub struct RestoreOptions {
     pub cgroup_roots: Vec<CgroupRoot>,
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct RestoreStats {
     pub processes: usize,
     pub threads: usize,
