@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod hosts;
+
 /// The crust binary under test.
 pub const CRUST: &str = env!("CARGO_BIN_EXE_crust");
 
