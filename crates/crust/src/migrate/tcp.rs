@@ -121,7 +121,8 @@ impl Channel {
 /// Mutual proof of the key. The server speaks first.
 fn handshake(stream: TcpStream, key: &[u8], server: bool) -> Result<Channel> {
     let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "peer".into());
-    stream.set_read_timeout(Some(Duration::from_secs(60))).ctx(|| "setting a timeout")?;
+    stream.set_read_timeout(Some(Duration::from_secs(30))).ctx(|| "setting a timeout")?;
+    stream.set_write_timeout(Some(Duration::from_secs(30))).ctx(|| "setting a timeout")?;
     let mut reader = BufReader::new(stream.try_clone().ctx(|| "cloning a socket")?);
     let mut writer = BufWriter::new(stream);
     let io = |e: std::io::Error| Error::Io { context: format!("handshake with {peer}"), err: e };
@@ -227,16 +228,35 @@ pub fn serve(opts: &ServeOptions) -> Result<()> {
         .ctx(|| format!("creating {}", opts.dir.display()))?;
     let listener = TcpListener::bind(&opts.listen).ctx(|| format!("listening on {}", opts.listen))?;
     log::warn!("crust serve: listening on {}", listener.local_addr().map(|a| a.to_string()).unwrap_or_default());
-    // Connection handlers are reaped by the kernel.
-    // SAFETY: setting a disposition; no handler runs.
-    unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
-    for conn in listener.incoming() {
-        let Ok(stream) = conn else { continue };
+    // Sessions of handlers that died without cleaning up (killed mid-transfer).
+    for e in std::fs::read_dir(&opts.dir).into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().starts_with("session-") {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+    listener.set_nonblocking(true).ctx(|| "setting the listener non-blocking")?;
+    loop {
+        reap_handlers(&opts.dir);
+        let stream = match listener.accept() {
+            Ok((s, _)) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let mut fds = [libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(&listener), events: libc::POLLIN, revents: 0 }];
+                // SAFETY: poll on one fd we own, for at most 200 ms.
+                unsafe { libc::poll(fds.as_mut_ptr(), 1, 200) };
+                continue;
+            }
+            Err(e) => {
+                log::error!("crust serve: accept: {e}");
+                continue;
+            }
+        };
+        let _ = stream.set_nonblocking(false);
         // SAFETY: serve is single-threaded; the child handles one connection and exits.
         match unsafe { nix::unistd::fork() } {
             Ok(nix::unistd::ForkResult::Child) => {
-                // SAFETY: restore waits for its own children; it needs SIGCHLD back.
-                unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
+                // A handler does not outlive its agent.
+                // SAFETY: plain prctl on ourselves.
+                unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
                 drop(listener);
                 handle(stream, &key, &opts.dir);
                 std::process::exit(0);
@@ -245,7 +265,20 @@ pub fn serve(opts: &ServeOptions) -> Result<()> {
             Err(e) => log::error!("crust serve: fork: {e}"),
         }
     }
-    Ok(())
+}
+
+/// Reap finished connection handlers and remove whatever session directory a
+/// handler could not remove itself (it was killed, say).
+fn reap_handlers(workdir: &Path) {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+        match status.pid() {
+            Some(pid) if !matches!(status, WaitStatus::StillAlive) => {
+                let _ = std::fs::remove_dir_all(workdir.join(format!("session-{pid}")));
+            }
+            _ => break,
+        }
+    }
 }
 
 fn handle(stream: TcpStream, key: &[u8], workdir: &Path) {

@@ -1,0 +1,316 @@
+//! Migration between two hosts on one machine (tests/common/hosts.rs): each
+//! host has its own network, pid, mount and uts namespaces, joined by a veth.
+//! A tree is moved from A to B and back over ssh:// and tcp://; it must run in
+//! B's namespaces, count on, keep its memory, and be gone from A. When the
+//! destination refuses, the key is wrong or the connection is cut, the tree
+//! runs on in A and nothing of it is left in B.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::hosts::{Host, HostChild, Hosts};
+use common::{workload_path, CRUST};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A workload started in `host`, in a session of its own, writing to `out`.
+fn start(host: &Host, name: &str, args: &[&str], out: &Path) -> HostChild {
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(out).unwrap();
+    let mut cmd = host.command(workload_path(name));
+    cmd.args(args).stdin(Stdio::null()).stdout(file.try_clone().unwrap()).stderr(file);
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| if libc::setsid() < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) });
+    }
+    cmd.spawn()
+}
+
+fn lines(out: &Path) -> Vec<String> {
+    std::fs::read_to_string(out).unwrap_or_default().lines().map(str::to_string).collect()
+}
+
+/// Wait until `out` holds a line for which `f` is true; return it.
+fn wait_line(out: &Path, f: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(l) = lines(out).into_iter().find(|l| f(l)) {
+            return l;
+        }
+        assert!(Instant::now() < deadline, "no such line in {}: {:?}", out.display(), lines(out));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The last t1 counter in a test_mm output file.
+fn last_t1(out: &Path) -> i64 {
+    lines(out).iter().filter_map(|l| l.strip_prefix("t1 ")?.parse().ok()).last().unwrap_or(-1)
+}
+
+/// t1 goes beyond `n` (the tree runs), within a bounded time.
+fn counts_past(out: &Path, n: i64) {
+    let deadline = Instant::now() + WAIT;
+    while last_t1(out) <= n + 1 {
+        assert!(Instant::now() < deadline, "test_mm stopped counting at {}", last_t1(out));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Each of t1's counters is the previous one plus one, across the moves.
+fn assert_no_gap(out: &Path) {
+    let t1: Vec<i64> = lines(out).iter().filter_map(|l| l.strip_prefix("t1 ")?.parse().ok()).collect();
+    assert!(t1.windows(2).all(|w| w[1] == w[0] + 1), "t1 skipped or repeated: {t1:?}");
+}
+
+fn gone_from(host: &Host, host_pid: i32) -> bool {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        let alive = host.processes().into_iter().any(|p| host.pid_in_host(p) == Some(host_pid) && !is_zombie(p));
+        if !alive {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z "))
+}
+
+/// The process with `host_pid` in `host`, as a pid of the test's namespace.
+fn running_in(host: &Host, host_pid: i32) -> i32 {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(p) = host.processes().into_iter().find(|&p| host.pid_in_host(p) == Some(host_pid) && !is_zombie(p)) {
+            return p;
+        }
+        assert!(Instant::now() < deadline, "no process {host_pid} in host {}", host.label());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `crust migrate` run in `from`; its output.
+fn migrate(from: &Host, host_pid: i32, to: &str, key: Option<&Path>) -> std::process::Output {
+    let mut cmd = from.command(CRUST);
+    cmd.args(["migrate", "-t", &host_pid.to_string(), "--to", to, "--json"]);
+    if let Some(k) = key {
+        cmd.arg("--key").arg(k);
+    }
+    cmd.output(WAIT)
+}
+
+fn migrate_ok(from: &Host, host_pid: i32, to: &str, key: Option<&Path>) -> serde_json::Value {
+    let out = migrate(from, host_pid, to, key);
+    assert!(out.status.success(), "migrate to {to} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).expect("migrate --json");
+    assert_eq!(stats["remote"]["root"].as_i64(), Some(host_pid as i64), "same pid over there: {stats}");
+    assert!(stats["bytes_sent"].as_u64().unwrap() > 0);
+    assert!(stats["frozen_time_us"].as_u64().unwrap() > 0);
+    stats
+}
+
+/// A key file for crust serve and migrate.
+fn key_file(dir: &Path, name: &str, byte: u8) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, vec![byte; 32]).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p
+}
+
+/// `crust serve` in `host`, its log in a file.
+fn serve(host: &Host, key: &Path, workdir: &Path, log: &Path) -> HostChild {
+    let logf = std::fs::File::create(log).unwrap();
+    let mut cmd = host.command(CRUST);
+    cmd.args(["serve", "--listen", &format!("{}:7070", host.ip()), "--key"])
+        .arg(key)
+        .arg("-D")
+        .arg(workdir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(logf);
+    let child = cmd.spawn();
+    wait_line(log, |l| l.contains("listening"));
+    child
+}
+
+fn session_dirs(workdir: &Path) -> Vec<String> {
+    std::fs::read_dir(workdir)
+        .map(|rd| rd.filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned())).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn test_mm_goes_to_b_over_ssh_and_back_over_tcp() {
+    let hosts = Hosts::new("migrate-mm");
+    let sshd = hosts.start_sshd();
+    let out = hosts.tmp().join("test_mm.out");
+    let job = start(&hosts.a, "test_mm", &[], &out);
+    let pid = job.host_pid();
+    wait_line(&out, |l| l == "t1 2");
+
+    let stats = migrate_ok(&hosts.a, pid, &sshd.url(), None);
+    let in_b = running_in(&hosts.b, pid);
+    assert_eq!(common::hosts::ns_inode(in_b, "pid"), Some(hosts.b.pid_ns_inode()), "runs in B's pid namespace");
+    assert_eq!(common::hosts::ns_inode(in_b, "net"), Some(hosts.b.net_ns_inode()), "and in B's network");
+    assert!(gone_from(&hosts.a, pid), "gone from A");
+    let n = last_t1(&out);
+    counts_past(&out, n);
+    assert!(stats["remote"]["stats"]["threads"].as_u64() == Some(3), "{stats}");
+
+    // Back to A, over tcp:// to a crust serve there.
+    let key = key_file(hosts.tmp(), "key", 0x5a);
+    let workdir = hosts.tmp().join("serve-a");
+    let _serve = serve(&hosts.a, &key, &workdir, &hosts.tmp().join("serve-a.log"));
+    migrate_ok(&hosts.b, pid, &format!("tcp://{}:7070", hosts.a.ip()), Some(&key));
+    let in_a = running_in(&hosts.a, pid);
+    assert_eq!(common::hosts::ns_inode(in_a, "pid"), Some(hosts.a.pid_ns_inode()));
+    assert!(gone_from(&hosts.b, pid), "gone from B");
+    let n = last_t1(&out);
+    counts_past(&out, n);
+    assert_no_gap(&out);
+    assert!(session_dirs(&workdir).is_empty(), "serve keeps no images: {:?}", session_dirs(&workdir));
+    // SAFETY: the migrated process belongs to this test.
+    unsafe { libc::kill(in_a, libc::SIGKILL) };
+}
+
+#[test]
+fn memory_of_256_mib_goes_over_ssh_and_back_over_tcp_intact() {
+    let hosts = Hosts::new("migrate-big");
+    let sshd = hosts.start_sshd();
+    let key = key_file(hosts.tmp(), "key", 0x33);
+    let workdir = hosts.tmp().join("serve-a");
+    let _serve = serve(&hosts.a, &key, &workdir, &hosts.tmp().join("serve-a.log"));
+    let out = hosts.tmp().join("bigmem.out");
+    let job = start(&hosts.a, "bigmem", &["256"], &out);
+    let pid = job.host_pid();
+    wait_line(&out, |l| l.starts_with("READY"));
+
+    let stats = migrate_ok(&hosts.a, pid, &sshd.url(), None);
+    assert!(stats["bytes_sent"].as_u64().unwrap() >= 256 << 20, "{stats}");
+    running_in(&hosts.b, pid);
+    assert!(gone_from(&hosts.a, pid));
+    let stats = migrate_ok(&hosts.b, pid, &format!("tcp://{}:7070", hosts.a.ip()), Some(&key));
+    assert!(stats["bytes_sent"].as_u64().unwrap() >= 256 << 20, "{stats}");
+    let in_a = running_in(&hosts.a, pid);
+    assert!(gone_from(&hosts.b, pid));
+    // SAFETY: our migrated process.
+    unsafe { libc::kill(in_a, libc::SIGUSR1) };
+    let verdict = wait_line(&out, |l| l == "OK" || l.starts_with("FAIL"));
+    assert_eq!(verdict, "OK", "the memory checksum after two moves");
+}
+
+#[test]
+fn refusals_wrong_key_and_cut_connections_leave_the_tree_in_a_and_nothing_in_b() {
+    let hosts = Hosts::new("migrate-fail");
+    let sshd = hosts.start_sshd();
+    let key = key_file(hosts.tmp(), "key", 0x11);
+    let wrong = key_file(hosts.tmp(), "wrong", 0x22);
+    let workdir = hosts.tmp().join("serve-b");
+    let serve_log = hosts.tmp().join("serve-b.log");
+    let mut serve_b = serve(&hosts.b, &key, &workdir, &serve_log);
+    let out = hosts.tmp().join("test_mm.out");
+    let job = start(&hosts.a, "test_mm", &[], &out);
+    let pid = job.host_pid();
+    wait_line(&out, |l| l == "t1 1");
+    let still_in_a = |what: &str| {
+        assert!(hosts.a.processes().iter().any(|&p| hosts.a.pid_in_host(p) == Some(pid) && !is_zombie(p)), "{what}: the tree left A");
+        let n = last_t1(&out);
+        counts_past(&out, n);
+        let of_tree = |p: i32| common::hosts::cmdline(p).contains("test_mm");
+        assert!(!hosts.b.processes().into_iter().any(of_tree), "{what}: something of the tree is in B");
+        assert!(session_dirs(&workdir).is_empty(), "{what}: images left in B: {:?}", session_dirs(&workdir));
+        // Images sent over ssh go to /var/tmp/crust-migrate-*; other tests may
+        // be migrating at the same moment, so wait for none to remain.
+        let leftovers = || -> Vec<_> {
+            std::fs::read_dir("/var/tmp")
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().starts_with("crust-migrate-"))
+                .map(|e| e.file_name())
+                .collect()
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !leftovers().is_empty() {
+            assert!(Instant::now() < deadline, "{what}: ssh images left: {:?}", leftovers());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+
+    // Wrong key: refused, logged, nothing restored.
+    let o = migrate(&hosts.a, pid, &format!("tcp://{}:7070", hosts.b.ip()), Some(&wrong));
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("authentication failed"), "{}", String::from_utf8_lossy(&o.stderr));
+    wait_line(&serve_log, |l| l.contains("refused"));
+    still_in_a("wrong key");
+
+    // The destination refuses in preflight: the pid is taken in B.
+    hosts.b.set_last_pid(pid - 1);
+    let squatter = hosts.b.spawn(&["sleep", "1000"]);
+    assert_eq!(squatter.host_pid(), pid, "the test needs pid {pid} taken in B");
+    for to in [sshd.url(), format!("tcp://{}:7070", hosts.b.ip())] {
+        let o = migrate(&hosts.a, pid, &to, Some(&key));
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(!o.status.success() && err.contains(&format!("pid {pid} is taken")), "{to}: {err}");
+        still_in_a(&format!("pid taken, {to}"));
+    }
+    drop(squatter);
+
+    // A file the tree needs is missing in B (hidden by a mount in B's namespace).
+    let data_dir = hosts.tmp().join("data");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let file = data_dir.join("file");
+    common::write_pattern_file(&file, 300_000, 9);
+    let mem_out = hosts.tmp().join("memory.out");
+    let mem = start(&hosts.a, "memory", &[file.to_str().unwrap()], &mem_out);
+    wait_line(&mem_out, |l| l.starts_with("READY"));
+    hosts.b.run_ok(&["mount", "-t", "tmpfs", "none", data_dir.to_str().unwrap()]);
+    let o = migrate(&hosts.a, mem.host_pid(), &format!("tcp://{}:7070", hosts.b.ip()), Some(&key));
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success() && err.contains(file.to_str().unwrap()) && err.contains("missing"), "{err}");
+    still_in_a("file missing");
+    // SAFETY: our workload.
+    unsafe { libc::kill(mem.pid(), libc::SIGUSR1) };
+    assert_eq!(wait_line(&mem_out, |l| l == "OK" || l.starts_with("FAIL")), "OK", "memory intact after the refused move");
+
+    // The connection is cut mid-transfer: B's receiving crust dies.
+    let big_out = hosts.tmp().join("bigmem.out");
+    let big = start(&hosts.a, "bigmem", &["512"], &big_out);
+    wait_line(&big_out, |l| l.starts_with("READY"));
+    let mut cmd = hosts.a.command(CRUST);
+    cmd.args(["migrate", "-t", &big.host_pid().to_string(), "--to", &format!("tcp://{}:7070", hosts.b.ip()), "--key"])
+        .arg(&key)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut migrating = cmd.spawn();
+    let deadline = Instant::now() + WAIT;
+    while !session_dirs(&workdir).iter().any(|s| std::fs::read_dir(workdir.join(s)).map(|d| d.count() > 3).unwrap_or(false)) {
+        assert!(Instant::now() < deadline, "the transfer never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The agent and its connection handler die: the connection is cut.
+    serve_b.kill();
+    for p in hosts.b.processes() {
+        if common::hosts::cmdline(p).contains(" serve ") {
+            // SAFETY: a crust serve of this test's host B.
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+    }
+    let status = migrating.wait_timeout(WAIT).expect("migrate ends after the cut");
+    assert!(!status.success(), "a cut migration must fail");
+    let deadline = Instant::now() + WAIT;
+    // A new serve cleans up what the killed one left.
+    let _serve_again = serve(&hosts.b, &key, &workdir, &hosts.tmp().join("serve-b2.log"));
+    while !session_dirs(&workdir).is_empty() {
+        assert!(Instant::now() < deadline, "session left after the cut");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    still_in_a("connection cut");
+    // SAFETY: our workload.
+    unsafe { libc::kill(big.pid(), libc::SIGUSR1) };
+    assert_eq!(wait_line(&big_out, |l| l == "OK" || l.starts_with("FAIL")), "OK", "bigmem intact after the cut");
+}
