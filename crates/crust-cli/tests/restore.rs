@@ -238,6 +238,16 @@ fn test_mm_counts_on_after_restore_in_both_threads() {
     let rseq_before = rseq_of(job.pid);
     assert_eq!(rseq_before.len(), 3);
     assert!(rseq_before.values().all(|r| r.rseq_abi_size > 0), "glibc registers rseq in every thread");
+    // Limits of its own, to see them come back.
+    let mut nofile = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: prlimit on our own child.
+    unsafe { libc::prlimit(job.pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut nofile) };
+    let lowered = [(libc::RLIMIT_NOFILE, libc::rlimit { rlim_cur: 321, rlim_max: nofile.rlim_max - 1 }), (libc::RLIMIT_CORE, libc::rlimit { rlim_cur: 0, rlim_max: 4096 })];
+    for (res, l) in lowered {
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::prlimit(job.pid, res, &l, std::ptr::null_mut()) }, 0);
+    }
+    let limits_before = std::fs::read_to_string(format!("/proc/{}/limits", job.pid)).unwrap();
     let exe_before = std::fs::read_link(format!("/proc/{}/exe", job.pid)).unwrap();
     let cmdline_before = std::fs::read(format!("/proc/{}/cmdline", job.pid)).unwrap();
     let images = dir.join("images");
@@ -257,6 +267,7 @@ fn test_mm_counts_on_after_restore_in_both_threads() {
     assert_eq!(rseq_of(job.pid), rseq_before, "rseq registration of each thread");
     assert_eq!(std::fs::read_link(format!("/proc/{}/exe", job.pid)).unwrap(), exe_before);
     assert_eq!(std::fs::read(format!("/proc/{}/cmdline", job.pid)).unwrap(), cmdline_before);
+    assert_eq!(std::fs::read_to_string(format!("/proc/{}/limits", job.pid)).unwrap(), limits_before, "resource limits");
     job.expect_ok();
 }
 

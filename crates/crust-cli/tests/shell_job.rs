@@ -392,3 +392,38 @@ fn background_job_with_output_to_a_file_restores_detached() {
     assert!(gone(pid));
     drop(b);
 }
+
+#[test]
+fn job_of_another_user_keeps_its_credentials_when_root_restores_it() {
+    let dir = TempDir::new("shell-job-user");
+    let images = dir.join("images");
+    let mut a = Terminal::open(24, 80);
+    a.type_line(&format!(
+        "setpriv --reuid=65534 --regid=65534 --clear-groups {}",
+        workload_path("test_mm").display()
+    ));
+    let pid = find(a.bash.id() as i32, "test_mm");
+    let last = {
+        a.next_count("t1");
+        a.next_count("t1")
+    };
+    let ids = |pid: i32| -> Vec<String> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status.lines().filter(|l| l.starts_with("Uid:") || l.starts_with("Gid:") || l.starts_with("Groups:")).map(str::to_string).collect()
+    };
+    let before = ids(pid);
+    assert!(before[0].contains("65534"), "the job runs as nobody: {before:?}");
+    dump_job(pid, &images);
+    assert!(gone(pid));
+    let last = a.next_count_or_last("t1").max(last);
+    let mut b = Terminal::open(24, 80);
+    b.type_line(&format!("{CRUST} restore -j -D {}", images.display()));
+    assert_eq!(b.next_count("t1"), last + 1, "the job counts on under root's terminal");
+    assert_eq!(ids(pid), before, "credentials are the dumped ones");
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let status = std::fs::read_to_string(t.unwrap().path().join("status")).unwrap();
+        assert!(status.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().skip(1).all(|u| u == "65534")), "every thread: {status}");
+    }
+    b.key(0x03);
+    assert!(gone(pid));
+}

@@ -53,18 +53,36 @@ pub fn creds(st: &Status, secbits: u32) -> CredsEntry {
     }
 }
 
-/// Resource limits of a process, by prlimit(2) from outside.
+/// Resource limits of a process, from /proc/PID/limits (prlimit(2) on another
+/// user's process needs CAP_SYS_RESOURCE, which root lacks here), in
+/// RLIMIT_* order.
 pub fn rlimits(pid: i32) -> Result<TaskRlimitsEntry> {
-    const RLIM_NLIMITS: u32 = 16;
-    let mut rlimits = Vec::new();
-    for res in 0..RLIM_NLIMITS {
-        let mut old = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        // SAFETY: prlimit writes one rlimit into `old`.
-        let r = unsafe { libc::prlimit(pid, res as libc::__rlimit_resource_t, std::ptr::null(), &mut old) };
-        nix::errno::Errno::result(r).ctx(|| format!("reading resource limit {res} of process {pid}"))?;
-        rlimits.push(RlimitEntry { cur: old.rlim_cur, max: old.rlim_max });
-    }
-    Ok(TaskRlimitsEntry { rlimits })
+    use procfs::process::{Limit, LimitValue};
+    let l = process(pid)?.limits().map_err(|e| Error::Invalid(format!("reading /proc/{pid}/limits: {e}")))?;
+    let value = |v: &LimitValue| match v {
+        LimitValue::Unlimited => libc::RLIM_INFINITY,
+        LimitValue::Value(n) => *n,
+    };
+    let entry = |x: &Limit| RlimitEntry { cur: value(&x.soft_limit), max: value(&x.hard_limit) };
+    let ordered = [
+        &l.max_cpu_time,
+        &l.max_file_size,
+        &l.max_data_size,
+        &l.max_stack_size,
+        &l.max_core_file_size,
+        &l.max_resident_set,
+        &l.max_processes,
+        &l.max_open_files,
+        &l.max_locked_memory,
+        &l.max_address_space,
+        &l.max_file_locks,
+        &l.max_pending_signals,
+        &l.max_msgqueue_size,
+        &l.max_nice_priority,
+        &l.max_realtime_priority,
+        &l.max_realtime_timeout,
+    ];
+    Ok(TaskRlimitsEntry { rlimits: ordered.into_iter().map(entry).collect() })
 }
 
 /// The saved auxiliary vector as (type, value) words, up to and including AT_NULL.

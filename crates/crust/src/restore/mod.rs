@@ -245,7 +245,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
     for p in &procs {
         let len = p.scratch.len;
         p.leader.call("munmap of the scratch area", libc::SYS_munmap, [p.scratch.addr, len, 0, 0, 0, 0])?;
-        set_limits(p)?;
+        set_priorities(p);
     }
     // Last: every thread gets its registers back, then all are let go at once.
     for p in &procs {
@@ -544,6 +544,21 @@ fn restore_process_state(p: &mut Proc, img: &DumpImage) -> Result<()> {
         let act = p.scratch.reset().put_u64s(&[sa.sigaction, sa.flags, sa.restorer, sa.mask])?;
         task.call(&format!("rt_sigaction({sig})"), libc::SYS_rt_sigaction, [sig, act, 0, 8, 0, 0])?;
     }
+    // Resource limits, set by the task itself while it still has crust's
+    // credentials. A hard limit above the current one cannot be restored here
+    // (no CAP_SYS_RESOURCE): it stays at the current one.
+    for (res, l) in tc.rlimits.iter().flat_map(|r| r.rlimits.iter()).enumerate() {
+        let cur = p.scratch.reset().put_u64s(&[0, 0])?;
+        task.call("prlimit64", libc::SYS_prlimit64, [0, res as u64, 0, cur, 0, 0])?;
+        let mut now = [0u8; 16];
+        p.scratch.read(cur, &mut now)?;
+        let hard_now = u64::from_le_bytes(now[8..16].try_into().expect("8 bytes"));
+        let max = l.max.min(hard_now);
+        let new = p.scratch.put_u64s(&[l.cur.min(max), max])?;
+        if let Err(e) = task.call("prlimit64", libc::SYS_prlimit64, [0, res as u64, new, 0, 0, 0]) {
+            log::warn!("process {}: resource limit {res} not restored: {e}", p.image.pid());
+        }
+    }
     if let Some(t) = &tc.timers {
         for (which, it) in [(libc::ITIMER_REAL, &t.real), (libc::ITIMER_VIRTUAL, &t.virt), (libc::ITIMER_PROF, &t.prof)] {
             if it.vsec != 0 || it.vusec != 0 {
@@ -586,6 +601,10 @@ fn restore_threads_state(p: &mut Proc) -> Result<()> {
             let name = p.scratch.reset().put_str(comm)?;
             task.call("prctl(PR_SET_NAME)", libc::SYS_prctl, [libc::PR_SET_NAME as u64, name, 0, 0, 0, 0])?;
         }
+        // Credentials before the parent-death signal: changing them clears it.
+        if let Some(c) = &tc.creds {
+            restore_creds(task, &mut p.scratch, c)?;
+        }
         task.call("prctl(PR_SET_PDEATHSIG)", libc::SYS_prctl, [libc::PR_SET_PDEATHSIG as u64, tc.pdeath_sig.unwrap_or(0) as u64, 0, 0, 0, 0])?;
         if let Some(q) = &tc.signals_p {
             for s in &q.signals {
@@ -593,9 +612,6 @@ fn restore_threads_state(p: &mut Proc) -> Result<()> {
                 let info = p.scratch.reset().put(&s.siginfo)?;
                 task.call("rt_tgsigqueueinfo", libc::SYS_rt_tgsigqueueinfo, [pid, task.tid as u64, sig as u64, info, 0, 0])?;
             }
-        }
-        if let Some(c) = &tc.creds {
-            restore_creds(task, &mut p.scratch, c)?;
         }
     }
     Ok(())
@@ -619,32 +635,12 @@ fn restore_creds(task: &Task, scratch: &mut Scratch, c: &crate::images::proto::C
     Ok(())
 }
 
-/// Resource limits and scheduling, set from outside. A hard limit above crust's
-/// own cannot be restored (no CAP_SYS_RESOURCE here): it is kept at crust's.
-fn set_limits(p: &Proc) -> Result<()> {
-    let pid = p.image.pid();
-    let tc = p.image.cores[0].1.tc.as_ref().expect("checked on load");
-    if let Some(r) = &tc.rlimits {
-        for (res, l) in r.rlimits.iter().enumerate() {
-            let mut cur = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-            // SAFETY: prlimit reads/writes one rlimit.
-            unsafe { libc::prlimit(pid, res as libc::__rlimit_resource_t, std::ptr::null(), &mut cur) };
-            let max = l.max.min(cur.rlim_max);
-            let new = libc::rlimit { rlim_cur: l.cur.min(max), rlim_max: max };
-            if (new.rlim_cur, new.rlim_max) != (cur.rlim_cur, cur.rlim_max) {
-                // SAFETY: as above.
-                let r = unsafe { libc::prlimit(pid, res as libc::__rlimit_resource_t, &new, std::ptr::null_mut()) };
-                if r != 0 {
-                    log::warn!("process {pid}: resource limit {res} not restored: {}", std::io::Error::last_os_error());
-                }
-            }
-        }
-    }
+/// Scheduling priority of each thread, set from outside.
+fn set_priorities(p: &Proc) {
     for (task, (_, core)) in std::iter::once(&p.leader).chain(p.threads.iter()).zip(&p.image.cores) {
         if let Some(nice) = core.thread_core.as_ref().and_then(|t| t.sched_nice) {
             // SAFETY: setpriority of one thread.
             unsafe { libc::setpriority(libc::PRIO_PROCESS, task.tid as libc::id_t, nice) };
         }
     }
-    Ok(())
 }
