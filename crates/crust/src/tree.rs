@@ -101,6 +101,9 @@ impl FrozenTree {
         while i < queue.len() {
             let pid = queue[i];
             i += 1;
+            if Process::new(pid).and_then(|p| p.stat()).map(|s| s.state == 'Z').unwrap_or(false) {
+                continue; // nothing to seize: the walk below records it
+            }
             let tids: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))
                 .ctx(|| format!("listing threads of {pid}"))?
                 .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
