@@ -1218,6 +1218,29 @@ fn freezer_state(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("freezer.state")).expect("freezer.state").trim().to_string()
 }
 
+/// Thaws the freezer cgroup when dropped: declared after the job, it is dropped
+/// before it, so a test that fails with the cgroup frozen does not hang killing
+/// and reaping frozen processes.
+struct Thaw(PathBuf);
+
+impl Drop for Thaw {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.0.join("freezer.state"), "THAWED");
+    }
+}
+
+/// A task_state as crit shows it: a number, or a name from crit's own table
+/// (which calls CRIU's TASK_ZOMBIE, 6, "Stopped").
+fn task_state(v: &Value) -> u64 {
+    match v.as_str() {
+        Some("Alive") => 1,
+        Some("Zombie") => 3,
+        Some("Stopped") => 6,
+        Some(other) => panic!("unknown task_state {other:?}"),
+        None => num(v),
+    }
+}
+
 /// The forker's fork count, read from its next "forks N" line.
 fn next_forks(job: &mut Job) -> u64 {
     loop {
@@ -1235,6 +1258,7 @@ fn freeze_cgroup_dumps_a_fast_forking_tree_and_thaws_it() {
     let freezer = cg.make(FREEZER, "tree");
     let tmp = TempDir::new("cgroups-freeze");
     let mut job = Job::start("forker", &[], tmp.join("forker.out"), &[freezer.clone()]);
+    let _thaw = Thaw(freezer.clone());
     job.ready();
     next_forks(&mut job);
     let pid = job.pid;
@@ -1267,6 +1291,7 @@ fn freeze_cgroup_is_thawed_when_the_dump_fails() {
     let freezer = cg.make(FREEZER, "tree");
     let tmp = TempDir::new("cgroups-freeze-fail");
     let mut job = Job::start("forker", &[], tmp.join("forker.out"), &[freezer.clone()]);
+    let _thaw = Thaw(freezer.clone());
     job.ready();
     next_forks(&mut job);
     let pid = job.pid.to_string();
@@ -1304,6 +1329,7 @@ fn freeze_cgroup_dumps_a_tree_with_zombies() {
     let freezer = cg.make(FREEZER, "tree");
     let tmp = TempDir::new("cgroups-freeze-zombies");
     let mut job = Job::start("orphans", &[], tmp.join("orphans.out"), &[freezer.clone()]);
+    let _thaw = Thaw(freezer.clone());
     let ready = job.ready();
     let field = |name: &str| -> i32 { ready.split_whitespace().find_map(|w| w.strip_prefix(name)).expect(name).parse().expect("pid") };
     let (exited, killed) = (field("exited="), field("killed="));
@@ -1314,9 +1340,11 @@ fn freeze_cgroup_dumps_a_tree_with_zombies() {
     assert_eq!(freezer_state(&freezer), "THAWED", "the cgroup is thawed after the dump");
     assert_running_untraced(job.pid, Duration::from_secs(10));
     assert!(out.status.success(), "dump of a tree with zombies through the freezer failed: {}", String::from_utf8_lossy(&out.stderr));
-    for z in [exited, killed] {
+    for (z, status) in [(exited, 7 << 8), (killed, libc::SIGTERM as u64)] {
         let core = crit_show(&images.join(format!("core-{z}.img")));
-        assert_eq!(num(&core["entries"][0]["tc"]["task_state"]), 6, "zombie {z} recorded as a zombie");
+        let tc = &core["entries"][0]["tc"];
+        assert_eq!(task_state(&tc["task_state"]), 6, "zombie {z} recorded as a zombie: {tc}");
+        assert_eq!(num(&tc["exit_code"]), status, "zombie {z}'s wait status: {tc}");
     }
     job.expect_ok();
 }

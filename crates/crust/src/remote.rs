@@ -15,17 +15,22 @@ use nix::unistd::Pid;
 use crate::error::{Context, Error, Result};
 use crate::ptrace::{regs, set_regs, set_sigmask, sigmask};
 
-/// Run one syscall in stopped task `tid`, starting from registers `base`.
-/// Returns the raw result (negative errno on failure) and, when the syscall
-/// created a task that ptrace attached (fork/clone under TRACEFORK/TRACECLONE),
-/// its id.
-pub fn syscall(tid: i32, base: &libc::user_regs_struct, gadget: u64, nr: i64, args: [u64; 6]) -> Result<(i64, Option<i32>)> {
+/// Point the task at the gadget with a syscall's number and arguments loaded.
+fn load_call(tid: i32, base: &libc::user_regs_struct, gadget: u64, nr: i64, args: [u64; 6]) -> Result<()> {
     let mut r = *base;
     (r.rax, r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9) = (nr as u64, args[0], args[1], args[2], args[3], args[4], args[5]);
     r.rip = gadget;
     // Not inside a syscall, as far as the kernel's restart logic is concerned.
     r.orig_rax = u64::MAX;
-    set_regs(tid, r)?;
+    set_regs(tid, r)
+}
+
+/// Run one syscall in stopped task `tid`, starting from registers `base`.
+/// Returns the raw result (negative errno on failure) and, when the syscall
+/// created a task that ptrace attached (fork/clone under TRACEFORK/TRACECLONE),
+/// its id.
+pub fn syscall(tid: i32, base: &libc::user_regs_struct, gadget: u64, nr: i64, args: [u64; 6]) -> Result<(i64, Option<i32>)> {
+    load_call(tid, base, gadget, nr, args)?;
     let pid = Pid::from_raw(tid);
     let mut created = None;
     // Run to the syscall's entry stop, then to its exit stop. (Not single-step:
@@ -56,11 +61,7 @@ pub fn syscall(tid: i32, base: &libc::user_regs_struct, gadget: u64, nr: i64, ar
 /// Run a syscall that ends the task (exit_group, or a fatal signal sent to
 /// itself), passing on any signal it stops with, until it is dead.
 pub fn syscall_to_death(tid: i32, base: &libc::user_regs_struct, gadget: u64, nr: i64, args: [u64; 6]) -> Result<()> {
-    let mut r = *base;
-    (r.rax, r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9) = (nr as u64, args[0], args[1], args[2], args[3], args[4], args[5]);
-    r.rip = gadget;
-    r.orig_rax = u64::MAX;
-    set_regs(tid, r)?;
+    load_call(tid, base, gadget, nr, args)?;
     let pid = Pid::from_raw(tid);
     let mut sig = None;
     loop {

@@ -161,6 +161,13 @@ impl Hosts {
         Sshd::start(&self.b, &self.a, port, self.tmp.path(), &self.marker)
     }
 
+    /// The reverse of [`Hosts::start_sshd_on`]: sshd in A on 10.200.X.1:PORT,
+    /// with B set up as its client (`ssh -p PORT root@10.200.X.1` in B), for
+    /// moves from B back to A over ssh://. Both directions can run at once.
+    pub fn start_sshd_in_a_on(&self, port: u16) -> Sshd {
+        Sshd::start(&self.a, &self.b, port, self.tmp.path(), &self.marker)
+    }
+
     /// What to look for after drop to prove nothing was left behind.
     pub fn fingerprint(&self) -> Fingerprint {
         Fingerprint {
@@ -736,7 +743,9 @@ impl Drop for HostChild {
 /// * [`Sshd::ssh_command`] gives explicit client arguments that need no config;
 /// * [`Sshd::ssh_config`] is a config file for `ssh -F FILE hostb`.
 ///
-/// Killed when dropped (and with host B in any case).
+/// [`Hosts::start_sshd_in_a_on`] makes the reverse: sshd in A, B its client
+/// (the alias `hostb` then names A). Killed when dropped (and with its host in
+/// any case).
 pub struct Sshd {
     proc_: HostChild,
     log: Arc<Mutex<String>>,
