@@ -467,16 +467,25 @@ impl Job {
         self.drain();
     }
 
-    /// A failed restore must leave no process with the root's pid. If one is
-    /// there anyway and it is ours, take it so that drop kills and reaps it.
-    fn assert_not_restored(&mut self, what: &str) {
-        if let Some(ppid) = common::proc_status_field(self.pid, "PPid") {
-            self.session_live = true;
-            if ppid == std::process::id().to_string() {
-                self.restored = true;
-            }
-            panic!("{what}: a process with pid {} is left after the failed restore", self.pid);
+    /// After a restore that should have failed: whether a process with the
+    /// root's pid is there anyway. If so it is taken over (its session ended
+    /// on drop, the root reaped if it is our child), so that the failing test
+    /// leaves nothing behind.
+    fn take_stray(&mut self) -> bool {
+        let Some(ppid) = common::proc_status_field(self.pid, "PPid") else { return false };
+        self.session_live = true;
+        if !self.restored && ppid == std::process::id().to_string() {
+            self.restored = true;
         }
+        true
+    }
+
+    /// A restore that must fail: a clean error, and no process with the root's pid.
+    fn assert_restore_failed(&mut self, out: &Output, what: &str) -> String {
+        let stray = self.take_stray();
+        let err = assert_clean_failure(out, what);
+        assert!(!stray, "{what}: a process with pid {} is left after the failed restore", self.pid);
+        err
     }
 
     fn signal(&self, sig: i32) {
@@ -768,8 +777,7 @@ impl Dumped {
     /// A restore that must fail before any task ran: a clean error, no process
     /// with the root's pid, no output from it.
     fn assert_fails_before_any_task_runs(&mut self, out: &Output, what: &str) -> String {
-        let err = assert_clean_failure(out, what);
-        self.job.assert_not_restored(what);
+        let err = self.job.assert_restore_failed(out, what);
         std::thread::sleep(Duration::from_millis(300));
         let lines = self.job.drain();
         assert!(lines.is_empty(), "{what}: the restored tree ran and printed {lines:?}");
@@ -809,8 +817,8 @@ fn dump_records_cgroups_that_differ_from_crusts_and_explain_says_why() {
     for h in RECORDED {
         assert!(line.contains(&format!("{}:{}", h.shown(), cg.path(h, JOB))), "the cgroups line names {}: {line}", h.shown());
     }
-    for h in [FREEZER] {
-        assert!(!line.contains(&format!("{}:", h.shown())), "{} is crust's own, not recorded: {line}", h.shown());
+    for name in ["cpuacct", "cpuset", "devices", "freezer", "blkio"] {
+        assert!(!line.contains(&format!("{name}:")), "{name} is as crust's own, not recorded: {line}");
     }
 
     // cgroup.img: the task's set lists exactly the hierarchies where it differs
@@ -1091,7 +1099,7 @@ fn nested_cgroups_of_a_tree_are_created_each_with_its_own_properties() {
     assert_eq!(properties(img.dir(CPU, &cg.path(CPU, "a")))["cpu.shares"], "300");
     assert_eq!(properties(img.dir(CPU, &cg.path(CPU, "a/b")))["cpu.shares"], "600");
 
-    for mode in ["soft", "strict"] {
+    for mode in ["strict", "soft"] {
         cg.remove(CPU, "");
         let out = restore(&images, Some(mode), &[]);
         assert!(out.status.success(), "{mode} restore of the family failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -1133,12 +1141,30 @@ impl Job {
 // ---------------------------------------------------------------------------
 // --cgroup-root
 
+/// A cgroup that only a broken crust would make (outside this test's
+/// directories); removed on drop if it is there. Declare it before the job.
+struct Stray(PathBuf);
+
+impl Drop for Stray {
+    fn drop(&mut self) {
+        if self.0.exists() {
+            let _ = remove_tree(&self.0);
+        }
+    }
+}
+
 #[test]
 fn cgroup_root_records_relative_paths_and_restores_under_another_root() {
     let cg = Cgroups::new();
-    let job_dir = cg.make(CPU, "base/job");
-    cg.set(CPU, "base/job", "cpu.shares", "256");
-    cg.set(CPU, "base/job", "cpu.cfs_quota_us", "50000");
+    // The workload's cgroup has a name of this test's own: should crust put it
+    // at the hierarchy's top instead of under the root, it is found and removed.
+    let leaf = format!("{}-job", cg.id);
+    let _stray = Stray(Path::new(CPU.mount).join(&leaf));
+    let rel = format!("/{leaf}");
+    let in_base = format!("base/{leaf}");
+    let job_dir = cg.make(CPU, &in_base);
+    cg.set(CPU, &in_base, "cpu.shares", "256");
+    cg.set(CPU, &in_base, "cpu.cfs_quota_us", "50000");
     let tmp = TempDir::new("cgroups-root");
     let mut job = Job::start("test_mm", &[], tmp.join("test_mm.out"), &[job_dir]);
     job.ready();
@@ -1154,7 +1180,7 @@ fn cgroup_root_records_relative_paths_and_restores_under_another_root() {
     let root_arg = format!("cpu:{elsewhere}");
     let out = crust(&dump_args(&pid_s, &bad, &["-R", "--cgroup-root", &root_arg]), STEP);
     let err = assert_clean_failure(&out, "dump with a cgroup root the task is not under");
-    assert!(err.contains(&elsewhere) && err.contains(&cg.path(CPU, "base/job")), "the error names the root and the task's cgroup: {err}");
+    assert!(err.contains(&elsewhere) && err.contains(&cg.path(CPU, &in_base)), "the error names the root and the task's cgroup: {err}");
     common::assert_no_inventory(&bad);
     assert_running_untraced(pid, Duration::from_secs(10));
     let before = counters(&job.history);
@@ -1172,15 +1198,15 @@ fn cgroup_root_records_relative_paths_and_restores_under_another_root() {
     job.reap_original();
     job.drain();
     let at_dump = counters(&job.history);
-    assert!(cgroups_line(&out).contains("cpu:/job"), "{out}");
+    assert!(cgroups_line(&out).contains(&format!("cpu:{rel}")), "{out}");
     let img = CgImage::load(&images);
     let set = task_set(&images, pid);
-    assert_eq!(img.sets[&set], BTreeSet::from([("cpu".to_string(), "/job".to_string())]), "recorded relative to the root");
-    let d = img.dir(CPU, "/job");
+    assert_eq!(img.sets[&set], BTreeSet::from([("cpu".to_string(), rel.clone())]), "recorded relative to the root");
+    let d = img.dir(CPU, &rel);
     assert_eq!(properties(d)["cpu.shares"], "256");
     let text = explain(&images, None);
     assert!(text.contains(&format!("relative to --cgroup-root cpu:{base}")), "explain: {text}");
-    assert!(text.contains(&format!("task {pid} (test_mm) is in cpu:/job")), "explain: {text}");
+    assert!(text.contains(&format!("task {pid} (test_mm) is in cpu:{rel} ")), "explain: {text}");
 
     // Restored under a tighter root: the saved quota does not fit under it.
     cg.remove(CPU, "base");
@@ -1188,10 +1214,9 @@ fn cgroup_root_records_relative_paths_and_restores_under_another_root() {
     cg.set(CPU, "tight", "cpu.cfs_quota_us", "10000");
     let root_arg = format!("cpu:{}", cg.path(CPU, "tight"));
     let out = restore(&images, None, &["--cgroup-root", &root_arg]);
-    let err = assert_clean_failure(&out, "restore under a root with a smaller quota");
-    assert!(err.contains("cpu:/job") && err.contains("cpu.cfs_quota_us"), "the error names the cgroup and the property: {err}");
-    assert!(!Path::new(&format!("/proc/{pid}")).exists(), "no process left after the failed restore");
-    assert!(tight.is_dir() && !tight.join("job").exists(), "the cgroup crust made under the root is removed");
+    let err = job.assert_restore_failed(&out, "restore under a root with a smaller quota");
+    assert!(err.contains(&format!("cpu:{rel}")) && err.contains("cpu.cfs_quota_us"), "the error names the cgroup and the property: {err}");
+    assert!(tight.is_dir() && !tight.join(&leaf).exists(), "the cgroup crust made under the root is removed");
 
     // Restored under another root.
     let other = cg.make(CPU, "other");
@@ -1200,10 +1225,10 @@ fn cgroup_root_records_relative_paths_and_restores_under_another_root() {
     assert!(out.status.success(), "restore under another root failed: {}", String::from_utf8_lossy(&out.stderr));
     job.adopt_restored();
     let mut want = membership("self");
-    want.insert("cpu".into(), cg.path(CPU, "other/job"));
+    want.insert("cpu".into(), cg.path(CPU, &format!("other/{leaf}")));
     assert_eq!(membership(&pid.to_string()), want, "the restored task is in the other root's job cgroup");
-    assert_eq!(cg.get(CPU, "other/job", "cpu.shares"), "256", "created with its saved properties");
-    assert!(other.join("job").is_dir() && !cg.dir(CPU, "base").exists(), "nothing is made under the old root");
+    assert_eq!(cg.get(CPU, &format!("other/{leaf}"), "cpu.shares"), "256", "created with its saved properties");
+    assert!(other.join(&leaf).is_dir() && !cg.dir(CPU, "base").exists(), "nothing is made under the old root");
     let after: Vec<String> = (0..2).map(|_| job.line(STEP)).collect();
     for (t, n) in counters(&after) {
         assert_eq!(n, at_dump[&t] + 1, "{t} continues after restore: {after:?}");
@@ -1257,7 +1282,7 @@ fn freeze_cgroup_dumps_a_fast_forking_tree_and_thaws_it() {
     let cg = Cgroups::new();
     let freezer = cg.make(FREEZER, "tree");
     let tmp = TempDir::new("cgroups-freeze");
-    let mut job = Job::start("forker", &[], tmp.join("forker.out"), &[freezer.clone()]);
+    let mut job = Job::start("forker", &[], tmp.join("forker.out"), std::slice::from_ref(&freezer));
     let _thaw = Thaw(freezer.clone());
     job.ready();
     next_forks(&mut job);
@@ -1290,7 +1315,7 @@ fn freeze_cgroup_is_thawed_when_the_dump_fails() {
     let cg = Cgroups::new();
     let freezer = cg.make(FREEZER, "tree");
     let tmp = TempDir::new("cgroups-freeze-fail");
-    let mut job = Job::start("forker", &[], tmp.join("forker.out"), &[freezer.clone()]);
+    let mut job = Job::start("forker", &[], tmp.join("forker.out"), std::slice::from_ref(&freezer));
     let _thaw = Thaw(freezer.clone());
     job.ready();
     next_forks(&mut job);
@@ -1306,6 +1331,15 @@ fn freeze_cgroup_is_thawed_when_the_dump_fails() {
     assert_running_untraced(job.pid, Duration::from_secs(10));
     let a = next_forks(&mut job);
     assert!(next_forks(&mut job) > a, "the forker forks on");
+
+    // A cgroup without a freezer: refused, nothing is touched.
+    let cpu_dir = cg.make(CPU, "not-a-freezer");
+    let images = tmp.join("images-not-a-freezer");
+    let out = crust(&dump_args(&pid, &images, &["-R", "--freeze-cgroup", cpu_dir.to_str().unwrap()]), STEP);
+    let err = assert_clean_failure(&out, "--freeze-cgroup naming a cgroup without a freezer");
+    assert!(err.contains(cpu_dir.to_str().unwrap()), "the error names the cgroup: {err}");
+    common::assert_no_inventory(&images);
+    assert_running_untraced(job.pid, Duration::from_secs(10));
 
     // A failure while the cgroup is frozen: no process with that pid (pids
     // stay below pid_max).
@@ -1328,7 +1362,7 @@ fn freeze_cgroup_dumps_a_tree_with_zombies() {
     let cg = Cgroups::new();
     let freezer = cg.make(FREEZER, "tree");
     let tmp = TempDir::new("cgroups-freeze-zombies");
-    let mut job = Job::start("orphans", &[], tmp.join("orphans.out"), &[freezer.clone()]);
+    let mut job = Job::start("orphans", &[], tmp.join("orphans.out"), std::slice::from_ref(&freezer));
     let _thaw = Thaw(freezer.clone());
     let ready = job.ready();
     let field = |name: &str| -> i32 { ready.split_whitespace().find_map(|w| w.strip_prefix(name)).expect(name).parse().expect("pid") };

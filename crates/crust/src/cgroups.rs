@@ -400,7 +400,10 @@ impl Placement {
     }
 
     fn prepare_dirs(&mut self, entry: &CgroupEntry, mode: Mode, roots: &[CgroupRoot]) -> Result<()> {
-        let planned = plan(entry, roots).map_err(|p| Error::Invalid(p.join("; ")))?;
+        let mut planned = plan(entry, roots).map_err(|p| Error::Invalid(p.join("; ")))?;
+        // Parents first: a parent made on the way to its child would miss its
+        // own mode, owner and properties.
+        planned.sort_by_key(|p| p.dir.components().count());
         for p in &planned {
             if let Some(problem) = p.problem(mode) {
                 return Err(Error::Invalid(problem));

@@ -73,7 +73,12 @@ impl FrozenTree {
         while i < queue.len() {
             let pid = queue[i];
             i += 1;
-            let p = self.seize_process(pid)?;
+            let p = match self.seize_process(pid) {
+                Ok(p) => p,
+                // A child that exited between being listed and being seized.
+                Err(_) if pid != root && !Path::new(&format!("/proc/{pid}")).exists() => continue,
+                Err(e) => return Err(e),
+            };
             if pid == root && p.zombie.is_some() {
                 return Err(Error::Invalid(format!("process {root} is a zombie: there is nothing to dump")));
             }
@@ -104,8 +109,10 @@ impl FrozenTree {
             if Process::new(pid).and_then(|p| p.stat()).map(|s| s.state == 'Z').unwrap_or(false) {
                 continue; // nothing to seize: the walk below records it
             }
-            let tids: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))
-                .ctx(|| format!("listing threads of {pid}"))?
+            let Ok(task_dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+                continue; // exited before the freeze
+            };
+            let tids: Vec<i32> = task_dir
                 .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
                 .collect();
             for &tid in &tids {
