@@ -67,7 +67,18 @@ impl Vma {
     }
 }
 
+/// The vmas of a task being dumped: anything crust cannot restore is an error.
 pub fn read_vmas(pid: i32) -> Result<Vec<Vma>> {
+    vmas(pid, true)
+}
+
+/// The layout of crust's own process or a fork of it: only the ranges and
+/// the vdso matter, and crust's binary may have been replaced on disk.
+pub fn read_layout(pid: i32) -> Result<Vec<Vma>> {
+    vmas(pid, false)
+}
+
+fn vmas(pid: i32, strict: bool) -> Result<Vec<Vma>> {
     let proc = Process::new(pid).map_err(|e| Error::Invalid(format!("process {pid}: {e}")))?;
     let maps = proc.smaps().map_err(|e| Error::Invalid(format!("reading /proc/{pid}/smaps: {e}")))?;
     let mut out = Vec::new();
@@ -91,7 +102,7 @@ pub fn read_vmas(pid: i32) -> Result<Vec<Vma>> {
         let (backing, name) = match &m.pathname {
             MMapPath::Path(p) => {
                 let s = p.to_string_lossy().into_owned();
-                if s.ends_with(" (deleted)") {
+                if strict && s.ends_with(" (deleted)") {
                     return Err(Error::Unsupported(format!(
                         "process {pid}: mapping {:#x}-{:#x} of deleted file {s}: deleted files are not supported yet",
                         m.address.0, m.address.1
@@ -128,7 +139,7 @@ pub fn read_vmas(pid: i32) -> Result<Vec<Vma>> {
             }
             MMapPath::Anonymous => {
                 flags |= libc::MAP_ANONYMOUS as u32;
-                if shared {
+                if shared && strict {
                     return Err(Error::Unsupported(format!(
                         "process {pid}: shared anonymous mapping {:#x}-{:#x}: shared memory is not supported yet",
                         m.address.0, m.address.1
@@ -137,12 +148,13 @@ pub fn read_vmas(pid: i32) -> Result<Vec<Vma>> {
                 status |= VMA_ANON_PRIVATE;
                 (Backing::Anon, String::new())
             }
-            other => {
+            other if strict => {
                 return Err(Error::Unsupported(format!(
                     "process {pid}: mapping {:#x}-{:#x} of {other:?}: this kind of mapping is not supported yet",
                     m.address.0, m.address.1
                 )))
             }
+            _ => (Backing::Anon, String::new()),
         };
         out.push(Vma { start: m.address.0, end: m.address.1, pgoff: m.offset, prot, flags, status, backing, name });
     }

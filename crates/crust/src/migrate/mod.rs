@@ -198,18 +198,19 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats> {
         stats.restore_time_us = t.elapsed().as_micros() as u64;
         Ok(r)
     })();
-    let _ = std::fs::remove_dir_all(&staging);
     match result {
         Ok(remote) => {
             stats.dump = dumped.kill();
+            let _ = std::fs::remove_dir_all(&staging);
             stats.frozen_time_us = stats.dump.frozen_time_us;
             stats.remote = remote;
             stats.total_time_us = start.elapsed().as_micros() as u64;
             Ok(stats)
         }
         Err(e) => {
-            transport.abort();
             dumped.resume();
+            let _ = std::fs::remove_dir_all(&staging);
+            transport.abort();
             Err(e)
         }
     }

@@ -1,6 +1,7 @@
 //! The ssh:// transport: the user's OpenSSH carries a tar stream of the images
-//! and runs crust over there (`crust check`, `crust restore`). No daemon, no
-//! new port; keys and known hosts are whatever ssh is configured with.
+//! and runs crust over there (`crust check`, then `crust restore`), all in one
+//! session (each ssh connection costs a few hundred ms). No daemon, no new
+//! port; keys and known hosts are whatever ssh is configured with.
 
 use std::io::Write;
 use std::path::Path;
@@ -16,6 +17,8 @@ pub struct Ssh {
     restore: RemoteRestore,
     /// The images directory over there, once created.
     remote_dir: Option<String>,
+    /// The session that receives, checks and restores.
+    session: Option<std::process::Child>,
 }
 
 /// Single-quote a word for the remote shell.
@@ -29,7 +32,7 @@ impl Ssh {
             Some(u) => format!("{u}@{host}"),
             None => host,
         };
-        Ssh { target, port, crust, restore, remote_dir: None }
+        Ssh { target, port, crust, restore, remote_dir: None, session: None }
     }
 
     fn command(&self, remote: &str) -> Command {
@@ -86,11 +89,22 @@ impl Transport for Ssh {
     fn send(&mut self, dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<u64> {
         let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         let remote_dir = format!("/var/tmp/crust-migrate-{}-{nonce}", std::process::id());
-        let remote = format!("umask 077 && mkdir -p {0} && tar -C {0} -xf -", quote(&remote_dir));
+        let mut check = vec!["check".to_string(), "--images".into(), remote_dir.clone()];
+        check.extend(self.restore.args());
+        let mut restore = vec!["restore".to_string(), "-D".into(), remote_dir.clone(), "-d".into(), "--json".into()];
+        restore.extend(self.restore.args());
+        // Receive, check (its report on stderr), restore (its JSON on stdout),
+        // and drop the images whatever happened.
+        let remote = format!(
+            "umask 077 && mkdir -p {d} && tar -C {d} -xf - && {check} >&2 && {restore}; rc=$?; rm -rf {d}; exit $rc",
+            d = quote(&remote_dir),
+            check = self.crust_cmd(&check),
+            restore = self.crust_cmd(&restore),
+        );
         let mut child = self
             .command(&remote)
             .stdin(Stdio::piped())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .ctx(|| format!("running ssh to {}", self.target))?;
@@ -99,53 +113,46 @@ impl Transport for Ssh {
         // The tar stream is the files plus a header block for each.
         let total = files.iter().map(|(_, n)| n.div_ceil(512) * 512 + 512).sum::<u64>() + 1024;
         let stdin = child.stdin.take().expect("piped");
+        self.session = Some(child);
         let mut out = Counting { inner: std::io::BufWriter::with_capacity(1 << 20, stdin), done: 0, total, progress };
         let sent = {
             let mut tar = tar::Builder::new(&mut out);
-            let mut result = Ok(());
-            for (name, _) in &files {
-                result = tar.append_path_with_name(dir.join(name), name);
-                if result.is_err() {
-                    break;
-                }
-            }
-            result.and_then(|_| tar.finish())
+            files
+                .iter()
+                .try_for_each(|(name, _)| tar.append_path_with_name(dir.join(name), name))
+                .and_then(|_| tar.finish())
         };
-        let flushed = out.flush();
+        let sent = sent.and_then(|_| out.flush());
         let done = out.done;
         drop(out);
-        let status = child.wait_with_output().ctx(|| format!("waiting for ssh to {}", self.target))?;
-        if !status.status.success() || sent.is_err() || flushed.is_err() {
-            return Err(Error::Invalid(format!(
-                "sending the images to {} failed: {}{}",
-                self.target,
-                String::from_utf8_lossy(&status.stderr).trim(),
-                sent.err().map(|e| format!(" ({e})")).unwrap_or_default()
-            )));
-        }
+        sent.map_err(|e| Error::Invalid(format!("sending the images to {} failed: {e}", self.target)))?;
         Ok(done)
     }
 
+    /// Checked in the same session, before it restores.
     fn check(&mut self) -> Result<()> {
-        let dir = self.remote_dir.clone().expect("sent first");
-        let mut args = vec!["check".to_string(), "--images".into(), dir];
-        args.extend(self.restore.args());
-        self.run("crust check", &self.crust_cmd(&args)).map(|_| ())
+        Ok(())
     }
 
     fn restore(&mut self) -> Result<Restored> {
-        let dir = self.remote_dir.clone().expect("sent first");
-        let mut args = vec!["restore".to_string(), "-D".into(), dir.clone(), "-d".into(), "--json".into()];
-        args.extend(self.restore.args());
-        // The images are not needed once the tree runs (or failed to).
-        let remote = format!("{}; rc=$?; rm -rf {}; exit $rc", self.crust_cmd(&args), quote(&dir));
-        let out = self.run("crust restore", &remote)?;
+        let child = self.session.take().expect("sent first");
+        let out = child.wait_with_output().ctx(|| format!("waiting for ssh to {}", self.target))?;
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            return Err(Error::Invalid(format!("on {}: {}", self.target, err.trim())));
+        }
+        // The session removed the images.
         self.remote_dir = None;
-        serde_json::from_str(out.trim())
-            .map_err(|e| Error::Invalid(format!("crust restore on {} answered {out:?}: {e}", self.target)))
+        let text = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(text.trim())
+            .map_err(|e| Error::Invalid(format!("crust restore on {} answered {text:?}: {e}", self.target)))
     }
 
     fn abort(&mut self) {
+        if let Some(mut child) = self.session.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         if let Some(dir) = self.remote_dir.take() {
             let _ = self.run("cleaning up", &format!("rm -rf {}", quote(&dir)));
         }

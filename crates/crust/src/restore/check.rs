@@ -57,7 +57,7 @@ pub fn problems(img: &DumpImage, opts: &RestoreOptions) -> Vec<String> {
     }
 
     // The vdso and the CPU.
-    match mem::read_vmas(std::process::id() as i32) {
+    match mem::read_layout(std::process::id() as i32) {
         Ok(here) => {
             for p in img.processes.iter().filter(|p| p.zombie.is_none()) {
                 if let Err(e) = layout::check_vdso(&p.mm, &here, &format!("mm-{}.img", p.pid())) {

@@ -145,7 +145,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
     // Nothing may be delivered while crust works inside the tasks; forks and
     // threads inherit the mask, and each thread gets its own back at the end.
     ptrace::set_sigmask(root_pid, !0)?;
-    let crust_layout = mem::read_vmas(root_pid)?;
+    let crust_layout = mem::read_layout(root_pid)?;
     for p in img.processes.iter().filter(|p| p.zombie.is_none()) {
         layout::check_vdso(&p.mm, &crust_layout, &format!("mm-{}.img", p.pid()))?;
     }
