@@ -135,6 +135,9 @@ enum Command {
         /// The cgroup mode a restore would use.
         #[arg(long = "manage-cgroups", default_value = "soft", value_name = "MODE")]
         manage_cgroups: Mode,
+        /// The cgroup roots a restore would use.
+        #[arg(long = "cgroup-root", value_name = "[CONTROLLER:]/PATH")]
+        cgroup_roots: Vec<CgroupRoot>,
     },
     /// Decode the images in DIR and print them as JSON.
     Show {
@@ -279,8 +282,8 @@ fn run(cli: Cli) -> Result<()> {
             }
             println!("this host can restore {}", images.display());
         }
-        Command::Explain { dir, manage_cgroups } => {
-            for line in crust::explain::explain(&dir, manage_cgroups)? {
+        Command::Explain { dir, manage_cgroups, cgroup_roots } => {
+            for line in crust::explain::explain(&dir, manage_cgroups, &cgroup_roots)? {
                 println!("{line}");
             }
         }

@@ -74,6 +74,13 @@ impl Hierarchy {
         }
     }
 
+    /// Where a recorded path of this hierarchy lands on this host, under the
+    /// `--cgroup-root` that applies to it.
+    pub fn host_dir(&self, recorded: &str, roots: &[CgroupRoot]) -> PathBuf {
+        let path = join(root_for(roots, &self.name).unwrap_or("/"), recorded);
+        self.mount.join(path.trim_start_matches('/'))
+    }
+
     fn properties(&self) -> Vec<&'static str> {
         self.controllers().into_iter().flat_map(known_properties).copied().collect()
     }
@@ -345,14 +352,13 @@ fn plan<'a>(entry: &'a CgroupEntry, roots: &[CgroupRoot]) -> std::result::Result
                 problems.push(format!("cgroup {label}: this hierarchy is not mounted on this host"));
                 continue;
             };
-            let path = join(root_for(roots, &m.name).unwrap_or("/"), &m.path);
             let saved = entry
                 .controllers
                 .iter()
                 .filter(|c| c.cnames.join(",") == m.name)
                 .flat_map(|c| c.dirs.iter())
                 .find(|d| d.dir_name == m.path);
-            planned.push(Planned { set: set.id, label, dir: h.mount.join(path.trim_start_matches('/')), saved });
+            planned.push(Planned { set: set.id, label, dir: h.host_dir(&m.path, roots), saved });
         }
     }
     if problems.is_empty() {

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::images::proto::{CgroupEntry, CoreEntry, PstreeEntry};
 use crate::images::{ImageReader, Kind};
 
-pub fn explain(dir: &Path, mode: Mode) -> Result<Vec<String>> {
+pub fn explain(dir: &Path, mode: Mode, roots: &[cgroups::CgroupRoot]) -> Result<Vec<String>> {
     let mut r = ImageReader::open(&dir.join("pstree.img"), Kind::Pstree)?;
     let mut tasks: Vec<(u32, String, u32)> = Vec::new();
     while let Some(p) = r.next::<PstreeEntry>()? {
@@ -65,7 +65,7 @@ pub fn explain(dir: &Path, mode: Mode) -> Result<Vec<String>> {
             let perms = d.dir_perms.as_ref().map(|p| format!("mode {:o}, owner {}:{}", p.mode, p.uid, p.gid)).unwrap_or_default();
             let status = match here.iter().find(|h| h.name == name) {
                 None => "this hierarchy is not mounted on this host".to_string(),
-                Some(h) if h.mount.join(d.dir_name.trim_start_matches('/')).is_dir() => "it exists on this host".into(),
+                Some(h) if h.host_dir(&d.dir_name, roots).is_dir() => "it exists on this host".into(),
                 Some(_) => "it does not exist on this host".into(),
             };
             out.push(format!(
