@@ -14,21 +14,16 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use common::{assert_clean_failure, assert_running_untraced, crit_show, crust, num, os, pidfd_kill, pidfd_open, run_with_timeout, workload_path, TempDir, CRUST};
-
-const STEP: Duration = Duration::from_secs(60);
+use common::job::{counters, dump, enter_cgroups, ready_field, Job, STEP};
+use common::{assert_clean_failure, assert_running_untraced, crit_show, crust, dump_args, num, os, pidfd_kill, pidfd_open, proc_stat, run_with_timeout, TempDir, CRUST};
 
 // ---------------------------------------------------------------------------
 // Hierarchies of this host
@@ -214,58 +209,6 @@ fn remove_tree(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// What /proc/PID/stat says of a process.
-struct Stat {
-    state: char,
-    ppid: i32,
-    session: i32,
-}
-
-fn stat_of(pid: i32) -> Option<Stat> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let f: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
-    Some(Stat { state: f.first()?.chars().next()?, ppid: f.get(1)?.parse().ok()?, session: f.get(3)?.parse().ok()? })
-}
-
-/// Ends session `sid` (a workload's, started with setsid, or its restored
-/// copy): kills every process in it and reaps those that are ours (the test
-/// process is a child subreaper: orphans of the session come to it). Waits
-/// until no process of the session is left.
-fn end_session(sid: i32) {
-    let me = std::process::id() as i32;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let pids: Vec<i32> = std::fs::read_dir("/proc")
-            .expect("/proc")
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-            .filter(|&pid| stat_of(pid).is_some_and(|st| st.session == sid))
-            .collect();
-        if pids.is_empty() {
-            return;
-        }
-        for pid in &pids {
-            let Ok(fd) = pidfd_open(*pid) else { continue };
-            match stat_of(*pid) {
-                Some(st) if st.session == sid && st.state == 'Z' && st.ppid == me => {
-                    // SAFETY: waitpid on our own unreaped (zombie) child.
-                    unsafe { libc::waitpid(*pid, std::ptr::null_mut(), libc::WNOHANG) };
-                }
-                Some(st) if st.session == sid => pidfd_kill(&fd, libc::SIGKILL),
-                _ => {}
-            }
-        }
-        if Instant::now() > deadline {
-            let msg = format!("processes {pids:?} of session {sid} are left");
-            if std::thread::panicking() {
-                eprintln!("{msg}");
-                return;
-            }
-            panic!("{msg}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 impl Drop for Cgroups {
     fn drop(&mut self) {
         let mut problems = Vec::new();
@@ -297,7 +240,7 @@ impl Drop for Cgroups {
         let deadline = Instant::now() + Duration::from_secs(2);
         while !killed.is_empty() && Instant::now() < deadline {
             let me = std::process::id() as i32;
-            killed.retain(|&pid| match stat_of(pid) {
+            killed.retain(|&pid| match proc_stat(pid) {
                 Some(st) if st.ppid == me && st.state == 'Z' => {
                     // SAFETY: waitpid on our own unreaped (zombie) child.
                     unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
@@ -323,239 +266,8 @@ impl Drop for Cgroups {
     }
 }
 
-/// Makes the command's process enter the cgroups `dirs` before it execs (it
-/// writes "0", itself, to each cgroup.procs).
-fn enter_cgroups(cmd: &mut Command, dirs: &[PathBuf]) {
-    let files: Vec<CString> =
-        dirs.iter().map(|d| CString::new(d.join("cgroup.procs").as_os_str().as_bytes()).expect("path without NUL")).collect();
-    // SAFETY: only open, write and close (async-signal-safe) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            for f in &files {
-                let fd = libc::open(f.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                if fd < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                let r = libc::write(fd, b"0".as_ptr().cast(), 1);
-                let err = std::io::Error::last_os_error();
-                libc::close(fd);
-                if r != 1 {
-                    return Err(err);
-                }
-            }
-            Ok(())
-        });
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Workloads writing to a file
-
-fn become_subreaper() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        // SAFETY: a plain prctl on this process.
-        let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
-        assert_eq!(r, 0, "PR_SET_CHILD_SUBREAPER: {}", std::io::Error::last_os_error());
-    });
-}
-
-/// A workload started in a session of its own, in the given cgroups, writing
-/// to a file. Dropping it kills and reaps its process (the original, or the
-/// restored one handed to us).
-struct Job {
-    name: String,
-    pid: i32,
-    out: PathBuf,
-    read: usize,
-    history: Vec<String>,
-    /// The original process, our child, until it is reaped.
-    child: Option<Child>,
-    /// A restored root handed to us, not yet reaped.
-    restored: bool,
-    /// Its session (setsid): the original's pid, kept by restores.
-    sid: i32,
-    /// Processes of the session may exist. While one does, no new process
-    /// can get the pid `sid`; once it is empty, `sid` may name someone else's.
-    session_live: bool,
-}
-
-impl Job {
-    fn start(name: &str, args: &[&str], out: PathBuf, cgroups: &[PathBuf]) -> Job {
-        become_subreaper();
-        let file = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&out).expect("output file");
-        let mut cmd = Command::new(workload_path(name));
-        cmd.args(args).stdin(Stdio::null()).stdout(file.try_clone().unwrap()).stderr(file);
-        // SAFETY: setsid is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| if libc::setsid() < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) });
-        }
-        enter_cgroups(&mut cmd, cgroups);
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {name}: {e}"));
-        let pid = child.id() as i32;
-        Job { name: name.into(), pid, out, read: 0, history: Vec::new(), child: Some(child), restored: false, sid: pid, session_live: true }
-    }
-
-    /// The next complete line of output, waiting up to `timeout`.
-    fn line(&mut self, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(l) = self.next_line() {
-                return l;
-            }
-            assert!(Instant::now() < deadline, "{} ({}): no output line within {timeout:?}; so far {:?}", self.name, self.pid, self.history);
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn next_line(&mut self) -> Option<String> {
-        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
-        let rest = text.get(self.read..)?;
-        let nl = rest.find('\n')?;
-        let l = rest[..nl].to_string();
-        self.read += nl + 1;
-        self.history.push(l.clone());
-        Some(l)
-    }
-
-    /// Every complete line written so far.
-    fn drain(&mut self) -> Vec<String> {
-        std::iter::from_fn(|| self.next_line()).collect()
-    }
-
-    fn ready(&mut self) -> String {
-        let l = self.line(STEP);
-        l.strip_prefix("READY").unwrap_or_else(|| panic!("{}: expected READY, got {l:?}", self.name)).trim().to_string()
-    }
-
-    /// After a dump killed the original: reap it, so its pid is free again.
-    fn reap_original(&mut self) {
-        let mut c = self.child.take().expect("the original is not reaped yet");
-        let status = c.wait().expect("waiting for the original");
-        assert_eq!(status.signal(), Some(libc::SIGKILL), "{}: the dump kills the original", self.name);
-        // The rest of the tree, killed too, may have been handed to us.
-        self.end_session();
-    }
-
-    /// Kill and reap what is left of the session.
-    fn end_session(&mut self) {
-        if self.session_live {
-            end_session(self.sid);
-            self.session_live = false;
-        }
-    }
-
-    /// After a restore succeeded: its root is our child now (crust restore exited).
-    fn adopt_restored(&mut self) {
-        assert!(!self.restored && self.child.is_none());
-        self.session_live = true;
-        let ppid = common::proc_status_field(self.pid, "PPid").unwrap_or_else(|| panic!("restored process {} is not there", self.pid));
-        assert_eq!(ppid, std::process::id().to_string(), "the restored root {} is handed to the test process", self.pid);
-        self.restored = true;
-    }
-
-    /// Kill and reap the restored process; collect what it wrote.
-    fn kill_restored(&mut self) {
-        assert!(self.restored, "no restored process to kill");
-        // SAFETY: kill and waitpid on our own unreaped child.
-        unsafe {
-            libc::kill(self.pid, libc::SIGKILL);
-            libc::waitpid(self.pid, std::ptr::null_mut(), 0);
-        }
-        self.restored = false;
-        self.end_session();
-        self.drain();
-    }
-
-    /// After a restore that should have failed: whether a process with the
-    /// root's pid is there anyway. If so it is taken over (its session ended
-    /// on drop, the root reaped if it is our child), so that the failing test
-    /// leaves nothing behind.
-    fn take_stray(&mut self) -> bool {
-        let Some(ppid) = common::proc_status_field(self.pid, "PPid") else { return false };
-        self.session_live = true;
-        if !self.restored && ppid == std::process::id().to_string() {
-            self.restored = true;
-        }
-        true
-    }
-
-    /// A restore that must fail: a clean error, and no process with the root's pid.
-    fn assert_restore_failed(&mut self, out: &Output, what: &str) -> String {
-        let stray = self.take_stray();
-        let err = assert_clean_failure(out, what);
-        assert!(!stray, "{what}: a process with pid {} is left after the failed restore", self.pid);
-        err
-    }
-
-    fn signal(&self, sig: i32) {
-        assert!(self.child.is_some() || self.restored);
-        // SAFETY: kill on our own unreaped child.
-        unsafe { libc::kill(self.pid, sig) };
-    }
-
-    /// SIGUSR1: the workload checks itself, prints OK and exits 0.
-    fn expect_ok(&mut self) {
-        self.signal(libc::SIGUSR1);
-        loop {
-            let l = self.line(STEP);
-            assert!(!l.starts_with("FAIL"), "{} reported {l:?}", self.name);
-            if l == "OK" {
-                break;
-            }
-        }
-        let status = self.child.take().expect("the original").wait().expect("wait");
-        self.end_session();
-        assert!(status.success(), "{} exited with {status:?}", self.name);
-    }
-}
-
-impl Drop for Job {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if self.restored {
-            // SAFETY: kill and waitpid on our own unreaped child.
-            unsafe {
-                libc::kill(self.pid, libc::SIGKILL);
-                libc::waitpid(self.pid, std::ptr::null_mut(), 0);
-            }
-        }
-        self.end_session();
-    }
-}
-
-/// `t1 N` / `t2 N` (test_mm) lines: the last counter of each thread.
-fn counters(lines: &[String]) -> BTreeMap<String, i64> {
-    let mut last = BTreeMap::new();
-    for l in lines {
-        if let Some((t, n)) = l.split_once(' ') {
-            if let (true, Ok(n)) = (t.starts_with('t'), n.parse::<i64>()) {
-                last.insert(t.to_string(), n);
-            }
-        }
-    }
-    last
-}
-
 // ---------------------------------------------------------------------------
 // crust and crit
-
-fn dump_args<'a>(pid: &'a str, dir: &'a Path, extra: &[&'a str]) -> Vec<&'a std::ffi::OsStr> {
-    let mut args = vec![os("dump"), os("-t"), os(pid), os("-D"), dir.as_os_str()];
-    args.extend(extra.iter().map(|s| os(s)));
-    args
-}
-
-/// Dumps `pid` (with `extra` options); returns stdout.
-fn dump(pid: i32, dir: &Path, extra: &[&str]) -> String {
-    let pid_s = pid.to_string();
-    let out = crust(&dump_args(&pid_s, dir, extra), STEP);
-    assert!(out.status.success(), "dump of {pid} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).expect("utf-8 stdout")
-}
 
 /// The dump's one "cgroups:" line.
 fn cgroups_line(stdout: &str) -> String {
@@ -565,12 +277,12 @@ fn cgroups_line(stdout: &str) -> String {
 }
 
 fn restore(dir: &Path, mode: Option<&str>, extra: &[&str]) -> Output {
-    let mut args = vec![os("restore"), os("-D"), dir.as_os_str(), os("-d")];
+    let mut args = Vec::new();
     if let Some(m) = mode {
-        args.extend([os("--manage-cgroups"), os(m)]);
+        args.extend(["--manage-cgroups", m]);
     }
-    args.extend(extra.iter().map(|s| os(s)));
-    crust(&args, STEP)
+    args.extend(extra);
+    common::job::restore(dir, &args)
 }
 
 fn explain(dir: &Path, mode: Option<&str>) -> String {
@@ -720,7 +432,7 @@ fn dumped(test: &str) -> Dumped {
     let cg = Cgroups::new();
     let dirs: Vec<PathBuf> = RECORDED.iter().map(|h| make_job_cgroup(&cg, *h)).collect();
     let dir = TempDir::new(test);
-    let mut job = Job::start("test_mm", &[], dir.join("test_mm.out"), &dirs);
+    let mut job = Job::build("test_mm", &[]).cgroups(&dirs).start(dir.path());
     job.ready();
     job.line(STEP);
     job.line(STEP);
@@ -804,7 +516,7 @@ fn dump_records_cgroups_that_differ_from_crusts_and_explain_says_why() {
     let cg = Cgroups::new();
     let dirs: Vec<PathBuf> = RECORDED.iter().map(|h| make_job_cgroup(&cg, *h)).collect();
     let tmp = TempDir::new("cgroups-record");
-    let mut job = Job::start("test_mm", &[], tmp.join("test_mm.out"), &dirs);
+    let mut job = Job::build("test_mm", &[]).cgroups(&dirs).start(tmp.path());
     job.ready();
     let pid = job.pid;
     let images = tmp.join("images");
@@ -881,7 +593,7 @@ fn dump_records_cgroups_that_differ_from_crusts_and_explain_says_why() {
     assert!(strict.contains("must not exist"), "explain --manage-cgroups strict: {strict}");
 
     // A workload in the same cgroups as the dumping crust: nothing to record.
-    let mut shared = Job::start("test_mm", &[], tmp.join("shared.out"), &dirs);
+    let mut shared = Job::build("test_mm", &[]).cgroups(&dirs).output("shared.out").start(tmp.path());
     shared.ready();
     shared.line(STEP);
     let images2 = tmp.join("images-shared");
@@ -962,46 +674,39 @@ fn full_restore_sets_saved_properties_in_existing_and_creates_missing_cgroups() 
     d.job.kill_restored();
 }
 
-#[test]
-fn props_restore_needs_existing_cgroups_and_sets_their_properties() {
-    let mut d = dumped("cgroups-props");
-    d.cg.remove(CPU, JOB);
+/// A restore in `mode` with the workload's cgroup in `missing` removed fails
+/// cleanly and creates nothing; once that cgroup is there again (and all of
+/// them have the OTHER properties) it restores into them, which then have the
+/// properties `want`.
+fn restore_needs_existing_cgroups(test: &str, mode: &str, missing: Hier, want: &[(Hier, &str, &str)]) {
+    let mut d = dumped(test);
+    d.cg.remove(missing, JOB);
     let before = d.cg.dirs();
-    let out = d.restore(Some("props"), &[]);
-    let err = d.assert_fails_before_any_task_runs(&out, "props with the cpu cgroup missing");
-    assert_names(&err, CPU, &d.cg.path(CPU, JOB), "props with the cpu cgroup missing");
-    assert_eq!(d.cg.dirs(), before, "props creates nothing");
+    let out = d.restore(Some(mode), &[]);
+    let what = format!("{mode} with the {} cgroup missing", missing.shown());
+    let err = d.assert_fails_before_any_task_runs(&out, &what);
+    assert_names(&err, missing, &d.cg.path(missing, JOB), &what);
+    assert_eq!(d.cg.dirs(), before, "{mode} creates nothing");
 
-    d.cg.make(CPU, JOB);
+    d.cg.make(missing, JOB);
     for h in RECORDED {
         set_props(&d.cg, h, &OTHER);
     }
-    d.restore_ok(Some("props"));
-    assert_props(&d.cg, &SAVED, "props");
-    d.assert_in_job_cgroups("props");
-    d.assert_runs("props");
+    d.restore_ok(Some(mode));
+    assert_props(&d.cg, want, mode);
+    d.assert_in_job_cgroups(mode);
+    d.assert_runs(mode);
     d.job.kill_restored();
 }
 
 #[test]
-fn none_restore_needs_existing_cgroups_and_leaves_their_properties() {
-    let mut d = dumped("cgroups-none");
-    d.cg.remove(MEMORY, JOB);
-    let before = d.cg.dirs();
-    let out = d.restore(Some("none"), &[]);
-    let err = d.assert_fails_before_any_task_runs(&out, "none with the memory cgroup missing");
-    assert_names(&err, MEMORY, &d.cg.path(MEMORY, JOB), "none with the memory cgroup missing");
-    assert_eq!(d.cg.dirs(), before, "none creates nothing");
+fn props_restore_needs_existing_cgroups_and_sets_their_properties() {
+    restore_needs_existing_cgroups("cgroups-props", "props", CPU, &SAVED);
+}
 
-    d.cg.make(MEMORY, JOB);
-    for h in RECORDED {
-        set_props(&d.cg, h, &OTHER);
-    }
-    d.restore_ok(Some("none"));
-    assert_props(&d.cg, &OTHER, "none");
-    d.assert_in_job_cgroups("none");
-    d.assert_runs("none");
-    d.job.kill_restored();
+#[test]
+fn none_restore_needs_existing_cgroups_and_leaves_their_properties() {
+    restore_needs_existing_cgroups("cgroups-none", "none", MEMORY, &OTHER);
 }
 
 #[test]
@@ -1087,9 +792,9 @@ fn nested_cgroups_of_a_tree_are_created_each_with_its_own_properties() {
     let tmp = TempDir::new("cgroups-nested");
     let data = tmp.join("data");
     common::write_pattern_file(&data, 20_000, 9);
-    let mut job = Job::start("family", &[data.to_str().unwrap()], tmp.join("family.out"), &[ab]);
+    let mut job = Job::build("family", &[data.to_str().unwrap()]).cgroups(&[ab]).start(tmp.path());
     let ready = job.ready();
-    let child: i32 = ready.split_whitespace().find_map(|w| w.strip_prefix("child=")).expect("child=").parse().expect("child pid");
+    let child = ready_field(&ready, "child");
     std::fs::write(a.join("cgroup.procs"), child.to_string()).expect("moving the child");
     assert_eq!(membership(&child.to_string())["cpu"], cg.path(CPU, "a"));
     let images = tmp.join("images");
@@ -1110,31 +815,10 @@ fn nested_cgroups_of_a_tree_are_created_each_with_its_own_properties() {
         assert_eq!(cg.get(CPU, "a", "cpu.shares"), "300", "{mode}: cpu.shares of .../a");
         assert_eq!(perms_of(&cg.dir(CPU, "a")).0, 0o700, "{mode}: mode of .../a");
         if mode == "strict" {
-            job.expect_ok_restored();
+            job.expect_ok();
         } else {
             job.kill_restored();
         }
-    }
-}
-
-impl Job {
-    /// SIGUSR1 to a restored root: it checks itself, prints OK and exits 0.
-    fn expect_ok_restored(&mut self) {
-        self.signal(libc::SIGUSR1);
-        loop {
-            let l = self.line(STEP);
-            assert!(!l.starts_with("FAIL"), "{} reported {l:?} after restore", self.name);
-            if l == "OK" {
-                break;
-            }
-        }
-        let mut status = 0;
-        // SAFETY: waitpid on our own unreaped child.
-        let r = unsafe { libc::waitpid(self.pid, &mut status, 0) };
-        assert_eq!(r, self.pid);
-        self.restored = false;
-        self.end_session();
-        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{} exited with status {status:#x}", self.name);
     }
 }
 
@@ -1166,7 +850,7 @@ fn cgroup_root_records_relative_paths_and_restores_under_another_root() {
     cg.set(CPU, &in_base, "cpu.shares", "256");
     cg.set(CPU, &in_base, "cpu.cfs_quota_us", "50000");
     let tmp = TempDir::new("cgroups-root");
-    let mut job = Job::start("test_mm", &[], tmp.join("test_mm.out"), &[job_dir]);
+    let mut job = Job::build("test_mm", &[]).cgroups(&[job_dir]).start(tmp.path());
     job.ready();
     job.line(STEP);
     job.line(STEP);
@@ -1282,7 +966,7 @@ fn freeze_cgroup_dumps_a_fast_forking_tree_and_thaws_it() {
     let cg = Cgroups::new();
     let freezer = cg.make(FREEZER, "tree");
     let tmp = TempDir::new("cgroups-freeze");
-    let mut job = Job::start("forker", &[], tmp.join("forker.out"), std::slice::from_ref(&freezer));
+    let mut job = Job::build("forker", &[]).cgroups(std::slice::from_ref(&freezer)).start(tmp.path());
     let _thaw = Thaw(freezer.clone());
     job.ready();
     next_forks(&mut job);
@@ -1315,7 +999,7 @@ fn freeze_cgroup_is_thawed_when_the_dump_fails() {
     let cg = Cgroups::new();
     let freezer = cg.make(FREEZER, "tree");
     let tmp = TempDir::new("cgroups-freeze-fail");
-    let mut job = Job::start("forker", &[], tmp.join("forker.out"), std::slice::from_ref(&freezer));
+    let mut job = Job::build("forker", &[]).cgroups(std::slice::from_ref(&freezer)).start(tmp.path());
     let _thaw = Thaw(freezer.clone());
     job.ready();
     next_forks(&mut job);
@@ -1362,11 +1046,10 @@ fn freeze_cgroup_dumps_a_tree_with_zombies() {
     let cg = Cgroups::new();
     let freezer = cg.make(FREEZER, "tree");
     let tmp = TempDir::new("cgroups-freeze-zombies");
-    let mut job = Job::start("orphans", &[], tmp.join("orphans.out"), std::slice::from_ref(&freezer));
+    let mut job = Job::build("orphans", &[]).cgroups(std::slice::from_ref(&freezer)).start(tmp.path());
     let _thaw = Thaw(freezer.clone());
     let ready = job.ready();
-    let field = |name: &str| -> i32 { ready.split_whitespace().find_map(|w| w.strip_prefix(name)).expect(name).parse().expect("pid") };
-    let (exited, killed) = (field("exited="), field("killed="));
+    let (exited, killed) = (ready_field(&ready, "exited"), ready_field(&ready, "killed"));
     let images = tmp.join("images");
     let pid_s = job.pid.to_string();
     let freezer_s = freezer.to_str().unwrap().to_string();

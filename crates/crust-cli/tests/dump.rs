@@ -41,17 +41,8 @@ struct ProcInfo {
     cwd: String,
 }
 
-fn stat_fields(pid: i32) -> Vec<String> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    let after = &text[text.rfind(')').expect("comm end") + 2..];
-    after.split_whitespace().map(str::to_string).collect()
-}
-
 fn proc_info(pid: i32) -> ProcInfo {
-    let st = stat_fields(pid);
-    // After "(comm) ": state ppid pgrp session ...
-    let pgid = st[2].parse().expect("pgrp");
-    let sid = st[3].parse().expect("session");
+    let Stat { pgrp: pgid, session: sid, .. } = proc_stat(pid).expect("stat");
     let tids = proc_tasks(pid);
     let mut comm = BTreeMap::new();
     let mut sigblk = BTreeMap::new();
@@ -72,12 +63,6 @@ fn proc_info(pid: i32) -> ProcInfo {
 
 // ---------------------------------------------------------------------------
 // Running a dump
-
-fn dump_args<'a>(pid: &'a str, dir: &'a Path, extra: &[&'a str]) -> Vec<&'a OsStr> {
-    let mut a: Vec<&OsStr> = vec![os("dump"), os("-t"), os(pid), os("-D"), dir.as_os_str()];
-    a.extend(extra.iter().map(|s| os(s)));
-    a
-}
 
 /// Runs a dump that must succeed; returns its --json stats.
 fn dump_ok(pid: i32, dir: &Path, extra: &[&str]) -> Value {

@@ -8,25 +8,22 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::hosts::{Host, HostChild, Hosts};
-use common::{workload_path, CRUST};
+use common::job::{new_session, output_to_file};
+use common::{poll, proc_stat, workload_path, CRUST};
 
 const WAIT: Duration = Duration::from_secs(60);
 
 /// A workload started in `host`, in a session of its own, writing to `out`.
 fn start(host: &Host, name: &str, args: &[&str], out: &Path) -> HostChild {
-    let file = std::fs::OpenOptions::new().create(true).append(true).open(out).unwrap();
     let mut cmd = host.command(workload_path(name));
-    cmd.args(args).stdin(Stdio::null()).stdout(file.try_clone().unwrap()).stderr(file);
-    // SAFETY: setsid is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| if libc::setsid() < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) });
-    }
+    cmd.args(args);
+    output_to_file(&mut cmd, out);
+    new_session(&mut cmd);
     cmd.spawn()
 }
 
@@ -36,14 +33,8 @@ fn lines(out: &Path) -> Vec<String> {
 
 /// Wait until `out` holds a line for which `f` is true; return it.
 fn wait_line(out: &Path, f: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(l) = lines(out).into_iter().find(|l| f(l)) {
-            return l;
-        }
-        assert!(Instant::now() < deadline, "no such line in {}: {:?}", out.display(), lines(out));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let found = poll(WAIT, Duration::from_millis(20), || lines(out).into_iter().find(|l| f(l)));
+    found.unwrap_or_else(|| panic!("no such line in {}: {:?}", out.display(), lines(out)))
 }
 
 /// The last t1 counter in a test_mm output file.
@@ -53,11 +44,8 @@ fn last_t1(out: &Path) -> i64 {
 
 /// t1 goes beyond `n` (the tree runs), within a bounded time.
 fn counts_past(out: &Path, n: i64) {
-    let deadline = Instant::now() + WAIT;
-    while last_t1(out) <= n + 1 {
-        assert!(Instant::now() < deadline, "test_mm stopped counting at {}", last_t1(out));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let past = poll(WAIT, Duration::from_millis(20), || (last_t1(out) > n + 1).then_some(()));
+    assert!(past.is_some(), "test_mm stopped counting at {}", last_t1(out));
 }
 
 /// Each of t1's counters is the previous one plus one, across the moves.
@@ -66,32 +54,25 @@ fn assert_no_gap(out: &Path) {
     assert!(t1.windows(2).all(|w| w[1] == w[0] + 1), "t1 skipped or repeated: {t1:?}");
 }
 
+/// The live (not zombie) process with `host_pid` in `host`, as a pid of the
+/// test's namespace.
+fn live_in(host: &Host, host_pid: i32) -> Option<i32> {
+    host.processes().into_iter().find(|&p| host.pid_in_host(p) == Some(host_pid) && !is_zombie(p))
+}
+
+/// Whether the process with `host_pid` is gone from `host` within a bounded time.
 fn gone_from(host: &Host, host_pid: i32) -> bool {
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline {
-        let alive = host.processes().into_iter().any(|p| host.pid_in_host(p) == Some(host_pid) && !is_zombie(p));
-        if !alive {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
+    poll(WAIT, Duration::from_millis(20), || live_in(host, host_pid).is_none().then_some(())).is_some()
 }
 
 fn is_zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z "))
+    proc_stat(pid).is_none_or(|s| s.state == 'Z')
 }
 
 /// The process with `host_pid` in `host`, as a pid of the test's namespace.
 fn running_in(host: &Host, host_pid: i32) -> i32 {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(p) = host.processes().into_iter().find(|&p| host.pid_in_host(p) == Some(host_pid) && !is_zombie(p)) {
-            return p;
-        }
-        assert!(Instant::now() < deadline, "no process {host_pid} in host {}", host.label());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let found = poll(WAIT, Duration::from_millis(20), || live_in(host, host_pid));
+    found.unwrap_or_else(|| panic!("no process {host_pid} in host {}", host.label()))
 }
 
 /// `crust migrate` run in `from`; its output.
@@ -218,7 +199,7 @@ fn refusals_wrong_key_and_cut_connections_leave_the_tree_in_a_and_nothing_in_b()
     let pid = job.host_pid();
     wait_line(&out, |l| l == "t1 1");
     let still_in_a = |what: &str| {
-        assert!(hosts.a.processes().iter().any(|&p| hosts.a.pid_in_host(p) == Some(pid) && !is_zombie(p)), "{what}: the tree left A");
+        assert!(live_in(&hosts.a, pid).is_some(), "{what}: the tree left A");
         let n = last_t1(&out);
         counts_past(&out, n);
         let of_tree = |p: i32| common::hosts::cmdline(p).contains("test_mm");

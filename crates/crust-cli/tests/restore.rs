@@ -8,208 +8,33 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Once;
-use std::time::{Duration, Instant};
 
-use common::{assert_clean_failure, crust, os, workload_path, TempDir};
+use common::job::{assert_counting, counters, dump, ready_field, restore, Job, STEP};
+use common::{assert_clean_failure, crust, os, TempDir};
 
-const STEP: Duration = Duration::from_secs(60);
-
-/// Restored roots are children of `crust restore`; when it exits they are
-/// handed to us, so that we can reap them and read their exit status.
-fn become_subreaper() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        // SAFETY: a plain prctl on this process.
-        let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
-        assert_eq!(r, 0, "PR_SET_CHILD_SUBREAPER: {}", std::io::Error::last_os_error());
-    });
-}
-
-/// A workload started in a session of its own, writing to `out` (O_APPEND).
-/// Dropping it kills and reaps it and every pid it was told about.
-struct Job {
-    name: String,
-    pid: i32,
-    out: PathBuf,
-    read: usize,
-    /// Every line read so far.
-    history: Vec<String>,
-    child: Option<Child>,
-    others: Vec<i32>,
-}
-
-impl Job {
-    fn start(name: &str, args: &[&str], dir: &Path) -> Job {
-        become_subreaper();
-        let out = dir.join(format!("{name}.out"));
-        let file = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&out).expect("output file");
-        let mut cmd = Command::new(workload_path(name));
-        cmd.args(args).stdin(Stdio::null()).stdout(file.try_clone().unwrap()).stderr(file);
-        // SAFETY: setsid is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| if libc::setsid() < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) });
-        }
-        let child = cmd.spawn().expect("spawning workload");
-        Job { name: name.into(), pid: child.id() as i32, out, read: 0, history: Vec::new(), child: Some(child), others: Vec::new() }
-    }
-
-    /// The next complete line of output, waiting up to `timeout`.
-    fn line(&mut self, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let text = std::fs::read_to_string(&self.out).unwrap_or_default();
-            if let Some(rest) = text.get(self.read..) {
-                if let Some(nl) = rest.find('\n') {
-                    let l = rest[..nl].to_string();
-                    self.read += nl + 1;
-                    self.history.push(l.clone());
-                    return l;
-                }
-            }
-            assert!(Instant::now() < deadline, "{} ({}): no output line within {timeout:?}; so far {:?}", self.name, self.pid, self.history);
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn ready(&mut self) -> String {
-        let l = self.line(STEP);
-        l.strip_prefix("READY").unwrap_or_else(|| panic!("{}: expected READY, got {l:?}", self.name)).trim().to_string()
-    }
-
-    /// Every complete line written so far.
-    fn drain(&mut self) -> Vec<String> {
-        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
-        let mut out = Vec::new();
-        while let Some(nl) = text.get(self.read..).and_then(|r| r.find('\n')) {
-            let l = text[self.read..self.read + nl].to_string();
-            self.read += nl + 1;
-            self.history.push(l.clone());
-            out.push(l);
-        }
-        out
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: plain kill; the pid is ours (child or adopted), not yet reaped.
-        unsafe { libc::kill(self.pid, sig) };
-    }
-
-    /// After a dump killed it: reap the original (and, as their subreaper,
-    /// its orphaned children) so the pids are free again.
-    fn reap_original(&mut self) {
-        match self.child.take() {
-            Some(mut c) => {
-                let _ = c.wait();
-            }
-            // A restored process: handed to us as subreaper.
-            // SAFETY: waitpid on our own pid.
-            None => unsafe {
-                libc::waitpid(self.pid, std::ptr::null_mut(), 0);
-            },
-        }
-        for &p in &self.others {
-            // SAFETY: waitpid on a pid handed to us; ECHILD if it is not ours.
-            unsafe { libc::waitpid(p, std::ptr::null_mut(), 0) };
-        }
-    }
-
-    /// Exit status of the (restored) process, which is ours to reap.
-    fn wait_exit(&mut self, timeout: Duration) -> i32 {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let mut status = 0;
-            // SAFETY: waitpid on a pid we own.
-            let r = unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) };
-            if r == self.pid {
-                self.pid = 0;
-                return status;
-            }
-            assert!(Instant::now() < deadline, "{}: did not exit within {timeout:?}", self.name);
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// SIGUSR1: the workload checks itself and must print OK and exit 0.
-    fn expect_ok(&mut self) {
-        self.signal(libc::SIGUSR1);
-        loop {
-            let l = self.line(STEP);
-            assert!(!l.starts_with("FAIL"), "{} reported {l:?} after restore", self.name);
-            if l == "OK" {
-                break;
-            }
-        }
-        let status = self.wait_exit(STEP);
-        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{} exited with status {status:#x}", self.name);
-    }
-}
-
-impl Drop for Job {
-    fn drop(&mut self) {
-        let all: Vec<i32> = std::iter::once(self.pid).chain(self.others.iter().copied()).filter(|&p| p > 0).collect();
-        for &p in &all {
-            // SAFETY: kill pids this test owns.
-            unsafe { libc::kill(p, libc::SIGKILL) };
-        }
-        if let Some(mut c) = self.child.take() {
-            let _ = c.wait();
-        }
-        // The root first: once it is reaped, its children are ours to reap.
-        for &p in &all {
-            // SAFETY: waitpid; ECHILD for pids that are not (or no longer) ours.
-            unsafe { libc::waitpid(p, std::ptr::null_mut(), 0) };
-        }
-    }
-}
-
-fn dump(pid: i32, dir: &Path, extra: &[&str]) {
-    let mut args = vec![os("dump"), os("-t")];
-    let pid_s = pid.to_string();
-    args.push(os(&pid_s));
-    args.extend([os("-D"), dir.as_os_str()]);
-    args.extend(extra.iter().map(|s| os(s)));
-    let out = crust(&args, STEP);
-    assert!(out.status.success(), "dump of {pid} failed: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-fn restore(dir: &Path) -> std::process::Output {
-    crust(&[os("restore"), os("-D"), dir.as_os_str(), os("-d")], STEP)
-}
-
-fn restore_ok(dir: &Path) {
-    let out = restore(dir);
+/// A restore that must succeed; the job takes over the restored root.
+fn restore_ok(job: &mut Job, dir: &Path) {
+    let out = restore(dir, &[]);
     assert!(out.status.success(), "restore from {} failed: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
+    job.adopt_restored();
 }
 
-/// `t1 N` / `t2 N` lines: the last counter of each thread seen in `lines`.
-fn counters(lines: &[String]) -> BTreeMap<String, i64> {
-    let mut last = BTreeMap::new();
-    for l in lines {
-        if let Some((t, n)) = l.split_once(' ') {
-            if let (true, Ok(n)) = (t.starts_with('t'), n.parse::<i64>()) {
-                last.insert(t.to_string(), n);
-            }
-        }
-    }
-    last
+/// Dumps the job into `images` (which kills it), reaps it and restores it.
+fn dump_and_restore(job: &mut Job, images: &Path) {
+    dump(job.pid, images, &[]);
+    job.reap_original();
+    restore_ok(job, images);
 }
 
-/// Each thread's counter goes up by exactly one from line to line.
-fn assert_counting(lines: &[String]) {
-    let mut last: BTreeMap<String, i64> = BTreeMap::new();
-    for l in lines {
-        let Some((t, n)) = l.split_once(' ') else { continue };
-        let Ok(n) = n.parse::<i64>() else { continue };
-        if let Some(prev) = last.get(t) {
-            assert_eq!(n, prev + 1, "{t} jumped from {prev} to {n}; lines: {lines:?}");
-        }
-        last.insert(t.to_string(), n);
-    }
+/// family on a file of DIR written with `seed`; the job, the file and the
+/// pid of family's child.
+fn start_family(dir: &TempDir, seed: u8) -> (Job, PathBuf, i32) {
+    let file = dir.join("data");
+    common::write_pattern_file(&file, 20_000, seed);
+    let mut job = Job::start("family", &[file.to_str().unwrap()], dir.path());
+    let child = ready_field(&job.ready(), "child");
+    (job, file, child)
 }
 
 /// rseq registration of every thread, read with ptrace.
@@ -257,7 +82,7 @@ fn test_mm_counts_on_after_restore_in_both_threads() {
     let last = counters(&job.history);
     assert_eq!(last.len(), 2, "both threads printed before the dump: {before:?}");
 
-    restore_ok(&images);
+    restore_ok(&mut job, &images);
     let after: Vec<String> = (0..8).map(|_| job.line(STEP)).collect();
     let first = counters(&after[..2]);
     for (t, n) in &last {
@@ -293,10 +118,7 @@ fn memory_checksum_layout_and_holes_survive_restore() {
     let mut job = Job::start("memory", &[file.to_str().unwrap()], dir.path());
     job.ready();
     let before = maps(job.pid);
-    let images = dir.join("images");
-    dump(job.pid, &images, &[]);
-    job.reap_original();
-    restore_ok(&images);
+    dump_and_restore(&mut job, &dir.join("images"));
     let after = maps(job.pid);
     // Every original mapping is there with its permissions and file; nothing is
     // mapped where nothing was (the hole stays a hole). Neighbours may merge.
@@ -320,18 +142,9 @@ fn memory_checksum_layout_and_holes_survive_restore() {
 #[test]
 fn family_child_file_offset_pipe_data_and_dev_null_survive_restore() {
     let dir = TempDir::new("restore-family");
-    let file = dir.join("data");
-    common::write_pattern_file(&file, 20_000, 3);
-    let mut job = Job::start("family", &[file.to_str().unwrap()], dir.path());
-    let ready = job.ready();
-    let child: i32 = ready.split_whitespace().find_map(|w| w.strip_prefix("child=")).unwrap().parse().unwrap();
-    job.others.push(child);
-    let images = dir.join("images");
-    dump(job.pid, &images, &[]);
-    job.reap_original();
-    restore_ok(&images);
-    let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).expect("child restored with its pid");
-    let ppid: i32 = stat.rsplit(')').next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    let (mut job, _file, child) = start_family(&dir, 3);
+    dump_and_restore(&mut job, &dir.join("images"));
+    let ppid = common::proc_stat(child).expect("child restored with its pid").ppid;
     assert_eq!(ppid, job.pid, "the child is the restored parent's child again");
     let pos = std::fs::read_to_string(format!("/proc/{}/fdinfo/3", job.pid)).unwrap();
     assert!(pos.contains("pos:\t12345"), "file offset after restore: {pos}");
@@ -346,10 +159,7 @@ fn pending_signals_handlers_altstack_and_itimer_survive_restore() {
     let status = |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let sig_lines = |s: String| s.lines().filter(|l| l.starts_with("Sig") || l.starts_with("ShdPnd")).map(str::to_string).collect::<Vec<_>>();
     let before = sig_lines(status(job.pid));
-    let images = dir.join("images");
-    dump(job.pid, &images, &[]);
-    job.reap_original();
-    restore_ok(&images);
+    dump_and_restore(&mut job, &dir.join("images"));
     assert_eq!(sig_lines(status(job.pid)), before, "pending, blocked, ignored and caught sets");
     job.expect_ok();
 }
@@ -362,9 +172,7 @@ fn twenty_dump_restore_cycles_keep_counters_monotonic() {
     for i in 0..20 {
         job.line(STEP);
         let images = dir.join(format!("images-{i}"));
-        dump(job.pid, &images, &[]);
-        job.reap_original();
-        restore_ok(&images);
+        dump_and_restore(&mut job, &images);
         job.line(STEP);
         std::fs::remove_dir_all(&images).unwrap();
     }
@@ -400,7 +208,7 @@ fn leave_running_dump_then_kill_and_restore_resumes_from_the_dump() {
     job.drain();
     let at_kill = counters(&job.history);
     let killed_at = job.history.len();
-    restore_ok(&images);
+    restore_ok(&mut job, &images);
     let after: Vec<String> = (0..6).map(|_| job.line(STEP)).collect();
     let first = counters(&after[..2]);
     assert_eq!(first.len(), 2, "both threads print after restore: {after:?}");
@@ -433,12 +241,7 @@ fn restore_refuses_a_taken_pid_and_names_its_holder() {
 #[test]
 fn restore_refuses_missing_or_changed_files_and_leaves_nothing() {
     let dir = TempDir::new("restore-files");
-    let file = dir.join("data");
-    common::write_pattern_file(&file, 20_000, 5);
-    let mut job = Job::start("family", &[file.to_str().unwrap()], dir.path());
-    let ready = job.ready();
-    let child: i32 = ready.split_whitespace().find_map(|w| w.strip_prefix("child=")).unwrap().parse().unwrap();
-    job.others.push(child);
+    let (mut job, file, child) = start_family(&dir, 5);
     let images = dir.join("images");
     dump(job.pid, &images, &[]);
     job.reap_original();
@@ -448,15 +251,14 @@ fn restore_refuses_missing_or_changed_files_and_leaves_nothing() {
     // family reads and writes its file at offset 12345: cutting the file below
     // that offset must be refused.
     std::fs::OpenOptions::new().write(true).open(&file).unwrap().set_len(10_000).unwrap();
-    let err = assert_clean_failure(&restore(&images), "restore with a file that shrank");
+    let err = job.assert_restore_failed(&restore(&images, &[]), "restore with a file that shrank");
     assert!(err.contains(file.to_str().unwrap()) && err.contains("shrank"), "message: {err}");
     assert!(gone(pid) && gone(child), "nothing may be left after a failed restore");
 
     std::fs::remove_file(&file).unwrap();
-    let err = assert_clean_failure(&restore(&images), "restore with a missing file");
+    let err = job.assert_restore_failed(&restore(&images, &[]), "restore with a missing file");
     assert!(err.contains(file.to_str().unwrap()) && err.contains("missing"), "message: {err}");
     assert!(gone(pid) && gone(child), "nothing may be left after a failed restore");
-    job.pid = 0;
 }
 
 #[test]
@@ -468,7 +270,6 @@ fn corrupted_truncated_and_missing_images_are_refused_by_file() {
     dump(job.pid, &images, &[]);
     job.reap_original();
     let pid = job.pid;
-    job.pid = 0;
     let names: Vec<String> = std::fs::read_dir(&images)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -505,8 +306,8 @@ fn corrupted_truncated_and_missing_images_are_refused_by_file() {
                 std::fs::copy(images.join(n), case.join(n)).unwrap();
             }
             damage(&case.join(name));
-            let out = restore(&case);
-            let err = assert_clean_failure(&out, &format!("{name} {what}"));
+            let out = restore(&case, &[]);
+            let err = job.assert_restore_failed(&out, &format!("{name} {what}"));
             assert!(err.contains(name.as_str()), "{name} {what}: the error must name the file: {err}");
             assert!(!Path::new(&format!("/proc/{pid}")).exists(), "{name} {what}: a process was left behind");
             cases += 1;
@@ -514,8 +315,7 @@ fn corrupted_truncated_and_missing_images_are_refused_by_file() {
     }
     assert!(cases > 100, "{cases} cases");
     // The undamaged images still restore.
-    restore_ok(&images);
-    job.pid = pid;
+    restore_ok(&mut job, &images);
     job.line(STEP);
     job.expect_ok();
 }
@@ -525,11 +325,7 @@ fn zombies_and_reparented_children_come_back() {
     let dir = TempDir::new("restore-orphans");
     let mut job = Job::start("orphans", &[], dir.path());
     let ready = job.ready();
-    let field = |name: &str| -> i32 {
-        ready.split_whitespace().find_map(|w| w.strip_prefix(name)).unwrap().parse().unwrap()
-    };
-    let (grandchild, exited, killed) = (field("grandchild="), field("exited="), field("killed="));
-    job.others.extend([grandchild, exited, killed]);
+    let (_grandchild, exited, killed) = (ready_field(&ready, "grandchild"), ready_field(&ready, "exited"), ready_field(&ready, "killed"));
     let images = dir.join("images");
     dump(job.pid, &images, &[]);
     let show = crust(&[os("show"), images.as_os_str()], STEP);
@@ -539,10 +335,10 @@ fn zombies_and_reparented_children_come_back() {
     assert_eq!(state(killed), Some(6));
     assert_eq!(shown[format!("core-{exited}.img")][0]["tc"]["exit_code"].as_u64(), Some(7 << 8));
     job.reap_original();
-    restore_ok(&images);
+    restore_ok(&mut job, &images);
     for z in [exited, killed] {
-        let stat = std::fs::read_to_string(format!("/proc/{z}/stat")).unwrap_or_default();
-        assert!(stat.contains(") Z "), "{z} is a zombie again: {stat:?}");
+        let stat = common::proc_stat(z);
+        assert_eq!(stat.map(|s| s.state), Some('Z'), "{z} is a zombie again: {stat:?}");
     }
     job.expect_ok();
 }

@@ -6,14 +6,14 @@
 mod common;
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{assert_clean_failure, crust, os, workload_path, TempDir, CRUST};
+use common::{assert_clean_failure, crust, dump_args, poll, proc_stat, procs_in_session, workload_path, TempDir, CRUST};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -65,18 +65,7 @@ impl Terminal {
         let bash = cmd.spawn().expect("bash");
         drop(slave);
         let master = File::from(OwnedFd::from(master));
-        let seen = Arc::new(Mutex::new(String::new()));
-        let mut reader = master.try_clone().unwrap();
-        let sink = seen.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = reader.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
+        let seen = common::collect_text(master.try_clone().unwrap());
         let mut t = Terminal { master, seen, bash, mark: 0 };
         t.expect("$ ");
         t
@@ -110,22 +99,32 @@ impl Terminal {
         }
     }
 
-    /// The next `tN COUNT` line of test_mm after the mark, as (thread, count).
-    fn next_count(&mut self, thread: &str) -> i64 {
-        let deadline = Instant::now() + WAIT;
-        loop {
+    /// The count of the next complete line after the mark that `count` finds
+    /// one in; moves the mark past that line.
+    fn next_counted(&mut self, what: &str, count: impl Fn(&str) -> Option<i64>) -> i64 {
+        let found = poll(WAIT, Duration::from_millis(10), || {
             let text = self.text();
             let rest = &text[self.mark..];
-            for (off, line) in line_starts(rest) {
-                let Some(n) = line.trim_end_matches('\r').strip_prefix(&format!("{thread} ")) else { continue };
-                if let (Ok(n), true) = (n.parse(), rest[off..].contains('\n')) {
-                    self.mark += off + line.len();
-                    return n;
-                }
-            }
-            assert!(Instant::now() < deadline, "no {thread} line; terminal shows: {rest:?}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+            line_starts(rest).into_iter().find_map(|(off, line)| Some((count(line)?, off + line.len())))
+        });
+        let (n, upto) = found.unwrap_or_else(|| panic!("no {what}; terminal shows: {:?}", &self.text()[self.mark..]));
+        self.mark += upto;
+        n
+    }
+
+    /// The last count that `count` finds in a complete line printed so far
+    /// (the job is gone); moves the mark to the end.
+    fn last_counted(&mut self, what: &str, settle: Duration, count: impl Fn(&str) -> Option<i64>) -> i64 {
+        std::thread::sleep(settle);
+        let text = self.text();
+        let last = line_starts(&text).into_iter().filter_map(|(_, l)| count(l)).last().unwrap_or_else(|| panic!("{what} printed"));
+        self.mark = text.len();
+        last
+    }
+
+    /// The next `tN COUNT` line of test_mm after the mark: its count.
+    fn next_count(&mut self, thread: &str) -> i64 {
+        self.next_counted(&format!("{thread} line"), |l| thread_count(l, thread))
     }
 
     fn winsize(&self) -> (u16, u16) {
@@ -133,6 +132,20 @@ impl Terminal {
         // SAFETY: TIOCGWINSZ writes one winsize.
         unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
         (ws.ws_row, ws.ws_col)
+    }
+}
+
+/// COUNT of a `THREAD COUNT` line of test_mm.
+fn thread_count(line: &str, thread: &str) -> Option<i64> {
+    line.trim_end_matches('\r').strip_prefix(&format!("{thread} "))?.parse().ok()
+}
+
+/// N of a `N  n M` line of `cat -n` numbering the pipeline's producer.
+fn numbered(line: &str) -> Option<i64> {
+    let mut w = line.split_whitespace();
+    match (w.next().map(str::parse::<i64>), w.next()) {
+        (Some(Ok(n)), Some("n")) => Some(n),
+        _ => None,
     }
 }
 
@@ -162,51 +175,28 @@ impl Drop for Terminal {
     }
 }
 
-fn procs_in_session(sid: i32) -> Vec<i32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(3)).and_then(|s| s.parse().ok()) == Some(sid)
-        })
-        .collect()
-}
-
-fn proc_stat_field(pid: i32, n: usize) -> String {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(n)).unwrap_or("").to_string()
+/// The state of process `pid` (None once it is reaped).
+fn state(pid: i32) -> Option<char> {
+    proc_stat(pid).map(|s| s.state)
 }
 
 /// The pid of the process running `comm` in session `sid`.
 fn find(sid: i32, comm: &str) -> i32 {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        for p in procs_in_session(sid) {
-            if std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default().trim() == comm {
-                return p;
-            }
-        }
-        assert!(Instant::now() < deadline, "no {comm} in session {sid}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let found = poll(WAIT, Duration::from_millis(10), || {
+        procs_in_session(sid).into_iter().find(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default().trim() == comm)
+    });
+    found.unwrap_or_else(|| panic!("no {comm} in session {sid}"))
 }
 
 fn dump_job(pid: i32, dir: &std::path::Path) {
-    let out = crust(&[os("dump"), os("-t"), os(&pid.to_string()), os("-D"), dir.as_os_str(), os("--shell-job")], WAIT);
+    let pid_s = pid.to_string();
+    let out = crust(&dump_args(&pid_s, dir, &["--shell-job"]), WAIT);
     assert!(out.status.success(), "dump: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// Whether the process ends (is reaped, or a zombie) within a bounded time.
 fn gone(pid: i32) -> bool {
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline {
-        let state = proc_stat_field(pid, 0);
-        if state.is_empty() || state == "Z" {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    false
+    poll(WAIT, Duration::from_millis(10), || matches!(state(pid), None | Some('Z')).then_some(())).is_some()
 }
 
 #[test]
@@ -221,7 +211,8 @@ fn job_moves_to_another_terminal_with_output_job_control_and_settings() {
     let before = a.next_count("t1");
 
     // Without --shell-job the dump refuses, naming the shell that leads the session.
-    let out = crust(&[os("dump"), os("-t"), os(&pid.to_string()), os("-D"), images.as_os_str()], WAIT);
+    let pid_s = pid.to_string();
+    let out = crust(&dump_args(&pid_s, &images, &[]), WAIT);
     let err = assert_clean_failure(&out, "dump of a shell job without --shell-job");
     assert!(err.contains("--shell-job") && err.contains(&format!("{} bash", a.bash.id())), "message: {err}");
     assert!(a.next_count("t1") > before, "the refused dump left the job running");
@@ -241,17 +232,14 @@ fn job_moves_to_another_terminal_with_output_job_control_and_settings() {
     assert_eq!(b.winsize(), (33, 91), "the job's window size is applied to the new terminal");
     let termios = nix::sys::termios::tcgetattr(&b.master).unwrap();
     assert!(!termios.local_flags.contains(nix::sys::termios::LocalFlags::ECHOCTL), "the job's termios is applied");
-    assert_eq!(proc_stat_field(pid, 3), b.bash.id().to_string(), "the job is in the new terminal's session");
+    assert_eq!(proc_stat(pid).map(|s| s.session), Some(b.bash.id() as i32), "the job is in the new terminal's session");
     assert!(!a.text()[mark_a..].contains("t1 "), "nothing more on the old terminal");
 
     // Job control through the restoring shell: Ctrl-Z stops the job, fg resumes it.
     b.key(0x1a);
     b.expect("Stopped");
-    let deadline = Instant::now() + WAIT;
-    while proc_stat_field(pid, 0) != "T" {
-        assert!(Instant::now() < deadline, "Ctrl-Z did not stop the restored job");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let stopped = poll(WAIT, Duration::from_millis(10), || (state(pid) == Some('T')).then_some(()));
+    assert!(stopped.is_some(), "Ctrl-Z did not stop the restored job");
     let stopped_at = b.text().len();
     std::thread::sleep(Duration::from_millis(400));
     assert!(!b.text()[stopped_at..].contains("t1 "), "a stopped job prints nothing");
@@ -265,15 +253,7 @@ fn job_moves_to_another_terminal_with_output_job_control_and_settings() {
 impl Terminal {
     /// The last `tN COUNT` printed so far for `thread` (the job is gone).
     fn next_count_or_last(&mut self, thread: &str) -> i64 {
-        std::thread::sleep(Duration::from_millis(200));
-        let text = self.text();
-        let last = line_starts(&text)
-            .into_iter()
-            .filter_map(|(_, l)| l.trim_end_matches('\r').strip_prefix(&format!("{thread} "))?.parse().ok())
-            .last()
-            .expect("the job printed");
-        self.mark = text.len();
-        last
+        self.last_counted("the job", Duration::from_millis(200), |l| thread_count(l, thread))
     }
 }
 
@@ -323,38 +303,11 @@ fn pipeline_job_is_dumped_and_restored_as_one_with_its_pipe() {
 impl Terminal {
     /// The next `cat -n` line number.
     fn next_count_numbered(&mut self) -> i64 {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let text = self.text();
-            let rest = &text[self.mark..];
-            for (off, line) in line_starts(rest) {
-                let mut w = line.split_whitespace();
-                if let (Some(Ok(n)), Some("n")) = (w.next().map(str::parse::<i64>), w.next()) {
-                    self.mark += off + line.len();
-                    return n;
-                }
-            }
-            assert!(Instant::now() < deadline, "no numbered line; terminal shows: {rest:?}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.next_counted("numbered line", numbered)
     }
 
     fn next_count_or_last_numbered(&mut self) -> i64 {
-        std::thread::sleep(Duration::from_millis(300));
-        let text = self.text();
-        let last = line_starts(&text)
-            .into_iter()
-            .filter_map(|(_, l)| {
-                let mut w = l.split_whitespace();
-                match (w.next().map(str::parse::<i64>), w.next()) {
-                    (Some(Ok(n)), Some("n")) => Some(n),
-                    _ => None,
-                }
-            })
-            .last()
-            .expect("the pipeline printed");
-        self.mark = text.len();
-        last
+        self.last_counted("the pipeline", Duration::from_millis(300), numbered)
     }
 }
 

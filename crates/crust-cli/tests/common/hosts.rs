@@ -38,7 +38,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{pidfd_kill, pidfd_open, pidfd_wait_exit, run_with_timeout, TempDir};
+use super::{collect_text, pidfd_kill, pidfd_open, pidfd_wait_exit, run_with_timeout, wait_child, TempDir};
 
 /// Processes started in host A get pids above this (in A's pid namespace).
 pub const HOST_A_PID_BASE: i32 = 10000;
@@ -239,18 +239,7 @@ impl Host {
             let _ = BufReader::new(stdout).read_line(&mut line);
             let _ = tx.send(line);
         });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut err = unshare.stderr.take().unwrap();
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
+        let stderr = collect_text(unshare.stderr.take().unwrap());
         Host {
             label,
             marker: marker.to_string(),
@@ -694,16 +683,7 @@ impl HostChild {
 
     /// Waits up to `timeout` for the command to end; its status (as the waiter mirrors it).
     pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(s) = self.child.try_wait().expect("try_wait") {
-                return Some(s);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_child(&mut self.child, timeout)
     }
 }
 

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod hosts;
+pub mod job;
 
 /// The crust binary under test.
 pub const CRUST: &str = env!("CARGO_BIN_EXE_crust");
@@ -184,18 +185,7 @@ impl Workload {
                 }
             }
         });
-        let stderr_buf = Arc::new(Mutex::new(String::new()));
-        let mut stderr = child.stderr.take().expect("piped stderr");
-        let sb = stderr_buf.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stderr.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sb.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
+        let stderr_buf = collect_text(child.stderr.take().expect("piped stderr"));
         Workload {
             name: name.to_string(),
             pid,
@@ -296,17 +286,9 @@ impl Workload {
         if let Some(s) = self.exited {
             return Some(s);
         }
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(s) = self.child.try_wait().expect("try_wait") {
-                self.exited = Some(s);
-                return Some(s);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let s = wait_child(&mut self.child, timeout)?;
+        self.exited = Some(s);
+        Some(s)
     }
 
     /// Sends SIGUSR1 and expects the workload to verify its state, print `OK`
@@ -350,6 +332,46 @@ impl Drop for Workload {
 
 pub fn tail(v: &[String], n: usize) -> &[String] {
     &v[v.len().saturating_sub(n)..]
+}
+
+/// Reads `r` to its end on a thread of its own; what it reads (lossy UTF-8)
+/// is appended to the returned text as it comes.
+pub fn collect_text(mut r: impl Read + Send + 'static) -> Arc<Mutex<String>> {
+    let text = Arc::new(Mutex::new(String::new()));
+    let sink = text.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = r.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    text
+}
+
+// ---------------------------------------------------------------------------
+// Waiting
+
+/// Calls `f` every `every` until it gives a value, for up to `timeout` (at
+/// least once); None if it never did.
+pub fn poll<T>(timeout: Duration, every: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// Waits up to `timeout` for `child` to exit and reaps it; None if it still runs.
+pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    poll(timeout, Duration::from_millis(5), || child.try_wait().expect("try_wait"))
 }
 
 // ---------------------------------------------------------------------------
@@ -396,6 +418,13 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
 
 pub fn os(s: &str) -> &OsStr {
     OsStr::new(s)
+}
+
+/// The arguments of `crust dump -t PID -D DIR EXTRA...`.
+pub fn dump_args<'a>(pid: &'a str, dir: &'a Path, extra: &[&'a str]) -> Vec<&'a OsStr> {
+    let mut args = vec![os("dump"), os("-t"), os(pid), os("-D"), dir.as_os_str()];
+    args.extend(extra.iter().map(|s| os(s)));
+    args
 }
 
 /// Asserts the command failed the way a user error should: a non-zero exit code
@@ -530,6 +559,31 @@ pub fn proc_tasks(pid: i32) -> BTreeSet<i32> {
     std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap_or_else(|e| panic!("/proc/{pid}/task: {e}"))
         .map(|e| e.expect("entry").file_name().to_string_lossy().parse().expect("tid"))
+        .collect()
+}
+
+/// What /proc/PID/stat says of a process (the fields after its comm).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stat {
+    pub state: char,
+    pub ppid: i32,
+    pub pgrp: i32,
+    pub session: i32,
+}
+
+/// /proc/PID/stat; None if there is no such process.
+pub fn proc_stat(pid: i32) -> Option<Stat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let f: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
+    Some(Stat { state: f.first()?.chars().next()?, ppid: f.get(1)?.parse().ok()?, pgrp: f.get(2)?.parse().ok()?, session: f.get(3)?.parse().ok()? })
+}
+
+/// Every process of session `sid`.
+pub fn procs_in_session(sid: i32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&pid| proc_stat(pid).is_some_and(|st| st.session == sid))
         .collect()
 }
 
