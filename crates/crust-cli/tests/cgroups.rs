@@ -905,6 +905,17 @@ fn cgroup_root_records_relative_paths_and_restores_under_another_root() {
     // Restored under another root.
     let other = cg.make(CPU, "other");
     let root_arg = format!("cpu:{}", cg.path(CPU, "other"));
+    let explain_under = |root: &str| {
+        let out = crust(&[os("explain"), images.as_os_str(), os("--cgroup-root"), os(root)], STEP);
+        assert!(out.status.success(), "explain --cgroup-root: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let line = |text: &str| {
+        let mine = |l: &&str| l.trim_start().starts_with(&format!("cpu:{rel} ")) && l.contains("saved properties");
+        text.lines().find(mine).map(str::to_string).unwrap_or_default()
+    };
+    let before = explain_under(&root_arg);
+    assert!(line(&before).ends_with("it does not exist on this host"), "explain looks under the given root: {before}");
     let out = restore(&images, None, &["--cgroup-root", &root_arg]);
     assert!(out.status.success(), "restore under another root failed: {}", String::from_utf8_lossy(&out.stderr));
     job.adopt_restored();
@@ -913,6 +924,8 @@ fn cgroup_root_records_relative_paths_and_restores_under_another_root() {
     assert_eq!(membership(&pid.to_string()), want, "the restored task is in the other root's job cgroup");
     assert_eq!(cg.get(CPU, &format!("other/{leaf}"), "cpu.shares"), "256", "created with its saved properties");
     assert!(other.join(&leaf).is_dir() && !cg.dir(CPU, "base").exists(), "nothing is made under the old root");
+    let after = explain_under(&root_arg);
+    assert!(line(&after).ends_with("it exists on this host"), "explain sees the cgroup under the given root: {after}");
     let after: Vec<String> = (0..2).map(|_| job.line(STEP)).collect();
     for (t, n) in counters(&after) {
         assert_eq!(n, at_dump[&t] + 1, "{t} continues after restore: {after:?}");
