@@ -7,8 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::Read;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -63,18 +62,11 @@ impl BlockHasher {
 
 /// The manifest is its own CRC-32 (8 hex digits and a newline) followed by
 /// the JSON of the digests, so a damaged manifest is told from a damaged image.
-pub fn write(dir: &Path, digests: &BTreeMap<String, FileDigest>) -> Result<()> {
-    let path = dir.join(MANIFEST);
+pub fn manifest(digests: &BTreeMap<String, FileDigest>) -> Result<Vec<u8>> {
     let json = serde_json::to_vec_pretty(digests).map_err(|e| Error::Invalid(format!("encoding {MANIFEST}: {e}")))?;
     let mut text = format!("{:08x}\n", crc32fast::hash(&json)).into_bytes();
     text.extend_from_slice(&json);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .ctx(|| format!("creating {}", path.display()))?;
-    f.write_all(&text).ctx(|| format!("writing {}", path.display()))
+    Ok(text)
 }
 
 /// The manifest of a dump, if it has one.
@@ -166,7 +158,7 @@ mod tests {
         h.update(&data);
         let mut all = BTreeMap::new();
         all.insert("pages-1.img".to_string(), h.finish());
-        write(&dir, &all).unwrap();
+        std::fs::write(dir.join(MANIFEST), manifest(&all).unwrap()).unwrap();
         let back = read_manifest(&dir).unwrap().unwrap();
         assert_eq!(back, all);
         verify_file(&dir, "pages-1.img", &back["pages-1.img"]).unwrap();

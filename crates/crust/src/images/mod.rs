@@ -12,6 +12,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use prost::Message;
 
@@ -102,12 +104,29 @@ impl Kind {
 /// Largest entry we accept; larger lengths mean a corrupted image.
 const MAX_ENTRY: u32 = 64 << 20;
 
-/// A directory of images being written. Files go to a private staging directory
-/// inside it and are moved into place by [`ImageDir::commit`], `inventory.img`
-/// last, so a dump that did not finish never looks like a whole one.
+/// Where the files of a dump go when they do not go to a directory: a stream
+/// to another host, one file after the other.
+pub trait FileSink: Send {
+    fn begin(&mut self, name: &str) -> Result<()>;
+    fn data(&mut self, bytes: &[u8]) -> Result<()>;
+    fn end(&mut self) -> Result<()>;
+}
+
+type SharedSink = Arc<Mutex<Box<dyn FileSink>>>;
+
+enum Backend {
+    /// Files go to a private staging directory inside `dir` and are moved into
+    /// place by [`ImageDir::commit`], `inventory.img` last, so a dump that did
+    /// not finish never looks like a whole one.
+    Dir { dir: PathBuf, staging: PathBuf },
+    /// Files go, one at a time, to a sink; the receiver sees a whole dump only
+    /// once the manifest arrives, last.
+    Stream { sink: SharedSink, busy: Arc<AtomicBool> },
+}
+
+/// The images of a dump being written, to a directory or to a stream.
 pub struct ImageDir {
-    dir: PathBuf,
-    staging: PathBuf,
+    backend: Backend,
     names: Vec<String>,
     digests: digest::Digests,
     committed: bool,
@@ -129,30 +148,47 @@ impl ImageDir {
             .mode(0o700)
             .create(&staging)
             .ctx(|| format!("creating {}", staging.display()))?;
-        Ok(ImageDir { dir: dir.to_path_buf(), staging, names: Vec::new(), digests: Default::default(), committed: false })
+        Ok(ImageDir::with(Backend::Dir { dir: dir.to_path_buf(), staging }))
     }
 
-    pub fn path(&self) -> &Path {
-        &self.dir
+    /// Images sent to `sink` as they are written, nothing on disk.
+    pub fn stream(sink: Box<dyn FileSink>) -> ImageDir {
+        ImageDir::with(Backend::Stream { sink: Arc::new(Mutex::new(sink)), busy: Arc::default() })
+    }
+
+    fn with(backend: Backend) -> ImageDir {
+        ImageDir { backend, names: Vec::new(), digests: Default::default(), committed: false }
+    }
+
+    /// Start a file: a new file in the staging directory, or the next file of the stream.
+    fn open(&mut self, name: &str) -> Result<Out> {
+        self.names.push(name.to_string());
+        match &self.backend {
+            Backend::Dir { staging, .. } => {
+                let path = staging.join(name);
+                let file = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)
+                    .ctx(|| format!("creating image {}", path.display()))?;
+                Ok(Out::File(BufWriter::with_capacity(1 << 20, file)))
+            }
+            Backend::Stream { sink, busy } => {
+                // One file at a time: the stream has no way to interleave them.
+                if busy.swap(true, Ordering::SeqCst) {
+                    return Err(Error::Invalid(format!("{name}: another image is still being streamed")));
+                }
+                lock(sink).begin(name)?;
+                Ok(Out::Stream { sink: sink.clone(), busy: busy.clone(), buf: Vec::with_capacity(STREAM_CHUNK) })
+            }
+        }
     }
 
     /// A new image file named `name`, with the magic words of `kind` already written.
     pub fn writer(&mut self, name: &str, kind: Kind) -> Result<ImageWriter> {
-        let path = self.staging.join(name);
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .ctx(|| format!("creating image {}", path.display()))?;
-        self.names.push(name.to_string());
-        let mut w = ImageWriter {
-            out: BufWriter::with_capacity(1 << 20, file),
-            path,
-            name: name.to_string(),
-            hasher: digest::BlockHasher::default(),
-            digests: self.digests.clone(),
-        };
+        let out = self.open(name)?;
+        let mut w = ImageWriter { out, name: name.to_string(), hasher: digest::BlockHasher::default(), digests: self.digests.clone() };
         if let Some(head) = kind.head_magic() {
             w.put(&head.to_le_bytes())?;
         }
@@ -162,59 +198,55 @@ impl ImageDir {
         Ok(w)
     }
 
-    /// A JSON file of crust's own beside the images (not a CRIU image).
+    /// A file of crust's own beside the images (JSON; not a CRIU image).
     pub fn write_json<T: serde::Serialize>(&mut self, name: &str, value: &T) -> Result<u64> {
-        let path = self.staging.join(name);
         let text = serde_json::to_vec_pretty(value).map_err(|e| Error::Invalid(format!("encoding {name}: {e}")))?;
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .ctx(|| format!("creating {}", path.display()))?;
-        f.write_all(&text).ctx(|| format!("writing {}", path.display()))?;
-        let mut h = digest::BlockHasher::default();
-        h.update(&text);
-        if let Ok(mut all) = self.digests.lock() {
-            all.insert(name.to_string(), h.finish());
-        }
-        self.names.push(name.to_string());
-        Ok(text.len() as u64)
+        let mut w = ImageWriter { out: self.open(name)?, name: name.to_string(), hasher: digest::BlockHasher::default(), digests: self.digests.clone() };
+        w.put(&text)?;
+        w.finish()
     }
 
-    /// Make the dump visible: write the digests, sync, then move every file
-    /// into place, inventory last.
+    /// Make the dump whole: write the digests last of all; for a directory,
+    /// sync, then move every file into place, inventory last.
     pub fn commit(mut self) -> Result<()> {
-        let inventory = "inventory.img";
-        let _ = fs::remove_file(self.dir.join(inventory));
         let digests = self.digests.lock().map(|d| d.clone()).unwrap_or_default();
-        digest::write(&self.staging, &digests)?;
-        self.names.push(digest::MANIFEST.to_string());
-        let mut names = std::mem::take(&mut self.names);
-        names.sort_by_key(|n| n == inventory);
-        for name in &names {
-            let from = self.staging.join(name);
-            File::open(&from).and_then(|f| f.sync_all()).ctx(|| format!("syncing {}", from.display()))?;
-        }
-        for name in &names {
-            let to = self.dir.join(name);
-            fs::rename(self.staging.join(name), &to).ctx(|| format!("moving image into place as {}", to.display()))?;
-        }
-        if let Ok(d) = File::open(&self.dir) {
-            let _ = d.sync_all();
+        let manifest = digest::manifest(&digests)?;
+        let mut w = ImageWriter { out: self.open(digest::MANIFEST)?, name: String::new(), hasher: Default::default(), digests: Default::default() };
+        w.put(&manifest)?;
+        w.finish()?;
+        if let Backend::Dir { dir, staging } = &self.backend {
+            let inventory = "inventory.img";
+            let _ = fs::remove_file(dir.join(inventory));
+            let mut names = std::mem::take(&mut self.names);
+            names.sort_by_key(|n| n == inventory);
+            for name in &names {
+                let from = staging.join(name);
+                File::open(&from).and_then(|f| f.sync_all()).ctx(|| format!("syncing {}", from.display()))?;
+            }
+            for name in &names {
+                let to = dir.join(name);
+                fs::rename(staging.join(name), &to).ctx(|| format!("moving image into place as {}", to.display()))?;
+            }
+            if let Ok(d) = File::open(dir) {
+                let _ = d.sync_all();
+            }
+            let _ = fs::remove_dir(staging);
         }
         self.committed = true;
-        let _ = fs::remove_dir(&self.staging);
         Ok(())
     }
 }
 
 impl Drop for ImageDir {
     fn drop(&mut self) {
-        if !self.committed {
-            let _ = fs::remove_dir_all(&self.staging);
+        if let (false, Backend::Dir { staging, .. }) = (self.committed, &self.backend) {
+            let _ = fs::remove_dir_all(staging);
         }
     }
+}
+
+fn lock(sink: &SharedSink) -> std::sync::MutexGuard<'_, Box<dyn FileSink>> {
+    sink.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Staging directories left by a crust that was killed mid-dump.
@@ -229,10 +261,17 @@ fn remove_stale_staging(dir: &Path) {
     }
 }
 
+/// Bytes of a streamed file sent at once.
+const STREAM_CHUNK: usize = 1 << 20;
+
+enum Out {
+    File(BufWriter<File>),
+    Stream { sink: SharedSink, busy: Arc<AtomicBool>, buf: Vec<u8> },
+}
+
 /// Writes framed entries into one image file.
 pub struct ImageWriter {
-    out: BufWriter<File>,
-    path: PathBuf,
+    out: Out,
     name: String,
     hasher: digest::BlockHasher,
     digests: digest::Digests,
@@ -240,9 +279,18 @@ pub struct ImageWriter {
 
 impl ImageWriter {
     fn put(&mut self, data: &[u8]) -> Result<()> {
-        self.out.write_all(data).ctx(|| format!("writing {}", self.path.display()))?;
         self.hasher.update(data);
-        Ok(())
+        match &mut self.out {
+            Out::File(f) => f.write_all(data).ctx(|| format!("writing image {}", self.name)),
+            Out::Stream { sink, buf, .. } => {
+                buf.extend_from_slice(data);
+                if buf.len() >= STREAM_CHUNK {
+                    lock(sink).data(buf)?;
+                    buf.clear();
+                }
+                Ok(())
+            }
+        }
     }
 
     pub fn entry<M: Message>(&mut self, msg: &M) -> Result<()> {
@@ -257,11 +305,21 @@ impl ImageWriter {
     }
 
     pub fn finish(mut self) -> Result<u64> {
-        self.out.flush().ctx(|| format!("writing {}", self.path.display()))?;
-        let digest = self.hasher.finish();
+        match &mut self.out {
+            Out::File(f) => f.flush().ctx(|| format!("writing image {}", self.name))?,
+            Out::Stream { sink, busy, buf } => {
+                let mut s = lock(sink);
+                if !buf.is_empty() {
+                    s.data(buf)?;
+                }
+                s.end()?;
+                busy.store(false, Ordering::SeqCst);
+            }
+        }
+        let digest = std::mem::take(&mut self.hasher).finish();
         let bytes = digest.size;
         if let Ok(mut all) = self.digests.lock() {
-            all.insert(self.name, digest);
+            all.insert(std::mem::take(&mut self.name), digest);
         }
         Ok(bytes)
     }
