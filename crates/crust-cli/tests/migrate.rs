@@ -177,6 +177,7 @@ fn memory_of_256_mib_goes_over_ssh_and_back_over_tcp_intact() {
     assert!(gone_from(&hosts.a, pid));
     let stats = migrate_ok(&hosts.b, pid, &format!("tcp://{}:7070", hosts.a.ip()), Some(&key));
     assert!(stats["bytes_sent"].as_u64().unwrap() >= 256 << 20, "{stats}");
+    assert_eq!(stats["transfer_time_us"].as_u64(), Some(0), "tcp:// streams the images while it dumps: {stats}");
     let in_a = running_in(&hosts.a, pid);
     assert!(gone_from(&hosts.b, pid));
     // SAFETY: our migrated process.

@@ -15,7 +15,7 @@ use crate::images::proto::{
     PagemapEntry, PagemapHead, PstreeEntry, RseqEntry, SaEntry, SiginfoEntry, SignalQueueEntry, StatsEntry,
     TaskCoreEntry, TaskKobjIdsEntry, TaskTimersEntry, ThreadCoreEntry, ThreadInfoX86, ThreadSasEntry, VmaEntry,
 };
-use crate::images::{ImageDir, Kind};
+use crate::images::{FileSink, ImageDir, Kind};
 use crate::mem::{self, Backing, PageReader, Vma, PAGE_SIZE};
 use crate::proc;
 use crate::ptrace;
@@ -110,7 +110,7 @@ impl Dumped {
 }
 
 pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
-    let (tree, dir, stats, frozen_at) = write_images(opts)?;
+    let (tree, dir, stats, frozen_at) = write_images(opts, None)?;
     let d = Dumped { tree, frozen_at, stats };
     if opts.leave_running {
         // Everything is read: the tree need not wait for the disk.
@@ -125,16 +125,17 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
     }
 }
 
-/// Dump and keep the tree frozen, with its images in place.
-pub fn dump_frozen(opts: &DumpOptions) -> Result<Dumped> {
-    let (tree, dir, mut stats, frozen_at) = write_images(opts)?;
+/// Dump and keep the tree frozen, with its images in place: in `opts.dir`,
+/// or, given a sink, streamed to it as they are written (nothing on disk).
+pub fn dump_frozen(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<Dumped> {
+    let (tree, dir, mut stats, frozen_at) = write_images(opts, sink)?;
     dir.commit()?;
     stats.frozen_time_us = us(frozen_at.elapsed());
     Ok(Dumped { tree, frozen_at, stats })
 }
 
 /// Freeze the tree and write all its images (not yet made visible).
-fn write_images(opts: &DumpOptions) -> Result<(FrozenTree, ImageDir, DumpStats, Instant)> {
+fn write_images(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<(FrozenTree, ImageDir, DumpStats, Instant)> {
     let start = Instant::now();
     let tree = match &opts.freeze_cgroup {
         Some(cg) => FrozenTree::seize_through_freezer(opts.pid, cg)?,
@@ -149,7 +150,10 @@ fn write_images(opts: &DumpOptions) -> Result<(FrozenTree, ImageDir, DumpStats, 
     };
     check_session(&tree, opts)?;
 
-    let mut dir = ImageDir::create(&opts.dir)?;
+    let mut dir = match sink {
+        Some(sink) => ImageDir::stream(sink),
+        None => ImageDir::create(&opts.dir)?,
+    };
     let mut files = FileTable::default();
     let mut cgroups = CgroupRecorder::new(opts.cgroup_roots.clone())?;
     let mut kobj = KobjIds::default();
@@ -547,15 +551,20 @@ fn dump_pages(pid: i32, pages_id: u32, vmas: &[Vma], dir: &mut ImageDir, stats: 
     let t = Instant::now();
     let (runs, scanned) = mem::private_page_runs(pid, vmas)?;
     stats.pages_scanned += scanned;
+    // The pagemap first, whole, then the pages: images are written one at a
+    // time (a streamed dump cannot interleave them).
     let mut map = dir.writer(&format!("pagemap-{pid}.img"), Kind::Pagemap)?;
     map.entry(&PagemapHead { pages_id })?;
+    for run in &runs {
+        map.entry(&PagemapEntry { vaddr: run.vaddr, nr_pages: run.nr_pages as u32, in_parent: None, flags: Some(PE_PRESENT) })?;
+    }
+    stats.bytes_written += map.finish()?;
     let mut pages = dir.writer(&format!("pages-{pages_id}.img"), Kind::Pages)?;
     let reader = PageReader::new(pid)?;
     const CHUNK: u64 = 1 << 20;
     let mut buf = vec![0u8; CHUNK as usize];
     let mut read_time = Duration::ZERO;
     for run in &runs {
-        map.entry(&PagemapEntry { vaddr: run.vaddr, nr_pages: run.nr_pages as u32, in_parent: None, flags: Some(PE_PRESENT) })?;
         let mut addr = run.vaddr;
         let end = run.vaddr + run.nr_pages * PAGE_SIZE;
         while addr < end {
@@ -569,7 +578,7 @@ fn dump_pages(pid: i32, pages_id: u32, vmas: &[Vma], dir: &mut ImageDir, stats: 
         }
         stats.pages_written += run.nr_pages;
     }
-    stats.bytes_written += map.finish()? + pages.finish()?;
+    stats.bytes_written += pages.finish()?;
     stats.memdump_time_us += us(read_time);
     stats.memwrite_time_us += us(t.elapsed().saturating_sub(read_time));
     Ok(())

@@ -100,7 +100,7 @@ pub struct Restored {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct MigrateStats {
     pub dump: DumpStats,
-    /// Freezing the tree and writing its images here.
+    /// Freezing the tree and writing its images (streamed: and sending them).
     pub dump_time_us: u64,
     /// From freezing the tree here to killing it once it ran there.
     pub frozen_time_us: u64,
@@ -114,8 +114,20 @@ pub struct MigrateStats {
 
 /// The steps a transport carries out on the destination.
 pub trait Transport {
-    /// Send every file of the images directory; returns the bytes sent.
-    fn send(&mut self, dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<u64>;
+    /// A sink that takes the images as the dump writes them, if the transport
+    /// can stream; `send` is then not called.
+    fn stream(&mut self) -> Option<Box<dyn crate::images::FileSink>> {
+        None
+    }
+    /// Bytes that went through the stream.
+    fn streamed(&self) -> u64 {
+        0
+    }
+    /// Send every file of the images directory (for a transport that does not
+    /// stream); returns the bytes sent.
+    fn send(&mut self, _dir: &Path, _progress: &mut dyn FnMut(u64, u64)) -> Result<u64> {
+        Err(Error::Invalid("this transport streams the images as they are written".into()))
+    }
     /// The destination checks it can restore them (all problems at once).
     fn check(&mut self) -> Result<()>;
     /// The destination restores the tree and reports it running.
@@ -144,7 +156,10 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats> {
             Box::new(tcp::Client::connect(host, *port, &tcp::read_key(key)?, remote)?)
         }
     };
-    // Images go to memory (tmpfs), not to this host's disk, on their way out.
+    // Images stream to the destination as they are written where the transport
+    // can (tcp://); otherwise they are staged in memory (tmpfs), not on disk.
+    let sink = transport.stream();
+    let streaming = sink.is_some();
     let staging = std::env::temp_dir().join(format!("crust-migrate-{}-{}", std::process::id(), opts.pid));
     let staging = if Path::new("/dev/shm").is_dir() {
         PathBuf::from("/dev/shm").join(staging.file_name().expect("a name"))
@@ -160,12 +175,13 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats> {
         freeze_cgroup: None,
     };
     let t = Instant::now();
-    let dumped = dump_frozen(&dump_opts);
+    let dumped = dump_frozen(&dump_opts, sink);
     let dump_time_us = t.elapsed().as_micros() as u64;
     let dumped = match dumped {
         Ok(d) => d,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&staging);
+            transport.abort();
             return Err(e);
         }
     };
@@ -187,9 +203,13 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats> {
         }
     };
     let result = (|| -> Result<Restored> {
-        let t = Instant::now();
-        stats.bytes_sent = transport.send(&staging, &mut show)?;
-        stats.transfer_time_us = t.elapsed().as_micros() as u64;
+        if streaming {
+            stats.bytes_sent = transport.streamed();
+        } else {
+            let t = Instant::now();
+            stats.bytes_sent = transport.send(&staging, &mut show)?;
+            stats.transfer_time_us = t.elapsed().as_micros() as u64;
+        }
         let t = Instant::now();
         transport.check()?;
         stats.check_time_us = t.elapsed().as_micros() as u64;

@@ -12,12 +12,14 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::{list_files, safe_name, RemoteRestore, Restored, Transport};
+use super::{safe_name, RemoteRestore, Restored, Transport};
 use crate::error::{Context, Error, Result};
 
 type HmacSha256 = Hmac<Sha256>;
@@ -154,7 +156,36 @@ fn handshake(stream: TcpStream, key: &[u8], server: bool) -> Result<Channel> {
 
 /// The sending side of a migration.
 pub struct Client {
-    chan: Channel,
+    chan: Arc<Mutex<Channel>>,
+    streamed: Arc<AtomicU64>,
+}
+
+/// The images of a dump, sent as the dump writes them.
+struct Stream {
+    chan: Arc<Mutex<Channel>>,
+    sent: Arc<AtomicU64>,
+}
+
+impl Stream {
+    fn send(&self, kind: u8, payload: &[u8]) -> Result<()> {
+        self.chan.lock().unwrap_or_else(|p| p.into_inner()).send(kind, payload)?;
+        self.sent.fetch_add(payload.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+impl crate::images::FileSink for Stream {
+    fn begin(&mut self, name: &str) -> Result<()> {
+        self.send(FILE, name.as_bytes())
+    }
+
+    fn data(&mut self, bytes: &[u8]) -> Result<()> {
+        bytes.chunks(CHUNK).try_for_each(|c| self.send(DATA, c))
+    }
+
+    fn end(&mut self) -> Result<()> {
+        self.send(END_FILE, &[])
+    }
 }
 
 impl Client {
@@ -168,47 +199,38 @@ impl Client {
         let mut chan = handshake(stream, key, false)?;
         let hello = serde_json::to_vec(&restore).map_err(|e| Error::Invalid(e.to_string()))?;
         chan.send(HELLO, &hello)?;
-        Ok(Client { chan })
+        Ok(Client { chan: Arc::new(Mutex::new(chan)), streamed: Arc::default() })
+    }
+
+    fn chan(&self) -> std::sync::MutexGuard<'_, Channel> {
+        self.chan.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 impl Transport for Client {
-    fn send(&mut self, dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<u64> {
-        let files = list_files(dir)?;
-        let total: u64 = files.iter().map(|(_, n)| n).sum();
-        let mut done = 0;
-        let mut buf = vec![0u8; CHUNK];
-        for (name, _) in files {
-            let path = dir.join(&name);
-            let mut f = File::open(&path).ctx(|| format!("opening {}", path.display()))?;
-            self.chan.send(FILE, name.as_bytes())?;
-            loop {
-                let n = f.read(&mut buf).ctx(|| format!("reading {}", path.display()))?;
-                if n == 0 {
-                    break;
-                }
-                self.chan.send(DATA, &buf[..n])?;
-                done += n as u64;
-                progress(done, total);
-            }
-            self.chan.send(END_FILE, &[])?;
-        }
-        Ok(done)
+    fn stream(&mut self) -> Option<Box<dyn crate::images::FileSink>> {
+        Some(Box::new(Stream { chan: self.chan.clone(), sent: self.streamed.clone() }))
+    }
+
+    fn streamed(&self) -> u64 {
+        self.streamed.load(Ordering::Relaxed)
     }
 
     fn check(&mut self) -> Result<()> {
-        self.chan.send(CHECK, &[])?;
-        self.chan.answer().map(|_| ())
+        let mut chan = self.chan();
+        chan.send(CHECK, &[])?;
+        chan.answer().map(|_| ())
     }
 
     fn restore(&mut self) -> Result<Restored> {
-        self.chan.send(RESTORE, &[])?;
-        let answer = self.chan.answer()?;
-        serde_json::from_slice(&answer).map_err(|e| Error::Invalid(format!("{}: bad answer to restore: {e}", self.chan.peer)))
+        let mut chan = self.chan();
+        chan.send(RESTORE, &[])?;
+        let answer = chan.answer()?;
+        serde_json::from_slice(&answer).map_err(|e| Error::Invalid(format!("{}: bad answer to restore: {e}", chan.peer)))
     }
 
     fn abort(&mut self) {
-        let _ = self.chan.writer.get_ref().shutdown(std::net::Shutdown::Both);
+        let _ = self.chan().writer.get_ref().shutdown(std::net::Shutdown::Both);
     }
 }
 
