@@ -147,7 +147,7 @@ pub fn user_regs(g: &UserX86RegsEntry) -> libc::user_regs_struct {
     };
     if (r.orig_rax as i64) >= 0 && RESTART.contains(&(r.rax as i64)) {
         r.rax = r.orig_rax;
-        r.rip -= 2;
+        r.rip = r.rip.wrapping_sub(2);
     }
     r.orig_rax = u64::MAX;
     r

@@ -315,6 +315,7 @@ impl Mode {
 /// One recorded membership, placed on this host.
 struct Planned<'a> {
     set: u32,
+    hierarchy: String,
     label: String,
     dir: PathBuf,
     saved: Option<&'a CgroupDirEntry>,
@@ -340,6 +341,11 @@ impl Planned<'_> {
     }
 }
 
+/// The properties crust knows for a hierarchy (by its name).
+fn hierarchies_props(name: &str) -> Vec<&'static str> {
+    Hierarchy { name: name.to_string(), mount: PathBuf::new() }.properties()
+}
+
 /// Where each recorded membership lands on this host.
 fn plan<'a>(entry: &'a CgroupEntry, roots: &[CgroupRoot]) -> std::result::Result<Vec<Planned<'a>>, Vec<String>> {
     let hierarchies = hierarchies().map_err(|e| vec![e.to_string()])?;
@@ -348,6 +354,10 @@ fn plan<'a>(entry: &'a CgroupEntry, roots: &[CgroupRoot]) -> std::result::Result
     for set in &entry.sets {
         for m in &set.ctls {
             let label = format!("{}:{}", display_name(&m.name), m.path);
+            if !m.path.starts_with('/') || m.path.split('/').any(|c| c == ".." || c == ".") {
+                problems.push(format!("cgroup {label}: not a cgroup path"));
+                continue;
+            }
             let Some(h) = hierarchies.iter().find(|h| h.name == m.name) else {
                 problems.push(format!("cgroup {label}: this hierarchy is not mounted on this host"));
                 continue;
@@ -358,7 +368,7 @@ fn plan<'a>(entry: &'a CgroupEntry, roots: &[CgroupRoot]) -> std::result::Result
                 .filter(|c| c.cnames.join(",") == m.name)
                 .flat_map(|c| c.dirs.iter())
                 .find(|d| d.dir_name == m.path);
-            planned.push(Planned { set: set.id, label, dir: h.host_dir(&m.path, roots), saved });
+            planned.push(Planned { set: set.id, hierarchy: h.name.clone(), label, dir: h.host_dir(&m.path, roots), saved });
         }
     }
     if problems.is_empty() {
@@ -423,7 +433,11 @@ impl Placement {
             }
             let set_props = matches!(mode, Mode::Props | Mode::Full | Mode::Strict) || (mode == Mode::Soft && created);
             if set_props {
+                let known: Vec<&str> = hierarchies_props(&p.hierarchy);
                 for prop in p.saved.map(|d| d.properties.as_slice()).unwrap_or_default() {
+                    if !known.contains(&prop.name.as_str()) {
+                        return Err(fail(format!("{} is not a property crust sets", prop.name)));
+                    }
                     std::fs::write(p.dir.join(&prop.name), &prop.value)
                         .map_err(|e| fail(format!("setting {} to {}: {e}", prop.name, prop.value)))?;
                 }

@@ -149,6 +149,7 @@ fn write_images(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<(
         ..Default::default()
     };
     check_session(&tree, opts)?;
+    check_isolation(&tree)?;
 
     let mut dir = match sink {
         Some(sink) => ImageDir::stream(sink),
@@ -216,6 +217,48 @@ fn write_images(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<(
     })?;
     stats.bytes_written += w.finish()?;
     Ok((tree, dir, stats, frozen_at))
+}
+
+/// What crust cannot restore yet must stop the dump, not be lost on restore:
+/// namespaces of a task's own (a container: a container-aware dump is needed),
+/// seccomp filters, no_new_privs, and capabilities other than its uid implies.
+fn check_isolation(tree: &FrozenTree) -> Result<()> {
+    const NAMESPACES: [&str; 8] = ["pid", "net", "ipc", "uts", "mnt", "user", "cgroup", "time"];
+    let me = std::process::id() as i32;
+    let own = proc::status(me, me)?;
+    for p in tree.processes.iter().filter(|p| p.zombie.is_none()) {
+        let comm = proc::read_string(&format!("/proc/{}/comm", p.pid)).unwrap_or_default();
+        let who = format!("process {} ({})", p.pid, comm.trim());
+        for ns in NAMESPACES {
+            if proc::ns_inode(p.pid, ns) != proc::ns_inode(me, ns) {
+                return Err(Error::Unsupported(format!(
+                    "{who} is in a {ns} namespace of its own: dumping processes inside namespaces (containers) is not supported yet"
+                )));
+            }
+        }
+        for &tid in &p.threads {
+            let st = proc::status(p.pid, tid)?;
+            if st.seccomp.unwrap_or(0) != 0 {
+                return Err(Error::Unsupported(format!("{who}: thread {tid} has a seccomp filter: seccomp is not supported yet")));
+            }
+            if st.nonewprivs.unwrap_or(0) != 0 {
+                return Err(Error::Unsupported(format!("{who}: thread {tid} has no_new_privs set: that is not supported yet")));
+            }
+            // What setresuid from crust's credentials gives: crust's sets for
+            // root, empty effective/permitted/inheritable/ambient sets otherwise.
+            let root = st.euid == 0 || st.ruid == 0 || st.suid == 0;
+            let want = if root { (own.capinh, own.capprm, own.capeff) } else { (0, 0, 0) };
+            let caps_ok = (st.capinh, st.capprm, st.capeff) == want
+                && st.capbnd == own.capbnd
+                && st.capamb.unwrap_or(0) == 0;
+            if !caps_ok {
+                return Err(Error::Unsupported(format!(
+                    "{who}: thread {tid} has capabilities other than its uid implies: restoring them is not supported yet"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A tree whose session or process group lives outside it belongs to a shell's

@@ -198,25 +198,36 @@ pub fn private_page_runs(pid: i32, vmas: &[Vma]) -> Result<(Vec<PageRun>, u64)> 
     let mut runs: Vec<PageRun> = Vec::new();
     let mut scanned = 0u64;
     let mut buf = Vec::new();
+    // At most this many pagemap entries at once, whatever the size of a vma.
+    const BATCH: u64 = 1 << 16;
     for vma in vmas.iter().filter(|v| v.has_private_pages()) {
         let pages = vma.pages();
         scanned += pages;
-        buf.resize(pages as usize * 8, 0);
-        pagemap
-            .read_exact_at(&mut buf, vma.start / PAGE_SIZE * 8)
-            .ctx(|| format!("reading /proc/{pid}/pagemap"))?;
         let is_file = matches!(vma.backing, Backing::File { .. });
-        for (i, e) in buf.chunks_exact(8).enumerate() {
-            let e = u64::from_le_bytes(e.try_into().expect("chunks of 8"));
-            let own = if is_file { (e & PM_PRESENT != 0 && e & PM_FILE == 0) || e & PM_SWAPPED != 0 } else { e & (PM_PRESENT | PM_SWAPPED) != 0 };
-            if !own {
-                continue;
+        let mut first = 0;
+        while first < pages {
+            let n = (pages - first).min(BATCH);
+            buf.resize(n as usize * 8, 0);
+            pagemap
+                .read_exact_at(&mut buf, (vma.start / PAGE_SIZE + first) * 8)
+                .ctx(|| format!("reading /proc/{pid}/pagemap"))?;
+            for (i, e) in buf.chunks_exact(8).enumerate() {
+                let e = u64::from_le_bytes(e.try_into().expect("chunks of 8"));
+                let own = if is_file {
+                    (e & PM_PRESENT != 0 && e & PM_FILE == 0) || e & PM_SWAPPED != 0
+                } else {
+                    e & (PM_PRESENT | PM_SWAPPED) != 0
+                };
+                if !own {
+                    continue;
+                }
+                let vaddr = vma.start + (first + i as u64) * PAGE_SIZE;
+                match runs.last_mut() {
+                    Some(r) if r.vaddr + r.nr_pages * PAGE_SIZE == vaddr && r.nr_pages < u32::MAX as u64 => r.nr_pages += 1,
+                    _ => runs.push(PageRun { vaddr, nr_pages: 1 }),
+                }
             }
-            let vaddr = vma.start + i as u64 * PAGE_SIZE;
-            match runs.last_mut() {
-                Some(r) if r.vaddr + r.nr_pages * PAGE_SIZE == vaddr => r.nr_pages += 1,
-                _ => runs.push(PageRun { vaddr, nr_pages: 1 }),
-            }
+            first += n;
         }
     }
     Ok((runs, scanned))

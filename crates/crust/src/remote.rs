@@ -134,7 +134,7 @@ impl RemoteThread {
     /// `writable` says whether an address range is mapped writable in the task.
     pub fn start(tid: i32, gadget: u64, writable: impl Fn(u64, u64) -> bool) -> Result<RemoteThread> {
         let saved_regs = regs(tid)?;
-        let scratch = (saved_regs.rsp - RED_ZONE - SCRATCH_LEN as u64) & !0xf;
+        let scratch = saved_regs.rsp.wrapping_sub(RED_ZONE + SCRATCH_LEN as u64) & !0xf;
         if !writable(scratch, scratch + SCRATCH_LEN as u64) {
             return Err(Error::Unsupported(format!(
                 "task {tid}: no writable stack below its stack pointer {:#x} for crust's scratch data",
@@ -169,11 +169,13 @@ impl RemoteThread {
         self.restore()
     }
 
+    /// Every part is attempted, whatever fails: the first error is returned.
     fn restore(&mut self) -> Result<()> {
         self.restored = true;
-        self.mem.write(self.scratch, &self.saved_scratch)?;
-        set_regs(self.tid, self.saved_regs)?;
-        set_sigmask(self.tid, self.saved_mask)
+        let stack = self.mem.write(self.scratch, &self.saved_scratch);
+        let regs = set_regs(self.tid, self.saved_regs);
+        let mask = set_sigmask(self.tid, self.saved_mask);
+        stack.and(regs).and(mask)
     }
 }
 

@@ -74,6 +74,14 @@ impl FrozenTree {
             let pid = queue[i];
             i += 1;
             let p = match self.seize_process(pid) {
+                // A child that exited and whose pid went to an unrelated process.
+                Ok(p) if pid != root && !self.processes.iter().any(|q| q.pid == p.ppid) => {
+                    for &tid in &p.threads {
+                        ptrace::detach(tid);
+                        self.seized.retain(|&t| t != tid);
+                    }
+                    continue;
+                }
                 Ok(p) => p,
                 // A child that exited between being listed and being seized.
                 Err(_) if pid != root && !Path::new(&format!("/proc/{pid}")).exists() => continue,
@@ -137,6 +145,15 @@ impl FrozenTree {
         let proc = Process::new(pid).map_err(|e| proc_err(pid, e))?;
         let stat = proc.stat().map_err(|e| proc_err(pid, e))?;
         if stat.state == 'Z' {
+            // A leader that exited while its other threads run is not a zombie.
+            let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count()).unwrap_or(1);
+            if threads > 1 {
+                return Err(Error::Unsupported(format!(
+                    "process {pid} ({}): its main thread has exited while {} other thread(s) run: not supported yet",
+                    stat.comm,
+                    threads - 1
+                )));
+            }
             // Nothing to seize: a zombie is only its pid and exit status.
             return Ok(FrozenProcess {
                 pid,

@@ -17,13 +17,14 @@ pub fn free_gap(occupied: &[(u64, u64)], len: u64) -> Option<u64> {
     let mut ranges: Vec<(u64, u64)> = occupied.to_vec();
     ranges.sort_unstable();
     let mut top = HIGH;
+    let need = len.checked_add(2 * PAGE_SIZE)?;
     for &(start, end) in ranges.iter().rev() {
-        if end + PAGE_SIZE + len + PAGE_SIZE <= top && end + PAGE_SIZE >= LOW {
+        if end.checked_add(need).is_some_and(|e| e <= top) && end.saturating_add(PAGE_SIZE) >= LOW {
             return Some(top - PAGE_SIZE - len);
         }
         top = top.min(start);
     }
-    (top >= LOW + len + PAGE_SIZE).then(|| top - PAGE_SIZE - len)
+    (top >= LOW.checked_add(need)?).then(|| top - PAGE_SIZE - len)
 }
 
 fn is_vdso_group(status: u32) -> bool {

@@ -173,8 +173,11 @@ fn load_process(dir: &Path, pstree: PstreeEntry) -> Result<ProcessImage> {
     let mut pagemap = Vec::new();
     let mut pages = 0u64;
     while let Some(e) = r.next::<PagemapEntry>()? {
-        let end = e.vaddr + e.nr_pages as u64 * PAGE_SIZE;
+        let end = (e.nr_pages as u64).checked_mul(PAGE_SIZE).and_then(|len| e.vaddr.checked_add(len));
         let inside = |a: u64| mm.vmas.iter().any(|v| v.start <= a && a < v.end);
+        let Some(end) = end.filter(|_| e.nr_pages > 0) else {
+            return Err(invalid(&pm_path, format!("a run of {} pages at {:#x} is not a range", e.nr_pages, e.vaddr)));
+        };
         if e.vaddr % PAGE_SIZE != 0 || !inside(e.vaddr) || !inside(end - 1) {
             return Err(invalid(&pm_path, format!("pages at {:#x}-{end:#x} lie outside the process's memory", e.vaddr)));
         }

@@ -115,6 +115,16 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
         let digests = img.pages_digests.clone();
         std::thread::spawn(move || digests.iter().try_for_each(|(name, d)| digest::verify_file(&dir, name, d)))
     };
+    // The new tasks keep their objects above every fd of the image: give them
+    // (and crust, whose limits they inherit) all the room the hard limit allows.
+    let mut nofile = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit on crust itself.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut nofile) == 0 && nofile.rlim_cur < nofile.rlim_max {
+            nofile.rlim_cur = nofile.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &nofile);
+        }
+    }
     // A shell job's terminal is the one crust runs on.
     let terminal = if opts.shell_job { files::tty::own_terminal() } else { None };
     if let (Some((_, fd)), Some(info)) = (&terminal, job_terminal(&img)) {
@@ -517,9 +527,9 @@ fn restore_fds(image: &ProcessImage, img: &DumpImage, shared: &HashMap<u32, u64>
             )));
         }
     }
+    // Every object was made above the image's fds: all above this process's go.
     let base = image.fds.iter().map(|f| f.fd as u64 + 1).max().unwrap_or(0);
-    let first_high = objects.values().copied().min().unwrap_or(u64::MAX).max(base);
-    r.task.call("close_range", libc::SYS_close_range, [first_high, u32::MAX as u64, 0, 0, 0, 0])?;
+    r.task.call("close_range", libc::SYS_close_range, [base, u32::MAX as u64, 0, 0, 0, 0])?;
     Ok(())
 }
 
