@@ -10,7 +10,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -898,4 +898,72 @@ fn crust_killed_in_any_early_millisecond_leaves_target_running() {
         assert_target_survived(&mut w, &mask, &dir, &format!("crust killed {ms} ms after it started"));
     }
     w.expect_ok_on_usr1();
+}
+
+/// A plain `sleep` in a session of its own, with a setup step of its own
+/// before it runs; killed and reaped on drop.
+struct Sleeper(std::process::Child);
+
+impl Sleeper {
+    fn start(wrapper: &[&str]) -> Sleeper {
+        let mut argv: Vec<&str> = wrapper.to_vec();
+        argv.extend(["sleep", "1000"]);
+        let mut cmd = Command::new(argv[0]);
+        cmd.args(&argv[1..]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        // SAFETY: setsid is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| if libc::setsid() < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) });
+        }
+        let s = Sleeper(cmd.spawn().expect("spawn"));
+        // Wait until the wrapper has exec'd sleep.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::read_to_string(format!("/proc/{}/comm", s.pid())).unwrap_or_default().trim() != "sleep" {
+            assert!(Instant::now() < deadline, "sleep did not start");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        s
+    }
+
+    fn pid(&self) -> i32 {
+        self.0.id() as i32
+    }
+}
+
+impl Drop for Sleeper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn dump_refuses_what_it_cannot_restore_and_leaves_it_running() {
+    let dir = TempDir::new("refusals");
+    // A process in namespaces of its own (as in a container) needs a
+    // container-aware dump: crust says so instead of losing them.
+    let boxed = Sleeper::start(&["unshare", "--net", "--uts", "--"]);
+    let images = dir.join("ns");
+    let out = crust(&dump_args(&boxed.pid().to_string(), &images, &[]), DUMP_TIMEOUT);
+    let err = assert_clean_failure(&out, "dump of a process in its own namespaces");
+    assert!(err.contains("namespace of its own") && err.contains("not supported"), "{err}");
+    assert_running_untraced(boxed.pid(), Duration::from_secs(5));
+    assert_no_inventory(&images);
+
+    // A stopped job: refused with what to do, and left stopped.
+    let stopped = Sleeper::start(&[]);
+    // SAFETY: our own child.
+    unsafe { libc::kill(stopped.pid(), libc::SIGSTOP) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while proc_status_field(stopped.pid(), "State").unwrap_or_default().chars().next() != Some('T') {
+        assert!(Instant::now() < deadline, "SIGSTOP did not stop it");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let images = dir.join("stopped");
+    let out = crust(&dump_args(&stopped.pid().to_string(), &images, &[]), DUMP_TIMEOUT);
+    let err = assert_clean_failure(&out, "dump of a stopped job");
+    assert!(err.contains("stopped") && err.contains("kill -CONT"), "{err}");
+    let state = proc_status_field(stopped.pid(), "State").unwrap_or_default();
+    assert!(state.starts_with('T'), "the job stays stopped: {state}");
+    assert_eq!(proc_status_field(stopped.pid(), "TracerPid").as_deref(), Some("0"));
+    assert_no_inventory(&images);
 }

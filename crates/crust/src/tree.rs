@@ -260,7 +260,20 @@ impl Freezer {
         if !v1 && !dir.join("cgroup.freeze").exists() {
             return Err(Error::Invalid(format!("{}: not a cgroup with a freezer (no freezer.state or cgroup.freeze)", dir.display())));
         }
-        let f = Freezer { dir: dir.to_path_buf(), v1, thawed: false };
+        let f = Freezer { dir: dir.to_path_buf(), v1, thawed: true };
+        if f.frozen()? {
+            return Err(Error::Invalid(format!(
+                "{}: the cgroup is frozen already; thaw it first, or dump without --freeze-cgroup",
+                dir.display()
+            )));
+        }
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        let me = [std::process::id() as i32, nix::unistd::getppid().as_raw()];
+        if procs.split_whitespace().filter_map(|p| p.parse::<i32>().ok()).any(|p| me.contains(&p)) {
+            return Err(Error::Invalid(format!("{}: crust itself is in this cgroup and would freeze with the tree", dir.display())));
+        }
+        let mut f = f;
+        f.thawed = false;
         f.set(true)?;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while !f.frozen()? {

@@ -100,31 +100,17 @@ fn tty_info(fd: &OpenFd, id: u32, index: u32) -> Result<TtyInfoEntry> {
     })
 }
 
-/// A shell job's terminal becomes the restoring terminal; otherwise the same
-/// pty slave is reopened by its index (a restore where the terminal lives on).
+/// A shell job's terminal becomes the restoring terminal. Without --shell-job
+/// a terminal is not reopened by its number: pty numbers are reused, and the
+/// one with the same number may be someone else's session now.
 fn restore(entry: &FileEntry, r: &mut FdRestorer) -> Result<u64> {
     let t = entry.tty.as_ref().ok_or_else(|| Error::Invalid(format!("file {}: terminal without its entry", entry.id)))?;
-    if let Some(term) = r.terminal {
-        return r.open_path(term, t.flags | libc::O_NOCTTY as u32);
+    match r.terminal {
+        Some(term) => r.open_path(term, t.flags | libc::O_NOCTTY as u32),
+        None => Err(Error::Invalid(
+            "the tree uses a terminal: restore it with --shell-job, from the terminal it should use".into(),
+        )),
     }
-    let info = r
-        .image
-        .tty_infos
-        .get(&t.tty_info_id)
-        .ok_or_else(|| Error::Invalid(format!("tty-info.img: no terminal {} for file {}", t.tty_info_id, entry.id)))?;
-    let index = info
-        .pty
-        .as_ref()
-        .map(|p| p.index)
-        .ok_or_else(|| Error::Unsupported("terminals other than ptys are not supported yet".into()))?;
-    let path = format!("/dev/pts/{index}");
-    let is_tty = std::fs::metadata(&path).map(|m| std::os::unix::fs::FileTypeExt::is_char_device(&m.file_type()));
-    if !is_tty.unwrap_or(false) {
-        return Err(Error::Invalid(format!(
-            "the job's terminal {path} is gone; restore it with --shell-job from the terminal it should use"
-        )));
-    }
-    r.open_path(&path, t.flags | libc::O_NOCTTY as u32)
 }
 
 /// The terminal crust runs on (the first of stdin, stdout, stderr that is one).
@@ -138,6 +124,31 @@ pub fn own_terminal() -> Option<(String, std::os::fd::BorrowedFd<'static>)> {
         let path = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
         Some((path.to_string_lossy().into_owned(), fd))
     })
+}
+
+/// A terminal's settings and window size, to put back when a restore that
+/// changed them fails.
+pub struct SavedTerminal {
+    fd: std::os::fd::BorrowedFd<'static>,
+    termios: nix::sys::termios::Termios,
+    winsize: libc::winsize,
+}
+
+impl SavedTerminal {
+    pub fn save(fd: std::os::fd::BorrowedFd<'static>) -> Result<SavedTerminal> {
+        let termios = tcgetattr(fd).ctx(|| "reading this terminal's settings")?;
+        let mut winsize: libc::winsize = unsafe { std::mem::zeroed() };
+        // SAFETY: TIOCGWINSZ writes one winsize.
+        let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ, &mut winsize) };
+        nix::errno::Errno::result(r).ctx(|| "reading this terminal's window size")?;
+        Ok(SavedTerminal { fd, termios, winsize })
+    }
+
+    pub fn put_back(&self) {
+        let _ = nix::sys::termios::tcsetattr(self.fd, nix::sys::termios::SetArg::TCSANOW, &self.termios);
+        // SAFETY: TIOCSWINSZ reads one winsize.
+        unsafe { libc::ioctl(self.fd.as_raw_fd(), libc::TIOCSWINSZ, &self.winsize) };
+    }
 }
 
 /// Give the restoring terminal the job's saved settings and window size.

@@ -140,6 +140,11 @@ impl ImageDir {
                 .mode(0o700)
                 .create(dir)
                 .ctx(|| format!("creating images directory {}", dir.display()))?;
+        } else {
+            // Images hold process memory: the directory is the owner's only.
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+                .ctx(|| format!("making images directory {} private (0700)", dir.display()))?;
         }
         remove_stale_staging(dir);
         let staging = dir.join(format!(".crust-staging-{}", std::process::id()));

@@ -160,12 +160,7 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats> {
     // can (tcp://); otherwise they are staged in memory (tmpfs), not on disk.
     let sink = transport.stream();
     let streaming = sink.is_some();
-    let staging = std::env::temp_dir().join(format!("crust-migrate-{}-{}", std::process::id(), opts.pid));
-    let staging = if Path::new("/dev/shm").is_dir() {
-        PathBuf::from("/dev/shm").join(staging.file_name().expect("a name"))
-    } else {
-        staging
-    };
+    let staging = if streaming { PathBuf::new() } else { fresh_staging_dir()? };
     let dump_opts = DumpOptions {
         pid: opts.pid,
         dir: staging.clone(),
@@ -234,6 +229,16 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats> {
             Err(e)
         }
     }
+}
+
+/// A new private directory in tmpfs (or the temp dir), never one that exists.
+fn fresh_staging_dir() -> Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let base = if Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { std::env::temp_dir() };
+    let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let dir = base.join(format!("crust-migrate-{}-{nonce}", std::process::id()));
+    std::fs::DirBuilder::new().mode(0o700).create(&dir).ctx(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
 }
 
 /// The files of an images directory, sorted, with their sizes.

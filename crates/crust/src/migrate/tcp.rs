@@ -33,6 +33,10 @@ const RESTORE: u8 = 6;
 const OK: u8 = 20;
 const ERR: u8 = 21;
 const MAX_FRAME: usize = 8 << 20;
+/// How long a peer may take to send the next frame of a transfer.
+const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the destination may take to check or restore.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(600);
 const CHUNK: usize = 1 << 20;
 
 /// A key file: at least 16 bytes, readable by its owner only.
@@ -110,9 +114,13 @@ impl Channel {
         Ok((head[0], payload))
     }
 
-    /// The answer to a request: OK with its payload, or the peer's error.
+    /// The answer to a request: OK with its payload, or the peer's error. A
+    /// restore of a large tree takes long: the wait is generous, not endless.
     fn answer(&mut self) -> Result<Vec<u8>> {
-        match self.recv()? {
+        let _ = self.reader.get_ref().set_read_timeout(Some(ANSWER_TIMEOUT));
+        let answer = self.recv();
+        let _ = self.reader.get_ref().set_read_timeout(Some(FRAME_TIMEOUT));
+        match answer? {
             (OK, p) => Ok(p),
             (ERR, p) => Err(Error::Invalid(String::from_utf8_lossy(&p).into_owned())),
             (k, _) => Err(Error::Invalid(format!("{} answered with frame kind {k}", self.peer))),
@@ -123,8 +131,8 @@ impl Channel {
 /// Mutual proof of the key. The server speaks first.
 fn handshake(stream: TcpStream, key: &[u8], server: bool) -> Result<Channel> {
     let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "peer".into());
-    stream.set_read_timeout(Some(Duration::from_secs(30))).ctx(|| "setting a timeout")?;
-    stream.set_write_timeout(Some(Duration::from_secs(30))).ctx(|| "setting a timeout")?;
+    stream.set_read_timeout(Some(FRAME_TIMEOUT)).ctx(|| "setting a timeout")?;
+    stream.set_write_timeout(Some(FRAME_TIMEOUT)).ctx(|| "setting a timeout")?;
     let mut reader = BufReader::new(stream.try_clone().ctx(|| "cloning a socket")?);
     let mut writer = BufWriter::new(stream);
     let io = |e: std::io::Error| Error::Io { context: format!("handshake with {peer}"), err: e };
@@ -368,12 +376,33 @@ fn receive(chan: &mut Channel, session: &Path) -> Result<()> {
                 let opts = restore_options(&restore, session)?;
                 let restored = crate::restore::restore(&opts)?;
                 let answer = Restored { root: restored.root, stats: restored.stats };
+                let text = serde_json::to_vec(&answer).map_err(|e| Error::Invalid(e.to_string()))?;
+                if let Err(e) = chan.send(OK, &text) {
+                    // The source cannot learn that the tree runs here, so it
+                    // resumes it there: this copy must not run on as well.
+                    kill_tree(answer.root);
+                    return Err(e);
+                }
                 log::warn!("crust serve: restored a tree, root pid {}", answer.root);
-                chan.send(OK, &serde_json::to_vec(&answer).map_err(|e| Error::Invalid(e.to_string()))?)?;
                 return Ok(());
             }
             k => return Err(Error::Invalid(format!("unexpected frame kind {k}"))),
         }
+    }
+}
+
+/// SIGKILL a process and all its descendants, parents first (so none forks).
+fn kill_tree(root: i32) {
+    let mut queue = vec![root];
+    while let Some(pid) = queue.pop() {
+        // Stopped first, so that its children can still be listed.
+        // SAFETY: plain kills of a tree this agent just restored.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        for t in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+            let children = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            queue.extend(children.split_whitespace().filter_map(|c| c.parse::<i32>().ok()));
+        }
+        unsafe { libc::kill(pid, libc::SIGKILL) };
     }
 }
 

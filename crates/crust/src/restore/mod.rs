@@ -78,6 +78,8 @@ struct Created {
     processes: Vec<i32>,
     threads: Vec<i32>,
     cgroups: Placement,
+    /// The restoring terminal as it was before the job's settings.
+    terminal: Option<files::tty::SavedTerminal>,
     done: bool,
 }
 
@@ -93,6 +95,9 @@ impl Drop for Created {
             let _ = waitpid(Pid::from_raw(tid), Some(WaitPidFlag::__WALL));
         }
         self.cgroups.undo();
+        if let Some(t) = &self.terminal {
+            t.put_back();
+        }
     }
 }
 
@@ -126,16 +131,18 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
         }
     }
     // A shell job's terminal is the one crust runs on.
+    // From here on, whatever fails is undone by `created`.
+    let mut created =
+        Created { processes: Vec::new(), threads: Vec::new(), cgroups: Placement::default(), terminal: None, done: false };
     let terminal = if opts.shell_job { files::tty::own_terminal() } else { None };
     if let (Some((_, fd)), Some(info)) = (&terminal, job_terminal(&img)) {
+        created.terminal = Some(files::tty::SavedTerminal::save(*fd)?);
         files::tty::apply_settings(*fd, info)?;
     }
     // Cgroups are checked and made before any task exists.
-    let cgroups = match &img.cgroups {
-        Some(entry) => Placement::prepare(entry, opts.manage_cgroups, &opts.cgroup_roots)?,
-        None => Placement::default(),
-    };
-    let mut created = Created { processes: Vec::new(), threads: Vec::new(), cgroups, done: false };
+    if let Some(entry) = &img.cgroups {
+        created.cgroups = Placement::prepare(entry, opts.manage_cgroups, &opts.cgroup_roots)?;
+    }
     let mut stats = RestoreStats { processes: img.processes.len(), ..Default::default() };
 
     // The root: a copy of crust with the root's pid, stopped at birth.
