@@ -29,7 +29,9 @@ where
     match unsafe { fork() }.context("forking the worker")? {
         ForkResult::Child => {
             drop(rd);
-            let handler = SigAction::new(SigHandler::Handler(on_stop_signal), SaFlags::empty(), SigSet::empty());
+            // SA_RESTART: a wait for a task in the middle of an injected syscall must
+            // not be cut short, or the task could not be put back.
+            let handler = SigAction::new(SigHandler::Handler(on_stop_signal), SaFlags::SA_RESTART, SigSet::empty());
             for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
                 // SAFETY: the handler only stores to an atomic.
                 let _ = unsafe { sigaction(sig, &handler) };

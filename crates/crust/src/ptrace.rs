@@ -35,6 +35,17 @@ pub fn seize_and_stop(tid: i32) -> Result<StopKind> {
     wait_for_stop(tid)
 }
 
+/// waitpid for one traced task, not cut short by a signal to crust: a task
+/// left running in the middle of crust's work could not be put back.
+pub fn wait_task(pid: Pid) -> nix::Result<WaitStatus> {
+    loop {
+        match waitpid(pid, Some(WaitPidFlag::__WALL)) {
+            Err(Errno::EINTR) => continue,
+            other => return other,
+        }
+    }
+}
+
 /// Seize `tid` and ask it to stop, without waiting (its cgroup may be frozen).
 pub fn seize_no_wait(tid: i32) -> Result<()> {
     let pid = Pid::from_raw(tid);
@@ -47,7 +58,7 @@ pub fn seize_no_wait(tid: i32) -> Result<()> {
 pub fn wait_for_stop(tid: i32) -> Result<StopKind> {
     let pid = Pid::from_raw(tid);
     loop {
-        let status = waitpid(pid, Some(WaitPidFlag::__WALL)).ctx(|| format!("waiting for task {tid} to stop"))?;
+        let status = wait_task(pid).ctx(|| format!("waiting for task {tid} to stop"))?;
         match status {
             WaitStatus::PtraceEvent(_, sig, libc::PTRACE_EVENT_STOP) => {
                 return Ok(match sig {

@@ -9,11 +9,11 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 
 use nix::sys::ptrace;
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
 use crate::error::{Context, Error, Result};
-use crate::ptrace::{regs, set_regs, set_sigmask, sigmask};
+use crate::ptrace::{regs, set_regs, set_sigmask, sigmask, wait_task};
 
 /// Point the task at the gadget with a syscall's number and arguments loaded.
 fn load_call(tid: i32, base: &libc::user_regs_struct, gadget: u64, nr: i64, args: [u64; 6]) -> Result<()> {
@@ -38,7 +38,7 @@ pub fn syscall(tid: i32, base: &libc::user_regs_struct, gadget: u64, nr: i64, ar
     let mut syscall_stops = 0;
     while syscall_stops < 2 {
         ptrace::syscall(pid, None).ctx(|| format!("resuming task {tid} into a syscall"))?;
-        match waitpid(pid, Some(WaitPidFlag::__WALL)).ctx(|| format!("waiting for task {tid}"))? {
+        match wait_task(pid).ctx(|| format!("waiting for task {tid}"))? {
             WaitStatus::PtraceSyscall(_) => syscall_stops += 1,
             WaitStatus::PtraceEvent(_, _, ev)
                 if ev == libc::PTRACE_EVENT_FORK || ev == libc::PTRACE_EVENT_CLONE || ev == libc::PTRACE_EVENT_VFORK =>
@@ -66,7 +66,7 @@ pub fn syscall_to_death(tid: i32, base: &libc::user_regs_struct, gadget: u64, nr
     let mut sig = None;
     loop {
         ptrace::cont(pid, sig).ctx(|| format!("resuming task {tid}"))?;
-        match waitpid(pid, Some(WaitPidFlag::__WALL)).ctx(|| format!("waiting for task {tid}"))? {
+        match wait_task(pid).ctx(|| format!("waiting for task {tid}"))? {
             WaitStatus::Exited(..) | WaitStatus::Signaled(..) => return Ok(()),
             WaitStatus::Stopped(_, s) => sig = Some(s),
             _ => sig = None,
