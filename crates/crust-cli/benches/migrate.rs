@@ -208,18 +208,7 @@ fn wait_line(out: &Path, f: impl Fn(&str) -> bool) -> Result<String> {
 
 /// `crust serve` in `host` on its veth address, its images under `workdir`.
 fn serve(bins: &Bins, host: &Host, key: &Path, workdir: &Path, log: &Path) -> Result<HostChild> {
-    let logf = std::fs::File::create(log)?;
-    let mut cmd = host.command(&bins.crust);
-    cmd.args(["serve", "--listen", &format!("{}:{SERVE_PORT}", host.ip()), "--key"])
-        .arg(key)
-        .arg("-D")
-        .arg(workdir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(logf);
-    let child = cmd.spawn();
-    wait_line(log, |l| l.contains("listening"))?;
-    Ok(child)
+    Ok(host.start_crust_serve(&bins.crust, SERVE_PORT, key, workdir, log))
 }
 
 /// A workload started in `host`, in a session of its own, writing to `out`.

@@ -105,18 +105,7 @@ fn key_file(dir: &Path, name: &str, byte: u8) -> PathBuf {
 
 /// `crust serve` in `host`, its log in a file.
 fn serve(host: &Host, key: &Path, workdir: &Path, log: &Path) -> HostChild {
-    let logf = std::fs::File::create(log).unwrap();
-    let mut cmd = host.command(CRUST);
-    cmd.args(["serve", "--listen", &format!("{}:7070", host.ip()), "--key"])
-        .arg(key)
-        .arg("-D")
-        .arg(workdir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(logf);
-    let child = cmd.spawn();
-    wait_line(log, |l| l.contains("listening"));
-    child
+    host.start_crust_serve(Path::new(CRUST), 7070, key, workdir, log)
 }
 
 fn session_dirs(workdir: &Path) -> Vec<String> {

@@ -320,6 +320,26 @@ impl Host {
     }
 
     /// The init's pid in the root pid namespace (it is pid 1 inside).
+    /// `crust serve` (the binary `crust`) on this host's veth address and
+    /// `port`, with `key`, images under `workdir`, its log in `log`; returns
+    /// once it listens.
+    pub fn start_crust_serve(&self, crust: &Path, port: u16, key: &Path, workdir: &Path, log: &Path) -> HostChild {
+        let logf = std::fs::File::create(log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+        let mut cmd = self.command(crust);
+        cmd.args(["serve", "--listen", &format!("{}:{port}", self.ip()), "--key"])
+            .arg(key)
+            .arg("-D")
+            .arg(workdir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(logf);
+        let child = cmd.spawn();
+        let listening = || std::fs::read_to_string(log).unwrap_or_default().contains("listening").then_some(());
+        super::poll(START_TIMEOUT, Duration::from_millis(10), listening)
+            .unwrap_or_else(|| panic!("crust serve in host {} did not listen: {}", self.label, std::fs::read_to_string(log).unwrap_or_default()));
+        child
+    }
+
     pub fn init_pid(&self) -> i32 {
         self.init_pid
     }
