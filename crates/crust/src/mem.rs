@@ -30,10 +30,10 @@ pub const VMA_AREA_VVAR: u32 = 1 << 12;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Backing {
     Anon,
-    File { path: PathBuf, dev: (i32, i32), inode: u64 },
+    File { path: PathBuf },
     Vdso,
     /// `[vvar]` or `[vvar_vclock]`: kernel data pages mapped next to the vdso.
-    Vvar(String),
+    Vvar,
     Vsyscall,
 }
 
@@ -48,8 +48,6 @@ pub struct Vma {
     pub flags: u32,
     pub status: u32,
     pub backing: Backing,
-    /// Name in /proc/PID/maps ("[heap]", "[stack]", a path, or "").
-    pub name: String,
 }
 
 impl Vma {
@@ -99,9 +97,9 @@ fn vmas(pid: i32, strict: bool) -> Result<Vec<Vma>> {
             flags |= libc::MAP_GROWSDOWN as u32;
         }
         let mut status = VMA_AREA_REGULAR;
-        let (backing, name) = match &m.pathname {
+        let backing = match &m.pathname {
             MMapPath::Path(p) => {
-                let s = p.to_string_lossy().into_owned();
+                let s = p.to_string_lossy();
                 if strict && s.ends_with(" (deleted)") {
                     return Err(Error::Unsupported(format!(
                         "process {pid}: mapping {:#x}-{:#x} of deleted file {s}: deleted files are not supported yet",
@@ -109,33 +107,33 @@ fn vmas(pid: i32, strict: bool) -> Result<Vec<Vma>> {
                     )));
                 }
                 status |= if shared { VMA_FILE_SHARED } else { VMA_FILE_PRIVATE };
-                (Backing::File { path: p.clone(), dev: m.dev, inode: m.inode }, s)
+                Backing::File { path: p.clone() }
             }
             MMapPath::Vdso => {
                 status |= VMA_AREA_VDSO;
-                (Backing::Vdso, "[vdso]".into())
+                Backing::Vdso
             }
             MMapPath::Vvar => {
                 status |= VMA_AREA_VVAR;
-                (Backing::Vvar("[vvar]".into()), "[vvar]".into())
+                Backing::Vvar
             }
             MMapPath::Vsyscall => {
                 status = VMA_AREA_VSYSCALL;
-                (Backing::Vsyscall, "[vsyscall]".into())
+                Backing::Vsyscall
             }
             MMapPath::Other(s) if s == "vvar_vclock" || s == "[vvar_vclock]" => {
                 status |= VMA_AREA_VVAR;
-                (Backing::Vvar("[vvar_vclock]".into()), "[vvar_vclock]".into())
+                Backing::Vvar
             }
             MMapPath::Heap => {
                 status |= VMA_AREA_HEAP | VMA_ANON_PRIVATE;
                 flags |= libc::MAP_ANONYMOUS as u32;
-                (Backing::Anon, "[heap]".into())
+                Backing::Anon
             }
             MMapPath::Stack | MMapPath::TStack(_) => {
                 status |= VMA_AREA_STACK | VMA_ANON_PRIVATE;
                 flags |= libc::MAP_ANONYMOUS as u32;
-                (Backing::Anon, "[stack]".into())
+                Backing::Anon
             }
             MMapPath::Anonymous => {
                 flags |= libc::MAP_ANONYMOUS as u32;
@@ -146,7 +144,7 @@ fn vmas(pid: i32, strict: bool) -> Result<Vec<Vma>> {
                     )));
                 }
                 status |= VMA_ANON_PRIVATE;
-                (Backing::Anon, String::new())
+                Backing::Anon
             }
             other if strict => {
                 return Err(Error::Unsupported(format!(
@@ -154,9 +152,9 @@ fn vmas(pid: i32, strict: bool) -> Result<Vec<Vma>> {
                     m.address.0, m.address.1
                 )))
             }
-            _ => (Backing::Anon, String::new()),
+            _ => Backing::Anon,
         };
-        out.push(Vma { start: m.address.0, end: m.address.1, pgoff: m.offset, prot, flags, status, backing, name });
+        out.push(Vma { start: m.address.0, end: m.address.1, pgoff: m.offset, prot, flags, status, backing });
     }
     Ok(out)
 }

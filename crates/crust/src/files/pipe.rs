@@ -23,11 +23,10 @@ fn dump(fd: &OpenFd, table: &mut FileTable) -> Result<FileEntry> {
     let pipe_id = fd.stat.st_ino as u32;
     if !table.pipe_data.iter().any(|(d, _)| d.pipe_id == pipe_id) {
         let (data, size) = peek_pipe(fd)?;
-        if !data.is_empty() {
+        // Kept for its buffer size even when empty.
+        if !data.is_empty() || size != 0 {
             let entry = PipeDataEntry { pipe_id, bytes: data.len() as u32, size: Some(size) };
             table.pipe_data.push((entry, data));
-        } else if size != 0 {
-            table.pipe_data.push((PipeDataEntry { pipe_id, bytes: 0, size: Some(size) }, Vec::new()));
         }
     }
     let id = table.new_id();

@@ -350,10 +350,6 @@ impl ImageReader {
         Ok(r)
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     fn error(&self, what: impl Into<String>) -> Error {
         Error::Image { file: self.path.clone(), offset: self.offset, what: what.into() }
     }

@@ -44,7 +44,7 @@ fn image_vdso_group(mm: &MmEntry) -> Vec<&VmaEntry> {
 pub fn check_vdso(mm: &MmEntry, here: &[crate::mem::Vma], image_name: &str) -> Result<()> {
     let img = image_vdso_group(mm);
     let mut cur: Vec<&crate::mem::Vma> =
-        here.iter().filter(|v| matches!(v.backing, Backing::Vdso | Backing::Vvar(_))).collect();
+        here.iter().filter(|v| matches!(v.backing, Backing::Vdso | Backing::Vvar)).collect();
     cur.sort_by_key(|v| v.start);
     let img_shape: Vec<(u64, u64, bool)> = img
         .iter()
@@ -64,7 +64,7 @@ pub fn check_vdso(mm: &MmEntry, here: &[crate::mem::Vma], image_name: &str) -> R
 /// Unmap everything of crust's copy but the vdso group and the scratch area.
 pub fn unmap_crust(task: &Task, here: &[crate::mem::Vma], scratch: &Scratch) -> Result<()> {
     for v in here {
-        let keep = matches!(v.backing, Backing::Vdso | Backing::Vvar(_) | Backing::Vsyscall)
+        let keep = matches!(v.backing, Backing::Vdso | Backing::Vvar | Backing::Vsyscall)
             || (v.start >= scratch.addr && v.end <= scratch.addr + scratch.len);
         if !keep {
             task.call("munmap", libc::SYS_munmap, [v.start, v.end - v.start, 0, 0, 0, 0])?;
@@ -79,7 +79,7 @@ pub fn move_vdso(task: &mut Task, mm: &MmEntry, here: &[crate::mem::Vma], scratc
     let img = image_vdso_group(mm);
     let mut cur: Vec<(u64, u64, bool)> = here
         .iter()
-        .filter(|v| matches!(v.backing, Backing::Vdso | Backing::Vvar(_)))
+        .filter(|v| matches!(v.backing, Backing::Vdso | Backing::Vvar))
         .map(|v| (v.start, v.end, v.backing == Backing::Vdso))
         .collect();
     cur.sort_unstable();

@@ -586,12 +586,17 @@ fn restore_process_state(p: &mut Proc, img: &DumpImage) -> Result<()> {
     }
     if let Some(q) = &tc.signals_s {
         for s in &q.signals {
-            let sig = s.siginfo.get(0..4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes"))).unwrap_or(0);
+            let sig = signo(s);
             let info = p.scratch.reset().put(&s.siginfo)?;
-            task.call("rt_sigqueueinfo", libc::SYS_rt_sigqueueinfo, [p.image.pid() as u64, sig as u64, info, 0, 0, 0])?;
+            task.call("rt_sigqueueinfo", libc::SYS_rt_sigqueueinfo, [p.image.pid() as u64, sig, info, 0, 0, 0])?;
         }
     }
     Ok(())
+}
+
+/// The signal number of a saved siginfo (its first field).
+fn signo(s: &crate::images::proto::SiginfoEntry) -> u64 {
+    s.siginfo.get(0..4).map_or(0, |b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as u64)
 }
 
 /// Per-thread state, in each thread: tid address, robust list, sigaltstack,
@@ -625,9 +630,9 @@ fn restore_threads_state(p: &mut Proc) -> Result<()> {
         task.call("prctl(PR_SET_PDEATHSIG)", libc::SYS_prctl, [libc::PR_SET_PDEATHSIG as u64, tc.pdeath_sig.unwrap_or(0) as u64, 0, 0, 0, 0])?;
         if let Some(q) = &tc.signals_p {
             for s in &q.signals {
-                let sig = s.siginfo.get(0..4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes"))).unwrap_or(0);
+                let sig = signo(s);
                 let info = p.scratch.reset().put(&s.siginfo)?;
-                task.call("rt_tgsigqueueinfo", libc::SYS_rt_tgsigqueueinfo, [pid, task.tid as u64, sig as u64, info, 0, 0])?;
+                task.call("rt_tgsigqueueinfo", libc::SYS_rt_tgsigqueueinfo, [pid, task.tid as u64, sig, info, 0, 0])?;
             }
         }
     }
