@@ -103,6 +103,10 @@ enum Command {
         manage_cgroups: Mode,
         #[arg(long = "cgroup-root", value_name = "[CONTROLLER:]/PATH")]
         cgroup_roots: Vec<CgroupRoot>,
+        /// Where the stats images of the move are kept (stats-dump,
+        /// stats-restore, stats-migrate.json); as with criu, the current directory.
+        #[arg(short = 'D', long = "images-dir", value_name = "DIR", default_value = ".")]
+        stats_dir: PathBuf,
         /// Print the stats as JSON.
         #[arg(long)]
         json: bool,
@@ -113,7 +117,18 @@ enum Command {
         listen: String,
         #[arg(long, value_name = "FILE")]
         key: PathBuf,
-        /// Where received images are kept until they are restored.
+        /// Where received images (all but the pages) are kept until the tree runs.
+        #[arg(short = 'D', long = "images-dir", value_name = "DIR")]
+        dir: PathBuf,
+        /// Migrations taken at once; further connections are turned away.
+        #[arg(long = "max-sessions", default_value_t = 4, value_name = "N")]
+        max_sessions: usize,
+    },
+    /// The receiving end of `crust migrate --to ssh://`: speaks the migration
+    /// protocol on standard input and output.
+    #[command(hide = true)]
+    Receive {
+        /// Where received images (all but the pages) are kept until the tree runs.
         #[arg(short = 'D', long = "images-dir", value_name = "DIR")]
         dir: PathBuf,
     },
@@ -226,6 +241,12 @@ fn run(cli: Cli) -> Result<()> {
                 cgroup_roots,
             };
             let restored = restore(&opts).with_context(|| format!("restore from {} failed", dir.display()))?;
+            // As criu does, the numbers stay beside the images; the tree runs
+            // whether or not they can be written.
+            let stats_path = dir.join("stats-restore");
+            if let Err(e) = crust::images::write_image_file(&stats_path, crust::images::Kind::Stats, &restored.stats.entry()) {
+                log::warn!("{e}");
+            }
             if let Some(path) = pidfile {
                 std::fs::write(&path, format!("{}\n", restored.root))
                     .with_context(|| format!("writing pid file {}", path.display()))?;
@@ -244,13 +265,15 @@ fn run(cli: Cli) -> Result<()> {
             let v = if path.is_dir() { crust::show::show_dir(&path)? } else { crust::show::show_file(&path)? };
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
-        Command::Migrate { pid, to, key, shell_job, remote_crust, manage_cgroups, cgroup_roots, json } => {
+        Command::Migrate { pid, to, key, shell_job, remote_crust, manage_cgroups, cgroup_roots, stats_dir, json } => {
             let remote_crust = match remote_crust {
                 Some(p) => p,
                 None => std::env::current_exe().context("finding crust's own path")?.to_string_lossy().into_owned(),
             };
             let progress = !json && nix::unistd::isatty(std::io::stderr()).unwrap_or(false);
-            let opts = MigrateOptions { pid, to, shell_job, key, remote_crust, manage_cgroups, cgroup_roots, progress };
+            let stats_dir = Some(stats_dir);
+            let opts =
+                MigrateOptions { pid, to, shell_job, key, remote_crust, manage_cgroups, cgroup_roots, stats_dir, progress };
             let stats = guard::in_child(|| Ok(migrate(&opts)?)).with_context(|| format!("migration of process {pid} failed; it runs on here"))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&stats)?);
@@ -270,8 +293,19 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
         }
-        Command::Serve { listen, key, dir } => {
-            crust::migrate::tcp::serve(&crust::migrate::tcp::ServeOptions { listen, key, dir })?;
+        Command::Serve { listen, key, dir, max_sessions } => {
+            crust::migrate::tcp::serve(&crust::migrate::tcp::ServeOptions { listen, key, dir, max_sessions })?;
+        }
+        Command::Receive { dir } => {
+            use std::os::fd::{AsFd, AsRawFd};
+            crust::migrate::receive::Session::remove_stale(&dir);
+            // The raw pipes, not std's buffered handles: the channel buffers.
+            let input = std::fs::File::from(std::io::stdin().as_fd().try_clone_to_owned()?);
+            let output = std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?);
+            let fd = input.as_raw_fd();
+            let mut chan =
+                crust::migrate::channel::Channel::pipes(Box::new(input), fd, Box::new(output), "the migrating host".into());
+            crust::migrate::receive::receive(&mut chan, &dir)?;
         }
         Command::Check { images, shell_job, manage_cgroups, cgroup_roots } => {
             let opts = RestoreOptions { dir: images.clone(), shell_job, manage_cgroups, cgroup_roots, ..Default::default() };

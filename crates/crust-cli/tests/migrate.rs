@@ -75,23 +75,44 @@ fn running_in(host: &Host, host_pid: i32) -> i32 {
     found.unwrap_or_else(|| panic!("no process {host_pid} in host {}", host.label()))
 }
 
-/// `crust migrate` run in `from`; its output.
-fn migrate(from: &Host, host_pid: i32, to: &str, key: Option<&Path>) -> std::process::Output {
+/// `crust migrate` run in `from`, its stats images kept in `stats_dir`; its output.
+fn migrate_keeping(from: &Host, host_pid: i32, to: &str, key: Option<&Path>, stats_dir: &Path) -> std::process::Output {
     let mut cmd = from.command(CRUST);
-    cmd.args(["migrate", "-t", &host_pid.to_string(), "--to", to, "--json"]);
+    cmd.args(["migrate", "-t", &host_pid.to_string(), "--to", to, "--json", "-D"]).arg(stats_dir);
     if let Some(k) = key {
         cmd.arg("--key").arg(k);
     }
     cmd.output(WAIT)
 }
 
-fn migrate_ok(from: &Host, host_pid: i32, to: &str, key: Option<&Path>) -> serde_json::Value {
-    let out = migrate(from, host_pid, to, key);
+/// A migration expected to fail: it must keep no stats.
+fn migrate(from: &Host, host_pid: i32, to: &str, key: Option<&Path>) -> std::process::Output {
+    let stats_dir = std::env::temp_dir().join(format!("crust-test-failed-migration-{}", std::process::id()));
+    let out = migrate_keeping(from, host_pid, to, key, &stats_dir);
+    assert!(!stats_dir.join("stats-dump").exists(), "a failed migration kept stats");
+    let _ = std::fs::remove_dir_all(&stats_dir);
+    out
+}
+
+/// A migration expected to succeed. Its stats are printed and kept as images
+/// crit decodes, with the same numbers.
+fn migrate_ok(from: &Host, host_pid: i32, to: &str, key: Option<&Path>, stats_dir: &Path) -> serde_json::Value {
+    let out = migrate_keeping(from, host_pid, to, key, stats_dir);
     assert!(out.status.success(), "migrate to {to} failed: {}", String::from_utf8_lossy(&out.stderr));
     let stats: serde_json::Value = serde_json::from_slice(&out.stdout).expect("migrate --json");
     assert_eq!(stats["remote"]["root"].as_i64(), Some(host_pid as i64), "same pid over there: {stats}");
     assert!(stats["bytes_sent"].as_u64().unwrap() > 0);
     assert!(stats["frozen_time_us"].as_u64().unwrap() > 0);
+    assert!(stats["transfer_time_us"].as_u64().unwrap() > 0, "{stats}");
+    let kept: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(stats_dir.join("stats-migrate.json")).expect("stats-migrate.json")).unwrap();
+    assert_eq!(kept, stats, "stats-migrate.json holds what was printed");
+    common::assert_images_dir_permissions(stats_dir);
+    let dump = &common::crit_show(&stats_dir.join("stats-dump"))["entries"][0]["dump"];
+    assert_eq!(common::num(&dump["frozen_time"]), stats["dump"]["frozen_time_us"].as_u64().unwrap() as u32 as u64, "{dump}");
+    assert_eq!(common::num(&dump["pages_written"]), stats["dump"]["pages_written"].as_u64().unwrap(), "{dump}");
+    let restore = &common::crit_show(&stats_dir.join("stats-restore"))["entries"][0]["restore"];
+    assert_eq!(common::num(&restore["pages_restored"]), stats["remote"]["stats"]["pages_restored"].as_u64().unwrap(), "{restore}");
     stats
 }
 
@@ -123,7 +144,7 @@ fn test_mm_goes_to_b_over_ssh_and_back_over_tcp() {
     let pid = job.host_pid();
     wait_line(&out, |l| l == "t1 2");
 
-    let stats = migrate_ok(&hosts.a, pid, &sshd.url(), None);
+    let stats = migrate_ok(&hosts.a, pid, &sshd.url(), None, &hosts.tmp().join("stats-a-to-b"));
     let in_b = running_in(&hosts.b, pid);
     assert_eq!(common::hosts::ns_inode(in_b, "pid"), Some(hosts.b.pid_ns_inode()), "runs in B's pid namespace");
     assert_eq!(common::hosts::ns_inode(in_b, "net"), Some(hosts.b.net_ns_inode()), "and in B's network");
@@ -136,7 +157,7 @@ fn test_mm_goes_to_b_over_ssh_and_back_over_tcp() {
     let key = key_file(hosts.tmp(), "key", 0x5a);
     let workdir = hosts.tmp().join("serve-a");
     let _serve = serve(&hosts.a, &key, &workdir, &hosts.tmp().join("serve-a.log"));
-    migrate_ok(&hosts.b, pid, &format!("tcp://{}:7070", hosts.a.ip()), Some(&key));
+    migrate_ok(&hosts.b, pid, &format!("tcp://{}:7070", hosts.a.ip()), Some(&key), &hosts.tmp().join("stats-b-to-a"));
     let in_a = running_in(&hosts.a, pid);
     assert_eq!(common::hosts::ns_inode(in_a, "pid"), Some(hosts.a.pid_ns_inode()));
     assert!(gone_from(&hosts.b, pid), "gone from B");
@@ -160,13 +181,15 @@ fn memory_of_256_mib_goes_over_ssh_and_back_over_tcp_intact() {
     let pid = job.host_pid();
     wait_line(&out, |l| l.starts_with("READY"));
 
-    let stats = migrate_ok(&hosts.a, pid, &sshd.url(), None);
+    let pages = |stats: &serde_json::Value| stats["remote"]["stats"]["pages_restored"].as_u64().unwrap();
+    let stats = migrate_ok(&hosts.a, pid, &sshd.url(), None, &hosts.tmp().join("stats-a-to-b"));
     assert!(stats["bytes_sent"].as_u64().unwrap() >= 256 << 20, "{stats}");
+    assert!(pages(&stats) >= 65536, "{stats}");
     running_in(&hosts.b, pid);
     assert!(gone_from(&hosts.a, pid));
-    let stats = migrate_ok(&hosts.b, pid, &format!("tcp://{}:7070", hosts.a.ip()), Some(&key));
+    let stats = migrate_ok(&hosts.b, pid, &format!("tcp://{}:7070", hosts.a.ip()), Some(&key), &hosts.tmp().join("stats-b-to-a"));
     assert!(stats["bytes_sent"].as_u64().unwrap() >= 256 << 20, "{stats}");
-    assert_eq!(stats["transfer_time_us"].as_u64(), Some(0), "tcp:// streams the images while it dumps: {stats}");
+    assert!(pages(&stats) >= 65536, "{stats}");
     let in_a = running_in(&hosts.a, pid);
     assert!(gone_from(&hosts.b, pid));
     // SAFETY: our migrated process.
@@ -195,16 +218,9 @@ fn refusals_wrong_key_and_cut_connections_leave_the_tree_in_a_and_nothing_in_b()
         let of_tree = |p: i32| common::hosts::cmdline(p).contains("test_mm");
         assert!(!hosts.b.processes().into_iter().any(of_tree), "{what}: something of the tree is in B");
         assert!(session_dirs(&workdir).is_empty(), "{what}: images left in B: {:?}", session_dirs(&workdir));
-        // Images sent over ssh go to /var/tmp/crust-migrate-*; other tests may
-        // be migrating at the same moment, so wait for none to remain.
-        let leftovers = || -> Vec<_> {
-            std::fs::read_dir("/var/tmp")
-                .unwrap()
-                .filter_map(|e| e.ok())
-                .filter(|e| e.file_name().to_string_lossy().starts_with("crust-migrate-"))
-                .map(|e| e.file_name())
-                .collect()
-        };
+        // Images sent over ssh go to /var/tmp/crust-migrate/session-*; other
+        // tests may be migrating at the same moment, so wait for none to remain.
+        let leftovers = || session_dirs(Path::new("/var/tmp/crust-migrate"));
         let deadline = Instant::now() + Duration::from_secs(20);
         while !leftovers().is_empty() {
             assert!(Instant::now() < deadline, "{what}: ssh images left: {:?}", leftovers());

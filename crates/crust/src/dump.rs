@@ -76,6 +76,26 @@ pub struct DumpStats {
     pub cgroups: String,
 }
 
+impl DumpStats {
+    /// As CRIU's stats-dump holds it.
+    pub fn entry(&self) -> StatsEntry {
+        StatsEntry {
+            dump: Some(DumpStatsEntry {
+                freezing_time: self.freezing_time_us as u32,
+                frozen_time: self.frozen_time_us as u32,
+                memdump_time: self.memdump_time_us as u32,
+                memwrite_time: self.memwrite_time_us as u32,
+                pages_scanned: self.pages_scanned,
+                pages_skipped_parent: 0,
+                pages_written: self.pages_written,
+                pages_lazy: 0,
+                ..Default::default()
+            }),
+            restore: None,
+        }
+    }
+}
+
 // task_core_entry.task_state values (CRIU's).
 const TASK_ALIVE: u32 = 1;
 const TASK_STOPPED: u32 = 3;
@@ -92,10 +112,35 @@ fn us(d: Duration) -> u64 {
 pub struct Dumped {
     tree: FrozenTree,
     frozen_at: Instant,
+    /// Pages not written yet (a streamed dump sends them last).
+    pages: Vec<PendingPages>,
     pub stats: DumpStats,
 }
 
 impl Dumped {
+    /// Bytes of pages still to send.
+    pub fn pending_bytes(&self) -> u64 {
+        self.pages.iter().map(PendingPages::bytes).sum()
+    }
+
+    /// Send the pages the dump left out, one pages-N.img after the other in
+    /// the order of pstree.img; `progress` hears the bytes sent so far.
+    pub fn send_pages(&mut self, sink: &mut dyn FileSink, progress: &mut dyn FnMut(u64)) -> Result<u64> {
+        let mut sent = 0;
+        for pending in std::mem::take(&mut self.pages) {
+            sink.begin(&pending.name())?;
+            pending.copy(&mut self.stats, &mut |chunk| {
+                sink.data(chunk)?;
+                sent += chunk.len() as u64;
+                progress(sent);
+                Ok(())
+            })?;
+            sink.end()?;
+        }
+        self.stats.bytes_written += sent;
+        Ok(sent)
+    }
+
     pub fn kill(mut self) -> DumpStats {
         self.tree.kill();
         self.stats.frozen_time_us = us(self.frozen_at.elapsed());
@@ -110,8 +155,8 @@ impl Dumped {
 }
 
 pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
-    let (tree, dir, stats, frozen_at) = write_images(opts, None)?;
-    let d = Dumped { tree, frozen_at, stats };
+    let (tree, dir, stats, frozen_at, pages) = write_images(opts, None)?;
+    let d = Dumped { tree, frozen_at, pages, stats };
     if opts.leave_running {
         // Everything is read: the tree need not wait for the disk.
         let mut stats = d.resume();
@@ -127,15 +172,20 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
 
 /// Dump and keep the tree frozen, with its images in place: in `opts.dir`,
 /// or, given a sink, streamed to it as they are written (nothing on disk).
+/// A streamed dump leaves the pages out, for [`Dumped::send_pages`]: the
+/// receiver can check the rest, and build the tree, before they come.
 pub fn dump_frozen(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<Dumped> {
-    let (tree, dir, mut stats, frozen_at) = write_images(opts, sink)?;
+    let (tree, dir, mut stats, frozen_at, pages) = write_images(opts, sink)?;
     dir.commit()?;
     stats.frozen_time_us = us(frozen_at.elapsed());
-    Ok(Dumped { tree, frozen_at, stats })
+    Ok(Dumped { tree, frozen_at, pages, stats })
 }
 
-/// Freeze the tree and write all its images (not yet made visible).
-fn write_images(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<(FrozenTree, ImageDir, DumpStats, Instant)> {
+type Written = (FrozenTree, ImageDir, DumpStats, Instant, Vec<PendingPages>);
+
+/// Freeze the tree and write all its images (not yet made visible); a
+/// streamed dump returns its pages unwritten.
+fn write_images(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<Written> {
     let start = Instant::now();
     let tree = match &opts.freeze_cgroup {
         Some(cg) => FrozenTree::seize_through_freezer(opts.pid, cg)?,
@@ -151,9 +201,10 @@ fn write_images(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<(
     check_session(&tree, opts)?;
     check_isolation(&tree)?;
 
-    let mut dir = match sink {
-        Some(sink) => ImageDir::stream(sink),
-        None => ImageDir::create(&opts.dir)?,
+    let mut pending = Vec::new();
+    let (mut dir, mut deferred) = match sink {
+        Some(sink) => (ImageDir::stream(sink), Some(&mut pending)),
+        None => (ImageDir::create(&opts.dir)?, None),
     };
     let mut files = FileTable::default();
     let mut cgroups = CgroupRecorder::new(opts.cgroup_roots.clone())?;
@@ -164,7 +215,8 @@ fn write_images(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<(
             stats.bytes_written += dump_zombie(p, status, &mut dir)?;
             continue;
         }
-        let ids = dump_process(p, n as u32 + 1, &mut dir, &mut files, &mut cgroups, &mut kobj, &mut stats)?;
+        let ids =
+            dump_process(p, n as u32 + 1, &mut dir, &mut files, &mut cgroups, &mut kobj, &mut stats, deferred.as_deref_mut())?;
         root_ids.get_or_insert(ids);
     }
     let mut w = dir.writer("pstree.img", Kind::Pstree)?;
@@ -201,22 +253,9 @@ fn write_images(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<(
     crate::cancel::check()?;
     stats.frozen_time_us = us(frozen_at.elapsed());
     let mut w = dir.writer("stats-dump", Kind::Stats)?;
-    w.entry(&StatsEntry {
-        dump: Some(DumpStatsEntry {
-            freezing_time: stats.freezing_time_us as u32,
-            frozen_time: stats.frozen_time_us as u32,
-            memdump_time: stats.memdump_time_us as u32,
-            memwrite_time: stats.memwrite_time_us as u32,
-            pages_scanned: stats.pages_scanned,
-            pages_skipped_parent: 0,
-            pages_written: stats.pages_written,
-            pages_lazy: 0,
-            ..Default::default()
-        }),
-        restore: None,
-    })?;
+    w.entry(&stats.entry())?;
     stats.bytes_written += w.finish()?;
-    Ok((tree, dir, stats, frozen_at))
+    Ok((tree, dir, stats, frozen_at, pending))
 }
 
 /// What crust cannot restore yet must stop the dump, not be lost on restore:
@@ -403,6 +442,7 @@ fn dump_process(
     cgroups: &mut CgroupRecorder,
     kobj: &mut KobjIds,
     stats: &mut DumpStats,
+    deferred: Option<&mut Vec<PendingPages>>,
 ) -> Result<TaskKobjIdsEntry> {
     let pid = p.pid;
     let vmas = mem::read_vmas(pid)?;
@@ -540,7 +580,7 @@ fn dump_process(
     let mut w = dir.writer(&format!("mm-{pid}.img"), Kind::Mm)?;
     w.entry(&mm)?;
     stats.bytes_written += w.finish()?;
-    dump_pages(pid, index, &vmas, dir, stats)?;
+    dump_pages(pid, index, &vmas, dir, stats, deferred)?;
 
     // Files: fd table, cwd and root.
     let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -594,9 +634,16 @@ fn vma_entry(v: &Vma, files: &mut FileTable) -> Result<VmaEntry> {
     })
 }
 
-/// pagemap-PID.img and pages-N.img: the runs of saved pages and their contents.
-fn dump_pages(pid: i32, pages_id: u32, vmas: &[Vma], dir: &mut ImageDir, stats: &mut DumpStats) -> Result<()> {
-    let t = Instant::now();
+/// pagemap-PID.img and pages-N.img: the runs of saved pages and their
+/// contents; the contents left for later if `deferred` is given.
+fn dump_pages(
+    pid: i32,
+    pages_id: u32,
+    vmas: &[Vma],
+    dir: &mut ImageDir,
+    stats: &mut DumpStats,
+    deferred: Option<&mut Vec<PendingPages>>,
+) -> Result<()> {
     let (runs, scanned) = mem::private_page_runs(pid, vmas)?;
     stats.pages_scanned += scanned;
     // The pagemap first, whole, then the pages: images are written one at a
@@ -607,27 +654,57 @@ fn dump_pages(pid: i32, pages_id: u32, vmas: &[Vma], dir: &mut ImageDir, stats: 
         map.entry(&PagemapEntry { vaddr: run.vaddr, nr_pages: run.nr_pages as u32, in_parent: None, flags: Some(PE_PRESENT) })?;
     }
     stats.bytes_written += map.finish()?;
-    let mut pages = dir.writer(&format!("pages-{pages_id}.img"), Kind::Pages)?;
-    let reader = PageReader::new(pid)?;
-    const CHUNK: u64 = 1 << 20;
-    let mut buf = vec![0u8; CHUNK as usize];
-    let mut read_time = Duration::ZERO;
-    for run in &runs {
-        let mut addr = run.vaddr;
-        let end = run.vaddr + run.nr_pages * PAGE_SIZE;
-        while addr < end {
-            crate::cancel::check()?;
-            let n = (end - addr).min(CHUNK) as usize;
-            let r = Instant::now();
-            reader.read(addr, &mut buf[..n])?;
-            read_time += r.elapsed();
-            pages.raw(&buf[..n])?;
-            addr += n as u64;
+    let pending = PendingPages { pid, pages_id, runs };
+    match deferred {
+        Some(list) => list.push(pending),
+        None => {
+            let mut w = dir.writer(&pending.name(), Kind::Pages)?;
+            pending.copy(stats, &mut |chunk| w.raw(chunk))?;
+            stats.bytes_written += w.finish()?;
         }
-        stats.pages_written += run.nr_pages;
     }
-    stats.bytes_written += pages.finish()?;
-    stats.memdump_time_us += us(read_time);
-    stats.memwrite_time_us += us(t.elapsed().saturating_sub(read_time));
     Ok(())
+}
+
+/// The saved pages of one process, read from it (still frozen) when written.
+struct PendingPages {
+    pid: i32,
+    pages_id: u32,
+    runs: Vec<mem::PageRun>,
+}
+
+impl PendingPages {
+    fn name(&self) -> String {
+        format!("pages-{}.img", self.pages_id)
+    }
+
+    fn bytes(&self) -> u64 {
+        self.runs.iter().map(|r| r.nr_pages * PAGE_SIZE).sum()
+    }
+
+    /// Read the pages a chunk at a time and hand each chunk to `out`.
+    fn copy(&self, stats: &mut DumpStats, out: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        let t = Instant::now();
+        let reader = PageReader::new(self.pid)?;
+        const CHUNK: u64 = 1 << 20;
+        let mut buf = vec![0u8; CHUNK as usize];
+        let mut read_time = Duration::ZERO;
+        for run in &self.runs {
+            let mut addr = run.vaddr;
+            let end = run.vaddr + run.nr_pages * PAGE_SIZE;
+            while addr < end {
+                crate::cancel::check()?;
+                let n = (end - addr).min(CHUNK) as usize;
+                let r = Instant::now();
+                reader.read(addr, &mut buf[..n])?;
+                read_time += r.elapsed();
+                out(&buf[..n])?;
+                addr += n as u64;
+            }
+            stats.pages_written += run.nr_pages;
+        }
+        stats.memdump_time_us += us(read_time);
+        stats.memwrite_time_us += us(t.elapsed().saturating_sub(read_time));
+        Ok(())
+    }
 }

@@ -134,18 +134,7 @@ pub struct ImageDir {
 
 impl ImageDir {
     pub fn create(dir: &Path) -> Result<ImageDir> {
-        if !dir.exists() {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .ctx(|| format!("creating images directory {}", dir.display()))?;
-        } else {
-            // Images hold process memory: the directory is the owner's only.
-            use std::os::unix::fs::PermissionsExt;
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-                .ctx(|| format!("making images directory {} private (0700)", dir.display()))?;
-        }
+        create_private_dir(dir)?;
         remove_stale_staging(dir);
         let staging = dir.join(format!(".crust-staging-{}", std::process::id()));
         let _ = fs::remove_dir_all(&staging);
@@ -248,6 +237,51 @@ impl Drop for ImageDir {
             let _ = fs::remove_dir_all(staging);
         }
     }
+}
+
+/// A directory for images, the owner's only (0700): images hold process memory.
+pub fn create_private_dir(dir: &Path) -> Result<()> {
+    if !dir.exists() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .ctx(|| format!("creating images directory {}", dir.display()))
+    } else {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .ctx(|| format!("making images directory {} private (0700)", dir.display()))
+    }
+}
+
+/// Write `data` as `path` (0600), whole or not at all: a temporary file in
+/// the same directory, synced, then renamed over `path`.
+pub fn write_file_atomically(path: &Path, data: &[u8]) -> Result<()> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.crust-{}", std::process::id()));
+    let written = (|| {
+        let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written.ctx(|| format!("writing {}", path.display()))
+}
+
+/// An image file of one entry (a stats image, say), written atomically.
+pub fn write_image_file<M: Message>(path: &Path, kind: Kind, msg: &M) -> Result<()> {
+    let mut data = Vec::new();
+    if let Some(head) = kind.head_magic() {
+        data.extend_from_slice(&head.to_le_bytes());
+    }
+    data.extend_from_slice(&kind.magic().to_le_bytes());
+    let body = msg.encode_to_vec();
+    data.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    data.extend_from_slice(&body);
+    write_file_atomically(path, &data)
 }
 
 fn lock(sink: &SharedSink) -> std::sync::MutexGuard<'_, Box<dyn FileSink>> {

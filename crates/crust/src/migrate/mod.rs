@@ -5,18 +5,24 @@
 //! tree running there is the tree killed here. Any failure before that resumes
 //! the tree where it was, and leaves nothing of it on the destination.
 
+pub mod channel;
+pub mod receive;
 pub mod ssh;
 pub mod tcp;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
 use crate::cgroups::{CgroupRoot, Mode};
 use crate::dump::{dump_frozen, DumpOptions, DumpStats};
-use crate::error::{Context, Error, Result};
+use crate::error::{Error, Result};
+use crate::images::FileSink;
 use crate::restore::RestoreStats;
+use channel::{Channel, CHECK, CHUNK, DATA, END_FILE, FILE, GO, HELLO, RESTORE};
 
 /// Where a tree goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,6 +92,8 @@ pub struct MigrateOptions {
     pub remote_crust: String,
     pub manage_cgroups: Mode,
     pub cgroup_roots: Vec<CgroupRoot>,
+    /// Where the stats images of the move are kept.
+    pub stats_dir: Option<PathBuf>,
     /// Show progress of the transfer on stderr.
     pub progress: bool,
 }
@@ -100,40 +108,121 @@ pub struct Restored {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct MigrateStats {
     pub dump: DumpStats,
-    /// Freezing the tree and writing its images (streamed: and sending them).
+    /// Freezing the tree and sending its images but the pages.
     pub dump_time_us: u64,
     /// From freezing the tree here to killing it once it ran there.
     pub frozen_time_us: u64,
+    /// Sending the pages (the destination writes them into the new tasks as
+    /// they arrive, so this overlaps the restore).
     pub transfer_time_us: u64,
     pub check_time_us: u64,
+    /// From asking the destination to restore until the tree runs there.
     pub restore_time_us: u64,
     pub total_time_us: u64,
     pub bytes_sent: u64,
     pub remote: Restored,
 }
 
-/// The steps a transport carries out on the destination.
-pub trait Transport {
-    /// A sink that takes the images as the dump writes them, if the transport
-    /// can stream; `send` is then not called.
-    fn stream(&mut self) -> Option<Box<dyn crate::images::FileSink>> {
-        None
+/// The link to the destination: frames over tcp:// or ssh://.
+struct Link {
+    chan: Arc<Mutex<Channel>>,
+    /// Bytes of images sent.
+    sent: Arc<AtomicU64>,
+    ssh: Option<ssh::SshSession>,
+}
+
+impl Link {
+    fn open(opts: &MigrateOptions) -> Result<Link> {
+        let (chan, ssh) = match &opts.to {
+            Destination::Ssh { user, host, port } => {
+                let (chan, session) = ssh::open(user.as_deref(), host, *port, &opts.remote_crust)?;
+                (chan, Some(session))
+            }
+            Destination::Tcp { host, port } => {
+                let key = opts.key.as_ref().ok_or_else(|| Error::Invalid("tcp:// needs --key FILE".into()))?;
+                (tcp::connect(host, *port, &tcp::read_key(key)?)?, None)
+            }
+        };
+        Ok(Link { chan: Arc::new(Mutex::new(chan)), sent: Arc::default(), ssh })
     }
-    /// Bytes that went through the stream.
-    fn streamed(&self) -> u64 {
-        0
+
+    fn chan(&self) -> MutexGuard<'_, Channel> {
+        self.chan.lock().unwrap_or_else(|p| p.into_inner())
     }
-    /// Send every file of the images directory (for a transport that does not
-    /// stream); returns the bytes sent.
-    fn send(&mut self, _dir: &Path, _progress: &mut dyn FnMut(u64, u64)) -> Result<u64> {
-        Err(Error::Invalid("this transport streams the images as they are written".into()))
+
+    /// A sink that sends image files over the link.
+    fn sink(&self) -> Box<dyn FileSink> {
+        Box::new(LinkSink { chan: self.chan.clone(), sent: self.sent.clone() })
     }
-    /// The destination checks it can restore them (all problems at once).
-    fn check(&mut self) -> Result<()>;
-    /// The destination restores the tree and reports it running.
-    fn restore(&mut self) -> Result<Restored>;
-    /// Forget everything sent (the migration failed).
-    fn abort(&mut self);
+
+    /// Ask, and wait for the answer.
+    fn request(&self, kind: u8, payload: &[u8]) -> Result<Vec<u8>> {
+        let mut chan = self.chan();
+        chan.send(kind, payload)?;
+        chan.answer()
+    }
+
+    /// The best account of a failure: the destination's reason if it gave
+    /// one, else what the far side of ssh printed, else `err` itself.
+    fn explain(&mut self, err: Error) -> Error {
+        let err = self.chan().reason(err);
+        match (&mut self.ssh, err) {
+            (Some(ssh), err @ Error::Io { .. }) => {
+                let said = ssh.said();
+                if said.is_empty() {
+                    err
+                } else {
+                    Error::Invalid(format!("{err}; {} said: {said}", ssh.target))
+                }
+            }
+            (_, err) => err,
+        }
+    }
+
+    /// Give up: the destination sees the link end and drops what it has.
+    fn abort(&mut self) {
+        self.chan().close();
+        if let Some(ssh) = &mut self.ssh {
+            ssh.kill();
+        }
+    }
+}
+
+/// Image files sent over the link as the dump writes them.
+struct LinkSink {
+    chan: Arc<Mutex<Channel>>,
+    sent: Arc<AtomicU64>,
+}
+
+impl LinkSink {
+    fn send(&self, kind: u8, payload: &[u8]) -> Result<()> {
+        let mut chan = self.chan.lock().unwrap_or_else(|p| p.into_inner());
+        // The destination speaks during a transfer only to give up.
+        if chan.peer_spoke() {
+            return Err(Error::Invalid(format!("{} stopped the transfer", chan.peer)));
+        }
+        chan.send(kind, payload)?;
+        self.sent.fetch_add(payload.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+impl FileSink for LinkSink {
+    fn begin(&mut self, name: &str) -> Result<()> {
+        self.send(FILE, name.as_bytes())
+    }
+
+    fn data(&mut self, bytes: &[u8]) -> Result<()> {
+        bytes.chunks(CHUNK).try_for_each(|c| self.send(DATA, c))
+    }
+
+    fn end(&mut self) -> Result<()> {
+        self.send(END_FILE, &[])
+    }
+}
+
+fn decode_restored(link: &Link, answer: &[u8]) -> Result<Restored> {
+    serde_json::from_slice(answer).map_err(|e| Error::Invalid(format!("{}: bad answer to restore: {e}", link.chan().peer)))
 }
 
 pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats> {
@@ -147,113 +236,106 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats> {
             .map(|r| format!("{}{}", r.controller.as_ref().map(|c| format!("{c}:")).unwrap_or_default(), r.path))
             .collect(),
     };
-    let mut transport: Box<dyn Transport> = match &opts.to {
-        Destination::Ssh { user, host, port } => {
-            Box::new(ssh::Ssh::new(user.clone(), host.clone(), *port, opts.remote_crust.clone(), remote))
-        }
-        Destination::Tcp { host, port } => {
-            let key = opts.key.as_ref().ok_or_else(|| Error::Invalid("tcp:// needs --key FILE".into()))?;
-            Box::new(tcp::Client::connect(host, *port, &tcp::read_key(key)?, remote)?)
-        }
-    };
-    // Images stream to the destination as they are written where the transport
-    // can (tcp://); otherwise they are staged in memory (tmpfs), not on disk.
-    let sink = transport.stream();
-    let streaming = sink.is_some();
-    let staging = if streaming { PathBuf::new() } else { fresh_staging_dir()? };
+    let mut link = Link::open(opts)?;
+    let hello = serde_json::to_vec(&remote).map_err(|e| Error::Invalid(e.to_string()))?;
+    let said_hello = link.chan().send(HELLO, &hello);
+    if let Err(e) = said_hello {
+        let e = link.explain(e);
+        link.abort();
+        return Err(e);
+    }
+    // The images but the pages go as the dump writes them; nothing on disk.
     let dump_opts = DumpOptions {
         pid: opts.pid,
-        dir: staging.clone(),
         leave_running: false,
         shell_job: opts.shell_job,
         cgroup_roots: opts.cgroup_roots.clone(),
-        freeze_cgroup: None,
+        ..Default::default()
     };
     let t = Instant::now();
-    let dumped = dump_frozen(&dump_opts, sink);
-    let dump_time_us = t.elapsed().as_micros() as u64;
-    let dumped = match dumped {
+    let dumped = dump_frozen(&dump_opts, Some(link.sink()));
+    let mut stats = MigrateStats { dump_time_us: t.elapsed().as_micros() as u64, ..Default::default() };
+    let mut dumped = match dumped {
         Ok(d) => d,
         Err(e) => {
-            let _ = std::fs::remove_dir_all(&staging);
-            transport.abort();
+            let e = link.explain(e);
+            link.abort();
             return Err(e);
         }
     };
-    let mut stats = MigrateStats { dump_time_us, ..Default::default() };
-    let mut show = |done: u64, total: u64| {
+    let total = dumped.pending_bytes();
+    let mut show = |done: u64| {
         if opts.progress && total > 0 {
-            let width = 40;
-            let filled = (done * width / total) as usize;
-            eprint!(
-                "\rsending [{}{}] {:>6.1}/{:.1} MiB",
-                "#".repeat(filled),
-                " ".repeat(width as usize - filled),
-                done as f64 / 1048576.0,
-                total as f64 / 1048576.0
-            );
-            if done == total {
-                eprintln!();
-            }
+            show_progress(done, total);
         }
     };
     let result = (|| -> Result<Restored> {
-        if streaming {
-            stats.bytes_sent = transport.streamed();
-        } else {
-            let t = Instant::now();
-            stats.bytes_sent = transport.send(&staging, &mut show)?;
-            stats.transfer_time_us = t.elapsed().as_micros() as u64;
-        }
         let t = Instant::now();
-        transport.check()?;
+        link.request(CHECK, &[])?;
         stats.check_time_us = t.elapsed().as_micros() as u64;
+        // The destination builds the tree while the pages come, and holds it.
         let t = Instant::now();
-        let r = transport.restore()?;
+        link.chan().send(RESTORE, &[])?;
+        dumped.send_pages(&mut *link.sink(), &mut show)?;
+        stats.transfer_time_us = t.elapsed().as_micros() as u64;
+        link.chan().answer()?;
+        // Built there: let it run, and kill it here once it does.
+        let running = link.request(GO, &[])?;
         stats.restore_time_us = t.elapsed().as_micros() as u64;
-        Ok(r)
+        decode_restored(&link, &running)
     })();
+    stats.bytes_sent = link.sent.load(Ordering::Relaxed);
     match result {
         Ok(remote) => {
             stats.dump = dumped.kill();
-            let _ = std::fs::remove_dir_all(&staging);
             stats.frozen_time_us = stats.dump.frozen_time_us;
             stats.remote = remote;
             stats.total_time_us = start.elapsed().as_micros() as u64;
+            if let Some(dir) = &opts.stats_dir {
+                // The tree runs there: a failure here is reported, not undone.
+                if let Err(e) = write_stats(dir, &stats) {
+                    log::error!("keeping the stats of the move: {e}");
+                }
+            }
             Ok(stats)
         }
         Err(e) => {
             dumped.resume();
-            let _ = std::fs::remove_dir_all(&staging);
-            transport.abort();
+            let e = link.explain(e);
+            link.abort();
             Err(e)
         }
     }
 }
 
-/// A new private directory in tmpfs (or the temp dir), never one that exists.
-fn fresh_staging_dir() -> Result<PathBuf> {
-    use std::os::unix::fs::DirBuilderExt;
-    let base = if Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { std::env::temp_dir() };
-    let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    let dir = base.join(format!("crust-migrate-{}-{nonce}", std::process::id()));
-    std::fs::DirBuilder::new().mode(0o700).create(&dir).ctx(|| format!("creating {}", dir.display()))?;
-    Ok(dir)
+fn show_progress(done: u64, total: u64) {
+    let width = 40;
+    let filled = (done.min(total) * width / total) as usize;
+    eprint!(
+        "\rsending [{}{}] {:>6.1}/{:.1} MiB",
+        "#".repeat(filled),
+        " ".repeat(width as usize - filled),
+        done as f64 / 1048576.0,
+        total as f64 / 1048576.0
+    );
+    if done >= total {
+        eprintln!();
+    }
 }
 
-/// The files of an images directory, sorted, with their sizes.
-pub(crate) fn list_files(dir: &Path) -> Result<Vec<(String, u64)>> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).ctx(|| format!("listing {}", dir.display()))? {
-        let e = e.ctx(|| format!("listing {}", dir.display()))?;
-        let md = e.metadata().ctx(|| format!("stat {}", e.path().display()))?;
-        if md.is_file() {
-            out.push((e.file_name().to_string_lossy().into_owned(), md.len()));
-        }
-    }
-    out.sort();
-    Ok(out)
+/// The stats of a move, kept as CRIU keeps them (stats-dump for this side,
+/// stats-restore for the other; crit decodes both) and whole in
+/// stats-migrate.json.
+pub fn write_stats(dir: &Path, stats: &MigrateStats) -> Result<()> {
+    crate::images::create_private_dir(dir)?;
+    crate::images::write_image_file(&dir.join("stats-dump"), crate::images::Kind::Stats, &stats.dump.entry())?;
+    crate::images::write_image_file(&dir.join("stats-restore"), crate::images::Kind::Stats, &stats.remote.stats.entry())?;
+    let text = serde_json::to_vec_pretty(stats).map_err(|e| Error::Invalid(e.to_string()))?;
+    crate::images::write_file_atomically(&dir.join(STATS_JSON), &text)
 }
+
+/// The whole stats of a move, beside its stats images.
+pub const STATS_JSON: &str = "stats-migrate.json";
 
 /// A file name that may be written into a receiving directory.
 pub(crate) fn safe_name(name: &str) -> bool {

@@ -1,24 +1,25 @@
-//! The ssh:// transport: the user's OpenSSH carries a tar stream of the images
-//! and runs crust over there (`crust check`, then `crust restore`), all in one
-//! session (each ssh connection costs a few hundred ms). No daemon, no new
-//! port; keys and known hosts are whatever ssh is configured with.
+//! The ssh:// link: the user's OpenSSH runs `crust receive` on the other host
+//! and carries the migration's frames over its standard input and output. No
+//! daemon, no new port; keys and known hosts are whatever ssh is configured
+//! with, and ssh protects what crosses.
 
-use std::io::Write;
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use super::{list_files, RemoteRestore, Restored, Transport};
-use crate::error::{Context, Error, Result};
+use super::channel::Channel;
+use crate::error::{Context, Result};
 
-pub struct Ssh {
-    target: String,
-    port: Option<u16>,
-    crust: String,
-    restore: RemoteRestore,
-    /// The images directory over there, once created.
-    remote_dir: Option<String>,
-    /// The session that receives, checks and restores.
-    session: Option<std::process::Child>,
+/// Where `crust receive` keeps the images but the pages while it restores.
+pub const REMOTE_WORKDIR: &str = "/var/tmp/crust-migrate";
+
+/// The ssh process of a migration, and what the far side printed on stderr.
+pub struct SshSession {
+    pub target: String,
+    child: Child,
+    stderr: Arc<Mutex<String>>,
 }
 
 /// Single-quote a word for the remote shell.
@@ -26,135 +27,71 @@ fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-impl Ssh {
-    pub fn new(user: Option<String>, host: String, port: Option<u16>, crust: String, restore: RemoteRestore) -> Ssh {
-        let target = match user {
-            Some(u) => format!("{u}@{host}"),
-            None => host,
-        };
-        Ssh { target, port, crust, restore, remote_dir: None, session: None }
+/// Start `crust receive` over ssh; the channel speaks to it.
+pub fn open(user: Option<&str>, host: &str, port: Option<u16>, crust: &str) -> Result<(Channel, SshSession)> {
+    let target = match user {
+        Some(u) => format!("{u}@{host}"),
+        None => host.to_string(),
+    };
+    let mut cmd = Command::new("ssh");
+    if let Some(p) = port {
+        cmd.args(["-p", &p.to_string()]);
+    }
+    let remote = format!("{} receive -D {}", quote(crust), quote(REMOTE_WORKDIR));
+    cmd.arg("--").arg(&target).arg(remote);
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ctx(|| format!("running ssh to {target}"))?;
+    let stdin = child.stdin.take().expect("piped");
+    let stdout = child.stdout.take().expect("piped");
+    let mut errout = child.stderr.take().expect("piped");
+    let stderr = Arc::new(Mutex::new(String::new()));
+    {
+        let stderr = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = errout.read(&mut buf) {
+                stderr.lock().unwrap_or_else(|p| p.into_inner()).push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+    }
+    let fd = stdout.as_raw_fd();
+    let chan = Channel::pipes(Box::new(stdout), fd, Box::new(stdin), target.clone());
+    Ok((chan, SshSession { target, child, stderr }))
+}
+
+impl SshSession {
+    /// What ssh and the far side said on stderr, once ssh has ended (or
+    /// been ended: the link failed, so the session is over either way).
+    pub fn said(&mut self) -> String {
+        self.end(Duration::from_secs(2));
+        // The reader thread sees the end of stderr right after ssh exits.
+        std::thread::sleep(Duration::from_millis(20));
+        self.stderr.lock().unwrap_or_else(|p| p.into_inner()).trim().to_string()
     }
 
-    fn command(&self, remote: &str) -> Command {
-        let mut c = Command::new("ssh");
-        if let Some(p) = self.port {
-            c.args(["-p", &p.to_string()]);
+    /// End the session now; the far side sees its input end and gives up.
+    pub fn kill(&mut self) {
+        self.end(Duration::ZERO);
+    }
+
+    /// Wait up to `grace` for ssh to exit, then kill it.
+    fn end(&mut self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
         }
-        c.arg("--").arg(&self.target).arg(remote);
-        c
-    }
-
-    /// Run a remote command; its failure is an error carrying what it printed.
-    fn run(&self, what: &str, remote: &str) -> Result<String> {
-        let out = self
-            .command(remote)
-            .stdin(Stdio::null())
-            .output()
-            .ctx(|| format!("running ssh to {}", self.target))?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if !out.status.success() {
-            let err = String::from_utf8_lossy(&out.stderr);
-            return Err(Error::Invalid(format!("{what} on {} failed: {}", self.target, err.trim())));
-        }
-        Ok(text)
-    }
-
-    fn crust_cmd(&self, args: &[String]) -> String {
-        std::iter::once(quote(&self.crust)).chain(args.iter().map(|a| quote(a))).collect::<Vec<_>>().join(" ")
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
-/// Counts what goes through, and reports it.
-struct Counting<'a, W: Write> {
-    inner: W,
-    done: u64,
-    total: u64,
-    progress: &'a mut dyn FnMut(u64, u64),
-}
-
-impl<W: Write> Write for Counting<'_, W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.done += n as u64;
-        (self.progress)(self.done.min(self.total), self.total);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-impl Transport for Ssh {
-    fn send(&mut self, dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<u64> {
-        let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        let remote_dir = format!("/var/tmp/crust-migrate-{}-{nonce}", std::process::id());
-        let mut check = vec!["check".to_string(), "--images".into(), remote_dir.clone()];
-        check.extend(self.restore.args());
-        let mut restore = vec!["restore".to_string(), "-D".into(), remote_dir.clone(), "-d".into(), "--json".into()];
-        restore.extend(self.restore.args());
-        // Receive, check (its report on stderr), restore (its JSON on stdout),
-        // and drop the images whatever happened.
-        let remote = format!(
-            "umask 077 && mkdir -p {d} && tar -C {d} -xf - && {check} >&2 && {restore}; rc=$?; rm -rf {d}; exit $rc",
-            d = quote(&remote_dir),
-            check = self.crust_cmd(&check),
-            restore = self.crust_cmd(&restore),
-        );
-        let mut child = self
-            .command(&remote)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .ctx(|| format!("running ssh to {}", self.target))?;
-        self.remote_dir = Some(remote_dir);
-        let files = list_files(dir)?;
-        // The tar stream is the files plus a header block for each.
-        let total = files.iter().map(|(_, n)| n.div_ceil(512) * 512 + 512).sum::<u64>() + 1024;
-        let stdin = child.stdin.take().expect("piped");
-        self.session = Some(child);
-        let mut out = Counting { inner: std::io::BufWriter::with_capacity(1 << 20, stdin), done: 0, total, progress };
-        let sent = {
-            let mut tar = tar::Builder::new(&mut out);
-            files
-                .iter()
-                .try_for_each(|(name, _)| tar.append_path_with_name(dir.join(name), name))
-                .and_then(|_| tar.finish())
-        };
-        let sent = sent.and_then(|_| out.flush());
-        let done = out.done;
-        drop(out);
-        sent.map_err(|e| Error::Invalid(format!("sending the images to {} failed: {e}", self.target)))?;
-        Ok(done)
-    }
-
-    /// Checked in the same session, before it restores.
-    fn check(&mut self) -> Result<()> {
-        Ok(())
-    }
-
-    fn restore(&mut self) -> Result<Restored> {
-        let child = self.session.take().expect("sent first");
-        let out = child.wait_with_output().ctx(|| format!("waiting for ssh to {}", self.target))?;
-        if !out.status.success() {
-            let err = String::from_utf8_lossy(&out.stderr);
-            return Err(Error::Invalid(format!("on {}: {}", self.target, err.trim())));
-        }
-        // The session removed the images.
-        self.remote_dir = None;
-        let text = String::from_utf8_lossy(&out.stdout);
-        serde_json::from_str(text.trim())
-            .map_err(|e| Error::Invalid(format!("crust restore on {} answered {text:?}: {e}", self.target)))
-    }
-
-    fn abort(&mut self) {
-        if let Some(mut child) = self.session.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if let Some(dir) = self.remote_dir.take() {
-            let _ = self.run("cleaning up", &format!("rm -rf {}", quote(&dir)));
-        }
+impl Drop for SshSession {
+    fn drop(&mut self) {
+        // The far side exits once its input ends (the channel is gone by now).
+        self.end(Duration::from_secs(5));
     }
 }

@@ -69,7 +69,20 @@ fn read_one<M: prost::Message + Default>(path: &Path, kind: Kind) -> Result<M> {
     ImageReader::open(path, kind)?.one()
 }
 
+/// Where the contents of the pages are.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Pages {
+    /// pages-N.img files in the directory, their sizes checked against the pagemaps.
+    InDir,
+    /// Sent separately (a migration streams them into the new tasks).
+    Streamed,
+}
+
 pub fn load(dir: &Path) -> Result<DumpImage> {
+    load_with(dir, Pages::InDir)
+}
+
+pub fn load_with(dir: &Path, pages: Pages) -> Result<DumpImage> {
     let dir = dir.canonicalize().map_err(|e| Error::Invalid(format!("images directory {}: {e}", dir.display())))?;
     // Metadata is checked now; the bulk of the pages while the tree is built.
     let mut pages_digests = Vec::new();
@@ -97,7 +110,7 @@ pub fn load(dir: &Path) -> Result<DumpImage> {
         if n > 0 && !pstree[..n].iter().any(|q| q.pid == p.ppid) {
             return Err(invalid(&pstree_path, format!("process {}: parent {} is not listed before it", p.pid, p.ppid)));
         }
-        processes.push(load_process(&dir, p.clone())?);
+        processes.push(load_process(&dir, p.clone(), pages)?);
     }
     let files_path = dir.join("files.img");
     let mut files = HashMap::new();
@@ -137,7 +150,7 @@ pub fn load(dir: &Path) -> Result<DumpImage> {
     Ok(DumpImage { dir, processes, files, pipe_data, tty_infos, cgroups, pages_digests })
 }
 
-fn load_process(dir: &Path, pstree: PstreeEntry) -> Result<ProcessImage> {
+fn load_process(dir: &Path, pstree: PstreeEntry, pages_in: Pages) -> Result<ProcessImage> {
     let pid = pstree.pid;
     let leader_path = dir.join(format!("core-{pid}.img"));
     let leader: CoreEntry = read_one(&leader_path, Kind::Core)?;
@@ -188,7 +201,10 @@ fn load_process(dir: &Path, pstree: PstreeEntry) -> Result<ProcessImage> {
         pagemap.push(e);
     }
     let pages_path = dir.join(format!("pages-{}.img", head.pages_id));
-    let size = std::fs::metadata(&pages_path).map_err(|e| invalid(&pages_path, format!("cannot read: {e}")))?.len();
+    let size = match pages_in {
+        Pages::InDir => std::fs::metadata(&pages_path).map_err(|e| invalid(&pages_path, format!("cannot read: {e}")))?.len(),
+        Pages::Streamed => pages * PAGE_SIZE,
+    };
     if size != pages * PAGE_SIZE {
         return Err(Error::Image {
             file: pages_path,

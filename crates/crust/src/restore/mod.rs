@@ -57,6 +57,22 @@ pub struct RestoreStats {
     pub restore_time_us: u64,
 }
 
+impl RestoreStats {
+    /// As CRIU's stats-restore holds it.
+    pub fn entry(&self) -> crate::images::proto::StatsEntry {
+        crate::images::proto::StatsEntry {
+            dump: None,
+            restore: Some(crate::images::proto::RestoreStatsEntry {
+                pages_compared: 0,
+                pages_skipped_cow: 0,
+                forking_time: self.forking_time_us as u32,
+                restore_time: self.restore_time_us as u32,
+                pages_restored: Some(self.pages_restored),
+            }),
+        }
+    }
+}
+
 /// A restored tree, running. Its root is a child of the calling process.
 pub struct Restored {
     pub root: i32,
@@ -109,10 +125,68 @@ struct Proc<'a> {
     scratch: Scratch,
 }
 
+/// Where the contents of the saved pages come from.
+pub trait PageSource {
+    /// Put the saved pages of process `p` into its memory (mapped, and
+    /// writable at this point); returns how many pages.
+    fn fill(&mut self, task: &Task, scratch: &mut Scratch, p: &ProcessImage) -> Result<u64>;
+}
+
+/// Pages in the images directory: each task reads its own with pread.
+pub struct PagesInDir;
+
+impl PageSource for PagesInDir {
+    fn fill(&mut self, task: &Task, scratch: &mut Scratch, p: &ProcessImage) -> Result<u64> {
+        let flags = (libc::O_RDONLY | libc::O_CLOEXEC) as u32;
+        let fd = open_in(task, scratch, &p.pages_path.to_string_lossy(), flags)?;
+        let pages = layout::fill_pages(task, &p.pagemap, fd)?;
+        task.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+        Ok(pages)
+    }
+}
+
+/// A restored tree, complete but held stopped: nothing of it has run yet.
+/// Dropping it kills the tree and undoes what the restore changed.
+pub struct Held {
+    created: Created,
+    /// Every task, and whether it goes on stopped (a stopped job).
+    tasks: Vec<(i32, Option<Signal>)>,
+    root: i32,
+    stats: RestoreStats,
+    start: Instant,
+}
+
+impl Held {
+    pub fn root(&self) -> i32 {
+        self.root
+    }
+
+    pub fn stats(&self) -> &RestoreStats {
+        &self.stats
+    }
+
+    /// Let every task go at once.
+    pub fn release(mut self) -> Result<Restored> {
+        for &(tid, sig) in &self.tasks {
+            nix_ptrace::detach(Pid::from_raw(tid), sig).ctx(|| format!("letting task {tid} go"))?;
+        }
+        self.created.done = true;
+        self.created.cgroups.keep();
+        self.stats.restore_time_us = self.start.elapsed().as_micros() as u64;
+        Ok(Restored { root: self.root, stats: std::mem::take(&mut self.stats) })
+    }
+}
+
+/// Restore the tree in `opts.dir` and let it run.
 pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
-    let start = Instant::now();
     let img = load::load(&opts.dir)?;
-    preflight(&img, opts)?;
+    restore_held(opts, &img, &mut PagesInDir)?.release()
+}
+
+/// Build the whole tree of `img`, its pages from `pages`, and hold it stopped.
+pub fn restore_held(opts: &RestoreOptions, img: &DumpImage, pages: &mut dyn PageSource) -> Result<Held> {
+    let start = Instant::now();
+    preflight(img, opts)?;
     // The pages are checked on the other core while the tree is built; the
     // tree runs only if they are intact.
     let pages_check = {
@@ -135,7 +209,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
     let mut created =
         Created { processes: Vec::new(), threads: Vec::new(), cgroups: Placement::default(), terminal: None, done: false };
     let terminal = if opts.shell_job { files::tty::own_terminal() } else { None };
-    if let (Some((_, fd)), Some(info)) = (&terminal, job_terminal(&img)) {
+    if let (Some((_, fd)), Some(info)) = (&terminal, job_terminal(img)) {
         created.terminal = Some(files::tty::SavedTerminal::save(*fd)?);
         files::tty::apply_settings(*fd, info)?;
     }
@@ -197,13 +271,13 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
         let mut r = FdRestorer {
             task: &root,
             scratch: &mut root_scratch,
-            image: &img,
+            image: img,
             pipes: HashMap::new(),
             next_high: fd_base,
             terminal: terminal.as_ref().map(|(path, _)| path.as_str()),
         };
         let mut shared = HashMap::new();
-        for id in shared_files(&img) {
+        for id in shared_files(img) {
             shared.insert(id, files::restore_file(&img.files[&id], &mut r)?);
         }
         (shared, r.pipes, r.next_high)
@@ -239,17 +313,17 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
     stats.forking_time_us = fork_start.elapsed().as_micros() as u64;
 
     for p in &mut procs {
-        stats.pages_restored += restore_memory(p, &crust_layout, &img)?;
+        stats.pages_restored += restore_memory(p, &crust_layout, img, pages)?;
         let mut r = FdRestorer {
             task: &p.leader,
             scratch: &mut p.scratch,
-            image: &img,
+            image: img,
             pipes: shared_pipes.clone(),
             next_high,
             terminal: terminal.as_ref().map(|(path, _)| path.as_str()),
         };
-        restore_fds(p.image, &img, &shared, &mut r)?;
-        restore_process_state(p, &img)?;
+        restore_fds(p.image, img, &shared, &mut r)?;
+        restore_process_state(p, img)?;
         for &(tid, _) in &p.image.cores[1..] {
             let t = clone_in(&p.leader, &mut p.scratch, tid, CLONE_THREAD_FLAGS, 0)?;
             created.threads.push(t);
@@ -278,17 +352,15 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
         }
     }
     pages_check.join().map_err(|_| Error::Invalid("the check of the pages images failed".into()))??;
+    let mut tasks = Vec::new();
     for p in &procs {
         let stopped = p.image.cores[0].1.tc.as_ref().is_some_and(|tc| tc.task_state == TASK_STOPPED);
         for task in p.threads.iter().chain(std::iter::once(&p.leader)) {
-            let sig = stopped.then_some(Signal::SIGSTOP);
-            nix_ptrace::detach(Pid::from_raw(task.tid), sig).ctx(|| format!("letting task {} go", task.tid))?;
+            tasks.push((task.tid, stopped.then_some(Signal::SIGSTOP)));
         }
     }
-    created.done = true;
-    created.cgroups.keep();
     stats.restore_time_us = start.elapsed().as_micros() as u64;
-    Ok(Restored { root: root_pid, stats })
+    Ok(Held { created, tasks, root: root_pid, stats, start })
 }
 
 /// Before anything is created: the pids (waiting a little for ones being
@@ -445,7 +517,7 @@ fn set_process_groups(procs: &[Proc], shell_job: bool) -> Result<()> {
 }
 
 /// Replace crust's copy with the image's memory. Returns the pages restored.
-fn restore_memory(p: &mut Proc, crust_layout: &[mem::Vma], img: &DumpImage) -> Result<u64> {
+fn restore_memory(p: &mut Proc, crust_layout: &[mem::Vma], img: &DumpImage, source: &mut dyn PageSource) -> Result<u64> {
     let task = &mut p.leader;
     layout::unmap_crust(task, crust_layout, &p.scratch)?;
     layout::move_vdso(task, &p.image.mm, crust_layout, &p.scratch)?;
@@ -464,8 +536,7 @@ fn restore_memory(p: &mut Proc, crust_layout: &[mem::Vma], img: &DumpImage) -> R
         })?;
     }
     let task: &Task = task;
-    let pages_fd = open_in(task, &mut p.scratch, &p.image.pages_path.to_string_lossy(), (libc::O_RDONLY | libc::O_CLOEXEC) as u32)?;
-    let pages = layout::fill_pages(task, &p.image.pagemap, pages_fd)?;
+    let pages = source.fill(task, &mut p.scratch, p.image)?;
     layout::protect_vmas(task, &p.image.mm)?;
     // The mm's own bounds, auxv and executable.
     let mm = &p.image.mm;
@@ -488,7 +559,7 @@ fn restore_memory(p: &mut Proc, crust_layout: &[mem::Vma], img: &DumpImage) -> R
     map.push((mm.mm_saved_auxv.len() as u64 * 8) | (exe_fd << 32));
     let map_addr = p.scratch.put_u64s(&map)?;
     task.call("prctl(PR_SET_MM_MAP)", libc::SYS_prctl, [libc::PR_SET_MM as u64, libc::PR_SET_MM_MAP as u64, map_addr, map.len() as u64 * 8, 0, 0])?;
-    for fd in opened.into_values().chain([pages_fd, exe_fd]) {
+    for fd in opened.into_values().chain([exe_fd]) {
         task.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
     }
     Ok(pages)

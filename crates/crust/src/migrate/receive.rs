@@ -1,0 +1,224 @@
+//! The destination of a migration, over either link: `crust serve` runs it
+//! for each tcp:// connection, `crust receive` for an ssh:// session.
+//!
+//! The images but the pages arrive first and are kept in a private session
+//! directory; after the check, the tree is built and its pages are written
+//! straight from the link into the new tasks' memory (no pages on disk here).
+//! The tree is held stopped until the source says go; if the link breaks
+//! before that, it is killed without having run, and nothing is left.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::channel::{Channel, CHECK, DATA, END_FILE, FILE, GO, HELLO, OK, RESTORE};
+use super::{safe_name, RemoteRestore, Restored};
+use crate::error::{Context, Error, Result};
+use crate::images::Kind;
+use crate::mem::PAGE_SIZE;
+use crate::remote::TaskMem;
+use crate::restore::load::{self, DumpImage, Pages, ProcessImage};
+use crate::restore::task::{Scratch, Task};
+use crate::restore::{self as restore_mod, PageSource};
+
+/// How long the source may take to say go once the tree is built.
+const GO_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A private directory for one migration's images: `WORKDIR/session-PID`.
+pub struct Session {
+    pub dir: PathBuf,
+}
+
+impl Session {
+    pub fn create(workdir: &Path) -> Result<Session> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(workdir)
+            .ctx(|| format!("creating {}", workdir.display()))?;
+        let dir = workdir.join(format!("session-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::DirBuilder::new().mode(0o700).create(&dir).ctx(|| format!("creating {}", dir.display()))?;
+        Ok(Session { dir })
+    }
+
+    /// Sessions in `workdir` whose receiver is gone (killed mid-transfer).
+    pub fn remove_stale(workdir: &Path) {
+        for e in std::fs::read_dir(workdir).into_iter().flatten().flatten() {
+            let name = e.file_name();
+            let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("session-")) else { continue };
+            if !Path::new("/proc").join(pid).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Take one migration from `chan`; on failure, tell the source why.
+pub fn receive(chan: &mut Channel, workdir: &Path) -> Result<Restored> {
+    let result = Session::create(workdir).and_then(|session| receive_into(chan, &session.dir));
+    if let Err(e) = &result {
+        chan.fail(&e.to_string());
+    }
+    result
+}
+
+fn receive_into(chan: &mut Channel, session: &Path) -> Result<Restored> {
+    let mut restore = RemoteRestore::default();
+    let mut file: Option<BufWriter<File>> = None;
+    loop {
+        let (kind, payload) = chan.recv()?;
+        match kind {
+            HELLO => restore = serde_json::from_slice(&payload).map_err(|e| Error::Invalid(format!("bad hello: {e}")))?,
+            FILE => {
+                let name = String::from_utf8_lossy(&payload).into_owned();
+                if !safe_name(&name) || Kind::of_file_name(&name) == Some(Kind::Pages) {
+                    return Err(Error::Invalid(format!("refusing a file named {name:?} here")));
+                }
+                let path = session.join(&name);
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)
+                    .ctx(|| format!("creating {}", path.display()))?;
+                file = Some(BufWriter::new(f));
+            }
+            DATA => {
+                let f = file.as_mut().ok_or_else(|| Error::Invalid("data outside a file".into()))?;
+                f.write_all(&payload).ctx(|| "writing a received image")?;
+            }
+            END_FILE => {
+                let mut f = file.take().ok_or_else(|| Error::Invalid("end of no file".into()))?;
+                f.flush().ctx(|| "writing a received image")?;
+            }
+            CHECK => {
+                let opts = restore_options(&restore, session)?;
+                let img = load::load_with(session, Pages::Streamed)?;
+                let problems = crate::restore::check::problems(&img, &opts);
+                if !problems.is_empty() {
+                    return Err(Error::Invalid(format!(
+                        "the destination cannot restore the tree:\n  {}",
+                        problems.join("\n  ")
+                    )));
+                }
+                chan.send(OK, &[])?;
+            }
+            RESTORE => {
+                let opts = restore_options(&restore, session)?;
+                let img = load::load_with(session, Pages::Streamed)?;
+                return restore_streamed(chan, &opts, &img);
+            }
+            k => return Err(Error::Invalid(format!("unexpected frame kind {k}"))),
+        }
+    }
+}
+
+/// Build the tree with its pages from the link, report it built, and let it
+/// run when the source says go.
+fn restore_streamed(chan: &mut Channel, opts: &restore_mod::RestoreOptions, img: &DumpImage) -> Result<Restored> {
+    let held = restore_mod::restore_held(opts, img, &mut StreamedPages { chan })?;
+    let built = Restored { root: held.root(), stats: held.stats().clone() };
+    chan.send(OK, &to_json(&built)?)?;
+    match chan.recv_within(GO_TIMEOUT)? {
+        (GO, _) => {}
+        (k, _) => return Err(Error::Invalid(format!("expected go, got frame kind {k}"))),
+    }
+    let restored = held.release()?;
+    let answer = Restored { root: restored.root, stats: restored.stats };
+    if let Err(e) = chan.send(OK, &to_json(&answer)?) {
+        // The source cannot learn that the tree runs here, so it resumes it
+        // there: this copy must not run on as well.
+        kill_tree(answer.root);
+        return Err(e);
+    }
+    Ok(answer)
+}
+
+fn to_json(r: &Restored) -> Result<Vec<u8>> {
+    serde_json::to_vec(r).map_err(|e| Error::Invalid(e.to_string()))
+}
+
+/// Pages as they come over the link: each pages-N.img, in the order of
+/// pstree.img, written into the memory of its process as it arrives.
+struct StreamedPages<'a> {
+    chan: &'a mut Channel,
+}
+
+impl PageSource for StreamedPages<'_> {
+    fn fill(&mut self, task: &Task, _scratch: &mut Scratch, p: &ProcessImage) -> Result<u64> {
+        let name = p.pages_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        match self.chan.recv()? {
+            (FILE, got) if got == name.as_bytes() => {}
+            (k, got) => {
+                return Err(Error::Invalid(format!(
+                    "expected the pages of process {} ({name}), got frame kind {k} {:?}",
+                    p.pid(),
+                    String::from_utf8_lossy(&got[..got.len().min(64)])
+                )))
+            }
+        }
+        let mem = TaskMem::open(task.pid)?;
+        // Where the next byte of the file goes: a run of the pagemap and how far into it.
+        let runs: Vec<(u64, u64)> = p.pagemap.iter().map(|e| (e.vaddr, e.nr_pages as u64 * PAGE_SIZE)).collect();
+        let (mut run, mut into) = (0usize, 0u64);
+        loop {
+            let (kind, data) = self.chan.recv()?;
+            match kind {
+                DATA => {
+                    let mut data = &data[..];
+                    while !data.is_empty() {
+                        let &(vaddr, len) = runs.get(run).ok_or_else(|| {
+                            Error::Invalid(format!("{name}: more bytes than pagemap-{}.img lists", p.pid()))
+                        })?;
+                        let n = ((len - into) as usize).min(data.len());
+                        mem.write(vaddr + into, &data[..n])?;
+                        data = &data[n..];
+                        into += n as u64;
+                        if into == len {
+                            (run, into) = (run + 1, 0);
+                        }
+                    }
+                }
+                END_FILE if run == runs.len() => break,
+                END_FILE => return Err(Error::Invalid(format!("{name}: fewer bytes than pagemap-{}.img lists", p.pid()))),
+                k => return Err(Error::Invalid(format!("{name}: unexpected frame kind {k}"))),
+            }
+        }
+        Ok(p.pagemap.iter().map(|e| e.nr_pages as u64).sum())
+    }
+}
+
+/// SIGKILL a process and all its descendants, parents first (so none forks).
+fn kill_tree(root: i32) {
+    let mut queue = vec![root];
+    while let Some(pid) = queue.pop() {
+        // Stopped first, so that its children can still be listed.
+        // SAFETY: plain kills of a tree this receiver just restored.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        for t in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+            let children = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            queue.extend(children.split_whitespace().filter_map(|c| c.parse::<i32>().ok()));
+        }
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
+fn restore_options(r: &RemoteRestore, dir: &Path) -> Result<restore_mod::RestoreOptions> {
+    let manage_cgroups = if r.manage_cgroups.is_empty() { "soft" } else { r.manage_cgroups.as_str() };
+    Ok(restore_mod::RestoreOptions {
+        dir: dir.to_path_buf(),
+        shell_job: r.shell_job,
+        pid_wait: Duration::from_secs(2),
+        manage_cgroups: manage_cgroups.parse().map_err(Error::Invalid)?,
+        cgroup_roots: r.cgroup_roots.iter().map(|c| c.parse()).collect::<std::result::Result<_, _>>().map_err(Error::Invalid)?,
+    })
+}
