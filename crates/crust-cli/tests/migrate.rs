@@ -301,3 +301,46 @@ fn refusals_wrong_key_and_cut_connections_leave_the_tree_in_a_and_nothing_in_b()
     unsafe { libc::kill(big.pid(), libc::SIGUSR1) };
     assert_eq!(wait_line(&big_out, |l| l == "OK" || l.starts_with("FAIL")), "OK", "bigmem intact after the cut");
 }
+
+#[test]
+fn serve_turns_away_connections_beyond_max_sessions() {
+    let hosts = Hosts::new("migrate-busy");
+    let key = key_file(hosts.tmp(), "key", 0x44);
+    let workdir = hosts.tmp().join("serve-b");
+    let log = hosts.tmp().join("serve-b.log");
+    let _serve = hosts.b.start_crust_serve_with(Path::new(CRUST), 7070, &key, &workdir, &log, &["--max-sessions", "1"]);
+    let out = hosts.tmp().join("test_mm.out");
+    let job = start(&hosts.a, "test_mm", &[], &out);
+    let pid = job.host_pid();
+    wait_line(&out, |l| l == "t1 1");
+    let to = format!("tcp://{}:7070", hosts.b.ip());
+
+    // A connection that never says a word holds the only session.
+    let idle = hosts.a.connect((hosts.b.ip(), 7070).into());
+    let o = migrate(&hosts.a, pid, &to, Some(&key));
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success() && err.contains("busy"), "{err}");
+    wait_line(&log, |l| l.contains("turned away"));
+    assert!(live_in(&hosts.a, pid).is_some(), "turned away: the tree runs on in A");
+    let n = last_t1(&out);
+    counts_past(&out, n);
+
+    // Once it is gone, the session is free again.
+    drop(idle);
+    wait_line(&log, |l| l.contains("refused a connection"));
+    let stats_dir = hosts.tmp().join("stats");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let o = migrate_keeping(&hosts.a, pid, &to, Some(&key), &stats_dir);
+        if o.status.success() {
+            break;
+        }
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(err.contains("busy") && Instant::now() < deadline, "{err}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let in_b = running_in(&hosts.b, pid);
+    assert!(gone_from(&hosts.a, pid));
+    // SAFETY: the migrated process belongs to this test.
+    unsafe { libc::kill(in_b, libc::SIGKILL) };
+}

@@ -324,12 +324,18 @@ impl Host {
     /// `port`, with `key`, images under `workdir`, its log in `log`; returns
     /// once it listens.
     pub fn start_crust_serve(&self, crust: &Path, port: u16, key: &Path, workdir: &Path, log: &Path) -> HostChild {
+        self.start_crust_serve_with(crust, port, key, workdir, log, &[])
+    }
+
+    /// As [`Host::start_crust_serve`], with more options for `crust serve`.
+    pub fn start_crust_serve_with(&self, crust: &Path, port: u16, key: &Path, workdir: &Path, log: &Path, extra: &[&str]) -> HostChild {
         let logf = std::fs::File::create(log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
         let mut cmd = self.command(crust);
         cmd.args(["serve", "--listen", &format!("{}:{port}", self.ip()), "--key"])
             .arg(key)
             .arg("-D")
             .arg(workdir)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(logf);
@@ -347,6 +353,20 @@ impl Host {
     /// `/proc/INIT/ns/KIND` (KIND: net, pid, mnt, uts), e.g. for `nsenter --net=`.
     pub fn ns_path(&self, kind: &str) -> PathBuf {
         PathBuf::from(format!("/proc/{}/ns/{kind}", self.init_pid))
+    }
+
+    /// A TCP connection to `addr` from inside this host's network (made on a
+    /// thread of its own that enters the namespace; the socket stays in it).
+    pub fn connect(&self, addr: std::net::SocketAddr) -> std::net::TcpStream {
+        let ns = self.ns_path("net");
+        std::thread::spawn(move || {
+            let f = std::fs::File::open(&ns).unwrap_or_else(|e| panic!("{}: {e}", ns.display()));
+            // SAFETY: setns of this thread only (network namespaces allow that).
+            assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns into {}", ns.display());
+            std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connecting to {addr}: {e}"))
+        })
+        .join()
+        .expect("connecting thread")
     }
 
     /// Inode of the host's pid namespace (as in `readlink /proc/P/ns/pid`).

@@ -84,11 +84,14 @@ pub fn load(dir: &Path) -> Result<DumpImage> {
 
 pub fn load_with(dir: &Path, pages: Pages) -> Result<DumpImage> {
     let dir = dir.canonicalize().map_err(|e| Error::Invalid(format!("images directory {}: {e}", dir.display())))?;
-    // Metadata is checked now; the bulk of the pages while the tree is built.
+    // Metadata is checked now; the bulk of the pages while the tree is built
+    // (streamed pages are not files here: their link vouches for them).
     let mut pages_digests = Vec::new();
     for (name, digest) in digest::read_manifest(&dir)?.unwrap_or_default() {
         if Kind::of_file_name(&name) == Some(Kind::Pages) {
-            pages_digests.push((name, digest));
+            if pages == Pages::InDir {
+                pages_digests.push((name, digest));
+            }
         } else {
             digest::verify_file(&dir, &name, &digest)?;
         }
