@@ -778,6 +778,28 @@ fn restore_failing_after_its_tasks_exist_kills_them_and_removes_the_cgroups_it_m
     d.job.kill_restored();
 }
 
+#[test]
+fn full_restore_failing_after_its_tasks_exist_puts_back_the_properties_it_changed() {
+    let mut d = dumped("cgroups-full-late-failure");
+    for h in RECORDED {
+        set_props(&d.cg, h, &OTHER);
+    }
+    // The pids cgroup above the workload's leaves room for one task: full
+    // sets the saved properties, places the root, then its threads cannot be made.
+    d.cg.set(PIDS, "", "pids.max", "1");
+    let before = d.cg.dirs();
+    let out = d.restore(Some("full"), &[]);
+    d.assert_fails_before_any_task_runs(&out, "full under pids.max 1");
+    assert_eq!(d.cg.dirs(), before, "nothing created is left");
+    assert_props(&d.cg, &OTHER, "full, failed after setting them: the properties as they were");
+
+    d.cg.set(PIDS, "", "pids.max", "max");
+    d.restore_ok(Some("full"));
+    assert_props(&d.cg, &SAVED, "full");
+    d.assert_runs("full after the limit was lifted");
+    d.job.kill_restored();
+}
+
 /// Two processes whose cgroups nest: the parent in cpu:.../a/b, its child in
 /// cpu:.../a. Each recorded cgroup carries its own properties and mode, and a
 /// restore that creates them must give each its own, whichever is made first.

@@ -384,6 +384,9 @@ fn plan<'a>(entry: &'a CgroupEntry, roots: &[CgroupRoot]) -> std::result::Result
 pub struct Placement {
     dirs: BTreeMap<u32, Vec<PathBuf>>,
     created: Vec<PathBuf>,
+    /// Properties crust changed in cgroups it did not create: each file and
+    /// what it held before, put back by `undo`.
+    changed: Vec<(PathBuf, Vec<u8>)>,
 }
 
 impl Placement {
@@ -438,7 +441,12 @@ impl Placement {
                     if !known.contains(&prop.name.as_str()) {
                         return Err(fail(format!("{} is not a property crust sets", prop.name)));
                     }
-                    std::fs::write(p.dir.join(&prop.name), &prop.value)
+                    let file = p.dir.join(&prop.name);
+                    if !created {
+                        let before = std::fs::read(&file).map_err(|e| fail(format!("reading {}: {e}", prop.name)))?;
+                        self.changed.push((file.clone(), before));
+                    }
+                    std::fs::write(&file, &prop.value)
                         .map_err(|e| fail(format!("setting {} to {}: {e}", prop.name, prop.value)))?;
                 }
             }
@@ -475,8 +483,14 @@ impl Placement {
         Ok(())
     }
 
-    /// Remove the directories crust created (their tasks must be gone).
+    /// Put back the properties crust changed, and remove the directories it
+    /// created (their tasks must be gone).
     pub fn undo(&mut self) {
+        for (file, before) in self.changed.drain(..).rev() {
+            if let Err(e) = std::fs::write(&file, &before) {
+                log::warn!("could not put {} back as it was before the failed restore: {e}", file.display());
+            }
+        }
         for d in self.created.drain(..).rev() {
             if let Err(e) = std::fs::remove_dir(&d) {
                 log::warn!("could not remove cgroup {} created for the failed restore: {e}", d.display());
@@ -487,5 +501,6 @@ impl Placement {
     /// Keep what was created: the restore succeeded.
     pub fn keep(&mut self) {
         self.created.clear();
+        self.changed.clear();
     }
 }
