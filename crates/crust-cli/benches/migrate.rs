@@ -310,7 +310,7 @@ impl Setup {
         let url = self.url(t, to);
         // Over ssh://, the crust run on the destination is this one's path (the copy).
         let mut cmd = from.command(&self.bins.crust);
-        cmd.args(["migrate", "-t", &host_pid.to_string(), "--to", &url, "--json"]);
+        cmd.args(["migrate", "-t", &host_pid.to_string(), "--to", &url, "--json", "-D"]).arg(self.hosts.tmp().join("stats"));
         if t == Transport::Tcp {
             cmd.arg("--key").arg(&self.key);
         }

@@ -82,6 +82,7 @@ impl Receiver {
     /// The images of `dir` but the pages, then the check; returns the pages files.
     fn send_images_and_check(&mut self, dir: &Path) -> Vec<(String, Vec<u8>)> {
         self.send(HELLO, br#"{"shell_job":false,"manage_cgroups":"soft","cgroup_roots":[]}"#);
+        self.expect_ok("hello");
         let mut pages = Vec::new();
         let mut names: Vec<String> =
             std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();

@@ -238,7 +238,7 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats> {
     };
     let mut link = Link::open(opts)?;
     let hello = serde_json::to_vec(&remote).map_err(|e| Error::Invalid(e.to_string()))?;
-    let said_hello = link.chan().send(HELLO, &hello);
+    let said_hello = link.request(HELLO, &hello);
     if let Err(e) = said_hello {
         let e = link.explain(e);
         link.abort();

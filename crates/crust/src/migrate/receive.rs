@@ -18,7 +18,6 @@ use super::{safe_name, RemoteRestore, Restored};
 use crate::error::{Context, Error, Result};
 use crate::images::Kind;
 use crate::mem::PAGE_SIZE;
-use crate::remote::TaskMem;
 use crate::restore::load::{self, DumpImage, Pages, ProcessImage};
 use crate::restore::task::{Scratch, Task};
 use crate::restore::{self as restore_mod, PageSource};
@@ -77,7 +76,11 @@ fn receive_into(chan: &mut Channel, session: &Path) -> Result<Restored> {
     loop {
         let (kind, payload) = chan.recv()?;
         match kind {
-            HELLO => restore = serde_json::from_slice(&payload).map_err(|e| Error::Invalid(format!("bad hello: {e}")))?,
+            HELLO => {
+                restore = serde_json::from_slice(&payload).map_err(|e| Error::Invalid(format!("bad hello: {e}")))?;
+                // The source freezes the tree only once the link is known to work.
+                chan.send(OK, &[])?;
+            }
             FILE => {
                 let name = String::from_utf8_lossy(&payload).into_owned();
                 if !safe_name(&name) || Kind::of_file_name(&name) == Some(Kind::Pages) {
@@ -166,7 +169,6 @@ impl PageSource for StreamedPages<'_> {
                 )))
             }
         }
-        let mem = TaskMem::open(task.pid)?;
         // Where the next byte of the file goes: a run of the pagemap and how far into it.
         let runs: Vec<(u64, u64)> = p.pagemap.iter().map(|e| (e.vaddr, e.nr_pages as u64 * PAGE_SIZE)).collect();
         let (mut run, mut into) = (0usize, 0u64);
@@ -180,7 +182,7 @@ impl PageSource for StreamedPages<'_> {
                             Error::Invalid(format!("{name}: more bytes than pagemap-{}.img lists", p.pid()))
                         })?;
                         let n = ((len - into) as usize).min(data.len());
-                        mem.write(vaddr + into, &data[..n])?;
+                        write_pages(task.pid, vaddr + into, &data[..n])?;
                         data = &data[n..];
                         into += n as u64;
                         if into == len {
@@ -195,6 +197,24 @@ impl PageSource for StreamedPages<'_> {
         }
         Ok(p.pagemap.iter().map(|e| e.nr_pages as u64).sum())
     }
+}
+
+/// Copy `data` into process `pid` at `addr`, straight (one copy, by
+/// process_vm_writev; /proc/PID/mem would go through a bounce page).
+fn write_pages(pid: i32, addr: u64, data: &[u8]) -> Result<()> {
+    use nix::sys::uio::{process_vm_writev, RemoteIoVec};
+    let mut done = 0;
+    while done < data.len() {
+        let local = [std::io::IoSlice::new(&data[done..])];
+        let remote = [RemoteIoVec { base: (addr as usize) + done, len: data.len() - done }];
+        match process_vm_writev(nix::unistd::Pid::from_raw(pid), &local, &remote) {
+            Ok(0) => return Err(Error::Invalid(format!("process {pid}: no memory at {:#x}", addr + done as u64))),
+            Ok(n) => done += n,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(Error::Sys { context: format!("writing pages of process {pid} at {:#x}", addr + done as u64), err: e }),
+        }
+    }
+    Ok(())
 }
 
 /// SIGKILL a process and all its descendants, parents first (so none forks).

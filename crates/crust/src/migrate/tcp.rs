@@ -1,11 +1,10 @@
 //! The tcp:// link and `crust serve`, its receiving agent.
 //!
 //! Both ends prove they hold the same pre-shared key (HMAC-SHA256 over fresh
-//! nonces from each side) before anything else is said, and every frame after
-//! that carries a tag under a session key (see `channel`), so nothing from a
-//! peer without the key is ever written or restored. The link is
-//! authenticated, not encrypted: the pages of the tree cross it in the clear
-//! (use ssh:// on untrusted networks).
+//! nonces from each side) before anything else is said; keys for the session
+//! are derived from the key and both nonces, and every frame after that is
+//! sealed with them (AES-256-GCM, see `channel`): the tree's memory crosses
+//! encrypted, and nothing from a peer without the key is written or restored.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -16,7 +15,7 @@ use std::time::Duration;
 
 use hmac::Mac;
 
-use super::channel::{mac, Channel, FRAME_TIMEOUT};
+use super::channel::{mac, Channel, SessionKeys, FRAME_TIMEOUT};
 use super::receive::{receive, Session};
 use crate::error::{Context, Error, Result};
 
@@ -80,8 +79,14 @@ fn handshake(mut stream: TcpStream, key: &[u8], server: bool) -> Result<Channel>
         mac(key, &[b"crust-server-v1", &nc, &ns]).verify_slice(&answer).map_err(|_| refused())?;
         (ns, nc)
     };
-    let session = mac(key, &[b"crust-session-v1", &ns, &nc]).finalize().into_bytes().into();
-    Channel::tcp(stream, session, peer)
+    let derive = |label: &[u8]| -> [u8; 32] { mac(key, &[label, &ns, &nc]).finalize().into_bytes().into() };
+    let (to_server, to_client) = (derive(b"crust-to-server-v2"), derive(b"crust-to-client-v2"));
+    let keys = if server {
+        SessionKeys { send: to_client, recv: to_server }
+    } else {
+        SessionKeys { send: to_server, recv: to_client }
+    };
+    Channel::tcp(stream, keys, peer)
 }
 
 /// Connect to a `crust serve` and prove the key.
