@@ -561,7 +561,7 @@ fn main() -> Result<()> {
         );
     }
     println!();
-    println!("where the time goes (medians, ms; other = total - dump - transfer - check - restore):");
+    println!("where the time goes (medians, ms; restore includes the transfer of the pages, written into the new tasks as they arrive; other = total - dump - check - restore):");
     println!(
         "{:<9} {:<5} {:>8} {:>9} {:>7} {:>8} {:>7} {:>10} {:>9} {:>10} {:>10}  directions",
         "size", "via", "dump", "transfer", "check", "restore", "other", "rst(dest)", "wall", "xfer MB/s", "base MB/s"
@@ -577,7 +577,7 @@ fn main() -> Result<()> {
             r.med(|s| s.transfer),
             r.med(|s| s.check),
             r.med(|s| s.restore),
-            r.med(|s| s.total - s.dump - s.transfer - s.check - s.restore),
+            r.med(|s| s.total - s.dump - s.check - s.restore),
             r.med(|s| s.remote_restore),
             r.med(|s| s.wall),
             mbs(r.med(|s| s.transfer)),
@@ -589,7 +589,7 @@ fn main() -> Result<()> {
     if rows.iter().any(|r| r.transport == Transport::Ssh) {
         println!();
         println!("ssh alone, same link and sshd, after each ssh move (medians, ms): a session running `true`, the same bytes into `cat > /dev/null`:");
-        println!("{:<9} {:>9} {:>9} {:>9}  crust's ssh transfer (one of its 3 sessions: send, check, restore)", "size", "ssh true", "ssh cat", "MB/s");
+        println!("{:<9} {:>9} {:>9} {:>9}  crust's transfer of the pages (its ssh session is set up before the tree is frozen)", "size", "ssh true", "ssh cat", "MB/s");
         for r in rows.iter().filter(|r| r.transport == Transport::Ssh) {
             let bytes = median(&r.samples.iter().map(|s| s.bytes).collect::<Vec<_>>()) as f64;
             let cat = r.med(|s| s.ssh_cat);
