@@ -981,3 +981,43 @@ fn dump_refuses_what_it_cannot_restore_and_leaves_it_running() {
     assert_eq!(proc_status_field(stopped.pid(), "TracerPid").as_deref(), Some("0"));
     assert_no_inventory(&images);
 }
+
+/// Every thread of `pid` that is not a zombie runs, untraced.
+fn live_threads_run_untraced(pid: i32) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut live = 0;
+        let mut all_free = true;
+        for t in common::proc_tasks(pid) {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/task/{t}/status")).unwrap_or_default();
+            let field = |f: &str| status.lines().find_map(|l| l.strip_prefix(f)).unwrap_or("").trim().to_string();
+            let state = field("State:");
+            if state.starts_with('Z') {
+                continue;
+            }
+            live += 1;
+            all_free &= !state.starts_with('t') && !state.starts_with('T') && field("TracerPid:") == "0";
+        }
+        if live > 0 && all_free {
+            return;
+        }
+        assert!(Instant::now() < deadline, "process {pid}: {live} live thread(s), some stopped or traced");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn dump_refuses_seccomp_and_an_exited_main_thread_and_leaves_them_running() {
+    let dir = TempDir::new("refusals-unusual");
+    for (mode, says) in [("seccomp", "seccomp"), ("leader-exit", "main thread has exited")] {
+        let mut w = Workload::spawn("unusual", &[os(mode)]);
+        w.ready();
+        let images = dir.join(mode);
+        let out = crust(&dump_args(&w.pid.to_string(), &images, &[]), DUMP_TIMEOUT);
+        let err = assert_clean_failure(&out, &format!("dump of a process with {mode}"));
+        assert!(err.contains(says) && err.contains("not supported"), "{mode}: {err}");
+        live_threads_run_untraced(w.pid);
+        assert_no_inventory(&images);
+        w.expect_ok_on_usr1();
+    }
+}

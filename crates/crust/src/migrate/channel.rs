@@ -93,6 +93,9 @@ impl Channel {
         let clone = |s: &TcpStream| s.try_clone().map_err(|e| Error::Io { context: format!("connection to {peer}"), err: e });
         let (r, w) = (clone(&socket)?, clone(&socket)?);
         let _ = socket.set_read_timeout(Some(FRAME_TIMEOUT));
+        // Frames are flushed whole: waiting to coalesce them only delays
+        // the small requests and answers (by the peer's delayed ACK).
+        let _ = socket.set_nodelay(true);
         let read_fd = std::os::fd::AsRawFd::as_raw_fd(&socket);
         Ok(Channel {
             reader: BufReader::with_capacity(CHUNK, Box::new(r)),

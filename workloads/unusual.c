@@ -1,0 +1,49 @@
+/*
+ * unusual: a process in a state crust refuses to dump (it could not restore
+ * it yet), to check the refusal leaves it running as it was.
+ *
+ *   unusual seccomp       installs a seccomp filter (allowing everything)
+ *   unusual leader-exit   its main thread exits; a second thread runs on
+ *
+ * Prints "READY <pid>" once in that state; on SIGUSR1 prints "OK", exits 0.
+ */
+#define _GNU_SOURCE
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <pthread.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include "workload.h"
+
+static void *run_on(void *arg)
+{
+    (void)arg;
+    printf("READY %d\n", (int)getpid());
+    wait_usr1();
+    succeed();
+}
+
+int main(int argc, char **argv)
+{
+    workload_init();
+    if (argc != 2) {
+        fprintf(stderr, "usage: unusual seccomp|leader-exit\n");
+        return 2;
+    }
+    if (strcmp(argv[1], "seccomp") == 0) {
+        struct sock_filter allow = BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+        struct sock_fprog prog = { .len = 1, .filter = &allow };
+        if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0)
+            die("seccomp");
+        run_on(NULL);
+    }
+    if (strcmp(argv[1], "leader-exit") == 0) {
+        pthread_t t;
+        if (pthread_create(&t, NULL, run_on, NULL) != 0)
+            die("pthread_create");
+        pthread_exit(NULL);
+    }
+    fprintf(stderr, "unknown mode %s\n", argv[1]);
+    return 2;
+}
