@@ -104,7 +104,8 @@ enum Command {
         #[arg(long = "cgroup-root", value_name = "[CONTROLLER:]/PATH")]
         cgroup_roots: Vec<CgroupRoot>,
         /// Where the stats images of the move are kept (stats-dump,
-        /// stats-restore, stats-migrate.json); as with criu, the current directory.
+        /// stats-restore, stats-migrate.json, each 0600); as with criu, the
+        /// current directory by default. A directory made for them is 0700.
         #[arg(short = 'D', long = "images-dir", value_name = "DIR", default_value = ".")]
         stats_dir: PathBuf,
         /// Print the stats as JSON.
@@ -298,6 +299,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Receive { dir } => {
             use std::os::fd::{AsFd, AsRawFd};
+            crust::migrate::receive::Session::private_workdir(&dir)?;
             crust::migrate::receive::Session::remove_stale(&dir);
             // The raw pipes, not std's buffered handles: the channel buffers.
             let input = std::fs::File::from(std::io::stdin().as_fd().try_clone_to_owned()?);

@@ -325,10 +325,12 @@ fn serve_turns_away_connections_beyond_max_sessions() {
     let n = last_t1(&out);
     counts_past(&out, n);
 
-    // Once it is gone, the session is free again.
-    drop(idle);
-    wait_line(&log, |l| l.contains("refused a connection"));
+    // A peer gets a few seconds to prove the key, not more: the idle
+    // connection, still open, loses its session, and the migration gets it.
+    // Its stats go into a directory that exists, which keeps its mode.
     let stats_dir = hosts.tmp().join("stats");
+    std::fs::create_dir(&stats_dir).unwrap();
+    std::fs::set_permissions(&stats_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let deadline = Instant::now() + WAIT;
     loop {
         let o = migrate_keeping(&hosts.a, pid, &to, Some(&key), &stats_dir);
@@ -337,10 +339,14 @@ fn serve_turns_away_connections_beyond_max_sessions() {
         }
         let err = String::from_utf8_lossy(&o.stderr).into_owned();
         assert!(err.contains("busy") && Instant::now() < deadline, "{err}");
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(200));
     }
+    drop(idle);
     let in_b = running_in(&hosts.b, pid);
     assert!(gone_from(&hosts.a, pid));
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&stats_dir), 0o755, "an existing stats directory keeps its mode");
+    assert_eq!(mode(&stats_dir.join("stats-dump")), 0o600);
     // SAFETY: the migrated process belongs to this test.
     unsafe { libc::kill(in_b, libc::SIGKILL) };
 }

@@ -81,7 +81,7 @@ impl Receiver {
 
     /// The images of `dir` but the pages, then the check; returns the pages files.
     fn send_images_and_check(&mut self, dir: &Path) -> Vec<(String, Vec<u8>)> {
-        self.send(HELLO, br#"{"shell_job":false,"manage_cgroups":"soft","cgroup_roots":[]}"#);
+        self.send(HELLO, br#"{"protocol":2,"shell_job":false,"manage_cgroups":"soft","cgroup_roots":[]}"#);
         self.expect_ok("hello");
         let mut pages = Vec::new();
         let mut names: Vec<String> =
@@ -204,4 +204,24 @@ fn pages_that_do_not_match_the_pagemap_are_refused_and_nothing_is_left() {
         assert!(proc_stat(job.pid).is_none(), "{what}: a process with pid {} is left", job.pid);
         assert!(job.drain().is_empty());
     }
+}
+
+#[test]
+fn a_shared_workdir_and_another_protocol_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("receive-refusals");
+    // Others could swap the images in a directory they can write.
+    let shared = dir.join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = common::crust(&[common::os("receive"), common::os("-D"), shared.as_os_str()], STEP);
+    let err = common::assert_clean_failure(&out, "receive into a directory others can write");
+    assert!(err.contains("others cannot write"), "{err}");
+
+    let mut rx = Receiver::start(&dir.join("work"));
+    rx.send(HELLO, br#"{"protocol":1,"shell_job":false}"#);
+    let (kind, text) = rx.answer();
+    assert_eq!(kind, ERR, "{text}");
+    assert!(text.contains("protocol 2") && text.contains("same crust"), "{text}");
+    assert!(!rx.close_and_wait().success());
 }

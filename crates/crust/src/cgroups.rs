@@ -483,17 +483,18 @@ impl Placement {
         Ok(())
     }
 
-    /// Put back the properties crust changed, and remove the directories it
-    /// created (their tasks must be gone).
+    /// Remove the directories crust created (their tasks must be gone), then
+    /// put back the properties it changed (a parent's limits may not shrink
+    /// below a child's while the child is there).
     pub fn undo(&mut self) {
-        for (file, before) in self.changed.drain(..).rev() {
-            if let Err(e) = std::fs::write(&file, &before) {
-                log::warn!("could not put {} back as it was before the failed restore: {e}", file.display());
-            }
-        }
         for d in self.created.drain(..).rev() {
             if let Err(e) = std::fs::remove_dir(&d) {
                 log::warn!("could not remove cgroup {} created for the failed restore: {e}", d.display());
+            }
+        }
+        for (file, before) in self.changed.drain(..).rev() {
+            if let Err(e) = std::fs::write(&file, &before) {
+                log::warn!("could not put {} back as it was before the failed restore: {e}", file.display());
             }
         }
     }

@@ -252,9 +252,13 @@ fn write_images(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<W
 
     crate::cancel::check()?;
     stats.frozen_time_us = us(frozen_at.elapsed());
-    let mut w = dir.writer("stats-dump", Kind::Stats)?;
-    w.entry(&stats.entry())?;
-    stats.bytes_written += w.finish()?;
+    // A streamed dump's numbers are whole only once its pages are sent: the
+    // migration keeps them itself.
+    if deferred.is_none() {
+        let mut w = dir.writer("stats-dump", Kind::Stats)?;
+        w.entry(&stats.entry())?;
+        stats.bytes_written += w.finish()?;
+    }
     Ok((tree, dir, stats, frozen_at, pending))
 }
 

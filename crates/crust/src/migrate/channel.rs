@@ -11,7 +11,7 @@
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::RawFd;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM};
 use hmac::{Hmac, Mac};
@@ -38,10 +38,13 @@ pub const OK: u8 = 20;
 pub const ERR: u8 = 21;
 
 const MAX_FRAME: usize = 8 << 20;
-/// How long a peer may take to send the next frame of a transfer.
-pub const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a peer may take to send the next frame (the source may scan a
+/// large mapping between two), or to take one in.
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the destination may take to check or restore.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(600);
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long a peer may take to answer a request that needs no work.
+pub const QUICK_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes of an image sent in one frame.
 pub const CHUNK: usize = 1 << 20;
 
@@ -100,7 +103,10 @@ impl Channel {
     pub fn tcp(socket: TcpStream, keys: SessionKeys, peer: String) -> Result<Channel> {
         let clone = |s: &TcpStream| s.try_clone().map_err(|e| Error::Io { context: format!("connection to {peer}"), err: e });
         let (r, w) = (clone(&socket)?, clone(&socket)?);
+        // Waits for a frame are bounded by `wait_readable`; these bound a
+        // frame that stalls halfway, and a peer that stops taking frames in.
         let _ = socket.set_read_timeout(Some(FRAME_TIMEOUT));
+        let _ = socket.set_write_timeout(Some(FRAME_TIMEOUT));
         // Frames are flushed whole: waiting to coalesce them only delays
         // the small requests and answers (by the peer's delayed ACK).
         let _ = socket.set_nodelay(true);
@@ -159,7 +165,15 @@ impl Channel {
         r.and_then(|_| w.flush()).map_err(|e| self.io_err("sending to", e))
     }
 
+    /// The next frame, which must begin within FRAME_TIMEOUT.
     pub fn recv(&mut self) -> Result<(u8, Vec<u8>)> {
+        self.recv_within(FRAME_TIMEOUT)
+    }
+
+    /// The next frame, which must begin within `timeout`. The wait gives up
+    /// early if crust is asked to stop (a pipe has no timeout of its own).
+    pub fn recv_within(&mut self, timeout: Duration) -> Result<(u8, Vec<u8>)> {
+        self.wait_readable(timeout)?;
         let mut head = [0u8; 5];
         self.reader.read_exact(&mut head).map_err(|e| self.io_err("receiving from", e))?;
         let len = u32::from_le_bytes(head[1..5].try_into().expect("4 bytes")) as usize;
@@ -179,35 +193,35 @@ impl Channel {
         Ok((head[0], payload))
     }
 
-    /// The answer to a request: OK with its payload, or the peer's error. A
-    /// restore of a large tree takes long: the wait is generous, not endless.
-    pub fn answer(&mut self) -> Result<Vec<u8>> {
-        self.set_timeout(ANSWER_TIMEOUT);
-        let answer = self.recv();
-        self.set_timeout(FRAME_TIMEOUT);
-        match answer? {
+    fn wait_readable(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.peer_spoke() {
+                return Ok(());
+            }
+            crate::cancel::check()?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::Invalid(format!("{} said nothing for {} s", self.peer, timeout.as_secs())));
+            }
+            let mut fds = [libc::pollfd { fd: self.read_fd, events: libc::POLLIN, revents: 0 }];
+            let slice = left.min(Duration::from_millis(200)).as_millis() as i32;
+            // SAFETY: poll of one fd this channel reads from.
+            unsafe { libc::poll(fds.as_mut_ptr(), 1, slice) };
+        }
+    }
+
+    /// The answer to a request: OK with its payload, or the peer's error.
+    pub fn answer_within(&mut self, timeout: Duration) -> Result<Vec<u8>> {
+        match self.recv_within(timeout)? {
             (OK, p) => Ok(p),
             (ERR, p) => Err(Error::Invalid(String::from_utf8_lossy(&p).into_owned())),
             (k, _) => Err(Error::Invalid(format!("{} answered with frame kind {k}", self.peer))),
         }
     }
 
-    /// Wait at most `timeout` for the peer's next frame (tcp:// only; a pipe waits).
-    pub fn recv_within(&mut self, timeout: Duration) -> Result<(u8, Vec<u8>)> {
-        self.set_timeout(timeout);
-        let frame = self.recv();
-        self.set_timeout(FRAME_TIMEOUT);
-        frame
-    }
-
-    fn set_timeout(&self, t: Duration) {
-        if let Some(s) = &self.socket {
-            let _ = s.set_read_timeout(Some(t));
-        }
-    }
-
-    /// Whether the peer has sent something we have not read: while we stream
-    /// to it, that is its answer come early (it gave up).
+    /// Whether the peer has sent something we have not read (or hung up):
+    /// while we stream to it, that is its answer come early (it gave up).
     pub fn peer_spoke(&self) -> bool {
         if !self.reader.buffer().is_empty() {
             return true;
@@ -235,9 +249,9 @@ impl Channel {
         let _ = self.send(ERR, why.as_bytes());
         if let Some(s) = &self.socket {
             let _ = s.shutdown(std::net::Shutdown::Write);
-            let deadline = std::time::Instant::now() + FRAME_TIMEOUT;
+            let deadline = Instant::now() + FRAME_TIMEOUT;
             let mut buf = vec![0u8; 1 << 16];
-            while std::time::Instant::now() < deadline {
+            while Instant::now() < deadline {
                 match self.reader.get_mut().read(&mut buf) {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {}

@@ -1,9 +1,12 @@
 //! `crust migrate`: move a running tree to another host in one command.
 //!
 //! The tree is dumped and kept frozen here; its images go to the destination,
-//! which checks it can take them and restores them; only once it reports the
-//! tree running there is the tree killed here. Any failure before that resumes
-//! the tree where it was, and leaves nothing of it on the destination.
+//! which checks it can take them, builds the tree and holds it stopped; told
+//! to go, it lets it run and says so, and only then is the tree killed here.
+//! Any failure before the go resumes the tree where it was and leaves nothing
+//! of it on the destination. A link lost after the go and before the answer
+//! is the one case that cannot be settled (the destination kills its copy
+//! only if it cannot send the answer): crust says so, and resumes it here.
 
 pub mod channel;
 pub mod receive;
@@ -13,7 +16,7 @@ pub mod tcp;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -22,7 +25,7 @@ use crate::dump::{dump_frozen, DumpOptions, DumpStats};
 use crate::error::{Error, Result};
 use crate::images::FileSink;
 use crate::restore::RestoreStats;
-use channel::{Channel, CHECK, CHUNK, DATA, END_FILE, FILE, GO, HELLO, RESTORE};
+use channel::{Channel, ANSWER_TIMEOUT, CHECK, CHUNK, DATA, END_FILE, FILE, GO, HELLO, QUICK_TIMEOUT, RESTORE};
 
 /// Where a tree goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,7 +65,10 @@ impl std::str::FromStr for Destination {
 /// How the destination should restore: the options of `crust restore` that
 /// travel with the images.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct RemoteRestore {
+    /// The version of the migration protocol the source speaks.
+    pub protocol: u32,
     pub shell_job: bool,
     pub manage_cgroups: String,
     pub cgroup_roots: Vec<String>,
@@ -98,8 +104,12 @@ pub struct MigrateOptions {
     pub progress: bool,
 }
 
+/// The version of the frames and their order; both ends must speak the same.
+pub const PROTOCOL: u32 = 2;
+
 /// What the destination reports once the tree runs there.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Restored {
     pub root: i32,
     pub stats: RestoreStats,
@@ -155,11 +165,11 @@ impl Link {
         Box::new(LinkSink { chan: self.chan.clone(), sent: self.sent.clone() })
     }
 
-    /// Ask, and wait for the answer.
-    fn request(&self, kind: u8, payload: &[u8]) -> Result<Vec<u8>> {
+    /// Ask, and wait up to `timeout` for the answer.
+    fn request(&self, kind: u8, payload: &[u8], timeout: Duration) -> Result<Vec<u8>> {
         let mut chan = self.chan();
         chan.send(kind, payload)?;
-        chan.answer()
+        chan.answer_within(timeout)
     }
 
     /// The best account of a failure: the destination's reason if it gave
@@ -221,13 +231,11 @@ impl FileSink for LinkSink {
     }
 }
 
-fn decode_restored(link: &Link, answer: &[u8]) -> Result<Restored> {
-    serde_json::from_slice(answer).map_err(|e| Error::Invalid(format!("{}: bad answer to restore: {e}", link.chan().peer)))
-}
 
 pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats> {
     let start = Instant::now();
     let remote = RemoteRestore {
+        protocol: PROTOCOL,
         shell_job: opts.shell_job,
         manage_cgroups: format!("{:?}", opts.manage_cgroups).to_lowercase(),
         cgroup_roots: opts
@@ -238,7 +246,7 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats> {
     };
     let mut link = Link::open(opts)?;
     let hello = serde_json::to_vec(&remote).map_err(|e| Error::Invalid(e.to_string()))?;
-    let said_hello = link.request(HELLO, &hello);
+    let said_hello = link.request(HELLO, &hello, QUICK_TIMEOUT);
     if let Err(e) = said_hello {
         let e = link.explain(e);
         link.abort();
@@ -269,24 +277,32 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats> {
             show_progress(done, total);
         }
     };
-    let result = (|| -> Result<Restored> {
+    let mut go_sent = false;
+    let result = (|| -> Result<Vec<u8>> {
         let t = Instant::now();
-        link.request(CHECK, &[])?;
+        link.request(CHECK, &[], ANSWER_TIMEOUT)?;
         stats.check_time_us = t.elapsed().as_micros() as u64;
         // The destination builds the tree while the pages come, and holds it.
         let t = Instant::now();
         link.chan().send(RESTORE, &[])?;
         dumped.send_pages(&mut *link.sink(), &mut show)?;
         stats.transfer_time_us = t.elapsed().as_micros() as u64;
-        link.chan().answer()?;
-        // Built there: let it run, and kill it here once it does.
-        let running = link.request(GO, &[])?;
+        link.chan().answer_within(ANSWER_TIMEOUT)?;
+        // Built there: the last moment to give up cleanly.
+        crate::cancel::check()?;
+        go_sent = true;
+        let running = link.request(GO, &[], QUICK_TIMEOUT)?;
         stats.restore_time_us = t.elapsed().as_micros() as u64;
-        decode_restored(&link, &running)
+        Ok(running)
     })();
     stats.bytes_sent = link.sent.load(Ordering::Relaxed);
     match result {
-        Ok(remote) => {
+        Ok(running) => {
+            // It runs there: whatever else its answer says, it dies here.
+            let remote = serde_json::from_slice(&running).unwrap_or_else(|e| {
+                log::warn!("the destination's stats are unreadable ({e}); its tree runs");
+                Restored::default()
+            });
             stats.dump = dumped.kill();
             stats.frozen_time_us = stats.dump.frozen_time_us;
             stats.remote = remote;
@@ -302,7 +318,17 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats> {
         Err(e) => {
             dumped.resume();
             let e = link.explain(e);
+            let peer = link.chan().peer.clone();
             link.abort();
+            if go_sent {
+                // The one frame that can be lost either way: the destination
+                // runs the tree once it has the go, and kills it only if it
+                // cannot answer.
+                return Err(Error::Invalid(format!(
+                    "{e}\n{peer} got the go but its answer did not come back: the tree runs on here; \
+                     if it runs there too (same pids), kill one of the two"
+                )));
+            }
             Err(e)
         }
     }
@@ -327,7 +353,11 @@ fn show_progress(done: u64, total: u64) {
 /// stats-restore for the other; crit decodes both) and whole in
 /// stats-migrate.json.
 pub fn write_stats(dir: &Path, stats: &MigrateStats) -> Result<()> {
-    crate::images::create_private_dir(dir)?;
+    // A directory made here is private; one that exists (the default, ".") is
+    // left as it is: the files themselves are 0600.
+    if !dir.exists() {
+        crate::images::create_private_dir(dir)?;
+    }
     crate::images::write_image_file(&dir.join("stats-dump"), crate::images::Kind::Stats, &stats.dump.entry())?;
     crate::images::write_image_file(&dir.join("stats-restore"), crate::images::Kind::Stats, &stats.remote.stats.entry())?;
     let text = serde_json::to_vec_pretty(stats).map_err(|e| Error::Invalid(e.to_string()))?;

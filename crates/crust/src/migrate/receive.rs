@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::channel::{Channel, CHECK, DATA, END_FILE, FILE, GO, HELLO, OK, RESTORE};
-use super::{safe_name, RemoteRestore, Restored};
+use super::{safe_name, RemoteRestore, Restored, PROTOCOL};
 use crate::error::{Context, Error, Result};
 use crate::images::Kind;
 use crate::mem::PAGE_SIZE;
@@ -31,12 +31,31 @@ pub struct Session {
 }
 
 impl Session {
+    /// The directory sessions go in, made if missing; it must be crust's
+    /// user's alone, or another user could swap the images before the restore.
+    pub fn private_workdir(workdir: &Path) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        if let Some(parent) = workdir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).ctx(|| format!("creating {}", parent.display()))?;
+        }
+        match std::fs::DirBuilder::new().mode(0o700).create(workdir) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            r => r.ctx(|| format!("creating {}", workdir.display()))?,
+        }
+        let md = std::fs::symlink_metadata(workdir).ctx(|| format!("checking {}", workdir.display()))?;
+        // SAFETY: geteuid has no failure mode.
+        let me = unsafe { libc::geteuid() };
+        if !md.is_dir() || md.uid() != me || md.mode() & 0o022 != 0 {
+            return Err(Error::Invalid(format!(
+                "{} must be a directory of user {me} that others cannot write (it holds received images)",
+                workdir.display()
+            )));
+        }
+        Ok(())
+    }
+
     pub fn create(workdir: &Path) -> Result<Session> {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(workdir)
-            .ctx(|| format!("creating {}", workdir.display()))?;
+        Session::private_workdir(workdir)?;
         let dir = workdir.join(format!("session-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::DirBuilder::new().mode(0o700).create(&dir).ctx(|| format!("creating {}", dir.display()))?;
@@ -78,6 +97,13 @@ fn receive_into(chan: &mut Channel, session: &Path) -> Result<Restored> {
         match kind {
             HELLO => {
                 restore = serde_json::from_slice(&payload).map_err(|e| Error::Invalid(format!("bad hello: {e}")))?;
+                if restore.protocol != PROTOCOL {
+                    return Err(Error::Invalid(format!(
+                        "the destination's crust speaks migration protocol {PROTOCOL}, the source's {}: \
+                         run the same crust on both hosts",
+                        restore.protocol
+                    )));
+                }
                 // The source freezes the tree only once the link is known to work.
                 chan.send(OK, &[])?;
             }

@@ -34,6 +34,8 @@ pub fn open(user: Option<&str>, host: &str, port: Option<u16>, crust: &str) -> R
         None => host.to_string(),
     };
     let mut cmd = Command::new("ssh");
+    // A link that dies silently is noticed within half a minute, not hours.
+    cmd.args(["-o", "ServerAliveInterval=10", "-o", "ServerAliveCountMax=3"]);
     if let Some(p) = port {
         cmd.args(["-p", &p.to_string()]);
     }

@@ -9,13 +9,13 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hmac::Mac;
 
-use super::channel::{mac, Channel, SessionKeys, FRAME_TIMEOUT};
+use super::channel::{mac, Channel, SessionKeys, QUICK_TIMEOUT};
 use super::receive::{receive, Session};
 use crate::error::{Context, Error, Result};
 
@@ -49,8 +49,8 @@ fn nonce() -> Result<[u8; 32]> {
 /// Unbuffered, so that no byte of the first frame is read here.
 fn handshake(mut stream: TcpStream, key: &[u8], server: bool) -> Result<Channel> {
     let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "peer".into());
-    stream.set_read_timeout(Some(FRAME_TIMEOUT)).ctx(|| "setting a timeout")?;
-    stream.set_write_timeout(Some(FRAME_TIMEOUT)).ctx(|| "setting a timeout")?;
+    stream.set_read_timeout(Some(QUICK_TIMEOUT)).ctx(|| "setting a timeout")?;
+    stream.set_write_timeout(Some(QUICK_TIMEOUT)).ctx(|| "setting a timeout")?;
     let io = |e: std::io::Error| Error::Io { context: format!("handshake with {peer}"), err: e };
     let refused = || Error::Invalid(format!("{peer}: authentication failed (wrong or missing key)"));
     let (ns, nc) = if server {
@@ -111,11 +111,10 @@ pub struct ServeOptions {
 /// `crust serve`: accept migrations, one process per connection.
 pub fn serve(opts: &ServeOptions) -> Result<()> {
     let key = read_key(&opts.key)?;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&opts.dir)
-        .ctx(|| format!("creating {}", opts.dir.display()))?;
+    if opts.max_sessions == 0 {
+        return Err(Error::Invalid("--max-sessions must be at least 1".into()));
+    }
+    Session::private_workdir(&opts.dir)?;
     let listener = TcpListener::bind(&opts.listen).ctx(|| format!("listening on {}", opts.listen))?;
     log::warn!("crust serve: listening on {}", listener.local_addr().map(|a| a.to_string()).unwrap_or_default());
     Session::remove_stale(&opts.dir);
@@ -175,9 +174,19 @@ fn reap_handlers(workdir: &Path) -> usize {
     ended
 }
 
+/// How long a peer has to prove the key, in all: a peer without it must not
+/// hold one of the sessions long by sending its bytes slowly.
+const HANDSHAKE_SECONDS: u32 = 10;
+
 fn handle(stream: TcpStream, key: &[u8], workdir: &Path) {
     let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-    let mut chan = match handshake(stream, key, true) {
+    // SIGALRM's default action ends this handler if the handshake takes longer.
+    // SAFETY: alarm only arms a timer of this process.
+    unsafe { libc::alarm(HANDSHAKE_SECONDS) };
+    let handshake = handshake(stream, key, true);
+    // SAFETY: as above, disarms it.
+    unsafe { libc::alarm(0) };
+    let mut chan = match handshake {
         Ok(c) => c,
         Err(e) => {
             log::warn!("crust serve: refused a connection: {e}");

@@ -49,6 +49,7 @@ pub struct RestoreOptions {
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct RestoreStats {
     pub processes: usize,
     pub threads: usize,
