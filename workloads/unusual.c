@@ -4,6 +4,7 @@
  *
  *   unusual seccomp       installs a seccomp filter (allowing everything)
  *   unusual leader-exit   its main thread exits; a second thread runs on
+ *   unusual semaphore     holds an eventfd in semaphore mode
  *
  * Prints "READY <pid>" once in that state; on SIGUSR1 prints "OK", exits 0.
  */
@@ -11,6 +12,7 @@
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <pthread.h>
+#include <sys/eventfd.h>
 #include <sys/prctl.h>
 #include <unistd.h>
 
@@ -28,7 +30,7 @@ int main(int argc, char **argv)
 {
     workload_init();
     if (argc != 2) {
-        fprintf(stderr, "usage: unusual seccomp|leader-exit\n");
+        fprintf(stderr, "usage: unusual seccomp|leader-exit|semaphore\n");
         return 2;
     }
     if (strcmp(argv[1], "seccomp") == 0) {
@@ -43,6 +45,11 @@ int main(int argc, char **argv)
         if (pthread_create(&t, NULL, run_on, NULL) != 0)
             die("pthread_create");
         pthread_exit(NULL);
+    }
+    if (strcmp(argv[1], "semaphore") == 0) {
+        if (eventfd(3, EFD_SEMAPHORE) < 0)
+            die("eventfd");
+        run_on(NULL);
     }
     fprintf(stderr, "unknown mode %s\n", argv[1]);
     return 2;

@@ -165,6 +165,26 @@ fn pending_signals_handlers_altstack_and_itimer_survive_restore() {
 }
 
 #[test]
+fn eventfd_counts_and_a_signalfd_with_its_pending_signal_survive_restore() {
+    let dir = TempDir::new("restore-eventfds");
+    let mut job = Job::start("eventfds", &[], dir.path());
+    job.ready();
+    // Blocked, so it waits for the signalfd.
+    job.signal(libc::SIGUSR2);
+    let pending = || common::proc_status_field(job.pid, "ShdPnd").filter(|m| u64::from_str_radix(m, 16).unwrap_or(0) & (1 << 11) != 0);
+    assert!(common::poll(STEP, std::time::Duration::from_millis(5), pending).is_some(), "SIGUSR2 pending");
+    let images = dir.join("images");
+    dump_and_restore(&mut job, &images);
+    let files = common::crit_show(&images.join("files.img"));
+    let entries = files["entries"].as_array().expect("files.img entries");
+    let counters: Vec<u64> = entries.iter().filter_map(|e| e.get("efd")).map(|e| common::num(&e["counter"])).collect();
+    assert_eq!(counters, [42, 0x1_0000_0005], "eventfd counts as crit reads them");
+    let masks: Vec<u64> = entries.iter().filter_map(|e| e.get("sgfd")).map(|e| common::num(&e["sigmask"])).collect();
+    assert_eq!(masks, [1 << 11], "the signalfd reads SIGUSR2");
+    job.expect_ok();
+}
+
+#[test]
 fn twenty_dump_restore_cycles_keep_counters_monotonic() {
     let dir = TempDir::new("restore-cycles");
     let mut job = Job::start("test_mm", &[], dir.path());

@@ -4,8 +4,10 @@
 //! side) next to each other; [`HANDLERS`] dispatches an fd to its kind. Adding a
 //! kind of fd means one new module and one new row in the table.
 
+pub mod eventfd;
 pub mod pipe;
 pub mod reg;
+pub mod signalfd;
 pub mod tty;
 
 use std::collections::HashMap;
@@ -31,6 +33,8 @@ pub struct OpenFd {
     /// Open flags of the file description (without O_CLOEXEC, which belongs to the fd).
     pub flags: u32,
     pub cloexec: bool,
+    /// /proc/PID/fdinfo/FD, whose lines past the common ones depend on the kind.
+    info: String,
 }
 
 impl OpenFd {
@@ -46,7 +50,16 @@ impl OpenFd {
         let pos = field("pos:").parse().unwrap_or(0);
         let raw_flags = u32::from_str_radix(&field("flags:"), 8).unwrap_or(0);
         let cloexec = raw_flags & libc::O_CLOEXEC as u32 != 0;
-        Ok(OpenFd { pid, fd, link, stat, pos, flags: raw_flags & !(libc::O_CLOEXEC as u32), cloexec })
+        Ok(OpenFd { pid, fd, link, stat, pos, flags: raw_flags & !(libc::O_CLOEXEC as u32), cloexec, info })
+    }
+
+    /// A line of fdinfo particular to this kind of file (`eventfd-count:`...).
+    pub fn info_field(&self, name: &str) -> Result<&str> {
+        self.info
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .ok_or_else(|| Error::Invalid(format!("/proc/{}/fdinfo/{} has no {name} line", self.pid, self.fd)))
     }
 
     pub fn file_type(&self) -> SFlag {
@@ -99,7 +112,7 @@ pub struct Handler {
 }
 
 /// Tried in order; the first that matches handles the fd.
-pub static HANDLERS: &[Handler] = &[tty::HANDLER, pipe::HANDLER, reg::HANDLER];
+pub static HANDLERS: &[Handler] = &[tty::HANDLER, pipe::HANDLER, eventfd::HANDLER, signalfd::HANDLER, reg::HANDLER];
 
 /// Open the file of `entry` in the task being restored.
 pub fn restore_file(entry: &FileEntry, r: &mut FdRestorer) -> Result<u64> {

@@ -806,6 +806,10 @@ pub struct FileEntry {
     pub id: u32,
     #[prost(message, optional, tag = "3")]
     pub reg: Option<RegFileEntry>,
+    #[prost(message, optional, tag = "8")]
+    pub efd: Option<EventfdFileEntry>,
+    #[prost(message, optional, tag = "10")]
+    pub sgfd: Option<SignalfdEntry>,
     #[prost(message, optional, tag = "18")]
     pub pipe: Option<PipeEntry>,
     #[prost(message, optional, tag = "19")]
@@ -860,6 +864,34 @@ pub struct RegFileEntry {
     pub checksum_config: Option<u32>,
     #[prost(uint32, optional, tag = "14")]
     pub checksum_parameter: Option<u32>,
+}
+
+/// CRIU `eventfd_file_entry` (eventfd.proto).
+#[derive(Clone, PartialEq, prost::Message, serde::Serialize)]
+pub struct EventfdFileEntry {
+    #[prost(uint32, required, tag = "1")]
+    pub id: u32,
+    /// File status flags (O_RDWR, O_NONBLOCK).
+    #[prost(uint32, required, tag = "2")]
+    pub flags: u32,
+    #[prost(message, required, tag = "3")]
+    pub fown: FownEntry,
+    #[prost(uint64, required, tag = "4")]
+    pub counter: u64,
+}
+
+/// CRIU `signalfd_entry` (signalfd.proto).
+#[derive(Clone, PartialEq, prost::Message, serde::Serialize)]
+pub struct SignalfdEntry {
+    #[prost(uint32, required, tag = "1")]
+    pub id: u32,
+    #[prost(uint32, required, tag = "2")]
+    pub flags: u32,
+    #[prost(message, required, tag = "3")]
+    pub fown: FownEntry,
+    /// The signals it reads, bit N-1 for signal N.
+    #[prost(uint64, required, tag = "4")]
+    pub sigmask: u64,
 }
 
 /// CRIU `pipe_entry` (pipe.proto): one end of a pipe.

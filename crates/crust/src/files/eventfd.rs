@@ -1,0 +1,41 @@
+//! eventfd: a counter. Its value and status flags are all there is to it; the
+//! restore makes a new one and adds the saved count to it.
+
+use super::{fown_of, FdRestorer, FileTable, Handler, OpenFd};
+use crate::error::{Error, Result};
+use crate::images::proto::{EventfdFileEntry, FdTypes, FileEntry};
+
+pub const HANDLER: Handler = Handler { name: "eventfd", fd_type: FdTypes::Eventfd, matches, dump, restore };
+
+fn matches(fd: &OpenFd) -> bool {
+    fd.link == "anon_inode:[eventfd]"
+}
+
+fn dump(fd: &OpenFd, table: &mut FileTable) -> Result<FileEntry> {
+    // CRIU's image has no place for semaphore mode: refuse rather than lose it.
+    if fd.info_field("eventfd-semaphore:").is_ok_and(|v| v != "0") {
+        return Err(fd.unsupported("eventfds in semaphore mode are"));
+    }
+    let count = fd.info_field("eventfd-count:")?;
+    let counter = u64::from_str_radix(count, 16)
+        .map_err(|_| Error::Invalid(format!("process {}: fd {}: eventfd-count {count:?} is not a number", fd.pid, fd.fd)))?;
+    let id = table.new_id();
+    Ok(FileEntry {
+        r#type: FdTypes::Eventfd as i32,
+        id,
+        efd: Some(EventfdFileEntry { id, flags: fd.flags, fown: fown_of(fd)?, counter }),
+        ..Default::default()
+    })
+}
+
+fn restore(entry: &FileEntry, r: &mut FdRestorer) -> Result<u64> {
+    let e = entry.efd.as_ref().ok_or_else(|| Error::Invalid(format!("file {}: eventfd without its entry", entry.id)))?;
+    let nonblock = e.flags & libc::O_NONBLOCK as u32;
+    let fd = r.task.call("eventfd2", libc::SYS_eventfd2, [0, nonblock as u64, 0, 0, 0, 0])?;
+    // eventfd2 takes a 32-bit initial value; a write adds any 64-bit count.
+    if e.counter != 0 {
+        let value = r.scratch.reset().put(&e.counter.to_le_bytes())?;
+        r.task.call("write to an eventfd", libc::SYS_write, [fd, value, 8, 0, 0, 0])?;
+    }
+    r.to_high(fd)
+}
