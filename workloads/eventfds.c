@@ -1,17 +1,22 @@
 /*
- * eventfds: holds two eventfds and a signalfd, to check they come back.
+ * eventfds: holds two eventfds, a signalfd and an epoll watching them, to
+ * check they come back.
  *
  *   fd A: eventfd, non-blocking, close-on-exec, count 42
  *   fd B: eventfd, blocking, count 0x100000005 (beyond eventfd2's 32-bit start)
  *   fd C: signalfd for SIGUSR2 (blocked), non-blocking
+ *   fd E: epoll watching A (data 0xA11CE), C (edge-triggered, data 7) and the
+ *         read end of a pipe holding "x" (data 99); B is not watched
  *
  * Prints "READY <pid>". The test sends SIGUSR2, which stays pending for C.
- * On SIGUSR1 checks every count, flag and the pending SIGUSR2 through C,
- * and that A and C are empty afterwards; prints "OK" or "FAIL <why>".
+ * On SIGUSR1 checks what E reports, every count, flag and the pending
+ * SIGUSR2 through C, and that A and C are empty afterwards; prints "OK" or
+ * "FAIL <why>".
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <stdint.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
@@ -40,8 +45,35 @@ int main(void)
     v = 0x100000005ULL;
     if (write(b, &v, 8) != 8)
         die("write b");
+    int p[2];
+    int e = epoll_create1(0);
+    if (pipe(p) != 0 || write(p[1], "x", 1) != 1 || e < 0)
+        die("pipe/epoll_create1");
+    struct epoll_event ev = { .events = EPOLLIN, .data.u64 = 0xA11CE };
+    if (epoll_ctl(e, EPOLL_CTL_ADD, a, &ev) != 0)
+        die("epoll_ctl a");
+    ev = (struct epoll_event){ .events = EPOLLIN | EPOLLET, .data.u64 = 7 };
+    if (epoll_ctl(e, EPOLL_CTL_ADD, c, &ev) != 0)
+        die("epoll_ctl c");
+    ev = (struct epoll_event){ .events = EPOLLIN, .data.u64 = 99 };
+    if (epoll_ctl(e, EPOLL_CTL_ADD, p[0], &ev) != 0)
+        die("epoll_ctl pipe");
     printf("READY %d\n", (int)getpid());
     wait_usr1();
+
+    struct epoll_event got[8];
+    int n = epoll_wait(e, got, 8, 0);
+    if (n != 3)
+        fail("epoll reports %d ready files, not 3", n);
+    uint64_t seen = 0;
+    for (int i = 0; i < n; i++) {
+        uint64_t d = got[i].data.u64;
+        if (!(got[i].events & EPOLLIN))
+            fail("epoll event %#llx without EPOLLIN", (unsigned long long)d);
+        seen |= d == 0xA11CE ? 1 : d == 7 ? 2 : d == 99 ? 4 : 8;
+    }
+    if (seen != 7)
+        fail("epoll reported the wrong files (mask %#llx)", (unsigned long long)seen);
 
     if (!(fcntl(a, F_GETFL) & O_NONBLOCK) || !(fcntl(a, F_GETFD) & FD_CLOEXEC))
         fail("fd a lost O_NONBLOCK or FD_CLOEXEC");

@@ -5,6 +5,8 @@
  *   unusual seccomp       installs a seccomp filter (allowing everything)
  *   unusual leader-exit   its main thread exits; a second thread runs on
  *   unusual semaphore     holds an eventfd in semaphore mode
+ *   unusual epoll-closed  an epoll watches a pipe by an fd since closed
+ *                         (the pipe lives on in a dup)
  *
  * Prints "READY <pid>" once in that state; on SIGUSR1 prints "OK", exits 0.
  */
@@ -12,6 +14,7 @@
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <pthread.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/prctl.h>
 #include <unistd.h>
@@ -30,7 +33,7 @@ int main(int argc, char **argv)
 {
     workload_init();
     if (argc != 2) {
-        fprintf(stderr, "usage: unusual seccomp|leader-exit|semaphore\n");
+        fprintf(stderr, "usage: unusual seccomp|leader-exit|semaphore|epoll-closed\n");
         return 2;
     }
     if (strcmp(argv[1], "seccomp") == 0) {
@@ -49,6 +52,15 @@ int main(int argc, char **argv)
     if (strcmp(argv[1], "semaphore") == 0) {
         if (eventfd(3, EFD_SEMAPHORE) < 0)
             die("eventfd");
+        run_on(NULL);
+    }
+    if (strcmp(argv[1], "epoll-closed") == 0) {
+        int p[2];
+        int e = epoll_create1(0);
+        struct epoll_event ev = { .events = EPOLLIN };
+        if (e < 0 || pipe(p) != 0 || epoll_ctl(e, EPOLL_CTL_ADD, p[0], &ev) != 0 || dup(p[0]) < 0)
+            die("epoll");
+        close(p[0]);
         run_on(NULL);
     }
     fprintf(stderr, "unknown mode %s\n", argv[1]);

@@ -1007,9 +1007,15 @@ fn live_threads_run_untraced(pid: i32) {
 }
 
 #[test]
-fn dump_refuses_seccomp_an_exited_main_thread_and_a_semaphore_eventfd_and_leaves_them_running() {
+fn dump_refuses_what_it_cannot_restore_inside_a_process_and_leaves_it_running() {
     let dir = TempDir::new("refusals-unusual");
-    for (mode, says) in [("seccomp", "seccomp"), ("leader-exit", "main thread has exited"), ("semaphore", "semaphore mode")] {
+    let cases = [
+        ("seccomp", "seccomp"),
+        ("leader-exit", "main thread has exited"),
+        ("semaphore", "semaphore mode"),
+        ("epoll-closed", "no longer at its fd"),
+    ];
+    for (mode, says) in cases {
         let mut w = Workload::spawn("unusual", &[os(mode)]);
         w.ready();
         let images = dir.join(mode);

@@ -165,7 +165,7 @@ fn pending_signals_handlers_altstack_and_itimer_survive_restore() {
 }
 
 #[test]
-fn eventfd_counts_and_a_signalfd_with_its_pending_signal_survive_restore() {
+fn eventfds_a_signalfd_with_its_pending_signal_and_an_epoll_watching_them_survive_restore() {
     let dir = TempDir::new("restore-eventfds");
     let mut job = Job::start("eventfds", &[], dir.path());
     job.ready();
@@ -181,6 +181,11 @@ fn eventfd_counts_and_a_signalfd_with_its_pending_signal_survive_restore() {
     assert_eq!(counters, [42, 0x1_0000_0005], "eventfd counts as crit reads them");
     let masks: Vec<u64> = entries.iter().filter_map(|e| e.get("sgfd")).map(|e| common::num(&e["sigmask"])).collect();
     assert_eq!(masks, [1 << 11], "the signalfd reads SIGUSR2");
+    let epoll: Vec<&serde_json::Value> = entries.iter().filter_map(|e| e.get("epfd")).collect();
+    assert_eq!(epoll.len(), 1, "{files}");
+    let mut data: Vec<u64> = epoll[0]["tfd"].as_array().unwrap().iter().map(|t| common::num(&t["data"])).collect();
+    data.sort();
+    assert_eq!(data, [7, 99, 0xA11CE], "the epoll's targets as crit reads them");
     job.expect_ok();
 }
 

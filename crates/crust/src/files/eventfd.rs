@@ -5,7 +5,7 @@ use super::{fown_of, FdRestorer, FileTable, Handler, OpenFd};
 use crate::error::{Error, Result};
 use crate::images::proto::{EventfdFileEntry, FdTypes, FileEntry};
 
-pub const HANDLER: Handler = Handler { name: "eventfd", fd_type: FdTypes::Eventfd, matches, dump, restore };
+pub const HANDLER: Handler = Handler { name: "eventfd", fd_type: FdTypes::Eventfd, matches, dump, restore, finish: None };
 
 fn matches(fd: &OpenFd) -> bool {
     fd.link == "anon_inode:[eventfd]"

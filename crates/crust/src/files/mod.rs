@@ -5,6 +5,7 @@
 //! kind of fd means one new module and one new row in the table.
 
 pub mod eventfd;
+pub mod eventpoll;
 pub mod pipe;
 pub mod reg;
 pub mod signalfd;
@@ -34,7 +35,7 @@ pub struct OpenFd {
     pub flags: u32,
     pub cloexec: bool,
     /// /proc/PID/fdinfo/FD, whose lines past the common ones depend on the kind.
-    info: String,
+    pub info: String,
 }
 
 impl OpenFd {
@@ -102,24 +103,39 @@ fn fown_of(fd: &OpenFd) -> Result<FownEntry> {
 }
 
 /// A kind of file: how to recognise it, dump it, and open it again in a task
-/// being restored (returning the fd there).
+/// being restored (returning the fd there); `finish`, if any, completes it
+/// once every fd of the process is at its number (an epoll names its
+/// targets by fd number).
 pub struct Handler {
     pub name: &'static str,
     pub fd_type: FdTypes,
     pub matches: fn(&OpenFd) -> bool,
     pub dump: fn(&OpenFd, &mut FileTable) -> Result<FileEntry>,
     pub restore: fn(&FileEntry, &mut FdRestorer) -> Result<u64>,
+    pub finish: Option<fn(&FileEntry, u64, &mut FdRestorer) -> Result<()>>,
 }
 
 /// Tried in order; the first that matches handles the fd.
-pub static HANDLERS: &[Handler] = &[tty::HANDLER, pipe::HANDLER, eventfd::HANDLER, signalfd::HANDLER, reg::HANDLER];
+pub static HANDLERS: &[Handler] =
+    &[tty::HANDLER, pipe::HANDLER, eventfd::HANDLER, signalfd::HANDLER, eventpoll::HANDLER, reg::HANDLER];
+
+fn handler_of(entry: &FileEntry) -> Result<&'static Handler> {
+    HANDLERS.iter().find(|h| h.fd_type as i32 == entry.r#type).ok_or_else(|| {
+        Error::Unsupported(format!("file {}: files of type {} are not supported yet", entry.id, entry.r#type))
+    })
+}
 
 /// Open the file of `entry` in the task being restored.
 pub fn restore_file(entry: &FileEntry, r: &mut FdRestorer) -> Result<u64> {
-    let handler = HANDLERS.iter().find(|h| h.fd_type as i32 == entry.r#type).ok_or_else(|| {
-        Error::Unsupported(format!("file {}: files of type {} are not supported yet", entry.id, entry.r#type))
-    })?;
-    (handler.restore)(entry, r)
+    (handler_of(entry)?.restore)(entry, r)
+}
+
+/// Complete the file of `entry`, now at fd `fd` with all its process's fds in place.
+pub fn finish_file(entry: &FileEntry, fd: u64, r: &mut FdRestorer) -> Result<()> {
+    match handler_of(entry)?.finish {
+        Some(finish) => finish(entry, fd, r),
+        None => Ok(()),
+    }
 }
 
 /// What the restore side of a file kind works with: the task, its scratch area,

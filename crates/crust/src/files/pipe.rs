@@ -13,7 +13,7 @@ use super::{fown_of, FdRestorer, FileTable, Handler, OpenFd};
 use crate::error::{Context, Error, Result};
 use crate::images::proto::{FdTypes, FileEntry, PipeDataEntry, PipeEntry};
 
-pub const HANDLER: Handler = Handler { name: "pipe", fd_type: FdTypes::Pipe, matches, dump, restore };
+pub const HANDLER: Handler = Handler { name: "pipe", fd_type: FdTypes::Pipe, matches, dump, restore, finish: None };
 
 fn matches(fd: &OpenFd) -> bool {
     fd.file_type() == SFlag::S_IFIFO && fd.link.starts_with("pipe:")

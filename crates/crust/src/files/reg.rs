@@ -7,7 +7,7 @@ use super::{fown_of, FdRestorer, FileTable, Handler, OpenFd};
 use crate::error::{Context, Error, Result};
 use crate::images::proto::{FdTypes, FileEntry, RegFileEntry};
 
-pub const HANDLER: Handler = Handler { name: "regular file", fd_type: FdTypes::Reg, matches, dump, restore };
+pub const HANDLER: Handler = Handler { name: "regular file", fd_type: FdTypes::Reg, matches, dump, restore, finish: None };
 
 /// Major number of /dev/null, /dev/zero, /dev/urandom and their kin.
 const MEM_MAJOR: u64 = 1;

@@ -5,7 +5,7 @@ use super::{fown_of, FdRestorer, FileTable, Handler, OpenFd};
 use crate::error::{Error, Result};
 use crate::images::proto::{FdTypes, FileEntry, SignalfdEntry};
 
-pub const HANDLER: Handler = Handler { name: "signalfd", fd_type: FdTypes::Signalfd, matches, dump, restore };
+pub const HANDLER: Handler = Handler { name: "signalfd", fd_type: FdTypes::Signalfd, matches, dump, restore, finish: None };
 
 fn matches(fd: &OpenFd) -> bool {
     fd.link == "anon_inode:[signalfd]"

@@ -13,7 +13,7 @@ use crate::images::proto::{
     FdTypes, FileEntry, TermiosEntry, TtyFileEntry, TtyInfoEntry, TtyPtyEntry, TtyType, WinsizeEntry,
 };
 
-pub const HANDLER: Handler = Handler { name: "terminal", fd_type: FdTypes::Tty, matches, dump, restore };
+pub const HANDLER: Handler = Handler { name: "terminal", fd_type: FdTypes::Tty, matches, dump, restore, finish: None };
 
 /// Majors of Unix98 pty slaves (/dev/pts/N).
 const PTS_MAJORS: std::ops::RangeInclusive<u64> = 136..=143;

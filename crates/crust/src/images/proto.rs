@@ -808,6 +808,8 @@ pub struct FileEntry {
     pub reg: Option<RegFileEntry>,
     #[prost(message, optional, tag = "8")]
     pub efd: Option<EventfdFileEntry>,
+    #[prost(message, optional, tag = "9")]
+    pub epfd: Option<EventpollFileEntry>,
     #[prost(message, optional, tag = "10")]
     pub sgfd: Option<SignalfdEntry>,
     #[prost(message, optional, tag = "18")]
@@ -878,6 +880,40 @@ pub struct EventfdFileEntry {
     pub fown: FownEntry,
     #[prost(uint64, required, tag = "4")]
     pub counter: u64,
+}
+
+/// CRIU `eventpoll_tfd_entry` (eventpoll.proto): one file an epoll watches.
+#[derive(Clone, PartialEq, prost::Message, serde::Serialize)]
+pub struct EventpollTfdEntry {
+    /// The epoll's own file id.
+    #[prost(uint32, required, tag = "1")]
+    pub id: u32,
+    /// The fd number the target was added under, in the epoll's process.
+    #[prost(uint32, required, tag = "2")]
+    pub tfd: u32,
+    #[prost(uint32, required, tag = "3")]
+    pub events: u32,
+    #[prost(uint64, required, tag = "4")]
+    pub data: u64,
+    #[prost(uint32, optional, tag = "5")]
+    pub dev: Option<u32>,
+    #[prost(uint64, optional, tag = "6")]
+    pub inode: Option<u64>,
+    #[prost(uint64, optional, tag = "7")]
+    pub pos: Option<u64>,
+}
+
+/// CRIU `eventpoll_file_entry` (eventpoll.proto).
+#[derive(Clone, PartialEq, prost::Message, serde::Serialize)]
+pub struct EventpollFileEntry {
+    #[prost(uint32, required, tag = "1")]
+    pub id: u32,
+    #[prost(uint32, required, tag = "2")]
+    pub flags: u32,
+    #[prost(message, required, tag = "3")]
+    pub fown: FownEntry,
+    #[prost(message, repeated, tag = "4")]
+    pub tfd: Vec<EventpollTfdEntry>,
 }
 
 /// CRIU `signalfd_entry` (signalfd.proto).

@@ -13,7 +13,7 @@ pub mod layout;
 pub mod load;
 pub mod task;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -313,6 +313,7 @@ pub fn restore_held(opts: &RestoreOptions, img: &DumpImage, pages: &mut dyn Page
     set_process_groups(&procs, opts.shell_job)?;
     stats.forking_time_us = fork_start.elapsed().as_micros() as u64;
 
+    let mut finished = HashSet::new();
     for p in &mut procs {
         stats.pages_restored += restore_memory(p, &crust_layout, img, pages)?;
         let mut r = FdRestorer {
@@ -323,7 +324,7 @@ pub fn restore_held(opts: &RestoreOptions, img: &DumpImage, pages: &mut dyn Page
             next_high,
             terminal: terminal.as_ref().map(|(path, _)| path.as_str()),
         };
-        restore_fds(p.image, img, &shared, &mut r)?;
+        restore_fds(p.image, img, &shared, &mut r, &mut finished)?;
         restore_process_state(p, img)?;
         for &(tid, _) in &p.image.cores[1..] {
             let t = clone_in(&p.leader, &mut p.scratch, tid, CLONE_THREAD_FLAGS, 0)?;
@@ -580,8 +581,16 @@ fn open_in(task: &Task, scratch: &mut Scratch, path: &str, flags: u32) -> Result
 }
 
 /// The fd table: every object made (or inherited from the root), then each
-/// put at its number, then everything else closed.
-fn restore_fds(image: &ProcessImage, img: &DumpImage, shared: &HashMap<u32, u64>, r: &mut FdRestorer) -> Result<()> {
+/// put at its number, then everything else closed; last, files that name
+/// other fds (epolls) are completed, each once (`finished`) in the first
+/// process that holds it.
+fn restore_fds(
+    image: &ProcessImage,
+    img: &DumpImage,
+    shared: &HashMap<u32, u64>,
+    r: &mut FdRestorer,
+    finished: &mut HashSet<u32>,
+) -> Result<()> {
     let mut objects = shared.clone();
     for fd in &image.fds {
         if !objects.contains_key(&fd.id) {
@@ -609,6 +618,11 @@ fn restore_fds(image: &ProcessImage, img: &DumpImage, shared: &HashMap<u32, u64>
     // Every object was made above the image's fds: all above this process's go.
     let base = image.fds.iter().map(|f| f.fd as u64 + 1).max().unwrap_or(0);
     r.task.call("close_range", libc::SYS_close_range, [base, u32::MAX as u64, 0, 0, 0, 0])?;
+    for fd in &image.fds {
+        if finished.insert(fd.id) {
+            files::finish_file(&img.files[&fd.id], fd.fd as u64, r)?;
+        }
+    }
     Ok(())
 }
 
