@@ -165,9 +165,9 @@ fn pending_signals_handlers_altstack_and_itimer_survive_restore() {
 }
 
 #[test]
-fn eventfds_a_signalfd_with_its_pending_signal_and_an_epoll_watching_them_survive_restore() {
-    let dir = TempDir::new("restore-eventfds");
-    let mut job = Job::start("eventfds", &[], dir.path());
+fn eventfds_a_signalfd_with_its_pending_signal_timerfds_and_an_epoll_survive_restore() {
+    let dir = TempDir::new("restore-anonfds");
+    let mut job = Job::start("anonfds", &[], dir.path());
     job.ready();
     // Blocked, so it waits for the signalfd.
     job.signal(libc::SIGUSR2);
@@ -186,6 +186,8 @@ fn eventfds_a_signalfd_with_its_pending_signal_and_an_epoll_watching_them_surviv
     let mut data: Vec<u64> = epoll[0]["tfd"].as_array().unwrap().iter().map(|t| common::num(&t["data"])).collect();
     data.sort();
     assert_eq!(data, [7, 99, 0xA11CE], "the epoll's targets as crit reads them");
+    let periods: Vec<u64> = entries.iter().filter_map(|e| e.get("tfd")).map(|t| common::num(&t["insec"])).collect();
+    assert_eq!(periods, [0, 10_000_000, 0], "the timerfds' periods as crit reads them");
     job.expect_ok();
 }
 

@@ -9,6 +9,7 @@ pub mod eventpoll;
 pub mod pipe;
 pub mod reg;
 pub mod signalfd;
+pub mod timerfd;
 pub mod tty;
 
 use std::collections::HashMap;
@@ -117,7 +118,7 @@ pub struct Handler {
 
 /// Tried in order; the first that matches handles the fd.
 pub static HANDLERS: &[Handler] =
-    &[tty::HANDLER, pipe::HANDLER, eventfd::HANDLER, signalfd::HANDLER, eventpoll::HANDLER, reg::HANDLER];
+    &[tty::HANDLER, pipe::HANDLER, eventfd::HANDLER, signalfd::HANDLER, timerfd::HANDLER, eventpoll::HANDLER, reg::HANDLER];
 
 fn handler_of(entry: &FileEntry) -> Result<&'static Handler> {
     HANDLERS.iter().find(|h| h.fd_type as i32 == entry.r#type).ok_or_else(|| {

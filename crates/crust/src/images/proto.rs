@@ -812,6 +812,8 @@ pub struct FileEntry {
     pub epfd: Option<EventpollFileEntry>,
     #[prost(message, optional, tag = "10")]
     pub sgfd: Option<SignalfdEntry>,
+    #[prost(message, optional, tag = "12")]
+    pub tfd: Option<TimerfdEntry>,
     #[prost(message, optional, tag = "18")]
     pub pipe: Option<PipeEntry>,
     #[prost(message, optional, tag = "19")]
@@ -914,6 +916,34 @@ pub struct EventpollFileEntry {
     pub fown: FownEntry,
     #[prost(message, repeated, tag = "4")]
     pub tfd: Vec<EventpollTfdEntry>,
+}
+
+/// CRIU `timerfd_entry` (timerfd.proto).
+#[derive(Clone, PartialEq, prost::Message, serde::Serialize)]
+pub struct TimerfdEntry {
+    #[prost(uint32, required, tag = "1")]
+    pub id: u32,
+    #[prost(uint32, required, tag = "2")]
+    pub flags: u32,
+    #[prost(message, required, tag = "3")]
+    pub fown: FownEntry,
+    #[prost(uint32, required, tag = "4")]
+    pub clockid: u32,
+    /// Expirations not read yet.
+    #[prost(uint64, required, tag = "5")]
+    pub ticks: u64,
+    #[prost(uint32, required, tag = "6")]
+    pub settime_flags: u32,
+    /// Time left to the next expiry.
+    #[prost(uint64, required, tag = "7")]
+    pub vsec: u64,
+    #[prost(uint64, required, tag = "8")]
+    pub vnsec: u64,
+    /// The period.
+    #[prost(uint64, required, tag = "9")]
+    pub isec: u64,
+    #[prost(uint64, required, tag = "10")]
+    pub insec: u64,
 }
 
 /// CRIU `signalfd_entry` (signalfd.proto).

@@ -1,12 +1,15 @@
 /*
- * eventfds: holds two eventfds, a signalfd and an epoll watching them, to
- * check they come back.
+ * anonfds: holds eventfds, a signalfd, timerfds and an epoll watching some
+ * of them, to check they come back.
  *
  *   fd A: eventfd, non-blocking, close-on-exec, count 42
  *   fd B: eventfd, blocking, count 0x100000005 (beyond eventfd2's 32-bit start)
  *   fd C: signalfd for SIGUSR2 (blocked), non-blocking
  *   fd E: epoll watching A (data 0xA11CE), C (edge-triggered, data 7) and the
  *         read end of a pipe holding "x" (data 99); B is not watched
+ *   fd T1: timerfd, one-shot, an hour from now, non-blocking
+ *   fd T2: timerfd, every 10 ms
+ *   fd T3: timerfd, one-shot, expired with its one expiration unread
  *
  * Prints "READY <pid>". The test sends SIGUSR2, which stays pending for C.
  * On SIGUSR1 checks what E reports, every count, flag and the pending
@@ -19,6 +22,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
+#include <sys/timerfd.h>
 #include <unistd.h>
 
 #include "workload.h"
@@ -58,8 +62,33 @@ int main(void)
     ev = (struct epoll_event){ .events = EPOLLIN, .data.u64 = 99 };
     if (epoll_ctl(e, EPOLL_CTL_ADD, p[0], &ev) != 0)
         die("epoll_ctl pipe");
+    int t1 = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK);
+    int t2 = timerfd_create(CLOCK_MONOTONIC, 0);
+    int t3 = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK);
+    struct itimerspec hour = { .it_value = { 3600, 0 } };
+    struct itimerspec every10ms = { .it_value = { 0, 10000000 }, .it_interval = { 0, 10000000 } };
+    struct itimerspec once = { .it_value = { 0, 1000 } };
+    if (t1 < 0 || t2 < 0 || t3 < 0 || timerfd_settime(t1, 0, &hour, NULL) || timerfd_settime(t2, 0, &every10ms, NULL) ||
+        timerfd_settime(t3, 0, &once, NULL))
+        die("timerfd");
+    sleep_ms(20);
     printf("READY %d\n", (int)getpid());
     wait_usr1();
+
+    struct itimerspec now;
+    if (timerfd_gettime(t1, &now) || now.it_value.tv_sec < 3000 || now.it_value.tv_sec >= 3600 || now.it_interval.tv_sec ||
+        now.it_interval.tv_nsec)
+        fail("fd t1 has %lld s left, not just under an hour", (long long)now.it_value.tv_sec);
+    if (read(t1, &v, 8) != -1 || errno != EAGAIN)
+        fail("fd t1 expired");
+    if (timerfd_gettime(t2, &now) || now.it_interval.tv_sec || now.it_interval.tv_nsec != 10000000)
+        fail("fd t2 lost its 10 ms period");
+    if (read(t2, &v, 8) != 8 || v < 1)
+        fail("fd t2 did not tick");
+    if (timerfd_gettime(t3, &now) || now.it_value.tv_sec || now.it_value.tv_nsec)
+        fail("fd t3 is armed again");
+    if (read(t3, &v, 8) != 8 || v != 1)
+        fail("fd t3 lost its unread expiration");
 
     struct epoll_event got[8];
     int n = epoll_wait(e, got, 8, 0);

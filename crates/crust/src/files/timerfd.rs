@@ -1,0 +1,86 @@
+//! timerfd: its clock, the time left to its next expiry, its period, and the
+//! expirations not read yet. The time left is relative, so a timer comes back
+//! with as long to run as it had when it was frozen (an absolute timer too).
+
+use super::{fown_of, FdRestorer, FileTable, Handler, OpenFd};
+use crate::error::{Error, Result};
+use crate::images::proto::{FdTypes, FileEntry, TimerfdEntry};
+
+pub const HANDLER: Handler = Handler { name: "timerfd", fd_type: FdTypes::Timerfd, matches, dump, restore, finish: None };
+
+/// _IOW('T', 0, __u64): set the count of unread expirations.
+const TFD_IOC_SET_TICKS: u64 = 0x4008_5400;
+const NSEC: u64 = 1_000_000_000;
+
+fn matches(fd: &OpenFd) -> bool {
+    fd.link == "anon_inode:[timerfd]"
+}
+
+/// `(sec, nsec)` as fdinfo prints a time.
+fn parse_time(v: &str) -> Option<(u64, u64)> {
+    let (s, ns) = v.trim().strip_prefix('(')?.strip_suffix(')')?.split_once(',')?;
+    Some((s.trim().parse().ok()?, ns.trim().parse().ok()?))
+}
+
+fn dump(fd: &OpenFd, table: &mut FileTable) -> Result<FileEntry> {
+    let bad = |what: &str, v: &str| Error::Invalid(format!("process {}: fd {}: timerfd {what} {v:?}", fd.pid, fd.fd));
+    let number = |name: &str| -> Result<u64> {
+        let v = fd.info_field(name)?;
+        v.parse().map_err(|_| bad(name, v))
+    };
+    let time = |name: &str| -> Result<(u64, u64)> {
+        let v = fd.info_field(name)?;
+        parse_time(v).ok_or_else(|| bad(name, v))
+    };
+    let flags_text = fd.info_field("settime flags:")?;
+    let settime_flags = u32::from_str_radix(flags_text, 8).map_err(|_| bad("settime flags", flags_text))?;
+    let (vsec, vnsec) = time("it_value:")?;
+    let (isec, insec) = time("it_interval:")?;
+    let id = table.new_id();
+    let entry = TimerfdEntry {
+        id,
+        flags: fd.flags,
+        fown: fown_of(fd)?,
+        clockid: number("clockid:")? as u32,
+        ticks: number("ticks:")?,
+        settime_flags,
+        vsec,
+        vnsec,
+        isec,
+        insec,
+    };
+    Ok(FileEntry { r#type: FdTypes::Timerfd as i32, id, tfd: Some(entry), ..Default::default() })
+}
+
+fn restore(entry: &FileEntry, r: &mut FdRestorer) -> Result<u64> {
+    let t = entry.tfd.as_ref().ok_or_else(|| Error::Invalid(format!("file {}: timerfd without its entry", entry.id)))?;
+    if t.vnsec >= NSEC || t.insec >= NSEC {
+        return Err(Error::Invalid(format!("file {}: timerfd times with {} and {} ns", entry.id, t.vnsec, t.insec)));
+    }
+    let nonblock = t.flags & libc::O_NONBLOCK as u32;
+    let fd = r.task.call("timerfd_create", libc::SYS_timerfd_create, [t.clockid as u64, nonblock as u64, 0, 0, 0, 0])?;
+    // A periodic timer that expired with its expirations unread shows no time
+    // left; a zero value would disarm it, so it fires again after a period.
+    let (vsec, vnsec) = if (t.vsec, t.vnsec) == (0, 0) { (t.isec, t.insec) } else { (t.vsec, t.vnsec) };
+    if (vsec, vnsec) != (0, 0) {
+        let spec = r.scratch.reset().put_u64s(&[t.isec, t.insec, vsec, vnsec])?;
+        r.task.call("timerfd_settime", libc::SYS_timerfd_settime, [fd, 0, spec, 0, 0, 0])?;
+    }
+    if t.ticks != 0 {
+        let ticks = r.scratch.reset().put(&t.ticks.to_le_bytes())?;
+        r.task.call("ioctl(TFD_IOC_SET_TICKS)", libc::SYS_ioctl, [fd, TFD_IOC_SET_TICKS, ticks, 0, 0, 0])?;
+    }
+    r.to_high(fd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_time;
+
+    #[test]
+    fn fdinfo_times_are_read() {
+        assert_eq!(parse_time("(0, 50000000)"), Some((0, 50_000_000)));
+        assert_eq!(parse_time(" (3600, 0)"), Some((3600, 0)));
+        assert_eq!(parse_time("(1 2)"), None);
+    }
+}
