@@ -7,6 +7,7 @@
  *   unusual semaphore     holds an eventfd in semaphore mode
  *   unusual epoll-closed  an epoll watches a pipe by an fd since closed
  *                         (the pipe lives on in a dup)
+ *   unusual unix-listening  listens on an abstract unix socket name
  *
  * Prints "READY <pid>" once in that state; on SIGUSR1 prints "OK", exits 0.
  */
@@ -17,6 +18,8 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "workload.h"
@@ -33,7 +36,7 @@ int main(int argc, char **argv)
 {
     workload_init();
     if (argc != 2) {
-        fprintf(stderr, "usage: unusual seccomp|leader-exit|semaphore|epoll-closed\n");
+        fprintf(stderr, "usage: unusual seccomp|leader-exit|semaphore|epoll-closed|unix-listening\n");
         return 2;
     }
     if (strcmp(argv[1], "seccomp") == 0) {
@@ -61,6 +64,14 @@ int main(int argc, char **argv)
         if (e < 0 || pipe(p) != 0 || epoll_ctl(e, EPOLL_CTL_ADD, p[0], &ev) != 0 || dup(p[0]) < 0)
             die("epoll");
         close(p[0]);
+        run_on(NULL);
+    }
+    if (strcmp(argv[1], "unix-listening") == 0) {
+        struct sockaddr_un a = { .sun_family = AF_UNIX };
+        int n = snprintf(a.sun_path + 1, sizeof a.sun_path - 1, "crust-test-%d", (int)getpid());
+        int s = socket(AF_UNIX, SOCK_STREAM, 0);
+        if (s < 0 || bind(s, (struct sockaddr *)&a, (socklen_t)(sizeof a.sun_family + 1 + n)) || listen(s, 1))
+            die("unix socket");
         run_on(NULL);
     }
     fprintf(stderr, "unknown mode %s\n", argv[1]);

@@ -666,7 +666,7 @@ fn dump_rejects_bad_pid_arguments() {
 }
 
 #[test]
-fn dump_refuses_unix_socket() {
+fn dump_refuses_a_unix_socket_connected_outside_the_tree() {
     let tmp = TempDir::new("socket");
     let dir = tmp.join("images");
     let mut sv = [0i32; 2];
@@ -685,7 +685,7 @@ fn dump_refuses_unix_socket() {
     for extra in [&[][..], &["-R"][..]] {
         let err = dump_fails(&m.w.pid.to_string(), &dir, extra);
         let lower = err.to_lowercase();
-        assert!(lower.contains("socket") && lower.contains("not supported"), "error: {err}");
+        assert!(lower.contains("socket") && lower.contains("outside") && lower.contains("not supported"), "error: {err}");
         assert_running_untraced(m.w.pid, Duration::from_secs(2));
     }
     assert_eq!(proc_maps(m.w.pid), maps, "memory layout changed by a failed dump");
@@ -1014,6 +1014,7 @@ fn dump_refuses_what_it_cannot_restore_inside_a_process_and_leaves_it_running() 
         ("leader-exit", "main thread has exited"),
         ("semaphore", "semaphore mode"),
         ("epoll-closed", "no longer at its fd"),
+        ("unix-listening", "bound (named) unix sockets"),
     ];
     for (mode, says) in cases {
         let mut w = Workload::spawn("unusual", &[os(mode)]);

@@ -192,6 +192,24 @@ fn eventfds_a_signalfd_with_its_pending_signal_timerfds_and_an_epoll_survive_res
 }
 
 #[test]
+fn unix_socket_pairs_with_their_queued_bytes_survive_restore() {
+    let dir = TempDir::new("restore-sockets");
+    let mut job = Job::start("sockets", &[], dir.path());
+    let child = ready_field(&job.ready(), "child");
+    let images = dir.join("images");
+    dump_and_restore(&mut job, &images);
+    assert_eq!(common::proc_stat(child).map(|s| s.ppid), Some(job.pid), "the child is back, its parent's child");
+    let files = common::crit_show(&images.join("files.img"));
+    let ends = files["entries"].as_array().unwrap().iter().filter(|e| e.get("usk").is_some()).count();
+    assert_eq!(ends, 8, "four pairs, two ends each: {files}");
+    let queues = common::crit_show(&images.join("sk-queues.img"));
+    let mut lengths: Vec<u64> = queues["entries"].as_array().unwrap().iter().map(|e| common::num(&e["length"])).collect();
+    lengths.sort();
+    assert_eq!(lengths, [5, 9, 10, 200_000], "the bytes queued in the stream pairs: {queues}");
+    job.expect_ok();
+}
+
+#[test]
 fn twenty_dump_restore_cycles_keep_counters_monotonic() {
     let dir = TempDir::new("restore-cycles");
     let mut job = Job::start("test_mm", &[], dir.path());

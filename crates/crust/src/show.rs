@@ -9,7 +9,7 @@ use serde_json::{json, Map, Value};
 use crate::error::{Context, Error, Result};
 use crate::images::proto::{
     CgroupEntry, CoreEntry, FdinfoEntry, FileEntry, FsEntry, InventoryEntry, MmEntry, PagemapEntry, PagemapHead,
-    PipeDataEntry, PstreeEntry, StatsEntry, TaskKobjIdsEntry, TtyInfoEntry,
+    PipeDataEntry, PstreeEntry, SkPacketEntry, StatsEntry, TaskKobjIdsEntry, TtyInfoEntry,
 };
 use crate::images::{ImageReader, Kind};
 
@@ -54,6 +54,14 @@ pub fn show_file(path: &Path) -> Result<Value> {
             let mut v = Vec::new();
             while let Some(e) = r.next::<PipeDataEntry>()? {
                 r.raw(e.bytes as usize)?;
+                v.push(to_json(&e));
+            }
+            v
+        }
+        Kind::SkQueues => {
+            let mut v = Vec::new();
+            while let Some(e) = r.next::<SkPacketEntry>()? {
+                r.raw(e.length as usize)?;
                 v.push(to_json(&e));
             }
             v

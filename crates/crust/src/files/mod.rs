@@ -11,6 +11,7 @@ pub mod reg;
 pub mod signalfd;
 pub mod timerfd;
 pub mod tty;
+pub mod unix;
 
 use std::collections::HashMap;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -19,7 +20,7 @@ use nix::errno::Errno;
 use nix::sys::stat::{stat, FileStat, SFlag};
 
 use crate::error::{Context, Error, Result};
-use crate::images::proto::{FdTypes, FdinfoEntry, FileEntry, FownEntry, PipeDataEntry, TtyInfoEntry};
+use crate::images::proto::{FdTypes, FdinfoEntry, FileEntry, FownEntry, PipeDataEntry, SkPacketEntry, TtyInfoEntry};
 use crate::images::{ImageDir, Kind};
 use crate::restore::load::DumpImage;
 use crate::restore::task::{Scratch, Task};
@@ -118,7 +119,7 @@ pub struct Handler {
 
 /// Tried in order; the first that matches handles the fd.
 pub static HANDLERS: &[Handler] =
-    &[tty::HANDLER, pipe::HANDLER, eventfd::HANDLER, signalfd::HANDLER, timerfd::HANDLER, eventpoll::HANDLER, reg::HANDLER];
+    &[tty::HANDLER, pipe::HANDLER, unix::HANDLER, eventfd::HANDLER, signalfd::HANDLER, timerfd::HANDLER, eventpoll::HANDLER, reg::HANDLER];
 
 fn handler_of(entry: &FileEntry) -> Result<&'static Handler> {
     HANDLERS.iter().find(|h| h.fd_type as i32 == entry.r#type).ok_or_else(|| {
@@ -147,6 +148,8 @@ pub struct FdRestorer<'a> {
     pub image: &'a DumpImage,
     /// Ends of the pipes made so far, by pipe_id: (read fd, write fd) in the task.
     pub pipes: HashMap<u32, (u64, u64)>,
+    /// Ends of the unix socket pairs made so far, by socket inode: fd in the task.
+    pub sockets: HashMap<u32, u64>,
     /// New objects are kept at fds from here up, above every fd the image uses.
     pub next_high: u64,
     /// For a shell job: the restoring terminal, which takes the place of the
@@ -188,6 +191,10 @@ pub struct FileTable {
     /// Files known by path alone (mapped files, cwd, root, exe), by (path, flags).
     by_path: HashMap<(String, u32), u32>,
     pub pipe_data: Vec<(PipeDataEntry, Vec<u8>)>,
+    /// Bytes queued on unix sockets, for sk-queues.img.
+    pub sk_queues: Vec<(SkPacketEntry, Vec<u8>)>,
+    /// Every unix socket dumped: its inode, its peer's, and which fd it is.
+    pub unix_peers: Vec<(u32, u32, String)>,
     pub tty_infos: Vec<TtyInfoEntry>,
 }
 
@@ -244,8 +251,16 @@ impl FileTable {
         })
     }
 
-    /// files.img, pipes-data.img and tty-info.img.
+    /// files.img, pipes-data.img, sk-queues.img and tty-info.img, once every
+    /// socket's peer is known to be in the tree.
     pub fn write(&self, dir: &mut ImageDir) -> Result<u64> {
+        for (_, peer, who) in &self.unix_peers {
+            if !self.unix_peers.iter().any(|(ino, _, _)| ino == peer) {
+                return Err(Error::Unsupported(format!(
+                    "{who}: its peer is outside the dumped tree: unix sockets connected outside the tree are not supported yet"
+                )));
+            }
+        }
         let mut bytes = 0;
         let mut w = dir.writer("files.img", Kind::Files)?;
         for f in &self.files {
@@ -255,6 +270,14 @@ impl FileTable {
         if !self.pipe_data.is_empty() {
             let mut w = dir.writer("pipes-data.img", Kind::PipesData)?;
             for (entry, data) in &self.pipe_data {
+                w.entry(entry)?;
+                w.raw(data)?;
+            }
+            bytes += w.finish()?;
+        }
+        if !self.sk_queues.is_empty() {
+            let mut w = dir.writer("sk-queues.img", Kind::SkQueues)?;
+            for (entry, data) in &self.sk_queues {
                 w.entry(entry)?;
                 w.raw(data)?;
             }
@@ -279,24 +302,28 @@ fn same_description(pid1: i32, fd1: i32, pid2: i32, fd2: i32) -> bool {
     r == 0
 }
 
-/// A precise name for an fd no handler takes, e.g. "unix sockets are".
+/// The address family of a socket fd (nix has no SO_DOMAIN option).
+fn socket_domain(fd: &OpenFd) -> Option<libc::c_int> {
+    let s = fd.take().ok()?;
+    let mut dom: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes one int into `dom`.
+    let r = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&s),
+            libc::SOL_SOCKET,
+            libc::SO_DOMAIN,
+            (&mut dom as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    Errno::result(r).ok().map(|_| dom)
+}
+
+/// A precise name for an fd no handler takes, e.g. "inet sockets are".
 fn describe_unknown(fd: &OpenFd) -> String {
     if fd.link.starts_with("socket:") {
-        let family = fd.take().ok().and_then(|s| {
-            let mut dom: libc::c_int = 0;
-            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-            // SAFETY: getsockopt writes one int into `dom`.
-            let r = unsafe {
-                libc::getsockopt(
-                    std::os::fd::AsRawFd::as_raw_fd(&s),
-                    libc::SOL_SOCKET,
-                    libc::SO_DOMAIN,
-                    (&mut dom as *mut libc::c_int).cast(),
-                    &mut len,
-                )
-            };
-            Errno::result(r).ok().map(|_| dom)
-        });
+        let family = socket_domain(fd);
         let name = match family {
             Some(libc::AF_UNIX) => "unix",
             Some(libc::AF_INET) => "inet",

@@ -37,6 +37,7 @@ pub enum Kind {
     Ids,
     Cgroup,
     PipesData,
+    SkQueues,
     TtyInfo,
     Stats,
 }
@@ -57,6 +58,7 @@ impl Kind {
             Kind::Ids => 0x5443_2030,
             Kind::Cgroup => 0x5938_3330,
             Kind::PipesData => 0x5645_3709,
+            Kind::SkQueues => 0x5626_4026,
             Kind::TtyInfo => 0x5945_3036,
             Kind::Stats => 0x5709_3306,
         }
@@ -94,6 +96,7 @@ impl Kind {
             "ids" => Kind::Ids,
             "cgroup" => Kind::Cgroup,
             "pipes-data" => Kind::PipesData,
+            "sk-queues" => Kind::SkQueues,
             "tty-info" => Kind::TtyInfo,
             "stats-dump" | "stats-restore" => Kind::Stats,
             _ => return None,

@@ -814,6 +814,8 @@ pub struct FileEntry {
     pub sgfd: Option<SignalfdEntry>,
     #[prost(message, optional, tag = "12")]
     pub tfd: Option<TimerfdEntry>,
+    #[prost(message, optional, tag = "16")]
+    pub usk: Option<UnixSkEntry>,
     #[prost(message, optional, tag = "18")]
     pub pipe: Option<PipeEntry>,
     #[prost(message, optional, tag = "19")]
@@ -916,6 +918,66 @@ pub struct EventpollFileEntry {
     pub fown: FownEntry,
     #[prost(message, repeated, tag = "4")]
     pub tfd: Vec<EventpollTfdEntry>,
+}
+
+/// CRIU `sk_opts_entry` (sk-opts.proto): socket options.
+#[derive(Clone, PartialEq, prost::Message, serde::Serialize)]
+pub struct SkOptsEntry {
+    #[prost(uint32, required, tag = "1")]
+    pub so_sndbuf: u32,
+    #[prost(uint32, required, tag = "2")]
+    pub so_rcvbuf: u32,
+    #[prost(uint64, required, tag = "3")]
+    pub so_snd_tmo_sec: u64,
+    #[prost(uint64, required, tag = "4")]
+    pub so_snd_tmo_usec: u64,
+    #[prost(uint64, required, tag = "5")]
+    pub so_rcv_tmo_sec: u64,
+    #[prost(uint64, required, tag = "6")]
+    pub so_rcv_tmo_usec: u64,
+    #[prost(bool, optional, tag = "11")]
+    pub so_passcred: Option<bool>,
+}
+
+/// CRIU `unix_sk_entry` (sk-unix.proto): one end of a unix socket.
+#[derive(Clone, PartialEq, prost::Message, serde::Serialize)]
+pub struct UnixSkEntry {
+    #[prost(uint32, required, tag = "1")]
+    pub id: u32,
+    /// Socket inode; `peer` names the other end by its inode.
+    #[prost(uint32, required, tag = "2")]
+    pub ino: u32,
+    /// SOCK_STREAM, SOCK_DGRAM or SOCK_SEQPACKET.
+    #[prost(uint32, required, tag = "3")]
+    pub r#type: u32,
+    /// TCP_ESTABLISHED, TCP_LISTEN... as sock_diag reports it.
+    #[prost(uint32, required, tag = "4")]
+    pub state: u32,
+    #[prost(uint32, required, tag = "5")]
+    pub flags: u32,
+    #[prost(uint32, required, tag = "6")]
+    pub uflags: u32,
+    #[prost(uint32, required, tag = "7")]
+    pub backlog: u32,
+    #[prost(uint32, required, tag = "8")]
+    pub peer: u32,
+    #[prost(message, required, tag = "9")]
+    pub fown: FownEntry,
+    #[prost(message, required, tag = "10")]
+    pub opts: SkOptsEntry,
+    #[prost(bytes = "vec", required, tag = "11")]
+    pub name: Vec<u8>,
+}
+
+/// CRIU `sk_packet_entry` (sk-packet.proto): data queued on a socket, in
+/// sk-queues.img; `length` raw bytes follow it.
+#[derive(Clone, PartialEq, prost::Message, serde::Serialize)]
+pub struct SkPacketEntry {
+    /// The file id of the socket whose receive queue holds the data.
+    #[prost(uint32, required, tag = "1")]
+    pub id_for: u32,
+    #[prost(uint32, required, tag = "2")]
+    pub length: u32,
 }
 
 /// CRIU `timerfd_entry` (timerfd.proto).

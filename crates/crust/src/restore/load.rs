@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::images::proto::{
     CgroupEntry, CoreEntry, FdinfoEntry, FileEntry, FsEntry, InventoryEntry, MmEntry, PagemapEntry, PagemapHead, PipeDataEntry,
-    PstreeEntry, TaskKobjIdsEntry, TtyInfoEntry,
+    PstreeEntry, SkPacketEntry, TaskKobjIdsEntry, TtyInfoEntry,
 };
 use crate::images::digest::{self, FileDigest};
 use crate::images::{ImageReader, Kind};
@@ -44,6 +44,8 @@ pub struct DumpImage {
     pub files: HashMap<u32, FileEntry>,
     /// Data queued in pipes, by pipe_id, with the pipe's buffer size.
     pub pipe_data: HashMap<u32, (Vec<u8>, Option<u32>)>,
+    /// Data queued on unix sockets, by the file id of the receiving end.
+    pub sk_queues: HashMap<u32, Vec<u8>>,
     /// Terminals, by tty-info id.
     pub tty_infos: HashMap<u32, TtyInfoEntry>,
     /// cgroup.img, if the dump has one.
@@ -141,6 +143,15 @@ pub fn load_with(dir: &Path, pages: Pages) -> Result<DumpImage> {
             pipe_data.insert(e.pipe_id, (data, e.size));
         }
     }
+    let mut sk_queues: HashMap<u32, Vec<u8>> = HashMap::new();
+    let skq_path = dir.join("sk-queues.img");
+    if skq_path.exists() {
+        let mut r = ImageReader::open(&skq_path, Kind::SkQueues)?;
+        while let Some(e) = r.next::<SkPacketEntry>()? {
+            let data = r.raw(e.length as usize)?;
+            sk_queues.entry(e.id_for).or_default().extend(data);
+        }
+    }
     let mut tty_infos = HashMap::new();
     let tty_path = dir.join("tty-info.img");
     if tty_path.exists() {
@@ -150,7 +161,7 @@ pub fn load_with(dir: &Path, pages: Pages) -> Result<DumpImage> {
     }
     let cg_path = dir.join("cgroup.img");
     let cgroups = if cg_path.exists() { Some(read_one(&cg_path, Kind::Cgroup)?) } else { None };
-    Ok(DumpImage { dir, processes, files, pipe_data, tty_infos, cgroups, pages_digests })
+    Ok(DumpImage { dir, processes, files, pipe_data, sk_queues, tty_infos, cgroups, pages_digests })
 }
 
 fn load_process(dir: &Path, pstree: PstreeEntry, pages_in: Pages) -> Result<ProcessImage> {

@@ -268,12 +268,13 @@ pub fn restore_held(opts: &RestoreOptions, img: &DumpImage, pages: &mut dyn Page
     let fd_base = img.processes.iter().flat_map(|p| p.fds.iter().map(|f| f.fd as u64 + 1)).max().unwrap_or(0).max(3);
     root.call("close_range", libc::SYS_close_range, [0, u32::MAX as u64, 0, 0, 0, 0])?;
     let mut root_scratch = Scratch::new(root_pid, scratch_addr)?;
-    let (shared, shared_pipes, next_high) = {
+    let (shared, shared_pipes, shared_sockets, next_high) = {
         let mut r = FdRestorer {
             task: &root,
             scratch: &mut root_scratch,
             image: img,
             pipes: HashMap::new(),
+            sockets: HashMap::new(),
             next_high: fd_base,
             terminal: terminal.as_ref().map(|(path, _)| path.as_str()),
         };
@@ -281,7 +282,7 @@ pub fn restore_held(opts: &RestoreOptions, img: &DumpImage, pages: &mut dyn Page
         for id in shared_files(img) {
             shared.insert(id, files::restore_file(&img.files[&id], &mut r)?);
         }
-        (shared, r.pipes, r.next_high)
+        (shared, r.pipes, r.sockets, r.next_high)
     };
     if root_img.pstree.sid == root_img.pstree.pid && !opts.shell_job {
         root.call("setsid", libc::SYS_setsid, [0; 6])?;
@@ -321,6 +322,7 @@ pub fn restore_held(opts: &RestoreOptions, img: &DumpImage, pages: &mut dyn Page
             scratch: &mut p.scratch,
             image: img,
             pipes: shared_pipes.clone(),
+            sockets: shared_sockets.clone(),
             next_high,
             terminal: terminal.as_ref().map(|(path, _)| path.as_str()),
         };
@@ -390,24 +392,29 @@ fn job_terminal(img: &DumpImage) -> Option<&crate::images::proto::TtyInfoEntry> 
     img.tty_infos.values().find(|t| t.sid == sid).or_else(|| img.tty_infos.values().next())
 }
 
-/// Files and pipes that more than one process holds: made once, in the root.
+/// Files that more than one process holds, and the ends of pipes and socket
+/// pairs whose other end another process holds: made once, in the root.
 fn shared_files(img: &DumpImage) -> Vec<u32> {
+    // Both ends of one pipe, or of one socket pair, share a key.
+    let pair_of = |f: &FileEntry| match (&f.pipe, &f.usk) {
+        (Some(p), _) => Some((FdTypes::Pipe, p.pipe_id)),
+        (_, Some(u)) => Some((FdTypes::Unixsk, u.ino.min(u.peer))),
+        _ => None,
+    };
     let mut users: HashMap<u32, Vec<i32>> = HashMap::new();
-    let mut pipe_users: HashMap<u32, Vec<i32>> = HashMap::new();
+    let mut pair_users: HashMap<(FdTypes, u32), Vec<i32>> = HashMap::new();
     for p in &img.processes {
         for fd in &p.fds {
             users.entry(fd.id).or_default().push(p.pid());
-            if let Some(pipe) = img.files.get(&fd.id).and_then(|f| f.pipe.as_ref()) {
-                pipe_users.entry(pipe.pipe_id).or_default().push(p.pid());
+            if let Some(key) = img.files.get(&fd.id).and_then(pair_of) {
+                pair_users.entry(key).or_default().push(p.pid());
             }
         }
     }
     let spans = |v: &Vec<i32>| v.iter().any(|&p| p != v[0]);
     let mut ids: Vec<u32> = users
         .iter()
-        .filter(|(id, v)| {
-            spans(v) || img.files[*id].pipe.as_ref().is_some_and(|p| spans(&pipe_users[&p.pipe_id]))
-        })
+        .filter(|(id, v)| spans(v) || pair_of(&img.files[*id]).is_some_and(|key| spans(&pair_users[&key])))
         .map(|(id, _)| *id)
         .collect();
     ids.sort_unstable();

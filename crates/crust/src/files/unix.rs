@@ -1,0 +1,278 @@
+//! Unix sockets: connected pairs with both ends in the tree (socketpair, or
+//! what a fork left of one), stream, datagram or seqpacket, with the bytes
+//! queued in stream sockets. Bound, listening or half-closed sockets, and
+//! peers outside the tree, are refused by name.
+//!
+//! The kernel says who a socket's peer is only through sock_diag netlink;
+//! the request is one fixed message, written out here (the netlink crates
+//! would be more to wire than the query itself).
+
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use nix::errno::Errno;
+use nix::sys::socket::{getsockopt, setsockopt, sockopt};
+
+use super::{fown_of, take_fd, FdRestorer, FileTable, Handler, OpenFd};
+use crate::error::{Context, Error, Result};
+use crate::images::proto::{FdTypes, FileEntry, SkOptsEntry, SkPacketEntry, UnixSkEntry};
+
+pub const HANDLER: Handler = Handler { name: "unix socket", fd_type: FdTypes::Unixsk, matches, dump, restore, finish: None };
+
+const TCP_ESTABLISHED: u8 = 1;
+
+fn matches(fd: &OpenFd) -> bool {
+    fd.link.starts_with("socket:[") && super::socket_domain(fd) == Some(libc::AF_UNIX)
+}
+
+/// What sock_diag says of one unix socket.
+struct Diag {
+    state: u8,
+    peer: Option<u32>,
+    bound: bool,
+    queued: u32,
+    shutdown: u8,
+}
+
+/// Ask sock_diag about the unix socket with inode `ino`.
+fn diag(ino: u32) -> Result<Diag> {
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    const UDIAG_SHOW_NAME: u32 = 0x01;
+    const UDIAG_SHOW_PEER: u32 = 0x04;
+    const UDIAG_SHOW_RQLEN: u32 = 0x10;
+    const UNIX_DIAG_NAME: u16 = 0;
+    const UNIX_DIAG_PEER: u16 = 2;
+    const UNIX_DIAG_RQLEN: u16 = 4;
+    const UNIX_DIAG_SHUTDOWN: u16 = 6;
+    let what = || format!("asking sock_diag about unix socket {ino}");
+    // SAFETY: a new netlink socket, owned below.
+    let raw = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG) };
+    let nl = Errno::result(raw).map(|fd| unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }).ctx(what)?;
+    // nlmsghdr (16 bytes) + unix_diag_req (24 bytes).
+    let mut req = Vec::with_capacity(40);
+    req.extend_from_slice(&40u32.to_ne_bytes());
+    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    req.extend_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
+    req.extend_from_slice(&[0u8; 8]); // sequence number, port id
+    req.extend_from_slice(&[libc::AF_UNIX as u8, 0, 0, 0]);
+    req.extend_from_slice(&u32::MAX.to_ne_bytes()); // all states
+    req.extend_from_slice(&ino.to_ne_bytes());
+    req.extend_from_slice(&(UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN).to_ne_bytes());
+    req.extend_from_slice(&[0xff; 8]); // no cookie
+    nix::unistd::write(&nl, &req).ctx(what)?;
+    let mut buf = vec![0u8; 8192];
+    let n = nix::unistd::read(&nl, &mut buf).ctx(what)?;
+    let msg = &buf[..n];
+    let u16_at = |b: &[u8], at: usize| u16::from_ne_bytes([b[at], b[at + 1]]);
+    let u32_at = |b: &[u8], at: usize| u32::from_ne_bytes(b[at..at + 4].try_into().expect("4 bytes"));
+    if msg.len() < 16 + 16 {
+        return Err(Error::Invalid(format!("sock_diag gave a short answer about unix socket {ino}")));
+    }
+    if u16_at(msg, 4) == libc::NLMSG_ERROR as u16 {
+        let errno = -(u32_at(msg, 16) as i32);
+        return Err(Error::Sys { context: what(), err: Errno::from_raw(errno) });
+    }
+    let len = (u32_at(msg, 0) as usize).min(msg.len());
+    // unix_diag_msg: family, type, state, pad, ino, cookie[2]; then attributes.
+    let mut d = Diag { state: msg[16 + 2], peer: None, bound: false, queued: 0, shutdown: 0 };
+    let mut at = 16 + 16;
+    while at + 4 <= len {
+        let (alen, atype) = (u16_at(msg, at) as usize, u16_at(msg, at + 2));
+        if alen < 4 || at + alen > len {
+            break;
+        }
+        let payload = &msg[at + 4..at + alen];
+        match atype {
+            UNIX_DIAG_NAME => d.bound = true,
+            UNIX_DIAG_PEER if payload.len() >= 4 => d.peer = Some(u32_at(payload, 0)),
+            UNIX_DIAG_RQLEN if payload.len() >= 4 => d.queued = u32_at(payload, 0),
+            UNIX_DIAG_SHUTDOWN if !payload.is_empty() => d.shutdown = payload[0],
+            _ => {}
+        }
+        at += (alen + 3) & !3;
+    }
+    Ok(d)
+}
+
+fn dump(fd: &OpenFd, table: &mut FileTable) -> Result<FileEntry> {
+    let sock = fd.take()?;
+    let what = || format!("reading socket options of fd {} of process {}", fd.fd, fd.pid);
+    let ino = fd.stat.st_ino as u32;
+    let d = diag(ino)?;
+    let ty = getsockopt(&sock, sockopt::SockType).ctx(what)? as u32;
+    if d.bound {
+        return Err(fd.unsupported("bound (named) unix sockets are"));
+    }
+    let peer = match d.peer {
+        Some(p) if d.state == TCP_ESTABLISHED || ty == libc::SOCK_DGRAM as u32 => p,
+        _ => return Err(fd.unsupported("unix sockets that are not connected are")),
+    };
+    if d.shutdown != 0 {
+        return Err(fd.unsupported("half-closed unix sockets are"));
+    }
+    let id = table.new_id();
+    if d.queued != 0 {
+        if ty != libc::SOCK_STREAM as u32 {
+            return Err(fd.unsupported("unix datagram sockets with messages queued are"));
+        }
+        let data = peek_stream(fd, &sock)?;
+        table.sk_queues.push((SkPacketEntry { id_for: id, length: data.len() as u32 }, data));
+    }
+    let snd = getsockopt(&sock, sockopt::SendTimeout).ctx(what)?;
+    let rcv = getsockopt(&sock, sockopt::ReceiveTimeout).ctx(what)?;
+    let (snd_sec, snd_usec, rcv_sec, rcv_usec) =
+        (snd.tv_sec() as u64, snd.tv_usec() as u64, rcv.tv_sec() as u64, rcv.tv_usec() as u64);
+    let opts = SkOptsEntry {
+        so_sndbuf: getsockopt(&sock, sockopt::SndBuf).ctx(what)? as u32,
+        so_rcvbuf: getsockopt(&sock, sockopt::RcvBuf).ctx(what)? as u32,
+        so_snd_tmo_sec: snd_sec,
+        so_snd_tmo_usec: snd_usec,
+        so_rcv_tmo_sec: rcv_sec,
+        so_rcv_tmo_usec: rcv_usec,
+        so_passcred: Some(getsockopt(&sock, sockopt::PassCred).ctx(what)?),
+    };
+    table.unix_peers.push((ino, peer, format!("process {}: fd {} ({})", fd.pid, fd.fd, fd.link)));
+    let entry = UnixSkEntry {
+        id,
+        ino,
+        r#type: ty,
+        state: d.state as u32,
+        flags: fd.flags,
+        uflags: 0,
+        backlog: 0,
+        peer,
+        fown: fown_of(fd)?,
+        opts,
+        name: Vec::new(),
+    };
+    Ok(FileEntry { r#type: FdTypes::Unixsk as i32, id, usk: Some(entry), ..Default::default() })
+}
+
+/// The bytes queued in a stream socket, read with MSG_PEEK so they stay. A
+/// peek stops where the writer changes: the peek offset walks past each
+/// stretch, and is put back as it was.
+fn peek_stream(fd: &OpenFd, sock: &OwnedFd) -> Result<Vec<u8>> {
+    let what = || format!("reading the data queued on fd {} of process {}", fd.fd, fd.pid);
+    let mut queued: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int.
+    Errno::result(unsafe { libc::ioctl(sock.as_raw_fd(), libc::FIONREAD, &mut queued) }).ctx(what)?;
+    let mut data = vec![0u8; queued.max(0) as usize];
+    let opt = |name, value: Option<libc::c_int>| -> Result<libc::c_int> {
+        let mut v: libc::c_int = value.unwrap_or(0);
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        let p = (&mut v as *mut libc::c_int).cast();
+        // SAFETY: get/setsockopt of one int on a socket we hold.
+        let r = unsafe {
+            match value {
+                Some(_) => libc::setsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, name, p, len),
+                None => libc::getsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, name, p, &mut len),
+            }
+        };
+        Errno::result(r).ctx(what)?;
+        Ok(v)
+    };
+    let before = opt(libc::SO_PEEK_OFF, None)?;
+    opt(libc::SO_PEEK_OFF, Some(0))?;
+    let mut got = 0;
+    let read = (|| -> Result<()> {
+        while got < data.len() {
+            // SAFETY: recv into the unfilled part of `data`.
+            let n = unsafe {
+                libc::recv(sock.as_raw_fd(), data[got..].as_mut_ptr().cast(), data.len() - got, libc::MSG_PEEK | libc::MSG_DONTWAIT)
+            };
+            match Errno::result(n) {
+                Ok(0) => break,
+                Ok(n) => got += n as usize,
+                Err(e) => return Err(e).ctx(what),
+            }
+        }
+        Ok(())
+    })();
+    opt(libc::SO_PEEK_OFF, Some(before))?;
+    read?;
+    if got != data.len() {
+        return Err(Error::Invalid(format!("{}: {got} of {} queued bytes could be read", what(), data.len())));
+    }
+    Ok(data)
+}
+
+fn entry(file: &FileEntry) -> Result<&UnixSkEntry> {
+    file.usk.as_ref().ok_or_else(|| Error::Invalid(format!("file {}: unix socket without its entry", file.id)))
+}
+
+/// The image's file of the unix socket with inode `ino`.
+fn by_ino<'a>(r: &FdRestorer<'a>, ino: u32) -> Result<&'a FileEntry> {
+    r.image
+        .files
+        .values()
+        .find(|f| f.usk.as_ref().is_some_and(|u| u.ino == ino))
+        .ok_or_else(|| Error::Invalid(format!("files.img: no unix socket {ino}, the peer of another")))
+}
+
+fn restore(file: &FileEntry, r: &mut FdRestorer) -> Result<u64> {
+    let u = entry(file)?;
+    let fd = match r.sockets.get(&u.ino) {
+        // Made with its peer.
+        Some(&fd) => fd,
+        None => {
+            let peer_file = by_ino(r, u.peer)?;
+            let peer = entry(peer_file)?;
+            let addr = r.scratch.reset().put(&[0u8; 8])?;
+            r.task.call("socketpair", libc::SYS_socketpair, [libc::AF_UNIX as u64, u.r#type as u64, 0, addr, 0, 0])?;
+            let mut fds = [0u8; 8];
+            r.scratch.read(addr, &mut fds)?;
+            let mine = r.to_high(u32::from_le_bytes(fds[0..4].try_into().expect("4 bytes")) as u64)?;
+            let theirs = r.to_high(u32::from_le_bytes(fds[4..8].try_into().expect("4 bytes")) as u64)?;
+            r.sockets.insert(u.ino, mine);
+            r.sockets.insert(u.peer, theirs);
+            let pid = r.task.pid;
+            let (a, b) = (take_end(pid, mine, u)?, take_end(pid, theirs, peer)?);
+            set_options(&a, u)?;
+            set_options(&b, peer)?;
+            // What was queued for one end is sent from the other.
+            fill(&b, r.image.sk_queues.get(&file.id), u)?;
+            fill(&a, r.image.sk_queues.get(&peer_file.id), peer)?;
+            mine
+        }
+    };
+    let status = u.flags & libc::O_NONBLOCK as u32;
+    if status != 0 {
+        r.task.call("fcntl(F_SETFL)", libc::SYS_fcntl, [fd, libc::F_SETFL as u64, status as u64, 0, 0, 0])?;
+    }
+    Ok(fd)
+}
+
+fn context(u: &UnixSkEntry) -> impl Fn() -> String + '_ {
+    move || format!("setting up unix socket {} of the image", u.ino)
+}
+
+/// A copy in crust of the task's end at `fd`, to set it up from here.
+fn take_end(pid: i32, fd: u64, u: &UnixSkEntry) -> Result<OwnedFd> {
+    take_fd(pid, fd as i32).ctx(context(u))
+}
+
+fn set_options(sock: &OwnedFd, u: &UnixSkEntry) -> Result<()> {
+    let what = context(u);
+    let o = &u.opts;
+    // The kernel doubles what it is given, and reports the doubled value.
+    setsockopt(sock, sockopt::SndBufForce, &(o.so_sndbuf as usize / 2)).ctx(&what)?;
+    setsockopt(sock, sockopt::RcvBufForce, &(o.so_rcvbuf as usize / 2)).ctx(&what)?;
+    let tv = |s: u64, us: u64| nix::sys::time::TimeVal::new(s as _, us as _);
+    setsockopt(sock, sockopt::SendTimeout, &tv(o.so_snd_tmo_sec, o.so_snd_tmo_usec)).ctx(&what)?;
+    setsockopt(sock, sockopt::ReceiveTimeout, &tv(o.so_rcv_tmo_sec, o.so_rcv_tmo_usec)).ctx(&what)?;
+    setsockopt(sock, sockopt::PassCred, &o.so_passcred.unwrap_or(false)).ctx(&what)
+}
+
+/// Send `data` from `sender` so that it waits in the queue of its peer `to`.
+/// The sender's buffer bounds what it can have in flight: it is widened for
+/// the copy and narrowed again.
+fn fill(sender: &OwnedFd, data: Option<&Vec<u8>>, to: &UnixSkEntry) -> Result<()> {
+    let Some(data) = data else { return Ok(()) };
+    let what = context(to);
+    let before = getsockopt(sender, sockopt::SndBuf).ctx(&what)?;
+    setsockopt(sender, sockopt::SndBufForce, &(data.len() * 2 + (64 << 10))).ctx(&what)?;
+    let mut sent = 0;
+    while sent < data.len() {
+        sent += nix::sys::socket::send(sender.as_raw_fd(), &data[sent..], nix::sys::socket::MsgFlags::MSG_DONTWAIT).ctx(&what)?;
+    }
+    setsockopt(sender, sockopt::SndBufForce, &(before / 2)).ctx(&what)
+}
