@@ -8,6 +8,7 @@
  *   unusual epoll-closed  an epoll watches a pipe by an fd since closed
  *                         (the pipe lives on in a dup)
  *   unusual unix-listening  listens on an abstract unix socket name
+ *   unusual fd-in-flight  a unix socket pair carries an fd not received yet
  *
  * Prints "READY <pid>" once in that state; on SIGUSR1 prints "OK", exits 0.
  */
@@ -36,7 +37,7 @@ int main(int argc, char **argv)
 {
     workload_init();
     if (argc != 2) {
-        fprintf(stderr, "usage: unusual seccomp|leader-exit|semaphore|epoll-closed|unix-listening\n");
+        fprintf(stderr, "usage: unusual seccomp|leader-exit|semaphore|epoll-closed|unix-listening|fd-in-flight\n");
         return 2;
     }
     if (strcmp(argv[1], "seccomp") == 0) {
@@ -72,6 +73,25 @@ int main(int argc, char **argv)
         int s = socket(AF_UNIX, SOCK_STREAM, 0);
         if (s < 0 || bind(s, (struct sockaddr *)&a, (socklen_t)(sizeof a.sun_family + 1 + n)) || listen(s, 1))
             die("unix socket");
+        run_on(NULL);
+    }
+    if (strcmp(argv[1], "fd-in-flight") == 0) {
+        int sv[2];
+        char byte = 'x';
+        struct iovec iov = { .iov_base = &byte, .iov_len = 1 };
+        union {
+            struct cmsghdr h;
+            char buf[CMSG_SPACE(sizeof(int))];
+        } control;
+        struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf, .msg_controllen = sizeof control.buf };
+        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        int passed = 1;
+        memcpy(CMSG_DATA(c), &passed, sizeof passed);
+        if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) || sendmsg(sv[0], &msg, 0) != 1)
+            die("sendmsg");
         run_on(NULL);
     }
     fprintf(stderr, "unknown mode %s\n", argv[1]);

@@ -1015,6 +1015,7 @@ fn dump_refuses_what_it_cannot_restore_inside_a_process_and_leaves_it_running() 
         ("semaphore", "semaphore mode"),
         ("epoll-closed", "no longer at its fd"),
         ("unix-listening", "bound (named) unix sockets"),
+        ("fd-in-flight", "fds or credentials in flight"),
     ];
     for (mode, says) in cases {
         let mut w = Workload::spawn("unusual", &[os(mode)]);

@@ -175,15 +175,14 @@ fn peek_stream(fd: &OpenFd, sock: &OwnedFd) -> Result<Vec<u8>> {
     let mut got = 0;
     let read = (|| -> Result<()> {
         while got < data.len() {
-            // SAFETY: recv into the unfilled part of `data`.
-            let n = unsafe {
-                libc::recv(sock.as_raw_fd(), data[got..].as_mut_ptr().cast(), data.len() - got, libc::MSG_PEEK | libc::MSG_DONTWAIT)
-            };
-            match Errno::result(n) {
-                Ok(0) => break,
-                Ok(n) => got += n as usize,
-                Err(e) => return Err(e).ctx(what),
+            let (n, in_flight) = peek_some(sock, &mut data[got..]).ctx(what)?;
+            if in_flight {
+                return Err(fd.unsupported("unix sockets with fds or credentials in flight are"));
             }
+            if n == 0 {
+                break;
+            }
+            got += n;
         }
         Ok(())
     })();
@@ -193,6 +192,39 @@ fn peek_stream(fd: &OpenFd, sock: &OwnedFd) -> Result<Vec<u8>> {
         return Err(Error::Invalid(format!("{}: {got} of {} queued bytes could be read", what(), data.len())));
     }
     Ok(data)
+}
+
+/// One MSG_PEEK of queued bytes into `buf`: how many, and whether control
+/// data (passed fds, credentials) came with them, which the image cannot keep.
+/// Fds a peek passes are copies made for crust: they are closed here.
+fn peek_some(sock: &OwnedFd, buf: &mut [u8]) -> std::result::Result<(usize, bool), Errno> {
+    let mut control = [0u64; 64];
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    // SAFETY: a zeroed msghdr is valid; its pointers are set to live buffers below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    // SAFETY: recvmsg into `buf` and `control`, both alive for the call.
+    let n = Errno::result(unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_PEEK | libc::MSG_DONTWAIT) })?;
+    let mut in_flight = msg.msg_flags & libc::MSG_CTRUNC != 0;
+    // SAFETY: walking the control messages the kernel wrote into `control`.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            in_flight = true;
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(c) as *const libc::c_int;
+                let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<libc::c_int>();
+                for i in 0..count {
+                    libc::close(*data.add(i));
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Ok((n as usize, in_flight))
 }
 
 fn entry(file: &FileEntry) -> Result<&UnixSkEntry> {
