@@ -10,6 +10,7 @@
  *   fd T1: timerfd, one-shot, an hour from now, non-blocking
  *   fd T2: timerfd, every 10 ms
  *   fd T3: timerfd, one-shot, expired with its one expiration unread
+ *   fd T4: timerfd, CLOCK_REALTIME, an absolute deadline two hours ahead
  *
  * Prints "READY <pid>". The test sends SIGUSR2, which stays pending for C.
  * On SIGUSR1 checks what E reports, every count, flag and the pending
@@ -71,6 +72,12 @@ int main(void)
     if (t1 < 0 || t2 < 0 || t3 < 0 || timerfd_settime(t1, 0, &hour, NULL) || timerfd_settime(t2, 0, &every10ms, NULL) ||
         timerfd_settime(t3, 0, &once, NULL))
         die("timerfd");
+    int t4 = timerfd_create(CLOCK_REALTIME, 0);
+    struct itimerspec deadline = { 0 };
+    clock_gettime(CLOCK_REALTIME, &deadline.it_value);
+    deadline.it_value.tv_sec += 7200;
+    if (t4 < 0 || timerfd_settime(t4, TFD_TIMER_ABSTIME, &deadline, NULL))
+        die("timerfd t4");
     sleep_ms(20);
     printf("READY %d\n", (int)getpid());
     wait_usr1();
@@ -85,6 +92,8 @@ int main(void)
         fail("fd t2 lost its 10 ms period");
     if (read(t2, &v, 8) != 8 || v < 1)
         fail("fd t2 did not tick");
+    if (timerfd_gettime(t4, &now) || now.it_value.tv_sec < 7000 || now.it_value.tv_sec >= 7200)
+        fail("fd t4 has %lld s left, not just under two hours", (long long)now.it_value.tv_sec);
     if (timerfd_gettime(t3, &now) || now.it_value.tv_sec || now.it_value.tv_nsec)
         fail("fd t3 is armed again");
     if (read(t3, &v, 8) != 8 || v != 1)
@@ -103,6 +112,13 @@ int main(void)
     }
     if (seen != 7)
         fail("epoll reported the wrong files (mask %#llx)", (unsigned long long)seen);
+    /* C is edge-triggered: reported once; A and the pipe again. */
+    n = epoll_wait(e, got, 8, 0);
+    for (int i = 0; i < n; i++)
+        if (got[i].data.u64 == 7)
+            fail("fd c lost EPOLLET: reported twice");
+    if (n != 2)
+        fail("epoll reports %d files the second time, not 2", n);
 
     if (!(fcntl(a, F_GETFL) & O_NONBLOCK) || !(fcntl(a, F_GETFD) & FD_CLOEXEC))
         fail("fd a lost O_NONBLOCK or FD_CLOEXEC");

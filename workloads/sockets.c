@@ -8,6 +8,8 @@
  *   D: datagram pair, nothing queued
  *   C: stream pair split by a fork: the parent holds c[0], the child c[1];
  *      "from child" is queued for the parent, "for child" for the child
+ *   options: s[0] SO_SNDBUF 1 MiB, s[1] SO_PRIORITY 5, q[0] SO_RCVTIMEO
+ *      3 s, d[0] SO_PASSCRED; no peek offset anywhere
  *
  * Prints "READY <pid> child=<pid>". On SIGUSR1 the parent reads and checks
  * every queue, sends through every pair, wakes the child (SIGUSR1), which
@@ -16,6 +18,7 @@
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -74,8 +77,36 @@ int main(void)
     if (write(s[0], big, BIG) != BIG)
         die("write big");
     fcntl(s[0], F_SETFL, O_NONBLOCK);
+    struct timeval three = { 3, 0 };
+    int one = 1, prio = 5, sndbuf_before = 0;
+    socklen_t len = sizeof sndbuf_before;
+    if (setsockopt(q[0], SOL_SOCKET, SO_RCVTIMEO, &three, sizeof three) ||
+        setsockopt(d[0], SOL_SOCKET, SO_PASSCRED, &one, sizeof one) ||
+        setsockopt(s[1], SOL_SOCKET, SO_PRIORITY, &prio, sizeof prio) ||
+        getsockopt(s[0], SOL_SOCKET, SO_SNDBUF, &sndbuf_before, &len))
+        die("setsockopt");
     printf("READY %d child=%d\n", (int)getpid(), (int)child);
     wait_usr1();
+
+    int v = 0;
+    struct timeval tv;
+    len = sizeof v;
+    if (getsockopt(s[0], SOL_SOCKET, SO_SNDBUF, &v, &len) || v != sndbuf_before)
+        fail("s[0] has SO_SNDBUF %d, not %d", v, sndbuf_before);
+    len = sizeof v;
+    if (getsockopt(s[1], SOL_SOCKET, SO_PRIORITY, &v, &len) || v != 5)
+        fail("s[1] has SO_PRIORITY %d, not 5", v);
+    len = sizeof v;
+    if (getsockopt(d[0], SOL_SOCKET, SO_PASSCRED, &v, &len) || v != 1)
+        fail("d[0] lost SO_PASSCRED");
+    len = sizeof tv;
+    if (getsockopt(q[0], SOL_SOCKET, SO_RCVTIMEO, &tv, &len) || tv.tv_sec != 3 || tv.tv_usec != 0)
+        fail("q[0] lost its receive timeout");
+    for (int i = 0; i < 2; i++) {
+        len = sizeof v;
+        if (getsockopt(s[i], SOL_SOCKET, SO_PEEK_OFF, &v, &len) || v != -1)
+            fail("s[%d] has a peek offset %d", i, v);
+    }
 
     char buf[16];
     if (read(s[0], buf, sizeof buf) != 5 || memcmp(buf, "hello", 5) != 0)

@@ -9,6 +9,8 @@
  *                         (the pipe lives on in a dup)
  *   unusual unix-listening  listens on an abstract unix socket name
  *   unusual fd-in-flight  a unix socket pair carries an fd not received yet
+ *   unusual epoll-reused  an epoll watches an eventfd by an fd number that
+ *                         another eventfd took since (the first lives on)
  *
  * Prints "READY <pid>" once in that state; on SIGUSR1 prints "OK", exits 0.
  */
@@ -25,19 +27,48 @@
 
 #include "workload.h"
 
+/* Checks, after SIGUSR1, that the state is still what it was (or NULL). */
+static void (*check)(void);
+
 static void *run_on(void *arg)
 {
     (void)arg;
     printf("READY %d\n", (int)getpid());
     wait_usr1();
+    if (check)
+        check();
     succeed();
+}
+
+static int in_flight[2];
+
+/* The byte and the fd sent with it are still queued, and nobody left a peek
+ * offset on the socket. */
+static void check_in_flight(void)
+{
+    int off = 0;
+    socklen_t len = sizeof off;
+    if (getsockopt(in_flight[1], SOL_SOCKET, SO_PEEK_OFF, &off, &len) || off != -1)
+        fail("a peek offset %d was left on the socket", off);
+    char byte;
+    struct iovec iov = { .iov_base = &byte, .iov_len = 1 };
+    union {
+        struct cmsghdr h;
+        char buf[CMSG_SPACE(sizeof(int))];
+    } control;
+    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf, .msg_controllen = sizeof control.buf };
+    if (recvmsg(in_flight[1], &msg, MSG_DONTWAIT) != 1 || byte != 'x')
+        fail("the queued byte is gone");
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    if (!c || c->cmsg_type != SCM_RIGHTS)
+        fail("the fd in flight is gone");
 }
 
 int main(int argc, char **argv)
 {
     workload_init();
     if (argc != 2) {
-        fprintf(stderr, "usage: unusual seccomp|leader-exit|semaphore|epoll-closed|unix-listening|fd-in-flight\n");
+        fprintf(stderr, "usage: unusual seccomp|leader-exit|semaphore|epoll-closed|unix-listening|fd-in-flight|epoll-reused\n");
         return 2;
     }
     if (strcmp(argv[1], "seccomp") == 0) {
@@ -67,6 +98,17 @@ int main(int argc, char **argv)
         close(p[0]);
         run_on(NULL);
     }
+    if (strcmp(argv[1], "epoll-reused") == 0) {
+        int e = epoll_create1(0);
+        int first = eventfd(0, 0);
+        struct epoll_event ev = { .events = EPOLLIN };
+        if (e < 0 || first < 0 || epoll_ctl(e, EPOLL_CTL_ADD, first, &ev) != 0 || dup(first) < 0)
+            die("epoll");
+        close(first);
+        if (eventfd(0, 0) != first)
+            die("the second eventfd did not take the first one's number");
+        run_on(NULL);
+    }
     if (strcmp(argv[1], "unix-listening") == 0) {
         struct sockaddr_un a = { .sun_family = AF_UNIX };
         int n = snprintf(a.sun_path + 1, sizeof a.sun_path - 1, "crust-test-%d", (int)getpid());
@@ -76,7 +118,8 @@ int main(int argc, char **argv)
         run_on(NULL);
     }
     if (strcmp(argv[1], "fd-in-flight") == 0) {
-        int sv[2];
+        int *sv = in_flight;
+        check = check_in_flight;
         char byte = 'x';
         struct iovec iov = { .iov_base = &byte, .iov_len = 1 };
         union {

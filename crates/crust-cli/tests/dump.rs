@@ -1014,8 +1014,9 @@ fn dump_refuses_what_it_cannot_restore_inside_a_process_and_leaves_it_running() 
         ("leader-exit", "main thread has exited"),
         ("semaphore", "semaphore mode"),
         ("epoll-closed", "no longer at its fd"),
+        ("epoll-reused", "no longer at its fd"),
         ("unix-listening", "bound (named) unix sockets"),
-        ("fd-in-flight", "fds or credentials in flight"),
+        ("fd-in-flight", "fds in flight"),
     ];
     for (mode, says) in cases {
         let mut w = Workload::spawn("unusual", &[os(mode)]);

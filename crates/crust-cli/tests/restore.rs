@@ -187,7 +187,14 @@ fn eventfds_a_signalfd_with_its_pending_signal_timerfds_and_an_epoll_survive_res
     data.sort();
     assert_eq!(data, [7, 99, 0xA11CE], "the epoll's targets as crit reads them");
     let periods: Vec<u64> = entries.iter().filter_map(|e| e.get("tfd")).map(|t| common::num(&t["insec"])).collect();
-    assert_eq!(periods, [0, 10_000_000, 0], "the timerfds' periods as crit reads them");
+    assert_eq!(periods, [0, 10_000_000, 0, 0], "the timerfds' periods as crit reads them");
+    // The absolute timer is absolute again.
+    let absolute = std::fs::read_dir(format!("/proc/{}/fdinfo", job.pid))
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .filter(|info| info.contains("settime flags: 01"))
+        .count();
+    assert_eq!(absolute, 1, "one timerfd with TFD_TIMER_ABSTIME after restore");
     job.expect_ok();
 }
 
@@ -206,6 +213,16 @@ fn unix_socket_pairs_with_their_queued_bytes_survive_restore() {
     let mut lengths: Vec<u64> = queues["entries"].as_array().unwrap().iter().map(|e| common::num(&e["length"])).collect();
     lengths.sort();
     assert_eq!(lengths, [5, 9, 10, 200_000], "the bytes queued in the stream pairs: {queues}");
+    job.expect_ok();
+}
+
+#[test]
+fn a_leave_running_dump_leaves_unix_sockets_and_their_queues_as_they_were() {
+    let dir = TempDir::new("dump-sockets-live");
+    let mut job = Job::start("sockets", &[], dir.path());
+    job.ready();
+    dump(job.pid, &dir.join("images"), &["-R"]);
+    // The workload reads every queue, option and peek offset itself.
     job.expect_ok();
 }
 

@@ -12,9 +12,12 @@ fn matches(fd: &OpenFd) -> bool {
 }
 
 fn dump(fd: &OpenFd, table: &mut FileTable) -> Result<FileEntry> {
-    // CRIU's image has no place for semaphore mode: refuse rather than lose it.
-    if fd.info_field("eventfd-semaphore:").is_ok_and(|v| v != "0") {
-        return Err(fd.unsupported("eventfds in semaphore mode are"));
+    // CRIU's image has no place for semaphore mode: refuse rather than lose
+    // it. Kernels before 6.4 do not say; they are not this project's.
+    match fd.info_field("eventfd-semaphore:") {
+        Ok("0") => {}
+        Ok(_) => return Err(fd.unsupported("eventfds in semaphore mode are")),
+        Err(_) => log::warn!("process {}: fd {}: the kernel does not say whether this eventfd is a semaphore", fd.pid, fd.fd),
     }
     let count = fd.info_field("eventfd-count:")?;
     let counter = u64::from_str_radix(count, 16)

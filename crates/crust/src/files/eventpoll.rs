@@ -42,10 +42,16 @@ fn dump(fd: &OpenFd, table: &mut FileTable) -> Result<FileEntry> {
         let (tfd, events, data, ino) = parse_target(line).ok_or_else(|| {
             Error::Invalid(format!("process {}: fd {}: cannot read the epoll target {line:?}", fd.pid, fd.fd))
         })?;
-        // The restore adds the file at that fd number: it must still be there.
+        // The restore adds the file at that fd number: it must still be there,
+        // the very file (an inode alone does not tell: all eventfds share one).
         let here = stat(format!("/proc/{}/fd/{tfd}", fd.pid).as_str()).map(|st| st.st_ino as u64);
-        if here != Ok(ino) {
+        if here != Ok(ino) || !watches(fd.pid, fd.fd, tfd) {
             return Err(fd.unsupported(&format!("epolls watching a file no longer at its fd {tfd} are")));
+        }
+        // A one-shot entry that fired is disarmed; adding it back would arm it.
+        let armed = events & !(EPOLLONESHOT | EPOLLET | EPOLLWAKEUP | EPOLLEXCLUSIVE) != 0;
+        if events & EPOLLONESHOT != 0 && !armed {
+            return Err(fd.unsupported("epolls holding a fired one-shot entry are"));
         }
         targets.push(EventpollTfdEntry { id, tfd, events, data, dev: None, inode: Some(ino), pos: None });
     }
@@ -55,6 +61,22 @@ fn dump(fd: &OpenFd, table: &mut FileTable) -> Result<FileEntry> {
         epfd: Some(EventpollFileEntry { id, flags: fd.flags, fown: fown_of(fd)?, tfd: targets }),
         ..Default::default()
     })
+}
+
+const EPOLLONESHOT: u32 = libc::EPOLLONESHOT as u32;
+const EPOLLET: u32 = libc::EPOLLET as u32;
+const EPOLLWAKEUP: u32 = libc::EPOLLWAKEUP as u32;
+const EPOLLEXCLUSIVE: u32 = libc::EPOLLEXCLUSIVE as u32;
+
+/// kcmp(KCMP_EPOLL_TFD): is the file at fd `tfd` of `pid` the one epoll
+/// `epfd` of `pid` watches under that number?
+fn watches(pid: i32, epfd: i32, tfd: u32) -> bool {
+    const KCMP_EPOLL_TFD: libc::c_int = 7;
+    // struct kcmp_epoll_slot { efd, tfd, toff }
+    let slot: [u32; 3] = [epfd as u32, tfd, 0];
+    // SAFETY: kcmp reads the slot and compares kernel objects.
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, pid, pid, KCMP_EPOLL_TFD, tfd as libc::c_long, slot.as_ptr()) };
+    r == 0
 }
 
 fn entry(file: &FileEntry) -> Result<&EventpollFileEntry> {

@@ -16,7 +16,6 @@ pub mod unix;
 use std::collections::HashMap;
 use std::os::fd::{FromRawFd, OwnedFd};
 
-use nix::errno::Errno;
 use nix::sys::stat::{stat, FileStat, SFlag};
 
 use crate::error::{Context, Error, Result};
@@ -254,8 +253,8 @@ impl FileTable {
     /// files.img, pipes-data.img, sk-queues.img and tty-info.img, once every
     /// socket's peer is known to be in the tree.
     pub fn write(&self, dir: &mut ImageDir) -> Result<u64> {
-        for (_, peer, who) in &self.unix_peers {
-            if !self.unix_peers.iter().any(|(ino, _, _)| ino == peer) {
+        for (me, peer, who) in &self.unix_peers {
+            if !self.unix_peers.iter().any(|(ino, back, _)| ino == peer && back == me) {
                 return Err(Error::Unsupported(format!(
                     "{who}: its peer is outside the dumped tree: unix sockets connected outside the tree are not supported yet"
                 )));
@@ -302,36 +301,34 @@ fn same_description(pid1: i32, fd1: i32, pid2: i32, fd2: i32) -> bool {
     r == 0
 }
 
-/// The address family of a socket fd (nix has no SO_DOMAIN option).
-fn socket_domain(fd: &OpenFd) -> Option<libc::c_int> {
-    let s = fd.take().ok()?;
-    let mut dom: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt writes one int into `dom`.
-    let r = unsafe {
-        libc::getsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&s),
-            libc::SOL_SOCKET,
-            libc::SO_DOMAIN,
-            (&mut dom as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    Errno::result(r).ok().map(|_| dom)
+/// The family of a socket, found by its inode in the tables of
+/// /proc/PID/net (taking the socket into crust would touch it).
+fn socket_family(fd: &OpenFd) -> &'static str {
+    let ino = fd.stat.st_ino.to_string();
+    let tables = [
+        ("unix", "unix"),
+        ("tcp", "inet"),
+        ("udp", "inet"),
+        ("raw", "inet"),
+        ("tcp6", "inet6"),
+        ("udp6", "inet6"),
+        ("raw6", "inet6"),
+        ("netlink", "netlink"),
+        ("packet", "packet"),
+    ];
+    for (table, family) in tables {
+        let text = std::fs::read_to_string(format!("/proc/{}/net/{table}", fd.pid)).unwrap_or_default();
+        if text.lines().skip(1).any(|l| l.split_whitespace().any(|w| w == ino)) {
+            return family;
+        }
+    }
+    ""
 }
 
 /// A precise name for an fd no handler takes, e.g. "inet sockets are".
 fn describe_unknown(fd: &OpenFd) -> String {
     if fd.link.starts_with("socket:") {
-        let family = socket_domain(fd);
-        let name = match family {
-            Some(libc::AF_UNIX) => "unix",
-            Some(libc::AF_INET) => "inet",
-            Some(libc::AF_INET6) => "inet6",
-            Some(libc::AF_NETLINK) => "netlink",
-            Some(libc::AF_PACKET) => "packet",
-            _ => "",
-        };
+        let name = socket_family(fd);
         return format!("{name}{}sockets are", if name.is_empty() { "" } else { " " });
     }
     if let Some(kind) = fd.link.strip_prefix("anon_inode:") {

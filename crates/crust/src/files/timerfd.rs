@@ -1,6 +1,8 @@
 //! timerfd: its clock, the time left to its next expiry, its period, and the
-//! expirations not read yet. The time left is relative, so a timer comes back
-//! with as long to run as it had when it was frozen (an absolute timer too).
+//! expirations not read yet. A timer comes back with as long to run as it had
+//! when it was frozen (an absolute one as an absolute deadline that far from
+//! now). fdinfo counts one unread expiration for a periodic timer however
+//! many periods passed unread: the others are not in the image.
 
 use super::{fown_of, FdRestorer, FileTable, Handler, OpenFd};
 use crate::error::{Error, Result};
@@ -10,6 +12,8 @@ pub const HANDLER: Handler = Handler { name: "timerfd", fd_type: FdTypes::Timerf
 
 /// _IOW('T', 0, __u64): set the count of unread expirations.
 const TFD_IOC_SET_TICKS: u64 = 0x4008_5400;
+const TFD_TIMER_ABSTIME: u32 = 1;
+const TFD_TIMER_CANCEL_ON_SET: u32 = 2;
 const NSEC: u64 = 1_000_000_000;
 
 fn matches(fd: &OpenFd) -> bool {
@@ -34,6 +38,9 @@ fn dump(fd: &OpenFd, table: &mut FileTable) -> Result<FileEntry> {
     };
     let flags_text = fd.info_field("settime flags:")?;
     let settime_flags = u32::from_str_radix(flags_text, 8).map_err(|_| bad("settime flags", flags_text))?;
+    if settime_flags & TFD_TIMER_CANCEL_ON_SET != 0 {
+        return Err(fd.unsupported("timerfds cancelled when the clock is set are"));
+    }
     let (vsec, vnsec) = time("it_value:")?;
     let (isec, insec) = time("it_interval:")?;
     let id = table.new_id();
@@ -61,10 +68,18 @@ fn restore(entry: &FileEntry, r: &mut FdRestorer) -> Result<u64> {
     let fd = r.task.call("timerfd_create", libc::SYS_timerfd_create, [t.clockid as u64, nonblock as u64, 0, 0, 0, 0])?;
     // A periodic timer that expired with its expirations unread shows no time
     // left; a zero value would disarm it, so it fires again after a period.
-    let (vsec, vnsec) = if (t.vsec, t.vnsec) == (0, 0) { (t.isec, t.insec) } else { (t.vsec, t.vnsec) };
+    let (mut vsec, mut vnsec) = if (t.vsec, t.vnsec) == (0, 0) { (t.isec, t.insec) } else { (t.vsec, t.vnsec) };
     if (vsec, vnsec) != (0, 0) {
+        // An absolute timer stays absolute: the time left, from now on this clock.
+        let abs = t.settime_flags & TFD_TIMER_ABSTIME;
+        if abs != 0 {
+            let now = nix::time::clock_gettime(nix::time::ClockId::from_raw(t.clockid as libc::clockid_t))
+                .map_err(|e| Error::Sys { context: format!("reading clock {}", t.clockid), err: e })?;
+            let ns = now.tv_nsec() as u64 + vnsec;
+            (vsec, vnsec) = (now.tv_sec() as u64 + vsec + ns / NSEC, ns % NSEC);
+        }
         let spec = r.scratch.reset().put_u64s(&[t.isec, t.insec, vsec, vnsec])?;
-        r.task.call("timerfd_settime", libc::SYS_timerfd_settime, [fd, 0, spec, 0, 0, 0])?;
+        r.task.call("timerfd_settime", libc::SYS_timerfd_settime, [fd, abs as u64, spec, 0, 0, 0])?;
     }
     if t.ticks != 0 {
         let ticks = r.scratch.reset().put(&t.ticks.to_le_bytes())?;

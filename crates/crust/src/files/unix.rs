@@ -21,7 +21,9 @@ pub const HANDLER: Handler = Handler { name: "unix socket", fd_type: FdTypes::Un
 const TCP_ESTABLISHED: u8 = 1;
 
 fn matches(fd: &OpenFd) -> bool {
-    fd.link.starts_with("socket:[") && super::socket_domain(fd) == Some(libc::AF_UNIX)
+    // Asked by inode: taking a socket into crust would touch it (its net_cls
+    // and net_prio marks become crust's), and a dump must not.
+    fd.link.starts_with("socket:[") && matches!(diag(fd.stat.st_ino as u32), Ok(Some(_)))
 }
 
 /// What sock_diag says of one unix socket.
@@ -33,8 +35,9 @@ struct Diag {
     shutdown: u8,
 }
 
-/// Ask sock_diag about the unix socket with inode `ino`.
-fn diag(ino: u32) -> Result<Diag> {
+/// Ask sock_diag about the unix socket with inode `ino`; None if there is
+/// none in crust's network namespace.
+fn diag(ino: u32) -> Result<Option<Diag>> {
     const SOCK_DIAG_BY_FAMILY: u16 = 20;
     const UDIAG_SHOW_NAME: u32 = 0x01;
     const UDIAG_SHOW_PEER: u32 = 0x04;
@@ -64,15 +67,21 @@ fn diag(ino: u32) -> Result<Diag> {
     let msg = &buf[..n];
     let u16_at = |b: &[u8], at: usize| u16::from_ne_bytes([b[at], b[at + 1]]);
     let u32_at = |b: &[u8], at: usize| u32::from_ne_bytes(b[at..at + 4].try_into().expect("4 bytes"));
-    if msg.len() < 16 + 16 {
-        return Err(Error::Invalid(format!("sock_diag gave a short answer about unix socket {ino}")));
+    let short = || Error::Invalid(format!("sock_diag gave an answer about unix socket {ino} crust cannot read"));
+    if msg.len() < 20 {
+        return Err(short());
     }
     if u16_at(msg, 4) == libc::NLMSG_ERROR as u16 {
-        let errno = -(u32_at(msg, 16) as i32);
-        return Err(Error::Sys { context: what(), err: Errno::from_raw(errno) });
+        return match Errno::from_raw(-(u32_at(msg, 16) as i32)) {
+            Errno::ENOENT => Ok(None),
+            errno => Err(Error::Sys { context: what(), err: errno }),
+        };
     }
     let len = (u32_at(msg, 0) as usize).min(msg.len());
     // unix_diag_msg: family, type, state, pad, ino, cookie[2]; then attributes.
+    if u16_at(msg, 4) != SOCK_DIAG_BY_FAMILY || len < 32 || msg[16] != libc::AF_UNIX as u8 || u32_at(msg, 20) != ino {
+        return Err(short());
+    }
     let mut d = Diag { state: msg[16 + 2], peer: None, bound: false, queued: 0, shutdown: 0 };
     let mut at = 16 + 16;
     while at + 4 <= len {
@@ -90,14 +99,29 @@ fn diag(ino: u32) -> Result<Diag> {
         }
         at += (alen + 3) & !3;
     }
-    Ok(d)
+    Ok(Some(d))
+}
+
+/// An int socket option (getsockopt, or setsockopt given a value).
+fn int_opt(sock: &OwnedFd, name: libc::c_int, value: Option<libc::c_int>) -> std::result::Result<libc::c_int, Errno> {
+    let mut v: libc::c_int = value.unwrap_or(0);
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    let p = (&mut v as *mut libc::c_int).cast();
+    // SAFETY: get/setsockopt of one int on a socket we hold.
+    let r = unsafe {
+        match value {
+            Some(_) => libc::setsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, name, p, len),
+            None => libc::getsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, name, p, &mut len),
+        }
+    };
+    Errno::result(r).map(|_| v)
 }
 
 fn dump(fd: &OpenFd, table: &mut FileTable) -> Result<FileEntry> {
+    let ino = fd.stat.st_ino as u32;
+    let d = diag(ino)?.ok_or_else(|| fd.unsupported("unix sockets of another network namespace are"))?;
     let sock = fd.take()?;
     let what = || format!("reading socket options of fd {} of process {}", fd.fd, fd.pid);
-    let ino = fd.stat.st_ino as u32;
-    let d = diag(ino)?;
     let ty = getsockopt(&sock, sockopt::SockType).ctx(what)? as u32;
     if d.bound {
         return Err(fd.unsupported("bound (named) unix sockets are"));
@@ -109,26 +133,42 @@ fn dump(fd: &OpenFd, table: &mut FileTable) -> Result<FileEntry> {
     if d.shutdown != 0 {
         return Err(fd.unsupported("half-closed unix sockets are"));
     }
+    // CRIU's image has no place for a peek offset.
+    if int_opt(&sock, libc::SO_PEEK_OFF, None).ctx(what)? != -1 {
+        return Err(fd.unsupported("unix sockets with a peek offset set are"));
+    }
+    let passcred = getsockopt(&sock, sockopt::PassCred).ctx(what)?;
+    let passsec = int_opt(&sock, libc::SO_PASSSEC, None).ctx(what)? != 0;
     let id = table.new_id();
-    if d.queued != 0 {
-        if ty != libc::SOCK_STREAM as u32 {
-            return Err(fd.unsupported("unix datagram sockets with messages queued are"));
+    if ty == libc::SOCK_STREAM as u32 {
+        if d.queued != 0 {
+            if passcred || passsec {
+                return Err(fd.unsupported("unix sockets receiving credentials with bytes queued are"));
+            }
+            let data = peek_stream(fd, &sock)?;
+            table.sk_queues.push((SkPacketEntry { id_for: id, length: data.len() as u32 }, data));
         }
-        let data = peek_stream(fd, &sock)?;
-        table.sk_queues.push((SkPacketEntry { id_for: id, length: data.len() as u32 }, data));
+    } else {
+        // Messages keep their bounds (and may be empty): any is refused.
+        match peek_some(&sock, &mut [0u8; 1]) {
+            Err(Errno::EAGAIN) => {}
+            _ => return Err(fd.unsupported("unix datagram and seqpacket sockets with messages queued are")),
+        }
     }
     let snd = getsockopt(&sock, sockopt::SendTimeout).ctx(what)?;
     let rcv = getsockopt(&sock, sockopt::ReceiveTimeout).ctx(what)?;
-    let (snd_sec, snd_usec, rcv_sec, rcv_usec) =
-        (snd.tv_sec() as u64, snd.tv_usec() as u64, rcv.tv_sec() as u64, rcv.tv_usec() as u64);
     let opts = SkOptsEntry {
         so_sndbuf: getsockopt(&sock, sockopt::SndBuf).ctx(what)? as u32,
         so_rcvbuf: getsockopt(&sock, sockopt::RcvBuf).ctx(what)? as u32,
-        so_snd_tmo_sec: snd_sec,
-        so_snd_tmo_usec: snd_usec,
-        so_rcv_tmo_sec: rcv_sec,
-        so_rcv_tmo_usec: rcv_usec,
-        so_passcred: Some(getsockopt(&sock, sockopt::PassCred).ctx(what)?),
+        so_snd_tmo_sec: snd.tv_sec() as u64,
+        so_snd_tmo_usec: snd.tv_usec() as u64,
+        so_rcv_tmo_sec: rcv.tv_sec() as u64,
+        so_rcv_tmo_usec: rcv.tv_usec() as u64,
+        so_priority: Some(int_opt(&sock, libc::SO_PRIORITY, None).ctx(what)? as u32),
+        so_rcvlowat: Some(int_opt(&sock, libc::SO_RCVLOWAT, None).ctx(what)? as u32),
+        so_mark: Some(int_opt(&sock, libc::SO_MARK, None).ctx(what)? as u32),
+        so_passcred: Some(passcred),
+        so_passsec: Some(passsec),
     };
     table.unix_peers.push((ino, peer, format!("process {}: fd {} ({})", fd.pid, fd.fd, fd.link)));
     let entry = UnixSkEntry {
@@ -143,50 +183,34 @@ fn dump(fd: &OpenFd, table: &mut FileTable) -> Result<FileEntry> {
         fown: fown_of(fd)?,
         opts,
         name: Vec::new(),
+        shutdown: None,
     };
     Ok(FileEntry { r#type: FdTypes::Unixsk as i32, id, usk: Some(entry), ..Default::default() })
 }
 
 /// The bytes queued in a stream socket, read with MSG_PEEK so they stay. A
-/// peek stops where the writer changes: the peek offset walks past each
-/// stretch, and is put back as it was.
+/// peek stops where the writer changes: a peek offset walks past each
+/// stretch, and is unset again after.
 fn peek_stream(fd: &OpenFd, sock: &OwnedFd) -> Result<Vec<u8>> {
     let what = || format!("reading the data queued on fd {} of process {}", fd.fd, fd.pid);
     let mut queued: libc::c_int = 0;
     // SAFETY: FIONREAD writes one int.
     Errno::result(unsafe { libc::ioctl(sock.as_raw_fd(), libc::FIONREAD, &mut queued) }).ctx(what)?;
     let mut data = vec![0u8; queued.max(0) as usize];
-    let opt = |name, value: Option<libc::c_int>| -> Result<libc::c_int> {
-        let mut v: libc::c_int = value.unwrap_or(0);
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        let p = (&mut v as *mut libc::c_int).cast();
-        // SAFETY: get/setsockopt of one int on a socket we hold.
-        let r = unsafe {
-            match value {
-                Some(_) => libc::setsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, name, p, len),
-                None => libc::getsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, name, p, &mut len),
-            }
-        };
-        Errno::result(r).ctx(what)?;
-        Ok(v)
-    };
-    let before = opt(libc::SO_PEEK_OFF, None)?;
-    opt(libc::SO_PEEK_OFF, Some(0))?;
+    int_opt(sock, libc::SO_PEEK_OFF, Some(0)).ctx(what)?;
     let mut got = 0;
     let read = (|| -> Result<()> {
         while got < data.len() {
-            let (n, in_flight) = peek_some(sock, &mut data[got..]).ctx(what)?;
-            if in_flight {
-                return Err(fd.unsupported("unix sockets with fds or credentials in flight are"));
+            match peek_some(sock, &mut data[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(Errno::EBADMSG) => return Err(fd.unsupported("unix sockets with fds in flight are")),
+                Err(e) => return Err(e).ctx(what),
             }
-            if n == 0 {
-                break;
-            }
-            got += n;
         }
         Ok(())
     })();
-    opt(libc::SO_PEEK_OFF, Some(before))?;
+    int_opt(sock, libc::SO_PEEK_OFF, Some(-1)).ctx(what)?;
     read?;
     if got != data.len() {
         return Err(Error::Invalid(format!("{}: {got} of {} queued bytes could be read", what(), data.len())));
@@ -194,10 +218,10 @@ fn peek_stream(fd: &OpenFd, sock: &OwnedFd) -> Result<Vec<u8>> {
     Ok(data)
 }
 
-/// One MSG_PEEK of queued bytes into `buf`: how many, and whether control
-/// data (passed fds, credentials) came with them, which the image cannot keep.
-/// Fds a peek passes are copies made for crust: they are closed here.
-fn peek_some(sock: &OwnedFd, buf: &mut [u8]) -> std::result::Result<(usize, bool), Errno> {
+/// One MSG_PEEK of queued bytes into `buf`. Control data (passed fds) cannot
+/// be kept in the image: EBADMSG then. Fds a peek hands crust are copies made
+/// for it, and closed here.
+fn peek_some(sock: &OwnedFd, buf: &mut [u8]) -> std::result::Result<usize, Errno> {
     let mut control = [0u64; 64];
     let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
     // SAFETY: a zeroed msghdr is valid; its pointers are set to live buffers below.
@@ -208,13 +232,13 @@ fn peek_some(sock: &OwnedFd, buf: &mut [u8]) -> std::result::Result<(usize, bool
     msg.msg_controllen = std::mem::size_of_val(&control);
     // SAFETY: recvmsg into `buf` and `control`, both alive for the call.
     let n = Errno::result(unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_PEEK | libc::MSG_DONTWAIT) })?;
-    let mut in_flight = msg.msg_flags & libc::MSG_CTRUNC != 0;
+    let mut fds_in_flight = msg.msg_flags & libc::MSG_CTRUNC != 0;
     // SAFETY: walking the control messages the kernel wrote into `control`.
     unsafe {
         let mut c = libc::CMSG_FIRSTHDR(&msg);
         while !c.is_null() {
-            in_flight = true;
             if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                fds_in_flight = true;
                 let data = libc::CMSG_DATA(c) as *const libc::c_int;
                 let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<libc::c_int>();
                 for i in 0..count {
@@ -224,7 +248,10 @@ fn peek_some(sock: &OwnedFd, buf: &mut [u8]) -> std::result::Result<(usize, bool
             c = libc::CMSG_NXTHDR(&msg, c);
         }
     }
-    Ok((n as usize, in_flight))
+    if fds_in_flight {
+        return Err(Errno::EBADMSG);
+    }
+    Ok(n as usize)
 }
 
 fn entry(file: &FileEntry) -> Result<&UnixSkEntry> {
@@ -240,14 +267,36 @@ fn by_ino<'a>(r: &FdRestorer<'a>, ino: u32) -> Result<&'a FileEntry> {
         .ok_or_else(|| Error::Invalid(format!("files.img: no unix socket {ino}, the peer of another")))
 }
 
+/// An image entry crust can make again: a connected, unnamed, open pair end
+/// (a CRIU image may hold others).
+fn check_restorable(file: &FileEntry, u: &UnixSkEntry, queued: bool) -> Result<()> {
+    let why = if !u.name.is_empty() {
+        "bound (named) unix sockets are"
+    } else if u.state != TCP_ESTABLISHED as u32 && u.r#type != libc::SOCK_DGRAM as u32 {
+        "unix sockets that are not connected are"
+    } else if u.shutdown.is_some_and(|s| s != 0) {
+        "half-closed unix sockets are"
+    } else if queued && u.r#type != libc::SOCK_STREAM as u32 {
+        "unix datagram and seqpacket sockets with messages queued are"
+    } else {
+        return Ok(());
+    };
+    Err(Error::Unsupported(format!("file {} (unix socket {}): {why} not supported yet", file.id, u.ino)))
+}
+
 fn restore(file: &FileEntry, r: &mut FdRestorer) -> Result<u64> {
     let u = entry(file)?;
+    check_restorable(file, u, r.image.sk_queues.contains_key(&file.id))?;
     let fd = match r.sockets.get(&u.ino) {
         // Made with its peer.
         Some(&fd) => fd,
         None => {
             let peer_file = by_ino(r, u.peer)?;
             let peer = entry(peer_file)?;
+            check_restorable(peer_file, peer, r.image.sk_queues.contains_key(&peer_file.id))?;
+            if peer.peer != u.ino {
+                return Err(Error::Invalid(format!("files.img: unix sockets {} and {} are not each other's peers", u.ino, u.peer)));
+            }
             let addr = r.scratch.reset().put(&[0u8; 8])?;
             r.task.call("socketpair", libc::SYS_socketpair, [libc::AF_UNIX as u64, u.r#type as u64, 0, addr, 0, 0])?;
             let mut fds = [0u8; 8];
@@ -291,7 +340,18 @@ fn set_options(sock: &OwnedFd, u: &UnixSkEntry) -> Result<()> {
     let tv = |s: u64, us: u64| nix::sys::time::TimeVal::new(s as _, us as _);
     setsockopt(sock, sockopt::SendTimeout, &tv(o.so_snd_tmo_sec, o.so_snd_tmo_usec)).ctx(&what)?;
     setsockopt(sock, sockopt::ReceiveTimeout, &tv(o.so_rcv_tmo_sec, o.so_rcv_tmo_usec)).ctx(&what)?;
-    setsockopt(sock, sockopt::PassCred, &o.so_passcred.unwrap_or(false)).ctx(&what)
+    setsockopt(sock, sockopt::PassCred, &o.so_passcred.unwrap_or(false)).ctx(&what)?;
+    for (name, value) in [
+        (libc::SO_PASSSEC, o.so_passsec.map(|b| b as u32)),
+        (libc::SO_PRIORITY, o.so_priority),
+        (libc::SO_RCVLOWAT, o.so_rcvlowat),
+        (libc::SO_MARK, o.so_mark),
+    ] {
+        if let Some(v) = value {
+            int_opt(sock, name, Some(v as libc::c_int)).ctx(&what)?;
+        }
+    }
+    Ok(())
 }
 
 /// Send `data` from `sender` so that it waits in the queue of its peer `to`.

@@ -935,8 +935,16 @@ pub struct SkOptsEntry {
     pub so_rcv_tmo_sec: u64,
     #[prost(uint64, required, tag = "6")]
     pub so_rcv_tmo_usec: u64,
+    #[prost(uint32, optional, tag = "8")]
+    pub so_priority: Option<u32>,
+    #[prost(uint32, optional, tag = "9")]
+    pub so_rcvlowat: Option<u32>,
+    #[prost(uint32, optional, tag = "10")]
+    pub so_mark: Option<u32>,
     #[prost(bool, optional, tag = "11")]
     pub so_passcred: Option<bool>,
+    #[prost(bool, optional, tag = "12")]
+    pub so_passsec: Option<bool>,
 }
 
 /// CRIU `unix_sk_entry` (sk-unix.proto): one end of a unix socket.
@@ -967,6 +975,9 @@ pub struct UnixSkEntry {
     pub opts: SkOptsEntry,
     #[prost(bytes = "vec", required, tag = "11")]
     pub name: Vec<u8>,
+    /// CRIU's sk_shutdown: 0 none, 1 read, 2 write, 3 both.
+    #[prost(uint32, optional, tag = "12")]
+    pub shutdown: Option<u32>,
 }
 
 /// CRIU `sk_packet_entry` (sk-packet.proto): data queued on a socket, in
