@@ -125,9 +125,9 @@ fn pattern(len: usize) -> Vec<u8> {
 // Driving the hosts
 
 /// The binaries the bench runs, copied into the hosts' temp dir: a `cargo
-/// build` elsewhere may replace the originals meanwhile, and a running process
-/// whose executable was replaced maps a deleted file, which crust cannot dump
-/// (the workload) nor, for `crust serve`, restore next to (see the report).
+/// build` elsewhere may replace the originals meanwhile, and a workload whose
+/// executable was replaced would carry its whole program in every move (a
+/// deleted file travels in the images), which is not what is measured here.
 struct Bins {
     crust: PathBuf,
     bigmem: PathBuf,

@@ -226,6 +226,67 @@ fn a_leave_running_dump_leaves_unix_sockets_and_their_queues_as_they_were() {
     job.expect_ok();
 }
 
+/// Names in /proc/PID/maps that end with " (deleted)".
+fn deleted_mappings(pid: i32) -> std::collections::BTreeSet<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let paths = text.lines().map(|l| l.split_whitespace().skip(5).collect::<Vec<_>>().join(" "));
+    paths.filter(|p| p.ends_with(" (deleted)")).collect()
+}
+
+#[test]
+fn a_deleted_executable_and_a_deleted_mapped_file_come_back_deleted_with_their_contents() {
+    let dir = TempDir::new("restore-deleted");
+    // As an upgrade would: the program file is replaced while it runs.
+    let exe = dir.join("memory-old");
+    std::fs::copy(common::workload_path("memory"), &exe).unwrap();
+    let file = dir.join("mapped");
+    common::write_pattern_file(&file, 300_000, 5);
+    let mut job = Job::build("memory", &[file.to_str().unwrap()]).program(&exe).start(dir.path());
+    job.ready();
+    std::fs::remove_file(&exe).unwrap();
+    std::fs::write(&exe, b"the upgrade").unwrap();
+    std::fs::remove_file(&file).unwrap();
+    let deleted = deleted_mappings(job.pid);
+    assert_eq!(deleted.len(), 2, "{deleted:?}");
+    let images = dir.join("images");
+    dump_and_restore(&mut job, &images);
+    // The data file comes back under its own name; the program's name is
+    // taken by the new file, so its ghost gets a name beside it.
+    let after = deleted_mappings(job.pid);
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert!(after.contains(&format!("{} (deleted)", file.display())), "{after:?}");
+    let exe_link = std::fs::read_link(format!("/proc/{}/exe", job.pid)).unwrap().to_string_lossy().into_owned();
+    assert!(exe_link.contains("memory-old") && exe_link.ends_with(" (deleted)"), "{exe_link}");
+    assert!(after.contains(&exe_link), "the executable is the mapped program: {exe_link} {after:?}");
+    assert_eq!(std::fs::read(&exe).unwrap(), b"the upgrade", "the file now at the path is left alone");
+    assert!(!file.exists(), "the deleted file stays deleted");
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n.contains("crust-ghost"))
+        .collect();
+    assert!(left.is_empty(), "ghosts left: {left:?}");
+    let remaps = common::crit_show(&images.join("remap-fpath.img"));
+    assert_eq!(remaps["entries"].as_array().unwrap().len(), 2, "{remaps}");
+    common::crit_show(&images.join("ghost-file-1.img"));
+    // The mapped file's contents, checked by the workload itself.
+    job.expect_ok();
+}
+
+#[test]
+fn a_deleted_open_file_comes_back_at_its_offset() {
+    let dir = TempDir::new("restore-deleted-fd");
+    let (mut job, file, _child) = start_family(&dir, 4);
+    std::fs::remove_file(&file).unwrap();
+    dump_and_restore(&mut job, &dir.join("images"));
+    let link = std::fs::read_link(format!("/proc/{}/fd/3", job.pid)).unwrap();
+    assert_eq!(link.to_string_lossy(), format!("{} (deleted)", file.display()));
+    let pos = std::fs::read_to_string(format!("/proc/{}/fdinfo/3", job.pid)).unwrap();
+    assert!(pos.contains("pos:\t12345"), "file offset after restore: {pos}");
+    assert!(!file.exists());
+    job.expect_ok();
+}
+
 #[test]
 fn twenty_dump_restore_cycles_keep_counters_monotonic() {
     let dir = TempDir::new("restore-cycles");

@@ -235,7 +235,13 @@ fn write_images(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<W
     w.entry(&cgroups.entry()?)?;
     stats.bytes_written += w.finish()?;
     stats.cgroups = cgroups.summary();
-    let read_only = files.files.iter().filter_map(|f| f.reg.as_ref()).filter(|r| r.flags & libc::O_ACCMODE as u32 == 0);
+    // Deleted files travel in the images: nothing to compare them with.
+    let read_only = files
+        .files
+        .iter()
+        .filter(|f| !files.ghosts.holds(f.id))
+        .filter_map(|f| f.reg.as_ref())
+        .filter(|r| r.flags & libc::O_ACCMODE as u32 == 0);
     let stamps = read_only.filter_map(|r| Some((r.name.clone(), FileStamp::of(&r.name)?))).collect();
     stats.bytes_written += dir.write_json(META, &DumpMeta { cgroups: cgroups.report(), files: stamps })?;
     let mut w = dir.writer("inventory.img", Kind::Inventory)?;
@@ -558,10 +564,10 @@ fn dump_process(
 
     // Memory: the layout, then the pages that hold contents of their own.
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ctx(|| format!("reading /proc/{pid}/exe"))?;
-    let exe_file_id = files.path_id(&exe.to_string_lossy(), libc::O_RDONLY as u32)?;
+    let exe_file_id = files.path_id(&exe.to_string_lossy(), libc::O_RDONLY as u32, &format!("/proc/{pid}/exe"))?;
     let mut vma_entries = Vec::new();
     for v in &vmas {
-        vma_entries.push(vma_entry(v, files)?);
+        vma_entries.push(vma_entry(pid, v, files)?);
     }
     let mm = MmEntry {
         mm_start_code: leader_stat.startcode,
@@ -602,8 +608,8 @@ fn dump_process(
     let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ctx(|| format!("reading /proc/{pid}/cwd"))?;
     let root = std::fs::read_link(format!("/proc/{pid}/root")).ctx(|| format!("reading /proc/{pid}/root"))?;
     let fs = FsEntry {
-        cwd_id: files.path_id(&cwd.to_string_lossy(), dir_flags)?,
-        root_id: files.path_id(&root.to_string_lossy(), dir_flags)?,
+        cwd_id: files.path_id(&cwd.to_string_lossy(), dir_flags, &format!("/proc/{pid}/cwd"))?,
+        root_id: files.path_id(&root.to_string_lossy(), dir_flags, &format!("/proc/{pid}/root"))?,
         umask: leader_status.umask,
     };
     let mut w = dir.writer(&format!("fs-{pid}.img"), Kind::Fs)?;
@@ -615,12 +621,13 @@ fn dump_process(
     Ok(ids)
 }
 
-fn vma_entry(v: &Vma, files: &mut FileTable) -> Result<VmaEntry> {
+fn vma_entry(pid: i32, v: &Vma, files: &mut FileTable) -> Result<VmaEntry> {
     let shmid = match &v.backing {
         Backing::File { path, .. } => {
             let writable_shared = v.shared() && v.prot & libc::PROT_WRITE as u32 != 0;
             let flags = if writable_shared { libc::O_RDWR } else { libc::O_RDONLY } as u32;
-            files.path_id(&path.to_string_lossy(), flags)? as u64
+            let source = format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end);
+            files.path_id(&path.to_string_lossy(), flags, &source)? as u64
         }
         _ => 0,
     };

@@ -99,13 +99,6 @@ fn vmas(pid: i32, strict: bool) -> Result<Vec<Vma>> {
         let mut status = VMA_AREA_REGULAR;
         let backing = match &m.pathname {
             MMapPath::Path(p) => {
-                let s = p.to_string_lossy();
-                if strict && s.ends_with(" (deleted)") {
-                    return Err(Error::Unsupported(format!(
-                        "process {pid}: mapping {:#x}-{:#x} of deleted file {s}: deleted files are not supported yet",
-                        m.address.0, m.address.1
-                    )));
-                }
                 status |= if shared { VMA_FILE_SHARED } else { VMA_FILE_PRIVATE };
                 Backing::File { path: p.clone() }
             }

@@ -9,7 +9,8 @@ use serde_json::{json, Map, Value};
 use crate::error::{Context, Error, Result};
 use crate::images::proto::{
     CgroupEntry, CoreEntry, FdinfoEntry, FileEntry, FsEntry, InventoryEntry, MmEntry, PagemapEntry, PagemapHead,
-    PipeDataEntry, PstreeEntry, SkPacketEntry, StatsEntry, TaskKobjIdsEntry, TtyInfoEntry,
+    GhostFileEntry, PipeDataEntry, PstreeEntry, RemapFilePathEntry, SkPacketEntry, StatsEntry, TaskKobjIdsEntry,
+    TtyInfoEntry,
 };
 use crate::images::{ImageReader, Kind};
 
@@ -66,6 +67,9 @@ pub fn show_file(path: &Path) -> Result<Value> {
             }
             v
         }
+        Kind::RemapFpath => all::<RemapFilePathEntry>(&mut r)?,
+        // The entry; the contents that follow it are not printed.
+        Kind::GhostFile => vec![to_json(&r.one::<GhostFileEntry>()?)],
         Kind::TtyInfo => all::<TtyInfoEntry>(&mut r)?,
         Kind::Stats => all::<StatsEntry>(&mut r)?,
         Kind::Pages => unreachable!("handled above"),

@@ -120,6 +120,7 @@ pub struct JobBuilder<'a> {
     args: &'a [&'a str],
     cgroups: &'a [PathBuf],
     output: Option<&'a str>,
+    program: Option<&'a Path>,
 }
 
 impl<'a> JobBuilder<'a> {
@@ -135,15 +136,21 @@ impl<'a> JobBuilder<'a> {
         self
     }
 
+    /// It runs from this copy of the workload's executable.
+    pub fn program(mut self, exe: &'a Path) -> Self {
+        self.program = Some(exe);
+        self
+    }
+
     /// Starts it, in a session of its own, writing to a file in `dir`.
     pub fn start(self, dir: &Path) -> Job {
-        let JobBuilder { name, args, cgroups, output } = self;
+        let JobBuilder { name, args, cgroups, output, program } = self;
         become_subreaper();
         let out = match output {
             Some(f) => dir.join(f),
             None => dir.join(format!("{name}.out")),
         };
-        let mut cmd = Command::new(workload_path(name));
+        let mut cmd = Command::new(program.map(Path::to_path_buf).unwrap_or_else(|| workload_path(name)));
         cmd.args(args);
         output_to_file(&mut cmd, &out);
         new_session(&mut cmd);
@@ -186,7 +193,7 @@ impl Job {
 
     /// A job to start with more options (cgroups, output file).
     pub fn build<'a>(name: &'a str, args: &'a [&'a str]) -> JobBuilder<'a> {
-        JobBuilder { name, args, cgroups: &[], output: None }
+        JobBuilder { name, args, cgroups: &[], output: None, program: None }
     }
 
     /// The next complete line of output, waiting up to `timeout`.

@@ -6,6 +6,7 @@
 
 pub mod eventfd;
 pub mod eventpoll;
+pub mod ghost;
 pub mod pipe;
 pub mod reg;
 pub mod signalfd;
@@ -195,6 +196,8 @@ pub struct FileTable {
     /// Every unix socket dumped: its inode, its peer's, and which fd it is.
     pub unix_peers: Vec<(u32, u32, String)>,
     pub tty_infos: Vec<TtyInfoEntry>,
+    /// Deleted files held by the tree, with their contents.
+    pub ghosts: ghost::Ghosts,
 }
 
 impl FileTable {
@@ -203,13 +206,20 @@ impl FileTable {
         self.next_id
     }
 
-    /// The id of a regular file opened by path (not through a task's fd).
-    pub fn path_id(&mut self, path: &str, flags: u32) -> Result<u32> {
+    /// The id of a regular file known by path (not through a task's fd);
+    /// `source` is a /proc path that opens it even if it was deleted.
+    pub fn path_id(&mut self, path: &str, flags: u32, source: &str) -> Result<u32> {
         if let Some(id) = self.by_path.get(&(path.to_string(), flags)) {
             return Ok(*id);
         }
         let id = self.new_id();
-        let entry = reg::entry_for_path(id, path, flags)?;
+        let entry = match path.strip_suffix(ghost::DELETED) {
+            Some(name) => {
+                self.add_ghost(id, source)?;
+                reg::entry_for_path(id, name, flags, source)?
+            }
+            None => reg::entry_for_path(id, path, flags, path)?,
+        };
         self.files.push(entry);
         self.by_path.insert((path.to_string(), flags), id);
         Ok(id)
@@ -282,6 +292,7 @@ impl FileTable {
             }
             bytes += w.finish()?;
         }
+        bytes += self.ghosts.write(dir)?;
         if !self.tty_infos.is_empty() {
             let mut w = dir.writer("tty-info.img", Kind::TtyInfo)?;
             for t in &self.tty_infos {

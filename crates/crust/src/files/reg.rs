@@ -3,7 +3,7 @@
 
 use nix::sys::stat::{stat, SFlag};
 
-use super::{fown_of, FdRestorer, FileTable, Handler, OpenFd};
+use super::{fown_of, ghost, FdRestorer, FileTable, Handler, OpenFd};
 use crate::error::{Context, Error, Result};
 use crate::images::proto::{FdTypes, FileEntry, RegFileEntry};
 
@@ -21,10 +21,14 @@ fn matches(fd: &OpenFd) -> bool {
 }
 
 fn dump(fd: &OpenFd, table: &mut FileTable) -> Result<FileEntry> {
-    if fd.link.ends_with(" (deleted)") {
-        return Err(fd.unsupported("deleted files are"));
-    }
     let id = table.new_id();
+    let name = match fd.link.strip_suffix(ghost::DELETED) {
+        Some(name) => {
+            table.add_ghost(id, &format!("/proc/{}/fd/{}", fd.pid, fd.fd))?;
+            name.to_string()
+        }
+        None => fd.link.clone(),
+    };
     let is_reg = fd.file_type() == SFlag::S_IFREG;
     Ok(FileEntry {
         r#type: FdTypes::Reg as i32,
@@ -34,7 +38,7 @@ fn dump(fd: &OpenFd, table: &mut FileTable) -> Result<FileEntry> {
             flags: fd.flags,
             pos: fd.pos,
             fown: fown_of(fd)?,
-            name: fd.link.clone(),
+            name,
             size: is_reg.then_some(fd.stat.st_size as u64),
             mode: Some(fd.stat.st_mode),
             ..Default::default()
@@ -44,12 +48,10 @@ fn dump(fd: &OpenFd, table: &mut FileTable) -> Result<FileEntry> {
 }
 
 /// A regular-file entry for a file known only by path: a mapped file, the
-/// executable, a cwd or root directory.
-pub fn entry_for_path(id: u32, path: &str, flags: u32) -> Result<FileEntry> {
-    if path.ends_with(" (deleted)") {
-        return Err(Error::Unsupported(format!("{path}: deleted files are not supported yet")));
-    }
-    let st = stat(path).ctx(|| format!("stat {path}"))?;
+/// executable, a cwd or root directory; `source` opens it (the path itself,
+/// or a /proc link to a deleted one).
+pub fn entry_for_path(id: u32, path: &str, flags: u32, source: &str) -> Result<FileEntry> {
+    let st = stat(source).ctx(|| format!("stat {path}"))?;
     let is_reg = st.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFREG.bits();
     Ok(FileEntry {
         r#type: FdTypes::Reg as i32,

@@ -38,6 +38,8 @@ pub enum Kind {
     Cgroup,
     PipesData,
     SkQueues,
+    RemapFpath,
+    GhostFile,
     TtyInfo,
     Stats,
 }
@@ -59,6 +61,8 @@ impl Kind {
             Kind::Cgroup => 0x5938_3330,
             Kind::PipesData => 0x5645_3709,
             Kind::SkQueues => 0x5626_4026,
+            Kind::RemapFpath => 0x5913_3954,
+            Kind::GhostFile => 0x5258_3605,
             Kind::TtyInfo => 0x5945_3036,
             Kind::Stats => 0x5709_3306,
         }
@@ -76,8 +80,9 @@ impl Kind {
     /// Which kind a file in an image directory is, by its name.
     pub fn of_file_name(name: &str) -> Option<Kind> {
         let stem = name.strip_suffix(".img").unwrap_or(name);
+        // Ids are decimal, but hexadecimal in ghost-file-ID.img (as CRIU names it).
         let prefix = stem.rsplit_once('-').map_or(stem, |(p, id)| {
-            if id.bytes().all(|b| b.is_ascii_digit()) {
+            if id.bytes().all(|b| b.is_ascii_digit()) || (p == "ghost-file" && id.bytes().all(|b| b.is_ascii_hexdigit())) {
                 p
             } else {
                 stem
@@ -97,6 +102,8 @@ impl Kind {
             "cgroup" => Kind::Cgroup,
             "pipes-data" => Kind::PipesData,
             "sk-queues" => Kind::SkQueues,
+            "remap-fpath" => Kind::RemapFpath,
+            "ghost-file" => Kind::GhostFile,
             "tty-info" => Kind::TtyInfo,
             "stats-dump" | "stats-restore" => Kind::Stats,
             _ => return None,

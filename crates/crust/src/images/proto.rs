@@ -920,6 +920,39 @@ pub struct EventpollFileEntry {
     pub tfd: Vec<EventpollTfdEntry>,
 }
 
+/// CRIU `remap_file_path_entry` (remap-file-path.proto): a file whose path is
+/// gone, and what stands in for it.
+#[derive(Clone, PartialEq, prost::Message, serde::Serialize)]
+pub struct RemapFilePathEntry {
+    #[prost(uint32, required, tag = "1")]
+    pub orig_id: u32,
+    #[prost(uint32, required, tag = "2")]
+    pub remap_id: u32,
+    /// CRIU's remap_type: 0 linked, 1 ghost, 2 procfs.
+    #[prost(uint32, optional, tag = "3")]
+    pub remap_type: Option<u32>,
+}
+
+/// CRIU `ghost_file_entry` (ghost-file.proto): a deleted file, its contents
+/// following the entry in ghost-file-N.img.
+#[derive(Clone, PartialEq, prost::Message, serde::Serialize)]
+pub struct GhostFileEntry {
+    #[prost(uint32, required, tag = "1")]
+    pub uid: u32,
+    #[prost(uint32, required, tag = "2")]
+    pub gid: u32,
+    #[prost(uint32, required, tag = "3")]
+    pub mode: u32,
+    #[prost(uint32, optional, tag = "4")]
+    pub dev: Option<u32>,
+    #[prost(uint64, optional, tag = "5")]
+    pub ino: Option<u64>,
+    #[prost(bool, optional, tag = "9")]
+    pub chunks: Option<bool>,
+    #[prost(uint64, optional, tag = "10")]
+    pub size: Option<u64>,
+}
+
 /// CRIU `sk_opts_entry` (sk-opts.proto): socket options.
 #[derive(Clone, PartialEq, prost::Message, serde::Serialize)]
 pub struct SkOptsEntry {

@@ -144,7 +144,7 @@ fn receive_into(chan: &mut Channel, session: &Path) -> Result<Restored> {
             RESTORE => {
                 let opts = restore_options(&restore, session)?;
                 let img = load::load_with(session, Pages::Streamed)?;
-                return restore_streamed(chan, &opts, &img);
+                return restore_streamed(chan, &opts, img);
             }
             k => return Err(Error::Invalid(format!("unexpected frame kind {k}"))),
         }
@@ -153,7 +153,7 @@ fn receive_into(chan: &mut Channel, session: &Path) -> Result<Restored> {
 
 /// Build the tree with its pages from the link, report it built, and let it
 /// run when the source says go.
-fn restore_streamed(chan: &mut Channel, opts: &restore_mod::RestoreOptions, img: &DumpImage) -> Result<Restored> {
+fn restore_streamed(chan: &mut Channel, opts: &restore_mod::RestoreOptions, img: DumpImage) -> Result<Restored> {
     let held = restore_mod::restore_held(opts, img, &mut StreamedPages { chan })?;
     let built = Restored { root: held.root(), stats: held.stats().clone() };
     chan.send(OK, &to_json(&built)?)?;

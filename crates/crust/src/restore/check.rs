@@ -20,7 +20,8 @@ pub fn problems(img: &DumpImage, opts: &RestoreOptions) -> Vec<String> {
     let meta: Option<DumpMeta> = std::fs::read(img.dir.join(META)).ok().and_then(|t| serde_json::from_slice(&t).ok());
 
     // Files: present, and those only read unchanged since the dump.
-    for f in img.files.values() {
+    // Deleted files come with the images.
+    for f in img.files.values().filter(|f| !img.remaps.contains_key(&f.id)) {
         if let Some(reg) = &f.reg {
             if let Err(e) = files::reg::check(reg) {
                 out.push(e.to_string());

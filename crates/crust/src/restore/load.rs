@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::images::proto::{
     CgroupEntry, CoreEntry, FdinfoEntry, FileEntry, FsEntry, InventoryEntry, MmEntry, PagemapEntry, PagemapHead, PipeDataEntry,
-    PstreeEntry, SkPacketEntry, TaskKobjIdsEntry, TtyInfoEntry,
+    GhostFileEntry, PstreeEntry, RemapFilePathEntry, SkPacketEntry, TaskKobjIdsEntry, TtyInfoEntry,
 };
 use crate::images::digest::{self, FileDigest};
 use crate::images::{ImageReader, Kind};
@@ -44,6 +44,10 @@ pub struct DumpImage {
     pub files: HashMap<u32, FileEntry>,
     /// Data queued in pipes, by pipe_id, with the pipe's buffer size.
     pub pipe_data: HashMap<u32, (Vec<u8>, Option<u32>)>,
+    /// Deleted files: the ghost standing in for each file id that has one.
+    pub remaps: HashMap<u32, u32>,
+    /// Ghost files by id: entry and contents.
+    pub ghost_files: HashMap<u32, (GhostFileEntry, Vec<u8>)>,
     /// Data queued on unix sockets, by the file id of the receiving end.
     pub sk_queues: HashMap<u32, Vec<u8>>,
     /// Terminals, by tty-info id.
@@ -152,6 +156,7 @@ pub fn load_with(dir: &Path, pages: Pages) -> Result<DumpImage> {
             sk_queues.entry(e.id_for).or_default().extend(data);
         }
     }
+    let (remaps, ghost_files) = load_ghosts(&dir)?;
     let mut tty_infos = HashMap::new();
     let tty_path = dir.join("tty-info.img");
     if tty_path.exists() {
@@ -161,7 +166,38 @@ pub fn load_with(dir: &Path, pages: Pages) -> Result<DumpImage> {
     }
     let cg_path = dir.join("cgroup.img");
     let cgroups = if cg_path.exists() { Some(read_one(&cg_path, Kind::Cgroup)?) } else { None };
-    Ok(DumpImage { dir, processes, files, pipe_data, sk_queues, tty_infos, cgroups, pages_digests })
+    Ok(DumpImage { dir, processes, files, pipe_data, remaps, ghost_files, sk_queues, tty_infos, cgroups, pages_digests })
+}
+
+type Ghosts = (HashMap<u32, u32>, HashMap<u32, (GhostFileEntry, Vec<u8>)>);
+
+/// remap-fpath.img and the ghost files it names.
+fn load_ghosts(dir: &Path) -> Result<Ghosts> {
+    let mut remaps = HashMap::new();
+    let mut ghost_files = HashMap::new();
+    let path = dir.join("remap-fpath.img");
+    if !path.exists() {
+        return Ok((remaps, ghost_files));
+    }
+    for r in read_all::<RemapFilePathEntry>(&path, Kind::RemapFpath)? {
+        if r.remap_type.unwrap_or(0) != crate::files::ghost::REMAP_GHOST {
+            return Err(invalid(&path, format!("file {}: only ghost remaps are supported yet", r.orig_id)));
+        }
+        remaps.insert(r.orig_id, r.remap_id);
+        if ghost_files.contains_key(&r.remap_id) {
+            continue;
+        }
+        let gpath = dir.join(format!("ghost-file-{:x}.img", r.remap_id));
+        let mut g = ImageReader::open(&gpath, Kind::GhostFile)?;
+        let entry: GhostFileEntry = g.one()?;
+        if entry.chunks == Some(true) {
+            return Err(invalid(&gpath, "ghost files in chunks are not supported yet"));
+        }
+        let size = entry.size.ok_or_else(|| invalid(&gpath, "a ghost file without its size"))?;
+        let data = g.raw(size as usize)?;
+        ghost_files.insert(r.remap_id, (entry, data));
+    }
+    Ok((remaps, ghost_files))
 }
 
 fn load_process(dir: &Path, pstree: PstreeEntry, pages_in: Pages) -> Result<ProcessImage> {

@@ -181,13 +181,17 @@ impl Held {
 /// Restore the tree in `opts.dir` and let it run.
 pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
     let img = load::load(&opts.dir)?;
-    restore_held(opts, &img, &mut PagesInDir)?.release()
+    restore_held(opts, img, &mut PagesInDir)?.release()
 }
 
 /// Build the whole tree of `img`, its pages from `pages`, and hold it stopped.
-pub fn restore_held(opts: &RestoreOptions, img: &DumpImage, pages: &mut dyn PageSource) -> Result<Held> {
+pub fn restore_held(opts: &RestoreOptions, mut img: DumpImage, pages: &mut dyn PageSource) -> Result<Held> {
     let start = Instant::now();
-    preflight(img, opts)?;
+    preflight(&img, opts)?;
+    // Deleted files the tree holds are put back under a name while it opens
+    // and maps them, and unlinked again when this returns.
+    let _ghosts = files::ghost::materialize(&mut img)?;
+    let img = &img;
     // The pages are checked on the other core while the tree is built; the
     // tree runs only if they are intact.
     let pages_check = {
