@@ -95,13 +95,17 @@ impl FileTable {
 /// Deleted files put back for a restore; unlinked again when dropped (the
 /// tree has them open and mapped by then, or failed).
 pub struct Materialized {
-    paths: Vec<PathBuf>,
+    /// Each file put back, with its inode: only that file is removed (in a
+    /// directory others write to, another may have taken the name since).
+    paths: Vec<(PathBuf, u64)>,
 }
 
 impl Drop for Materialized {
     fn drop(&mut self) {
-        for p in &self.paths {
-            let _ = std::fs::remove_file(p);
+        for (p, ino) in &self.paths {
+            if std::fs::symlink_metadata(p).is_ok_and(|md| md.ino() == *ino) {
+                let _ = std::fs::remove_file(p);
+            }
         }
     }
 }
@@ -124,8 +128,8 @@ pub fn materialize(img: &mut DumpImage) -> Result<Materialized> {
                     .ghost_files
                     .get(&ghost_id)
                     .ok_or_else(|| Error::Invalid(format!("remap-fpath.img: no ghost-file-{ghost_id:x}.img")))?;
-                let p = place(&name, ghost_id, entry, data)?;
-                done.paths.push(p.clone());
+                let (p, ino) = place(&name, ghost_id, entry, data)?;
+                done.paths.push((p.clone(), ino));
                 let p = p.to_string_lossy().into_owned();
                 placed.insert(ghost_id, p.clone());
                 p
@@ -138,7 +142,7 @@ pub fn materialize(img: &mut DumpImage) -> Result<Materialized> {
     Ok(done)
 }
 
-fn place(name: &str, ghost_id: u32, entry: &GhostFileEntry, data: &[u8]) -> Result<PathBuf> {
+fn place(name: &str, ghost_id: u32, entry: &GhostFileEntry, data: &[u8]) -> Result<(PathBuf, u64)> {
     let original = Path::new(name);
     let dir = original.parent().filter(|d| d.is_dir()).map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
     let base = original.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "ghost".into());
@@ -150,9 +154,14 @@ fn place(name: &str, ghost_id: u32, entry: &GhostFileEntry, data: &[u8]) -> Resu
         match std::fs::OpenOptions::new().write(true).create_new(true).mode(entry.mode & 0o7777).open(&p) {
             Ok(mut f) => {
                 let what = || format!("putting back deleted file {name} as {}", p.display());
-                f.write_all(data).ctx(what)?;
-                std::os::unix::fs::fchown(&f, Some(entry.uid), Some(entry.gid)).ctx(what)?;
-                return Ok(p);
+                let ino = f.metadata().ctx(what)?.ino();
+                // Removed again on any failure from here.
+                let written = f.write_all(data).and_then(|_| std::os::unix::fs::fchown(&f, Some(entry.uid), Some(entry.gid)));
+                if let Err(e) = written {
+                    let _ = std::fs::remove_file(&p);
+                    return Err(Error::Io { context: what(), err: e });
+                }
+                return Ok((p, ino));
             }
             Err(e) => last = Some((p, e)),
         }
