@@ -276,22 +276,8 @@ impl FileTable {
             w.entry(f)?;
         }
         bytes += w.finish()?;
-        if !self.pipe_data.is_empty() {
-            let mut w = dir.writer("pipes-data.img", Kind::PipesData)?;
-            for (entry, data) in &self.pipe_data {
-                w.entry(entry)?;
-                w.raw(data)?;
-            }
-            bytes += w.finish()?;
-        }
-        if !self.sk_queues.is_empty() {
-            let mut w = dir.writer("sk-queues.img", Kind::SkQueues)?;
-            for (entry, data) in &self.sk_queues {
-                w.entry(entry)?;
-                w.raw(data)?;
-            }
-            bytes += w.finish()?;
-        }
+        bytes += write_with_data(dir, "pipes-data.img", Kind::PipesData, &self.pipe_data)?;
+        bytes += write_with_data(dir, "sk-queues.img", Kind::SkQueues, &self.sk_queues)?;
         bytes += self.ghosts.write(dir)?;
         if !self.tty_infos.is_empty() {
             let mut w = dir.writer("tty-info.img", Kind::TtyInfo)?;
@@ -302,6 +288,19 @@ impl FileTable {
         }
         Ok(bytes)
     }
+}
+
+/// An image of entries each followed by its raw bytes; none if there are none.
+fn write_with_data<M: prost::Message>(dir: &mut ImageDir, name: &str, kind: Kind, items: &[(M, Vec<u8>)]) -> Result<u64> {
+    if items.is_empty() {
+        return Ok(0);
+    }
+    let mut w = dir.writer(name, kind)?;
+    for (entry, data) in items {
+        w.entry(entry)?;
+        w.raw(data)?;
+    }
+    w.finish()
 }
 
 /// kcmp(KCMP_FILE): do two fds refer to one open file description?
