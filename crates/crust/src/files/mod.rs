@@ -188,7 +188,8 @@ pub struct FileTable {
     pub files: Vec<FileEntry>,
     /// fds already dumped, by inode, to find shared descriptions with kcmp.
     seen: HashMap<(u64, u64), Vec<(i32, i32, u32)>>,
-    /// Files known by path alone (mapped files, cwd, root, exe), by (path, flags).
+    /// Files known by path alone (mapped files, cwd, root, exe), by (path, flags);
+    /// a deleted file's path carries its inode.
     by_path: HashMap<(String, u32), u32>,
     pub pipe_data: Vec<(PipeDataEntry, Vec<u8>)>,
     /// Bytes queued on unix sockets, for sk-queues.img.
@@ -209,7 +210,12 @@ impl FileTable {
     /// The id of a regular file known by path (not through a task's fd);
     /// `source` is a /proc path that opens it even if it was deleted.
     pub fn path_id(&mut self, path: &str, flags: u32, source: &str) -> Result<u32> {
-        if let Some(id) = self.by_path.get(&(path.to_string(), flags)) {
+        // Two deleted files may have had one name (a library upgraded twice).
+        let key = match path.strip_suffix(ghost::DELETED) {
+            Some(_) => format!("{path}#{}", stat(source).ctx(|| format!("stat {source}"))?.st_ino),
+            None => path.to_string(),
+        };
+        if let Some(id) = self.by_path.get(&(key.clone(), flags)) {
             return Ok(*id);
         }
         let id = self.new_id();
@@ -221,7 +227,7 @@ impl FileTable {
             None => reg::entry_for_path(id, path, flags, path)?,
         };
         self.files.push(entry);
-        self.by_path.insert((path.to_string(), flags), id);
+        self.by_path.insert((key, flags), id);
         Ok(id)
     }
 
