@@ -1,13 +1,16 @@
 //! Deleted files a task still holds (an executable or library replaced by an
 //! upgrade, a temporary file unlinked while open or mapped): their contents go
-//! into the images as CRIU's ghost files, and a restore puts each back under
-//! a name for as long as the tree takes to open and map it, then unlinks it
-//! again, so the restored tree holds a deleted file as the original did.
+//! into the images as CRIU's ghost files, and a restore makes each again,
+//! deleted from the start, for the tree to open and map.
 
 use std::collections::HashMap;
+use std::ffi::CString;
 use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
 
 use super::FileTable;
 use crate::error::{Context, Error, Result};
@@ -56,23 +59,45 @@ impl Ghosts {
     }
 }
 
+/// The largest deleted file a dump carries (CRIU has --ghost-limit, 1 MiB by
+/// default; programs and libraries replaced by an upgrade are larger).
+pub const GHOST_LIMIT: u64 = 64 << 20;
+
 impl FileTable {
     /// File `orig_id` is deleted: keep its contents, read through `source` (a
     /// /proc path that still opens it: fd, map_files, exe).
     pub fn add_ghost(&mut self, orig_id: u32, source: &str) -> Result<()> {
         let what = || format!("reading the deleted file behind {source}");
-        let mut file = std::fs::File::open(source).ctx(what)?;
+        let file = std::fs::File::open(source).ctx(what)?;
         let md = file.metadata().ctx(what)?;
+        // Shared memory (shared anonymous mappings, memfds, System V
+        // segments) looks deleted too, but lives on a mount no one sees.
+        if !visible_mount(&file, source) {
+            return Err(Error::Unsupported(format!(
+                "{source}: shared memory (memfd, shared anonymous or System V) is not supported yet"
+            )));
+        }
         if !md.is_file() {
             return Err(Error::Unsupported(format!("{source}: deleted directories and devices are not supported yet")));
+        }
+        if md.nlink() != 0 {
+            return Err(Error::Unsupported(format!(
+                "{source}: a file unlinked under one name but linked under another is not supported yet"
+            )));
+        }
+        if md.len() > GHOST_LIMIT {
+            return Err(Error::Unsupported(format!(
+                "{source}: a deleted file of {} bytes is more than crust carries ({GHOST_LIMIT})",
+                md.len()
+            )));
         }
         let key = (md.dev(), md.ino());
         let remap_id = match self.ghosts.by_inode.get(&key) {
             Some(&id) => id,
             None => {
                 let id = self.ghosts.files.len() as u32 + 1;
-                let mut data = Vec::with_capacity(md.len() as usize);
-                file.read_to_end(&mut data).ctx(what)?;
+                let mut data = Vec::new();
+                file.take(GHOST_LIMIT + 1).read_to_end(&mut data).ctx(what)?;
                 let entry = GhostFileEntry {
                     uid: md.uid(),
                     gid: md.gid(),
@@ -92,31 +117,33 @@ impl FileTable {
     }
 }
 
-/// Deleted files put back for a restore; unlinked again when dropped (the
-/// tree has them open and mapped by then, or failed).
+/// Whether `file` lies on a mount of crust's mount table (kernel-internal
+/// mounts, like shared memory's, are in none).
+fn visible_mount(file: &std::fs::File, source: &str) -> bool {
+    use std::os::fd::AsRawFd;
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", file.as_raw_fd())).unwrap_or_default();
+    let Some(mnt) = info.lines().find_map(|l| l.strip_prefix("mnt_id:")).map(str::trim) else { return false };
+    let pid = source.split('/').nth(2).unwrap_or("self");
+    let table = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
+    table.lines().any(|l| l.split_whitespace().next() == Some(mnt))
+}
+
+/// Deleted files put back for a restore: each made whole without a name (an
+/// O_TMPFILE) in its own directory, so nothing of it is ever visible in the
+/// file system, nothing is left if crust dies, and no path can be redirected
+/// (the tree opens it through crust's fd). The restored tree holds it deleted,
+/// under the name the kernel gives such a file (`DIR/#INODE (deleted)`).
+/// Dropping this closes crust's copies; the tree's keep the files.
 pub struct Materialized {
-    /// Each file put back, with its inode: only that file is removed (in a
-    /// directory others write to, another may have taken the name since).
-    paths: Vec<(PathBuf, u64)>,
+    _files: Vec<OwnedFd>,
 }
 
-impl Drop for Materialized {
-    fn drop(&mut self) {
-        for (p, ino) in &self.paths {
-            if std::fs::symlink_metadata(p).is_ok_and(|md| md.ino() == *ino) {
-                let _ = std::fs::remove_file(p);
-            }
-        }
-    }
-}
-
-/// Put every ghost file of `img` back, and point the files that use it at it:
-/// at its own path if that is free, else beside it (the upgrade that deleted
-/// it put another file there), else in the temporary directory.
+/// Put every ghost file of `img` back, and point the files that use it at it.
 pub fn materialize(img: &mut DumpImage) -> Result<Materialized> {
-    let mut done = Materialized { paths: Vec::new() };
+    let mut files = Vec::new();
     let mut placed: HashMap<u32, String> = HashMap::new();
-    let remaps: Vec<(u32, u32)> = img.remaps.iter().map(|(&orig, &ghost)| (orig, ghost)).collect();
+    let mut remaps: Vec<(u32, u32)> = img.remaps.iter().map(|(&orig, &ghost)| (orig, ghost)).collect();
+    remaps.sort_unstable();
     for (orig_id, ghost_id) in remaps {
         let name = img.files.get(&orig_id).and_then(|f| f.reg.as_ref()).map(|r| r.name.clone()).ok_or_else(|| {
             Error::Invalid(format!("remap-fpath.img: file {orig_id} is not a regular file of files.img"))
@@ -128,44 +155,55 @@ pub fn materialize(img: &mut DumpImage) -> Result<Materialized> {
                     .ghost_files
                     .get(&ghost_id)
                     .ok_or_else(|| Error::Invalid(format!("remap-fpath.img: no ghost-file-{ghost_id:x}.img")))?;
-                let (p, ino) = place(&name, ghost_id, entry, data)?;
-                done.paths.push((p.clone(), ino));
-                let p = p.to_string_lossy().into_owned();
-                placed.insert(ghost_id, p.clone());
-                p
+                let file = place(&name, &img.dir, entry, data)?;
+                let path = format!("/proc/{}/fd/{}", std::process::id(), file.as_raw_fd());
+                files.push(file);
+                placed.insert(ghost_id, path.clone());
+                path
             }
         };
         if let Some(reg) = img.files.get_mut(&orig_id).and_then(|f| f.reg.as_mut()) {
             reg.name = path;
         }
     }
-    Ok(done)
+    Ok(Materialized { _files: files })
 }
 
-fn place(name: &str, ghost_id: u32, entry: &GhostFileEntry, data: &[u8]) -> Result<(PathBuf, u64)> {
-    let original = Path::new(name);
-    let dir = original.parent().filter(|d| d.is_dir()).map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
-    let base = original.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "ghost".into());
-    let beside = dir.join(format!(".{base}.crust-ghost-{}-{ghost_id:x}", std::process::id()));
-    let candidates = [dir.join(&base), beside];
-    let mut last = None;
-    for p in candidates {
-        // Never over a file that is there: create it new, with the file's mode.
-        match std::fs::OpenOptions::new().write(true).create_new(true).mode(entry.mode & 0o7777).open(&p) {
-            Ok(mut f) => {
-                let what = || format!("putting back deleted file {name} as {}", p.display());
-                let ino = f.metadata().ctx(what)?.ino();
-                // Removed again on any failure from here.
-                let written = f.write_all(data).and_then(|_| std::os::unix::fs::fchown(&f, Some(entry.uid), Some(entry.gid)));
-                if let Err(e) = written {
-                    let _ = std::fs::remove_file(&p);
-                    return Err(Error::Io { context: what(), err: e });
-                }
-                return Ok((p, ino));
-            }
-            Err(e) => last = Some((p, e)),
-        }
+/// A directory, opened without following any symlink on the way.
+fn open_dir(dir: &Path) -> Option<OwnedFd> {
+    let path = CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // struct open_how { u64 flags, mode, resolve }
+    let how: [u64; 3] = [(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64, 0, libc::RESOLVE_NO_SYMLINKS];
+    // SAFETY: openat2 reads `path` and `how`; the fd it returns is ours.
+    let fd = unsafe { libc::syscall(libc::SYS_openat2, libc::AT_FDCWD, path.as_ptr(), how.as_ptr(), std::mem::size_of_val(&how)) };
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// A file without a name in `dir` holding `data`, with the saved owner and
+/// mode (set last: a change of owner drops set-id bits); returned read-only,
+/// since an executable may not be open for writing.
+fn unnamed_file(dir: &OwnedFd, entry: &GhostFileEntry, data: &[u8]) -> std::io::Result<OwnedFd> {
+    // SAFETY: openat of "." in a directory fd we hold; the fd is ours.
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), c".".as_ptr(), libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC, 0o600) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
     }
-    let (p, e) = last.expect("two candidates");
-    Err(Error::Io { context: format!("putting back deleted file {name} as {}", p.display()), err: e })
+    // SAFETY: a new fd, owned from here.
+    let mut f = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    f.write_all(data)?;
+    std::os::unix::fs::fchown(&f, Some(entry.uid), Some(entry.gid))?;
+    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(entry.mode & 0o7777))?;
+    let read_only = std::fs::File::open(format!("/proc/self/fd/{}", f.as_raw_fd()))?;
+    Ok(OwnedFd::from(read_only))
+}
+
+/// The ghost of the file once called `name`: in that file's directory if it
+/// is there and takes one, else in the images directory `images`.
+fn place(name: &str, images: &Path, entry: &GhostFileEntry, data: &[u8]) -> Result<OwnedFd> {
+    let in_own_dir = Path::new(name).parent().and_then(open_dir).and_then(|dir| unnamed_file(&dir, entry, data).ok());
+    if let Some(file) = in_own_dir {
+        return Ok(file);
+    }
+    let dir = open_dir(images).ok_or_else(|| Error::Invalid(format!("{}: cannot open it to put back {name}", images.display())))?;
+    unnamed_file(&dir, entry, data).ctx(|| format!("putting back deleted file {name} in {}", images.display()))
 }

@@ -212,7 +212,10 @@ impl FileTable {
     pub fn path_id(&mut self, path: &str, flags: u32, source: &str) -> Result<u32> {
         // Two deleted files may have had one name (a library upgraded twice).
         let key = match path.strip_suffix(ghost::DELETED) {
-            Some(_) => format!("{path}#{}", stat(source).ctx(|| format!("stat {source}"))?.st_ino),
+            Some(_) => {
+                let st = stat(source).ctx(|| format!("stat {source}"))?;
+                format!("{path}#{}:{}", st.st_dev, st.st_ino)
+            }
             None => path.to_string(),
         };
         if let Some(id) = self.by_path.get(&(key.clone(), flags)) {

@@ -464,10 +464,27 @@ impl ImageReader {
         self.next()?.ok_or_else(|| self.error("expected an entry, found end of file"))
     }
 
+    /// Bytes of the file after the current offset.
+    fn left(&self) -> Result<u64> {
+        let len = self.input.get_ref().metadata().map_err(|e| self.error(format!("stat: {e}")))?.len();
+        Ok(len.saturating_sub(self.offset))
+    }
+
+    /// `len` raw bytes; a length beyond the file is reported, not allocated.
     pub fn raw(&mut self, len: usize) -> Result<Vec<u8>> {
+        let left = self.left()?;
+        if len as u64 > left {
+            return Err(self.error(format!("truncated: raw data needs {len} bytes, only {left} left")));
+        }
         let mut buf = vec![0u8; len];
         self.exact(&mut buf, "raw data")?;
         Ok(buf)
+    }
+
+    /// Everything up to the end of the file.
+    pub fn rest(&mut self) -> Result<Vec<u8>> {
+        let left = self.left()?;
+        self.raw(left as usize)
     }
 
     pub fn raw_into(&mut self, buf: &mut [u8]) -> Result<()> {

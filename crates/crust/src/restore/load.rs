@@ -193,8 +193,11 @@ fn load_ghosts(dir: &Path) -> Result<Ghosts> {
         if entry.chunks == Some(true) {
             return Err(invalid(&gpath, "ghost files in chunks are not supported yet"));
         }
-        let size = entry.size.ok_or_else(|| invalid(&gpath, "a ghost file without its size"))?;
-        let data = g.raw(size as usize)?;
+        // CRIU leaves the size out when the contents run to the end of the file.
+        let data = match entry.size {
+            Some(size) => g.raw(size as usize)?,
+            None => g.rest()?,
+        };
         ghost_files.insert(r.remap_id, (entry, data));
     }
     Ok((remaps, ghost_files))
