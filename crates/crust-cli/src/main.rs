@@ -52,6 +52,9 @@ enum Command {
         /// Freeze the tree through this cgroup's freezer before seizing it.
         #[arg(long = "freeze-cgroup", value_name = "PATH")]
         freeze_cgroup: Option<PathBuf>,
+        /// The largest deleted file carried in the images (bytes, or with K, M, G).
+        #[arg(long = "ghost-limit", value_name = "SIZE", value_parser = parse_size)]
+        ghost_limit: Option<u64>,
         /// Print the stats as JSON.
         #[arg(long)]
         json: bool,
@@ -224,8 +227,8 @@ fn wait_root(pid: i32) -> Result<()> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Dump { pid, dir, leave_running, shell_job, cgroup_roots, freeze_cgroup, json } => {
-            let opts = DumpOptions { pid, dir: dir.clone(), leave_running, shell_job, cgroup_roots, freeze_cgroup };
+        Command::Dump { pid, dir, leave_running, shell_job, cgroup_roots, freeze_cgroup, ghost_limit, json } => {
+            let opts = DumpOptions { pid, dir: dir.clone(), leave_running, shell_job, cgroup_roots, freeze_cgroup, ghost_limit };
             let stats = guard::in_child(|| Ok(dump(&opts)?)).with_context(|| format!("dump of process {pid} failed"))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&stats)?);
@@ -326,6 +329,23 @@ fn run(cli: Cli) -> Result<()> {
         Command::Demo => demo::run()?,
     }
     Ok(())
+}
+
+/// A size as criu takes it: bytes, or a number with K, M or G.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let (digits, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => s.split_at(i),
+        None => (s, ""),
+    };
+    let n: u64 = digits.parse().map_err(|_| format!("{s}: expected a size like 4096, 512K, 64M or 1G"))?;
+    let shift = match unit {
+        "" => 0,
+        "k" | "K" => 10,
+        "m" | "M" => 20,
+        "g" | "G" => 30,
+        _ => return Err(format!("{s}: the unit must be K, M or G")),
+    };
+    n.checked_mul(1 << shift).ok_or_else(|| format!("{s}: too large"))
 }
 
 fn main() -> ExitCode {

@@ -248,6 +248,13 @@ fn a_deleted_executable_and_a_deleted_mapped_file_come_back_deleted_with_their_c
     std::fs::remove_file(&file).unwrap();
     let deleted = deleted_mappings(job.pid);
     assert_eq!(deleted.len(), 2, "{deleted:?}");
+    // Over the limit: refused, left running (the dump below takes it).
+    let pid = job.pid.to_string();
+    let small = dir.join("small");
+    let out = crust(&[os("dump"), os("-t"), os(&pid), os("-D"), small.as_os_str(), os("--ghost-limit"), os("1K")], STEP);
+    let err = assert_clean_failure(&out, "a dump with a deleted file over --ghost-limit");
+    assert!(err.contains("more than --ghost-limit 1024"), "{err}");
+    std::fs::remove_dir_all(&small).unwrap();
     let images = dir.join("images");
     dump_and_restore(&mut job, &images);
     // Made again deleted from the start, in their own directory (the kernel

@@ -32,6 +32,8 @@ pub struct DumpOptions {
     pub cgroup_roots: Vec<CgroupRoot>,
     /// `--freeze-cgroup`: freeze the tree through this cgroup's freezer first.
     pub freeze_cgroup: Option<PathBuf>,
+    /// `--ghost-limit`: the largest deleted file carried in the images.
+    pub ghost_limit: Option<u64>,
 }
 
 /// crust's notes beside the images, for `crust explain` and preflight checks.
@@ -207,6 +209,9 @@ fn write_images(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<W
         None => (ImageDir::create(&opts.dir)?, None),
     };
     let mut files = FileTable::default();
+    if let Some(limit) = opts.ghost_limit {
+        files.ghosts.limit = limit;
+    }
     let mut cgroups = CgroupRecorder::new(opts.cgroup_roots.clone())?;
     let mut kobj = KobjIds::default();
     let mut root_ids = None;

@@ -24,13 +24,20 @@ pub const REMAP_GHOST: u32 = 1;
 pub const DELETED: &str = " (deleted)";
 
 /// The deleted files of a dump.
-#[derive(Default)]
 pub struct Ghosts {
+    /// The largest deleted file carried (`--ghost-limit`).
+    pub limit: u64,
     /// Contents, by ghost id.
     files: Vec<(u32, GhostFileEntry, Vec<u8>)>,
     /// Ghost ids, by (device, inode): one copy of a file however often held.
     by_inode: HashMap<(u64, u64), u32>,
     remaps: Vec<RemapFilePathEntry>,
+}
+
+impl Default for Ghosts {
+    fn default() -> Ghosts {
+        Ghosts { limit: GHOST_LIMIT, files: Vec::new(), by_inode: HashMap::new(), remaps: Vec::new() }
+    }
 }
 
 impl Ghosts {
@@ -59,8 +66,9 @@ impl Ghosts {
     }
 }
 
-/// The largest deleted file a dump carries (CRIU has --ghost-limit, 1 MiB by
-/// default; programs and libraries replaced by an upgrade are larger).
+/// The largest deleted file a dump carries unless told otherwise (CRIU's
+/// --ghost-limit is 1 MiB; programs and libraries replaced by an upgrade
+/// are larger).
 pub const GHOST_LIMIT: u64 = 64 << 20;
 
 impl FileTable {
@@ -85,9 +93,10 @@ impl FileTable {
                 "{source}: a file unlinked under one name but linked under another is not supported yet"
             )));
         }
-        if md.len() > GHOST_LIMIT {
+        let limit = self.ghosts.limit;
+        if md.len() > limit {
             return Err(Error::Unsupported(format!(
-                "{source}: a deleted file of {} bytes is more than crust carries ({GHOST_LIMIT})",
+                "{source}: a deleted file of {} bytes, more than --ghost-limit {limit}: deleted files this large are",
                 md.len()
             )));
         }
@@ -97,7 +106,7 @@ impl FileTable {
             None => {
                 let id = self.ghosts.files.len() as u32 + 1;
                 let mut data = Vec::new();
-                file.take(GHOST_LIMIT + 1).read_to_end(&mut data).ctx(what)?;
+                file.take(limit + 1).read_to_end(&mut data).ctx(what)?;
                 let entry = GhostFileEntry {
                     uid: md.uid(),
                     gid: md.gid(),
