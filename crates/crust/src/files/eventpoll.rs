@@ -44,7 +44,7 @@ fn dump(fd: &OpenFd, table: &mut FileTable) -> Result<FileEntry> {
         })?;
         // The restore adds the file at that fd number: it must still be there,
         // the very file (an inode alone does not tell: all eventfds share one).
-        let here = stat(format!("/proc/{}/fd/{tfd}", fd.pid).as_str()).map(|st| st.st_ino as u64);
+        let here = stat(format!("/proc/{}/fd/{tfd}", fd.pid).as_str()).map(|st| st.st_ino);
         if here != Ok(ino) || !watches(fd.pid, fd.fd, tfd) {
             return Err(fd.unsupported(&format!("epolls watching a file no longer at its fd {tfd} are")));
         }

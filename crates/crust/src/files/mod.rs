@@ -114,8 +114,11 @@ pub struct Handler {
     pub matches: fn(&OpenFd) -> bool,
     pub dump: fn(&OpenFd, &mut FileTable) -> Result<FileEntry>,
     pub restore: fn(&FileEntry, &mut FdRestorer) -> Result<u64>,
-    pub finish: Option<fn(&FileEntry, u64, &mut FdRestorer) -> Result<()>>,
+    pub finish: Option<FinishFn>,
 }
+
+/// Completes a file at its fd number: see [`Handler`].
+pub type FinishFn = fn(&FileEntry, u64, &mut FdRestorer) -> Result<()>;
 
 /// Tried in order; the first that matches handles the fd.
 pub static HANDLERS: &[Handler] =
