@@ -968,7 +968,7 @@ fn dump_refuses_what_it_cannot_restore_and_leaves_it_running() {
     // SAFETY: our own child.
     unsafe { libc::kill(stopped.pid(), libc::SIGSTOP) };
     let deadline = Instant::now() + Duration::from_secs(5);
-    while proc_status_field(stopped.pid(), "State").unwrap_or_default().chars().next() != Some('T') {
+    while !proc_status_field(stopped.pid(), "State").unwrap_or_default().starts_with('T') {
         assert!(Instant::now() < deadline, "SIGSTOP did not stop it");
         std::thread::sleep(Duration::from_millis(5));
     }

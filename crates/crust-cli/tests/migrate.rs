@@ -39,7 +39,7 @@ fn wait_line(out: &Path, f: impl Fn(&str) -> bool) -> String {
 
 /// The last t1 counter in a test_mm output file.
 fn last_t1(out: &Path) -> i64 {
-    lines(out).iter().filter_map(|l| l.strip_prefix("t1 ")?.parse().ok()).last().unwrap_or(-1)
+    lines(out).iter().filter_map(|l| l.strip_prefix("t1 ")?.parse().ok()).next_back().unwrap_or(-1)
 }
 
 /// t1 goes beyond `n` (the tree runs), within a bounded time.

@@ -477,7 +477,7 @@ struct CloneArgs {
 
 /// clone3 inside `task`, giving the new task id `id`.
 fn clone_in(task: &Task, scratch: &mut Scratch, id: i32, flags: u64, exit_signal: u64) -> Result<i32> {
-    let set_tid = scratch.reset().put(&(id as i32).to_le_bytes())?;
+    let set_tid = scratch.reset().put(&id.to_le_bytes())?;
     let args = CloneArgs { flags, exit_signal, set_tid, set_tid_size: 1, ..Default::default() };
     // SAFETY: CloneArgs is plain old data.
     let bytes = unsafe {
@@ -604,9 +604,9 @@ fn restore_fds(
 ) -> Result<()> {
     let mut objects = shared.clone();
     for fd in &image.fds {
-        if !objects.contains_key(&fd.id) {
+        if let std::collections::hash_map::Entry::Vacant(e) = objects.entry(fd.id) {
             let fd_obj = files::restore_file(&img.files[&fd.id], r)?;
-            objects.insert(fd.id, fd_obj);
+            e.insert(fd_obj);
         }
     }
     for fd in &image.fds {
