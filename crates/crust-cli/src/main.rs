@@ -262,6 +262,14 @@ fn run(cli: Cli) -> Result<()> {
                 print_restore_stats(&restored);
             }
             if !detach {
+                // A job dumped stopped (Ctrl-Z) comes back stopped: crust, in
+                // its process group, stops with it, so that the shell shows a
+                // stopped job and `fg` continues both.
+                let stopped = std::fs::read_to_string(format!("/proc/{}/stat", restored.root))
+                    .is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T')));
+                if shell_job && stopped {
+                    nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP)?;
+                }
                 return wait_root(restored.root);
             }
         }

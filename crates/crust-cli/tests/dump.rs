@@ -962,24 +962,6 @@ fn dump_refuses_what_it_cannot_restore_and_leaves_it_running() {
         assert_running_untraced(w.pid(), Duration::from_secs(5));
         assert_no_inventory(&images);
     }
-
-    // A stopped job: refused with what to do, and left stopped.
-    let stopped = Sleeper::start(&[]);
-    // SAFETY: our own child.
-    unsafe { libc::kill(stopped.pid(), libc::SIGSTOP) };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !proc_status_field(stopped.pid(), "State").unwrap_or_default().starts_with('T') {
-        assert!(Instant::now() < deadline, "SIGSTOP did not stop it");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let images = dir.join("stopped");
-    let out = crust(&dump_args(&stopped.pid().to_string(), &images, &[]), DUMP_TIMEOUT);
-    let err = assert_clean_failure(&out, "dump of a stopped job");
-    assert!(err.contains("stopped") && err.contains("kill -CONT"), "{err}");
-    let state = proc_status_field(stopped.pid(), "State").unwrap_or_default();
-    assert!(state.starts_with('T'), "the job stays stopped: {state}");
-    assert_eq!(proc_status_field(stopped.pid(), "TracerPid").as_deref(), Some("0"));
-    assert_no_inventory(&images);
 }
 
 /// Every thread of `pid` that is not a zombie runs, untraced.

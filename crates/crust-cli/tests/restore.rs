@@ -292,6 +292,48 @@ fn a_deleted_open_file_comes_back_at_its_offset() {
     job.expect_ok();
 }
 
+/// Every thread of `pid` is in a group stop (state T), and none is traced.
+fn stopped_untraced(pid: i32) -> bool {
+    let tasks = common::proc_tasks(pid);
+    !tasks.is_empty()
+        && tasks.iter().all(|t| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/task/{t}/status")).unwrap_or_default();
+            let field = |f: &str| status.lines().find_map(|l| l.strip_prefix(f)).unwrap_or("").trim().to_string();
+            field("State:").starts_with('T') && field("TracerPid:") == "0"
+        })
+}
+
+#[test]
+fn a_stopped_job_is_dumped_and_restored_stopped_and_counts_on_when_continued() {
+    let dir = TempDir::new("restore-stopped");
+    let mut job = Job::start("test_mm", &[], dir.path());
+    job.ready();
+    for _ in 0..4 {
+        job.line(STEP);
+    }
+    job.signal(libc::SIGSTOP);
+    let stopped = || stopped_untraced(job.pid).then_some(());
+    assert!(common::poll(STEP, std::time::Duration::from_millis(5), stopped).is_some(), "SIGSTOP stopped it");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    job.drain();
+    let last = counters(&job.history);
+    // A -R dump leaves it stopped as it was.
+    dump(job.pid, &dir.join("live"), &["-R"]);
+    assert!(stopped_untraced(job.pid), "stopped and untraced after a -R dump");
+    let images = dir.join("images");
+    dump_and_restore(&mut job, &images);
+    assert!(stopped_untraced(job.pid), "restored stopped");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(job.drain().is_empty(), "nothing runs while it is stopped");
+    job.signal(libc::SIGCONT);
+    let after: Vec<String> = (0..4).map(|_| job.line(STEP)).collect();
+    let first = counters(&after[..2]);
+    for (t, n) in &last {
+        assert_eq!(first.get(t), Some(&(n + 1)), "{t} continues from {n}: {after:?}");
+    }
+    job.expect_ok();
+}
+
 #[test]
 fn twenty_dump_restore_cycles_keep_counters_monotonic() {
     let dir = TempDir::new("restore-cycles");

@@ -250,6 +250,37 @@ fn job_moves_to_another_terminal_with_output_job_control_and_settings() {
     assert!(gone(pid), "Ctrl-C ends the restored job");
 }
 
+#[test]
+fn job_stopped_with_ctrl_z_comes_back_stopped_and_fg_continues_it() {
+    let dir = TempDir::new("shell-job-stopped");
+    let images = dir.join("images");
+    let mut a = Terminal::open(24, 80);
+    a.type_line(&workload_path("test_mm").display().to_string());
+    let pid = find(a.bash.id() as i32, "test_mm");
+    a.next_count("t1");
+    a.key(0x1a);
+    a.expect("Stopped");
+    let stopped = poll(WAIT, Duration::from_millis(10), || (state(pid) == Some('T')).then_some(()));
+    assert!(stopped.is_some(), "Ctrl-Z stopped the job");
+    let last = a.last_counted("the job", Duration::from_millis(300), |l| thread_count(l, "t1"));
+
+    dump_job(pid, &images);
+    assert!(gone(pid), "the dump ends the job");
+
+    let mut b = Terminal::open(24, 80);
+    b.type_line(&format!("{CRUST} restore --shell-job -D {}", images.display()));
+    b.expect("Stopped");
+    let restored = poll(WAIT, Duration::from_millis(10), || (state(pid) == Some('T')).then_some(()));
+    assert!(restored.is_some(), "the job is back, stopped");
+    let mark = b.text().len();
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(!b.text()[mark..].contains("t1 "), "a stopped job prints nothing");
+    b.type_line("fg");
+    assert_eq!(b.next_count("t1"), last + 1, "fg continues it where Ctrl-Z stopped it");
+    b.key(0x03);
+    assert!(gone(pid), "Ctrl-C ends the restored job");
+}
+
 impl Terminal {
     /// The last `tN COUNT` printed so far for `thread` (the job is gone).
     fn next_count_or_last(&mut self, thread: &str) -> i64 {

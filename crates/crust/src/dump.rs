@@ -283,11 +283,6 @@ fn check_isolation(tree: &FrozenTree) -> Result<()> {
     for p in tree.processes.iter().filter(|p| p.zombie.is_none()) {
         let comm = proc::read_string(&format!("/proc/{}/comm", p.pid)).unwrap_or_default();
         let who = format!("process {} ({})", p.pid, comm.trim());
-        if p.stopped {
-            return Err(Error::Unsupported(format!(
-                "{who} is stopped (a stopped job): dumping stopped tasks is not supported yet; continue it first (fg, or kill -CONT)"
-            )));
-        }
         for ns in NAMESPACES {
             if proc::ns_inode(p.pid, ns) != proc::ns_inode(me, ns) {
                 return Err(Error::Unsupported(format!(

@@ -46,6 +46,9 @@ pub fn syscall(tid: i32, base: &libc::user_regs_struct, gadget: u64, nr: i64, ar
                 let new = ptrace::getevent(pid).ctx(|| format!("reading new task id from task {tid}"))?;
                 created = Some(new as i32);
             }
+            // A stopped job's task, let go for the syscall, reports its group
+            // stop again on the way; it goes on when resumed once more.
+            WaitStatus::PtraceEvent(_, _, libc::PTRACE_EVENT_STOP) => {}
             other => {
                 return Err(Error::Invalid(format!("task {tid}: unexpected stop {other:?} in an injected syscall (nr {nr})")))
             }
