@@ -35,7 +35,7 @@ pub fn syscall(tid: i32, base: &libc::user_regs_struct, gadget: u64, nr: i64, ar
     let mut created = None;
     // Run to the syscall's entry stop, then to its exit stop. (Not single-step:
     // a tracer that dies mid-way would leave the trap flag armed in the task.)
-    let mut syscall_stops = 0;
+    let (mut syscall_stops, mut group_stops) = (0, 0);
     while syscall_stops < 2 {
         ptrace::syscall(pid, None).ctx(|| format!("resuming task {tid} into a syscall"))?;
         match wait_task(pid).ctx(|| format!("waiting for task {tid}"))? {
@@ -48,7 +48,7 @@ pub fn syscall(tid: i32, base: &libc::user_regs_struct, gadget: u64, nr: i64, ar
             }
             // A stopped job's task, let go for the syscall, reports its group
             // stop again on the way; it goes on when resumed once more.
-            WaitStatus::PtraceEvent(_, _, libc::PTRACE_EVENT_STOP) => {}
+            WaitStatus::PtraceEvent(_, _, libc::PTRACE_EVENT_STOP) if group_stops < 8 => group_stops += 1,
             other => {
                 return Err(Error::Invalid(format!("task {tid}: unexpected stop {other:?} in an injected syscall (nr {nr})")))
             }
