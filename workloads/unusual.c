@@ -11,7 +11,6 @@
  *   unusual fd-in-flight  a unix socket pair carries an fd not received yet
  *   unusual epoll-reused  an epoll watches an eventfd by an fd number that
  *                         another eventfd took since (the first lives on)
- *   unusual shared-anon   maps shared anonymous memory
  *   unusual memfd         holds a memfd
  *
  * Prints "READY <pid>" once in that state; on SIGUSR1 prints "OK", exits 0.
@@ -71,7 +70,7 @@ int main(int argc, char **argv)
 {
     workload_init();
     if (argc != 2) {
-        fprintf(stderr, "usage: unusual seccomp|leader-exit|semaphore|epoll-closed|unix-listening|fd-in-flight|epoll-reused|shared-anon|memfd\n");
+        fprintf(stderr, "usage: unusual seccomp|leader-exit|semaphore|epoll-closed|unix-listening|fd-in-flight|epoll-reused|memfd\n");
         return 2;
     }
     if (strcmp(argv[1], "seccomp") == 0) {
@@ -110,13 +109,6 @@ int main(int argc, char **argv)
         close(first);
         if (eventfd(0, 0) != first)
             die("the second eventfd did not take the first one's number");
-        run_on(NULL);
-    }
-    if (strcmp(argv[1], "shared-anon") == 0) {
-        char *p = mmap(NULL, 1 << 16, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-        if (p == MAP_FAILED)
-            die("mmap");
-        p[0] = 1;
         run_on(NULL);
     }
     if (strcmp(argv[1], "memfd") == 0) {

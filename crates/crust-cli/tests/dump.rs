@@ -999,7 +999,6 @@ fn dump_refuses_what_it_cannot_restore_inside_a_process_and_leaves_it_running() 
         ("epoll-reused", "no longer at its fd"),
         ("unix-listening", "bound (named) unix sockets"),
         ("fd-in-flight", "fds in flight"),
-        ("shared-anon", "shared memory"),
         ("memfd", "shared memory"),
     ];
     for (mode, says) in cases {

@@ -350,3 +350,23 @@ fn serve_turns_away_connections_beyond_max_sessions() {
     // SAFETY: the migrated process belongs to this test.
     unsafe { libc::kill(in_b, libc::SIGKILL) };
 }
+
+#[test]
+fn shared_memory_of_a_parent_and_child_moves_over_tcp_still_shared() {
+    let hosts = Hosts::new("migrate-shm");
+    let key = key_file(hosts.tmp(), "key", 0x66);
+    let workdir = hosts.tmp().join("serve-b");
+    let _serve = serve(&hosts.b, &key, &workdir, &hosts.tmp().join("serve-b.log"));
+    let out = hosts.tmp().join("sharedmem.out");
+    let job = start(&hosts.a, "sharedmem", &[], &out);
+    let pid = job.host_pid();
+    wait_line(&out, |l| l.starts_with("READY"));
+    migrate_ok(&hosts.a, pid, &format!("tcp://{}:7070", hosts.b.ip()), Some(&key), &hosts.tmp().join("stats"));
+    let in_b = running_in(&hosts.b, pid);
+    assert!(gone_from(&hosts.a, pid));
+    // SAFETY: our migrated process.
+    unsafe { libc::kill(in_b, libc::SIGUSR1) };
+    let verdict = wait_line(&out, |l| l == "OK" || l.starts_with("FAIL"));
+    assert_eq!(verdict, "OK", "contents, and sharing with the child, after the move");
+    assert!(session_dirs(&workdir).is_empty(), "nothing left in B's work dir");
+}

@@ -335,6 +335,33 @@ fn a_stopped_job_is_dumped_and_restored_stopped_and_counts_on_when_continued() {
 }
 
 #[test]
+fn shared_anonymous_memory_comes_back_with_its_contents_and_still_shared() {
+    let dir = TempDir::new("restore-sharedmem");
+    let mut job = Job::start("sharedmem", &[], dir.path());
+    let child = ready_field(&job.ready(), "child");
+    let shared = |pid: i32| -> Vec<(u64, u64)> {
+        maps(pid).into_iter().filter(|(_, _, perms, _)| perms.ends_with('s')).map(|(a, b, _, _)| (a, b)).collect()
+    };
+    let before = shared(job.pid);
+    assert_eq!(before.len(), 2, "two shared mappings: {before:?}");
+    let images = dir.join("images");
+    dump_and_restore(&mut job, &images);
+    assert_eq!(shared(job.pid), before, "the parent's shared mappings, where they were");
+    assert_eq!(shared(child), before, "the child's, the same");
+    let objects: Vec<String> = std::fs::read_dir(&images)
+        .unwrap()
+        .filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n.starts_with("pagemap-shmem-"))
+        .collect();
+    assert_eq!(objects.len(), 2, "each object saved once: {objects:?}");
+    for o in &objects {
+        common::crit_show(&images.join(o));
+    }
+    // The contents, and that parent and child still share them, checked by the workload.
+    job.expect_ok();
+}
+
+#[test]
 fn twenty_dump_restore_cycles_keep_counters_monotonic() {
     let dir = TempDir::new("restore-cycles");
     let mut job = Job::start("test_mm", &[], dir.path());

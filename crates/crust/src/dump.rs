@@ -629,6 +629,7 @@ fn vma_entry(pid: i32, v: &Vma, files: &mut FileTable) -> Result<VmaEntry> {
             let source = format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end);
             files.path_id(&path.to_string_lossy(), flags, &source)? as u64
         }
+        Backing::AnonShared => files.shmem.note(pid, v)?,
         _ => 0,
     };
     Ok(VmaEntry {

@@ -12,6 +12,7 @@ pub mod mem;
 pub mod migrate;
 pub mod proc;
 pub mod show;
+pub mod shmem;
 pub mod ptrace;
 pub mod remote;
 pub mod restore;

@@ -30,6 +30,9 @@ pub const VMA_AREA_VVAR: u32 = 1 << 12;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Backing {
     Anon,
+    /// Shared anonymous memory (MAP_SHARED|MAP_ANONYMOUS, or /dev/zero mapped
+    /// shared): a shmem object, shared with the forks that inherited it.
+    AnonShared,
     File { path: PathBuf },
     Vdso,
     /// `[vvar]` or `[vvar_vclock]`: kernel data pages mapped next to the vdso.
@@ -65,6 +68,9 @@ impl Vma {
     }
 }
 
+/// How /proc/PID/maps names shared anonymous memory.
+pub const SHARED_ANON_NAME: &str = "/dev/zero (deleted)";
+
 /// The vmas of a task being dumped: anything crust cannot restore is an error.
 pub fn read_vmas(pid: i32) -> Result<Vec<Vma>> {
     vmas(pid, true)
@@ -98,6 +104,11 @@ fn vmas(pid: i32, strict: bool) -> Result<Vec<Vma>> {
         }
         let mut status = VMA_AREA_REGULAR;
         let backing = match &m.pathname {
+            MMapPath::Path(p) if shared && p.as_os_str() == SHARED_ANON_NAME => {
+                status |= VMA_ANON_SHARED;
+                flags |= libc::MAP_ANONYMOUS as u32;
+                Backing::AnonShared
+            }
             MMapPath::Path(p) => {
                 status |= if shared { VMA_FILE_SHARED } else { VMA_FILE_PRIVATE };
                 Backing::File { path: p.clone() }

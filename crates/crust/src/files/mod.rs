@@ -202,6 +202,9 @@ pub struct FileTable {
     pub tty_infos: Vec<TtyInfoEntry>,
     /// Deleted files held by the tree, with their contents.
     pub ghosts: ghost::Ghosts,
+    /// Shared anonymous memory mapped by the tree: not files, but like them
+    /// shared between processes and written once, after all of them.
+    pub shmem: crate::shmem::SharedMemory,
 }
 
 impl FileTable {
@@ -291,6 +294,7 @@ impl FileTable {
         bytes += write_with_data(dir, "pipes-data.img", Kind::PipesData, &self.pipe_data)?;
         bytes += write_with_data(dir, "sk-queues.img", Kind::SkQueues, &self.sk_queues)?;
         bytes += self.ghosts.write(dir)?;
+        bytes += self.shmem.write(dir)?;
         if !self.tty_infos.is_empty() {
             let mut w = dir.writer("tty-info.img", Kind::TtyInfo)?;
             for t in &self.tty_infos {

@@ -109,7 +109,14 @@ fn receive_into(chan: &mut Channel, session: &Path) -> Result<Restored> {
             }
             FILE => {
                 let name = String::from_utf8_lossy(&payload).into_owned();
-                if !safe_name(&name) || Kind::of_file_name(&name) == Some(Kind::Pages) {
+                // The pages of the processes come after RESTORE; those of shared
+                // memory are made in the root before them, so they come here.
+                let shmem_pages = name
+                    .strip_prefix("pages-")
+                    .and_then(|n| n.strip_suffix(".img"))
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .is_some_and(|id| id >= crate::shmem::PAGES_ID_BASE);
+                if !safe_name(&name) || (Kind::of_file_name(&name) == Some(Kind::Pages) && !shmem_pages) {
                     return Err(Error::Invalid(format!("refusing a file named {name:?} here")));
                 }
                 let path = session.join(&name);

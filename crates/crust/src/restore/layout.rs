@@ -2,9 +2,11 @@
 //! the image: unmap crust's mappings, move the vdso and its data pages to where
 //! the image had them, map the image's vmas and fill them from the pages image.
 
+use std::collections::HashMap;
+
 use crate::error::{Error, Result};
 use crate::images::proto::{MmEntry, PagemapEntry, VmaEntry};
-use crate::mem::{Backing, PAGE_SIZE, VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR};
+use crate::mem::{Backing, PAGE_SIZE, VMA_ANON_SHARED, VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR};
 use crate::restore::task::{Scratch, Task};
 
 /// Lowest and highest addresses crust places its own temporary mappings at.
@@ -115,7 +117,12 @@ pub fn move_vdso(task: &mut Task, mm: &MmEntry, here: &[crate::mem::Vma], scratc
 
 /// Map every vma of the image but the vdso group (already in place), writable
 /// at first so the pages can be filled in. `open` opens a file inside the task.
-pub fn map_vmas(task: &Task, mm: &MmEntry, mut open: impl FnMut(u32, u32) -> Result<u64>) -> Result<()> {
+pub fn map_vmas(
+    task: &Task,
+    mm: &MmEntry,
+    shmem_fds: &HashMap<u64, u64>,
+    mut open: impl FnMut(u32, u32) -> Result<u64>,
+) -> Result<()> {
     for v in &mm.vmas {
         if is_vdso_group(v.status) || v.status & VMA_AREA_VSYSCALL != 0 {
             continue;
@@ -124,8 +131,15 @@ pub fn map_vmas(task: &Task, mm: &MmEntry, mut open: impl FnMut(u32, u32) -> Res
         let anon = v.flags & libc::MAP_ANONYMOUS as u32 != 0;
         let prot = if shared { v.prot } else { v.prot | (libc::PROT_READ | libc::PROT_WRITE) as u32 };
         let keep = (libc::MAP_SHARED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_GROWSDOWN) as u32;
-        let flags = (v.flags & keep) as u64 | libc::MAP_FIXED as u64;
-        let (fd, off) = if anon {
+        let mut flags = (v.flags & keep) as u64 | libc::MAP_FIXED as u64;
+        let (fd, off) = if v.status & VMA_ANON_SHARED != 0 {
+            // The object made in the root, inherited: mapped through its fd.
+            flags &= !(libc::MAP_ANONYMOUS as u64);
+            let fd = shmem_fds
+                .get(&v.shmid)
+                .ok_or_else(|| Error::Invalid(format!("vma {:#x}-{:#x}: no shared memory {}", v.start, v.end, v.shmid)))?;
+            (*fd, v.pgoff)
+        } else if anon {
             (u64::MAX, 0)
         } else {
             let writable_shared = shared && v.prot & libc::PROT_WRITE as u32 != 0;

@@ -44,6 +44,8 @@ pub struct DumpImage {
     pub files: HashMap<u32, FileEntry>,
     /// Data queued in pipes, by pipe_id, with the pipe's buffer size.
     pub pipe_data: HashMap<u32, (Vec<u8>, Option<u32>)>,
+    /// Shared anonymous memory objects, by shmid (their inode at dump time).
+    pub shmem: HashMap<u64, crate::shmem::ShmemImage>,
     /// Deleted files: the ghost standing in for each file id that has one.
     pub remaps: HashMap<u32, u32>,
     /// Ghost files by id: entry and contents.
@@ -157,6 +159,7 @@ pub fn load_with(dir: &Path, pages: Pages) -> Result<DumpImage> {
         }
     }
     let (remaps, ghost_files) = load_ghosts(&dir)?;
+    let shmem = load_shmem(&dir, &processes)?;
     let mut tty_infos = HashMap::new();
     let tty_path = dir.join("tty-info.img");
     if tty_path.exists() {
@@ -166,7 +169,42 @@ pub fn load_with(dir: &Path, pages: Pages) -> Result<DumpImage> {
     }
     let cg_path = dir.join("cgroup.img");
     let cgroups = if cg_path.exists() { Some(read_one(&cg_path, Kind::Cgroup)?) } else { None };
-    Ok(DumpImage { dir, processes, files, pipe_data, remaps, ghost_files, sk_queues, tty_infos, cgroups, pages_digests })
+    Ok(DumpImage { dir, processes, files, pipe_data, shmem, remaps, ghost_files, sk_queues, tty_infos, cgroups, pages_digests })
+}
+
+/// Every shared memory object the vmas name: its size (as far as they reach
+/// into it) and its saved pages (always in the directory, streamed or not).
+fn load_shmem(dir: &Path, processes: &[ProcessImage]) -> Result<HashMap<u64, crate::shmem::ShmemImage>> {
+    let mut sizes: HashMap<u64, u64> = HashMap::new();
+    for v in processes.iter().flat_map(|p| p.mm.vmas.iter()).filter(|v| v.status & crate::mem::VMA_ANON_SHARED != 0) {
+        let reach = v.pgoff + (v.end - v.start);
+        let size = sizes.entry(v.shmid).or_default();
+        *size = (*size).max(reach);
+    }
+    let mut out = HashMap::new();
+    for (shmid, size) in sizes {
+        let pm_path = dir.join(format!("pagemap-shmem-{shmid}.img"));
+        let mut r = ImageReader::open(&pm_path, Kind::Pagemap)?;
+        let head: PagemapHead = r.one()?;
+        let mut pagemap = Vec::new();
+        let mut pages = 0u64;
+        while let Some(e) = r.next::<PagemapEntry>()? {
+            crate::shmem::check_run(&e, size).map_err(|what| invalid(&pm_path, what))?;
+            pages += e.nr_pages as u64;
+            pagemap.push(e);
+        }
+        let pages_path = dir.join(format!("pages-{}.img", head.pages_id));
+        let len = std::fs::metadata(&pages_path).map_err(|e| invalid(&pages_path, format!("cannot read: {e}")))?.len();
+        if len != pages * PAGE_SIZE {
+            return Err(Error::Image {
+                file: pages_path,
+                offset: len.min(pages * PAGE_SIZE),
+                what: format!("holds {len} bytes, but pagemap-shmem-{shmid}.img lists {pages} pages"),
+            });
+        }
+        out.insert(shmid, crate::shmem::ShmemImage { size, pagemap, pages_path });
+    }
+    Ok(out)
 }
 
 type Ghosts = (HashMap<u32, u32>, HashMap<u32, (GhostFileEntry, Vec<u8>)>);

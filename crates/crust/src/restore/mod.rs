@@ -272,6 +272,7 @@ pub fn restore_held(opts: &RestoreOptions, mut img: DumpImage, pages: &mut dyn P
     let fd_base = img.processes.iter().flat_map(|p| p.fds.iter().map(|f| f.fd as u64 + 1)).max().unwrap_or(0).max(3);
     root.call("close_range", libc::SYS_close_range, [0, u32::MAX as u64, 0, 0, 0, 0])?;
     let mut root_scratch = Scratch::new(root_pid, scratch_addr)?;
+    let shmem_fds;
     let (shared, shared_pipes, shared_sockets, next_high) = {
         let mut r = FdRestorer {
             task: &root,
@@ -286,6 +287,7 @@ pub fn restore_held(opts: &RestoreOptions, mut img: DumpImage, pages: &mut dyn P
         for id in shared_files(img) {
             shared.insert(id, files::restore_file(&img.files[&id], &mut r)?);
         }
+        shmem_fds = make_shared_memory(&mut r, img)?;
         (shared, r.pipes, r.sockets, r.next_high)
     };
     if root_img.pstree.sid == root_img.pstree.pid && !opts.shell_job {
@@ -320,7 +322,7 @@ pub fn restore_held(opts: &RestoreOptions, mut img: DumpImage, pages: &mut dyn P
 
     let mut finished = HashSet::new();
     for p in &mut procs {
-        stats.pages_restored += restore_memory(p, &crust_layout, img, pages)?;
+        stats.pages_restored += restore_memory(p, &crust_layout, img, &shmem_fds, pages)?;
         let mut r = FdRestorer {
             task: &p.leader,
             scratch: &mut p.scratch,
@@ -530,7 +532,13 @@ fn set_process_groups(procs: &[Proc], shell_job: bool) -> Result<()> {
 }
 
 /// Replace crust's copy with the image's memory. Returns the pages restored.
-fn restore_memory(p: &mut Proc, crust_layout: &[mem::Vma], img: &DumpImage, source: &mut dyn PageSource) -> Result<u64> {
+fn restore_memory(
+    p: &mut Proc,
+    crust_layout: &[mem::Vma],
+    img: &DumpImage,
+    shmem_fds: &HashMap<u64, u64>,
+    source: &mut dyn PageSource,
+) -> Result<u64> {
     let task = &mut p.leader;
     layout::unmap_crust(task, crust_layout, &p.scratch)?;
     layout::move_vdso(task, &p.image.mm, crust_layout, &p.scratch)?;
@@ -538,7 +546,7 @@ fn restore_memory(p: &mut Proc, crust_layout: &[mem::Vma], img: &DumpImage, sour
     {
         let scratch = &mut p.scratch;
         let task: &Task = task;
-        layout::map_vmas(task, &p.image.mm, |file_id, flags| {
+        layout::map_vmas(task, &p.image.mm, shmem_fds, |file_id, flags| {
             if let Some(fd) = opened.get(&(file_id, flags)) {
                 return Ok(*fd);
             }
@@ -589,6 +597,32 @@ fn file_path(img: &DumpImage, id: u32) -> Result<&str> {
 fn open_in(task: &Task, scratch: &mut Scratch, path: &str, flags: u32) -> Result<u64> {
     let addr = scratch.reset().put_str(path)?;
     task.call(&format!("opening {path}"), libc::SYS_openat, [libc::AT_FDCWD as u64, addr, flags as u64, 0, 0, 0])
+}
+
+/// Every shared memory object, made in the root before anything forks (so
+/// that every process inherits the same one): a shared anonymous mapping,
+/// whose object crust keeps by an fd through /proc/self/map_files, filled from
+/// crust with the saved pages. Returns the fd of each, by shmid.
+fn make_shared_memory(r: &mut FdRestorer, img: &DumpImage) -> Result<HashMap<u64, u64>> {
+    let mut fds = HashMap::new();
+    let mut ids: Vec<&u64> = img.shmem.keys().collect();
+    ids.sort_unstable();
+    for &shmid in ids {
+        let obj = &img.shmem[&shmid];
+        let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+        let flags = (libc::MAP_SHARED | libc::MAP_ANONYMOUS) as u64;
+        let addr = r.task.call("mmap of shared memory", libc::SYS_mmap, [0, obj.size, prot, flags, u64::MAX, 0])?;
+        let path = format!("/proc/self/map_files/{addr:x}-{:x}", addr + obj.size);
+        let fd = r.open_low(&path, (libc::O_RDWR | libc::O_CLOEXEC) as u32);
+        r.task.call("munmap", libc::SYS_munmap, [addr, obj.size, 0, 0, 0, 0])?;
+        // Inherited by the forks: not close-on-exec once moved up.
+        let fd = r.to_high(fd?)?;
+        let path = format!("/proc/{}/fd/{fd}", r.task.pid);
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).ctx(|| format!("opening {path}"))?;
+        crate::shmem::fill(&file, obj)?;
+        fds.insert(shmid, fd);
+    }
+    Ok(fds)
 }
 
 /// The fd table: every object made (or inherited from the root), then each

@@ -1,0 +1,147 @@
+//! Shared anonymous memory: a shmem object that several processes of the tree
+//! map after a fork (a pre-forking server's shared zones). Each object is
+//! saved once, by inode, as CRIU does: pagemap-shmem-INO.img (runs of pages,
+//! by offset in the object) and a pages image. A restore makes it once, in the
+//! root before anything forks, so that every process maps the same object.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt};
+
+use crate::error::{Context, Error, Result};
+use crate::images::proto::{PagemapEntry, PagemapHead};
+use crate::images::{ImageDir, Kind};
+use crate::mem::{Vma, PAGE_SIZE};
+
+/// Pages images of shared memory are numbered from here (those of processes
+/// from 1), so that the two never meet.
+pub const PAGES_ID_BASE: u32 = 1 << 20;
+const PE_PRESENT: u32 = 4;
+
+/// The shared memory objects of a dump.
+#[derive(Default)]
+pub struct SharedMemory {
+    /// (inode, a /proc path that opens it, pages id), in the order first seen.
+    objects: Vec<(u64, String, u32)>,
+    by_inode: HashMap<u64, usize>,
+}
+
+impl SharedMemory {
+    /// The shmem object behind shared anonymous vma `v` of `pid`: its inode,
+    /// which names it in the images (vma_entry.shmid).
+    pub fn note(&mut self, pid: i32, v: &Vma) -> Result<u64> {
+        let source = format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end);
+        let ino = std::fs::metadata(&source).ctx(|| format!("stat {source}"))?.ino();
+        if !self.by_inode.contains_key(&ino) {
+            let pages_id = PAGES_ID_BASE + self.objects.len() as u32;
+            self.by_inode.insert(ino, self.objects.len());
+            self.objects.push((ino, source, pages_id));
+        }
+        Ok(ino)
+    }
+
+    /// pagemap-shmem-INO.img and pages-ID.img of each object: the runs of
+    /// pages that hold data (SEEK_DATA), read through the object's file.
+    pub fn write(&self, dir: &mut ImageDir) -> Result<u64> {
+        let mut bytes = 0;
+        for (ino, source, pages_id) in &self.objects {
+            let what = || format!("reading shared memory {ino} through {source}");
+            let file = File::open(source).ctx(what)?;
+            let size = file.metadata().ctx(what)?.len();
+            let runs = data_runs(&file, size).ctx(what)?;
+            let mut map = dir.writer(&format!("pagemap-shmem-{ino}.img"), Kind::Pagemap)?;
+            map.entry(&PagemapHead { pages_id: *pages_id })?;
+            for &(off, len) in &runs {
+                let nr_pages = (len / PAGE_SIZE) as u32;
+                map.entry(&PagemapEntry { vaddr: off, nr_pages, in_parent: None, flags: Some(PE_PRESENT) })?;
+            }
+            bytes += map.finish()?;
+            let mut pages = dir.writer(&format!("pages-{pages_id}.img"), Kind::Pages)?;
+            let mut buf = vec![0u8; 1 << 20];
+            for &(off, len) in &runs {
+                let mut done = 0;
+                while done < len {
+                    let n = (len - done).min(buf.len() as u64) as usize;
+                    file.read_exact_at(&mut buf[..n], off + done).ctx(what)?;
+                    pages.raw(&buf[..n])?;
+                    done += n as u64;
+                }
+            }
+            bytes += pages.finish()?;
+        }
+        Ok(bytes)
+    }
+}
+
+/// Page-aligned runs (offset, length) of `file` that hold data, up to `size`.
+fn data_runs(file: &File, size: u64) -> std::io::Result<Vec<(u64, u64)>> {
+    let mut runs = Vec::new();
+    let mut at = 0i64;
+    let fd = file.as_raw_fd();
+    while (at as u64) < size {
+        // SAFETY: lseek on a file we hold.
+        let data = unsafe { libc::lseek(fd, at, libc::SEEK_DATA) };
+        if data < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                break;
+            }
+            return Err(e);
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let start = data as u64 / PAGE_SIZE * PAGE_SIZE;
+        let end = (hole as u64).min(size).div_ceil(PAGE_SIZE) * PAGE_SIZE;
+        if end > start {
+            runs.push((start, end - start));
+        }
+        at = hole;
+    }
+    Ok(runs)
+}
+
+/// One shared memory object of an image, to make again.
+pub struct ShmemImage {
+    /// Bytes the vmas that map it reach into it.
+    pub size: u64,
+    pub pagemap: Vec<PagemapEntry>,
+    pub pages_path: std::path::PathBuf,
+}
+
+/// Check a run of an object's pagemap lies inside it.
+pub fn check_run(e: &PagemapEntry, size: u64) -> std::result::Result<(), String> {
+    let end = (e.nr_pages as u64).checked_mul(PAGE_SIZE).and_then(|l| e.vaddr.checked_add(l));
+    match end {
+        Some(end) if e.nr_pages > 0 && e.vaddr % PAGE_SIZE == 0 && end <= size => Ok(()),
+        _ => Err(format!("a run of {} pages at offset {:#x} is not inside the object ({size} bytes)", e.nr_pages, e.vaddr)),
+    }
+}
+
+/// Write the saved pages of `obj` into the object's file `file`.
+pub fn fill(file: &File, obj: &ShmemImage) -> Result<u64> {
+    let pages = File::open(&obj.pages_path).ctx(|| format!("opening {}", obj.pages_path.display()))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut from = 0u64;
+    let mut count = 0;
+    for e in &obj.pagemap {
+        let len = e.nr_pages as u64 * PAGE_SIZE;
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(buf.len() as u64) as usize;
+            pages.read_exact_at(&mut buf[..n], from + done).map_err(|err| Error::Image {
+                file: obj.pages_path.clone(),
+                offset: from + done,
+                what: format!("short read of shared memory pages: {err}"),
+            })?;
+            file.write_all_at(&buf[..n], e.vaddr + done).ctx(|| "filling shared memory")?;
+            done += n as u64;
+        }
+        from += len;
+        count += e.nr_pages as u64;
+    }
+    Ok(count)
+}
