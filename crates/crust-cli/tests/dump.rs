@@ -999,7 +999,7 @@ fn dump_refuses_what_it_cannot_restore_inside_a_process_and_leaves_it_running() 
         ("epoll-reused", "no longer at its fd"),
         ("unix-listening", "bound (named) unix sockets"),
         ("fd-in-flight", "fds in flight"),
-        ("memfd", "shared memory"),
+        ("memfd", "memfds and System V shared memory"),
     ];
     for (mode, says) in cases {
         let mut w = Workload::spawn("unusual", &[os(mode)]);

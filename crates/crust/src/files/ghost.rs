@@ -78,11 +78,11 @@ impl FileTable {
         let what = || format!("reading the deleted file behind {source}");
         let file = std::fs::File::open(source).ctx(what)?;
         let md = file.metadata().ctx(what)?;
-        // Shared memory (shared anonymous mappings, memfds, System V
-        // segments) looks deleted too, but lives on a mount no one sees.
+        // memfds and System V segments look deleted too, but live on a
+        // mount no one sees.
         if !visible_mount(&file, source) {
             return Err(Error::Unsupported(format!(
-                "{source}: shared memory (memfd, shared anonymous or System V) is not supported yet"
+                "{source}: memfds and System V shared memory are not supported yet"
             )));
         }
         if !md.is_file() {
