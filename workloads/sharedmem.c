@@ -6,11 +6,14 @@
  *      pattern before the fork, the rest never touched
  *   B: 64 KiB of /dev/zero mapped shared (the same kind of object), whose
  *      first word the child sets to 0xC0FFEE
+ *   C: 256 KiB shared, all 0x5A, then its second half unmapped (the object
+ *      holds more than any mapping reaches)
  *
  * Prints "READY <pid> child=<pid>". On SIGUSR1 the parent checks A's pattern
- * and untouched half, and B's word from the child; then writes a question in
- * A and signals the child (SIGUSR2), which answers in A: the parent waits for
- * the answer (the memory is still shared), then prints "OK" or "FAIL".
+ * and untouched half, B's word from the child and C; then writes a question in
+ * A and signals the child (SIGUSR2), which answers in A and in B: the parent
+ * waits for both answers (the memory is still shared), then prints "OK" or
+ * "FAIL".
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -41,6 +44,11 @@ int main(void)
     if (a == MAP_FAILED || b == MAP_FAILED)
         die("mmap");
     close(zero);
+    unsigned char *c = mmap(NULL, 256 << 10, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (c == MAP_FAILED)
+        die("mmap c");
+    memset(c, 0x5A, 256 << 10);
+    munmap(c + (128 << 10), 128 << 10);
     for (size_t i = 0; i < A_LEN / 2; i++)
         a[i] = (unsigned char)(i * 13 + i / 4093);
     volatile uint32_t *question = (uint32_t *)(a + A_LEN - 8), *answer = (uint32_t *)(a + A_LEN - 4);
@@ -56,6 +64,7 @@ int main(void)
             while (!got_usr2)
                 sleep_ms(10);
             got_usr2 = 0;
+            b[1] = *question + 1;
             *answer = *question + 1;
         }
     }
@@ -72,12 +81,17 @@ int main(void)
             fail("A's untouched half is not zero at byte %zu", i);
     if (b[0] != 0xC0FFEE)
         fail("B lost the child's word");
+    for (size_t i = 0; i < 128 << 10; i++)
+        if (c[i] != 0x5A)
+            fail("C differs at byte %zu", i);
     *question = 41;
     kill(child, SIGUSR2);
     for (int i = 0; i < 500 && *answer != 42; i++)
         sleep_ms(10);
     if (*answer != 42)
         fail("the child's answer did not come through A: not shared any more");
+    if (b[1] != 42)
+        fail("the child's answer did not come through B: not shared any more");
     kill(child, SIGKILL);
     waitpid(child, NULL, 0);
     succeed();

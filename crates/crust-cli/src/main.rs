@@ -213,6 +213,31 @@ pub fn print_restore_stats(r: &Restored) {
 }
 
 /// Like criu without -d: wait for the restored root and exit as it did.
+/// A job dumped stopped (Ctrl-Z) comes back stopped. In the foreground of a
+/// terminal, crust (in the job's process group) stops with it, once its stop
+/// has taken effect, so that the shell shows a stopped job and `fg`
+/// continues both; anywhere else it says so and waits.
+fn stop_with_job(shell_job: bool, root: i32) -> Result<()> {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let stdin = std::io::stdin();
+    let foreground = nix::unistd::isatty(&stdin).unwrap_or(false)
+        && nix::unistd::tcgetpgrp(&stdin).ok() == Some(nix::unistd::getpgrp());
+    if !(shell_job && foreground) {
+        eprintln!("crust: the restored tree is stopped, as it was dumped; kill -CONT {root} continues it");
+        return Ok(());
+    }
+    loop {
+        match waitpid(nix::unistd::Pid::from_raw(root), Some(WaitPidFlag::WUNTRACED)).context("waiting for the job to stop")? {
+            WaitStatus::Stopped(..) => break,
+            WaitStatus::Exited(_, code) => std::process::exit(code),
+            WaitStatus::Signaled(_, sig, _) => std::process::exit(128 + sig as i32),
+            _ => {}
+        }
+    }
+    nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP)?;
+    Ok(())
+}
+
 fn wait_root(pid: i32) -> Result<()> {
     use nix::sys::wait::{waitpid, WaitStatus};
     loop {
@@ -262,13 +287,8 @@ fn run(cli: Cli) -> Result<()> {
                 print_restore_stats(&restored);
             }
             if !detach {
-                // A job dumped stopped (Ctrl-Z) comes back stopped: crust, in
-                // its process group, stops with it, so that the shell shows a
-                // stopped job and `fg` continues both.
-                let stopped = std::fs::read_to_string(format!("/proc/{}/stat", restored.root))
-                    .is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T')));
-                if shell_job && stopped {
-                    nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP)?;
+                if restored.stats.stopped {
+                    stop_with_job(shell_job, restored.root)?;
                 }
                 return wait_root(restored.root);
             }

@@ -317,12 +317,17 @@ fn a_stopped_job_is_dumped_and_restored_stopped_and_counts_on_when_continued() {
     std::thread::sleep(std::time::Duration::from_millis(200));
     job.drain();
     let last = counters(&job.history);
+    let pid = job.pid;
+    let stays_stopped = |what: &str| {
+        let settled = || stopped_untraced(pid).then_some(());
+        assert!(common::poll(STEP, std::time::Duration::from_millis(5), settled).is_some(), "{what}");
+    };
     // A -R dump leaves it stopped as it was.
-    dump(job.pid, &dir.join("live"), &["-R"]);
-    assert!(stopped_untraced(job.pid), "stopped and untraced after a -R dump");
+    dump(pid, &dir.join("live"), &["-R"]);
+    stays_stopped("stopped and untraced after a -R dump");
     let images = dir.join("images");
     dump_and_restore(&mut job, &images);
-    assert!(stopped_untraced(job.pid), "restored stopped");
+    stays_stopped("restored stopped");
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert!(job.drain().is_empty(), "nothing runs while it is stopped");
     job.signal(libc::SIGCONT);
@@ -343,7 +348,12 @@ fn shared_anonymous_memory_comes_back_with_its_contents_and_still_shared() {
         maps(pid).into_iter().filter(|(_, _, perms, _)| perms.ends_with('s')).map(|(a, b, _, _)| (a, b)).collect()
     };
     let before = shared(job.pid);
-    assert_eq!(before.len(), 2, "two shared mappings: {before:?}");
+    assert_eq!(before.len(), 3, "three shared mappings: {before:?}");
+    // The child alone shares memory with a process outside what is dumped.
+    let child_s = child.to_string();
+    let out = crust(&common::dump_args(&child_s, &dir.join("child"), &["--shell-job"]), STEP);
+    let err = assert_clean_failure(&out, "dump of a process sharing memory with one outside the tree");
+    assert!(err.contains("outside the dumped tree"), "{err}");
     let images = dir.join("images");
     dump_and_restore(&mut job, &images);
     assert_eq!(shared(job.pid), before, "the parent's shared mappings, where they were");
@@ -353,7 +363,9 @@ fn shared_anonymous_memory_comes_back_with_its_contents_and_still_shared() {
         .filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
         .filter(|n| n.starts_with("pagemap-shmem-"))
         .collect();
-    assert_eq!(objects.len(), 2, "each object saved once: {objects:?}");
+    assert_eq!(objects.len(), 3, "each object saved once: {objects:?}");
+    let shown = crust(&[os("show"), images.as_os_str()], STEP);
+    assert!(shown.status.success() && String::from_utf8_lossy(&shown.stdout).contains("pagemap-shmem-"), "crust show");
     for o in &objects {
         common::crit_show(&images.join(o));
     }

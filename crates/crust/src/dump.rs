@@ -235,6 +235,8 @@ fn write_images(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<W
         })?;
     }
     stats.bytes_written += w.finish()?;
+    let pids: Vec<i32> = tree.processes.iter().map(|p| p.pid).collect();
+    files.shmem.check_within(&pids)?;
     stats.bytes_written += files.write(&mut dir)?;
     let mut w = dir.writer("cgroup.img", Kind::Cgroup)?;
     w.entry(&cgroups.entry()?)?;

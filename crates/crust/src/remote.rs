@@ -9,6 +9,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 
 use nix::sys::ptrace;
+use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
@@ -48,7 +49,11 @@ pub fn syscall(tid: i32, base: &libc::user_regs_struct, gadget: u64, nr: i64, ar
             }
             // A stopped job's task, let go for the syscall, reports its group
             // stop again on the way; it goes on when resumed once more.
-            WaitStatus::PtraceEvent(_, _, libc::PTRACE_EVENT_STOP) if group_stops < 8 => group_stops += 1,
+            WaitStatus::PtraceEvent(_, sig, libc::PTRACE_EVENT_STOP)
+                if group_stops < 8 && matches!(sig, Signal::SIGSTOP | Signal::SIGTSTP | Signal::SIGTTIN | Signal::SIGTTOU) =>
+            {
+                group_stops += 1
+            }
             other => {
                 return Err(Error::Invalid(format!("task {tid}: unexpected stop {other:?} in an injected syscall (nr {nr})")))
             }

@@ -22,8 +22,9 @@ const PE_PRESENT: u32 = 4;
 /// The shared memory objects of a dump.
 #[derive(Default)]
 pub struct SharedMemory {
-    /// (inode, a /proc path that opens it, pages id), in the order first seen.
-    objects: Vec<(u64, String, u32)>,
+    /// (inode, a /proc path that opens it, pages id, bytes the vmas reach
+    /// into it), in the order first seen.
+    objects: Vec<(u64, String, u32, u64)>,
     by_inode: HashMap<u64, usize>,
 }
 
@@ -33,22 +34,52 @@ impl SharedMemory {
     pub fn note(&mut self, pid: i32, v: &Vma) -> Result<u64> {
         let source = format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end);
         let ino = std::fs::metadata(&source).ctx(|| format!("stat {source}"))?.ino();
-        if !self.by_inode.contains_key(&ino) {
-            let pages_id = PAGES_ID_BASE + self.objects.len() as u32;
-            self.by_inode.insert(ino, self.objects.len());
-            self.objects.push((ino, source, pages_id));
+        // Only what some vma reaches is kept (a restore sizes the object so).
+        let reach = v.pgoff + (v.end - v.start);
+        match self.by_inode.get(&ino) {
+            Some(&i) => self.objects[i].3 = self.objects[i].3.max(reach),
+            None => {
+                let pages_id = PAGES_ID_BASE + self.objects.len() as u32;
+                self.by_inode.insert(ino, self.objects.len());
+                self.objects.push((ino, source, pages_id, reach));
+            }
         }
         Ok(ino)
+    }
+
+    /// Memory shared with a process outside the tree would be split by a
+    /// restore: refuse it. Its inode shows in the maps of every process
+    /// that maps it.
+    pub fn check_within(&self, tree: &[i32]) -> Result<()> {
+        if self.objects.is_empty() {
+            return Ok(());
+        }
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+            if tree.contains(&pid) {
+                continue;
+            }
+            let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+            for l in maps.lines().filter(|l| l.ends_with(crate::mem::SHARED_ANON_NAME)) {
+                let ino = l.split_whitespace().nth(4).and_then(|i| i.parse::<u64>().ok());
+                if let Some(ino) = ino.filter(|i| self.by_inode.contains_key(i)) {
+                    return Err(Error::Unsupported(format!(
+                        "shared memory {ino} is shared with process {pid}, outside the dumped tree: not supported yet"
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// pagemap-shmem-INO.img and pages-ID.img of each object: the runs of
     /// pages that hold data (SEEK_DATA), read through the object's file.
     pub fn write(&self, dir: &mut ImageDir) -> Result<u64> {
         let mut bytes = 0;
-        for (ino, source, pages_id) in &self.objects {
+        for (ino, source, pages_id, reach) in &self.objects {
             let what = || format!("reading shared memory {ino} through {source}");
             let file = File::open(source).ctx(what)?;
-            let size = file.metadata().ctx(what)?.len();
+            let size = file.metadata().ctx(what)?.len().min(*reach);
             let runs = data_runs(&file, size).ctx(what)?;
             let mut map = dir.writer(&format!("pagemap-shmem-{ino}.img"), Kind::Pagemap)?;
             map.entry(&PagemapHead { pages_id: *pages_id })?;
@@ -119,29 +150,4 @@ pub fn check_run(e: &PagemapEntry, size: u64) -> std::result::Result<(), String>
         Some(end) if e.nr_pages > 0 && e.vaddr % PAGE_SIZE == 0 && end <= size => Ok(()),
         _ => Err(format!("a run of {} pages at offset {:#x} is not inside the object ({size} bytes)", e.nr_pages, e.vaddr)),
     }
-}
-
-/// Write the saved pages of `obj` into the object's file `file`.
-pub fn fill(file: &File, obj: &ShmemImage) -> Result<u64> {
-    let pages = File::open(&obj.pages_path).ctx(|| format!("opening {}", obj.pages_path.display()))?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut from = 0u64;
-    let mut count = 0;
-    for e in &obj.pagemap {
-        let len = e.nr_pages as u64 * PAGE_SIZE;
-        let mut done = 0;
-        while done < len {
-            let n = (len - done).min(buf.len() as u64) as usize;
-            pages.read_exact_at(&mut buf[..n], from + done).map_err(|err| Error::Image {
-                file: obj.pages_path.clone(),
-                offset: from + done,
-                what: format!("short read of shared memory pages: {err}"),
-            })?;
-            file.write_all_at(&buf[..n], e.vaddr + done).ctx(|| "filling shared memory")?;
-            done += n as u64;
-        }
-        from += len;
-        count += e.nr_pages as u64;
-    }
-    Ok(count)
 }

@@ -93,7 +93,7 @@ impl Kind {
             "pstree" => Kind::Pstree,
             "core" => Kind::Core,
             "mm" => Kind::Mm,
-            "pagemap" => Kind::Pagemap,
+            "pagemap" | "pagemap-shmem" => Kind::Pagemap,
             "pages" => Kind::Pages,
             "files" => Kind::Files,
             "fdinfo" => Kind::Fdinfo,

@@ -28,7 +28,7 @@ use crate::cgroups::{CgroupRoot, Mode, Placement};
 use crate::error::{Context, Error, Result};
 use crate::files::{self, FdRestorer};
 use crate::images::digest;
-use crate::images::proto::{FdTypes, FileEntry};
+use crate::images::proto::{FdTypes, FileEntry, PagemapEntry};
 use crate::mem;
 use crate::ptrace;
 use load::{DumpImage, ProcessImage};
@@ -51,6 +51,8 @@ pub struct RestoreOptions {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RestoreStats {
+    /// The root came back stopped (it was a stopped job).
+    pub stopped: bool,
     pub processes: usize,
     pub threads: usize,
     pub pages_restored: u64,
@@ -173,6 +175,7 @@ impl Held {
         }
         self.created.done = true;
         self.created.cgroups.keep();
+        self.stats.stopped = self.tasks.iter().any(|&(tid, sig)| tid == self.root && sig.is_some());
         self.stats.restore_time_us = self.start.elapsed().as_micros() as u64;
         Ok(Restored { root: self.root, stats: std::mem::take(&mut self.stats) })
     }
@@ -601,8 +604,9 @@ fn open_in(task: &Task, scratch: &mut Scratch, path: &str, flags: u32) -> Result
 
 /// Every shared memory object, made in the root before anything forks (so
 /// that every process inherits the same one): a shared anonymous mapping,
-/// whose object crust keeps by an fd through /proc/self/map_files, filled from
-/// crust with the saved pages. Returns the fd of each, by shmid.
+/// filled inside the root (its pages are charged to the tree's cgroup, not
+/// crust's), whose object the root keeps by an fd through
+/// /proc/self/map_files. Returns the fd of each, by shmid.
 fn make_shared_memory(r: &mut FdRestorer, img: &DumpImage) -> Result<HashMap<u64, u64>> {
     let mut fds = HashMap::new();
     let mut ids: Vec<&u64> = img.shmem.keys().collect();
@@ -612,14 +616,19 @@ fn make_shared_memory(r: &mut FdRestorer, img: &DumpImage) -> Result<HashMap<u64
         let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
         let flags = (libc::MAP_SHARED | libc::MAP_ANONYMOUS) as u64;
         let addr = r.task.call("mmap of shared memory", libc::SYS_mmap, [0, obj.size, prot, flags, u64::MAX, 0])?;
-        let path = format!("/proc/self/map_files/{addr:x}-{:x}", addr + obj.size);
-        let fd = r.open_low(&path, (libc::O_RDWR | libc::O_CLOEXEC) as u32);
+        let made = (|| -> Result<u64> {
+            let pages = r.open_low(&obj.pages_path.to_string_lossy(), (libc::O_RDONLY | libc::O_CLOEXEC) as u32)?;
+            let at_addr: Vec<_> =
+                obj.pagemap.iter().map(|e| PagemapEntry { vaddr: addr + e.vaddr, ..e.clone() }).collect();
+            let filled = layout::fill_pages(r.task, &at_addr, pages);
+            r.task.call("close", libc::SYS_close, [pages, 0, 0, 0, 0, 0])?;
+            filled?;
+            let path = format!("/proc/self/map_files/{addr:x}-{:x}", addr + obj.size);
+            r.open_low(&path, (libc::O_RDWR | libc::O_CLOEXEC) as u32)
+        })();
         r.task.call("munmap", libc::SYS_munmap, [addr, obj.size, 0, 0, 0, 0])?;
         // Inherited by the forks: not close-on-exec once moved up.
-        let fd = r.to_high(fd?)?;
-        let path = format!("/proc/{}/fd/{fd}", r.task.pid);
-        let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).ctx(|| format!("opening {path}"))?;
-        crate::shmem::fill(&file, obj)?;
+        let fd = r.to_high(made?)?;
         fds.insert(shmid, fd);
     }
     Ok(fds)
