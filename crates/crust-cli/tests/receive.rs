@@ -158,11 +158,7 @@ fn the_tree_is_held_stopped_until_go_and_then_counts_on() {
     rx.expect_ok("go");
     assert!(rx.close_and_wait().success());
     job.adopt_restored();
-    let after: Vec<String> = (0..4).map(|_| job.line(STEP)).collect();
-    let first = counters(&after[..2]);
-    for (t, n) in &last {
-        assert_eq!(first.get(t), Some(&(n + 1)), "{t} continues from {n}: {after:?}");
-    }
+    job.assert_counts_on_from(&last);
     job.expect_ok();
 }
 

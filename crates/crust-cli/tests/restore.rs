@@ -331,11 +331,7 @@ fn a_stopped_job_is_dumped_and_restored_stopped_and_counts_on_when_continued() {
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert!(job.drain().is_empty(), "nothing runs while it is stopped");
     job.signal(libc::SIGCONT);
-    let after: Vec<String> = (0..4).map(|_| job.line(STEP)).collect();
-    let first = counters(&after[..2]);
-    for (t, n) in &last {
-        assert_eq!(first.get(t), Some(&(n + 1)), "{t} continues from {n}: {after:?}");
-    }
+    job.assert_counts_on_from(&last);
     job.expect_ok();
 }
 

@@ -300,6 +300,16 @@ impl Job {
         err
     }
 
+    /// The next lines show both test_mm threads counting on from `last`
+    /// (each thread's counter before the dump), with no gap.
+    pub fn assert_counts_on_from(&mut self, last: &BTreeMap<String, i64>) {
+        let after: Vec<String> = (0..4).map(|_| self.line(STEP)).collect();
+        let first = counters(&after[..2]);
+        for (t, n) in last {
+            assert_eq!(first.get(t), Some(&(n + 1)), "{t} continues from {n}: {after:?}");
+        }
+    }
+
     /// Sends `sig` to the root (the original or the restored one).
     pub fn signal(&self, sig: i32) {
         assert!(self.child.is_some() || self.restored);
