@@ -217,7 +217,7 @@ pub fn print_restore_stats(r: &Restored) {
 /// terminal, crust (in the job's process group) stops with it, once its stop
 /// has taken effect, so that the shell shows a stopped job and `fg`
 /// continues both; anywhere else it says so and waits.
-fn stop_with_job(shell_job: bool, root: i32) -> Result<()> {
+fn stop_with_job(shell_job: bool, root: i32, sig: i32) -> Result<()> {
     use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
     let stdin = std::io::stdin();
     let foreground = nix::unistd::isatty(&stdin).unwrap_or(false)
@@ -234,7 +234,9 @@ fn stop_with_job(shell_job: bool, root: i32) -> Result<()> {
             _ => {}
         }
     }
-    nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP)?;
+    // By the job's own stop signal: the shell says "Stopped" for Ctrl-Z.
+    let sig = nix::sys::signal::Signal::try_from(sig).unwrap_or(nix::sys::signal::Signal::SIGSTOP);
+    nix::sys::signal::raise(sig)?;
     Ok(())
 }
 
@@ -287,8 +289,8 @@ fn run(cli: Cli) -> Result<()> {
                 print_restore_stats(&restored);
             }
             if !detach {
-                if restored.stats.stopped {
-                    stop_with_job(shell_job, restored.root)?;
+                if let Some(sig) = restored.stats.stop_signal {
+                    stop_with_job(shell_job, restored.root, sig)?;
                 }
                 return wait_root(restored.root);
             }

@@ -526,7 +526,8 @@ fn dump_process(
         let tc = if tid == pid {
             let inside = inside_proc.as_ref().expect("leader dumped first");
             Some(TaskCoreEntry {
-                task_state: if p.stopped { TASK_STOPPED } else { TASK_ALIVE },
+                task_state: if p.stopped.is_some() { TASK_STOPPED } else { TASK_ALIVE },
+                stop_signo: p.stopped.map(|sig| sig as u32),
                 exit_code: 0,
                 personality: proc::personality(pid)?,
                 flags: leader_stat.flags,

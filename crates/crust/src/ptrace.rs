@@ -25,8 +25,8 @@ const XSTATE_MAX: usize = 16 << 10;
 pub enum StopKind {
     /// Running (or sleeping) before we came: our interrupt stopped it.
     Interrupted,
-    /// It was already in a group stop (a stopped job).
-    GroupStop,
+    /// It was already in a group stop (a stopped job), by this signal.
+    GroupStop(Signal),
 }
 
 /// Seize `tid` and wait until it is in a ptrace stop.
@@ -62,7 +62,7 @@ pub fn wait_for_stop(tid: i32) -> Result<StopKind> {
         match status {
             WaitStatus::PtraceEvent(_, sig, libc::PTRACE_EVENT_STOP) => {
                 return Ok(match sig {
-                    Signal::SIGSTOP | Signal::SIGTSTP | Signal::SIGTTIN | Signal::SIGTTOU => StopKind::GroupStop,
+                    Signal::SIGSTOP | Signal::SIGTSTP | Signal::SIGTTIN | Signal::SIGTTOU => StopKind::GroupStop(sig),
                     _ => StopKind::Interrupted,
                 });
             }

@@ -21,8 +21,8 @@ pub struct FrozenProcess {
     pub sid: i32,
     /// Thread ids, the leader (== pid) first.
     pub threads: Vec<i32>,
-    /// The process was a stopped job before we came.
-    pub stopped: bool,
+    /// The process was a stopped job before we came, stopped by this signal.
+    pub stopped: Option<nix::sys::signal::Signal>,
     /// A zombie: dead, not yet reaped by its parent; its raw wait status.
     pub zombie: Option<u32>,
 }
@@ -161,13 +161,13 @@ impl FrozenTree {
                 pgid: stat.pgrp,
                 sid: stat.session,
                 threads: vec![pid],
-                stopped: false,
+                stopped: None,
                 zombie: Some(stat.exit_code.unwrap_or(0) as u32),
             });
         }
         let mut threads: Vec<i32> = Vec::new();
         let mut done: HashSet<i32> = HashSet::new();
-        let mut stopped = false;
+        let mut stopped = None;
         loop {
             let mut new = Vec::new();
             for t in proc.tasks().map_err(|e| proc_err(pid, e))?.flatten() {
@@ -188,8 +188,8 @@ impl FrozenTree {
                 };
                 match kind {
                     Ok(kind) => {
-                        if tid == pid {
-                            stopped = kind == StopKind::GroupStop;
+                        if let (true, StopKind::GroupStop(sig)) = (tid == pid, kind) {
+                            stopped = Some(sig);
                         }
                         threads.push(tid);
                     }

@@ -51,8 +51,8 @@ pub struct RestoreOptions {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RestoreStats {
-    /// The root came back stopped (it was a stopped job).
-    pub stopped: bool,
+    /// The root came back stopped (it was a stopped job), by this signal.
+    pub stop_signal: Option<i32>,
     pub processes: usize,
     pub threads: usize,
     pub pages_restored: u64,
@@ -175,7 +175,7 @@ impl Held {
         }
         self.created.done = true;
         self.created.cgroups.keep();
-        self.stats.stopped = self.tasks.iter().any(|&(tid, sig)| tid == self.root && sig.is_some());
+        self.stats.stop_signal = self.tasks.iter().find(|&&(tid, _)| tid == self.root).and_then(|&(_, sig)| sig).map(|s| s as i32);
         self.stats.restore_time_us = self.start.elapsed().as_micros() as u64;
         Ok(Restored { root: self.root, stats: std::mem::take(&mut self.stats) })
     }
@@ -367,9 +367,25 @@ pub fn restore_held(opts: &RestoreOptions, mut img: DumpImage, pages: &mut dyn P
     pages_check.join().map_err(|_| Error::Invalid("the check of the pages images failed".into()))??;
     let mut tasks = Vec::new();
     for p in &procs {
-        let stopped = p.image.cores[0].1.tc.as_ref().is_some_and(|tc| tc.task_state == TASK_STOPPED);
+        // A stopped job goes on stopped, by the signal that stopped it (the
+        // shell tells "Stopped" from "Stopped (signal)" by it).
+        // SIGSTOP if that signal would not stop it now (blocked, or handled).
+        let core = &p.image.cores[0].1;
+        let blocked = core.thread_core.as_ref().and_then(|t| t.blk_sigset).unwrap_or(0);
+        let stops = |tc: &crate::images::proto::TaskCoreEntry, sig: Signal| {
+            let n = sig as u64;
+            // sigactions lists signals 1..=64 but SIGKILL and SIGSTOP.
+            let index = (1..=64u64).filter(|&s| s != libc::SIGKILL as u64 && s != libc::SIGSTOP as u64).position(|s| s == n);
+            let default = index.and_then(|i| tc.sigactions.get(i)).is_some_and(|sa| sa.sigaction == libc::SIG_DFL as u64);
+            default && blocked & (1 << (n - 1)) == 0
+        };
+        let stop = core.tc.as_ref().filter(|tc| tc.task_state == TASK_STOPPED).map(|tc| {
+            let sig = tc.stop_signo.and_then(|s| Signal::try_from(s as i32).ok());
+            let sig = sig.filter(|&s| matches!(s, Signal::SIGTSTP | Signal::SIGTTIN | Signal::SIGTTOU) && stops(tc, s));
+            sig.unwrap_or(Signal::SIGSTOP)
+        });
         for task in p.threads.iter().chain(std::iter::once(&p.leader)) {
-            tasks.push((task.tid, stopped.then_some(Signal::SIGSTOP)));
+            tasks.push((task.tid, stop));
         }
     }
     stats.restore_time_us = start.elapsed().as_micros() as u64;
