@@ -147,7 +147,7 @@ pub struct ShmemImage {
 pub fn check_run(e: &PagemapEntry, size: u64) -> std::result::Result<(), String> {
     let end = (e.nr_pages as u64).checked_mul(PAGE_SIZE).and_then(|l| e.vaddr.checked_add(l));
     match end {
-        Some(end) if e.nr_pages > 0 && e.vaddr % PAGE_SIZE == 0 && end <= size => Ok(()),
+        Some(end) if e.nr_pages > 0 && e.vaddr.is_multiple_of(PAGE_SIZE) && end <= size => Ok(()),
         _ => Err(format!("a run of {} pages at offset {:#x} is not inside the object ({size} bytes)", e.nr_pages, e.vaddr)),
     }
 }
