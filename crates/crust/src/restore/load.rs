@@ -183,28 +183,45 @@ fn load_shmem(dir: &Path, processes: &[ProcessImage]) -> Result<HashMap<u64, cra
     }
     let mut out = HashMap::new();
     for (shmid, size) in sizes {
-        let pm_path = dir.join(format!("pagemap-shmem-{shmid}.img"));
-        let mut r = ImageReader::open(&pm_path, Kind::Pagemap)?;
-        let head: PagemapHead = r.one()?;
-        let mut pagemap = Vec::new();
-        let mut pages = 0u64;
-        while let Some(e) = r.next::<PagemapEntry>()? {
-            crate::shmem::check_run(&e, size).map_err(|what| invalid(&pm_path, what))?;
-            pages += e.nr_pages as u64;
-            pagemap.push(e);
-        }
-        let pages_path = dir.join(format!("pages-{}.img", head.pages_id));
-        let len = std::fs::metadata(&pages_path).map_err(|e| invalid(&pages_path, format!("cannot read: {e}")))?.len();
-        if len != pages * PAGE_SIZE {
-            return Err(Error::Image {
-                file: pages_path,
-                offset: len.min(pages * PAGE_SIZE),
-                what: format!("holds {len} bytes, but pagemap-shmem-{shmid}.img lists {pages} pages"),
-            });
-        }
+        let name = format!("pagemap-shmem-{shmid}.img");
+        let (pagemap, pages_path) = read_pagemap(dir, &name, Pages::InDir, |e| crate::shmem::check_run(e, size))?;
         out.insert(shmid, crate::shmem::ShmemImage { size, pagemap, pages_path });
     }
     Ok(out)
+}
+
+/// A pagemap image, each run accepted by `check` (or refused with its
+/// reason), and the pages image it indexes, whose size must match it (when
+/// the pages are in the directory).
+fn read_pagemap(
+    dir: &Path,
+    name: &str,
+    pages_in: Pages,
+    check: impl Fn(&PagemapEntry) -> std::result::Result<(), String>,
+) -> Result<(Vec<PagemapEntry>, PathBuf)> {
+    let pm_path = dir.join(name);
+    let mut r = ImageReader::open(&pm_path, Kind::Pagemap)?;
+    let head: PagemapHead = r.one()?;
+    let mut pagemap = Vec::new();
+    let mut pages = 0u64;
+    while let Some(e) = r.next::<PagemapEntry>()? {
+        check(&e).map_err(|what| invalid(&pm_path, what))?;
+        pages += e.nr_pages as u64;
+        pagemap.push(e);
+    }
+    let pages_path = dir.join(format!("pages-{}.img", head.pages_id));
+    let size = match pages_in {
+        Pages::InDir => std::fs::metadata(&pages_path).map_err(|e| invalid(&pages_path, format!("cannot read: {e}")))?.len(),
+        Pages::Streamed => pages * PAGE_SIZE,
+    };
+    if size != pages * PAGE_SIZE {
+        return Err(Error::Image {
+            file: pages_path,
+            offset: size.min(pages * PAGE_SIZE),
+            what: format!("holds {size} bytes, but {name} lists {} pages ({} bytes)", pages, pages * PAGE_SIZE),
+        });
+    }
+    Ok((pagemap, pages_path))
 }
 
 type Ghosts = (HashMap<u32, u32>, HashMap<u32, (GhostFileEntry, Vec<u8>)>);
@@ -271,38 +288,20 @@ fn load_process(dir: &Path, pstree: PstreeEntry, pages_in: Pages) -> Result<Proc
             return Err(invalid(&mm_path, format!("vma {:#x}-{:#x} is not a page-aligned range", v.start, v.end)));
         }
     }
-    let pm_path = dir.join(format!("pagemap-{pid}.img"));
-    let mut r = ImageReader::open(&pm_path, Kind::Pagemap)?;
-    let head: PagemapHead = r.one()?;
-    let mut pagemap = Vec::new();
-    let mut pages = 0u64;
-    while let Some(e) = r.next::<PagemapEntry>()? {
+    let inside = |a: u64| mm.vmas.iter().any(|v| v.start <= a && a < v.end);
+    let (pagemap, pages_path) = read_pagemap(dir, &format!("pagemap-{pid}.img"), pages_in, |e| {
         let end = (e.nr_pages as u64).checked_mul(PAGE_SIZE).and_then(|len| e.vaddr.checked_add(len));
-        let inside = |a: u64| mm.vmas.iter().any(|v| v.start <= a && a < v.end);
         let Some(end) = end.filter(|_| e.nr_pages > 0) else {
-            return Err(invalid(&pm_path, format!("a run of {} pages at {:#x} is not a range", e.nr_pages, e.vaddr)));
+            return Err(format!("a run of {} pages at {:#x} is not a range", e.nr_pages, e.vaddr));
         };
         if e.vaddr % PAGE_SIZE != 0 || !inside(e.vaddr) || !inside(end - 1) {
-            return Err(invalid(&pm_path, format!("pages at {:#x}-{end:#x} lie outside the process's memory", e.vaddr)));
+            return Err(format!("pages at {:#x}-{end:#x} lie outside the process's memory", e.vaddr));
         }
         if e.in_parent == Some(true) {
-            return Err(invalid(&pm_path, "incremental dumps (pages in a parent image) are not supported yet"));
+            return Err("incremental dumps (pages in a parent image) are not supported yet".into());
         }
-        pages += e.nr_pages as u64;
-        pagemap.push(e);
-    }
-    let pages_path = dir.join(format!("pages-{}.img", head.pages_id));
-    let size = match pages_in {
-        Pages::InDir => std::fs::metadata(&pages_path).map_err(|e| invalid(&pages_path, format!("cannot read: {e}")))?.len(),
-        Pages::Streamed => pages * PAGE_SIZE,
-    };
-    if size != pages * PAGE_SIZE {
-        return Err(Error::Image {
-            file: pages_path,
-            offset: size.min(pages * PAGE_SIZE),
-            what: format!("holds {size} bytes, but pagemap-{pid}.img lists {} pages ({} bytes)", pages, pages * PAGE_SIZE),
-        });
-    }
+        Ok(())
+    })?;
     let fds: Vec<FdinfoEntry> = read_all(&dir.join(format!("fdinfo-{}.img", ids.files_id)), Kind::Fdinfo)?;
     let fs: FsEntry = read_one(&dir.join(format!("fs-{pid}.img")), Kind::Fs)?;
     Ok(ProcessImage { pstree, zombie: None, cores, ids, mm, pagemap, pages_path, fds, fs })
