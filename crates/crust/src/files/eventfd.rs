@@ -19,9 +19,7 @@ fn dump(fd: &OpenFd, table: &mut FileTable) -> Result<FileEntry> {
         Ok(_) => return Err(fd.unsupported("eventfds in semaphore mode are")),
         Err(_) => log::warn!("process {}: fd {}: the kernel does not say whether this eventfd is a semaphore", fd.pid, fd.fd),
     }
-    let count = fd.info_field("eventfd-count:")?;
-    let counter = u64::from_str_radix(count, 16)
-        .map_err(|_| Error::Invalid(format!("process {}: fd {}: eventfd-count {count:?} is not a number", fd.pid, fd.fd)))?;
+    let counter = fd.info_number("eventfd-count:", 16)?;
     let id = table.new_id();
     Ok(FileEntry {
         r#type: FdTypes::Eventfd as i32,

@@ -65,6 +65,13 @@ impl OpenFd {
             .ok_or_else(|| Error::Invalid(format!("/proc/{}/fdinfo/{} has no {name} line", self.pid, self.fd)))
     }
 
+    /// A number on such a line, in `radix` (fdinfo prints some in hex or octal).
+    pub fn info_number(&self, name: &str, radix: u32) -> Result<u64> {
+        let v = self.info_field(name)?;
+        u64::from_str_radix(v, radix)
+            .map_err(|_| Error::Invalid(format!("process {}: fd {}: {name} {v:?} is not a number", self.pid, self.fd)))
+    }
+
     pub fn file_type(&self) -> SFlag {
         SFlag::from_bits_truncate(self.stat.st_mode & SFlag::S_IFMT.bits())
     }

@@ -12,9 +12,7 @@ fn matches(fd: &OpenFd) -> bool {
 }
 
 fn dump(fd: &OpenFd, table: &mut FileTable) -> Result<FileEntry> {
-    let mask = fd.info_field("sigmask:")?;
-    let sigmask = u64::from_str_radix(mask, 16)
-        .map_err(|_| Error::Invalid(format!("process {}: fd {}: sigmask {mask:?} is not a number", fd.pid, fd.fd)))?;
+    let sigmask = fd.info_number("sigmask:", 16)?;
     let id = table.new_id();
     Ok(FileEntry {
         r#type: FdTypes::Signalfd as i32,

@@ -27,17 +27,11 @@ fn parse_time(v: &str) -> Option<(u64, u64)> {
 }
 
 fn dump(fd: &OpenFd, table: &mut FileTable) -> Result<FileEntry> {
-    let bad = |what: &str, v: &str| Error::Invalid(format!("process {}: fd {}: timerfd {what} {v:?}", fd.pid, fd.fd));
-    let number = |name: &str| -> Result<u64> {
-        let v = fd.info_field(name)?;
-        v.parse().map_err(|_| bad(name, v))
-    };
     let time = |name: &str| -> Result<(u64, u64)> {
         let v = fd.info_field(name)?;
-        parse_time(v).ok_or_else(|| bad(name, v))
+        parse_time(v).ok_or_else(|| Error::Invalid(format!("process {}: fd {}: timerfd {name} {v:?}", fd.pid, fd.fd)))
     };
-    let flags_text = fd.info_field("settime flags:")?;
-    let settime_flags = u32::from_str_radix(flags_text, 8).map_err(|_| bad("settime flags", flags_text))?;
+    let settime_flags = fd.info_number("settime flags:", 8)? as u32;
     if settime_flags & TFD_TIMER_CANCEL_ON_SET != 0 {
         return Err(fd.unsupported("timerfds cancelled when the clock is set are"));
     }
@@ -48,8 +42,8 @@ fn dump(fd: &OpenFd, table: &mut FileTable) -> Result<FileEntry> {
         id,
         flags: fd.flags,
         fown: fown_of(fd)?,
-        clockid: number("clockid:")? as u32,
-        ticks: number("ticks:")?,
+        clockid: fd.info_number("clockid:", 10)? as u32,
+        ticks: fd.info_number("ticks:", 10)?,
         settime_flags,
         vsec,
         vnsec,
