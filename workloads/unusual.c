@@ -44,6 +44,25 @@ static void *run_on(void *arg)
 
 static int in_flight[2];
 
+/* One byte, with room for one passed fd, as sendmsg and recvmsg take it. */
+struct one_byte {
+    char byte;
+    struct iovec iov;
+    union {
+        struct cmsghdr h;
+        char buf[CMSG_SPACE(sizeof(int))];
+    } control;
+    struct msghdr msg;
+};
+
+static void one_byte_init(struct one_byte *m, char byte)
+{
+    memset(m, 0, sizeof *m);
+    m->byte = byte;
+    m->iov = (struct iovec){ .iov_base = &m->byte, .iov_len = 1 };
+    m->msg = (struct msghdr){ .msg_iov = &m->iov, .msg_iovlen = 1, .msg_control = m->control.buf, .msg_controllen = sizeof m->control.buf };
+}
+
 /* The byte and the fd sent with it are still queued, and nobody left a peek
  * offset on the socket. */
 static void check_in_flight(void)
@@ -52,16 +71,11 @@ static void check_in_flight(void)
     socklen_t len = sizeof off;
     if (getsockopt(in_flight[1], SOL_SOCKET, SO_PEEK_OFF, &off, &len) || off != -1)
         fail("a peek offset %d was left on the socket", off);
-    char byte;
-    struct iovec iov = { .iov_base = &byte, .iov_len = 1 };
-    union {
-        struct cmsghdr h;
-        char buf[CMSG_SPACE(sizeof(int))];
-    } control;
-    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf, .msg_controllen = sizeof control.buf };
-    if (recvmsg(in_flight[1], &msg, MSG_DONTWAIT) != 1 || byte != 'x')
+    struct one_byte m;
+    one_byte_init(&m, 0);
+    if (recvmsg(in_flight[1], &m.msg, MSG_DONTWAIT) != 1 || m.byte != 'x')
         fail("the queued byte is gone");
-    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    struct cmsghdr *c = CMSG_FIRSTHDR(&m.msg);
     if (!c || c->cmsg_type != SCM_RIGHTS)
         fail("the fd in flight is gone");
 }
@@ -128,20 +142,15 @@ int main(int argc, char **argv)
     if (strcmp(argv[1], "fd-in-flight") == 0) {
         int *sv = in_flight;
         check = check_in_flight;
-        char byte = 'x';
-        struct iovec iov = { .iov_base = &byte, .iov_len = 1 };
-        union {
-            struct cmsghdr h;
-            char buf[CMSG_SPACE(sizeof(int))];
-        } control;
-        struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf, .msg_controllen = sizeof control.buf };
-        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        struct one_byte m;
+        one_byte_init(&m, 'x');
+        struct cmsghdr *c = CMSG_FIRSTHDR(&m.msg);
         c->cmsg_level = SOL_SOCKET;
         c->cmsg_type = SCM_RIGHTS;
         c->cmsg_len = CMSG_LEN(sizeof(int));
         int passed = 1;
         memcpy(CMSG_DATA(c), &passed, sizeof passed);
-        if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) || sendmsg(sv[0], &msg, 0) != 1)
+        if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) || sendmsg(sv[0], &m.msg, 0) != 1)
             die("sendmsg");
         run_on(NULL);
     }
