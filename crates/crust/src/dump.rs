@@ -100,7 +100,7 @@ impl DumpStats {
 
 // task_core_entry.task_state values (CRIU's).
 const TASK_ALIVE: u32 = 1;
-const TASK_STOPPED: u32 = 3;
+pub const TASK_STOPPED: u32 = 3;
 pub const TASK_ZOMBIE: u32 = 6;
 const PE_PRESENT: u32 = 4;
 const IMG_VERSION: u32 = 2;

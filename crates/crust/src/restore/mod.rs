@@ -24,6 +24,7 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use crate::arch;
+use crate::dump::TASK_STOPPED;
 use crate::cgroups::{CgroupRoot, Mode, Placement};
 use crate::error::{Context, Error, Result};
 use crate::files::{self, FdRestorer};
@@ -82,8 +83,6 @@ pub struct Restored {
     pub stats: RestoreStats,
 }
 
-// task_core_entry.task_state of a stopped job.
-const TASK_STOPPED: u32 = 3;
 const CLONE_THREAD_FLAGS: u64 = (libc::CLONE_VM
     | libc::CLONE_FS
     | libc::CLONE_FILES
