@@ -9,7 +9,7 @@
 //! is free for the next round; the last one is verified instead (SIGUSR1 -> OK,
 //! exit 0). Restore and baseline are interleaved, taking turns to go first, so
 //! both see the same machine conditions; read the ratios. Each round also times
-//! `restore::load::load` on its own (parsing the images and checking their CRC
+//! `images::load::load` on its own (parsing the images and checking their CRC
 //! manifest, the first thing a restore does), to show where restore time goes.
 //!
 //! If a working `criu` is on PATH (`criu check` passes), criu dumps and
@@ -27,7 +27,8 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use common::{median, min_max, ms, noisy, selected, TmpPath, Workload};
 use crust::dump::{dump, DumpOptions};
-use crust::restore::{load, restore, RestoreOptions, RestoreStats};
+use crust::images::load;
+use crust::restore::{restore, RestoreOptions, RestoreStats};
 
 const PAGE: u64 = 4096;
 
@@ -408,7 +409,7 @@ fn main() -> Result<()> {
         );
     }
     println!();
-    println!("details (ms; internal and forking are medians of RestoreStats; load is restore::load::load");
+    println!("details (ms; internal and forking are medians of RestoreStats; load is images::load::load");
     println!("(parse + CRC check of the images, the restore's first step) timed apart; ranges are min..max):");
     for r in &rows {
         let (rmin, rmax) = r.restore_range;

@@ -11,16 +11,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
 
 use crate::error::{Context, Error, Result};
+use crate::images::criu::SAME_AS_DUMPER;
 use crate::images::proto::{
     CgControllerEntry, CgMemberEntry, CgSetEntry, CgroupDirEntry, CgroupEntry, CgroupPerms, CgroupPropEntry,
 };
 use crate::proc::read_string;
 
 /// Hierarchy name as in /proc/PID/cgroup ("cpu", "name=systemd", "" for v2) to path.
-pub type Membership = BTreeMap<String, String>;
+pub use crate::images::meta::{CgroupReport, Membership};
 
 pub fn membership(pid: &str) -> Result<Membership> {
     let text = read_string(&format!("/proc/{pid}/cgroup"))?;
@@ -148,17 +148,6 @@ fn join(root: &str, path: &str) -> String {
     } else {
         joined.trim_end_matches('/').to_string()
     }
-}
-
-/// The set of tasks that live exactly where crust does: it lists no member.
-pub const SAME_AS_DUMPER: u32 = 1;
-
-/// Why something was recorded: for `crust explain` and the dump's summary.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct CgroupReport {
-    /// crust's own cgroups when it dumped.
-    pub dumper: Membership,
-    pub cgroup_roots: Vec<String>,
 }
 
 /// Collects the distinct cgroup sets of the dumped tasks.

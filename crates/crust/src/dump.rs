@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::arch;
-use crate::cgroups::{CgroupRecorder, CgroupReport, CgroupRoot};
+use crate::cgroups::{CgroupRecorder, CgroupRoot};
 use crate::error::{Context, Error, Result};
 use crate::files::{FileTable, OpenFd};
 use crate::images::proto::{
@@ -16,7 +16,9 @@ use crate::images::proto::{
     TaskCoreEntry, TaskKobjIdsEntry, TaskTimersEntry, ThreadCoreEntry, ThreadInfoX86, ThreadSasEntry, VmaEntry,
 };
 use crate::images::{FileSink, ImageDir, Kind};
-use crate::mem::{self, Backing, PageReader, Vma, PAGE_SIZE};
+use crate::images::criu::{IMG_VERSION, PAGE_SIZE, PE_PRESENT, SAME_AS_DUMPER, TASK_ALIVE, TASK_STOPPED, TASK_ZOMBIE};
+use crate::images::meta::{DumpMeta, FileStamp, META};
+use crate::mem::{self, Backing, PageReader, Vma};
 use crate::proc;
 use crate::ptrace;
 use crate::remote::RemoteThread;
@@ -34,32 +36,6 @@ pub struct DumpOptions {
     pub freeze_cgroup: Option<PathBuf>,
     /// `--ghost-limit`: the largest deleted file carried in the images.
     pub ghost_limit: Option<u64>,
-}
-
-/// crust's notes beside the images, for `crust explain` and preflight checks.
-pub const META: &str = "crust-meta.json";
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct DumpMeta {
-    pub cgroups: CgroupReport,
-    /// Size and modification time of every file the tree only reads (mapped
-    /// files, executables, read-only fds): a restore elsewhere needs the same.
-    #[serde(default)]
-    pub files: std::collections::BTreeMap<String, FileStamp>,
-}
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct FileStamp {
-    pub size: u64,
-    pub mtime_ns: i128,
-}
-
-impl FileStamp {
-    pub fn of(path: &str) -> Option<FileStamp> {
-        use std::os::unix::fs::MetadataExt;
-        let md = std::fs::metadata(path).ok().filter(|m| m.is_file())?;
-        Some(FileStamp { size: md.len(), mtime_ns: md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128 })
-    }
 }
 
 /// What a dump did, for the user and for stats-dump.
@@ -98,12 +74,6 @@ impl DumpStats {
     }
 }
 
-// task_core_entry.task_state values (CRIU's).
-const TASK_ALIVE: u32 = 1;
-pub const TASK_STOPPED: u32 = 3;
-pub const TASK_ZOMBIE: u32 = 6;
-const PE_PRESENT: u32 = 4;
-const IMG_VERSION: u32 = 2;
 
 fn us(d: Duration) -> u64 {
     d.as_micros() as u64
@@ -257,7 +227,7 @@ fn write_images(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<W
         fdinfo_per_id: Some(true),
         root_ids,
         ns_per_id: Some(true),
-        root_cg_set: Some(crate::cgroups::SAME_AS_DUMPER),
+        root_cg_set: Some(SAME_AS_DUMPER),
         lsmtype: Some(Lsmtype::NoLsm as i32),
         ..Default::default()
     })?;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::cgroups::{self, Mode};
-use crate::dump::{DumpMeta, META};
+use crate::images::meta::{DumpMeta, META};
 use crate::error::{Error, Result};
 use crate::images::proto::{CgroupEntry, CoreEntry, PstreeEntry};
 use crate::images::{ImageReader, Kind};
@@ -21,7 +21,7 @@ pub fn explain(dir: &Path, mode: Mode, roots: &[cgroups::CgroupRoot]) -> Result<
             .as_ref()
             .and_then(|t| t.cg_set)
             .or_else(|| core.tc.as_ref()?.cg_set)
-            .unwrap_or(cgroups::SAME_AS_DUMPER);
+            .unwrap_or(crate::images::criu::SAME_AS_DUMPER);
         tasks.push((p.pid, comm, set));
     }
     let entry: CgroupEntry = ImageReader::open(&dir.join("cgroup.img"), Kind::Cgroup)?.one()?;

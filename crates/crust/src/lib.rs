@@ -13,6 +13,7 @@ pub mod migrate;
 pub mod proc;
 pub mod show;
 pub mod shmem;
+pub mod task;
 pub mod ptrace;
 pub mod remote;
 pub mod restore;

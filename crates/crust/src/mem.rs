@@ -12,19 +12,10 @@ use procfs::process::{MMPermissions, MMapPath, Process, VmFlags};
 
 use crate::error::{Context, Error, Result};
 
-pub const PAGE_SIZE: u64 = 4096;
-
-// vma_entry.status bits, as CRIU defines them.
-pub const VMA_AREA_REGULAR: u32 = 1 << 0;
-pub const VMA_AREA_STACK: u32 = 1 << 1;
-pub const VMA_AREA_VSYSCALL: u32 = 1 << 2;
-pub const VMA_AREA_VDSO: u32 = 1 << 3;
-pub const VMA_AREA_HEAP: u32 = 1 << 5;
-pub const VMA_FILE_PRIVATE: u32 = 1 << 6;
-pub const VMA_FILE_SHARED: u32 = 1 << 7;
-pub const VMA_ANON_SHARED: u32 = 1 << 8;
-pub const VMA_ANON_PRIVATE: u32 = 1 << 9;
-pub const VMA_AREA_VVAR: u32 = 1 << 12;
+use crate::images::criu::{
+    PAGE_SIZE, VMA_ANON_PRIVATE, VMA_ANON_SHARED, VMA_AREA_HEAP, VMA_AREA_REGULAR, VMA_AREA_STACK, VMA_AREA_VDSO,
+    VMA_AREA_VSYSCALL, VMA_AREA_VVAR, VMA_FILE_PRIVATE, VMA_FILE_SHARED,
+};
 
 /// What a vma is, as far as dumping and restoring it is concerned.
 #[derive(Clone, Debug, PartialEq, Eq)]

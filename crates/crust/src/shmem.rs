@@ -12,12 +12,12 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use crate::error::{Context, Error, Result};
 use crate::images::proto::{PagemapEntry, PagemapHead};
 use crate::images::{ImageDir, Kind};
-use crate::mem::{Vma, PAGE_SIZE};
+use crate::images::criu::{PAGE_SIZE, PE_PRESENT};
+use crate::mem::Vma;
 
 /// Pages images of shared memory are numbered from here (those of processes
 /// from 1), so that the two never meet.
 pub const PAGES_ID_BASE: u32 = 1 << 20;
-const PE_PRESENT: u32 = 4;
 
 /// The shared memory objects of a dump.
 #[derive(Default)]
@@ -135,19 +135,3 @@ fn data_runs(file: &File, size: u64) -> std::io::Result<Vec<(u64, u64)>> {
     Ok(runs)
 }
 
-/// One shared memory object of an image, to make again.
-pub struct ShmemImage {
-    /// Bytes the vmas that map it reach into it.
-    pub size: u64,
-    pub pagemap: Vec<PagemapEntry>,
-    pub pages_path: std::path::PathBuf,
-}
-
-/// Check a run of an object's pagemap lies inside it.
-pub fn check_run(e: &PagemapEntry, size: u64) -> std::result::Result<(), String> {
-    let end = (e.nr_pages as u64).checked_mul(PAGE_SIZE).and_then(|l| e.vaddr.checked_add(l));
-    match end {
-        Some(end) if e.nr_pages > 0 && e.vaddr.is_multiple_of(PAGE_SIZE) && end <= size => Ok(()),
-        _ => Err(format!("a run of {} pages at offset {:#x} is not inside the object ({size} bytes)", e.nr_pages, e.vaddr)),
-    }
-}

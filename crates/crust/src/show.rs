@@ -33,7 +33,7 @@ pub fn show_file(path: &Path) -> Result<Value> {
         .ok_or_else(|| Error::Invalid(format!("{}: not an image crust knows", path.display())))?;
     if kind == Kind::Pages {
         let len = std::fs::metadata(path).ctx(|| format!("stat {}", path.display()))?.len();
-        return Ok(json!({ "bytes": len, "pages": len / crate::mem::PAGE_SIZE }));
+        return Ok(json!({ "bytes": len, "pages": len / crate::images::criu::PAGE_SIZE }));
     }
     let mut r = ImageReader::open(path, kind)?;
     let entries = match kind {

@@ -14,12 +14,11 @@ use std::path::Path;
 
 use super::FileTable;
 use crate::error::{Context, Error, Result};
+use crate::images::criu::REMAP_GHOST;
 use crate::images::proto::{GhostFileEntry, RemapFilePathEntry};
 use crate::images::{ImageDir, Kind};
-use crate::restore::load::DumpImage;
+use crate::images::load::DumpImage;
 
-/// CRIU's remap_type GHOST.
-pub const REMAP_GHOST: u32 = 1;
 /// What /proc says after the path of a deleted file.
 pub const DELETED: &str = " (deleted)";
 

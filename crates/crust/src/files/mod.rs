@@ -22,8 +22,8 @@ use nix::sys::stat::{stat, FileStat, SFlag};
 use crate::error::{Context, Error, Result};
 use crate::images::proto::{FdTypes, FdinfoEntry, FileEntry, FownEntry, PipeDataEntry, SkPacketEntry, TtyInfoEntry};
 use crate::images::{ImageDir, Kind};
-use crate::restore::load::DumpImage;
-use crate::restore::task::{Scratch, Task};
+use crate::images::load::DumpImage;
+use crate::task::{Scratch, Task};
 
 /// One fd of a stopped task, as /proc describes it.
 pub struct OpenFd {

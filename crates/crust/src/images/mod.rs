@@ -5,7 +5,10 @@
 //! the image's own magic); `inventory.img` has only its own magic; `pages-N.img` is
 //! raw. Each entry is a u32 LE length followed by a proto2 message.
 
+pub mod criu;
 pub mod digest;
+pub mod load;
+pub mod meta;
 pub mod proto;
 
 use std::fs::{self, File, OpenOptions};

@@ -17,9 +17,9 @@ use super::channel::{Channel, CHECK, DATA, END_FILE, FILE, GO, HELLO, OK, RESTOR
 use super::{safe_name, RemoteRestore, Restored, PROTOCOL};
 use crate::error::{Context, Error, Result};
 use crate::images::Kind;
-use crate::mem::PAGE_SIZE;
-use crate::restore::load::{self, DumpImage, Pages, ProcessImage};
-use crate::restore::task::{Scratch, Task};
+use crate::images::criu::PAGE_SIZE;
+use crate::images::load::{self, DumpImage, Pages, ProcessImage};
+use crate::task::{Scratch, Task};
 use crate::restore::{self as restore_mod, PageSource};
 
 /// How long the source may take to say go once the tree is built.

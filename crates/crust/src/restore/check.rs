@@ -6,12 +6,12 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use crate::cgroups::Placement;
-use crate::dump::{DumpMeta, FileStamp, META};
+use crate::images::meta::{DumpMeta, FileStamp, META};
 use crate::error::{Error, Result};
 use crate::files;
 use crate::mem;
 use crate::restore::layout;
-use crate::restore::load::DumpImage;
+use crate::images::load::DumpImage;
 use crate::restore::RestoreOptions;
 
 /// Everything about this host that stands in the way of restoring `img`.

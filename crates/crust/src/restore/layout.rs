@@ -6,8 +6,9 @@ use std::collections::HashMap;
 
 use crate::error::{Error, Result};
 use crate::images::proto::{MmEntry, PagemapEntry, VmaEntry};
-use crate::mem::{Backing, PAGE_SIZE, VMA_ANON_SHARED, VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR};
-use crate::restore::task::{Scratch, Task};
+use crate::images::criu::{PAGE_SIZE, VMA_ANON_SHARED, VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR};
+use crate::mem::Backing;
+use crate::task::{Scratch, Task};
 
 /// Lowest and highest addresses crust places its own temporary mappings at.
 const LOW: u64 = 0x1000_0000;

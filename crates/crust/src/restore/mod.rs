@@ -10,8 +10,6 @@
 
 pub mod check;
 pub mod layout;
-pub mod load;
-pub mod task;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -24,7 +22,7 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use crate::arch;
-use crate::dump::TASK_STOPPED;
+use crate::images::criu::TASK_STOPPED;
 use crate::cgroups::{CgroupRoot, Mode, Placement};
 use crate::error::{Context, Error, Result};
 use crate::files::{self, FdRestorer};
@@ -32,8 +30,8 @@ use crate::images::digest;
 use crate::images::proto::{FdTypes, FileEntry, PagemapEntry};
 use crate::mem;
 use crate::ptrace;
-use load::{DumpImage, ProcessImage};
-use task::{Scratch, Task, SCRATCH_LEN};
+use crate::images::load::{DumpImage, ProcessImage};
+use crate::task::{Scratch, Task, SCRATCH_LEN};
 
 #[derive(Clone, Debug, Default)]
 pub struct RestoreOptions {
@@ -182,7 +180,7 @@ impl Held {
 
 /// Restore the tree in `opts.dir` and let it run.
 pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
-    let img = load::load(&opts.dir)?;
+    let img = crate::images::load::load(&opts.dir)?;
     restore_held(opts, img, &mut PagesInDir)?.release()
 }
 
@@ -407,7 +405,7 @@ fn cg_set(p: &ProcessImage) -> u32 {
     let core = p.cores.first().map(|(_, c)| c);
     core.and_then(|c| c.thread_core.as_ref()?.cg_set)
         .or_else(|| core.and_then(|c| c.tc.as_ref()?.cg_set))
-        .unwrap_or(crate::cgroups::SAME_AS_DUMPER)
+        .unwrap_or(crate::images::criu::SAME_AS_DUMPER)
 }
 
 /// The terminal of the job's session at dump time, if it had one.

@@ -11,8 +11,8 @@ use crate::images::proto::{
 };
 use crate::images::digest::{self, FileDigest};
 use crate::images::{ImageReader, Kind};
-use crate::dump::TASK_ZOMBIE;
-use crate::mem::PAGE_SIZE;
+use crate::images::criu::TASK_ZOMBIE;
+use crate::images::criu::PAGE_SIZE;
 
 /// One process of the dump. A zombie has only its pstree entry and exit status.
 #[derive(Default)]
@@ -45,7 +45,7 @@ pub struct DumpImage {
     /// Data queued in pipes, by pipe_id, with the pipe's buffer size.
     pub pipe_data: HashMap<u32, (Vec<u8>, Option<u32>)>,
     /// Shared anonymous memory objects, by shmid (their inode at dump time).
-    pub shmem: HashMap<u64, crate::shmem::ShmemImage>,
+    pub shmem: HashMap<u64, ShmemImage>,
     /// Deleted files: the ghost standing in for each file id that has one.
     pub remaps: HashMap<u32, u32>,
     /// Ghost files by id: entry and contents.
@@ -174,9 +174,9 @@ pub fn load_with(dir: &Path, pages: Pages) -> Result<DumpImage> {
 
 /// Every shared memory object the vmas name: its size (as far as they reach
 /// into it) and its saved pages (always in the directory, streamed or not).
-fn load_shmem(dir: &Path, processes: &[ProcessImage]) -> Result<HashMap<u64, crate::shmem::ShmemImage>> {
+fn load_shmem(dir: &Path, processes: &[ProcessImage]) -> Result<HashMap<u64, ShmemImage>> {
     let mut sizes: HashMap<u64, u64> = HashMap::new();
-    for v in processes.iter().flat_map(|p| p.mm.vmas.iter()).filter(|v| v.status & crate::mem::VMA_ANON_SHARED != 0) {
+    for v in processes.iter().flat_map(|p| p.mm.vmas.iter()).filter(|v| v.status & crate::images::criu::VMA_ANON_SHARED != 0) {
         let reach = v.pgoff + (v.end - v.start);
         let size = sizes.entry(v.shmid).or_default();
         *size = (*size).max(reach);
@@ -184,8 +184,8 @@ fn load_shmem(dir: &Path, processes: &[ProcessImage]) -> Result<HashMap<u64, cra
     let mut out = HashMap::new();
     for (shmid, size) in sizes {
         let name = format!("pagemap-shmem-{shmid}.img");
-        let (pagemap, pages_path) = read_pagemap(dir, &name, Pages::InDir, |e| crate::shmem::check_run(e, size))?;
-        out.insert(shmid, crate::shmem::ShmemImage { size, pagemap, pages_path });
+        let (pagemap, pages_path) = read_pagemap(dir, &name, Pages::InDir, |e| check_run(e, size))?;
+        out.insert(shmid, ShmemImage { size, pagemap, pages_path });
     }
     Ok(out)
 }
@@ -235,7 +235,7 @@ fn load_ghosts(dir: &Path) -> Result<Ghosts> {
         return Ok((remaps, ghost_files));
     }
     for r in read_all::<RemapFilePathEntry>(&path, Kind::RemapFpath)? {
-        if r.remap_type.unwrap_or(0) != crate::files::ghost::REMAP_GHOST {
+        if r.remap_type.unwrap_or(0) != crate::images::criu::REMAP_GHOST {
             return Err(invalid(&path, format!("file {}: only ghost remaps are supported yet", r.orig_id)));
         }
         remaps.insert(r.orig_id, r.remap_id);
@@ -305,4 +305,21 @@ fn load_process(dir: &Path, pstree: PstreeEntry, pages_in: Pages) -> Result<Proc
     let fds: Vec<FdinfoEntry> = read_all(&dir.join(format!("fdinfo-{}.img", ids.files_id)), Kind::Fdinfo)?;
     let fs: FsEntry = read_one(&dir.join(format!("fs-{pid}.img")), Kind::Fs)?;
     Ok(ProcessImage { pstree, zombie: None, cores, ids, mm, pagemap, pages_path, fds, fs })
+}
+
+/// One shared memory object of an image, to make again.
+pub struct ShmemImage {
+    /// Bytes the vmas that map it reach into it.
+    pub size: u64,
+    pub pagemap: Vec<PagemapEntry>,
+    pub pages_path: std::path::PathBuf,
+}
+
+/// Check a run of an object's pagemap lies inside it.
+pub fn check_run(e: &PagemapEntry, size: u64) -> std::result::Result<(), String> {
+    let end = (e.nr_pages as u64).checked_mul(PAGE_SIZE).and_then(|l| e.vaddr.checked_add(l));
+    match end {
+        Some(end) if e.nr_pages > 0 && e.vaddr.is_multiple_of(PAGE_SIZE) && end <= size => Ok(()),
+        _ => Err(format!("a run of {} pages at offset {:#x} is not inside the object ({size} bytes)", e.nr_pages, e.vaddr)),
+    }
 }
