@@ -9,7 +9,7 @@
 //! is free for the next round; the last one is verified instead (SIGUSR1 -> OK,
 //! exit 0). Restore and baseline are interleaved, taking turns to go first, so
 //! both see the same machine conditions; read the ratios. Each round also times
-//! `images::load::load` on its own (parsing the images and checking their CRC
+//! `restore::load` on its own (parsing the images and checking their CRC
 //! manifest, the first thing a restore does), to show where restore time goes.
 //!
 //! If a working `criu` is on PATH (`criu check` passes), criu dumps and
@@ -250,7 +250,7 @@ fn bench(name: &str, args: &[&str], rounds: usize, counter: &mut usize) -> Resul
             // The first step of a restore on its own: reading the images and
             // checking them against their CRC manifest.
             let t = Instant::now();
-            load::load(images).map_err(|e| anyhow!("loading {}: {e}", images.display()))?;
+            crust::restore::load(images, load::Pages::InDir).map_err(|e| anyhow!("loading {}: {e}", images.display()))?;
             Ok(vec![b, ms(t.elapsed())])
         },
     )?;
@@ -409,7 +409,7 @@ fn main() -> Result<()> {
         );
     }
     println!();
-    println!("details (ms; internal and forking are medians of RestoreStats; load is images::load::load");
+    println!("details (ms; internal and forking are medians of RestoreStats; load is restore::load");
     println!("(parse + CRC check of the images, the restore's first step) timed apart; ranges are min..max):");
     for r in &rows {
         let (rmin, rmax) = r.restore_range;

@@ -344,7 +344,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Check { images, shell_job, manage_cgroups, cgroup_roots } => {
             let opts = RestoreOptions { dir: images.clone(), shell_job, manage_cgroups, cgroup_roots, ..Default::default() };
-            let img = crust::images::load::load(&images)?;
+            let img = crust::restore::load(&images, crust::images::load::Pages::InDir)?;
             let problems = crust::restore::check::problems(&img, &opts);
             if !problems.is_empty() {
                 anyhow::bail!("this host cannot restore {}:\n  {}", images.display(), problems.join("\n  "));

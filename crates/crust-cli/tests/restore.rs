@@ -466,6 +466,9 @@ fn restore_refuses_missing_or_changed_files_and_leaves_nothing() {
     assert!(gone(pid) && gone(child), "nothing may be left after a failed restore");
 }
 
+/// A way to damage an image file, by its path.
+type Damage = Box<dyn Fn(&Path)>;
+
 #[test]
 fn corrupted_truncated_and_missing_images_are_refused_by_file() {
     let dir = TempDir::new("restore-corrupt");
@@ -484,7 +487,7 @@ fn corrupted_truncated_and_missing_images_are_refused_by_file() {
     let mut cases = 0;
     for name in &names {
         let len = std::fs::metadata(images.join(name)).unwrap().len();
-        let mut damages: Vec<(String, Box<dyn Fn(&Path)>)> = Vec::new();
+        let mut damages: Vec<(String, Damage)> = Vec::new();
         for cut in [0, 4, 8, len / 2, len.saturating_sub(1)] {
             if cut < len {
                 damages.push((format!("cut at {cut}"), Box::new(move |p: &Path| {

@@ -7,8 +7,12 @@ use std::path::PathBuf;
 pub enum Error {
     #[error("{context}: {err}")]
     Io { context: String, err: std::io::Error },
+    /// A kernel call crust made itself failed.
     #[error("{context}: {err}")]
     Sys { context: String, err: nix::Error },
+    /// A syscall crust ran inside a task (by ptrace) failed there.
+    #[error("task {tid}: {call} failed inside the task: {errno}")]
+    InTask { tid: i32, call: String, errno: nix::errno::Errno },
     /// A malformed, truncated or unexpected image, located by file and byte offset.
     #[error("{}: at offset {offset}: {what}", file.display())]
     Image {

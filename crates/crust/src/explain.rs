@@ -13,7 +13,7 @@ use crate::images::{ImageReader, Kind};
 pub fn explain(dir: &Path, mode: Mode, roots: &[cgroups::CgroupRoot]) -> Result<Vec<String>> {
     let mut r = ImageReader::open(&dir.join("pstree.img"), Kind::Pstree)?;
     let mut tasks: Vec<(u32, String, u32)> = Vec::new();
-    while let Some(p) = r.next::<PstreeEntry>()? {
+    while let Some(p) = r.read_entry::<PstreeEntry>()? {
         let core: CoreEntry = ImageReader::open(&dir.join(format!("core-{}.img", p.pid)), Kind::Core)?.one()?;
         let comm = core.tc.as_ref().map(|t| t.comm.clone()).unwrap_or_default();
         let set = core

@@ -12,6 +12,7 @@ pub mod mem;
 pub mod migrate;
 pub mod proc;
 pub mod show;
+pub mod state;
 pub mod shmem;
 pub mod task;
 pub mod ptrace;

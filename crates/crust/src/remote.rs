@@ -85,7 +85,7 @@ pub fn syscall_to_death(tid: i32, base: &libc::user_regs_struct, gadget: u64, nr
 /// Turn a raw syscall result into a Result naming what failed.
 pub fn check(tid: i32, what: &str, r: i64) -> Result<u64> {
     if (-4095..0).contains(&r) {
-        Err(Error::Invalid(format!("task {tid}: {what} failed inside the task: {}", nix::errno::Errno::from_raw(-r as i32))))
+        Err(Error::InTask { tid, call: what.to_string(), errno: nix::errno::Errno::from_raw(-r as i32) })
     } else {
         Ok(r as u64)
     }
@@ -155,6 +155,16 @@ impl RemoteThread {
         let saved_mask = sigmask(tid)?;
         set_sigmask(tid, !0)?;
         Ok(RemoteThread { tid, gadget, saved_regs, saved_mask, mem, scratch, saved_scratch, restored: false })
+    }
+
+    /// The thread's registers as they were before crust ran anything in it.
+    pub fn saved_regs(&self) -> &libc::user_regs_struct {
+        &self.saved_regs
+    }
+
+    /// Its signal mask as it was (all signals are blocked meanwhile).
+    pub fn saved_mask(&self) -> u64 {
+        self.saved_mask
     }
 
     pub fn scratch(&self) -> u64 {

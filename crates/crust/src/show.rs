@@ -20,7 +20,7 @@ fn to_json<T: Serialize>(v: &T) -> Value {
 
 fn all<M: Message + Default + Serialize>(r: &mut ImageReader) -> Result<Vec<Value>> {
     let mut out = Vec::new();
-    while let Some(m) = r.next::<M>()? {
+    while let Some(m) = r.read_entry::<M>()? {
         out.push(to_json(&m));
     }
     Ok(out)
@@ -53,16 +53,16 @@ pub fn show_file(path: &Path) -> Result<Value> {
         Kind::Cgroup => all::<CgroupEntry>(&mut r)?,
         Kind::PipesData => {
             let mut v = Vec::new();
-            while let Some(e) = r.next::<PipeDataEntry>()? {
-                r.raw(e.bytes as usize)?;
+            while let Some(e) = r.read_entry::<PipeDataEntry>()? {
+                r.raw(e.bytes as u64)?;
                 v.push(to_json(&e));
             }
             v
         }
         Kind::SkQueues => {
             let mut v = Vec::new();
-            while let Some(e) = r.next::<SkPacketEntry>()? {
-                r.raw(e.length as usize)?;
+            while let Some(e) = r.read_entry::<SkPacketEntry>()? {
+                r.raw(e.length as u64)?;
                 v.push(to_json(&e));
             }
             v

@@ -39,6 +39,12 @@ impl Task {
         remote::syscall_to_death(self.tid, &self.base, self.gadget, nr, args)
     }
 
+    /// open(2) of `path` inside the task; returns the fd there.
+    pub fn open(&self, scratch: &mut Scratch, path: &str, flags: u32) -> Result<u64> {
+        let addr = scratch.reset().put_str(path)?;
+        self.call(&format!("opening {path}"), libc::SYS_openat, [libc::AT_FDCWD as u64, addr, flags as u64, 0, 0, 0])
+    }
+
     pub fn gadget(&self) -> u64 {
         self.gadget
     }

@@ -4,15 +4,70 @@
 
 use nix::sys::stat::stat;
 
-use super::{fown_of, FdRestorer, FileTable, Handler, OpenFd};
+use super::{fown_of, FdRestorer, FileTable, FileKind, OpenFd};
 use crate::error::{Error, Result};
 use crate::images::proto::{EventpollFileEntry, EventpollTfdEntry, FdTypes, FileEntry};
 
-pub const HANDLER: Handler =
-    Handler { name: "epoll", fd_type: FdTypes::Eventpoll, matches, dump, restore, finish: Some(add_targets) };
+pub struct Eventpoll;
 
-fn matches(fd: &OpenFd) -> bool {
-    fd.link == "anon_inode:[eventpoll]"
+impl FileKind for Eventpoll {
+    fn name(&self) -> &'static str {
+        "epoll"
+    }
+
+    fn fd_type(&self) -> FdTypes {
+        FdTypes::Eventpoll
+    }
+
+    fn matches(&self, fd: &OpenFd) -> bool {
+        fd.link == "anon_inode:[eventpoll]"
+    }
+
+    fn dump(&self, fd: &OpenFd, table: &mut FileTable) -> Result<FileEntry> {
+        let id = table.new_id();
+        let mut targets = Vec::new();
+        for line in fd.info.lines().filter(|l| l.starts_with("tfd:")) {
+            let (tfd, events, data, ino) = parse_target(line).ok_or_else(|| {
+                Error::Invalid(format!("process {}: fd {}: cannot read the epoll target {line:?}", fd.pid, fd.fd))
+            })?;
+            // The restore adds the file at that fd number: it must still be there,
+            // the very file (an inode alone does not tell: all eventfds share one).
+            let here = stat(format!("/proc/{}/fd/{tfd}", fd.pid).as_str()).map(|st| st.st_ino);
+            if here != Ok(ino) || !watches(fd.pid, fd.fd, tfd) {
+                return Err(fd.unsupported(&format!("epolls watching a file no longer at its fd {tfd} are")));
+            }
+            // A one-shot entry that fired is disarmed; adding it back would arm it.
+            let armed = events & !(EPOLLONESHOT | EPOLLET | EPOLLWAKEUP | EPOLLEXCLUSIVE) != 0;
+            if events & EPOLLONESHOT != 0 && !armed {
+                return Err(fd.unsupported("epolls holding a fired one-shot entry are"));
+            }
+            targets.push(EventpollTfdEntry { id, tfd, events, data, dev: None, inode: Some(ino), pos: None });
+        }
+        Ok(FileEntry {
+            r#type: FdTypes::Eventpoll as i32,
+            id,
+            epfd: Some(EventpollFileEntry { id, flags: fd.flags, fown: fown_of(fd)?, tfd: targets }),
+            ..Default::default()
+        })
+    }
+
+    fn restore(&self, file: &FileEntry, r: &mut FdRestorer) -> Result<u64> {
+        entry(file)?;
+        let fd = r.task.call("epoll_create1", libc::SYS_epoll_create1, [0, 0, 0, 0, 0, 0])?;
+        r.to_high(fd)
+    }
+
+    fn finish(&self, file: &FileEntry, fd: u64, r: &mut FdRestorer) -> Result<()> {
+        for t in &entry(file)?.tfd {
+            // struct epoll_event is packed on x86-64: u32 events, u64 data.
+            let mut event = t.events.to_le_bytes().to_vec();
+            event.extend_from_slice(&t.data.to_le_bytes());
+            let addr = r.scratch.reset().put(&event)?;
+            let what = format!("adding fd {} to epoll fd {fd}", t.tfd);
+            r.task.call(&what, libc::SYS_epoll_ctl, [fd, libc::EPOLL_CTL_ADD as u64, t.tfd as u64, addr, 0, 0])?;
+        }
+        Ok(())
+    }
 }
 
 /// One `tfd:` line of an epoll's fdinfo:
@@ -35,34 +90,6 @@ fn parse_target(line: &str) -> Option<(u32, u32, u64, u64)> {
     Some((tfd, events, data, ino))
 }
 
-fn dump(fd: &OpenFd, table: &mut FileTable) -> Result<FileEntry> {
-    let id = table.new_id();
-    let mut targets = Vec::new();
-    for line in fd.info.lines().filter(|l| l.starts_with("tfd:")) {
-        let (tfd, events, data, ino) = parse_target(line).ok_or_else(|| {
-            Error::Invalid(format!("process {}: fd {}: cannot read the epoll target {line:?}", fd.pid, fd.fd))
-        })?;
-        // The restore adds the file at that fd number: it must still be there,
-        // the very file (an inode alone does not tell: all eventfds share one).
-        let here = stat(format!("/proc/{}/fd/{tfd}", fd.pid).as_str()).map(|st| st.st_ino);
-        if here != Ok(ino) || !watches(fd.pid, fd.fd, tfd) {
-            return Err(fd.unsupported(&format!("epolls watching a file no longer at its fd {tfd} are")));
-        }
-        // A one-shot entry that fired is disarmed; adding it back would arm it.
-        let armed = events & !(EPOLLONESHOT | EPOLLET | EPOLLWAKEUP | EPOLLEXCLUSIVE) != 0;
-        if events & EPOLLONESHOT != 0 && !armed {
-            return Err(fd.unsupported("epolls holding a fired one-shot entry are"));
-        }
-        targets.push(EventpollTfdEntry { id, tfd, events, data, dev: None, inode: Some(ino), pos: None });
-    }
-    Ok(FileEntry {
-        r#type: FdTypes::Eventpoll as i32,
-        id,
-        epfd: Some(EventpollFileEntry { id, flags: fd.flags, fown: fown_of(fd)?, tfd: targets }),
-        ..Default::default()
-    })
-}
-
 const EPOLLONESHOT: u32 = libc::EPOLLONESHOT as u32;
 const EPOLLET: u32 = libc::EPOLLET as u32;
 const EPOLLWAKEUP: u32 = libc::EPOLLWAKEUP as u32;
@@ -81,24 +108,6 @@ fn watches(pid: i32, epfd: i32, tfd: u32) -> bool {
 
 fn entry(file: &FileEntry) -> Result<&EventpollFileEntry> {
     file.epfd.as_ref().ok_or_else(|| Error::Invalid(format!("file {}: epoll without its entry", file.id)))
-}
-
-fn restore(file: &FileEntry, r: &mut FdRestorer) -> Result<u64> {
-    entry(file)?;
-    let fd = r.task.call("epoll_create1", libc::SYS_epoll_create1, [0, 0, 0, 0, 0, 0])?;
-    r.to_high(fd)
-}
-
-fn add_targets(file: &FileEntry, fd: u64, r: &mut FdRestorer) -> Result<()> {
-    for t in &entry(file)?.tfd {
-        // struct epoll_event is packed on x86-64: u32 events, u64 data.
-        let mut event = t.events.to_le_bytes().to_vec();
-        event.extend_from_slice(&t.data.to_le_bytes());
-        let addr = r.scratch.reset().put(&event)?;
-        let what = format!("adding fd {} to epoll fd {fd}", t.tfd);
-        r.task.call(&what, libc::SYS_epoll_ctl, [fd, libc::EPOLL_CTL_ADD as u64, t.tfd as u64, addr, 0, 0])?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

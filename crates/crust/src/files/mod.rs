@@ -1,8 +1,9 @@
 //! Open files: the fd table of each task and the files behind it.
 //!
-//! One module per kind of file, each with its dump side (and later its restore
-//! side) next to each other; [`HANDLERS`] dispatches an fd to its kind. Adding a
-//! kind of fd means one new module and one new row in the table.
+//! One module per kind of file, each with its dump and restore sides next to
+//! each other and its own images, behind [`FileKind`]; [`KINDS`] dispatches an
+//! fd to its kind. Adding a kind of fd means one new module and one new row in
+//! the table.
 
 pub mod eventfd;
 pub mod eventpoll;
@@ -14,15 +15,15 @@ pub mod timerfd;
 pub mod tty;
 pub mod unix;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::{FromRawFd, OwnedFd};
 
 use nix::sys::stat::{stat, FileStat, SFlag};
 
 use crate::error::{Context, Error, Result};
-use crate::images::proto::{FdTypes, FdinfoEntry, FileEntry, FownEntry, PipeDataEntry, SkPacketEntry, TtyInfoEntry};
+use crate::images::load::{DumpImage, Extras, ProcessImage};
+use crate::images::proto::{FdTypes, FdinfoEntry, FileEntry, FownEntry};
 use crate::images::{ImageDir, Kind};
-use crate::images::load::DumpImage;
 use crate::task::{Scratch, Task};
 
 /// One fd of a stopped task, as /proc describes it.
@@ -111,42 +112,169 @@ fn fown_of(fd: &OpenFd) -> Result<FownEntry> {
     Ok(FownEntry::default())
 }
 
-/// A kind of file: how to recognise it, dump it, and open it again in a task
-/// being restored (returning the fd there); `finish`, if any, completes it
-/// once every fd of the process is at its number (an epoll names its
-/// targets by fd number).
-pub struct Handler {
-    pub name: &'static str,
-    pub fd_type: FdTypes,
-    pub matches: fn(&OpenFd) -> bool,
-    pub dump: fn(&OpenFd, &mut FileTable) -> Result<FileEntry>,
-    pub restore: fn(&FileEntry, &mut FdRestorer) -> Result<u64>,
-    pub finish: Option<FinishFn>,
+/// A kind of file, dump and restore side by side: how to recognise its fds,
+/// dump one, write and load its own images (if it has any), and open it again
+/// in a task being restored. Adding a kind of fd is one module implementing
+/// this and one line in [`KINDS`].
+pub trait FileKind: Sync {
+    /// What the kind is called in messages ("pipe", "unix socket").
+    fn name(&self) -> &'static str;
+    /// Its type in files.img.
+    fn fd_type(&self) -> FdTypes;
+    fn matches(&self, fd: &OpenFd) -> bool;
+    /// The file entry of `fd`, whose description no fd dumped before shares.
+    fn dump(&self, fd: &OpenFd, table: &mut FileTable) -> Result<FileEntry>;
+    /// Its own images, once every fd of the tree is dumped, from what its
+    /// `dump` kept in `table.extras`.
+    fn write_images(&self, _table: &FileTable, _dir: &mut ImageDir) -> Result<u64> {
+        Ok(0)
+    }
+    /// Those images read back, into `img.extras`.
+    fn load_images(&self, _img: &mut DumpImage) -> Result<()> {
+        Ok(())
+    }
+    /// The object behind the file that other files may share (a pipe, for
+    /// both its ends): all are made in one process, and handed to the others.
+    fn shared_object(&self, _entry: &FileEntry) -> Option<u64> {
+        None
+    }
+    /// What stands in the way of restoring the file on this host.
+    fn check(&self, _entry: &FileEntry, _img: &DumpImage) -> Option<String> {
+        None
+    }
+    /// Open the file again in the task being restored; returns its fd there.
+    fn restore(&self, entry: &FileEntry, r: &mut FdRestorer) -> Result<u64>;
+    /// Complete the file once every fd of its process is at its number (an
+    /// epoll names its targets by fd number).
+    fn finish(&self, _entry: &FileEntry, _fd: u64, _r: &mut FdRestorer) -> Result<()> {
+        Ok(())
+    }
 }
 
-/// Completes a file at its fd number: see [`Handler`].
-pub type FinishFn = fn(&FileEntry, u64, &mut FdRestorer) -> Result<()>;
+/// Tried in order; the first that matches dumps the fd.
+pub static KINDS: &[&dyn FileKind] = &[
+    &tty::Terminal,
+    &pipe::Pipe,
+    &unix::UnixSocket,
+    &eventfd::Eventfd,
+    &signalfd::Signalfd,
+    &timerfd::Timerfd,
+    &eventpoll::Eventpoll,
+    &reg::RegularFile,
+];
 
-/// Tried in order; the first that matches handles the fd.
-pub static HANDLERS: &[Handler] =
-    &[tty::HANDLER, pipe::HANDLER, unix::HANDLER, eventfd::HANDLER, signalfd::HANDLER, timerfd::HANDLER, eventpoll::HANDLER, reg::HANDLER];
-
-fn handler_of(entry: &FileEntry) -> Result<&'static Handler> {
-    HANDLERS.iter().find(|h| h.fd_type as i32 == entry.r#type).ok_or_else(|| {
+/// The kind of a file of the images.
+pub fn kind_of(entry: &FileEntry) -> Result<&'static dyn FileKind> {
+    KINDS.iter().copied().find(|k| k.fd_type() as i32 == entry.r#type).ok_or_else(|| {
         Error::Unsupported(format!("file {}: files of type {} are not supported yet", entry.id, entry.r#type))
     })
 }
 
 /// Open the file of `entry` in the task being restored.
 pub fn restore_file(entry: &FileEntry, r: &mut FdRestorer) -> Result<u64> {
-    (handler_of(entry)?.restore)(entry, r)
+    kind_of(entry)?.restore(entry, r)
 }
 
 /// Complete the file of `entry`, now at fd `fd` with all its process's fds in place.
 pub fn finish_file(entry: &FileEntry, fd: u64, r: &mut FdRestorer) -> Result<()> {
-    match handler_of(entry)?.finish {
-        Some(finish) => finish(entry, fd, r),
-        None => Ok(()),
+    kind_of(entry)?.finish(entry, fd, r)
+}
+
+/// Make, in the root, every file that more than one process holds (or whose
+/// object another process holds), for the forks to inherit.
+pub fn make_shared(r: &mut FdRestorer) -> Result<()> {
+    let img = r.image;
+    for id in shared_files(img) {
+        let fd = restore_file(&img.files[&id], r)?;
+        r.files.insert(id, fd);
+    }
+    Ok(())
+}
+
+/// The fd table of one process: every file made (or inherited from the
+/// root), then each put at its number, then everything else closed; last,
+/// files that name other fds (epolls) are completed, each once (`finished`)
+/// in the first process that holds it.
+pub fn restore_table(image: &ProcessImage, r: &mut FdRestorer, finished: &mut HashSet<u32>) -> Result<()> {
+    let img = r.image;
+    for fd in &image.fds {
+        if !r.files.contains_key(&fd.id) {
+            let made = restore_file(&img.files[&fd.id], r)?;
+            r.files.insert(fd.id, made);
+        }
+    }
+    for fd in &image.fds {
+        let made = r.files[&fd.id];
+        r.task.call("dup2", libc::SYS_dup2, [made, fd.fd as u64, 0, 0, 0, 0])?;
+        if fd.flags & libc::FD_CLOEXEC as u32 != 0 {
+            let args = [fd.fd as u64, libc::F_SETFD as u64, libc::FD_CLOEXEC as u64, 0, 0, 0];
+            r.task.call("fcntl(F_SETFD)", libc::SYS_fcntl, args)?;
+        }
+    }
+    // Every object was made above the image's fds: all above this process's go.
+    let base = image.fds.iter().map(|f| f.fd as u64 + 1).max().unwrap_or(0);
+    r.task.call("close_range", libc::SYS_close_range, [base, u32::MAX as u64, 0, 0, 0, 0])?;
+    for fd in &image.fds {
+        if finished.insert(fd.id) {
+            finish_file(&img.files[&fd.id], fd.fd as u64, r)?;
+        }
+    }
+    Ok(())
+}
+
+/// Every kind's own images, read into `img.extras`.
+pub fn load_images(img: &mut DumpImage) -> Result<()> {
+    KINDS.iter().try_for_each(|k| k.load_images(img))
+}
+
+/// What stands in the way of restoring the files of `img` here.
+pub fn problems(img: &DumpImage) -> Vec<String> {
+    let mut ids: Vec<&u32> = img.files.keys().collect();
+    ids.sort_unstable();
+    ids.into_iter().filter_map(|id| kind_of(&img.files[id]).ok()?.check(&img.files[id], img)).collect()
+}
+
+/// Files more than one process holds, and files whose object (a pipe, a
+/// socket pair) another process holds too: made once, in the root.
+fn shared_files(img: &DumpImage) -> Vec<u32> {
+    let object = |id: u32| {
+        let f = img.files.get(&id)?;
+        Some((f.r#type, kind_of(f).ok()?.shared_object(f)?))
+    };
+    let mut users: HashMap<u32, Vec<i32>> = HashMap::new();
+    let mut object_users: HashMap<(i32, u64), Vec<i32>> = HashMap::new();
+    for p in &img.processes {
+        for fd in &p.fds {
+            users.entry(fd.id).or_default().push(p.pid());
+            if let Some(key) = object(fd.id) {
+                object_users.entry(key).or_default().push(p.pid());
+            }
+        }
+    }
+    let spans = |v: &Vec<i32>| v.iter().any(|&p| p != v[0]);
+    let mut ids: Vec<u32> = users
+        .iter()
+        .filter(|(id, v)| spans(v) || object(**id).is_some_and(|key| spans(&object_users[&key])))
+        .map(|(id, _)| *id)
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// What the root made for every process before anything forked, which each
+/// process inherits: files several processes share, by file id, and the
+/// objects behind them, all above every fd of the image.
+#[derive(Clone, Default)]
+pub struct Inherited {
+    files: HashMap<u32, u64>,
+    made: HashMap<(&'static str, u64), u64>,
+    next_high: u64,
+}
+
+impl Inherited {
+    /// Nothing yet; new objects go at fds from `base` up.
+    pub fn above(base: u64) -> Inherited {
+        Inherited { next_high: base, ..Default::default() }
     }
 }
 
@@ -156,18 +284,37 @@ pub struct FdRestorer<'a> {
     pub task: &'a Task,
     pub scratch: &'a mut Scratch,
     pub image: &'a DumpImage,
-    /// Ends of the pipes made so far, by pipe_id: (read fd, write fd) in the task.
-    pub pipes: HashMap<u32, (u64, u64)>,
-    /// Ends of the unix socket pairs made so far, by socket inode: fd in the task.
-    pub sockets: HashMap<u32, u64>,
+    /// Files made so far, by file id, and the objects behind them (by kind
+    /// and key), with their fd in the task.
+    files: HashMap<u32, u64>,
+    made: HashMap<(&'static str, u64), u64>,
     /// New objects are kept at fds from here up, above every fd the image uses.
-    pub next_high: u64,
+    next_high: u64,
     /// For a shell job: the restoring terminal, which takes the place of the
     /// job's terminal at dump time.
     pub terminal: Option<&'a str>,
 }
 
-impl FdRestorer<'_> {
+impl<'a> FdRestorer<'a> {
+    pub fn new(task: &'a Task, scratch: &'a mut Scratch, image: &'a DumpImage, from: &Inherited, terminal: Option<&'a str>) -> Self {
+        let Inherited { files, made, next_high } = from.clone();
+        FdRestorer { task, scratch, image, files, made, next_high, terminal }
+    }
+
+    /// What forks of this task inherit from it.
+    pub fn into_inherited(self) -> Inherited {
+        Inherited { files: self.files, made: self.made, next_high: self.next_high }
+    }
+
+    /// An object made before (`kind` names its sort, `key` the object).
+    pub fn made(&self, kind: &'static str, key: u64) -> Option<u64> {
+        self.made.get(&(kind, key)).copied()
+    }
+
+    pub fn remember(&mut self, kind: &'static str, key: u64, fd: u64) {
+        self.made.insert((kind, key), fd);
+    }
+
     /// Move a new fd of the task above every fd the image uses.
     pub fn to_high(&mut self, fd: u64) -> Result<u64> {
         let high = self.task.call("fcntl(F_DUPFD)", libc::SYS_fcntl, [fd, libc::F_DUPFD as u64, self.next_high, 0, 0, 0])?;
@@ -178,9 +325,7 @@ impl FdRestorer<'_> {
 
     /// open(2) inside the task; the fd is left where the kernel put it.
     pub fn open_low(&mut self, path: &str, flags: u32) -> Result<u64> {
-        let addr = self.scratch.reset().put_str(path)?;
-        let what = format!("opening {path}");
-        self.task.call(&what, libc::SYS_openat, [libc::AT_FDCWD as u64, addr, flags as u64, 0, 0, 0])
+        self.task.open(self.scratch, path, flags)
     }
 
     pub fn open_path(&mut self, path: &str, flags: u32) -> Result<u64> {
@@ -188,6 +333,9 @@ impl FdRestorer<'_> {
         self.to_high(fd)
     }
 }
+
+/// An fd dumped: (pid, fd, file id).
+type SeenFd = (i32, i32, u32);
 
 /// Everything that goes into files.img and its companions, with the ids shared
 /// between tasks: one entry per open file description, however many fds and
@@ -197,16 +345,12 @@ pub struct FileTable {
     next_id: u32,
     pub files: Vec<FileEntry>,
     /// fds already dumped, by inode, to find shared descriptions with kcmp.
-    seen: HashMap<(u64, u64), Vec<(i32, i32, u32)>>,
+    seen: HashMap<(u64, u64), Vec<SeenFd>>,
     /// Files known by path alone (mapped files, cwd, root, exe), by (path, flags);
     /// a deleted file's path carries its inode.
     by_path: HashMap<(String, u32), u32>,
-    pub pipe_data: Vec<(PipeDataEntry, Vec<u8>)>,
-    /// Bytes queued on unix sockets, for sk-queues.img.
-    pub sk_queues: Vec<(SkPacketEntry, Vec<u8>)>,
-    /// Every unix socket dumped: its inode, its peer's, and which fd it is.
-    pub unix_peers: Vec<(u32, u32, String)>,
-    pub tty_infos: Vec<TtyInfoEntry>,
+    /// What each kind keeps for its own images, by type.
+    pub extras: Extras,
     /// Deleted files held by the tree, with their contents.
     pub ghosts: ghost::Ghosts,
     /// Shared anonymous memory mapped by the tree: not files, but like them
@@ -254,18 +398,15 @@ impl FileTable {
         let existing = self.seen.get(&key).and_then(|list| {
             list.iter().find(|(pid, n, _)| same_description(fd.pid, fd.fd, *pid, *n)).map(|(_, _, id)| *id)
         });
-        let handler = HANDLERS
-            .iter()
-            .find(|h| (h.matches)(fd))
-            .ok_or_else(|| fd.unsupported(&describe_unknown(fd)))?;
+        let kind = KINDS.iter().find(|k| k.matches(fd)).ok_or_else(|| fd.unsupported(&describe_unknown(fd)))?;
         let (id, file_type) = match existing {
             Some(id) => {
                 let ty = self.files.iter().find(|f| f.id == id).map(|f| f.r#type).unwrap_or_default();
                 (id, ty)
             }
             None => {
-                log::debug!("process {}: fd {} ({}) is a {}", fd.pid, fd.fd, fd.link, handler.name);
-                let entry = (handler.dump)(fd, self)?;
+                log::debug!("process {}: fd {} ({}) is a {}", fd.pid, fd.fd, fd.link, kind.name());
+                let entry = kind.dump(fd, self)?;
                 let ty = entry.r#type;
                 let id = entry.id;
                 self.files.push(entry);
@@ -282,39 +423,25 @@ impl FileTable {
         })
     }
 
-    /// files.img, pipes-data.img, sk-queues.img and tty-info.img, once every
-    /// socket's peer is known to be in the tree.
+    /// files.img and every kind's own images.
     pub fn write(&self, dir: &mut ImageDir) -> Result<u64> {
-        for (me, peer, who) in &self.unix_peers {
-            if !self.unix_peers.iter().any(|(ino, back, _)| ino == peer && back == me) {
-                return Err(Error::Unsupported(format!(
-                    "{who}: its peer is outside the dumped tree: unix sockets connected outside the tree are not supported yet"
-                )));
-            }
-        }
         let mut bytes = 0;
         let mut w = dir.writer("files.img", Kind::Files)?;
         for f in &self.files {
             w.entry(f)?;
         }
         bytes += w.finish()?;
-        bytes += write_with_data(dir, "pipes-data.img", Kind::PipesData, &self.pipe_data)?;
-        bytes += write_with_data(dir, "sk-queues.img", Kind::SkQueues, &self.sk_queues)?;
+        for kind in KINDS {
+            bytes += kind.write_images(self, dir)?;
+        }
         bytes += self.ghosts.write(dir)?;
         bytes += self.shmem.write(dir)?;
-        if !self.tty_infos.is_empty() {
-            let mut w = dir.writer("tty-info.img", Kind::TtyInfo)?;
-            for t in &self.tty_infos {
-                w.entry(t)?;
-            }
-            bytes += w.finish()?;
-        }
         Ok(bytes)
     }
 }
 
 /// An image of entries each followed by its raw bytes; none if there are none.
-fn write_with_data<M: prost::Message>(dir: &mut ImageDir, name: &str, kind: Kind, items: &[(M, Vec<u8>)]) -> Result<u64> {
+pub fn write_with_data<M: prost::Message>(dir: &mut ImageDir, name: &str, kind: Kind, items: &[(M, Vec<u8>)]) -> Result<u64> {
     if items.is_empty() {
         return Ok(0);
     }

@@ -9,33 +9,98 @@ use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::stat::SFlag;
 
-use super::{fown_of, FdRestorer, FileTable, Handler, OpenFd};
+use super::{fown_of, write_with_data, FdRestorer, FileKind, FileTable, OpenFd};
 use crate::error::{Context, Error, Result};
+use crate::images::load::{read_with_data, DumpImage};
 use crate::images::proto::{FdTypes, FileEntry, PipeDataEntry, PipeEntry};
+use crate::images::{ImageDir, Kind};
 
-pub const HANDLER: Handler = Handler { name: "pipe", fd_type: FdTypes::Pipe, matches, dump, restore, finish: None };
+pub struct Pipe;
 
-fn matches(fd: &OpenFd) -> bool {
-    fd.file_type() == SFlag::S_IFIFO && fd.link.starts_with("pipe:")
-}
+/// The bytes in each pipe, with its buffer size (pipes-data.img).
+#[derive(Default)]
+struct PipeData(Vec<(PipeDataEntry, Vec<u8>)>);
 
-fn dump(fd: &OpenFd, table: &mut FileTable) -> Result<FileEntry> {
-    let pipe_id = fd.stat.st_ino as u32;
-    if !table.pipe_data.iter().any(|(d, _)| d.pipe_id == pipe_id) {
-        let (data, size) = peek_pipe(fd)?;
-        // Kept for its buffer size even when empty.
-        if !data.is_empty() || size != 0 {
-            let entry = PipeDataEntry { pipe_id, bytes: data.len() as u32, size: Some(size) };
-            table.pipe_data.push((entry, data));
+// How a restore remembers the ends of the pipes it made.
+const READ_END: &str = "pipe read end";
+const WRITE_END: &str = "pipe write end";
+
+impl FileKind for Pipe {
+    fn name(&self) -> &'static str {
+        "pipe"
+    }
+
+    fn fd_type(&self) -> FdTypes {
+        FdTypes::Pipe
+    }
+
+    fn matches(&self, fd: &OpenFd) -> bool {
+        fd.file_type() == SFlag::S_IFIFO && fd.link.starts_with("pipe:")
+    }
+
+    fn dump(&self, fd: &OpenFd, table: &mut FileTable) -> Result<FileEntry> {
+        let pipe_id = fd.stat.st_ino as u32;
+        let saved = table.extras.get_mut::<PipeData>();
+        if !saved.0.iter().any(|(d, _)| d.pipe_id == pipe_id) {
+            let (data, size) = peek_pipe(fd)?;
+            // Kept for its buffer size even when empty.
+            if !data.is_empty() || size != 0 {
+                let entry = PipeDataEntry { pipe_id, bytes: data.len() as u32, size: Some(size) };
+                table.extras.get_mut::<PipeData>().0.push((entry, data));
+            }
+        }
+        let id = table.new_id();
+        Ok(FileEntry {
+            r#type: FdTypes::Pipe as i32,
+            id,
+            pipe: Some(PipeEntry { id, pipe_id, flags: fd.flags, fown: fown_of(fd)? }),
+            ..Default::default()
+        })
+    }
+
+    fn write_images(&self, table: &FileTable, dir: &mut ImageDir) -> Result<u64> {
+        match table.extras.get::<PipeData>() {
+            Some(saved) => write_with_data(dir, "pipes-data.img", Kind::PipesData, &saved.0),
+            None => Ok(0),
         }
     }
-    let id = table.new_id();
-    Ok(FileEntry {
-        r#type: FdTypes::Pipe as i32,
-        id,
-        pipe: Some(PipeEntry { id, pipe_id, flags: fd.flags, fown: fown_of(fd)? }),
-        ..Default::default()
-    })
+
+    fn load_images(&self, img: &mut DumpImage) -> Result<()> {
+        let saved = read_with_data::<PipeDataEntry>(&img.dir.join("pipes-data.img"), Kind::PipesData, |e| e.bytes as u64)?;
+        img.extras.insert(PipeData(saved));
+        Ok(())
+    }
+
+    fn shared_object(&self, entry: &FileEntry) -> Option<u64> {
+        entry.pipe.as_ref().map(|p| p.pipe_id as u64)
+    }
+
+    fn restore(&self, entry: &FileEntry, r: &mut FdRestorer) -> Result<u64> {
+        let p = entry.pipe.as_ref().ok_or_else(|| Error::Invalid(format!("file {}: pipe without its entry", entry.id)))?;
+        let key = p.pipe_id as u64;
+        let (rd, wr) = match (r.made(READ_END, key), r.made(WRITE_END, key)) {
+            (Some(rd), Some(wr)) => (rd, wr),
+            _ => {
+                let addr = r.scratch.reset().put(&[0u8; 8])?;
+                r.task.call("pipe2", libc::SYS_pipe2, [addr, 0, 0, 0, 0, 0])?;
+                let mut fds = [0u8; 8];
+                r.scratch.read(addr, &mut fds)?;
+                let rd = r.to_high(u32::from_le_bytes(fds[0..4].try_into().expect("4 bytes")) as u64)?;
+                let wr = r.to_high(u32::from_le_bytes(fds[4..8].try_into().expect("4 bytes")) as u64)?;
+                let saved = r.image.extras.get::<PipeData>().and_then(|d| d.0.iter().find(|(e, _)| e.pipe_id == p.pipe_id));
+                fill_pipe(r.task.pid, wr, saved)?;
+                r.remember(READ_END, key, rd);
+                r.remember(WRITE_END, key, wr);
+                (rd, wr)
+            }
+        };
+        let fd = if p.flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32 { wr } else { rd };
+        let status = p.flags & (libc::O_NONBLOCK | libc::O_DIRECT) as u32;
+        if status != 0 {
+            r.task.call("fcntl(F_SETFL)", libc::SYS_fcntl, [fd, libc::F_SETFL as u64, status as u64, 0, 0, 0])?;
+        }
+        Ok(fd)
+    }
 }
 
 /// The bytes queued in a pipe, copied with tee(2) so they stay in it, and the
@@ -63,34 +128,10 @@ fn peek_pipe(fd: &OpenFd) -> Result<(Vec<u8>, u32)> {
     Ok((data, size as u32))
 }
 
-fn restore(entry: &FileEntry, r: &mut FdRestorer) -> Result<u64> {
-    let p = entry.pipe.as_ref().ok_or_else(|| Error::Invalid(format!("file {}: pipe without its entry", entry.id)))?;
-    let (rd, wr) = match r.pipes.get(&p.pipe_id) {
-        Some(ends) => *ends,
-        None => {
-            let addr = r.scratch.reset().put(&[0u8; 8])?;
-            r.task.call("pipe2", libc::SYS_pipe2, [addr, 0, 0, 0, 0, 0])?;
-            let mut fds = [0u8; 8];
-            r.scratch.read(addr, &mut fds)?;
-            let rd = r.to_high(u32::from_le_bytes(fds[0..4].try_into().expect("4 bytes")) as u64)?;
-            let wr = r.to_high(u32::from_le_bytes(fds[4..8].try_into().expect("4 bytes")) as u64)?;
-            fill_pipe(r.task.pid, wr, r.image.pipe_data.get(&p.pipe_id))?;
-            r.pipes.insert(p.pipe_id, (rd, wr));
-            (rd, wr)
-        }
-    };
-    let fd = if p.flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32 { wr } else { rd };
-    let status = p.flags & (libc::O_NONBLOCK | libc::O_DIRECT) as u32;
-    if status != 0 {
-        r.task.call("fcntl(F_SETFL)", libc::SYS_fcntl, [fd, libc::F_SETFL as u64, status as u64, 0, 0, 0])?;
-    }
-    Ok(fd)
-}
-
 /// Put the saved bytes (and buffer size) back into a new pipe, from crust,
 /// through another open of the task's write end.
-fn fill_pipe(pid: i32, wr: u64, saved: Option<&(Vec<u8>, Option<u32>)>) -> Result<()> {
-    let Some((data, size)) = saved else { return Ok(()) };
+fn fill_pipe(pid: i32, wr: u64, saved: Option<&(PipeDataEntry, Vec<u8>)>) -> Result<()> {
+    let Some((PipeDataEntry { size, .. }, data)) = saved else { return Ok(()) };
     let path = format!("/proc/{pid}/fd/{wr}");
     let what = || format!("refilling pipe {path}");
     let mut pipe = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&path).ctx(what)?;

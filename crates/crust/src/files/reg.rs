@@ -3,49 +3,77 @@
 
 use nix::sys::stat::{stat, SFlag};
 
-use super::{fown_of, ghost, FdRestorer, FileTable, Handler, OpenFd};
+use super::{fown_of, ghost, FdRestorer, FileTable, FileKind, OpenFd};
 use crate::error::{Context, Error, Result};
+use crate::images::load::DumpImage;
 use crate::images::proto::{FdTypes, FileEntry, RegFileEntry};
 
-pub const HANDLER: Handler = Handler { name: "regular file", fd_type: FdTypes::Reg, matches, dump, restore, finish: None };
+pub struct RegularFile;
 
-/// Major number of /dev/null, /dev/zero, /dev/urandom and their kin.
-const MEM_MAJOR: u64 = 1;
+impl FileKind for RegularFile {
+    fn name(&self) -> &'static str {
+        "regular file"
+    }
 
-fn matches(fd: &OpenFd) -> bool {
-    match fd.file_type() {
-        SFlag::S_IFREG | SFlag::S_IFDIR => fd.link.starts_with('/'),
-        SFlag::S_IFCHR => libc::major(fd.stat.st_rdev) as u64 == MEM_MAJOR,
-        _ => false,
+    fn fd_type(&self) -> FdTypes {
+        FdTypes::Reg
+    }
+
+    fn matches(&self, fd: &OpenFd) -> bool {
+        match fd.file_type() {
+            SFlag::S_IFREG | SFlag::S_IFDIR => fd.link.starts_with('/'),
+            SFlag::S_IFCHR => libc::major(fd.stat.st_rdev) as u64 == MEM_MAJOR,
+            _ => false,
+        }
+    }
+
+    fn dump(&self, fd: &OpenFd, table: &mut FileTable) -> Result<FileEntry> {
+        let id = table.new_id();
+        let name = match fd.link.strip_suffix(ghost::DELETED) {
+            Some(name) => {
+                table.add_ghost(id, &format!("/proc/{}/fd/{}", fd.pid, fd.fd))?;
+                name.to_string()
+            }
+            None => fd.link.clone(),
+        };
+        let is_reg = fd.file_type() == SFlag::S_IFREG;
+        Ok(FileEntry {
+            r#type: FdTypes::Reg as i32,
+            id,
+            reg: Some(RegFileEntry {
+                id,
+                flags: fd.flags,
+                pos: fd.pos,
+                fown: fown_of(fd)?,
+                name,
+                size: is_reg.then_some(fd.stat.st_size as u64),
+                mode: Some(fd.stat.st_mode),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
+    /// Deleted files come with the images; others must be here as they were.
+    fn check(&self, entry: &FileEntry, img: &DumpImage) -> Option<String> {
+        let reg = entry.reg.as_ref().filter(|_| !img.remaps.contains_key(&entry.id))?;
+        check(reg).err().map(|e| e.to_string())
+    }
+
+    fn restore(&self, entry: &FileEntry, r: &mut FdRestorer) -> Result<u64> {
+        let reg = entry.reg.as_ref().ok_or_else(|| Error::Invalid(format!("file {}: regular file without its entry", entry.id)))?;
+        // Reopen, never create or truncate: the file must be the one the dump saw.
+        let flags = reg.flags & !((libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) as u32);
+        let fd = r.open_path(&reg.name, flags)?;
+        if reg.pos != 0 {
+            r.task.call(&format!("lseek in {}", reg.name), libc::SYS_lseek, [fd, reg.pos, libc::SEEK_SET as u64, 0, 0, 0])?;
+        }
+        Ok(fd)
     }
 }
 
-fn dump(fd: &OpenFd, table: &mut FileTable) -> Result<FileEntry> {
-    let id = table.new_id();
-    let name = match fd.link.strip_suffix(ghost::DELETED) {
-        Some(name) => {
-            table.add_ghost(id, &format!("/proc/{}/fd/{}", fd.pid, fd.fd))?;
-            name.to_string()
-        }
-        None => fd.link.clone(),
-    };
-    let is_reg = fd.file_type() == SFlag::S_IFREG;
-    Ok(FileEntry {
-        r#type: FdTypes::Reg as i32,
-        id,
-        reg: Some(RegFileEntry {
-            id,
-            flags: fd.flags,
-            pos: fd.pos,
-            fown: fown_of(fd)?,
-            name,
-            size: is_reg.then_some(fd.stat.st_size as u64),
-            mode: Some(fd.stat.st_mode),
-            ..Default::default()
-        }),
-        ..Default::default()
-    })
-}
+/// Major number of /dev/null, /dev/zero, /dev/urandom and their kin.
+const MEM_MAJOR: u64 = 1;
 
 /// A regular-file entry for a file known only by path: a mapped file, the
 /// executable, a cwd or root directory; `source` opens it (the path itself,
@@ -69,23 +97,12 @@ pub fn entry_for_path(id: u32, path: &str, flags: u32, source: &str) -> Result<F
     })
 }
 
-fn restore(entry: &FileEntry, r: &mut FdRestorer) -> Result<u64> {
-    let reg = entry.reg.as_ref().ok_or_else(|| Error::Invalid(format!("file {}: regular file without its entry", entry.id)))?;
-    // Reopen, never create or truncate: the file must be the one the dump saw.
-    let flags = reg.flags & !((libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) as u32);
-    let fd = r.open_path(&reg.name, flags)?;
-    if reg.pos != 0 {
-        r.task.call(&format!("lseek in {}", reg.name), libc::SYS_lseek, [fd, reg.pos, libc::SEEK_SET as u64, 0, 0, 0])?;
-    }
-    Ok(fd)
-}
-
 /// Before a restore: the file must be there. A file the task only reads (and
 /// every mapped file and executable) must have the size it had at dump time: a
 /// changed file would hand the task other data. A file it writes may have
 /// grown meanwhile (a log the original went on writing after a --leave-running
 /// dump), but not shrunk below the saved offset.
-pub fn check(reg: &RegFileEntry) -> Result<()> {
+fn check(reg: &RegFileEntry) -> Result<()> {
     let st = stat(reg.name.as_str()).map_err(|e| {
         let why = if e == nix::errno::Errno::ENOENT { "it is missing".to_string() } else { e.to_string() };
         Error::Invalid(format!("{}: needed by the restore, but {why}", reg.name))

@@ -4,11 +4,81 @@
 //! now). fdinfo counts one unread expiration for a periodic timer however
 //! many periods passed unread: the others are not in the image.
 
-use super::{fown_of, FdRestorer, FileTable, Handler, OpenFd};
+use super::{fown_of, FdRestorer, FileTable, FileKind, OpenFd};
 use crate::error::{Error, Result};
 use crate::images::proto::{FdTypes, FileEntry, TimerfdEntry};
 
-pub const HANDLER: Handler = Handler { name: "timerfd", fd_type: FdTypes::Timerfd, matches, dump, restore, finish: None };
+pub struct Timerfd;
+
+impl FileKind for Timerfd {
+    fn name(&self) -> &'static str {
+        "timerfd"
+    }
+
+    fn fd_type(&self) -> FdTypes {
+        FdTypes::Timerfd
+    }
+
+    fn matches(&self, fd: &OpenFd) -> bool {
+        fd.link == "anon_inode:[timerfd]"
+    }
+
+    fn dump(&self, fd: &OpenFd, table: &mut FileTable) -> Result<FileEntry> {
+        let time = |name: &str| -> Result<(u64, u64)> {
+            let v = fd.info_field(name)?;
+            parse_time(v).ok_or_else(|| Error::Invalid(format!("process {}: fd {}: timerfd {name} {v:?}", fd.pid, fd.fd)))
+        };
+        let settime_flags = fd.info_number("settime flags:", 8)? as u32;
+        if settime_flags & TFD_TIMER_CANCEL_ON_SET != 0 {
+            return Err(fd.unsupported("timerfds cancelled when the clock is set are"));
+        }
+        let (vsec, vnsec) = time("it_value:")?;
+        let (isec, insec) = time("it_interval:")?;
+        let id = table.new_id();
+        let entry = TimerfdEntry {
+            id,
+            flags: fd.flags,
+            fown: fown_of(fd)?,
+            clockid: fd.info_number("clockid:", 10)? as u32,
+            ticks: fd.info_number("ticks:", 10)?,
+            settime_flags,
+            vsec,
+            vnsec,
+            isec,
+            insec,
+        };
+        Ok(FileEntry { r#type: FdTypes::Timerfd as i32, id, tfd: Some(entry), ..Default::default() })
+    }
+
+    fn restore(&self, entry: &FileEntry, r: &mut FdRestorer) -> Result<u64> {
+        let t = entry.tfd.as_ref().ok_or_else(|| Error::Invalid(format!("file {}: timerfd without its entry", entry.id)))?;
+        if t.vnsec >= NSEC || t.insec >= NSEC {
+            return Err(Error::Invalid(format!("file {}: timerfd times with {} and {} ns", entry.id, t.vnsec, t.insec)));
+        }
+        let nonblock = t.flags & libc::O_NONBLOCK as u32;
+        let fd = r.task.call("timerfd_create", libc::SYS_timerfd_create, [t.clockid as u64, nonblock as u64, 0, 0, 0, 0])?;
+        // A periodic timer that expired with its expirations unread shows no time
+        // left; a zero value would disarm it, so it fires again after a period.
+        let (mut vsec, mut vnsec) = if (t.vsec, t.vnsec) == (0, 0) { (t.isec, t.insec) } else { (t.vsec, t.vnsec) };
+        if (vsec, vnsec) != (0, 0) {
+            // An absolute timer stays absolute: the time left, from now on this clock.
+            let abs = t.settime_flags & TFD_TIMER_ABSTIME;
+            if abs != 0 {
+                let now = nix::time::clock_gettime(nix::time::ClockId::from_raw(t.clockid as libc::clockid_t))
+                    .map_err(|e| Error::Sys { context: format!("reading clock {}", t.clockid), err: e })?;
+                let ns = now.tv_nsec() as u64 + vnsec;
+                (vsec, vnsec) = (now.tv_sec() as u64 + vsec + ns / NSEC, ns % NSEC);
+            }
+            let spec = r.scratch.reset().put_u64s(&[t.isec, t.insec, vsec, vnsec])?;
+            r.task.call("timerfd_settime", libc::SYS_timerfd_settime, [fd, abs as u64, spec, 0, 0, 0])?;
+        }
+        if t.ticks != 0 {
+            let ticks = r.scratch.reset().put(&t.ticks.to_le_bytes())?;
+            r.task.call("ioctl(TFD_IOC_SET_TICKS)", libc::SYS_ioctl, [fd, TFD_IOC_SET_TICKS, ticks, 0, 0, 0])?;
+        }
+        r.to_high(fd)
+    }
+}
 
 /// _IOW('T', 0, __u64): set the count of unread expirations.
 const TFD_IOC_SET_TICKS: u64 = 0x4008_5400;
@@ -16,70 +86,10 @@ const TFD_TIMER_ABSTIME: u32 = 1;
 const TFD_TIMER_CANCEL_ON_SET: u32 = 2;
 const NSEC: u64 = 1_000_000_000;
 
-fn matches(fd: &OpenFd) -> bool {
-    fd.link == "anon_inode:[timerfd]"
-}
-
 /// `(sec, nsec)` as fdinfo prints a time.
 fn parse_time(v: &str) -> Option<(u64, u64)> {
     let (s, ns) = v.trim().strip_prefix('(')?.strip_suffix(')')?.split_once(',')?;
     Some((s.trim().parse().ok()?, ns.trim().parse().ok()?))
-}
-
-fn dump(fd: &OpenFd, table: &mut FileTable) -> Result<FileEntry> {
-    let time = |name: &str| -> Result<(u64, u64)> {
-        let v = fd.info_field(name)?;
-        parse_time(v).ok_or_else(|| Error::Invalid(format!("process {}: fd {}: timerfd {name} {v:?}", fd.pid, fd.fd)))
-    };
-    let settime_flags = fd.info_number("settime flags:", 8)? as u32;
-    if settime_flags & TFD_TIMER_CANCEL_ON_SET != 0 {
-        return Err(fd.unsupported("timerfds cancelled when the clock is set are"));
-    }
-    let (vsec, vnsec) = time("it_value:")?;
-    let (isec, insec) = time("it_interval:")?;
-    let id = table.new_id();
-    let entry = TimerfdEntry {
-        id,
-        flags: fd.flags,
-        fown: fown_of(fd)?,
-        clockid: fd.info_number("clockid:", 10)? as u32,
-        ticks: fd.info_number("ticks:", 10)?,
-        settime_flags,
-        vsec,
-        vnsec,
-        isec,
-        insec,
-    };
-    Ok(FileEntry { r#type: FdTypes::Timerfd as i32, id, tfd: Some(entry), ..Default::default() })
-}
-
-fn restore(entry: &FileEntry, r: &mut FdRestorer) -> Result<u64> {
-    let t = entry.tfd.as_ref().ok_or_else(|| Error::Invalid(format!("file {}: timerfd without its entry", entry.id)))?;
-    if t.vnsec >= NSEC || t.insec >= NSEC {
-        return Err(Error::Invalid(format!("file {}: timerfd times with {} and {} ns", entry.id, t.vnsec, t.insec)));
-    }
-    let nonblock = t.flags & libc::O_NONBLOCK as u32;
-    let fd = r.task.call("timerfd_create", libc::SYS_timerfd_create, [t.clockid as u64, nonblock as u64, 0, 0, 0, 0])?;
-    // A periodic timer that expired with its expirations unread shows no time
-    // left; a zero value would disarm it, so it fires again after a period.
-    let (mut vsec, mut vnsec) = if (t.vsec, t.vnsec) == (0, 0) { (t.isec, t.insec) } else { (t.vsec, t.vnsec) };
-    if (vsec, vnsec) != (0, 0) {
-        // An absolute timer stays absolute: the time left, from now on this clock.
-        let abs = t.settime_flags & TFD_TIMER_ABSTIME;
-        if abs != 0 {
-            let now = nix::time::clock_gettime(nix::time::ClockId::from_raw(t.clockid as libc::clockid_t))
-                .map_err(|e| Error::Sys { context: format!("reading clock {}", t.clockid), err: e })?;
-            let ns = now.tv_nsec() as u64 + vnsec;
-            (vsec, vnsec) = (now.tv_sec() as u64 + vsec + ns / NSEC, ns % NSEC);
-        }
-        let spec = r.scratch.reset().put_u64s(&[t.isec, t.insec, vsec, vnsec])?;
-        r.task.call("timerfd_settime", libc::SYS_timerfd_settime, [fd, abs as u64, spec, 0, 0, 0])?;
-    }
-    if t.ticks != 0 {
-        let ticks = r.scratch.reset().put(&t.ticks.to_le_bytes())?;
-        r.task.call("ioctl(TFD_IOC_SET_TICKS)", libc::SYS_ioctl, [fd, TFD_IOC_SET_TICKS, ticks, 0, 0, 0])?;
-    }
-    r.to_high(fd)
 }
 
 #[cfg(test)]

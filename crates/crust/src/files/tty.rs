@@ -7,13 +7,83 @@ use std::os::fd::AsRawFd;
 use nix::sys::stat::SFlag;
 use nix::sys::termios::tcgetattr;
 
-use super::{fown_of, FdRestorer, FileTable, Handler, OpenFd};
+use super::{fown_of, FdRestorer, FileTable, FileKind, OpenFd};
 use crate::error::{Context, Error, Result};
+use crate::images::load::{read_all, DumpImage};
+use crate::images::{ImageDir, Kind};
 use crate::images::proto::{
     FdTypes, FileEntry, TermiosEntry, TtyFileEntry, TtyInfoEntry, TtyPtyEntry, TtyType, WinsizeEntry,
 };
 
-pub const HANDLER: Handler = Handler { name: "terminal", fd_type: FdTypes::Tty, matches, dump, restore, finish: None };
+pub struct Terminal;
+
+/// The settings of each terminal (tty-info.img), found by their id.
+#[derive(Default)]
+struct Infos(Vec<TtyInfoEntry>);
+
+impl FileKind for Terminal {
+    fn name(&self) -> &'static str {
+        "terminal"
+    }
+
+    fn fd_type(&self) -> FdTypes {
+        FdTypes::Tty
+    }
+
+    fn matches(&self, fd: &OpenFd) -> bool {
+        pts_index(fd).is_some()
+    }
+
+    fn dump(&self, fd: &OpenFd, table: &mut FileTable) -> Result<FileEntry> {
+        let index = pts_index(fd).expect("matched a pty slave");
+        let rdev = fd.stat.st_rdev as u32;
+        let info_id = match table.extras.get_mut::<Infos>().0.iter().find(|t| t.rdev == rdev) {
+            Some(t) => t.id,
+            None => {
+                let id = table.new_id();
+                let info = tty_info(fd, id, index)?;
+                table.extras.get_mut::<Infos>().0.push(info);
+                id
+            }
+        };
+        let id = table.new_id();
+        Ok(FileEntry {
+            r#type: FdTypes::Tty as i32,
+            id,
+            tty: Some(TtyFileEntry { id, tty_info_id: info_id, flags: fd.flags, fown: fown_of(fd)?, ..Default::default() }),
+            ..Default::default()
+        })
+    }
+
+    /// A shell job's terminal becomes the restoring terminal. Without --shell-job
+    /// a terminal is not reopened by its number: pty numbers are reused, and the
+    /// one with the same number may be someone else's session now.
+    fn write_images(&self, table: &FileTable, dir: &mut ImageDir) -> Result<u64> {
+        let Some(infos) = table.extras.get::<Infos>().filter(|i| !i.0.is_empty()) else { return Ok(0) };
+        let mut w = dir.writer("tty-info.img", Kind::TtyInfo)?;
+        for t in &infos.0 {
+            w.entry(t)?;
+        }
+        w.finish()
+    }
+
+    fn load_images(&self, img: &mut DumpImage) -> Result<()> {
+        let path = img.dir.join("tty-info.img");
+        let infos = if path.exists() { read_all::<TtyInfoEntry>(&path, Kind::TtyInfo)? } else { Vec::new() };
+        img.extras.insert(Infos(infos));
+        Ok(())
+    }
+
+    fn restore(&self, entry: &FileEntry, r: &mut FdRestorer) -> Result<u64> {
+        let t = entry.tty.as_ref().ok_or_else(|| Error::Invalid(format!("file {}: terminal without its entry", entry.id)))?;
+        match r.terminal {
+            Some(term) => r.open_path(term, t.flags | libc::O_NOCTTY as u32),
+            None => Err(Error::Invalid(
+                "the tree uses a terminal: restore it with --shell-job, from the terminal it should use".into(),
+            )),
+        }
+    }
+}
 
 /// Majors of Unix98 pty slaves (/dev/pts/N).
 const PTS_MAJORS: std::ops::RangeInclusive<u64> = 136..=143;
@@ -23,31 +93,6 @@ fn pts_index(fd: &OpenFd) -> Option<u32> {
     let major = libc::major(rdev) as u64;
     (fd.file_type() == SFlag::S_IFCHR && PTS_MAJORS.contains(&major))
         .then(|| ((major - PTS_MAJORS.start()) as u32) * 256 + libc::minor(rdev))
-}
-
-fn matches(fd: &OpenFd) -> bool {
-    pts_index(fd).is_some()
-}
-
-fn dump(fd: &OpenFd, table: &mut FileTable) -> Result<FileEntry> {
-    let index = pts_index(fd).expect("matched a pty slave");
-    let rdev = fd.stat.st_rdev as u32;
-    let info_id = match table.tty_infos.iter().find(|t| t.rdev == rdev) {
-        Some(t) => t.id,
-        None => {
-            let id = table.new_id();
-            let info = tty_info(fd, id, index)?;
-            table.tty_infos.push(info);
-            id
-        }
-    };
-    let id = table.new_id();
-    Ok(FileEntry {
-        r#type: FdTypes::Tty as i32,
-        id,
-        tty: Some(TtyFileEntry { id, tty_info_id: info_id, flags: fd.flags, fown: fown_of(fd)?, ..Default::default() }),
-        ..Default::default()
-    })
 }
 
 fn tty_info(fd: &OpenFd, id: u32, index: u32) -> Result<TtyInfoEntry> {
@@ -100,17 +145,11 @@ fn tty_info(fd: &OpenFd, id: u32, index: u32) -> Result<TtyInfoEntry> {
     })
 }
 
-/// A shell job's terminal becomes the restoring terminal. Without --shell-job
-/// a terminal is not reopened by its number: pty numbers are reused, and the
-/// one with the same number may be someone else's session now.
-fn restore(entry: &FileEntry, r: &mut FdRestorer) -> Result<u64> {
-    let t = entry.tty.as_ref().ok_or_else(|| Error::Invalid(format!("file {}: terminal without its entry", entry.id)))?;
-    match r.terminal {
-        Some(term) => r.open_path(term, t.flags | libc::O_NOCTTY as u32),
-        None => Err(Error::Invalid(
-            "the tree uses a terminal: restore it with --shell-job, from the terminal it should use".into(),
-        )),
-    }
+/// The terminal of the job's session at dump time, if it had one.
+pub fn job_terminal(img: &DumpImage) -> Option<&TtyInfoEntry> {
+    let infos = &img.extras.get::<Infos>()?.0;
+    let sid = img.processes[0].pstree.sid;
+    infos.iter().find(|t| t.sid == sid).or_else(|| infos.first())
 }
 
 /// The terminal crust runs on (the first of stdin, stdout, stderr that is one).

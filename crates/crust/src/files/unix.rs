@@ -7,24 +7,188 @@
 //! the request is one fixed message, written out here (the netlink crates
 //! would be more to wire than the query itself).
 
+use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use nix::errno::Errno;
 use nix::sys::socket::{getsockopt, setsockopt, sockopt};
 
-use super::{fown_of, take_fd, FdRestorer, FileTable, Handler, OpenFd};
+use super::{fown_of, take_fd, write_with_data, FdRestorer, FileKind, FileTable, OpenFd};
 use crate::error::{Context, Error, Result};
+use crate::images::load::{read_with_data, DumpImage};
+use crate::images::{ImageDir, Kind};
 use crate::images::proto::{FdTypes, FileEntry, SkOptsEntry, SkPacketEntry, UnixSkEntry};
 
-pub const HANDLER: Handler = Handler { name: "unix socket", fd_type: FdTypes::Unixsk, matches, dump, restore, finish: None };
+pub struct UnixSocket;
+
+/// What a dump keeps for sk-queues.img, and every socket it met: its
+/// inode, its peer's, and which fd it is (a peer must be in the tree too).
+#[derive(Default)]
+struct Dumped {
+    queues: Vec<(SkPacketEntry, Vec<u8>)>,
+    peers: Vec<(u32, u32, String)>,
+}
+
+/// The bytes queued on sockets at dump time, by the file id of the receiving end.
+#[derive(Default)]
+struct Queues(HashMap<u32, Vec<u8>>);
+
+/// How a restore remembers the sockets it made, by inode.
+const MADE: &str = "unix socket";
+
+impl FileKind for UnixSocket {
+    fn name(&self) -> &'static str {
+        "unix socket"
+    }
+
+    fn fd_type(&self) -> FdTypes {
+        FdTypes::Unixsk
+    }
+
+    fn matches(&self, fd: &OpenFd) -> bool {
+        // Asked by inode: taking a socket into crust would touch it (its net_cls
+        // and net_prio marks become crust's), and a dump must not.
+        fd.link.starts_with("socket:[") && matches!(diag(fd.stat.st_ino as u32), Ok(Some(_)))
+    }
+
+    fn dump(&self, fd: &OpenFd, table: &mut FileTable) -> Result<FileEntry> {
+        let ino = fd.stat.st_ino as u32;
+        let d = diag(ino)?.ok_or_else(|| fd.unsupported("unix sockets of another network namespace are"))?;
+        let sock = fd.take()?;
+        let what = || format!("reading socket options of fd {} of process {}", fd.fd, fd.pid);
+        let ty = getsockopt(&sock, sockopt::SockType).ctx(what)? as u32;
+        if d.bound {
+            return Err(fd.unsupported("bound (named) unix sockets are"));
+        }
+        let peer = match d.peer {
+            Some(p) if d.state == TCP_ESTABLISHED || ty == libc::SOCK_DGRAM as u32 => p,
+            _ => return Err(fd.unsupported("unix sockets that are not connected are")),
+        };
+        if d.shutdown != 0 {
+            return Err(fd.unsupported("half-closed unix sockets are"));
+        }
+        // CRIU's image has no place for a peek offset.
+        if int_opt(&sock, libc::SO_PEEK_OFF, None).ctx(what)? != -1 {
+            return Err(fd.unsupported("unix sockets with a peek offset set are"));
+        }
+        let passcred = getsockopt(&sock, sockopt::PassCred).ctx(what)?;
+        let passsec = int_opt(&sock, libc::SO_PASSSEC, None).ctx(what)? != 0;
+        let id = table.new_id();
+        if ty == libc::SOCK_STREAM as u32 {
+            if d.queued != 0 {
+                if passcred || passsec {
+                    return Err(fd.unsupported("unix sockets receiving credentials with bytes queued are"));
+                }
+                let data = peek_stream(fd, &sock)?;
+                table.extras.get_mut::<Dumped>().queues.push((SkPacketEntry { id_for: id, length: data.len() as u32 }, data));
+            }
+        } else {
+            // Messages keep their bounds (and may be empty): any is refused.
+            match peek_some(&sock, &mut [0u8; 1]) {
+                Err(Errno::EAGAIN) => {}
+                _ => return Err(fd.unsupported("unix datagram and seqpacket sockets with messages queued are")),
+            }
+        }
+        let snd = getsockopt(&sock, sockopt::SendTimeout).ctx(what)?;
+        let rcv = getsockopt(&sock, sockopt::ReceiveTimeout).ctx(what)?;
+        let opts = SkOptsEntry {
+            so_sndbuf: getsockopt(&sock, sockopt::SndBuf).ctx(what)? as u32,
+            so_rcvbuf: getsockopt(&sock, sockopt::RcvBuf).ctx(what)? as u32,
+            so_snd_tmo_sec: snd.tv_sec() as u64,
+            so_snd_tmo_usec: snd.tv_usec() as u64,
+            so_rcv_tmo_sec: rcv.tv_sec() as u64,
+            so_rcv_tmo_usec: rcv.tv_usec() as u64,
+            so_priority: Some(int_opt(&sock, libc::SO_PRIORITY, None).ctx(what)? as u32),
+            so_rcvlowat: Some(int_opt(&sock, libc::SO_RCVLOWAT, None).ctx(what)? as u32),
+            so_mark: Some(int_opt(&sock, libc::SO_MARK, None).ctx(what)? as u32),
+            so_passcred: Some(passcred),
+            so_passsec: Some(passsec),
+        };
+        table.extras.get_mut::<Dumped>().peers.push((ino, peer, format!("process {}: fd {} ({})", fd.pid, fd.fd, fd.link)));
+        let entry = UnixSkEntry {
+            id,
+            ino,
+            r#type: ty,
+            state: d.state as u32,
+            flags: fd.flags,
+            uflags: 0,
+            backlog: 0,
+            peer,
+            fown: fown_of(fd)?,
+            opts,
+            name: Vec::new(),
+            shutdown: None,
+        };
+        Ok(FileEntry { r#type: FdTypes::Unixsk as i32, id, usk: Some(entry), ..Default::default() })
+    }
+
+    /// sk-queues.img, once every socket's peer is known to be in the tree.
+    fn write_images(&self, table: &FileTable, dir: &mut ImageDir) -> Result<u64> {
+        let Some(dumped) = table.extras.get::<Dumped>() else { return Ok(0) };
+        for (me, peer, who) in &dumped.peers {
+            if !dumped.peers.iter().any(|(ino, back, _)| ino == peer && back == me) {
+                return Err(Error::Unsupported(format!(
+                    "{who}: its peer is outside the dumped tree: unix sockets connected outside the tree are not supported yet"
+                )));
+            }
+        }
+        write_with_data(dir, "sk-queues.img", Kind::SkQueues, &dumped.queues)
+    }
+
+    fn load_images(&self, img: &mut DumpImage) -> Result<()> {
+        let mut queues: HashMap<u32, Vec<u8>> = HashMap::new();
+        for (e, data) in read_with_data::<SkPacketEntry>(&img.dir.join("sk-queues.img"), Kind::SkQueues, |e| e.length as u64)? {
+            queues.entry(e.id_for).or_default().extend(data);
+        }
+        img.extras.insert(Queues(queues));
+        Ok(())
+    }
+
+    fn shared_object(&self, file: &FileEntry) -> Option<u64> {
+        file.usk.as_ref().map(|u| u.ino.min(u.peer) as u64)
+    }
+
+    fn restore(&self, file: &FileEntry, r: &mut FdRestorer) -> Result<u64> {
+        let u = entry(file)?;
+        let queued = |r: &FdRestorer, id: u32| r.image.extras.get::<Queues>().and_then(|q| q.0.get(&id)).cloned();
+        check_restorable(file, u, queued(r, file.id).is_some())?;
+        let fd = match r.made(MADE, u.ino as u64) {
+            // Made with its peer.
+            Some(fd) => fd,
+            None => {
+                let peer_file = by_ino(r, u.peer)?;
+                let peer = entry(peer_file)?;
+                check_restorable(peer_file, peer, queued(r, peer_file.id).is_some())?;
+                if peer.peer != u.ino {
+                    return Err(Error::Invalid(format!("files.img: unix sockets {} and {} are not each other's peers", u.ino, u.peer)));
+                }
+                let addr = r.scratch.reset().put(&[0u8; 8])?;
+                r.task.call("socketpair", libc::SYS_socketpair, [libc::AF_UNIX as u64, u.r#type as u64, 0, addr, 0, 0])?;
+                let mut fds = [0u8; 8];
+                r.scratch.read(addr, &mut fds)?;
+                let mine = r.to_high(u32::from_le_bytes(fds[0..4].try_into().expect("4 bytes")) as u64)?;
+                let theirs = r.to_high(u32::from_le_bytes(fds[4..8].try_into().expect("4 bytes")) as u64)?;
+                r.remember(MADE, u.ino as u64, mine);
+                r.remember(MADE, u.peer as u64, theirs);
+                let pid = r.task.pid;
+                let (a, b) = (take_end(pid, mine, u)?, take_end(pid, theirs, peer)?);
+                set_options(&a, u)?;
+                set_options(&b, peer)?;
+                // What was queued for one end is sent from the other.
+                fill(&b, queued(r, file.id).as_ref(), u)?;
+                fill(&a, queued(r, peer_file.id).as_ref(), peer)?;
+                mine
+            }
+        };
+        let status = u.flags & libc::O_NONBLOCK as u32;
+        if status != 0 {
+            r.task.call("fcntl(F_SETFL)", libc::SYS_fcntl, [fd, libc::F_SETFL as u64, status as u64, 0, 0, 0])?;
+        }
+        Ok(fd)
+    }
+}
 
 const TCP_ESTABLISHED: u8 = 1;
-
-fn matches(fd: &OpenFd) -> bool {
-    // Asked by inode: taking a socket into crust would touch it (its net_cls
-    // and net_prio marks become crust's), and a dump must not.
-    fd.link.starts_with("socket:[") && matches!(diag(fd.stat.st_ino as u32), Ok(Some(_)))
-}
 
 /// What sock_diag says of one unix socket.
 struct Diag {
@@ -115,77 +279,6 @@ fn int_opt(sock: &OwnedFd, name: libc::c_int, value: Option<libc::c_int>) -> std
         }
     };
     Errno::result(r).map(|_| v)
-}
-
-fn dump(fd: &OpenFd, table: &mut FileTable) -> Result<FileEntry> {
-    let ino = fd.stat.st_ino as u32;
-    let d = diag(ino)?.ok_or_else(|| fd.unsupported("unix sockets of another network namespace are"))?;
-    let sock = fd.take()?;
-    let what = || format!("reading socket options of fd {} of process {}", fd.fd, fd.pid);
-    let ty = getsockopt(&sock, sockopt::SockType).ctx(what)? as u32;
-    if d.bound {
-        return Err(fd.unsupported("bound (named) unix sockets are"));
-    }
-    let peer = match d.peer {
-        Some(p) if d.state == TCP_ESTABLISHED || ty == libc::SOCK_DGRAM as u32 => p,
-        _ => return Err(fd.unsupported("unix sockets that are not connected are")),
-    };
-    if d.shutdown != 0 {
-        return Err(fd.unsupported("half-closed unix sockets are"));
-    }
-    // CRIU's image has no place for a peek offset.
-    if int_opt(&sock, libc::SO_PEEK_OFF, None).ctx(what)? != -1 {
-        return Err(fd.unsupported("unix sockets with a peek offset set are"));
-    }
-    let passcred = getsockopt(&sock, sockopt::PassCred).ctx(what)?;
-    let passsec = int_opt(&sock, libc::SO_PASSSEC, None).ctx(what)? != 0;
-    let id = table.new_id();
-    if ty == libc::SOCK_STREAM as u32 {
-        if d.queued != 0 {
-            if passcred || passsec {
-                return Err(fd.unsupported("unix sockets receiving credentials with bytes queued are"));
-            }
-            let data = peek_stream(fd, &sock)?;
-            table.sk_queues.push((SkPacketEntry { id_for: id, length: data.len() as u32 }, data));
-        }
-    } else {
-        // Messages keep their bounds (and may be empty): any is refused.
-        match peek_some(&sock, &mut [0u8; 1]) {
-            Err(Errno::EAGAIN) => {}
-            _ => return Err(fd.unsupported("unix datagram and seqpacket sockets with messages queued are")),
-        }
-    }
-    let snd = getsockopt(&sock, sockopt::SendTimeout).ctx(what)?;
-    let rcv = getsockopt(&sock, sockopt::ReceiveTimeout).ctx(what)?;
-    let opts = SkOptsEntry {
-        so_sndbuf: getsockopt(&sock, sockopt::SndBuf).ctx(what)? as u32,
-        so_rcvbuf: getsockopt(&sock, sockopt::RcvBuf).ctx(what)? as u32,
-        so_snd_tmo_sec: snd.tv_sec() as u64,
-        so_snd_tmo_usec: snd.tv_usec() as u64,
-        so_rcv_tmo_sec: rcv.tv_sec() as u64,
-        so_rcv_tmo_usec: rcv.tv_usec() as u64,
-        so_priority: Some(int_opt(&sock, libc::SO_PRIORITY, None).ctx(what)? as u32),
-        so_rcvlowat: Some(int_opt(&sock, libc::SO_RCVLOWAT, None).ctx(what)? as u32),
-        so_mark: Some(int_opt(&sock, libc::SO_MARK, None).ctx(what)? as u32),
-        so_passcred: Some(passcred),
-        so_passsec: Some(passsec),
-    };
-    table.unix_peers.push((ino, peer, format!("process {}: fd {} ({})", fd.pid, fd.fd, fd.link)));
-    let entry = UnixSkEntry {
-        id,
-        ino,
-        r#type: ty,
-        state: d.state as u32,
-        flags: fd.flags,
-        uflags: 0,
-        backlog: 0,
-        peer,
-        fown: fown_of(fd)?,
-        opts,
-        name: Vec::new(),
-        shutdown: None,
-    };
-    Ok(FileEntry { r#type: FdTypes::Unixsk as i32, id, usk: Some(entry), ..Default::default() })
 }
 
 /// The bytes queued in a stream socket, read with MSG_PEEK so they stay. A
@@ -282,44 +375,6 @@ fn check_restorable(file: &FileEntry, u: &UnixSkEntry, queued: bool) -> Result<(
         return Ok(());
     };
     Err(Error::Unsupported(format!("file {} (unix socket {}): {why} not supported yet", file.id, u.ino)))
-}
-
-fn restore(file: &FileEntry, r: &mut FdRestorer) -> Result<u64> {
-    let u = entry(file)?;
-    check_restorable(file, u, r.image.sk_queues.contains_key(&file.id))?;
-    let fd = match r.sockets.get(&u.ino) {
-        // Made with its peer.
-        Some(&fd) => fd,
-        None => {
-            let peer_file = by_ino(r, u.peer)?;
-            let peer = entry(peer_file)?;
-            check_restorable(peer_file, peer, r.image.sk_queues.contains_key(&peer_file.id))?;
-            if peer.peer != u.ino {
-                return Err(Error::Invalid(format!("files.img: unix sockets {} and {} are not each other's peers", u.ino, u.peer)));
-            }
-            let addr = r.scratch.reset().put(&[0u8; 8])?;
-            r.task.call("socketpair", libc::SYS_socketpair, [libc::AF_UNIX as u64, u.r#type as u64, 0, addr, 0, 0])?;
-            let mut fds = [0u8; 8];
-            r.scratch.read(addr, &mut fds)?;
-            let mine = r.to_high(u32::from_le_bytes(fds[0..4].try_into().expect("4 bytes")) as u64)?;
-            let theirs = r.to_high(u32::from_le_bytes(fds[4..8].try_into().expect("4 bytes")) as u64)?;
-            r.sockets.insert(u.ino, mine);
-            r.sockets.insert(u.peer, theirs);
-            let pid = r.task.pid;
-            let (a, b) = (take_end(pid, mine, u)?, take_end(pid, theirs, peer)?);
-            set_options(&a, u)?;
-            set_options(&b, peer)?;
-            // What was queued for one end is sent from the other.
-            fill(&b, r.image.sk_queues.get(&file.id), u)?;
-            fill(&a, r.image.sk_queues.get(&peer_file.id), peer)?;
-            mine
-        }
-    };
-    let status = u.flags & libc::O_NONBLOCK as u32;
-    if status != 0 {
-        r.task.call("fcntl(F_SETFL)", libc::SYS_fcntl, [fd, libc::F_SETFL as u64, status as u64, 0, 0, 0])?;
-    }
-    Ok(fd)
 }
 
 fn context(u: &UnixSkEntry) -> impl Fn() -> String + '_ {

@@ -1,18 +1,48 @@
 //! Reading a dump back: every image a restore needs, checked for consistency
 //! before anything is created. Errors name the image file (and offset).
 
+use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::images::proto::{
-    CgroupEntry, CoreEntry, FdinfoEntry, FileEntry, FsEntry, InventoryEntry, MmEntry, PagemapEntry, PagemapHead, PipeDataEntry,
-    GhostFileEntry, PstreeEntry, RemapFilePathEntry, SkPacketEntry, TaskKobjIdsEntry, TtyInfoEntry,
+    CgroupEntry, CoreEntry, FdinfoEntry, FileEntry, FsEntry, GhostFileEntry, InventoryEntry, MmEntry, PagemapEntry,
+    PagemapHead, PstreeEntry, RemapFilePathEntry, TaskCoreEntry, TaskKobjIdsEntry, ThreadCoreEntry, ThreadInfoX86,
 };
 use crate::images::digest::{self, FileDigest};
 use crate::images::{ImageReader, Kind};
 use crate::images::criu::TASK_ZOMBIE;
 use crate::images::criu::PAGE_SIZE;
+
+/// Values of any type, one of each: what each kind of state loads of its own
+/// images, found again by its type.
+#[derive(Default)]
+pub struct Extras(HashMap<TypeId, Box<dyn Any + Send + Sync>>);
+
+impl Extras {
+    pub fn insert<T: Any + Send + Sync>(&mut self, value: T) {
+        self.0.insert(TypeId::of::<T>(), Box::new(value));
+    }
+
+    pub fn get<T: Any + Send + Sync>(&self) -> Option<&T> {
+        self.0.get(&TypeId::of::<T>()).and_then(|v| v.downcast_ref())
+    }
+
+    /// The value of type `T`, made with its default the first time.
+    pub fn get_mut<T: Any + Send + Sync + Default>(&mut self) -> &mut T {
+        let v = self.0.entry(TypeId::of::<T>()).or_insert_with(|| Box::new(T::default()));
+        v.downcast_mut().expect("stored under its own type")
+    }
+}
+
+/// One thread of a live process: its core image's parts, all present.
+#[derive(Clone, Default)]
+pub struct ThreadImage {
+    pub tid: i32,
+    pub info: ThreadInfoX86,
+    pub core: ThreadCoreEntry,
+}
 
 /// One process of the dump. A zombie has only its pstree entry and exit status.
 #[derive(Default)]
@@ -20,8 +50,10 @@ pub struct ProcessImage {
     pub pstree: PstreeEntry,
     /// Raw wait status of a zombie.
     pub zombie: Option<u32>,
-    /// Core of every thread, the leader first.
-    pub cores: Vec<(i32, CoreEntry)>,
+    /// What belongs to the whole process (the leader's task_core_entry).
+    pub task: TaskCoreEntry,
+    /// Every thread, the leader first.
+    pub threads: Vec<ThreadImage>,
     pub ids: TaskKobjIdsEntry,
     pub mm: MmEntry,
     pub pagemap: Vec<PagemapEntry>,
@@ -42,38 +74,60 @@ pub struct DumpImage {
     /// Parents before children, the root first.
     pub processes: Vec<ProcessImage>,
     pub files: HashMap<u32, FileEntry>,
-    /// Data queued in pipes, by pipe_id, with the pipe's buffer size.
-    pub pipe_data: HashMap<u32, (Vec<u8>, Option<u32>)>,
     /// Shared anonymous memory objects, by shmid (their inode at dump time).
     pub shmem: HashMap<u64, ShmemImage>,
     /// Deleted files: the ghost standing in for each file id that has one.
     pub remaps: HashMap<u32, u32>,
     /// Ghost files by id: entry and contents.
     pub ghost_files: HashMap<u32, (GhostFileEntry, Vec<u8>)>,
-    /// Data queued on unix sockets, by the file id of the receiving end.
-    pub sk_queues: HashMap<u32, Vec<u8>>,
-    /// Terminals, by tty-info id.
-    pub tty_infos: HashMap<u32, TtyInfoEntry>,
+    /// What each kind of file read of its own images (pipes-data.img...).
+    pub extras: Extras,
     /// cgroup.img, if the dump has one.
     pub cgroups: Option<CgroupEntry>,
     /// Digests of the pages images, not checked yet.
     pub pages_digests: Vec<(String, FileDigest)>,
 }
 
+impl DumpImage {
+    /// The path of a regular file of files.img (a mapped file, a cwd...).
+    pub fn reg_path(&self, id: u32) -> Result<&str> {
+        self.files
+            .get(&id)
+            .and_then(|f| f.reg.as_ref())
+            .map(|r| r.name.as_str())
+            .ok_or_else(|| invalid(&self.dir.join("files.img"), format!("file {id} is not a regular file")))
+    }
+}
+
 fn invalid(path: &Path, what: impl Into<String>) -> Error {
     Error::Image { file: path.to_path_buf(), offset: 0, what: what.into() }
 }
 
-fn read_all<M: prost::Message + Default>(path: &Path, kind: Kind) -> Result<Vec<M>> {
+pub fn read_all<M: prost::Message + Default>(path: &Path, kind: Kind) -> Result<Vec<M>> {
     let mut r = ImageReader::open(path, kind)?;
     let mut out = Vec::new();
-    while let Some(m) = r.next()? {
+    while let Some(m) = r.read_entry()? {
         out.push(m);
     }
     Ok(out)
 }
 
-fn read_one<M: prost::Message + Default>(path: &Path, kind: Kind) -> Result<M> {
+/// The entries of an optional image (none if it is absent), each followed by
+/// raw bytes, `len` of them.
+pub fn read_with_data<M: prost::Message + Default>(path: &Path, kind: Kind, len: impl Fn(&M) -> u64) -> Result<Vec<(M, Vec<u8>)>> {
+    let mut out = Vec::new();
+    if !path.exists() {
+        return Ok(out);
+    }
+    let mut r = ImageReader::open(path, kind)?;
+    while let Some(e) = r.read_entry::<M>()? {
+        let data = r.raw(len(&e))?;
+        out.push((e, data));
+    }
+    Ok(out)
+}
+
+pub fn read_one<M: prost::Message + Default>(path: &Path, kind: Kind) -> Result<M> {
     ImageReader::open(path, kind)?.one()
 }
 
@@ -86,11 +140,9 @@ pub enum Pages {
     Streamed,
 }
 
-pub fn load(dir: &Path) -> Result<DumpImage> {
-    load_with(dir, Pages::InDir)
-}
-
-pub fn load_with(dir: &Path, pages: Pages) -> Result<DumpImage> {
+/// The images of `dir`, read and checked; what kinds of files keep in images
+/// of their own is read by them, into `extras` (see `restore::load`).
+pub fn load(dir: &Path, pages: Pages) -> Result<DumpImage> {
     let dir = dir.canonicalize().map_err(|e| Error::Invalid(format!("images directory {}: {e}", dir.display())))?;
     // Metadata is checked now; the bulk of the pages while the tree is built
     // (streamed pages are not files here: their link vouches for them).
@@ -130,8 +182,15 @@ pub fn load_with(dir: &Path, pages: Pages) -> Result<DumpImage> {
     }
     for p in processes.iter().filter(|p| p.zombie.is_none()) {
         for fd in &p.fds {
-            if !files.contains_key(&fd.id) {
-                return Err(invalid(&files_path, format!("no file {} for fd {} of process {}", fd.id, fd.fd, p.pid())));
+            match files.get(&fd.id) {
+                None => return Err(invalid(&files_path, format!("no file {} for fd {} of process {}", fd.id, fd.fd, p.pid()))),
+                Some(f) if f.r#type != fd.r#type => {
+                    return Err(invalid(
+                        &dir.join(format!("fdinfo-{}.img", p.ids.files_id)),
+                        format!("fd {} of process {} has type {}, but its file {} has type {}", fd.fd, p.pid(), fd.r#type, fd.id, f.r#type),
+                    ))
+                }
+                Some(_) => {}
             }
         }
         for id in [p.fs.cwd_id, p.fs.root_id, p.mm.exe_file_id] {
@@ -140,36 +199,11 @@ pub fn load_with(dir: &Path, pages: Pages) -> Result<DumpImage> {
             }
         }
     }
-    let mut pipe_data = HashMap::new();
-    let pd_path = dir.join("pipes-data.img");
-    if pd_path.exists() {
-        let mut r = ImageReader::open(&pd_path, Kind::PipesData)?;
-        while let Some(e) = r.next::<PipeDataEntry>()? {
-            let data = r.raw(e.bytes as usize)?;
-            pipe_data.insert(e.pipe_id, (data, e.size));
-        }
-    }
-    let mut sk_queues: HashMap<u32, Vec<u8>> = HashMap::new();
-    let skq_path = dir.join("sk-queues.img");
-    if skq_path.exists() {
-        let mut r = ImageReader::open(&skq_path, Kind::SkQueues)?;
-        while let Some(e) = r.next::<SkPacketEntry>()? {
-            let data = r.raw(e.length as usize)?;
-            sk_queues.entry(e.id_for).or_default().extend(data);
-        }
-    }
     let (remaps, ghost_files) = load_ghosts(&dir)?;
     let shmem = load_shmem(&dir, &processes)?;
-    let mut tty_infos = HashMap::new();
-    let tty_path = dir.join("tty-info.img");
-    if tty_path.exists() {
-        for t in read_all::<TtyInfoEntry>(&tty_path, Kind::TtyInfo)? {
-            tty_infos.insert(t.id, t);
-        }
-    }
     let cg_path = dir.join("cgroup.img");
     let cgroups = if cg_path.exists() { Some(read_one(&cg_path, Kind::Cgroup)?) } else { None };
-    Ok(DumpImage { dir, processes, files, pipe_data, shmem, remaps, ghost_files, sk_queues, tty_infos, cgroups, pages_digests })
+    Ok(DumpImage { dir, processes, files, shmem, remaps, ghost_files, extras: Extras::default(), cgroups, pages_digests })
 }
 
 /// Every shared memory object the vmas name: its size (as far as they reach
@@ -204,7 +238,7 @@ fn read_pagemap(
     let head: PagemapHead = r.one()?;
     let mut pagemap = Vec::new();
     let mut pages = 0u64;
-    while let Some(e) = r.next::<PagemapEntry>()? {
+    while let Some(e) = r.read_entry::<PagemapEntry>()? {
         check(&e).map_err(|what| invalid(&pm_path, what))?;
         pages += e.nr_pages as u64;
         pagemap.push(e);
@@ -250,7 +284,7 @@ fn load_ghosts(dir: &Path) -> Result<Ghosts> {
         }
         // CRIU leaves the size out when the contents run to the end of the file.
         let data = match entry.size {
-            Some(size) => g.raw(size as usize)?,
+            Some(size) => g.raw(size)?,
             None => g.rest()?,
         };
         ghost_files.insert(r.remap_id, (entry, data));
@@ -268,19 +302,18 @@ fn load_process(dir: &Path, pstree: PstreeEntry, pages_in: Pages) -> Result<Proc
         }
         return Ok(ProcessImage { zombie: Some(tc.exit_code), pstree, ..Default::default() });
     }
-    let mut cores = Vec::new();
+    let (Some(task), Some(ids)) = (leader.tc, leader.ids) else {
+        return Err(invalid(&leader_path, "leader's core without task state"));
+    };
+    let mut threads = Vec::new();
     for &tid in &pstree.threads {
         let path = dir.join(format!("core-{tid}.img"));
         let core: CoreEntry = read_one(&path, Kind::Core)?;
-        if core.thread_info.is_none() || core.thread_core.is_none() {
+        let (Some(info), Some(core)) = (core.thread_info, core.thread_core) else {
             return Err(invalid(&path, "core without x86-64 thread state"));
-        }
-        if tid == pid && (core.tc.is_none() || core.ids.is_none()) {
-            return Err(invalid(&path, "leader's core without task state"));
-        }
-        cores.push((tid as i32, core));
+        };
+        threads.push(ThreadImage { tid: tid as i32, info, core });
     }
-    let ids = cores[0].1.ids.clone().expect("checked above");
     let mm_path = dir.join(format!("mm-{pid}.img"));
     let mm: MmEntry = read_one(&mm_path, Kind::Mm)?;
     for v in &mm.vmas {
@@ -304,7 +337,7 @@ fn load_process(dir: &Path, pstree: PstreeEntry, pages_in: Pages) -> Result<Proc
     })?;
     let fds: Vec<FdinfoEntry> = read_all(&dir.join(format!("fdinfo-{}.img", ids.files_id)), Kind::Fdinfo)?;
     let fs: FsEntry = read_one(&dir.join(format!("fs-{pid}.img")), Kind::Fs)?;
-    Ok(ProcessImage { pstree, zombie: None, cores, ids, mm, pagemap, pages_path, fds, fs })
+    Ok(ProcessImage { pstree, zombie: None, task, threads, ids, mm, pagemap, pages_path, fds, fs })
 }
 
 /// One shared memory object of an image, to make again.

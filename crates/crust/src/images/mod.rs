@@ -433,7 +433,7 @@ impl ImageReader {
     }
 
     /// The next entry, or None at a clean end of file.
-    pub fn next<M: Message + Default>(&mut self) -> Result<Option<M>> {
+    pub fn read_entry<M: Message + Default>(&mut self) -> Result<Option<M>> {
         let mut len = [0u8; 4];
         let n = loop {
             match self.input.read(&mut len[..1]) {
@@ -464,7 +464,7 @@ impl ImageReader {
 
     /// Exactly one entry must be there.
     pub fn one<M: Message + Default>(&mut self) -> Result<M> {
-        self.next()?.ok_or_else(|| self.error("expected an entry, found end of file"))
+        self.read_entry()?.ok_or_else(|| self.error("expected an entry, found end of file"))
     }
 
     /// Bytes of the file after the current offset.
@@ -474,12 +474,12 @@ impl ImageReader {
     }
 
     /// `len` raw bytes; a length beyond the file is reported, not allocated.
-    pub fn raw(&mut self, len: usize) -> Result<Vec<u8>> {
+    pub fn raw(&mut self, len: u64) -> Result<Vec<u8>> {
         let left = self.left()?;
-        if len as u64 > left {
+        if len > left {
             return Err(self.error(format!("truncated: raw data needs {len} bytes, only {left} left")));
         }
-        let mut buf = vec![0u8; len];
+        let mut buf = vec![0u8; len as usize];
         self.exact(&mut buf, "raw data")?;
         Ok(buf)
     }
@@ -487,7 +487,7 @@ impl ImageReader {
     /// Everything up to the end of the file.
     pub fn rest(&mut self) -> Result<Vec<u8>> {
         let left = self.left()?;
-        self.raw(left as usize)
+        self.raw(left)
     }
 
     pub fn raw_into(&mut self, buf: &mut [u8]) -> Result<()> {
@@ -523,7 +523,7 @@ mod tests {
         assert_eq!(fs::metadata(&path).unwrap().len(), len);
         let mut r = ImageReader::open(&path, Kind::Pstree).unwrap();
         let mut back = Vec::new();
-        while let Some(e) = r.next::<PstreeEntry>().unwrap() {
+        while let Some(e) = r.read_entry::<PstreeEntry>().unwrap() {
             back.push(e);
         }
         assert_eq!(back, entries);
@@ -533,7 +533,7 @@ mod tests {
         fs::write(&path, &bytes[..bytes.len() - 5]).unwrap();
         let mut r = ImageReader::open(&path, Kind::Pstree).unwrap();
         let err = loop {
-            match r.next::<PstreeEntry>() {
+            match r.read_entry::<PstreeEntry>() {
                 Ok(Some(_)) => continue,
                 Ok(None) => panic!("a truncated image read to its end"),
                 Err(e) => break e,

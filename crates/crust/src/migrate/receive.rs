@@ -18,7 +18,7 @@ use super::{safe_name, RemoteRestore, Restored, PROTOCOL};
 use crate::error::{Context, Error, Result};
 use crate::images::Kind;
 use crate::images::criu::PAGE_SIZE;
-use crate::images::load::{self, DumpImage, Pages, ProcessImage};
+use crate::images::load::{DumpImage, Pages, ProcessImage};
 use crate::task::{Scratch, Task};
 use crate::restore::{self as restore_mod, PageSource};
 
@@ -138,7 +138,7 @@ fn receive_into(chan: &mut Channel, session: &Path) -> Result<Restored> {
             }
             CHECK => {
                 let opts = restore_options(&restore, session)?;
-                let img = load::load_with(session, Pages::Streamed)?;
+                let img = crate::restore::load(session, Pages::Streamed)?;
                 let problems = crate::restore::check::problems(&img, &opts);
                 if !problems.is_empty() {
                     return Err(Error::Invalid(format!(
@@ -150,7 +150,7 @@ fn receive_into(chan: &mut Channel, session: &Path) -> Result<Restored> {
             }
             RESTORE => {
                 let opts = restore_options(&restore, session)?;
-                let img = load::load_with(session, Pages::Streamed)?;
+                let img = crate::restore::load(session, Pages::Streamed)?;
                 return restore_streamed(chan, &opts, img);
             }
             k => return Err(Error::Invalid(format!("unexpected frame kind {k}"))),

@@ -2,7 +2,6 @@
 //! task, run together so that all problems are reported at once. `crust check
 //! --images DIR` runs them alone; a migration runs them on the destination.
 
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use crate::cgroups::Placement;
@@ -11,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::files;
 use crate::mem;
 use crate::restore::layout;
+use crate::state;
 use crate::images::load::DumpImage;
 use crate::restore::RestoreOptions;
 
@@ -21,13 +21,7 @@ pub fn problems(img: &DumpImage, opts: &RestoreOptions) -> Vec<String> {
 
     // Files: present, and those only read unchanged since the dump.
     // Deleted files come with the images.
-    for f in img.files.values().filter(|f| !img.remaps.contains_key(&f.id)) {
-        if let Some(reg) = &f.reg {
-            if let Err(e) = files::reg::check(reg) {
-                out.push(e.to_string());
-            }
-        }
-    }
+    out.extend(files::problems(img));
     for (path, then) in meta.iter().flat_map(|m| m.files.iter()) {
         if let Some(now) = FileStamp::of(path) {
             if now.size == then.size && now.mtime_ns != then.mtime_ns {
@@ -68,36 +62,8 @@ pub fn problems(img: &DumpImage, opts: &RestoreOptions) -> Vec<String> {
         }
         Err(e) => out.push(format!("cannot read this host's memory layout: {e}")),
     }
-    let supported = cpu_xstate_features();
-    for p in &img.processes {
-        for (tid, core) in &p.cores {
-            let used = core.thread_info.as_ref().and_then(|t| t.fpregs.xsave.as_ref()).map_or(0, |x| x.xstate_bv);
-            if used & !supported != 0 {
-                out.push(format!(
-                    "thread {tid} uses CPU state components {:#x} that this CPU does not have (it has {supported:#x})",
-                    used & !supported
-                ));
-            }
-        }
-    }
-
-    // Users and groups.
-    let mut ids = BTreeSet::new();
-    for p in &img.processes {
-        for (_, core) in &p.cores {
-            if let Some(c) = core.thread_core.as_ref().and_then(|t| t.creds.as_ref()) {
-                ids.insert((c.uid, c.gid));
-            }
-        }
-    }
-    for (uid, gid) in ids {
-        if !matches!(nix::unistd::User::from_uid(uid.into()), Ok(Some(_))) {
-            out.push(format!("user {uid} does not exist on this host"));
-        }
-        if !matches!(nix::unistd::Group::from_gid(gid.into()), Ok(Some(_))) {
-            out.push(format!("group {gid} does not exist on this host"));
-        }
-    }
+    // The CPU, users and groups: what each kind of state needs here.
+    out.extend(state::problems(img));
 
     // Cgroups in the chosen mode.
     if let Some(entry) = &img.cgroups {
@@ -109,12 +75,6 @@ pub fn problems(img: &DumpImage, opts: &RestoreOptions) -> Vec<String> {
         out.push(format!("pid {id} is taken by {}", describe_holder(id)));
     }
     out
-}
-
-/// XSAVE components this CPU supports (CPUID leaf 0xD, sub-leaf 0).
-pub fn cpu_xstate_features() -> u64 {
-    let c = std::arch::x86_64::__cpuid_count(0xd, 0);
-    (c.edx as u64) << 32 | c.eax as u64
 }
 
 /// The image's pids and tids that a process of this host holds.

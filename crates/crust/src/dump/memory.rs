@@ -1,0 +1,140 @@
+//! A process's memory in the images: its layout and bounds (mm-PID.img, with
+//! the files it maps in files.img) and the pages that hold contents of their
+//! own (pagemap-PID.img, pages-N.img).
+
+use std::time::{Duration, Instant};
+
+use super::{us, DumpStats, TreeDump};
+use crate::error::{Context, Result};
+use crate::files::FileTable;
+use crate::images::criu::{PAGE_SIZE, PE_PRESENT};
+use crate::images::proto::{MmEntry, PagemapEntry, PagemapHead, VmaEntry};
+use crate::images::Kind;
+use crate::mem::{self, Backing, PageReader, Vma};
+use crate::proc;
+
+impl TreeDump {
+    /// mm-PID.img, then the pages. `brk` was read inside the process.
+    pub(super) fn memory(&mut self, pid: i32, index: u32, vmas: &[Vma], brk: u64) -> Result<()> {
+        let stat = proc::stat(pid, pid)?;
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ctx(|| format!("reading /proc/{pid}/exe"))?;
+        let exe_file_id = self.files.path_id(&exe.to_string_lossy(), libc::O_RDONLY as u32, &format!("/proc/{pid}/exe"))?;
+        let vmas_entries = vmas.iter().map(|v| vma_entry(pid, v, &mut self.files)).collect::<Result<Vec<_>>>()?;
+        let mm = MmEntry {
+            mm_start_code: stat.startcode,
+            mm_end_code: stat.endcode,
+            mm_start_data: stat.start_data.unwrap_or(0),
+            mm_end_data: stat.end_data.unwrap_or(0),
+            mm_start_stack: stat.startstack,
+            mm_start_brk: stat.start_brk.unwrap_or(0),
+            mm_brk: brk,
+            mm_arg_start: stat.arg_start.unwrap_or(0),
+            mm_arg_end: stat.arg_end.unwrap_or(0),
+            mm_env_start: stat.env_start.unwrap_or(0),
+            mm_env_end: stat.env_end.unwrap_or(0),
+            exe_file_id,
+            mm_saved_auxv: proc::auxv(pid)?,
+            vmas: vmas_entries,
+            dumpable: None,
+            ..Default::default()
+        };
+        let mut w = self.dir.writer(&format!("mm-{pid}.img"), Kind::Mm)?;
+        w.entry(&mm)?;
+        self.stats.bytes_written += w.finish()?;
+        self.pages(pid, index, vmas)
+    }
+
+    /// pagemap-PID.img and pages-N.img: the runs of saved pages and their
+    /// contents; the contents left for later in a streamed dump.
+    fn pages(&mut self, pid: i32, pages_id: u32, vmas: &[Vma]) -> Result<()> {
+        let (runs, scanned) = mem::private_page_runs(pid, vmas)?;
+        self.stats.pages_scanned += scanned;
+        // The pagemap first, whole, then the pages: images are written one at a
+        // time (a streamed dump cannot interleave them).
+        let mut map = self.dir.writer(&format!("pagemap-{pid}.img"), Kind::Pagemap)?;
+        map.entry(&PagemapHead { pages_id })?;
+        for run in &runs {
+            let entry = PagemapEntry { vaddr: run.vaddr, nr_pages: run.nr_pages as u32, in_parent: None, flags: Some(PE_PRESENT) };
+            map.entry(&entry)?;
+        }
+        self.stats.bytes_written += map.finish()?;
+        let pending = PendingPages { pid, pages_id, runs };
+        match self.deferred.as_mut() {
+            Some(list) => list.push(pending),
+            None => {
+                let mut w = self.dir.writer(&pending.name(), Kind::Pages)?;
+                pending.copy(&mut self.stats, &mut |chunk| w.raw(chunk))?;
+                self.stats.bytes_written += w.finish()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn vma_entry(pid: i32, v: &Vma, files: &mut FileTable) -> Result<VmaEntry> {
+    let shmid = match &v.backing {
+        Backing::File { path, .. } => {
+            let writable_shared = v.shared() && v.prot & libc::PROT_WRITE as u32 != 0;
+            let flags = if writable_shared { libc::O_RDWR } else { libc::O_RDONLY } as u32;
+            let source = format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end);
+            files.path_id(&path.to_string_lossy(), flags, &source)? as u64
+        }
+        Backing::AnonShared => files.shmem.note(pid, v)?,
+        _ => 0,
+    };
+    Ok(VmaEntry {
+        start: v.start,
+        end: v.end,
+        pgoff: v.pgoff,
+        shmid,
+        prot: v.prot,
+        flags: v.flags,
+        status: v.status,
+        fd: -1,
+        madv: None,
+        fdflags: None,
+    })
+}
+
+/// The saved pages of one process, read from it (still frozen) when written.
+pub(super) struct PendingPages {
+    pid: i32,
+    pages_id: u32,
+    runs: Vec<mem::PageRun>,
+}
+
+impl PendingPages {
+    pub(super) fn name(&self) -> String {
+        format!("pages-{}.img", self.pages_id)
+    }
+
+    pub(super) fn bytes(&self) -> u64 {
+        self.runs.iter().map(|r| r.nr_pages * PAGE_SIZE).sum()
+    }
+
+    /// Read the pages a chunk at a time and hand each chunk to `out`.
+    pub(super) fn copy(&self, stats: &mut DumpStats, out: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        let t = Instant::now();
+        let reader = PageReader::new(self.pid)?;
+        const CHUNK: u64 = 1 << 20;
+        let mut buf = vec![0u8; CHUNK as usize];
+        let mut read_time = Duration::ZERO;
+        for run in &self.runs {
+            let mut addr = run.vaddr;
+            let end = run.vaddr + run.nr_pages * PAGE_SIZE;
+            while addr < end {
+                crate::cancel::check()?;
+                let n = (end - addr).min(CHUNK) as usize;
+                let r = Instant::now();
+                reader.read(addr, &mut buf[..n])?;
+                read_time += r.elapsed();
+                out(&buf[..n])?;
+                addr += n as u64;
+            }
+            stats.pages_written += run.nr_pages;
+        }
+        stats.memdump_time_us += us(read_time);
+        stats.memwrite_time_us += us(t.elapsed().saturating_sub(read_time));
+        Ok(())
+    }
+}

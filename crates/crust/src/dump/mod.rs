@@ -1,0 +1,484 @@
+//! `crust dump`: freeze a tree, write its state as CRIU images, then kill it or
+//! let it run on.
+
+mod memory;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use procfs::process::Stat;
+
+use crate::cgroups::{CgroupRecorder, CgroupRoot};
+use crate::error::{Context, Error, Result};
+use crate::files::{FileTable, OpenFd};
+use crate::images::criu::{IMG_VERSION, SAME_AS_DUMPER, TASK_ALIVE, TASK_STOPPED, TASK_ZOMBIE};
+use crate::images::meta::{DumpMeta, FileStamp, META};
+use crate::images::proto::{
+    core_entry::March, CoreEntry, DumpStatsEntry, InventoryEntry, Lsmtype, PstreeEntry, StatsEntry, TaskCoreEntry,
+    TaskKobjIdsEntry, ThreadCoreEntry,
+};
+use crate::images::{FileSink, ImageDir, Kind};
+use crate::mem::{self, Vma};
+use crate::proc;
+use crate::remote::RemoteThread;
+use crate::state::{self, ThreadDump};
+use crate::tree::{FrozenProcess, FrozenTree};
+use memory::PendingPages;
+
+#[derive(Clone, Debug, Default)]
+pub struct DumpOptions {
+    pub pid: i32,
+    pub dir: PathBuf,
+    pub leave_running: bool,
+    pub shell_job: bool,
+    /// `--cgroup-root`: record cgroup paths relative to these roots.
+    pub cgroup_roots: Vec<CgroupRoot>,
+    /// `--freeze-cgroup`: freeze the tree through this cgroup's freezer first.
+    pub freeze_cgroup: Option<PathBuf>,
+    /// `--ghost-limit`: the largest deleted file carried in the images.
+    pub ghost_limit: Option<u64>,
+}
+
+/// What a dump did, for the user and for stats-dump.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct DumpStats {
+    pub processes: usize,
+    pub threads: usize,
+    pub freezing_time_us: u64,
+    pub frozen_time_us: u64,
+    pub memdump_time_us: u64,
+    pub memwrite_time_us: u64,
+    pub pages_scanned: u64,
+    pub pages_written: u64,
+    pub bytes_written: u64,
+    /// One line on what cgroup.img holds and why.
+    pub cgroups: String,
+}
+
+impl DumpStats {
+    /// As CRIU's stats-dump holds it.
+    pub fn entry(&self) -> StatsEntry {
+        StatsEntry {
+            dump: Some(DumpStatsEntry {
+                freezing_time: self.freezing_time_us as u32,
+                frozen_time: self.frozen_time_us as u32,
+                memdump_time: self.memdump_time_us as u32,
+                memwrite_time: self.memwrite_time_us as u32,
+                pages_scanned: self.pages_scanned,
+                pages_skipped_parent: 0,
+                pages_written: self.pages_written,
+                pages_lazy: 0,
+                ..Default::default()
+            }),
+            restore: None,
+        }
+    }
+}
+
+
+fn us(d: Duration) -> u64 {
+    d.as_micros() as u64
+}
+
+/// A tree whose images are written, still frozen: the caller decides whether
+/// it dies (its state lives on elsewhere) or resumes (the move failed).
+pub struct Dumped {
+    tree: FrozenTree,
+    frozen_at: Instant,
+    /// Pages not written yet (a streamed dump sends them last).
+    pages: Vec<PendingPages>,
+    pub stats: DumpStats,
+}
+
+impl Dumped {
+    /// Bytes of pages still to send.
+    pub fn pending_bytes(&self) -> u64 {
+        self.pages.iter().map(PendingPages::bytes).sum()
+    }
+
+    /// Send the pages the dump left out, one pages-N.img after the other in
+    /// the order of pstree.img; `progress` hears the bytes sent so far.
+    pub fn send_pages(&mut self, sink: &mut dyn FileSink, progress: &mut dyn FnMut(u64)) -> Result<u64> {
+        let mut sent = 0;
+        for pending in std::mem::take(&mut self.pages) {
+            sink.begin(&pending.name())?;
+            pending.copy(&mut self.stats, &mut |chunk| {
+                sink.data(chunk)?;
+                sent += chunk.len() as u64;
+                progress(sent);
+                Ok(())
+            })?;
+            sink.end()?;
+        }
+        self.stats.bytes_written += sent;
+        Ok(sent)
+    }
+
+    pub fn kill(mut self) -> DumpStats {
+        self.tree.kill();
+        self.stats.frozen_time_us = us(self.frozen_at.elapsed());
+        self.stats
+    }
+
+    pub fn resume(mut self) -> DumpStats {
+        drop(self.tree);
+        self.stats.frozen_time_us = us(self.frozen_at.elapsed());
+        self.stats
+    }
+}
+
+pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
+    let (tree, dir, stats, frozen_at, pages) = write_images(opts, None)?;
+    let d = Dumped { tree, frozen_at, pages, stats };
+    if opts.leave_running {
+        // Everything is read: the tree need not wait for the disk.
+        let mut stats = d.resume();
+        dir.commit()?;
+        stats.frozen_time_us = us(frozen_at.elapsed());
+        Ok(stats)
+    } else {
+        // The tree dies only once its images are safely in place.
+        dir.commit()?;
+        Ok(d.kill())
+    }
+}
+
+/// Dump and keep the tree frozen, with its images in place: in `opts.dir`,
+/// or, given a sink, streamed to it as they are written (nothing on disk).
+/// A streamed dump leaves the pages out, for [`Dumped::send_pages`]: the
+/// receiver can check the rest, and build the tree, before they come.
+pub fn dump_frozen(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<Dumped> {
+    let (tree, dir, mut stats, frozen_at, pages) = write_images(opts, sink)?;
+    dir.commit()?;
+    stats.frozen_time_us = us(frozen_at.elapsed());
+    Ok(Dumped { tree, frozen_at, pages, stats })
+}
+
+type Written = (FrozenTree, ImageDir, DumpStats, Instant, Vec<PendingPages>);
+
+/// Freeze the tree and write all its images (not yet made visible); a
+/// streamed dump returns its pages unwritten.
+fn write_images(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<Written> {
+    let start = Instant::now();
+    let tree = match &opts.freeze_cgroup {
+        Some(cg) => FrozenTree::seize_through_freezer(opts.pid, cg)?,
+        None => FrozenTree::seize(opts.pid)?,
+    };
+    let frozen_at = Instant::now();
+    check_session(&tree, opts)?;
+    check_isolation(&tree)?;
+    let streamed = sink.is_some();
+    let mut d = TreeDump {
+        dir: match sink {
+            Some(sink) => ImageDir::stream(sink),
+            None => ImageDir::create(&opts.dir)?,
+        },
+        files: FileTable::default(),
+        cgroups: CgroupRecorder::new(opts.cgroup_roots.clone())?,
+        namespaces: Vec::new(),
+        stats: DumpStats {
+            processes: tree.processes.len(),
+            threads: tree.thread_count(),
+            freezing_time_us: us(frozen_at - start),
+            ..Default::default()
+        },
+        deferred: streamed.then(Vec::new),
+    };
+    if let Some(limit) = opts.ghost_limit {
+        d.files.ghosts.limit = limit;
+    }
+    let mut root_ids = None;
+    for (n, p) in tree.processes.iter().enumerate() {
+        match p.zombie {
+            Some(status) => d.zombie(p, status)?,
+            None => {
+                let ids = d.process(p, n as u32 + 1)?;
+                root_ids.get_or_insert(ids);
+            }
+        }
+    }
+    d.pstree(&tree, opts.pid)?;
+    d.shared(&tree)?;
+    d.inventory(root_ids)?;
+    crate::cancel::check()?;
+    d.stats.frozen_time_us = us(frozen_at.elapsed());
+    // A streamed dump's numbers are whole only once its pages are sent: the
+    // migration keeps them itself.
+    if !streamed {
+        let mut w = d.dir.writer("stats-dump", Kind::Stats)?;
+        w.entry(&d.stats.entry())?;
+        d.stats.bytes_written += w.finish()?;
+    }
+    Ok((tree, d.dir, d.stats, frozen_at, d.deferred.unwrap_or_default()))
+}
+
+/// A dump being written: the images, and what is gathered across processes.
+struct TreeDump {
+    dir: ImageDir,
+    files: FileTable,
+    cgroups: CgroupRecorder,
+    /// Namespaces met, by (kind, inode): their ids are positions here, from 1.
+    namespaces: Vec<(&'static str, u64)>,
+    stats: DumpStats,
+    /// Pages left for later (a streamed dump sends them last); none: written now.
+    deferred: Option<Vec<PendingPages>>,
+}
+
+impl TreeDump {
+    /// One live process: each thread's core, its memory, its fd table, its ids.
+    fn process(&mut self, p: &FrozenProcess, index: u32) -> Result<TaskKobjIdsEntry> {
+        let vmas = mem::read_vmas(p.pid)?;
+        let ids = self.kobj_ids(p.pid, index);
+        let cg_set = self.cgroups.set_of(p.pid)?;
+        let mut brk = 0;
+        for &tid in &p.threads {
+            crate::cancel::check()?;
+            let leader_brk = self.thread(p, tid, &vmas, &ids, cg_set)?;
+            brk = leader_brk.unwrap_or(brk);
+        }
+        self.memory(p.pid, index, &vmas, brk)?;
+        self.fds(p.pid, index)?;
+        let mut w = self.dir.writer(&format!("ids-{}.img", p.pid), Kind::Ids)?;
+        w.entry(&ids)?;
+        self.stats.bytes_written += w.finish()?;
+        Ok(ids)
+    }
+
+    /// One thread's core image: every component of [`state`], read with
+    /// ptrace, from /proc and by syscalls run inside the thread. Returns the
+    /// brk of a leader (mm-PID.img holds it).
+    fn thread(&mut self, p: &FrozenProcess, tid: i32, vmas: &[Vma], ids: &TaskKobjIdsEntry, cg_set: u32) -> Result<Option<u64>> {
+        let pid = p.pid;
+        let gadget = mem::vdso_syscall_gadget(pid, vmas)?;
+        let writable = |a: u64, b: u64| vmas.iter().any(|v| v.start <= a && b <= v.end && v.prot & libc::PROT_WRITE as u32 != 0);
+        let rt = RemoteThread::start(tid, gadget, writable)?;
+        let status = proc::status(pid, tid)?;
+        let stat = proc::stat(pid, tid)?;
+        let mut core = core_of(p, tid, &stat, ids, cg_set);
+        let mut t = ThreadDump {
+            pid,
+            tid,
+            rt: &rt,
+            status: &status,
+            stat: &stat,
+            files: &mut self.files,
+            dir: &mut self.dir,
+            bytes_written: 0,
+        };
+        state::dump_thread(&mut t, &mut core)?;
+        self.stats.bytes_written += t.bytes_written;
+        let brk = if tid == pid { Some(rt.call("brk", libc::SYS_brk, [0; 6])?) } else { None };
+        rt.finish()?;
+        let mut w = self.dir.writer(&format!("core-{tid}.img"), Kind::Core)?;
+        w.entry(&core)?;
+        self.stats.bytes_written += w.finish()?;
+        Ok(brk)
+    }
+
+    /// The fd table: fdinfo-N.img, and each open file once in the file table.
+    fn fds(&mut self, pid: i32, index: u32) -> Result<()> {
+        let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .ctx(|| format!("listing /proc/{pid}/fd"))?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        fds.sort_unstable();
+        let mut w = self.dir.writer(&format!("fdinfo-{index}.img"), Kind::Fdinfo)?;
+        for fd in fds {
+            let open = OpenFd::read(pid, fd)?;
+            w.entry(&self.files.dump_fd(&open)?)?;
+        }
+        self.stats.bytes_written += w.finish()?;
+        Ok(())
+    }
+
+    /// A zombie is its pstree entry and a core with its exit status, as in CRIU.
+    fn zombie(&mut self, p: &FrozenProcess, status: u32) -> Result<()> {
+        let comm = proc::read_string(&format!("/proc/{}/comm", p.pid)).unwrap_or_default();
+        let core = CoreEntry {
+            mtype: March::X8664 as i32,
+            tc: Some(TaskCoreEntry {
+                task_state: TASK_ZOMBIE,
+                exit_code: status,
+                comm: comm.trim_end().to_string(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut w = self.dir.writer(&format!("core-{}.img", p.pid), Kind::Core)?;
+        w.entry(&core)?;
+        self.stats.bytes_written += w.finish()?;
+        Ok(())
+    }
+
+    fn pstree(&mut self, tree: &FrozenTree, root: i32) -> Result<()> {
+        let mut w = self.dir.writer("pstree.img", Kind::Pstree)?;
+        for p in &tree.processes {
+            w.entry(&PstreeEntry {
+                pid: p.pid as u32,
+                ppid: if p.pid == root { 0 } else { p.ppid as u32 },
+                pgid: p.pgid as u32,
+                sid: p.sid as u32,
+                threads: p.threads.iter().map(|&t| t as u32).collect(),
+            })?;
+        }
+        self.stats.bytes_written += w.finish()?;
+        Ok(())
+    }
+
+    /// What processes share, known once all are dumped: files (with every
+    /// kind's own images), shared memory, cgroups, and crust's notes.
+    fn shared(&mut self, tree: &FrozenTree) -> Result<()> {
+        let pids: Vec<i32> = tree.processes.iter().map(|p| p.pid).collect();
+        self.files.shmem.check_within(&pids)?;
+        self.stats.bytes_written += self.files.write(&mut self.dir)?;
+        let mut w = self.dir.writer("cgroup.img", Kind::Cgroup)?;
+        w.entry(&self.cgroups.entry()?)?;
+        self.stats.bytes_written += w.finish()?;
+        self.stats.cgroups = self.cgroups.summary();
+        // Deleted files travel in the images: nothing to compare them with.
+        let files = &self.files;
+        let read_only = files
+            .files
+            .iter()
+            .filter(|f| !files.ghosts.holds(f.id))
+            .filter_map(|f| f.reg.as_ref())
+            .filter(|r| r.flags & libc::O_ACCMODE as u32 == 0);
+        let stamps = read_only.filter_map(|r| Some((r.name.clone(), FileStamp::of(&r.name)?))).collect();
+        self.stats.bytes_written += self.dir.write_json(META, &DumpMeta { cgroups: self.cgroups.report(), files: stamps })?;
+        Ok(())
+    }
+
+    fn inventory(&mut self, root_ids: Option<TaskKobjIdsEntry>) -> Result<()> {
+        let mut w = self.dir.writer("inventory.img", Kind::Inventory)?;
+        w.entry(&InventoryEntry {
+            img_version: IMG_VERSION,
+            fdinfo_per_id: Some(true),
+            root_ids,
+            ns_per_id: Some(true),
+            root_cg_set: Some(SAME_AS_DUMPER),
+            lsmtype: Some(Lsmtype::NoLsm as i32),
+            ..Default::default()
+        })?;
+        self.stats.bytes_written += w.finish()?;
+        Ok(())
+    }
+
+    /// The ids of what a process holds. Its memory, fd table, fs and signal
+    /// handlers share its number: crust does not support processes sharing
+    /// them without being threads. Namespaces get small ids of their own.
+    fn kobj_ids(&mut self, pid: i32, index: u32) -> TaskKobjIdsEntry {
+        let mut ns = |kind: &'static str| {
+            let ino = proc::ns_inode(pid, kind)?;
+            let pos = self.namespaces.iter().position(|k| *k == (kind, ino)).unwrap_or_else(|| {
+                self.namespaces.push((kind, ino));
+                self.namespaces.len() - 1
+            });
+            Some(pos as u32 + 1)
+        };
+        TaskKobjIdsEntry {
+            vm_id: index,
+            files_id: index,
+            fs_id: index,
+            sighand_id: index,
+            pid_ns_id: ns("pid"),
+            net_ns_id: ns("net"),
+            ipc_ns_id: ns("ipc"),
+            uts_ns_id: ns("uts"),
+            mnt_ns_id: ns("mnt"),
+            user_ns_id: ns("user"),
+            cgroup_ns_id: ns("cgroup"),
+            time_ns_id: ns("time"),
+        }
+    }
+}
+
+/// The frame of a thread's core image that the components of [`state`] fill:
+/// the leader's also holds the process's ids and task state. Its flags,
+/// loginuid and oom_score_adj are kept for tools that read the images.
+fn core_of(p: &FrozenProcess, tid: i32, stat: &Stat, ids: &TaskKobjIdsEntry, cg_set: u32) -> CoreEntry {
+    let leader = tid == p.pid;
+    let read = |name: &str| proc::read_string(&format!("/proc/{}/{name}", p.pid)).ok();
+    CoreEntry {
+        mtype: March::X8664 as i32,
+        thread_info: Some(Default::default()),
+        ids: leader.then(|| ids.clone()),
+        tc: leader.then(|| TaskCoreEntry {
+            task_state: if p.stopped.is_some() { TASK_STOPPED } else { TASK_ALIVE },
+            stop_signo: p.stopped.map(|sig| sig as u32),
+            flags: stat.flags,
+            cg_set: Some(cg_set),
+            loginuid: read("loginuid").and_then(|s| s.trim().parse().ok()),
+            oom_score_adj: read("oom_score_adj").and_then(|s| s.trim().parse().ok()),
+            ..Default::default()
+        }),
+        thread_core: Some(ThreadCoreEntry { cg_set: Some(cg_set), ..Default::default() }),
+    }
+}
+
+/// What crust cannot restore yet must stop the dump, not be lost on restore:
+/// namespaces of a task's own (a container: a container-aware dump is needed),
+/// seccomp filters, no_new_privs, and capabilities other than its uid implies.
+fn check_isolation(tree: &FrozenTree) -> Result<()> {
+    const NAMESPACES: [&str; 8] = ["pid", "net", "ipc", "uts", "mnt", "user", "cgroup", "time"];
+    let me = std::process::id() as i32;
+    let own = proc::status(me, me)?;
+    for p in tree.processes.iter().filter(|p| p.zombie.is_none()) {
+        let comm = proc::read_string(&format!("/proc/{}/comm", p.pid)).unwrap_or_default();
+        let who = format!("process {} ({})", p.pid, comm.trim());
+        for ns in NAMESPACES {
+            if proc::ns_inode(p.pid, ns) != proc::ns_inode(me, ns) {
+                return Err(Error::Unsupported(format!(
+                    "{who} is in a {ns} namespace of its own: dumping processes inside namespaces (containers) is not supported yet"
+                )));
+            }
+        }
+        for &tid in &p.threads {
+            let st = proc::status(p.pid, tid)?;
+            if st.seccomp.unwrap_or(0) != 0 {
+                return Err(Error::Unsupported(format!("{who}: thread {tid} has a seccomp filter: seccomp is not supported yet")));
+            }
+            if st.nonewprivs.unwrap_or(0) != 0 {
+                return Err(Error::Unsupported(format!("{who}: thread {tid} has no_new_privs set: that is not supported yet")));
+            }
+            // What setresuid from crust's credentials gives: crust's sets for
+            // root, empty effective/permitted/inheritable/ambient sets otherwise.
+            let root = st.euid == 0 || st.ruid == 0 || st.suid == 0;
+            let want = if root { (own.capinh, own.capprm, own.capeff) } else { (0, 0, 0) };
+            let caps_ok = (st.capinh, st.capprm, st.capeff) == want
+                && st.capbnd == own.capbnd
+                && st.capamb.unwrap_or(0) == 0;
+            if !caps_ok {
+                return Err(Error::Unsupported(format!(
+                    "{who}: thread {tid} has capabilities other than its uid implies: restoring them is not supported yet"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A tree whose session or process group lives outside it belongs to a shell's
+/// job; like criu, dump it only when the user says so with --shell-job.
+fn check_session(tree: &FrozenTree, opts: &DumpOptions) -> Result<()> {
+    if opts.shell_job {
+        return Ok(());
+    }
+    let inside = |pid: i32| tree.processes.iter().any(|p| p.pid == pid);
+    for p in &tree.processes {
+        for (what, leader) in [("session", p.sid), ("process group", p.pgid)] {
+            if !inside(leader) {
+                let comm = proc::read_string(&format!("/proc/{leader}/comm")).unwrap_or_default();
+                return Err(Error::Invalid(format!(
+                    "process {} belongs to {what} {leader}, whose leader ({leader} {}) is not in the dumped tree; \
+                     if it is a job started from a shell, dump it with --shell-job",
+                    p.pid,
+                    comm.trim()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+

@@ -1,0 +1,118 @@
+//! Making the tasks of a tree: the root as a stopped fork of crust with the
+//! root's pid, then children and threads by clone3 inside their parents, each
+//! with its id (set_tid); zombies, and process groups and sessions.
+
+use nix::errno::Errno;
+use nix::sys::signal::Signal;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use super::Proc;
+use crate::error::{Context, Error, Result};
+use crate::ptrace;
+use crate::task::{Scratch, Task};
+
+/// crust forks itself with `pid` and the child waits, stopped, for crust to
+/// take it over.
+pub(super) fn spawn_stopped(pid: i32) -> Result<()> {
+    let set_tid = [pid as libc::pid_t];
+    let args = CloneArgs { exit_signal: libc::SIGCHLD as u64, set_tid: set_tid.as_ptr() as u64, set_tid_size: 1, ..Default::default() };
+    // SAFETY: a fork; the child runs only async-signal-safe raw syscalls and then
+    // stops, and never returns into crust's code once crust has taken it over.
+    let r = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    if r == 0 {
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0);
+            libc::raise(libc::SIGSTOP);
+            libc::_exit(127);
+        }
+    }
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(match e.raw_os_error() {
+            Some(libc::EEXIST) => Error::Invalid(format!("pid {pid} was taken while crust restored it")),
+            _ => Error::Io { context: format!("creating process {pid}"), err: e },
+        });
+    }
+    wait_new_task(pid)
+}
+
+/// The first stop of a task created under ptrace.
+pub(super) fn wait_new_task(tid: i32) -> Result<()> {
+    match waitpid(Pid::from_raw(tid), Some(WaitPidFlag::__WALL)).ctx(|| format!("waiting for new task {tid}"))? {
+        WaitStatus::Stopped(_, Signal::SIGSTOP) | WaitStatus::PtraceEvent(_, _, libc::PTRACE_EVENT_STOP) => Ok(()),
+        other => Err(Error::Invalid(format!("new task {tid} did not stop as expected: {other:?}"))),
+    }
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// clone3 inside `task`, giving the new task id `id`.
+pub(super) fn clone_in(task: &Task, scratch: &mut Scratch, id: i32, flags: u64, exit_signal: u64) -> Result<i32> {
+    let set_tid = scratch.reset().put(&id.to_le_bytes())?;
+    let args = CloneArgs { flags, exit_signal, set_tid, set_tid_size: 1, ..Default::default() };
+    // SAFETY: CloneArgs is plain old data.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(&args as *const CloneArgs as *const u8, std::mem::size_of::<CloneArgs>())
+    };
+    let addr = scratch.put(bytes)?;
+    let what = format!("clone3 of task {id}");
+    task.call_clone(&what, libc::SYS_clone3, [addr, bytes.len() as u64, 0, 0, 0, 0]).map_err(|e| match e {
+        Error::InTask { errno: Errno::EEXIST, .. } => Error::Invalid(format!("pid {id} was taken while crust restored it")),
+        other => other,
+    })
+}
+
+/// A zombie is made by letting a new child die the way the original did; its
+/// parent, stopped under crust, has not reaped it when the tree resumes.
+pub(super) fn make_zombie(task: Task, scratch: &mut Scratch, status: u32) -> Result<()> {
+    let sig = status & 0x7f;
+    if sig == 0 {
+        return task.call_to_death(libc::SYS_exit_group, [((status >> 8) & 0xff) as u64, 0, 0, 0, 0, 0]);
+    }
+    // A fatal signal: default action, unblocked, no core file.
+    let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: prlimit of our own new child.
+    unsafe { libc::prlimit(task.pid, libc::RLIMIT_CORE, &no_core, std::ptr::null_mut()) };
+    ptrace::set_sigmask(task.tid, !(1u64 << (sig - 1)))?;
+    let default_action = scratch.reset().put_u64s(&[libc::SIG_DFL as u64, 0, 0, 0])?;
+    task.call(&format!("rt_sigaction({sig})"), libc::SYS_rt_sigaction, [sig as u64, default_action, 0, 8, 0, 0])?;
+    let pid = task.pid as u64;
+    task.call_to_death(libc::SYS_tgkill, [pid, pid, sig as u64, 0, 0, 0])
+}
+
+/// Process groups: leaders make their groups first, then members join. The
+/// group of a shell job (the root's) is crust's own, so that the restoring
+/// shell's job control (Ctrl-Z, fg) reaches the job through crust.
+pub(super) fn set_process_groups(procs: &[Proc], shell_job: bool) -> Result<()> {
+    let in_tree = |pid: u32| procs.iter().any(|p| p.image.pstree.pid == pid);
+    let job_group = procs[0].image.pstree.pgid;
+    let mut order: Vec<&Proc> = procs.iter().collect();
+    order.sort_by_key(|p| p.image.pstree.pgid != p.image.pstree.pid);
+    for p in order {
+        let (pid, pgid) = (p.image.pstree.pid, p.image.pstree.pgid);
+        if shell_job && pgid == job_group {
+            continue;
+        }
+        if in_tree(pgid) && nix::unistd::getpgid(Some(Pid::from_raw(pid as i32))).map(|g| g.as_raw() as u32) != Ok(pgid) {
+            p.leader.call("setpgid", libc::SYS_setpgid, [0, pgid as u64, 0, 0, 0, 0])?;
+        }
+    }
+    Ok(())
+}
+
