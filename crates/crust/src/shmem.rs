@@ -10,6 +10,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 
 use crate::error::{Context, Error, Result};
+use crate::files::FdRestorer;
+use crate::images::load::DumpImage;
 use crate::images::proto::{PagemapEntry, PagemapHead};
 use crate::images::{ImageDir, Kind};
 use crate::images::criu::{PAGE_SIZE, PE_PRESENT};
@@ -133,5 +135,37 @@ fn data_runs(file: &File, size: u64) -> std::io::Result<Vec<(u64, u64)>> {
         at = hole;
     }
     Ok(runs)
+}
+
+/// Every shared memory object, made in the root before anything forks (so
+/// that every process inherits the same one): a shared anonymous mapping,
+/// filled inside the root (its pages are charged to the tree's cgroup, not
+/// crust's), whose object the root keeps by an fd through
+/// /proc/self/map_files. Returns the fd of each, by shmid.
+pub fn make(r: &mut FdRestorer, img: &DumpImage) -> Result<HashMap<u64, u64>> {
+    let mut fds = HashMap::new();
+    let mut ids: Vec<&u64> = img.shmem.keys().collect();
+    ids.sort_unstable();
+    for &shmid in ids {
+        let obj = &img.shmem[&shmid];
+        let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+        let flags = (libc::MAP_SHARED | libc::MAP_ANONYMOUS) as u64;
+        let addr = r.task.call("mmap of shared memory", libc::SYS_mmap, [0, obj.size, prot, flags, u64::MAX, 0])?;
+        let made = (|| -> Result<u64> {
+            let pages = r.open_low(&obj.pages_path.to_string_lossy(), (libc::O_RDONLY | libc::O_CLOEXEC) as u32)?;
+            let at_addr: Vec<_> =
+                obj.pagemap.iter().map(|e| PagemapEntry { vaddr: addr + e.vaddr, ..e.clone() }).collect();
+            let filled = r.task.fill_pages(&at_addr, pages);
+            r.task.call("close", libc::SYS_close, [pages, 0, 0, 0, 0, 0])?;
+            filled?;
+            let path = format!("/proc/self/map_files/{addr:x}-{:x}", addr + obj.size);
+            r.open_low(&path, (libc::O_RDWR | libc::O_CLOEXEC) as u32)
+        })();
+        r.task.call("munmap", libc::SYS_munmap, [addr, obj.size, 0, 0, 0, 0])?;
+        // Inherited by the forks: not close-on-exec once moved up.
+        let fd = r.to_high(made?)?;
+        fds.insert(shmid, fd);
+    }
+    Ok(fds)
 }
 

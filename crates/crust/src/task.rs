@@ -2,6 +2,8 @@
 //! with a scratch mapping in it for the syscalls' arguments.
 
 use crate::error::{Error, Result};
+use crate::images::criu::PAGE_SIZE;
+use crate::images::proto::PagemapEntry;
 use crate::ptrace;
 use crate::remote::{self, TaskMem};
 
@@ -43,6 +45,30 @@ impl Task {
     pub fn open(&self, scratch: &mut Scratch, path: &str, flags: u32) -> Result<u64> {
         let addr = scratch.reset().put_str(path)?;
         self.call(&format!("opening {path}"), libc::SYS_openat, [libc::AT_FDCWD as u64, addr, flags as u64, 0, 0, 0])
+    }
+
+    /// Read every saved page into place with pread from the pages image, opened
+    /// inside the task as `pages_fd`. Returns the number of pages.
+    pub fn fill_pages(&self, pagemap: &[PagemapEntry], pages_fd: u64) -> Result<u64> {
+        // pread moves at most this much at once (MAX_RW_COUNT).
+        const MAX_IO: u64 = 1 << 30;
+        let mut offset = 0u64;
+        let mut pages = 0u64;
+        for e in pagemap {
+            let len = e.nr_pages as u64 * PAGE_SIZE;
+            let mut done = 0;
+            while done < len {
+                let n = (len - done).min(MAX_IO);
+                let got = self.call("pread of saved pages", libc::SYS_pread64, [pages_fd, e.vaddr + done, n, offset + done, 0, 0])?;
+                if got != n {
+                    return Err(Error::Invalid(format!("short read of saved pages at {:#x}: {got} of {n} bytes", e.vaddr + done)));
+                }
+                done += n;
+            }
+            offset += len;
+            pages += e.nr_pages as u64;
+        }
+        Ok(pages)
     }
 
     pub fn gadget(&self) -> u64 {

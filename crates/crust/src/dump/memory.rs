@@ -12,6 +12,7 @@ use crate::images::proto::{MmEntry, PagemapEntry, PagemapHead, VmaEntry};
 use crate::images::Kind;
 use crate::mem::{self, Backing, PageReader, Vma};
 use crate::proc;
+use crate::shmem::SharedMemory;
 
 impl TreeDump {
     /// mm-PID.img, then the pages. `brk` was read inside the process.
@@ -19,7 +20,7 @@ impl TreeDump {
         let stat = proc::stat(pid, pid)?;
         let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ctx(|| format!("reading /proc/{pid}/exe"))?;
         let exe_file_id = self.files.path_id(&exe.to_string_lossy(), libc::O_RDONLY as u32, &format!("/proc/{pid}/exe"))?;
-        let vmas_entries = vmas.iter().map(|v| vma_entry(pid, v, &mut self.files)).collect::<Result<Vec<_>>>()?;
+        let vmas_entries = vmas.iter().map(|v| vma_entry(pid, v, &mut self.files, &mut self.shmem)).collect::<Result<Vec<_>>>()?;
         let mm = MmEntry {
             mm_start_code: stat.startcode,
             mm_end_code: stat.endcode,
@@ -71,7 +72,7 @@ impl TreeDump {
     }
 }
 
-fn vma_entry(pid: i32, v: &Vma, files: &mut FileTable) -> Result<VmaEntry> {
+fn vma_entry(pid: i32, v: &Vma, files: &mut FileTable, shmem: &mut SharedMemory) -> Result<VmaEntry> {
     let shmid = match &v.backing {
         Backing::File { path, .. } => {
             let writable_shared = v.shared() && v.prot & libc::PROT_WRITE as u32 != 0;
@@ -79,7 +80,7 @@ fn vma_entry(pid: i32, v: &Vma, files: &mut FileTable) -> Result<VmaEntry> {
             let source = format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end);
             files.path_id(&path.to_string_lossy(), flags, &source)? as u64
         }
-        Backing::AnonShared => files.shmem.note(pid, v)?,
+        Backing::AnonShared => shmem.note(pid, v)?,
         _ => 0,
     };
     Ok(VmaEntry {

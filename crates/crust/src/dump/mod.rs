@@ -23,6 +23,7 @@ use crate::images::{FileSink, ImageDir, Kind};
 use crate::mem::{self, Vma};
 use crate::proc;
 use crate::remote::RemoteThread;
+use crate::shmem::SharedMemory;
 use crate::state::{self, ThreadDump};
 use crate::tree::{FrozenProcess, FrozenTree};
 use memory::PendingPages;
@@ -176,6 +177,7 @@ fn write_images(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<W
             None => ImageDir::create(&opts.dir)?,
         },
         files: FileTable::default(),
+        shmem: SharedMemory::default(),
         cgroups: CgroupRecorder::new(opts.cgroup_roots.clone())?,
         namespaces: Vec::new(),
         stats: DumpStats {
@@ -218,6 +220,9 @@ fn write_images(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<W
 struct TreeDump {
     dir: ImageDir,
     files: FileTable,
+    /// Shared anonymous memory: like files, shared between processes and
+    /// written once, after all of them.
+    shmem: SharedMemory,
     cgroups: CgroupRecorder,
     /// Namespaces met, by (kind, inode): their ids are positions here, from 1.
     namespaces: Vec<(&'static str, u64)>,
@@ -331,8 +336,9 @@ impl TreeDump {
     /// kind's own images), shared memory, cgroups, and crust's notes.
     fn shared(&mut self, tree: &FrozenTree) -> Result<()> {
         let pids: Vec<i32> = tree.processes.iter().map(|p| p.pid).collect();
-        self.files.shmem.check_within(&pids)?;
+        self.shmem.check_within(&pids)?;
         self.stats.bytes_written += self.files.write(&mut self.dir)?;
+        self.stats.bytes_written += self.shmem.write(&mut self.dir)?;
         let mut w = self.dir.writer("cgroup.img", Kind::Cgroup)?;
         w.entry(&self.cgroups.entry()?)?;
         self.stats.bytes_written += w.finish()?;

@@ -353,9 +353,6 @@ pub struct FileTable {
     pub extras: Extras,
     /// Deleted files held by the tree, with their contents.
     pub ghosts: ghost::Ghosts,
-    /// Shared anonymous memory mapped by the tree: not files, but like them
-    /// shared between processes and written once, after all of them.
-    pub shmem: crate::shmem::SharedMemory,
 }
 
 impl FileTable {
@@ -435,7 +432,6 @@ impl FileTable {
             bytes += kind.write_images(self, dir)?;
         }
         bytes += self.ghosts.write(dir)?;
-        bytes += self.shmem.write(dir)?;
         Ok(bytes)
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use crate::error::{Error, Result};
-use crate::images::proto::{MmEntry, PagemapEntry, VmaEntry};
+use crate::images::proto::{MmEntry, VmaEntry};
 use crate::images::criu::{PAGE_SIZE, VMA_ANON_SHARED, VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR};
 use crate::mem::Backing;
 use crate::task::{Scratch, Task};
@@ -153,30 +153,6 @@ pub fn map_vmas(
         }
     }
     Ok(())
-}
-
-/// Read every saved page into place with pread from the pages image, opened
-/// inside the task as `pages_fd`. Returns the number of pages.
-pub fn fill_pages(task: &Task, pagemap: &[PagemapEntry], pages_fd: u64) -> Result<u64> {
-    // pread moves at most this much at once (MAX_RW_COUNT).
-    const MAX_IO: u64 = 1 << 30;
-    let mut offset = 0u64;
-    let mut pages = 0u64;
-    for e in pagemap {
-        let len = e.nr_pages as u64 * PAGE_SIZE;
-        let mut done = 0;
-        while done < len {
-            let n = (len - done).min(MAX_IO);
-            let got = task.call("pread of saved pages", libc::SYS_pread64, [pages_fd, e.vaddr + done, n, offset + done, 0, 0])?;
-            if got != n {
-                return Err(Error::Invalid(format!("short read of saved pages at {:#x}: {got} of {n} bytes", e.vaddr + done)));
-            }
-            done += n;
-        }
-        offset += len;
-        pages += e.nr_pages as u64;
-    }
-    Ok(pages)
 }
 
 /// Give every private vma its saved protection back.

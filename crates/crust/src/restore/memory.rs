@@ -1,15 +1,13 @@
 //! The memory of a process being restored: crust's mappings replaced by the
 //! image's (see [`super::layout`]), the saved pages put in, the mm's bounds,
-//! auxv and executable set; and shared memory objects, made once in the root.
+//! auxv and executable set. Shared memory objects are made by [`crate::shmem`].
 
 use std::collections::HashMap;
 
 use super::layout;
 use super::Proc;
 use crate::error::Result;
-use crate::files::FdRestorer;
 use crate::images::load::{DumpImage, ProcessImage};
-use crate::images::proto::PagemapEntry;
 use crate::mem::Vma;
 use crate::task::{Scratch, Task};
 
@@ -27,7 +25,7 @@ impl PageSource for PagesInDir {
     fn fill(&mut self, task: &Task, scratch: &mut Scratch, p: &ProcessImage) -> Result<u64> {
         let flags = (libc::O_RDONLY | libc::O_CLOEXEC) as u32;
         let fd = task.open(scratch, &p.pages_path.to_string_lossy(), flags)?;
-        let pages = layout::fill_pages(task, &p.pagemap, fd)?;
+        let pages = task.fill_pages(&p.pagemap, fd)?;
         task.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
         Ok(pages)
     }
@@ -86,36 +84,3 @@ pub(super) fn restore(
     }
     Ok(pages)
 }
-
-/// Every shared memory object, made in the root before anything forks (so
-/// that every process inherits the same one): a shared anonymous mapping,
-/// filled inside the root (its pages are charged to the tree's cgroup, not
-/// crust's), whose object the root keeps by an fd through
-/// /proc/self/map_files. Returns the fd of each, by shmid.
-pub(super) fn make_shared(r: &mut FdRestorer, img: &DumpImage) -> Result<HashMap<u64, u64>> {
-    let mut fds = HashMap::new();
-    let mut ids: Vec<&u64> = img.shmem.keys().collect();
-    ids.sort_unstable();
-    for &shmid in ids {
-        let obj = &img.shmem[&shmid];
-        let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
-        let flags = (libc::MAP_SHARED | libc::MAP_ANONYMOUS) as u64;
-        let addr = r.task.call("mmap of shared memory", libc::SYS_mmap, [0, obj.size, prot, flags, u64::MAX, 0])?;
-        let made = (|| -> Result<u64> {
-            let pages = r.open_low(&obj.pages_path.to_string_lossy(), (libc::O_RDONLY | libc::O_CLOEXEC) as u32)?;
-            let at_addr: Vec<_> =
-                obj.pagemap.iter().map(|e| PagemapEntry { vaddr: addr + e.vaddr, ..e.clone() }).collect();
-            let filled = layout::fill_pages(r.task, &at_addr, pages);
-            r.task.call("close", libc::SYS_close, [pages, 0, 0, 0, 0, 0])?;
-            filled?;
-            let path = format!("/proc/self/map_files/{addr:x}-{:x}", addr + obj.size);
-            r.open_low(&path, (libc::O_RDWR | libc::O_CLOEXEC) as u32)
-        })();
-        r.task.call("munmap", libc::SYS_munmap, [addr, obj.size, 0, 0, 0, 0])?;
-        // Inherited by the forks: not close-on-exec once moved up.
-        let fd = r.to_high(made?)?;
-        fds.insert(shmid, fd);
-    }
-    Ok(fds)
-}
-
