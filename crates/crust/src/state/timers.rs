@@ -12,15 +12,14 @@ const WHICH: [libc::c_int; 3] = [libc::ITIMER_REAL, libc::ITIMER_VIRTUAL, libc::
 impl Component for Itimers {
     fn dump(&self, t: &mut ThreadDump, core: &mut CoreEntry) -> Result<()> {
         let Some(tc) = core.tc.as_mut() else { return Ok(()) };
-        let buf = t.rt.scratch();
-        let mut timers = Vec::new();
-        for which in WHICH {
+        let read = |which: libc::c_int| -> Result<ItimerEntry> {
+            let buf = t.rt.scratch();
             t.rt.call("getitimer", libc::SYS_getitimer, [which as u64, buf, 0, 0, 0, 0])?;
             let w: Vec<u64> = super::words(&t.rt.read_scratch(32)?).collect();
-            timers.push(ItimerEntry { isec: w[0], iusec: w[1], vsec: w[2], vusec: w[3] });
-        }
-        let [real, virt, prof] = <[ItimerEntry; 3]>::try_from(timers).expect("three timers");
-        tc.timers = Some(TaskTimersEntry { real, virt, prof, posix: Vec::new() });
+            Ok(ItimerEntry { isec: w[0], iusec: w[1], vsec: w[2], vusec: w[3] })
+        };
+        let [real, virt, prof] = WHICH;
+        tc.timers = Some(TaskTimersEntry { real: read(real)?, virt: read(virt)?, prof: read(prof)?, posix: Vec::new() });
         Ok(())
     }
 
