@@ -555,9 +555,10 @@ fn dump_process(
                 fpregs: arch::fpregs(&xsave),
                 tls: Vec::new(),
             }),
-            ids: (tid == pid).then(|| ids.clone()),
+            ids: (tid == pid).then_some(ids),
             tc,
             thread_core: Some(thread_core),
+            ..Default::default()
         };
         let mut w = dir.writer(&format!("core-{tid}.img"), Kind::Core)?;
         w.entry(&core)?;

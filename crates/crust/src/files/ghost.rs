@@ -14,12 +14,10 @@ use std::path::Path;
 
 use super::FileTable;
 use crate::error::{Context, Error, Result};
-use crate::images::proto::{GhostFileEntry, RemapFilePathEntry};
+use crate::images::proto::{GhostFileEntry, RemapFilePathEntry, RemapType};
 use crate::images::{ImageDir, Kind};
 use crate::restore::load::DumpImage;
 
-/// CRIU's remap_type GHOST.
-pub const REMAP_GHOST: u32 = 1;
 /// What /proc says after the path of a deleted file.
 pub const DELETED: &str = " (deleted)";
 
@@ -115,13 +113,14 @@ impl FileTable {
                     ino: Some(md.ino()),
                     chunks: None,
                     size: Some(data.len() as u64),
+                    ..Default::default()
                 };
                 self.ghosts.files.push((id, entry, data));
                 self.ghosts.by_inode.insert(key, id);
                 id
             }
         };
-        self.ghosts.remaps.push(RemapFilePathEntry { orig_id, remap_id, remap_type: Some(REMAP_GHOST) });
+        self.ghosts.remaps.push(RemapFilePathEntry { orig_id, remap_id, remap_type: Some(RemapType::Ghost as i32) });
         Ok(())
     }
 }

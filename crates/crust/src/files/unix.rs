@@ -146,7 +146,7 @@ fn dump(fd: &OpenFd, table: &mut FileTable) -> Result<FileEntry> {
                 return Err(fd.unsupported("unix sockets receiving credentials with bytes queued are"));
             }
             let data = peek_stream(fd, &sock)?;
-            table.sk_queues.push((SkPacketEntry { id_for: id, length: data.len() as u32 }, data));
+            table.sk_queues.push((SkPacketEntry { id_for: id, length: data.len() as u32, ..Default::default() }, data));
         }
     } else {
         // Messages keep their bounds (and may be empty): any is refused.
@@ -169,6 +169,7 @@ fn dump(fd: &OpenFd, table: &mut FileTable) -> Result<FileEntry> {
         so_mark: Some(int_opt(&sock, libc::SO_MARK, None).ctx(what)? as u32),
         so_passcred: Some(passcred),
         so_passsec: Some(passsec),
+        ..Default::default()
     };
     table.unix_peers.push((ino, peer, format!("process {}: fd {} ({})", fd.pid, fd.fd, fd.link)));
     let entry = UnixSkEntry {
@@ -184,6 +185,7 @@ fn dump(fd: &OpenFd, table: &mut FileTable) -> Result<FileEntry> {
         opts,
         name: Vec::new(),
         shutdown: None,
+        ..Default::default()
     };
     Ok(FileEntry { r#type: FdTypes::Unixsk as i32, id, usk: Some(entry), ..Default::default() })
 }

@@ -235,7 +235,7 @@ fn load_ghosts(dir: &Path) -> Result<Ghosts> {
         return Ok((remaps, ghost_files));
     }
     for r in read_all::<RemapFilePathEntry>(&path, Kind::RemapFpath)? {
-        if r.remap_type.unwrap_or(0) != crate::files::ghost::REMAP_GHOST {
+        if r.remap_type() != crate::images::proto::RemapType::Ghost {
             return Err(invalid(&path, format!("file {}: only ghost remaps are supported yet", r.orig_id)));
         }
         remaps.insert(r.orig_id, r.remap_id);
@@ -280,7 +280,7 @@ fn load_process(dir: &Path, pstree: PstreeEntry, pages_in: Pages) -> Result<Proc
         }
         cores.push((tid as i32, core));
     }
-    let ids = cores[0].1.ids.clone().expect("checked above");
+    let ids = cores[0].1.ids.expect("checked above");
     let mm_path = dir.join(format!("mm-{pid}.img"));
     let mm: MmEntry = read_one(&mm_path, Kind::Mm)?;
     for v in &mm.vmas {
