@@ -484,6 +484,7 @@ fn corrupted_truncated_and_missing_images_are_refused_by_file() {
     let mut cases = 0;
     for name in &names {
         let len = std::fs::metadata(images.join(name)).unwrap().len();
+        #[allow(clippy::type_complexity)]
         let mut damages: Vec<(String, Box<dyn Fn(&Path)>)> = Vec::new();
         for cut in [0, 4, 8, len / 2, len.saturating_sub(1)] {
             if cut < len {

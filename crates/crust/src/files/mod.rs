@@ -197,6 +197,7 @@ pub struct FileTable {
     next_id: u32,
     pub files: Vec<FileEntry>,
     /// fds already dumped, by inode, to find shared descriptions with kcmp.
+    #[allow(clippy::type_complexity)]
     seen: HashMap<(u64, u64), Vec<(i32, i32, u32)>>,
     /// Files known by path alone (mapped files, cwd, root, exe), by (path, flags);
     /// a deleted file's path carries its inode.

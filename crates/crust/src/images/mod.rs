@@ -430,6 +430,7 @@ impl ImageReader {
     }
 
     /// The next entry, or None at a clean end of file.
+    #[allow(clippy::should_implement_trait)]
     pub fn next<M: Message + Default>(&mut self) -> Result<Option<M>> {
         let mut len = [0u8; 4];
         let n = loop {
