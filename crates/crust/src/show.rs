@@ -1,80 +1,198 @@
 //! Decoding a directory of images back into data: `crust show`.
+//!
+//! Entries are decoded from the descriptors of `proto/*.proto` embedded in the
+//! library, not through the Rust types, so every field in the bytes is
+//! printed, whether crust uses it or not. Enum values print as their names
+//! (numbers when the schema has no name for them); a field number the schema
+//! does not know prints under its number (`"23": ...`) rather than vanishing.
 
 use std::path::Path;
+use std::sync::OnceLock;
 
-use prost::Message;
-use serde::Serialize;
+use prost_reflect::{DescriptorPool, DynamicMessage, Kind as FieldKind, MessageDescriptor, Value as PValue};
 use serde_json::{json, Map, Value};
 
 use crate::error::{Context, Error, Result};
-use crate::images::proto::{
-    CgroupEntry, CoreEntry, FdinfoEntry, FileEntry, FsEntry, InventoryEntry, MmEntry, PagemapEntry, PagemapHead,
-    GhostFileEntry, PipeDataEntry, PstreeEntry, RemapFilePathEntry, SkPacketEntry, StatsEntry, TaskKobjIdsEntry,
-    TtyInfoEntry,
-};
+use crate::images::proto::DESCRIPTOR_SET;
 use crate::images::{ImageReader, Kind};
 
-fn to_json<T: Serialize>(v: &T) -> Value {
-    serde_json::to_value(v).unwrap_or(Value::Null)
+/// How the entries of an image are laid out.
+#[derive(Clone, Copy)]
+enum Layout {
+    /// Entries of one message.
+    Entries(&'static str),
+    /// A first entry of one message (a head), then entries of another.
+    HeadThen(&'static str, &'static str),
+    /// Entries each followed by as many raw bytes as its field of that name says.
+    WithData(&'static str, &'static str),
+    /// A ghost_file_entry; then, when it says `chunks`, ghost_chunk_entry
+    /// entries each followed by `len` bytes, else the contents to the end.
+    Ghost,
 }
 
-fn all<M: Message + Default + Serialize>(r: &mut ImageReader) -> Result<Vec<Value>> {
-    let mut out = Vec::new();
-    while let Some(m) = r.read_entry::<M>()? {
-        out.push(to_json(&m));
-    }
-    Ok(out)
+/// The messages of each kind of image (by full name); None for raw images.
+fn layout(kind: Kind) -> Option<Layout> {
+    use Layout::*;
+    Some(match kind {
+        Kind::Inventory => Entries("inventory_entry"),
+        Kind::Pstree => Entries("pstree_entry"),
+        Kind::Core => Entries("core_entry"),
+        Kind::Mm => Entries("mm_entry"),
+        Kind::Pagemap => HeadThen("pagemap_head", "pagemap_entry"),
+        Kind::Files => Entries("file_entry"),
+        Kind::Fdinfo => Entries("fdinfo_entry"),
+        Kind::Fs => Entries("fs_entry"),
+        Kind::Ids => Entries("task_kobj_ids_entry"),
+        Kind::Cgroup => Entries("cgroup_entry"),
+        Kind::PipesData => WithData("pipe_data_entry", "bytes"),
+        Kind::SkQueues => WithData("sk_packet_entry", "length"),
+        Kind::RemapFpath => Entries("remap_file_path_entry"),
+        Kind::GhostFile => Ghost,
+        Kind::TtyInfo => Entries("tty_info_entry"),
+        Kind::Stats => Entries("stats_entry"),
+        Kind::Pages => return None,
+    })
 }
 
-/// Every entry of one image file, as JSON. Page contents are summarised, not printed.
+/// The descriptors of every image message.
+pub fn descriptors() -> &'static DescriptorPool {
+    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
+    POOL.get_or_init(|| DescriptorPool::decode(DESCRIPTOR_SET).expect("the embedded descriptor set decodes"))
+}
+
+fn message(name: &str) -> MessageDescriptor {
+    descriptors().get_message_by_name(name).unwrap_or_else(|| panic!("{name} is not in the embedded descriptors"))
+}
+
+/// The next entry of `r`, decoded as message `name`.
+fn next(r: &mut ImageReader, name: &str) -> Result<Option<DynamicMessage>> {
+    let Some((offset, body)) = r.next_raw()? else { return Ok(None) };
+    let desc = message(name);
+    DynamicMessage::decode(desc, body.as_slice()).map(Some).map_err(|e| Error::Image {
+        file: r.path().to_path_buf(),
+        offset,
+        what: format!("undecodable {name}: {e}"),
+    })
+}
+
+fn number(m: &DynamicMessage, field: &str) -> u64 {
+    m.get_field_by_name(field).and_then(|v| v.as_u64().or_else(|| v.as_u32().map(u64::from))).unwrap_or(0)
+}
+
+/// Every entry of one image file, as JSON. Raw contents (pages, pipe and
+/// socket data, ghost files) are skipped; a pages image is summarised.
 pub fn show_file(path: &Path) -> Result<Value> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
     let kind = Kind::of_file_name(name)
         .ok_or_else(|| Error::Invalid(format!("{}: not an image crust knows", path.display())))?;
-    if kind == Kind::Pages {
+    let Some(layout) = layout(kind) else {
         let len = std::fs::metadata(path).ctx(|| format!("stat {}", path.display()))?.len();
         return Ok(json!({ "bytes": len, "pages": len / crate::images::criu::PAGE_SIZE }));
-    }
-    let mut r = ImageReader::open(path, kind)?;
-    let entries = match kind {
-        Kind::Inventory => all::<InventoryEntry>(&mut r)?,
-        Kind::Pstree => all::<PstreeEntry>(&mut r)?,
-        Kind::Core => all::<CoreEntry>(&mut r)?,
-        Kind::Mm => all::<MmEntry>(&mut r)?,
-        Kind::Pagemap => {
-            let mut v = vec![to_json(&r.one::<PagemapHead>()?)];
-            v.extend(all::<PagemapEntry>(&mut r)?);
-            v
-        }
-        Kind::Files => all::<FileEntry>(&mut r)?,
-        Kind::Fdinfo => all::<FdinfoEntry>(&mut r)?,
-        Kind::Fs => all::<FsEntry>(&mut r)?,
-        Kind::Ids => all::<TaskKobjIdsEntry>(&mut r)?,
-        Kind::Cgroup => all::<CgroupEntry>(&mut r)?,
-        Kind::PipesData => {
-            let mut v = Vec::new();
-            while let Some(e) = r.read_entry::<PipeDataEntry>()? {
-                r.raw(e.bytes as u64)?;
-                v.push(to_json(&e));
-            }
-            v
-        }
-        Kind::SkQueues => {
-            let mut v = Vec::new();
-            while let Some(e) = r.read_entry::<SkPacketEntry>()? {
-                r.raw(e.length as u64)?;
-                v.push(to_json(&e));
-            }
-            v
-        }
-        Kind::RemapFpath => all::<RemapFilePathEntry>(&mut r)?,
-        // The entry; the contents that follow it are not printed.
-        Kind::GhostFile => vec![to_json(&r.one::<GhostFileEntry>()?)],
-        Kind::TtyInfo => all::<TtyInfoEntry>(&mut r)?,
-        Kind::Stats => all::<StatsEntry>(&mut r)?,
-        Kind::Pages => unreachable!("handled above"),
     };
+    let mut r = ImageReader::open(path, kind)?;
+    let mut entries = Vec::new();
+    match layout {
+        Layout::Entries(msg) => {
+            while let Some(m) = next(&mut r, msg)? {
+                entries.push(to_json(&m));
+            }
+        }
+        Layout::HeadThen(head, msg) => {
+            if let Some(h) = next(&mut r, head)? {
+                entries.push(to_json(&h));
+                while let Some(m) = next(&mut r, msg)? {
+                    entries.push(to_json(&m));
+                }
+            }
+        }
+        Layout::WithData(msg, len) => {
+            while let Some(m) = next(&mut r, msg)? {
+                r.skip(number(&m, len))?;
+                entries.push(to_json(&m));
+            }
+        }
+        Layout::Ghost => {
+            if let Some(g) = next(&mut r, "ghost_file_entry")? {
+                let chunks = g.get_field_by_name("chunks").and_then(|v| v.as_bool()).unwrap_or(false);
+                entries.push(to_json(&g));
+                if chunks {
+                    while let Some(c) = next(&mut r, "ghost_chunk_entry")? {
+                        r.skip(number(&c, "len"))?;
+                        entries.push(to_json(&c));
+                    }
+                }
+            }
+        }
+    }
     Ok(Value::Array(entries))
+}
+
+/// A message as a JSON object: each field present in the bytes under its
+/// name, and each field the schema does not know under its number.
+pub fn to_json(msg: &DynamicMessage) -> Value {
+    let mut out = Map::new();
+    for (field, value) in msg.fields() {
+        out.insert(field.name().to_string(), value_json(&field.kind(), value));
+    }
+    for f in msg.unknown_fields() {
+        let mut bytes = Vec::new();
+        f.encode(&mut bytes);
+        let value = unknown_value(&bytes);
+        match out.entry(f.number().to_string()) {
+            serde_json::map::Entry::Vacant(v) => {
+                v.insert(value);
+            }
+            // A number seen again (a repeated field): all its values, in order.
+            serde_json::map::Entry::Occupied(mut o) => match o.get_mut() {
+                Value::Array(a) if !matches!(value, Value::Array(_)) => a.push(value),
+                other => *other = Value::Array(vec![other.take(), value]),
+            },
+        }
+    }
+    Value::Object(out)
+}
+
+fn value_json(kind: &FieldKind, v: &PValue) -> Value {
+    match v {
+        PValue::Bool(b) => json!(b),
+        PValue::I32(n) => json!(n),
+        PValue::I64(n) => json!(n),
+        PValue::U32(n) => json!(n),
+        PValue::U64(n) => json!(n),
+        PValue::F32(n) => json!(n),
+        PValue::F64(n) => json!(n),
+        PValue::String(s) => json!(s),
+        PValue::Bytes(b) => json!(hex(b)),
+        PValue::EnumNumber(n) => match kind {
+            FieldKind::Enum(e) => e.get_value(*n).map_or_else(|| json!(n), |v| json!(v.name())),
+            _ => json!(n),
+        },
+        PValue::Message(m) => to_json(m),
+        PValue::List(items) => Value::Array(items.iter().map(|i| value_json(kind, i)).collect()),
+        PValue::Map(m) => Value::Object(m.iter().map(|(k, v)| (format!("{k:?}"), value_json(kind, v))).collect()),
+    }
+}
+
+/// Bytes as lowercase hex, two digits a byte.
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The value of one encoded unknown field (its key included): a varint or
+/// fixed-width number as a number, anything else as the hex of its bytes.
+fn unknown_value(mut buf: &[u8]) -> Value {
+    use prost::encoding::{decode_key, decode_varint, WireType};
+    let Ok((_, wire)) = decode_key(&mut buf) else { return json!(hex(buf)) };
+    match wire {
+        WireType::Varint => decode_varint(&mut buf).map_or_else(|_| json!(hex(buf)), |n| json!(n)),
+        WireType::SixtyFourBit if buf.len() == 8 => json!(u64::from_le_bytes(buf.try_into().expect("8 bytes"))),
+        WireType::ThirtyTwoBit if buf.len() == 4 => json!(u32::from_le_bytes(buf.try_into().expect("4 bytes"))),
+        WireType::LengthDelimited => {
+            let _len = decode_varint(&mut buf);
+            json!(hex(buf))
+        }
+        _ => json!(hex(buf)),
+    }
 }
 
 /// Every image of a dump directory, keyed by file name.
@@ -93,4 +211,67 @@ pub fn show_dir(dir: &Path) -> Result<Value> {
         out.insert(name.clone(), show_file(&dir.join(&name))?);
     }
     Ok(Value::Object(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::*;
+    use crate::images::proto::{CoreEntry, PstreeEntry, RemapFilePathEntry, RemapType, TaskCoreEntry};
+
+    fn decode(name: &str, bytes: &[u8]) -> Value {
+        to_json(&DynamicMessage::decode(message(name), bytes).unwrap())
+    }
+
+    #[test]
+    fn every_kind_names_a_message_of_the_schema() {
+        for kind in [
+            Kind::Inventory, Kind::Pstree, Kind::Core, Kind::Mm, Kind::Pagemap, Kind::Files, Kind::Fdinfo, Kind::Fs,
+            Kind::Ids, Kind::Cgroup, Kind::PipesData, Kind::SkQueues, Kind::RemapFpath, Kind::GhostFile,
+            Kind::TtyInfo, Kind::Stats,
+        ] {
+            let names = match layout(kind).unwrap() {
+                Layout::Entries(m) | Layout::WithData(m, _) => vec![m],
+                Layout::HeadThen(h, m) => vec![h, m],
+                Layout::Ghost => vec!["ghost_file_entry", "ghost_chunk_entry"],
+            };
+            for n in names {
+                message(n);
+            }
+        }
+    }
+
+    #[test]
+    fn fields_enums_and_unknown_numbers_are_all_printed() {
+        let core = CoreEntry {
+            mtype: crate::images::proto::core_entry::March::X8664 as i32,
+            tc: Some(TaskCoreEntry { comm: "x".into(), stop_signo: Some(19), ..Default::default() }),
+            ..Default::default()
+        };
+        let v = decode("core_entry", &core.encode_to_vec());
+        assert_eq!(v["mtype"], "X86_64");
+        assert_eq!(v["tc"]["stop_signo"], 19);
+        // Required fields are on the wire even at zero; absent optional ones are not shown.
+        assert_eq!(v["tc"]["task_state"], 0);
+        assert!(v["tc"].get("loginuid").is_none(), "{v}");
+
+        let remap = RemapFilePathEntry { orig_id: 1, remap_id: 2, remap_type: Some(RemapType::Ghost as i32) };
+        assert_eq!(decode("remap_file_path_entry", &remap.encode_to_vec())["remap_type"], "GHOST");
+        // An enum number the schema has no name for prints as the number.
+        let odd = RemapFilePathEntry { remap_type: Some(7), ..remap };
+        assert_eq!(decode("remap_file_path_entry", &odd.encode_to_vec())["remap_type"], 7);
+
+        // Numbers the schema lacks: a varint twice, a string, a fixed64.
+        let mut bytes = PstreeEntry { pid: 5, threads: vec![5, 6], ..Default::default() }.encode_to_vec();
+        bytes.extend([0xb8, 0x01, 0x2a, 0xb8, 0x01, 0x2b]); // field 23, varint 42 then 43
+        bytes.extend([0xc2, 0x01, 0x02, b'h', b'i']); // field 24, "hi"
+        bytes.extend([0xc9, 0x01, 1, 0, 0, 0, 0, 0, 0, 0]); // field 25, fixed64 1
+        let v = decode("pstree_entry", &bytes);
+        assert_eq!(v["pid"], 5);
+        assert_eq!(v["threads"], json!([5, 6]));
+        assert_eq!(v["23"], json!([42, 43]));
+        assert_eq!(v["24"], "6869");
+        assert_eq!(v["25"], 1);
+    }
 }

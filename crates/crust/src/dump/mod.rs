@@ -409,7 +409,7 @@ fn core_of(p: &FrozenProcess, tid: i32, stat: &Stat, ids: &TaskKobjIdsEntry, cg_
     CoreEntry {
         mtype: March::X8664 as i32,
         thread_info: Some(Default::default()),
-        ids: leader.then(|| ids.clone()),
+        ids: leader.then_some(*ids),
         tc: leader.then(|| TaskCoreEntry {
             task_state: if p.stopped.is_some() { TASK_STOPPED } else { TASK_ALIVE },
             stop_signo: p.stopped.map(|sig| sig as u32),
@@ -420,6 +420,7 @@ fn core_of(p: &FrozenProcess, tid: i32, stat: &Stat, ids: &TaskKobjIdsEntry, cg_
             ..Default::default()
         }),
         thread_core: Some(ThreadCoreEntry { cg_set: Some(cg_set), ..Default::default() }),
+        ..Default::default()
     }
 }
 

@@ -14,8 +14,7 @@ use std::path::Path;
 
 use super::FileTable;
 use crate::error::{Context, Error, Result};
-use crate::images::criu::REMAP_GHOST;
-use crate::images::proto::{GhostFileEntry, RemapFilePathEntry};
+use crate::images::proto::{GhostFileEntry, RemapFilePathEntry, RemapType};
 use crate::images::{ImageDir, Kind};
 use crate::images::load::DumpImage;
 
@@ -114,13 +113,14 @@ impl FileTable {
                     ino: Some(md.ino()),
                     chunks: None,
                     size: Some(data.len() as u64),
+                    ..Default::default()
                 };
                 self.ghosts.files.push((id, entry, data));
                 self.ghosts.by_inode.insert(key, id);
                 id
             }
         };
-        self.ghosts.remaps.push(RemapFilePathEntry { orig_id, remap_id, remap_type: Some(REMAP_GHOST) });
+        self.ghosts.remaps.push(RemapFilePathEntry { orig_id, remap_id, remap_type: Some(RemapType::Ghost as i32) });
         Ok(())
     }
 }

@@ -80,7 +80,7 @@ impl FileKind for UnixSocket {
                     return Err(fd.unsupported("unix sockets receiving credentials with bytes queued are"));
                 }
                 let data = peek_stream(fd, &sock)?;
-                table.extras.get_mut::<Dumped>().queues.push((SkPacketEntry { id_for: id, length: data.len() as u32 }, data));
+                table.extras.get_mut::<Dumped>().queues.push((SkPacketEntry { id_for: id, length: data.len() as u32, ..Default::default() }, data));
             }
         } else {
             // Messages keep their bounds (and may be empty): any is refused.
@@ -103,6 +103,7 @@ impl FileKind for UnixSocket {
             so_mark: Some(int_opt(&sock, libc::SO_MARK, None).ctx(what)? as u32),
             so_passcred: Some(passcred),
             so_passsec: Some(passsec),
+            ..Default::default()
         };
         table.extras.get_mut::<Dumped>().peers.push((ino, peer, format!("process {}: fd {} ({})", fd.pid, fd.fd, fd.link)));
         let entry = UnixSkEntry {
@@ -118,6 +119,7 @@ impl FileKind for UnixSocket {
             opts,
             name: Vec::new(),
             shutdown: None,
+            ..Default::default()
         };
         Ok(FileEntry { r#type: FdTypes::Unixsk as i32, id, usk: Some(entry), ..Default::default() })
     }

@@ -29,9 +29,6 @@ pub const VMA_ANON_SHARED: u32 = 1 << 8;
 pub const VMA_ANON_PRIVATE: u32 = 1 << 9;
 pub const VMA_AREA_VVAR: u32 = 1 << 12;
 
-/// remap_file_path_entry.remap_type of a ghost file.
-pub const REMAP_GHOST: u32 = 1;
-
 /// The cgroup set id that means "the dumper's own cgroups" (cg_set 1, as CRIU
 /// numbers the root's set).
 pub const SAME_AS_DUMPER: u32 = 1;

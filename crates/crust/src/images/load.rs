@@ -269,7 +269,7 @@ fn load_ghosts(dir: &Path) -> Result<Ghosts> {
         return Ok((remaps, ghost_files));
     }
     for r in read_all::<RemapFilePathEntry>(&path, Kind::RemapFpath)? {
-        if r.remap_type.unwrap_or(0) != crate::images::criu::REMAP_GHOST {
+        if r.remap_type() != crate::images::proto::RemapType::Ghost {
             return Err(invalid(&path, format!("file {}: only ghost remaps are supported yet", r.orig_id)));
         }
         remaps.insert(r.orig_id, r.remap_id);

@@ -434,6 +434,17 @@ impl ImageReader {
 
     /// The next entry, or None at a clean end of file.
     pub fn read_entry<M: Message + Default>(&mut self) -> Result<Option<M>> {
+        let Some((start, body)) = self.next_raw()? else { return Ok(None) };
+        M::decode(body.as_slice()).map(Some).map_err(|e| Error::Image {
+            file: self.path.clone(),
+            offset: start,
+            what: format!("undecodable {}: {e}", std::any::type_name::<M>().rsplit("::").next().unwrap_or("entry")),
+        })
+    }
+
+    /// The bytes of the next entry and the offset they start at, or None at a
+    /// clean end of file.
+    pub fn next_raw(&mut self) -> Result<Option<(u64, Vec<u8>)>> {
         let mut len = [0u8; 4];
         let n = loop {
             match self.input.read(&mut len[..1]) {
@@ -455,11 +466,12 @@ impl ImageReader {
         let start = self.offset;
         let mut body = vec![0u8; len as usize];
         self.exact(&mut body, "entry")?;
-        M::decode(body.as_slice()).map(Some).map_err(|e| Error::Image {
-            file: self.path.clone(),
-            offset: start,
-            what: format!("undecodable {}: {e}", std::any::type_name::<M>().rsplit("::").next().unwrap_or("entry")),
-        })
+        Ok(Some((start, body)))
+    }
+
+    /// The path of the image being read.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Exactly one entry must be there.
@@ -482,6 +494,17 @@ impl ImageReader {
         let mut buf = vec![0u8; len as usize];
         self.exact(&mut buf, "raw data")?;
         Ok(buf)
+    }
+
+    /// Skips `len` raw bytes; a length beyond the file is reported.
+    pub fn skip(&mut self, len: u64) -> Result<()> {
+        let left = self.left()?;
+        if len > left {
+            return Err(self.error(format!("truncated: raw data needs {len} bytes, only {left} left")));
+        }
+        self.input.seek_relative(len as i64).map_err(|e| self.error(format!("seek: {e}")))?;
+        self.offset += len;
+        Ok(())
     }
 
     /// Everything up to the end of the file.
