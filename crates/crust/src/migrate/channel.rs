@@ -14,12 +14,8 @@ use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
 use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM};
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 
 use crate::error::{Error, Result};
-
-pub(crate) type HmacSha256 = Hmac<Sha256>;
 
 /// The options of the restore (JSON), first of all.
 pub const HELLO: u8 = 1;
@@ -47,14 +43,6 @@ pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(600);
 pub const QUICK_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes of an image sent in one frame.
 pub const CHUNK: usize = 1 << 20;
-
-pub(crate) fn mac(key: &[u8], parts: &[&[u8]]) -> HmacSha256 {
-    let mut m = <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC takes any key length");
-    for p in parts {
-        m.update(p);
-    }
-    m
-}
 
 /// The keys of a tcp:// session, one per direction.
 pub struct SessionKeys {
