@@ -106,11 +106,11 @@ enum Command {
         manage_cgroups: Mode,
         #[arg(long = "cgroup-root", value_name = "[CONTROLLER:]/PATH")]
         cgroup_roots: Vec<CgroupRoot>,
-        /// Where the stats images of the move are kept (stats-dump,
-        /// stats-restore, stats-migrate.json, each 0600); as with criu, the
-        /// current directory by default. A directory made for them is 0700.
-        #[arg(short = 'D', long = "images-dir", value_name = "DIR", default_value = ".")]
-        stats_dir: PathBuf,
+        /// Keep the stats images of the move in DIR (stats-dump,
+        /// stats-restore, stats-migrate.json, each 0600); none are written
+        /// without it. A directory made for them is 0700.
+        #[arg(short = 'D', long = "images-dir", value_name = "DIR")]
+        stats_dir: Option<PathBuf>,
         /// Print the stats as JSON.
         #[arg(long)]
         json: bool,
@@ -305,7 +305,6 @@ fn run(cli: Cli) -> Result<()> {
                 None => std::env::current_exe().context("finding crust's own path")?.to_string_lossy().into_owned(),
             };
             let progress = !json && nix::unistd::isatty(std::io::stderr()).unwrap_or(false);
-            let stats_dir = Some(stats_dir);
             let opts =
                 MigrateOptions { pid, to, shell_job, key, remote_crust, manage_cgroups, cgroup_roots, stats_dir, progress };
             let stats = guard::in_child(|| Ok(migrate(&opts)?)).with_context(|| format!("migration of process {pid} failed; it runs on here"))?;
