@@ -106,10 +106,10 @@ fn migrate_keeping(from: &Host, host_pid: i32, to: &str, key: Option<&Path>, sta
 
 /// A migration expected to fail: it must keep no stats.
 fn migrate(from: &Host, host_pid: i32, to: &str, key: Option<&Path>) -> std::process::Output {
-    let stats_dir = std::env::temp_dir().join(format!("crust-test-failed-migration-{}", std::process::id()));
+    let tmp = tempfile::Builder::new().prefix("crust-test-failed-migration-").tempdir().expect("a temp dir");
+    let stats_dir = tmp.path().join("stats");
     let out = migrate_keeping(from, host_pid, to, key, &stats_dir);
     assert!(!stats_dir.join("stats-dump").exists(), "a failed migration kept stats");
-    let _ = std::fs::remove_dir_all(&stats_dir);
     out
 }
 
