@@ -330,13 +330,13 @@ fn run(cli: Cli) -> Result<()> {
             crust::migrate::tcp::serve(&crust::migrate::tcp::ServeOptions { listen, key, dir, max_sessions })?;
         }
         Command::Receive { dir } => {
-            use std::os::fd::{AsFd, AsRawFd};
+            use std::os::fd::AsFd;
             crust::migrate::receive::Session::private_workdir(&dir)?;
             crust::migrate::receive::Session::remove_stale(&dir);
             // The raw pipes, not std's buffered handles: the channel buffers.
             let input = std::fs::File::from(std::io::stdin().as_fd().try_clone_to_owned()?);
             let output = std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?);
-            let fd = input.as_raw_fd();
+            let fd = input.as_fd().try_clone_to_owned()?;
             let mut chan =
                 crust::migrate::channel::Channel::pipes(Box::new(input), fd, Box::new(output), "the migrating host".into());
             crust::migrate::receive::receive(&mut chan, &dir)?;

@@ -10,10 +10,14 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use nix::poll::{poll, PollFd, PollFlags};
+use nix::sys::signal::Signal;
+use nix::unistd::alarm;
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::{hkdf, hmac};
 
@@ -172,7 +176,9 @@ pub struct ServeOptions {
     pub max_sessions: usize,
 }
 
-/// `crust serve`: accept migrations, one process per connection.
+/// `crust serve`: accept migrations, one process per connection. It forks a
+/// handler for each, so it must run in a process with no other thread (as the
+/// crust command does).
 pub fn serve(opts: &ServeOptions) -> Result<()> {
     let key = read_key(&opts.key)?;
     if opts.max_sessions == 0 {
@@ -189,9 +195,8 @@ pub fn serve(opts: &ServeOptions) -> Result<()> {
         let (mut stream, from) = match listener.accept() {
             Ok(s) => s,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                let mut fds = [libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(&listener), events: libc::POLLIN, revents: 0 }];
-                // SAFETY: poll on one fd we own, for at most 200 ms.
-                unsafe { libc::poll(fds.as_mut_ptr(), 1, 200) };
+                // Wait for a connection, 200 ms at most: ended handlers are reaped each turn.
+                let _ = poll(&mut [PollFd::new(listener.as_fd(), PollFlags::POLLIN)], 200u16);
                 continue;
             }
             Err(e) => {
@@ -205,12 +210,15 @@ pub fn serve(opts: &ServeOptions) -> Result<()> {
             let _ = stream.write_all(&[BUSY]);
             continue;
         }
-        // SAFETY: serve is single-threaded; the child handles one connection and exits.
+        // SAFETY: `crust serve` runs no other thread, so the child cannot
+        // inherit a lock that some thread held while it forked; it handles
+        // this one connection and exits, never back in this loop.
         match unsafe { nix::unistd::fork() } {
             Ok(nix::unistd::ForkResult::Child) => {
                 // A handler does not outlive its agent.
-                // SAFETY: plain prctl on ourselves.
-                unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+                if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
+                    log::warn!("crust serve: a handler that may outlive its agent: {e}");
+                }
                 drop(listener);
                 handle(stream, &key, &opts.dir);
                 std::process::exit(0);
@@ -245,11 +253,9 @@ const HANDSHAKE_SECONDS: u32 = 10;
 fn handle(stream: TcpStream, key: &[u8], workdir: &Path) {
     let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     // SIGALRM's default action ends this handler if the handshake takes longer.
-    // SAFETY: alarm only arms a timer of this process.
-    unsafe { libc::alarm(HANDSHAKE_SECONDS) };
+    alarm::set(HANDSHAKE_SECONDS);
     let handshake = handshake(stream, key, true);
-    // SAFETY: as above, disarms it.
-    unsafe { libc::alarm(0) };
+    alarm::cancel();
     let mut chan = match handshake {
         Ok(c) => c,
         Err(e) => {
