@@ -52,7 +52,7 @@ struct Row {
 }
 
 fn bench(name: &str, args: &[&str], iters: usize, counter: &mut usize, buf: &[u8]) -> Result<Row> {
-    let out = TmpPath::new("out-", *counter);
+    let out = TmpPath::new("out-", *counter)?;
     *counter += 1;
     let mut w = Workload::spawn(name, args, &out.0)?;
     let ready = w.expect_line("READY", Duration::from_secs(60))?;
@@ -64,7 +64,7 @@ fn bench(name: &str, args: &[&str], iters: usize, counter: &mut usize, buf: &[u8
     // Round 0 is an untimed warm-up: the first use of a lot of fresh memory in
     // this VM is much slower (host faults) than steady state.
     for round in 0..=iters {
-        let dir = TmpPath::new("", *counter);
+        let dir = TmpPath::new("", *counter)?;
         *counter += 1;
         let opts = DumpOptions { pid: w.pid(), dir: dir.0.clone(), leave_running: true, shell_job: false, ..Default::default() };
         let t = Instant::now();
@@ -72,7 +72,7 @@ fn bench(name: &str, args: &[&str], iters: usize, counter: &mut usize, buf: &[u8
         dump_t.push(ms(t.elapsed()));
         drop(dir);
 
-        let file = TmpPath::new("base-", *counter);
+        let file = TmpPath::new("base-", *counter)?;
         *counter += 1;
         base_t.push(ms(write_baseline(&file.0, s.bytes_written, buf)?));
         drop(file);

@@ -311,10 +311,11 @@ fn criu(args: &[&str], log: &Path, timeout: Duration) -> Result<()> {
 
 /// `criu check` passes (Debian's criu 3.17 does not on recent kernels).
 fn criu_usable() -> bool {
-    let log = std::env::temp_dir().join(format!("crust-bench-{}-criu-check.log", std::process::id()));
-    let ok = criu(&["check", "-o", &log.to_string_lossy()], &log, Duration::from_secs(30)).is_ok();
-    let _ = std::fs::remove_file(&log);
-    ok
+    let Ok(dir) = tempfile::Builder::new().prefix(&format!("crust-bench-{}-criu-check-", std::process::id())).tempdir() else {
+        return false;
+    };
+    let log = dir.path().join("criu-check.log");
+    criu(&["check", "-o", &log.to_string_lossy()], &log, Duration::from_secs(30)).is_ok()
 }
 
 struct CriuRow {

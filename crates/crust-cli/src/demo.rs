@@ -74,8 +74,9 @@ fn run_in(work: &Path, pid_out: &mut Option<i32>) -> Result<()> {
     let out = std::fs::File::create(&log)?;
     let mut cmd = Command::new(&exe);
     cmd.stdout(out).stdin(Stdio::null());
-    // SAFETY: setsid is async-signal-safe; the child gets a session of its own so
-    // the dump needs no --shell-job.
+    // SAFETY: the closure runs in the forked child before exec and only calls
+    // setsid, which is async-signal-safe and touches no memory of the parent.
+    // The child gets a session of its own so the dump needs no --shell-job.
     unsafe {
         cmd.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(std::io::Error::from));
     }

@@ -13,7 +13,7 @@ use nix::unistd::{fork, getppid, ForkResult};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-extern "C" fn on_stop_signal(_: libc::c_int) {
+extern "C" fn on_stop_signal(_: std::ffi::c_int) {
     crust::cancel::request();
 }
 
@@ -25,7 +25,9 @@ where
 {
     let (rd, wr) = nix::unistd::pipe().context("creating a pipe")?;
     let parent = nix::unistd::getpid();
-    // SAFETY: crust is single-threaded here; the child only runs crust's own code.
+    // SAFETY: crust has started no thread yet when it forks its worker, so the
+    // child cannot inherit a lock that another thread held; it runs `work`
+    // (crust's own code) and exits, never returning into the caller.
     match unsafe { fork() }.context("forking the worker")? {
         ForkResult::Child => {
             drop(rd);
@@ -33,11 +35,13 @@ where
             // not be cut short, or the task could not be put back.
             let handler = SigAction::new(SigHandler::Handler(on_stop_signal), SaFlags::SA_RESTART, SigSet::empty());
             for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
-                // SAFETY: the handler only stores to an atomic.
+                // SAFETY: the handler only stores to an atomic, which is
+                // async-signal-safe; no handler that other code relies on is replaced.
                 let _ = unsafe { sigaction(sig, &handler) };
             }
-            // SAFETY: plain prctl on ourselves.
-            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) };
+            if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM) {
+                log::warn!("the worker may not learn of crust's death: {e}");
+            }
             if getppid() != parent {
                 crust::cancel::request();
             }

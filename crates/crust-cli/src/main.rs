@@ -106,11 +106,11 @@ enum Command {
         manage_cgroups: Mode,
         #[arg(long = "cgroup-root", value_name = "[CONTROLLER:]/PATH")]
         cgroup_roots: Vec<CgroupRoot>,
-        /// Where the stats images of the move are kept (stats-dump,
-        /// stats-restore, stats-migrate.json, each 0600); as with criu, the
-        /// current directory by default. A directory made for them is 0700.
-        #[arg(short = 'D', long = "images-dir", value_name = "DIR", default_value = ".")]
-        stats_dir: PathBuf,
+        /// Keep the stats images of the move in DIR (stats-dump,
+        /// stats-restore, stats-migrate.json, each 0600); none are written
+        /// without it. A directory made for them is 0700.
+        #[arg(short = 'D', long = "images-dir", value_name = "DIR")]
+        stats_dir: Option<PathBuf>,
         /// Print the stats as JSON.
         #[arg(long)]
         json: bool,
@@ -305,7 +305,6 @@ fn run(cli: Cli) -> Result<()> {
                 None => std::env::current_exe().context("finding crust's own path")?.to_string_lossy().into_owned(),
             };
             let progress = !json && nix::unistd::isatty(std::io::stderr()).unwrap_or(false);
-            let stats_dir = Some(stats_dir);
             let opts =
                 MigrateOptions { pid, to, shell_job, key, remote_crust, manage_cgroups, cgroup_roots, stats_dir, progress };
             let stats = guard::in_child(|| Ok(migrate(&opts)?)).with_context(|| format!("migration of process {pid} failed; it runs on here"))?;
@@ -331,13 +330,13 @@ fn run(cli: Cli) -> Result<()> {
             crust::migrate::tcp::serve(&crust::migrate::tcp::ServeOptions { listen, key, dir, max_sessions })?;
         }
         Command::Receive { dir } => {
-            use std::os::fd::{AsFd, AsRawFd};
+            use std::os::fd::AsFd;
             crust::migrate::receive::Session::private_workdir(&dir)?;
             crust::migrate::receive::Session::remove_stale(&dir);
             // The raw pipes, not std's buffered handles: the channel buffers.
             let input = std::fs::File::from(std::io::stdin().as_fd().try_clone_to_owned()?);
             let output = std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?);
-            let fd = input.as_raw_fd();
+            let fd = input.as_fd().try_clone_to_owned()?;
             let mut chan =
                 crust::migrate::channel::Channel::pipes(Box::new(input), fd, Box::new(output), "the migrating host".into());
             crust::migrate::receive::receive(&mut chan, &dir)?;

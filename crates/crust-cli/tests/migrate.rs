@@ -75,22 +75,41 @@ fn running_in(host: &Host, host_pid: i32) -> i32 {
     found.unwrap_or_else(|| panic!("no process {host_pid} in host {}", host.label()))
 }
 
-/// `crust migrate` run in `from`, its stats images kept in `stats_dir`; its output.
-fn migrate_keeping(from: &Host, host_pid: i32, to: &str, key: Option<&Path>, stats_dir: &Path) -> std::process::Output {
+/// `crust migrate` run in `from`, in `cwd` if given, its stats images kept in
+/// `stats_dir` if given (-D); its output.
+fn migrate_in(
+    from: &Host,
+    host_pid: i32,
+    to: &str,
+    key: Option<&Path>,
+    stats_dir: Option<&Path>,
+    cwd: Option<&Path>,
+) -> std::process::Output {
     let mut cmd = from.command(CRUST);
-    cmd.args(["migrate", "-t", &host_pid.to_string(), "--to", to, "--json", "-D"]).arg(stats_dir);
+    cmd.args(["migrate", "-t", &host_pid.to_string(), "--to", to, "--json"]);
+    if let Some(d) = stats_dir {
+        cmd.arg("-D").arg(d);
+    }
     if let Some(k) = key {
         cmd.arg("--key").arg(k);
+    }
+    if let Some(c) = cwd {
+        cmd.current_dir(c);
     }
     cmd.output(WAIT)
 }
 
+/// `crust migrate` run in `from`, its stats images kept in `stats_dir`; its output.
+fn migrate_keeping(from: &Host, host_pid: i32, to: &str, key: Option<&Path>, stats_dir: &Path) -> std::process::Output {
+    migrate_in(from, host_pid, to, key, Some(stats_dir), None)
+}
+
 /// A migration expected to fail: it must keep no stats.
 fn migrate(from: &Host, host_pid: i32, to: &str, key: Option<&Path>) -> std::process::Output {
-    let stats_dir = std::env::temp_dir().join(format!("crust-test-failed-migration-{}", std::process::id()));
+    let tmp = tempfile::Builder::new().prefix("crust-test-failed-migration-").tempdir().expect("a temp dir");
+    let stats_dir = tmp.path().join("stats");
     let out = migrate_keeping(from, host_pid, to, key, &stats_dir);
     assert!(!stats_dir.join("stats-dump").exists(), "a failed migration kept stats");
-    let _ = std::fs::remove_dir_all(&stats_dir);
     out
 }
 
@@ -369,4 +388,50 @@ fn shared_memory_of_a_parent_and_child_moves_over_tcp_still_shared() {
     let verdict = wait_line(&out, |l| l == "OK" || l.starts_with("FAIL"));
     assert_eq!(verdict, "OK", "contents, and sharing with the child, after the move");
     assert!(session_dirs(&workdir).is_empty(), "nothing left in B's work dir");
+}
+
+#[test]
+fn stats_are_written_only_where_dash_d_says() {
+    let hosts = Hosts::new("migrate-stats");
+    let key = key_file(hosts.tmp(), "key", 0x77);
+    let _serve_a = serve(&hosts.a, &key, &hosts.tmp().join("serve-a"), &hosts.tmp().join("serve-a.log"));
+    let _serve_b = serve(&hosts.b, &key, &hosts.tmp().join("serve-b"), &hosts.tmp().join("serve-b.log"));
+    let out = hosts.tmp().join("test_mm.out");
+    let job = start(&hosts.a, "test_mm", &[], &out);
+    let pid = job.host_pid();
+    wait_line(&out, |l| l == "t1 1");
+    let cwd = hosts.tmp().join("cwd");
+    std::fs::create_dir(&cwd).unwrap();
+    let names = |dir: &Path| -> Vec<String> {
+        let mut n: Vec<String> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        n.sort();
+        n
+    };
+    let in_cwd = || names(&cwd);
+
+    // Without -D: the move succeeds and writes no stats, in its cwd or elsewhere.
+    let o = migrate_in(&hosts.a, pid, &format!("tcp://{}:7070", hosts.b.ip()), Some(&key), None, Some(&cwd));
+    assert!(o.status.success(), "migrate without -D: {}", String::from_utf8_lossy(&o.stderr));
+    let printed: serde_json::Value = serde_json::from_slice(&o.stdout).expect("migrate --json");
+    assert_eq!(printed["remote"]["root"].as_i64(), Some(pid as i64), "{printed}");
+    running_in(&hosts.b, pid);
+    assert!(gone_from(&hosts.a, pid));
+    assert!(in_cwd().is_empty(), "a migrate without -D left files in its cwd: {:?}", in_cwd());
+
+    // With -D: the stats are kept there, and still nothing in the cwd.
+    let stats_dir = hosts.tmp().join("stats");
+    let o = migrate_in(&hosts.b, pid, &format!("tcp://{}:7070", hosts.a.ip()), Some(&key), Some(&stats_dir), Some(&cwd));
+    assert!(o.status.success(), "migrate -D: {}", String::from_utf8_lossy(&o.stderr));
+    let printed: serde_json::Value = serde_json::from_slice(&o.stdout).expect("migrate --json");
+    let kept: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(stats_dir.join("stats-migrate.json")).expect("stats-migrate.json")).unwrap();
+    assert_eq!(kept, printed);
+    assert_eq!(names(&stats_dir), ["stats-dump", "stats-migrate.json", "stats-restore"]);
+    common::assert_images_dir_permissions(&stats_dir);
+    assert!(in_cwd().is_empty(), "a migrate with -D left files in its cwd: {:?}", in_cwd());
+    let in_a = running_in(&hosts.a, pid);
+    assert!(gone_from(&hosts.b, pid));
+    // SAFETY: the migrated process belongs to this test.
+    unsafe { libc::kill(in_a, libc::SIGKILL) };
 }

@@ -270,21 +270,29 @@ pub fn remove_stale() {
     }
 }
 
-/// A path under /dev/shm (tmpfs), removed (file or directory) on drop.
-pub struct TmpPath(pub PathBuf);
+/// A path under /dev/shm (tmpfs), in a directory of its own (tempfile's,
+/// named crust-bench-PID-TAGN-...), which is removed on drop with whatever
+/// the path has become.
+pub struct TmpPath(pub PathBuf, tempfile::TempDir);
 
 impl TmpPath {
-    pub fn new(tag: &str, n: usize) -> TmpPath {
-        let p = PathBuf::from(format!("/dev/shm/crust-bench-{}-{tag}{n}", std::process::id()));
-        remove(&p);
-        TmpPath(p)
+    fn tempdir(tag: &str, n: usize) -> Result<tempfile::TempDir> {
+        tempfile::Builder::new()
+            .prefix(&format!("crust-bench-{}-{tag}{n}-", std::process::id()))
+            .tempdir_in("/dev/shm")
+            .context("creating a temp dir in /dev/shm")
+    }
+
+    /// A path that does not exist yet, for a file or a directory.
+    pub fn new(tag: &str, n: usize) -> Result<TmpPath> {
+        let dir = TmpPath::tempdir(tag, n)?;
+        Ok(TmpPath(dir.path().join(format!("{tag}{n}")), dir))
     }
 
     /// A fresh, empty directory.
     pub fn dir(tag: &str, n: usize) -> Result<TmpPath> {
-        let t = TmpPath::new(tag, n);
-        std::fs::create_dir(&t.0).with_context(|| format!("creating {}", t.0.display()))?;
-        Ok(t)
+        let dir = TmpPath::tempdir(tag, n)?;
+        Ok(TmpPath(dir.path().to_path_buf(), dir))
     }
 
     pub fn join(&self, p: impl AsRef<Path>) -> PathBuf {
@@ -292,17 +300,12 @@ impl TmpPath {
     }
 }
 
+/// Removes a file or a directory tree.
 fn remove(p: &Path) {
     if p.is_dir() {
         let _ = std::fs::remove_dir_all(p);
     } else {
         let _ = std::fs::remove_file(p);
-    }
-}
-
-impl Drop for TmpPath {
-    fn drop(&mut self) {
-        remove(&self.0);
     }
 }
 

@@ -15,7 +15,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -35,28 +34,27 @@ pub fn workload_path(name: &str) -> PathBuf {
 // ---------------------------------------------------------------------------
 // Temporary directories
 
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-/// A directory unique to this test process, test and call, removed on drop.
+/// A directory unique to this test process, test and call (tempfile's,
+/// named crust-test-TEST-...), removed on drop, also when the test panics.
 pub struct TempDir {
-    path: PathBuf,
+    dir: tempfile::TempDir,
 }
 
 impl TempDir {
     pub fn new(test: &str) -> TempDir {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let path = std::env::temp_dir().join(format!("crust-test-{}-{test}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
-        TempDir { path }
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("crust-test-{test}-"))
+            .tempdir()
+            .unwrap_or_else(|e| panic!("creating a temp dir for {test}: {e}"));
+        TempDir { dir }
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        self.dir.path()
     }
 
     pub fn join(&self, p: impl AsRef<Path>) -> PathBuf {
-        self.path.join(p)
+        self.dir.path().join(p)
     }
 }
 
@@ -64,10 +62,9 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         // CRUST_TEST_KEEP=1 keeps the images of a failing test for a look.
         if std::env::var_os("CRUST_TEST_KEEP").is_some() && std::thread::panicking() {
-            eprintln!("keeping {}", self.path.display());
-            return;
+            eprintln!("keeping {}", self.path().display());
+            self.dir.disable_cleanup(true);
         }
-        let _ = std::fs::remove_dir_all(&self.path);
     }
 }
 

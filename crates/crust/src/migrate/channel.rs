@@ -10,16 +10,13 @@
 
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::net::TcpStream;
-use std::os::fd::RawFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM};
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 
 use crate::error::{Error, Result};
-
-pub(crate) type HmacSha256 = Hmac<Sha256>;
 
 /// The options of the restore (JSON), first of all.
 pub const HELLO: u8 = 1;
@@ -47,14 +44,6 @@ pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(600);
 pub const QUICK_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes of an image sent in one frame.
 pub const CHUNK: usize = 1 << 20;
-
-pub(crate) fn mac(key: &[u8], parts: &[&[u8]]) -> HmacSha256 {
-    let mut m = <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC takes any key length");
-    for p in parts {
-        m.update(p);
-    }
-    m
-}
 
 /// The keys of a tcp:// session, one per direction.
 pub struct SessionKeys {
@@ -87,8 +76,9 @@ fn nonce(seq: u64) -> Nonce {
 pub struct Channel {
     reader: BufReader<Box<dyn Read + Send>>,
     writer: BufWriter<Box<dyn Write + Send>>,
-    /// What `reader` reads from, to see whether the peer has said something.
-    read_fd: RawFd,
+    /// A duplicate of the fd `reader` reads from, polled to see whether the
+    /// peer has said something.
+    poll_fd: OwnedFd,
     /// The socket of a tcp:// link, for timeouts and shutdown.
     socket: Option<TcpStream>,
     /// A tcp:// link seals every frame.
@@ -102,7 +92,7 @@ impl Channel {
     /// A tcp:// link whose peer proved it holds the key (see `tcp::handshake`).
     pub fn tcp(socket: TcpStream, keys: SessionKeys, peer: String) -> Result<Channel> {
         let clone = |s: &TcpStream| s.try_clone().map_err(|e| Error::Io { context: format!("connection to {peer}"), err: e });
-        let (r, w) = (clone(&socket)?, clone(&socket)?);
+        let (r, w, poll_fd) = (clone(&socket)?, clone(&socket)?, OwnedFd::from(clone(&socket)?));
         // Waits for a frame are bounded by `wait_readable`; these bound a
         // frame that stalls halfway, and a peer that stops taking frames in.
         let _ = socket.set_read_timeout(Some(FRAME_TIMEOUT));
@@ -110,11 +100,10 @@ impl Channel {
         // Frames are flushed whole: waiting to coalesce them only delays
         // the small requests and answers (by the peer's delayed ACK).
         let _ = socket.set_nodelay(true);
-        let read_fd = std::os::fd::AsRawFd::as_raw_fd(&socket);
         Ok(Channel {
             reader: BufReader::with_capacity(CHUNK, Box::new(r)),
             writer: BufWriter::with_capacity(CHUNK, Box::new(w)),
-            read_fd,
+            poll_fd,
             socket: Some(socket),
             sealing: Some(Sealing::new(&keys)),
             sent: 0,
@@ -124,12 +113,13 @@ impl Channel {
     }
 
     /// A link over a pair of pipes (ssh's standard input and output), which
-    /// carry their own protection.
-    pub fn pipes(reader: Box<dyn Read + Send>, read_fd: RawFd, writer: Box<dyn Write + Send>, peer: String) -> Channel {
+    /// carry their own protection. `poll_fd` is a duplicate of the fd
+    /// `reader` reads from.
+    pub fn pipes(reader: Box<dyn Read + Send>, poll_fd: OwnedFd, writer: Box<dyn Write + Send>, peer: String) -> Channel {
         Channel {
             reader: BufReader::with_capacity(CHUNK, reader),
             writer: BufWriter::with_capacity(CHUNK, writer),
-            read_fd,
+            poll_fd,
             socket: None,
             sealing: None,
             sent: 0,
@@ -204,10 +194,9 @@ impl Channel {
             if left.is_zero() {
                 return Err(Error::Invalid(format!("{} said nothing for {} s", self.peer, timeout.as_secs())));
             }
-            let mut fds = [libc::pollfd { fd: self.read_fd, events: libc::POLLIN, revents: 0 }];
-            let slice = left.min(Duration::from_millis(200)).as_millis() as i32;
-            // SAFETY: poll of one fd this channel reads from.
-            unsafe { libc::poll(fds.as_mut_ptr(), 1, slice) };
+            let slice = left.min(Duration::from_millis(200)).as_millis() as u16;
+            // Readable, hung up, interrupted or not: the loop looks again.
+            let _ = poll(&mut [PollFd::new(self.poll_fd.as_fd(), PollFlags::POLLIN)], slice);
         }
     }
 
@@ -226,9 +215,8 @@ impl Channel {
         if !self.reader.buffer().is_empty() {
             return true;
         }
-        let mut fds = [libc::pollfd { fd: self.read_fd, events: libc::POLLIN, revents: 0 }];
-        // SAFETY: poll of one fd this channel reads from, without waiting.
-        unsafe { libc::poll(fds.as_mut_ptr(), 1, 0) > 0 }
+        let mut fds = [PollFd::new(self.poll_fd.as_fd(), PollFlags::POLLIN)];
+        poll(&mut fds, PollTimeout::ZERO).is_ok_and(|n| n > 0)
     }
 
     /// If the peer gave up and said why, its reason; else `err` as it is.

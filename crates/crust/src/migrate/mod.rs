@@ -98,7 +98,7 @@ pub struct MigrateOptions {
     pub remote_crust: String,
     pub manage_cgroups: Mode,
     pub cgroup_roots: Vec<CgroupRoot>,
-    /// Where the stats images of the move are kept.
+    /// Where the stats images of the move are kept; none are written without it.
     pub stats_dir: Option<PathBuf>,
     /// Show progress of the transfer on stderr.
     pub progress: bool,
@@ -353,8 +353,8 @@ fn show_progress(done: u64, total: u64) {
 /// stats-restore for the other; crit decodes both) and whole in
 /// stats-migrate.json.
 pub fn write_stats(dir: &Path, stats: &MigrateStats) -> Result<()> {
-    // A directory made here is private; one that exists (the default, ".") is
-    // left as it is: the files themselves are 0600.
+    // A directory made here is private; one that exists is left as it is:
+    // the files themselves are 0600.
     if !dir.exists() {
         crate::images::create_private_dir(dir)?;
     }

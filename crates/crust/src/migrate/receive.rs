@@ -43,8 +43,7 @@ impl Session {
             r => r.ctx(|| format!("creating {}", workdir.display()))?,
         }
         let md = std::fs::symlink_metadata(workdir).ctx(|| format!("checking {}", workdir.display()))?;
-        // SAFETY: geteuid has no failure mode.
-        let me = unsafe { libc::geteuid() };
+        let me = nix::unistd::geteuid().as_raw();
         if !md.is_dir() || md.uid() != me || md.mode() & 0o022 != 0 {
             return Err(Error::Invalid(format!(
                 "{} must be a directory of user {me} that others cannot write (it holds received images)",
@@ -252,16 +251,17 @@ fn write_pages(pid: i32, addr: u64, data: &[u8]) -> Result<()> {
 
 /// SIGKILL a process and all its descendants, parents first (so none forks).
 fn kill_tree(root: i32) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
     let mut queue = vec![root];
     while let Some(pid) = queue.pop() {
         // Stopped first, so that its children can still be listed.
-        // SAFETY: plain kills of a tree this receiver just restored.
-        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        let _ = kill(Pid::from_raw(pid), Signal::SIGSTOP);
         for t in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
             let children = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
             queue.extend(children.split_whitespace().filter_map(|c| c.parse::<i32>().ok()));
         }
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
     }
 }
 

@@ -4,7 +4,7 @@
 //! with, and ssh protects what crosses.
 
 use std::io::Read;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -60,7 +60,7 @@ pub fn open(user: Option<&str>, host: &str, port: Option<u16>, crust: &str) -> R
             }
         });
     }
-    let fd = stdout.as_raw_fd();
+    let fd = stdout.as_fd().try_clone_to_owned().ctx(|| "duplicating ssh's output")?;
     let chan = Channel::pipes(Box::new(stdout), fd, Box::new(stdin), target.clone());
     Ok((chan, SshSession { target, child, stderr }))
 }
