@@ -51,7 +51,7 @@ pub fn show_file(path: &Path) -> Result<Value> {
         Kind::Fs => all::<FsEntry>(&mut r)?,
         Kind::Ids => all::<TaskKobjIdsEntry>(&mut r)?,
         Kind::Cgroup => all::<CgroupEntry>(&mut r)?,
-        Kind::PipesData => {
+        Kind::PipesData | Kind::FifoData => {
             let mut v = Vec::new();
             while let Some(e) = r.read_entry::<PipeDataEntry>()? {
                 r.raw(e.bytes as u64)?;

@@ -743,7 +743,7 @@ pub struct PagemapEntry {
 }
 
 // ---------------------------------------------------------------------------
-// fdinfo.proto, fown.proto, regfile.proto, pipe.proto, pipe-data.proto
+// fdinfo.proto, fown.proto, regfile.proto, pipe.proto, fifo.proto, pipe-data.proto
 // ---------------------------------------------------------------------------
 
 criu_enum! {
@@ -796,7 +796,7 @@ pub struct FdinfoEntry {
 ///
 /// Only the kinds crust handles are typed (reg = 3, pipe = 18, tty = 19).
 /// The others (isk 4, nsf 5, psk 6, nlsk 7, efd 8, epfd 9, sgfd 10, tunf 11,
-/// tfd 12, ify 13, ffy 14, ext 15, usk 16, fifo 17, memfd 20, bpf 21) are
+/// tfd 12, ify 13, ffy 14, ext 15, usk 16, memfd 20, bpf 21) are
 /// skipped on decode, so re-encoding such an entry drops them.
 #[derive(Clone, PartialEq, prost::Message, serde::Serialize)]
 pub struct FileEntry {
@@ -816,6 +816,8 @@ pub struct FileEntry {
     pub tfd: Option<TimerfdEntry>,
     #[prost(message, optional, tag = "16")]
     pub usk: Option<UnixSkEntry>,
+    #[prost(message, optional, tag = "17")]
+    pub fifo: Option<FifoEntry>,
     #[prost(message, optional, tag = "18")]
     pub pipe: Option<PipeEntry>,
     #[prost(message, optional, tag = "19")]
@@ -1078,6 +1080,19 @@ pub struct PipeEntry {
     pub flags: u32,
     #[prost(message, required, tag = "4")]
     pub fown: FownEntry,
+}
+
+/// CRIU `fifo_entry` (fifo.proto): a named FIFO; its path and open flags are
+/// in the regular-file entry `regf_id` of files.img.
+#[derive(Clone, PartialEq, prost::Message, serde::Serialize)]
+pub struct FifoEntry {
+    #[prost(uint32, required, tag = "1")]
+    pub id: u32,
+    /// FIFO inode number.
+    #[prost(uint32, required, tag = "2")]
+    pub pipe_id: u32,
+    #[prost(uint32, optional, tag = "3")]
+    pub regf_id: Option<u32>,
 }
 
 /// CRIU `pipe_data_entry` (pipe-data.proto): header of buffered pipe data;
