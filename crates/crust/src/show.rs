@@ -44,7 +44,7 @@ fn layout(kind: Kind) -> Option<Layout> {
         Kind::Fs => Entries("fs_entry"),
         Kind::Ids => Entries("task_kobj_ids_entry"),
         Kind::Cgroup => Entries("cgroup_entry"),
-        Kind::PipesData => WithData("pipe_data_entry", "bytes"),
+        Kind::PipesData | Kind::FifoData => WithData("pipe_data_entry", "bytes"),
         Kind::SkQueues => WithData("sk_packet_entry", "length"),
         Kind::RemapFpath => Entries("remap_file_path_entry"),
         Kind::GhostFile => Ghost,
@@ -228,7 +228,7 @@ mod tests {
     fn every_kind_names_a_message_of_the_schema() {
         for kind in [
             Kind::Inventory, Kind::Pstree, Kind::Core, Kind::Mm, Kind::Pagemap, Kind::Files, Kind::Fdinfo, Kind::Fs,
-            Kind::Ids, Kind::Cgroup, Kind::PipesData, Kind::SkQueues, Kind::RemapFpath, Kind::GhostFile,
+            Kind::Ids, Kind::Cgroup, Kind::PipesData, Kind::FifoData, Kind::SkQueues, Kind::RemapFpath, Kind::GhostFile,
             Kind::TtyInfo, Kind::Stats,
         ] {
             let names = match layout(kind).unwrap() {

@@ -7,6 +7,7 @@
 
 pub mod eventfd;
 pub mod eventpoll;
+pub mod fifo;
 pub mod ghost;
 pub mod pipe;
 pub mod reg;
@@ -155,6 +156,7 @@ pub trait FileKind: Sync {
 pub static KINDS: &[&dyn FileKind] = &[
     &tty::Terminal,
     &pipe::Pipe,
+    &fifo::Fifo,
     &unix::UnixSocket,
     &eventfd::Eventfd,
     &signalfd::Signalfd,

@@ -103,9 +103,9 @@ impl FileKind for Pipe {
     }
 }
 
-/// The bytes queued in a pipe, copied with tee(2) so they stay in it, and the
-/// pipe's buffer size.
-fn peek_pipe(fd: &OpenFd) -> Result<(Vec<u8>, u32)> {
+/// The bytes queued in a pipe (or a named FIFO), copied with tee(2) so they
+/// stay in it, and the pipe's buffer size.
+pub(super) fn peek_pipe(fd: &OpenFd) -> Result<(Vec<u8>, u32)> {
     let what = || format!("reading the data in pipe {} (fd {} of process {})", fd.link, fd.fd, fd.pid);
     // A read end of the same pipe, whichever end the task holds.
     let path = format!("/proc/{}/fd/{}", fd.pid, fd.fd);
@@ -128,9 +128,10 @@ fn peek_pipe(fd: &OpenFd) -> Result<(Vec<u8>, u32)> {
     Ok((data, size as u32))
 }
 
-/// Put the saved bytes (and buffer size) back into a new pipe, from crust,
-/// through another open of the task's write end.
-fn fill_pipe(pid: i32, wr: u64, saved: Option<&(PipeDataEntry, Vec<u8>)>) -> Result<()> {
+/// Put the saved bytes (and buffer size) back into a new pipe (or a named
+/// FIFO), from crust, through another open of the task's fd `wr`, which
+/// must have a reader.
+pub(super) fn fill_pipe(pid: i32, wr: u64, saved: Option<&(PipeDataEntry, Vec<u8>)>) -> Result<()> {
     let Some((PipeDataEntry { size, .. }, data)) = saved else { return Ok(()) };
     let path = format!("/proc/{pid}/fd/{wr}");
     let what = || format!("refilling pipe {path}");

@@ -40,6 +40,7 @@ pub enum Kind {
     Ids,
     Cgroup,
     PipesData,
+    FifoData,
     SkQueues,
     RemapFpath,
     GhostFile,
@@ -63,6 +64,7 @@ impl Kind {
             Kind::Ids => 0x5443_2030,
             Kind::Cgroup => 0x5938_3330,
             Kind::PipesData => 0x5645_3709,
+            Kind::FifoData => 0x5933_3054,
             Kind::SkQueues => 0x5626_4026,
             Kind::RemapFpath => 0x5913_3954,
             Kind::GhostFile => 0x5258_3605,
@@ -104,6 +106,7 @@ impl Kind {
             "ids" => Kind::Ids,
             "cgroup" => Kind::Cgroup,
             "pipes-data" => Kind::PipesData,
+            "fifo-data" => Kind::FifoData,
             "sk-queues" => Kind::SkQueues,
             "remap-fpath" => Kind::RemapFpath,
             "ghost-file" => Kind::GhostFile,
@@ -580,6 +583,7 @@ mod tests {
         assert_eq!(Kind::of_file_name("core-1234.img"), Some(Kind::Core));
         assert_eq!(Kind::of_file_name("pages-1.img"), Some(Kind::Pages));
         assert_eq!(Kind::of_file_name("pipes-data.img"), Some(Kind::PipesData));
+        assert_eq!(Kind::of_file_name("fifo-data.img"), Some(Kind::FifoData));
         assert_eq!(Kind::of_file_name("stats-dump"), Some(Kind::Stats));
         assert_eq!(Kind::of_file_name("crust-digests.json"), None);
     }
