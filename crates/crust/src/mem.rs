@@ -74,8 +74,8 @@ pub fn read_layout(pid: i32) -> Result<Vec<Vma>> {
 }
 
 fn vmas(pid: i32, strict: bool) -> Result<Vec<Vma>> {
-    let proc = Process::new(pid).map_err(|e| Error::Invalid(format!("process {pid}: {e}")))?;
-    let maps = proc.smaps().map_err(|e| Error::Invalid(format!("reading /proc/{pid}/smaps: {e}")))?;
+    let proc = Process::new(pid).map_err(|e| Error::io_other(format!("process {pid}"), e))?;
+    let maps = proc.smaps().map_err(|e| Error::io_other(format!("reading /proc/{pid}/smaps"), e))?;
     let mut out = Vec::new();
     for m in maps {
         let mut prot = 0u32;
@@ -133,19 +133,19 @@ fn vmas(pid: i32, strict: bool) -> Result<Vec<Vma>> {
             MMapPath::Anonymous => {
                 flags |= libc::MAP_ANONYMOUS as u32;
                 if shared && strict {
-                    return Err(Error::Unsupported(format!(
-                        "process {pid}: shared anonymous mapping {:#x}-{:#x}: shared memory is not supported yet",
-                        m.address.0, m.address.1
-                    )));
+                    return Err(Error::unsupported(
+                        format!("process {pid}: shared anonymous mapping {:#x}-{:#x}", m.address.0, m.address.1),
+                        "shared memory is not supported yet",
+                    ));
                 }
                 status |= VMA_ANON_PRIVATE;
                 Backing::Anon
             }
             other if strict => {
-                return Err(Error::Unsupported(format!(
-                    "process {pid}: mapping {:#x}-{:#x} of {other:?}: this kind of mapping is not supported yet",
-                    m.address.0, m.address.1
-                )))
+                return Err(Error::unsupported(
+                    format!("process {pid}: mapping {:#x}-{:#x} of {other:?}", m.address.0, m.address.1),
+                    "this kind of mapping is not supported yet",
+                ))
             }
             _ => Backing::Anon,
         };
@@ -160,14 +160,14 @@ pub fn vdso_syscall_gadget(pid: i32, vmas: &[Vma]) -> Result<u64> {
     let vdso = vmas
         .iter()
         .find(|v| v.backing == Backing::Vdso)
-        .ok_or_else(|| Error::Unsupported(format!("process {pid} has no [vdso] mapping")))?;
+        .ok_or_else(|| Error::unsupported(format!("process {pid}"), "it has no [vdso] mapping"))?;
     let mem = File::open(format!("/proc/{pid}/mem")).ctx(|| format!("opening memory of process {pid}"))?;
     let mut code = vec![0u8; (vdso.end - vdso.start) as usize];
     mem.read_exact_at(&mut code, vdso.start).ctx(|| format!("reading vdso of process {pid}"))?;
     code.windows(2)
         .position(|w| w == [0x0f, 0x05])
         .map(|off| vdso.start + off as u64)
-        .ok_or_else(|| Error::Unsupported(format!("process {pid}: no syscall instruction in its vdso")))
+        .ok_or_else(|| Error::unsupported(format!("process {pid}"), "no syscall instruction in its vdso"))
 }
 
 // /proc/PID/pagemap entry bits.

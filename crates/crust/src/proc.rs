@@ -6,21 +6,21 @@ use crate::error::{Context, Error, Result};
 use crate::images::proto::{CredsEntry, RlimitEntry, TaskRlimitsEntry};
 
 pub fn process(pid: i32) -> Result<Process> {
-    Process::new(pid).map_err(|e| Error::Invalid(format!("process {pid}: {e}")))
+    Process::new(pid).map_err(|e| Error::io_other(format!("process {pid}"), e))
 }
 
 pub fn stat(pid: i32, tid: i32) -> Result<Stat> {
     process(pid)?
         .task_from_tid(tid)
         .and_then(|t| t.stat())
-        .map_err(|e| Error::Invalid(format!("reading /proc/{pid}/task/{tid}/stat: {e}")))
+        .map_err(|e| Error::io_other(format!("reading /proc/{pid}/task/{tid}/stat"), e))
 }
 
 pub fn status(pid: i32, tid: i32) -> Result<Status> {
     process(pid)?
         .task_from_tid(tid)
         .and_then(|t| t.status())
-        .map_err(|e| Error::Invalid(format!("reading /proc/{pid}/task/{tid}/status: {e}")))
+        .map_err(|e| Error::io_other(format!("reading /proc/{pid}/task/{tid}/status"), e))
 }
 
 pub fn read_string(path: &str) -> Result<String> {
@@ -58,7 +58,7 @@ pub fn creds(st: &Status, secbits: u32) -> CredsEntry {
 /// RLIMIT_* order.
 pub fn rlimits(pid: i32) -> Result<TaskRlimitsEntry> {
     use procfs::process::{Limit, LimitValue};
-    let l = process(pid)?.limits().map_err(|e| Error::Invalid(format!("reading /proc/{pid}/limits: {e}")))?;
+    let l = process(pid)?.limits().map_err(|e| Error::io_other(format!("reading /proc/{pid}/limits"), e))?;
     let value = |v: &LimitValue| match v {
         LimitValue::Unlimited => libc::RLIM_INFINITY,
         LimitValue::Value(n) => *n,
@@ -100,7 +100,7 @@ pub fn auxv(pid: i32) -> Result<Vec<u64>> {
 pub fn personality(pid: i32) -> Result<u32> {
     let text = read_string(&format!("/proc/{pid}/personality"))?;
     u32::from_str_radix(text.trim(), 16)
-        .map_err(|_| Error::Invalid(format!("/proc/{pid}/personality: unexpected {text:?}")))
+        .map_err(|_| Error::io_other(format!("reading /proc/{pid}/personality"), format!("unexpected {text:?}")))
 }
 
 /// The robust futex list head of a thread.

@@ -73,7 +73,7 @@ pub fn wait_for_stop(tid: i32) -> Result<StopKind> {
                 ptrace::cont(pid, None).ctx(|| format!("resuming task {tid}"))?;
             }
             WaitStatus::Exited(..) | WaitStatus::Signaled(..) => {
-                return Err(Error::Invalid(format!("task {tid} exited while it was being stopped")));
+                return Err(Error::Ptrace { tid, what: "it exited while it was being stopped".into() });
             }
         }
     }

@@ -55,13 +55,13 @@ pub fn syscall(tid: i32, base: &libc::user_regs_struct, gadget: u64, nr: i64, ar
                 group_stops += 1
             }
             other => {
-                return Err(Error::Invalid(format!("task {tid}: unexpected stop {other:?} in an injected syscall (nr {nr})")))
+                return Err(Error::Ptrace { tid, what: format!("unexpected stop {other:?} in an injected syscall (nr {nr})") })
             }
         }
     }
     let after = regs(tid)?;
     if after.rip != gadget + 2 {
-        return Err(Error::Invalid(format!("task {tid}: injected syscall {nr} ended at {:#x}", after.rip)));
+        return Err(Error::Ptrace { tid, what: format!("injected syscall {nr} ended at {:#x}", after.rip) });
     }
     Ok((after.rax as i64, created))
 }
@@ -144,10 +144,10 @@ impl RemoteThread {
         let saved_regs = regs(tid)?;
         let scratch = saved_regs.rsp.wrapping_sub(RED_ZONE + SCRATCH_LEN as u64) & !0xf;
         if !writable(scratch, scratch + SCRATCH_LEN as u64) {
-            return Err(Error::Unsupported(format!(
-                "task {tid}: no writable stack below its stack pointer {:#x} for crust's scratch data",
-                saved_regs.rsp
-            )));
+            return Err(Error::unsupported(
+                format!("task {tid}"),
+                format!("no writable stack below its stack pointer {:#x} for crust's scratch data", saved_regs.rsp),
+            ));
         }
         let mem = TaskMem::open(tid)?;
         let mut saved_scratch = vec![0u8; SCRATCH_LEN];

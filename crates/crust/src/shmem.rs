@@ -65,9 +65,10 @@ impl SharedMemory {
             for l in maps.lines().filter(|l| l.ends_with(crate::mem::SHARED_ANON_NAME)) {
                 let ino = l.split_whitespace().nth(4).and_then(|i| i.parse::<u64>().ok());
                 if let Some(ino) = ino.filter(|i| self.by_inode.contains_key(i)) {
-                    return Err(Error::Unsupported(format!(
-                        "shared memory {ino} is shared with process {pid}, outside the dumped tree: not supported yet"
-                    )));
+                    return Err(Error::unsupported(
+                        format!("shared memory {ino}"),
+                        format!("is shared with process {pid}, outside the dumped tree: not supported yet"),
+                    ));
                 }
             }
         }

@@ -32,7 +32,7 @@ impl Task {
         let id = remote::check(self.tid, what, r)? as i32;
         match created {
             Some(c) if c == id => Ok(id),
-            _ => Err(Error::Invalid(format!("task {}: {what} created {id}, but ptrace did not report it", self.tid))),
+            _ => Err(Error::Ptrace { tid: self.tid, what: format!("{what} created {id}, but ptrace did not report it") }),
         }
     }
 
@@ -61,7 +61,8 @@ impl Task {
                 let n = (len - done).min(MAX_IO);
                 let got = self.call("pread of saved pages", libc::SYS_pread64, [pages_fd, e.vaddr + done, n, offset + done, 0, 0])?;
                 if got != n {
-                    return Err(Error::Invalid(format!("short read of saved pages at {:#x}: {got} of {n} bytes", e.vaddr + done)));
+                    let what = format!("short read of saved pages at {:#x}: {got} of {n} bytes", e.vaddr + done);
+                    return Err(Error::Ptrace { tid: self.tid, what });
                 }
                 done += n;
             }
@@ -107,7 +108,7 @@ impl Scratch {
     pub fn put(&mut self, data: &[u8]) -> Result<u64> {
         let at = (self.used + 15) & !15;
         if at + data.len() as u64 > self.len {
-            return Err(Error::Invalid(format!("{} bytes do not fit in crust's scratch area", data.len())));
+            return Err(Error::unsupported("crust's scratch area", format!("{} bytes of a syscall's arguments do not fit in it", data.len())));
         }
         self.mem.write(self.addr + at, data)?;
         self.used = at + data.len() as u64;

@@ -40,7 +40,7 @@ pub struct FrozenTree {
 fn proc_err(pid: i32, e: procfs::ProcError) -> Error {
     match e {
         procfs::ProcError::NotFound(_) => Error::Invalid(format!("process {pid} does not exist")),
-        other => Error::Invalid(format!("reading /proc/{pid}: {other}")),
+        other => Error::io_other(format!("reading /proc/{pid}"), other),
     }
 }
 
@@ -148,11 +148,10 @@ impl FrozenTree {
             // A leader that exited while its other threads run is not a zombie.
             let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count()).unwrap_or(1);
             if threads > 1 {
-                return Err(Error::Unsupported(format!(
-                    "process {pid} ({}): its main thread has exited while {} other thread(s) run: not supported yet",
-                    stat.comm,
-                    threads - 1
-                )));
+                return Err(Error::unsupported(
+                    format!("process {pid} ({})", stat.comm),
+                    format!("its main thread has exited while {} other thread(s) run: not supported yet", threads - 1),
+                ));
             }
             // Nothing to seize: a zombie is only its pid and exit status.
             return Ok(FrozenProcess {

@@ -436,18 +436,19 @@ fn check_isolation(tree: &FrozenTree) -> Result<()> {
         let who = format!("process {} ({})", p.pid, comm.trim());
         for ns in NAMESPACES {
             if proc::ns_inode(p.pid, ns) != proc::ns_inode(me, ns) {
-                return Err(Error::Unsupported(format!(
-                    "{who} is in a {ns} namespace of its own: dumping processes inside namespaces (containers) is not supported yet"
-                )));
+                return Err(Error::unsupported(
+                    &who,
+                    format!("it is in a {ns} namespace of its own: dumping processes inside namespaces (containers) is not supported yet"),
+                ));
             }
         }
         for &tid in &p.threads {
             let st = proc::status(p.pid, tid)?;
             if st.seccomp.unwrap_or(0) != 0 {
-                return Err(Error::Unsupported(format!("{who}: thread {tid} has a seccomp filter: seccomp is not supported yet")));
+                return Err(Error::unsupported(&who, format!("thread {tid} has a seccomp filter: seccomp is not supported yet")));
             }
             if st.nonewprivs.unwrap_or(0) != 0 {
-                return Err(Error::Unsupported(format!("{who}: thread {tid} has no_new_privs set: that is not supported yet")));
+                return Err(Error::unsupported(&who, format!("thread {tid} has no_new_privs set: that is not supported yet")));
             }
             // What setresuid from crust's credentials gives: crust's sets for
             // root, empty effective/permitted/inheritable/ambient sets otherwise.
@@ -457,9 +458,10 @@ fn check_isolation(tree: &FrozenTree) -> Result<()> {
                 && st.capbnd == own.capbnd
                 && st.capamb.unwrap_or(0) == 0;
             if !caps_ok {
-                return Err(Error::Unsupported(format!(
-                    "{who}: thread {tid} has capabilities other than its uid implies: restoring them is not supported yet"
-                )));
+                return Err(Error::unsupported(
+                    &who,
+                    format!("thread {tid} has capabilities other than its uid implies: restoring them is not supported yet"),
+                ));
             }
         }
     }

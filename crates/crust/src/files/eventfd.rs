@@ -2,7 +2,7 @@
 //! restore makes a new one and adds the saved count to it.
 
 use super::{fown_of, FdRestorer, FileTable, FileKind, OpenFd};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::images::proto::{EventfdFileEntry, FdTypes, FileEntry};
 
 pub struct Eventfd;
@@ -39,7 +39,7 @@ impl FileKind for Eventfd {
     }
 
     fn restore(&self, entry: &FileEntry, r: &mut FdRestorer) -> Result<u64> {
-        let e = entry.efd.as_ref().ok_or_else(|| Error::Invalid(format!("file {}: eventfd without its entry", entry.id)))?;
+        let e = entry.efd.as_ref().ok_or_else(|| super::missing(entry, "eventfd"))?;
         let nonblock = e.flags & libc::O_NONBLOCK as u32;
         let fd = r.task.call("eventfd2", libc::SYS_eventfd2, [0, nonblock as u64, 0, 0, 0, 0])?;
         // eventfd2 takes a 32-bit initial value; a write adds any 64-bit count.

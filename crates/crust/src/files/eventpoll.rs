@@ -28,7 +28,7 @@ impl FileKind for Eventpoll {
         let mut targets = Vec::new();
         for line in fd.info.lines().filter(|l| l.starts_with("tfd:")) {
             let (tfd, events, data, ino) = parse_target(line).ok_or_else(|| {
-                Error::Invalid(format!("process {}: fd {}: cannot read the epoll target {line:?}", fd.pid, fd.fd))
+                Error::io_other(format!("process {}: fd {}: reading the epoll target {line:?}", fd.pid, fd.fd), "unexpected format")
             })?;
             // The restore adds the file at that fd number: it must still be there,
             // the very file (an inode alone does not tell: all eventfds share one).
@@ -107,7 +107,7 @@ fn watches(pid: i32, epfd: i32, tfd: u32) -> bool {
 }
 
 fn entry(file: &FileEntry) -> Result<&EventpollFileEntry> {
-    file.epfd.as_ref().ok_or_else(|| Error::Invalid(format!("file {}: epoll without its entry", file.id)))
+    file.epfd.as_ref().ok_or_else(|| super::missing(file, "epoll"))
 }
 
 #[cfg(test)]

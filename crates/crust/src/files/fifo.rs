@@ -13,7 +13,7 @@ use nix::sys::stat::{stat, SFlag};
 use super::pipe::{fill_pipe, peek_pipe};
 use super::reg::RegularFile;
 use super::{ghost, write_with_data, FdRestorer, FileKind, FileTable, OpenFd};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::images::load::{read_with_data, DumpImage};
 use crate::images::proto::{FdTypes, FifoEntry, FileEntry, PipeDataEntry, RegFileEntry};
 use crate::images::{ImageDir, Kind};
@@ -124,8 +124,8 @@ impl FileKind for Fifo {
 
 /// The FIFO entry of a file and the regular-file entry with its path and flags.
 fn parts<'a>(entry: &'a FileEntry, img: &'a DumpImage) -> Result<(&'a FifoEntry, &'a RegFileEntry)> {
-    let fifo = entry.fifo.as_ref().ok_or_else(|| Error::Invalid(format!("file {}: FIFO without its entry", entry.id)))?;
+    let fifo = entry.fifo.as_ref().ok_or_else(|| super::missing(entry, "FIFO"))?;
     let reg = fifo.regf_id.and_then(|id| img.files.get(&id)).and_then(|f| f.reg.as_ref());
-    let reg = reg.ok_or_else(|| Error::Invalid(format!("file {}: FIFO without its regular-file entry", entry.id)))?;
+    let reg = reg.ok_or_else(|| super::missing(entry, "FIFO regular-file"))?;
     Ok((fifo, reg))
 }

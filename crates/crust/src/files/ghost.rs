@@ -79,24 +79,20 @@ impl FileTable {
         // memfds and System V segments look deleted too, but live on a
         // mount no one sees.
         if !visible_mount(&file, source) {
-            return Err(Error::Unsupported(format!(
-                "{source}: memfds and System V shared memory are not supported yet"
-            )));
+            return Err(Error::unsupported(source, "memfds and System V shared memory are not supported yet"));
         }
         if !md.is_file() {
-            return Err(Error::Unsupported(format!("{source}: deleted directories and devices are not supported yet")));
+            return Err(Error::unsupported(source, "deleted directories and devices are not supported yet"));
         }
         if md.nlink() != 0 {
-            return Err(Error::Unsupported(format!(
-                "{source}: a file unlinked under one name but linked under another is not supported yet"
-            )));
+            return Err(Error::unsupported(source, "a file unlinked under one name but linked under another is not supported yet"));
         }
         let limit = self.ghosts.limit;
         if md.len() > limit {
-            return Err(Error::Unsupported(format!(
-                "{source}: a deleted file of {} bytes, more than --ghost-limit {limit}: deleted files this large are",
-                md.len()
-            )));
+            return Err(Error::unsupported(
+                source,
+                format!("a deleted file of {} bytes, more than --ghost-limit {limit}: deleted files this large are not carried", md.len()),
+            ));
         }
         let key = (md.dev(), md.ino());
         let remap_id = match self.ghosts.by_inode.get(&key) {
@@ -154,7 +150,7 @@ pub fn materialize(img: &mut DumpImage) -> Result<Materialized> {
     remaps.sort_unstable();
     for (orig_id, ghost_id) in remaps {
         let name = img.files.get(&orig_id).and_then(|f| f.reg.as_ref()).map(|r| r.name.clone()).ok_or_else(|| {
-            Error::Invalid(format!("remap-fpath.img: file {orig_id} is not a regular file of files.img"))
+            Error::image("remap-fpath.img", format!("file {orig_id} is not a regular file of files.img"))
         })?;
         let path = match placed.get(&ghost_id) {
             Some(p) => p.clone(),
@@ -162,7 +158,7 @@ pub fn materialize(img: &mut DumpImage) -> Result<Materialized> {
                 let (entry, data) = img
                     .ghost_files
                     .get(&ghost_id)
-                    .ok_or_else(|| Error::Invalid(format!("remap-fpath.img: no ghost-file-{ghost_id:x}.img")))?;
+                    .ok_or_else(|| Error::image("remap-fpath.img", format!("no ghost-file-{ghost_id:x}.img")))?;
                 let file = place(&name, &img.dir, entry, data)?;
                 let path = format!("/proc/{}/fd/{}", std::process::id(), file.as_raw_fd());
                 files.push(file);
@@ -212,6 +208,6 @@ fn place(name: &str, images: &Path, entry: &GhostFileEntry, data: &[u8]) -> Resu
     if let Some(file) = in_own_dir {
         return Ok(file);
     }
-    let dir = open_dir(images).ok_or_else(|| Error::Invalid(format!("{}: cannot open it to put back {name}", images.display())))?;
+    let dir = open_dir(images).ok_or_else(|| Error::io_other(format!("{}: opening it to put back {name}", images.display()), "it cannot be opened as a directory"))?;
     unnamed_file(&dir, entry, data).ctx(|| format!("putting back deleted file {name} in {}", images.display()))
 }

@@ -64,14 +64,14 @@ impl OpenFd {
             .lines()
             .find_map(|l| l.strip_prefix(name))
             .map(str::trim)
-            .ok_or_else(|| Error::Invalid(format!("/proc/{}/fdinfo/{} has no {name} line", self.pid, self.fd)))
+            .ok_or_else(|| Error::io_other(format!("reading /proc/{}/fdinfo/{}", self.pid, self.fd), format!("no {name} line")))
     }
 
     /// A number on such a line, in `radix` (fdinfo prints some in hex or octal).
     pub fn info_number(&self, name: &str, radix: u32) -> Result<u64> {
         let v = self.info_field(name)?;
         u64::from_str_radix(v, radix)
-            .map_err(|_| Error::Invalid(format!("process {}: fd {}: {name} {v:?} is not a number", self.pid, self.fd)))
+            .map_err(|_| Error::io_other(format!("reading /proc/{}/fdinfo/{}", self.pid, self.fd), format!("{name} {v:?} is not a number")))
     }
 
     pub fn file_type(&self) -> SFlag {
@@ -84,7 +84,7 @@ impl OpenFd {
     }
 
     fn unsupported(&self, what: &str) -> Error {
-        Error::Unsupported(format!("process {}: fd {} ({}): {what} not supported yet", self.pid, self.fd, self.link))
+        Error::unsupported(format!("process {}: fd {} ({})", self.pid, self.fd, self.link), format!("{what} not supported yet"))
     }
 }
 
@@ -152,6 +152,12 @@ pub trait FileKind: Sync {
     }
 }
 
+/// A file entry without the member its type names (the loader refuses
+/// such images; this names the file should one get this far).
+fn missing(entry: &FileEntry, member: &str) -> Error {
+    Error::image("files.img", format!("file {}: {member} without its entry", entry.id))
+}
+
 /// Tried in order; the first that matches dumps the fd.
 pub static KINDS: &[&dyn FileKind] = &[
     &tty::Terminal,
@@ -168,7 +174,7 @@ pub static KINDS: &[&dyn FileKind] = &[
 /// The kind of a file of the images.
 pub fn kind_of(entry: &FileEntry) -> Result<&'static dyn FileKind> {
     KINDS.iter().copied().find(|k| k.fd_type() as i32 == entry.r#type).ok_or_else(|| {
-        Error::Unsupported(format!("file {}: files of type {} are not supported yet", entry.id, entry.r#type))
+        Error::unsupported(format!("file {}", entry.id), format!("files of type {} are not supported yet", entry.r#type))
     })
 }
 

@@ -10,7 +10,7 @@ use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::stat::SFlag;
 
 use super::{fown_of, write_with_data, FdRestorer, FileKind, FileTable, OpenFd};
-use crate::error::{Context, Error, Result};
+use crate::error::{Context, Result};
 use crate::images::load::{read_with_data, DumpImage};
 use crate::images::proto::{FdTypes, FileEntry, PipeDataEntry, PipeEntry};
 use crate::images::{ImageDir, Kind};
@@ -76,7 +76,7 @@ impl FileKind for Pipe {
     }
 
     fn restore(&self, entry: &FileEntry, r: &mut FdRestorer) -> Result<u64> {
-        let p = entry.pipe.as_ref().ok_or_else(|| Error::Invalid(format!("file {}: pipe without its entry", entry.id)))?;
+        let p = entry.pipe.as_ref().ok_or_else(|| super::missing(entry, "pipe"))?;
         let key = p.pipe_id as u64;
         let (rd, wr) = match (r.made(READ_END, key), r.made(WRITE_END, key)) {
             (Some(rd), Some(wr)) => (rd, wr),

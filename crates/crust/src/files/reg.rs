@@ -4,7 +4,7 @@
 use nix::sys::stat::{stat, SFlag};
 
 use super::{fown_of, ghost, FdRestorer, FileTable, FileKind, OpenFd};
-use crate::error::{Context, Error, Result};
+use crate::error::{Context, Result};
 use crate::images::load::DumpImage;
 use crate::images::proto::{FdTypes, FileEntry, RegFileEntry};
 
@@ -57,11 +57,11 @@ impl FileKind for RegularFile {
     /// Deleted files come with the images; others must be here as they were.
     fn check(&self, entry: &FileEntry, img: &DumpImage) -> Option<String> {
         let reg = entry.reg.as_ref().filter(|_| !img.remaps.contains_key(&entry.id))?;
-        check(reg).err().map(|e| e.to_string())
+        check(reg).err()
     }
 
     fn restore(&self, entry: &FileEntry, r: &mut FdRestorer) -> Result<u64> {
-        let reg = entry.reg.as_ref().ok_or_else(|| Error::Invalid(format!("file {}: regular file without its entry", entry.id)))?;
+        let reg = entry.reg.as_ref().ok_or_else(|| super::missing(entry, "regular file"))?;
         // Reopen, never create or truncate: the file must be the one the dump saw.
         let flags = reg.flags & !((libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) as u32);
         let fd = r.open_path(&reg.name, flags)?;
@@ -102,23 +102,20 @@ pub fn entry_for_path(id: u32, path: &str, flags: u32, source: &str) -> Result<F
 /// changed file would hand the task other data. A file it writes may have
 /// grown meanwhile (a log the original went on writing after a --leave-running
 /// dump), but not shrunk below the saved offset.
-fn check(reg: &RegFileEntry) -> Result<()> {
+fn check(reg: &RegFileEntry) -> std::result::Result<(), String> {
     let st = stat(reg.name.as_str()).map_err(|e| {
         let why = if e == nix::errno::Errno::ENOENT { "it is missing".to_string() } else { e.to_string() };
-        Error::Invalid(format!("{}: needed by the restore, but {why}", reg.name))
+        format!("{}: needed by the restore, but {why}", reg.name)
     })?;
     let is_reg = st.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFREG.bits();
     let (Some(size), true) = (reg.size, is_reg) else { return Ok(()) };
     let now = st.st_size as u64;
     let read_only = reg.flags & libc::O_ACCMODE as u32 == libc::O_RDONLY as u32;
     if read_only && now != size {
-        return Err(Error::Invalid(format!("{}: its size changed since the dump ({size} bytes then, {now} now)", reg.name)));
+        return Err(format!("{}: its size changed since the dump ({size} bytes then, {now} now)", reg.name));
     }
     if now < reg.pos {
-        return Err(Error::Invalid(format!(
-            "{}: it shrank since the dump to {now} bytes, below the saved offset {}",
-            reg.name, reg.pos
-        )));
+        return Err(format!("{}: it shrank since the dump to {now} bytes, below the saved offset {}", reg.name, reg.pos));
     }
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! themselves are the task's pending signals, restored with the task.
 
 use super::{fown_of, FdRestorer, FileTable, FileKind, OpenFd};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::images::proto::{FdTypes, FileEntry, SignalfdEntry};
 
 pub struct Signalfd;
@@ -32,7 +32,7 @@ impl FileKind for Signalfd {
     }
 
     fn restore(&self, entry: &FileEntry, r: &mut FdRestorer) -> Result<u64> {
-        let e = entry.sgfd.as_ref().ok_or_else(|| Error::Invalid(format!("file {}: signalfd without its entry", entry.id)))?;
+        let e = entry.sgfd.as_ref().ok_or_else(|| super::missing(entry, "signalfd"))?;
         let mask = r.scratch.reset().put(&e.sigmask.to_le_bytes())?;
         let nonblock = e.flags & libc::O_NONBLOCK as u32;
         let fd = r.task.call("signalfd4", libc::SYS_signalfd4, [u64::MAX, mask, 8, nonblock as u64, 0, 0])?;

@@ -26,7 +26,7 @@ impl FileKind for Timerfd {
     fn dump(&self, fd: &OpenFd, table: &mut FileTable) -> Result<FileEntry> {
         let time = |name: &str| -> Result<(u64, u64)> {
             let v = fd.info_field(name)?;
-            parse_time(v).ok_or_else(|| Error::Invalid(format!("process {}: fd {}: timerfd {name} {v:?}", fd.pid, fd.fd)))
+            parse_time(v).ok_or_else(|| Error::io_other(format!("reading /proc/{}/fdinfo/{}", fd.pid, fd.fd), format!("timerfd {name} {v:?}")))
         };
         let settime_flags = fd.info_number("settime flags:", 8)? as u32;
         if settime_flags & TFD_TIMER_CANCEL_ON_SET != 0 {
@@ -51,9 +51,9 @@ impl FileKind for Timerfd {
     }
 
     fn restore(&self, entry: &FileEntry, r: &mut FdRestorer) -> Result<u64> {
-        let t = entry.tfd.as_ref().ok_or_else(|| Error::Invalid(format!("file {}: timerfd without its entry", entry.id)))?;
+        let t = entry.tfd.as_ref().ok_or_else(|| super::missing(entry, "timerfd"))?;
         if t.vnsec >= NSEC || t.insec >= NSEC {
-            return Err(Error::Invalid(format!("file {}: timerfd times with {} and {} ns", entry.id, t.vnsec, t.insec)));
+            return Err(Error::image("files.img", format!("file {}: timerfd times with {} and {} ns", entry.id, t.vnsec, t.insec)));
         }
         let nonblock = t.flags & libc::O_NONBLOCK as u32;
         let fd = r.task.call("timerfd_create", libc::SYS_timerfd_create, [t.clockid as u64, nonblock as u64, 0, 0, 0, 0])?;

@@ -75,7 +75,7 @@ impl FileKind for Terminal {
     }
 
     fn restore(&self, entry: &FileEntry, r: &mut FdRestorer) -> Result<u64> {
-        let t = entry.tty.as_ref().ok_or_else(|| Error::Invalid(format!("file {}: terminal without its entry", entry.id)))?;
+        let t = entry.tty.as_ref().ok_or_else(|| super::missing(entry, "terminal"))?;
         match r.terminal {
             Some(term) => r.open_path(term, t.flags | libc::O_NOCTTY as u32),
             None => Err(Error::Invalid(

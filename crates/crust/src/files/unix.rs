@@ -129,9 +129,10 @@ impl FileKind for UnixSocket {
         let Some(dumped) = table.extras.get::<Dumped>() else { return Ok(0) };
         for (me, peer, who) in &dumped.peers {
             if !dumped.peers.iter().any(|(ino, back, _)| ino == peer && back == me) {
-                return Err(Error::Unsupported(format!(
-                    "{who}: its peer is outside the dumped tree: unix sockets connected outside the tree are not supported yet"
-                )));
+                return Err(Error::unsupported(
+                    who,
+                    "its peer is outside the dumped tree: unix sockets connected outside the tree are not supported yet",
+                ));
             }
         }
         write_with_data(dir, "sk-queues.img", Kind::SkQueues, &dumped.queues)
@@ -162,7 +163,7 @@ impl FileKind for UnixSocket {
                 let peer = entry(peer_file)?;
                 check_restorable(peer_file, peer, queued(r, peer_file.id).is_some())?;
                 if peer.peer != u.ino {
-                    return Err(Error::Invalid(format!("files.img: unix sockets {} and {} are not each other's peers", u.ino, u.peer)));
+                    return Err(Error::image("files.img", format!("unix sockets {} and {} are not each other's peers", u.ino, u.peer)));
                 }
                 let addr = r.scratch.reset().put(&[0u8; 8])?;
                 r.task.call("socketpair", libc::SYS_socketpair, [libc::AF_UNIX as u64, u.r#type as u64, 0, addr, 0, 0])?;
@@ -233,7 +234,7 @@ fn diag(ino: u32) -> Result<Option<Diag>> {
     let msg = &buf[..n];
     let u16_at = |b: &[u8], at: usize| u16::from_ne_bytes([b[at], b[at + 1]]);
     let u32_at = |b: &[u8], at: usize| u32::from_ne_bytes(b[at..at + 4].try_into().expect("4 bytes"));
-    let short = || Error::Invalid(format!("sock_diag gave an answer about unix socket {ino} crust cannot read"));
+    let short = || Error::io_other(format!("asking sock_diag about unix socket {ino}"), "an answer crust cannot read");
     if msg.len() < 20 {
         return Err(short());
     }
@@ -308,7 +309,7 @@ fn peek_stream(fd: &OpenFd, sock: &OwnedFd) -> Result<Vec<u8>> {
     int_opt(sock, libc::SO_PEEK_OFF, Some(-1)).ctx(what)?;
     read?;
     if got != data.len() {
-        return Err(Error::Invalid(format!("{}: {got} of {} queued bytes could be read", what(), data.len())));
+        return Err(Error::io_other(what(), format!("{got} of {} queued bytes could be read", data.len())));
     }
     Ok(data)
 }
@@ -350,7 +351,7 @@ fn peek_some(sock: &OwnedFd, buf: &mut [u8]) -> std::result::Result<usize, Errno
 }
 
 fn entry(file: &FileEntry) -> Result<&UnixSkEntry> {
-    file.usk.as_ref().ok_or_else(|| Error::Invalid(format!("file {}: unix socket without its entry", file.id)))
+    file.usk.as_ref().ok_or_else(|| super::missing(file, "unix socket"))
 }
 
 /// The image's file of the unix socket with inode `ino`.
@@ -359,7 +360,7 @@ fn by_ino<'a>(r: &FdRestorer<'a>, ino: u32) -> Result<&'a FileEntry> {
         .files
         .values()
         .find(|f| f.usk.as_ref().is_some_and(|u| u.ino == ino))
-        .ok_or_else(|| Error::Invalid(format!("files.img: no unix socket {ino}, the peer of another")))
+        .ok_or_else(|| Error::image("files.img", format!("no unix socket {ino}, the peer of another")))
 }
 
 /// An image entry crust can make again: a connected, unnamed, open pair end
@@ -376,7 +377,7 @@ fn check_restorable(file: &FileEntry, u: &UnixSkEntry, queued: bool) -> Result<(
     } else {
         return Ok(());
     };
-    Err(Error::Unsupported(format!("file {} (unix socket {}): {why} not supported yet", file.id, u.ino)))
+    Err(Error::unsupported(format!("file {} (unix socket {})", file.id, u.ino), format!("{why} not supported yet")))
 }
 
 fn context(u: &UnixSkEntry) -> impl Fn() -> String + '_ {

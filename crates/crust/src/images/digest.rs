@@ -63,7 +63,7 @@ impl BlockHasher {
 /// The manifest is its own CRC-32 (8 hex digits and a newline) followed by
 /// the JSON of the digests, so a damaged manifest is told from a damaged image.
 pub fn manifest(digests: &BTreeMap<String, FileDigest>) -> Result<Vec<u8>> {
-    let json = serde_json::to_vec_pretty(digests).map_err(|e| Error::Invalid(format!("encoding {MANIFEST}: {e}")))?;
+    let json = serde_json::to_vec_pretty(digests).map_err(|e| Error::io_other(format!("encoding {MANIFEST}"), e))?;
     let mut text = format!("{:08x}\n", crc32fast::hash(&json)).into_bytes();
     text.extend_from_slice(&json);
     Ok(text)

@@ -5,7 +5,7 @@ use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
+use crate::error::{Context, Error, Result};
 use crate::images::proto::{
     CgroupEntry, CoreEntry, FdinfoEntry, FileEntry, FsEntry, GhostFileEntry, InventoryEntry, MmEntry, PagemapEntry,
     PagemapHead, PstreeEntry, RemapFilePathEntry, TaskCoreEntry, TaskKobjIdsEntry, ThreadCoreEntry, ThreadInfoX86,
@@ -88,6 +88,35 @@ pub struct DumpImage {
     pub pages_digests: Vec<(String, FileDigest)>,
 }
 
+/// Whether a file entry holds the member its type names (a pipe entry for a
+/// pipe...): kinds of files rely on it.
+fn has_its_member(f: &FileEntry) -> bool {
+    use crate::images::proto::FdTypes as T;
+    match T::try_from(f.r#type) {
+        Ok(T::Reg) => f.reg.is_some(),
+        Ok(T::Pipe) => f.pipe.is_some(),
+        Ok(T::Fifo) => f.fifo.is_some(),
+        Ok(T::Inetsk) => f.isk.is_some(),
+        Ok(T::Unixsk) => f.usk.is_some(),
+        Ok(T::Eventfd) => f.efd.is_some(),
+        Ok(T::Eventpoll) => f.epfd.is_some(),
+        Ok(T::Inotify) => f.ify.is_some(),
+        Ok(T::Signalfd) => f.sgfd.is_some(),
+        Ok(T::Packetsk) => f.psk.is_some(),
+        Ok(T::Tty) => f.tty.is_some(),
+        Ok(T::Fanotify) => f.ffy.is_some(),
+        Ok(T::Netlinksk) => f.nlsk.is_some(),
+        Ok(T::Ns) => f.nsf.is_some(),
+        Ok(T::Tunf) => f.tunf.is_some(),
+        Ok(T::Ext) => f.ext.is_some(),
+        Ok(T::Timerfd) => f.tfd.is_some(),
+        Ok(T::Memfd) => f.memfd.is_some(),
+        Ok(T::Bpfmap) => f.bpf.is_some(),
+        Ok(T::Pidfd) => f.pidfd.is_some(),
+        Ok(T::Und | T::CtlTty | T::AutofsPipe) | Err(_) => false,
+    }
+}
+
 impl DumpImage {
     /// The path of a regular file of files.img (a mapped file, a cwd...).
     pub fn reg_path(&self, id: u32) -> Result<&str> {
@@ -143,7 +172,7 @@ pub enum Pages {
 /// The images of `dir`, read and checked; what kinds of files keep in images
 /// of their own is read by them, into `extras` (see `restore::load`).
 pub fn load(dir: &Path, pages: Pages) -> Result<DumpImage> {
-    let dir = dir.canonicalize().map_err(|e| Error::Invalid(format!("images directory {}: {e}", dir.display())))?;
+    let dir = dir.canonicalize().ctx(|| format!("images directory {}", dir.display()))?;
     // Metadata is checked now; the bulk of the pages while the tree is built
     // (streamed pages are not files here: their link vouches for them).
     let mut pages_digests = Vec::new();
@@ -178,6 +207,9 @@ pub fn load(dir: &Path, pages: Pages) -> Result<DumpImage> {
     let files_path = dir.join("files.img");
     let mut files = HashMap::new();
     for f in read_all::<FileEntry>(&files_path, Kind::Files)? {
+        if !has_its_member(&f) {
+            return Err(invalid(&files_path, format!("file {} of type {} lacks the entry its type names", f.id, f.r#type)));
+        }
         files.insert(f.id, f);
     }
     for p in processes.iter().filter(|p| p.zombie.is_none()) {

@@ -210,7 +210,7 @@ impl ImageDir {
 
     /// A file of crust's own beside the images (JSON; not a CRIU image).
     pub fn write_json<T: serde::Serialize>(&mut self, name: &str, value: &T) -> Result<u64> {
-        let text = serde_json::to_vec_pretty(value).map_err(|e| Error::Invalid(format!("encoding {name}: {e}")))?;
+        let text = serde_json::to_vec_pretty(value).map_err(|e| Error::io_other(format!("encoding {name}"), e))?;
         let mut w = ImageWriter { out: self.open(name)?, name: name.to_string(), hasher: digest::BlockHasher::default(), digests: self.digests.clone() };
         w.put(&text)?;
         w.finish()

@@ -141,7 +141,7 @@ impl Channel {
                 let tag = s
                     .send
                     .seal_in_place_separate_tag(nonce(self.sent), Aad::from(&head), &mut body)
-                    .map_err(|_| Error::Invalid(format!("sealing a frame for {}", self.peer)))?;
+                    .map_err(|_| Error::Protocol(format!("sealing a frame for {}", self.peer)))?;
                 Some((body, tag))
             }
             None => None,
@@ -168,7 +168,7 @@ impl Channel {
         self.reader.read_exact(&mut head).map_err(|e| self.io_err("receiving from", e))?;
         let len = u32::from_le_bytes(head[1..5].try_into().expect("4 bytes")) as usize;
         if len > MAX_FRAME {
-            return Err(Error::Invalid(format!("{} sent a frame of {len} bytes", self.peer)));
+            return Err(Error::Protocol(format!("{} sent a frame of {len} bytes", self.peer)));
         }
         let mut payload = vec![0u8; len];
         self.reader.read_exact(&mut payload).map_err(|e| self.io_err("receiving from", e))?;
@@ -177,7 +177,7 @@ impl Channel {
             self.reader.read_exact(&mut tag).map_err(|e| self.io_err("receiving from", e))?;
             s.recv
                 .open_in_place_separate_tag(nonce(self.received), Aad::from(&head), Tag::from(tag), &mut payload, 0..)
-                .map_err(|_| Error::Invalid(format!("{}: a frame failed authentication", self.peer)))?;
+                .map_err(|_| Error::Protocol(format!("{}: a frame failed authentication", self.peer)))?;
         }
         self.received += 1;
         Ok((head[0], payload))
@@ -192,7 +192,7 @@ impl Channel {
             crate::cancel::check()?;
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(Error::Invalid(format!("{} said nothing for {} s", self.peer, timeout.as_secs())));
+                return Err(Error::Protocol(format!("{} said nothing for {} s", self.peer, timeout.as_secs())));
             }
             let slice = left.min(Duration::from_millis(200)).as_millis() as u16;
             // Readable, hung up, interrupted or not: the loop looks again.
@@ -204,8 +204,8 @@ impl Channel {
     pub fn answer_within(&mut self, timeout: Duration) -> Result<Vec<u8>> {
         match self.recv_within(timeout)? {
             (OK, p) => Ok(p),
-            (ERR, p) => Err(Error::Invalid(String::from_utf8_lossy(&p).into_owned())),
-            (k, _) => Err(Error::Invalid(format!("{} answered with frame kind {k}", self.peer))),
+            (ERR, p) => Err(Error::Protocol(String::from_utf8_lossy(&p).into_owned())),
+            (k, _) => Err(Error::Protocol(format!("{} answered with frame kind {k}", self.peer))),
         }
     }
 
@@ -225,7 +225,7 @@ impl Channel {
             return err;
         }
         match self.recv_within(Duration::from_secs(1)) {
-            Ok((ERR, p)) => Error::Invalid(String::from_utf8_lossy(&p).into_owned()),
+            Ok((ERR, p)) => Error::Protocol(String::from_utf8_lossy(&p).into_owned()),
             _ => err,
         }
     }

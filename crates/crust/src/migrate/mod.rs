@@ -182,7 +182,7 @@ impl Link {
                 if said.is_empty() {
                     err
                 } else {
-                    Error::Invalid(format!("{err}; {} said: {said}", ssh.target))
+                    Error::Protocol(format!("{err}; {} said: {said}", ssh.target))
                 }
             }
             (_, err) => err,
@@ -209,7 +209,7 @@ impl LinkSink {
         let mut chan = self.chan.lock().unwrap_or_else(|p| p.into_inner());
         // The destination speaks during a transfer only to give up.
         if chan.peer_spoke() {
-            return Err(Error::Invalid(format!("{} stopped the transfer", chan.peer)));
+            return Err(Error::Protocol(format!("{} stopped the transfer", chan.peer)));
         }
         chan.send(kind, payload)?;
         self.sent.fetch_add(payload.len() as u64, Ordering::Relaxed);
@@ -245,7 +245,7 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats> {
             .collect(),
     };
     let mut link = Link::open(opts)?;
-    let hello = serde_json::to_vec(&remote).map_err(|e| Error::Invalid(e.to_string()))?;
+    let hello = serde_json::to_vec(&remote).map_err(|e| Error::io_other("encoding the hello", e))?;
     let said_hello = link.request(HELLO, &hello, QUICK_TIMEOUT);
     if let Err(e) = said_hello {
         let e = link.explain(e);
@@ -324,7 +324,7 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats> {
                 // The one frame that can be lost either way: the destination
                 // runs the tree once it has the go, and kills it only if it
                 // cannot answer.
-                return Err(Error::Invalid(format!(
+                return Err(Error::Protocol(format!(
                     "{e}\n{peer} got the go but its answer did not come back: the tree runs on here; \
                      if it runs there too (same pids), kill one of the two"
                 )));
@@ -360,7 +360,7 @@ pub fn write_stats(dir: &Path, stats: &MigrateStats) -> Result<()> {
     }
     crate::images::write_image_file(&dir.join("stats-dump"), crate::images::Kind::Stats, &stats.dump.entry())?;
     crate::images::write_image_file(&dir.join("stats-restore"), crate::images::Kind::Stats, &stats.remote.stats.entry())?;
-    let text = serde_json::to_vec_pretty(stats).map_err(|e| Error::Invalid(e.to_string()))?;
+    let text = serde_json::to_vec_pretty(stats).map_err(|e| Error::io_other("encoding the stats", e))?;
     crate::images::write_file_atomically(&dir.join(STATS_JSON), &text)
 }
 

@@ -95,9 +95,9 @@ fn receive_into(chan: &mut Channel, session: &Path) -> Result<Restored> {
         let (kind, payload) = chan.recv()?;
         match kind {
             HELLO => {
-                restore = serde_json::from_slice(&payload).map_err(|e| Error::Invalid(format!("bad hello: {e}")))?;
+                restore = serde_json::from_slice(&payload).map_err(|e| Error::Protocol(format!("bad hello: {e}")))?;
                 if restore.protocol != PROTOCOL {
-                    return Err(Error::Invalid(format!(
+                    return Err(Error::Protocol(format!(
                         "the destination's crust speaks migration protocol {PROTOCOL}, the source's {}: \
                          run the same crust on both hosts",
                         restore.protocol
@@ -116,7 +116,7 @@ fn receive_into(chan: &mut Channel, session: &Path) -> Result<Restored> {
                     .and_then(|n| n.parse::<u32>().ok())
                     .is_some_and(|id| id >= crate::shmem::PAGES_ID_BASE);
                 if !safe_name(&name) || (Kind::of_file_name(&name) == Some(Kind::Pages) && !shmem_pages) {
-                    return Err(Error::Invalid(format!("refusing a file named {name:?} here")));
+                    return Err(Error::Protocol(format!("refusing a file named {name:?} here")));
                 }
                 let path = session.join(&name);
                 let f = std::fs::OpenOptions::new()
@@ -128,11 +128,11 @@ fn receive_into(chan: &mut Channel, session: &Path) -> Result<Restored> {
                 file = Some(BufWriter::new(f));
             }
             DATA => {
-                let f = file.as_mut().ok_or_else(|| Error::Invalid("data outside a file".into()))?;
+                let f = file.as_mut().ok_or_else(|| Error::Protocol("data outside a file".into()))?;
                 f.write_all(&payload).ctx(|| "writing a received image")?;
             }
             END_FILE => {
-                let mut f = file.take().ok_or_else(|| Error::Invalid("end of no file".into()))?;
+                let mut f = file.take().ok_or_else(|| Error::Protocol("end of no file".into()))?;
                 f.flush().ctx(|| "writing a received image")?;
             }
             CHECK => {
@@ -140,10 +140,7 @@ fn receive_into(chan: &mut Channel, session: &Path) -> Result<Restored> {
                 let img = crate::restore::load(session, Pages::Streamed)?;
                 let problems = crate::restore::check::problems(&img, &opts);
                 if !problems.is_empty() {
-                    return Err(Error::Invalid(format!(
-                        "the destination cannot restore the tree:\n  {}",
-                        problems.join("\n  ")
-                    )));
+                    return Err(Error::Host { dir: session.to_path_buf(), problems });
                 }
                 chan.send(OK, &[])?;
             }
@@ -152,7 +149,7 @@ fn receive_into(chan: &mut Channel, session: &Path) -> Result<Restored> {
                 let img = crate::restore::load(session, Pages::Streamed)?;
                 return restore_streamed(chan, &opts, img);
             }
-            k => return Err(Error::Invalid(format!("unexpected frame kind {k}"))),
+            k => return Err(Error::Protocol(format!("unexpected frame kind {k}"))),
         }
     }
 }
@@ -165,7 +162,7 @@ fn restore_streamed(chan: &mut Channel, opts: &restore_mod::RestoreOptions, img:
     chan.send(OK, &to_json(&built)?)?;
     match chan.recv_within(GO_TIMEOUT)? {
         (GO, _) => {}
-        (k, _) => return Err(Error::Invalid(format!("expected go, got frame kind {k}"))),
+        (k, _) => return Err(Error::Protocol(format!("expected go, got frame kind {k}"))),
     }
     let restored = held.release()?;
     let answer = Restored { root: restored.root, stats: restored.stats };
@@ -179,7 +176,7 @@ fn restore_streamed(chan: &mut Channel, opts: &restore_mod::RestoreOptions, img:
 }
 
 fn to_json(r: &Restored) -> Result<Vec<u8>> {
-    serde_json::to_vec(r).map_err(|e| Error::Invalid(e.to_string()))
+    serde_json::to_vec(r).map_err(|e| Error::io_other("encoding the restore's stats", e))
 }
 
 /// Pages as they come over the link: each pages-N.img, in the order of
@@ -194,7 +191,7 @@ impl PageSource for StreamedPages<'_> {
         match self.chan.recv()? {
             (FILE, got) if got == name.as_bytes() => {}
             (k, got) => {
-                return Err(Error::Invalid(format!(
+                return Err(Error::Protocol(format!(
                     "expected the pages of process {} ({name}), got frame kind {k} {:?}",
                     p.pid(),
                     String::from_utf8_lossy(&got[..got.len().min(64)])
@@ -211,7 +208,7 @@ impl PageSource for StreamedPages<'_> {
                     let mut data = &data[..];
                     while !data.is_empty() {
                         let &(vaddr, len) = runs.get(run).ok_or_else(|| {
-                            Error::Invalid(format!("{name}: more bytes than pagemap-{}.img lists", p.pid()))
+                            Error::Protocol(format!("{name}: more bytes than pagemap-{}.img lists", p.pid()))
                         })?;
                         let n = ((len - into) as usize).min(data.len());
                         write_pages(task.pid, vaddr + into, &data[..n])?;
@@ -223,8 +220,8 @@ impl PageSource for StreamedPages<'_> {
                     }
                 }
                 END_FILE if run == runs.len() => break,
-                END_FILE => return Err(Error::Invalid(format!("{name}: fewer bytes than pagemap-{}.img lists", p.pid()))),
-                k => return Err(Error::Invalid(format!("{name}: unexpected frame kind {k}"))),
+                END_FILE => return Err(Error::Protocol(format!("{name}: fewer bytes than pagemap-{}.img lists", p.pid()))),
+                k => return Err(Error::Protocol(format!("{name}: unexpected frame kind {k}"))),
             }
         }
         Ok(p.pagemap.iter().map(|e| e.nr_pages as u64).sum())
@@ -240,7 +237,7 @@ fn write_pages(pid: i32, addr: u64, data: &[u8]) -> Result<()> {
         let local = [std::io::IoSlice::new(&data[done..])];
         let remote = [RemoteIoVec { base: (addr as usize) + done, len: data.len() - done }];
         match process_vm_writev(nix::unistd::Pid::from_raw(pid), &local, &remote) {
-            Ok(0) => return Err(Error::Invalid(format!("process {pid}: no memory at {:#x}", addr + done as u64))),
+            Ok(0) => return Err(Error::Ptrace { tid: pid, what: format!("no memory at {:#x} for its pages", addr + done as u64) }),
             Ok(n) => done += n,
             Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(Error::Sys { context: format!("writing pages of process {pid} at {:#x}", addr + done as u64), err: e }),
@@ -271,7 +268,7 @@ fn restore_options(r: &RemoteRestore, dir: &Path) -> Result<restore_mod::Restore
         dir: dir.to_path_buf(),
         shell_job: r.shell_job,
         pid_wait: Duration::from_secs(2),
-        manage_cgroups: manage_cgroups.parse().map_err(Error::Invalid)?,
-        cgroup_roots: r.cgroup_roots.iter().map(|c| c.parse()).collect::<std::result::Result<_, _>>().map_err(Error::Invalid)?,
+        manage_cgroups: manage_cgroups.parse().map_err(Error::Protocol)?,
+        cgroup_roots: r.cgroup_roots.iter().map(|c| c.parse()).collect::<std::result::Result<_, _>>().map_err(Error::Protocol)?,
     })
 }

@@ -108,7 +108,7 @@ fn handshake(mut stream: TcpStream, key: &[u8], server: bool) -> Result<Channel>
     stream.set_read_timeout(Some(QUICK_TIMEOUT)).ctx(|| "setting a timeout")?;
     stream.set_write_timeout(Some(QUICK_TIMEOUT)).ctx(|| "setting a timeout")?;
     let io = |e: std::io::Error| Error::Io { context: format!("handshake with {peer}"), err: e };
-    let refused = || Error::Invalid(format!("{peer}: authentication failed (wrong or missing key)"));
+    let refused = || Error::Protocol(format!("{peer}: authentication failed (wrong or missing key)"));
     let mac_key = hmac::Key::new(hmac::HMAC_SHA256, key);
     let (ns, nc) = if server {
         let ns = nonce()?;
@@ -127,17 +127,17 @@ fn handshake(mut stream: TcpStream, key: &[u8], server: bool) -> Result<Channel>
         match status[0] {
             HANDSHAKE => {}
             BUSY => {
-                return Err(Error::Invalid(format!(
+                return Err(Error::Protocol(format!(
                     "{peer} is busy with as many migrations as it takes at once; try again later"
                 )))
             }
             HANDSHAKE_V1 => {
-                return Err(Error::Invalid(format!(
+                return Err(Error::Protocol(format!(
                     "{peer} runs an older crust serve (tcp:// handshake 1, this crust speaks {HANDSHAKE}); update crust there"
                 )))
             }
             v => {
-                return Err(Error::Invalid(format!(
+                return Err(Error::Protocol(format!(
                     "{peer} speaks tcp:// handshake {v}, this crust {HANDSHAKE}: run the same crust on both hosts"
                 )))
             }

@@ -56,10 +56,13 @@ pub fn check_vdso(mm: &MmEntry, here: &[crate::mem::Vma], image_name: &str) -> R
     let cur_shape: Vec<(u64, u64, bool)> =
         cur.iter().map(|v| (v.start - cur[0].start, v.end - v.start, v.backing == Backing::Vdso)).collect();
     if img_shape != cur_shape {
-        return Err(Error::Unsupported(format!(
-            "{image_name}: the image's vdso layout (offset, size, is-vdso) {img_shape:x?} differs from this kernel's \
-             {cur_shape:x?}; restoring across kernels with different vdsos is not supported yet"
-        )));
+        return Err(Error::unsupported(
+            image_name,
+            format!(
+                "the image's vdso layout (offset, size, is-vdso) {img_shape:x?} differs from this kernel's \
+                 {cur_shape:x?}; restoring across kernels with different vdsos is not supported yet"
+            ),
+        ));
     }
     Ok(())
 }
@@ -138,7 +141,7 @@ pub fn map_vmas(
             flags &= !(libc::MAP_ANONYMOUS as u64);
             let fd = shmem_fds
                 .get(&v.shmid)
-                .ok_or_else(|| Error::Invalid(format!("vma {:#x}-{:#x}: no shared memory {}", v.start, v.end, v.shmid)))?;
+                .ok_or_else(|| Error::image(format!("mm-{}.img", task.pid), format!("vma {:#x}-{:#x}: no shared memory {}", v.start, v.end, v.shmid)))?;
             (*fd, v.pgoff)
         } else if anon {
             (u64::MAX, 0)
@@ -149,7 +152,7 @@ pub fn map_vmas(
         };
         let at = task.call("mmap", libc::SYS_mmap, [v.start, v.end - v.start, prot as u64, flags, fd, off])?;
         if at != v.start {
-            return Err(Error::Invalid(format!("mmap of {:#x}-{:#x} landed at {at:#x}", v.start, v.end)));
+            return Err(Error::Ptrace { tid: task.tid, what: format!("mmap of {:#x}-{:#x} landed at {at:#x}", v.start, v.end) });
         }
     }
     Ok(())

@@ -229,7 +229,7 @@ fn preflight(img: &DumpImage, opts: &RestoreOptions) -> Result<()> {
     if problems.is_empty() {
         return Ok(());
     }
-    Err(Error::Invalid(format!("this host cannot restore {}:\n  {}", img.dir.display(), problems.join("\n  "))))
+    Err(Error::Host { dir: img.dir.clone(), problems })
 }
 
 /// The pages are checked on the other core while the tree is built; the
@@ -328,7 +328,7 @@ fn fork_children<'a>(root: Proc<'a>, img: &'a DumpImage, opts: &RestoreOptions, 
         let parent = procs
             .iter_mut()
             .find(|q| q.image.pid() == p.pstree.ppid as i32)
-            .ok_or_else(|| Error::Invalid(format!("process {}: its parent {} is not in the image", p.pid(), p.pstree.ppid)))?;
+            .ok_or_else(|| Error::image(img.dir.join("pstree.img"), format!("process {}: its parent {} is not in the image", p.pid(), p.pstree.ppid)))?;
         let child = spawn::clone_in(&parent.leader, &mut parent.scratch, p.pid(), 0, libc::SIGCHLD as u64)?;
         created.processes.push(child);
         spawn::wait_new_task(child)?;

@@ -42,7 +42,7 @@ pub(super) fn spawn_stopped(pid: i32) -> Result<()> {
 pub(super) fn wait_new_task(tid: i32) -> Result<()> {
     match waitpid(Pid::from_raw(tid), Some(WaitPidFlag::__WALL)).ctx(|| format!("waiting for new task {tid}"))? {
         WaitStatus::Stopped(_, Signal::SIGSTOP) | WaitStatus::PtraceEvent(_, _, libc::PTRACE_EVENT_STOP) => Ok(()),
-        other => Err(Error::Invalid(format!("new task {tid} did not stop as expected: {other:?}"))),
+        other => Err(Error::Ptrace { tid, what: format!("a new task did not stop as expected: {other:?}") }),
     }
 }
 

@@ -42,7 +42,7 @@ impl Component for Registers {
         // this CPU's layout.
         let template = ptrace::xstate(task.tid)?;
         let xsave = arch::xsave_buffer(&thread.info.fpregs, &template)
-            .map_err(|e| Error::Unsupported(format!("thread {}: {e}", task.tid)))?;
+            .map_err(|e| Error::unsupported(format!("thread {}", task.tid), e))?;
         ptrace::set_xstate(task.tid, &xsave)?;
         ptrace::set_regs(task.tid, arch::user_regs(&thread.info.gpregs))
     }
