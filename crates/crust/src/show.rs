@@ -14,45 +14,7 @@ use serde_json::{json, Map, Value};
 
 use crate::error::{Context, Error, Result};
 use crate::images::proto::DESCRIPTOR_SET;
-use crate::images::{ImageReader, Kind};
-
-/// How the entries of an image are laid out.
-#[derive(Clone, Copy)]
-enum Layout {
-    /// Entries of one message.
-    Entries(&'static str),
-    /// A first entry of one message (a head), then entries of another.
-    HeadThen(&'static str, &'static str),
-    /// Entries each followed by as many raw bytes as its field of that name says.
-    WithData(&'static str, &'static str),
-    /// A ghost_file_entry; then, when it says `chunks`, ghost_chunk_entry
-    /// entries each followed by `len` bytes, else the contents to the end.
-    Ghost,
-}
-
-/// The messages of each kind of image (by full name); None for raw images.
-fn layout(kind: Kind) -> Option<Layout> {
-    use Layout::*;
-    Some(match kind {
-        Kind::Inventory => Entries("inventory_entry"),
-        Kind::Pstree => Entries("pstree_entry"),
-        Kind::Core => Entries("core_entry"),
-        Kind::Mm => Entries("mm_entry"),
-        Kind::Pagemap => HeadThen("pagemap_head", "pagemap_entry"),
-        Kind::Files => Entries("file_entry"),
-        Kind::Fdinfo => Entries("fdinfo_entry"),
-        Kind::Fs => Entries("fs_entry"),
-        Kind::Ids => Entries("task_kobj_ids_entry"),
-        Kind::Cgroup => Entries("cgroup_entry"),
-        Kind::PipesData | Kind::FifoData => WithData("pipe_data_entry", "bytes"),
-        Kind::SkQueues => WithData("sk_packet_entry", "length"),
-        Kind::RemapFpath => Entries("remap_file_path_entry"),
-        Kind::GhostFile => Ghost,
-        Kind::TtyInfo => Entries("tty_info_entry"),
-        Kind::Stats => Entries("stats_entry"),
-        Kind::Pages => return None,
-    })
-}
+use crate::images::{Data, ImageReader, Kind, Layout};
 
 /// The descriptors of every image message.
 pub fn descriptors() -> &'static DescriptorPool {
@@ -76,22 +38,44 @@ fn next(r: &mut ImageReader, name: &str) -> Result<Option<DynamicMessage>> {
 }
 
 fn number(m: &DynamicMessage, field: &str) -> u64 {
-    m.get_field_by_name(field).and_then(|v| v.as_u64().or_else(|| v.as_u32().map(u64::from))).unwrap_or(0)
+    m.get_field_by_name(field)
+        .and_then(|v| {
+            v.as_u64()
+                .or_else(|| v.as_u32().map(u64::from))
+                .or_else(|| v.as_i64().map(|n| n as u64))
+                .or_else(|| v.as_i32().map(|n| n as u64))
+        })
+        .unwrap_or(0)
+}
+
+fn flag(m: &DynamicMessage, field: &str) -> bool {
+    m.get_field_by_name(field).and_then(|v| v.as_bool()).unwrap_or(false)
+}
+
+/// Skips the raw bytes that follow entry `m`.
+fn skip_data(r: &mut ImageReader, m: &DynamicMessage, data: &Data) -> Result<()> {
+    r.skip(data.size(|f| number(m, f), |f| flag(m, f)))
 }
 
 /// Every entry of one image file, as JSON. Raw contents (pages, pipe and
-/// socket data, ghost files) are skipped; a pages image is summarised.
+/// socket data, ghost files) are skipped; a raw image is summarised.
+/// Sub-entries (the messages of a SysV message queue) are listed in their
+/// entry under the sub-entries' message name.
 pub fn show_file(path: &Path) -> Result<Value> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
     let kind = Kind::of_file_name(name)
         .ok_or_else(|| Error::Invalid(format!("{}: not an image crust knows", path.display())))?;
-    let Some(layout) = layout(kind) else {
-        let len = std::fs::metadata(path).ctx(|| format!("stat {}", path.display()))?.len();
-        return Ok(json!({ "bytes": len, "pages": len / crate::images::criu::PAGE_SIZE }));
-    };
+    let layout = kind.layout();
     let mut r = ImageReader::open(path, kind)?;
     let mut entries = Vec::new();
     match layout {
+        Layout::Pages | Layout::Raw => {
+            let len = std::fs::metadata(path).ctx(|| format!("stat {}", path.display()))?.len();
+            return Ok(match layout {
+                Layout::Pages => json!({ "bytes": len, "pages": len / crate::images::criu::PAGE_SIZE }),
+                _ => json!({ "bytes": len }),
+            });
+        }
         Layout::Entries(msg) => {
             while let Some(m) = next(&mut r, msg)? {
                 entries.push(to_json(&m));
@@ -105,19 +89,34 @@ pub fn show_file(path: &Path) -> Result<Value> {
                 }
             }
         }
-        Layout::WithData(msg, len) => {
+        Layout::WithData(msg, data) => {
             while let Some(m) = next(&mut r, msg)? {
-                r.skip(number(&m, len))?;
+                skip_data(&mut r, &m, &data)?;
                 entries.push(to_json(&m));
             }
         }
-        Layout::Ghost => {
-            if let Some(g) = next(&mut r, "ghost_file_entry")? {
-                let chunks = g.get_field_by_name("chunks").and_then(|v| v.as_bool()).unwrap_or(false);
-                entries.push(to_json(&g));
-                if chunks {
-                    while let Some(c) = next(&mut r, "ghost_chunk_entry")? {
-                        r.skip(number(&c, "len"))?;
+        Layout::Nested { entry, count, sub, data } => {
+            while let Some(m) = next(&mut r, entry)? {
+                let mut subs = Vec::new();
+                for _ in 0..number(&m, count) {
+                    let Some(s) = next(&mut r, sub)? else {
+                        let what = format!("truncated: {count} is {}, only {} {sub} follow", number(&m, count), subs.len());
+                        return Err(r.error(what));
+                    };
+                    skip_data(&mut r, &s, &data)?;
+                    subs.push(to_json(&s));
+                }
+                let mut e = to_json(&m);
+                e[sub] = Value::Array(subs);
+                entries.push(e);
+            }
+        }
+        Layout::Chunked { head, chunked, chunk, data } => {
+            if let Some(h) = next(&mut r, head)? {
+                entries.push(to_json(&h));
+                if flag(&h, chunked) {
+                    while let Some(c) = next(&mut r, chunk)? {
+                        skip_data(&mut r, &c, &data)?;
                         entries.push(to_json(&c));
                     }
                 }
@@ -222,24 +221,6 @@ mod tests {
 
     fn decode(name: &str, bytes: &[u8]) -> Value {
         to_json(&DynamicMessage::decode(message(name), bytes).unwrap())
-    }
-
-    #[test]
-    fn every_kind_names_a_message_of_the_schema() {
-        for kind in [
-            Kind::Inventory, Kind::Pstree, Kind::Core, Kind::Mm, Kind::Pagemap, Kind::Files, Kind::Fdinfo, Kind::Fs,
-            Kind::Ids, Kind::Cgroup, Kind::PipesData, Kind::FifoData, Kind::SkQueues, Kind::RemapFpath, Kind::GhostFile,
-            Kind::TtyInfo, Kind::Stats,
-        ] {
-            let names = match layout(kind).unwrap() {
-                Layout::Entries(m) | Layout::WithData(m, _) => vec![m],
-                Layout::HeadThen(h, m) => vec![h, m],
-                Layout::Ghost => vec!["ghost_file_entry", "ghost_chunk_entry"],
-            };
-            for n in names {
-                message(n);
-            }
-        }
     }
 
     #[test]
