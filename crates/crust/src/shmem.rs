@@ -84,7 +84,7 @@ impl SharedMemory {
             let file = File::open(source).ctx(what)?;
             let size = file.metadata().ctx(what)?.len().min(*reach);
             let runs = data_runs(&file, size).ctx(what)?;
-            let mut map = dir.writer(&format!("pagemap-shmem-{ino}.img"), Kind::Pagemap)?;
+            let mut map = dir.writer(&format!("pagemap-shmem-{ino}.img"), Kind::ShmemPagemap)?;
             map.entry(&PagemapHead { pages_id: *pages_id })?;
             for &(off, len) in &runs {
                 let nr_pages = (len / PAGE_SIZE) as u32;
