@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 
 use crate::error::{Context, Error, Result};
@@ -109,24 +108,17 @@ impl SharedMemory {
 
 /// Page-aligned runs (offset, length) of `file` that hold data, up to `size`.
 fn data_runs(file: &File, size: u64) -> std::io::Result<Vec<(u64, u64)>> {
+    use nix::errno::Errno;
+    use nix::unistd::{lseek, Whence};
     let mut runs = Vec::new();
     let mut at = 0i64;
-    let fd = file.as_raw_fd();
     while (at as u64) < size {
-        // SAFETY: lseek on a file we hold.
-        let data = unsafe { libc::lseek(fd, at, libc::SEEK_DATA) };
-        if data < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ENXIO) {
-                break;
-            }
-            return Err(e);
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
-        if hole < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        let data = match lseek(file, at, Whence::SeekData) {
+            Ok(data) => data,
+            Err(Errno::ENXIO) => break,
+            Err(e) => return Err(e.into()),
+        };
+        let hole = lseek(file, data, Whence::SeekHole)?;
         let start = data as u64 / PAGE_SIZE * PAGE_SIZE;
         let end = (hole as u64).min(size).div_ceil(PAGE_SIZE) * PAGE_SIZE;
         if end > start {
