@@ -23,6 +23,22 @@ pub fn status(pid: i32, tid: i32) -> Result<Status> {
         .map_err(|e| Error::Invalid(format!("reading /proc/{pid}/task/{tid}/status: {e}")))
 }
 
+/// What procfs read from /proc, as the I/O error it comes from: a missing
+/// or forbidden file keeps its errno, anything procfs could not parse says so.
+pub fn io_error(e: procfs::ProcError) -> std::io::Error {
+    match e {
+        procfs::ProcError::Io(err, _) => err,
+        procfs::ProcError::NotFound(_) => std::io::Error::from_raw_os_error(libc::ENOENT),
+        procfs::ProcError::PermissionDenied(_) => std::io::Error::from_raw_os_error(libc::EACCES),
+        other => std::io::Error::other(other.to_string()),
+    }
+}
+
+/// A process's directory in /proc by name: a pid, or "self".
+pub fn process_at(pid: &str) -> std::io::Result<Process> {
+    Process::new_with_root(format!("/proc/{pid}").into()).map_err(io_error)
+}
+
 pub fn read_string(path: &str) -> Result<String> {
     std::fs::read_to_string(path).ctx(|| format!("reading {path}"))
 }
