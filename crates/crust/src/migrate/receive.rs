@@ -257,9 +257,9 @@ fn kill_tree(root: i32) {
     while let Some(pid) = queue.pop() {
         // Stopped first, so that its children can still be listed.
         let _ = kill(Pid::from_raw(pid), Signal::SIGSTOP);
-        for t in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
-            let children = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-            queue.extend(children.split_whitespace().filter_map(|c| c.parse::<i32>().ok()));
+        let tasks = procfs::process::Process::new(pid).and_then(|p| p.tasks());
+        for t in tasks.into_iter().flatten().flatten() {
+            queue.extend(t.children().unwrap_or_default().into_iter().map(|c| c as i32));
         }
         let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
     }
