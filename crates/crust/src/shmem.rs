@@ -55,15 +55,19 @@ impl SharedMemory {
         if self.objects.is_empty() {
             return Ok(());
         }
-        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        use procfs::process::MMapPath;
+        for p in procfs::process::all_processes().into_iter().flatten().flatten() {
+            let pid = p.pid();
             if tree.contains(&pid) {
                 continue;
             }
-            let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
-            for l in maps.lines().filter(|l| l.ends_with(crate::mem::SHARED_ANON_NAME)) {
-                let ino = l.split_whitespace().nth(4).and_then(|i| i.parse::<u64>().ok());
-                if let Some(ino) = ino.filter(|i| self.by_inode.contains_key(i)) {
+            let maps = p.maps().map(|m| m.0).unwrap_or_default();
+            let shared_anon = |m: &&procfs::process::MemoryMap| {
+                matches!(&m.pathname, MMapPath::Path(path) if path.as_os_str() == crate::mem::SHARED_ANON_NAME)
+            };
+            for m in maps.iter().filter(shared_anon) {
+                let ino = m.inode;
+                if self.by_inode.contains_key(&ino) {
                     return Err(Error::Unsupported(format!(
                         "shared memory {ino} is shared with process {pid}, outside the dumped tree: not supported yet"
                     )));

@@ -405,7 +405,7 @@ impl TreeDump {
 /// loginuid and oom_score_adj are kept for tools that read the images.
 fn core_of(p: &FrozenProcess, tid: i32, stat: &Stat, ids: &TaskKobjIdsEntry, cg_set: u32) -> CoreEntry {
     let leader = tid == p.pid;
-    let read = |name: &str| proc::read_string(&format!("/proc/{}/{name}", p.pid)).ok();
+    let process = leader.then(|| proc::process(p.pid).ok()).flatten();
     CoreEntry {
         mtype: March::X8664 as i32,
         thread_info: Some(Default::default()),
@@ -415,8 +415,8 @@ fn core_of(p: &FrozenProcess, tid: i32, stat: &Stat, ids: &TaskKobjIdsEntry, cg_
             stop_signo: p.stopped.map(|sig| sig as u32),
             flags: stat.flags,
             cg_set: Some(cg_set),
-            loginuid: read("loginuid").and_then(|s| s.trim().parse().ok()),
-            oom_score_adj: read("oom_score_adj").and_then(|s| s.trim().parse().ok()),
+            loginuid: process.as_ref().and_then(|p| p.loginuid().ok()),
+            oom_score_adj: process.as_ref().and_then(|p| p.oom_score_adj().ok()).map(i32::from),
             ..Default::default()
         }),
         thread_core: Some(ThreadCoreEntry { cg_set: Some(cg_set), ..Default::default() }),

@@ -129,9 +129,10 @@ fn visible_mount(file: &std::fs::File, source: &str) -> bool {
     use std::os::fd::AsRawFd;
     let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", file.as_raw_fd())).unwrap_or_default();
     let Some(mnt) = info.lines().find_map(|l| l.strip_prefix("mnt_id:")).map(str::trim) else { return false };
+    let Ok(mnt) = mnt.parse::<i32>() else { return false };
     let pid = source.split('/').nth(2).unwrap_or("self");
-    let table = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
-    table.lines().any(|l| l.split_whitespace().next() == Some(mnt))
+    let table = crate::proc::process_at(pid).ok().and_then(|p| p.mountinfo().ok());
+    table.is_some_and(|t| t.into_iter().any(|m| m.mnt_id == mnt))
 }
 
 /// Deleted files put back for a restore: each made whole without a name (an
