@@ -255,7 +255,7 @@ fn wait_root(pid: i32) -> Result<()> {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Dump { pid, dir, leave_running, shell_job, cgroup_roots, freeze_cgroup, ghost_limit, json } => {
-            let opts = DumpOptions { pid, dir: dir.clone(), leave_running, shell_job, cgroup_roots, freeze_cgroup, ghost_limit };
+            let opts = DumpOptions { pid, dir: dir.clone(), leave_running, shell_job, cgroup_roots, freeze_cgroup, ghost_limit, progress: Default::default() };
             let stats = guard::in_child(|| Ok(dump(&opts)?)).with_context(|| format!("dump of process {pid} failed"))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&stats)?);
@@ -270,6 +270,7 @@ fn run(cli: Cli) -> Result<()> {
                 pid_wait: Duration::from_secs_f64(pid_wait.max(0.0)),
                 manage_cgroups,
                 cgroup_roots,
+                progress: Default::default(),
             };
             let restored = restore(&opts).with_context(|| format!("restore from {} failed", dir.display()))?;
             // As criu does, the numbers stay beside the images; the tree runs
@@ -304,7 +305,8 @@ fn run(cli: Cli) -> Result<()> {
                 Some(p) => p,
                 None => std::env::current_exe().context("finding crust's own path")?.to_string_lossy().into_owned(),
             };
-            let progress = !json && nix::unistd::isatty(std::io::stderr()).unwrap_or(false);
+            // Drawn by the CLI's bar (next change); nothing meanwhile.
+            let progress = Default::default();
             let opts =
                 MigrateOptions { pid, to, shell_job, key, remote_crust, manage_cgroups, cgroup_roots, stats_dir, progress };
             let stats = guard::in_child(|| Ok(migrate(&opts)?)).with_context(|| format!("migration of process {pid} failed; it runs on here"))?;

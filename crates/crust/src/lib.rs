@@ -11,6 +11,7 @@ pub mod images;
 pub mod mem;
 pub mod migrate;
 pub mod proc;
+pub mod progress;
 pub mod show;
 pub mod state;
 pub mod shmem;

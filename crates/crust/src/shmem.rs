@@ -151,7 +151,7 @@ pub fn make(r: &mut FdRestorer, img: &DumpImage) -> Result<HashMap<u64, u64>> {
             let pages = r.open_low(&obj.pages_path.to_string_lossy(), (libc::O_RDONLY | libc::O_CLOEXEC) as u32)?;
             let at_addr: Vec<_> =
                 obj.pagemap.iter().map(|e| PagemapEntry { vaddr: addr + e.vaddr, ..*e }).collect();
-            let filled = r.task.fill_pages(&at_addr, pages);
+            let filled = r.task.fill_pages(&at_addr, pages, &mut |_| {});
             r.task.call("close", libc::SYS_close, [pages, 0, 0, 0, 0, 0])?;
             filled?;
             let path = format!("/proc/self/map_files/{addr:x}-{:x}", addr + obj.size);

@@ -189,7 +189,7 @@ struct StreamedPages<'a> {
 }
 
 impl PageSource for StreamedPages<'_> {
-    fn fill(&mut self, task: &Task, _scratch: &mut Scratch, p: &ProcessImage) -> Result<u64> {
+    fn fill(&mut self, task: &Task, _scratch: &mut Scratch, p: &ProcessImage, progress: &mut dyn FnMut(u64)) -> Result<u64> {
         let name = p.pages_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         match self.chan.recv()? {
             (FILE, got) if got == name.as_bytes() => {}
@@ -215,6 +215,7 @@ impl PageSource for StreamedPages<'_> {
                         })?;
                         let n = ((len - into) as usize).min(data.len());
                         write_pages(task.pid, vaddr + into, &data[..n])?;
+                        progress(n as u64);
                         data = &data[n..];
                         into += n as u64;
                         if into == len {
@@ -273,5 +274,6 @@ fn restore_options(r: &RemoteRestore, dir: &Path) -> Result<restore_mod::Restore
         pid_wait: Duration::from_secs(2),
         manage_cgroups: manage_cgroups.parse().map_err(Error::Invalid)?,
         cgroup_roots: r.cgroup_roots.iter().map(|c| c.parse()).collect::<std::result::Result<_, _>>().map_err(Error::Invalid)?,
+        ..Default::default()
     })
 }
