@@ -1,5 +1,7 @@
 //! `crust`: the command line over the crust engine, with criu's option names.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod demo;
 mod guard;
 mod progress;

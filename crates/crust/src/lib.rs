@@ -1,5 +1,7 @@
 //! crust: checkpoint/restore of Linux process trees, in CRIU's image format.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod arch;
 pub mod cancel;
 pub mod cgroups;
