@@ -1,7 +1,10 @@
 //! `crust`: the command line over the crust engine, with criu's option names.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod demo;
 mod guard;
+mod progress;
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -255,8 +258,10 @@ fn wait_root(pid: i32) -> Result<()> {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Dump { pid, dir, leave_running, shell_job, cgroup_roots, freeze_cgroup, ghost_limit, json } => {
-            let opts = DumpOptions { pid, dir: dir.clone(), leave_running, shell_job, cgroup_roots, freeze_cgroup, ghost_limit };
-            let stats = guard::in_child(|| Ok(dump(&opts)?)).with_context(|| format!("dump of process {pid} failed"))?;
+            let bar = progress::Bar::on_stderr(json);
+            let progress = bar.progress();
+            let opts = DumpOptions { pid, dir: dir.clone(), leave_running, shell_job, cgroup_roots, freeze_cgroup, ghost_limit, progress };
+            let stats = guard::in_child(|| bar.around(|| Ok(dump(&opts)?))).with_context(|| format!("dump of process {pid} failed"))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&stats)?);
             } else {
@@ -264,14 +269,16 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Restore { dir, detach, shell_job, pidfile, manage_cgroups, cgroup_roots, pid_wait, json } => {
+            let bar = progress::Bar::on_stderr(json);
             let opts = RestoreOptions {
                 dir: dir.clone(),
                 shell_job,
                 pid_wait: Duration::from_secs_f64(pid_wait.max(0.0)),
                 manage_cgroups,
                 cgroup_roots,
+                progress: bar.progress(),
             };
-            let restored = restore(&opts).with_context(|| format!("restore from {} failed", dir.display()))?;
+            let restored = bar.around(|| restore(&opts)).with_context(|| format!("restore from {} failed", dir.display()))?;
             // As criu does, the numbers stay beside the images; the tree runs
             // whether or not they can be written.
             let stats_path = dir.join("stats-restore");
@@ -304,10 +311,11 @@ fn run(cli: Cli) -> Result<()> {
                 Some(p) => p,
                 None => std::env::current_exe().context("finding crust's own path")?.to_string_lossy().into_owned(),
             };
-            let progress = !json && nix::unistd::isatty(std::io::stderr()).unwrap_or(false);
+            let bar = progress::Bar::on_stderr(json);
+            let progress = bar.progress();
             let opts =
                 MigrateOptions { pid, to, shell_job, key, remote_crust, manage_cgroups, cgroup_roots, stats_dir, progress };
-            let stats = guard::in_child(|| Ok(migrate(&opts)?)).with_context(|| format!("migration of process {pid} failed; it runs on here"))?;
+            let stats = guard::in_child(|| bar.around(|| Ok(migrate(&opts)?))).with_context(|| format!("migration of process {pid} failed; it runs on here"))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&stats)?);
             } else {

@@ -245,7 +245,7 @@ mod tests {
 
     #[test]
     fn interrupted_syscalls_are_issued_again() {
-        let mut g = gpregs(&unsafe { std::mem::zeroed() });
+        let mut g = UserX86RegsEntry { mode: Some(UserX86RegsMode::Native as i32), ..Default::default() };
         g.orig_ax = 230; // clock_nanosleep
         g.ax = (-516i64) as u64; // -ERESTART_RESTARTBLOCK
         g.ip = 0x1002;

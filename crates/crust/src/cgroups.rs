@@ -17,21 +17,16 @@ use crate::images::criu::SAME_AS_DUMPER;
 use crate::images::proto::{
     CgControllerEntry, CgMemberEntry, CgSetEntry, CgroupDirEntry, CgroupEntry, CgroupPerms, CgroupPropEntry,
 };
-use crate::proc::read_string;
+use crate::proc;
 
 /// Hierarchy name as in /proc/PID/cgroup ("cpu", "name=systemd", "" for v2) to path.
 pub use crate::images::meta::{CgroupReport, Membership};
 
 pub fn membership(pid: &str) -> Result<Membership> {
-    let text = read_string(&format!("/proc/{pid}/cgroup"))?;
-    Ok(text
-        .lines()
-        .filter_map(|l| {
-            let mut parts = l.splitn(3, ':');
-            let _id = parts.next()?;
-            Some((parts.next()?.to_string(), parts.next()?.to_string()))
-        })
-        .collect())
+    let groups = proc::process_at(pid)
+        .and_then(|p| p.cgroups().map_err(proc::io_error))
+        .ctx(|| format!("reading /proc/{pid}/cgroup"))?;
+    Ok(groups.into_iter().map(|g| (g.controllers.join(","), g.pathname)).collect())
 }
 
 /// How a hierarchy is named to a user ("cgroup2" for the unified one).
@@ -89,24 +84,27 @@ impl Hierarchy {
 /// The hierarchies mounted here, matched to the names /proc/self/cgroup uses.
 pub fn hierarchies() -> Result<Vec<Hierarchy>> {
     let own = membership("self")?;
-    let mountinfo = read_string("/proc/self/mountinfo")?;
+    let mounts = proc::process_at("self")
+        .and_then(|p| p.mountinfo().map_err(proc::io_error))
+        .ctx(|| "reading /proc/self/mountinfo")?;
     let mut out = Vec::new();
-    for line in mountinfo.lines() {
-        let Some((left, right)) = line.split_once(" - ") else { continue };
-        let mut r = right.split_whitespace();
-        let (fstype, _source, opts) = (r.next().unwrap_or(""), r.next(), r.next().unwrap_or(""));
-        let mount = PathBuf::from(left.split_whitespace().nth(4).unwrap_or(""));
-        let name = match fstype {
+    for m in mounts {
+        let name = match m.fs_type.as_str() {
             "cgroup2" => Some(String::new()),
             "cgroup" => {
-                let items: BTreeSet<&str> = opts.split(',').collect();
+                // The superblock's options as written: `cpu`, `name=systemd`.
+                let items: BTreeSet<String> = m
+                    .super_options
+                    .iter()
+                    .map(|(k, v)| v.as_ref().map_or_else(|| k.clone(), |v| format!("{k}={v}")))
+                    .collect();
                 own.keys().find(|n| !n.is_empty() && n.split(',').all(|c| items.contains(c))).cloned()
             }
             _ => None,
         };
         if let Some(name) = name {
             if !out.iter().any(|h: &Hierarchy| h.name == name) {
-                out.push(Hierarchy { name, mount });
+                out.push(Hierarchy { name, mount: m.mount_point });
             }
         }
     }

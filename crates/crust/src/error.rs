@@ -77,3 +77,10 @@ impl<T> Context<T> for nix::Result<T> {
         self.map_err(|err| Error::Sys { context: f().into(), err })
     }
 }
+
+/// rustix's errors read as nix's: the same errno, the same message.
+impl<T> Context<T> for rustix::io::Result<T> {
+    fn ctx<S: Into<String>>(self, f: impl FnOnce() -> S) -> Result<T> {
+        self.map_err(|e| Error::Sys { context: f().into(), err: nix::errno::Errno::from_raw(e.raw_os_error()) })
+    }
+}

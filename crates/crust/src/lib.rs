@@ -1,5 +1,7 @@
 //! crust: checkpoint/restore of Linux process trees, in CRIU's image format.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod arch;
 pub mod cancel;
 pub mod cgroups;
@@ -11,6 +13,7 @@ pub mod images;
 pub mod mem;
 pub mod migrate;
 pub mod proc;
+pub mod progress;
 pub mod show;
 pub mod state;
 pub mod shmem;

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use nix::sys::uio::{process_vm_readv, RemoteIoVec};
 use nix::unistd::Pid;
-use procfs::process::{MMPermissions, MMapPath, Process, VmFlags};
+use procfs::process::{MMPermissions, MMapPath, MemoryPageFlags, PageInfo, Process, VmFlags};
 
 use crate::error::{Context, Error, Result};
 
@@ -170,11 +170,6 @@ pub fn vdso_syscall_gadget(pid: i32, vmas: &[Vma]) -> Result<u64> {
         .ok_or_else(|| Error::unsupported(format!("process {pid}"), "no syscall instruction in its vdso"))
 }
 
-// /proc/PID/pagemap entry bits.
-const PM_PRESENT: u64 = 1 << 63;
-const PM_SWAPPED: u64 = 1 << 62;
-const PM_FILE: u64 = 1 << 61;
-
 /// A run of consecutive pages to save.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PageRun {
@@ -205,11 +200,12 @@ pub fn private_page_runs(pid: i32, vmas: &[Vma]) -> Result<(Vec<PageRun>, u64)> 
                 .read_exact_at(&mut buf, (vma.start / PAGE_SIZE + first) * 8)
                 .ctx(|| format!("reading /proc/{pid}/pagemap"))?;
             for (i, e) in buf.chunks_exact(8).enumerate() {
-                let e = u64::from_le_bytes(e.try_into().expect("chunks of 8"));
-                let own = if is_file {
-                    (e & PM_PRESENT != 0 && e & PM_FILE == 0) || e & PM_SWAPPED != 0
-                } else {
-                    e & (PM_PRESENT | PM_SWAPPED) != 0
+                // procfs reads the entry; crust reads the file itself, in big batches.
+                let own = match PageInfo::parse_info(u64::from_le_bytes(e.try_into().expect("chunks of 8"))) {
+                    PageInfo::SwapPage(_) => true,
+                    PageInfo::MemoryPage(f) => {
+                        f.contains(MemoryPageFlags::PRESENT) && !(is_file && f.contains(MemoryPageFlags::FILE))
+                    }
                 };
                 if !own {
                     continue;

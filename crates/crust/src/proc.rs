@@ -23,6 +23,22 @@ pub fn status(pid: i32, tid: i32) -> Result<Status> {
         .map_err(|e| Error::io_other(format!("reading /proc/{pid}/task/{tid}/status"), e))
 }
 
+/// What procfs read from /proc, as the I/O error it comes from: a missing
+/// or forbidden file keeps its errno, anything procfs could not parse says so.
+pub fn io_error(e: procfs::ProcError) -> std::io::Error {
+    match e {
+        procfs::ProcError::Io(err, _) => err,
+        procfs::ProcError::NotFound(_) => std::io::Error::from_raw_os_error(libc::ENOENT),
+        procfs::ProcError::PermissionDenied(_) => std::io::Error::from_raw_os_error(libc::EACCES),
+        other => std::io::Error::other(other.to_string()),
+    }
+}
+
+/// A process's directory in /proc by name: a pid, or "self".
+pub fn process_at(pid: &str) -> std::io::Result<Process> {
+    Process::new_with_root(format!("/proc/{pid}").into()).map_err(io_error)
+}
+
 pub fn read_string(path: &str) -> Result<String> {
     std::fs::read_to_string(path).ctx(|| format!("reading {path}"))
 }
@@ -107,7 +123,9 @@ pub fn personality(pid: i32) -> Result<u32> {
 pub fn robust_list(tid: i32) -> Result<(u64, u32)> {
     let mut head: u64 = 0;
     let mut len: libc::size_t = 0;
-    // SAFETY: the kernel writes a pointer and a length.
+    // SAFETY: no wrapper exists. The kernel writes one pointer-sized value
+    // into `head` and one size_t into `len`, both locals alive for the call
+    // and of those sizes (u64 is a pointer's size on x86-64); nothing else.
     let r = unsafe { libc::syscall(libc::SYS_get_robust_list, tid, &mut head as *mut u64, &mut len as *mut libc::size_t) };
     nix::errno::Errno::result(r).ctx(|| format!("reading robust futex list of task {tid}"))?;
     Ok((head, len as u32))
@@ -119,13 +137,12 @@ pub fn ns_inode(pid: i32, ns: &str) -> Option<u64> {
     std::fs::metadata(format!("/proc/{pid}/ns/{ns}")).ok().map(|m| m.ino())
 }
 
-/// Scheduling policy and priority of a thread.
-pub fn sched(tid: i32) -> (u32, u32) {
-    // SAFETY: plain queries of another thread's scheduling parameters.
-    unsafe {
-        let policy = libc::sched_getscheduler(tid);
-        let mut param = libc::sched_param { sched_priority: 0 };
-        libc::sched_getparam(tid, &mut param);
-        (policy.max(0) as u32, param.sched_priority.max(0) as u32)
-    }
+/// Scheduling policy of a thread, with SCHED_RESET_ON_FORK if it is set
+/// (the policy field of /proc/PID/stat leaves that flag out; its real-time
+/// priority is there, see [`Stat::rt_priority`]).
+pub fn sched_policy(tid: i32) -> u32 {
+    // SAFETY: no wrapper exists (nix, rustix); the call takes a tid by value
+    // and passes no memory.
+    let policy = unsafe { libc::sched_getscheduler(tid) };
+    policy.max(0) as u32
 }

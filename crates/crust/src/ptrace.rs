@@ -1,7 +1,8 @@
 //! ptrace plumbing: seizing and releasing tasks, register sets, signal queues.
 //!
 //! nix covers seize/interrupt/regs/step; the requests it lacks (GETSIGMASK,
-//! PEEKSIGINFO, GET_RSEQ_CONFIGURATION, the XSTATE regset) are thin libc calls here.
+//! PEEKSIGINFO, GET_RSEQ_CONFIGURATION, the variable-size XSTATE regset) are
+//! thin libc calls here, each an unsafe block that passes only locals.
 
 use nix::errno::Errno;
 use nix::sys::ptrace;
@@ -95,7 +96,10 @@ pub fn set_regs(tid: i32, regs: libc::user_regs_struct) -> Result<()> {
 pub fn xstate(tid: i32) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; XSTATE_MAX];
     let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-    // SAFETY: iov points at a live buffer of iov_len bytes; the kernel shrinks iov_len.
+    // SAFETY: nix's getregset wants a fixed-size type, and the XSAVE area's size
+    // varies by CPU. The kernel writes at most iov_len bytes into `buf`, which
+    // `iov` describes and which outlives the call, then sets iov_len to what
+    // it wrote; it writes nothing else of ours.
     let r = unsafe { libc::ptrace(libc::PTRACE_GETREGSET, tid, NT_X86_XSTATE as usize, &mut iov as *mut libc::iovec) };
     Errno::result(r).ctx(|| format!("reading xstate of task {tid}"))?;
     buf.truncate(iov.iov_len);
@@ -104,14 +108,16 @@ pub fn xstate(tid: i32) -> Result<Vec<u8>> {
 
 pub fn sigmask(tid: i32) -> Result<u64> {
     let mut mask: u64 = 0;
-    // SAFETY: the kernel writes 8 bytes into `mask`.
+    // SAFETY: no wrapper for PTRACE_GETSIGMASK exists. With addr = 8 (the
+    // sigset size) the kernel writes exactly 8 bytes into `mask`, a live u64.
     let r = unsafe { libc::ptrace(PTRACE_GETSIGMASK, tid, 8usize, &mut mask as *mut u64) };
     Errno::result(r).ctx(|| format!("reading signal mask of task {tid}"))?;
     Ok(mask)
 }
 
 pub fn set_sigmask(tid: i32, mask: u64) -> Result<()> {
-    // SAFETY: the kernel reads 8 bytes from `mask`.
+    // SAFETY: no wrapper for PTRACE_SETSIGMASK exists. With addr = 8 the
+    // kernel only reads 8 bytes from `mask`, a live u64.
     let r = unsafe { libc::ptrace(PTRACE_SETSIGMASK, tid, 8usize, &mask as *const u64) };
     Errno::result(r).ctx(|| format!("setting signal mask of task {tid}"))?;
     Ok(())
@@ -135,7 +141,10 @@ pub fn pending_signals(tid: i32, shared: bool) -> Result<Vec<[u8; 128]>> {
             flags: if shared { PTRACE_PEEKSIGINFO_SHARED } else { 0 },
             nr: batch.len() as i32,
         };
-        // SAFETY: `batch` has room for `nr` siginfos of 128 bytes.
+        // SAFETY: no wrapper for PTRACE_PEEKSIGINFO exists. The kernel reads
+        // `args` (the struct it expects, repr(C)) and writes at most `nr`
+        // siginfos of 128 bytes into `batch`, which has room for exactly `nr`;
+        // both are locals that outlive the call.
         let r = unsafe { libc::ptrace(PTRACE_PEEKSIGINFO, tid, &args as *const PeekSiginfoArgs, batch.as_mut_ptr()) };
         let n = Errno::result(r).ctx(|| format!("reading pending signals of task {tid}"))? as usize;
         out.extend_from_slice(&batch[..n]);
@@ -158,7 +167,9 @@ pub struct RseqConfig {
 
 pub fn rseq_config(tid: i32) -> Result<RseqConfig> {
     let mut conf = RseqConfig::default();
-    // SAFETY: the kernel writes at most size_of::<RseqConfig>() bytes into `conf`.
+    // SAFETY: no wrapper for PTRACE_GET_RSEQ_CONFIGURATION exists. The kernel
+    // writes at most addr = size_of::<RseqConfig>() bytes into `conf`, a live
+    // repr(C) struct laid out as struct ptrace_rseq_configuration.
     let r = unsafe {
         libc::ptrace(
             PTRACE_GET_RSEQ_CONFIGURATION,
@@ -173,7 +184,10 @@ pub fn rseq_config(tid: i32) -> Result<RseqConfig> {
 
 pub fn set_xstate(tid: i32, buf: &[u8]) -> Result<()> {
     let mut iov = libc::iovec { iov_base: buf.as_ptr() as *mut libc::c_void, iov_len: buf.len() };
-    // SAFETY: the kernel reads iov_len bytes from the buffer.
+    // SAFETY: as for xstate(): the kernel reads at most iov_len bytes from
+    // `buf`, which outlives the call, and writes nothing through that pointer
+    // (the *mut is only iovec's type); it may write the length back into
+    // `iov`, a live local.
     let r = unsafe { libc::ptrace(libc::PTRACE_SETREGSET, tid, NT_X86_XSTATE as usize, &mut iov as *mut libc::iovec) };
     Errno::result(r).ctx(|| format!("setting xstate of task {tid}"))?;
     Ok(())

@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 
 use crate::error::{Context, Error, Result};
@@ -56,15 +55,19 @@ impl SharedMemory {
         if self.objects.is_empty() {
             return Ok(());
         }
-        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        use procfs::process::MMapPath;
+        for p in procfs::process::all_processes().into_iter().flatten().flatten() {
+            let pid = p.pid();
             if tree.contains(&pid) {
                 continue;
             }
-            let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
-            for l in maps.lines().filter(|l| l.ends_with(crate::mem::SHARED_ANON_NAME)) {
-                let ino = l.split_whitespace().nth(4).and_then(|i| i.parse::<u64>().ok());
-                if let Some(ino) = ino.filter(|i| self.by_inode.contains_key(i)) {
+            let maps = p.maps().map(|m| m.0).unwrap_or_default();
+            let shared_anon = |m: &&procfs::process::MemoryMap| {
+                matches!(&m.pathname, MMapPath::Path(path) if path.as_os_str() == crate::mem::SHARED_ANON_NAME)
+            };
+            for m in maps.iter().filter(shared_anon) {
+                let ino = m.inode;
+                if self.by_inode.contains_key(&ino) {
                     return Err(Error::unsupported(
                         format!("shared memory {ino}"),
                         format!("is shared with process {pid}, outside the dumped tree: not supported yet"),
@@ -110,24 +113,17 @@ impl SharedMemory {
 
 /// Page-aligned runs (offset, length) of `file` that hold data, up to `size`.
 fn data_runs(file: &File, size: u64) -> std::io::Result<Vec<(u64, u64)>> {
+    use nix::errno::Errno;
+    use nix::unistd::{lseek, Whence};
     let mut runs = Vec::new();
     let mut at = 0i64;
-    let fd = file.as_raw_fd();
     while (at as u64) < size {
-        // SAFETY: lseek on a file we hold.
-        let data = unsafe { libc::lseek(fd, at, libc::SEEK_DATA) };
-        if data < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ENXIO) {
-                break;
-            }
-            return Err(e);
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
-        if hole < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        let data = match lseek(file, at, Whence::SeekData) {
+            Ok(data) => data,
+            Err(Errno::ENXIO) => break,
+            Err(e) => return Err(e.into()),
+        };
+        let hole = lseek(file, data, Whence::SeekHole)?;
         let start = data as u64 / PAGE_SIZE * PAGE_SIZE;
         let end = (hole as u64).min(size).div_ceil(PAGE_SIZE) * PAGE_SIZE;
         if end > start {
@@ -156,7 +152,7 @@ pub fn make(r: &mut FdRestorer, img: &DumpImage) -> Result<HashMap<u64, u64>> {
             let pages = r.open_low(&obj.pages_path.to_string_lossy(), (libc::O_RDONLY | libc::O_CLOEXEC) as u32)?;
             let at_addr: Vec<_> =
                 obj.pagemap.iter().map(|e| PagemapEntry { vaddr: addr + e.vaddr, ..*e }).collect();
-            let filled = r.task.fill_pages(&at_addr, pages);
+            let filled = r.task.fill_pages(&at_addr, pages, &mut |_| {});
             r.task.call("close", libc::SYS_close, [pages, 0, 0, 0, 0, 0])?;
             filled?;
             let path = format!("/proc/self/map_files/{addr:x}-{:x}", addr + obj.size);

@@ -48,23 +48,26 @@ impl Task {
     }
 
     /// Read every saved page into place with pread from the pages image, opened
-    /// inside the task as `pages_fd`. Returns the number of pages.
-    pub fn fill_pages(&self, pagemap: &[PagemapEntry], pages_fd: u64) -> Result<u64> {
-        // pread moves at most this much at once (MAX_RW_COUNT).
-        const MAX_IO: u64 = 1 << 30;
+    /// inside the task as `pages_fd`, telling `progress` the bytes of each
+    /// read. Returns the number of pages.
+    pub fn fill_pages(&self, pagemap: &[PagemapEntry], pages_fd: u64, progress: &mut dyn FnMut(u64)) -> Result<u64> {
+        // pread moves a little under 2 GiB at most (MAX_RW_COUNT); reads of 64 MiB
+        // let progress be told often, at a cost of one injected call each.
+        const STEP: u64 = 64 << 20;
         let mut offset = 0u64;
         let mut pages = 0u64;
         for e in pagemap {
             let len = e.nr_pages as u64 * PAGE_SIZE;
             let mut done = 0;
             while done < len {
-                let n = (len - done).min(MAX_IO);
+                let n = (len - done).min(STEP);
                 let got = self.call("pread of saved pages", libc::SYS_pread64, [pages_fd, e.vaddr + done, n, offset + done, 0, 0])?;
                 if got != n {
                     let what = format!("short read of saved pages at {:#x}: {got} of {n} bytes", e.vaddr + done);
                     return Err(Error::Ptrace { tid: self.tid, what });
                 }
                 done += n;
+                progress(n);
             }
             offset += len;
             pages += e.nr_pages as u64;

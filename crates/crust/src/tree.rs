@@ -114,20 +114,19 @@ impl FrozenTree {
         while i < queue.len() {
             let pid = queue[i];
             i += 1;
-            if Process::new(pid).and_then(|p| p.stat()).map(|s| s.state == 'Z').unwrap_or(false) {
-                continue; // nothing to seize: the walk below records it
-            }
-            let Ok(task_dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            let Ok(proc) = Process::new(pid) else {
                 continue; // exited before the freeze
             };
-            let tids: Vec<i32> = task_dir
-                .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                .collect();
-            for &tid in &tids {
-                ptrace::seize_no_wait(tid)?;
-                tree.seized.push(tid);
-                let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/children")).unwrap_or_default();
-                queue.extend(text.split_whitespace().filter_map(|s| s.parse::<i32>().ok()));
+            if proc.stat().map(|s| s.state == 'Z').unwrap_or(false) {
+                continue; // nothing to seize: the walk below records it
+            }
+            let Ok(tasks) = proc.tasks() else {
+                continue; // exited before the freeze
+            };
+            for task in tasks.flatten() {
+                ptrace::seize_no_wait(task.tid)?;
+                tree.seized.push(task.tid);
+                queue.extend(task.children().unwrap_or_default().into_iter().map(|c| c as i32));
             }
         }
         freezer.thaw()?;
@@ -146,7 +145,7 @@ impl FrozenTree {
         let stat = proc.stat().map_err(|e| proc_err(pid, e))?;
         if stat.state == 'Z' {
             // A leader that exited while its other threads run is not a zombie.
-            let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count()).unwrap_or(1);
+            let threads = proc.tasks().map(|t| t.count()).unwrap_or(1);
             if threads > 1 {
                 return Err(Error::unsupported(
                     format!("process {pid} ({})", stat.comm),
@@ -237,10 +236,10 @@ impl Drop for FrozenTree {
 /// Children of every thread of a (frozen) process.
 fn children(p: &FrozenProcess) -> Result<Vec<i32>> {
     let mut out = Vec::new();
-    for tid in &p.threads {
-        let path = format!("/proc/{}/task/{tid}/children", p.pid);
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::Io { context: format!("reading {path}"), err: e })?;
-        out.extend(text.split_whitespace().filter_map(|s| s.parse::<i32>().ok()));
+    let proc = Process::new(p.pid).map_err(|e| proc_err(p.pid, e))?;
+    for &tid in &p.threads {
+        let children = proc.task_from_tid(tid).and_then(|t| t.children()).map_err(|e| proc_err(p.pid, e))?;
+        out.extend(children.into_iter().map(|c| c as i32));
     }
     Ok(out)
 }

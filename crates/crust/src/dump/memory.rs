@@ -12,6 +12,7 @@ use crate::images::proto::{MmEntry, PagemapEntry, PagemapHead, VmaEntry};
 use crate::images::Kind;
 use crate::mem::{self, Backing, PageReader, Vma};
 use crate::proc;
+use crate::progress::{Phase, Progress};
 use crate::shmem::SharedMemory;
 
 impl TreeDump {
@@ -45,8 +46,8 @@ impl TreeDump {
         self.pages(pid, index, vmas)
     }
 
-    /// pagemap-PID.img and pages-N.img: the runs of saved pages and their
-    /// contents; the contents left for later in a streamed dump.
+    /// pagemap-PID.img: the runs of saved pages; their contents
+    /// (pages-N.img) are written once every process's are known.
     fn pages(&mut self, pid: i32, pages_id: u32, vmas: &[Vma]) -> Result<()> {
         let (runs, scanned) = mem::private_page_runs(pid, vmas)?;
         self.stats.pages_scanned += scanned;
@@ -59,14 +60,23 @@ impl TreeDump {
             map.entry(&entry)?;
         }
         self.stats.bytes_written += map.finish()?;
-        let pending = PendingPages { pid, pages_id, runs };
-        match self.deferred.as_mut() {
-            Some(list) => list.push(pending),
-            None => {
-                let mut w = self.dir.writer(&pending.name(), Kind::Pages)?;
-                pending.copy(&mut self.stats, &mut |chunk| w.raw(chunk))?;
-                self.stats.bytes_written += w.finish()?;
-            }
+        self.deferred.push(PendingPages { pid, pages_id, runs });
+        Ok(())
+    }
+
+    /// Every process's pages-N.img, in the order of pstree.img; `progress`
+    /// hears them as they are written.
+    pub(super) fn write_pages(&mut self, progress: &Progress) -> Result<()> {
+        let pages = std::mem::take(&mut self.deferred);
+        let mut meter = progress.start(Phase::DumpingPages, pages.iter().map(PendingPages::bytes).sum());
+        for pending in pages {
+            let mut w = self.dir.writer(&pending.name(), Kind::Pages)?;
+            pending.copy(&mut self.stats, &mut |chunk| {
+                w.raw(chunk)?;
+                meter.add(chunk.len() as u64);
+                Ok(())
+            })?;
+            self.stats.bytes_written += w.finish()?;
         }
         Ok(())
     }

@@ -22,6 +22,7 @@ use crate::images::proto::{
 use crate::images::{FileSink, ImageDir, Kind};
 use crate::mem::{self, Vma};
 use crate::proc;
+use crate::progress::{Phase, Progress};
 use crate::remote::RemoteThread;
 use crate::shmem::SharedMemory;
 use crate::state::{self, ThreadDump};
@@ -40,6 +41,8 @@ pub struct DumpOptions {
     pub freeze_cgroup: Option<PathBuf>,
     /// `--ghost-limit`: the largest deleted file carried in the images.
     pub ghost_limit: Option<u64>,
+    /// Hears the pages being written (not those a streamed dump leaves out).
+    pub progress: Progress,
 }
 
 /// What a dump did, for the user and for stats-dump.
@@ -100,15 +103,16 @@ impl Dumped {
     }
 
     /// Send the pages the dump left out, one pages-N.img after the other in
-    /// the order of pstree.img; `progress` hears the bytes sent so far.
-    pub fn send_pages(&mut self, sink: &mut dyn FileSink, progress: &mut dyn FnMut(u64)) -> Result<u64> {
+    /// the order of pstree.img; `progress` hears them as they go.
+    pub fn send_pages(&mut self, sink: &mut dyn FileSink, progress: &Progress) -> Result<u64> {
         let mut sent = 0;
+        let mut meter = progress.start(Phase::SendingPages, self.pending_bytes());
         for pending in std::mem::take(&mut self.pages) {
             sink.begin(&pending.name())?;
             pending.copy(&mut self.stats, &mut |chunk| {
                 sink.data(chunk)?;
                 sent += chunk.len() as u64;
-                progress(sent);
+                meter.add(chunk.len() as u64);
                 Ok(())
             })?;
             sink.end()?;
@@ -186,7 +190,7 @@ fn write_images(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<W
             freezing_time_us: us(frozen_at - start),
             ..Default::default()
         },
-        deferred: streamed.then(Vec::new),
+        deferred: Vec::new(),
     };
     if let Some(limit) = opts.ghost_limit {
         d.files.ghosts.limit = limit;
@@ -201,6 +205,9 @@ fn write_images(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<W
             }
         }
     }
+    if !streamed {
+        d.write_pages(&opts.progress)?;
+    }
     d.pstree(&tree, opts.pid)?;
     d.shared(&tree)?;
     d.inventory(root_ids)?;
@@ -213,7 +220,7 @@ fn write_images(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<W
         w.entry(&d.stats.entry())?;
         d.stats.bytes_written += w.finish()?;
     }
-    Ok((tree, d.dir, d.stats, frozen_at, d.deferred.unwrap_or_default()))
+    Ok((tree, d.dir, d.stats, frozen_at, d.deferred))
 }
 
 /// A dump being written: the images, and what is gathered across processes.
@@ -227,8 +234,9 @@ struct TreeDump {
     /// Namespaces met, by (kind, inode): their ids are positions here, from 1.
     namespaces: Vec<(&'static str, u64)>,
     stats: DumpStats,
-    /// Pages left for later (a streamed dump sends them last); none: written now.
-    deferred: Option<Vec<PendingPages>>,
+    /// Pages not written yet: all of them are known before any is written
+    /// (and a streamed dump sends them last).
+    deferred: Vec<PendingPages>,
 }
 
 impl TreeDump {
@@ -405,7 +413,7 @@ impl TreeDump {
 /// loginuid and oom_score_adj are kept for tools that read the images.
 fn core_of(p: &FrozenProcess, tid: i32, stat: &Stat, ids: &TaskKobjIdsEntry, cg_set: u32) -> CoreEntry {
     let leader = tid == p.pid;
-    let read = |name: &str| proc::read_string(&format!("/proc/{}/{name}", p.pid)).ok();
+    let process = leader.then(|| proc::process(p.pid).ok()).flatten();
     CoreEntry {
         mtype: March::X8664 as i32,
         thread_info: Some(Default::default()),
@@ -415,8 +423,8 @@ fn core_of(p: &FrozenProcess, tid: i32, stat: &Stat, ids: &TaskKobjIdsEntry, cg_
             stop_signo: p.stopped.map(|sig| sig as u32),
             flags: stat.flags,
             cg_set: Some(cg_set),
-            loginuid: read("loginuid").and_then(|s| s.trim().parse().ok()),
-            oom_score_adj: read("oom_score_adj").and_then(|s| s.trim().parse().ok()),
+            loginuid: process.as_ref().and_then(|p| p.loginuid().ok()),
+            oom_score_adj: process.as_ref().and_then(|p| p.oom_score_adj().ok()).map(i32::from),
             ..Default::default()
         }),
         thread_core: Some(ThreadCoreEntry { cg_set: Some(cg_set), ..Default::default() }),

@@ -101,9 +101,8 @@ fn watches(pid: i32, epfd: i32, tfd: u32) -> bool {
     const KCMP_EPOLL_TFD: libc::c_int = 7;
     // struct kcmp_epoll_slot { efd, tfd, toff }
     let slot: [u32; 3] = [epfd as u32, tfd, 0];
-    // SAFETY: kcmp reads the slot and compares kernel objects.
-    let r = unsafe { libc::syscall(libc::SYS_kcmp, pid, pid, KCMP_EPOLL_TFD, tfd as libc::c_long, slot.as_ptr()) };
-    r == 0
+    // The kernel reads the slot, alive here for the call.
+    super::kcmp(pid, pid, KCMP_EPOLL_TFD, tfd as u64, slot.as_ptr() as u64)
 }
 
 fn entry(file: &FileEntry) -> Result<&EventpollFileEntry> {

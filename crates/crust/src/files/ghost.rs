@@ -4,10 +4,8 @@
 //! deleted from the start, for the tree to open and map.
 
 use std::collections::HashMap;
-use std::ffi::CString;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -127,9 +125,10 @@ fn visible_mount(file: &std::fs::File, source: &str) -> bool {
     use std::os::fd::AsRawFd;
     let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", file.as_raw_fd())).unwrap_or_default();
     let Some(mnt) = info.lines().find_map(|l| l.strip_prefix("mnt_id:")).map(str::trim) else { return false };
+    let Ok(mnt) = mnt.parse::<i32>() else { return false };
     let pid = source.split('/').nth(2).unwrap_or("self");
-    let table = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
-    table.lines().any(|l| l.split_whitespace().next() == Some(mnt))
+    let table = crate::proc::process_at(pid).ok().and_then(|p| p.mountinfo().ok());
+    table.is_some_and(|t| t.into_iter().any(|m| m.mnt_id == mnt))
 }
 
 /// Deleted files put back for a restore: each made whole without a name (an
@@ -175,25 +174,19 @@ pub fn materialize(img: &mut DumpImage) -> Result<Materialized> {
 
 /// A directory, opened without following any symlink on the way.
 fn open_dir(dir: &Path) -> Option<OwnedFd> {
-    let path = CString::new(dir.as_os_str().as_bytes()).ok()?;
-    // struct open_how { u64 flags, mode, resolve }
-    let how: [u64; 3] = [(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64, 0, libc::RESOLVE_NO_SYMLINKS];
-    // SAFETY: openat2 reads `path` and `how`; the fd it returns is ours.
-    let fd = unsafe { libc::syscall(libc::SYS_openat2, libc::AT_FDCWD, path.as_ptr(), how.as_ptr(), std::mem::size_of_val(&how)) };
-    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag, AT_FDCWD};
+    let how = OpenHow::new().flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC).resolve(ResolveFlag::RESOLVE_NO_SYMLINKS);
+    openat2(AT_FDCWD, dir, how).ok()
 }
 
 /// A file without a name in `dir` holding `data`, with the saved owner and
 /// mode (set last: a change of owner drops set-id bits); returned read-only,
 /// since an executable may not be open for writing.
 fn unnamed_file(dir: &OwnedFd, entry: &GhostFileEntry, data: &[u8]) -> std::io::Result<OwnedFd> {
-    // SAFETY: openat of "." in a directory fd we hold; the fd is ours.
-    let fd = unsafe { libc::openat(dir.as_raw_fd(), c".".as_ptr(), libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC, 0o600) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a new fd, owned from here.
-    let mut f = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    use nix::fcntl::{openat, OFlag};
+    let flags = OFlag::O_TMPFILE | OFlag::O_RDWR | OFlag::O_CLOEXEC;
+    let fd = openat(dir, ".", flags, nix::sys::stat::Mode::from_bits_truncate(0o600))?;
+    let mut f = std::fs::File::from(fd);
     f.write_all(data)?;
     std::os::unix::fs::fchown(&f, Some(entry.uid), Some(entry.gid))?;
     f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(entry.mode & 0o7777))?;

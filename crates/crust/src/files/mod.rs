@@ -17,7 +17,7 @@ pub mod tty;
 pub mod unix;
 
 use std::collections::{HashMap, HashSet};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 use nix::sys::stat::{stat, FileStat, SFlag};
 
@@ -89,19 +89,10 @@ impl OpenFd {
 }
 
 fn take_fd(pid: i32, fd: i32) -> std::io::Result<OwnedFd> {
-    // SAFETY: plain syscalls; each returned fd is new and owned by us.
-    unsafe {
-        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0);
-        if pidfd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let pidfd = OwnedFd::from_raw_fd(pidfd as i32);
-        let r = libc::syscall(libc::SYS_pidfd_getfd, std::os::fd::AsRawFd::as_raw_fd(&pidfd), fd, 0);
-        if r < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(OwnedFd::from_raw_fd(r as i32))
-    }
+    use rustix::process::{pidfd_getfd, pidfd_open, Pid, PidfdFlags, PidfdGetfdFlags};
+    let pid = Pid::from_raw(pid).ok_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let pidfd = pidfd_open(pid, PidfdFlags::empty())?;
+    Ok(pidfd_getfd(&pidfd, fd, PidfdGetfdFlags::empty())?)
 }
 
 /// The fown_entry of a file: who gets SIGIO. crust does not restore async owners
@@ -460,8 +451,17 @@ pub fn write_with_data<M: prost::Message>(dir: &mut ImageDir, name: &str, kind: 
 /// kcmp(KCMP_FILE): do two fds refer to one open file description?
 fn same_description(pid1: i32, fd1: i32, pid2: i32, fd2: i32) -> bool {
     const KCMP_FILE: libc::c_int = 0;
-    // SAFETY: kcmp only compares kernel objects.
-    let r = unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, KCMP_FILE, fd1, fd2) };
+    kcmp(pid1, pid2, KCMP_FILE, fd1 as u64, fd2 as u64)
+}
+
+/// kcmp(2): is the object `kind` of `pid1` at `idx1` the same kernel object
+/// as the one of `pid2` at `idx2`? False when they differ or the call fails.
+fn kcmp(pid1: i32, pid2: i32, kind: libc::c_int, idx1: u64, idx2: u64) -> bool {
+    // SAFETY: no wrapper exists (nix, rustix). kcmp writes no memory of ours:
+    // it only compares kernel objects, and the one argument that can be an
+    // address (KCMP_EPOLL_TFD's slot) is read by the kernel with
+    // copy_from_user, which fails with EFAULT on a bad address, not UB.
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, kind, idx1, idx2) };
     r == 0
 }
 

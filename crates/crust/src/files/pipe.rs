@@ -3,7 +3,6 @@
 
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::fd::AsRawFd;
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
@@ -115,9 +114,7 @@ pub(super) fn peek_pipe(fd: &OpenFd) -> Result<(Vec<u8>, u32)> {
     let (rd, wr) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).ctx(what)?;
     fcntl(&wr, FcntlArg::F_SETPIPE_SZ(size)).ctx(what)?;
     let mut data = Vec::new();
-    // SAFETY: tee between two pipe fds we own; no memory is passed.
-    let n = unsafe { libc::tee(src.as_raw_fd(), wr.as_raw_fd(), size as usize, libc::SPLICE_F_NONBLOCK) };
-    match Errno::result(n) {
+    match nix::fcntl::tee(&src, &wr, size as usize, nix::fcntl::SpliceFFlags::SPLICE_F_NONBLOCK) {
         Ok(n) if n > 0 => {
             drop(wr);
             std::fs::File::from(rd).read_to_end(&mut data).ctx(what)?;

@@ -6,6 +6,7 @@ use std::os::fd::AsRawFd;
 
 use nix::sys::stat::SFlag;
 use nix::sys::termios::tcgetattr;
+use rustix::termios::{tcgetwinsize, tcsetwinsize, Winsize};
 
 use super::{fown_of, FdRestorer, FileTable, FileKind, OpenFd};
 use crate::error::{Context, Error, Result};
@@ -99,21 +100,10 @@ fn tty_info(fd: &OpenFd, id: u32, index: u32) -> Result<TtyInfoEntry> {
     let what = || format!("reading terminal settings of {} (fd {} of process {})", fd.link, fd.fd, fd.pid);
     let tty = fd.take()?;
     let t = tcgetattr(&tty).ctx(what)?;
-    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
-    // SAFETY: TIOCGWINSZ writes one winsize.
-    let r = unsafe { libc::ioctl(tty.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
-    nix::errno::Errno::result(r).ctx(what)?;
+    let ws = tcgetwinsize(&tty).ctx(what)?;
     // Session and foreground group of the terminal, 0 when it is nobody's controlling tty.
-    let query = |req| {
-        let mut v: libc::pid_t = 0;
-        // SAFETY: both requests write one pid_t.
-        let r = unsafe { libc::ioctl(tty.as_raw_fd(), req, &mut v) };
-        if r < 0 {
-            0
-        } else {
-            v as u32
-        }
-    };
+    let sid = nix::sys::termios::tcgetsid(&tty).map_or(0, |p| p.as_raw() as u32);
+    let pgrp = nix::unistd::tcgetpgrp(&tty).map_or(0, |p| p.as_raw() as u32);
     let raw: libc::termios = t.clone().into();
     Ok(TtyInfoEntry {
         id,
@@ -121,8 +111,8 @@ fn tty_info(fd: &OpenFd, id: u32, index: u32) -> Result<TtyInfoEntry> {
         locked: false,
         exclusive: false,
         packet_mode: false,
-        sid: query(libc::TIOCGSID),
-        pgrp: query(libc::TIOCGPGRP),
+        sid,
+        pgrp,
         rdev: fd.stat.st_rdev as u32,
         termios: Some(TermiosEntry {
             c_iflag: raw.c_iflag,
@@ -155,7 +145,9 @@ pub fn job_terminal(img: &DumpImage) -> Option<&TtyInfoEntry> {
 /// The terminal crust runs on (the first of stdin, stdout, stderr that is one).
 pub fn own_terminal() -> Option<(String, std::os::fd::BorrowedFd<'static>)> {
     [0, 1, 2].into_iter().find_map(|fd| {
-        // SAFETY: fds 0-2 stay open for crust's whole life.
+        // SAFETY: no safe 'static handle to fds 0-2 exists (std's borrow the
+        // Stdin value). crust never closes fds 0, 1 or 2, so each stays open
+        // for the whole life of the process, as a BorrowedFd<'static> requires.
         let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
         if !nix::unistd::isatty(fd).unwrap_or(false) {
             return None;
@@ -170,23 +162,19 @@ pub fn own_terminal() -> Option<(String, std::os::fd::BorrowedFd<'static>)> {
 pub struct SavedTerminal {
     fd: std::os::fd::BorrowedFd<'static>,
     termios: nix::sys::termios::Termios,
-    winsize: libc::winsize,
+    winsize: Winsize,
 }
 
 impl SavedTerminal {
     pub fn save(fd: std::os::fd::BorrowedFd<'static>) -> Result<SavedTerminal> {
         let termios = tcgetattr(fd).ctx(|| "reading this terminal's settings")?;
-        let mut winsize: libc::winsize = unsafe { std::mem::zeroed() };
-        // SAFETY: TIOCGWINSZ writes one winsize.
-        let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ, &mut winsize) };
-        nix::errno::Errno::result(r).ctx(|| "reading this terminal's window size")?;
+        let winsize = tcgetwinsize(fd).ctx(|| "reading this terminal's window size")?;
         Ok(SavedTerminal { fd, termios, winsize })
     }
 
     pub fn put_back(&self) {
         let _ = nix::sys::termios::tcsetattr(self.fd, nix::sys::termios::SetArg::TCSANOW, &self.termios);
-        // SAFETY: TIOCSWINSZ reads one winsize.
-        unsafe { libc::ioctl(self.fd.as_raw_fd(), libc::TIOCSWINSZ, &self.winsize) };
+        let _ = tcsetwinsize(self.fd, self.winsize);
     }
 }
 
@@ -208,15 +196,13 @@ pub fn apply_settings(term: std::os::fd::BorrowedFd, info: &TtyInfoEntry) -> Res
         nix::sys::termios::tcsetattr(term, nix::sys::termios::SetArg::TCSANOW, &raw.into()).ctx(what)?;
     }
     if let Some(w) = &info.winsize {
-        let ws = libc::winsize {
+        let ws = Winsize {
             ws_row: w.ws_row as u16,
             ws_col: w.ws_col as u16,
             ws_xpixel: w.ws_xpixel as u16,
             ws_ypixel: w.ws_ypixel as u16,
         };
-        // SAFETY: TIOCSWINSZ reads one winsize.
-        let r = unsafe { libc::ioctl(term.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
-        nix::errno::Errno::result(r).ctx(what)?;
+        tcsetwinsize(term, ws).ctx(what)?;
     }
     Ok(())
 }

@@ -8,10 +8,12 @@
 //! would be more to wire than the query itself).
 
 use std::collections::HashMap;
+use std::io::IoSliceMut;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use nix::errno::Errno;
-use nix::sys::socket::{getsockopt, setsockopt, sockopt};
+use nix::sys::socket::{getsockopt, setsockopt, sockopt, ControlMessageOwned, MsgFlags};
+use nix::{getsockopt_impl, setsockopt_impl, sockopt_impl};
 
 use super::{fown_of, take_fd, write_with_data, FdRestorer, FileKind, FileTable, OpenFd};
 use crate::error::{Context, Error, Result};
@@ -68,11 +70,11 @@ impl FileKind for UnixSocket {
             return Err(fd.unsupported("half-closed unix sockets are"));
         }
         // CRIU's image has no place for a peek offset.
-        if int_opt(&sock, libc::SO_PEEK_OFF, None).ctx(what)? != -1 {
+        if getsockopt(&sock, PeekOff).ctx(what)? != -1 {
             return Err(fd.unsupported("unix sockets with a peek offset set are"));
         }
         let passcred = getsockopt(&sock, sockopt::PassCred).ctx(what)?;
-        let passsec = int_opt(&sock, libc::SO_PASSSEC, None).ctx(what)? != 0;
+        let passsec = getsockopt(&sock, PassSec).ctx(what)?;
         let id = table.new_id();
         if ty == libc::SOCK_STREAM as u32 {
             if d.queued != 0 {
@@ -98,9 +100,9 @@ impl FileKind for UnixSocket {
             so_snd_tmo_usec: snd.tv_usec() as u64,
             so_rcv_tmo_sec: rcv.tv_sec() as u64,
             so_rcv_tmo_usec: rcv.tv_usec() as u64,
-            so_priority: Some(int_opt(&sock, libc::SO_PRIORITY, None).ctx(what)? as u32),
-            so_rcvlowat: Some(int_opt(&sock, libc::SO_RCVLOWAT, None).ctx(what)? as u32),
-            so_mark: Some(int_opt(&sock, libc::SO_MARK, None).ctx(what)? as u32),
+            so_priority: Some(getsockopt(&sock, sockopt::Priority).ctx(what)? as u32),
+            so_rcvlowat: Some(getsockopt(&sock, RcvLowat).ctx(what)? as u32),
+            so_mark: Some(getsockopt(&sock, sockopt::Mark).ctx(what)?),
             so_passcred: Some(passcred),
             so_passsec: Some(passsec),
             ..Default::default()
@@ -214,9 +216,8 @@ fn diag(ino: u32) -> Result<Option<Diag>> {
     const UNIX_DIAG_RQLEN: u16 = 4;
     const UNIX_DIAG_SHUTDOWN: u16 = 6;
     let what = || format!("asking sock_diag about unix socket {ino}");
-    // SAFETY: a new netlink socket, owned below.
-    let raw = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG) };
-    let nl = Errno::result(raw).map(|fd| unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }).ctx(what)?;
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockProtocol, SockType};
+    let nl = socket(AddressFamily::Netlink, SockType::Datagram, SockFlag::SOCK_CLOEXEC, SockProtocol::NetlinkSockDiag).ctx(what)?;
     // nlmsghdr (16 bytes) + unix_diag_req (24 bytes).
     let mut req = Vec::with_capacity(40);
     req.extend_from_slice(&40u32.to_ne_bytes());
@@ -269,31 +270,28 @@ fn diag(ino: u32) -> Result<Option<Diag>> {
     Ok(Some(d))
 }
 
-/// An int socket option (getsockopt, or setsockopt given a value).
-fn int_opt(sock: &OwnedFd, name: libc::c_int, value: Option<libc::c_int>) -> std::result::Result<libc::c_int, Errno> {
-    let mut v: libc::c_int = value.unwrap_or(0);
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    let p = (&mut v as *mut libc::c_int).cast();
-    // SAFETY: get/setsockopt of one int on a socket we hold.
-    let r = unsafe {
-        match value {
-            Some(_) => libc::setsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, name, p, len),
-            None => libc::getsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, name, p, &mut len),
-        }
-    };
-    Errno::result(r).map(|_| v)
-}
+// Socket options nix does not name, made with nix's own helper.
+sockopt_impl!(
+    /// SO_PEEK_OFF: where the next MSG_PEEK starts (-1: peeking is not offset).
+    PeekOff, Both, libc::SOL_SOCKET, libc::SO_PEEK_OFF, libc::c_int
+);
+sockopt_impl!(
+    /// SO_PASSSEC: receive the peer's security context as a control message.
+    PassSec, Both, libc::SOL_SOCKET, libc::SO_PASSSEC, bool
+);
+sockopt_impl!(
+    /// SO_RCVLOWAT: the fewest bytes a read waits for.
+    RcvLowat, Both, libc::SOL_SOCKET, libc::SO_RCVLOWAT, libc::c_int
+);
 
 /// The bytes queued in a stream socket, read with MSG_PEEK so they stay. A
 /// peek stops where the writer changes: a peek offset walks past each
 /// stretch, and is unset again after.
 fn peek_stream(fd: &OpenFd, sock: &OwnedFd) -> Result<Vec<u8>> {
     let what = || format!("reading the data queued on fd {} of process {}", fd.fd, fd.pid);
-    let mut queued: libc::c_int = 0;
-    // SAFETY: FIONREAD writes one int.
-    Errno::result(unsafe { libc::ioctl(sock.as_raw_fd(), libc::FIONREAD, &mut queued) }).ctx(what)?;
-    let mut data = vec![0u8; queued.max(0) as usize];
-    int_opt(sock, libc::SO_PEEK_OFF, Some(0)).ctx(what)?;
+    let queued = rustix::io::ioctl_fionread(sock).ctx(what)?;
+    let mut data = vec![0u8; queued as usize];
+    setsockopt(sock, PeekOff, &0).ctx(what)?;
     let mut got = 0;
     let read = (|| -> Result<()> {
         while got < data.len() {
@@ -306,7 +304,7 @@ fn peek_stream(fd: &OpenFd, sock: &OwnedFd) -> Result<Vec<u8>> {
         }
         Ok(())
     })();
-    int_opt(sock, libc::SO_PEEK_OFF, Some(-1)).ctx(what)?;
+    setsockopt(sock, PeekOff, &-1).ctx(what)?;
     read?;
     if got != data.len() {
         return Err(Error::io_other(what(), format!("{got} of {} queued bytes could be read", data.len())));
@@ -318,36 +316,26 @@ fn peek_stream(fd: &OpenFd, sock: &OwnedFd) -> Result<Vec<u8>> {
 /// be kept in the image: EBADMSG then. Fds a peek hands crust are copies made
 /// for it, and closed here.
 fn peek_some(sock: &OwnedFd, buf: &mut [u8]) -> std::result::Result<usize, Errno> {
-    let mut control = [0u64; 64];
-    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-    // SAFETY: a zeroed msghdr is valid; its pointers are set to live buffers below.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&control);
-    // SAFETY: recvmsg into `buf` and `control`, both alive for the call.
-    let n = Errno::result(unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_PEEK | libc::MSG_DONTWAIT) })?;
-    let mut fds_in_flight = msg.msg_flags & libc::MSG_CTRUNC != 0;
-    // SAFETY: walking the control messages the kernel wrote into `control`.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                fds_in_flight = true;
-                let data = libc::CMSG_DATA(c) as *const libc::c_int;
-                let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<libc::c_int>();
-                for i in 0..count {
-                    libc::close(*data.add(i));
-                }
+    // Room for the most fds one message carries (SCM_MAX_FD), and credentials
+    // and a pidfd beside them: a truncated control part would leave fds
+    // installed here that could not be closed.
+    let mut control = nix::cmsg_space!([std::os::fd::RawFd; 253], libc::ucred, std::os::fd::RawFd);
+    let mut iov = [IoSliceMut::new(buf)];
+    let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+    let msg = nix::sys::socket::recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut control), flags)?;
+    let mut fds_in_flight = msg.flags.contains(MsgFlags::MSG_CTRUNC);
+    for c in msg.cmsgs().into_iter().flatten() {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            fds_in_flight = true;
+            for fd in fds {
+                let _ = nix::unistd::close(fd);
             }
-            c = libc::CMSG_NXTHDR(&msg, c);
         }
     }
     if fds_in_flight {
         return Err(Errno::EBADMSG);
     }
-    Ok(n as usize)
+    Ok(msg.bytes)
 }
 
 fn entry(file: &FileEntry) -> Result<&UnixSkEntry> {
@@ -399,15 +387,17 @@ fn set_options(sock: &OwnedFd, u: &UnixSkEntry) -> Result<()> {
     setsockopt(sock, sockopt::SendTimeout, &tv(o.so_snd_tmo_sec, o.so_snd_tmo_usec)).ctx(&what)?;
     setsockopt(sock, sockopt::ReceiveTimeout, &tv(o.so_rcv_tmo_sec, o.so_rcv_tmo_usec)).ctx(&what)?;
     setsockopt(sock, sockopt::PassCred, &o.so_passcred.unwrap_or(false)).ctx(&what)?;
-    for (name, value) in [
-        (libc::SO_PASSSEC, o.so_passsec.map(|b| b as u32)),
-        (libc::SO_PRIORITY, o.so_priority),
-        (libc::SO_RCVLOWAT, o.so_rcvlowat),
-        (libc::SO_MARK, o.so_mark),
-    ] {
-        if let Some(v) = value {
-            int_opt(sock, name, Some(v as libc::c_int)).ctx(&what)?;
-        }
+    if let Some(v) = o.so_passsec {
+        setsockopt(sock, PassSec, &v).ctx(&what)?;
+    }
+    if let Some(v) = o.so_priority {
+        setsockopt(sock, sockopt::Priority, &(v as libc::c_int)).ctx(&what)?;
+    }
+    if let Some(v) = o.so_rcvlowat {
+        setsockopt(sock, RcvLowat, &(v as libc::c_int)).ctx(&what)?;
+    }
+    if let Some(v) = o.so_mark {
+        setsockopt(sock, sockopt::Mark, &v).ctx(&what)?;
     }
     Ok(())
 }

@@ -24,6 +24,7 @@ use crate::cgroups::{CgroupRoot, Mode};
 use crate::dump::{dump_frozen, DumpOptions, DumpStats};
 use crate::error::{Error, Result};
 use crate::images::FileSink;
+use crate::progress::Progress;
 use crate::restore::RestoreStats;
 use channel::{Channel, ANSWER_TIMEOUT, CHECK, CHUNK, DATA, END_FILE, FILE, GO, HELLO, QUICK_TIMEOUT, RESTORE};
 
@@ -100,8 +101,8 @@ pub struct MigrateOptions {
     pub cgroup_roots: Vec<CgroupRoot>,
     /// Where the stats images of the move are kept; none are written without it.
     pub stats_dir: Option<PathBuf>,
-    /// Show progress of the transfer on stderr.
-    pub progress: bool,
+    /// Hears the pages being sent.
+    pub progress: Progress,
 }
 
 /// The version of the frames and their order; both ends must speak the same.
@@ -271,12 +272,6 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats> {
             return Err(e);
         }
     };
-    let total = dumped.pending_bytes();
-    let mut show = |done: u64| {
-        if opts.progress && total > 0 {
-            show_progress(done, total);
-        }
-    };
     let mut go_sent = false;
     let result = (|| -> Result<Vec<u8>> {
         let t = Instant::now();
@@ -285,7 +280,7 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats> {
         // The destination builds the tree while the pages come, and holds it.
         let t = Instant::now();
         link.chan().send(RESTORE, &[])?;
-        dumped.send_pages(&mut *link.sink(), &mut show)?;
+        dumped.send_pages(&mut *link.sink(), &opts.progress)?;
         stats.transfer_time_us = t.elapsed().as_micros() as u64;
         link.chan().answer_within(ANSWER_TIMEOUT)?;
         // Built there: the last moment to give up cleanly.
@@ -331,21 +326,6 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats> {
             }
             Err(e)
         }
-    }
-}
-
-fn show_progress(done: u64, total: u64) {
-    let width = 40;
-    let filled = (done.min(total) * width / total) as usize;
-    eprint!(
-        "\rsending [{}{}] {:>6.1}/{:.1} MiB",
-        "#".repeat(filled),
-        " ".repeat(width as usize - filled),
-        done as f64 / 1048576.0,
-        total as f64 / 1048576.0
-    );
-    if done >= total {
-        eprintln!();
     }
 }
 

@@ -186,7 +186,7 @@ struct StreamedPages<'a> {
 }
 
 impl PageSource for StreamedPages<'_> {
-    fn fill(&mut self, task: &Task, _scratch: &mut Scratch, p: &ProcessImage) -> Result<u64> {
+    fn fill(&mut self, task: &Task, _scratch: &mut Scratch, p: &ProcessImage, progress: &mut dyn FnMut(u64)) -> Result<u64> {
         let name = p.pages_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         match self.chan.recv()? {
             (FILE, got) if got == name.as_bytes() => {}
@@ -212,6 +212,7 @@ impl PageSource for StreamedPages<'_> {
                         })?;
                         let n = ((len - into) as usize).min(data.len());
                         write_pages(task.pid, vaddr + into, &data[..n])?;
+                        progress(n as u64);
                         data = &data[n..];
                         into += n as u64;
                         if into == len {
@@ -254,9 +255,9 @@ fn kill_tree(root: i32) {
     while let Some(pid) = queue.pop() {
         // Stopped first, so that its children can still be listed.
         let _ = kill(Pid::from_raw(pid), Signal::SIGSTOP);
-        for t in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
-            let children = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-            queue.extend(children.split_whitespace().filter_map(|c| c.parse::<i32>().ok()));
+        let tasks = procfs::process::Process::new(pid).and_then(|p| p.tasks());
+        for t in tasks.into_iter().flatten().flatten() {
+            queue.extend(t.children().unwrap_or_default().into_iter().map(|c| c as i32));
         }
         let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
     }
@@ -270,5 +271,6 @@ fn restore_options(r: &RemoteRestore, dir: &Path) -> Result<restore_mod::Restore
         pid_wait: Duration::from_secs(2),
         manage_cgroups: manage_cgroups.parse().map_err(Error::Protocol)?,
         cgroup_roots: r.cgroup_roots.iter().map(|c| c.parse()).collect::<std::result::Result<_, _>>().map_err(Error::Protocol)?,
+        ..Default::default()
     })
 }

@@ -79,7 +79,7 @@ pub fn problems(img: &DumpImage, opts: &RestoreOptions) -> Vec<String> {
 
 /// The image's pids and tids that a process of this host holds.
 fn taken_pids(img: &DumpImage) -> Vec<u32> {
-    let max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(u32::MAX);
+    let max = procfs::sys::kernel::pid_max().map_or(u32::MAX, |m| m as u32);
     img.processes
         .iter()
         .flat_map(|p| p.pstree.threads.iter().copied())
@@ -101,12 +101,10 @@ pub fn wait_for_pids(img: &DumpImage, wait: Duration) -> Result<()> {
 }
 
 fn describe_holder(id: u32) -> String {
-    let status = std::fs::read_to_string(format!("/proc/{id}/status")).unwrap_or_default();
-    if status.is_empty() {
+    let Ok(status) = procfs::process::Process::new(id as i32).and_then(|p| p.status()) else {
         return "nothing (it is beyond this host's pid_max)".to_string();
-    }
-    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_string()).unwrap_or_default();
-    let tgid = field("Tgid:");
-    let what = if tgid == id.to_string() { format!("process {id}") } else { format!("thread {id} of process {tgid}") };
-    format!("{what} ({}, state {})", field("Name:"), field("State:"))
+    };
+    let tgid = status.tgid;
+    let what = if tgid == id as i32 { format!("process {id}") } else { format!("thread {id} of process {tgid}") };
+    format!("{what} ({}, state {})", status.name, status.state)
 }

@@ -14,18 +14,19 @@ use crate::task::{Scratch, Task};
 /// Where the contents of the saved pages come from.
 pub trait PageSource {
     /// Put the saved pages of process `p` into its memory (mapped, and
-    /// writable at this point); returns how many pages.
-    fn fill(&mut self, task: &Task, scratch: &mut Scratch, p: &ProcessImage) -> Result<u64>;
+    /// writable at this point), telling `progress` the bytes of each piece
+    /// put in place; returns how many pages.
+    fn fill(&mut self, task: &Task, scratch: &mut Scratch, p: &ProcessImage, progress: &mut dyn FnMut(u64)) -> Result<u64>;
 }
 
 /// Pages in the images directory: each task reads its own with pread.
 pub struct PagesInDir;
 
 impl PageSource for PagesInDir {
-    fn fill(&mut self, task: &Task, scratch: &mut Scratch, p: &ProcessImage) -> Result<u64> {
+    fn fill(&mut self, task: &Task, scratch: &mut Scratch, p: &ProcessImage, progress: &mut dyn FnMut(u64)) -> Result<u64> {
         let flags = (libc::O_RDONLY | libc::O_CLOEXEC) as u32;
         let fd = task.open(scratch, &p.pages_path.to_string_lossy(), flags)?;
-        let pages = task.fill_pages(&p.pagemap, fd)?;
+        let pages = task.fill_pages(&p.pagemap, fd, progress)?;
         task.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
         Ok(pages)
     }
@@ -38,6 +39,7 @@ pub(super) fn restore(
     img: &DumpImage,
     shmem_fds: &HashMap<u64, u64>,
     source: &mut dyn PageSource,
+    progress: &mut dyn FnMut(u64),
 ) -> Result<u64> {
     let task = &mut p.leader;
     layout::unmap_crust(task, crust_layout, &p.scratch)?;
@@ -56,7 +58,7 @@ pub(super) fn restore(
         })?;
     }
     let task: &Task = task;
-    let pages = source.fill(task, &mut p.scratch, p.image)?;
+    let pages = source.fill(task, &mut p.scratch, p.image, progress)?;
     layout::protect_vmas(task, &p.image.mm)?;
     // The mm's own bounds, auxv and executable.
     let mm = &p.image.mm;

@@ -26,10 +26,11 @@ use serde::{Deserialize, Serialize};
 use crate::cgroups::{CgroupRoot, Mode, Placement};
 use crate::error::{Context, Error, Result};
 use crate::files::{self, FdRestorer, Inherited};
-use crate::images::criu::{SAME_AS_DUMPER, TASK_STOPPED};
+use crate::images::criu::{PAGE_SIZE, SAME_AS_DUMPER, TASK_STOPPED};
 use crate::images::digest;
 use crate::images::load::{self, DumpImage, Pages, ProcessImage};
 use crate::mem::{self, Vma};
+use crate::progress::{Phase, Progress};
 use crate::ptrace;
 use crate::state::{self, signals, ThreadRestore};
 use crate::task::{Scratch, Task, SCRATCH_LEN};
@@ -47,6 +48,8 @@ pub struct RestoreOptions {
     pub manage_cgroups: Mode,
     /// Put the recorded cgroups under these roots.
     pub cgroup_roots: Vec<CgroupRoot>,
+    /// Hears the saved pages being put into the new tasks.
+    pub progress: Progress,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -198,8 +201,10 @@ pub fn restore_held(opts: &RestoreOptions, mut img: DumpImage, pages: &mut dyn P
     let mut procs = fork_children(root, img, opts, &mut created)?;
     stats.forking_time_us = fork_start.elapsed().as_micros() as u64;
     let mut finished = HashSet::new();
+    let page_bytes = procs.iter().flat_map(|p| &p.image.pagemap).map(|e| e.nr_pages as u64 * PAGE_SIZE).sum();
+    let mut meter = opts.progress.start(Phase::RestoringPages, page_bytes);
     for p in &mut procs {
-        stats.pages_restored += memory::restore(p, &crust_layout, img, &shmem_fds, pages)?;
+        stats.pages_restored += memory::restore(p, &crust_layout, img, &shmem_fds, pages, &mut |n| meter.add(n))?;
         let mut r = FdRestorer::new(&p.leader, &mut p.scratch, img, &inherited, terminal);
         files::restore_table(p.image, &mut r, &mut finished)?;
         make_threads(p, img, &mut created)?;

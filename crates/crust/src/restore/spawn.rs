@@ -17,16 +17,23 @@ use crate::task::{Scratch, Task};
 pub(super) fn spawn_stopped(pid: i32) -> Result<()> {
     let set_tid = [pid as libc::pid_t];
     let args = CloneArgs { exit_signal: libc::SIGCHLD as u64, set_tid: set_tid.as_ptr() as u64, set_tid_size: 1, ..Default::default() };
-    // SAFETY: a fork; the child runs only async-signal-safe raw syscalls and then
-    // stops, and never returns into crust's code once crust has taken it over.
+    // SAFETY: the kernel reads `args` (size given) and the one pid `set_tid`
+    // points at, both alive on this stack for the call. Without CLONE_VM and
+    // with no stack given, clone3 is a fork: the child runs on its own copy of
+    // this stack and memory. crust may have other threads (the pages check, a
+    // test harness), whose locks the child could inherit held: so the child
+    // below only makes single syscalls (nix's thin wrappers: no allocation, no
+    // lock, only errno is touched) until crust, its tracer, replaces all of
+    // its memory; it never returns from this function.
     let r = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
     if r == 0 {
-        unsafe {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0);
-            libc::raise(libc::SIGSTOP);
-            libc::_exit(127);
-        }
+        let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+        let _ = nix::sys::ptrace::traceme();
+        let _ = nix::sys::signal::raise(Signal::SIGSTOP);
+        // SAFETY: _exit(2) ends the child at once, running no atexit handler
+        // nor destructor of the state it copied from crust; reached only if
+        // the child is let go without being taken over.
+        unsafe { libc::_exit(127) };
     }
     if r < 0 {
         let e = std::io::Error::last_os_error();
@@ -62,17 +69,21 @@ struct CloneArgs {
     cgroup: u64,
 }
 
+impl CloneArgs {
+    /// The struct as clone3 reads it: its fields in order, each a u64.
+    fn words(&self) -> [u64; 11] {
+        let a = self;
+        [a.flags, a.pidfd, a.child_tid, a.parent_tid, a.exit_signal, a.stack, a.stack_size, a.tls, a.set_tid, a.set_tid_size, a.cgroup]
+    }
+}
+
 /// clone3 inside `task`, giving the new task id `id`.
 pub(super) fn clone_in(task: &Task, scratch: &mut Scratch, id: i32, flags: u64, exit_signal: u64) -> Result<i32> {
     let set_tid = scratch.reset().put(&id.to_le_bytes())?;
     let args = CloneArgs { flags, exit_signal, set_tid, set_tid_size: 1, ..Default::default() };
-    // SAFETY: CloneArgs is plain old data.
-    let bytes = unsafe {
-        std::slice::from_raw_parts(&args as *const CloneArgs as *const u8, std::mem::size_of::<CloneArgs>())
-    };
-    let addr = scratch.put(bytes)?;
+    let addr = scratch.put_u64s(&args.words())?;
     let what = format!("clone3 of task {id}");
-    task.call_clone(&what, libc::SYS_clone3, [addr, bytes.len() as u64, 0, 0, 0, 0]).map_err(|e| match e {
+    task.call_clone(&what, libc::SYS_clone3, [addr, std::mem::size_of::<CloneArgs>() as u64, 0, 0, 0, 0]).map_err(|e| match e {
         Error::InTask { errno: Errno::EEXIST, .. } => Error::Invalid(format!("pid {id} was taken while crust restored it")),
         other => other,
     })
@@ -86,9 +97,10 @@ pub(super) fn make_zombie(task: Task, scratch: &mut Scratch, status: u32) -> Res
         return task.call_to_death(libc::SYS_exit_group, [((status >> 8) & 0xff) as u64, 0, 0, 0, 0, 0]);
     }
     // A fatal signal: default action, unblocked, no core file.
-    let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: prlimit of our own new child.
-    unsafe { libc::prlimit(task.pid, libc::RLIMIT_CORE, &no_core, std::ptr::null_mut()) };
+    let no_core = rustix::process::Rlimit { current: Some(0), maximum: Some(0) };
+    if let Some(pid) = rustix::process::Pid::from_raw(task.pid) {
+        let _ = rustix::process::prlimit(Some(pid), rustix::process::Resource::Core, no_core);
+    }
     ptrace::set_sigmask(task.tid, !(1u64 << (sig - 1)))?;
     let default_action = scratch.reset().put_u64s(&[libc::SIG_DFL as u64, 0, 0, 0])?;
     task.call(&format!("rt_sigaction({sig})"), libc::SYS_rt_sigaction, [sig as u64, default_action, 0, 8, 0, 0])?;

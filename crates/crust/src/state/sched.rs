@@ -12,7 +12,9 @@ pub struct Sched;
 
 impl Component for Sched {
     fn dump(&self, t: &mut ThreadDump, core: &mut CoreEntry) -> Result<()> {
-        let (policy, prio) = proc::sched(t.tid);
+        let policy = proc::sched_policy(t.tid);
+        // What sched_getparam gives: 0 unless the policy is a real-time one.
+        let prio = t.stat.rt_priority.unwrap_or(0);
         let thread = core.thread_core.get_or_insert_with(Default::default);
         thread.sched_nice = Some(t.stat.nice as i32);
         thread.sched_policy = Some(policy);
@@ -22,8 +24,9 @@ impl Component for Sched {
 
     fn restore_last(&self, task: &Task, thread: &ThreadImage) -> Result<()> {
         if let Some(nice) = thread.core.sched_nice {
-            // SAFETY: setpriority of one thread; no memory is passed.
-            unsafe { libc::setpriority(libc::PRIO_PROCESS, task.tid as libc::id_t, nice) };
+            if let Some(tid) = rustix::process::Pid::from_raw(task.tid) {
+                let _ = rustix::process::setpriority_process(Some(tid), nice);
+            }
         }
         Ok(())
     }
