@@ -126,6 +126,7 @@ pub struct RemoteThread {
     gadget: u64,
     saved_regs: libc::user_regs_struct,
     saved_mask: u64,
+    saved_xstate: Vec<u8>,
     mem: TaskMem,
     scratch: u64,
     saved_scratch: Vec<u8>,
@@ -153,8 +154,9 @@ impl RemoteThread {
         let mut saved_scratch = vec![0u8; SCRATCH_LEN];
         mem.read(scratch, &mut saved_scratch)?;
         let saved_mask = sigmask(tid)?;
+        let saved_xstate = crate::ptrace::xstate(tid)?;
         set_sigmask(tid, !0)?;
-        Ok(RemoteThread { tid, gadget, saved_regs, saved_mask, mem, scratch, saved_scratch, restored: false })
+        Ok(RemoteThread { tid, gadget, saved_regs, saved_mask, saved_xstate, mem, scratch, saved_scratch, restored: false })
     }
 
     /// The thread's registers as they were before crust ran anything in it.
@@ -165,6 +167,11 @@ impl RemoteThread {
     /// Its signal mask as it was (all signals are blocked meanwhile).
     pub fn saved_mask(&self) -> u64 {
         self.saved_mask
+    }
+
+    /// Its xstate (FPU, SSE, AVX...) as it was before crust ran anything in it.
+    pub fn saved_xstate(&self) -> &[u8] {
+        &self.saved_xstate
     }
 
     pub fn scratch(&self) -> u64 {

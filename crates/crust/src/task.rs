@@ -64,7 +64,7 @@ impl Task {
                 let got = self.call("pread of saved pages", libc::SYS_pread64, [pages_fd, e.vaddr + done, n, offset + done, 0, 0])?;
                 if got != n {
                     let what = format!("short read of saved pages at {:#x}: {got} of {n} bytes", e.vaddr + done);
-                    return Err(Error::Ptrace { tid: self.tid, what });
+                    return Err(Error::image("pages image", what));
                 }
                 done += n;
                 progress(n);

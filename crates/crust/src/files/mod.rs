@@ -499,7 +499,7 @@ fn describe_unknown(fd: &OpenFd) -> String {
         return format!("{} files are", kind.trim_matches(|c| c == '[' || c == ']'));
     }
     match fd.file_type() {
-        SFlag::S_IFIFO => "named FIFOs are".into(),
+        SFlag::S_IFIFO => "FIFOs without a path are".into(),
         SFlag::S_IFCHR => "character devices other than ttys and memory devices are".into(),
         SFlag::S_IFBLK => "block devices are".into(),
         _ => "files of this kind are".into(),

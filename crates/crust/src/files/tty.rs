@@ -56,9 +56,6 @@ impl FileKind for Terminal {
         })
     }
 
-    /// A shell job's terminal becomes the restoring terminal. Without --shell-job
-    /// a terminal is not reopened by its number: pty numbers are reused, and the
-    /// one with the same number may be someone else's session now.
     fn write_images(&self, table: &FileTable, dir: &mut ImageDir) -> Result<u64> {
         let Some(infos) = table.extras.get::<Infos>().filter(|i| !i.0.is_empty()) else { return Ok(0) };
         let mut w = dir.writer("tty-info.img", Kind::TtyInfo)?;
@@ -75,6 +72,9 @@ impl FileKind for Terminal {
         Ok(())
     }
 
+    /// A shell job's terminal becomes the restoring terminal. Without --shell-job
+    /// a terminal is not reopened by its number: pty numbers are reused, and the
+    /// one with the same number may be someone else's session now.
     fn restore(&self, entry: &FileEntry, r: &mut FdRestorer) -> Result<u64> {
         let t = entry.tty.as_ref().ok_or_else(|| super::missing(entry, "terminal"))?;
         match r.terminal {

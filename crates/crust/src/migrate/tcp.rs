@@ -62,7 +62,7 @@ pub fn read_key(path: &Path) -> Result<Vec<u8>> {
 
 fn nonce() -> Result<[u8; NONCE_LEN]> {
     let mut n = [0u8; NONCE_LEN];
-    SystemRandom::new().fill(&mut n).map_err(|_| Error::Invalid("the system gave no random bytes for a nonce".into()))?;
+    SystemRandom::new().fill(&mut n).map_err(|_| Error::io_other("drawing a nonce", "the system gave no random bytes"))?;
     Ok(n)
 }
 

@@ -68,13 +68,20 @@ pub fn check_vdso(mm: &MmEntry, here: &[crate::mem::Vma], image_name: &str) -> R
 }
 
 /// Unmap everything of crust's copy but the vdso group and the scratch area.
+/// Adjacent mappings go in one munmap (each is an injected syscall).
 pub fn unmap_crust(task: &Task, here: &[crate::mem::Vma], scratch: &Scratch) -> Result<()> {
+    let mut gone: Vec<(u64, u64)> = Vec::new();
     for v in here {
         let keep = matches!(v.backing, Backing::Vdso | Backing::Vvar | Backing::Vsyscall)
             || (v.start >= scratch.addr && v.end <= scratch.addr + scratch.len);
-        if !keep {
-            task.call("munmap", libc::SYS_munmap, [v.start, v.end - v.start, 0, 0, 0, 0])?;
+        match gone.last_mut() {
+            _ if keep => continue,
+            Some(last) if last.1 == v.start => last.1 = v.end,
+            _ => gone.push((v.start, v.end)),
         }
+    }
+    for (start, end) in gone {
+        task.call("munmap", libc::SYS_munmap, [start, end - start, 0, 0, 0, 0])?;
     }
     Ok(())
 }

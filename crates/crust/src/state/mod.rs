@@ -30,8 +30,8 @@ use crate::task::{Scratch, Task};
 pub struct ThreadDump<'a> {
     pub pid: i32,
     pub tid: i32,
-    /// Syscalls run inside the thread; it also keeps the thread's registers
-    /// and signal mask as they were before crust touched them.
+    /// Syscalls run inside the thread; it also keeps the thread's registers,
+    /// xstate and signal mask as they were before crust touched them.
     pub rt: &'a RemoteThread,
     pub status: &'a Status,
     pub stat: &'a Stat,
@@ -39,13 +39,6 @@ pub struct ThreadDump<'a> {
     pub dir: &'a mut ImageDir,
     /// Bytes of images written so far.
     pub bytes_written: u64,
-}
-
-impl ThreadDump<'_> {
-    /// The leader also answers for its process (task_core_entry).
-    pub fn is_leader(&self) -> bool {
-        self.pid == self.tid
-    }
 }
 
 /// One thread of a process being restored, driven by injected syscalls.

@@ -15,7 +15,7 @@ impl Component for Registers {
     fn dump(&self, t: &mut ThreadDump, core: &mut CoreEntry) -> Result<()> {
         let info = core.thread_info.get_or_insert_with(Default::default);
         info.gpregs = arch::gpregs(t.rt.saved_regs());
-        info.fpregs = arch::fpregs(&ptrace::xstate(t.tid)?);
+        info.fpregs = arch::fpregs(t.rt.saved_xstate());
         Ok(())
     }
 
