@@ -82,6 +82,8 @@ pub(super) fn clone_in(task: &Task, scratch: &mut Scratch, id: i32, flags: u64, 
 /// parent, stopped under crust, has not reaped it when the tree resumes.
 pub(super) fn make_zombie(task: Task, scratch: &mut Scratch, status: u32) -> Result<()> {
     let sig = status & 0x7f;
+    // The loader let only exit codes and signals 1 to 64 through.
+    let mask = (1..=64).contains(&sig).then(|| 1u64 << (sig - 1));
     if sig == 0 {
         return task.call_to_death(libc::SYS_exit_group, [((status >> 8) & 0xff) as u64, 0, 0, 0, 0, 0]);
     }
@@ -89,7 +91,8 @@ pub(super) fn make_zombie(task: Task, scratch: &mut Scratch, status: u32) -> Res
     let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: prlimit of our own new child.
     unsafe { libc::prlimit(task.pid, libc::RLIMIT_CORE, &no_core, std::ptr::null_mut()) };
-    ptrace::set_sigmask(task.tid, !(1u64 << (sig - 1)))?;
+    let mask = mask.ok_or_else(|| Error::Invalid(format!("a zombie's exit status {status:#x} names no signal")))?;
+    ptrace::set_sigmask(task.tid, !mask)?;
     let default_action = scratch.reset().put_u64s(&[libc::SIG_DFL as u64, 0, 0, 0])?;
     task.call(&format!("rt_sigaction({sig})"), libc::SYS_rt_sigaction, [sig as u64, default_action, 0, 8, 0, 0])?;
     let pid = task.pid as u64;
