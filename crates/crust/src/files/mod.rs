@@ -185,10 +185,19 @@ pub fn finish_file(entry: &FileEntry, fd: u64, r: &mut FdRestorer) -> Result<()>
 pub fn make_shared(r: &mut FdRestorer) -> Result<()> {
     let img = r.image;
     for id in shared_files(img) {
-        let fd = restore_file(&img.files[&id], r)?;
+        let fd = restore_file(file(img, id)?, r)?;
         r.files.insert(id, fd);
     }
     Ok(())
+}
+
+/// File `id` of files.img (the loader checked every fd names one).
+fn file(img: &DumpImage, id: u32) -> Result<&FileEntry> {
+    img.files.get(&id).ok_or_else(|| Error::Image {
+        file: img.dir.join("files.img"),
+        offset: 0,
+        what: format!("no file {id}"),
+    })
 }
 
 /// The fd table of one process: every file made (or inherited from the
@@ -199,12 +208,12 @@ pub fn restore_table(image: &ProcessImage, r: &mut FdRestorer, finished: &mut Ha
     let img = r.image;
     for fd in &image.fds {
         if !r.files.contains_key(&fd.id) {
-            let made = restore_file(&img.files[&fd.id], r)?;
+            let made = restore_file(file(img, fd.id)?, r)?;
             r.files.insert(fd.id, made);
         }
     }
     for fd in &image.fds {
-        let made = r.files[&fd.id];
+        let made = r.files.get(&fd.id).copied().ok_or_else(|| Error::Invalid(format!("fd {}: its file was not made", fd.fd)))?;
         r.task.call("dup2", libc::SYS_dup2, [made, fd.fd as u64, 0, 0, 0, 0])?;
         if fd.flags & libc::FD_CLOEXEC as u32 != 0 {
             let args = [fd.fd as u64, libc::F_SETFD as u64, libc::FD_CLOEXEC as u64, 0, 0, 0];
@@ -216,7 +225,7 @@ pub fn restore_table(image: &ProcessImage, r: &mut FdRestorer, finished: &mut Ha
     r.task.call("close_range", libc::SYS_close_range, [base, u32::MAX as u64, 0, 0, 0, 0])?;
     for fd in &image.fds {
         if finished.insert(fd.id) {
-            finish_file(&img.files[&fd.id], fd.fd as u64, r)?;
+            finish_file(file(img, fd.id)?, fd.fd as u64, r)?;
         }
     }
     Ok(())
@@ -229,14 +238,14 @@ pub fn load_images(img: &mut DumpImage) -> Result<()> {
 
 /// What stands in the way of restoring the files of `img` here.
 pub fn problems(img: &DumpImage) -> Vec<String> {
-    let mut ids: Vec<&u32> = img.files.keys().collect();
-    ids.sort_unstable();
-    ids.into_iter().filter_map(|id| kind_of(&img.files[id]).ok()?.check(&img.files[id], img)).collect()
+    let mut files: Vec<&FileEntry> = img.files.values().collect();
+    files.sort_unstable_by_key(|f| f.id);
+    files.into_iter().filter_map(|f| kind_of(f).ok()?.check(f, img)).collect()
 }
 
 /// Files more than one process holds, and files whose object (a pipe, a
 /// socket pair) another process holds too: made once, in the root.
-fn shared_files(img: &DumpImage) -> Vec<u32> {
+pub(crate) fn shared_files(img: &DumpImage) -> Vec<u32> {
     let object = |id: u32| {
         let f = img.files.get(&id)?;
         Some((f.r#type, kind_of(f).ok()?.shared_object(f)?))
@@ -251,10 +260,10 @@ fn shared_files(img: &DumpImage) -> Vec<u32> {
             }
         }
     }
-    let spans = |v: &Vec<i32>| v.iter().any(|&p| p != v[0]);
+    let spans = |v: &[i32]| v.iter().any(|&p| Some(&p) != v.first());
     let mut ids: Vec<u32> = users
         .iter()
-        .filter(|(id, v)| spans(v) || object(**id).is_some_and(|key| spans(&object_users[&key])))
+        .filter(|(id, v)| spans(v) || object(**id).and_then(|key| object_users.get(&key)).is_some_and(|v| spans(v)))
         .map(|(id, _)| *id)
         .collect();
     ids.sort_unstable();
