@@ -510,3 +510,74 @@ fn describe_unknown(fd: &OpenFd) -> String {
         _ => "files of this kind are".into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::images::proto::{PipeEntry, PstreeEntry, RegFileEntry, UnixSkEntry};
+
+    fn image(procs: &[(u32, &[u32])], files: Vec<FileEntry>) -> DumpImage {
+        let processes = procs
+            .iter()
+            .map(|&(pid, ids)| ProcessImage {
+                pstree: PstreeEntry { pid, threads: vec![pid], ..Default::default() },
+                fds: ids.iter().enumerate().map(|(fd, &id)| FdinfoEntry { id, fd: fd as u32, ..Default::default() }).collect(),
+                ..Default::default()
+            })
+            .collect();
+        DumpImage {
+            dir: "/nonexistent".into(),
+            processes,
+            files: files.into_iter().map(|f| (f.id, f)).collect(),
+            shmem: HashMap::new(),
+            remaps: HashMap::new(),
+            ghost_files: HashMap::new(),
+            extras: Extras::default(),
+            cgroups: None,
+            pages_digests: Vec::new(),
+        }
+    }
+
+    fn reg(id: u32) -> FileEntry {
+        FileEntry { r#type: FdTypes::Reg as i32, id, reg: Some(RegFileEntry { id, ..Default::default() }), ..Default::default() }
+    }
+
+    fn pipe(id: u32, pipe_id: u32) -> FileEntry {
+        let pipe = PipeEntry { id, pipe_id, ..Default::default() };
+        FileEntry { r#type: FdTypes::Pipe as i32, id, pipe: Some(pipe), ..Default::default() }
+    }
+
+    fn unix(id: u32, ino: u32, peer: u32) -> FileEntry {
+        let usk = UnixSkEntry { id, ino, peer, ..Default::default() };
+        FileEntry { r#type: FdTypes::Unixsk as i32, id, usk: Some(usk), ..Default::default() }
+    }
+
+    #[test]
+    fn files_and_objects_several_processes_hold_are_shared() {
+        let files = vec![
+            reg(1),
+            reg(2),
+            // A pipe whose ends live in two processes, and one kept in one.
+            pipe(3, 70),
+            pipe(4, 70),
+            pipe(5, 80),
+            pipe(6, 80),
+            // A socket pair split by a fork, and one kept in one process.
+            unix(7, 10, 11),
+            unix(8, 11, 10),
+            unix(9, 12, 13),
+            unix(10, 13, 12),
+            // A regular file and a pipe with the same key as an object: kinds do not mix.
+            pipe(11, 1),
+        ];
+        let img = image(
+            &[(100, &[1, 1, 2, 3, 5, 6, 7, 9, 10, 11]), (200, &[2, 4, 8]), (300, &[1 /* and a file no one wrote */, 99])],
+            files,
+        );
+        assert_eq!(shared_files(&img), [1, 2, 3, 4, 7, 8]);
+        // Alone, nothing is shared, however often a process holds a file.
+        let img = image(&[(100, &[1, 1, 3, 4, 7, 8])], vec![reg(1), pipe(3, 70), pipe(4, 70), unix(7, 10, 11), unix(8, 11, 10)]);
+        assert!(shared_files(&img).is_empty());
+        assert!(shared_files(&image(&[], vec![])).is_empty());
+    }
+}
