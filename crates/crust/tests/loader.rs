@@ -206,7 +206,7 @@ fn a_vma_offset_that_overflows_is_refused() {
                 v.status = status;
             })
             .write("pgoff");
-        refused(&d, "mm-100.img", "offset 0xfffffffffffff000");
+        assert_eq!(refused(&d, "mm-100.img", "offset 0xfffffffffffff000"), 8, "at the mm entry");
     }
     let d = Fixture::new().with(|f| f.procs[0].mm.vmas[0].pgoff = 0x1001).write("pgoff-unaligned");
     refused(&d, "mm-100.img", "not a page-aligned offset");
@@ -339,7 +339,9 @@ fn an_fd_whose_file_is_missing_or_of_another_type_is_refused() {
     let d = Fixture::new()
         .with(|f| f.procs[0].fds.push(FdinfoEntry { id: 1, fd: 0, r#type: FdTypes::Reg as i32, ..Default::default() }))
         .write("fd-twice");
-    refused(&d, "fdinfo-100.img", "fd 0 of process 100 is not a free fd number");
+    let offset = refused(&d, "fdinfo-100.img", "fd 0 of process 100 is not a free fd number");
+    let bytes = std::fs::read(d.file("fdinfo-100.img")).unwrap();
+    assert_eq!(offset, entry_offset(&bytes, 8, 1) as u64, "at the second entry");
     let d = Fixture::new().with(|f| f.procs[0].fds[0].fd = u32::MAX).write("fd-huge");
     refused(&d, "fdinfo-100.img", "is not a free fd number");
 }
@@ -363,7 +365,9 @@ fn a_mapped_file_must_be_a_regular_file_of_the_dump() {
 fn pstree_order_and_pids_are_checked() {
     // A parent listed after its child.
     let d = Fixture { procs: vec![process(100, 0), process(300, 200), process(200, 100)], ..Fixture::new() }.write("pstree-order");
-    refused(&d, "pstree.img", "process 300: parent 200 is not listed before it");
+    let offset = refused(&d, "pstree.img", "process 300: parent 200 is not listed before it");
+    let bytes = std::fs::read(d.file("pstree.img")).unwrap();
+    assert_eq!(offset, entry_offset(&bytes, 8, 1) as u64, "at the entry of process 300");
     // Pids a kernel cannot hand out, a thread listed twice, a leader that is not first.
     type Edit = fn(&mut PstreeEntry);
     let cases: [(Edit, &str); 5] = [

@@ -116,10 +116,10 @@ pub fn maps_file(v: &crate::images::proto::VmaEntry) -> bool {
 /// Every id of the pstree entries is a pid Linux could hand out (a restore
 /// makes them with these numbers), none twice, and each process is listed
 /// after its parent (the root first) with its leader first among its threads.
-fn check_pstree(path: &Path, pstree: &[PstreeEntry]) -> Result<()> {
+fn check_pstree(path: &Path, pstree: &[(u64, PstreeEntry)]) -> Result<()> {
     let mut seen = std::collections::HashSet::new();
-    for (n, p) in pstree.iter().enumerate() {
-        let bad = |what: String| invalid(path, format!("process {}: {what}", p.pid));
+    for (n, (at, p)) in pstree.iter().enumerate() {
+        let bad = |what: String| Error::Image { file: path.to_path_buf(), offset: *at, what: format!("process {}: {what}", p.pid) };
         for (name, id) in [("pid", p.pid), ("parent", p.ppid), ("process group", p.pgid), ("session", p.sid)] {
             // The root's parent, group or session may be outside the dump (0 when unknown).
             if id > MAX_PID || (id == 0 && name == "pid") {
@@ -137,11 +137,24 @@ fn check_pstree(path: &Path, pstree: &[PstreeEntry]) -> Result<()> {
                 return Err(bad(format!("thread {tid} is listed twice in the tree")));
             }
         }
-        if n > 0 && !pstree[..n].iter().any(|q| q.pid == p.ppid) {
+        if n > 0 && !pstree[..n].iter().any(|(_, q)| q.pid == p.ppid) {
             return Err(bad(format!("parent {} is not listed before it", p.ppid)));
         }
     }
     Ok(())
+}
+
+/// Every entry of an image, with the offset it starts at (for errors about it).
+fn read_located<M: prost::Message + Default>(path: &Path, kind: Kind) -> Result<Vec<(u64, M)>> {
+    let mut r = ImageReader::open(path, kind)?;
+    let mut out = Vec::new();
+    loop {
+        let at = r.offset;
+        match r.read_entry()? {
+            Some(m) => out.push((at, m)),
+            None => return Ok(out),
+        }
+    }
 }
 
 pub fn read_all<M: prost::Message + Default>(path: &Path, kind: Kind) -> Result<Vec<M>> {
@@ -202,13 +215,13 @@ pub fn load(dir: &Path, pages: Pages) -> Result<DumpImage> {
         return Err(invalid(&dir.join("inventory.img"), format!("image version {} is not supported", inventory.img_version)));
     }
     let pstree_path = dir.join("pstree.img");
-    let pstree: Vec<PstreeEntry> = read_all(&pstree_path, Kind::Pstree)?;
+    let pstree: Vec<(u64, PstreeEntry)> = read_located(&pstree_path, Kind::Pstree)?;
     if pstree.is_empty() {
         return Err(invalid(&pstree_path, "no processes"));
     }
     check_pstree(&pstree_path, &pstree)?;
     let mut processes = Vec::new();
-    for p in pstree {
+    for (_, p) in pstree {
         processes.push(load_process(&dir, p, pages)?);
     }
     let files_path = dir.join("files.img");
@@ -379,14 +392,17 @@ fn load_process(dir: &Path, pstree: PstreeEntry, pages_in: Pages) -> Result<Proc
         threads.push(ThreadImage { tid: tid as i32, info, core });
     }
     let mm_path = dir.join(format!("mm-{pid}.img"));
-    let mm: MmEntry = read_one(&mm_path, Kind::Mm)?;
+    let mut r = ImageReader::open(&mm_path, Kind::Mm)?;
+    let mm_at = r.offset;
+    let mm: MmEntry = r.one()?;
+    let bad_vma = |what: String| Error::Image { file: mm_path.clone(), offset: mm_at, what };
     for v in &mm.vmas {
         if v.start >= v.end || !v.start.is_multiple_of(PAGE_SIZE) || !v.end.is_multiple_of(PAGE_SIZE) {
-            return Err(invalid(&mm_path, format!("vma {:#x}-{:#x} is not a page-aligned range", v.start, v.end)));
+            return Err(bad_vma(format!("vma {:#x}-{:#x} is not a page-aligned range", v.start, v.end)));
         }
         // The offset of its first page in the file or object it maps, and of its last.
         if !v.pgoff.is_multiple_of(PAGE_SIZE) || v.pgoff.checked_add(v.end - v.start).is_none() {
-            return Err(invalid(&mm_path, format!("vma {:#x}-{:#x}: offset {:#x} is not a page-aligned offset of its length", v.start, v.end, v.pgoff)));
+            return Err(bad_vma(format!("vma {:#x}-{:#x}: offset {:#x} is not a page-aligned offset of its length", v.start, v.end, v.pgoff)));
         }
     }
     let inside = |a: u64| mm.vmas.iter().any(|v| v.start <= a && a < v.end);
@@ -404,13 +420,15 @@ fn load_process(dir: &Path, pstree: PstreeEntry, pages_in: Pages) -> Result<Proc
         Ok(())
     })?;
     let fdinfo_path = dir.join(format!("fdinfo-{}.img", ids.files_id));
-    let fds: Vec<FdinfoEntry> = read_all(&fdinfo_path, Kind::Fdinfo)?;
+    let mut fds = Vec::new();
     let mut numbers = std::collections::HashSet::new();
-    for fd in &fds {
+    for (at, fd) in read_located::<FdinfoEntry>(&fdinfo_path, Kind::Fdinfo)? {
         // An fd is an int; a restore puts each at its number.
         if fd.fd > i32::MAX as u32 || !numbers.insert(fd.fd) {
-            return Err(invalid(&fdinfo_path, format!("fd {} of process {pid} is not a free fd number", fd.fd)));
+            let what = format!("fd {} of process {pid} is not a free fd number", fd.fd);
+            return Err(Error::Image { file: fdinfo_path, offset: at, what });
         }
+        fds.push(fd);
     }
     let fs: FsEntry = read_one(&dir.join(format!("fs-{pid}.img")), Kind::Fs)?;
     Ok(ProcessImage { pstree, zombie: None, task, threads, ids, mm, pagemap, pages_path, fds, fs })
