@@ -177,10 +177,11 @@ pub fn xsave_buffer(fp: &UserX86FpregsEntry, template: &[u8]) -> Result<Vec<u8>,
     if buf.len() < 512 {
         return Err(format!("xstate buffer of {} bytes is too small", buf.len()));
     }
-    buf[0..2].copy_from_slice(&(fp.cwd as u16).to_le_bytes());
-    buf[2..4].copy_from_slice(&(fp.swd as u16).to_le_bytes());
-    buf[4..6].copy_from_slice(&(fp.twd as u16).to_le_bytes());
-    buf[6..8].copy_from_slice(&(fp.fop as u16).to_le_bytes());
+    // 16-bit registers, kept in 32-bit fields.
+    for (at, name, v) in [(0, "cwd", fp.cwd), (2, "swd", fp.swd), (4, "twd", fp.twd), (6, "fop", fp.fop)] {
+        let v = u16::try_from(v).map_err(|_| format!("the image's FPU register {name} {v:#x} has more than 16 bits"))?;
+        buf[at..at + 2].copy_from_slice(&v.to_le_bytes());
+    }
     put64(&mut buf, 8, &[fp.rip, fp.rdp]);
     put32(&mut buf, 24, &[fp.mxcsr, fp.mxcsr_mask]);
     put32(&mut buf, 32, &fp.st_space);
@@ -204,7 +205,7 @@ pub fn xsave_buffer(fp: &UserX86FpregsEntry, template: &[u8]) -> Result<Vec<u8>,
             continue;
         }
         match component(id) {
-            Some((off, size)) if off + size <= buf.len() && bytes.len() == size => {
+            Some((off, size)) if off.checked_add(size).is_some_and(|end| end <= buf.len()) && bytes.len() == size => {
                 buf[off..off + size].copy_from_slice(&bytes)
             }
             _ => return Err(format!("the image has state of CPU feature component {id}, which this CPU does not save")),

@@ -84,9 +84,15 @@ impl Hierarchy {
 /// The hierarchies mounted here, matched to the names /proc/self/cgroup uses.
 pub fn hierarchies() -> Result<Vec<Hierarchy>> {
     let own = membership("self")?;
-    let mounts = proc::process_at("self")
-        .and_then(|p| p.mountinfo().map_err(proc::io_error))
-        .ctx(|| "reading /proc/self/mountinfo")?;
+    let mountinfo = proc::read_string("/proc/self/mountinfo")?;
+    Ok(parse_hierarchies(&own, &mountinfo))
+}
+
+/// The cgroup mounts of `mountinfo` (parsed by procfs; nothing if it cannot
+/// be), each named as `own` (a /proc/PID/cgroup) names it.
+fn parse_hierarchies(own: &Membership, mountinfo: &str) -> Vec<Hierarchy> {
+    use procfs::FromBufRead;
+    let mounts = procfs::process::MountInfos::from_buf_read(mountinfo.as_bytes()).map(|m| m.0).unwrap_or_default();
     let mut out = Vec::new();
     for m in mounts {
         let name = match m.fs_type.as_str() {
@@ -108,7 +114,7 @@ pub fn hierarchies() -> Result<Vec<Hierarchy>> {
             }
         }
     }
-    Ok(out)
+    out
 }
 
 /// `--cgroup-root [controller:]/path`: where a hierarchy's recorded paths start.
@@ -336,6 +342,15 @@ fn hierarchies_props(name: &str) -> Vec<&'static str> {
 /// Where each recorded membership lands on this host.
 fn plan<'a>(entry: &'a CgroupEntry, roots: &[CgroupRoot]) -> std::result::Result<Vec<Planned<'a>>, Vec<String>> {
     let hierarchies = hierarchies().map_err(|e| vec![e.to_string()])?;
+    plan_on(entry, roots, &hierarchies)
+}
+
+/// Where each recorded membership lands on a host with these hierarchies.
+fn plan_on<'a>(
+    entry: &'a CgroupEntry,
+    roots: &[CgroupRoot],
+    hierarchies: &[Hierarchy],
+) -> std::result::Result<Vec<Planned<'a>>, Vec<String>> {
     let mut planned = Vec::new();
     let mut problems = Vec::new();
     for set in &entry.sets {
@@ -490,5 +505,122 @@ impl Placement {
     pub fn keep(&mut self) {
         self.created.clear();
         self.changed.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTINFO: &str = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,xattr,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+42 31 0:39 / /sys/fs/cgroup/net_cls rw,relatime - cgroup cgroup rw,net_cls
+50 23 0:50 / /proc rw - proc proc rw
+";
+
+    fn own() -> Membership {
+        [("cpu,cpuacct", "/"), ("memory", "/m"), ("name=systemd", "/"), ("", "/")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn hierarchies_are_the_cgroup_mounts_named_as_proc_names_them() {
+        let h = parse_hierarchies(&own(), MOUNTINFO);
+        let names: Vec<(&str, &str)> = h.iter().map(|h| (h.name.as_str(), h.mount.to_str().unwrap())).collect();
+        // net_cls is mounted but crust is in no cgroup of it: not a hierarchy it can name.
+        assert_eq!(
+            names,
+            [
+                ("cpu,cpuacct", "/sys/fs/cgroup/cpu,cpuacct"),
+                ("memory", "/sys/fs/cgroup/memory"),
+                ("name=systemd", "/sys/fs/cgroup/systemd"),
+                ("", "/sys/fs/cgroup/unified"),
+            ]
+        );
+        assert_eq!(h[0].properties(), ["cpu.shares", "cpu.cfs_period_us", "cpu.cfs_quota_us"]);
+        assert!(parse_hierarchies(&own(), "garbage\n\n - \n").is_empty());
+    }
+
+    #[test]
+    fn roots_apply_by_controller_then_to_all() {
+        let roots: Vec<CgroupRoot> = ["memory:/jail/", "/all"].iter().map(|r| r.parse().unwrap()).collect();
+        assert_eq!(roots[0], CgroupRoot { controller: Some("memory".into()), path: "/jail".into() });
+        assert_eq!(root_for(&roots, "memory"), Some("/jail"));
+        assert_eq!(root_for(&roots, "cpu,cpuacct"), Some("/all"));
+        assert_eq!(root_for(&roots[..1], "cpu,cpuacct"), None);
+        assert!("memory:relative".parse::<CgroupRoot>().is_err());
+        assert_eq!(join("/", "/"), "/");
+        assert_eq!(join("/jail", "/a/b/"), "/jail/a/b");
+        let h = Hierarchy { name: "memory".into(), mount: PathBuf::from("/sys/fs/cgroup/memory") };
+        assert_eq!(h.host_dir("/app", &roots), Path::new("/sys/fs/cgroup/memory/jail/app"));
+        assert_eq!(h.host_dir("/app", &[]), Path::new("/sys/fs/cgroup/memory/app"));
+    }
+
+    fn member(name: &str, path: &str) -> CgMemberEntry {
+        CgMemberEntry { name: name.into(), path: path.into(), cgns_prefix: None }
+    }
+
+    #[test]
+    fn a_plan_places_each_membership_and_refuses_bad_paths_and_missing_hierarchies() {
+        let tmp = std::env::temp_dir().join(format!("crust-unit-cgplan-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(tmp.join("memory/there")).unwrap();
+        let hierarchies = vec![
+            Hierarchy { name: "memory".into(), mount: tmp.join("memory") },
+            Hierarchy { name: String::new(), mount: tmp.join("unified") },
+        ];
+        let saved = CgroupDirEntry {
+            dir_name: "/there".into(),
+            properties: vec![CgroupPropEntry { name: "memory.limit_in_bytes".into(), value: "1".into(), perms: None }],
+            ..Default::default()
+        };
+        let entry = CgroupEntry {
+            sets: vec![
+                CgSetEntry { id: 1, ctls: vec![] },
+                CgSetEntry { id: 2, ctls: vec![member("memory", "/there"), member("", "/new/child")] },
+            ],
+            controllers: vec![CgControllerEntry { cnames: vec!["memory".into()], dirs: vec![saved] }],
+        };
+        let planned = plan_on(&entry, &[], &hierarchies).unwrap();
+        let got: Vec<(u32, &str, PathBuf, bool)> =
+            planned.iter().map(|p| (p.set, p.label.as_str(), p.dir.clone(), p.saved.is_some())).collect();
+        assert_eq!(
+            got,
+            [(2, "memory:/there", tmp.join("memory/there"), true), (2, "cgroup2:/new/child", tmp.join("unified/new/child"), false)]
+        );
+        // What each mode says of a directory that exists and of one that does not.
+        let problems = |mode| planned.iter().filter_map(|p| p.problem(mode)).collect::<Vec<_>>();
+        assert!(problems(Mode::Soft).is_empty() && problems(Mode::Full).is_empty());
+        assert_eq!(problems(Mode::Strict).len(), 1);
+        assert!(problems(Mode::Strict)[0].contains("memory:/there"), "{:?}", problems(Mode::Strict));
+        for mode in [Mode::None, Mode::Props] {
+            let p = problems(mode);
+            assert_eq!(p.len(), 1, "{p:?}");
+            assert!(p[0].contains("cgroup2:/new/child") && p[0].contains("does not exist"), "{p:?}");
+        }
+        // Under a --cgroup-root.
+        let roots = ["/r".parse().unwrap()];
+        let planned = plan_on(&entry, &roots, &hierarchies).unwrap();
+        assert_eq!(planned[0].dir, tmp.join("memory/r/there"));
+
+        // Paths that climb out, are relative, or name a hierarchy not mounted here.
+        let bad = CgroupEntry {
+            sets: vec![CgSetEntry {
+                id: 2,
+                ctls: vec![member("memory", "/../../etc"), member("memory", "rel"), member("memory", "/a/./b"), member("cpu", "/x")],
+            }],
+            controllers: vec![],
+        };
+        let problems = plan_on(&bad, &[], &hierarchies).err().unwrap();
+        assert_eq!(problems.len(), 4, "{problems:?}");
+        assert!(problems[..3].iter().all(|p| p.ends_with("not a cgroup path")), "{problems:?}");
+        assert!(problems[3].contains("cpu:/x: this hierarchy is not mounted"), "{problems:?}");
+        std::fs::remove_dir_all(&tmp).unwrap();
     }
 }

@@ -149,13 +149,20 @@ pub fn make(r: &mut FdRestorer, img: &DumpImage) -> Result<HashMap<u64, u64>> {
         let flags = (libc::MAP_SHARED | libc::MAP_ANONYMOUS) as u64;
         let addr = r.task.call("mmap of shared memory", libc::SYS_mmap, [0, obj.size, prot, flags, u64::MAX, 0])?;
         let made = (|| -> Result<u64> {
+            // Each run lies inside the object (the loader checked), which is mapped at `addr`.
+            let at_addr: Vec<_> = obj
+                .pagemap
+                .iter()
+                .map(|e| match addr.checked_add(e.vaddr) {
+                    Some(vaddr) => Ok(PagemapEntry { vaddr, ..*e }),
+                    None => Err(Error::image("pagemap-shmem", format!("object {shmid}: a run at offset {:#x} lies beyond 2^64", e.vaddr))),
+                })
+                .collect::<Result<_>>()?;
             let pages = r.open_low(&obj.pages_path.to_string_lossy(), (libc::O_RDONLY | libc::O_CLOEXEC) as u32)?;
-            let at_addr: Vec<_> =
-                obj.pagemap.iter().map(|e| PagemapEntry { vaddr: addr + e.vaddr, ..*e }).collect();
             let filled = r.task.fill_pages(&at_addr, pages, &mut |_| {});
             r.task.call("close", libc::SYS_close, [pages, 0, 0, 0, 0, 0])?;
             filled?;
-            let path = format!("/proc/self/map_files/{addr:x}-{:x}", addr + obj.size);
+            let path = format!("/proc/self/map_files/{addr:x}-{:x}", addr.saturating_add(obj.size));
             r.open_low(&path, (libc::O_RDWR | libc::O_CLOEXEC) as u32)
         })();
         r.task.call("munmap", libc::SYS_munmap, [addr, obj.size, 0, 0, 0, 0])?;

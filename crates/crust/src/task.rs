@@ -57,7 +57,11 @@ impl Task {
         let mut offset = 0u64;
         let mut pages = 0u64;
         for e in pagemap {
+            // At most 2^32 pages of 2^12 bytes: the product fits; the sums are checked.
             let len = e.nr_pages as u64 * PAGE_SIZE;
+            if e.vaddr.checked_add(len).is_none() || offset.checked_add(len).is_none() {
+                return Err(Error::image("pagemap", format!("a run of {} pages at {:#x} reaches beyond 2^64", e.nr_pages, e.vaddr)));
+            }
             let mut done = 0;
             while done < len {
                 let n = (len - done).min(STEP);

@@ -184,10 +184,19 @@ pub fn finish_file(entry: &FileEntry, fd: u64, r: &mut FdRestorer) -> Result<()>
 pub fn make_shared(r: &mut FdRestorer) -> Result<()> {
     let img = r.image;
     for id in shared_files(img) {
-        let fd = restore_file(&img.files[&id], r)?;
+        let fd = restore_file(file(img, id)?, r)?;
         r.files.insert(id, fd);
     }
     Ok(())
+}
+
+/// File `id` of files.img (the loader checked every fd names one).
+fn file(img: &DumpImage, id: u32) -> Result<&FileEntry> {
+    img.files.get(&id).ok_or_else(|| Error::Image {
+        file: img.dir.join("files.img"),
+        offset: 0,
+        what: format!("no file {id}"),
+    })
 }
 
 /// The fd table of one process: every file made (or inherited from the
@@ -198,12 +207,12 @@ pub fn restore_table(image: &ProcessImage, r: &mut FdRestorer, finished: &mut Ha
     let img = r.image;
     for fd in &image.fds {
         if !r.files.contains_key(&fd.id) {
-            let made = restore_file(&img.files[&fd.id], r)?;
+            let made = restore_file(file(img, fd.id)?, r)?;
             r.files.insert(fd.id, made);
         }
     }
     for fd in &image.fds {
-        let made = r.files[&fd.id];
+        let made = r.files.get(&fd.id).copied().ok_or_else(|| Error::Invalid(format!("fd {}: its file was not made", fd.fd)))?;
         r.task.call("dup2", libc::SYS_dup2, [made, fd.fd as u64, 0, 0, 0, 0])?;
         if fd.flags & libc::FD_CLOEXEC as u32 != 0 {
             let args = [fd.fd as u64, libc::F_SETFD as u64, libc::FD_CLOEXEC as u64, 0, 0, 0];
@@ -215,7 +224,7 @@ pub fn restore_table(image: &ProcessImage, r: &mut FdRestorer, finished: &mut Ha
     r.task.call("close_range", libc::SYS_close_range, [base, u32::MAX as u64, 0, 0, 0, 0])?;
     for fd in &image.fds {
         if finished.insert(fd.id) {
-            finish_file(&img.files[&fd.id], fd.fd as u64, r)?;
+            finish_file(file(img, fd.id)?, fd.fd as u64, r)?;
         }
     }
     Ok(())
@@ -228,14 +237,14 @@ pub fn load_images(img: &mut DumpImage) -> Result<()> {
 
 /// What stands in the way of restoring the files of `img` here.
 pub fn problems(img: &DumpImage) -> Vec<String> {
-    let mut ids: Vec<&u32> = img.files.keys().collect();
-    ids.sort_unstable();
-    ids.into_iter().filter_map(|id| kind_of(&img.files[id]).ok()?.check(&img.files[id], img)).collect()
+    let mut files: Vec<&FileEntry> = img.files.values().collect();
+    files.sort_unstable_by_key(|f| f.id);
+    files.into_iter().filter_map(|f| kind_of(f).ok()?.check(f, img)).collect()
 }
 
 /// Files more than one process holds, and files whose object (a pipe, a
 /// socket pair) another process holds too: made once, in the root.
-fn shared_files(img: &DumpImage) -> Vec<u32> {
+pub(crate) fn shared_files(img: &DumpImage) -> Vec<u32> {
     let object = |id: u32| {
         let f = img.files.get(&id)?;
         Some((f.r#type, kind_of(f).ok()?.shared_object(f)?))
@@ -250,10 +259,10 @@ fn shared_files(img: &DumpImage) -> Vec<u32> {
             }
         }
     }
-    let spans = |v: &Vec<i32>| v.iter().any(|&p| p != v[0]);
+    let spans = |v: &[i32]| v.iter().any(|&p| Some(&p) != v.first());
     let mut ids: Vec<u32> = users
         .iter()
-        .filter(|(id, v)| spans(v) || object(**id).is_some_and(|key| spans(&object_users[&key])))
+        .filter(|(id, v)| spans(v) || object(**id).and_then(|key| object_users.get(&key)).is_some_and(|v| spans(v)))
         .map(|(id, _)| *id)
         .collect();
     ids.sort_unstable();
@@ -503,5 +512,76 @@ fn describe_unknown(fd: &OpenFd) -> String {
         SFlag::S_IFCHR => "character devices other than ttys and memory devices are".into(),
         SFlag::S_IFBLK => "block devices are".into(),
         _ => "files of this kind are".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::images::proto::{PipeEntry, PstreeEntry, RegFileEntry, UnixSkEntry};
+
+    fn image(procs: &[(u32, &[u32])], files: Vec<FileEntry>) -> DumpImage {
+        let processes = procs
+            .iter()
+            .map(|&(pid, ids)| ProcessImage {
+                pstree: PstreeEntry { pid, threads: vec![pid], ..Default::default() },
+                fds: ids.iter().enumerate().map(|(fd, &id)| FdinfoEntry { id, fd: fd as u32, ..Default::default() }).collect(),
+                ..Default::default()
+            })
+            .collect();
+        DumpImage {
+            dir: "/nonexistent".into(),
+            processes,
+            files: files.into_iter().map(|f| (f.id, f)).collect(),
+            shmem: HashMap::new(),
+            remaps: HashMap::new(),
+            ghost_files: HashMap::new(),
+            extras: Extras::default(),
+            cgroups: None,
+            pages_digests: Vec::new(),
+        }
+    }
+
+    fn reg(id: u32) -> FileEntry {
+        FileEntry { r#type: FdTypes::Reg as i32, id, reg: Some(RegFileEntry { id, ..Default::default() }), ..Default::default() }
+    }
+
+    fn pipe(id: u32, pipe_id: u32) -> FileEntry {
+        let pipe = PipeEntry { id, pipe_id, ..Default::default() };
+        FileEntry { r#type: FdTypes::Pipe as i32, id, pipe: Some(pipe), ..Default::default() }
+    }
+
+    fn unix(id: u32, ino: u32, peer: u32) -> FileEntry {
+        let usk = UnixSkEntry { id, ino, peer, ..Default::default() };
+        FileEntry { r#type: FdTypes::Unixsk as i32, id, usk: Some(usk), ..Default::default() }
+    }
+
+    #[test]
+    fn files_and_objects_several_processes_hold_are_shared() {
+        let files = vec![
+            reg(1),
+            reg(2),
+            // A pipe whose ends live in two processes, and one kept in one.
+            pipe(3, 70),
+            pipe(4, 70),
+            pipe(5, 80),
+            pipe(6, 80),
+            // A socket pair split by a fork, and one kept in one process.
+            unix(7, 10, 11),
+            unix(8, 11, 10),
+            unix(9, 12, 13),
+            unix(10, 13, 12),
+            // A regular file and a pipe with the same key as an object: kinds do not mix.
+            pipe(11, 1),
+        ];
+        let img = image(
+            &[(100, &[1, 1, 2, 3, 5, 6, 7, 9, 10, 11]), (200, &[2, 4, 8]), (300, &[1 /* and a file no one wrote */, 99])],
+            files,
+        );
+        assert_eq!(shared_files(&img), [1, 2, 3, 4, 7, 8]);
+        // Alone, nothing is shared, however often a process holds a file.
+        let img = image(&[(100, &[1, 1, 3, 4, 7, 8])], vec![reg(1), pipe(3, 70), pipe(4, 70), unix(7, 10, 11), unix(8, 11, 10)]);
+        assert!(shared_files(&img).is_empty());
+        assert!(shared_files(&image(&[], vec![])).is_empty());
     }
 }

@@ -9,7 +9,7 @@ use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::stat::SFlag;
 
 use super::{fown_of, write_with_data, FdRestorer, FileKind, FileTable, OpenFd};
-use crate::error::{Context, Result};
+use crate::error::{Context, Error, Result};
 use crate::images::load::{read_with_data, DumpImage};
 use crate::images::proto::{FdTypes, FileEntry, PipeDataEntry, PipeEntry};
 use crate::images::{ImageDir, Kind};
@@ -65,7 +65,14 @@ impl FileKind for Pipe {
     }
 
     fn load_images(&self, img: &mut DumpImage) -> Result<()> {
-        let saved = read_with_data::<PipeDataEntry>(&img.dir.join("pipes-data.img"), Kind::PipesData, |e| e.bytes as u64)?;
+        let path = img.dir.join("pipes-data.img");
+        let saved = read_with_data::<PipeDataEntry>(&path, Kind::PipesData, |e| e.bytes as u64)?;
+        for (e, _) in &saved {
+            // A pipe's buffer size is an int (F_SETPIPE_SZ).
+            if e.size.is_some_and(|size| i32::try_from(size).is_err()) {
+                return Err(Error::Image { file: path, offset: 0, what: format!("pipe {}: buffer size {:?} is not one a pipe can have", e.pipe_id, e.size) });
+            }
+        }
         img.extras.insert(PipeData(saved));
         Ok(())
     }
@@ -134,7 +141,8 @@ pub(super) fn fill_pipe(pid: i32, wr: u64, saved: Option<&(PipeDataEntry, Vec<u8
     let what = || format!("refilling pipe {path}");
     let mut pipe = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&path).ctx(what)?;
     if let Some(size) = size {
-        fcntl(&pipe, FcntlArg::F_SETPIPE_SZ(*size as i32)).ctx(what)?;
+        let size = i32::try_from(*size).map_err(|_| Error::image("pipes-data.img", format!("{}: pipe buffer size {size} is not an int", what())))?;
+        fcntl(&pipe, FcntlArg::F_SETPIPE_SZ(size)).ctx(what)?;
     }
     std::io::Write::write_all(&mut pipe, data).ctx(what)
 }

@@ -55,8 +55,14 @@ impl FileKind for Timerfd {
         if t.vnsec >= NSEC || t.insec >= NSEC {
             return Err(Error::image("files.img", format!("file {}: timerfd times with {} and {} ns", entry.id, t.vnsec, t.insec)));
         }
+        let bad = |what: String| Error::Invalid(format!("file {}: timerfd {what}", entry.id));
+        let clockid = libc::clockid_t::try_from(t.clockid).map_err(|_| bad(format!("clock {}", t.clockid)))?;
+        // A timespec's seconds are signed.
+        if i64::try_from(t.vsec).is_err() || i64::try_from(t.isec).is_err() {
+            return Err(bad(format!("times of {} s and {} s", t.vsec, t.isec)));
+        }
         let nonblock = t.flags & libc::O_NONBLOCK as u32;
-        let fd = r.task.call("timerfd_create", libc::SYS_timerfd_create, [t.clockid as u64, nonblock as u64, 0, 0, 0, 0])?;
+        let fd = r.task.call("timerfd_create", libc::SYS_timerfd_create, [clockid as u64, nonblock as u64, 0, 0, 0, 0])?;
         // A periodic timer that expired with its expirations unread shows no time
         // left; a zero value would disarm it, so it fires again after a period.
         let (mut vsec, mut vnsec) = if (t.vsec, t.vnsec) == (0, 0) { (t.isec, t.insec) } else { (t.vsec, t.vnsec) };
@@ -64,10 +70,13 @@ impl FileKind for Timerfd {
             // An absolute timer stays absolute: the time left, from now on this clock.
             let abs = t.settime_flags & TFD_TIMER_ABSTIME;
             if abs != 0 {
-                let now = nix::time::clock_gettime(nix::time::ClockId::from_raw(t.clockid as libc::clockid_t))
+                let now = nix::time::clock_gettime(nix::time::ClockId::from_raw(clockid))
                     .map_err(|e| Error::Sys { context: format!("reading clock {}", t.clockid), err: e })?;
+                // Both below 10^9: no overflow.
                 let ns = now.tv_nsec() as u64 + vnsec;
-                (vsec, vnsec) = (now.tv_sec() as u64 + vsec + ns / NSEC, ns % NSEC);
+                let sec = u64::try_from(now.tv_sec()).ok().and_then(|s| s.checked_add(vsec)?.checked_add(ns / NSEC));
+                let sec = sec.filter(|&s| i64::try_from(s).is_ok()).ok_or_else(|| bad(format!("deadline {vsec} s from now")))?;
+                (vsec, vnsec) = (sec, ns % NSEC);
             }
             let spec = r.scratch.reset().put_u64s(&[t.isec, t.insec, vsec, vnsec])?;
             r.task.call("timerfd_settime", libc::SYS_timerfd_settime, [fd, abs as u64, spec, 0, 0, 0])?;

@@ -181,26 +181,29 @@ impl SavedTerminal {
 /// Give the restoring terminal the job's saved settings and window size.
 pub fn apply_settings(term: std::os::fd::BorrowedFd, info: &TtyInfoEntry) -> Result<()> {
     let what = || "applying the job's terminal settings".to_string();
+    let bad = |field: &str, v: u32| Error::Invalid(format!("tty-info.img: terminal {}: {field} {v} is out of range", info.id));
+    let byte = |field: &str, v: u32| u8::try_from(v).map_err(|_| bad(field, v));
     if let Some(t) = &info.termios {
         let mut raw: libc::termios = tcgetattr(term).ctx(what)?.into();
         raw.c_iflag = t.c_iflag;
         raw.c_oflag = t.c_oflag;
         raw.c_cflag = t.c_cflag;
         raw.c_lflag = t.c_lflag;
-        raw.c_line = t.c_line as u8;
+        raw.c_line = byte("c_line", t.c_line)?;
         for (dst, &src) in raw.c_cc.iter_mut().zip(&t.c_cc) {
-            *dst = src as u8;
+            *dst = byte("c_cc", src)?;
         }
         raw.c_ispeed = t.c_ispeed;
         raw.c_ospeed = t.c_ospeed;
         nix::sys::termios::tcsetattr(term, nix::sys::termios::SetArg::TCSANOW, &raw.into()).ctx(what)?;
     }
     if let Some(w) = &info.winsize {
+        let half = |field: &str, v: u32| u16::try_from(v).map_err(|_| bad(field, v));
         let ws = Winsize {
-            ws_row: w.ws_row as u16,
-            ws_col: w.ws_col as u16,
-            ws_xpixel: w.ws_xpixel as u16,
-            ws_ypixel: w.ws_ypixel as u16,
+            ws_row: half("ws_row", w.ws_row)?,
+            ws_col: half("ws_col", w.ws_col)?,
+            ws_xpixel: half("ws_xpixel", w.ws_xpixel)?,
+            ws_ypixel: half("ws_ypixel", w.ws_ypixel)?,
         };
         tcsetwinsize(term, ws).ctx(what)?;
     }

@@ -141,9 +141,15 @@ impl FileKind for UnixSocket {
     }
 
     fn load_images(&self, img: &mut DumpImage) -> Result<()> {
+        let path = img.dir.join("sk-queues.img");
         let mut queues: HashMap<u32, Vec<u8>> = HashMap::new();
-        for (e, data) in read_with_data::<SkPacketEntry>(&img.dir.join("sk-queues.img"), Kind::SkQueues, |e| e.length as u64)? {
-            queues.entry(e.id_for).or_default().extend(data);
+        for (e, data) in read_with_data::<SkPacketEntry>(&path, Kind::SkQueues, |e| e.length as u64)? {
+            let queue = queues.entry(e.id_for).or_default();
+            queue.extend(data);
+            if queue.len() > MAX_QUEUE {
+                let what = format!("file {}: more than {MAX_QUEUE} bytes queued, more than a socket can hold", e.id_for);
+                return Err(Error::Image { file: path, offset: 0, what });
+            }
         }
         img.extras.insert(Queues(queues));
         Ok(())
@@ -194,6 +200,10 @@ impl FileKind for UnixSocket {
 }
 
 const TCP_ESTABLISHED: u8 = 1;
+
+/// The most bytes a restore queues on one socket: its sender's buffer is
+/// widened to twice that and more, and a buffer size is an int.
+const MAX_QUEUE: usize = (i32::MAX as usize - (64 << 10)) / 2;
 
 /// What sock_diag says of one unix socket.
 struct Diag {
@@ -383,9 +393,12 @@ fn set_options(sock: &OwnedFd, u: &UnixSkEntry) -> Result<()> {
     // The kernel doubles what it is given, and reports the doubled value.
     setsockopt(sock, sockopt::SndBufForce, &(o.so_sndbuf as usize / 2)).ctx(&what)?;
     setsockopt(sock, sockopt::RcvBufForce, &(o.so_rcvbuf as usize / 2)).ctx(&what)?;
-    let tv = |s: u64, us: u64| nix::sys::time::TimeVal::new(s as _, us as _);
-    setsockopt(sock, sockopt::SendTimeout, &tv(o.so_snd_tmo_sec, o.so_snd_tmo_usec)).ctx(&what)?;
-    setsockopt(sock, sockopt::ReceiveTimeout, &tv(o.so_rcv_tmo_sec, o.so_rcv_tmo_usec)).ctx(&what)?;
+    let tv = |s: u64, us: u64| match (i64::try_from(s), i64::try_from(us)) {
+        (Ok(s), Ok(us)) if us < 1_000_000 => Ok(nix::sys::time::TimeVal::new(s, us)),
+        _ => Err(Error::Invalid(format!("{}: a timeout of {s} s and {us} us", what()))),
+    };
+    setsockopt(sock, sockopt::SendTimeout, &tv(o.so_snd_tmo_sec, o.so_snd_tmo_usec)?).ctx(&what)?;
+    setsockopt(sock, sockopt::ReceiveTimeout, &tv(o.so_rcv_tmo_sec, o.so_rcv_tmo_usec)?).ctx(&what)?;
     setsockopt(sock, sockopt::PassCred, &o.so_passcred.unwrap_or(false)).ctx(&what)?;
     if let Some(v) = o.so_passsec {
         setsockopt(sock, PassSec, &v).ctx(&what)?;
@@ -409,7 +422,10 @@ fn fill(sender: &OwnedFd, data: Option<&Vec<u8>>, to: &UnixSkEntry) -> Result<()
     let Some(data) = data else { return Ok(()) };
     let what = context(to);
     let before = getsockopt(sender, sockopt::SndBuf).ctx(&what)?;
-    setsockopt(sender, sockopt::SndBufForce, &(data.len() * 2 + (64 << 10))).ctx(&what)?;
+    // At most MAX_QUEUE bytes (the loader's limit): twice that and more is still an int.
+    let room = data.len().checked_mul(2).and_then(|n| n.checked_add(64 << 10)).filter(|&n| n <= i32::MAX as usize);
+    let room = room.ok_or_else(|| Error::Invalid(format!("{}: {} bytes queued, more than a socket holds", what(), data.len())))?;
+    setsockopt(sender, sockopt::SndBufForce, &room).ctx(&what)?;
     let mut sent = 0;
     while sent < data.len() {
         sent += nix::sys::socket::send(sender.as_raw_fd(), &data[sent..], nix::sys::socket::MsgFlags::MSG_DONTWAIT).ctx(&what)?;

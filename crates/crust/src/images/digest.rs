@@ -82,7 +82,17 @@ pub fn read_manifest(dir: &Path) -> Result<Option<BTreeMap<String, FileDigest>>>
     if want != Some(crc32fast::hash(json)) {
         return Err(bad(0, "corrupted: its checksum does not match its contents"));
     }
-    serde_json::from_slice(json).map(Some).map_err(|e| bad(9, &format!("unreadable: {e}")))
+    let digests: BTreeMap<String, FileDigest> = serde_json::from_slice(json).map_err(|e| bad(9, &format!("unreadable: {e}")))?;
+    for (name, d) in &digests {
+        // Names of files in the directory itself, nothing elsewhere.
+        if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
+            return Err(bad(9, &format!("names {name:?}, which is not a file of the dump")));
+        }
+        if d.size.div_ceil(BLOCK as u64) != d.blocks.len() as u64 {
+            return Err(bad(9, &format!("lists {} blocks for the {} bytes of {name}", d.blocks.len(), d.size)));
+        }
+    }
+    Ok(Some(digests))
 }
 
 /// Check one file against its digest; the first difference is an error naming
@@ -119,7 +129,7 @@ pub fn verify_file(dir: &Path, name: &str, want: &FileDigest) -> Result<()> {
         if crc32fast::hash(&buf[..got]) != *crc {
             return Err(Error::Image {
                 file: file_path,
-                offset: (i * BLOCK) as u64,
+                offset: i as u64 * BLOCK as u64,
                 what: format!("corrupted: the {got} bytes from here differ from what the dump wrote"),
             });
         }

@@ -13,7 +13,10 @@ use crate::images::proto::{
 use crate::images::digest::{self, FileDigest};
 use crate::images::{ImageReader, Kind};
 use crate::images::criu::TASK_ZOMBIE;
-use crate::images::criu::PAGE_SIZE;
+use crate::images::criu::{PAGE_SIZE, VMA_ANON_SHARED, VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR};
+
+/// The largest pid or tid Linux hands out (PID_MAX_LIMIT on 64-bit).
+pub const MAX_PID: u32 = 1 << 22;
 
 /// Values of any type, one of each: what each kind of state loads of its own
 /// images, found again by its type.
@@ -132,6 +135,57 @@ fn invalid(path: &Path, what: impl Into<String>) -> Error {
     Error::Image { file: path.to_path_buf(), offset: 0, what: what.into() }
 }
 
+/// Whether vma `v` maps a file of files.img (by its id in `shmid`), as a
+/// restore maps it (see `restore::layout::map_vmas`).
+pub fn maps_file(v: &crate::images::proto::VmaEntry) -> bool {
+    v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL | VMA_ANON_SHARED) == 0
+        && v.flags & libc::MAP_ANONYMOUS as u32 == 0
+}
+
+/// Every id of the pstree entries is a pid Linux could hand out (a restore
+/// makes them with these numbers), none twice, and each process is listed
+/// after its parent (the root first) with its leader first among its threads.
+fn check_pstree(path: &Path, pstree: &[(u64, PstreeEntry)]) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    for (n, (at, p)) in pstree.iter().enumerate() {
+        let bad = |what: String| Error::Image { file: path.to_path_buf(), offset: *at, what: format!("process {}: {what}", p.pid) };
+        for (name, id) in [("pid", p.pid), ("parent", p.ppid), ("process group", p.pgid), ("session", p.sid)] {
+            // The root's parent, group or session may be outside the dump (0 when unknown).
+            if id > MAX_PID || (id == 0 && name == "pid") {
+                return Err(bad(format!("{name} {id} is not a pid (1 to {MAX_PID})")));
+            }
+        }
+        if p.threads.first() != Some(&p.pid) {
+            return Err(bad("its first thread is not its leader".into()));
+        }
+        for &tid in &p.threads {
+            if tid == 0 || tid > MAX_PID {
+                return Err(bad(format!("thread {tid} is not a pid (1 to {MAX_PID})")));
+            }
+            if !seen.insert(tid) {
+                return Err(bad(format!("thread {tid} is listed twice in the tree")));
+            }
+        }
+        if n > 0 && !pstree[..n].iter().any(|(_, q)| q.pid == p.ppid) {
+            return Err(bad(format!("parent {} is not listed before it", p.ppid)));
+        }
+    }
+    Ok(())
+}
+
+/// Every entry of an image, with the offset it starts at (for errors about it).
+fn read_located<M: prost::Message + Default>(path: &Path, kind: Kind) -> Result<Vec<(u64, M)>> {
+    let mut r = ImageReader::open(path, kind)?;
+    let mut out = Vec::new();
+    loop {
+        let at = r.offset;
+        match r.read_entry()? {
+            Some(m) => out.push((at, m)),
+            None => return Ok(out),
+        }
+    }
+}
+
 pub fn read_all<M: prost::Message + Default>(path: &Path, kind: Kind) -> Result<Vec<M>> {
     let mut r = ImageReader::open(path, kind)?;
     let mut out = Vec::new();
@@ -190,19 +244,14 @@ pub fn load(dir: &Path, pages: Pages) -> Result<DumpImage> {
         return Err(invalid(&dir.join("inventory.img"), format!("image version {} is not supported", inventory.img_version)));
     }
     let pstree_path = dir.join("pstree.img");
-    let pstree: Vec<PstreeEntry> = read_all(&pstree_path, Kind::Pstree)?;
+    let pstree: Vec<(u64, PstreeEntry)> = read_located(&pstree_path, Kind::Pstree)?;
     if pstree.is_empty() {
         return Err(invalid(&pstree_path, "no processes"));
     }
+    check_pstree(&pstree_path, &pstree)?;
     let mut processes = Vec::new();
-    for (n, p) in pstree.iter().enumerate() {
-        if p.threads.first() != Some(&p.pid) {
-            return Err(invalid(&pstree_path, format!("process {}: its first thread is not its leader", p.pid)));
-        }
-        if n > 0 && !pstree[..n].iter().any(|q| q.pid == p.ppid) {
-            return Err(invalid(&pstree_path, format!("process {}: parent {} is not listed before it", p.pid, p.ppid)));
-        }
-        processes.push(load_process(&dir, p.clone(), pages)?);
+    for (_, p) in pstree {
+        processes.push(load_process(&dir, p, pages)?);
     }
     let files_path = dir.join("files.img");
     let mut files = HashMap::new();
@@ -230,6 +279,15 @@ pub fn load(dir: &Path, pages: Pages) -> Result<DumpImage> {
                 return Err(invalid(&files_path, format!("no file {id} named by process {}", p.pid())));
             }
         }
+        for v in p.mm.vmas.iter().filter(|v| maps_file(v)) {
+            let file = u32::try_from(v.shmid).ok().and_then(|id| files.get(&id));
+            if file.and_then(|f| f.reg.as_ref()).is_none() {
+                return Err(invalid(
+                    &dir.join(format!("mm-{}.img", p.pid())),
+                    format!("vma {:#x}-{:#x} maps file {}, which is not a regular file of files.img", v.start, v.end, v.shmid),
+                ));
+            }
+        }
     }
     let (remaps, ghost_files) = load_ghosts(&dir)?;
     let shmem = load_shmem(&dir, &processes)?;
@@ -242,10 +300,15 @@ pub fn load(dir: &Path, pages: Pages) -> Result<DumpImage> {
 /// into it) and its saved pages (always in the directory, streamed or not).
 fn load_shmem(dir: &Path, processes: &[ProcessImage]) -> Result<HashMap<u64, ShmemImage>> {
     let mut sizes: HashMap<u64, u64> = HashMap::new();
-    for v in processes.iter().flat_map(|p| p.mm.vmas.iter()).filter(|v| v.status & crate::images::criu::VMA_ANON_SHARED != 0) {
-        let reach = v.pgoff + (v.end - v.start);
-        let size = sizes.entry(v.shmid).or_default();
-        *size = (*size).max(reach);
+    for p in processes {
+        for v in p.mm.vmas.iter().filter(|v| v.status & VMA_ANON_SHARED != 0) {
+            // Checked when the process was read; a vma of another source is refused here.
+            let reach = v.end.checked_sub(v.start).and_then(|len| v.pgoff.checked_add(len)).ok_or_else(|| {
+                invalid(&dir.join(format!("mm-{}.img", p.pid())), format!("vma {:#x}-{:#x} reaches beyond 2^64", v.start, v.end))
+            })?;
+            let size = sizes.entry(v.shmid).or_default();
+            *size = (*size).max(reach);
+        }
     }
     let mut out = HashMap::new();
     for (shmid, size) in sizes {
@@ -269,22 +332,30 @@ fn read_pagemap(
     let mut r = ImageReader::open(&pm_path, Kind::Pagemap)?;
     let head: PagemapHead = r.one()?;
     let mut pagemap = Vec::new();
-    let mut pages = 0u64;
-    while let Some(e) = r.read_entry::<PagemapEntry>()? {
-        check(&e).map_err(|what| invalid(&pm_path, what))?;
-        pages += e.nr_pages as u64;
+    // Bytes of the pages image the runs so far take up.
+    let mut bytes = 0u64;
+    loop {
+        let at = r.offset;
+        let Some(e) = r.read_entry::<PagemapEntry>()? else { break };
+        let located = |what: String| Error::Image { file: pm_path.clone(), offset: at, what };
+        check(&e).map_err(located)?;
+        bytes = (e.nr_pages as u64)
+            .checked_mul(PAGE_SIZE)
+            .and_then(|len| bytes.checked_add(len))
+            .ok_or_else(|| located(format!("the runs up to this one hold more than 2^64 bytes ({} more pages)", e.nr_pages)))?;
         pagemap.push(e);
     }
+    let pages = bytes / PAGE_SIZE;
     let pages_path = dir.join(format!("pages-{}.img", head.pages_id));
     let size = match pages_in {
         Pages::InDir => std::fs::metadata(&pages_path).map_err(|e| invalid(&pages_path, format!("cannot read: {e}")))?.len(),
-        Pages::Streamed => pages * PAGE_SIZE,
+        Pages::Streamed => bytes,
     };
-    if size != pages * PAGE_SIZE {
+    if size != bytes {
         return Err(Error::Image {
             file: pages_path,
-            offset: size.min(pages * PAGE_SIZE),
-            what: format!("holds {size} bytes, but {name} lists {} pages ({} bytes)", pages, pages * PAGE_SIZE),
+            offset: size.min(bytes),
+            what: format!("holds {size} bytes, but {name} lists {pages} pages ({bytes} bytes)"),
         });
     }
     Ok((pagemap, pages_path))
@@ -332,6 +403,12 @@ fn load_process(dir: &Path, pstree: PstreeEntry, pages_in: Pages) -> Result<Proc
         if pstree.threads.len() != 1 {
             return Err(invalid(&leader_path, "a zombie with threads"));
         }
+        // A wait status: an exit code (signal 0), or the signal that killed it.
+        let (code, sig) = (tc.exit_code, tc.exit_code & 0x7f);
+        let (exited, killed) = (sig == 0 && code & 0x80 == 0, (1..=64).contains(&sig) && code & 0xff00 == 0);
+        if code > 0xffff || !(exited || killed) {
+            return Err(invalid(&leader_path, format!("zombie's exit status {:#x} is not one a process can die with", tc.exit_code)));
+        }
         return Ok(ProcessImage { zombie: Some(tc.exit_code), pstree, ..Default::default() });
     }
     let (Some(task), Some(ids)) = (leader.tc, leader.ids) else {
@@ -347,10 +424,17 @@ fn load_process(dir: &Path, pstree: PstreeEntry, pages_in: Pages) -> Result<Proc
         threads.push(ThreadImage { tid: tid as i32, info, core });
     }
     let mm_path = dir.join(format!("mm-{pid}.img"));
-    let mm: MmEntry = read_one(&mm_path, Kind::Mm)?;
+    let mut r = ImageReader::open(&mm_path, Kind::Mm)?;
+    let mm_at = r.offset;
+    let mm: MmEntry = r.one()?;
+    let bad_vma = |what: String| Error::Image { file: mm_path.clone(), offset: mm_at, what };
     for v in &mm.vmas {
-        if v.start >= v.end || v.start % PAGE_SIZE != 0 || v.end % PAGE_SIZE != 0 {
-            return Err(invalid(&mm_path, format!("vma {:#x}-{:#x} is not a page-aligned range", v.start, v.end)));
+        if v.start >= v.end || !v.start.is_multiple_of(PAGE_SIZE) || !v.end.is_multiple_of(PAGE_SIZE) {
+            return Err(bad_vma(format!("vma {:#x}-{:#x} is not a page-aligned range", v.start, v.end)));
+        }
+        // The offset of its first page in the file or object it maps, and of its last.
+        if !v.pgoff.is_multiple_of(PAGE_SIZE) || v.pgoff.checked_add(v.end - v.start).is_none() {
+            return Err(bad_vma(format!("vma {:#x}-{:#x}: offset {:#x} is not a page-aligned offset of its length", v.start, v.end, v.pgoff)));
         }
     }
     let inside = |a: u64| mm.vmas.iter().any(|v| v.start <= a && a < v.end);
@@ -367,7 +451,17 @@ fn load_process(dir: &Path, pstree: PstreeEntry, pages_in: Pages) -> Result<Proc
         }
         Ok(())
     })?;
-    let fds: Vec<FdinfoEntry> = read_all(&dir.join(format!("fdinfo-{}.img", ids.files_id)), Kind::Fdinfo)?;
+    let fdinfo_path = dir.join(format!("fdinfo-{}.img", ids.files_id));
+    let mut fds = Vec::new();
+    let mut numbers = std::collections::HashSet::new();
+    for (at, fd) in read_located::<FdinfoEntry>(&fdinfo_path, Kind::Fdinfo)? {
+        // An fd is an int; a restore puts each at its number.
+        if fd.fd > i32::MAX as u32 || !numbers.insert(fd.fd) {
+            let what = format!("fd {} of process {pid} is not a free fd number", fd.fd);
+            return Err(Error::Image { file: fdinfo_path, offset: at, what });
+        }
+        fds.push(fd);
+    }
     let fs: FsEntry = read_one(&dir.join(format!("fs-{pid}.img")), Kind::Fs)?;
     Ok(ProcessImage { pstree, zombie: None, task, threads, ids, mm, pagemap, pages_path, fds, fs })
 }

@@ -613,12 +613,17 @@ pub struct ImageReader {
     input: BufReader<File>,
     path: PathBuf,
     offset: u64,
+    /// The file's size when opened: no length read from it may reach past it.
+    size: u64,
 }
 
 impl ImageReader {
     pub fn open(path: &Path, kind: Kind) -> Result<ImageReader> {
         let file = File::open(path).ctx(|| format!("opening image {}", path.display()))?;
-        let mut r = ImageReader { input: BufReader::with_capacity(1 << 20, file), path: path.to_path_buf(), offset: 0 };
+        let size = file.metadata().ctx(|| format!("stat image {}", path.display()))?.len();
+        // Small images (all but pages) get a buffer of their size, not 1 MiB.
+        let buf = size.clamp(64, 1 << 20) as usize;
+        let mut r = ImageReader { input: BufReader::with_capacity(buf, file), path: path.to_path_buf(), offset: 0, size };
         for magic in [kind.head_magic(), kind.own_magic()].into_iter().flatten() {
             r.expect_magic(magic)?;
         }
@@ -690,6 +695,11 @@ impl ImageReader {
             self.offset -= 4;
             return Err(self.error(format!("entry length {len} is beyond any valid entry")));
         }
+        let left = self.left();
+        if u64::from(len) > left {
+            self.offset -= 4;
+            return Err(self.error(format!("truncated: an entry of {len} bytes, only {left} left")));
+        }
         let start = self.offset;
         let mut body = vec![0u8; len as usize];
         self.exact(&mut body, "entry")?;
@@ -707,25 +717,25 @@ impl ImageReader {
     }
 
     /// Bytes of the file after the current offset.
-    fn left(&self) -> Result<u64> {
-        let len = self.input.get_ref().metadata().map_err(|e| self.error(format!("stat: {e}")))?.len();
-        Ok(len.saturating_sub(self.offset))
+    fn left(&self) -> u64 {
+        self.size.saturating_sub(self.offset)
     }
 
     /// `len` raw bytes; a length beyond the file is reported, not allocated.
     pub fn raw(&mut self, len: u64) -> Result<Vec<u8>> {
-        let left = self.left()?;
-        if len > left {
+        let left = self.left();
+        let n = usize::try_from(len).ok().filter(|_| len <= left);
+        let Some(n) = n else {
             return Err(self.error(format!("truncated: raw data needs {len} bytes, only {left} left")));
-        }
-        let mut buf = vec![0u8; len as usize];
+        };
+        let mut buf = vec![0u8; n];
         self.exact(&mut buf, "raw data")?;
         Ok(buf)
     }
 
     /// Skips `len` raw bytes; a length beyond the file is reported.
     pub fn skip(&mut self, len: u64) -> Result<()> {
-        let left = self.left()?;
+        let left = self.left();
         if len > left {
             return Err(self.error(format!("truncated: raw data needs {len} bytes, only {left} left")));
         }
@@ -736,7 +746,7 @@ impl ImageReader {
 
     /// Everything up to the end of the file.
     pub fn rest(&mut self) -> Result<Vec<u8>> {
-        let left = self.left()?;
+        let left = self.left();
         self.raw(left)
     }
 

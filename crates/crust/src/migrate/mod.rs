@@ -40,27 +40,52 @@ pub enum Destination {
 impl std::str::FromStr for Destination {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        let bad = || format!("{s}: expected ssh://[user@]host[:port] or tcp://host:port");
+        let bad = || format!("{s}: expected ssh://[user@]host[:port] or tcp://host:port (an IPv6 address in brackets)");
         if let Some(rest) = s.strip_prefix("ssh://") {
-            let (user, hostport) = match rest.split_once('@') {
+            let (user, hostport) = match rest.rsplit_once('@') {
                 Some((u, h)) => (Some(u.to_string()), h),
                 None => (None, rest),
             };
-            let (host, port) = match hostport.rsplit_once(':') {
-                Some((h, p)) => (h.to_string(), Some(p.parse().map_err(|_| bad())?)),
-                None => (hostport.to_string(), None),
-            };
-            if host.is_empty() || host.starts_with('-') {
+            // A user or host beginning with '-' would be an option of ssh's.
+            if user.as_deref().is_some_and(|u| u.is_empty() || u.starts_with('-') || u.contains(char::is_whitespace)) {
                 return Err(bad());
             }
+            let (host, port) = host_port(hostport).ok_or_else(bad)?;
             return Ok(Destination::Ssh { user, host, port });
         }
         if let Some(rest) = s.strip_prefix("tcp://") {
-            let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
-            return Ok(Destination::Tcp { host: host.to_string(), port: port.parse().map_err(|_| bad())? });
+            let (host, port) = host_port(rest).ok_or_else(bad)?;
+            return Ok(Destination::Tcp { host, port: port.ok_or_else(bad)? });
         }
         Err(bad())
     }
+}
+
+/// `host`, `host:port`, `[v6]` or `[v6]:port`: the host (without brackets)
+/// and the port, if given (1 to 65535). None if it is none of these.
+fn host_port(s: &str) -> Option<(String, Option<u16>)> {
+    let (host, port) = match s.strip_prefix('[') {
+        Some(rest) => {
+            let (host, after) = rest.split_once(']')?;
+            match after {
+                "" => (host, None),
+                _ => (host, Some(after.strip_prefix(':')?)),
+            }
+        }
+        // More than one ':' is an IPv6 address without its brackets: which part is the port?
+        None if s.matches(':').count() > 1 => return None,
+        None => match s.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (s, None),
+        },
+    };
+    let port = match port {
+        Some(p) if p.bytes().all(|b| b.is_ascii_digit()) => Some(p.parse::<u16>().ok().filter(|&p| p != 0)?),
+        Some(_) => return None,
+        None => None,
+    };
+    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '%');
+    (!host.is_empty() && !host.starts_with('-') && host.chars().all(plain)).then(|| (host.to_string(), port))
 }
 
 /// How the destination should restore: the options of `crust restore` that
@@ -353,4 +378,47 @@ pub(crate) fn safe_name(name: &str) -> bool {
         && name != "."
         && name != ".."
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Destination;
+
+    fn ssh(user: Option<&str>, host: &str, port: Option<u16>) -> Result<Destination, String> {
+        Ok(Destination::Ssh { user: user.map(str::to_string), host: host.to_string(), port })
+    }
+
+    fn tcp(host: &str, port: u16) -> Result<Destination, String> {
+        Ok(Destination::Tcp { host: host.to_string(), port })
+    }
+
+    #[test]
+    fn destinations_are_parsed() {
+        let cases = [
+            ("ssh://host", ssh(None, "host", None)),
+            ("ssh://root@10.200.1.2", ssh(Some("root"), "10.200.1.2", None)),
+            ("ssh://me@host.example:2222", ssh(Some("me"), "host.example", Some(2222))),
+            ("ssh://[::1]", ssh(None, "::1", None)),
+            ("ssh://me@[fe80::1%eth0]:22", ssh(Some("me"), "fe80::1%eth0", Some(22))),
+            ("tcp://10.0.0.1:7070", tcp("10.0.0.1", 7070)),
+            ("tcp://[2001:db8::7]:7070", tcp("2001:db8::7", 7070)),
+            ("tcp://host_1:1", tcp("host_1", 1)),
+        ];
+        for (s, want) in cases {
+            assert_eq!(s.parse::<Destination>(), want, "{s}");
+        }
+    }
+
+    #[test]
+    fn bad_destinations_are_refused_with_the_expected_form() {
+        for s in [
+            "", "host", "http://host", "ssh://", "ssh://me@", "ssh://@host", "ssh://-oProxyCommand=x", "ssh://-me@host",
+            "ssh://host:", "ssh://host:0", "ssh://host:65536", "ssh://host:22x", "ssh://host:+22", "ssh://::1",
+            "ssh://[::1", "ssh://[::1]22", "ssh://[]", "ssh://ho st", "ssh://a b@host", "tcp://host", "tcp://:7070",
+            "tcp://host:port", "tcp://[::1]", "tcp://host:7070/path", "tcp://2001:db8::7:7070",
+        ] {
+            let err = s.parse::<Destination>().expect_err(s);
+            assert!(err.contains("expected ssh://[user@]host[:port] or tcp://host:port"), "{s}: {err}");
+        }
+    }
 }

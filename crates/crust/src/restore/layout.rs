@@ -49,9 +49,10 @@ pub fn check_vdso(mm: &MmEntry, here: &[crate::mem::Vma], image_name: &str) -> R
     let mut cur: Vec<&crate::mem::Vma> =
         here.iter().filter(|v| matches!(v.backing, Backing::Vdso | Backing::Vvar)).collect();
     cur.sort_by_key(|v| v.start);
+    // Sorted by start, and each start below its end (the loader checked): no wrap.
     let img_shape: Vec<(u64, u64, bool)> = img
         .iter()
-        .map(|v| (v.start - img[0].start, v.end - v.start, v.status & VMA_AREA_VDSO != 0))
+        .map(|v| (v.start.wrapping_sub(img[0].start), v.end.wrapping_sub(v.start), v.status & VMA_AREA_VDSO != 0))
         .collect();
     let cur_shape: Vec<(u64, u64, bool)> =
         cur.iter().map(|v| (v.start - cur[0].start, v.end - v.start, v.backing == Backing::Vdso)).collect();
@@ -143,6 +144,7 @@ pub fn map_vmas(
         let prot = if shared { v.prot } else { v.prot | (libc::PROT_READ | libc::PROT_WRITE) as u32 };
         let keep = (libc::MAP_SHARED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_GROWSDOWN) as u32;
         let mut flags = (v.flags & keep) as u64 | libc::MAP_FIXED as u64;
+        let len = v.end.checked_sub(v.start).ok_or_else(|| Error::Invalid(format!("vma {:#x}-{:#x} ends before it starts", v.start, v.end)))?;
         let (fd, off) = if v.status & VMA_ANON_SHARED != 0 {
             // The object made in the root, inherited: mapped through its fd.
             flags &= !(libc::MAP_ANONYMOUS as u64);
@@ -155,9 +157,10 @@ pub fn map_vmas(
         } else {
             let writable_shared = shared && v.prot & libc::PROT_WRITE as u32 != 0;
             let oflags = if writable_shared { libc::O_RDWR } else { libc::O_RDONLY } as u32;
-            (open(v.shmid as u32, oflags)?, v.pgoff)
+            let file = u32::try_from(v.shmid).map_err(|_| Error::Invalid(format!("vma {:#x}-{:#x}: no file {}", v.start, v.end, v.shmid)))?;
+            (open(file, oflags)?, v.pgoff)
         };
-        let at = task.call("mmap", libc::SYS_mmap, [v.start, v.end - v.start, prot as u64, flags, fd, off])?;
+        let at = task.call("mmap", libc::SYS_mmap, [v.start, len, prot as u64, flags, fd, off])?;
         if at != v.start {
             return Err(Error::Ptrace { tid: task.tid, what: format!("mmap of {:#x}-{:#x} landed at {at:#x}", v.start, v.end) });
         }
@@ -173,7 +176,7 @@ pub fn protect_vmas(task: &Task, mm: &MmEntry) -> Result<()> {
             continue;
         }
         if v.prot != (v.prot | (libc::PROT_READ | libc::PROT_WRITE) as u32) {
-            task.call("mprotect", libc::SYS_mprotect, [v.start, v.end - v.start, v.prot as u64, 0, 0, 0])?;
+            task.call("mprotect", libc::SYS_mprotect, [v.start, v.end.saturating_sub(v.start), v.prot as u64, 0, 0, 0])?;
         }
     }
     Ok(())

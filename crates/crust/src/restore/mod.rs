@@ -386,8 +386,8 @@ fn stop_signal(p: &ProcessImage) -> Option<Signal> {
     if tc.task_state != TASK_STOPPED {
         return None;
     }
-    let blocked = p.threads[0].core.blk_sigset.unwrap_or(0);
-    let sig = tc.stop_signo.and_then(|s| Signal::try_from(s as i32).ok());
+    let blocked = p.threads.first().and_then(|t| t.core.blk_sigset).unwrap_or(0);
+    let sig = tc.stop_signo.and_then(|s| Signal::try_from(i32::try_from(s).ok()?).ok());
     let sig = sig.filter(|&s| matches!(s, Signal::SIGTSTP | Signal::SIGTTIN | Signal::SIGTTOU) && signals::would_stop(tc, blocked, s));
     Some(sig.unwrap_or(Signal::SIGSTOP))
 }

@@ -93,6 +93,8 @@ pub(super) fn clone_in(task: &Task, scratch: &mut Scratch, id: i32, flags: u64, 
 /// parent, stopped under crust, has not reaped it when the tree resumes.
 pub(super) fn make_zombie(task: Task, scratch: &mut Scratch, status: u32) -> Result<()> {
     let sig = status & 0x7f;
+    // The loader let only exit codes and signals 1 to 64 through.
+    let mask = (1..=64).contains(&sig).then(|| 1u64 << (sig - 1));
     if sig == 0 {
         return task.call_to_death(libc::SYS_exit_group, [((status >> 8) & 0xff) as u64, 0, 0, 0, 0, 0]);
     }
@@ -101,7 +103,8 @@ pub(super) fn make_zombie(task: Task, scratch: &mut Scratch, status: u32) -> Res
     if let Some(pid) = rustix::process::Pid::from_raw(task.pid) {
         let _ = rustix::process::prlimit(Some(pid), rustix::process::Resource::Core, no_core);
     }
-    ptrace::set_sigmask(task.tid, !(1u64 << (sig - 1)))?;
+    let mask = mask.ok_or_else(|| Error::image("pstree.img", format!("a zombie's exit status {status:#x} names no signal")))?;
+    ptrace::set_sigmask(task.tid, !mask)?;
     let default_action = scratch.reset().put_u64s(&[libc::SIG_DFL as u64, 0, 0, 0])?;
     task.call(&format!("rt_sigaction({sig})"), libc::SYS_rt_sigaction, [sig as u64, default_action, 0, 8, 0, 0])?;
     let pid = task.pid as u64;
