@@ -12,6 +12,15 @@
  *   unusual epoll-reused  an epoll watches an eventfd by an fd number that
  *                         another eventfd took since (the first lives on)
  *   unusual memfd         holds a memfd
+ *   unusual flock|posix-lock|ofd-lock|lease
+ *                         holds a file lock (or lease) on a deleted file
+ *   unusual posix-timer   has a POSIX timer (CLOCK_MONOTONIC, armed)
+ *   unusual mlock|dontfork|dontdump|wipeonfork|hugepage|nohugepage|
+ *           mergeable|droppable|sequential
+ *                         has a mapping with that flag (mlock, madvise, MAP_DROPPABLE)
+ *   unusual thp-disable   has PR_SET_THP_DISABLE set
+ *   unusual deadline      runs under SCHED_DEADLINE
+ *   unusual membarrier    registered for private expedited membarriers
  *
  * Prints "READY <pid>" once in that state; on SIGUSR1 prints "OK", exits 0.
  */
@@ -19,7 +28,11 @@
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <pthread.h>
+#include <fcntl.h>
+#include <linux/membarrier.h>
 #include <sys/epoll.h>
+#include <sys/file.h>
+#include <sys/syscall.h>
 #include <sys/mman.h>
 #include <sys/eventfd.h>
 #include <sys/prctl.h>
@@ -123,6 +136,65 @@ int main(int argc, char **argv)
         close(first);
         if (eventfd(0, 0) != first)
             die("the second eventfd did not take the first one's number");
+        run_on(NULL);
+    }
+    if (!strcmp(argv[1], "flock") || !strcmp(argv[1], "posix-lock") || !strcmp(argv[1], "ofd-lock") || !strcmp(argv[1], "lease")) {
+        char path[] = "/tmp/crust-lock-XXXXXX";
+        int f = mkstemp(path);
+        if (f < 0 || unlink(path) || write(f, "data", 4) != 4)
+            die("mkstemp");
+        struct flock l = { .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 2 };
+        int r = !strcmp(argv[1], "flock") ? flock(f, LOCK_EX)
+              : !strcmp(argv[1], "posix-lock") ? fcntl(f, F_SETLK, &l)
+              : !strcmp(argv[1], "ofd-lock") ? fcntl(f, F_OFD_SETLK, &l)
+              : fcntl(f, F_SETLEASE, F_WRLCK);
+        if (r)
+            die(argv[1]);
+        run_on(NULL);
+    }
+    if (strcmp(argv[1], "posix-timer") == 0) {
+        timer_t t;
+        struct sigevent sev = { .sigev_notify = SIGEV_SIGNAL, .sigev_signo = SIGUSR2 };
+        struct itimerspec its = { .it_value = { 1000, 0 } };
+        signal(SIGUSR2, SIG_IGN);
+        if (timer_create(CLOCK_MONOTONIC, &sev, &t) || timer_settime(t, 0, &its, NULL))
+            die("timer_create");
+        run_on(NULL);
+    }
+    if (strcmp(argv[1], "thp-disable") == 0) {
+        if (prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0))
+            die("PR_SET_THP_DISABLE");
+        run_on(NULL);
+    }
+    if (strcmp(argv[1], "deadline") == 0) {
+        struct { uint32_t size, policy; uint64_t flags; int32_t nice; uint32_t prio; uint64_t runtime, deadline, period; } a = {
+            .size = 48, .policy = 6 /* SCHED_DEADLINE */, .runtime = 1000000, .deadline = 100000000, .period = 100000000 };
+        if (syscall(SYS_sched_setattr, 0, &a, 0))
+            die("sched_setattr");
+        run_on(NULL);
+    }
+    if (strcmp(argv[1], "membarrier") == 0) {
+        if (syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0))
+            die("membarrier");
+        run_on(NULL);
+    }
+    static const struct { const char *mode; int advice; } advices[] = {
+        { "mlock", -1 }, { "droppable", -2 },
+        { "dontfork", MADV_DONTFORK }, { "dontdump", MADV_DONTDUMP }, { "wipeonfork", MADV_WIPEONFORK },
+        { "hugepage", MADV_HUGEPAGE }, { "nohugepage", MADV_NOHUGEPAGE }, { "mergeable", MADV_MERGEABLE },
+        { "sequential", MADV_SEQUENTIAL },
+    };
+    for (size_t i = 0; i < sizeof advices / sizeof advices[0]; i++) {
+        if (strcmp(argv[1], advices[i].mode))
+            continue;
+        int a = advices[i].advice;
+        size_t len = 4 << 20;
+        char *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | (a == -2 ? 0x08 /* MAP_DROPPABLE */ : MAP_PRIVATE), -1, 0);
+        if (m == MAP_FAILED)
+            die("mmap");
+        m[0] = 1;
+        if (a == -1 ? mlock(m, 4096) : a == -2 ? 0 : madvise(m, len, a))
+            die(argv[1]);
         run_on(NULL);
     }
     if (strcmp(argv[1], "memfd") == 0) {

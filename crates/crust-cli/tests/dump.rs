@@ -1000,6 +1000,20 @@ fn dump_refuses_what_it_cannot_restore_inside_a_process_and_leaves_it_running() 
         ("unix-listening", "bound (named) unix sockets"),
         ("fd-in-flight", "fds in flight"),
         ("memfd", "memfds and System V shared memory"),
+        ("flock", "WRITE flock lock on bytes 0-EOF: file locks are not supported yet (criu saves them with --file-locks"),
+        ("posix-lock", "WRITE POSIX (fcntl F_SETLK) lock on bytes 0-1: file locks are not supported yet"),
+        ("ofd-lock", "WRITE open file description (OFD) lock on bytes 0-1: file locks are not supported yet"),
+        ("lease", "holds a WRITE lease: file leases are not supported yet"),
+        ("posix-timer", "it has POSIX timer 0 on clock 1 (CLOCK_MONOTONIC): POSIX timers are not supported yet"),
+        ("mlock", "VmFlag \"lo\": locked in memory (mlock)"),
+        ("droppable", "VmFlag \"dp\": MAP_DROPPABLE"),
+        ("dontfork", "VmFlag \"dc\": madvise(MADV_DONTFORK)"),
+        ("wipeonfork", "VmFlag \"wf\": madvise(MADV_WIPEONFORK)"),
+        ("mergeable", "VmFlag \"mg\": madvise(MADV_MERGEABLE)"),
+        ("sequential", "VmFlag \"sr\": madvise(MADV_SEQUENTIAL)"),
+        ("thp-disable", "THP_enabled is \"0\" where crust's is \"1\": restoring the THP-disable prctl"),
+        ("deadline", "scheduling policy 6 (priority 0): this scheduling policy is not supported yet"),
+        ("membarrier", "registered for membarrier MEMBARRIER_CMD_PRIVATE_EXPEDITED: membarrier registrations are not supported yet"),
     ];
     for (mode, says) in cases {
         let mut w = Workload::spawn("unusual", &[os(mode)]);
@@ -1008,6 +1022,7 @@ fn dump_refuses_what_it_cannot_restore_inside_a_process_and_leaves_it_running() 
         let out = crust(&dump_args(&w.pid.to_string(), &images, &[]), DUMP_TIMEOUT);
         let err = assert_clean_failure(&out, &format!("dump of a process with {mode}"));
         assert!(err.contains(says) && err.contains("not supported"), "{mode}: {err}");
+        assert!(err.contains(&format!("process {}", w.pid)), "{mode}: the refusal does not name the process: {err}");
         live_threads_run_untraced(w.pid);
         assert_no_inventory(&images);
         w.expect_ok_on_usr1();

@@ -165,6 +165,48 @@ fn pending_signals_handlers_altstack_and_itimer_survive_restore() {
 }
 
 #[test]
+fn scheduling_policy_nice_oom_score_adj_and_subreaper_survive_restore() {
+    for policy in ["batch", "idle", "fifo", "rr", "other"] {
+        let dir = TempDir::new(&format!("restore-attrs-{policy}"));
+        let mut job = Job::start("attrs", &[policy], dir.path());
+        job.ready();
+        dump_and_restore(&mut job, &dir.join("images"));
+        job.expect_ok();
+    }
+}
+
+/// Each anonymous mapping of `pid` with its madvise VmFlags (hg, nh, dd).
+fn vm_flags(pid: i32) -> Vec<String> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let mut out = Vec::new();
+    let mut range = String::new();
+    for line in smaps.lines() {
+        if let Some(flags) = line.strip_prefix("VmFlags:") {
+            let advised: Vec<&str> = flags.split_whitespace().filter(|f| ["hg", "nh", "dd"].contains(f)).collect();
+            if !range.contains('[') && !range.contains('/') {
+                out.push(format!("{range} {}", advised.join(" ")));
+            }
+        } else if !line.contains(':') || line.split_whitespace().count() >= 5 {
+            range = line.split_whitespace().next().unwrap_or("").to_string() + " " + line.split_whitespace().last().unwrap_or("");
+        }
+    }
+    out
+}
+
+#[test]
+fn madvise_hugepage_nohugepage_and_dontdump_survive_restore() {
+    for mode in ["hugepage", "nohugepage", "dontdump"] {
+        let dir = TempDir::new(&format!("restore-madvise-{mode}"));
+        let mut job = Job::start("unusual", &[mode], dir.path());
+        job.ready();
+        let before = vm_flags(job.pid);
+        dump_and_restore(&mut job, &dir.join("images"));
+        assert_eq!(vm_flags(job.pid), before, "{mode}: mappings and their VmFlags");
+        job.expect_ok();
+    }
+}
+
+#[test]
 fn eventfds_a_signalfd_with_its_pending_signal_timerfds_and_an_epoll_survive_restore() {
     let dir = TempDir::new("restore-anonfds");
     let mut job = Job::start("anonfds", &[], dir.path());

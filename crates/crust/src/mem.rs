@@ -8,7 +8,8 @@ use std::path::PathBuf;
 
 use nix::sys::uio::{process_vm_readv, RemoteIoVec};
 use nix::unistd::Pid;
-use procfs::process::{MMPermissions, MMapPath, MemoryPageFlags, PageInfo, Process, VmFlags};
+use procfs::process::{MMPermissions, MMapPath, MemoryMaps, MemoryPageFlags, PageInfo, VmFlags};
+use procfs::FromBufRead;
 
 use crate::error::{Context, Error, Result};
 
@@ -42,6 +43,9 @@ pub struct Vma {
     pub flags: u32,
     pub status: u32,
     pub backing: Backing,
+    /// madvise advice to give it again, as CRIU's vma_entry holds it: bit
+    /// `1 << MADV_x` for each (see [`crate::state::inventory::MADVISED`]).
+    pub madv: u64,
 }
 
 impl Vma {
@@ -74,10 +78,11 @@ pub fn read_layout(pid: i32) -> Result<Vec<Vma>> {
 }
 
 fn vmas(pid: i32, strict: bool) -> Result<Vec<Vma>> {
-    let proc = Process::new(pid).map_err(|e| Error::io_other(format!("process {pid}"), e))?;
-    let maps = proc.smaps().map_err(|e| Error::io_other(format!("reading /proc/{pid}/smaps"), e))?;
+    let text = std::fs::read(format!("/proc/{pid}/smaps")).ctx(|| format!("reading /proc/{pid}/smaps"))?;
+    let maps = MemoryMaps::from_buf_read(&text[..]).map_err(|e| Error::io_other(format!("reading /proc/{pid}/smaps"), e))?;
+    let raw = if strict { raw_vm_flags(&text) } else { Vec::new() };
     let mut out = Vec::new();
-    for m in maps {
+    for (i, m) in maps.into_iter().enumerate() {
         let mut prot = 0u32;
         if m.perms.contains(MMPermissions::READ) {
             prot |= libc::PROT_READ as u32;
@@ -149,9 +154,62 @@ fn vmas(pid: i32, strict: bool) -> Result<Vec<Vma>> {
             }
             _ => Backing::Anon,
         };
-        out.push(Vma { start: m.address.0, end: m.address.1, pgoff: m.offset, prot, flags, status, backing });
+        let mut madv = 0;
+        if strict && !matches!(backing, Backing::Vdso | Backing::Vvar | Backing::Vsyscall) {
+            if let Some((flags, pkey)) = raw.get(i) {
+                check_vm_flags(pid, m.address, flags, *pkey)?;
+                for (name, advice) in crate::state::inventory::MADVISED {
+                    if flags.iter().any(|f| f == name) {
+                        madv |= 1u64 << advice;
+                    }
+                }
+            }
+        }
+        out.push(Vma { start: m.address.0, end: m.address.1, pgoff: m.offset, prot, flags, status, backing, madv });
     }
     Ok(out)
+}
+
+/// The VmFlags of each vma of an smaps text, as the kernel names them (procfs
+/// drops the names it does not know), with its memory protection key.
+fn raw_vm_flags(smaps: &[u8]) -> Vec<(Vec<String>, u32)> {
+    let mut out: Vec<(Vec<String>, u32)> = Vec::new();
+    for line in String::from_utf8_lossy(smaps).lines() {
+        if let Some(flags) = line.strip_prefix("VmFlags:") {
+            if let Some(last) = out.last_mut() {
+                last.0 = flags.split_whitespace().map(str::to_string).collect();
+            }
+        } else if let Some(key) = line.strip_prefix("ProtectionKey:") {
+            if let Some(last) = out.last_mut() {
+                last.1 = key.trim().parse().unwrap_or(u32::MAX);
+            }
+        } else if line.split_whitespace().next().is_some_and(|w| w.contains('-') && w.chars().all(|c| c.is_ascii_hexdigit() || c == '-')) {
+            out.push((Vec::new(), 0));
+        }
+    }
+    out
+}
+
+/// A vma crust would map again without one of its flags, or with a memory
+/// protection key, refuses the dump (see [`crate::state::inventory::VM_FLAGS`]).
+fn check_vm_flags(pid: i32, (start, end): (u64, u64), flags: &[String], pkey: u32) -> Result<()> {
+    use crate::state::inventory::{vm_flag, Fate};
+    let place = || format!("process {pid}: mapping {start:#x}-{end:#x}");
+    let mut refused = Vec::new();
+    for f in flags {
+        match vm_flag(f) {
+            Err(why) => refused.push(why),
+            Ok(Fate::Refused(why)) => refused.push(format!("VmFlag {f:?}: {why}")),
+            Ok(_) => {}
+        }
+    }
+    if !refused.is_empty() {
+        return Err(Error::unsupported(place(), refused.join("; ")));
+    }
+    if pkey != 0 {
+        return Err(Error::unsupported(place(), format!("memory protection key {pkey}: pkeys are not supported yet")));
+    }
+    Ok(())
 }
 
 /// Address of a `syscall` instruction (0f 05) in the task's vdso: a gadget for

@@ -146,3 +146,9 @@ pub fn sched_policy(tid: i32) -> u32 {
     let policy = unsafe { libc::sched_getscheduler(tid) };
     policy.max(0) as u32
 }
+
+/// Scheduling policy (as [`sched_policy`]) and real-time priority of a thread.
+pub fn sched(tid: i32) -> (u32, u32) {
+    let prio = stat(tid, tid).ok().and_then(|s| s.rt_priority).unwrap_or(0);
+    (sched_policy(tid), prio)
+}

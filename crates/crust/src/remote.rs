@@ -184,6 +184,11 @@ impl RemoteThread {
         Ok(buf)
     }
 
+    /// Run one syscall; its raw result (a negative errno when it failed).
+    pub fn call_raw(&self, nr: i64, args: [u64; 6]) -> Result<i64> {
+        Ok(syscall(self.tid, &self.saved_regs, self.gadget, nr, args)?.0)
+    }
+
     /// Run one syscall; a failure is an error naming `what`.
     pub fn call(&self, what: &str, nr: i64, args: [u64; 6]) -> Result<u64> {
         let (r, _) = syscall(self.tid, &self.saved_regs, self.gadget, nr, args)?;

@@ -102,7 +102,7 @@ fn vma_entry(pid: i32, v: &Vma, files: &mut FileTable, shmem: &mut SharedMemory)
         flags: v.flags,
         status: v.status,
         fd: -1,
-        madv: None,
+        madv: (v.madv != 0).then_some(v.madv),
         fdflags: None,
     })
 }

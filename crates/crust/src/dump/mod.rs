@@ -2,6 +2,7 @@
 //! let it run on.
 
 mod memory;
+mod refuse;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -300,6 +301,7 @@ impl TreeDump {
         let mut w = self.dir.writer(&format!("fdinfo-{index}.img"), Kind::Fdinfo)?;
         for fd in fds {
             let open = OpenFd::read(pid, fd)?;
+            refuse::check_locks(&open, &refuse::who(pid))?;
             w.entry(&self.files.dump_fd(&open)?)?;
         }
         self.stats.bytes_written += w.finish()?;
@@ -439,9 +441,9 @@ fn check_isolation(tree: &FrozenTree) -> Result<()> {
     const NAMESPACES: [&str; 8] = ["pid", "net", "ipc", "uts", "mnt", "user", "cgroup", "time"];
     let me = std::process::id() as i32;
     let own = proc::status(me, me)?;
+    let own_state = refuse::Own::read()?;
     for p in tree.processes.iter().filter(|p| p.zombie.is_none()) {
-        let comm = proc::read_string(&format!("/proc/{}/comm", p.pid)).unwrap_or_default();
-        let who = format!("process {} ({})", p.pid, comm.trim());
+        let who = refuse::who(p.pid);
         for ns in NAMESPACES {
             if proc::ns_inode(p.pid, ns) != proc::ns_inode(me, ns) {
                 return Err(Error::unsupported(
@@ -472,6 +474,7 @@ fn check_isolation(tree: &FrozenTree) -> Result<()> {
                 ));
             }
         }
+        refuse::check_process(p, &who, &own_state)?;
     }
     Ok(())
 }

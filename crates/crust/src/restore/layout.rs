@@ -164,6 +164,9 @@ pub fn map_vmas(
         if at != v.start {
             return Err(Error::Ptrace { tid: task.tid, what: format!("mmap of {:#x}-{:#x} landed at {at:#x}", v.start, v.end) });
         }
+        for advice in (0..64).filter(|b| v.madv.unwrap_or(0) & (1u64 << b) != 0) {
+            task.call("madvise", libc::SYS_madvise, [v.start, v.end - v.start, advice, 0, 0, 0])?;
+        }
     }
     Ok(())
 }

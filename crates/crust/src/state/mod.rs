@@ -7,8 +7,10 @@
 mod creds;
 mod fs;
 mod futex;
+pub mod inventory;
 mod names;
 mod personality;
+mod prctl;
 mod regs;
 mod rlimits;
 mod rseq;
@@ -91,6 +93,7 @@ pub static COMPONENTS: &[&dyn Component] = &[
     &names::Names,
     &creds::Creds,
     &sched::Sched,
+    &prctl::Prctl,
     &regs::Registers,
 ];
 

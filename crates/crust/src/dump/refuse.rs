@@ -1,0 +1,163 @@
+//! State crust does not restore (yet), met in a tree being dumped: the dump
+//! stops and names it, as [`crate::state::inventory`] says, before anything is
+//! lost. The mappings' VmFlags are checked as they are read ([`crate::mem`]).
+
+use crate::error::{Error, Result};
+use crate::files::OpenFd;
+use crate::proc;
+use crate::state::inventory::{self, Fate};
+use crate::tree::FrozenProcess;
+
+/// What crust itself runs with, which restored processes inherit.
+pub struct Own {
+    status: Vec<(String, String)>,
+    loginuid: Option<String>,
+    oom_score_adj: i32,
+    sys_resource: bool,
+}
+
+impl Own {
+    pub fn read() -> Result<Own> {
+        let status = status_fields(&proc::read_string("/proc/self/status")?);
+        let cap_eff = status.iter().find(|(k, _)| k == "CapEff").and_then(|(_, v)| u64::from_str_radix(v, 16).ok()).unwrap_or(0);
+        Ok(Own {
+            loginuid: proc::read_string("/proc/self/loginuid").ok().map(|s| s.trim().to_string()),
+            oom_score_adj: proc::read_string("/proc/self/oom_score_adj")?.trim().parse().unwrap_or(0),
+            sys_resource: cap_eff & (1 << 24) /* CAP_SYS_RESOURCE */ != 0,
+            status,
+        })
+    }
+}
+
+fn status_fields(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        .collect()
+}
+
+/// The process-wide and per-thread state of a live process that the
+/// inventory refuses, or that must equal crust's own.
+pub fn check_process(p: &FrozenProcess, who: &str, own: &Own) -> Result<()> {
+    let pid = p.pid;
+    for &tid in &p.threads {
+        let text = proc::read_string(&format!("/proc/{pid}/task/{tid}/status"))?;
+        for (k, v) in status_fields(&text) {
+            if let Some(Fate::SameAsCrust(what)) = inventory::status_field(&k) {
+                let mine = own.status.iter().find(|(o, _)| *o == k).map(|(_, v)| v.as_str());
+                if mine != Some(v.as_str()) {
+                    return Err(Error::unsupported(
+                        who,
+                        format!(
+                            "thread {tid}: {k} is {v:?} where crust's is {:?}: restoring {what} is not supported yet",
+                            mine.unwrap_or("absent")
+                        ),
+                    ));
+                }
+            }
+        }
+        let (policy, prio) = proc::sched(tid);
+        let base = policy & !(libc::SCHED_RESET_ON_FORK as u32);
+        if ![libc::SCHED_OTHER, libc::SCHED_BATCH, libc::SCHED_IDLE, libc::SCHED_FIFO, libc::SCHED_RR].contains(&(base as i32)) {
+            return Err(Error::unsupported(
+                who,
+                format!("thread {tid}: scheduling policy {base} (priority {prio}): this scheduling policy is not supported yet"),
+            ));
+        }
+    }
+    check_timers(pid, who)?;
+    let loginuid = proc::read_string(&format!("/proc/{pid}/loginuid")).ok().map(|s| s.trim().to_string());
+    if loginuid != own.loginuid {
+        return Err(Error::unsupported(
+            who,
+            format!(
+                "its loginuid is {} where crust's is {}: restoring the audit login uid is not supported (it needs CAP_AUDIT_CONTROL)",
+                loginuid.as_deref().unwrap_or("unknown"),
+                own.loginuid.as_deref().unwrap_or("unknown")
+            ),
+        ));
+    }
+    let oom: i32 = proc::read_string(&format!("/proc/{pid}/oom_score_adj"))?.trim().parse().unwrap_or(0);
+    if oom < own.oom_score_adj && !own.sys_resource {
+        return Err(Error::unsupported(
+            who,
+            format!(
+                "its oom_score_adj is {oom}, below crust's {}: restoring it needs CAP_SYS_RESOURCE, which crust lacks (not supported)",
+                own.oom_score_adj
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// POSIX timers (timer_create), as /proc/PID/timers lists them.
+fn check_timers(pid: i32, who: &str) -> Result<()> {
+    let text = proc::read_string(&format!("/proc/{pid}/timers")).unwrap_or_default();
+    let mut id = None;
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix("ID:") {
+            id = Some(v.trim().to_string());
+        } else if let Some(clock) = line.strip_prefix("ClockID:") {
+            let clock = clock.trim();
+            let name = match clock {
+                "0" => "CLOCK_REALTIME",
+                "1" => "CLOCK_MONOTONIC",
+                "2" => "CLOCK_PROCESS_CPUTIME_ID",
+                "3" => "CLOCK_THREAD_CPUTIME_ID",
+                "7" => "CLOCK_BOOTTIME",
+                "8" => "CLOCK_REALTIME_ALARM",
+                "9" => "CLOCK_BOOTTIME_ALARM",
+                "11" => "CLOCK_TAI",
+                _ => "a CPU-time clock",
+            };
+            return Err(Error::unsupported(
+                who,
+                format!(
+                    "it has POSIX timer {} on clock {clock} ({name}): POSIX timers are not supported yet",
+                    id.as_deref().unwrap_or("?")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// File locks and leases held through one fd: fdinfo's `lock:` lines, which
+/// list the locks of the file description (flock, OFD, leases) and the POSIX
+/// locks its process set through it.
+pub fn check_locks(open: &OpenFd, who: &str) -> Result<()> {
+    if let Some(line) = open.info.lines().find_map(|l| l.strip_prefix("lock:")) {
+        // "1: POSIX  ADVISORY  WRITE 1234 00:1a:5678 0 EOF"
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let kind = words.get(1).copied().unwrap_or("?");
+        let mode = words.get(3).copied().unwrap_or("?");
+        let range = match (words.get(6), words.get(7)) {
+            (Some(a), Some(b)) => format!(" on bytes {a}-{b}"),
+            _ => String::new(),
+        };
+        let fd = format!("fd {} ({})", open.fd, open.link);
+        let what = match kind {
+            "LEASE" | "BREAKING" | "DELEG" => format!("{fd} holds a {mode} lease: file leases are not supported yet"),
+            _ => {
+                let name = match kind {
+                    "FLOCK" => "flock",
+                    "POSIX" => "POSIX (fcntl F_SETLK)",
+                    "OFDLCK" => "open file description (OFD)",
+                    other => other,
+                };
+                format!(
+                    "{fd} holds a {mode} {name} lock{range}: file locks are not supported yet \
+                     (criu saves them with --file-locks, which crust does not implement yet)"
+                )
+            }
+        };
+        return Err(Error::unsupported(who, what));
+    }
+    Ok(())
+}
+
+/// "process PID (comm)", as refusals name a process.
+pub fn who(pid: i32) -> String {
+    let comm = proc::read_string(&format!("/proc/{pid}/comm")).unwrap_or_default();
+    format!("process {pid} ({})", comm.trim())
+}

@@ -1,0 +1,247 @@
+//! The inventory of process state: every piece of per-task and per-process
+//! kernel state crust knows of, each marked saved (and by what), refused (with
+//! the reason a dump gives), or not needed (and why). The dump's checks look
+//! things up here: state marked refused, and state not listed at all (an
+//! unknown VmFlag), stop the dump by name. Nothing is dropped because no
+//! code looked at it.
+
+/// What a dump does with one piece of state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fate {
+    /// Saved in the images and restored, by this component or kind.
+    Saved(&'static str),
+    /// A dump that meets it refuses, saying this.
+    Refused(&'static str),
+    /// Restored processes inherit crust's own: a dump refuses when the
+    /// task's differs from crust's (what it is, in words).
+    SameAsCrust(&'static str),
+    /// Nothing to save, for this reason.
+    NotNeeded(&'static str),
+}
+
+/// The VmFlags of /proc/PID/smaps (fs/proc/task_mmu.c, show_smap_vma_flags;
+/// Documentation/filesystems/proc.rst). Kernel-made mappings (vdso, vvar,
+/// vsyscall) are made again by the kernel, flags and all: only the others are
+/// checked against this table.
+pub static VM_FLAGS: &[(&str, Fate)] = &[
+    ("rd", Fate::Saved("the mapping's prot (mm-PID.img)")),
+    ("wr", Fate::Saved("the mapping's prot (mm-PID.img)")),
+    ("ex", Fate::Saved("the mapping's prot (mm-PID.img)")),
+    ("sh", Fate::Saved("the mapping's MAP_SHARED flag (mm-PID.img)")),
+    ("mr", Fate::NotNeeded("may-read follows from mmap of a mapping and its file's open mode")),
+    ("mw", Fate::NotNeeded("may-write follows from MAP_PRIVATE, or from a shared mapping's file open for writing")),
+    ("me", Fate::NotNeeded("may-exec follows from mmap of a mapping and its file's mount (noexec)")),
+    ("ms", Fate::NotNeeded("may-share follows from MAP_SHARED")),
+    ("gd", Fate::Saved("MAP_GROWSDOWN in the mapping's flags (mm-PID.img)")),
+    ("pf", Fate::Refused("a pure PFN mapping (of a device) cannot be restored")),
+    ("dw", Fate::Refused("a mapping denying writes to its file (an old kernel's executable) is not supported")),
+    ("lo", Fate::Refused("locked in memory (mlock): restoring mlock is not supported yet")),
+    ("io", Fate::Refused("a memory-mapped I/O area (of a device) cannot be restored")),
+    ("sr", Fate::Refused("madvise(MADV_SEQUENTIAL): restoring madvise flags is not supported yet")),
+    ("rr", Fate::Refused("madvise(MADV_RANDOM): restoring madvise flags is not supported yet")),
+    ("dc", Fate::Refused("madvise(MADV_DONTFORK) (not copied on fork): restoring madvise flags is not supported yet")),
+    ("de", Fate::Refused("not expandable by mremap (a device's or the kernel's mapping): not supported")),
+    ("ac", Fate::NotNeeded("accountable follows from a private writable mapping, as mmap makes it again")),
+    ("nr", Fate::Refused("MAP_NORESERVE (no swap reserved): restoring it is not supported yet")),
+    ("ht", Fate::Refused("hugetlb pages: hugetlbfs mappings are not supported yet")),
+    ("sf", Fate::Refused("MAP_SYNC (synchronous page faults on DAX): not supported yet")),
+    ("ar", Fate::Refused("an architecture-specific flag (x86: PAT memory type, a device's): not supported")),
+    ("wf", Fate::Refused("madvise(MADV_WIPEONFORK): restoring madvise flags is not supported yet")),
+    ("dd", Fate::Saved("madvise(MADV_DONTDUMP) again (madv of the vma_entry in mm-PID.img)")),
+    ("sd", Fate::NotNeeded("soft-dirty tracking: every new mapping starts soft-dirty")),
+    ("mm", Fate::Refused("a mixed map (of a device or driver) cannot be restored")),
+    ("hg", Fate::Saved("madvise(MADV_HUGEPAGE) again (madv of the vma_entry in mm-PID.img)")),
+    ("nh", Fate::Saved("madvise(MADV_NOHUGEPAGE) again (madv of the vma_entry in mm-PID.img)")),
+    ("mg", Fate::Refused("madvise(MADV_MERGEABLE) (KSM): restoring madvise flags is not supported yet")),
+    ("bt", Fate::Refused("arm64 BTI guarded pages: not supported")),
+    ("mt", Fate::Refused("arm64 MTE allocation tags: not supported")),
+    ("um", Fate::Refused("registered with userfaultfd (missing pages): not supported yet")),
+    ("uw", Fate::Refused("registered with userfaultfd (write protection): not supported yet")),
+    ("ui", Fate::Refused("registered with userfaultfd (minor faults): not supported yet")),
+    ("ss", Fate::Refused("a shadow stack: not supported yet")),
+    ("sl", Fate::Refused("sealed (mseal): not supported yet")),
+    ("lf", Fate::Refused("locked on fault (mlock2 MLOCK_ONFAULT): restoring mlock is not supported yet")),
+    ("dp", Fate::Refused("MAP_DROPPABLE (its pages may be freed at any time): not supported yet")),
+    ("gu", Fate::Refused("may hold guard regions (MADV_GUARD_INSTALL): not supported yet")),
+];
+
+/// The VmFlags saved as madvise advice (the vma_entry's madv bits) and given
+/// again when the mapping is made.
+pub static MADVISED: &[(&str, u32)] = &[
+    ("hg", libc::MADV_HUGEPAGE as u32),
+    ("nh", libc::MADV_NOHUGEPAGE as u32),
+    ("dd", libc::MADV_DONTDUMP as u32),
+];
+
+/// What to do with a VmFlag: its entry, or an explanation for one crust does
+/// not know.
+pub fn vm_flag(name: &str) -> Result<Fate, String> {
+    VM_FLAGS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, f)| *f)
+        .ok_or_else(|| format!("unknown VmFlag {name:?}: crust does not know what it is, so it cannot restore it (not supported)"))
+}
+
+/// Every field of /proc/PID/status (fs/proc/array.c) and what it says about
+/// the task's state.
+pub static STATUS_FIELDS: &[(&str, Fate)] = &[
+    ("Name", Fate::Saved("names (comm in core-PID.img)")),
+    ("Umask", Fate::Saved("fs (fs-PID.img)")),
+    ("State", Fate::Saved("the task state in core-PID.img (alive, stopped, zombie)")),
+    ("Tgid", Fate::Saved("pstree.img")),
+    ("Ngid", Fate::NotNeeded("NUMA balancing's preferred node: the kernel's own, recomputed")),
+    ("Pid", Fate::Saved("pstree.img")),
+    ("PPid", Fate::Saved("pstree.img")),
+    ("TracerPid", Fate::NotNeeded("a traced task is refused when seized (crust must trace it)")),
+    ("Uid", Fate::Saved("creds (creds-PID.img)")),
+    ("Gid", Fate::Saved("creds (creds-PID.img)")),
+    ("FDSize", Fate::NotNeeded("the fd table's allocated size, grown again as fds are opened")),
+    ("Groups", Fate::Saved("creds (creds-PID.img)")),
+    ("NStgid", Fate::NotNeeded("a task in pid namespaces of its own is refused")),
+    ("NSpid", Fate::NotNeeded("a task in pid namespaces of its own is refused")),
+    ("NSpgid", Fate::NotNeeded("a task in pid namespaces of its own is refused")),
+    ("NSsid", Fate::NotNeeded("a task in pid namespaces of its own is refused")),
+    ("Kthread", Fate::NotNeeded("kernel threads are not in a dumped tree")),
+    ("VmPeak", Fate::NotNeeded("a statistic of memory use")),
+    ("VmSize", Fate::NotNeeded("a statistic of memory use, following from the mappings")),
+    ("VmLck", Fate::Refused("locked memory: refused by the mappings' `lo` VmFlag")),
+    ("VmPin", Fate::NotNeeded("pages pinned by the kernel (io_uring, RDMA): their users are refused")),
+    ("VmHWM", Fate::NotNeeded("a statistic of memory use")),
+    ("VmRSS", Fate::NotNeeded("a statistic of memory use")),
+    ("RssAnon", Fate::NotNeeded("a statistic of memory use")),
+    ("RssFile", Fate::NotNeeded("a statistic of memory use")),
+    ("RssShmem", Fate::NotNeeded("a statistic of memory use")),
+    ("VmData", Fate::NotNeeded("a statistic of memory use, following from the mappings")),
+    ("VmStk", Fate::NotNeeded("a statistic of memory use, following from the mappings")),
+    ("VmExe", Fate::NotNeeded("a statistic of memory use, following from the mappings")),
+    ("VmLib", Fate::NotNeeded("a statistic of memory use, following from the mappings")),
+    ("VmPTE", Fate::NotNeeded("a statistic of memory use")),
+    ("VmSwap", Fate::NotNeeded("a statistic of memory use (swapped pages are read and saved)")),
+    ("HugetlbPages", Fate::Refused("hugetlb memory: refused by the mappings' `ht` VmFlag")),
+    ("CoreDumping", Fate::NotNeeded("a task dumping core is exiting")),
+    ("THP_enabled", Fate::SameAsCrust("the THP-disable prctl (PR_SET_THP_DISABLE)")),
+    ("untag_mask", Fate::SameAsCrust("the address tagging mask (x86 LAM, ARCH_ENABLE_TAGGED_ADDR)")),
+    ("x86_Thread_features", Fate::SameAsCrust("x86 thread features (shadow stack, ARCH_SHSTK_ENABLE)")),
+    ("x86_Thread_features_locked", Fate::SameAsCrust("locked x86 thread features (ARCH_SHSTK_LOCK)")),
+    ("Threads", Fate::Saved("pstree.img (the threads of each process)")),
+    ("SigQ", Fate::Saved("signals (queued signals in core-PID.img)")),
+    ("SigPnd", Fate::Saved("signals (core-PID.img)")),
+    ("ShdPnd", Fate::Saved("signals (core-PID.img)")),
+    ("SigBlk", Fate::Saved("signals (core-PID.img)")),
+    ("SigIgn", Fate::Saved("signals (sigactions in core-PID.img)")),
+    ("SigCgt", Fate::Saved("signals (sigactions in core-PID.img)")),
+    ("CapInh", Fate::Refused("capabilities other than the uid implies are not supported yet")),
+    ("CapPrm", Fate::Refused("capabilities other than the uid implies are not supported yet")),
+    ("CapEff", Fate::Refused("capabilities other than the uid implies are not supported yet")),
+    ("CapBnd", Fate::Refused("capabilities other than the uid implies are not supported yet")),
+    ("CapAmb", Fate::Refused("capabilities other than the uid implies are not supported yet")),
+    ("NoNewPrivs", Fate::Refused("no_new_privs is not supported yet")),
+    ("Seccomp", Fate::Refused("seccomp is not supported yet")),
+    ("Seccomp_filters", Fate::Refused("seccomp is not supported yet")),
+    ("Speculation_Store_Bypass", Fate::SameAsCrust("the speculative store bypass control (PR_SET_SPECULATION_CTRL)")),
+    ("SpeculationIndirectBranch", Fate::SameAsCrust("the indirect branch speculation control (PR_SET_SPECULATION_CTRL)")),
+    ("Cpus_allowed", Fate::SameAsCrust("the CPU affinity (sched_setaffinity)")),
+    ("Cpus_allowed_list", Fate::SameAsCrust("the CPU affinity (sched_setaffinity)")),
+    ("Mems_allowed", Fate::SameAsCrust("the memory nodes allowed (cpuset, set_mempolicy)")),
+    ("Mems_allowed_list", Fate::SameAsCrust("the memory nodes allowed (cpuset, set_mempolicy)")),
+    ("voluntary_ctxt_switches", Fate::NotNeeded("a statistic of scheduling")),
+    ("nonvoluntary_ctxt_switches", Fate::NotNeeded("a statistic of scheduling")),
+];
+
+/// What a status field is for crust.
+pub fn status_field(name: &str) -> Option<Fate> {
+    STATUS_FIELDS.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
+}
+
+/// The rest of the per-process and per-task state crust knows of, beside
+/// VmFlags and status fields.
+pub static PROCESS_STATE: &[(&str, Fate)] = &[
+    ("registers and FPU state", Fate::Saved("regs (core-PID.img)")),
+    ("signal handlers, mask, pending signals", Fate::Saved("signals")),
+    ("credentials, groups, securebits", Fate::Saved("creds")),
+    ("rseq registration", Fate::Saved("rseq")),
+    ("interval timers (setitimer)", Fate::Saved("timers (itimers)")),
+    ("POSIX timers (timer_create, /proc/PID/timers)", Fate::Refused("POSIX timers are not supported yet")),
+    ("resource limits", Fate::Saved("rlimits")),
+    ("cwd, root, umask", Fate::Saved("fs")),
+    ("nice value", Fate::Saved("sched")),
+    ("scheduling policy and RT priority", Fate::Saved("sched (other, batch, idle, fifo, rr; reset-on-fork)")),
+    ("SCHED_DEADLINE and sched_ext policies", Fate::Refused("this scheduling policy is not supported yet")),
+    ("thread and process names (comm)", Fate::Saved("names")),
+    ("personality", Fate::Saved("personality")),
+    ("robust futex list", Fate::Saved("futex")),
+    ("oom_score_adj", Fate::Saved("oom (written to /proc/PID/oom_score_adj); refused when below crust's own without CAP_SYS_RESOURCE")),
+    ("loginuid", Fate::SameAsCrust("the audit login uid (cannot be set without CAP_AUDIT_CONTROL)")),
+    ("child subreaper (PR_SET_CHILD_SUBREAPER)", Fate::Saved("prctl (child_subreaper in core-PID.img)")),
+    ("membarrier registrations", Fate::Refused("membarrier registrations are not supported yet (private expedited ones are detected; global expedited ones cannot be and are not restored)")),
+    ("file locks (flock, POSIX, OFD)", Fate::Refused("file locks are not supported yet")),
+    ("file leases", Fate::Refused("file leases are not supported yet")),
+    ("memory mappings and their pages", Fate::Saved("mm-PID.img, pagemap/pages images")),
+    ("open files", Fate::Saved("files (one FileKind per kind; unknown kinds refused)")),
+    ("namespaces of the task's own", Fate::Refused("namespaces (containers) are not supported yet")),
+    ("seccomp filters", Fate::Refused("seccomp is not supported yet")),
+    ("no_new_privs", Fate::Refused("no_new_privs is not supported yet")),
+    ("cgroup membership", Fate::Saved("cgroup.img")),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The VmFlags Documentation/filesystems/proc.rst documents (up to 6.18).
+    const DOCUMENTED_VM_FLAGS: &[&str] = &[
+        "rd", "wr", "ex", "sh", "mr", "mw", "me", "ms", "gd", "pf", "dw", "lo", "io", "sr", "rr", "dc", "de", "ac", "nr",
+        "ht", "sf", "ar", "wf", "dd", "sd", "mm", "hg", "nh", "mg", "bt", "mt", "um", "uw", "ui", "ss", "sl", "lf", "dp",
+        "gu",
+    ];
+
+    /// The status fields crust reads, by the procfs crate or by name.
+    const STATUS_READ: &[&str] = &[
+        "Name", "State", "Tgid", "Pid", "PPid", "TracerPid", "Uid", "Gid", "Groups", "Threads", "SigQ", "SigPnd", "ShdPnd",
+        "SigBlk", "SigIgn", "SigCgt", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp",
+        "Umask", "THP_enabled", "Cpus_allowed", "Speculation_Store_Bypass",
+    ];
+
+    #[test]
+    fn every_documented_vm_flag_has_a_fate() {
+        for f in DOCUMENTED_VM_FLAGS {
+            assert!(vm_flag(f).is_ok(), "VmFlag {f} is not in the inventory");
+        }
+        assert!(vm_flag("zz").unwrap_err().contains("unknown VmFlag"));
+    }
+
+    #[test]
+    fn every_vm_flag_of_this_kernel_has_a_fate() {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        for line in smaps.lines().filter_map(|l| l.strip_prefix("VmFlags:")) {
+            for f in line.split_whitespace() {
+                assert!(vm_flag(f).is_ok(), "VmFlag {f} of this kernel is not in the inventory");
+            }
+        }
+    }
+
+    #[test]
+    fn every_status_field_read_and_of_this_kernel_has_a_fate() {
+        for f in STATUS_READ {
+            assert!(status_field(f).is_some(), "status field {f} is read but not in the inventory");
+        }
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        for f in status.lines().filter_map(|l| l.split_once(':')).map(|(k, _)| k) {
+            assert!(status_field(f).is_some(), "status field {f} of this kernel is not in the inventory");
+        }
+    }
+
+    #[test]
+    fn entries_are_unique_and_explained() {
+        for table in [VM_FLAGS, STATUS_FIELDS, PROCESS_STATE] {
+            for (i, (name, fate)) in table.iter().enumerate() {
+                assert!(table[i + 1..].iter().all(|(n, _)| n != name), "{name} is listed twice");
+                let why = match fate {
+                    Fate::Saved(s) | Fate::Refused(s) | Fate::SameAsCrust(s) | Fate::NotNeeded(s) => s,
+                };
+                assert!(!why.is_empty(), "{name} has no reason");
+            }
+        }
+    }
+}
