@@ -113,7 +113,7 @@ impl FileKind for Fifo {
         }
         let key = fifo.pipe_id as u64;
         if r.made(REFILLED, key).is_none() {
-            let saved = r.image.extras.get::<FifoData>().and_then(|d| d.0.iter().find(|(e, _)| e.pipe_id == fifo.pipe_id));
+            let saved = super::loaded::<FifoData>(r.image, "fifo-data.img")?.0.iter().find(|(e, _)| e.pipe_id == fifo.pipe_id);
             fill_pipe(r.task.pid, helper, saved)?;
             r.remember(REFILLED, key, fd);
         }

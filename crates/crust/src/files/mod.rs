@@ -230,6 +230,12 @@ pub fn restore_table(image: &ProcessImage, r: &mut FdRestorer, finished: &mut Ha
     Ok(())
 }
 
+/// What a kind loaded of its own images; an error if they were never loaded
+/// (an image read without `restore::load` would otherwise look empty).
+pub fn loaded<'a, T: std::any::Any + Send + Sync>(img: &'a DumpImage, images: &str) -> Result<&'a T> {
+    img.extras.get::<T>().ok_or_else(|| Error::image(img.dir.join(images), "not loaded with the rest of the images"))
+}
+
 /// Every kind's own images, read into `img.extras`.
 pub fn load_images(img: &mut DumpImage) -> Result<()> {
     KINDS.iter().try_for_each(|k| k.load_images(img))

@@ -93,7 +93,7 @@ impl FileKind for Pipe {
                 r.scratch.read(addr, &mut fds)?;
                 let rd = r.to_high(u32::from_le_bytes(fds[0..4].try_into().expect("4 bytes")) as u64)?;
                 let wr = r.to_high(u32::from_le_bytes(fds[4..8].try_into().expect("4 bytes")) as u64)?;
-                let saved = r.image.extras.get::<PipeData>().and_then(|d| d.0.iter().find(|(e, _)| e.pipe_id == p.pipe_id));
+                let saved = super::loaded::<PipeData>(r.image, "pipes-data.img")?.0.iter().find(|(e, _)| e.pipe_id == p.pipe_id);
                 fill_pipe(r.task.pid, wr, saved)?;
                 r.remember(READ_END, key, rd);
                 r.remember(WRITE_END, key, wr);

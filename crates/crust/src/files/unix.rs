@@ -161,15 +161,16 @@ impl FileKind for UnixSocket {
 
     fn restore(&self, file: &FileEntry, r: &mut FdRestorer) -> Result<u64> {
         let u = entry(file)?;
-        let queued = |r: &FdRestorer, id: u32| r.image.extras.get::<Queues>().and_then(|q| q.0.get(&id)).cloned();
-        check_restorable(file, u, queued(r, file.id).is_some())?;
+        let queues = &super::loaded::<Queues>(r.image, "sk-queues.img")?.0;
+        let queued = |id: u32| queues.get(&id);
+        check_restorable(file, u, queued(file.id).is_some())?;
         let fd = match r.made(MADE, u.ino as u64) {
             // Made with its peer.
             Some(fd) => fd,
             None => {
                 let peer_file = by_ino(r, u.peer)?;
                 let peer = entry(peer_file)?;
-                check_restorable(peer_file, peer, queued(r, peer_file.id).is_some())?;
+                check_restorable(peer_file, peer, queued(peer_file.id).is_some())?;
                 if peer.peer != u.ino {
                     return Err(Error::image("files.img", format!("unix sockets {} and {} are not each other's peers", u.ino, u.peer)));
                 }
@@ -186,8 +187,8 @@ impl FileKind for UnixSocket {
                 set_options(&a, u)?;
                 set_options(&b, peer)?;
                 // What was queued for one end is sent from the other.
-                fill(&b, queued(r, file.id).as_ref(), u)?;
-                fill(&a, queued(r, peer_file.id).as_ref(), peer)?;
+                fill(&b, queued(file.id), u)?;
+                fill(&a, queued(peer_file.id), peer)?;
                 mine
             }
         };

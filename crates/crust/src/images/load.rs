@@ -12,7 +12,7 @@ use crate::images::proto::{
 };
 use crate::images::digest::{self, FileDigest};
 use crate::images::{ImageReader, Kind};
-use crate::images::criu::TASK_ZOMBIE;
+use crate::images::criu::{PE_LAZY, PE_PARENT, PE_PRESENT, TASK_ZOMBIE};
 use crate::images::criu::{PAGE_SIZE, VMA_ANON_SHARED, VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR};
 
 /// The largest pid or tid Linux hands out (PID_MAX_LIMIT on 64-bit).
@@ -446,8 +446,15 @@ fn load_process(dir: &Path, pstree: PstreeEntry, pages_in: Pages) -> Result<Proc
         if e.vaddr % PAGE_SIZE != 0 || !inside(e.vaddr) || !inside(end - 1) {
             return Err(format!("pages at {:#x}-{end:#x} lie outside the process's memory", e.vaddr));
         }
-        if e.in_parent == Some(true) {
+        let flags = e.flags.unwrap_or(PE_PRESENT);
+        if e.in_parent == Some(true) || flags & PE_PARENT != 0 {
             return Err("incremental dumps (pages in a parent image) are not supported yet".into());
+        }
+        if flags & PE_LAZY != 0 {
+            return Err("lazy pages (post-copy) are not supported yet".into());
+        }
+        if flags & PE_PRESENT == 0 {
+            return Err(format!("a run at {:#x} whose pages are nowhere (flags {flags:#x})", e.vaddr));
         }
         Ok(())
     })?;
