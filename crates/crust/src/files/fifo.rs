@@ -13,7 +13,7 @@ use nix::sys::stat::{stat, SFlag};
 use super::pipe::{fill_pipe, peek_pipe};
 use super::reg::RegularFile;
 use super::{ghost, write_with_data, FdRestorer, FileKind, FileTable, OpenFd};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::images::load::{read_with_data, DumpImage};
 use crate::images::proto::{FdTypes, FifoEntry, FileEntry, PipeDataEntry, RegFileEntry};
 use crate::images::{ImageDir, Kind};
@@ -70,7 +70,14 @@ impl FileKind for Fifo {
         }
     }
 
+    /// fifo-data.img; and every FIFO must name its path's regular-file entry.
     fn load_images(&self, img: &mut DumpImage) -> Result<()> {
+        for f in img.files.values().filter_map(|f| f.fifo.as_ref()) {
+            if f.regf_id.and_then(|id| img.files.get(&id)).and_then(|r| r.reg.as_ref()).is_none() {
+                let what = format!("FIFO {} names no regular-file entry for its path", f.id);
+                return Err(Error::image(img.dir.join("files.img"), what));
+            }
+        }
         let saved = read_with_data::<PipeDataEntry>(&img.dir.join("fifo-data.img"), Kind::FifoData, |e| e.bytes as u64)?;
         img.extras.insert(FifoData(saved));
         Ok(())

@@ -68,6 +68,12 @@ impl FileKind for Terminal {
     fn load_images(&self, img: &mut DumpImage) -> Result<()> {
         let path = img.dir.join("tty-info.img");
         let infos = if path.exists() { read_all::<TtyInfoEntry>(&path, Kind::TtyInfo)? } else { Vec::new() };
+        // Every terminal file names its terminal's settings.
+        for t in img.files.values().filter_map(|f| f.tty.as_ref()) {
+            if !infos.iter().any(|i| i.id == t.tty_info_id) {
+                return Err(Error::image(&path, format!("no terminal {} for file {}", t.tty_info_id, t.id)));
+            }
+        }
         img.extras.insert(Infos(infos));
         Ok(())
     }

@@ -140,7 +140,16 @@ impl FileKind for UnixSocket {
         write_with_data(dir, "sk-queues.img", Kind::SkQueues, &dumped.queues)
     }
 
+    /// sk-queues.img; and every socket's peer must be in files.img, each the
+    /// other's.
     fn load_images(&self, img: &mut DumpImage) -> Result<()> {
+        let socks: HashMap<u32, u32> = img.files.values().filter_map(|f| f.usk.as_ref()).map(|u| (u.ino, u.peer)).collect();
+        for (ino, peer) in &socks {
+            if socks.get(peer) != Some(ino) {
+                let what = format!("unix socket {ino}: its peer {peer} is not a socket of the images whose peer it is");
+                return Err(Error::image(img.dir.join("files.img"), what));
+            }
+        }
         let path = img.dir.join("sk-queues.img");
         let mut queues: HashMap<u32, Vec<u8>> = HashMap::new();
         for (e, data) in read_with_data::<SkPacketEntry>(&path, Kind::SkQueues, |e| e.length as u64)? {
