@@ -1,6 +1,6 @@
 /* A parent that is a child subreaper, with a grandchild re-parented to it
- * (its own child exited) and two zombies it has not reaped: one exited with
- * status 7, one killed by SIGTERM.  On SIGUSR1 it checks that the grandchild
+ * (its own child exited) and three zombies it has not reaped: one exited with
+ * status 7, one killed by SIGTERM, one by SIGKILL.  On SIGUSR1 it checks that the grandchild
  * is still its child and that the zombies give their statuses. */
 #define _GNU_SOURCE
 #include <stdio.h>
@@ -64,16 +64,21 @@ int main(void)
             pause();
     }
     kill(killed, SIGTERM);
+    pid_t slain = fork();
+    if (slain == 0) {
+        for (;;)
+            pause();
+    }
+    kill(slain, SIGKILL);
     siginfo_t si;
     /* Wait until both are zombies, without reaping them. */
-    for (pid_t z = exited;; z = killed) {
+    pid_t zombies[] = { exited, killed, slain };
+    for (int i = 0; i < 3; i++) {
         si.si_pid = 0;
-        if (waitid(P_PID, z, &si, WEXITED | WNOWAIT) != 0)
+        if (waitid(P_PID, zombies[i], &si, WEXITED | WNOWAIT) != 0)
             die("waitid");
-        if (z == killed)
-            break;
     }
-    printf("READY grandchild=%d exited=%d killed=%d\n", (int)grandchild, (int)exited, (int)killed);
+    printf("READY grandchild=%d exited=%d killed=%d slain=%d\n", (int)grandchild, (int)exited, (int)killed, (int)slain);
 
     wait_usr1();
     if (parent_of(grandchild) != getpid())
@@ -83,6 +88,8 @@ int main(void)
         fail("zombie %d: status %#x", (int)exited, status);
     if (waitpid(killed, &status, WNOHANG) != killed || !WIFSIGNALED(status) || WTERMSIG(status) != SIGTERM)
         fail("zombie %d: status %#x", (int)killed, status);
+    if (waitpid(slain, &status, WNOHANG) != slain || !WIFSIGNALED(status) || WTERMSIG(status) != SIGKILL)
+        fail("zombie %d: status %#x", (int)slain, status);
     kill(grandchild, SIGKILL);
     waitpid(grandchild, NULL, 0);
     succeed();

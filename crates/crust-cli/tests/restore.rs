@@ -576,6 +576,8 @@ fn zombies_and_reparented_children_come_back() {
     let mut job = Job::start("orphans", &[], dir.path());
     let ready = job.ready();
     let (_grandchild, exited, killed) = (ready_field(&ready, "grandchild"), ready_field(&ready, "exited"), ready_field(&ready, "killed"));
+    // A zombie killed by SIGKILL, whose disposition cannot be set again.
+    let slain = ready_field(&ready, "slain");
     let images = dir.join("images");
     dump(job.pid, &images, &[]);
     let show = crust(&[os("show"), images.as_os_str()], STEP);
@@ -583,10 +585,12 @@ fn zombies_and_reparented_children_come_back() {
     let state = |pid: i32| shown[format!("core-{pid}.img")][0]["tc"]["task_state"].as_u64();
     assert_eq!(state(exited), Some(6), "zombie recorded as such");
     assert_eq!(state(killed), Some(6));
+    assert_eq!(state(slain), Some(6));
+    assert_eq!(shown[format!("core-{slain}.img")][0]["tc"]["exit_code"].as_u64(), Some(libc::SIGKILL as u64));
     assert_eq!(shown[format!("core-{exited}.img")][0]["tc"]["exit_code"].as_u64(), Some(7 << 8));
     job.reap_original();
     restore_ok(&mut job, &images);
-    for z in [exited, killed] {
+    for z in [exited, killed, slain] {
         let stat = common::proc_stat(z);
         assert_eq!(stat.map(|s| s.state), Some('Z'), "{z} is a zombie again: {stat:?}");
     }

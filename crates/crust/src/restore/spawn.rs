@@ -105,8 +105,11 @@ pub(super) fn make_zombie(task: Task, scratch: &mut Scratch, status: u32) -> Res
     }
     let mask = mask.ok_or_else(|| Error::image("pstree.img", format!("a zombie's exit status {status:#x} names no signal")))?;
     ptrace::set_sigmask(task.tid, !mask)?;
-    let default_action = scratch.reset().put_u64s(&[libc::SIG_DFL as u64, 0, 0, 0])?;
-    task.call(&format!("rt_sigaction({sig})"), libc::SYS_rt_sigaction, [sig as u64, default_action, 0, 8, 0, 0])?;
+    // SIGKILL and SIGSTOP have no disposition to set (always the default).
+    if sig != libc::SIGKILL as u32 && sig != libc::SIGSTOP as u32 {
+        let default_action = scratch.reset().put_u64s(&[libc::SIG_DFL as u64, 0, 0, 0])?;
+        task.call(&format!("rt_sigaction({sig})"), libc::SYS_rt_sigaction, [sig as u64, default_action, 0, 8, 0, 0])?;
+    }
     let pid = task.pid as u64;
     task.call_to_death(libc::SYS_tgkill, [pid, pid, sig as u64, 0, 0, 0])
 }
