@@ -596,3 +596,32 @@ fn zombies_and_reparented_children_come_back() {
     }
     job.expect_ok();
 }
+
+/// Uids need no names: a task running as a uid and gid that have no entry
+/// in /etc/passwd or /etc/group comes back with them, counting on.
+#[test]
+fn a_task_under_a_uid_without_a_name_is_restored() {
+    const ID: u32 = 43210;
+    assert!(matches!(nix::unistd::User::from_uid(ID.into()), Ok(None)), "uid {ID} has a name here");
+    let dir = TempDir::new("restore-nameless-uid");
+    let exe = common::workload_path("test_mm");
+    let (uid, gid) = (format!("--reuid={ID}"), format!("--regid={ID}"));
+    let args = [uid.as_str(), gid.as_str(), "--clear-groups", exe.to_str().unwrap()];
+    let mut job = Job::build("test_mm", &args).program(Path::new("/usr/bin/setpriv")).start(dir.path());
+    job.ready();
+    let ids = |pid: i32| -> Vec<String> {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+        tasks
+            .map(|t| std::fs::read_to_string(t.unwrap().path().join("status")).unwrap())
+            .flat_map(|s| s.lines().filter(|l| l.starts_with("Uid:") || l.starts_with("Gid:")).map(str::to_string).collect::<Vec<_>>())
+            .collect()
+    };
+    let before = ids(job.pid);
+    assert!(before.iter().all(|l| l.split_whitespace().skip(1).all(|v| v == ID.to_string())), "{before:?}");
+    let images = dir.join("images");
+    dump_and_restore(&mut job, &images);
+    assert_eq!(ids(job.pid), before, "every thread keeps its ids");
+    let lines: Vec<String> = (0..6).map(|_| job.line(STEP)).collect();
+    assert_counting(&lines);
+    job.expect_ok();
+}

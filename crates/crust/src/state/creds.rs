@@ -2,11 +2,9 @@
 //! as the ids imply them) and the parent-death signal, which a change of
 //! credentials clears and so is set after them.
 
-use std::collections::BTreeSet;
-
 use super::{Component, ThreadDump, ThreadRestore};
 use crate::error::Result;
-use crate::images::load::{DumpImage, ThreadImage};
+use crate::images::load::ThreadImage;
 use crate::images::proto::{CoreEntry, CredsEntry};
 use crate::proc;
 use crate::task::{Scratch, Task};
@@ -23,27 +21,6 @@ impl Component for Creds {
         thread.creds = Some(proc::creds(t.status, secbits as u32));
         thread.pdeath_sig = Some(pdeath);
         Ok(())
-    }
-
-    /// Each uid and gid must be known to this host (passwd, group).
-    fn problems(&self, img: &DumpImage) -> Vec<String> {
-        let ids: BTreeSet<(u32, u32)> = img
-            .processes
-            .iter()
-            .flat_map(|p| &p.threads)
-            .filter_map(|t| t.core.creds.as_ref())
-            .map(|c| (c.uid, c.gid))
-            .collect();
-        let mut out = Vec::new();
-        for (uid, gid) in ids {
-            if !matches!(nix::unistd::User::from_uid(uid.into()), Ok(Some(_))) {
-                out.push(format!("user {uid} does not exist on this host"));
-            }
-            if !matches!(nix::unistd::Group::from_gid(gid.into()), Ok(Some(_))) {
-                out.push(format!("group {gid} does not exist on this host"));
-            }
-        }
-        out
     }
 
     fn restore_thread(&self, t: &mut ThreadRestore, thread: &ThreadImage) -> Result<()> {
