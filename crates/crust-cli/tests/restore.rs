@@ -625,3 +625,17 @@ fn a_task_under_a_uid_without_a_name_is_restored() {
     assert_counting(&lines);
     job.expect_ok();
 }
+
+/// Files of proc and sysfs have no size of their own, and /proc/PID of a
+/// process of the tree exists only once it is restored: neither stops the
+/// restore, and each fd reads what it read before, at its offset.
+#[test]
+fn proc_and_sysfs_files_held_open_come_back() {
+    let dir = TempDir::new("restore-procfiles");
+    let mut job = Job::start("procfiles", &[], dir.path());
+    let child = ready_field(&job.ready(), "child");
+    let images = dir.join("images");
+    dump_and_restore(&mut job, &images);
+    assert_eq!(common::proc_stat(child).map(|s| s.ppid), Some(job.pid), "the child is back");
+    job.expect_ok();
+}

@@ -6,6 +6,7 @@ use nix::sys::stat::{stat, SFlag};
 use super::{fown_of, ghost, FdRestorer, FileTable, FileKind, OpenFd};
 use crate::error::{Context, Result};
 use crate::images::load::DumpImage;
+use crate::images::meta::on_pseudo_fs;
 use crate::images::proto::{FdTypes, FileEntry, RegFileEntry};
 
 pub struct RegularFile;
@@ -54,9 +55,14 @@ impl FileKind for RegularFile {
         })
     }
 
-    /// Deleted files come with the images; others must be here as they were.
+    /// Deleted files come with the images, and files under /proc/PID of a
+    /// process of the tree appear with it; others must be here as they were.
     fn check(&self, entry: &FileEntry, img: &DumpImage) -> Option<String> {
         let reg = entry.reg.as_ref().filter(|_| !img.remaps.contains_key(&entry.id))?;
+        let proc_pid = reg.name.strip_prefix("/proc/").and_then(|rest| rest.split('/').next()?.parse::<u32>().ok());
+        if proc_pid.is_some_and(|pid| img.processes.iter().any(|p| p.pstree.threads.contains(&pid))) {
+            return None;
+        }
         check(reg).err()
     }
 
@@ -107,7 +113,8 @@ fn check(reg: &RegFileEntry) -> std::result::Result<(), String> {
         let why = if e == nix::errno::Errno::ENOENT { "it is missing".to_string() } else { e.to_string() };
         format!("{}: needed by the restore, but {why}", reg.name)
     })?;
-    let is_reg = st.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFREG.bits();
+    // proc, sysfs and cgroupfs files have no size of their own.
+    let is_reg = st.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFREG.bits() && !on_pseudo_fs(&reg.name);
     let (Some(size), true) = (reg.size, is_reg) else { return Ok(()) };
     let now = st.st_size as u64;
     let read_only = reg.flags & libc::O_ACCMODE as u32 == libc::O_RDONLY as u32;

@@ -15,6 +15,13 @@ pub struct DumpMeta {
     pub files: std::collections::BTreeMap<String, FileStamp>,
 }
 
+/// Whether `path` lies on a file system whose files are made by the kernel
+/// as they are read (proc, sysfs, cgroupfs): no size or time of their own.
+pub fn on_pseudo_fs(path: &str) -> bool {
+    use nix::sys::statfs::{statfs, CGROUP2_SUPER_MAGIC, CGROUP_SUPER_MAGIC, PROC_SUPER_MAGIC, SYSFS_MAGIC};
+    statfs(path).is_ok_and(|fs| [PROC_SUPER_MAGIC, SYSFS_MAGIC, CGROUP_SUPER_MAGIC, CGROUP2_SUPER_MAGIC].contains(&fs.filesystem_type()))
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FileStamp {
     pub size: u64,
@@ -22,9 +29,11 @@ pub struct FileStamp {
 }
 
 impl FileStamp {
+    /// The stamp of a regular file; none for files of proc, sysfs or cgroupfs,
+    /// whose sizes and times say nothing of their contents.
     pub fn of(path: &str) -> Option<FileStamp> {
         use std::os::unix::fs::MetadataExt;
-        let md = std::fs::metadata(path).ok().filter(|m| m.is_file())?;
+        let md = std::fs::metadata(path).ok().filter(|m| m.is_file() && !on_pseudo_fs(path))?;
         Some(FileStamp { size: md.len(), mtime_ns: md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128 })
     }
 }
