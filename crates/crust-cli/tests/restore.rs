@@ -639,3 +639,20 @@ fn proc_and_sysfs_files_held_open_come_back() {
     assert_eq!(common::proc_stat(child).map(|s| s.ppid), Some(job.pid), "the child is back");
     job.expect_ok();
 }
+
+/// A process whose root was changed with chroot comes back in the same root
+/// with the same cwd (the cwd is entered before the root changes).
+#[test]
+fn a_chrooted_process_keeps_its_root_and_cwd() {
+    let dir = TempDir::new("restore-chrooted");
+    let root = dir.join("root");
+    std::fs::create_dir(&root).unwrap();
+    let mut job = Job::start("chrooted", &[root.to_str().unwrap()], dir.path());
+    job.ready();
+    let images = dir.join("images");
+    dump_and_restore(&mut job, &images);
+    let link = |what: &str| std::fs::read_link(format!("/proc/{}/{what}", job.pid)).unwrap();
+    assert_eq!(link("root"), root, "root");
+    assert_eq!(link("cwd"), root.join("sub"), "cwd");
+    job.expect_ok();
+}

@@ -28,15 +28,17 @@ impl Component for Fs {
     }
 
     fn restore_process(&self, p: &mut ThreadRestore, _tc: &TaskCoreEntry) -> Result<()> {
+        // Both paths are as crust sees them (from its root): the cwd is
+        // entered before the root changes.
         let fs = &p.process.fs;
+        let cwd = p.image.reg_path(fs.cwd_id)?;
+        let a = p.scratch.reset().put_str(cwd)?;
+        p.task.call(&format!("chdir to {cwd}"), libc::SYS_chdir, [a, 0, 0, 0, 0, 0])?;
         let root = p.image.reg_path(fs.root_id)?;
         if root != "/" {
             let a = p.scratch.reset().put_str(root)?;
             p.task.call(&format!("chroot to {root}"), libc::SYS_chroot, [a, 0, 0, 0, 0, 0])?;
         }
-        let cwd = p.image.reg_path(fs.cwd_id)?;
-        let a = p.scratch.reset().put_str(cwd)?;
-        p.task.call(&format!("chdir to {cwd}"), libc::SYS_chdir, [a, 0, 0, 0, 0, 0])?;
         if let Some(umask) = fs.umask {
             p.task.call("umask", libc::SYS_umask, [umask as u64, 0, 0, 0, 0, 0])?;
         }
