@@ -124,8 +124,8 @@ fn check_timers(pid: i32, who: &str) -> Result<()> {
 
 /// File locks and leases held through one fd: fdinfo's `lock:` lines, which
 /// list the locks of the file description (flock, OFD, leases) and the POSIX
-/// locks its process set through it.
-pub fn check_locks(open: &OpenFd, who: &str) -> Result<()> {
+/// locks its process set through it. The process is named only if refused.
+pub fn check_locks(open: &OpenFd) -> Result<()> {
     if let Some(line) = open.info.lines().find_map(|l| l.strip_prefix("lock:")) {
         // "1: POSIX  ADVISORY  WRITE 1234 00:1a:5678 0 EOF"
         let words: Vec<&str> = line.split_whitespace().collect();
@@ -151,7 +151,7 @@ pub fn check_locks(open: &OpenFd, who: &str) -> Result<()> {
                 )
             }
         };
-        return Err(Error::unsupported(who, what));
+        return Err(Error::unsupported(who(open.pid), what));
     }
     Ok(())
 }
