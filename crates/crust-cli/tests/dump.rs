@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use common::procstate::ProcState;
 use common::*;
 
 const DUMP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -334,8 +335,10 @@ fn dump_test_mm_leave_running() {
     let info = proc_info(w.pid);
     assert_eq!(info.tids.len(), 3, "test_mm runs 3 threads: {:?}", info.tids);
 
+    let before = ProcState::of_tree(w.pid);
     let stats = dump_ok(w.pid, &dir, &["-R"]);
     check_stats(&stats, 1, 3);
+    before.assert_same(&ProcState::of_tree(w.pid), &[]);
     // Still our child, still running, no tracer.
     assert_running_untraced(w.pid, Duration::from_secs(2));
     check_images(&dir, &[&info], &[0]);
@@ -462,8 +465,10 @@ fn dump_memory_leave_running() {
     let mut m = start_memory(&tmp, SpawnOpts::default());
     let info = proc_info(m.w.pid);
 
+    let before = ProcState::of_tree(m.w.pid);
     let stats = dump_ok(m.w.pid, &dir, &["--leave-running"]);
     check_stats(&stats, 1, 1);
+    before.assert_same(&ProcState::of_tree(m.w.pid), &[]);
     assert_running_untraced(m.w.pid, Duration::from_secs(2));
     let imgs = check_images(&dir, &[&info], &[0]);
     check_memory_contents(&dir, &imgs, &info, &m);
@@ -593,8 +598,10 @@ fn dump_family_leave_running() {
     let parent = proc_info(f.w.pid);
     let child = proc_info(f.child);
 
+    let before = ProcState::of_tree(f.w.pid);
     let stats = dump_ok(f.w.pid, &dir, &["-R"]);
     check_stats(&stats, 2, 2);
+    before.assert_same(&ProcState::of_tree(f.w.pid), &[]);
     assert_running_untraced(f.w.pid, Duration::from_secs(2));
     assert_running_untraced(f.child, Duration::from_secs(2));
     let imgs = check_images(&dir, &[&parent, &child], &[0, f.w.pid]);
@@ -1019,11 +1026,13 @@ fn dump_refuses_what_it_cannot_restore_inside_a_process_and_leaves_it_running() 
         let mut w = Workload::spawn("unusual", &[os(mode)]);
         w.ready();
         let images = dir.join(mode);
+        let before = ProcState::of_tree(w.pid);
         let out = crust(&dump_args(&w.pid.to_string(), &images, &[]), DUMP_TIMEOUT);
         let err = assert_clean_failure(&out, &format!("dump of a process with {mode}"));
         assert!(err.contains(says) && err.contains("not supported"), "{mode}: {err}");
         assert!(err.contains(&format!("process {}", w.pid)), "{mode}: the refusal does not name the process: {err}");
         live_threads_run_untraced(w.pid);
+        before.assert_same(&ProcState::of_tree(w.pid), &[]);
         assert_no_inventory(&images);
         w.expect_ok_on_usr1();
     }

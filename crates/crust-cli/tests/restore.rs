@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use common::job::{assert_counting, counters, dump, ready_field, restore, Job, STEP};
+use common::procstate::ProcState;
 use common::{assert_clean_failure, crust, os, TempDir};
 
 /// A restore that must succeed; the job takes over the restored root.
@@ -20,11 +21,20 @@ fn restore_ok(job: &mut Job, dir: &Path) {
     job.adopt_restored();
 }
 
-/// Dumps the job into `images` (which kills it), reaps it and restores it.
+/// Dumps the job into `images` (which kills it), reaps it and restores it;
+/// what /proc shows of the tree is the same after as before.
 fn dump_and_restore(job: &mut Job, images: &Path) {
+    dump_and_restore_except(job, images, &[]);
+}
+
+/// [`dump_and_restore`], where /proc entries with a key containing one of
+/// `may_differ` may differ (the caller says why).
+fn dump_and_restore_except(job: &mut Job, images: &Path, may_differ: &[&str]) {
+    let before = ProcState::of_tree(job.pid);
     dump(job.pid, images, &[]);
     job.reap_original();
     restore_ok(job, images);
+    before.assert_same(&ProcState::of_tree(job.pid), may_differ);
 }
 
 /// family on a file of DIR written with `seed`; the job, the file and the
@@ -416,6 +426,10 @@ fn twenty_dump_restore_cycles_keep_counters_monotonic() {
     let dir = TempDir::new("restore-cycles");
     let mut job = Job::start("test_mm", &[], dir.path());
     job.ready();
+    // Both threads have started (a thread being started has every signal
+    // blocked for a moment, which the comparison would see).
+    job.line(STEP);
+    job.line(STEP);
     for i in 0..20 {
         job.line(STEP);
         let images = dir.join(format!("images-{i}"));
@@ -654,5 +668,22 @@ fn a_chrooted_process_keeps_its_root_and_cwd() {
     let link = |what: &str| std::fs::read_link(format!("/proc/{}/{what}", job.pid)).unwrap();
     assert_eq!(link("root"), root, "root");
     assert_eq!(link("cwd"), root.join("sub"), "cwd");
+    job.expect_ok();
+}
+
+#[test]
+fn the_state_comparison_sees_a_changed_attribute() {
+    let dir = TempDir::new("restore-compare");
+    let mut job = Job::start("test_mm", &[], dir.path());
+    job.ready();
+    job.line(STEP);
+    job.line(STEP);
+    let before = ProcState::of_tree(job.pid);
+    before.assert_same(&ProcState::of_tree(job.pid), &[]);
+    std::fs::write(format!("/proc/{}/oom_score_adj", job.pid), "7").unwrap();
+    let changed = std::panic::catch_unwind(|| before.assert_same(&ProcState::of_tree(job.pid), &[]));
+    let err = *changed.expect_err("a changed oom_score_adj is seen").downcast::<String>().unwrap();
+    assert!(err.contains(&format!("{} oom_score_adj", job.pid)), "{err}");
+    before.assert_same(&ProcState::of_tree(job.pid), &["oom_score_adj"]);
     job.expect_ok();
 }

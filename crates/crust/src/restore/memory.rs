@@ -48,7 +48,7 @@ pub(super) fn restore(
     {
         let scratch = &mut p.scratch;
         let task: &Task = task;
-        layout::map_vmas(task, &p.image.mm, shmem_fds, |file_id, flags| {
+        layout::map_vmas(task, &p.image.mm, &p.image.pagemap, shmem_fds, |file_id, flags| {
             if let Some(fd) = opened.get(&(file_id, flags)) {
                 return Ok(*fd);
             }
@@ -59,7 +59,7 @@ pub(super) fn restore(
     }
     let task: &Task = task;
     let pages = source.fill(task, &mut p.scratch, p.image, progress)?;
-    layout::protect_vmas(task, &p.image.mm)?;
+    layout::protect_vmas(task, &p.image.mm, &p.image.pagemap)?;
     // The mm's own bounds, auxv and executable.
     let mm = &p.image.mm;
     let exe_fd = task.open(&mut p.scratch, img.reg_path(mm.exe_file_id)?, (libc::O_RDONLY | libc::O_CLOEXEC) as u32)?;

@@ -135,8 +135,9 @@ impl Proc<'_> {
 /// Dropping it kills the tree and undoes what the restore changed.
 pub struct Held {
     created: Created,
-    /// Every task, and whether it goes on stopped (a stopped job).
-    tasks: Vec<(i32, Option<Signal>)>,
+    /// Every process: its pid, its other threads, and whether it goes on
+    /// stopped (a stopped job) and by which signal.
+    tasks: Vec<(i32, Vec<i32>, Option<Signal>)>,
     root: i32,
     stats: RestoreStats,
     start: Instant,
@@ -153,14 +154,43 @@ impl Held {
 
     /// Let every task go at once.
     pub fn release(mut self) -> Result<Restored> {
-        for &(tid, sig) in &self.tasks {
-            nix_ptrace::detach(Pid::from_raw(tid), sig).ctx(|| format!("letting task {tid} go"))?;
+        for (pid, threads, stop) in &self.tasks {
+            let_go(*pid, threads, *stop)?;
         }
         self.created.done = true;
         self.created.cgroups.keep();
-        self.stats.stop_signal = self.tasks.iter().find(|&&(tid, _)| tid == self.root).and_then(|&(_, sig)| sig).map(|s| s as i32);
+        self.stats.stop_signal = self.tasks.iter().find(|(pid, ..)| *pid == self.root).and_then(|(.., sig)| *sig).map(|s| s as i32);
         self.stats.restore_time_us = self.start.elapsed().as_micros() as u64;
         Ok(Restored { root: self.root, stats: std::mem::take(&mut self.stats) })
+    }
+}
+
+/// Lets the threads of a process go; a stopped job's leader first, with the
+/// stop signal, which it takes and so stops the whole process: its other
+/// threads, let go once it has, join the stop without running and with no
+/// stop signal left pending in them (as one signal to the process leaves).
+fn let_go(pid: i32, threads: &[i32], stop: Option<Signal>) -> Result<()> {
+    nix_ptrace::detach(Pid::from_raw(pid), stop).ctx(|| format!("letting task {pid} go"))?;
+    if stop.is_some() && !threads.is_empty() {
+        wait_group_stop(pid)?;
+    }
+    for &tid in threads {
+        nix_ptrace::detach(Pid::from_raw(tid), None).ctx(|| format!("letting task {tid} go"))?;
+    }
+    Ok(())
+}
+
+/// Waits (up to 5 s) for process `pid` to be in a group stop.
+fn wait_group_stop(pid: i32) -> Result<()> {
+    let deadline = Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        if crate::proc::stat(pid, pid).is_ok_and(|s| s.state == 'T') {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Ptrace { tid: pid, what: "a restored stopped job did not stop within 5 s".into() });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }
 
@@ -216,11 +246,7 @@ pub fn restore_held(opts: &RestoreOptions, mut img: DumpImage, pages: &mut dyn P
         p.tasks().try_for_each(|(task, thread)| state::restore_last(task, thread))?;
     }
     pages_check.join().map_err(|_| Error::Invalid("the check of the pages images failed".into()))??;
-    let tasks = procs.iter().flat_map(|p| {
-        let stop = stop_signal(p.image);
-        p.threads.iter().chain(std::iter::once(&p.leader)).map(move |t| (t.tid, stop))
-    });
-    let tasks = tasks.collect();
+    let tasks = procs.iter().map(|p| (p.leader.tid, p.threads.iter().map(|t| t.tid).collect(), stop_signal(p.image))).collect();
     let root = procs[0].image.pid();
     stats.restore_time_us = start.elapsed().as_micros() as u64;
     Ok(Held { created, tasks, root, stats, start })

@@ -41,7 +41,7 @@ pub static VM_FLAGS: &[(&str, Fate)] = &[
     ("rr", Fate::Refused("madvise(MADV_RANDOM): restoring madvise flags is not supported yet")),
     ("dc", Fate::Refused("madvise(MADV_DONTFORK) (not copied on fork): restoring madvise flags is not supported yet")),
     ("de", Fate::Refused("not expandable by mremap (a device's or the kernel's mapping): not supported")),
-    ("ac", Fate::NotNeeded("accountable follows from a private writable mapping, as mmap makes it again")),
+    ("ac", Fate::NotNeeded("charged to the commit limit: made again by mapping writable a private mapping that is writable or has pages of its own (it was written), and no other")),
     ("nr", Fate::Refused("MAP_NORESERVE (no swap reserved): restoring it is not supported yet")),
     ("ht", Fate::Refused("hugetlb pages: hugetlbfs mappings are not supported yet")),
     ("sf", Fate::Refused("MAP_SYNC (synchronous page faults on DAX): not supported yet")),
