@@ -12,6 +12,7 @@
  *   unusual epoll-reused  an epoll watches an eventfd by an fd number that
  *                         another eventfd took since (the first lives on)
  *   unusual memfd         holds a memfd
+ *   unusual kmsg          holds /dev/kmsg (character device 1:11)
  *   unusual flock|posix-lock|ofd-lock|lease
  *                         holds a file lock (or lease) on a deleted file
  *   unusual posix-timer   has a POSIX timer (CLOCK_MONOTONIC, armed)
@@ -201,6 +202,11 @@ int main(int argc, char **argv)
         int m = memfd_create("crust-test", 0);
         if (m < 0 || write(m, "data", 4) != 4)
             die("memfd_create");
+        run_on(NULL);
+    }
+    if (strcmp(argv[1], "kmsg") == 0) {
+        if (open("/dev/kmsg", O_RDONLY) < 0)
+            die("/dev/kmsg");
         run_on(NULL);
     }
     if (strcmp(argv[1], "unix-listening") == 0) {

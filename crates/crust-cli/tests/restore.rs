@@ -687,3 +687,54 @@ fn the_state_comparison_sees_a_changed_attribute() {
     before.assert_same(&ProcState::of_tree(job.pid), &["oom_score_adj"]);
     job.expect_ok();
 }
+
+/// /dev/null, zero, full, random and urandom come back as those devices,
+/// with their flags and close-on-exec (the workload checks each);
+/// files.img holds them as regular files whose mode is a character device.
+#[test]
+fn character_devices_come_back_with_their_flags() {
+    let dir = TempDir::new("restore-devices");
+    let mut job = Job::start("devices", &[], dir.path());
+    job.ready();
+    let images = dir.join("images");
+    dump_and_restore(&mut job, &images);
+    let files = common::crit_show(&images.join("files.img"));
+    let devices: Vec<String> = files["entries"]
+        .as_array()
+        .expect("files.img entries")
+        .iter()
+        .filter_map(|e| e.get("reg"))
+        .filter(|r| common::num(&r["mode"]) as u32 & libc::S_IFMT == libc::S_IFCHR)
+        .map(|r| r["name"].as_str().unwrap().to_string())
+        .collect();
+    for dev in ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"] {
+        assert!(devices.iter().any(|d| d == dev), "{dev} in files.img: {devices:?}");
+    }
+    job.expect_ok();
+}
+
+/// A device is reopened by its path: if another device is there at restore
+/// time, the restore is refused, naming both; the right device restores.
+#[test]
+fn a_device_node_that_became_another_device_is_refused() {
+    let dir = TempDir::new("restore-device-node");
+    let node = dir.join("node");
+    let mknod = |minor: u32| {
+        let _ = std::fs::remove_file(&node);
+        nix::sys::stat::mknod(&node, nix::sys::stat::SFlag::S_IFCHR, nix::sys::stat::Mode::from_bits_truncate(0o600), libc::makedev(1, minor))
+            .expect("mknod");
+    };
+    mknod(5);
+    let mut job = Job::start("devices", &["node", node.to_str().unwrap()], dir.path());
+    job.ready();
+    let images = dir.join("images");
+    dump(job.pid, &images, &[]);
+    job.reap_original();
+    mknod(3);
+    let err = job.assert_restore_failed(&restore(&images, &[]), "restore with another device at the path");
+    assert!(err.contains(node.to_str().unwrap()) && err.contains("character device 1:5") && err.contains("1:3"), "message: {err}");
+    assert!(!Path::new(&format!("/proc/{}", job.pid)).exists(), "nothing is left of a refused restore");
+    mknod(5);
+    restore_ok(&mut job, &images);
+    job.expect_ok();
+}

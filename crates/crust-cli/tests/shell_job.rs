@@ -411,3 +411,28 @@ fn job_of_another_user_keeps_its_credentials_when_root_restores_it() {
     b.key(0x03);
     assert!(gone(pid));
 }
+
+/// A job holding /dev/tty (with /dev/null, zero, full, random, urandom) gets
+/// it back as its controlling terminal, the restoring one: what it writes
+/// there shows on the new terminal, not the old.
+#[test]
+fn dev_tty_is_reopened_as_the_restoring_terminal() {
+    let dir = TempDir::new("shell-job-dev-tty");
+    let images = dir.join("images");
+    let mut a = Terminal::open(24, 80);
+    a.type_line(&format!("{} tty", workload_path("devices").display()));
+    a.expect("READY");
+    let pid = find(a.bash.id() as i32, "devices");
+    dump_job(pid, &images);
+    assert!(gone(pid), "the dump ends the job");
+    let mut b = Terminal::open(24, 80);
+    b.type_line(&format!("{CRUST} restore --shell-job -D {}", images.display()));
+    let back = poll(WAIT, Duration::from_millis(10), || matches!(state(pid), Some('S' | 'R')).then_some(()));
+    assert!(back.is_some(), "the job is back");
+    // SAFETY: a signal to the restored job.
+    unsafe { libc::kill(pid, libc::SIGUSR1) };
+    b.expect("via /dev/tty");
+    b.expect("OK");
+    assert!(!a.text().contains("via /dev/tty"), "nothing on the old terminal");
+    assert!(gone(pid));
+}

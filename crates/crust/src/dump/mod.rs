@@ -362,7 +362,9 @@ impl TreeDump {
             .filter_map(|f| f.reg.as_ref())
             .filter(|r| r.flags & libc::O_ACCMODE as u32 == 0);
         let stamps = read_only.filter_map(|r| Some((r.name.clone(), FileStamp::of(&r.name)?))).collect();
-        self.stats.bytes_written += self.dir.write_json(META, &DumpMeta { cgroups: self.cgroups.report(), files: stamps })?;
+        let devices = files.files.iter().filter_map(|f| f.reg.as_ref()).filter_map(crate::files::reg::device_of).collect();
+        let meta = DumpMeta { cgroups: self.cgroups.report(), files: stamps, devices };
+        self.stats.bytes_written += self.dir.write_json(META, &meta)?;
         Ok(())
     }
 

@@ -83,7 +83,7 @@ impl OpenFd {
         take_fd(self.pid, self.fd).ctx(|| format!("taking fd {} of process {} ({})", self.fd, self.pid, self.link))
     }
 
-    fn unsupported(&self, what: &str) -> Error {
+    pub(crate) fn unsupported(&self, what: &str) -> Error {
         Error::unsupported(format!("process {}: fd {} ({})", self.pid, self.fd, self.link), format!("{what} not supported yet"))
     }
 }
@@ -515,7 +515,10 @@ fn describe_unknown(fd: &OpenFd) -> String {
     }
     match fd.file_type() {
         SFlag::S_IFIFO => "FIFOs without a path are".into(),
-        SFlag::S_IFCHR => "character devices other than ttys and memory devices are".into(),
+        SFlag::S_IFCHR => {
+            let (major, minor) = (libc::major(fd.stat.st_rdev), libc::minor(fd.stat.st_rdev));
+            format!("character device {major}:{minor} (crust reopens /dev/null, zero, full, random, urandom, tty and pty slaves) is")
+        }
         SFlag::S_IFBLK => "block devices are".into(),
         _ => "files of this kind are".into(),
     }

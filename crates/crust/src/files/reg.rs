@@ -1,5 +1,9 @@
-//! Regular files, directories, and the memory devices (/dev/null, /dev/zero, ...):
-//! everything that is reopened by path.
+//! Regular files, directories, and the memory devices programs open
+//! (/dev/null, /dev/zero, /dev/full, /dev/random, /dev/urandom): everything
+//! that is reopened by path. As CRIU does, a device is a regular-file entry
+//! whose mode says it is a character device; its device numbers, which the
+//! entry has no field for, go to crust's notes (`crust-meta.json`) and are
+//! checked before a restore reopens the path.
 
 use nix::sys::stat::{stat, SFlag};
 
@@ -23,7 +27,7 @@ impl FileKind for RegularFile {
     fn matches(&self, fd: &OpenFd) -> bool {
         match fd.file_type() {
             SFlag::S_IFREG | SFlag::S_IFDIR => fd.link.starts_with('/'),
-            SFlag::S_IFCHR => libc::major(fd.stat.st_rdev) as u64 == MEM_MAJOR,
+            SFlag::S_IFCHR => memory_device(fd.stat.st_rdev).is_some(),
             _ => false,
         }
     }
@@ -38,6 +42,9 @@ impl FileKind for RegularFile {
             None => fd.link.clone(),
         };
         let is_reg = fd.file_type() == SFlag::S_IFREG;
+        if fd.file_type() == SFlag::S_IFCHR {
+            check_device_path(fd, &name)?;
+        }
         Ok(FileEntry {
             r#type: FdTypes::Reg as i32,
             id,
@@ -79,7 +86,47 @@ impl FileKind for RegularFile {
 }
 
 /// Major number of /dev/null, /dev/zero, /dev/urandom and their kin.
-const MEM_MAJOR: u64 = 1;
+const MEM_MAJOR: u32 = 1;
+
+/// The memory devices crust reopens, by minor: those without state of their
+/// own that programs open. /dev/mem, /dev/kmsg, /dev/port and the others
+/// are refused by their numbers.
+const MEMORY_DEVICES: &[(u32, &str)] = &[(3, "null"), (5, "zero"), (7, "full"), (8, "random"), (9, "urandom")];
+
+/// The name of memory device `rdev`, if crust reopens it.
+pub fn memory_device(rdev: u64) -> Option<&'static str> {
+    let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+    MEMORY_DEVICES.iter().find(|&&(m, _)| major == MEM_MAJOR && minor == m).map(|&(_, name)| name)
+}
+
+/// A device is reopened by its path: the path must lead to that very device
+/// (not to another node of another device, nor to nothing).
+fn check_device_path(fd: &OpenFd, name: &str) -> Result<()> {
+    let (major, minor) = (libc::major(fd.stat.st_rdev), libc::minor(fd.stat.st_rdev));
+    match stat(name) {
+        Ok(st) if st.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFCHR.bits() && st.st_rdev == fd.stat.st_rdev => Ok(()),
+        _ => Err(fd.unsupported(&format!("character device {major}:{minor} whose path {name} no longer leads to it is"))),
+    }
+}
+
+/// The path and device number of a character device entry, for crust's notes.
+pub fn device_of(reg: &RegFileEntry) -> Option<(String, u64)> {
+    let is_chr = reg.mode? & SFlag::S_IFMT.bits() == SFlag::S_IFCHR.bits();
+    let st = stat(reg.name.as_str()).ok().filter(|_| is_chr)?;
+    Some((reg.name.clone(), st.st_rdev))
+}
+
+/// Before a restore: the character device at `path` must be the one the dump
+/// saw (`rdev`), or the task would reopen another device.
+pub fn check_device(path: &str, rdev: u64) -> std::result::Result<(), String> {
+    let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+    let st = stat(path).map_err(|e| format!("{path}: character device {major}:{minor} needed by the restore, but {e}"))?;
+    if st.st_mode & SFlag::S_IFMT.bits() != SFlag::S_IFCHR.bits() || st.st_rdev != rdev {
+        let now = (libc::major(st.st_rdev), libc::minor(st.st_rdev));
+        return Err(format!("{path}: it was character device {major}:{minor} at dump time, it is not now (mode {:o}, device {}:{})", st.st_mode, now.0, now.1));
+    }
+    Ok(())
+}
 
 /// A regular-file entry for a file known only by path: a mapped file, the
 /// executable, a cwd or root directory; `source` opens it (the path itself,

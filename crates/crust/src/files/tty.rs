@@ -1,6 +1,7 @@
-//! Terminals: the slave side of a pseudo-terminal (/dev/pts/N). The terminal's
-//! settings (termios, window size, session and foreground group) go to
-//! tty-info.img once per terminal; each open file of it to files.img.
+//! Terminals: the slave side of a pseudo-terminal (/dev/pts/N), and /dev/tty,
+//! the controlling terminal. A pty's settings (termios, window size, session
+//! and foreground group) go to tty-info.img once per terminal; each open file
+//! of it to files.img. /dev/tty is a terminal of type CTTY, as in CRIU.
 
 use std::os::fd::AsRawFd;
 
@@ -32,17 +33,22 @@ impl FileKind for Terminal {
     }
 
     fn matches(&self, fd: &OpenFd) -> bool {
-        pts_index(fd).is_some()
+        pts_index(fd).is_some() || is_ctty(fd)
     }
 
     fn dump(&self, fd: &OpenFd, table: &mut FileTable) -> Result<FileEntry> {
-        let index = pts_index(fd).expect("matched a pty slave");
         let rdev = fd.stat.st_rdev as u32;
+        if is_ctty(fd) {
+            check_own_terminal(fd)?;
+        }
         let info_id = match table.extras.get_mut::<Infos>().0.iter().find(|t| t.rdev == rdev) {
             Some(t) => t.id,
             None => {
                 let id = table.new_id();
-                let info = tty_info(fd, id, index)?;
+                let info = match pts_index(fd) {
+                    Some(index) => tty_info(fd, id, index)?,
+                    None => ctty_info(id, rdev),
+                };
                 table.extras.get_mut::<Infos>().0.push(info);
                 id
             }
@@ -81,9 +87,14 @@ impl FileKind for Terminal {
     /// A shell job's terminal becomes the restoring terminal. Without --shell-job
     /// a terminal is not reopened by its number: pty numbers are reused, and the
     /// one with the same number may be someone else's session now.
+    /// /dev/tty is opened again in the task: the controlling terminal of the
+    /// restored process, which with --shell-job is the restoring terminal.
     fn restore(&self, entry: &FileEntry, r: &mut FdRestorer) -> Result<u64> {
         let t = entry.tty.as_ref().ok_or_else(|| super::missing(entry, "terminal"))?;
+        let infos = &super::loaded::<Infos>(r.image, "tty-info.img")?.0;
+        let ctty = infos.iter().any(|i| i.id == t.tty_info_id && i.r#type == TtyType::Ctty as i32);
         match r.terminal {
+            Some(_) if ctty => r.open_path(CTTY_PATH, t.flags),
             Some(term) => r.open_path(term, t.flags | libc::O_NOCTTY as u32),
             None => Err(Error::Invalid(
                 "the tree uses a terminal: restore it with --shell-job, from the terminal it should use".into(),
@@ -100,6 +111,38 @@ fn pts_index(fd: &OpenFd) -> Option<u32> {
     let major = libc::major(rdev) as u64;
     (fd.file_type() == SFlag::S_IFCHR && PTS_MAJORS.contains(&major))
         .then(|| ((major - PTS_MAJORS.start()) as u32) * 256 + libc::minor(rdev))
+}
+
+/// /dev/tty, which stands for the controlling terminal of whoever opens it.
+const CTTY_PATH: &str = "/dev/tty";
+
+/// /dev/tty is character device 5:0.
+fn is_ctty(fd: &OpenFd) -> bool {
+    fd.file_type() == SFlag::S_IFCHR && fd.stat.st_rdev == libc::makedev(5, 0)
+}
+
+/// A /dev/tty file reaches the terminal that was its opener's controlling
+/// terminal when it was opened; it is reopened as the restored process's
+/// controlling terminal, so it must be the process's controlling terminal
+/// still (not one left behind by setsid).
+fn check_own_terminal(fd: &OpenFd) -> Result<()> {
+    let tty = fd.take()?;
+    let mut dev: u32 = 0;
+    // SAFETY: TIOCGDEV writes one u32, the device number of the terminal behind the file.
+    let r = unsafe { libc::ioctl(tty.as_raw_fd(), libc::TIOCGDEV, &mut dev) };
+    if r < 0 {
+        let what = || format!("reading the terminal behind {} (fd {} of process {})", fd.link, fd.fd, fd.pid);
+        return Err(std::io::Error::last_os_error()).ctx(what);
+    }
+    let ctty = crate::proc::stat(fd.pid, fd.pid)?.tty_nr as u32;
+    if dev != ctty {
+        return Err(fd.unsupported("/dev/tty of a terminal other than the process's controlling terminal is"));
+    }
+    Ok(())
+}
+
+fn ctty_info(id: u32, rdev: u32) -> TtyInfoEntry {
+    TtyInfoEntry { id, r#type: TtyType::Ctty as i32, rdev, ..Default::default() }
 }
 
 fn tty_info(fd: &OpenFd, id: u32, index: u32) -> Result<TtyInfoEntry> {
@@ -143,9 +186,9 @@ fn tty_info(fd: &OpenFd, id: u32, index: u32) -> Result<TtyInfoEntry> {
 
 /// The terminal of the job's session at dump time, if it had one.
 pub fn job_terminal(img: &DumpImage) -> Option<&TtyInfoEntry> {
-    let infos = &img.extras.get::<Infos>()?.0;
+    let infos: Vec<&TtyInfoEntry> = img.extras.get::<Infos>()?.0.iter().filter(|t| t.r#type == TtyType::Pty as i32).collect();
     let sid = img.processes[0].pstree.sid;
-    infos.iter().find(|t| t.sid == sid).or_else(|| infos.first())
+    infos.iter().find(|t| t.sid == sid).or_else(|| infos.first()).copied()
 }
 
 /// The terminal crust runs on (the first of stdin, stdout, stderr that is one).

@@ -13,6 +13,10 @@ pub struct DumpMeta {
     /// files, executables, read-only fds): a restore elsewhere needs the same.
     #[serde(default)]
     pub files: std::collections::BTreeMap<String, FileStamp>,
+    /// Device number of every character device reopened by path (CRIU's
+    /// reg_file_entry has no field for it): a restore needs the same there.
+    #[serde(default)]
+    pub devices: std::collections::BTreeMap<String, u64>,
 }
 
 /// Whether `path` lies on a file system whose files are made by the kernel

@@ -29,6 +29,9 @@ pub fn problems(img: &DumpImage, opts: &RestoreOptions) -> Vec<String> {
             }
         }
     }
+    for (path, &rdev) in meta.iter().flat_map(|m| m.devices.iter()) {
+        out.extend(files::reg::check_device(path, rdev).err());
+    }
     out.sort();
     out.dedup();
 
