@@ -11,7 +11,7 @@
  *   unusual fd-in-flight  a unix socket pair carries an fd not received yet
  *   unusual epoll-reused  an epoll watches an eventfd by an fd number that
  *                         another eventfd took since (the first lives on)
- *   unusual memfd         holds a memfd
+ *   unusual sysv-shm      has a System V shared memory segment attached
  *   unusual kmsg          holds /dev/kmsg (character device 1:11)
  *   unusual flock|posix-lock|ofd-lock|lease
  *                         holds a file lock (or lease) on a deleted file
@@ -35,6 +35,7 @@
 #include <sys/file.h>
 #include <sys/syscall.h>
 #include <sys/mman.h>
+#include <sys/shm.h>
 #include <sys/eventfd.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -98,7 +99,7 @@ int main(int argc, char **argv)
 {
     workload_init();
     if (argc != 2) {
-        fprintf(stderr, "usage: unusual seccomp|leader-exit|semaphore|epoll-closed|unix-listening|fd-in-flight|epoll-reused|memfd\n");
+        fprintf(stderr, "usage: unusual seccomp|leader-exit|semaphore|epoll-closed|unix-listening|fd-in-flight|epoll-reused|sysv-shm|kmsg|...\n");
         return 2;
     }
     if (strcmp(argv[1], "seccomp") == 0) {
@@ -198,10 +199,13 @@ int main(int argc, char **argv)
             die(argv[1]);
         run_on(NULL);
     }
-    if (strcmp(argv[1], "memfd") == 0) {
-        int m = memfd_create("crust-test", 0);
-        if (m < 0 || write(m, "data", 4) != 4)
-            die("memfd_create");
+    if (strcmp(argv[1], "sysv-shm") == 0) {
+        int id = shmget(IPC_PRIVATE, 4096, IPC_CREAT | 0600);
+        char *p = id < 0 ? (char *)-1 : shmat(id, NULL, 0);
+        /* Removed at once: it lives as long as it is attached. */
+        if (p == (char *)-1 || shmctl(id, IPC_RMID, NULL) != 0)
+            die("shmget");
+        strcpy(p, "data");
         run_on(NULL);
     }
     if (strcmp(argv[1], "kmsg") == 0) {

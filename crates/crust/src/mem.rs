@@ -146,6 +146,12 @@ fn vmas(pid: i32, strict: bool) -> Result<Vec<Vma>> {
                 status |= VMA_ANON_PRIVATE;
                 Backing::Anon
             }
+            MMapPath::Vsys(key) if strict => {
+                return Err(Error::unsupported(
+                    format!("process {pid}: mapping {:#x}-{:#x}", m.address.0, m.address.1),
+                    format!("System V shared memory (key {key:#x}) is not supported yet"),
+                ))
+            }
             other if strict => {
                 return Err(Error::unsupported(
                     format!("process {pid}: mapping {:#x}-{:#x} of {other:?}", m.address.0, m.address.1),

@@ -10,7 +10,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 
 use crate::error::{Context, Error, Result};
 use crate::files::FdRestorer;
-use crate::images::load::DumpImage;
+use crate::images::load::{DumpImage, ShmemImage};
 use crate::images::proto::{PagemapEntry, PagemapHead};
 use crate::images::{ImageDir, Kind};
 use crate::images::criu::{PAGE_SIZE, PE_PRESENT};
@@ -78,37 +78,58 @@ impl SharedMemory {
         Ok(())
     }
 
-    /// pagemap-shmem-INO.img and pages-ID.img of each object: the runs of
-    /// pages that hold data (SEEK_DATA), read through the object's file.
+    /// pagemap-shmem-INO.img and pages-ID.img of each object.
     pub fn write(&self, dir: &mut ImageDir) -> Result<u64> {
         let mut bytes = 0;
         for (ino, source, pages_id, reach) in &self.objects {
-            let what = || format!("reading shared memory {ino} through {source}");
-            let file = File::open(source).ctx(what)?;
-            let size = file.metadata().ctx(what)?.len().min(*reach);
-            let runs = data_runs(&file, size).ctx(what)?;
-            let mut map = dir.writer(&format!("pagemap-shmem-{ino}.img"), Kind::ShmemPagemap)?;
-            map.entry(&PagemapHead { pages_id: *pages_id })?;
-            for &(off, len) in &runs {
-                let nr_pages = (len / PAGE_SIZE) as u32;
-                map.entry(&PagemapEntry { vaddr: off, nr_pages, in_parent: None, flags: Some(PE_PRESENT) })?;
-            }
-            bytes += map.finish()?;
-            let mut pages = dir.writer(&format!("pages-{pages_id}.img"), Kind::Pages)?;
-            let mut buf = vec![0u8; 1 << 20];
-            for &(off, len) in &runs {
-                let mut done = 0;
-                while done < len {
-                    let n = (len - done).min(buf.len() as u64) as usize;
-                    file.read_exact_at(&mut buf[..n], off + done).ctx(what)?;
-                    pages.raw(&buf[..n])?;
-                    done += n as u64;
-                }
-            }
-            bytes += pages.finish()?;
+            bytes += write_object(dir, *ino, source, *pages_id, *reach)?;
         }
         Ok(bytes)
     }
+}
+
+/// pagemap-shmem-INO.img and pages-ID.img of the shmem object `ino` (shared
+/// anonymous memory or a memfd), up to `reach` bytes: the runs of pages that
+/// hold data (SEEK_DATA), read through `source`, a /proc path that opens it.
+pub fn write_object(dir: &mut ImageDir, ino: u64, source: &str, pages_id: u32, reach: u64) -> Result<u64> {
+    let what = || format!("reading shared memory {ino} through {source}");
+    let file = File::open(source).ctx(what)?;
+    let size = file.metadata().ctx(what)?.len().min(reach);
+    let runs = data_runs(&file, size).ctx(what)?;
+    let mut map = dir.writer(&format!("pagemap-shmem-{ino}.img"), Kind::ShmemPagemap)?;
+    map.entry(&PagemapHead { pages_id })?;
+    for &(off, len) in &runs {
+        let nr_pages = (len / PAGE_SIZE) as u32;
+        map.entry(&PagemapEntry { vaddr: off, nr_pages, in_parent: None, flags: Some(PE_PRESENT) })?;
+    }
+    let mut bytes = map.finish()?;
+    let mut pages = dir.writer(&format!("pages-{pages_id}.img"), Kind::Pages)?;
+    let mut buf = vec![0u8; 1 << 20];
+    for &(off, len) in &runs {
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(buf.len() as u64) as usize;
+            read_page_padded(&file, &mut buf[..n], off + done).ctx(what)?;
+            pages.raw(&buf[..n])?;
+            done += n as u64;
+        }
+    }
+    bytes += pages.finish()?;
+    Ok(bytes)
+}
+
+/// Read `buf` from `file` at `offset`; the part past its end (a memfd's size
+/// need not be a whole number of pages) reads as zeros.
+fn read_page_padded(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64)? {
+            0 => break,
+            n => done += n,
+        }
+    }
+    buf[done..].fill(0);
+    Ok(())
 }
 
 /// Page-aligned runs (offset, length) of `file` that hold data, up to `size`.
@@ -148,23 +169,10 @@ pub fn make(r: &mut FdRestorer, img: &DumpImage) -> Result<HashMap<u64, u64>> {
         let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
         let flags = (libc::MAP_SHARED | libc::MAP_ANONYMOUS) as u64;
         let addr = r.task.call("mmap of shared memory", libc::SYS_mmap, [0, obj.size, prot, flags, u64::MAX, 0])?;
-        let made = (|| -> Result<u64> {
-            // Each run lies inside the object (the loader checked), which is mapped at `addr`.
-            let at_addr: Vec<_> = obj
-                .pagemap
-                .iter()
-                .map(|e| match addr.checked_add(e.vaddr) {
-                    Some(vaddr) => Ok(PagemapEntry { vaddr, ..*e }),
-                    None => Err(Error::image("pagemap-shmem", format!("object {shmid}: a run at offset {:#x} lies beyond 2^64", e.vaddr))),
-                })
-                .collect::<Result<_>>()?;
-            let pages = r.open_low(&obj.pages_path.to_string_lossy(), (libc::O_RDONLY | libc::O_CLOEXEC) as u32)?;
-            let filled = r.task.fill_pages(&at_addr, pages, &mut |_| {});
-            r.task.call("close", libc::SYS_close, [pages, 0, 0, 0, 0, 0])?;
-            filled?;
+        let made = fill_at(r, addr, obj, shmid).and_then(|()| {
             let path = format!("/proc/self/map_files/{addr:x}-{:x}", addr.saturating_add(obj.size));
             r.open_low(&path, (libc::O_RDWR | libc::O_CLOEXEC) as u32)
-        })();
+        });
         r.task.call("munmap", libc::SYS_munmap, [addr, obj.size, 0, 0, 0, 0])?;
         // Inherited by the forks: not close-on-exec once moved up.
         let fd = r.to_high(made?)?;
@@ -173,3 +181,32 @@ pub fn make(r: &mut FdRestorer, img: &DumpImage) -> Result<HashMap<u64, u64>> {
     Ok(fds)
 }
 
+/// Fill the object of `fd` (a memfd, already of its size) with its saved
+/// pages, through a mapping of it in the task.
+pub fn fill(r: &mut FdRestorer, fd: u64, obj: &ShmemImage, shmid: u64) -> Result<()> {
+    if obj.pagemap.is_empty() {
+        return Ok(());
+    }
+    let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+    let addr = r.task.call("mmap of a memfd", libc::SYS_mmap, [0, obj.size, prot, libc::MAP_SHARED as u64, fd, 0])?;
+    let filled = fill_at(r, addr, obj, shmid);
+    r.task.call("munmap", libc::SYS_munmap, [addr, obj.size, 0, 0, 0, 0])?;
+    filled
+}
+
+/// The saved pages of `obj`, put into its mapping at `addr` in the task.
+fn fill_at(r: &mut FdRestorer, addr: u64, obj: &ShmemImage, shmid: u64) -> Result<()> {
+    // Each run lies inside the object (the loader checked), which is mapped at `addr`.
+    let at_addr: Vec<_> = obj
+        .pagemap
+        .iter()
+        .map(|e| match addr.checked_add(e.vaddr) {
+            Some(vaddr) => Ok(PagemapEntry { vaddr, ..*e }),
+            None => Err(Error::image("pagemap-shmem", format!("object {shmid}: a run at offset {:#x} lies beyond 2^64", e.vaddr))),
+        })
+        .collect::<Result<_>>()?;
+    let pages = r.open_low(&obj.pages_path.to_string_lossy(), (libc::O_RDONLY | libc::O_CLOEXEC) as u32)?;
+    let filled = r.task.fill_pages(&at_addr, pages, &mut |_| {});
+    r.task.call("close", libc::SYS_close, [pages, 0, 0, 0, 0, 0])?;
+    filled.map(|_| ())
+}

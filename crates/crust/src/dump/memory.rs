@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use super::{us, DumpStats, TreeDump};
 use crate::error::{Context, Result};
-use crate::files::FileTable;
-use crate::images::criu::{PAGE_SIZE, PE_PRESENT};
+use crate::files::{memfd, FileTable};
+use crate::images::criu::{PAGE_SIZE, PE_PRESENT, VMA_AREA_MEMFD};
 use crate::images::proto::{MmEntry, PagemapEntry, PagemapHead, VmaEntry};
 use crate::images::Kind;
 use crate::mem::{self, Backing, PageReader, Vma};
@@ -83,12 +83,19 @@ impl TreeDump {
 }
 
 fn vma_entry(pid: i32, v: &Vma, files: &mut FileTable, shmem: &mut SharedMemory) -> Result<VmaEntry> {
+    let mut status = v.status;
     let shmid = match &v.backing {
         Backing::File { path, .. } => {
             let writable_shared = v.shared() && v.prot & libc::PROT_WRITE as u32 != 0;
             let flags = if writable_shared { libc::O_RDWR } else { libc::O_RDONLY } as u32;
             let source = format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end);
-            files.path_id(&path.to_string_lossy(), flags, &source)? as u64
+            let path = path.to_string_lossy();
+            if memfd::is_memfd(&path, &source) {
+                status |= VMA_AREA_MEMFD;
+                memfd::mapping_file(files, &path, flags, &source)? as u64
+            } else {
+                files.path_id(&path, flags, &source)? as u64
+            }
         }
         Backing::AnonShared => shmem.note(pid, v)?,
         _ => 0,
@@ -100,7 +107,7 @@ fn vma_entry(pid: i32, v: &Vma, files: &mut FileTable, shmem: &mut SharedMemory)
         shmid,
         prot: v.prot,
         flags: v.flags,
-        status: v.status,
+        status,
         fd: -1,
         madv: (v.madv != 0).then_some(v.madv),
         fdflags: None,

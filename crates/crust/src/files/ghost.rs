@@ -74,10 +74,11 @@ impl FileTable {
         let what = || format!("reading the deleted file behind {source}");
         let file = std::fs::File::open(source).ctx(what)?;
         let md = file.metadata().ctx(what)?;
-        // memfds and System V segments look deleted too, but live on a
-        // mount no one sees.
+        // memfds (a kind of their own) and System V segments (refused with
+        // the mappings) live on a mount no process sees: nothing else should.
         if !visible_mount(&file, source) {
-            return Err(Error::unsupported(source, "memfds and System V shared memory are not supported yet"));
+            let link = std::fs::read_link(source).unwrap_or_default();
+            return Err(Error::unsupported(source, format!("{}: files of a mount no process sees are not supported yet", link.display())));
         }
         if !md.is_file() {
             return Err(Error::unsupported(source, "deleted directories and devices are not supported yet"));
@@ -121,7 +122,7 @@ impl FileTable {
 
 /// Whether `file` lies on a mount of crust's mount table (kernel-internal
 /// mounts, like shared memory's, are in none).
-fn visible_mount(file: &std::fs::File, source: &str) -> bool {
+pub(crate) fn visible_mount(file: &std::fs::File, source: &str) -> bool {
     use std::os::fd::AsRawFd;
     let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", file.as_raw_fd())).unwrap_or_default();
     let Some(mnt) = info.lines().find_map(|l| l.strip_prefix("mnt_id:")).map(str::trim) else { return false };

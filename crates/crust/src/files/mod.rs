@@ -9,6 +9,7 @@ pub mod eventfd;
 pub mod eventpoll;
 pub mod fifo;
 pub mod ghost;
+pub mod memfd;
 pub mod pipe;
 pub mod reg;
 pub mod signalfd;
@@ -130,6 +131,12 @@ pub trait FileKind: Sync {
     fn shared_object(&self, _entry: &FileEntry) -> Option<u64> {
         None
     }
+    /// Objects of this kind that the tree shares (a memfd's inode), made in
+    /// the root before anything forks for every process to inherit, and
+    /// remembered in `r` for the files and mappings of them.
+    fn make_in_root(&self, _r: &mut FdRestorer) -> Result<()> {
+        Ok(())
+    }
     /// What stands in the way of restoring the file on this host.
     fn check(&self, _entry: &FileEntry, _img: &DumpImage) -> Option<String> {
         None
@@ -159,6 +166,7 @@ pub static KINDS: &[&dyn FileKind] = &[
     &signalfd::Signalfd,
     &timerfd::Timerfd,
     &eventpoll::Eventpoll,
+    &memfd::Memfd,
     &reg::RegularFile,
 ];
 
@@ -179,10 +187,12 @@ pub fn finish_file(entry: &FileEntry, fd: u64, r: &mut FdRestorer) -> Result<()>
     kind_of(entry)?.finish(entry, fd, r)
 }
 
-/// Make, in the root, every file that more than one process holds (or whose
-/// object another process holds), for the forks to inherit.
+/// Make, in the root, the objects kinds make there, then every file that more
+/// than one process holds (or whose object another process holds), for the
+/// forks to inherit.
 pub fn make_shared(r: &mut FdRestorer) -> Result<()> {
     let img = r.image;
+    KINDS.iter().try_for_each(|k| k.make_in_root(r))?;
     for id in shared_files(img) {
         let fd = restore_file(file(img, id)?, r)?;
         r.files.insert(id, fd);
@@ -289,6 +299,11 @@ impl Inherited {
     /// Nothing yet; new objects go at fds from `base` up.
     pub fn above(base: u64) -> Inherited {
         Inherited { next_high: base, ..Default::default() }
+    }
+
+    /// An object the root made (see [`FdRestorer::made`]).
+    pub fn made(&self, kind: &'static str, key: u64) -> Option<u64> {
+        self.made.get(&(kind, key)).copied()
     }
 }
 

@@ -28,6 +28,8 @@ pub const VMA_FILE_SHARED: u32 = 1 << 7;
 pub const VMA_ANON_SHARED: u32 = 1 << 8;
 pub const VMA_ANON_PRIVATE: u32 = 1 << 9;
 pub const VMA_AREA_VVAR: u32 = 1 << 12;
+/// A mapping of a memfd; its shmid is the memfd's file in files.img.
+pub const VMA_AREA_MEMFD: u32 = 1 << 14;
 
 /// The cgroup set id that means "the dumper's own cgroups" (cg_set 1, as CRIU
 /// numbers the root's set).

@@ -13,7 +13,7 @@ use crate::images::proto::{
 use crate::images::digest::{self, FileDigest};
 use crate::images::{ImageReader, Kind};
 use crate::images::criu::{PE_LAZY, PE_PARENT, PE_PRESENT, TASK_ZOMBIE};
-use crate::images::criu::{PAGE_SIZE, VMA_ANON_SHARED, VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR};
+use crate::images::criu::{PAGE_SIZE, VMA_ANON_SHARED, VMA_AREA_MEMFD, VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR};
 
 /// The largest pid or tid Linux hands out (PID_MAX_LIMIT on 64-bit).
 pub const MAX_PID: u32 = 1 << 22;
@@ -281,10 +281,14 @@ pub fn load(dir: &Path, pages: Pages) -> Result<DumpImage> {
         }
         for v in p.mm.vmas.iter().filter(|v| maps_file(v)) {
             let file = u32::try_from(v.shmid).ok().and_then(|id| files.get(&id));
-            if file.and_then(|f| f.reg.as_ref()).is_none() {
+            let (found, kind) = match v.status & VMA_AREA_MEMFD != 0 {
+                true => (file.and_then(|f| f.memfd.as_ref()).is_some(), "memfd"),
+                false => (file.and_then(|f| f.reg.as_ref()).is_some(), "regular file"),
+            };
+            if !found {
                 return Err(invalid(
                     &dir.join(format!("mm-{}.img", p.pid())),
-                    format!("vma {:#x}-{:#x} maps file {}, which is not a regular file of files.img", v.start, v.end, v.shmid),
+                    format!("vma {:#x}-{:#x} maps file {}, which is not a {kind} of files.img", v.start, v.end, v.shmid),
                 ));
             }
         }
@@ -312,11 +316,17 @@ fn load_shmem(dir: &Path, processes: &[ProcessImage]) -> Result<HashMap<u64, Shm
     }
     let mut out = HashMap::new();
     for (shmid, size) in sizes {
-        let name = format!("pagemap-shmem-{shmid}.img");
-        let (pagemap, pages_path) = read_pagemap(dir, &name, Pages::InDir, |e| check_run(e, size))?;
-        out.insert(shmid, ShmemImage { size, pagemap, pages_path });
+        out.insert(shmid, read_shmem(dir, shmid, size)?);
     }
     Ok(out)
+}
+
+/// The saved pages of shmem object `shmid` (shared anonymous memory or a
+/// memfd) of `size` bytes: pagemap-shmem-SHMID.img and its pages image.
+pub fn read_shmem(dir: &Path, shmid: u64, size: u64) -> Result<ShmemImage> {
+    let name = format!("pagemap-shmem-{shmid}.img");
+    let (pagemap, pages_path) = read_pagemap(dir, &name, Pages::InDir, |e| check_run(e, size))?;
+    Ok(ShmemImage { size, pagemap, pages_path })
 }
 
 /// A pagemap image, each run accepted by `check` (or refused with its

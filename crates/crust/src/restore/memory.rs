@@ -1,12 +1,14 @@
 //! The memory of a process being restored: crust's mappings replaced by the
 //! image's (see [`super::layout`]), the saved pages put in, the mm's bounds,
-//! auxv and executable set. Shared memory objects are made by [`crate::shmem`].
+//! auxv and executable set. Shared memory objects are made by [`crate::shmem`],
+//! memfds by [`crate::files::memfd`].
 
 use std::collections::HashMap;
 
 use super::layout;
 use super::Proc;
 use crate::error::Result;
+use crate::files::{memfd, Inherited};
 use crate::images::load::{DumpImage, ProcessImage};
 use crate::mem::Vma;
 use crate::task::{Scratch, Task};
@@ -38,6 +40,7 @@ pub(super) fn restore(
     crust_layout: &[Vma],
     img: &DumpImage,
     shmem_fds: &HashMap<u64, u64>,
+    inherited: &Inherited,
     source: &mut dyn PageSource,
     progress: &mut dyn FnMut(u64),
 ) -> Result<u64> {
@@ -52,7 +55,11 @@ pub(super) fn restore(
             if let Some(fd) = opened.get(&(file_id, flags)) {
                 return Ok(*fd);
             }
-            let fd = task.open(scratch, img.reg_path(file_id)?, flags | libc::O_CLOEXEC as u32)?;
+            let path = match memfd::path_to_map(img, inherited, file_id) {
+                Some(path) => path?,
+                None => img.reg_path(file_id)?.to_string(),
+            };
+            let fd = task.open(scratch, &path, flags | libc::O_CLOEXEC as u32)?;
             opened.insert((file_id, flags), fd);
             Ok(fd)
         })?;

@@ -234,7 +234,7 @@ pub fn restore_held(opts: &RestoreOptions, mut img: DumpImage, pages: &mut dyn P
     let page_bytes = procs.iter().flat_map(|p| &p.image.pagemap).map(|e| e.nr_pages as u64 * PAGE_SIZE).sum();
     let mut meter = opts.progress.start(Phase::RestoringPages, page_bytes);
     for p in &mut procs {
-        stats.pages_restored += memory::restore(p, &crust_layout, img, &shmem_fds, pages, &mut |n| meter.add(n))?;
+        stats.pages_restored += memory::restore(p, &crust_layout, img, &shmem_fds, &inherited, pages, &mut |n| meter.add(n))?;
         let mut r = FdRestorer::new(&p.leader, &mut p.scratch, img, &inherited, terminal);
         files::restore_table(p.image, &mut r, &mut finished)?;
         make_threads(p, img, &mut created)?;
