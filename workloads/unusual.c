@@ -12,6 +12,7 @@
  *   unusual epoll-reused  an epoll watches an eventfd by an fd number that
  *                         another eventfd took since (the first lives on)
  *   unusual sysv-shm      has a System V shared memory segment attached
+ *   unusual inotify-queued  an inotify instance with an event not read yet
  *   unusual kmsg          holds /dev/kmsg (character device 1:11)
  *   unusual flock|posix-lock|ofd-lock|lease
  *                         holds a file lock (or lease) on a deleted file
@@ -36,6 +37,7 @@
 #include <sys/syscall.h>
 #include <sys/mman.h>
 #include <sys/shm.h>
+#include <sys/inotify.h>
 #include <sys/eventfd.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -206,6 +208,13 @@ int main(int argc, char **argv)
         if (p == (char *)-1 || shmctl(id, IPC_RMID, NULL) != 0)
             die("shmget");
         strcpy(p, "data");
+        run_on(NULL);
+    }
+    if (strcmp(argv[1], "inotify-queued") == 0) {
+        char dir[] = "/tmp/crust-test-inotify-XXXXXX";
+        int in = inotify_init1(0);
+        if (!mkdtemp(dir) || in < 0 || inotify_add_watch(in, dir, IN_DELETE_SELF) != 1 || rmdir(dir) != 0)
+            die("inotify");
         run_on(NULL);
     }
     if (strcmp(argv[1], "kmsg") == 0) {

@@ -763,3 +763,28 @@ fn memfds_come_back_with_contents_seals_and_still_shared() {
     assert_eq!(names, expected.map(|(n, s)| (n.to_string(), s.to_string())), "names and seals as crit reads them");
     job.expect_ok();
 }
+
+/// An inotify instance comes back with its watches, their masks and their
+/// numbers (1, 2 and 4: a removed watch left 3 out), nothing queued, and each
+/// watch reports its events again; the workload checks it all.
+#[test]
+fn inotify_watches_come_back_with_their_numbers_and_report_events() {
+    let dir = TempDir::new("restore-inotify");
+    let watched = dir.join("watched");
+    std::fs::create_dir(&watched).unwrap();
+    let mut job = Job::start("inotify", &[watched.to_str().unwrap()], dir.path());
+    job.ready();
+    let images = dir.join("images");
+    dump_and_restore(&mut job, &images);
+    let files = common::crit_show(&images.join("files.img"));
+    let mut wds: Vec<u64> = files["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e.get("ify"))
+        .flat_map(|i| i["wd"].as_array().unwrap().iter().map(|w| common::num(&w["wd"])))
+        .collect();
+    wds.sort();
+    assert_eq!(wds, [1, 2, 4], "watch numbers as crit reads them");
+    job.expect_ok();
+}

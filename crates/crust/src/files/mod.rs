@@ -9,6 +9,7 @@ pub mod eventfd;
 pub mod eventpoll;
 pub mod fifo;
 pub mod ghost;
+pub mod inotify;
 pub mod memfd;
 pub mod pipe;
 pub mod reg;
@@ -166,6 +167,7 @@ pub static KINDS: &[&dyn FileKind] = &[
     &signalfd::Signalfd,
     &timerfd::Timerfd,
     &eventpoll::Eventpoll,
+    &inotify::Inotify,
     &memfd::Memfd,
     &reg::RegularFile,
 ];
