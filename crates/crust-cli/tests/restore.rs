@@ -30,9 +30,15 @@ fn dump_and_restore(job: &mut Job, images: &Path) {
 /// [`dump_and_restore`], where /proc entries with a key containing one of
 /// `may_differ` may differ (the caller says why).
 fn dump_and_restore_except(job: &mut Job, images: &Path, may_differ: &[&str]) {
+    dump_and_restore_doing(job, images, may_differ, || {});
+}
+
+/// [`dump_and_restore_except`], doing `meanwhile` between the dump and the restore.
+fn dump_and_restore_doing(job: &mut Job, images: &Path, may_differ: &[&str], meanwhile: impl FnOnce()) {
     let before = ProcState::of_tree(job.pid);
     dump(job.pid, images, &[]);
     job.reap_original();
+    meanwhile();
     restore_ok(job, images);
     before.assert_same(&ProcState::of_tree(job.pid), may_differ);
 }
@@ -787,4 +793,55 @@ fn inotify_watches_come_back_with_their_numbers_and_report_events() {
     wds.sort();
     assert_eq!(wds, [1, 2, 4], "watch numbers as crit reads them");
     job.expect_ok();
+}
+
+fn append(path: &Path, text: &str) {
+    use std::io::Write;
+    std::fs::OpenOptions::new().append(true).open(path).unwrap().write_all(text.as_bytes()).unwrap();
+}
+
+/// `tail -f` (GNU coreutils, which follows with inotify) of a log that grows
+/// while tail is dumped: the restore accepts the log, read only but grown (the
+/// same inode, the same bytes before its old end), and tail prints the lines
+/// appended meanwhile. Its restored watch sees the next write, as the
+/// original's would have: writes made while no tail ran raise no event, so
+/// tail prints them with the next line, in order. A log rewritten in place,
+/// or replaced by another file, is refused by name.
+#[test]
+fn tail_f_prints_what_a_log_gained_while_dumped_and_a_replaced_log_is_refused() {
+    let dir = TempDir::new("restore-tail");
+    let log = dir.join("app.log");
+    std::fs::write(&log, "first\n").unwrap();
+    let log_s = log.to_str().unwrap();
+    let mut job = Job::build("tail", &["-f", log_s]).program(Path::new("/usr/bin/tail")).start(dir.path());
+    assert_eq!(job.line(STEP), "first");
+    let watching = || std::fs::read_dir(format!("/proc/{}/fdinfo", job.pid)).ok()?.flatten().find(|e| {
+        std::fs::read_to_string(e.path()).unwrap_or_default().contains("inotify wd:")
+    });
+    assert!(common::poll(STEP, std::time::Duration::from_millis(10), watching).is_some(), "tail follows the log with inotify");
+    append(&log, "before the dump\n");
+    assert_eq!(job.line(STEP), "before the dump");
+
+    let images = dir.join("images");
+    dump_and_restore_doing(&mut job, &images, &[], || append(&log, "while dumped 1\nwhile dumped 2\n"));
+    append(&log, "after the restore\n");
+    for expected in ["while dumped 1", "while dumped 2", "after the restore"] {
+        assert_eq!(job.line(STEP), expected);
+    }
+
+    let images = dir.join("images-2");
+    dump(job.pid, &images, &[]);
+    job.reap_original();
+    // Rewritten in place: the same inode, longer, but its old end changed.
+    let old = std::fs::read_to_string(&log).unwrap();
+    std::fs::write(&log, format!("{}X\nmore\n", &old[..old.len() - 1])).unwrap();
+    let err = job.assert_restore_failed(&restore(&images, &[]), "restore with the log rewritten");
+    assert!(err.contains(log_s) && err.contains("its bytes before the old end"), "message: {err}");
+    // Replaced, as logrotate does: another file renamed over it.
+    let new = dir.join("app.log.new");
+    std::fs::write(&new, format!("{old}rotated\n")).unwrap();
+    std::fs::rename(&new, &log).unwrap();
+    let err = job.assert_restore_failed(&restore(&images, &[]), "restore with the log replaced");
+    assert!(err.contains(log_s) && err.contains("it was replaced"), "message: {err}");
+    assert!(err.contains("inotify watch 1") && err.contains("Stale file handle"), "the watch's file is gone too: {err}");
 }

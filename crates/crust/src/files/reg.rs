@@ -10,7 +10,7 @@ use nix::sys::stat::{stat, SFlag};
 use super::{fown_of, ghost, FdRestorer, FileTable, FileKind, OpenFd};
 use crate::error::{Context, Result};
 use crate::images::load::DumpImage;
-use crate::images::meta::on_pseudo_fs;
+use crate::images::meta::{on_pseudo_fs, DumpMeta, FileStamp, META};
 use crate::images::proto::{FdTypes, FileEntry, RegFileEntry};
 
 pub struct RegularFile;
@@ -70,7 +70,18 @@ impl FileKind for RegularFile {
         if proc_pid.is_some_and(|pid| img.processes.iter().any(|p| p.pstree.threads.contains(&pid))) {
             return None;
         }
-        check(reg).err()
+        // A file only read through an fd may have grown (a log followed by
+        // `tail -f`), if it is the same file: its stamp says.
+        let held = img.processes.iter().any(|p| p.fds.iter().any(|f| f.id == entry.id));
+        let stamp = img.extras.get::<Stamps>().and_then(|s| s.0.get(&reg.name)).filter(|_| held);
+        check(reg, stamp).err()
+    }
+
+    /// crust's notes of the files only read: size, time, inode, last bytes.
+    fn load_images(&self, img: &mut DumpImage) -> Result<()> {
+        let meta: Option<DumpMeta> = std::fs::read(img.dir.join(META)).ok().and_then(|t| serde_json::from_slice(&t).ok());
+        img.extras.insert(Stamps(meta.map(|m| m.files).unwrap_or_default()));
+        Ok(())
     }
 
     fn restore(&self, entry: &FileEntry, r: &mut FdRestorer) -> Result<u64> {
@@ -150,12 +161,20 @@ pub fn entry_for_path(id: u32, path: &str, flags: u32, source: &str) -> Result<F
     })
 }
 
+/// The stamps of the files only read, by path, from crust's notes.
+#[derive(Default)]
+struct Stamps(std::collections::BTreeMap<String, FileStamp>);
+
 /// Before a restore: the file must be there. A file the task only reads (and
 /// every mapped file and executable) must have the size it had at dump time: a
-/// changed file would hand the task other data. A file it writes may have
-/// grown meanwhile (a log the original went on writing after a --leave-running
-/// dump), but not shrunk below the saved offset.
-fn check(reg: &RegFileEntry) -> std::result::Result<(), String> {
+/// changed file would hand the task other data. Unless it only grew: a file
+/// read through an fd (`stamp`) that is the same inode as at dump time, with
+/// the same last bytes before its old end, was appended to (a log), which a
+/// reader sees as it would have had it run on. A file replaced (another inode:
+/// logrotate, an editor's save) or rewritten is refused. A file the task writes
+/// may have grown meanwhile (a log the original went on writing after a
+/// --leave-running dump), but not shrunk below the saved offset.
+fn check(reg: &RegFileEntry, stamp: Option<&FileStamp>) -> std::result::Result<(), String> {
     let st = stat(reg.name.as_str()).map_err(|e| {
         let why = if e == nix::errno::Errno::ENOENT { "it is missing".to_string() } else { e.to_string() };
         format!("{}: needed by the restore, but {why}", reg.name)
@@ -166,7 +185,15 @@ fn check(reg: &RegFileEntry) -> std::result::Result<(), String> {
     let now = st.st_size as u64;
     let read_only = reg.flags & libc::O_ACCMODE as u32 == libc::O_RDONLY as u32;
     if read_only && now != size {
-        return Err(format!("{}: its size changed since the dump ({size} bytes then, {now} now)", reg.name));
+        let refused = match stamp {
+            Some(stamp) if now > size => {
+                stamp.grown_at(&reg.name).err().map(|why| format!("it grew since the dump ({size} bytes then, {now} now), but {why}"))
+            }
+            _ => Some(format!("its size changed since the dump ({size} bytes then, {now} now)")),
+        };
+        if let Some(why) = refused {
+            return Err(format!("{}: {why}", reg.name));
+        }
     }
     if now < reg.pos {
         return Err(format!("{}: it shrank since the dump to {now} bytes, below the saved offset {}", reg.name, reg.pos));

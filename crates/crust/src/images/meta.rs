@@ -30,7 +30,21 @@ pub fn on_pseudo_fs(path: &str) -> bool {
 pub struct FileStamp {
     pub size: u64,
     pub mtime_ns: i128,
+    /// Device and inode (0 in notes of older dumps): a file replaced since
+    /// (renamed over, as by logrotate or an editor) has other ones.
+    #[serde(default)]
+    pub dev: u64,
+    #[serde(default)]
+    pub ino: u64,
+    /// CRC32 of its last bytes before `size` (up to a page): a file that only
+    /// grew since still has them there.
+    #[serde(default)]
+    pub tail_crc: Option<u32>,
 }
+
+/// How many bytes before a file's old end must be unchanged for it to count
+/// as grown (appended to) rather than rewritten.
+const TAIL: u64 = 4096;
 
 impl FileStamp {
     /// The stamp of a regular file; none for files of proc, sysfs or cgroupfs,
@@ -38,8 +52,40 @@ impl FileStamp {
     pub fn of(path: &str) -> Option<FileStamp> {
         use std::os::unix::fs::MetadataExt;
         let md = std::fs::metadata(path).ok().filter(|m| m.is_file() && !on_pseudo_fs(path))?;
-        Some(FileStamp { size: md.len(), mtime_ns: md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128 })
+        Some(FileStamp {
+            size: md.len(),
+            mtime_ns: md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128,
+            dev: md.dev(),
+            ino: md.ino(),
+            tail_crc: tail_crc(path, md.len()),
+        })
     }
+
+    /// Whether the file at `path`, stamped `self` at dump time, is the same
+    /// file now, grown by appending: same device and inode, and the same last
+    /// bytes before the old end. Why not, if not.
+    pub fn grown_at(&self, path: &str) -> Result<(), String> {
+        let now = FileStamp::of(path).ok_or("it is no longer a regular file")?;
+        if self.ino == 0 {
+            return Err("the dump did not record its inode (an older dump)".into());
+        }
+        if (now.dev, now.ino) != (self.dev, self.ino) {
+            return Err(format!("it was replaced (inode {} at dump time, {} now)", self.ino, now.ino));
+        }
+        if now.size < self.size || tail_crc(path, self.size) != self.tail_crc {
+            return Err(format!("its bytes before the old end ({} bytes) changed", self.size));
+        }
+        Ok(())
+    }
+}
+
+/// CRC32 of the last bytes of `path` before offset `size`, up to [`TAIL`].
+fn tail_crc(path: &str, size: u64) -> Option<u32> {
+    use std::os::unix::fs::FileExt;
+    let start = size.saturating_sub(TAIL);
+    let mut buf = vec![0u8; (size - start) as usize];
+    std::fs::File::open(path).ok()?.read_exact_at(&mut buf, start).ok()?;
+    Some(crc32fast::hash(&buf))
 }
 
 

@@ -24,7 +24,9 @@ pub fn problems(img: &DumpImage, opts: &RestoreOptions) -> Vec<String> {
     out.extend(files::problems(img));
     for (path, then) in meta.iter().flat_map(|m| m.files.iter()) {
         if let Some(now) = FileStamp::of(path) {
-            if now.size == then.size && now.mtime_ns != then.mtime_ns {
+            if then.ino != 0 && (now.dev, now.ino) != (then.dev, then.ino) {
+                out.push(format!("{path}: it was replaced since the dump (inode {} then, {} now)", then.ino, now.ino));
+            } else if now.size == then.size && now.mtime_ns != then.mtime_ns {
                 out.push(format!("{path}: it was modified since the dump (same size, other modification time)"));
             }
         }
