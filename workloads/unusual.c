@@ -13,6 +13,7 @@
  *                         another eventfd took since (the first lives on)
  *   unusual sysv-shm      has a System V shared memory segment attached
  *   unusual inotify-queued  an inotify instance with an event not read yet
+ *   unusual pidfd-outside   holds a pidfd of its parent, outside the tree
  *   unusual kmsg          holds /dev/kmsg (character device 1:11)
  *   unusual flock|posix-lock|ofd-lock|lease
  *                         holds a file lock (or lease) on a deleted file
@@ -215,6 +216,11 @@ int main(int argc, char **argv)
         int in = inotify_init1(0);
         if (!mkdtemp(dir) || in < 0 || inotify_add_watch(in, dir, IN_DELETE_SELF) != 1 || rmdir(dir) != 0)
             die("inotify");
+        run_on(NULL);
+    }
+    if (strcmp(argv[1], "pidfd-outside") == 0) {
+        if (syscall(SYS_pidfd_open, getppid(), 0) < 0)
+            die("pidfd_open");
         run_on(NULL);
     }
     if (strcmp(argv[1], "kmsg") == 0) {

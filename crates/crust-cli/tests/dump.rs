@@ -1008,6 +1008,7 @@ fn dump_refuses_what_it_cannot_restore_inside_a_process_and_leaves_it_running() 
         ("fd-in-flight", "fds in flight"),
         ("sysv-shm", "System V shared memory (key 0x0) is not supported yet"),
         ("inotify-queued", "anon_inode:inotify): an inotify instance with 32 bytes of events not read yet is not supported yet"),
+        ("pidfd-outside", "outside the dumped tree, is not supported yet"),
         ("kmsg", "fd 3 (/dev/kmsg): character device 1:11 (crust reopens /dev/null, zero, full, random, urandom, tty and pty slaves) is not supported yet"),
         ("flock", "WRITE flock lock on bytes 0-EOF: file locks are not supported yet (criu saves them with --file-locks"),
         ("posix-lock", "WRITE POSIX (fcntl F_SETLK) lock on bytes 0-1: file locks are not supported yet"),

@@ -845,3 +845,17 @@ fn tail_f_prints_what_a_log_gained_while_dumped_and_a_replaced_log_is_refused() 
     assert!(err.contains(log_s) && err.contains("it was replaced"), "message: {err}");
     assert!(err.contains("inotify watch 1") && err.contains("Stale file handle"), "the watch's file is gone too: {err}");
 }
+
+/// A pidfd of a child and a non-blocking one of the process itself point to
+/// the restored processes: the workload ends and reaps its child through its
+/// pidfd.
+#[test]
+fn pidfds_point_to_the_restored_processes() {
+    let dir = TempDir::new("restore-pidfds");
+    let mut job = Job::start("pidfds", &[], dir.path());
+    let child = ready_field(&job.ready(), "child");
+    let images = dir.join("images");
+    dump_and_restore(&mut job, &images);
+    assert_eq!(common::proc_stat(child).map(|s| s.ppid), Some(job.pid), "the child is back");
+    job.expect_ok();
+}

@@ -196,6 +196,7 @@ fn write_images(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<W
     if let Some(limit) = opts.ghost_limit {
         d.files.ghosts.limit = limit;
     }
+    d.files.tree = tree.processes.iter().map(|p| p.pid).collect();
     let mut root_ids = None;
     for (n, p) in tree.processes.iter().enumerate() {
         match p.zombie {

@@ -11,6 +11,7 @@ pub mod fifo;
 pub mod ghost;
 pub mod inotify;
 pub mod memfd;
+pub mod pidfd;
 pub mod pipe;
 pub mod reg;
 pub mod signalfd;
@@ -169,6 +170,7 @@ pub static KINDS: &[&dyn FileKind] = &[
     &eventpoll::Eventpoll,
     &inotify::Inotify,
     &memfd::Memfd,
+    &pidfd::Pidfd,
     &reg::RegularFile,
 ];
 
@@ -384,6 +386,8 @@ pub struct FileTable {
     pub extras: Extras,
     /// Deleted files held by the tree, with their contents.
     pub ghosts: ghost::Ghosts,
+    /// The processes of the tree being dumped (what a pidfd may point to).
+    pub tree: Vec<i32>,
 }
 
 impl FileTable {
