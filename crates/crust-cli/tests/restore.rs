@@ -331,11 +331,27 @@ fn a_deleted_executable_and_a_deleted_mapped_file_come_back_deleted_with_their_c
 }
 
 #[test]
-fn a_deleted_open_file_comes_back_at_its_offset() {
+fn a_deleted_open_file_comes_back_at_its_offset_sparse_and_with_its_times() {
+    use std::os::unix::fs::{FileExt, MetadataExt};
     let dir = TempDir::new("restore-deleted-fd");
     let (mut job, file, _child) = start_family(&dir, 4);
+    // A hole of 8 MiB between family's pattern and a tail, and times of its own.
+    let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+    f.write_all_at(b"tail", 20_000 + (8 << 20)).unwrap();
+    let when = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::new(1_000_000_000, 123_456_000);
+    f.set_times(std::fs::FileTimes::new().set_accessed(when).set_modified(when)).unwrap();
+    drop(f);
     std::fs::remove_file(&file).unwrap();
+    let held = format!("/proc/{}/fd/3", job.pid);
+    let blocks = std::fs::metadata(&held).unwrap().blocks();
     dump_and_restore(&mut job, &dir.join("images"));
+    let meta = std::fs::metadata(&held).unwrap();
+    assert_eq!(meta.len(), 20_004 + (8 << 20), "size of the deleted file");
+    assert!(meta.blocks() <= blocks + 8, "the hole is a hole again: {} blocks of 512 bytes, {blocks} before", meta.blocks());
+    assert_eq!((meta.mtime(), meta.mtime_nsec(), meta.atime(), meta.atime_nsec()), (1_000_000_000, 123_456_000, 1_000_000_000, 123_456_000));
+    let mut tail = [0; 4];
+    std::fs::File::open(&held).unwrap().read_exact_at(&mut tail, 20_000 + (8 << 20)).unwrap();
+    assert_eq!(&tail, b"tail");
     let link = std::fs::read_link(format!("/proc/{}/fd/3", job.pid)).unwrap().to_string_lossy().into_owned();
     assert!(link.starts_with(&format!("{}/#", dir.path().display())) && link.ends_with(" (deleted)"), "{link}");
     let pos = std::fs::read_to_string(format!("/proc/{}/fdinfo/3", job.pid)).unwrap();
