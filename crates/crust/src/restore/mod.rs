@@ -365,18 +365,22 @@ fn fork_children<'a>(root: Proc<'a>, img: &'a DumpImage, opts: &RestoreOptions, 
         spawn::wait_new_task(child)?;
         created.cgroups.place(child, cg_set(p))?;
         let task = Task::new(child, child, parent.leader.gadget())?;
-        let mut scratch = Scratch::new(child, scratch_addr)?;
-        if let Some(status) = p.zombie {
-            spawn::make_zombie(task, &mut scratch, status)?;
-            continue;
-        }
+        let scratch = Scratch::new(child, scratch_addr)?;
         if p.pstree.sid == p.pstree.pid {
             task.call("setsid", libc::SYS_setsid, [0; 6])?;
         }
         procs.push(Proc { image: p, leader: task, threads: Vec::new(), scratch });
     }
+    // Zombies die once in their sessions and groups (a group whose leader
+    // is a zombie can still be joined).
     spawn::set_process_groups(&procs, opts.shell_job)?;
-    Ok(procs)
+    let (zombies, live): (Vec<Proc>, Vec<Proc>) = procs.into_iter().partition(|p| p.image.zombie.is_some());
+    for mut z in zombies {
+        if let Some(status) = z.image.zombie {
+            spawn::make_zombie(z.leader, &mut z.scratch, status)?;
+        }
+    }
+    Ok(live)
 }
 
 /// The process's own state in its leader, then its other threads (which
