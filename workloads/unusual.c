@@ -14,7 +14,7 @@
  *   unusual memfd         holds a memfd
  *   unusual flock|posix-lock|ofd-lock|lease
  *                         holds a file lock (or lease) on a deleted file
- *   unusual posix-timer   has a POSIX timer (CLOCK_MONOTONIC, armed)
+ *   unusual foreign-cpu-timer  has a POSIX timer on its parent's CPU-time clock
  *   unusual mlock|dontfork|dontdump|wipeonfork|hugepage|nohugepage|
  *           mergeable|droppable|sequential
  *                         has a mapping with that flag (mlock, madvise, MAP_DROPPABLE)
@@ -152,12 +152,13 @@ int main(int argc, char **argv)
             die(argv[1]);
         run_on(NULL);
     }
-    if (strcmp(argv[1], "posix-timer") == 0) {
+    if (strcmp(argv[1], "foreign-cpu-timer") == 0) {
         timer_t t;
+        clockid_t parent;
         struct sigevent sev = { .sigev_notify = SIGEV_SIGNAL, .sigev_signo = SIGUSR2 };
         struct itimerspec its = { .it_value = { 1000, 0 } };
         signal(SIGUSR2, SIG_IGN);
-        if (timer_create(CLOCK_MONOTONIC, &sev, &t) || timer_settime(t, 0, &its, NULL))
+        if (clock_getcpuclockid(getppid(), &parent) || timer_create(parent, &sev, &t) || timer_settime(t, 0, &its, NULL))
             die("timer_create");
         run_on(NULL);
     }

@@ -38,6 +38,11 @@ impl Component for Signals {
     }
 
     fn restore_process(&self, p: &mut ThreadRestore, tc: &TaskCoreEntry) -> Result<()> {
+        // Every signal waits, blocked, until restore_last sets each thread's
+        // own mask: the signals queued here, and those of timers armed later,
+        // must not be delivered in the middle of crust's injected syscalls.
+        // Threads made after this inherit the mask.
+        ptrace::set_sigmask(p.task.tid, !0)?;
         for (sig, sa) in sigaction_signals().zip(&tc.sigactions) {
             let act = p.scratch.reset().put_u64s(&[sa.sigaction, sa.flags, sa.restorer, sa.mask])?;
             p.task.call(&format!("rt_sigaction({sig})"), libc::SYS_rt_sigaction, [sig as u64, act, 0, 8, 0, 0])?;
