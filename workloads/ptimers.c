@@ -13,6 +13,11 @@
  *   workercpu the worker's CPU clock (pthread_getcpuclockid), 100 s
  *   pending   CLOCK_MONOTONIC, 1 ms one-shot, SIGEV_SIGNAL SIGRTMIN+4, which
  *             every thread blocks: it has fired and its signal waits
+ *   blocked   CLOCK_MONOTONIC, 50 ms periodic, SIGEV_SIGNAL SIGRTMIN+5, also
+ *             blocked: its signal waits, and the kernel counts the periods
+ *             missed meanwhile as overruns instead of queueing more
+ *   tpending  CLOCK_MONOTONIC, 1 ms one-shot, SIGEV_THREAD_ID to the worker,
+ *             SIGRTMIN+6, which the worker blocks: pending in the worker
  * Prints "READY <pid> worker=<tid>" once the periodic timers have delivered
  * a few times each.
  *
@@ -20,8 +25,9 @@
  * going on (the one-shot has no more left than before, and no less than
  * before minus the time that passed); the periodic ones go on delivering
  * with their si_value and si_timerid, the thread one to the worker only; the
- * pending signal is there exactly once, from its timer; a new timer gets an
- * id of its own. Prints "OK" or "FAIL <reason>".
+ * pending signals are there exactly once, from their timers (the periodic
+ * one with its overruns, and it goes on after it is taken); a new timer gets
+ * an id of its own. Prints "OK" or "FAIL <reason>".
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -35,12 +41,14 @@
 #define SIG_THREAD (SIGRTMIN + 2)
 #define SIG_QUIET (SIGRTMIN + 3)
 #define SIG_PENDING (SIGRTMIN + 4)
+#define SIG_BLOCKED (SIGRTMIN + 5)
+#define SIG_TPENDING (SIGRTMIN + 6)
 
-static timer_t periodic, thread_t, oneshot, none, cpu, workercpu, pending;
+static timer_t periodic, thread_t, oneshot, none, cpu, workercpu, pending, blocked, tpending;
 static int thread_cookie;
 static pid_t worker_tid;
 
-static atomic_int periodic_n, periodic_bad, thread_n, thread_bad, quiet_n;
+static atomic_int worker_take, periodic_n, periodic_bad, thread_n, thread_bad, quiet_n;
 static char bad_why[160];
 
 static long long ns(const struct timespec *t)
@@ -81,12 +89,24 @@ static void on_timer(int sig, siginfo_t *si, void *uc)
     }
 }
 
+static void take_pending(timer_t t, int sig, int value, int min_overrun);
+
+/* Blocks SIG_TPENDING; when told (worker_take 1), takes its pending signal. */
 static void *worker(void *arg)
 {
     (void)arg;
+    sigset_t block;
+    sigemptyset(&block);
+    sigaddset(&block, SIG_TPENDING);
+    pthread_sigmask(SIG_BLOCK, &block, NULL);
     worker_tid = (pid_t)syscall(SYS_gettid);
-    for (;;)
+    for (;;) {
+        if (worker_take == 1) {
+            take_pending(tpending, SIG_TPENDING, 6666, 0);
+            worker_take = 2;
+        }
         sleep_ms(10);
+    }
     return NULL;
 }
 
@@ -128,6 +148,24 @@ static int wait_count(atomic_int *n, int want)
     return *n >= want;
 }
 
+/* Takes the pending signal sig of timer t, which must be there once, with
+ * value and at least min_overrun overruns. */
+static void take_pending(timer_t t, int sig, int value, int min_overrun)
+{
+    siginfo_t si;
+    sigset_t only;
+    struct timespec zero_ts = { 0, 0 };
+    sigemptyset(&only);
+    sigaddset(&only, sig);
+    if (sigtimedwait(&only, &si, &zero_ts) != sig)
+        fail("the pending signal of timer %d is gone: %s", kernel_id(t), strerror(errno));
+    if (si.si_code != SI_TIMER || si.si_timerid != kernel_id(t) || si.si_value.sival_int != value || si.si_overrun < min_overrun)
+        fail("pending signal of timer %d: code %d timerid %d value %d overrun %d", kernel_id(t), si.si_code, si.si_timerid,
+             si.si_value.sival_int, si.si_overrun);
+    if (sigtimedwait(&only, &si, &zero_ts) >= 0)
+        fail("the pending signal of timer %d is there twice", kernel_id(t));
+}
+
 int main(void)
 {
     workload_init();
@@ -141,6 +179,7 @@ int main(void)
     sigset_t block;
     sigemptyset(&block);
     sigaddset(&block, SIG_PENDING);
+    sigaddset(&block, SIG_BLOCKED);
     sigprocmask(SIG_BLOCK, &block, NULL);
 
     pthread_t w;
@@ -172,7 +211,11 @@ int main(void)
     arm(none, 1000 * 1000, 7000);
     arm(cpu, 100 * 1000, 0);
     arm(workercpu, 100 * 1000, 0);
+    blocked = make(CLOCK_MONOTONIC, SIGEV_SIGNAL, SIG_BLOCKED, (union sigval){ .sival_int = 5555 }, 0);
+    tpending = make(CLOCK_MONOTONIC, SIGEV_THREAD_ID, SIG_TPENDING, (union sigval){ .sival_int = 6666 }, worker_tid);
     arm(pending, 1, 0);
+    arm(tpending, 1, 0);
+    arm(blocked, 50, 50);
     long long start = now_ns(CLOCK_MONOTONIC);
     struct itimerspec first;
     get("oneshot", oneshot, &first);
@@ -216,17 +259,21 @@ int main(void)
     if (quiet_n)
         fail("%d signals from timers that should not have fired", quiet_n);
 
+    take_pending(pending, SIG_PENDING, 4444, 0);
+    take_pending(blocked, SIG_BLOCKED, 5555, 1);
+    worker_take = 1;
+    if (!wait_count(&worker_take, 2))
+        fail("the worker did not take its pending signal");
+    struct timespec period_ts = { 0, 200000000 };
     siginfo_t si;
-    struct timespec zero_ts = { 0, 0 };
-    if (sigtimedwait(&block, &si, &zero_ts) != SIG_PENDING)
-        fail("the pending timer signal is gone: %s", strerror(errno));
-    if (si.si_code != SI_TIMER || si.si_timerid != kernel_id(pending) || si.si_value.sival_int != 4444)
-        fail("pending signal: code %d timerid %d value %d", si.si_code, si.si_timerid, si.si_value.sival_int);
-    if (sigtimedwait(&block, &si, &zero_ts) >= 0)
-        fail("the pending timer signal is there twice");
+    sigset_t only;
+    sigemptyset(&only);
+    sigaddset(&only, SIG_BLOCKED);
+    if (sigtimedwait(&only, &si, &period_ts) != SIG_BLOCKED || si.si_timerid != kernel_id(blocked))
+        fail("the blocked periodic timer stopped after its signal was taken");
 
     timer_t fresh = make(CLOCK_MONOTONIC, SIGEV_NONE, 0, zero, 0);
-    timer_t mine[] = { spare[2], periodic, thread_t, oneshot, none, cpu, workercpu, pending };
+    timer_t mine[] = { spare[2], periodic, thread_t, oneshot, none, cpu, workercpu, pending, blocked, tpending };
     for (size_t i = 0; i < sizeof mine / sizeof mine[0]; i++)
         if (kernel_id(mine[i]) == kernel_id(fresh))
             fail("a new timer got id %d, which is taken", kernel_id(fresh));

@@ -15,12 +15,25 @@ fn proc_timers(pid: i32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/timers")).unwrap_or_else(|e| panic!("/proc/{pid}/timers: {e}"))
 }
 
+/// The pending and blocked signal sets of every thread of `pid`.
+fn signal_sets(pid: i32) -> Vec<String> {
+    let mut tids: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    tids.sort();
+    let status = |tid: i32| std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).unwrap();
+    let sets = |tid: i32| status(tid).lines().filter(|l| ["SigPnd", "ShdPnd", "SigBlk"].iter().any(|k| l.starts_with(k))).map(|l| format!("{tid} {l}")).collect::<Vec<_>>();
+    tids.into_iter().flat_map(sets).collect()
+}
+
 #[test]
 fn posix_timers_come_back_with_their_ids_clocks_targets_and_times() {
     let dir = TempDir::new("posix-timers");
     let mut job = Job::start("ptimers", &[], dir.path());
     let worker = ready_field(&job.ready(), "worker");
     let before = proc_timers(job.pid);
+    let sets = signal_sets(job.pid);
     assert!(before.contains(&format!("notify: signal/tid.{worker}")), "{before}");
     let images = dir.join("images");
     dump(job.pid, &images, &[]);
@@ -29,7 +42,7 @@ fn posix_timers_come_back_with_their_ids_clocks_targets_and_times() {
     let imgs = crit_decode_dir(&images);
     let core = &entries(&imgs, &format!("core-{}.img", job.pid))[0];
     let posix = core["tc"]["timers"]["posix"].as_array().unwrap_or_else(|| panic!("no posix timers: {core}"));
-    assert_eq!(posix.len(), 8, "{posix:?}");
+    assert_eq!(posix.len(), 10, "{posix:?}");
     let thread = posix.iter().find(|t| num(&t["it_sigev_notify"]) == 4).unwrap_or_else(|| panic!("no SIGEV_THREAD_ID timer: {posix:?}"));
     assert_eq!(num(&thread["notify_thread_id"]), worker as u64, "{thread}");
     assert_eq!(num(&thread["isec"]) * 1_000_000_000 + num(&thread["insec"]), 150_000_000, "{thread}");
@@ -38,5 +51,6 @@ fn posix_timers_come_back_with_their_ids_clocks_targets_and_times() {
     assert!(out.status.success(), "restore failed: {}", String::from_utf8_lossy(&out.stderr));
     job.adopt_restored();
     assert_eq!(proc_timers(job.pid), before, "the same timers, ids, clocks, signals, values and targets");
+    assert_eq!(signal_sets(job.pid), sets, "timers' signals pending in the same threads");
     job.expect_ok();
 }

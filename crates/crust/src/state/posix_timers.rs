@@ -7,18 +7,21 @@
 //! time it had left: a timer comes back with as long to run as it had, as
 //! /proc does not tell a TIMER_ABSTIME timer from a relative one.
 //!
-//! A timer whose signal was pending at the dump: the signal is saved and
-//! queued again once by [`super::signals`]; the timer itself is armed for its
-//! next period (a periodic timer) or stays disarmed (a one-shot one), as the
-//! kernel had it. The overrun count of the signal last delivered
-//! (timer_getoverrun) cannot be given to a new timer (timer_settime zeroes
-//! it), so a dump that meets a non-zero one refuses it; the pending signal
-//! keeps the si_overrun it had.
+//! A timer whose signal was pending at the dump (its siginfo is saved with
+//! the others, SI_TIMER and its id) is made to queue it again itself: it is
+//! armed to expire at once, on the period grid it had (TIMER_ABSTIME at the
+//! last period's start), so that, as in the kernel it came from, it queues
+//! no other signal until that one is taken, and then counts the periods
+//! missed meanwhile as the signal's overruns and goes on at the same phase.
+//! [`super::signals`] leaves that siginfo alone, so the signal is there once.
+//! The overrun count of the signal last delivered (timer_getoverrun) cannot
+//! be given to a new timer (timer_settime zeroes it): a dump that meets a
+//! non-zero one refuses it.
 
 use super::{Component, ThreadDump, ThreadRestore};
 use crate::error::{Error, Result};
 use crate::images::load::{DumpImage, ThreadImage};
-use crate::images::proto::{CoreEntry, PosixTimerEntry};
+use crate::images::proto::{CoreEntry, PosixTimerEntry, SiginfoEntry, TaskCoreEntry};
 use crate::proc;
 
 pub struct PosixTimers;
@@ -33,6 +36,8 @@ const SIGEV_NONE: u32 = 1;
 const SIGEV_THREAD_ID: u32 = 4;
 
 const NSEC: u64 = 1_000_000_000;
+const SI_TIMER: i32 = -2;
+const TIMER_ABSTIME: u64 = 1;
 
 impl Component for PosixTimers {
     fn dump(&self, t: &mut ThreadDump, core: &mut CoreEntry) -> Result<()> {
@@ -73,7 +78,14 @@ impl Component for PosixTimers {
         let made = timers.posix.iter().try_for_each(|e| create(t, e));
         prctl("prctl(PR_TIMER_CREATE_RESTORE_IDS, OFF)", RESTORE_IDS_OFF)?;
         made?;
-        timers.posix.iter().try_for_each(|e| arm(t, e))
+        for e in &timers.posix {
+            if signal_pending(t, e) {
+                fire(t, e)?;
+            } else {
+                arm(t, e)?;
+            }
+        }
+        Ok(())
     }
 
     fn problems(&self, img: &DumpImage) -> Vec<String> {
@@ -134,6 +146,48 @@ fn arm(t: &mut ThreadRestore, e: &PosixTimerEntry) -> Result<()> {
     let spec = t.scratch.reset().put_u64s(&[e.isec, e.insec, e.vsec, e.vnsec])?;
     t.task.call(&format!("timer_settime of POSIX timer {}", e.it_id), libc::SYS_timer_settime, [e.it_id as u64, 0, spec, 0, 0, 0])?;
     Ok(())
+}
+
+/// Arm the timer to expire now, at the start of the period it was in (the
+/// kernel forwards a periodic timer from there when its signal is taken).
+fn fire(t: &mut ThreadRestore, e: &PosixTimerEntry) -> Result<()> {
+    let now = t.scratch.reset().put_u64s(&[0, 0])?;
+    let what = format!("clock_gettime({}) for POSIX timer {}", e.clock_id as i32, e.it_id);
+    t.task.call(&what, libc::SYS_clock_gettime, [e.clock_id as i32 as i64 as u64, now, 0, 0, 0, 0])?;
+    let mut b = [0u8; 16];
+    t.scratch.read(now, &mut b)?;
+    let w: Vec<u64> = super::words(&b).collect();
+    let now = w[0].saturating_mul(NSEC).saturating_add(w[1]);
+    let interval = e.isec.saturating_mul(NSEC).saturating_add(e.insec);
+    let left = e.vsec.saturating_mul(NSEC).saturating_add(e.vnsec);
+    // A CPU clock of a new process is near 0: never before its 1st ns.
+    let at = now.saturating_sub(interval.saturating_sub(left)).max(1);
+    let spec = t.scratch.reset().put_u64s(&[e.isec, e.insec, at / NSEC, at % NSEC])?;
+    let what = format!("timer_settime of POSIX timer {} (its signal was pending)", e.it_id);
+    t.task.call(&what, libc::SYS_timer_settime, [e.it_id as u64, TIMER_ABSTIME, spec, 0, 0, 0])?;
+    Ok(())
+}
+
+/// Whether the signal of timer `e` was pending in the process or one of
+/// its threads.
+fn signal_pending(t: &ThreadRestore, e: &PosixTimerEntry) -> bool {
+    let threads = t.process.threads.iter().flat_map(|th| &th.core.signals_p);
+    let mut queued = t.process.task.signals_s.iter().chain(threads).flat_map(|q| &q.signals);
+    e.it_sigev_notify != SIGEV_NONE && queued.any(|s| timer_id(s) == Some((e.it_id, e.si_signo)))
+}
+
+/// Whether a saved pending signal is one a timer of the process queued,
+/// which restoring the timer queues again.
+pub fn queued_by_timer(tc: &TaskCoreEntry, s: &SiginfoEntry) -> bool {
+    let posix = tc.timers.iter().flat_map(|t| &t.posix);
+    let mut timers = posix.filter(|e| e.it_sigev_notify != SIGEV_NONE);
+    timer_id(s).is_some_and(|id| timers.any(|e| (e.it_id, e.si_signo) == id))
+}
+
+/// The timer id and signal of a timer's siginfo (si_code SI_TIMER).
+fn timer_id(s: &SiginfoEntry) -> Option<(u32, u32)> {
+    let word = |at: usize| Some(u32::from_le_bytes(s.siginfo.get(at..at + 4)?.try_into().ok()?));
+    (word(8)? as i32 == SI_TIMER).then_some((word(16)?, word(0)?))
 }
 
 /// The timers /proc/PID/timers lists, times not filled in yet:
