@@ -1005,6 +1005,8 @@ fn dump_refuses_what_it_cannot_restore_inside_a_process_and_leaves_it_running() 
         ("ofd-lock", "WRITE open file description (OFD) lock on bytes 0-1: file locks are not supported yet"),
         ("lease", "holds a WRITE lease: file leases are not supported yet"),
         ("foreign-cpu-timer", "POSIX timer 0: it runs on the CPU clock of task {ppid}, outside process {pid}: not supported"),
+        ("thread-cpu-timer", "POSIX timer 0: it runs on the CPU clock of the thread that made it (CLOCK_THREAD_CPUTIME_ID), which /proc does not tell among 2 threads"),
+        ("timer-overrun", "overruns (timer_getoverrun), a count a restored timer cannot be given back: not supported"),
         ("mlock", "VmFlag \"lo\": locked in memory (mlock)"),
         ("droppable", "VmFlag \"dp\": MAP_DROPPABLE"),
         ("dontfork", "VmFlag \"dc\": madvise(MADV_DONTFORK)"),
