@@ -4,8 +4,8 @@
  *
  * Two threads: main and a worker. Timers (ids made sparse: spare timers are
  * created and some deleted first, so the ids to keep are not 0, 1, 2...):
- *   periodic  CLOCK_MONOTONIC, 100 ms, SIGEV_SIGNAL SIGRTMIN+1, sival_int 1111
- *   thread    CLOCK_BOOTTIME, 150 ms, SIGEV_THREAD_ID to the worker,
+ *   periodic  CLOCK_MONOTONIC, 200 ms, SIGEV_SIGNAL SIGRTMIN+1, sival_int 1111
+ *   thread    CLOCK_BOOTTIME, 300 ms, SIGEV_THREAD_ID to the worker,
  *             SIGRTMIN+2, sival_ptr &thread_cookie
  *   oneshot   CLOCK_REALTIME, 3600 s one-shot, SIGEV_SIGNAL SIGRTMIN+3
  *   none      CLOCK_MONOTONIC, SIGEV_NONE, 1000 s then every 7 s
@@ -19,7 +19,9 @@
  *   tpending  CLOCK_MONOTONIC, 1 ms one-shot, SIGEV_THREAD_ID to the worker,
  *             SIGRTMIN+6, which the worker blocks: pending in the worker
  * Prints "READY <pid> worker=<tid>" once the periodic timers have delivered
- * a few times each.
+ * a few times each. (Their periods are long enough that a delivery late by a
+ * whole period, whose overrun count a dump refuses, is unlikely on a loaded
+ * machine.)
  *
  * On SIGUSR1: timer_gettime works on every id and shows each clock's times
  * going on (the one-shot has no more left than before, and no less than
@@ -205,8 +207,8 @@ int main(void)
     cpu = make(CLOCK_PROCESS_CPUTIME_ID, SIGEV_SIGNAL, SIG_QUIET, zero, 0);
     workercpu = make(wclock, SIGEV_SIGNAL, SIG_QUIET, zero, 0);
     pending = make(CLOCK_MONOTONIC, SIGEV_SIGNAL, SIG_PENDING, (union sigval){ .sival_int = 4444 }, 0);
-    arm(periodic, 100, 100);
-    arm(thread_t, 150, 150);
+    arm(periodic, 200, 200);
+    arm(thread_t, 300, 300);
     arm(oneshot, 3600 * 1000, 0);
     arm(none, 1000 * 1000, 7000);
     arm(cpu, 100 * 1000, 0);
@@ -240,10 +242,10 @@ int main(void)
     if (ns(&its.it_value) <= 90000000000LL || ns(&its.it_value) > 100000000000LL)
         fail("workercpu: value %lld", ns(&its.it_value));
     get("periodic", periodic, &its);
-    if (ns(&its.it_interval) != 100000000LL || ns(&its.it_value) <= 0 || ns(&its.it_value) > 100000000LL)
+    if (ns(&its.it_interval) != 200000000LL || ns(&its.it_value) <= 0 || ns(&its.it_value) > 200000000LL)
         fail("periodic: value %lld interval %lld", ns(&its.it_value), ns(&its.it_interval));
     get("thread", thread_t, &its);
-    if (ns(&its.it_interval) != 150000000LL || ns(&its.it_value) <= 0 || ns(&its.it_value) > 150000000LL)
+    if (ns(&its.it_interval) != 300000000LL || ns(&its.it_value) <= 0 || ns(&its.it_value) > 300000000LL)
         fail("thread: value %lld interval %lld", ns(&its.it_value), ns(&its.it_interval));
     get("pending", pending, &its);
     if (ns(&its.it_value) || ns(&its.it_interval))

@@ -45,7 +45,7 @@ fn posix_timers_come_back_with_their_ids_clocks_targets_and_times() {
     assert_eq!(posix.len(), 10, "{posix:?}");
     let thread = posix.iter().find(|t| num(&t["it_sigev_notify"]) == 4).unwrap_or_else(|| panic!("no SIGEV_THREAD_ID timer: {posix:?}"));
     assert_eq!(num(&thread["notify_thread_id"]), worker as u64, "{thread}");
-    assert_eq!(num(&thread["isec"]) * 1_000_000_000 + num(&thread["insec"]), 150_000_000, "{thread}");
+    assert_eq!(num(&thread["isec"]) * 1_000_000_000 + num(&thread["insec"]), 300_000_000, "{thread}");
 
     let out = restore(&images, &[]);
     assert!(out.status.success(), "restore failed: {}", String::from_utf8_lossy(&out.stderr));
