@@ -79,6 +79,7 @@ impl Component for PosixTimers {
         prctl("prctl(PR_TIMER_CREATE_RESTORE_IDS, OFF)", RESTORE_IDS_OFF)?;
         made?;
         for e in &timers.posix {
+            check_times(t, e)?;
             if signal_pending(t, e) {
                 fire(t, e)?;
             } else {
@@ -107,7 +108,7 @@ impl Component for PosixTimers {
 /// timer_create with the saved id, which the kernel takes from the timer_t
 /// passed in while PR_TIMER_CREATE_RESTORE_IDS is on.
 fn create(t: &mut ThreadRestore, e: &PosixTimerEntry) -> Result<()> {
-    let bad = |what: String| Error::image("core image", format!("process {}: POSIX timer {}: {what}", t.process.pid(), e.it_id));
+    let bad = |what: String| Error::image(core_image(t), format!("POSIX timer {}: {what}", e.it_id));
     let (notify, tid) = match e.it_sigev_notify {
         SIGEV_SIGNAL | SIGEV_NONE => (e.it_sigev_notify, 0),
         SIGEV_THREAD_ID => (SIGEV_THREAD_ID, e.notify_thread_id.ok_or_else(|| bad("SIGEV_THREAD_ID without a thread".into()))?),
@@ -133,13 +134,22 @@ fn create(t: &mut ThreadRestore, e: &PosixTimerEntry) -> Result<()> {
     Ok(())
 }
 
+/// Times a timespec can hold.
+fn check_times(t: &ThreadRestore, e: &PosixTimerEntry) -> Result<()> {
+    if e.vnsec >= NSEC || e.insec >= NSEC || e.vsec > i64::MAX as u64 || e.isec > i64::MAX as u64 {
+        let what = format!("POSIX timer {}: times {}.{} and {}.{}", e.it_id, e.vsec, e.vnsec, e.isec, e.insec);
+        return Err(Error::image(core_image(t), what));
+    }
+    Ok(())
+}
+
+fn core_image(t: &ThreadRestore) -> std::path::PathBuf {
+    t.image.dir.join(format!("core-{}.img", t.process.pid()))
+}
+
 /// timer_settime with the saved time left and interval; a timer with no
 /// time left stays disarmed.
 fn arm(t: &mut ThreadRestore, e: &PosixTimerEntry) -> Result<()> {
-    if e.vnsec >= NSEC || e.insec >= NSEC || e.vsec > i64::MAX as u64 || e.isec > i64::MAX as u64 {
-        let what = format!("process {}: POSIX timer {}: times {}.{} and {}.{}", t.process.pid(), e.it_id, e.vsec, e.vnsec, e.isec, e.insec);
-        return Err(Error::image("core image", what));
-    }
     if e.vsec == 0 && e.vnsec == 0 {
         return Ok(());
     }
