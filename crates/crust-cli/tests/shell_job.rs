@@ -411,3 +411,49 @@ fn job_of_another_user_keeps_its_credentials_when_root_restores_it() {
     b.key(0x03);
     assert!(gone(pid));
 }
+
+/// vim bounds regex matching for 'hlsearch' and 'incsearch' with a POSIX
+/// timer (made at its first search, then re-armed for each): restored
+/// without it, every search shows E1286 (could not set timeout) or E1285.
+#[test]
+fn vim_with_a_posix_timer_searches_and_substitutes_after_a_restore() {
+    let dir = TempDir::new("shell-job-vim");
+    let images = dir.join("images");
+    let file = dir.join("text");
+    std::fs::write(&file, "one foo two\nthree foo four\nfive six\n").unwrap();
+    let mut a = Terminal::open(24, 80);
+    a.type_line(&format!(
+        "TERM=xterm vim -u NONE -N -n -i NONE -c 'set hlsearch incsearch redrawtime=2000' {}",
+        file.display()
+    ));
+    let pid = find(a.bash.id() as i32, "vim");
+    a.expect("five six");
+    a.type_line("/foo");
+    a.type_line(":echo 'before-' . 41");
+    a.expect("before-41");
+    let timers = std::fs::read_to_string(format!("/proc/{pid}/timers")).unwrap();
+    assert!(timers.contains("ID:"), "vim has a POSIX timer after a search: {timers:?}");
+
+    dump_job(pid, &images);
+    assert!(gone(pid), "the dump ends vim");
+
+    let mut b = Terminal::open(24, 80);
+    b.type_line(&format!("{CRUST} restore --shell-job -D {}", images.display()));
+    let restored = poll(WAIT, Duration::from_millis(10), || (state(pid).is_some_and(|s| s != 'Z')).then_some(()));
+    assert!(restored.is_some(), "vim is back");
+    let mark = b.text().len();
+    b.key(0x0c);
+    b.type_line("/foo");
+    b.type_line("n");
+    b.type_line(":%s/foo/bar/g");
+    b.type_line("/bar");
+    b.type_line(":echo 'after-' . (line('$') + 39) . '-' . getline(2)");
+    b.expect("after-42-three bar four");
+    std::thread::sleep(Duration::from_millis(300));
+    let screen = &b.text()[mark..];
+    for e in ["E1285", "E1286", "E1287"] {
+        assert!(!screen.contains(e), "vim shows {e} after the restore: {screen:?}");
+    }
+    b.type_line(":q!");
+    assert!(gone(pid), ":q! ends the restored vim");
+}

@@ -65,7 +65,6 @@ pub fn check_process(p: &FrozenProcess, who: &str, own: &Own) -> Result<()> {
             ));
         }
     }
-    check_timers(pid, who)?;
     let loginuid = proc::read_string(&format!("/proc/{pid}/loginuid")).ok().map(|s| s.trim().to_string());
     if loginuid != own.loginuid {
         return Err(Error::unsupported(
@@ -86,38 +85,6 @@ pub fn check_process(p: &FrozenProcess, who: &str, own: &Own) -> Result<()> {
                 own.oom_score_adj
             ),
         ));
-    }
-    Ok(())
-}
-
-/// POSIX timers (timer_create), as /proc/PID/timers lists them.
-fn check_timers(pid: i32, who: &str) -> Result<()> {
-    let text = proc::read_string(&format!("/proc/{pid}/timers")).unwrap_or_default();
-    let mut id = None;
-    for line in text.lines() {
-        if let Some(v) = line.strip_prefix("ID:") {
-            id = Some(v.trim().to_string());
-        } else if let Some(clock) = line.strip_prefix("ClockID:") {
-            let clock = clock.trim();
-            let name = match clock {
-                "0" => "CLOCK_REALTIME",
-                "1" => "CLOCK_MONOTONIC",
-                "2" => "CLOCK_PROCESS_CPUTIME_ID",
-                "3" => "CLOCK_THREAD_CPUTIME_ID",
-                "7" => "CLOCK_BOOTTIME",
-                "8" => "CLOCK_REALTIME_ALARM",
-                "9" => "CLOCK_BOOTTIME_ALARM",
-                "11" => "CLOCK_TAI",
-                _ => "a CPU-time clock",
-            };
-            return Err(Error::unsupported(
-                who,
-                format!(
-                    "it has POSIX timer {} on clock {clock} ({name}): POSIX timers are not supported yet",
-                    id.as_deref().unwrap_or("?")
-                ),
-            ));
-        }
     }
     Ok(())
 }
