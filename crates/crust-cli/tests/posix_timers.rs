@@ -7,6 +7,7 @@
 mod common;
 
 use common::job::{dump, ready_field, restore, Job};
+use common::procstate::ProcState;
 use common::{crit_decode_dir, entries, num, TempDir};
 
 /// /proc/PID/timers: the ID, signal, notify and ClockID of every timer,
@@ -34,6 +35,7 @@ fn posix_timers_come_back_with_their_ids_clocks_targets_and_times() {
     let worker = ready_field(&job.ready(), "worker");
     let before = proc_timers(job.pid);
     let sets = signal_sets(job.pid);
+    let state = ProcState::of_tree(job.pid);
     assert!(before.contains(&format!("notify: signal/tid.{worker}")), "{before}");
     let images = dir.join("images");
     dump(job.pid, &images, &[]);
@@ -52,5 +54,6 @@ fn posix_timers_come_back_with_their_ids_clocks_targets_and_times() {
     job.adopt_restored();
     assert_eq!(proc_timers(job.pid), before, "the same timers, ids, clocks, signals, values and targets");
     assert_eq!(signal_sets(job.pid), sets, "timers' signals pending in the same threads");
+    state.assert_same(&ProcState::of_tree(job.pid), &[]);
     job.expect_ok();
 }
