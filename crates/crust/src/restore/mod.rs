@@ -41,6 +41,12 @@ pub struct RestoreOptions {
     pub dir: PathBuf,
     /// The tree is a job of a shell: it joins crust's session instead of its own.
     pub shell_job: bool,
+    /// A shell job restored in the foreground of crust's terminal, which
+    /// crust then waits for as a shell waits for a job: it gets a process
+    /// group of its own and the terminal's foreground, so that Ctrl-C and
+    /// Ctrl-Z reach it and not crust. Without it a shell job joins crust's
+    /// process group.
+    pub job_control: bool,
     /// How long to wait for pids of the image that are still taken (a killed
     /// process's pid is released only once it has been reaped).
     pub pid_wait: Duration,
@@ -141,6 +147,8 @@ pub struct Held {
     root: i32,
     stats: RestoreStats,
     start: Instant,
+    /// A shell job's terminal.
+    terminal: Option<JobTerminal>,
 }
 
 impl Held {
@@ -152,10 +160,22 @@ impl Held {
         &self.stats
     }
 
-    /// Let every task go at once.
+    /// Let every task go at once; a shell job with its terminal's
+    /// foreground first, if it is to have it, and told afterwards if the
+    /// terminal's window size is not the one it knew.
     pub fn release(mut self) -> Result<Restored> {
-        for (pid, threads, stop) in &self.tasks {
-            let_go(*pid, threads, *stop)?;
+        let job_group = nix::unistd::getpgid(Some(Pid::from_raw(self.root))).ctx(|| "reading the job's process group")?;
+        let foreground = self.terminal.as_ref().filter(|t| t.foreground);
+        if let Some(t) = foreground {
+            nix::unistd::tcsetpgrp(t.fd, job_group).ctx(|| "giving the job the terminal's foreground")?;
+        }
+        let released = self.tasks.iter().try_for_each(|(pid, threads, stop)| let_go(*pid, threads, *stop));
+        if let (Err(_), Some(t)) = (&released, foreground) {
+            let _ = nix::unistd::tcsetpgrp(t.fd, nix::unistd::getpgrp());
+        }
+        released?;
+        if self.terminal.as_ref().is_some_and(|t| t.resized) {
+            let _ = nix::sys::signal::killpg(job_group, Signal::SIGWINCH);
         }
         self.created.done = true;
         self.created.cgroups.keep();
@@ -218,8 +238,8 @@ pub fn restore_held(opts: &RestoreOptions, mut img: DumpImage, pages: &mut dyn P
     raise_nofile_limit();
     // From here on, whatever fails is undone by `created`.
     let mut created = Created::default();
-    let terminal = job_terminal(img, opts, &mut created)?;
-    let terminal = terminal.as_deref();
+    let job_tty = job_terminal(img, opts, &mut created)?;
+    let terminal = job_tty.as_ref().map(|t| t.path.as_str());
     // Cgroups are checked and made before any task exists.
     if let Some(entry) = &img.cgroups {
         created.cgroups = Placement::prepare(entry, opts.manage_cgroups, &opts.cgroup_roots)?;
@@ -249,7 +269,7 @@ pub fn restore_held(opts: &RestoreOptions, mut img: DumpImage, pages: &mut dyn P
     let tasks = procs.iter().map(|p| (p.leader.tid, p.threads.iter().map(|t| t.tid).collect(), stop_signal(p.image))).collect();
     let root = procs[0].image.pid();
     stats.restore_time_us = start.elapsed().as_micros() as u64;
-    Ok(Held { created, tasks, root, stats, start })
+    Ok(Held { created, tasks, root, stats, start, terminal: job_tty })
 }
 
 /// Before anything is created: the pids (waiting a little for ones being
@@ -282,18 +302,29 @@ fn raise_nofile_limit() {
     }
 }
 
+/// The terminal a shell job is restored on.
+struct JobTerminal {
+    path: String,
+    fd: std::os::fd::BorrowedFd<'static>,
+    /// Its window size is not the one the job last knew.
+    resized: bool,
+    /// The job gets its foreground (`RestoreOptions::job_control`).
+    foreground: bool,
+}
+
 /// A shell job's terminal is the one crust runs on: it gets the job's
-/// settings (put back if the restore fails). Returns its path.
-fn job_terminal(img: &DumpImage, opts: &RestoreOptions, created: &mut Created) -> Result<Option<String>> {
+/// settings (put back if the restore fails).
+fn job_terminal(img: &DumpImage, opts: &RestoreOptions, created: &mut Created) -> Result<Option<JobTerminal>> {
     if !opts.shell_job {
         return Ok(None);
     }
     let Some((path, fd)) = files::tty::own_terminal() else { return Ok(None) };
+    let mut resized = false;
     if let Some(info) = files::tty::job_terminal(img) {
         created.terminal = Some(files::tty::SavedTerminal::save(fd)?);
-        files::tty::apply_settings(fd, info)?;
+        resized = files::tty::apply_settings(fd, info)?;
     }
-    Ok(Some(path))
+    Ok(Some(JobTerminal { path, fd, resized, foreground: opts.job_control }))
 }
 
 /// The root: a copy of crust with the root's pid, stopped at birth, under
@@ -373,7 +404,7 @@ fn fork_children<'a>(root: Proc<'a>, img: &'a DumpImage, opts: &RestoreOptions, 
     }
     // Zombies die once in their sessions and groups (a group whose leader
     // is a zombie can still be joined).
-    spawn::set_process_groups(&procs, opts.shell_job)?;
+    spawn::set_process_groups(&procs, opts.shell_job && !opts.job_control)?;
     let (zombies, live): (Vec<Proc>, Vec<Proc>) = procs.into_iter().partition(|p| p.image.zombie.is_some());
     for mut z in zombies {
         if let Some(status) = z.image.zombie {
