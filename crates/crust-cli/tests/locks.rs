@@ -18,7 +18,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::job::{dump, end_session, ready_field, restore, Job, STEP};
-use common::{assert_clean_failure, assert_running_untraced, crit_decode_dir, crust, dump_args, entries, num, run_with_timeout, TempDir};
+use common::{assert_clean_failure, Workload, assert_running_untraced, crit_decode_dir, crust, dump_args, entries, num, run_with_timeout, TempDir};
 
 /// The lines of /proc/locks on the files `paths` (without their ids, waiters
 /// left out), sorted: what a process of its own sees of their locks.
@@ -142,6 +142,20 @@ fn a_lock_taken_by_another_process_meanwhile_fails_the_restore_cleanly() {
     assert!(out.status.success(), "restore failed: {}", String::from_utf8_lossy(&out.stderr));
     job.adopt_restored();
     job.expect_ok();
+}
+
+#[test]
+fn leases_are_refused_even_with_file_locks() {
+    let dir = TempDir::new("locks-lease");
+    let mut w = Workload::spawn("unusual", &[common::os("lease")]);
+    w.ready();
+    let images = dir.join("images");
+    let out = crust(&dump_args(&w.pid.to_string(), &images, &["--file-locks"]), STEP);
+    let err = assert_clean_failure(&out, "dump of a process holding a lease, with --file-locks");
+    let says = format!("process {}", w.pid);
+    assert!(err.contains(&says) && err.contains("fd 3") && err.contains("holds a WRITE lease: file leases (F_SETLEASE) are not supported yet"), "{err}");
+    assert_running_untraced(w.pid, Duration::from_secs(5));
+    w.expect_ok_on_usr1();
 }
 
 /// sqlite3 reading SQL from a FIFO it holds open read-write (so it never

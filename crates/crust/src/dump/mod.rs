@@ -199,7 +199,8 @@ fn write_images(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<W
     if let Some(limit) = opts.ghost_limit {
         d.files.ghosts.limit = limit;
     }
-    d.files.locks.save = opts.file_locks;
+    d.files.locks.file_locks = opts.file_locks;
+    d.files.locks.migrating = streamed;
     let mut root_ids = None;
     for (n, p) in tree.processes.iter().enumerate() {
         match p.zombie {
@@ -305,8 +306,9 @@ impl TreeDump {
         let mut w = self.dir.writer(&format!("fdinfo-{index}.img"), Kind::Fdinfo)?;
         for fd in fds {
             let open = OpenFd::read(pid, fd)?;
+            let locks = self.files.locks.read(&open)?;
             let entry = self.files.dump_fd(&open)?;
-            self.files.locks.note(&open, entry.id)?;
+            self.files.locks.save(&open, entry.id, locks);
             w.entry(&entry)?;
         }
         self.stats.bytes_written += w.finish()?;

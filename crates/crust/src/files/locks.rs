@@ -16,7 +16,7 @@ use std::collections::HashSet;
 use nix::errno::Errno;
 
 use super::OpenFd;
-use crate::error::{Error, Result};
+use crate::error::{Context, Error, Result};
 use crate::images::load::{read_all, DumpImage, ProcessImage};
 use crate::images::proto::FileLockEntry;
 use crate::images::{ImageDir, Kind};
@@ -100,7 +100,10 @@ impl LockLine {
 #[derive(Default)]
 pub struct Locks {
     /// `--file-locks`: save them; without it a lock stops the dump.
-    pub save: bool,
+    pub file_locks: bool,
+    /// The dump is a migration's, which cannot carry locks: the tree holds
+    /// them here until it runs there, where they would be taken again.
+    pub migrating: bool,
     entries: Vec<FileLockEntry>,
     /// Locks saved, each once: flock and OFD locks belong to an open file
     /// description (by file id), POSIX locks to a process (by pid).
@@ -113,9 +116,15 @@ enum Holder {
     Process(i32),
 }
 
+/// The locks held through one fd, read before its file is dumped (a lease
+/// is named before what it brings, O_ASYNC), saved after (with its file id).
+pub struct Held(Vec<(LockLine, u32, u32)>);
+
 impl Locks {
-    /// The locks held through `open`, whose file is `file_id` of files.img.
-    pub fn note(&mut self, open: &OpenFd, file_id: u32) -> Result<()> {
+    /// The locks held through `open`; an error naming the first that cannot
+    /// be saved (any, without --file-locks).
+    pub fn read(&self, open: &OpenFd) -> Result<Held> {
+        let mut held = Vec::new();
         for text in open.info.lines().filter_map(|l| l.strip_prefix("lock:")) {
             let Some(line) = LockLine::parse(text) else {
                 if text.split_whitespace().nth(1) == Some("->") {
@@ -123,33 +132,39 @@ impl Locks {
                 }
                 return Err(refusal(open, format!("holds a lock crust cannot read ({:?})", text.trim())));
             };
-            let (style, lock_type) = match (line.style(), line.lock_type()) {
-                (Some(s), Some(t)) => (s, t),
-                _ => return Err(refusal(open, refused_kind(&line))),
+            let (Some(style), Some(lock_type)) = (line.style(), line.lock_type()) else {
+                return Err(refusal(open, refused_kind(&line)));
             };
-            if !self.save {
-                return Err(refusal(open, format!("holds {}: dump with --file-locks to save it", describe(&line))));
+            if !self.file_locks {
+                let hint = if self.migrating {
+                    "crust migrate cannot carry file locks (the tree holds them here until it runs there); \
+                     crust dump --file-locks saves them"
+                } else {
+                    "dump with --file-locks to save it"
+                };
+                return Err(refusal(open, format!("holds {}: {hint}", describe(&line))));
             }
+            held.push((line, style, lock_type));
+        }
+        Ok(Held(held))
+    }
+
+    /// Save the locks `held` through `open`, whose file is `file_id` of files.img.
+    pub fn save(&mut self, open: &OpenFd, file_id: u32, held: Held) {
+        for (line, style, lock_type) in held.0 {
             let holder = if style == FL_POSIX { Holder::Process(open.pid) } else { Holder::Description(file_id) };
-            if self.saved.insert((holder, line.clone())) {
-                self.entries.push(FileLockEntry {
-                    flag: style,
-                    r#type: lock_type,
-                    pid: open.pid,
-                    fd: open.fd,
-                    start: line.start,
-                    len: line.len(),
-                });
+            let entry = FileLockEntry { flag: style, r#type: lock_type, pid: open.pid, fd: open.fd, start: line.start, len: line.len() };
+            if self.saved.insert((holder, line)) {
+                self.entries.push(entry);
             }
         }
-        Ok(())
     }
 
     /// Every POSIX lock /proc/locks shows for a process of the tree was met
     /// through one of its fds (flock and OFD locks belong to descriptions,
     /// which other processes may hold).
     pub fn check_all_met(&self, pids: &[i32]) -> Result<()> {
-        let text = std::fs::read_to_string("/proc/locks").map_err(|e| Error::Io { context: "reading /proc/locks".into(), err: e })?;
+        let text = std::fs::read_to_string("/proc/locks").ctx(|| "reading /proc/locks")?;
         for line in text.lines().filter_map(LockLine::parse) {
             if line.kind != "POSIX" || !pids.contains(&line.pid) {
                 continue;
