@@ -3,8 +3,10 @@
 //! byte ranges. With `--file-locks` a dump saves them in filelocks.img as
 //! CRIU does, each with the process and fd that hold it, and a restore takes
 //! each again in that process once its fds are at their numbers, just before
-//! the tree runs. Without `--file-locks` a lock stops the dump, named; leases
-//! and lock kinds that cannot be taken again as they were always do.
+//! the tree runs; a lock another process holds now on one of those files is
+//! a problem `crust check` (and so the restore, before it makes anything)
+//! names. Without `--file-locks` a lock stops the dump, named; leases and
+//! lock kinds that cannot be taken again as they were always do.
 //!
 //! The locks of an fd are the `lock:` lines of its fdinfo: those of its open
 //! file description (flock, OFD, leases), and the POSIX locks its process set
@@ -255,6 +257,51 @@ pub fn load(img: &mut DumpImage) -> Result<()> {
     Ok(())
 }
 
+/// Locks of the images that another process holds now, on a file the
+/// restore opens by its path: they could not be taken again. (A deleted
+/// file is made anew: no one else can hold it.)
+pub fn problems(img: &DumpImage) -> Vec<String> {
+    let Some(Loaded(entries)) = img.extras.get::<Loaded>() else { return Vec::new() };
+    let text = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+    let now: Vec<LockLine> = text.lines().filter_map(LockLine::parse).collect();
+    entries
+        .iter()
+        .filter_map(|e| {
+            let process = img.processes.iter().find(|p| p.pid() == e.pid)?;
+            let id = process.fds.iter().find(|f| f.fd as i32 == e.fd)?.id;
+            if img.remaps.contains_key(&id) {
+                return None;
+            }
+            let path = img.reg_path(id).ok()?;
+            let st = nix::sys::stat::stat(path).ok()?;
+            let mut mine = entry_line(e);
+            mine.file = format!("{:02x}:{:02x}:{}", libc::major(st.st_dev), libc::minor(st.st_dev), st.st_ino);
+            let other = now.iter().find(|l| conflict(&mine, l))?;
+            Some(format!(
+                "{path}: {} of process {} (fd {}) cannot be taken again: process {} holds {} on it now",
+                describe(&mine),
+                e.pid,
+                e.fd,
+                other.pid,
+                describe(other)
+            ))
+        })
+        .collect()
+}
+
+/// Would lock `b`, on its file, stand in the way of taking `a`? flock and
+/// fcntl (POSIX, OFD) locks never meet on Linux; two read locks never do.
+fn conflict(a: &LockLine, b: &LockLine) -> bool {
+    if a.file != b.file || (a.kind == "FLOCK") != (b.kind == "FLOCK") || b.style().is_none() {
+        return false;
+    }
+    if a.mode != "WRITE" && b.mode != "WRITE" {
+        return false;
+    }
+    let end = |l: &LockLine| l.end.unwrap_or(i64::MAX);
+    a.kind == "FLOCK" || (a.start <= end(b) && b.start <= end(a))
+}
+
 /// Take again, in `task`, the locks its process held; its fds are at their
 /// numbers. Never waits: a lock someone else holds now fails the restore.
 pub fn restore(img: &DumpImage, process: &ProcessImage, task: &Task, scratch: &mut Scratch) -> Result<()> {
@@ -294,8 +341,8 @@ fn flock_struct(e: &FileLockEntry) -> [u8; 32] {
     b
 }
 
-/// The lock of an entry, in the words of [`describe`].
-fn describe_entry(e: &FileLockEntry) -> String {
+/// The lock of an entry, as the kernel would print it (but for its file).
+fn entry_line(e: &FileLockEntry) -> LockLine {
     let kind = match e.flag {
         FL_FLOCK => "FLOCK",
         FL_OFD => "OFDLCK",
@@ -303,7 +350,12 @@ fn describe_entry(e: &FileLockEntry) -> String {
     };
     let mode = if e.r#type == libc::F_WRLCK as u32 { "WRITE" } else { "READ" };
     let end = (e.len > 0).then(|| e.start + e.len - 1);
-    describe(&LockLine { kind: kind.into(), mode: mode.into(), pid: e.pid, file: String::new(), start: e.start, end })
+    LockLine { kind: kind.into(), mode: mode.into(), pid: e.pid, file: String::new(), start: e.start, end }
+}
+
+/// The lock of an entry, in the words of [`describe`].
+fn describe_entry(e: &FileLockEntry) -> String {
+    describe(&entry_line(e))
 }
 
 #[cfg(test)]
@@ -335,5 +387,21 @@ mod tests {
         assert_eq!(d("1: POSIX  ADVISORY  WRITE 1 fe:00:1 7 EOF"), "a WRITE POSIX (fcntl) lock on bytes 7 to the end of the file");
         let e = FileLockEntry { flag: FL_POSIX, r#type: 0, pid: 1, fd: 3, start: 5, len: 10 };
         assert_eq!(describe_entry(&e), "a READ POSIX (fcntl) lock on bytes 5-14");
+    }
+
+    #[test]
+    fn locks_conflict_by_family_mode_and_range() {
+        let l = |s: &str| LockLine::parse(s).unwrap();
+        let posix_w = l("1: POSIX  ADVISORY  WRITE 1 fe:00:1 10 19");
+        let posix_r = l("1: POSIX  ADVISORY  READ 1 fe:00:1 10 19");
+        assert!(conflict(&posix_w, &l("1: OFDLCK ADVISORY  READ -1 fe:00:1 19 EOF")));
+        assert!(!conflict(&posix_w, &l("1: OFDLCK ADVISORY  READ -1 fe:00:1 20 EOF")));
+        assert!(!conflict(&posix_w, &l("1: POSIX  ADVISORY  WRITE 2 fe:00:2 10 19")), "another file");
+        assert!(!conflict(&posix_r, &l("1: POSIX  ADVISORY  READ 2 fe:00:1 0 EOF")));
+        assert!(conflict(&posix_r, &l("1: POSIX  ADVISORY  WRITE 2 fe:00:1 0 EOF")));
+        assert!(!conflict(&posix_w, &l("1: FLOCK  ADVISORY  WRITE 2 fe:00:1 0 EOF")), "flock and fcntl locks never meet");
+        let flock_r = l("1: FLOCK  ADVISORY  READ 1 fe:00:1 0 EOF");
+        assert!(conflict(&flock_r, &l("1: FLOCK  ADVISORY  WRITE 2 fe:00:1 0 EOF")));
+        assert!(!conflict(&flock_r, &l("1: FLOCK  ADVISORY  READ 2 fe:00:1 0 EOF")));
     }
 }

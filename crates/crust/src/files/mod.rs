@@ -243,11 +243,13 @@ pub fn load_images(img: &mut DumpImage) -> Result<()> {
     locks::load(img)
 }
 
-/// What stands in the way of restoring the files of `img` here.
+/// What stands in the way of restoring the files of `img` (and their locks) here.
 pub fn problems(img: &DumpImage) -> Vec<String> {
     let mut files: Vec<&FileEntry> = img.files.values().collect();
     files.sort_unstable_by_key(|f| f.id);
-    files.into_iter().filter_map(|f| kind_of(f).ok()?.check(f, img)).collect()
+    let mut out: Vec<String> = files.into_iter().filter_map(|f| kind_of(f).ok()?.check(f, img)).collect();
+    out.extend(locks::problems(img));
+    out
 }
 
 /// Files more than one process holds, and files whose object (a pipe, a
