@@ -58,6 +58,9 @@ enum Command {
         /// The largest deleted file carried in the images (bytes, or with K, M, G).
         #[arg(long = "ghost-limit", value_name = "SIZE", value_parser = parse_size)]
         ghost_limit: Option<u64>,
+        /// Save the tree's file locks (flock, POSIX, OFD); without it a lock stops the dump.
+        #[arg(long = "file-locks")]
+        file_locks: bool,
         /// Print the stats as JSON.
         #[arg(long)]
         json: bool,
@@ -277,10 +280,20 @@ fn wait_root(pid: i32) -> Result<()> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Dump { pid, dir, leave_running, shell_job, cgroup_roots, freeze_cgroup, ghost_limit, json } => {
+        Command::Dump { pid, dir, leave_running, shell_job, cgroup_roots, freeze_cgroup, ghost_limit, file_locks, json } => {
             let bar = progress::Bar::on_stderr(json);
             let progress = bar.progress();
-            let opts = DumpOptions { pid, dir: dir.clone(), leave_running, shell_job, cgroup_roots, freeze_cgroup, ghost_limit, progress };
+            let opts = DumpOptions {
+                pid,
+                dir: dir.clone(),
+                leave_running,
+                shell_job,
+                cgroup_roots,
+                freeze_cgroup,
+                ghost_limit,
+                file_locks,
+                progress,
+            };
             let stats = guard::in_child(|| bar.around(|| Ok(dump(&opts)?))).with_context(|| format!("dump of process {pid} failed"))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&stats)?);

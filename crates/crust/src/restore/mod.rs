@@ -260,8 +260,11 @@ pub fn restore_held(opts: &RestoreOptions, mut img: DumpImage, pages: &mut dyn P
         make_threads(p, img, &mut created)?;
         stats.threads += p.image.threads.len();
     }
-    // Last: crust's scratch areas go, every thread gets its registers back.
-    for p in &procs {
+    // Last: the file locks are taken again (nothing closes an fd after
+    // this, which would drop a POSIX lock), crust's scratch areas go, every
+    // thread gets its registers back.
+    for p in &mut procs {
+        files::locks::restore(img, p.image, &p.leader, &mut p.scratch)?;
         p.leader.call("munmap of the scratch area", libc::SYS_munmap, [p.scratch.addr, p.scratch.len, 0, 0, 0, 0])?;
         p.tasks().try_for_each(|(task, thread)| state::restore_last(task, thread))?;
     }
