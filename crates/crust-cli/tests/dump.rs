@@ -206,7 +206,8 @@ fn check_images(dir: &Path, procs: &[&ProcInfo], parents: &[i32]) -> BTreeMap<St
                 }
             }
             if m.path.starts_with('/') {
-                assert!(status.contains("VMA_FILE_PRIVATE"), "{what}: status {status:?}");
+                let kind = if shared { "VMA_FILE_SHARED" } else { "VMA_FILE_PRIVATE" };
+                assert!(status.contains(kind), "{what}: status {status:?}");
                 assert_eq!(num(&v["pgoff"]), m.offset, "{what}: pgoff");
                 let f = file_by_id(num(&v["shmid"]));
                 assert_eq!(f["type"], "REG", "{what}: its file {f}");

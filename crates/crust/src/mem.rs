@@ -46,6 +46,9 @@ pub struct Vma {
     /// madvise advice to give it again, as CRIU's vma_entry holds it: bit
     /// `1 << MADV_x` for each (see [`crate::state::inventory::MADVISED`]).
     pub madv: u64,
+    /// It may be made writable (VmFlag `mw`): for a shared file mapping,
+    /// its file was opened for writing.
+    pub may_write: bool,
 }
 
 impl Vma {
@@ -165,7 +168,8 @@ fn vmas(pid: i32, strict: bool) -> Result<Vec<Vma>> {
                 }
             }
         }
-        out.push(Vma { start: m.address.0, end: m.address.1, pgoff: m.offset, prot, flags, status, backing, madv });
+        let may_write = m.extension.vm_flags.contains(VmFlags::MW);
+        out.push(Vma { start: m.address.0, end: m.address.1, pgoff: m.offset, prot, flags, status, backing, madv, may_write });
     }
     Ok(out)
 }

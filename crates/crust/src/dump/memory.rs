@@ -83,10 +83,14 @@ impl TreeDump {
 }
 
 fn vma_entry(pid: i32, v: &Vma, files: &mut FileTable, shmem: &mut SharedMemory) -> Result<VmaEntry> {
+    let mut fdflags = None;
     let shmid = match &v.backing {
         Backing::File { path, .. } => {
-            let writable_shared = v.shared() && v.prot & libc::PROT_WRITE as u32 != 0;
+            // A shared mapping that may be made writable (even if it is not
+            // now) was mapped from a file open for writing: it is again.
+            let writable_shared = v.shared() && (v.may_write || v.prot & libc::PROT_WRITE as u32 != 0);
             let flags = if writable_shared { libc::O_RDWR } else { libc::O_RDONLY } as u32;
+            fdflags = Some(flags);
             let source = format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end);
             files.path_id(&path.to_string_lossy(), flags, &source)? as u64
         }
@@ -103,7 +107,7 @@ fn vma_entry(pid: i32, v: &Vma, files: &mut FileTable, shmem: &mut SharedMemory)
         status: v.status,
         fd: -1,
         madv: (v.madv != 0).then_some(v.madv),
-        fdflags: None,
+        fdflags,
     })
 }
 

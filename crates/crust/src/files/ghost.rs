@@ -175,7 +175,20 @@ fn visible_mount(file: &std::fs::File, source: &str) -> bool {
 /// under the name the kernel gives such a file (`DIR/#INODE (deleted)`).
 /// Dropping this closes crust's copies; the tree's keep the files.
 pub struct Materialized {
-    _files: Vec<OwnedFd>,
+    /// Each file, with the entry that has its times.
+    files: Vec<(OwnedFd, GhostFileEntry)>,
+}
+
+impl Materialized {
+    /// Mapping or opening a file may set its access time: once the tree
+    /// holds them, the files get their saved times again.
+    pub fn put_back_times(&self) -> Result<()> {
+        for (fd, entry) in &self.files {
+            set_times(&std::fs::File::from(fd.try_clone().ctx(|| "duplicating a deleted file's fd")?), entry)
+                .ctx(|| "putting back the times of a deleted file")?;
+        }
+        Ok(())
+    }
 }
 
 /// Put every ghost file of `img` back, and point the files that use it at it.
@@ -197,7 +210,7 @@ pub fn materialize(img: &mut DumpImage) -> Result<Materialized> {
                     .ok_or_else(|| Error::image("remap-fpath.img", format!("no ghost-file-{ghost_id:x}.img")))?;
                 let file = place(&name, &img.dir, entry, data)?;
                 let path = format!("/proc/{}/fd/{}", std::process::id(), file.as_raw_fd());
-                files.push(file);
+                files.push((file, entry.clone()));
                 placed.insert(ghost_id, path.clone());
                 path
             }
@@ -206,7 +219,7 @@ pub fn materialize(img: &mut DumpImage) -> Result<Materialized> {
             reg.name = path;
         }
     }
-    Ok(Materialized { _files: files })
+    Ok(Materialized { files })
 }
 
 /// A directory, opened without following any symlink on the way.

@@ -174,8 +174,10 @@ pub fn map_vmas(
         } else if anon {
             (u64::MAX, 0)
         } else {
+            // The open mode the dump saw (CRIU's fdflags), else what the
+            // protection needs.
             let writable_shared = shared && v.prot & libc::PROT_WRITE as u32 != 0;
-            let oflags = if writable_shared { libc::O_RDWR } else { libc::O_RDONLY } as u32;
+            let oflags = v.fdflags.unwrap_or(if writable_shared { libc::O_RDWR } else { libc::O_RDONLY } as u32);
             let file = u32::try_from(v.shmid).map_err(|_| Error::Invalid(format!("vma {:#x}-{:#x}: no file {}", v.start, v.end, v.shmid)))?;
             (open(file, oflags)?, v.pgoff)
         };

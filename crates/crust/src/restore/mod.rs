@@ -232,7 +232,7 @@ pub fn restore_held(opts: &RestoreOptions, mut img: DumpImage, pages: &mut dyn P
     let start = Instant::now();
     preflight(&img, opts)?;
     // Deleted files the tree holds are made again for it to open and map.
-    let _ghosts = files::ghost::materialize(&mut img)?;
+    let ghosts = files::ghost::materialize(&mut img)?;
     let img = &img;
     let pages_check = check_pages_meanwhile(img);
     raise_nofile_limit();
@@ -268,6 +268,7 @@ pub fn restore_held(opts: &RestoreOptions, mut img: DumpImage, pages: &mut dyn P
         p.leader.call("munmap of the scratch area", libc::SYS_munmap, [p.scratch.addr, p.scratch.len, 0, 0, 0, 0])?;
         p.tasks().try_for_each(|(task, thread)| state::restore_last(task, thread))?;
     }
+    ghosts.put_back_times()?;
     pages_check.join().map_err(|_| Error::Invalid("the check of the pages images failed".into()))??;
     let tasks = procs.iter().map(|p| (p.leader.tid, p.threads.iter().map(|t| t.tid).collect(), stop_signal(p.image))).collect();
     let root = procs[0].image.pid();
