@@ -19,7 +19,7 @@
  *   unusual timer-overrun      took its 1 ms timer's signal late (sigwaitinfo
  *                         after 50 ms blocked): timer_getoverrun is not 0
  *   unusual mlock|dontfork|dontdump|wipeonfork|hugepage|nohugepage|
- *           mergeable|droppable|sequential
+ *           mergeable|droppable|sequential|random
  *                         has a mapping with that flag (mlock, madvise, MAP_DROPPABLE)
  *   unusual thp-disable   has PR_SET_THP_DISABLE set
  *   unusual deadline      runs under SCHED_DEADLINE
@@ -222,7 +222,7 @@ int main(int argc, char **argv)
         { "mlock", -1 }, { "droppable", -2 },
         { "dontfork", MADV_DONTFORK }, { "dontdump", MADV_DONTDUMP }, { "wipeonfork", MADV_WIPEONFORK },
         { "hugepage", MADV_HUGEPAGE }, { "nohugepage", MADV_NOHUGEPAGE }, { "mergeable", MADV_MERGEABLE },
-        { "sequential", MADV_SEQUENTIAL },
+        { "sequential", MADV_SEQUENTIAL }, { "random", MADV_RANDOM },
     };
     for (size_t i = 0; i < sizeof advices / sizeof advices[0]; i++) {
         if (strcmp(argv[1], advices[i].mode))

@@ -185,14 +185,14 @@ fn scheduling_policy_nice_oom_score_adj_and_subreaper_survive_restore() {
     }
 }
 
-/// Each anonymous mapping of `pid` with its madvise VmFlags (hg, nh, dd).
+/// Each anonymous mapping of `pid` with its madvise and mlock VmFlags.
 fn vm_flags(pid: i32) -> Vec<String> {
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
     let mut out = Vec::new();
     let mut range = String::new();
     for line in smaps.lines() {
         if let Some(flags) = line.strip_prefix("VmFlags:") {
-            let advised: Vec<&str> = flags.split_whitespace().filter(|f| ["hg", "nh", "dd"].contains(f)).collect();
+            let advised: Vec<&str> = flags.split_whitespace().filter(|f| ["hg", "nh", "dd", "dc", "wf", "mg", "sr", "rr", "lo"].contains(f)).collect();
             if !range.contains('[') && !range.contains('/') {
                 out.push(format!("{range} {}", advised.join(" ")));
             }
@@ -204,12 +204,24 @@ fn vm_flags(pid: i32) -> Vec<String> {
 }
 
 #[test]
-fn madvise_hugepage_nohugepage_and_dontdump_survive_restore() {
-    for mode in ["hugepage", "nohugepage", "dontdump"] {
+fn madvise_advice_and_mlock_survive_restore() {
+    let modes = [
+        ("hugepage", "hg"),
+        ("nohugepage", "nh"),
+        ("dontdump", "dd"),
+        ("dontfork", "dc"),
+        ("wipeonfork", "wf"),
+        ("mergeable", "mg"),
+        ("sequential", "sr"),
+        ("random", "rr"),
+        ("mlock", "lo"),
+    ];
+    for (mode, flag) in modes {
         let dir = TempDir::new(&format!("restore-madvise-{mode}"));
         let mut job = Job::start("unusual", &[mode], dir.path());
         job.ready();
         let before = vm_flags(job.pid);
+        assert!(before.iter().any(|m| m.split_whitespace().any(|f| f == flag)), "{mode}: no mapping with {flag}: {before:?}");
         dump_and_restore(&mut job, &dir.join("images"));
         assert_eq!(vm_flags(job.pid), before, "{mode}: mappings and their VmFlags");
         job.expect_ok();
