@@ -715,3 +715,17 @@ fn the_state_comparison_sees_a_changed_attribute() {
     before.assert_same(&ProcState::of_tree(job.pid), &["oom_score_adj"]);
     job.expect_ok();
 }
+
+#[test]
+fn a_removed_working_directory_comes_back_removed() {
+    let dir = TempDir::new("restore-removed-cwd");
+    let gone = dir.join("cwd");
+    let mut job = Job::start("removedcwd", &[gone.to_str().unwrap()], dir.path());
+    job.ready();
+    dump_and_restore(&mut job, &dir.join("images"));
+    let cwd = std::fs::read_link(format!("/proc/{}/cwd", job.pid)).unwrap().to_string_lossy().into_owned();
+    assert!(cwd.starts_with(&format!("{}/", dir.path().display())) && cwd.ends_with(" (deleted)"), "{cwd}");
+    let left: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(left.iter().all(|n| n == "images" || n.ends_with(".out")), "nothing made by the restore is left: {left:?}");
+    job.expect_ok();
+}

@@ -87,8 +87,8 @@ impl FileTable {
         if !visible_mount(&file, source) {
             return Err(Error::unsupported(source, "memfds and System V shared memory are not supported yet"));
         }
-        if !md.is_file() {
-            return Err(Error::unsupported(source, "deleted directories and devices are not supported yet"));
+        if !md.is_file() && !md.is_dir() {
+            return Err(Error::unsupported(source, "deleted devices, FIFOs and sockets are not supported yet"));
         }
         if md.nlink() != 0 {
             return Err(Error::unsupported(source, "a file unlinked under one name but linked under another is not supported yet"));
@@ -105,8 +105,9 @@ impl FileTable {
             Some(&id) => id,
             None => {
                 let id = self.ghosts.files.len() as u32 + 1;
-                let data = runs_of_data(&file, md.len()).ctx(what)?;
-                let sparse = !matches!(data.as_slice(), [(0, d)] if d.len() as u64 == md.len());
+                // A directory (a cwd or root that was removed) holds nothing to carry.
+                let data = if md.is_dir() { Vec::new() } else { runs_of_data(&file, md.len()).ctx(what)? };
+                let sparse = md.is_file() && !matches!(data.as_slice(), [(0, d)] if d.len() as u64 == md.len());
                 let entry = GhostFileEntry {
                     uid: md.uid(),
                     gid: md.gid(),
@@ -114,7 +115,7 @@ impl FileTable {
                     dev: None,
                     ino: Some(md.ino()),
                     chunks: sparse.then_some(true),
-                    size: Some(md.len()),
+                    size: md.is_file().then_some(md.len()),
                     atim: Some(Timeval { tv_sec: md.atime() as u64, tv_usec: md.atime_nsec() as u64 / 1000 }),
                     mtim: Some(Timeval { tv_sec: md.mtime() as u64, tv_usec: md.mtime_nsec() as u64 / 1000 }),
                     ..Default::default()
@@ -251,6 +252,25 @@ fn unnamed_file(dir: &OwnedFd, entry: &GhostFileEntry, data: &GhostData) -> std:
     Ok(OwnedFd::from(read_only))
 }
 
+/// A removed directory (a cwd or root): made in `dir` under a name of its
+/// own, opened, and removed again at once, so that it is deleted, empty and
+/// nowhere to be seen when the tree enters it through crust's fd.
+fn removed_dir(dir: &OwnedFd, entry: &GhostFileEntry) -> std::io::Result<OwnedFd> {
+    use nix::fcntl::{openat, OFlag};
+    use nix::sys::stat::{fchmod, mkdirat, Mode};
+    use nix::unistd::{unlinkat, UnlinkatFlags};
+    let name = format!(".crust-removed-{}-{}", entry.ino.unwrap_or(0), std::process::id());
+    mkdirat(dir, name.as_str(), Mode::from_bits_truncate(0o700))?;
+    let opened = openat(dir, name.as_str(), OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty());
+    unlinkat(dir, name.as_str(), UnlinkatFlags::RemoveDir)?;
+    let fd = opened?;
+    nix::unistd::fchown(&fd, Some(entry.uid.into()), Some(entry.gid.into()))?;
+    fchmod(&fd, Mode::from_bits_truncate(entry.mode & 0o7777))?;
+    let d = std::fs::File::from(fd);
+    set_times(&d, entry)?;
+    Ok(OwnedFd::from(d))
+}
+
 /// The saved access and modification times (to the microsecond CRIU's
 /// image keeps); a time not saved is left as it is.
 fn set_times(f: &std::fs::File, entry: &GhostFileEntry) -> std::io::Result<()> {
@@ -266,10 +286,14 @@ fn set_times(f: &std::fs::File, entry: &GhostFileEntry) -> std::io::Result<()> {
 /// The ghost of the file once called `name`: in that file's directory if it
 /// is there and takes one, else in the images directory `images`.
 fn place(name: &str, images: &Path, entry: &GhostFileEntry, data: &GhostData) -> Result<OwnedFd> {
-    let in_own_dir = Path::new(name).parent().and_then(open_dir).and_then(|dir| unnamed_file(&dir, entry, data).ok());
+    let make = |dir: &OwnedFd| match entry.mode & libc::S_IFMT == libc::S_IFDIR {
+        true => removed_dir(dir, entry),
+        false => unnamed_file(dir, entry, data),
+    };
+    let in_own_dir = Path::new(name).parent().and_then(open_dir).and_then(|dir| make(&dir).ok());
     if let Some(file) = in_own_dir {
         return Ok(file);
     }
     let dir = open_dir(images).ok_or_else(|| Error::io_other(format!("{}: opening it to put back {name}", images.display()), "it cannot be opened as a directory"))?;
-    unnamed_file(&dir, entry, data).ctx(|| format!("putting back deleted file {name} in {}", images.display()))
+    make(&dir).ctx(|| format!("putting back deleted file {name} in {}", images.display()))
 }
