@@ -20,7 +20,7 @@ use crate::images::Kind;
 use crate::images::criu::PAGE_SIZE;
 use crate::images::load::{DumpImage, Pages, ProcessImage};
 use crate::task::{Scratch, Task};
-use crate::restore::{self as restore_mod, PageSource};
+use crate::restore::{self as restore_mod, PageSink, PageSource};
 
 /// How long the source may take to say go once the tree is built.
 const GO_TIMEOUT: Duration = Duration::from_secs(60);
@@ -186,7 +186,7 @@ struct StreamedPages<'a> {
 }
 
 impl PageSource for StreamedPages<'_> {
-    fn fill(&mut self, task: &Task, _scratch: &mut Scratch, p: &ProcessImage, progress: &mut dyn FnMut(u64)) -> Result<u64> {
+    fn fill(&mut self, _task: &Task, _scratch: &mut Scratch, p: &ProcessImage, sink: &mut PageSink) -> Result<()> {
         let name = p.pages_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         match self.chan.recv()? {
             (FILE, got) if got == name.as_bytes() => {}
@@ -201,6 +201,8 @@ impl PageSource for StreamedPages<'_> {
         // Where the next byte of the file goes: a run of the pagemap and how far into it.
         let runs: Vec<(u64, u64)> = p.pagemap.iter().map(|e| (e.vaddr, e.nr_pages as u64 * PAGE_SIZE)).collect();
         let (mut run, mut into) = (0usize, 0u64);
+        // The sink takes whole pages: the start of one cut by the end of a frame waits here.
+        let mut partial: Vec<u8> = Vec::with_capacity(PAGE_SIZE as usize);
         loop {
             let (kind, data) = self.chan.recv()?;
             match kind {
@@ -210,11 +212,22 @@ impl PageSource for StreamedPages<'_> {
                         let &(vaddr, len) = runs.get(run).ok_or_else(|| {
                             Error::Protocol(format!("{name}: more bytes than pagemap-{}.img lists", p.pid()))
                         })?;
-                        let n = ((len - into) as usize).min(data.len());
-                        write_pages(task.pid, vaddr + into, &data[..n])?;
-                        progress(n as u64);
-                        data = &data[n..];
-                        into += n as u64;
+                        let page = PAGE_SIZE as usize;
+                        if partial.is_empty() && data.len() >= page {
+                            let n = ((len - into) as usize).min(data.len() - data.len() % page);
+                            sink.put(vaddr + into, &data[..n])?;
+                            data = &data[n..];
+                            into += n as u64;
+                        } else {
+                            let n = (page - partial.len()).min(data.len());
+                            partial.extend_from_slice(&data[..n]);
+                            data = &data[n..];
+                            if partial.len() == page {
+                                sink.put(vaddr + into, &partial)?;
+                                partial.clear();
+                                into += PAGE_SIZE;
+                            }
+                        }
                         if into == len {
                             (run, into) = (run + 1, 0);
                         }
@@ -225,26 +238,8 @@ impl PageSource for StreamedPages<'_> {
                 k => return Err(Error::Protocol(format!("{name}: unexpected frame kind {k}"))),
             }
         }
-        Ok(p.pagemap.iter().map(|e| e.nr_pages as u64).sum())
+        Ok(())
     }
-}
-
-/// Copy `data` into process `pid` at `addr`, straight (one copy, by
-/// process_vm_writev; /proc/PID/mem would go through a bounce page).
-fn write_pages(pid: i32, addr: u64, data: &[u8]) -> Result<()> {
-    use nix::sys::uio::{process_vm_writev, RemoteIoVec};
-    let mut done = 0;
-    while done < data.len() {
-        let local = [std::io::IoSlice::new(&data[done..])];
-        let remote = [RemoteIoVec { base: (addr as usize) + done, len: data.len() - done }];
-        match process_vm_writev(nix::unistd::Pid::from_raw(pid), &local, &remote) {
-            Ok(0) => return Err(Error::Ptrace { tid: pid, what: format!("no memory at {:#x} for its pages", addr + done as u64) }),
-            Ok(n) => done += n,
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(Error::Sys { context: format!("writing pages of process {pid} at {:#x}", addr + done as u64), err: e }),
-        }
-    }
-    Ok(())
 }
 
 /// SIGKILL a process and all its descendants, parents first (so none forks).

@@ -68,17 +68,39 @@ pub fn check_vdso(mm: &MmEntry, here: &[crate::mem::Vma], image_name: &str) -> R
     Ok(())
 }
 
-/// Unmap everything of crust's copy but the vdso group and the scratch area.
+/// `ranges` less `minus`, both sorted by start and each apart.
+pub fn subtract(ranges: &[(u64, u64)], minus: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    for &(start, end) in ranges {
+        let mut at = start;
+        let first = minus.partition_point(|&(_, e)| e <= start);
+        for &(s, e) in minus[first..].iter().take_while(|&&(s, _)| s < end) {
+            if s > at {
+                out.push((at, s));
+            }
+            at = at.max(e);
+        }
+        if at < end {
+            out.push((at, end));
+        }
+    }
+    out
+}
+
+/// Unmap everything the task has now (`here`) but the vdso group and the
+/// ranges in `keep` (sorted, apart: the scratch area, inherited vmas).
 /// Adjacent mappings go in one munmap (each is an injected syscall).
-pub fn unmap_crust(task: &Task, here: &[crate::mem::Vma], scratch: &Scratch) -> Result<()> {
+pub fn unmap_all_but(task: &Task, here: &[crate::mem::Vma], keep: &[(u64, u64)]) -> Result<()> {
+    let mapped: Vec<(u64, u64)> = here
+        .iter()
+        .filter(|v| !matches!(v.backing, Backing::Vdso | Backing::Vvar | Backing::Vsyscall))
+        .map(|v| (v.start, v.end))
+        .collect();
     let mut gone: Vec<(u64, u64)> = Vec::new();
-    for v in here {
-        let keep = matches!(v.backing, Backing::Vdso | Backing::Vvar | Backing::Vsyscall)
-            || (v.start >= scratch.addr && v.end <= scratch.addr + scratch.len);
+    for (start, end) in subtract(&mapped, keep) {
         match gone.last_mut() {
-            _ if keep => continue,
-            Some(last) if last.1 == v.start => last.1 = v.end,
-            _ => gone.push((v.start, v.end)),
+            Some(last) if last.1 == start => last.1 = end,
+            _ => gone.push((start, end)),
         }
     }
     for (start, end) in gone {
@@ -127,16 +149,24 @@ pub fn move_vdso(task: &mut Task, mm: &MmEntry, here: &[crate::mem::Vma], scratc
     Ok(())
 }
 
-/// Map every vma of the image but the vdso group (already in place), writable
-/// at first so the pages can be filled in. `open` opens a file inside the task.
+/// Map every vma of the image but the vdso group (already in place) and those
+/// `kept` as inherited, writable at first so the pages can be filled in.
+/// `open` opens a file inside the task.
 pub fn map_vmas(
     task: &Task,
     mm: &MmEntry,
+    kept: &[&VmaEntry],
     shmem_fds: &HashMap<u64, u64>,
     mut open: impl FnMut(u32, u32) -> Result<u64>,
 ) -> Result<()> {
     for v in &mm.vmas {
         if is_vdso_group(v.status) || v.status & VMA_AREA_VSYSCALL != 0 {
+            continue;
+        }
+        if kept.iter().any(|k| k.start == v.start) {
+            // Already there, with the parent's pages: only made writable.
+            let prot = v.prot | (libc::PROT_READ | libc::PROT_WRITE) as u32;
+            task.call("mprotect of an inherited vma", libc::SYS_mprotect, [v.start, v.end - v.start, prot as u64, 0, 0, 0])?;
             continue;
         }
         let shared = v.flags & libc::MAP_SHARED as u32 != 0;
@@ -199,5 +229,13 @@ mod tests {
             assert!(at + len + PAGE_SIZE <= s || at >= e + PAGE_SIZE, "{at:#x} overlaps {s:#x}-{e:#x}");
         }
         assert_eq!(free_gap(&[(LOW, HIGH)], len), None);
+    }
+
+    #[test]
+    fn subtract_leaves_what_no_range_covers() {
+        let minus = [(0x2000, 0x3000), (0x5000, 0x8000)];
+        assert_eq!(subtract(&[(0x1000, 0x6000), (0x7000, 0x9000)], &minus), [(0x1000, 0x2000), (0x3000, 0x5000), (0x8000, 0x9000)]);
+        assert_eq!(subtract(&[(0x5000, 0x8000)], &minus), []);
+        assert_eq!(subtract(&[(0x1000, 0x2000)], &[]), [(0x1000, 0x2000)]);
     }
 }
