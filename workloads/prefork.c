@@ -6,8 +6,10 @@
  * forks CHILDREN workers (4 by default). After the fork each worker writes
  * WRITES pages of the heap of its own (different pages for each) and
  * otherwise only reads it (a checksum of all of it); the parent writes
- * WRITES other pages. One page, at offset UNTOUCHED_PAGE, is written by
- * no one after the fork. Workers die with the parent (PR_SET_PDEATHSIG).
+ * WRITES other pages. Worker 2 also gives DISCARDED pages back
+ * (MADV_DONTNEED: they read as zeros in it). One page, at offset
+ * UNTOUCHED_PAGE, is written by no one after the fork. Workers die with the
+ * parent (PR_SET_PDEATHSIG).
  *
  * Prints "READY <pid> heap=<addr> len=<bytes> untouched=<addr> children=<pid,...>"
  * once every worker is ready.
@@ -31,6 +33,10 @@
 #define WRITES 4
 #define MAX_CHILDREN 16
 #define UNTOUCHED_PAGE 7
+/* Worker 2 discards pages [DISCARD_FROM, DISCARD_FROM + DISCARDED). */
+#define DISCARDER 2
+#define DISCARD_FROM 3000
+#define DISCARDED 10
 
 static uint64_t *heap;
 static size_t heap_pages;
@@ -65,13 +71,18 @@ static void write_pages(int who, int children)
                 heap[i] = written(i, who);
 }
 
+static int discarded(size_t page, int who)
+{
+    return who == DISCARDER && page >= DISCARD_FROM && page < DISCARD_FROM + DISCARDED;
+}
+
 /* 0 if every page of the heap is as `who` should see it; else the first bad word's index + 1. */
 static size_t check_heap(int who, int children)
 {
     for (size_t p = 0; p < heap_pages; p++) {
         int w = page_writer(p, children);
         for (size_t i = p * PAGE / 8; i < (p + 1) * PAGE / 8; i++) {
-            uint64_t want = w == who ? written(i, who) : pattern(i);
+            uint64_t want = discarded(p, who) ? 0 : w == who ? written(i, who) : pattern(i);
             if (heap[i] != want)
                 return i + 1;
         }
@@ -91,6 +102,8 @@ static _Noreturn void worker(int who, int children, int ready_fd)
 {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     write_pages(who, children);
+    if (who == DISCARDER && madvise((char *)heap + DISCARD_FROM * PAGE, DISCARDED * PAGE, MADV_DONTNEED) != 0)
+        _exit(2);
     uint64_t sum = checksum();
     if (write(ready_fd, "r", 1) != 1)
         _exit(2);
@@ -116,7 +129,7 @@ int main(int argc, char **argv)
     workload_init();
     size_t len = (size_t)atol(argv[1]) << 20;
     heap_pages = len / PAGE;
-    if (heap_pages < (size_t)(children + 1) * WRITES * 97 + 11)
+    if (heap_pages < (size_t)(children + 1) * WRITES * 97 + 11 || heap_pages < DISCARD_FROM + DISCARDED)
         die("MIB too small");
     heap = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (heap == MAP_FAILED)

@@ -12,6 +12,11 @@
 //! `restore::load` on its own (parsing the images and checking their CRC
 //! manifest, the first thing a restore does), to show where restore time goes.
 //!
+//! prefork (a 256 MiB heap shared copy-on-write by a parent and 4 workers)
+//! is also restored, in the same rounds, as crust restored it before it kept
+//! that sharing (`RestoreOptions::private_copies`: every process a copy of
+//! all its pages), for the ratio of the two.
+//!
 //! If a working `criu` is on PATH (`criu check` passes), criu dumps and
 //! restores the same workloads too, for comparison.
 //!
@@ -218,9 +223,31 @@ struct Row {
     base_ms: f64,
     restore_range: (f64, f64),
     base_range: (f64, f64),
+    /// The median restore with private copies, if measured.
+    copies_ms: Option<f64>,
 }
 
-fn bench(name: &str, args: &[&str], rounds: usize, counter: &mut usize) -> Result<Row> {
+/// A restore of the images with private copies (see the top), timed; the tree
+/// is killed at once (its workers die with their parent).
+fn restore_with_copies(images: &Path) -> Result<f64> {
+    let opts = RestoreOptions {
+        dir: images.to_path_buf(),
+        shell_job: false,
+        pid_wait: Duration::from_secs(5),
+        private_copies: true,
+        ..Default::default()
+    };
+    let t = Instant::now();
+    let r = restore(&opts).map_err(|e| anyhow!("restore with private copies: {e}"))?;
+    let took = ms(t.elapsed());
+    let root = nix::unistd::Pid::from_raw(r.root);
+    nix::sys::signal::kill(root, nix::sys::signal::Signal::SIGKILL)?;
+    nix::sys::wait::waitpid(root, None)?;
+    Ok(took)
+}
+
+/// `with_copies`: each round also restores with private copies.
+fn bench(name: &str, args: &[&str], rounds: usize, counter: &mut usize, with_copies: bool) -> Result<Row> {
     let run = TmpPath::dir("restore-", *counter)?;
     *counter += 1;
     let mut base_bytes = 0;
@@ -239,7 +266,7 @@ fn bench(name: &str, args: &[&str], rounds: usize, counter: &mut usize) -> Resul
             let r = restore(&opts).map_err(|e| anyhow!("{e}"))?;
             Ok((r.root, Some(r.stats)))
         },
-        &["baseline", "load apart"],
+        if with_copies { &["baseline", "load apart", "private copies"] } else { &["baseline", "load apart"] },
         |images| {
             let files = pages_files(images)?;
             base_bytes = 0;
@@ -251,14 +278,18 @@ fn bench(name: &str, args: &[&str], rounds: usize, counter: &mut usize) -> Resul
             // checking them against their CRC manifest.
             let t = Instant::now();
             crust::restore::load(images, load::Pages::InDir).map_err(|e| anyhow!("loading {}: {e}", images.display()))?;
-            Ok(vec![b, ms(t.elapsed())])
+            let mut side = vec![b, ms(t.elapsed())];
+            if with_copies {
+                side.push(restore_with_copies(images)?);
+            }
+            Ok(side)
         },
     )?;
     let stats: Vec<&RestoreStats> = rs.iter().map(|r| r.stats.as_ref().expect("crust reports stats")).collect();
     // The baseline reads what the pages files hold; the restore must have put
-    // exactly that much in place.
-    if let Some(s) = stats.iter().find(|s| s.pages_restored * PAGE != base_bytes) {
-        bail!("{name}: {} pages restored, but the pages files hold {base_bytes} bytes", s.pages_restored);
+    // exactly that much in place (written, or found there, inherited).
+    if let Some(s) = stats.iter().find(|s| (s.pages_restored + s.pages_skipped_cow) * PAGE != base_bytes) {
+        bail!("{name}: {} pages restored and {} kept, but the pages files hold {base_bytes} bytes", s.pages_restored, s.pages_skipped_cow);
     }
     let wall: Vec<f64> = rs.iter().map(|r| r.wall_ms).collect();
     let base_t: Vec<f64> = rs.iter().map(|r| r.side[0]).collect();
@@ -268,7 +299,7 @@ fn bench(name: &str, args: &[&str], rounds: usize, counter: &mut usize) -> Resul
         name: format!("{name} {}", args.join(" ")).trim().to_string(),
         processes: stats[0].processes,
         threads: stats[0].threads,
-        pages: median(&stats.iter().map(|s| s.pages_restored).collect::<Vec<_>>()),
+        pages: median(&stats.iter().map(|s| s.pages_restored + s.pages_skipped_cow).collect::<Vec<_>>()),
         dump_ms,
         restore_ms: median(&wall),
         internal_ms: us(|s| s.restore_time_us),
@@ -277,6 +308,7 @@ fn bench(name: &str, args: &[&str], rounds: usize, counter: &mut usize) -> Resul
         base_ms: median(&base_t),
         restore_range: min_max(&wall),
         base_range: min_max(&base_t),
+        copies_ms: with_copies.then(|| median(&rs.iter().map(|r| r.side[2]).collect::<Vec<_>>())),
     })
 }
 
@@ -367,12 +399,13 @@ fn main() -> Result<()> {
     common::remove_stale();
     println!("crust restore benchmark: nproc {nproc}, images on /dev/shm (tmpfs), dumped once, restored per round");
 
-    let cases: [(&str, &[&str], usize); 3] = [("test_mm", &[], 9), ("bigmem", &["256"], 9), ("bigmem", &["1024"], 9)];
+    let cases: [(&str, &[&str], usize); 4] =
+        [("test_mm", &[], 9), ("bigmem", &["256"], 9), ("bigmem", &["1024"], 9), ("prefork", &["256"], 9)];
     let mut counter = 0;
     let mut rows = Vec::new();
     for (name, args, rounds) in cases {
         if selected(name, args) {
-            rows.push(bench(name, args, rounds, &mut counter)?);
+            rows.push(bench(name, args, rounds, &mut counter, name == "prefork")?);
         }
     }
 
@@ -429,6 +462,15 @@ fn main() -> Result<()> {
             bmax,
             rmin / bmin,
             noisy(&[r.restore_range, r.base_range])
+        );
+    }
+    for r in rows.iter().filter(|r| r.copies_ms.is_some()) {
+        let copies = r.copies_ms.unwrap_or_default();
+        println!(
+            "{}: restore with private copies {copies:.2} ms, keeping copy-on-write sharing {:.2} ms: copies/shared {:.2}",
+            r.name,
+            r.restore_ms,
+            copies / r.restore_ms
         );
     }
     println!();

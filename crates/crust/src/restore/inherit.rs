@@ -16,6 +16,7 @@ use std::os::unix::fs::FileExt;
 use super::layout::subtract;
 use crate::error::{Context, Error, Result};
 use crate::images::criu::{PAGE_SIZE, VMA_ANON_SHARED, VMA_AREA_REGULAR, VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR};
+use crate::images::load::ProcessImage;
 use crate::images::proto::{MmEntry, PagemapEntry, VmaEntry};
 use crate::task::Task;
 
@@ -46,14 +47,15 @@ fn is_private_regular(v: &VmaEntry) -> bool {
 /// The vmas of `child` it keeps as inherited from `parent`: private ones the
 /// parent's image has with the same bounds, kind (status, so anonymous or
 /// file, heap, stack), mmap flags, backing (the same file at the same offset)
-/// and madvise advice, unless the fork does not pass them on (MADV_DONTFORK).
+/// and madvise advice, unless the fork does not pass them on (MADV_DONTFORK)
+/// or passes them on emptied (MADV_WIPEONFORK).
 /// Only the protection may differ: it is set afterwards like any vma's. What
 /// the kept vmas hold is then corrected page by page, so keeping one that was
 /// not in fact inherited costs time, never correctness.
 pub fn kept_vmas<'a>(child: &'a MmEntry, parent: &MmEntry) -> Vec<&'a VmaEntry> {
     let by_bounds: HashMap<(u64, u64), &VmaEntry> =
         parent.vmas.iter().filter(|u| is_private_regular(u)).map(|u| ((u.start, u.end), u)).collect();
-    let dontfork = 1u64 << libc::MADV_DONTFORK;
+    let not_inherited = (1u64 << libc::MADV_DONTFORK) | (1u64 << libc::MADV_WIPEONFORK);
     child
         .vmas
         .iter()
@@ -64,7 +66,7 @@ pub fn kept_vmas<'a>(child: &'a MmEntry, parent: &MmEntry) -> Vec<&'a VmaEntry> 
                 u.status == v.status
                     && u.flags == v.flags
                     && u.madv == v.madv
-                    && u.madv.unwrap_or(0) & dontfork == 0
+                    && u.madv.unwrap_or(0) & not_inherited == 0
                     && (anon || (u.shmid == v.shmid && u.pgoff == v.pgoff))
             })
         })
@@ -105,47 +107,148 @@ pub fn drop_unsaved(task: &Task, inherited: &[(u64, u64)], pagemap: &[PagemapEnt
 pub struct PageSink<'a> {
     pid: i32,
     inherited: &'a [(u64, u64)],
-    /// /proc/PID/mem, to read inherited pages: process_vm_readv would pin
-    /// them, and the kernel copies a shared anonymous page it pins (a page
-    /// pinned for reading must stay the one the task sees), unsharing every
-    /// page it reads; /proc/PID/mem only takes a reference.
-    mem: Option<File>,
+    /// Of those, where the contents are known to be the same.
+    same: &'a [(u64, u64)],
+    parent: Option<&'a ProcessImage>,
+    before: Before,
     counts: PageCounts,
     progress: &'a mut dyn FnMut(u64),
     buf: Vec<u8>,
+}
+
+/// Where the contents of the pages a child inherited are read from.
+enum Before {
+    /// The task's memory, through /proc/PID/mem (opened when first needed):
+    /// process_vm_readv would pin the pages, and the kernel copies a shared
+    /// anonymous page it pins for reading (a pinned page must stay the one
+    /// the task sees), unsharing every page it reads; /proc/PID/mem only
+    /// takes a reference.
+    Memory(Option<File>),
+    /// The parent's pages image, which is what the parent's restore put
+    /// there: read from the page cache, faster than through the task's page
+    /// tables. Its runs: (start, end, offset in the file).
+    ParentImage { file: File, runs: Vec<(u64, u64, u64)> },
+}
+
+/// What lies under a piece of saved pages in the task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Piece {
+    /// Nothing inherited: written as it is.
+    Fresh,
+    /// Pages inherited from the parent: compared first.
+    Inherited,
+    /// Pages inherited that the dump saw were the parent's own physical
+    /// pages (see `DumpMeta::shared_with_parent`), so the same contents.
+    Same,
+}
+
+/// The parts of `len` bytes at `vaddr`, in order, each with whether it lies
+/// in one of `ranges` (sorted, apart).
+fn split(ranges: &[(u64, u64)], vaddr: u64, len: u64) -> Vec<(u64, u64, bool)> {
+    let end = vaddr.saturating_add(len);
+    let mut out = Vec::new();
+    let mut at = vaddr;
+    let first = ranges.partition_point(|&(_, e)| e <= vaddr);
+    for &(s, e) in ranges[first..].iter().take_while(|&&(s, _)| s < end) {
+        if s > at {
+            out.push((at, s - at, false));
+        }
+        let (from, to) = (s.max(at), e.min(end));
+        out.push((from, to - from, true));
+        at = to;
+    }
+    if at < end {
+        out.push((at, end - at, false));
+    }
+    out
 }
 
 /// Bytes compared at once.
 const CHUNK: usize = 1 << 20;
 
 impl<'a> PageSink<'a> {
-    pub fn new(pid: i32, inherited: &'a [(u64, u64)], progress: &'a mut dyn FnMut(u64)) -> PageSink<'a> {
-        PageSink { pid, inherited, mem: None, counts: PageCounts::default(), progress, buf: Vec::new() }
+    /// A sink for the pages of task `pid`, which holds pages of `parent`'s
+    /// at `inherited`, those at `same` (a part of them) known to be the
+    /// saved ones.
+    pub fn new(
+        pid: i32,
+        inherited: &'a [(u64, u64)],
+        same: &'a [(u64, u64)],
+        parent: Option<&'a ProcessImage>,
+        progress: &'a mut dyn FnMut(u64),
+    ) -> PageSink<'a> {
+        PageSink { pid, inherited, same, parent, before: Before::Memory(None), counts: PageCounts::default(), progress, buf: Vec::new() }
+    }
+
+    /// Compare with the parent's pages image instead of the task's memory
+    /// (where the images are at hand).
+    pub fn compare_with_parent_image(&mut self) -> Result<()> {
+        let Some(parent) = self.parent.filter(|_| !self.inherited.is_empty()) else { return Ok(()) };
+        let file = File::open(&parent.pages_path).ctx(|| format!("opening {}", parent.pages_path.display()))?;
+        let mut offset = 0u64;
+        let mut runs = Vec::with_capacity(parent.pagemap.len());
+        for e in &parent.pagemap {
+            let len = e.nr_pages as u64 * PAGE_SIZE;
+            runs.push((e.vaddr, e.vaddr.saturating_add(len), offset));
+            offset = offset.saturating_add(len);
+        }
+        self.before = Before::ParentImage { file, runs };
+        Ok(())
+    }
+
+    /// Read what the task inherited at `vaddr` into `buf`.
+    fn read_before(&mut self, vaddr: u64, buf: &mut [u8]) -> Result<()> {
+        match &mut self.before {
+            Before::Memory(mem) => {
+                if mem.is_none() {
+                    let path = format!("/proc/{}/mem", self.pid);
+                    *mem = Some(File::open(&path).ctx(|| format!("opening {path}"))?);
+                }
+                let mem = mem.as_ref().expect("opened above");
+                mem.read_exact_at(buf, vaddr).ctx(|| format!("reading memory of process {} at {vaddr:#x}", self.pid))
+            }
+            Before::ParentImage { file, runs } => {
+                let mut done = 0usize;
+                while done < buf.len() {
+                    let at = vaddr + done as u64;
+                    let i = runs.partition_point(|&(_, end, _)| end <= at);
+                    let &(start, end, offset) = runs.get(i).filter(|r| r.0 <= at).ok_or_else(|| {
+                        Error::Invalid(format!("process {}: inherited page {at:#x} is not in its parent's pages", self.pid))
+                    })?;
+                    let n = ((end - at) as usize).min(buf.len() - done);
+                    let from = offset + (at - start);
+                    file.read_exact_at(&mut buf[done..done + n], from).ctx(|| format!("reading the parent's saved pages at offset {from}"))?;
+                    done += n;
+                }
+                Ok(())
+            }
+        }
     }
 
     pub fn counts(&self) -> PageCounts {
         self.counts
     }
 
-    /// The parts of `len` bytes at `vaddr`, in order, each with whether it
-    /// lies over inherited pages.
-    pub fn pieces(&self, vaddr: u64, len: u64) -> Vec<(u64, u64, bool)> {
-        let end = vaddr.saturating_add(len);
+    /// The parts of `len` bytes at `vaddr`, in order, each with what lies
+    /// under it.
+    pub fn pieces(&self, vaddr: u64, len: u64) -> Vec<(u64, u64, Piece)> {
         let mut out = Vec::new();
-        let mut at = vaddr;
-        let first = self.inherited.partition_point(|&(_, e)| e <= vaddr);
-        for &(s, e) in self.inherited[first..].iter().take_while(|&&(s, _)| s < end) {
-            if s > at {
-                out.push((at, s - at, false));
+        for (at, n, inherited) in split(self.inherited, vaddr, len) {
+            if !inherited {
+                out.push((at, n, Piece::Fresh));
+                continue;
             }
-            let (from, to) = (s.max(at), e.min(end));
-            out.push((from, to - from, true));
-            at = to;
-        }
-        if at < end {
-            out.push((at, end - at, false));
+            for (at, n, same) in split(self.same, at, n) {
+                out.push((at, n, if same { Piece::Same } else { Piece::Inherited }));
+            }
         }
         out
+    }
+
+    /// `bytes` of pages left as inherited without a look: known to be the same.
+    pub fn keep(&mut self, bytes: u64) {
+        self.counts.skipped_cow += bytes / PAGE_SIZE;
+        (self.progress)(bytes);
     }
 
     /// `bytes` of pages the task read into place itself, over nothing inherited.
@@ -159,30 +262,32 @@ impl<'a> PageSink<'a> {
         if !vaddr.is_multiple_of(PAGE_SIZE) || !(data.len() as u64).is_multiple_of(PAGE_SIZE) {
             return Err(Error::Invalid(format!("pages put at {vaddr:#x} ({} bytes) are not whole pages", data.len())));
         }
-        for (addr, len, inherited) in self.pieces(vaddr, data.len() as u64) {
+        for (addr, len, under) in self.pieces(vaddr, data.len() as u64) {
             let piece = &data[(addr - vaddr) as usize..][..len as usize];
-            if inherited {
-                for (i, chunk) in piece.chunks(CHUNK).enumerate() {
-                    self.put_over_inherited(addr + (i * CHUNK) as u64, chunk)?;
+            match under {
+                Piece::Same => self.keep(len),
+                Piece::Inherited => {
+                    for (i, chunk) in piece.chunks(CHUNK).enumerate() {
+                        self.put_over_inherited(addr + (i * CHUNK) as u64, chunk)?;
+                    }
+                    (self.progress)(len);
                 }
-            } else {
-                write_pages(self.pid, addr, piece)?;
-                self.counts.restored += len / PAGE_SIZE;
+                Piece::Fresh => {
+                    write_pages(self.pid, addr, piece)?;
+                    self.counts.restored += len / PAGE_SIZE;
+                    (self.progress)(len);
+                }
             }
-            (self.progress)(len);
         }
         Ok(())
     }
 
     /// Compare each page with the inherited one and write the runs that differ.
     fn put_over_inherited(&mut self, vaddr: u64, data: &[u8]) -> Result<()> {
-        if self.mem.is_none() {
-            let path = format!("/proc/{}/mem", self.pid);
-            self.mem = Some(File::open(&path).ctx(|| format!("opening {path}"))?);
-        }
-        self.buf.resize(data.len(), 0);
-        let mem = self.mem.as_ref().expect("opened above");
-        mem.read_exact_at(&mut self.buf, vaddr).ctx(|| format!("reading memory of process {} at {vaddr:#x}", self.pid))?;
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.resize(data.len(), 0);
+        self.read_before(vaddr, &mut buf)?;
+        self.buf = buf;
         let page = PAGE_SIZE as usize;
         let mut differ: Option<usize> = None;
         for i in (0..data.len()).step_by(page).chain([data.len()]) {
@@ -270,12 +375,13 @@ mod tests {
     #[test]
     fn pieces_split_at_inherited_ranges() {
         let mut progress = |_| {};
-        let sink = PageSink::new(1, &[(0x2000, 0x4000), (0x6000, 0x7000)], &mut progress);
+        let sink = PageSink::new(1, &[(0x2000, 0x4000), (0x6000, 0x7000)], &[(0x3000, 0x4000)], None, &mut progress);
+        use Piece::*;
         assert_eq!(
             sink.pieces(0x1000, 0x7000),
-            [(0x1000, 0x1000, false), (0x2000, 0x2000, true), (0x4000, 0x2000, false), (0x6000, 0x1000, true), (0x7000, 0x1000, false)]
+            [(0x1000, 0x1000, Fresh), (0x2000, 0x1000, Inherited), (0x3000, 0x1000, Same), (0x4000, 0x2000, Fresh), (0x6000, 0x1000, Inherited), (0x7000, 0x1000, Fresh)]
         );
-        assert_eq!(sink.pieces(0x3000, 0x1000), [(0x3000, 0x1000, true)]);
-        assert_eq!(sink.pieces(0x8000, 0x1000), [(0x8000, 0x1000, false)]);
+        assert_eq!(sink.pieces(0x3000, 0x1000), [(0x3000, 0x1000, Same)]);
+        assert_eq!(sink.pieces(0x8000, 0x1000), [(0x8000, 0x1000, Fresh)]);
     }
 }

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use super::inherit::{self, PageCounts, PageSink};
+use super::inherit::{self, PageCounts, PageSink, Piece};
 use super::layout;
 use super::Proc;
 use crate::error::{Context, Result};
@@ -25,13 +25,15 @@ pub trait PageSource {
 }
 
 /// Pages in the images directory: the task reads its own with pread; those
-/// over inherited pages crust reads, to compare them first.
+/// over inherited pages crust reads, to compare them first with its
+/// parent's, also in the directory.
 pub struct PagesInDir;
 
 impl PageSource for PagesInDir {
     fn fill(&mut self, task: &Task, scratch: &mut Scratch, p: &ProcessImage, sink: &mut PageSink) -> Result<()> {
         let path = p.pages_path.to_string_lossy();
         let fd = task.open(scratch, &path, (libc::O_RDONLY | libc::O_CLOEXEC) as u32)?;
+        sink.compare_with_parent_image()?;
         let mut file = None;
         let mut offset = 0u64;
         for e in &p.pagemap {
@@ -41,15 +43,17 @@ impl PageSource for PagesInDir {
                 let what = format!("a run of {} pages at {:#x} reaches beyond 2^64", e.nr_pages, e.vaddr);
                 return Err(crate::error::Error::image(format!("pagemap-{}.img", p.pid()), what));
             }
-            for (at, n, inherited) in sink.pieces(e.vaddr, len) {
+            for (at, n, under) in sink.pieces(e.vaddr, len) {
                 let from = offset + (at - e.vaddr);
-                if inherited {
-                    if file.is_none() {
-                        file = Some(std::fs::File::open(&p.pages_path).ctx(|| format!("opening {path}"))?);
+                match under {
+                    Piece::Same => sink.keep(n),
+                    Piece::Inherited => {
+                        if file.is_none() {
+                            file = Some(std::fs::File::open(&p.pages_path).ctx(|| format!("opening {path}"))?);
+                        }
+                        inherit::put_from_file(sink, file.as_ref().expect("opened above"), from, at, n)?;
                     }
-                    inherit::put_from_file(sink, file.as_ref().expect("opened above"), from, at, n)?;
-                } else {
-                    task.fill_run(fd, at, n, from, &mut |b| sink.written_by_task(b))?;
+                    Piece::Fresh => task.fill_run(fd, at, n, from, &mut |b| sink.written_by_task(b))?,
                 }
             }
             offset += len;
@@ -66,22 +70,33 @@ pub(super) struct Start<'a> {
     pub kept: Vec<&'a VmaEntry>,
     /// Where it holds pages of its parent in the kept vmas (sorted, apart).
     pub inherited: Vec<(u64, u64)>,
-    /// Its parent's executable, which it has already.
-    pub parent_exe: Option<u32>,
+    /// Of those, where the dump saw the parent's own pages: the same contents.
+    pub same: Vec<(u64, u64)>,
+    /// Its parent, whose memory it has.
+    pub parent: Option<&'a ProcessImage>,
 }
 
 impl<'a> Start<'a> {
     /// A fork of crust: all of it goes.
     pub fn crust(layout: &[Vma]) -> Start<'a> {
-        Start { here: layout.to_vec(), kept: Vec::new(), inherited: Vec::new(), parent_exe: None }
+        Start { here: layout.to_vec(), kept: Vec::new(), inherited: Vec::new(), same: Vec::new(), parent: None }
     }
 
     /// A child forked by its restored `parent`: it has the parent's memory,
     /// and keeps what its image has alike unless `private_copies`.
-    pub fn forked(pid: i32, image: &'a ProcessImage, parent: &ProcessImage, private_copies: bool) -> Result<Start<'a>> {
+    /// `shared_at_dump`: the pages it shared physically with its parent when
+    /// dumped (sorted, apart).
+    pub fn forked(
+        pid: i32,
+        image: &'a ProcessImage,
+        parent: &'a ProcessImage,
+        private_copies: bool,
+        shared_at_dump: &[(u64, u64)],
+    ) -> Result<Start<'a>> {
         let kept = if private_copies { Vec::new() } else { inherit::kept_vmas(&image.mm, &parent.mm) };
         let inherited = inherit::inherited_pages(&parent.pagemap, &kept);
-        Ok(Start { here: crate::mem::read_layout(pid)?, kept, inherited, parent_exe: Some(parent.mm.exe_file_id) })
+        let same = layout::subtract(&inherited, &layout::subtract(&inherited, shared_at_dump));
+        Ok(Start { here: crate::mem::read_layout(pid)?, kept, inherited, same, parent: Some(parent) })
     }
 }
 
@@ -115,7 +130,7 @@ pub(super) fn restore(
         })?;
     }
     let task: &Task = task;
-    let mut sink = PageSink::new(task.pid, &start.inherited, progress);
+    let mut sink = PageSink::new(task.pid, &start.inherited, &start.same, start.parent, progress);
     source.fill(task, &mut p.scratch, p.image, &mut sink)?;
     let counts = sink.counts();
     inherit::drop_unsaved(task, &start.inherited, &p.image.pagemap)?;
@@ -125,8 +140,8 @@ pub(super) fn restore(
     // is still mapped, even by itself.
     let mm = &p.image.mm;
     let exe = img.reg_path(mm.exe_file_id)?;
-    let inherited_exe = match start.parent_exe {
-        Some(id) => img.reg_path(id)? == exe,
+    let inherited_exe = match start.parent {
+        Some(parent) => img.reg_path(parent.mm.exe_file_id)? == exe,
         None => false,
     };
     let exe_fd = if inherited_exe { None } else { Some(task.open(&mut p.scratch, exe, (libc::O_RDONLY | libc::O_CLOEXEC) as u32)?) };

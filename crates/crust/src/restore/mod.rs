@@ -14,7 +14,7 @@ pub mod layout;
 mod memory;
 mod spawn;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,7 @@ use crate::error::{Context, Error, Result};
 use crate::files::{self, FdRestorer, Inherited};
 use crate::images::criu::{PAGE_SIZE, SAME_AS_DUMPER, TASK_STOPPED};
 use crate::images::digest;
+use crate::images::meta::{DumpMeta, META};
 use crate::images::load::{self, DumpImage, Pages, ProcessImage};
 use crate::mem::{self, Vma};
 use crate::progress::{Phase, Progress};
@@ -212,8 +213,10 @@ pub fn restore_held(opts: &RestoreOptions, mut img: DumpImage, pages: &mut dyn P
     let (inherited, shmem_fds) = make_shared(&mut root, img, terminal)?;
     let live = img.processes.iter().filter(|p| p.zombie.is_none());
     let page_bytes = live.flat_map(|p| &p.pagemap).map(|e| e.nr_pages as u64 * PAGE_SIZE).sum();
+    let shared_at_dump = shared_at_dump(img);
     let mut memory = Memory {
         img,
+        shared_at_dump: &shared_at_dump,
         shmem_fds: &shmem_fds,
         pages,
         meter: opts.progress.start(Phase::RestoringPages, page_bytes),
@@ -340,9 +343,31 @@ fn make_shared(root: &mut Proc, img: &DumpImage, terminal: Option<&str>) -> Resu
     Ok((r.into_inherited(), shmem_fds))
 }
 
+/// From crust's notes beside the images (none in CRIU's): by pid, the pages
+/// a process shared physically with its parent when dumped, sorted and merged.
+fn shared_at_dump(img: &DumpImage) -> BTreeMap<i32, Vec<(u64, u64)>> {
+    let meta = std::fs::read(img.dir.join(META)).ok().and_then(|t| serde_json::from_slice::<DumpMeta>(&t).ok());
+    let mut by_pid = meta.map(|m| m.shared_with_parent).unwrap_or_default();
+    for ranges in by_pid.values_mut() {
+        ranges.retain(|&(start, end)| start < end);
+        ranges.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+        for &(start, end) in ranges.iter() {
+            match merged.last_mut() {
+                Some(last) if start <= last.1 => last.1 = last.1.max(end),
+                _ => merged.push((start, end)),
+            }
+        }
+        *ranges = merged;
+    }
+    by_pid
+}
+
 /// What restoring a process's memory needs, and the pages counted so far.
 struct Memory<'m> {
     img: &'m DumpImage,
+    /// By pid: the pages a process shared physically with its parent when dumped.
+    shared_at_dump: &'m BTreeMap<i32, Vec<(u64, u64)>>,
     shmem_fds: &'m HashMap<u64, u64>,
     pages: &'m mut dyn PageSource,
     meter: crate::progress::Meter<'m>,
@@ -400,7 +425,8 @@ fn make_tree<'a>(
             task.call("setsid", libc::SYS_setsid, [0; 6])?;
         }
         forking += fork_start.elapsed();
-        let start = Start::forked(child, p, parent_image, opts.private_copies)?;
+        let shared = memory.shared_at_dump.get(&p.pid()).map(Vec::as_slice).unwrap_or_default();
+        let start = Start::forked(child, p, parent_image, opts.private_copies, shared)?;
         let mut proc = Proc { image: p, leader: task, threads: Vec::new(), scratch };
         memory.restore(&mut proc, start)?;
         procs.push(proc);
