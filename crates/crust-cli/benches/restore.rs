@@ -169,6 +169,7 @@ fn dump_and_restore_rounds(
     let dump_ms = ms(t.elapsed());
     // The dump killed it; reaped, its pid is free for the restore.
     w.wait_exit(Duration::from_secs(10)).with_context(|| format!("{} after its dump", w.name))?;
+    reap_orphans()?;
     let mut last = [-1i64; 3];
     note_counters(&w.out.drain()?, &mut last);
     let out_len = w.out.len()?;
@@ -191,6 +192,7 @@ fn dump_and_restore_rounds(
         } else {
             w.kill()?;
         }
+        reap_orphans()?;
         if !side_first {
             side_ms = side(&images)?;
         }
@@ -243,7 +245,26 @@ fn restore_with_copies(images: &Path) -> Result<f64> {
     let root = nix::unistd::Pid::from_raw(r.root);
     nix::sys::signal::kill(root, nix::sys::signal::Signal::SIGKILL)?;
     nix::sys::wait::waitpid(root, None)?;
+    reap_orphans()?;
     Ok(took)
+}
+
+/// Reap the children of a killed tree, which die with their parent and come
+/// to us (a subreaper): their pids are free only once reaped, and the next
+/// restore would wait for them (init reaps slowly here). Called when no
+/// other child of ours is alive.
+fn reap_orphans() -> Result<()> {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL)) {
+            Err(nix::errno::Errno::ECHILD) => return Ok(()),
+            Err(e) => bail!("reaping the killed tree: {e}"),
+            Ok(WaitStatus::StillAlive) if Instant::now() > deadline => bail!("children of a killed tree are still alive"),
+            Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(1)),
+            Ok(_) => {}
+        }
+    }
 }
 
 /// `with_copies`: each round also restores with private copies.
@@ -398,6 +419,12 @@ fn main() -> Result<()> {
     let nproc = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     common::remove_stale();
     println!("crust restore benchmark: nproc {nproc}, images on /dev/shm (tmpfs), dumped once, restored per round");
+    // The children of a killed tree come to us to be reaped (see
+    // `reap_orphans`); criu restore -d leaves the restored root to us too.
+    // SAFETY: plain prctl on this process.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("PR_SET_CHILD_SUBREAPER");
+    }
 
     let cases: [(&str, &[&str], usize); 4] =
         [("test_mm", &[], 9), ("bigmem", &["256"], 9), ("bigmem", &["1024"], 9), ("prefork", &["256"], 9)];
@@ -412,11 +439,6 @@ fn main() -> Result<()> {
     let mut criu_rows = Vec::new();
     let criu_ok = criu_usable();
     if criu_ok {
-        // criu restore -d leaves the restored root to be reparented: to us.
-        // SAFETY: plain prctl on this process.
-        if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
-            return Err(std::io::Error::last_os_error()).context("PR_SET_CHILD_SUBREAPER");
-        }
         for (name, args, rounds) in cases {
             if selected(name, args) {
                 criu_rows.push(bench_criu(name, args, rounds, &mut counter)?);
