@@ -80,3 +80,16 @@ fn a_pre_forking_tree_uses_as_much_memory_after_restore_as_before() {
 fn images_without_crusts_notes_are_compared_page_by_page_and_stay_shared() {
     prefork_memory_after_restore("cow-prefork-criu", true);
 }
+
+#[test]
+fn a_leave_running_dump_leaves_the_memory_shared() {
+    let dir = TempDir::new("cow-leave-running");
+    let mut job = Job::start("prefork", &["64"], dir.path());
+    let ready = job.ready();
+    let tree: Vec<i32> = std::iter::once(job.pid).chain(field_list(&ready, "children").into_iter().map(|p| p as i32)).collect();
+    let before = tree_memory(&tree);
+    dump(job.pid, &dir.join("images"), &["--leave-running"]);
+    let after = tree_memory(&tree);
+    assert!(within(after.0, before.0, 10), "Pss total {} KiB after the dump, {} KiB before", after.0, before.0);
+    job.expect_ok();
+}

@@ -320,6 +320,18 @@ impl PageReader {
         Ok(PageReader { pid, mem })
     }
 
+    /// Read pages at `vaddr`; through /proc/PID/mem where `shared` (pages
+    /// the task shares copy-on-write with another process): process_vm_readv
+    /// pins the pages it reads, and the kernel gives a task its own copy of a
+    /// shared anonymous page before pinning it, which would undo the sharing
+    /// in the tree left running; /proc/PID/mem only takes a reference.
+    pub fn read_pages(&self, vaddr: u64, buf: &mut [u8], shared: bool) -> Result<()> {
+        if shared {
+            return self.mem.read_exact_at(buf, vaddr).ctx(|| format!("reading memory of process {} at {vaddr:#x}", self.pid));
+        }
+        self.read(vaddr, buf)
+    }
+
     pub fn read(&self, vaddr: u64, buf: &mut [u8]) -> Result<()> {
         let remote = [RemoteIoVec { base: vaddr as usize, len: buf.len() }];
         let len = buf.len();

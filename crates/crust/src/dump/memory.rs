@@ -13,6 +13,7 @@ use crate::images::Kind;
 use crate::mem::{self, Backing, PageReader, Vma};
 use crate::proc;
 use crate::progress::{Phase, Progress};
+use crate::restore::layout::split;
 use crate::shmem::SharedMemory;
 
 impl TreeDump {
@@ -60,7 +61,7 @@ impl TreeDump {
             map.entry(&entry)?;
         }
         self.stats.bytes_written += map.finish()?;
-        self.deferred.push(PendingPages { pid, pages_id, saved });
+        self.deferred.push(PendingPages { pid, pages_id, saved, shared: Vec::new() });
         Ok(())
     }
 
@@ -134,6 +135,9 @@ pub(super) struct PendingPages {
     pid: i32,
     pages_id: u32,
     saved: mem::SavedPages,
+    /// Saved pages it shares with its parent or a child (sorted, apart):
+    /// read without pinning them (see [`PageReader::read_pages`]).
+    pub(super) shared: Vec<(u64, u64)>,
 }
 
 impl PendingPages {
@@ -157,16 +161,17 @@ impl PendingPages {
         let mut buf = vec![0u8; CHUNK as usize];
         let mut read_time = Duration::ZERO;
         for run in &self.saved.runs {
-            let mut addr = run.vaddr;
-            let end = run.vaddr + run.nr_pages * PAGE_SIZE;
-            while addr < end {
-                crate::cancel::check()?;
-                let n = (end - addr).min(CHUNK) as usize;
-                let r = Instant::now();
-                reader.read(addr, &mut buf[..n])?;
-                read_time += r.elapsed();
-                out(&buf[..n])?;
-                addr += n as u64;
+            for (start, len, shared) in split(&self.shared, run.vaddr, run.nr_pages * PAGE_SIZE) {
+                let (mut addr, end) = (start, start + len);
+                while addr < end {
+                    crate::cancel::check()?;
+                    let n = (end - addr).min(CHUNK) as usize;
+                    let r = Instant::now();
+                    reader.read_pages(addr, &mut buf[..n], shared)?;
+                    read_time += r.elapsed();
+                    out(&buf[..n])?;
+                    addr += n as u64;
+                }
             }
             stats.pages_written += run.nr_pages;
         }

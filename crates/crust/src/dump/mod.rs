@@ -209,6 +209,7 @@ fn write_images(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<W
         }
     }
     d.shared_with_parent = d.shared_with_parents(&tree);
+    d.mark_shared_pages(&tree);
     if !streamed {
         d.write_pages(&opts.progress)?;
     }
@@ -387,6 +388,22 @@ impl TreeDump {
             }
         }
         out
+    }
+
+    /// Each process's pages it shares with its parent or a child, so that
+    /// reading them leaves them shared.
+    fn mark_shared_pages(&mut self, tree: &FrozenTree) {
+        let ppid = |pid: i32| tree.processes.iter().find(|p| p.pid == pid).map(|p| p.ppid);
+        let mut shared: BTreeMap<i32, Vec<(u64, u64)>> = BTreeMap::new();
+        for (&child, ranges) in &self.shared_with_parent {
+            shared.entry(child).or_default().extend(ranges);
+            if let Some(parent) = ppid(child) {
+                shared.entry(parent).or_default().extend(ranges);
+            }
+        }
+        for pending in &mut self.deferred {
+            pending.shared = crate::restore::layout::merge(shared.remove(&pending.pid()).unwrap_or_default());
+        }
     }
 
     fn inventory(&mut self, root_ids: Option<TaskKobjIdsEntry>) -> Result<()> {

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
-use super::layout::subtract;
+use super::layout::{split, subtract};
 use crate::error::{Context, Error, Result};
 use crate::images::criu::{PAGE_SIZE, VMA_ANON_SHARED, VMA_AREA_REGULAR, VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR};
 use crate::images::load::ProcessImage;
@@ -140,27 +140,6 @@ pub enum Piece {
     /// Pages inherited that the dump saw were the parent's own physical
     /// pages (see `DumpMeta::shared_with_parent`), so the same contents.
     Same,
-}
-
-/// The parts of `len` bytes at `vaddr`, in order, each with whether it lies
-/// in one of `ranges` (sorted, apart).
-fn split(ranges: &[(u64, u64)], vaddr: u64, len: u64) -> Vec<(u64, u64, bool)> {
-    let end = vaddr.saturating_add(len);
-    let mut out = Vec::new();
-    let mut at = vaddr;
-    let first = ranges.partition_point(|&(_, e)| e <= vaddr);
-    for &(s, e) in ranges[first..].iter().take_while(|&&(s, _)| s < end) {
-        if s > at {
-            out.push((at, s - at, false));
-        }
-        let (from, to) = (s.max(at), e.min(end));
-        out.push((from, to - from, true));
-        at = to;
-    }
-    if at < end {
-        out.push((at, end - at, false));
-    }
-    out
 }
 
 /// Bytes compared at once.

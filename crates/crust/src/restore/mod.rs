@@ -347,20 +347,8 @@ fn make_shared(root: &mut Proc, img: &DumpImage, terminal: Option<&str>) -> Resu
 /// a process shared physically with its parent when dumped, sorted and merged.
 fn shared_at_dump(img: &DumpImage) -> BTreeMap<i32, Vec<(u64, u64)>> {
     let meta = std::fs::read(img.dir.join(META)).ok().and_then(|t| serde_json::from_slice::<DumpMeta>(&t).ok());
-    let mut by_pid = meta.map(|m| m.shared_with_parent).unwrap_or_default();
-    for ranges in by_pid.values_mut() {
-        ranges.retain(|&(start, end)| start < end);
-        ranges.sort_unstable();
-        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
-        for &(start, end) in ranges.iter() {
-            match merged.last_mut() {
-                Some(last) if start <= last.1 => last.1 = last.1.max(end),
-                _ => merged.push((start, end)),
-            }
-        }
-        *ranges = merged;
-    }
-    by_pid
+    let by_pid = meta.map(|m| m.shared_with_parent).unwrap_or_default();
+    by_pid.into_iter().map(|(pid, ranges)| (pid, layout::merge(ranges))).collect()
 }
 
 /// What restoring a process's memory needs, and the pages counted so far.
