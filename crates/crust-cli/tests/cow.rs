@@ -9,6 +9,7 @@ mod common;
 use std::path::Path;
 
 use common::job::{dump, restore, Job};
+use common::procstate::ProcState;
 use common::{field_list, page_frame as frame, tree_memory, within, TempDir};
 
 fn restore_ok(job: &mut Job, images: &Path) {
@@ -35,6 +36,7 @@ fn prefork_memory_after_restore(test: &str, like_criu: bool) {
         assert_eq!(frame(c, untouched), shared_frame, "before the dump, worker {c} shares the page with its parent");
     }
 
+    let state = ProcState::of_tree(job.pid);
     let images = dir.join("images");
     dump(job.pid, &images, &[]);
     job.reap_original();
@@ -44,6 +46,8 @@ fn prefork_memory_after_restore(test: &str, like_criu: bool) {
         }
     }
     restore_ok(&mut job, &images);
+    // Kept mappings or made again, every process's maps and their flags are as they were.
+    state.assert_same(&ProcState::of_tree(job.pid), &[]);
 
     let after = tree_memory(&tree);
     eprintln!("Pss/Rss of the tree in KiB: before {before:?}, after {after:?}");

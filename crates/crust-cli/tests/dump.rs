@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use common::procstate::ProcState;
 use common::*;
 
 const DUMP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -334,8 +335,10 @@ fn dump_test_mm_leave_running() {
     let info = proc_info(w.pid);
     assert_eq!(info.tids.len(), 3, "test_mm runs 3 threads: {:?}", info.tids);
 
+    let before = ProcState::of_tree(w.pid);
     let stats = dump_ok(w.pid, &dir, &["-R"]);
     check_stats(&stats, 1, 3);
+    before.assert_same(&ProcState::of_tree(w.pid), &[]);
     // Still our child, still running, no tracer.
     assert_running_untraced(w.pid, Duration::from_secs(2));
     check_images(&dir, &[&info], &[0]);
@@ -462,8 +465,10 @@ fn dump_memory_leave_running() {
     let mut m = start_memory(&tmp, SpawnOpts::default());
     let info = proc_info(m.w.pid);
 
+    let before = ProcState::of_tree(m.w.pid);
     let stats = dump_ok(m.w.pid, &dir, &["--leave-running"]);
     check_stats(&stats, 1, 1);
+    before.assert_same(&ProcState::of_tree(m.w.pid), &[]);
     assert_running_untraced(m.w.pid, Duration::from_secs(2));
     let imgs = check_images(&dir, &[&info], &[0]);
     check_memory_contents(&dir, &imgs, &info, &m);
@@ -593,8 +598,10 @@ fn dump_family_leave_running() {
     let parent = proc_info(f.w.pid);
     let child = proc_info(f.child);
 
+    let before = ProcState::of_tree(f.w.pid);
     let stats = dump_ok(f.w.pid, &dir, &["-R"]);
     check_stats(&stats, 2, 2);
+    before.assert_same(&ProcState::of_tree(f.w.pid), &[]);
     assert_running_untraced(f.w.pid, Duration::from_secs(2));
     assert_running_untraced(f.child, Duration::from_secs(2));
     let imgs = check_images(&dir, &[&parent, &child], &[0, f.w.pid]);
@@ -1000,11 +1007,13 @@ fn dump_refuses_what_it_cannot_restore_inside_a_process_and_leaves_it_running() 
         ("unix-listening", "bound (named) unix sockets"),
         ("fd-in-flight", "fds in flight"),
         ("memfd", "memfds and System V shared memory"),
-        ("flock", "WRITE flock lock on bytes 0-EOF: file locks are not supported yet (criu saves them with --file-locks"),
-        ("posix-lock", "WRITE POSIX (fcntl F_SETLK) lock on bytes 0-1: file locks are not supported yet"),
-        ("ofd-lock", "WRITE open file description (OFD) lock on bytes 0-1: file locks are not supported yet"),
-        ("lease", "holds a WRITE lease: file leases are not supported yet"),
-        ("posix-timer", "it has POSIX timer 0 on clock 1 (CLOCK_MONOTONIC): POSIX timers are not supported yet"),
+        ("flock", "holds a WRITE flock lock: dump with --file-locks to save it"),
+        ("posix-lock", "holds a WRITE POSIX (fcntl) lock on bytes 0-1: dump with --file-locks to save it"),
+        ("ofd-lock", "holds a WRITE OFD (open file description) lock on bytes 0-1: dump with --file-locks to save it"),
+        ("lease", "holds a WRITE lease: file leases (F_SETLEASE) are not supported yet, not even with --file-locks"),
+        ("foreign-cpu-timer", "POSIX timer 0: it runs on the CPU clock of task {ppid}, outside process {pid}: not supported"),
+        ("thread-cpu-timer", "POSIX timer 0: it runs on the CPU clock of the thread that made it (CLOCK_THREAD_CPUTIME_ID), which /proc does not tell among 2 threads"),
+        ("timer-overrun", "overruns (timer_getoverrun), a count a restored timer cannot be given back: not supported"),
         ("mlock", "VmFlag \"lo\": locked in memory (mlock)"),
         ("droppable", "VmFlag \"dp\": MAP_DROPPABLE"),
         ("dontfork", "VmFlag \"dc\": madvise(MADV_DONTFORK)"),
@@ -1019,11 +1028,17 @@ fn dump_refuses_what_it_cannot_restore_inside_a_process_and_leaves_it_running() 
         let mut w = Workload::spawn("unusual", &[os(mode)]);
         w.ready();
         let images = dir.join(mode);
+        let before = ProcState::of_tree(w.pid);
         let out = crust(&dump_args(&w.pid.to_string(), &images, &[]), DUMP_TIMEOUT);
         let err = assert_clean_failure(&out, &format!("dump of a process with {mode}"));
-        assert!(err.contains(says) && err.contains("not supported"), "{mode}: {err}");
+        // The workload is the test process's child.
+        let says = says.replace("{ppid}", &std::process::id().to_string()).replace("{pid}", &w.pid.to_string());
+        // File locks are refused only without --file-locks, which says so.
+        let why = if says.ends_with("--file-locks to save it") { "" } else { "not supported" };
+        assert!(err.contains(&says) && err.contains(why), "{mode}: {err}");
         assert!(err.contains(&format!("process {}", w.pid)), "{mode}: the refusal does not name the process: {err}");
         live_threads_run_untraced(w.pid);
+        before.assert_same(&ProcState::of_tree(w.pid), &[]);
         assert_no_inventory(&images);
         w.expect_ok_on_usr1();
     }

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use common::procstate::ProcState;
 use common::job::{dump, ready_field, restore, Job};
 use common::{crit_decode_dir, entries, flag_names, num, TempDir};
 
@@ -48,6 +49,7 @@ fn named_fifos_come_back_on_their_paths_with_their_flags_and_queued_bytes() {
     let ino = |p: &PathBuf| std::fs::metadata(p).unwrap().ino();
     let (ino1, ino2) = (ino(&fifo1), ino(&fifo2));
     let images = dir.join("images");
+    let before = ProcState::of_tree(job.pid);
     dump(job.pid, &images, &[]);
     job.reap_original();
 
@@ -109,6 +111,7 @@ fn named_fifos_come_back_on_their_paths_with_their_flags_and_queued_bytes() {
     assert_eq!(payloads[1], b"rw queued");
 
     restore_ok(&mut job, &images);
+    before.assert_same(&ProcState::of_tree(job.pid), &[]);
     assert_eq!(common::proc_stat(child).map(|s| s.ppid), Some(job.pid), "the child is back, its parent's child");
     // The workload checks paths, flags, buffer size, every byte and new bytes.
     job.expect_ok();
@@ -119,7 +122,9 @@ fn a_leave_running_dump_leaves_named_fifos_and_their_bytes_in_place() {
     let dir = TempDir::new("fifo-live");
     let (mut job, _child) = start(&dir);
     let images = dir.join("images");
+    let before = ProcState::of_tree(job.pid);
     dump(job.pid, &images, &["-R"]);
+    before.assert_same(&ProcState::of_tree(job.pid), &[]);
     let imgs = crit_decode_dir(&images);
     let bytes: Vec<u64> = entries(&imgs, "fifo-data.img").iter().map(|d| num(&d["bytes"])).collect();
     assert_eq!(bytes, [BIG as u64, 9], "the bytes were saved");

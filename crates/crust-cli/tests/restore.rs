@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use common::job::{assert_counting, counters, dump, ready_field, restore, Job, STEP};
+use common::procstate::ProcState;
 use common::{assert_clean_failure, crust, os, TempDir};
 
 /// A restore that must succeed; the job takes over the restored root.
@@ -20,11 +21,20 @@ fn restore_ok(job: &mut Job, dir: &Path) {
     job.adopt_restored();
 }
 
-/// Dumps the job into `images` (which kills it), reaps it and restores it.
+/// Dumps the job into `images` (which kills it), reaps it and restores it;
+/// what /proc shows of the tree is the same after as before.
 fn dump_and_restore(job: &mut Job, images: &Path) {
+    dump_and_restore_except(job, images, &[]);
+}
+
+/// [`dump_and_restore`], where /proc entries with a key containing one of
+/// `may_differ` may differ (the caller says why).
+fn dump_and_restore_except(job: &mut Job, images: &Path, may_differ: &[&str]) {
+    let before = ProcState::of_tree(job.pid);
     dump(job.pid, images, &[]);
     job.reap_original();
     restore_ok(job, images);
+    before.assert_same(&ProcState::of_tree(job.pid), may_differ);
 }
 
 /// family on a file of DIR written with `seed`; the job, the file and the
@@ -321,11 +331,27 @@ fn a_deleted_executable_and_a_deleted_mapped_file_come_back_deleted_with_their_c
 }
 
 #[test]
-fn a_deleted_open_file_comes_back_at_its_offset() {
+fn a_deleted_open_file_comes_back_at_its_offset_sparse_and_with_its_times() {
+    use std::os::unix::fs::{FileExt, MetadataExt};
     let dir = TempDir::new("restore-deleted-fd");
     let (mut job, file, _child) = start_family(&dir, 4);
+    // A hole of 8 MiB between family's pattern and a tail, and times of its own.
+    let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+    f.write_all_at(b"tail", 20_000 + (8 << 20)).unwrap();
+    let when = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::new(1_000_000_000, 123_456_000);
+    f.set_times(std::fs::FileTimes::new().set_accessed(when).set_modified(when)).unwrap();
+    drop(f);
     std::fs::remove_file(&file).unwrap();
+    let held = format!("/proc/{}/fd/3", job.pid);
+    let blocks = std::fs::metadata(&held).unwrap().blocks();
     dump_and_restore(&mut job, &dir.join("images"));
+    let meta = std::fs::metadata(&held).unwrap();
+    assert_eq!(meta.len(), 20_004 + (8 << 20), "size of the deleted file");
+    assert!(meta.blocks() <= blocks + 8, "the hole is a hole again: {} blocks of 512 bytes, {blocks} before", meta.blocks());
+    assert_eq!((meta.mtime(), meta.mtime_nsec(), meta.atime(), meta.atime_nsec()), (1_000_000_000, 123_456_000, 1_000_000_000, 123_456_000));
+    let mut tail = [0; 4];
+    std::fs::File::open(&held).unwrap().read_exact_at(&mut tail, 20_000 + (8 << 20)).unwrap();
+    assert_eq!(&tail, b"tail");
     let link = std::fs::read_link(format!("/proc/{}/fd/3", job.pid)).unwrap().to_string_lossy().into_owned();
     assert!(link.starts_with(&format!("{}/#", dir.path().display())) && link.ends_with(" (deleted)"), "{link}");
     let pos = std::fs::read_to_string(format!("/proc/{}/fdinfo/3", job.pid)).unwrap();
@@ -416,6 +442,10 @@ fn twenty_dump_restore_cycles_keep_counters_monotonic() {
     let dir = TempDir::new("restore-cycles");
     let mut job = Job::start("test_mm", &[], dir.path());
     job.ready();
+    // Both threads have started (a thread being started has every signal
+    // blocked for a moment, which the comparison would see).
+    job.line(STEP);
+    job.line(STEP);
     for i in 0..20 {
         job.line(STEP);
         let images = dir.join(format!("images-{i}"));
@@ -654,5 +684,22 @@ fn a_chrooted_process_keeps_its_root_and_cwd() {
     let link = |what: &str| std::fs::read_link(format!("/proc/{}/{what}", job.pid)).unwrap();
     assert_eq!(link("root"), root, "root");
     assert_eq!(link("cwd"), root.join("sub"), "cwd");
+    job.expect_ok();
+}
+
+#[test]
+fn the_state_comparison_sees_a_changed_attribute() {
+    let dir = TempDir::new("restore-compare");
+    let mut job = Job::start("test_mm", &[], dir.path());
+    job.ready();
+    job.line(STEP);
+    job.line(STEP);
+    let before = ProcState::of_tree(job.pid);
+    before.assert_same(&ProcState::of_tree(job.pid), &[]);
+    std::fs::write(format!("/proc/{}/oom_score_adj", job.pid), "7").unwrap();
+    let changed = std::panic::catch_unwind(|| before.assert_same(&ProcState::of_tree(job.pid), &[]));
+    let err = *changed.expect_err("a changed oom_score_adj is seen").downcast::<String>().unwrap();
+    assert!(err.contains(&format!("{} oom_score_adj", job.pid)), "{err}");
+    before.assert_same(&ProcState::of_tree(job.pid), &["oom_score_adj"]);
     job.expect_ok();
 }

@@ -23,6 +23,7 @@ use serde_json::Value;
 
 pub mod hosts;
 pub mod job;
+pub mod procstate;
 
 /// The crust binary under test.
 pub const CRUST: &str = env!("CARGO_BIN_EXE_crust");

@@ -43,6 +43,9 @@ pub struct DumpOptions {
     pub freeze_cgroup: Option<PathBuf>,
     /// `--ghost-limit`: the largest deleted file carried in the images.
     pub ghost_limit: Option<u64>,
+    /// `--file-locks`: save the tree's file locks (flock, POSIX, OFD) instead
+    /// of refusing them.
+    pub file_locks: bool,
     /// Hears the pages being written (not those a streamed dump leaves out).
     pub progress: Progress,
 }
@@ -198,6 +201,8 @@ fn write_images(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<W
     if let Some(limit) = opts.ghost_limit {
         d.files.ghosts.limit = limit;
     }
+    d.files.locks.file_locks = opts.file_locks;
+    d.files.locks.migrating = streamed;
     let mut root_ids = None;
     for (n, p) in tree.processes.iter().enumerate() {
         match p.zombie {
@@ -308,8 +313,10 @@ impl TreeDump {
         let mut w = self.dir.writer(&format!("fdinfo-{index}.img"), Kind::Fdinfo)?;
         for fd in fds {
             let open = OpenFd::read(pid, fd)?;
-            refuse::check_locks(&open)?;
-            w.entry(&self.files.dump_fd(&open)?)?;
+            let locks = self.files.locks.read(&open)?;
+            let entry = self.files.dump_fd(&open)?;
+            self.files.locks.save(&open, entry.id, locks);
+            w.entry(&entry)?;
         }
         self.stats.bytes_written += w.finish()?;
         Ok(())
@@ -354,6 +361,7 @@ impl TreeDump {
     fn shared(&mut self, tree: &FrozenTree) -> Result<()> {
         let pids: Vec<i32> = tree.processes.iter().map(|p| p.pid).collect();
         self.shmem.check_within(&pids)?;
+        self.files.locks.check_all_met(&pids)?;
         self.stats.bytes_written += self.files.write(&mut self.dir)?;
         self.stats.bytes_written += self.shmem.write(&mut self.dir)?;
         let mut w = self.dir.writer("cgroup.img", Kind::Cgroup)?;
@@ -483,7 +491,7 @@ fn check_isolation(tree: &FrozenTree) -> Result<()> {
     let own = proc::status(me, me)?;
     let own_state = refuse::Own::read()?;
     for p in tree.processes.iter().filter(|p| p.zombie.is_none()) {
-        let who = refuse::who(p.pid);
+        let who = proc::who(p.pid);
         for ns in NAMESPACES {
             if proc::ns_inode(p.pid, ns) != proc::ns_inode(me, ns) {
                 return Err(Error::unsupported(

@@ -9,6 +9,7 @@ pub mod eventfd;
 pub mod eventpoll;
 pub mod fifo;
 pub mod ghost;
+pub mod locks;
 pub mod pipe;
 pub mod reg;
 pub mod signalfd;
@@ -236,16 +237,19 @@ pub fn loaded<'a, T: std::any::Any + Send + Sync>(img: &'a DumpImage, images: &s
     img.extras.get::<T>().ok_or_else(|| Error::image(img.dir.join(images), "not loaded with the rest of the images"))
 }
 
-/// Every kind's own images, read into `img.extras`.
+/// Every kind's own images, and the file locks, read into `img.extras`.
 pub fn load_images(img: &mut DumpImage) -> Result<()> {
-    KINDS.iter().try_for_each(|k| k.load_images(img))
+    KINDS.iter().try_for_each(|k| k.load_images(img))?;
+    locks::load(img)
 }
 
-/// What stands in the way of restoring the files of `img` here.
+/// What stands in the way of restoring the files of `img` (and their locks) here.
 pub fn problems(img: &DumpImage) -> Vec<String> {
     let mut files: Vec<&FileEntry> = img.files.values().collect();
     files.sort_unstable_by_key(|f| f.id);
-    files.into_iter().filter_map(|f| kind_of(f).ok()?.check(f, img)).collect()
+    let mut out: Vec<String> = files.into_iter().filter_map(|f| kind_of(f).ok()?.check(f, img)).collect();
+    out.extend(locks::problems(img));
+    out
 }
 
 /// Files more than one process holds, and files whose object (a pipe, a
@@ -367,6 +371,8 @@ pub struct FileTable {
     pub extras: Extras,
     /// Deleted files held by the tree, with their contents.
     pub ghosts: ghost::Ghosts,
+    /// File locks held by the tree.
+    pub locks: locks::Locks,
 }
 
 impl FileTable {
@@ -446,6 +452,7 @@ impl FileTable {
             bytes += kind.write_images(self, dir)?;
         }
         bytes += self.ghosts.write(dir)?;
+        bytes += self.locks.write(dir)?;
         Ok(bytes)
     }
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Context, Error, Result};
 use crate::images::proto::{
-    CgroupEntry, CoreEntry, FdinfoEntry, FileEntry, FsEntry, GhostFileEntry, InventoryEntry, MmEntry, PagemapEntry,
+    CgroupEntry, CoreEntry, FdinfoEntry, FileEntry, FsEntry, GhostChunkEntry, GhostFileEntry, InventoryEntry, MmEntry, PagemapEntry,
     PagemapHead, PstreeEntry, RemapFilePathEntry, TaskCoreEntry, TaskKobjIdsEntry, ThreadCoreEntry, ThreadInfoX86,
 };
 use crate::images::digest::{self, FileDigest};
@@ -82,7 +82,7 @@ pub struct DumpImage {
     /// Deleted files: the ghost standing in for each file id that has one.
     pub remaps: HashMap<u32, u32>,
     /// Ghost files by id: entry and contents.
-    pub ghost_files: HashMap<u32, (GhostFileEntry, Vec<u8>)>,
+    pub ghost_files: HashMap<u32, (GhostFileEntry, GhostData)>,
     /// What each kind of file read of its own images (pipes-data.img...).
     pub extras: Extras,
     /// cgroup.img, if the dump has one.
@@ -361,7 +361,11 @@ fn read_pagemap(
     Ok((pagemap, pages_path))
 }
 
-type Ghosts = (HashMap<u32, u32>, HashMap<u32, (GhostFileEntry, Vec<u8>)>);
+/// What a ghost file holds: its bytes as runs at offsets (one run at 0 for a
+/// file without holes), the rest holes up to the entry's size.
+pub type GhostData = Vec<(u64, Vec<u8>)>;
+
+type Ghosts = (HashMap<u32, u32>, HashMap<u32, (GhostFileEntry, GhostData)>);
 
 /// remap-fpath.img and the ghost files it names.
 fn load_ghosts(dir: &Path) -> Result<Ghosts> {
@@ -382,17 +386,36 @@ fn load_ghosts(dir: &Path) -> Result<Ghosts> {
         let gpath = dir.join(format!("ghost-file-{:x}.img", r.remap_id));
         let mut g = ImageReader::open(&gpath, Kind::GhostFile)?;
         let entry: GhostFileEntry = g.one()?;
-        if entry.chunks == Some(true) {
-            return Err(invalid(&gpath, "ghost files in chunks are not supported yet"));
-        }
-        // CRIU leaves the size out when the contents run to the end of the file.
-        let data = match entry.size {
-            Some(size) => g.raw(size)?,
-            None => g.rest()?,
+        let data = if entry.chunks == Some(true) {
+            ghost_chunks(&mut g, entry.size)?
+        } else {
+            // CRIU leaves the size out when the contents run to the end of the file.
+            let data = match entry.size {
+                Some(size) => g.raw(size)?,
+                None => g.rest()?,
+            };
+            vec![(0, data)]
         };
         ghost_files.insert(r.remap_id, (entry, data));
     }
     Ok((remaps, ghost_files))
+}
+
+/// The runs of a sparse ghost file: each ghost_chunk_entry followed by its
+/// bytes, in order, within the file's size.
+fn ghost_chunks(g: &mut ImageReader, size: Option<u64>) -> Result<GhostData> {
+    let size = size.ok_or_else(|| g.error("a ghost file in chunks without a size"))?;
+    let mut chunks: GhostData = Vec::new();
+    let mut end = 0;
+    while let Some(c) = g.read_entry::<GhostChunkEntry>()? {
+        let c_end = c.off.checked_add(c.len).filter(|&e| c.off >= end && e <= size);
+        let Some(c_end) = c_end else {
+            return Err(g.error(format!("chunk of {} bytes at {} overlaps another or ends past the size {size}", c.len, c.off)));
+        };
+        chunks.push((c.off, g.raw(c.len)?));
+        end = c_end;
+    }
+    Ok(chunks)
 }
 
 fn load_process(dir: &Path, pstree: PstreeEntry, pages_in: Pages) -> Result<ProcessImage> {

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use crate::error::{Error, Result};
-use crate::images::proto::{MmEntry, VmaEntry};
+use crate::images::proto::{MmEntry, PagemapEntry, VmaEntry};
 use crate::images::criu::{PAGE_SIZE, VMA_ANON_SHARED, VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR};
 use crate::mem::Backing;
 use crate::task::{Scratch, Task};
@@ -184,12 +184,30 @@ pub fn move_vdso(task: &mut Task, mm: &MmEntry, here: &[crate::mem::Vma], scratc
     Ok(())
 }
 
+/// Whether a private vma is mapped writable at first, for its pages to be
+/// filled in: when it is writable, or has pages to fill. A private mapping
+/// ever writable is charged to the commit limit ("ac" in its VmFlags, kept
+/// when it is made read-only again); one that never was is not, and is
+/// mapped with its own protection at once so that it is not either. Having
+/// pages of its own says it was written, so writable (only a debugger's
+/// writes through ptrace make pages in a mapping that never was).
+fn filled_writable(v: &VmaEntry, pagemap: &[PagemapEntry]) -> bool {
+    let writable = (libc::PROT_READ | libc::PROT_WRITE) as u32;
+    if v.flags & libc::MAP_SHARED as u32 != 0 || v.prot & writable == writable {
+        return false;
+    }
+    // The pagemap is sorted by address: the first run ending after the start.
+    let i = pagemap.partition_point(|e| e.vaddr + e.nr_pages as u64 * PAGE_SIZE <= v.start);
+    v.prot & libc::PROT_WRITE as u32 != 0 || pagemap.get(i).is_some_and(|e| e.vaddr < v.end)
+}
+
 /// Map every vma of the image but the vdso group (already in place) and those
-/// `kept` as inherited, writable at first so the pages can be filled in.
-/// `open` opens a file inside the task.
+/// `kept` as inherited (already there); private ones with pages writable at
+/// first, so the pages can be filled in. `open` opens a file inside the task.
 pub fn map_vmas(
     task: &Task,
     mm: &MmEntry,
+    pagemap: &[PagemapEntry],
     kept: &[&VmaEntry],
     shmem_fds: &HashMap<u64, u64>,
     mut open: impl FnMut(u32, u32) -> Result<u64>,
@@ -198,15 +216,14 @@ pub fn map_vmas(
         if is_vdso_group(v.status) || v.status & VMA_AREA_VSYSCALL != 0 {
             continue;
         }
+        let shared = v.flags & libc::MAP_SHARED as u32 != 0;
+        let anon = v.flags & libc::MAP_ANONYMOUS as u32 != 0;
+        let prot = if filled_writable(v, pagemap) { v.prot | (libc::PROT_READ | libc::PROT_WRITE) as u32 } else { v.prot };
         if kept.iter().any(|k| k.start == v.start) {
-            // Already there, with the parent's pages: only made writable.
-            let prot = v.prot | (libc::PROT_READ | libc::PROT_WRITE) as u32;
+            // Already there, with the parent's pages and protection.
             task.call("mprotect of an inherited vma", libc::SYS_mprotect, [v.start, v.end - v.start, prot as u64, 0, 0, 0])?;
             continue;
         }
-        let shared = v.flags & libc::MAP_SHARED as u32 != 0;
-        let anon = v.flags & libc::MAP_ANONYMOUS as u32 != 0;
-        let prot = if shared { v.prot } else { v.prot | (libc::PROT_READ | libc::PROT_WRITE) as u32 };
         let keep = (libc::MAP_SHARED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_GROWSDOWN) as u32;
         let mut flags = (v.flags & keep) as u64 | libc::MAP_FIXED as u64;
         let len = v.end.checked_sub(v.start).ok_or_else(|| Error::Invalid(format!("vma {:#x}-{:#x} ends before it starts", v.start, v.end)))?;
@@ -236,16 +253,13 @@ pub fn map_vmas(
     Ok(())
 }
 
-/// Give every private vma its saved protection back.
-pub fn protect_vmas(task: &Task, mm: &MmEntry) -> Result<()> {
+/// Give every private vma mapped writable to be filled its saved protection back.
+pub fn protect_vmas(task: &Task, mm: &MmEntry, pagemap: &[PagemapEntry]) -> Result<()> {
     for v in &mm.vmas {
-        let shared = v.flags & libc::MAP_SHARED as u32 != 0;
-        if is_vdso_group(v.status) || v.status & VMA_AREA_VSYSCALL != 0 || shared {
+        if is_vdso_group(v.status) || v.status & VMA_AREA_VSYSCALL != 0 || !filled_writable(v, pagemap) {
             continue;
         }
-        if v.prot != (v.prot | (libc::PROT_READ | libc::PROT_WRITE) as u32) {
-            task.call("mprotect", libc::SYS_mprotect, [v.start, v.end.saturating_sub(v.start), v.prot as u64, 0, 0, 0])?;
-        }
+        task.call("mprotect", libc::SYS_mprotect, [v.start, v.end.saturating_sub(v.start), v.prot as u64, 0, 0, 0])?;
     }
     Ok(())
 }

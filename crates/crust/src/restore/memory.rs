@@ -120,7 +120,7 @@ pub(super) fn restore(
     {
         let scratch = &mut p.scratch;
         let task: &Task = task;
-        layout::map_vmas(task, &p.image.mm, &start.kept, shmem_fds, |file_id, flags| {
+        layout::map_vmas(task, &p.image.mm, &p.image.pagemap, &start.kept, shmem_fds, |file_id, flags| {
             if let Some(fd) = opened.get(&(file_id, flags)) {
                 return Ok(*fd);
             }
@@ -134,7 +134,7 @@ pub(super) fn restore(
     source.fill(task, &mut p.scratch, p.image, &mut sink)?;
     let counts = sink.counts();
     inherit::drop_unsaved(task, &start.inherited, &p.image.pagemap)?;
-    layout::protect_vmas(task, &p.image.mm)?;
+    layout::protect_vmas(task, &p.image.mm, &p.image.pagemap)?;
     // The mm's own bounds, auxv and executable. An executable the task has
     // from its parent already stays: the kernel refuses to replace one that
     // is still mapped, even by itself.

@@ -45,6 +45,12 @@ pub struct RestoreOptions {
     pub dir: PathBuf,
     /// The tree is a job of a shell: it joins crust's session instead of its own.
     pub shell_job: bool,
+    /// A shell job restored in the foreground of crust's terminal, which
+    /// crust then waits for as a shell waits for a job: it gets a process
+    /// group of its own and the terminal's foreground, so that Ctrl-C and
+    /// Ctrl-Z reach it and not crust. Without it a shell job joins crust's
+    /// process group.
+    pub job_control: bool,
     /// How long to wait for pids of the image that are still taken (a killed
     /// process's pid is released only once it has been reaped).
     pub pid_wait: Duration,
@@ -149,11 +155,14 @@ impl Proc<'_> {
 /// Dropping it kills the tree and undoes what the restore changed.
 pub struct Held {
     created: Created,
-    /// Every task, and whether it goes on stopped (a stopped job).
-    tasks: Vec<(i32, Option<Signal>)>,
+    /// Every process: its pid, its other threads, and whether it goes on
+    /// stopped (a stopped job) and by which signal.
+    tasks: Vec<(i32, Vec<i32>, Option<Signal>)>,
     root: i32,
     stats: RestoreStats,
     start: Instant,
+    /// A shell job's terminal.
+    terminal: Option<JobTerminal>,
 }
 
 impl Held {
@@ -165,16 +174,57 @@ impl Held {
         &self.stats
     }
 
-    /// Let every task go at once.
+    /// Let every task go at once; a shell job with its terminal's
+    /// foreground first, if it is to have it, and told afterwards if the
+    /// terminal's window size is not the one it knew.
     pub fn release(mut self) -> Result<Restored> {
-        for &(tid, sig) in &self.tasks {
-            nix_ptrace::detach(Pid::from_raw(tid), sig).ctx(|| format!("letting task {tid} go"))?;
+        let job_group = nix::unistd::getpgid(Some(Pid::from_raw(self.root))).ctx(|| "reading the job's process group")?;
+        let foreground = self.terminal.as_ref().filter(|t| t.foreground);
+        if let Some(t) = foreground {
+            nix::unistd::tcsetpgrp(t.fd, job_group).ctx(|| "giving the job the terminal's foreground")?;
+        }
+        let released = self.tasks.iter().try_for_each(|(pid, threads, stop)| let_go(*pid, threads, *stop));
+        if let (Err(_), Some(t)) = (&released, foreground) {
+            let _ = nix::unistd::tcsetpgrp(t.fd, nix::unistd::getpgrp());
+        }
+        released?;
+        if self.terminal.as_ref().is_some_and(|t| t.resized) {
+            let _ = nix::sys::signal::killpg(job_group, Signal::SIGWINCH);
         }
         self.created.done = true;
         self.created.cgroups.keep();
-        self.stats.stop_signal = self.tasks.iter().find(|&&(tid, _)| tid == self.root).and_then(|&(_, sig)| sig).map(|s| s as i32);
+        self.stats.stop_signal = self.tasks.iter().find(|(pid, ..)| *pid == self.root).and_then(|(.., sig)| *sig).map(|s| s as i32);
         self.stats.restore_time_us = self.start.elapsed().as_micros() as u64;
         Ok(Restored { root: self.root, stats: std::mem::take(&mut self.stats) })
+    }
+}
+
+/// Lets the threads of a process go; a stopped job's leader first, with the
+/// stop signal, which it takes and so stops the whole process: its other
+/// threads, let go once it has, join the stop without running and with no
+/// stop signal left pending in them (as one signal to the process leaves).
+fn let_go(pid: i32, threads: &[i32], stop: Option<Signal>) -> Result<()> {
+    nix_ptrace::detach(Pid::from_raw(pid), stop).ctx(|| format!("letting task {pid} go"))?;
+    if stop.is_some() && !threads.is_empty() {
+        wait_group_stop(pid)?;
+    }
+    for &tid in threads {
+        nix_ptrace::detach(Pid::from_raw(tid), None).ctx(|| format!("letting task {tid} go"))?;
+    }
+    Ok(())
+}
+
+/// Waits (up to 5 s) for process `pid` to be in a group stop.
+fn wait_group_stop(pid: i32) -> Result<()> {
+    let deadline = Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        if crate::proc::stat(pid, pid).is_ok_and(|s| s.state == 'T') {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Ptrace { tid: pid, what: "a restored stopped job did not stop within 5 s".into() });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }
 
@@ -202,8 +252,8 @@ pub fn restore_held(opts: &RestoreOptions, mut img: DumpImage, pages: &mut dyn P
     raise_nofile_limit();
     // From here on, whatever fails is undone by `created`.
     let mut created = Created::default();
-    let terminal = job_terminal(img, opts, &mut created)?;
-    let terminal = terminal.as_deref();
+    let job_tty = job_terminal(img, opts, &mut created)?;
+    let terminal = job_tty.as_ref().map(|t| t.path.as_str());
     // Cgroups are checked and made before any task exists.
     if let Some(entry) = &img.cgroups {
         created.cgroups = Placement::prepare(entry, opts.manage_cgroups, &opts.cgroup_roots)?;
@@ -233,20 +283,19 @@ pub fn restore_held(opts: &RestoreOptions, mut img: DumpImage, pages: &mut dyn P
         make_threads(p, img, &mut created)?;
         stats.threads += p.image.threads.len();
     }
-    // Last: crust's scratch areas go, every thread gets its registers back.
-    for p in &procs {
+    // Last: the file locks are taken again (nothing closes an fd after
+    // this, which would drop a POSIX lock), crust's scratch areas go, every
+    // thread gets its registers back.
+    for p in &mut procs {
+        files::locks::restore(img, p.image, &p.leader, &mut p.scratch)?;
         p.leader.call("munmap of the scratch area", libc::SYS_munmap, [p.scratch.addr, p.scratch.len, 0, 0, 0, 0])?;
         p.tasks().try_for_each(|(task, thread)| state::restore_last(task, thread))?;
     }
     pages_check.join().map_err(|_| Error::Invalid("the check of the pages images failed".into()))??;
-    let tasks = procs.iter().flat_map(|p| {
-        let stop = stop_signal(p.image);
-        p.threads.iter().chain(std::iter::once(&p.leader)).map(move |t| (t.tid, stop))
-    });
-    let tasks = tasks.collect();
+    let tasks = procs.iter().map(|p| (p.leader.tid, p.threads.iter().map(|t| t.tid).collect(), stop_signal(p.image))).collect();
     let root = procs[0].image.pid();
     stats.restore_time_us = start.elapsed().as_micros() as u64;
-    Ok(Held { created, tasks, root, stats, start })
+    Ok(Held { created, tasks, root, stats, start, terminal: job_tty })
 }
 
 /// Before anything is created: the pids (waiting a little for ones being
@@ -279,18 +328,29 @@ fn raise_nofile_limit() {
     }
 }
 
+/// The terminal a shell job is restored on.
+struct JobTerminal {
+    path: String,
+    fd: std::os::fd::BorrowedFd<'static>,
+    /// Its window size is not the one the job last knew.
+    resized: bool,
+    /// The job gets its foreground (`RestoreOptions::job_control`).
+    foreground: bool,
+}
+
 /// A shell job's terminal is the one crust runs on: it gets the job's
-/// settings (put back if the restore fails). Returns its path.
-fn job_terminal(img: &DumpImage, opts: &RestoreOptions, created: &mut Created) -> Result<Option<String>> {
+/// settings (put back if the restore fails).
+fn job_terminal(img: &DumpImage, opts: &RestoreOptions, created: &mut Created) -> Result<Option<JobTerminal>> {
     if !opts.shell_job {
         return Ok(None);
     }
     let Some((path, fd)) = files::tty::own_terminal() else { return Ok(None) };
+    let mut resized = false;
     if let Some(info) = files::tty::job_terminal(img) {
         created.terminal = Some(files::tty::SavedTerminal::save(fd)?);
-        files::tty::apply_settings(fd, info)?;
+        resized = files::tty::apply_settings(fd, info)?;
     }
-    Ok(Some(path))
+    Ok(Some(JobTerminal { path, fd, resized, foreground: opts.job_control }))
 }
 
 /// The root: a copy of crust with the root's pid, stopped at birth, under
@@ -403,25 +463,29 @@ fn make_tree<'a>(
         created.cgroups.place(child, cg_set(p))?;
         let task = Task::new(child, child, parent.leader.gadget())?;
         let parent_image = parent.image;
-        let mut scratch = Scratch::new(child, scratch_addr)?;
-        if let Some(status) = p.zombie {
-            spawn::make_zombie(task, &mut scratch, status)?;
-            forking += fork_start.elapsed();
-            continue;
-        }
+        let scratch = Scratch::new(child, scratch_addr)?;
         if p.pstree.sid == p.pstree.pid {
             task.call("setsid", libc::SYS_setsid, [0; 6])?;
         }
         forking += fork_start.elapsed();
-        let shared = memory.shared_at_dump.get(&p.pid()).map(Vec::as_slice).unwrap_or_default();
-        let start = Start::forked(child, p, parent_image, opts.private_copies, shared)?;
         let mut proc = Proc { image: p, leader: task, threads: Vec::new(), scratch };
-        memory.restore(&mut proc, start)?;
+        if p.zombie.is_none() {
+            let shared = memory.shared_at_dump.get(&p.pid()).map(Vec::as_slice).unwrap_or_default();
+            memory.restore(&mut proc, Start::forked(child, p, parent_image, opts.private_copies, shared)?)?;
+        }
         procs.push(proc);
     }
     stats.forking_time_us = forking.as_micros() as u64;
-    spawn::set_process_groups(&procs, opts.shell_job)?;
-    Ok(procs)
+    // Zombies die once in their sessions and groups (a group whose leader
+    // is a zombie can still be joined).
+    spawn::set_process_groups(&procs, opts.shell_job && !opts.job_control)?;
+    let (zombies, live): (Vec<Proc>, Vec<Proc>) = procs.into_iter().partition(|p| p.image.zombie.is_some());
+    for mut z in zombies {
+        if let Some(status) = z.image.zombie {
+            spawn::make_zombie(z.leader, &mut z.scratch, status)?;
+        }
+    }
+    Ok(live)
 }
 
 /// The process's own state in its leader, then its other threads (which
