@@ -13,7 +13,7 @@ use crate::images::Kind;
 use crate::mem::{self, Backing, PageReader, Vma};
 use crate::proc;
 use crate::progress::{Phase, Progress};
-use crate::restore::layout::split;
+use crate::ranges::split;
 use crate::shmem::SharedMemory;
 
 impl TreeDump {

@@ -410,7 +410,7 @@ impl TreeDump {
             }
         }
         for pending in &mut self.deferred {
-            pending.shared = crate::restore::layout::merge(shared.remove(&pending.pid()).unwrap_or_default());
+            pending.shared = crate::ranges::merge(shared.remove(&pending.pid()).unwrap_or_default());
         }
     }
 

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
-use super::layout::{split, subtract};
+use crate::ranges::{split, subtract};
 use crate::error::{Context, Error, Result};
 use crate::images::criu::{PAGE_SIZE, VMA_ANON_SHARED, VMA_AREA_REGULAR, VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR};
 use crate::images::load::ProcessImage;

@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::images::proto::{MmEntry, PagemapEntry, VmaEntry};
 use crate::images::criu::{PAGE_SIZE, VMA_ANON_SHARED, VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR};
 use crate::mem::Backing;
+use crate::ranges::subtract;
 use crate::task::{Scratch, Task};
 
 /// Lowest and highest addresses crust places its own temporary mappings at.
@@ -66,60 +67,6 @@ pub fn check_vdso(mm: &MmEntry, here: &[crate::mem::Vma], image_name: &str) -> R
         ));
     }
     Ok(())
-}
-
-/// `ranges` sorted, with those that touch or overlap made one; empty ones dropped.
-pub fn merge(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
-    ranges.retain(|&(start, end)| start < end);
-    ranges.sort_unstable();
-    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
-    for (start, end) in ranges {
-        match merged.last_mut() {
-            Some(last) if start <= last.1 => last.1 = last.1.max(end),
-            _ => merged.push((start, end)),
-        }
-    }
-    merged
-}
-
-/// `ranges` less `minus`, both sorted by start and each apart.
-pub fn subtract(ranges: &[(u64, u64)], minus: &[(u64, u64)]) -> Vec<(u64, u64)> {
-    let mut out = Vec::new();
-    for &(start, end) in ranges {
-        let mut at = start;
-        let first = minus.partition_point(|&(_, e)| e <= start);
-        for &(s, e) in minus[first..].iter().take_while(|&&(s, _)| s < end) {
-            if s > at {
-                out.push((at, s));
-            }
-            at = at.max(e);
-        }
-        if at < end {
-            out.push((at, end));
-        }
-    }
-    out
-}
-
-/// The parts of `len` bytes at `vaddr`, in order, each with whether it lies
-/// in one of `ranges` (sorted, apart).
-pub fn split(ranges: &[(u64, u64)], vaddr: u64, len: u64) -> Vec<(u64, u64, bool)> {
-    let end = vaddr.saturating_add(len);
-    let mut out = Vec::new();
-    let mut at = vaddr;
-    let first = ranges.partition_point(|&(_, e)| e <= vaddr);
-    for &(s, e) in ranges[first..].iter().take_while(|&&(s, _)| s < end) {
-        if s > at {
-            out.push((at, s - at, false));
-        }
-        let (from, to) = (s.max(at), e.min(end));
-        out.push((from, to - from, true));
-        at = to;
-    }
-    if at < end {
-        out.push((at, end - at, false));
-    }
-    out
 }
 
 /// Unmap everything the task has now (`here`) but the vdso group and the
@@ -278,14 +225,5 @@ mod tests {
             assert!(at + len + PAGE_SIZE <= s || at >= e + PAGE_SIZE, "{at:#x} overlaps {s:#x}-{e:#x}");
         }
         assert_eq!(free_gap(&[(LOW, HIGH)], len), None);
-    }
-
-    #[test]
-    fn subtract_leaves_what_no_range_covers() {
-        let minus = [(0x2000, 0x3000), (0x5000, 0x8000)];
-        assert_eq!(subtract(&[(0x1000, 0x6000), (0x7000, 0x9000)], &minus), [(0x1000, 0x2000), (0x3000, 0x5000), (0x8000, 0x9000)]);
-        assert_eq!(subtract(&[(0x5000, 0x8000)], &minus), []);
-        assert_eq!(subtract(&[(0x1000, 0x2000)], &[]), [(0x1000, 0x2000)]);
-        assert_eq!(merge(vec![(0x5000, 0x6000), (0x1000, 0x3000), (0x2000, 0x4000), (0x4000, 0x4800), (0x9000, 0x9000)]), [(0x1000, 0x4800), (0x5000, 0x6000)]);
     }
 }

@@ -14,6 +14,7 @@ use crate::images::criu::PAGE_SIZE;
 use crate::images::load::{DumpImage, ProcessImage};
 use crate::images::proto::VmaEntry;
 use crate::mem::Vma;
+use crate::ranges::subtract;
 use crate::task::{Scratch, Task};
 
 /// Where the contents of the saved pages come from.
@@ -95,7 +96,7 @@ impl<'a> Start<'a> {
     ) -> Result<Start<'a>> {
         let kept = if private_copies { Vec::new() } else { inherit::kept_vmas(&image.mm, &parent.mm) };
         let inherited = inherit::inherited_pages(&parent.pagemap, &kept);
-        let same = layout::subtract(&inherited, &layout::subtract(&inherited, shared_at_dump));
+        let same = subtract(&inherited, &subtract(&inherited, shared_at_dump));
         Ok(Start { here: crate::mem::read_layout(pid)?, kept, inherited, same, parent: Some(parent) })
     }
 }

@@ -408,7 +408,7 @@ fn make_shared(root: &mut Proc, img: &DumpImage, terminal: Option<&str>) -> Resu
 fn shared_at_dump(img: &DumpImage) -> BTreeMap<i32, Vec<(u64, u64)>> {
     let meta = std::fs::read(img.dir.join(META)).ok().and_then(|t| serde_json::from_slice::<DumpMeta>(&t).ok());
     let by_pid = meta.map(|m| m.shared_with_parent).unwrap_or_default();
-    by_pid.into_iter().map(|(pid, ranges)| (pid, layout::merge(ranges))).collect()
+    by_pid.into_iter().map(|(pid, ranges)| (pid, crate::ranges::merge(ranges))).collect()
 }
 
 /// What restoring a process's memory needs, and the pages counted so far.
