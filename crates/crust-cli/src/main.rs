@@ -208,13 +208,14 @@ pub fn print_dump_stats(s: &DumpStats, dir: &std::path::Path) {
 pub fn print_restore_stats(r: &Restored) {
     let s = &r.stats;
     println!(
-        "restored {} process(es), {} thread(s), root pid {}: {:.1} ms ({:.1} ms forking), {} pages",
+        "restored {} process(es), {} thread(s), root pid {}: {:.1} ms ({:.1} ms forking), {} pages written, {} kept shared",
         s.processes,
         s.threads,
         r.root,
         s.restore_time_us as f64 / 1e3,
         s.forking_time_us as f64 / 1e3,
         s.pages_restored,
+        s.pages_skipped_cow,
     );
 }
 
@@ -311,6 +312,7 @@ fn run(cli: Cli) -> Result<()> {
                 manage_cgroups,
                 cgroup_roots,
                 progress: bar.progress(),
+                private_copies: false,
             };
             let restored = bar.around(|| restore(&opts)).with_context(|| format!("restore from {} failed", dir.display()))?;
             // As criu does, the numbers stay beside the images; the tree runs

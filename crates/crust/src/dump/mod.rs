@@ -4,6 +4,7 @@
 mod memory;
 mod refuse;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -195,6 +196,7 @@ fn write_images(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<W
             ..Default::default()
         },
         deferred: Vec::new(),
+        shared_with_parent: BTreeMap::new(),
     };
     if let Some(limit) = opts.ghost_limit {
         d.files.ghosts.limit = limit;
@@ -211,6 +213,8 @@ fn write_images(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<W
             }
         }
     }
+    d.shared_with_parent = d.shared_with_parents(&tree);
+    d.mark_shared_pages(&tree);
     if !streamed {
         d.write_pages(&opts.progress)?;
     }
@@ -243,6 +247,9 @@ struct TreeDump {
     /// Pages not written yet: all of them are known before any is written
     /// (and a streamed dump sends them last).
     deferred: Vec<PendingPages>,
+    /// By child: the pages it shared physically with its parent (see
+    /// [`memory::shared_with_parent`]), for crust's notes.
+    shared_with_parent: BTreeMap<i32, Vec<(u64, u64)>>,
 }
 
 impl TreeDump {
@@ -370,8 +377,41 @@ impl TreeDump {
             .filter_map(|f| f.reg.as_ref())
             .filter(|r| r.flags & libc::O_ACCMODE as u32 == 0);
         let stamps = read_only.filter_map(|r| Some((r.name.clone(), FileStamp::of(&r.name)?))).collect();
-        self.stats.bytes_written += self.dir.write_json(META, &DumpMeta { cgroups: self.cgroups.report(), files: stamps })?;
+        let shared_with_parent = std::mem::take(&mut self.shared_with_parent);
+        let meta = DumpMeta { cgroups: self.cgroups.report(), files: stamps, shared_with_parent };
+        self.stats.bytes_written += self.dir.write_json(META, &meta)?;
         Ok(())
+    }
+
+    /// By child: the pages it shared physically with its parent (see
+    /// [`memory::shared_with_parent`]).
+    fn shared_with_parents(&self, tree: &FrozenTree) -> BTreeMap<i32, Vec<(u64, u64)>> {
+        let pages_of = |pid: i32| self.deferred.iter().find(|p| p.pid() == pid);
+        let mut out = BTreeMap::new();
+        for p in &tree.processes {
+            let (Some(child), Some(parent)) = (pages_of(p.pid), pages_of(p.ppid)) else { continue };
+            let shared = memory::shared_with_parent(child, parent);
+            if !shared.is_empty() {
+                out.insert(p.pid, shared);
+            }
+        }
+        out
+    }
+
+    /// Each process's pages it shares with its parent or a child, so that
+    /// reading them leaves them shared.
+    fn mark_shared_pages(&mut self, tree: &FrozenTree) {
+        let ppid = |pid: i32| tree.processes.iter().find(|p| p.pid == pid).map(|p| p.ppid);
+        let mut shared: BTreeMap<i32, Vec<(u64, u64)>> = BTreeMap::new();
+        for (&child, ranges) in &self.shared_with_parent {
+            shared.entry(child).or_default().extend(ranges);
+            if let Some(parent) = ppid(child) {
+                shared.entry(parent).or_default().extend(ranges);
+            }
+        }
+        for pending in &mut self.deferred {
+            pending.shared = crate::ranges::merge(shared.remove(&pending.pid()).unwrap_or_default());
+        }
     }
 
     fn inventory(&mut self, root_ids: Option<TaskKobjIdsEntry>) -> Result<()> {

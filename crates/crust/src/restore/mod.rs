@@ -9,11 +9,12 @@
 //! thread gets its saved registers and is let go.
 
 pub mod check;
+mod inherit;
 pub mod layout;
 mod memory;
 mod spawn;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -28,13 +29,16 @@ use crate::error::{Context, Error, Result};
 use crate::files::{self, FdRestorer, Inherited};
 use crate::images::criu::{PAGE_SIZE, SAME_AS_DUMPER, TASK_STOPPED};
 use crate::images::digest;
+use crate::images::meta::{DumpMeta, META};
 use crate::images::load::{self, DumpImage, Pages, ProcessImage};
 use crate::mem::{self, Vma};
 use crate::progress::{Phase, Progress};
 use crate::ptrace;
 use crate::state::{self, signals, ThreadRestore};
 use crate::task::{Scratch, Task, SCRATCH_LEN};
+pub use inherit::{PageCounts, PageSink};
 pub use memory::{PageSource, PagesInDir};
+use memory::Start;
 
 #[derive(Clone, Debug, Default)]
 pub struct RestoreOptions {
@@ -56,6 +60,10 @@ pub struct RestoreOptions {
     pub cgroup_roots: Vec<CgroupRoot>,
     /// Hears the saved pages being put into the new tasks.
     pub progress: Progress,
+    /// Give every process its own copy of all its pages, none kept shared
+    /// with its parent: the restore as crust did it before keeping
+    /// copy-on-write sharing, slower and bigger; for comparison.
+    pub private_copies: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -65,7 +73,13 @@ pub struct RestoreStats {
     pub stop_signal: Option<i32>,
     pub processes: usize,
     pub threads: usize,
+    /// Pages written into the tasks.
     pub pages_restored: u64,
+    /// Pages compared with the page a child inherited from its parent there.
+    pub pages_compared: u64,
+    /// Of those, the ones found equal: left shared with the parent.
+    pub pages_skipped_cow: u64,
+    /// Time spent making the tasks (clone3 of each process; its memory not counted).
     pub forking_time_us: u64,
     pub restore_time_us: u64,
 }
@@ -76,8 +90,8 @@ impl RestoreStats {
         crate::images::proto::StatsEntry {
             dump: None,
             restore: Some(crate::images::proto::RestoreStatsEntry {
-                pages_compared: 0,
-                pages_skipped_cow: 0,
+                pages_compared: self.pages_compared,
+                pages_skipped_cow: self.pages_skipped_cow,
                 forking_time: self.forking_time_us as u32,
                 restore_time: self.restore_time_us as u32,
                 pages_restored: Some(self.pages_restored),
@@ -247,14 +261,23 @@ pub fn restore_held(opts: &RestoreOptions, mut img: DumpImage, pages: &mut dyn P
     let mut stats = RestoreStats { processes: img.processes.len(), ..Default::default() };
     let (mut root, crust_layout) = make_root(img, &mut created)?;
     let (inherited, shmem_fds) = make_shared(&mut root, img, terminal)?;
-    let fork_start = Instant::now();
-    let mut procs = fork_children(root, img, opts, &mut created)?;
-    stats.forking_time_us = fork_start.elapsed().as_micros() as u64;
+    let live = img.processes.iter().filter(|p| p.zombie.is_none());
+    let page_bytes = live.flat_map(|p| &p.pagemap).map(|e| e.nr_pages as u64 * PAGE_SIZE).sum();
+    let shared_at_dump = shared_at_dump(img);
+    let mut memory = Memory {
+        img,
+        shared_at_dump: &shared_at_dump,
+        shmem_fds: &shmem_fds,
+        pages,
+        meter: opts.progress.start(Phase::RestoringPages, page_bytes),
+        counts: PageCounts::default(),
+    };
+    let mut procs = make_tree(root, &crust_layout, opts, &mut memory, &mut created, &mut stats)?;
+    stats.pages_restored = memory.counts.restored;
+    stats.pages_compared = memory.counts.compared;
+    stats.pages_skipped_cow = memory.counts.skipped_cow;
     let mut finished = HashSet::new();
-    let page_bytes = procs.iter().flat_map(|p| &p.image.pagemap).map(|e| e.nr_pages as u64 * PAGE_SIZE).sum();
-    let mut meter = opts.progress.start(Phase::RestoringPages, page_bytes);
     for p in &mut procs {
-        stats.pages_restored += memory::restore(p, &crust_layout, img, &shmem_fds, pages, &mut |n| meter.add(n))?;
         let mut r = FdRestorer::new(&p.leader, &mut p.scratch, img, &inherited, terminal);
         files::restore_table(p.image, &mut r, &mut finished)?;
         make_threads(p, img, &mut created)?;
@@ -381,16 +404,56 @@ fn make_shared(root: &mut Proc, img: &DumpImage, terminal: Option<&str>) -> Resu
     Ok((r.into_inherited(), shmem_fds))
 }
 
-/// Children, each forked by its parent before anyone's memory changes, with
-/// their sessions and process groups; zombies die at once. Returns every
-/// live process, the root first.
-fn fork_children<'a>(root: Proc<'a>, img: &'a DumpImage, opts: &RestoreOptions, created: &mut Created) -> Result<Vec<Proc<'a>>> {
+/// From crust's notes beside the images (none in CRIU's): by pid, the pages
+/// a process shared physically with its parent when dumped, sorted and merged.
+fn shared_at_dump(img: &DumpImage) -> BTreeMap<i32, Vec<(u64, u64)>> {
+    let meta = std::fs::read(img.dir.join(META)).ok().and_then(|t| serde_json::from_slice::<DumpMeta>(&t).ok());
+    let by_pid = meta.map(|m| m.shared_with_parent).unwrap_or_default();
+    by_pid.into_iter().map(|(pid, ranges)| (pid, crate::ranges::merge(ranges))).collect()
+}
+
+/// What restoring a process's memory needs, and the pages counted so far.
+struct Memory<'m> {
+    img: &'m DumpImage,
+    /// By pid: the pages a process shared physically with its parent when dumped.
+    shared_at_dump: &'m BTreeMap<i32, Vec<(u64, u64)>>,
+    shmem_fds: &'m HashMap<u64, u64>,
+    pages: &'m mut dyn PageSource,
+    meter: crate::progress::Meter<'m>,
+    counts: PageCounts,
+}
+
+impl Memory<'_> {
+    fn restore(&mut self, p: &mut Proc, start: Start) -> Result<()> {
+        let meter = &mut self.meter;
+        self.counts += memory::restore(p, start, self.img, self.shmem_fds, self.pages, &mut |n| meter.add(n))?;
+        Ok(())
+    }
+}
+
+/// Every live process, the root first, in the order of pstree.img (parents
+/// before their children; a migration sends the pages in that order). Each
+/// process's memory is restored before it forks its children, so that they
+/// inherit its pages copy-on-write as the originals did (see [`inherit`]);
+/// children get their sessions and process groups; zombies die at once.
+fn make_tree<'a>(
+    root: Proc<'a>,
+    crust_layout: &[Vma],
+    opts: &RestoreOptions,
+    memory: &mut Memory<'a>,
+    created: &mut Created,
+    stats: &mut RestoreStats,
+) -> Result<Vec<Proc<'a>>> {
+    let img = memory.img;
     if root.image.pstree.sid == root.image.pstree.pid && !opts.shell_job {
         root.leader.call("setsid", libc::SYS_setsid, [0; 6])?;
     }
     let scratch_addr = root.scratch.addr;
     let mut procs = vec![root];
+    memory.restore(&mut procs[0], Start::crust(crust_layout))?;
+    let mut forking = Duration::ZERO;
     for p in &img.processes[1..] {
+        let fork_start = Instant::now();
         let parent = procs
             .iter_mut()
             .find(|q| q.image.pid() == p.pstree.ppid as i32)
@@ -400,12 +463,20 @@ fn fork_children<'a>(root: Proc<'a>, img: &'a DumpImage, opts: &RestoreOptions, 
         spawn::wait_new_task(child)?;
         created.cgroups.place(child, cg_set(p))?;
         let task = Task::new(child, child, parent.leader.gadget())?;
+        let parent_image = parent.image;
         let scratch = Scratch::new(child, scratch_addr)?;
         if p.pstree.sid == p.pstree.pid {
             task.call("setsid", libc::SYS_setsid, [0; 6])?;
         }
-        procs.push(Proc { image: p, leader: task, threads: Vec::new(), scratch });
+        forking += fork_start.elapsed();
+        let mut proc = Proc { image: p, leader: task, threads: Vec::new(), scratch };
+        if p.zombie.is_none() {
+            let shared = memory.shared_at_dump.get(&p.pid()).map(Vec::as_slice).unwrap_or_default();
+            memory.restore(&mut proc, Start::forked(child, p, parent_image, opts.private_copies, shared)?)?;
+        }
+        procs.push(proc);
     }
+    stats.forking_time_us = forking.as_micros() as u64;
     // Zombies die once in their sessions and groups (a group whose leader
     // is a zombie can still be joined).
     spawn::set_process_groups(&procs, opts.shell_job && !opts.job_control)?;
