@@ -729,3 +729,23 @@ fn a_removed_working_directory_comes_back_removed() {
     assert!(left.iter().all(|n| n == "images" || n.ends_with(".out")), "nothing made by the restore is left: {left:?}");
     job.expect_ok();
 }
+
+/// kcmp(2) of two processes' `kind` (KCMP_FILES 2, KCMP_FS 3): the same object?
+fn kcmp_same(pid1: i32, pid2: i32, kind: i32) -> bool {
+    // SAFETY: kcmp compares kernel objects and writes no memory.
+    unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, kind, 0, 0) == 0 }
+}
+
+#[test]
+fn an_fd_table_and_fs_state_shared_with_the_parent_are_shared_again() {
+    let dir = TempDir::new("restore-sharing");
+    let mut job = Job::start("sharing", &[], dir.path());
+    let child = ready_field(&job.ready(), "child");
+    assert!(kcmp_same(job.pid, child, 2) && kcmp_same(job.pid, child, 3), "the workload shares");
+    let images = dir.join("images");
+    dump_and_restore(&mut job, &images);
+    assert!(!images.join(format!("fdinfo-{}.img", 2)).exists(), "one fd table, saved once");
+    assert!(kcmp_same(job.pid, child, 2), "the fd table is shared again");
+    assert!(kcmp_same(job.pid, child, 3), "the fs state is shared again");
+    job.expect_ok();
+}

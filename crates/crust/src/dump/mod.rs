@@ -197,6 +197,7 @@ fn write_images(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<W
         },
         deferred: Vec::new(),
         shared_with_parent: BTreeMap::new(),
+        dumped: Vec::new(),
     };
     if let Some(limit) = opts.ghost_limit {
         d.files.ghosts.limit = limit;
@@ -250,13 +251,16 @@ struct TreeDump {
     /// By child: the pages it shared physically with its parent (see
     /// [`memory::shared_with_parent`]), for crust's notes.
     shared_with_parent: BTreeMap<i32, Vec<(u64, u64)>>,
+    /// The live processes dumped so far, with their ids.
+    dumped: Vec<(i32, TaskKobjIdsEntry)>,
 }
 
 impl TreeDump {
     /// One live process: each thread's core, its memory, its fd table, its ids.
     fn process(&mut self, p: &FrozenProcess, index: u32) -> Result<TaskKobjIdsEntry> {
         let vmas = mem::read_vmas(p.pid)?;
-        let ids = self.kobj_ids(p.pid, index);
+        let mut ids = self.kobj_ids(p.pid, index);
+        self.shared_with_others(p, &mut ids)?;
         let cg_set = self.cgroups.set_of(p.pid)?;
         let mut brk = 0;
         for &tid in &p.threads {
@@ -265,11 +269,49 @@ impl TreeDump {
             brk = leader_brk.unwrap_or(brk);
         }
         self.memory(p.pid, index, &vmas, brk)?;
-        self.fds(p.pid, index)?;
+        // An fd table shared with the parent is the parent's, dumped with it.
+        if ids.files_id == index {
+            self.fds(p.pid, index)?;
+        }
         let mut w = self.dir.writer(&format!("ids-{}.img", p.pid), Kind::Ids)?;
         w.entry(&ids)?;
         self.stats.bytes_written += w.finish()?;
+        self.dumped.push((p.pid, ids));
         Ok(ids)
+    }
+
+    /// What a process shares with one dumped before it without being its
+    /// thread (kcmp): an fd table or fs state shared with its parent
+    /// (clone with CLONE_FILES, CLONE_FS) takes the parent's id, and is
+    /// made shared again by the restore; anything else shared is refused.
+    fn shared_with_others(&self, p: &FrozenProcess, ids: &mut TaskKobjIdsEntry) -> Result<()> {
+        const KCMP_VM: i32 = 1;
+        const KCMP_FILES: i32 = 2;
+        const KCMP_FS: i32 = 3;
+        const KCMP_SIGHAND: i32 = 4;
+        for (other, other_ids) in &self.dumped {
+            let same = |kind| crate::files::kcmp(p.pid, *other, kind, 0, 0);
+            let refuse = |what: &str| {
+                Error::unsupported(format!("process {}", p.pid), format!("it shares its {what} with process {other} without being its thread: not supported"))
+            };
+            if same(KCMP_VM) {
+                return Err(refuse("memory (CLONE_VM, as a vfork child before it execs)"));
+            }
+            if same(KCMP_SIGHAND) {
+                return Err(refuse("signal handlers (CLONE_SIGHAND)"));
+            }
+            for (kind, what, id, parents) in
+                [(KCMP_FILES, "fd table (CLONE_FILES)", &mut ids.files_id, other_ids.files_id), (KCMP_FS, "cwd, root and umask (CLONE_FS)", &mut ids.fs_id, other_ids.fs_id)]
+            {
+                if same(kind) {
+                    if *other != p.ppid {
+                        return Err(refuse(&format!("{what}, and it is not its parent")));
+                    }
+                    *id = parents;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// One thread's core image: every component of [`state`], read with

@@ -478,7 +478,7 @@ fn same_description(pid1: i32, fd1: i32, pid2: i32, fd2: i32) -> bool {
 
 /// kcmp(2): is the object `kind` of `pid1` at `idx1` the same kernel object
 /// as the one of `pid2` at `idx2`? False when they differ or the call fails.
-fn kcmp(pid1: i32, pid2: i32, kind: libc::c_int, idx1: u64, idx2: u64) -> bool {
+pub(crate) fn kcmp(pid1: i32, pid2: i32, kind: libc::c_int, idx1: u64, idx2: u64) -> bool {
     // SAFETY: no wrapper exists (nix, rustix). kcmp writes no memory of ours:
     // it only compares kernel objects, and the one argument that can be an
     // address (KCMP_EPOLL_TFD's slot) is read by the kernel with

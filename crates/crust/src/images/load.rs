@@ -253,6 +253,7 @@ pub fn load(dir: &Path, pages: Pages) -> Result<DumpImage> {
     for (_, p) in pstree {
         processes.push(load_process(&dir, p, pages)?);
     }
+    check_sharing(&dir, &processes)?;
     let files_path = dir.join("files.img");
     let mut files = HashMap::new();
     for f in read_all::<FileEntry>(&files_path, Kind::Files)? {
@@ -416,6 +417,26 @@ fn ghost_chunks(g: &mut ImageReader, size: Option<u64>) -> Result<GhostData> {
         end = c_end;
     }
     Ok(chunks)
+}
+
+/// Processes that are not threads of one another share an fd table or fs
+/// state only with their parent (made again with CLONE_FILES, CLONE_FS), and
+/// never their memory or signal handlers.
+fn check_sharing(dir: &Path, processes: &[ProcessImage]) -> Result<()> {
+    let live: Vec<&ProcessImage> = processes.iter().filter(|p| p.zombie.is_none()).collect();
+    for (i, p) in live.iter().enumerate() {
+        for q in &live[..i] {
+            let (a, b) = (&p.ids, &q.ids);
+            let shared = [("memory", a.vm_id == b.vm_id), ("signal handlers", a.sighand_id == b.sighand_id)];
+            let with_parent = [("fd table", a.files_id == b.files_id), ("fs state", a.fs_id == b.fs_id)];
+            let what = shared.iter().find(|s| s.1).or_else(|| with_parent.iter().find(|s| s.1 && q.pid() != p.pstree.ppid as i32));
+            if let Some((what, _)) = what {
+                let ids = dir.join(format!("ids-{}.img", p.pid()));
+                return Err(invalid(&ids, format!("process {} shares its {what} with process {}, which crust cannot make again", p.pid(), q.pid())));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn load_process(dir: &Path, pstree: PstreeEntry, pages_in: Pages) -> Result<ProcessImage> {

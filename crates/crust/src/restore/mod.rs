@@ -277,9 +277,16 @@ pub fn restore_held(opts: &RestoreOptions, mut img: DumpImage, pages: &mut dyn P
     stats.pages_compared = memory.counts.compared;
     stats.pages_skipped_cow = memory.counts.skipped_cow;
     let mut finished = HashSet::new();
-    for p in &mut procs {
-        let mut r = FdRestorer::new(&p.leader, &mut p.scratch, img, &inherited, terminal);
-        files::restore_table(p.image, &mut r, &mut finished)?;
+    for i in 0..procs.len() {
+        let p = &procs[i];
+        // An fd table shared with the parent is the parent's, restored with it.
+        let parent = procs[..i].iter().find(|q| q.image.pid() == p.image.pstree.ppid as i32);
+        let shares_table = parent.is_some_and(|q| shared_with_parent(p.image, q.image) & libc::CLONE_FILES as u64 != 0);
+        let p = &mut procs[i];
+        if !shares_table {
+            let mut r = FdRestorer::new(&p.leader, &mut p.scratch, img, &inherited, terminal);
+            files::restore_table(p.image, &mut r, &mut finished)?;
+        }
         make_threads(p, img, &mut created)?;
         stats.threads += p.image.threads.len();
     }
@@ -458,7 +465,7 @@ fn make_tree<'a>(
             .iter_mut()
             .find(|q| q.image.pid() == p.pstree.ppid as i32)
             .ok_or_else(|| Error::image(img.dir.join("pstree.img"), format!("process {}: its parent {} is not in the image", p.pid(), p.pstree.ppid)))?;
-        let child = spawn::clone_in(&parent.leader, &mut parent.scratch, p.pid(), 0, libc::SIGCHLD as u64)?;
+        let child = spawn::clone_in(&parent.leader, &mut parent.scratch, p.pid(), shared_with_parent(p, parent.image), libc::SIGCHLD as u64)?;
         created.processes.push(child);
         spawn::wait_new_task(child)?;
         created.cgroups.place(child, cg_set(p))?;
@@ -487,6 +494,19 @@ fn make_tree<'a>(
         }
     }
     Ok(live)
+}
+
+/// The clone flags that make a child share what it shared with its parent
+/// (its fd table, its fs state).
+fn shared_with_parent(p: &ProcessImage, parent: &ProcessImage) -> u64 {
+    let mut flags = 0;
+    if p.ids.files_id == parent.ids.files_id {
+        flags |= libc::CLONE_FILES as u64;
+    }
+    if p.ids.fs_id == parent.ids.fs_id {
+        flags |= libc::CLONE_FS as u64;
+    }
+    flags
 }
 
 /// The process's own state in its leader, then its other threads (which

@@ -191,6 +191,9 @@ pub static PROCESS_STATE: &[(&str, Fate)] = &[
     ("seccomp filters", Fate::Refused("seccomp is not supported yet")),
     ("no_new_privs", Fate::Refused("no_new_privs is not supported yet")),
     ("cgroup membership", Fate::Saved("cgroup.img")),
+    ("an fd table or fs state shared with the parent (CLONE_FILES, CLONE_FS)", Fate::Saved("files_id and fs_id of ids-PID.img, the parent's; made shared again by clone")),
+    ("an fd table or fs state shared with a process other than the parent", Fate::Refused("sharing with a process other than the parent is not supported")),
+    ("memory or signal handlers shared by processes (CLONE_VM, CLONE_SIGHAND without CLONE_THREAD)", Fate::Refused("sharing memory or signal handlers without being threads is not supported")),
 ];
 
 #[cfg(test)]
