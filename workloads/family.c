@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/types.h>
@@ -82,6 +83,14 @@ int main(int argc, char **argv)
             die("write pipe");
     }
 
+    /* FILE mapped shared and read-only from an fd open for writing, which
+     * is closed: the mapping may still be made writable. */
+    int map_fd = open(argv[1], O_RDWR);
+    char *shared = map_fd < 0 ? MAP_FAILED : mmap(NULL, 4096, PROT_READ, MAP_SHARED, map_fd, 0);
+    if (shared == MAP_FAILED)
+        die("mmap FILE");
+    close(map_fd);
+
     printf("READY child=%d file_fd=%d pipe_r=%d pipe_w=%d null_fd=%d\n",
            (int)child, file_fd, p[0], p[1], null_fd);
     fflush(stdout);
@@ -124,6 +133,8 @@ int main(int argc, char **argv)
         }
     }
 
+    if (!reason[0] && mprotect(shared, 4096, PROT_READ | PROT_WRITE) != 0)
+        snprintf(reason, sizeof reason, "mprotect(PROT_WRITE) of the shared mapping of FILE: %s", strerror(errno));
     if (!reason[0]) {
         if (fcntl(null_fd, F_GETFD) < 0)
             snprintf(reason, sizeof reason, "/dev/null fd %d closed: %s",

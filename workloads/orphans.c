@@ -1,7 +1,9 @@
 /* A parent that is a child subreaper, with a grandchild re-parented to it
  * (its own child exited) and three zombies it has not reaped: one exited with
- * status 7, one killed by SIGTERM, one by SIGKILL.  On SIGUSR1 it checks that the grandchild
- * is still its child and that the zombies give their statuses. */
+ * status 7 (leading a process group), one killed by SIGTERM (in that group),
+ * one by SIGKILL (leading another group).  On SIGUSR1 it checks that the
+ * grandchild is still its child and that the zombies kept their groups and
+ * give their statuses. */
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
@@ -55,23 +57,36 @@ int main(void)
     while (parent_of(grandchild) != getpid())
         sleep_ms(5);
 
+    /* exited leads a process group of its own, which killed joins after
+     * exited died; slain leads another. */
+    siginfo_t si;
     pid_t exited = fork();
-    if (exited == 0)
+    if (exited == 0) {
+        setpgid(0, 0);
         _exit(7);
+    }
+    if (waitid(P_PID, exited, &si, WEXITED | WNOWAIT) != 0)
+        die("waitid");
     pid_t killed = fork();
     if (killed == 0) {
+        if (setpgid(0, exited) != 0)
+            _exit(1);
         for (;;)
             pause();
     }
+    while (getpgid(killed) != exited)
+        sleep_ms(1);
     kill(killed, SIGTERM);
     pid_t slain = fork();
     if (slain == 0) {
+        setpgid(0, 0);
         for (;;)
             pause();
     }
+    while (getpgid(slain) != slain)
+        sleep_ms(1);
     kill(slain, SIGKILL);
-    siginfo_t si;
-    /* Wait until both are zombies, without reaping them. */
+    /* Wait until all are zombies, without reaping them. */
     pid_t zombies[] = { exited, killed, slain };
     for (int i = 0; i < 3; i++) {
         si.si_pid = 0;
@@ -83,6 +98,8 @@ int main(void)
     wait_usr1();
     if (parent_of(grandchild) != getpid())
         fail("grandchild %d has parent %d", (int)grandchild, (int)parent_of(grandchild));
+    if (getpgid(exited) != exited || getpgid(killed) != exited || getpgid(slain) != slain)
+        fail("zombies' process groups: %d %d %d", (int)getpgid(exited), (int)getpgid(killed), (int)getpgid(slain));
     int status;
     if (waitpid(exited, &status, WNOHANG) != exited || !WIFEXITED(status) || WEXITSTATUS(status) != 7)
         fail("zombie %d: status %#x", (int)exited, status);

@@ -17,6 +17,7 @@
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/wait.h>
@@ -85,6 +86,10 @@ int main(void)
         setsockopt(s[1], SOL_SOCKET, SO_PRIORITY, &prio, sizeof prio) ||
         getsockopt(s[0], SOL_SOCKET, SO_SNDBUF, &sndbuf_before, &len))
         die("setsockopt");
+    /* The child has closed what it does not use and written its message. */
+    int queued = 0;
+    while (ioctl(c[0], FIONREAD, &queued) == 0 && queued < 10)
+        sleep_ms(1);
     printf("READY %d child=%d\n", (int)getpid(), (int)child);
     wait_usr1();
 

@@ -17,9 +17,12 @@
  *   unusual kmsg          holds /dev/kmsg (character device 1:11)
  *   unusual flock|posix-lock|ofd-lock|lease
  *                         holds a file lock (or lease) on a deleted file
- *   unusual posix-timer   has a POSIX timer (CLOCK_MONOTONIC, armed)
+ *   unusual foreign-cpu-timer  has a POSIX timer on its parent's CPU-time clock
+ *   unusual thread-cpu-timer   has a CLOCK_THREAD_CPUTIME_ID timer and two threads
+ *   unusual timer-overrun      took its 1 ms timer's signal late (sigwaitinfo
+ *                         after 50 ms blocked): timer_getoverrun is not 0
  *   unusual mlock|dontfork|dontdump|wipeonfork|hugepage|nohugepage|
- *           mergeable|droppable|sequential
+ *           mergeable|droppable|sequential|random
  *                         has a mapping with that flag (mlock, madvise, MAP_DROPPABLE)
  *   unusual thp-disable   has PR_SET_THP_DISABLE set
  *   unusual deadline      runs under SCHED_DEADLINE
@@ -58,6 +61,15 @@ static void *run_on(void *arg)
     if (check)
         check();
     succeed();
+}
+
+/* A second thread that only sleeps (and allocates nothing). */
+static void *sleeper(void *arg)
+{
+    (void)arg;
+    for (;;)
+        pause();
+    return NULL;
 }
 
 static int in_flight[2];
@@ -157,13 +169,41 @@ int main(int argc, char **argv)
             die(argv[1]);
         run_on(NULL);
     }
-    if (strcmp(argv[1], "posix-timer") == 0) {
+    if (strcmp(argv[1], "foreign-cpu-timer") == 0) {
         timer_t t;
+        clockid_t parent;
         struct sigevent sev = { .sigev_notify = SIGEV_SIGNAL, .sigev_signo = SIGUSR2 };
         struct itimerspec its = { .it_value = { 1000, 0 } };
         signal(SIGUSR2, SIG_IGN);
+        if (clock_getcpuclockid(getppid(), &parent) || timer_create(parent, &sev, &t) || timer_settime(t, 0, &its, NULL))
+            die("timer_create");
+        run_on(NULL);
+    }
+    if (strcmp(argv[1], "thread-cpu-timer") == 0) {
+        timer_t t;
+        pthread_t other;
+        struct sigevent sev = { .sigev_notify = SIGEV_NONE };
+        struct itimerspec its = { .it_value = { 1000, 0 } };
+        if (timer_create(CLOCK_THREAD_CPUTIME_ID, &sev, &t) || timer_settime(t, 0, &its, NULL))
+            die("timer_create");
+        if (pthread_create(&other, NULL, sleeper, NULL) != 0)
+            die("pthread_create");
+        run_on(NULL);
+    }
+    if (strcmp(argv[1], "timer-overrun") == 0) {
+        timer_t t;
+        sigset_t usr2;
+        siginfo_t si;
+        sigemptyset(&usr2);
+        sigaddset(&usr2, SIGUSR2);
+        sigprocmask(SIG_BLOCK, &usr2, NULL);
+        struct sigevent sev = { .sigev_notify = SIGEV_SIGNAL, .sigev_signo = SIGUSR2 };
+        struct itimerspec its = { .it_value = { 0, 1000000 }, .it_interval = { 0, 1000000 } };
         if (timer_create(CLOCK_MONOTONIC, &sev, &t) || timer_settime(t, 0, &its, NULL))
             die("timer_create");
+        sleep_ms_full(50);
+        if (sigwaitinfo(&usr2, &si) != SIGUSR2 || timer_getoverrun(t) < 1)
+            die("sigwaitinfo");
         run_on(NULL);
     }
     if (strcmp(argv[1], "thp-disable") == 0) {
@@ -187,7 +227,7 @@ int main(int argc, char **argv)
         { "mlock", -1 }, { "droppable", -2 },
         { "dontfork", MADV_DONTFORK }, { "dontdump", MADV_DONTDUMP }, { "wipeonfork", MADV_WIPEONFORK },
         { "hugepage", MADV_HUGEPAGE }, { "nohugepage", MADV_NOHUGEPAGE }, { "mergeable", MADV_MERGEABLE },
-        { "sequential", MADV_SEQUENTIAL },
+        { "sequential", MADV_SEQUENTIAL }, { "random", MADV_RANDOM },
     };
     for (size_t i = 0; i < sizeof advices / sizeof advices[0]; i++) {
         if (strcmp(argv[1], advices[i].mode))

@@ -12,6 +12,11 @@
 //! `restore::load` on its own (parsing the images and checking their CRC
 //! manifest, the first thing a restore does), to show where restore time goes.
 //!
+//! prefork (a 256 MiB heap shared copy-on-write by a parent and 4 workers)
+//! is also restored, in the same rounds, as crust restored it before it kept
+//! that sharing (`RestoreOptions::private_copies`: every process a copy of
+//! all its pages), for the ratio of the two.
+//!
 //! If a working `criu` is on PATH (`criu check` passes), criu dumps and
 //! restores the same workloads too, for comparison.
 //!
@@ -164,6 +169,7 @@ fn dump_and_restore_rounds(
     let dump_ms = ms(t.elapsed());
     // The dump killed it; reaped, its pid is free for the restore.
     w.wait_exit(Duration::from_secs(10)).with_context(|| format!("{} after its dump", w.name))?;
+    reap_orphans()?;
     let mut last = [-1i64; 3];
     note_counters(&w.out.drain()?, &mut last);
     let out_len = w.out.len()?;
@@ -186,6 +192,7 @@ fn dump_and_restore_rounds(
         } else {
             w.kill()?;
         }
+        reap_orphans()?;
         if !side_first {
             side_ms = side(&images)?;
         }
@@ -218,9 +225,50 @@ struct Row {
     base_ms: f64,
     restore_range: (f64, f64),
     base_range: (f64, f64),
+    /// The median restore with private copies, if measured.
+    copies_ms: Option<f64>,
 }
 
-fn bench(name: &str, args: &[&str], rounds: usize, counter: &mut usize) -> Result<Row> {
+/// A restore of the images with private copies (see the top), timed; the tree
+/// is killed at once (its workers die with their parent).
+fn restore_with_copies(images: &Path) -> Result<f64> {
+    let opts = RestoreOptions {
+        dir: images.to_path_buf(),
+        shell_job: false,
+        pid_wait: Duration::from_secs(5),
+        private_copies: true,
+        ..Default::default()
+    };
+    let t = Instant::now();
+    let r = restore(&opts).map_err(|e| anyhow!("restore with private copies: {e}"))?;
+    let took = ms(t.elapsed());
+    let root = nix::unistd::Pid::from_raw(r.root);
+    nix::sys::signal::kill(root, nix::sys::signal::Signal::SIGKILL)?;
+    nix::sys::wait::waitpid(root, None)?;
+    reap_orphans()?;
+    Ok(took)
+}
+
+/// Reap the children of a killed tree, which die with their parent and come
+/// to us (a subreaper): their pids are free only once reaped, and the next
+/// restore would wait for them (init reaps slowly here). Called when no
+/// other child of ours is alive.
+fn reap_orphans() -> Result<()> {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL)) {
+            Err(nix::errno::Errno::ECHILD) => return Ok(()),
+            Err(e) => bail!("reaping the killed tree: {e}"),
+            Ok(WaitStatus::StillAlive) if Instant::now() > deadline => bail!("children of a killed tree are still alive"),
+            Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(1)),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// `with_copies`: each round also restores with private copies.
+fn bench(name: &str, args: &[&str], rounds: usize, counter: &mut usize, with_copies: bool) -> Result<Row> {
     let run = TmpPath::dir("restore-", *counter)?;
     *counter += 1;
     let mut base_bytes = 0;
@@ -239,7 +287,7 @@ fn bench(name: &str, args: &[&str], rounds: usize, counter: &mut usize) -> Resul
             let r = restore(&opts).map_err(|e| anyhow!("{e}"))?;
             Ok((r.root, Some(r.stats)))
         },
-        &["baseline", "load apart"],
+        if with_copies { &["baseline", "load apart", "private copies"] } else { &["baseline", "load apart"] },
         |images| {
             let files = pages_files(images)?;
             base_bytes = 0;
@@ -251,14 +299,18 @@ fn bench(name: &str, args: &[&str], rounds: usize, counter: &mut usize) -> Resul
             // checking them against their CRC manifest.
             let t = Instant::now();
             crust::restore::load(images, load::Pages::InDir).map_err(|e| anyhow!("loading {}: {e}", images.display()))?;
-            Ok(vec![b, ms(t.elapsed())])
+            let mut side = vec![b, ms(t.elapsed())];
+            if with_copies {
+                side.push(restore_with_copies(images)?);
+            }
+            Ok(side)
         },
     )?;
     let stats: Vec<&RestoreStats> = rs.iter().map(|r| r.stats.as_ref().expect("crust reports stats")).collect();
     // The baseline reads what the pages files hold; the restore must have put
-    // exactly that much in place.
-    if let Some(s) = stats.iter().find(|s| s.pages_restored * PAGE != base_bytes) {
-        bail!("{name}: {} pages restored, but the pages files hold {base_bytes} bytes", s.pages_restored);
+    // exactly that much in place (written, or found there, inherited).
+    if let Some(s) = stats.iter().find(|s| (s.pages_restored + s.pages_skipped_cow) * PAGE != base_bytes) {
+        bail!("{name}: {} pages restored and {} kept, but the pages files hold {base_bytes} bytes", s.pages_restored, s.pages_skipped_cow);
     }
     let wall: Vec<f64> = rs.iter().map(|r| r.wall_ms).collect();
     let base_t: Vec<f64> = rs.iter().map(|r| r.side[0]).collect();
@@ -268,7 +320,7 @@ fn bench(name: &str, args: &[&str], rounds: usize, counter: &mut usize) -> Resul
         name: format!("{name} {}", args.join(" ")).trim().to_string(),
         processes: stats[0].processes,
         threads: stats[0].threads,
-        pages: median(&stats.iter().map(|s| s.pages_restored).collect::<Vec<_>>()),
+        pages: median(&stats.iter().map(|s| s.pages_restored + s.pages_skipped_cow).collect::<Vec<_>>()),
         dump_ms,
         restore_ms: median(&wall),
         internal_ms: us(|s| s.restore_time_us),
@@ -277,6 +329,7 @@ fn bench(name: &str, args: &[&str], rounds: usize, counter: &mut usize) -> Resul
         base_ms: median(&base_t),
         restore_range: min_max(&wall),
         base_range: min_max(&base_t),
+        copies_ms: with_copies.then(|| median(&rs.iter().map(|r| r.side[2]).collect::<Vec<_>>())),
     })
 }
 
@@ -366,24 +419,26 @@ fn main() -> Result<()> {
     let nproc = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     common::remove_stale();
     println!("crust restore benchmark: nproc {nproc}, images on /dev/shm (tmpfs), dumped once, restored per round");
+    // The children of a killed tree come to us to be reaped (see
+    // `reap_orphans`); criu restore -d leaves the restored root to us too.
+    // SAFETY: plain prctl on this process.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("PR_SET_CHILD_SUBREAPER");
+    }
 
-    let cases: [(&str, &[&str], usize); 3] = [("test_mm", &[], 9), ("bigmem", &["256"], 9), ("bigmem", &["1024"], 9)];
+    let cases: [(&str, &[&str], usize); 4] =
+        [("test_mm", &[], 9), ("bigmem", &["256"], 9), ("bigmem", &["1024"], 9), ("prefork", &["256"], 9)];
     let mut counter = 0;
     let mut rows = Vec::new();
     for (name, args, rounds) in cases {
         if selected(name, args) {
-            rows.push(bench(name, args, rounds, &mut counter)?);
+            rows.push(bench(name, args, rounds, &mut counter, name == "prefork")?);
         }
     }
 
     let mut criu_rows = Vec::new();
     let criu_ok = criu_usable();
     if criu_ok {
-        // criu restore -d leaves the restored root to be reparented: to us.
-        // SAFETY: plain prctl on this process.
-        if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
-            return Err(std::io::Error::last_os_error()).context("PR_SET_CHILD_SUBREAPER");
-        }
         for (name, args, rounds) in cases {
             if selected(name, args) {
                 criu_rows.push(bench_criu(name, args, rounds, &mut counter)?);
@@ -429,6 +484,15 @@ fn main() -> Result<()> {
             bmax,
             rmin / bmin,
             noisy(&[r.restore_range, r.base_range])
+        );
+    }
+    for r in rows.iter().filter(|r| r.copies_ms.is_some()) {
+        let copies = r.copies_ms.unwrap_or_default();
+        println!(
+            "{}: restore with private copies {copies:.2} ms, keeping copy-on-write sharing {:.2} ms: copies/shared {:.2}",
+            r.name,
+            r.restore_ms,
+            copies / r.restore_ms
         );
     }
     println!();

@@ -58,6 +58,9 @@ enum Command {
         /// The largest deleted file carried in the images (bytes, or with K, M, G).
         #[arg(long = "ghost-limit", value_name = "SIZE", value_parser = parse_size)]
         ghost_limit: Option<u64>,
+        /// Save the tree's file locks (flock, POSIX, OFD); without it a lock stops the dump.
+        #[arg(long = "file-locks")]
+        file_locks: bool,
         /// Print the stats as JSON.
         #[arg(long)]
         json: bool,
@@ -205,42 +208,63 @@ pub fn print_dump_stats(s: &DumpStats, dir: &std::path::Path) {
 pub fn print_restore_stats(r: &Restored) {
     let s = &r.stats;
     println!(
-        "restored {} process(es), {} thread(s), root pid {}: {:.1} ms ({:.1} ms forking), {} pages",
+        "restored {} process(es), {} thread(s), root pid {}: {:.1} ms ({:.1} ms forking), {} pages written, {} kept shared",
         s.processes,
         s.threads,
         r.root,
         s.restore_time_us as f64 / 1e3,
         s.forking_time_us as f64 / 1e3,
         s.pages_restored,
+        s.pages_skipped_cow,
     );
 }
 
-/// Like criu without -d: wait for the restored root and exit as it did.
-/// A job dumped stopped (Ctrl-Z) comes back stopped. In the foreground of a
-/// terminal, crust (in the job's process group) stops with it, once its stop
-/// has taken effect, so that the shell shows a stopped job and `fg`
-/// continues both; anywhere else it says so and waits.
-fn stop_with_job(shell_job: bool, root: i32, sig: i32) -> Result<()> {
-    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+/// Whether crust runs in the foreground of the terminal on its stdin.
+fn in_terminal_foreground() -> bool {
     let stdin = std::io::stdin();
-    let foreground = nix::unistd::isatty(&stdin).unwrap_or(false)
-        && nix::unistd::tcgetpgrp(&stdin).ok() == Some(nix::unistd::getpgrp());
-    if !(shell_job && foreground) {
-        eprintln!("crust: the restored tree is stopped, as it was dumped; kill -CONT {root} continues it");
-        return Ok(());
-    }
+    nix::unistd::isatty(&stdin).unwrap_or(false) && nix::unistd::tcgetpgrp(&stdin).ok() == Some(nix::unistd::getpgrp())
+}
+
+/// A shell job restored in the foreground: crust waits for it as a shell
+/// waits for a job it runs in the foreground, and stands for it to the shell
+/// that started crust. The job has its own process group and the terminal's
+/// foreground, so Ctrl-C and Ctrl-Z reach it. When it stops, crust takes the
+/// terminal back and stops the same way, so that the shell shows a stopped
+/// job; `fg` (or `bg`) continues crust, which continues the job, giving it
+/// the terminal again if crust got it. crust ends as the job ends.
+fn wait_job_in_foreground(root: i32) -> Result<()> {
+    use nix::sys::signal::{killpg, raise, signal, SigHandler, Signal};
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    use nix::unistd::{getpgrp, tcgetpgrp, tcsetpgrp, Pid};
+    let stdin = std::io::stdin();
+    let root = Pid::from_raw(root);
+    let job = nix::unistd::getpgid(Some(root)).context("reading the job's process group")?;
+    // From the background, taking the terminal back would stop crust.
+    // SAFETY: SIG_IGN installs no handler of ours.
+    unsafe { signal(Signal::SIGTTOU, SigHandler::SigIgn) }.context("ignoring SIGTTOU")?;
+    let take_terminal = || tcsetpgrp(&stdin, getpgrp());
     loop {
-        match waitpid(nix::unistd::Pid::from_raw(root), Some(WaitPidFlag::WUNTRACED)).context("waiting for the job to stop")? {
-            WaitStatus::Stopped(..) => break,
-            WaitStatus::Exited(_, code) => std::process::exit(code),
-            WaitStatus::Signaled(_, sig, _) => std::process::exit(128 + sig as i32),
+        match waitpid(root, Some(WaitPidFlag::WUNTRACED)).context("waiting for the job")? {
+            WaitStatus::Stopped(_, sig) => {
+                take_terminal().context("taking the terminal back from the stopped job")?;
+                // The shell says "Stopped" for Ctrl-Z, "Stopped (signal)" for SIGSTOP.
+                raise(if sig == Signal::SIGTTOU { Signal::SIGTSTP } else { sig })?;
+                if tcgetpgrp(&stdin).ok() == Some(getpgrp()) {
+                    tcsetpgrp(&stdin, job).context("giving the job the terminal again")?;
+                }
+                killpg(job, Signal::SIGCONT).context("continuing the job")?;
+            }
+            WaitStatus::Exited(_, code) => {
+                let _ = take_terminal();
+                std::process::exit(code);
+            }
+            WaitStatus::Signaled(_, sig, _) => {
+                let _ = take_terminal();
+                std::process::exit(128 + sig as i32);
+            }
             _ => {}
         }
     }
-    // By the job's own stop signal: the shell says "Stopped" for Ctrl-Z.
-    let sig = nix::sys::signal::Signal::try_from(sig).unwrap_or(nix::sys::signal::Signal::SIGSTOP);
-    nix::sys::signal::raise(sig)?;
-    Ok(())
 }
 
 fn wait_root(pid: i32) -> Result<()> {
@@ -257,10 +281,20 @@ fn wait_root(pid: i32) -> Result<()> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Dump { pid, dir, leave_running, shell_job, cgroup_roots, freeze_cgroup, ghost_limit, json } => {
+        Command::Dump { pid, dir, leave_running, shell_job, cgroup_roots, freeze_cgroup, ghost_limit, file_locks, json } => {
             let bar = progress::Bar::on_stderr(json);
             let progress = bar.progress();
-            let opts = DumpOptions { pid, dir: dir.clone(), leave_running, shell_job, cgroup_roots, freeze_cgroup, ghost_limit, progress };
+            let opts = DumpOptions {
+                pid,
+                dir: dir.clone(),
+                leave_running,
+                shell_job,
+                cgroup_roots,
+                freeze_cgroup,
+                ghost_limit,
+                file_locks,
+                progress,
+            };
             let stats = guard::in_child(|| bar.around(|| Ok(dump(&opts)?))).with_context(|| format!("dump of process {pid} failed"))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&stats)?);
@@ -273,10 +307,12 @@ fn run(cli: Cli) -> Result<()> {
             let opts = RestoreOptions {
                 dir: dir.clone(),
                 shell_job,
+                job_control: shell_job && !detach && in_terminal_foreground(),
                 pid_wait: Duration::from_secs_f64(pid_wait.max(0.0)),
                 manage_cgroups,
                 cgroup_roots,
                 progress: bar.progress(),
+                private_copies: false,
             };
             let restored = bar.around(|| restore(&opts)).with_context(|| format!("restore from {} failed", dir.display()))?;
             // As criu does, the numbers stay beside the images; the tree runs
@@ -296,8 +332,11 @@ fn run(cli: Cli) -> Result<()> {
                 print_restore_stats(&restored);
             }
             if !detach {
-                if let Some(sig) = restored.stats.stop_signal {
-                    stop_with_job(shell_job, restored.root, sig)?;
+                if opts.job_control {
+                    return wait_job_in_foreground(restored.root);
+                }
+                if restored.stats.stop_signal.is_some() {
+                    eprintln!("crust: the restored tree is stopped, as it was dumped; kill -CONT {} continues it", restored.root);
                 }
                 return wait_root(restored.root);
             }

@@ -5,7 +5,7 @@
 //!
 //! Seeds are real dumps of the bundled workloads (threads, a process tree with
 //! a deleted file, pipes with data, unix sockets with queues, eventfd, signalfd,
-//! timerfds and epoll, shared memory, zombies, signal state), made with the
+//! timerfds and epoll, shared memory, zombies, signal state, file locks), made with the
 //! crust binary into a tmpfs directory. Each case hard-links one seed into a
 //! fresh directory and rewrites a few of its files with mutations: bit flips,
 //! bytes and entry lengths set to edge values, protobuf fields (found by
@@ -29,7 +29,7 @@
 //!                         addresses differ between runs, so a kept directory is
 //!                         the exact reproducer)
 //!   CRUST_FUZZ_ONLY=a,b   only these workloads as seeds (of test_mm, family, sockets,
-//!                         anonfds, sharedmem, orphans, sigstate)
+//!                         anonfds, sharedmem, orphans, sigstate, locks)
 //!   CRUST_FUZZ_REPLAY=DIR run the readers on one directory (a kept case) and print the outcome
 //!
 //! Run longer with
@@ -919,15 +919,23 @@ fn dump_seed(name: &str, dir: &Path, scratch: &Path) -> bool {
             common::write_pattern_file(&file, 8192, 3);
             vec![file.as_os_str()]
         }
+        // locks makes its locked files in a directory of its own.
+        "locks" => {
+            std::fs::create_dir_all(&file).unwrap();
+            vec![file.as_os_str()]
+        }
         _ => vec![],
     };
+    let extra: &[&str] = if name == "locks" { &["--file-locks"] } else { &[] };
     let mut w = Workload::spawn(name, &args);
     w.ready();
     // The file goes: family holds it deleted, and the dump carries it as a ghost file.
-    let _ = std::fs::remove_file(&file);
+    if name == "family" {
+        let _ = std::fs::remove_file(&file);
+    }
     std::thread::sleep(Duration::from_millis(300));
     let pid = w.pid.to_string();
-    let out = crust(&dump_args(&pid, dir, &[]), Duration::from_secs(60));
+    let out = crust(&dump_args(&pid, dir, extra), Duration::from_secs(60));
     if !out.status.success() {
         say(&format!("fuzz: no seed from {name}: {}", String::from_utf8_lossy(&out.stderr).trim()));
         return false;
@@ -935,7 +943,7 @@ fn dump_seed(name: &str, dir: &Path, scratch: &Path) -> bool {
     true
 }
 
-const WORKLOADS: &[&str] = &["test_mm", "family", "sockets", "anonfds", "sharedmem", "orphans", "sigstate"];
+const WORKLOADS: &[&str] = &["test_mm", "family", "sockets", "anonfds", "sharedmem", "orphans", "sigstate", "locks"];
 
 /// Keep a case that failed, with what was done to it.
 fn keep(dir: &Path, label: &str, info: &str) -> PathBuf {

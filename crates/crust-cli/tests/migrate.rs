@@ -391,6 +391,34 @@ fn shared_memory_of_a_parent_and_child_moves_over_tcp_still_shared() {
 }
 
 #[test]
+fn a_pre_forking_tree_moves_over_ssh_with_its_memory_still_shared() {
+    let hosts = Hosts::new("migrate-prefork");
+    let sshd = hosts.start_sshd();
+    let out = hosts.tmp().join("prefork.out");
+    let job = start(&hosts.a, "prefork", &["64"], &out);
+    let pid = job.host_pid();
+    let ready = wait_line(&out, |l| l.starts_with("READY"));
+    let host_pids: Vec<i32> = std::iter::once(pid).chain(common::field_list(&ready, "children").into_iter().map(|p| p as i32)).collect();
+    let untouched = common::field_list(&ready, "untouched")[0];
+    let in_a: Vec<i32> = host_pids.iter().map(|&p| running_in(&hosts.a, p)).collect();
+    let before = common::tree_memory(&in_a);
+    let stats = migrate_ok(&hosts.a, pid, &sshd.url(), None, &hosts.tmp().join("stats"));
+    let in_b: Vec<i32> = host_pids.iter().map(|&p| running_in(&hosts.b, p)).collect();
+    let after = common::tree_memory(&in_b);
+    assert!(common::within(after.0, before.0, 10), "Pss total {} KiB in B, {} KiB in A", after.0, before.0);
+    let frame = common::page_frame(in_b[0], untouched);
+    for &c in &in_b[1..] {
+        assert_eq!(common::page_frame(c, untouched), frame, "the page no one wrote is one page in B");
+    }
+    let skipped = stats["remote"]["stats"]["pages_skipped_cow"].as_u64().unwrap();
+    assert!(skipped >= 4 * (16384 - 20), "the workers' heaps stay shared: {stats}");
+    // SAFETY: our migrated process.
+    unsafe { libc::kill(in_b[0], libc::SIGUSR1) };
+    let verdict = wait_line(&out, |l| l == "OK" || l.starts_with("FAIL"));
+    assert_eq!(verdict, "OK", "every worker's heap after the move");
+}
+
+#[test]
 fn stats_are_written_only_where_dash_d_says() {
     let hosts = Hosts::new("migrate-stats");
     let key = key_file(hosts.tmp(), "key", 0x77);

@@ -191,14 +191,14 @@ fn scheduling_policy_nice_oom_score_adj_and_subreaper_survive_restore() {
     }
 }
 
-/// Each anonymous mapping of `pid` with its madvise VmFlags (hg, nh, dd).
+/// Each anonymous mapping of `pid` with its madvise and mlock VmFlags.
 fn vm_flags(pid: i32) -> Vec<String> {
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
     let mut out = Vec::new();
     let mut range = String::new();
     for line in smaps.lines() {
         if let Some(flags) = line.strip_prefix("VmFlags:") {
-            let advised: Vec<&str> = flags.split_whitespace().filter(|f| ["hg", "nh", "dd"].contains(f)).collect();
+            let advised: Vec<&str> = flags.split_whitespace().filter(|f| ["hg", "nh", "dd", "dc", "wf", "mg", "sr", "rr", "lo"].contains(f)).collect();
             if !range.contains('[') && !range.contains('/') {
                 out.push(format!("{range} {}", advised.join(" ")));
             }
@@ -210,12 +210,24 @@ fn vm_flags(pid: i32) -> Vec<String> {
 }
 
 #[test]
-fn madvise_hugepage_nohugepage_and_dontdump_survive_restore() {
-    for mode in ["hugepage", "nohugepage", "dontdump"] {
+fn madvise_advice_and_mlock_survive_restore() {
+    let modes = [
+        ("hugepage", "hg"),
+        ("nohugepage", "nh"),
+        ("dontdump", "dd"),
+        ("dontfork", "dc"),
+        ("wipeonfork", "wf"),
+        ("mergeable", "mg"),
+        ("sequential", "sr"),
+        ("random", "rr"),
+        ("mlock", "lo"),
+    ];
+    for (mode, flag) in modes {
         let dir = TempDir::new(&format!("restore-madvise-{mode}"));
         let mut job = Job::start("unusual", &[mode], dir.path());
         job.ready();
         let before = vm_flags(job.pid);
+        assert!(before.iter().any(|m| m.split_whitespace().any(|f| f == flag)), "{mode}: no mapping with {flag}: {before:?}");
         dump_and_restore(&mut job, &dir.join("images"));
         assert_eq!(vm_flags(job.pid), before, "{mode}: mappings and their VmFlags");
         job.expect_ok();
@@ -337,11 +349,27 @@ fn a_deleted_executable_and_a_deleted_mapped_file_come_back_deleted_with_their_c
 }
 
 #[test]
-fn a_deleted_open_file_comes_back_at_its_offset() {
+fn a_deleted_open_file_comes_back_at_its_offset_sparse_and_with_its_times() {
+    use std::os::unix::fs::{FileExt, MetadataExt};
     let dir = TempDir::new("restore-deleted-fd");
     let (mut job, file, _child) = start_family(&dir, 4);
+    // A hole of 8 MiB between family's pattern and a tail, and times of its own.
+    let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+    f.write_all_at(b"tail", 20_000 + (8 << 20)).unwrap();
+    let when = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::new(1_000_000_000, 123_456_000);
+    f.set_times(std::fs::FileTimes::new().set_accessed(when).set_modified(when)).unwrap();
+    drop(f);
     std::fs::remove_file(&file).unwrap();
+    let held = format!("/proc/{}/fd/3", job.pid);
+    let blocks = std::fs::metadata(&held).unwrap().blocks();
     dump_and_restore(&mut job, &dir.join("images"));
+    let meta = std::fs::metadata(&held).unwrap();
+    assert_eq!(meta.len(), 20_004 + (8 << 20), "size of the deleted file");
+    assert!(meta.blocks() <= blocks + 8, "the hole is a hole again: {} blocks of 512 bytes, {blocks} before", meta.blocks());
+    assert_eq!((meta.mtime(), meta.mtime_nsec(), meta.atime(), meta.atime_nsec()), (1_000_000_000, 123_456_000, 1_000_000_000, 123_456_000));
+    let mut tail = [0; 4];
+    std::fs::File::open(&held).unwrap().read_exact_at(&mut tail, 20_000 + (8 << 20)).unwrap();
+    assert_eq!(&tail, b"tail");
     let link = std::fs::read_link(format!("/proc/{}/fd/3", job.pid)).unwrap().to_string_lossy().into_owned();
     assert!(link.starts_with(&format!("{}/#", dir.path().display())) && link.ends_with(" (deleted)"), "{link}");
     let pos = std::fs::read_to_string(format!("/proc/{}/fdinfo/3", job.pid)).unwrap();
@@ -857,5 +885,39 @@ fn pidfds_point_to_the_restored_processes() {
     let images = dir.join("images");
     dump_and_restore(&mut job, &images);
     assert_eq!(common::proc_stat(child).map(|s| s.ppid), Some(job.pid), "the child is back");
+    job.expect_ok();
+}
+
+#[test]
+fn a_removed_working_directory_comes_back_removed() {
+    let dir = TempDir::new("restore-removed-cwd");
+    let gone = dir.join("cwd");
+    let mut job = Job::start("removedcwd", &[gone.to_str().unwrap()], dir.path());
+    job.ready();
+    dump_and_restore(&mut job, &dir.join("images"));
+    let cwd = std::fs::read_link(format!("/proc/{}/cwd", job.pid)).unwrap().to_string_lossy().into_owned();
+    assert!(cwd.starts_with(&format!("{}/", dir.path().display())) && cwd.ends_with(" (deleted)"), "{cwd}");
+    let left: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(left.iter().all(|n| n == "images" || n.ends_with(".out")), "nothing made by the restore is left: {left:?}");
+    job.expect_ok();
+}
+
+/// kcmp(2) of two processes' `kind` (KCMP_FILES 2, KCMP_FS 3): the same object?
+fn kcmp_same(pid1: i32, pid2: i32, kind: i32) -> bool {
+    // SAFETY: kcmp compares kernel objects and writes no memory.
+    unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, kind, 0, 0) == 0 }
+}
+
+#[test]
+fn an_fd_table_and_fs_state_shared_with_the_parent_are_shared_again() {
+    let dir = TempDir::new("restore-sharing");
+    let mut job = Job::start("sharing", &[], dir.path());
+    let child = ready_field(&job.ready(), "child");
+    assert!(kcmp_same(job.pid, child, 2) && kcmp_same(job.pid, child, 3), "the workload shares");
+    let images = dir.join("images");
+    dump_and_restore(&mut job, &images);
+    assert!(!images.join(format!("fdinfo-{}.img", 2)).exists(), "one fd table, saved once");
+    assert!(kcmp_same(job.pid, child, 2), "the fd table is shared again");
+    assert!(kcmp_same(job.pid, child, 3), "the fs state is shared again");
     job.expect_ok();
 }

@@ -229,7 +229,7 @@ fn job_moves_to_another_terminal_with_output_job_control_and_settings() {
     let mark_a = a.text().len();
     let next = b.next_count("t1");
     assert_eq!(next, first + 1);
-    assert_eq!(b.winsize(), (33, 91), "the job's window size is applied to the new terminal");
+    assert_eq!(b.winsize(), (24, 80), "the new terminal keeps its window size");
     let termios = nix::sys::termios::tcgetattr(&b.master).unwrap();
     assert!(!termios.local_flags.contains(nix::sys::termios::LocalFlags::ECHOCTL), "the job's termios is applied");
     assert_eq!(proc_stat(pid).map(|s| s.session), Some(b.bash.id() as i32), "the job is in the new terminal's session");
@@ -435,4 +435,89 @@ fn dev_tty_is_reopened_as_the_restoring_terminal() {
     b.expect("OK");
     assert!(!a.text().contains("via /dev/tty"), "nothing on the old terminal");
     assert!(gone(pid));
+}
+
+/// vim bounds regex matching for 'hlsearch' and 'incsearch' with a POSIX
+/// timer (made at its first search, then re-armed for each): restored
+/// without it, every search shows E1286 (could not set timeout) or E1285.
+#[test]
+fn vim_with_a_posix_timer_searches_and_substitutes_after_a_restore() {
+    let dir = TempDir::new("shell-job-vim");
+    let images = dir.join("images");
+    let file = dir.join("text");
+    std::fs::write(&file, "one foo two\nthree foo four\nfive six\n").unwrap();
+    let mut a = Terminal::open(24, 80);
+    a.type_line(&format!(
+        "TERM=xterm vim -u NONE -N -n -i NONE -c 'set hlsearch incsearch redrawtime=2000' {}",
+        file.display()
+    ));
+    let pid = find(a.bash.id() as i32, "vim");
+    a.expect("five six");
+    a.type_line("/foo");
+    a.type_line(":echo 'before-' . 41");
+    a.expect("before-41");
+    let timers = std::fs::read_to_string(format!("/proc/{pid}/timers")).unwrap();
+    assert!(timers.contains("ID:"), "vim has a POSIX timer after a search: {timers:?}");
+
+    dump_job(pid, &images);
+    assert!(gone(pid), "the dump ends vim");
+
+    let mut b = Terminal::open(24, 80);
+    b.type_line(&format!("{CRUST} restore --shell-job -D {}", images.display()));
+    let restored = poll(WAIT, Duration::from_millis(10), || (state(pid).is_some_and(|s| s != 'Z')).then_some(()));
+    assert!(restored.is_some(), "vim is back");
+    let mark = b.text().len();
+    b.key(0x0c);
+    b.type_line("/foo");
+    b.type_line("n");
+    b.type_line(":%s/foo/bar/g");
+    b.type_line("/bar");
+    b.type_line(":echo 'after-' . (line('$') + 39) . '-' . getline(2)");
+    b.expect("after-42-three bar four");
+    std::thread::sleep(Duration::from_millis(300));
+    let screen = &b.text()[mark..];
+    for e in ["E1285", "E1286", "E1287"] {
+        assert!(!screen.contains(e), "vim shows {e} after the restore: {screen:?}");
+    }
+    b.type_line(":q!");
+    assert!(gone(pid), ":q! ends the restored vim");
+}
+
+/// `n COUNT` of winsize.
+fn numbered_n(line: &str) -> Option<i64> {
+    line.trim_end_matches('\r').strip_prefix("n ")?.parse().ok()
+}
+
+#[test]
+fn a_foreground_job_gets_its_own_group_the_terminal_ctrl_c_and_the_new_window_size() {
+    let dir = TempDir::new("shell-job-winch");
+    let images = dir.join("images");
+    let mut a = Terminal::open(50, 150);
+    a.type_line(&workload_path("winsize").display().to_string());
+    a.expect("size 50x150");
+    let pid = find(a.bash.id() as i32, "winsize");
+    a.next_counted("a count", numbered_n);
+    dump_job(pid, &images);
+    assert!(gone(pid), "the dump ends the job");
+    let last = a.last_counted("the job", Duration::from_millis(200), numbered_n);
+
+    let mut b = Terminal::open(20, 74);
+    b.type_line(&format!("{CRUST} restore --shell-job -D {}", images.display()));
+    // SIGWINCH: the program asks the terminal, which kept its own size.
+    b.expect("size 20x74");
+    assert_eq!(b.winsize(), (20, 74), "the new terminal keeps its window size");
+    assert!(b.next_counted("a count", numbered_n) > last, "the program counts on");
+    let crust_pid = find(b.bash.id() as i32, "crust");
+    let (job, crust_group) = (proc_stat(pid).expect("the job").pgrp, proc_stat(crust_pid).expect("crust").pgrp);
+    assert_eq!(job, pid, "the job leads a process group of its own");
+    assert_ne!(job, crust_group, "the job is not in crust's process group");
+    let foreground = nix::unistd::tcgetpgrp(&b.master).expect("tcgetpgrp").as_raw();
+    assert_eq!(foreground, job, "the job is the terminal's foreground group");
+
+    // Ctrl-C reaches the program, not crust; crust then ends as it did.
+    b.key(0x03);
+    assert!(gone(pid), "Ctrl-C ends the restored program");
+    assert!(gone(crust_pid), "crust ends with the job");
+    b.type_line("echo status=$?");
+    b.expect("status=130");
 }

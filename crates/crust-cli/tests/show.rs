@@ -1,6 +1,6 @@
 //! `crust show` against the reference decoder: an image of every kind crit
 //! handles, made by `crit encode` with every field crit's schema has set (most
-//! of which crust never writes: posix timers, other architectures' registers,
+//! of which crust never writes: other architectures' registers,
 //! inet and netlink sockets, TCP streams, mounts, network devices, SysV IPC,
 //! fsnotify marks, madvise bits...) must come out of `crust show` with every
 //! field `crit decode` prints, at every depth, and the same values (numbers,

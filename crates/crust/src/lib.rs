@@ -13,6 +13,7 @@ pub mod images;
 pub mod mem;
 pub mod migrate;
 pub mod proc;
+pub mod ranges;
 pub mod progress;
 pub mod show;
 pub mod state;

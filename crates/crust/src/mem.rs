@@ -39,13 +39,16 @@ pub struct Vma {
     pub end: u64,
     pub pgoff: u64,
     pub prot: u32,
-    /// mmap flags: MAP_PRIVATE/MAP_SHARED, MAP_ANONYMOUS, MAP_GROWSDOWN.
+    /// mmap flags: MAP_PRIVATE/MAP_SHARED, MAP_ANONYMOUS, MAP_GROWSDOWN, MAP_LOCKED (mlock).
     pub flags: u32,
     pub status: u32,
     pub backing: Backing,
     /// madvise advice to give it again, as CRIU's vma_entry holds it: bit
     /// `1 << MADV_x` for each (see [`crate::state::inventory::MADVISED`]).
     pub madv: u64,
+    /// It may be made writable (VmFlag `mw`): for a shared file mapping,
+    /// its file was opened for writing.
+    pub may_write: bool,
 }
 
 impl Vma {
@@ -78,8 +81,11 @@ pub fn read_layout(pid: i32) -> Result<Vec<Vma>> {
 }
 
 fn vmas(pid: i32, strict: bool) -> Result<Vec<Vma>> {
-    let text = std::fs::read(format!("/proc/{pid}/smaps")).ctx(|| format!("reading /proc/{pid}/smaps"))?;
-    let maps = MemoryMaps::from_buf_read(&text[..]).map_err(|e| Error::io_other(format!("reading /proc/{pid}/smaps"), e))?;
+    // A layout needs no VmFlags: /proc/PID/maps, which the kernel writes
+    // without walking the page tables (smaps counts every page).
+    let path = format!("/proc/{pid}/{}", if strict { "smaps" } else { "maps" });
+    let text = std::fs::read(&path).ctx(|| format!("reading {path}"))?;
+    let maps = MemoryMaps::from_buf_read(&text[..]).map_err(|e| Error::io_other(format!("reading {path}"), e))?;
     let raw = if strict { raw_vm_flags(&text) } else { Vec::new() };
     let mut out = Vec::new();
     for (i, m) in maps.into_iter().enumerate() {
@@ -161,6 +167,7 @@ fn vmas(pid: i32, strict: bool) -> Result<Vec<Vma>> {
             _ => Backing::Anon,
         };
         let mut madv = 0;
+        let mut locked = false;
         if strict && !matches!(backing, Backing::Vdso | Backing::Vvar | Backing::Vsyscall) {
             if let Some((flags, pkey)) = raw.get(i) {
                 check_vm_flags(pid, m.address, flags, *pkey)?;
@@ -169,9 +176,16 @@ fn vmas(pid: i32, strict: bool) -> Result<Vec<Vma>> {
                         madv |= 1u64 << advice;
                     }
                 }
+                if flags.iter().any(|f| f == "lo") {
+                    locked = true;
+                }
             }
         }
-        out.push(Vma { start: m.address.0, end: m.address.1, pgoff: m.offset, prot, flags, status, backing, madv });
+        if locked {
+            flags |= libc::MAP_LOCKED as u32;
+        }
+        let may_write = m.extension.vm_flags.contains(VmFlags::MW);
+        out.push(Vma { start: m.address.0, end: m.address.1, pgoff: m.offset, prot, flags, status, backing, madv, may_write });
     }
     Ok(out)
 }
@@ -241,13 +255,35 @@ pub struct PageRun {
     pub nr_pages: u64,
 }
 
+/// The pages of a process to save (see [`private_page_runs`]).
+pub struct SavedPages {
+    pub runs: Vec<PageRun>,
+    /// The physical frame of each page of `runs`, in order (0 where unknown:
+    /// swapped out, or frames hidden from a dumper without CAP_SYS_ADMIN).
+    pub frames: Vec<u64>,
+    /// Pages of the private vmas looked at.
+    pub scanned: u64,
+    /// How many pages come before each run.
+    before: Vec<u64>,
+}
+
+impl SavedPages {
+    /// The frame of the saved page at `vaddr`, if it is saved and known.
+    pub fn frame_at(&self, vaddr: u64) -> Option<u64> {
+        let i = self.runs.partition_point(|r| r.vaddr + r.nr_pages * PAGE_SIZE <= vaddr);
+        let r = self.runs.get(i).filter(|r| r.vaddr <= vaddr)?;
+        self.frames.get((self.before[i] + (vaddr - r.vaddr) / PAGE_SIZE) as usize).copied().filter(|&f| f != 0)
+    }
+}
+
 /// Which pages of the private vmas hold contents of their own: anonymous pages
 /// that were ever touched (present or swapped), and copied-on-write pages of
 /// private file mappings. Untouched pages and pages still shared with the file
 /// are left out: a restore gets them from the file or as zero pages.
-pub fn private_page_runs(pid: i32, vmas: &[Vma]) -> Result<(Vec<PageRun>, u64)> {
+pub fn private_page_runs(pid: i32, vmas: &[Vma]) -> Result<SavedPages> {
     let pagemap = File::open(format!("/proc/{pid}/pagemap")).ctx(|| format!("opening /proc/{pid}/pagemap"))?;
     let mut runs: Vec<PageRun> = Vec::new();
+    let mut frames = Vec::new();
     let mut scanned = 0u64;
     let mut buf = Vec::new();
     // At most this many pagemap entries at once, whatever the size of a vma.
@@ -265,15 +301,16 @@ pub fn private_page_runs(pid: i32, vmas: &[Vma]) -> Result<(Vec<PageRun>, u64)> 
                 .ctx(|| format!("reading /proc/{pid}/pagemap"))?;
             for (i, e) in buf.chunks_exact(8).enumerate() {
                 // procfs reads the entry; crust reads the file itself, in big batches.
-                let own = match PageInfo::parse_info(u64::from_le_bytes(e.try_into().expect("chunks of 8"))) {
-                    PageInfo::SwapPage(_) => true,
+                let (own, frame) = match PageInfo::parse_info(u64::from_le_bytes(e.try_into().expect("chunks of 8"))) {
+                    PageInfo::SwapPage(_) => (true, 0),
                     PageInfo::MemoryPage(f) => {
-                        f.contains(MemoryPageFlags::PRESENT) && !(is_file && f.contains(MemoryPageFlags::FILE))
+                        (f.contains(MemoryPageFlags::PRESENT) && !(is_file && f.contains(MemoryPageFlags::FILE)), f.get_page_frame_number().0)
                     }
                 };
                 if !own {
                     continue;
                 }
+                frames.push(frame);
                 let vaddr = vma.start + (first + i as u64) * PAGE_SIZE;
                 match runs.last_mut() {
                     Some(r) if r.vaddr + r.nr_pages * PAGE_SIZE == vaddr && r.nr_pages < u32::MAX as u64 => r.nr_pages += 1,
@@ -283,7 +320,8 @@ pub fn private_page_runs(pid: i32, vmas: &[Vma]) -> Result<(Vec<PageRun>, u64)> 
             first += n;
         }
     }
-    Ok((runs, scanned))
+    let before = runs.iter().scan(0, |n, r| Some(std::mem::replace(n, *n + r.nr_pages))).collect();
+    Ok(SavedPages { runs, frames, scanned, before })
 }
 
 /// Reads page contents out of a stopped task: process_vm_readv where the pages
@@ -297,6 +335,18 @@ impl PageReader {
     pub fn new(pid: i32) -> Result<PageReader> {
         let mem = File::open(format!("/proc/{pid}/mem")).ctx(|| format!("opening memory of process {pid}"))?;
         Ok(PageReader { pid, mem })
+    }
+
+    /// Read pages at `vaddr`; through /proc/PID/mem where `shared` (pages
+    /// the task shares copy-on-write with another process): process_vm_readv
+    /// pins the pages it reads, and the kernel gives a task its own copy of a
+    /// shared anonymous page before pinning it, which would undo the sharing
+    /// in the tree left running; /proc/PID/mem only takes a reference.
+    pub fn read_pages(&self, vaddr: u64, buf: &mut [u8], shared: bool) -> Result<()> {
+        if shared {
+            return self.mem.read_exact_at(buf, vaddr).ctx(|| format!("reading memory of process {} at {vaddr:#x}", self.pid));
+        }
+        self.read(vaddr, buf)
     }
 
     pub fn read(&self, vaddr: u64, buf: &mut [u8]) -> Result<()> {

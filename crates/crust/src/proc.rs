@@ -152,3 +152,9 @@ pub fn sched(tid: i32) -> (u32, u32) {
     let prio = stat(tid, tid).ok().and_then(|s| s.rt_priority).unwrap_or(0);
     (sched_policy(tid), prio)
 }
+
+/// "process PID (comm)", as refusals name a process.
+pub fn who(pid: i32) -> String {
+    let comm = read_string(&format!("/proc/{pid}/comm")).unwrap_or_default();
+    format!("process {pid} ({})", comm.trim())
+}

@@ -51,9 +51,6 @@ impl Task {
     /// inside the task as `pages_fd`, telling `progress` the bytes of each
     /// read. Returns the number of pages.
     pub fn fill_pages(&self, pagemap: &[PagemapEntry], pages_fd: u64, progress: &mut dyn FnMut(u64)) -> Result<u64> {
-        // pread moves a little under 2 GiB at most (MAX_RW_COUNT); reads of 64 MiB
-        // let progress be told often, at a cost of one injected call each.
-        const STEP: u64 = 64 << 20;
         let mut offset = 0u64;
         let mut pages = 0u64;
         for e in pagemap {
@@ -62,21 +59,31 @@ impl Task {
             if e.vaddr.checked_add(len).is_none() || offset.checked_add(len).is_none() {
                 return Err(Error::image("pagemap", format!("a run of {} pages at {:#x} reaches beyond 2^64", e.nr_pages, e.vaddr)));
             }
-            let mut done = 0;
-            while done < len {
-                let n = (len - done).min(STEP);
-                let got = self.call("pread of saved pages", libc::SYS_pread64, [pages_fd, e.vaddr + done, n, offset + done, 0, 0])?;
-                if got != n {
-                    let what = format!("short read of saved pages at {:#x}: {got} of {n} bytes", e.vaddr + done);
-                    return Err(Error::image("pages image", what));
-                }
-                done += n;
-                progress(n);
-            }
+            self.fill_run(pages_fd, e.vaddr, len, offset, progress)?;
             offset += len;
             pages += e.nr_pages as u64;
         }
         Ok(pages)
+    }
+
+    /// Read `len` bytes of saved pages at `offset` of the pages image (open in
+    /// the task as `pages_fd`) to `vaddr`, with pread.
+    pub fn fill_run(&self, pages_fd: u64, vaddr: u64, len: u64, offset: u64, progress: &mut dyn FnMut(u64)) -> Result<()> {
+        // pread moves a little under 2 GiB at most (MAX_RW_COUNT); reads of 64 MiB
+        // let progress be told often, at a cost of one injected call each.
+        const STEP: u64 = 64 << 20;
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(STEP);
+            let got = self.call("pread of saved pages", libc::SYS_pread64, [pages_fd, vaddr + done, n, offset + done, 0, 0])?;
+            if got != n {
+                let what = format!("short read of saved pages at {:#x}: {got} of {n} bytes", vaddr + done);
+                return Err(Error::image("pages image", what));
+            }
+            done += n;
+            progress(n);
+        }
+        Ok(())
     }
 
     pub fn gadget(&self) -> u64 {

@@ -553,6 +553,47 @@ pub fn proc_maps(pid: i32) -> Vec<MapLine> {
         .collect()
 }
 
+/// Pss and Rss of processes `pids` together, in KiB (smaps_rollup).
+pub fn tree_memory(pids: &[i32]) -> (u64, u64) {
+    let (mut pss, mut rss) = (0, 0);
+    for pid in pids {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_else(|e| panic!("smaps_rollup of {pid}: {e}"));
+        let field = |name: &str| -> u64 {
+            let line = text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} for {pid}: {text}"));
+            line.split_whitespace().nth(1).unwrap().parse().unwrap()
+        };
+        pss += field("Pss:");
+        rss += field("Rss:");
+    }
+    (pss, rss)
+}
+
+/// The physical frame of the present page at `addr` in `pid` (pagemap shows
+/// frames to root).
+pub fn page_frame(pid: i32, addr: u64) -> u64 {
+    use std::os::unix::fs::FileExt;
+    let pagemap = std::fs::File::open(format!("/proc/{pid}/pagemap")).unwrap_or_else(|e| panic!("pagemap of {pid}: {e}"));
+    let mut e = [0u8; 8];
+    pagemap.read_exact_at(&mut e, addr / 4096 * 8).unwrap();
+    let e = u64::from_le_bytes(e);
+    assert!(e & (1 << 63) != 0, "page {addr:#x} of {pid} is present");
+    let pfn = e & ((1 << 55) - 1);
+    assert!(pfn != 0, "pagemap shows frames to root");
+    pfn
+}
+
+/// The numbers after `key=` in a line (`children=1,2,3`).
+pub fn field_list(line: &str, key: &str) -> Vec<u64> {
+    let prefix = format!("{key}=");
+    let v = line.split_whitespace().find_map(|w| w.strip_prefix(prefix.as_str())).unwrap_or_else(|| panic!("no {prefix} in {line:?}"));
+    v.split(',').map(|n| n.parse().unwrap_or_else(|e| panic!("{prefix}{v}: {e}"))).collect()
+}
+
+/// Whether `after` is within `percent` % of `before`.
+pub fn within(after: u64, before: u64, percent: u64) -> bool {
+    after.abs_diff(before) * 100 <= before * percent
+}
+
 pub fn proc_tasks(pid: i32) -> BTreeSet<i32> {
     std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap_or_else(|e| panic!("/proc/{pid}/task: {e}"))

@@ -24,8 +24,23 @@ pub struct ProcState {
 
 impl ProcState {
     /// A snapshot of the tree of `root` (its processes found through the
-    /// children of each of their threads).
+    /// children of each of their threads), once it has settled: the same in
+    /// two reads 20 ms apart (a thread being started has every signal
+    /// blocked for a moment), or the last of 25 reads.
     pub fn of_tree(root: i32) -> ProcState {
+        let mut last = ProcState::read(root);
+        for _ in 0..25 {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            let now = ProcState::read(root);
+            if now.entries == last.entries {
+                break;
+            }
+            last = now;
+        }
+        last
+    }
+
+    fn read(root: i32) -> ProcState {
         let mut s = Snapshot { entries: BTreeMap::new(), objects: HashMap::new() };
         for pid in tree_pids(root) {
             s.process(pid);
@@ -200,11 +215,15 @@ impl Snapshot {
     /// deleted and anonymous shared ones by order) and its VmFlags.
     fn maps(&mut self, pid: i32) {
         let Ok(smaps) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else { return };
-        let mut current = None;
+        let mut current: Option<(String, String)> = None;
         for line in smaps.lines() {
             let words: Vec<&str> = line.split_whitespace().collect();
             if let Some(flags) = line.strip_prefix("VmFlags:") {
                 if let Some((range, desc)) = current.take() {
+                    let written = desc.starts_with("rw") && desc[..4].ends_with('s');
+                    if let Some(mtime) = file_mtime(&format!("/proc/{pid}/map_files/{range}")).filter(|_| !written) {
+                        self.put(format!("{pid} map {range} mtime"), mtime);
+                    }
                     let flags: Vec<&str> = flags.split_whitespace().collect();
                     self.put(format!("{pid} map {range}"), format!("{desc} [{}]", flags.join(" ")));
                 }
@@ -228,6 +247,14 @@ impl Snapshot {
         for &fd in &fds {
             let target = self.link(&format!("/proc/{pid}/fd/{fd}"));
             self.put(format!("{pid} fd {fd}"), target);
+            // Files the tree may write change their times themselves.
+            let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
+            let flags = info.lines().find_map(|l| l.strip_prefix("flags:")).and_then(|f| u64::from_str_radix(f.trim(), 8).ok());
+            if flags.is_some_and(|f| f & libc::O_ACCMODE as u64 == libc::O_RDONLY as u64) {
+                if let Some(mtime) = file_mtime(&format!("/proc/{pid}/fd/{fd}")) {
+                    self.put(format!("{pid} fd {fd} mtime"), mtime);
+                }
+            }
         }
         for fd in fds {
             let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
@@ -299,4 +326,21 @@ fn stat_fields(stat: &str) -> Vec<String> {
     let mut out = vec![stat[..open].trim().to_string(), stat[open + 1..close].to_string()];
     out.extend(stat[close + 1..].split_whitespace().map(str::to_string));
     out
+}
+
+/// The modification time of a regular file an fd or mapping refers to (a
+/// restore must not touch the files it reopens); None for other objects
+/// and for files of proc and sysfs, whose times are the time of reading.
+fn file_mtime(path: &str) -> Option<String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    // Anonymous pipes are made at the restore, their times with them; CRIU's
+    // images keep no times of theirs.
+    let target = std::fs::read_link(path).ok().filter(|t| t.starts_with("/"))?;
+    if target.starts_with("/proc") || target.starts_with("/sys") || target.starts_with("/dev") {
+        return None;
+    }
+    let meta = std::fs::metadata(path).ok()?;
+    // To the microsecond: CRIU's images keep a deleted file's times so.
+    let kind = meta.file_type();
+    (kind.is_file() || kind.is_fifo()).then(|| format!("{}.{:06}", meta.mtime(), meta.mtime_nsec() / 1000))
 }

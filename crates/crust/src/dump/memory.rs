@@ -13,6 +13,7 @@ use crate::images::Kind;
 use crate::mem::{self, Backing, PageReader, Vma};
 use crate::proc;
 use crate::progress::{Phase, Progress};
+use crate::ranges::split;
 use crate::shmem::SharedMemory;
 
 impl TreeDump {
@@ -49,18 +50,18 @@ impl TreeDump {
     /// pagemap-PID.img: the runs of saved pages; their contents
     /// (pages-N.img) are written once every process's are known.
     fn pages(&mut self, pid: i32, pages_id: u32, vmas: &[Vma]) -> Result<()> {
-        let (runs, scanned) = mem::private_page_runs(pid, vmas)?;
-        self.stats.pages_scanned += scanned;
+        let saved = mem::private_page_runs(pid, vmas)?;
+        self.stats.pages_scanned += saved.scanned;
         // The pagemap first, whole, then the pages: images are written one at a
         // time (a streamed dump cannot interleave them).
         let mut map = self.dir.writer(&format!("pagemap-{pid}.img"), Kind::Pagemap)?;
         map.entry(&PagemapHead { pages_id })?;
-        for run in &runs {
+        for run in &saved.runs {
             let entry = PagemapEntry { vaddr: run.vaddr, nr_pages: run.nr_pages as u32, in_parent: None, flags: Some(PE_PRESENT) };
             map.entry(&entry)?;
         }
         self.stats.bytes_written += map.finish()?;
-        self.deferred.push(PendingPages { pid, pages_id, runs });
+        self.deferred.push(PendingPages { pid, pages_id, saved, shared: Vec::new() });
         Ok(())
     }
 
@@ -84,10 +85,14 @@ impl TreeDump {
 
 fn vma_entry(pid: i32, v: &Vma, files: &mut FileTable, shmem: &mut SharedMemory) -> Result<VmaEntry> {
     let mut status = v.status;
+    let mut fdflags = None;
     let shmid = match &v.backing {
         Backing::File { path, .. } => {
-            let writable_shared = v.shared() && v.prot & libc::PROT_WRITE as u32 != 0;
+            // A shared mapping that may be made writable (even if it is not
+            // now) was mapped from a file open for writing: it is again.
+            let writable_shared = v.shared() && (v.may_write || v.prot & libc::PROT_WRITE as u32 != 0);
             let flags = if writable_shared { libc::O_RDWR } else { libc::O_RDONLY } as u32;
+            fdflags = Some(flags);
             let source = format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end);
             let path = path.to_string_lossy();
             if memfd::is_memfd(&path, &source) {
@@ -110,24 +115,53 @@ fn vma_entry(pid: i32, v: &Vma, files: &mut FileTable, shmem: &mut SharedMemory)
         status,
         fd: -1,
         madv: (v.madv != 0).then_some(v.madv),
-        fdflags: None,
+        fdflags,
     })
+}
+
+/// The saved pages of a child that were its parent's own physical pages when
+/// they were dumped (shared copy-on-write since a fork): (start, end) runs.
+/// A restore that made the child keep its parent's pages there need not
+/// look at them (see `restore::inherit`).
+pub(super) fn shared_with_parent(child: &PendingPages, parent: &PendingPages) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    let mut frames = child.saved.frames.iter();
+    for run in &child.saved.runs {
+        for vaddr in (0..run.nr_pages).map(|i| run.vaddr + i * PAGE_SIZE) {
+            let frame = frames.next().copied().unwrap_or(0);
+            if frame == 0 || parent.saved.frame_at(vaddr) != Some(frame) {
+                continue;
+            }
+            match out.last_mut() {
+                Some(last) if last.1 == vaddr => last.1 += PAGE_SIZE,
+                _ => out.push((vaddr, vaddr + PAGE_SIZE)),
+            }
+        }
+    }
+    out
 }
 
 /// The saved pages of one process, read from it (still frozen) when written.
 pub(super) struct PendingPages {
     pid: i32,
     pages_id: u32,
-    runs: Vec<mem::PageRun>,
+    saved: mem::SavedPages,
+    /// Saved pages it shares with its parent or a child (sorted, apart):
+    /// read without pinning them (see [`PageReader::read_pages`]).
+    pub(super) shared: Vec<(u64, u64)>,
 }
 
 impl PendingPages {
+    pub(super) fn pid(&self) -> i32 {
+        self.pid
+    }
+
     pub(super) fn name(&self) -> String {
         format!("pages-{}.img", self.pages_id)
     }
 
     pub(super) fn bytes(&self) -> u64 {
-        self.runs.iter().map(|r| r.nr_pages * PAGE_SIZE).sum()
+        self.saved.runs.iter().map(|r| r.nr_pages * PAGE_SIZE).sum()
     }
 
     /// Read the pages a chunk at a time and hand each chunk to `out`.
@@ -137,17 +171,18 @@ impl PendingPages {
         const CHUNK: u64 = 1 << 20;
         let mut buf = vec![0u8; CHUNK as usize];
         let mut read_time = Duration::ZERO;
-        for run in &self.runs {
-            let mut addr = run.vaddr;
-            let end = run.vaddr + run.nr_pages * PAGE_SIZE;
-            while addr < end {
-                crate::cancel::check()?;
-                let n = (end - addr).min(CHUNK) as usize;
-                let r = Instant::now();
-                reader.read(addr, &mut buf[..n])?;
-                read_time += r.elapsed();
-                out(&buf[..n])?;
-                addr += n as u64;
+        for run in &self.saved.runs {
+            for (start, len, shared) in split(&self.shared, run.vaddr, run.nr_pages * PAGE_SIZE) {
+                let (mut addr, end) = (start, start + len);
+                while addr < end {
+                    crate::cancel::check()?;
+                    let n = (end - addr).min(CHUNK) as usize;
+                    let r = Instant::now();
+                    reader.read_pages(addr, &mut buf[..n], shared)?;
+                    read_time += r.elapsed();
+                    out(&buf[..n])?;
+                    addr += n as u64;
+                }
             }
             stats.pages_written += run.nr_pages;
         }

@@ -4,6 +4,7 @@
 mod memory;
 mod refuse;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -42,6 +43,9 @@ pub struct DumpOptions {
     pub freeze_cgroup: Option<PathBuf>,
     /// `--ghost-limit`: the largest deleted file carried in the images.
     pub ghost_limit: Option<u64>,
+    /// `--file-locks`: save the tree's file locks (flock, POSIX, OFD) instead
+    /// of refusing them.
+    pub file_locks: bool,
     /// Hears the pages being written (not those a streamed dump leaves out).
     pub progress: Progress,
 }
@@ -192,11 +196,15 @@ fn write_images(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<W
             ..Default::default()
         },
         deferred: Vec::new(),
+        shared_with_parent: BTreeMap::new(),
+        dumped: Vec::new(),
     };
     if let Some(limit) = opts.ghost_limit {
         d.files.ghosts.limit = limit;
     }
     d.files.tree = tree.processes.iter().map(|p| p.pid).collect();
+    d.files.locks.file_locks = opts.file_locks;
+    d.files.locks.migrating = streamed;
     let mut root_ids = None;
     for (n, p) in tree.processes.iter().enumerate() {
         match p.zombie {
@@ -207,6 +215,8 @@ fn write_images(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<W
             }
         }
     }
+    d.shared_with_parent = d.shared_with_parents(&tree);
+    d.mark_shared_pages(&tree);
     if !streamed {
         d.write_pages(&opts.progress)?;
     }
@@ -239,13 +249,19 @@ struct TreeDump {
     /// Pages not written yet: all of them are known before any is written
     /// (and a streamed dump sends them last).
     deferred: Vec<PendingPages>,
+    /// By child: the pages it shared physically with its parent (see
+    /// [`memory::shared_with_parent`]), for crust's notes.
+    shared_with_parent: BTreeMap<i32, Vec<(u64, u64)>>,
+    /// The live processes dumped so far, with their ids.
+    dumped: Vec<(i32, TaskKobjIdsEntry)>,
 }
 
 impl TreeDump {
     /// One live process: each thread's core, its memory, its fd table, its ids.
     fn process(&mut self, p: &FrozenProcess, index: u32) -> Result<TaskKobjIdsEntry> {
         let vmas = mem::read_vmas(p.pid)?;
-        let ids = self.kobj_ids(p.pid, index);
+        let mut ids = self.kobj_ids(p.pid, index);
+        self.shared_with_others(p, &mut ids)?;
         let cg_set = self.cgroups.set_of(p.pid)?;
         let mut brk = 0;
         for &tid in &p.threads {
@@ -254,11 +270,49 @@ impl TreeDump {
             brk = leader_brk.unwrap_or(brk);
         }
         self.memory(p.pid, index, &vmas, brk)?;
-        self.fds(p.pid, index)?;
+        // An fd table shared with the parent is the parent's, dumped with it.
+        if ids.files_id == index {
+            self.fds(p.pid, index)?;
+        }
         let mut w = self.dir.writer(&format!("ids-{}.img", p.pid), Kind::Ids)?;
         w.entry(&ids)?;
         self.stats.bytes_written += w.finish()?;
+        self.dumped.push((p.pid, ids));
         Ok(ids)
+    }
+
+    /// What a process shares with one dumped before it without being its
+    /// thread (kcmp): an fd table or fs state shared with its parent
+    /// (clone with CLONE_FILES, CLONE_FS) takes the parent's id, and is
+    /// made shared again by the restore; anything else shared is refused.
+    fn shared_with_others(&self, p: &FrozenProcess, ids: &mut TaskKobjIdsEntry) -> Result<()> {
+        const KCMP_VM: i32 = 1;
+        const KCMP_FILES: i32 = 2;
+        const KCMP_FS: i32 = 3;
+        const KCMP_SIGHAND: i32 = 4;
+        for (other, other_ids) in &self.dumped {
+            let same = |kind| crate::files::kcmp(p.pid, *other, kind, 0, 0);
+            let refuse = |what: &str| {
+                Error::unsupported(format!("process {}", p.pid), format!("it shares its {what} with process {other} without being its thread: not supported"))
+            };
+            if same(KCMP_VM) {
+                return Err(refuse("memory (CLONE_VM, as a vfork child before it execs)"));
+            }
+            if same(KCMP_SIGHAND) {
+                return Err(refuse("signal handlers (CLONE_SIGHAND)"));
+            }
+            for (kind, what, id, parents) in
+                [(KCMP_FILES, "fd table (CLONE_FILES)", &mut ids.files_id, other_ids.files_id), (KCMP_FS, "cwd, root and umask (CLONE_FS)", &mut ids.fs_id, other_ids.fs_id)]
+            {
+                if same(kind) {
+                    if *other != p.ppid {
+                        return Err(refuse(&format!("{what}, and it is not its parent")));
+                    }
+                    *id = parents;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// One thread's core image: every component of [`state`], read with
@@ -302,8 +356,10 @@ impl TreeDump {
         let mut w = self.dir.writer(&format!("fdinfo-{index}.img"), Kind::Fdinfo)?;
         for fd in fds {
             let open = OpenFd::read(pid, fd)?;
-            refuse::check_locks(&open)?;
-            w.entry(&self.files.dump_fd(&open)?)?;
+            let locks = self.files.locks.read(&open)?;
+            let entry = self.files.dump_fd(&open)?;
+            self.files.locks.save(&open, entry.id, locks);
+            w.entry(&entry)?;
         }
         self.stats.bytes_written += w.finish()?;
         Ok(())
@@ -348,6 +404,7 @@ impl TreeDump {
     fn shared(&mut self, tree: &FrozenTree) -> Result<()> {
         let pids: Vec<i32> = tree.processes.iter().map(|p| p.pid).collect();
         self.shmem.check_within(&pids)?;
+        self.files.locks.check_all_met(&pids)?;
         self.stats.bytes_written += self.files.write(&mut self.dir)?;
         self.stats.bytes_written += self.shmem.write(&mut self.dir)?;
         let mut w = self.dir.writer("cgroup.img", Kind::Cgroup)?;
@@ -363,10 +420,42 @@ impl TreeDump {
             .filter_map(|f| f.reg.as_ref())
             .filter(|r| r.flags & libc::O_ACCMODE as u32 == 0);
         let stamps = read_only.filter_map(|r| Some((r.name.clone(), FileStamp::of(&r.name)?))).collect();
+        let shared_with_parent = std::mem::take(&mut self.shared_with_parent);
         let devices = files.files.iter().filter_map(|f| f.reg.as_ref()).filter_map(crate::files::reg::device_of).collect();
-        let meta = DumpMeta { cgroups: self.cgroups.report(), files: stamps, devices };
+        let meta = DumpMeta { cgroups: self.cgroups.report(), files: stamps, shared_with_parent, devices };
         self.stats.bytes_written += self.dir.write_json(META, &meta)?;
         Ok(())
+    }
+
+    /// By child: the pages it shared physically with its parent (see
+    /// [`memory::shared_with_parent`]).
+    fn shared_with_parents(&self, tree: &FrozenTree) -> BTreeMap<i32, Vec<(u64, u64)>> {
+        let pages_of = |pid: i32| self.deferred.iter().find(|p| p.pid() == pid);
+        let mut out = BTreeMap::new();
+        for p in &tree.processes {
+            let (Some(child), Some(parent)) = (pages_of(p.pid), pages_of(p.ppid)) else { continue };
+            let shared = memory::shared_with_parent(child, parent);
+            if !shared.is_empty() {
+                out.insert(p.pid, shared);
+            }
+        }
+        out
+    }
+
+    /// Each process's pages it shares with its parent or a child, so that
+    /// reading them leaves them shared.
+    fn mark_shared_pages(&mut self, tree: &FrozenTree) {
+        let ppid = |pid: i32| tree.processes.iter().find(|p| p.pid == pid).map(|p| p.ppid);
+        let mut shared: BTreeMap<i32, Vec<(u64, u64)>> = BTreeMap::new();
+        for (&child, ranges) in &self.shared_with_parent {
+            shared.entry(child).or_default().extend(ranges);
+            if let Some(parent) = ppid(child) {
+                shared.entry(parent).or_default().extend(ranges);
+            }
+        }
+        for pending in &mut self.deferred {
+            pending.shared = crate::ranges::merge(shared.remove(&pending.pid()).unwrap_or_default());
+        }
     }
 
     fn inventory(&mut self, root_ids: Option<TaskKobjIdsEntry>) -> Result<()> {
@@ -446,7 +535,7 @@ fn check_isolation(tree: &FrozenTree) -> Result<()> {
     let own = proc::status(me, me)?;
     let own_state = refuse::Own::read()?;
     for p in tree.processes.iter().filter(|p| p.zombie.is_none()) {
-        let who = refuse::who(p.pid);
+        let who = proc::who(p.pid);
         for ns in NAMESPACES {
             if proc::ns_inode(p.pid, ns) != proc::ns_inode(me, ns) {
                 return Err(Error::unsupported(

@@ -1,9 +1,9 @@
 //! State crust does not restore (yet), met in a tree being dumped: the dump
 //! stops and names it, as [`crate::state::inventory`] says, before anything is
-//! lost. The mappings' VmFlags are checked as they are read ([`crate::mem`]).
+//! lost. The mappings' VmFlags are checked as they are read ([`crate::mem`]),
+//! file locks as the fds are ([`crate::files::locks`]).
 
 use crate::error::{Error, Result};
-use crate::files::OpenFd;
 use crate::proc;
 use crate::state::inventory::{self, Fate};
 use crate::tree::FrozenProcess;
@@ -65,7 +65,6 @@ pub fn check_process(p: &FrozenProcess, who: &str, own: &Own) -> Result<()> {
             ));
         }
     }
-    check_timers(pid, who)?;
     let loginuid = proc::read_string(&format!("/proc/{pid}/loginuid")).ok().map(|s| s.trim().to_string());
     if loginuid != own.loginuid {
         return Err(Error::unsupported(
@@ -88,76 +87,4 @@ pub fn check_process(p: &FrozenProcess, who: &str, own: &Own) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-/// POSIX timers (timer_create), as /proc/PID/timers lists them.
-fn check_timers(pid: i32, who: &str) -> Result<()> {
-    let text = proc::read_string(&format!("/proc/{pid}/timers")).unwrap_or_default();
-    let mut id = None;
-    for line in text.lines() {
-        if let Some(v) = line.strip_prefix("ID:") {
-            id = Some(v.trim().to_string());
-        } else if let Some(clock) = line.strip_prefix("ClockID:") {
-            let clock = clock.trim();
-            let name = match clock {
-                "0" => "CLOCK_REALTIME",
-                "1" => "CLOCK_MONOTONIC",
-                "2" => "CLOCK_PROCESS_CPUTIME_ID",
-                "3" => "CLOCK_THREAD_CPUTIME_ID",
-                "7" => "CLOCK_BOOTTIME",
-                "8" => "CLOCK_REALTIME_ALARM",
-                "9" => "CLOCK_BOOTTIME_ALARM",
-                "11" => "CLOCK_TAI",
-                _ => "a CPU-time clock",
-            };
-            return Err(Error::unsupported(
-                who,
-                format!(
-                    "it has POSIX timer {} on clock {clock} ({name}): POSIX timers are not supported yet",
-                    id.as_deref().unwrap_or("?")
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// File locks and leases held through one fd: fdinfo's `lock:` lines, which
-/// list the locks of the file description (flock, OFD, leases) and the POSIX
-/// locks its process set through it. The process is named only if refused.
-pub fn check_locks(open: &OpenFd) -> Result<()> {
-    if let Some(line) = open.info.lines().find_map(|l| l.strip_prefix("lock:")) {
-        // "1: POSIX  ADVISORY  WRITE 1234 00:1a:5678 0 EOF"
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let kind = words.get(1).copied().unwrap_or("?");
-        let mode = words.get(3).copied().unwrap_or("?");
-        let range = match (words.get(6), words.get(7)) {
-            (Some(a), Some(b)) => format!(" on bytes {a}-{b}"),
-            _ => String::new(),
-        };
-        let fd = format!("fd {} ({})", open.fd, open.link);
-        let what = match kind {
-            "LEASE" | "BREAKING" | "DELEG" => format!("{fd} holds a {mode} lease: file leases are not supported yet"),
-            _ => {
-                let name = match kind {
-                    "FLOCK" => "flock",
-                    "POSIX" => "POSIX (fcntl F_SETLK)",
-                    "OFDLCK" => "open file description (OFD)",
-                    other => other,
-                };
-                format!(
-                    "{fd} holds a {mode} {name} lock{range}: file locks are not supported yet \
-                     (criu saves them with --file-locks, which crust does not implement yet)"
-                )
-            }
-        };
-        return Err(Error::unsupported(who(open.pid), what));
-    }
-    Ok(())
-}
-
-/// "process PID (comm)", as refusals name a process.
-pub fn who(pid: i32) -> String {
-    let comm = proc::read_string(&format!("/proc/{pid}/comm")).unwrap_or_default();
-    format!("process {pid} ({})", comm.trim())
 }

@@ -4,7 +4,6 @@
 //! deleted from the start, for the tree to open and map.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -12,7 +11,8 @@ use std::path::Path;
 
 use super::FileTable;
 use crate::error::{Context, Error, Result};
-use crate::images::proto::{GhostFileEntry, RemapFilePathEntry, RemapType};
+use crate::images::load::GhostData;
+use crate::images::proto::{GhostChunkEntry, GhostFileEntry, RemapFilePathEntry, RemapType, Timeval};
 use crate::images::{ImageDir, Kind};
 use crate::images::load::DumpImage;
 
@@ -23,8 +23,8 @@ pub const DELETED: &str = " (deleted)";
 pub struct Ghosts {
     /// The largest deleted file carried (`--ghost-limit`).
     pub limit: u64,
-    /// Contents, by ghost id.
-    files: Vec<(u32, GhostFileEntry, Vec<u8>)>,
+    /// Contents (runs of bytes at offsets), by ghost id.
+    files: Vec<(u32, GhostFileEntry, GhostData)>,
     /// Ghost ids, by (device, inode): one copy of a file however often held.
     by_inode: HashMap<(u64, u64), u32>,
     remaps: Vec<RemapFilePathEntry>,
@@ -55,7 +55,15 @@ impl Ghosts {
         for (id, entry, data) in &self.files {
             let mut w = dir.writer(&format!("ghost-file-{id:x}.img"), Kind::GhostFile)?;
             w.entry(entry)?;
-            w.raw(data)?;
+            match data.as_slice() {
+                [(0, bytes)] if entry.chunks != Some(true) => w.raw(bytes)?,
+                chunks => {
+                    for (off, bytes) in chunks {
+                        w.entry(&GhostChunkEntry { len: bytes.len() as u64, off: *off })?;
+                        w.raw(bytes)?;
+                    }
+                }
+            }
             bytes += w.finish()?;
         }
         Ok(bytes)
@@ -80,8 +88,8 @@ impl FileTable {
             let link = std::fs::read_link(source).unwrap_or_default();
             return Err(Error::unsupported(source, format!("{}: files of a mount no process sees are not supported yet", link.display())));
         }
-        if !md.is_file() {
-            return Err(Error::unsupported(source, "deleted directories and devices are not supported yet"));
+        if !md.is_file() && !md.is_dir() {
+            return Err(Error::unsupported(source, "deleted devices, FIFOs and sockets are not supported yet"));
         }
         if md.nlink() != 0 {
             return Err(Error::unsupported(source, "a file unlinked under one name but linked under another is not supported yet"));
@@ -98,16 +106,19 @@ impl FileTable {
             Some(&id) => id,
             None => {
                 let id = self.ghosts.files.len() as u32 + 1;
-                let mut data = Vec::new();
-                file.take(limit + 1).read_to_end(&mut data).ctx(what)?;
+                // A directory (a cwd or root that was removed) holds nothing to carry.
+                let data = if md.is_dir() { Vec::new() } else { runs_of_data(&file, md.len()).ctx(what)? };
+                let sparse = md.is_file() && !matches!(data.as_slice(), [(0, d)] if d.len() as u64 == md.len());
                 let entry = GhostFileEntry {
                     uid: md.uid(),
                     gid: md.gid(),
                     mode: md.mode(),
                     dev: None,
                     ino: Some(md.ino()),
-                    chunks: None,
-                    size: Some(data.len() as u64),
+                    chunks: sparse.then_some(true),
+                    size: md.is_file().then_some(md.len()),
+                    atim: Some(Timeval { tv_sec: md.atime() as u64, tv_usec: md.atime_nsec() as u64 / 1000 }),
+                    mtim: Some(Timeval { tv_sec: md.mtime() as u64, tv_usec: md.mtime_nsec() as u64 / 1000 }),
                     ..Default::default()
                 };
                 self.ghosts.files.push((id, entry, data));
@@ -118,6 +129,33 @@ impl FileTable {
         self.ghosts.remaps.push(RemapFilePathEntry { orig_id, remap_id, remap_type: Some(RemapType::Ghost as i32) });
         Ok(())
     }
+}
+
+/// The bytes of a file of `len` bytes, as runs at offsets: the holes
+/// between them (SEEK_DATA/SEEK_HOLE) are left out, so that a sparse file
+/// comes back sparse (a file system without holes reports one run).
+fn runs_of_data(file: &std::fs::File, len: u64) -> std::io::Result<GhostData> {
+    use nix::unistd::{lseek, Whence};
+    use std::os::unix::fs::FileExt;
+    let mut runs = Vec::new();
+    let mut at = 0;
+    while at < len {
+        let start = match lseek(file, at as i64, Whence::SeekData) {
+            Ok(s) => s as u64,
+            // No data after `at`: the rest is a hole.
+            Err(nix::errno::Errno::ENXIO) => break,
+            Err(e) => return Err(e.into()),
+        };
+        let end = (lseek(file, start as i64, Whence::SeekHole)? as u64).min(len);
+        let mut bytes = vec![0; (end - start) as usize];
+        file.read_exact_at(&mut bytes, start)?;
+        runs.push((start, bytes));
+        at = end;
+    }
+    if runs.is_empty() && len == 0 {
+        runs.push((0, Vec::new()));
+    }
+    Ok(runs)
 }
 
 /// Whether `file` lies on a mount of crust's mount table (kernel-internal
@@ -139,7 +177,20 @@ pub(crate) fn visible_mount(file: &std::fs::File, source: &str) -> bool {
 /// under the name the kernel gives such a file (`DIR/#INODE (deleted)`).
 /// Dropping this closes crust's copies; the tree's keep the files.
 pub struct Materialized {
-    _files: Vec<OwnedFd>,
+    /// Each file, with the entry that has its times.
+    files: Vec<(OwnedFd, GhostFileEntry)>,
+}
+
+impl Materialized {
+    /// Mapping or opening a file may set its access time: once the tree
+    /// holds them, the files get their saved times again.
+    pub fn put_back_times(&self) -> Result<()> {
+        for (fd, entry) in &self.files {
+            set_times(&std::fs::File::from(fd.try_clone().ctx(|| "duplicating a deleted file's fd")?), entry)
+                .ctx(|| "putting back the times of a deleted file")?;
+        }
+        Ok(())
+    }
 }
 
 /// Put every ghost file of `img` back, and point the files that use it at it.
@@ -161,7 +212,7 @@ pub fn materialize(img: &mut DumpImage) -> Result<Materialized> {
                     .ok_or_else(|| Error::image("remap-fpath.img", format!("no ghost-file-{ghost_id:x}.img")))?;
                 let file = place(&name, &img.dir, entry, data)?;
                 let path = format!("/proc/{}/fd/{}", std::process::id(), file.as_raw_fd());
-                files.push(file);
+                files.push((file, entry.clone()));
                 placed.insert(ghost_id, path.clone());
                 path
             }
@@ -170,7 +221,7 @@ pub fn materialize(img: &mut DumpImage) -> Result<Materialized> {
             reg.name = path;
         }
     }
-    Ok(Materialized { _files: files })
+    Ok(Materialized { files })
 }
 
 /// A directory, opened without following any symlink on the way.
@@ -183,25 +234,67 @@ fn open_dir(dir: &Path) -> Option<OwnedFd> {
 /// A file without a name in `dir` holding `data`, with the saved owner and
 /// mode (set last: a change of owner drops set-id bits); returned read-only,
 /// since an executable may not be open for writing.
-fn unnamed_file(dir: &OwnedFd, entry: &GhostFileEntry, data: &[u8]) -> std::io::Result<OwnedFd> {
+fn unnamed_file(dir: &OwnedFd, entry: &GhostFileEntry, data: &GhostData) -> std::io::Result<OwnedFd> {
     use nix::fcntl::{openat, OFlag};
+    use std::os::unix::fs::FileExt;
     let flags = OFlag::O_TMPFILE | OFlag::O_RDWR | OFlag::O_CLOEXEC;
     let fd = openat(dir, ".", flags, nix::sys::stat::Mode::from_bits_truncate(0o600))?;
-    let mut f = std::fs::File::from(fd);
-    f.write_all(data)?;
+    let f = std::fs::File::from(fd);
+    for (off, bytes) in data {
+        f.write_all_at(bytes, *off)?;
+    }
+    // Holes at the end, and CRIU's ghosts without a size.
+    let size = entry.size.unwrap_or_else(|| data.last().map_or(0, |(off, b)| off + b.len() as u64));
+    f.set_len(size)?;
     std::os::unix::fs::fchown(&f, Some(entry.uid), Some(entry.gid))?;
     f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(entry.mode & 0o7777))?;
+    set_times(&f, entry)?;
     let read_only = std::fs::File::open(format!("/proc/self/fd/{}", f.as_raw_fd()))?;
     Ok(OwnedFd::from(read_only))
 }
 
+/// A removed directory (a cwd or root): made in `dir` under a name of its
+/// own, opened, and removed again at once, so that it is deleted, empty and
+/// nowhere to be seen when the tree enters it through crust's fd.
+fn removed_dir(dir: &OwnedFd, entry: &GhostFileEntry) -> std::io::Result<OwnedFd> {
+    use nix::fcntl::{openat, OFlag};
+    use nix::sys::stat::{fchmod, mkdirat, Mode};
+    use nix::unistd::{unlinkat, UnlinkatFlags};
+    let name = format!(".crust-removed-{}-{}", entry.ino.unwrap_or(0), std::process::id());
+    mkdirat(dir, name.as_str(), Mode::from_bits_truncate(0o700))?;
+    let opened = openat(dir, name.as_str(), OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty());
+    unlinkat(dir, name.as_str(), UnlinkatFlags::RemoveDir)?;
+    let fd = opened?;
+    nix::unistd::fchown(&fd, Some(entry.uid.into()), Some(entry.gid.into()))?;
+    fchmod(&fd, Mode::from_bits_truncate(entry.mode & 0o7777))?;
+    let d = std::fs::File::from(fd);
+    set_times(&d, entry)?;
+    Ok(OwnedFd::from(d))
+}
+
+/// The saved access and modification times (to the microsecond CRIU's
+/// image keeps); a time not saved is left as it is.
+fn set_times(f: &std::fs::File, entry: &GhostFileEntry) -> std::io::Result<()> {
+    use nix::sys::time::TimeSpec;
+    let time = |t: &Option<Timeval>| match t {
+        Some(t) => TimeSpec::new(t.tv_sec as i64, (t.tv_usec * 1000) as i64),
+        None => TimeSpec::UTIME_OMIT,
+    };
+    nix::sys::stat::futimens(f, &time(&entry.atim), &time(&entry.mtim))?;
+    Ok(())
+}
+
 /// The ghost of the file once called `name`: in that file's directory if it
 /// is there and takes one, else in the images directory `images`.
-fn place(name: &str, images: &Path, entry: &GhostFileEntry, data: &[u8]) -> Result<OwnedFd> {
-    let in_own_dir = Path::new(name).parent().and_then(open_dir).and_then(|dir| unnamed_file(&dir, entry, data).ok());
+fn place(name: &str, images: &Path, entry: &GhostFileEntry, data: &GhostData) -> Result<OwnedFd> {
+    let make = |dir: &OwnedFd| match entry.mode & libc::S_IFMT == libc::S_IFDIR {
+        true => removed_dir(dir, entry),
+        false => unnamed_file(dir, entry, data),
+    };
+    let in_own_dir = Path::new(name).parent().and_then(open_dir).and_then(|dir| make(&dir).ok());
     if let Some(file) = in_own_dir {
         return Ok(file);
     }
     let dir = open_dir(images).ok_or_else(|| Error::io_other(format!("{}: opening it to put back {name}", images.display()), "it cannot be opened as a directory"))?;
-    unnamed_file(&dir, entry, data).ctx(|| format!("putting back deleted file {name} in {}", images.display()))
+    make(&dir).ctx(|| format!("putting back deleted file {name} in {}", images.display()))
 }

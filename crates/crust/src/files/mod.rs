@@ -10,6 +10,7 @@ pub mod eventpoll;
 pub mod fifo;
 pub mod ghost;
 pub mod inotify;
+pub mod locks;
 pub mod memfd;
 pub mod pidfd;
 pub mod pipe;
@@ -250,16 +251,19 @@ pub fn loaded<'a, T: std::any::Any + Send + Sync>(img: &'a DumpImage, images: &s
     img.extras.get::<T>().ok_or_else(|| Error::image(img.dir.join(images), "not loaded with the rest of the images"))
 }
 
-/// Every kind's own images, read into `img.extras`.
+/// Every kind's own images, and the file locks, read into `img.extras`.
 pub fn load_images(img: &mut DumpImage) -> Result<()> {
-    KINDS.iter().try_for_each(|k| k.load_images(img))
+    KINDS.iter().try_for_each(|k| k.load_images(img))?;
+    locks::load(img)
 }
 
-/// What stands in the way of restoring the files of `img` here.
+/// What stands in the way of restoring the files of `img` (and their locks) here.
 pub fn problems(img: &DumpImage) -> Vec<String> {
     let mut files: Vec<&FileEntry> = img.files.values().collect();
     files.sort_unstable_by_key(|f| f.id);
-    files.into_iter().filter_map(|f| kind_of(f).ok()?.check(f, img)).collect()
+    let mut out: Vec<String> = files.into_iter().filter_map(|f| kind_of(f).ok()?.check(f, img)).collect();
+    out.extend(locks::problems(img));
+    out
 }
 
 /// Files more than one process holds, and files whose object (a pipe, a
@@ -388,6 +392,8 @@ pub struct FileTable {
     pub ghosts: ghost::Ghosts,
     /// The processes of the tree being dumped (what a pidfd may point to).
     pub tree: Vec<i32>,
+    /// File locks held by the tree.
+    pub locks: locks::Locks,
 }
 
 impl FileTable {
@@ -467,6 +473,7 @@ impl FileTable {
             bytes += kind.write_images(self, dir)?;
         }
         bytes += self.ghosts.write(dir)?;
+        bytes += self.locks.write(dir)?;
         Ok(bytes)
     }
 }
@@ -492,7 +499,7 @@ fn same_description(pid1: i32, fd1: i32, pid2: i32, fd2: i32) -> bool {
 
 /// kcmp(2): is the object `kind` of `pid1` at `idx1` the same kernel object
 /// as the one of `pid2` at `idx2`? False when they differ or the call fails.
-fn kcmp(pid1: i32, pid2: i32, kind: libc::c_int, idx1: u64, idx2: u64) -> bool {
+pub(crate) fn kcmp(pid1: i32, pid2: i32, kind: libc::c_int, idx1: u64, idx2: u64) -> bool {
     // SAFETY: no wrapper exists (nix, rustix). kcmp writes no memory of ours:
     // it only compares kernel objects, and the one argument that can be an
     // address (KCMP_EPOLL_TFD's slot) is read by the kernel with

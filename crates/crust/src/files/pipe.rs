@@ -1,6 +1,8 @@
 //! Pipes: both ends of one pipe share its inode (pipe_id), and the bytes sitting
 //! in the pipe are saved once per pipe in pipes-data.img.
 
+use nix::sys::time::TimeSpec;
+use std::os::unix::fs::MetadataExt;
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 
@@ -144,5 +146,9 @@ pub(super) fn fill_pipe(pid: i32, wr: u64, saved: Option<&(PipeDataEntry, Vec<u8
         let size = i32::try_from(*size).map_err(|_| Error::image("pipes-data.img", format!("{}: pipe buffer size {size} is not an int", what())))?;
         fcntl(&pipe, FcntlArg::F_SETPIPE_SZ(size)).ctx(what)?;
     }
-    std::io::Write::write_all(&mut pipe, data).ctx(what)
+    // Writing makes the pipe look written now: its times are put back.
+    let md = pipe.metadata().ctx(what)?;
+    std::io::Write::write_all(&mut pipe, data).ctx(what)?;
+    let (atime, mtime) = (TimeSpec::new(md.atime(), md.atime_nsec()), TimeSpec::new(md.mtime(), md.mtime_nsec()));
+    nix::sys::stat::futimens(&pipe, &atime, &mtime).ctx(what)
 }

@@ -7,7 +7,7 @@ use std::os::fd::AsRawFd;
 
 use nix::sys::stat::SFlag;
 use nix::sys::termios::tcgetattr;
-use rustix::termios::{tcgetwinsize, tcsetwinsize, Winsize};
+use rustix::termios::tcgetwinsize;
 
 use super::{fown_of, FdRestorer, FileTable, FileKind, OpenFd};
 use crate::error::{Context, Error, Result};
@@ -206,29 +206,28 @@ pub fn own_terminal() -> Option<(String, std::os::fd::BorrowedFd<'static>)> {
     })
 }
 
-/// A terminal's settings and window size, to put back when a restore that
-/// changed them fails.
+/// A terminal's settings, to put back when a restore that changed them fails.
 pub struct SavedTerminal {
     fd: std::os::fd::BorrowedFd<'static>,
     termios: nix::sys::termios::Termios,
-    winsize: Winsize,
 }
 
 impl SavedTerminal {
     pub fn save(fd: std::os::fd::BorrowedFd<'static>) -> Result<SavedTerminal> {
         let termios = tcgetattr(fd).ctx(|| "reading this terminal's settings")?;
-        let winsize = tcgetwinsize(fd).ctx(|| "reading this terminal's window size")?;
-        Ok(SavedTerminal { fd, termios, winsize })
+        Ok(SavedTerminal { fd, termios })
     }
 
     pub fn put_back(&self) {
         let _ = nix::sys::termios::tcsetattr(self.fd, nix::sys::termios::SetArg::TCSANOW, &self.termios);
-        let _ = tcsetwinsize(self.fd, self.winsize);
     }
 }
 
-/// Give the restoring terminal the job's saved settings and window size.
-pub fn apply_settings(term: std::os::fd::BorrowedFd, info: &TtyInfoEntry) -> Result<()> {
+/// Give the restoring terminal the job's saved settings. Its window size is
+/// the truth (the size of the window it is shown in): it is left as it is.
+/// Returns whether it differs from the job's saved one, which the job must
+/// then be told of (SIGWINCH).
+pub fn apply_settings(term: std::os::fd::BorrowedFd, info: &TtyInfoEntry) -> Result<bool> {
     let what = || "applying the job's terminal settings".to_string();
     let bad = |field: &str, v: u32| Error::Invalid(format!("tty-info.img: terminal {}: {field} {v} is out of range", info.id));
     let byte = |field: &str, v: u32| u8::try_from(v).map_err(|_| bad(field, v));
@@ -246,15 +245,7 @@ pub fn apply_settings(term: std::os::fd::BorrowedFd, info: &TtyInfoEntry) -> Res
         raw.c_ospeed = t.c_ospeed;
         nix::sys::termios::tcsetattr(term, nix::sys::termios::SetArg::TCSANOW, &raw.into()).ctx(what)?;
     }
-    if let Some(w) = &info.winsize {
-        let half = |field: &str, v: u32| u16::try_from(v).map_err(|_| bad(field, v));
-        let ws = Winsize {
-            ws_row: half("ws_row", w.ws_row)?,
-            ws_col: half("ws_col", w.ws_col)?,
-            ws_xpixel: half("ws_xpixel", w.ws_xpixel)?,
-            ws_ypixel: half("ws_ypixel", w.ws_ypixel)?,
-        };
-        tcsetwinsize(term, ws).ctx(what)?;
-    }
-    Ok(())
+    let now = tcgetwinsize(term).ctx(what)?;
+    let resized = info.winsize.as_ref().is_some_and(|w| (w.ws_row, w.ws_col) != (u32::from(now.ws_row), u32::from(now.ws_col)));
+    Ok(resized)
 }

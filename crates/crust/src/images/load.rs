@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Context, Error, Result};
 use crate::images::proto::{
-    CgroupEntry, CoreEntry, FdinfoEntry, FileEntry, FsEntry, GhostFileEntry, InventoryEntry, MmEntry, PagemapEntry,
+    CgroupEntry, CoreEntry, FdinfoEntry, FileEntry, FsEntry, GhostChunkEntry, GhostFileEntry, InventoryEntry, MmEntry, PagemapEntry,
     PagemapHead, PstreeEntry, RemapFilePathEntry, TaskCoreEntry, TaskKobjIdsEntry, ThreadCoreEntry, ThreadInfoX86,
 };
 use crate::images::digest::{self, FileDigest};
@@ -82,7 +82,7 @@ pub struct DumpImage {
     /// Deleted files: the ghost standing in for each file id that has one.
     pub remaps: HashMap<u32, u32>,
     /// Ghost files by id: entry and contents.
-    pub ghost_files: HashMap<u32, (GhostFileEntry, Vec<u8>)>,
+    pub ghost_files: HashMap<u32, (GhostFileEntry, GhostData)>,
     /// What each kind of file read of its own images (pipes-data.img...).
     pub extras: Extras,
     /// cgroup.img, if the dump has one.
@@ -253,6 +253,7 @@ pub fn load(dir: &Path, pages: Pages) -> Result<DumpImage> {
     for (_, p) in pstree {
         processes.push(load_process(&dir, p, pages)?);
     }
+    check_sharing(&dir, &processes)?;
     let files_path = dir.join("files.img");
     let mut files = HashMap::new();
     for f in read_all::<FileEntry>(&files_path, Kind::Files)? {
@@ -371,7 +372,11 @@ fn read_pagemap(
     Ok((pagemap, pages_path))
 }
 
-type Ghosts = (HashMap<u32, u32>, HashMap<u32, (GhostFileEntry, Vec<u8>)>);
+/// What a ghost file holds: its bytes as runs at offsets (one run at 0 for a
+/// file without holes), the rest holes up to the entry's size.
+pub type GhostData = Vec<(u64, Vec<u8>)>;
+
+type Ghosts = (HashMap<u32, u32>, HashMap<u32, (GhostFileEntry, GhostData)>);
 
 /// remap-fpath.img and the ghost files it names.
 fn load_ghosts(dir: &Path) -> Result<Ghosts> {
@@ -392,17 +397,56 @@ fn load_ghosts(dir: &Path) -> Result<Ghosts> {
         let gpath = dir.join(format!("ghost-file-{:x}.img", r.remap_id));
         let mut g = ImageReader::open(&gpath, Kind::GhostFile)?;
         let entry: GhostFileEntry = g.one()?;
-        if entry.chunks == Some(true) {
-            return Err(invalid(&gpath, "ghost files in chunks are not supported yet"));
-        }
-        // CRIU leaves the size out when the contents run to the end of the file.
-        let data = match entry.size {
-            Some(size) => g.raw(size)?,
-            None => g.rest()?,
+        let data = if entry.chunks == Some(true) {
+            ghost_chunks(&mut g, entry.size)?
+        } else {
+            // CRIU leaves the size out when the contents run to the end of the file.
+            let data = match entry.size {
+                Some(size) => g.raw(size)?,
+                None => g.rest()?,
+            };
+            vec![(0, data)]
         };
         ghost_files.insert(r.remap_id, (entry, data));
     }
     Ok((remaps, ghost_files))
+}
+
+/// The runs of a sparse ghost file: each ghost_chunk_entry followed by its
+/// bytes, in order, within the file's size.
+fn ghost_chunks(g: &mut ImageReader, size: Option<u64>) -> Result<GhostData> {
+    let size = size.ok_or_else(|| g.error("a ghost file in chunks without a size"))?;
+    let mut chunks: GhostData = Vec::new();
+    let mut end = 0;
+    while let Some(c) = g.read_entry::<GhostChunkEntry>()? {
+        let c_end = c.off.checked_add(c.len).filter(|&e| c.off >= end && e <= size);
+        let Some(c_end) = c_end else {
+            return Err(g.error(format!("chunk of {} bytes at {} overlaps another or ends past the size {size}", c.len, c.off)));
+        };
+        chunks.push((c.off, g.raw(c.len)?));
+        end = c_end;
+    }
+    Ok(chunks)
+}
+
+/// Processes that are not threads of one another share an fd table or fs
+/// state only with their parent (made again with CLONE_FILES, CLONE_FS), and
+/// never their memory or signal handlers.
+fn check_sharing(dir: &Path, processes: &[ProcessImage]) -> Result<()> {
+    let live: Vec<&ProcessImage> = processes.iter().filter(|p| p.zombie.is_none()).collect();
+    for (i, p) in live.iter().enumerate() {
+        for q in &live[..i] {
+            let (a, b) = (&p.ids, &q.ids);
+            let shared = [("memory", a.vm_id == b.vm_id), ("signal handlers", a.sighand_id == b.sighand_id)];
+            let with_parent = [("fd table", a.files_id == b.files_id), ("fs state", a.fs_id == b.fs_id)];
+            let what = shared.iter().find(|s| s.1).or_else(|| with_parent.iter().find(|s| s.1 && q.pid() != p.pstree.ppid as i32));
+            if let Some((what, _)) = what {
+                let ids = dir.join(format!("ids-{}.img", p.pid()));
+                return Err(invalid(&ids, format!("process {} shares its {what} with process {}, which crust cannot make again", p.pid(), q.pid())));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn load_process(dir: &Path, pstree: PstreeEntry, pages_in: Pages) -> Result<ProcessImage> {

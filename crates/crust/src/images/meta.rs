@@ -17,6 +17,11 @@ pub struct DumpMeta {
     /// reg_file_entry has no field for it): a restore needs the same there.
     #[serde(default)]
     pub devices: std::collections::BTreeMap<String, u64>,
+    /// By pid: the saved pages (start, end) a process had in the same
+    /// physical page as its parent when dumped, which its pages image
+    /// therefore holds exactly as its parent's does.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub shared_with_parent: std::collections::BTreeMap<i32, Vec<(u64, u64)>>,
 }
 
 /// Whether `path` lies on a file system whose files are made by the kernel

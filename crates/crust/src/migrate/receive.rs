@@ -20,7 +20,7 @@ use crate::images::Kind;
 use crate::images::criu::PAGE_SIZE;
 use crate::images::load::{DumpImage, Pages, ProcessImage};
 use crate::task::{Scratch, Task};
-use crate::restore::{self as restore_mod, PageSource};
+use crate::restore::{self as restore_mod, PageSink, PageSource};
 
 /// How long the source may take to say go once the tree is built.
 const GO_TIMEOUT: Duration = Duration::from_secs(60);
@@ -186,7 +186,7 @@ struct StreamedPages<'a> {
 }
 
 impl PageSource for StreamedPages<'_> {
-    fn fill(&mut self, task: &Task, _scratch: &mut Scratch, p: &ProcessImage, progress: &mut dyn FnMut(u64)) -> Result<u64> {
+    fn fill(&mut self, _task: &Task, _scratch: &mut Scratch, p: &ProcessImage, sink: &mut PageSink) -> Result<()> {
         let name = p.pages_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         match self.chan.recv()? {
             (FILE, got) if got == name.as_bytes() => {}
@@ -198,53 +198,52 @@ impl PageSource for StreamedPages<'_> {
                 )))
             }
         }
-        // Where the next byte of the file goes: a run of the pagemap and how far into it.
         let runs: Vec<(u64, u64)> = p.pagemap.iter().map(|e| (e.vaddr, e.nr_pages as u64 * PAGE_SIZE)).collect();
-        let (mut run, mut into) = (0usize, 0u64);
-        loop {
-            let (kind, data) = self.chan.recv()?;
-            match kind {
-                DATA => {
-                    let mut data = &data[..];
-                    while !data.is_empty() {
-                        let &(vaddr, len) = runs.get(run).ok_or_else(|| {
-                            Error::Protocol(format!("{name}: more bytes than pagemap-{}.img lists", p.pid()))
-                        })?;
-                        let n = ((len - into) as usize).min(data.len());
-                        write_pages(task.pid, vaddr + into, &data[..n])?;
-                        progress(n as u64);
-                        data = &data[n..];
-                        into += n as u64;
-                        if into == len {
-                            (run, into) = (run + 1, 0);
-                        }
-                    }
-                }
-                END_FILE if run == runs.len() => break,
-                END_FILE => return Err(Error::Protocol(format!("{name}: fewer bytes than pagemap-{}.img lists", p.pid()))),
-                k => return Err(Error::Protocol(format!("{name}: unexpected frame kind {k}"))),
-            }
-        }
-        Ok(p.pagemap.iter().map(|e| e.nr_pages as u64).sum())
+        put_streamed(self.chan, &name, &format!("pagemap-{}.img", p.pid()), &runs, sink)
     }
 }
 
-/// Copy `data` into process `pid` at `addr`, straight (one copy, by
-/// process_vm_writev; /proc/PID/mem would go through a bounce page).
-fn write_pages(pid: i32, addr: u64, data: &[u8]) -> Result<()> {
-    use nix::sys::uio::{process_vm_writev, RemoteIoVec};
-    let mut done = 0;
-    while done < data.len() {
-        let local = [std::io::IoSlice::new(&data[done..])];
-        let remote = [RemoteIoVec { base: (addr as usize) + done, len: data.len() - done }];
-        match process_vm_writev(nix::unistd::Pid::from_raw(pid), &local, &remote) {
-            Ok(0) => return Err(Error::Ptrace { tid: pid, what: format!("no memory at {:#x} for its pages", addr + done as u64) }),
-            Ok(n) => done += n,
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(Error::Sys { context: format!("writing pages of process {pid} at {:#x}", addr + done as u64), err: e }),
+/// The frames of the pages file `name` into `sink`, each byte to its place in
+/// `runs` (address, length) of `pagemap`, up to the file's end.
+fn put_streamed(chan: &mut Channel, name: &str, pagemap: &str, runs: &[(u64, u64)], sink: &mut PageSink) -> Result<()> {
+    // Where the next byte of the file goes: a run and how far into it.
+    let (mut run, mut into) = (0usize, 0u64);
+    // The sink takes whole pages: the start of one cut by the end of a frame waits here.
+    let page = PAGE_SIZE as usize;
+    let mut partial: Vec<u8> = Vec::with_capacity(page);
+    loop {
+        let (kind, data) = chan.recv()?;
+        match kind {
+            DATA => {
+                let mut data = &data[..];
+                while !data.is_empty() {
+                    let &(vaddr, len) =
+                        runs.get(run).ok_or_else(|| Error::Protocol(format!("{name}: more bytes than {pagemap} lists")))?;
+                    if partial.is_empty() && data.len() >= page {
+                        let n = ((len - into) as usize).min(data.len() - data.len() % page);
+                        sink.put(vaddr + into, &data[..n])?;
+                        data = &data[n..];
+                        into += n as u64;
+                    } else {
+                        let n = (page - partial.len()).min(data.len());
+                        partial.extend_from_slice(&data[..n]);
+                        data = &data[n..];
+                        if partial.len() == page {
+                            sink.put(vaddr + into, &partial)?;
+                            partial.clear();
+                            into += PAGE_SIZE;
+                        }
+                    }
+                    if into == len {
+                        (run, into) = (run + 1, 0);
+                    }
+                }
+            }
+            END_FILE if run == runs.len() => return Ok(()),
+            END_FILE => return Err(Error::Protocol(format!("{name}: fewer bytes than {pagemap} lists"))),
+            k => return Err(Error::Protocol(format!("{name}: unexpected frame kind {k}"))),
         }
     }
-    Ok(())
 }
 
 /// SIGKILL a process and all its descendants, parents first (so none forks).
@@ -273,4 +272,72 @@ fn restore_options(r: &RemoteRestore, dir: &Path) -> Result<restore_mod::Restore
         cgroup_roots: r.cgroup_roots.iter().map(|c| c.parse()).collect::<std::result::Result<_, _>>().map_err(Error::Protocol)?,
         ..Default::default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::restore::PageCounts;
+
+    /// A receiving channel holding `frames`, written through a file.
+    fn channel_with(frames: &[(u8, Vec<u8>)]) -> Channel {
+        let path = std::env::temp_dir().join(format!("crust-unit-frames-{}", std::process::id()));
+        let file = File::create(&path).unwrap();
+        let fd = std::os::fd::OwnedFd::from(file.try_clone().unwrap());
+        let mut tx = Channel::pipes(Box::new(std::io::empty()), fd, Box::new(file), "test".into());
+        for (kind, payload) in frames {
+            tx.send(*kind, payload).unwrap();
+        }
+        drop(tx);
+        let file = File::open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let fd = std::os::fd::OwnedFd::from(file.try_clone().unwrap());
+        Channel::pipes(Box::new(file), fd, Box::new(std::io::sink()), "test".into())
+    }
+
+    #[test]
+    fn pages_cut_anywhere_by_frames_land_whole_and_inherited_equal_ones_are_kept() {
+        const PAGES: usize = 6;
+        let len = PAGES * PAGE_SIZE as usize;
+        // SAFETY: a new private anonymous mapping, only accessed through
+        // `mem` (and process_vm_writev from this process) until unmapped below.
+        let base = unsafe {
+            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+        };
+        assert_ne!(base, libc::MAP_FAILED);
+        let addr = base as u64;
+        // What the task "inherited": every page 0x11 but page 1 and 4.
+        // SAFETY: the mapping above, `len` bytes, alive until the munmap.
+        let mem = unsafe { std::slice::from_raw_parts_mut(base.cast::<u8>(), len) };
+        mem.fill(0x11);
+        // Saved: pages 0-2 at the start, 4-5 further on, page 1 and 4 different.
+        let mut saved = vec![0x11u8; 5 * PAGE_SIZE as usize];
+        saved[PAGE_SIZE as usize..2 * PAGE_SIZE as usize].fill(0x22);
+        saved[3 * PAGE_SIZE as usize..4 * PAGE_SIZE as usize].fill(0x44);
+        let cuts: [usize; 5] = [1000, 5000, 3, 8192, 4000];
+        let mut frames = Vec::new();
+        let mut at = 0usize;
+        for c in cuts.iter().chain(std::iter::once(&usize::MAX)) {
+            let end = at.saturating_add(*c).min(saved.len());
+            frames.push((DATA, saved[at..end].to_vec()));
+            at = end;
+        }
+        frames.push((END_FILE, Vec::new()));
+        let mut chan = channel_with(&frames);
+        let runs = [(addr, 3 * PAGE_SIZE), (addr + 4 * PAGE_SIZE, 2 * PAGE_SIZE)];
+        // Pages 0-3 are inherited; 4 and 5 are not (written whatever they hold).
+        let inherited = [(addr, addr + 4 * PAGE_SIZE)];
+        let mut told = 0;
+        let mut progress = |n| told += n;
+        let mut sink = PageSink::new(std::process::id() as i32, &inherited, &[], None, &mut progress);
+        put_streamed(&mut chan, "pages-1.img", "pagemap-1.img", &runs, &mut sink).unwrap();
+        let counts = sink.counts();
+        let page = |i: usize| &mem[i * PAGE_SIZE as usize..(i + 1) * PAGE_SIZE as usize];
+        assert!(page(1).iter().all(|&b| b == 0x22) && page(4).iter().all(|&b| b == 0x44));
+        assert!([0, 2, 3, 5].iter().all(|&i| page(i).iter().all(|&b| b == 0x11)));
+        assert_eq!(counts, PageCounts { restored: 3, compared: 3, skipped_cow: 2 }, "pages 0-2 compared, 4-5 written");
+        assert_eq!(told, 5 * PAGE_SIZE);
+        // SAFETY: the mapping made above, no longer used.
+        unsafe { libc::munmap(base, len) };
+    }
 }

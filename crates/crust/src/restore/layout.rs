@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::images::proto::{MmEntry, PagemapEntry, VmaEntry};
 use crate::images::criu::{PAGE_SIZE, VMA_ANON_SHARED, VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR};
 use crate::mem::Backing;
+use crate::ranges::subtract;
 use crate::task::{Scratch, Task};
 
 /// Lowest and highest addresses crust places its own temporary mappings at.
@@ -68,17 +69,20 @@ pub fn check_vdso(mm: &MmEntry, here: &[crate::mem::Vma], image_name: &str) -> R
     Ok(())
 }
 
-/// Unmap everything of crust's copy but the vdso group and the scratch area.
+/// Unmap everything the task has now (`here`) but the vdso group and the
+/// ranges in `keep` (sorted, apart: the scratch area, inherited vmas).
 /// Adjacent mappings go in one munmap (each is an injected syscall).
-pub fn unmap_crust(task: &Task, here: &[crate::mem::Vma], scratch: &Scratch) -> Result<()> {
+pub fn unmap_all_but(task: &Task, here: &[crate::mem::Vma], keep: &[(u64, u64)]) -> Result<()> {
+    let mapped: Vec<(u64, u64)> = here
+        .iter()
+        .filter(|v| !matches!(v.backing, Backing::Vdso | Backing::Vvar | Backing::Vsyscall))
+        .map(|v| (v.start, v.end))
+        .collect();
     let mut gone: Vec<(u64, u64)> = Vec::new();
-    for v in here {
-        let keep = matches!(v.backing, Backing::Vdso | Backing::Vvar | Backing::Vsyscall)
-            || (v.start >= scratch.addr && v.end <= scratch.addr + scratch.len);
+    for (start, end) in subtract(&mapped, keep) {
         match gone.last_mut() {
-            _ if keep => continue,
-            Some(last) if last.1 == v.start => last.1 = v.end,
-            _ => gone.push((v.start, v.end)),
+            Some(last) if last.1 == start => last.1 = end,
+            _ => gone.push((start, end)),
         }
     }
     for (start, end) in gone {
@@ -144,13 +148,14 @@ fn filled_writable(v: &VmaEntry, pagemap: &[PagemapEntry]) -> bool {
     v.prot & libc::PROT_WRITE as u32 != 0 || pagemap.get(i).is_some_and(|e| e.vaddr < v.end)
 }
 
-/// Map every vma of the image but the vdso group (already in place); private
-/// ones with pages writable at first, so the pages can be filled in. `open`
-/// opens a file inside the task.
+/// Map every vma of the image but the vdso group (already in place) and those
+/// `kept` as inherited (already there); private ones with pages writable at
+/// first, so the pages can be filled in. `open` opens a file inside the task.
 pub fn map_vmas(
     task: &Task,
     mm: &MmEntry,
     pagemap: &[PagemapEntry],
+    kept: &[&VmaEntry],
     shmem_fds: &HashMap<u64, u64>,
     mut open: impl FnMut(u32, u32) -> Result<u64>,
 ) -> Result<()> {
@@ -161,7 +166,16 @@ pub fn map_vmas(
         let shared = v.flags & libc::MAP_SHARED as u32 != 0;
         let anon = v.flags & libc::MAP_ANONYMOUS as u32 != 0;
         let prot = if filled_writable(v, pagemap) { v.prot | (libc::PROT_READ | libc::PROT_WRITE) as u32 } else { v.prot };
-        let keep = (libc::MAP_SHARED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_GROWSDOWN) as u32;
+        if kept.iter().any(|k| k.start == v.start) {
+            // Already there, with the parent's pages and protection; a
+            // child does not inherit mlock.
+            task.call("mprotect of an inherited vma", libc::SYS_mprotect, [v.start, v.end - v.start, prot as u64, 0, 0, 0])?;
+            if v.flags & libc::MAP_LOCKED as u32 != 0 {
+                task.call("mlock of an inherited vma", libc::SYS_mlock, [v.start, v.end - v.start, 0, 0, 0, 0])?;
+            }
+            continue;
+        }
+        let keep = (libc::MAP_SHARED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_GROWSDOWN | libc::MAP_LOCKED) as u32;
         let mut flags = (v.flags & keep) as u64 | libc::MAP_FIXED as u64;
         let len = v.end.checked_sub(v.start).ok_or_else(|| Error::Invalid(format!("vma {:#x}-{:#x} ends before it starts", v.start, v.end)))?;
         let (fd, off) = if v.status & VMA_ANON_SHARED != 0 {
@@ -174,8 +188,10 @@ pub fn map_vmas(
         } else if anon {
             (u64::MAX, 0)
         } else {
+            // The open mode the dump saw (CRIU's fdflags), else what the
+            // protection needs.
             let writable_shared = shared && v.prot & libc::PROT_WRITE as u32 != 0;
-            let oflags = if writable_shared { libc::O_RDWR } else { libc::O_RDONLY } as u32;
+            let oflags = v.fdflags.unwrap_or(if writable_shared { libc::O_RDWR } else { libc::O_RDONLY } as u32);
             let file = u32::try_from(v.shmid).map_err(|_| Error::Invalid(format!("vma {:#x}-{:#x}: no file {}", v.start, v.end, v.shmid)))?;
             (open(file, oflags)?, v.pgoff)
         };

@@ -9,11 +9,12 @@
 //! thread gets its saved registers and is let go.
 
 pub mod check;
+mod inherit;
 pub mod layout;
 mod memory;
 mod spawn;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -28,19 +29,28 @@ use crate::error::{Context, Error, Result};
 use crate::files::{self, FdRestorer, Inherited};
 use crate::images::criu::{PAGE_SIZE, SAME_AS_DUMPER, TASK_STOPPED};
 use crate::images::digest;
+use crate::images::meta::{DumpMeta, META};
 use crate::images::load::{self, DumpImage, Pages, ProcessImage};
 use crate::mem::{self, Vma};
 use crate::progress::{Phase, Progress};
 use crate::ptrace;
 use crate::state::{self, signals, ThreadRestore};
 use crate::task::{Scratch, Task, SCRATCH_LEN};
+pub use inherit::{PageCounts, PageSink};
 pub use memory::{PageSource, PagesInDir};
+use memory::Start;
 
 #[derive(Clone, Debug, Default)]
 pub struct RestoreOptions {
     pub dir: PathBuf,
     /// The tree is a job of a shell: it joins crust's session instead of its own.
     pub shell_job: bool,
+    /// A shell job restored in the foreground of crust's terminal, which
+    /// crust then waits for as a shell waits for a job: it gets a process
+    /// group of its own and the terminal's foreground, so that Ctrl-C and
+    /// Ctrl-Z reach it and not crust. Without it a shell job joins crust's
+    /// process group.
+    pub job_control: bool,
     /// How long to wait for pids of the image that are still taken (a killed
     /// process's pid is released only once it has been reaped).
     pub pid_wait: Duration,
@@ -50,6 +60,10 @@ pub struct RestoreOptions {
     pub cgroup_roots: Vec<CgroupRoot>,
     /// Hears the saved pages being put into the new tasks.
     pub progress: Progress,
+    /// Give every process its own copy of all its pages, none kept shared
+    /// with its parent: the restore as crust did it before keeping
+    /// copy-on-write sharing, slower and bigger; for comparison.
+    pub private_copies: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -59,7 +73,13 @@ pub struct RestoreStats {
     pub stop_signal: Option<i32>,
     pub processes: usize,
     pub threads: usize,
+    /// Pages written into the tasks.
     pub pages_restored: u64,
+    /// Pages compared with the page a child inherited from its parent there.
+    pub pages_compared: u64,
+    /// Of those, the ones found equal: left shared with the parent.
+    pub pages_skipped_cow: u64,
+    /// Time spent making the tasks (clone3 of each process; its memory not counted).
     pub forking_time_us: u64,
     pub restore_time_us: u64,
 }
@@ -70,8 +90,8 @@ impl RestoreStats {
         crate::images::proto::StatsEntry {
             dump: None,
             restore: Some(crate::images::proto::RestoreStatsEntry {
-                pages_compared: 0,
-                pages_skipped_cow: 0,
+                pages_compared: self.pages_compared,
+                pages_skipped_cow: self.pages_skipped_cow,
                 forking_time: self.forking_time_us as u32,
                 restore_time: self.restore_time_us as u32,
                 pages_restored: Some(self.pages_restored),
@@ -141,6 +161,8 @@ pub struct Held {
     root: i32,
     stats: RestoreStats,
     start: Instant,
+    /// A shell job's terminal.
+    terminal: Option<JobTerminal>,
 }
 
 impl Held {
@@ -152,10 +174,22 @@ impl Held {
         &self.stats
     }
 
-    /// Let every task go at once.
+    /// Let every task go at once; a shell job with its terminal's
+    /// foreground first, if it is to have it, and told afterwards if the
+    /// terminal's window size is not the one it knew.
     pub fn release(mut self) -> Result<Restored> {
-        for (pid, threads, stop) in &self.tasks {
-            let_go(*pid, threads, *stop)?;
+        let job_group = nix::unistd::getpgid(Some(Pid::from_raw(self.root))).ctx(|| "reading the job's process group")?;
+        let foreground = self.terminal.as_ref().filter(|t| t.foreground);
+        if let Some(t) = foreground {
+            nix::unistd::tcsetpgrp(t.fd, job_group).ctx(|| "giving the job the terminal's foreground")?;
+        }
+        let released = self.tasks.iter().try_for_each(|(pid, threads, stop)| let_go(*pid, threads, *stop));
+        if let (Err(_), Some(t)) = (&released, foreground) {
+            let _ = nix::unistd::tcsetpgrp(t.fd, nix::unistd::getpgrp());
+        }
+        released?;
+        if self.terminal.as_ref().is_some_and(|t| t.resized) {
+            let _ = nix::sys::signal::killpg(job_group, Signal::SIGWINCH);
         }
         self.created.done = true;
         self.created.cgroups.keep();
@@ -212,14 +246,14 @@ pub fn restore_held(opts: &RestoreOptions, mut img: DumpImage, pages: &mut dyn P
     let start = Instant::now();
     preflight(&img, opts)?;
     // Deleted files the tree holds are made again for it to open and map.
-    let _ghosts = files::ghost::materialize(&mut img)?;
+    let ghosts = files::ghost::materialize(&mut img)?;
     let img = &img;
     let pages_check = check_pages_meanwhile(img);
     raise_nofile_limit();
     // From here on, whatever fails is undone by `created`.
     let mut created = Created::default();
-    let terminal = job_terminal(img, opts, &mut created)?;
-    let terminal = terminal.as_deref();
+    let job_tty = job_terminal(img, opts, &mut created)?;
+    let terminal = job_tty.as_ref().map(|t| t.path.as_str());
     // Cgroups are checked and made before any task exists.
     if let Some(entry) = &img.cgroups {
         created.cgroups = Placement::prepare(entry, opts.manage_cgroups, &opts.cgroup_roots)?;
@@ -227,29 +261,50 @@ pub fn restore_held(opts: &RestoreOptions, mut img: DumpImage, pages: &mut dyn P
     let mut stats = RestoreStats { processes: img.processes.len(), ..Default::default() };
     let (mut root, crust_layout) = make_root(img, &mut created)?;
     let (inherited, shmem_fds) = make_shared(&mut root, img, terminal)?;
-    let fork_start = Instant::now();
-    let mut procs = fork_children(root, img, opts, &mut created)?;
-    stats.forking_time_us = fork_start.elapsed().as_micros() as u64;
+    let live = img.processes.iter().filter(|p| p.zombie.is_none());
+    let page_bytes = live.flat_map(|p| &p.pagemap).map(|e| e.nr_pages as u64 * PAGE_SIZE).sum();
+    let shared_at_dump = shared_at_dump(img);
+    let mut memory = Memory {
+        img,
+        shared_at_dump: &shared_at_dump,
+        shmem_fds: &shmem_fds,
+        inherited: &inherited,
+        pages,
+        meter: opts.progress.start(Phase::RestoringPages, page_bytes),
+        counts: PageCounts::default(),
+    };
+    let mut procs = make_tree(root, &crust_layout, opts, &mut memory, &mut created, &mut stats)?;
+    stats.pages_restored = memory.counts.restored;
+    stats.pages_compared = memory.counts.compared;
+    stats.pages_skipped_cow = memory.counts.skipped_cow;
     let mut finished = HashSet::new();
-    let page_bytes = procs.iter().flat_map(|p| &p.image.pagemap).map(|e| e.nr_pages as u64 * PAGE_SIZE).sum();
-    let mut meter = opts.progress.start(Phase::RestoringPages, page_bytes);
-    for p in &mut procs {
-        stats.pages_restored += memory::restore(p, &crust_layout, img, &shmem_fds, &inherited, pages, &mut |n| meter.add(n))?;
-        let mut r = FdRestorer::new(&p.leader, &mut p.scratch, img, &inherited, terminal);
-        files::restore_table(p.image, &mut r, &mut finished)?;
+    for i in 0..procs.len() {
+        let p = &procs[i];
+        // An fd table shared with the parent is the parent's, restored with it.
+        let parent = procs[..i].iter().find(|q| q.image.pid() == p.image.pstree.ppid as i32);
+        let shares_table = parent.is_some_and(|q| shared_with_parent(p.image, q.image) & libc::CLONE_FILES as u64 != 0);
+        let p = &mut procs[i];
+        if !shares_table {
+            let mut r = FdRestorer::new(&p.leader, &mut p.scratch, img, &inherited, terminal);
+            files::restore_table(p.image, &mut r, &mut finished)?;
+        }
         make_threads(p, img, &mut created)?;
         stats.threads += p.image.threads.len();
     }
-    // Last: crust's scratch areas go, every thread gets its registers back.
-    for p in &procs {
+    // Last: the file locks are taken again (nothing closes an fd after
+    // this, which would drop a POSIX lock), crust's scratch areas go, every
+    // thread gets its registers back.
+    for p in &mut procs {
+        files::locks::restore(img, p.image, &p.leader, &mut p.scratch)?;
         p.leader.call("munmap of the scratch area", libc::SYS_munmap, [p.scratch.addr, p.scratch.len, 0, 0, 0, 0])?;
         p.tasks().try_for_each(|(task, thread)| state::restore_last(task, thread))?;
     }
+    ghosts.put_back_times()?;
     pages_check.join().map_err(|_| Error::Invalid("the check of the pages images failed".into()))??;
     let tasks = procs.iter().map(|p| (p.leader.tid, p.threads.iter().map(|t| t.tid).collect(), stop_signal(p.image))).collect();
     let root = procs[0].image.pid();
     stats.restore_time_us = start.elapsed().as_micros() as u64;
-    Ok(Held { created, tasks, root, stats, start })
+    Ok(Held { created, tasks, root, stats, start, terminal: job_tty })
 }
 
 /// Before anything is created: the pids (waiting a little for ones being
@@ -282,18 +337,29 @@ fn raise_nofile_limit() {
     }
 }
 
+/// The terminal a shell job is restored on.
+struct JobTerminal {
+    path: String,
+    fd: std::os::fd::BorrowedFd<'static>,
+    /// Its window size is not the one the job last knew.
+    resized: bool,
+    /// The job gets its foreground (`RestoreOptions::job_control`).
+    foreground: bool,
+}
+
 /// A shell job's terminal is the one crust runs on: it gets the job's
-/// settings (put back if the restore fails). Returns its path.
-fn job_terminal(img: &DumpImage, opts: &RestoreOptions, created: &mut Created) -> Result<Option<String>> {
+/// settings (put back if the restore fails).
+fn job_terminal(img: &DumpImage, opts: &RestoreOptions, created: &mut Created) -> Result<Option<JobTerminal>> {
     if !opts.shell_job {
         return Ok(None);
     }
     let Some((path, fd)) = files::tty::own_terminal() else { return Ok(None) };
+    let mut resized = false;
     if let Some(info) = files::tty::job_terminal(img) {
         created.terminal = Some(files::tty::SavedTerminal::save(fd)?);
-        files::tty::apply_settings(fd, info)?;
+        resized = files::tty::apply_settings(fd, info)?;
     }
-    Ok(Some(path))
+    Ok(Some(JobTerminal { path, fd, resized, foreground: opts.job_control }))
 }
 
 /// The root: a copy of crust with the root's pid, stopped at birth, under
@@ -346,37 +412,104 @@ fn make_shared(root: &mut Proc, img: &DumpImage, terminal: Option<&str>) -> Resu
     Ok((r.into_inherited(), shmem_fds))
 }
 
-/// Children, each forked by its parent before anyone's memory changes, with
-/// their sessions and process groups; zombies die at once. Returns every
-/// live process, the root first.
-fn fork_children<'a>(root: Proc<'a>, img: &'a DumpImage, opts: &RestoreOptions, created: &mut Created) -> Result<Vec<Proc<'a>>> {
+/// From crust's notes beside the images (none in CRIU's): by pid, the pages
+/// a process shared physically with its parent when dumped, sorted and merged.
+fn shared_at_dump(img: &DumpImage) -> BTreeMap<i32, Vec<(u64, u64)>> {
+    let meta = std::fs::read(img.dir.join(META)).ok().and_then(|t| serde_json::from_slice::<DumpMeta>(&t).ok());
+    let by_pid = meta.map(|m| m.shared_with_parent).unwrap_or_default();
+    by_pid.into_iter().map(|(pid, ranges)| (pid, crate::ranges::merge(ranges))).collect()
+}
+
+/// What restoring a process's memory needs, and the pages counted so far.
+struct Memory<'m> {
+    img: &'m DumpImage,
+    /// By pid: the pages a process shared physically with its parent when dumped.
+    shared_at_dump: &'m BTreeMap<i32, Vec<(u64, u64)>>,
+    shmem_fds: &'m HashMap<u64, u64>,
+    /// What the root made for everyone (memfds, by inode).
+    inherited: &'m Inherited,
+    pages: &'m mut dyn PageSource,
+    meter: crate::progress::Meter<'m>,
+    counts: PageCounts,
+}
+
+impl Memory<'_> {
+    fn restore(&mut self, p: &mut Proc, start: Start) -> Result<()> {
+        let meter = &mut self.meter;
+        self.counts += memory::restore(p, start, self.img, self.shmem_fds, self.inherited, self.pages, &mut |n| meter.add(n))?;
+        Ok(())
+    }
+}
+
+/// Every live process, the root first, in the order of pstree.img (parents
+/// before their children; a migration sends the pages in that order). Each
+/// process's memory is restored before it forks its children, so that they
+/// inherit its pages copy-on-write as the originals did (see [`inherit`]);
+/// children get their sessions and process groups; zombies die at once.
+fn make_tree<'a>(
+    root: Proc<'a>,
+    crust_layout: &[Vma],
+    opts: &RestoreOptions,
+    memory: &mut Memory<'a>,
+    created: &mut Created,
+    stats: &mut RestoreStats,
+) -> Result<Vec<Proc<'a>>> {
+    let img = memory.img;
     if root.image.pstree.sid == root.image.pstree.pid && !opts.shell_job {
         root.leader.call("setsid", libc::SYS_setsid, [0; 6])?;
     }
     let scratch_addr = root.scratch.addr;
     let mut procs = vec![root];
+    memory.restore(&mut procs[0], Start::crust(crust_layout))?;
+    let mut forking = Duration::ZERO;
     for p in &img.processes[1..] {
+        let fork_start = Instant::now();
         let parent = procs
             .iter_mut()
             .find(|q| q.image.pid() == p.pstree.ppid as i32)
             .ok_or_else(|| Error::image(img.dir.join("pstree.img"), format!("process {}: its parent {} is not in the image", p.pid(), p.pstree.ppid)))?;
-        let child = spawn::clone_in(&parent.leader, &mut parent.scratch, p.pid(), 0, libc::SIGCHLD as u64)?;
+        let child = spawn::clone_in(&parent.leader, &mut parent.scratch, p.pid(), shared_with_parent(p, parent.image), libc::SIGCHLD as u64)?;
         created.processes.push(child);
         spawn::wait_new_task(child)?;
         created.cgroups.place(child, cg_set(p))?;
         let task = Task::new(child, child, parent.leader.gadget())?;
-        let mut scratch = Scratch::new(child, scratch_addr)?;
-        if let Some(status) = p.zombie {
-            spawn::make_zombie(task, &mut scratch, status)?;
-            continue;
-        }
+        let parent_image = parent.image;
+        let scratch = Scratch::new(child, scratch_addr)?;
         if p.pstree.sid == p.pstree.pid {
             task.call("setsid", libc::SYS_setsid, [0; 6])?;
         }
-        procs.push(Proc { image: p, leader: task, threads: Vec::new(), scratch });
+        forking += fork_start.elapsed();
+        let mut proc = Proc { image: p, leader: task, threads: Vec::new(), scratch };
+        if p.zombie.is_none() {
+            let shared = memory.shared_at_dump.get(&p.pid()).map(Vec::as_slice).unwrap_or_default();
+            memory.restore(&mut proc, Start::forked(child, p, parent_image, opts.private_copies, shared)?)?;
+        }
+        procs.push(proc);
     }
-    spawn::set_process_groups(&procs, opts.shell_job)?;
-    Ok(procs)
+    stats.forking_time_us = forking.as_micros() as u64;
+    // Zombies die once in their sessions and groups (a group whose leader
+    // is a zombie can still be joined).
+    spawn::set_process_groups(&procs, opts.shell_job && !opts.job_control)?;
+    let (zombies, live): (Vec<Proc>, Vec<Proc>) = procs.into_iter().partition(|p| p.image.zombie.is_some());
+    for mut z in zombies {
+        if let Some(status) = z.image.zombie {
+            spawn::make_zombie(z.leader, &mut z.scratch, status)?;
+        }
+    }
+    Ok(live)
+}
+
+/// The clone flags that make a child share what it shared with its parent
+/// (its fd table, its fs state).
+fn shared_with_parent(p: &ProcessImage, parent: &ProcessImage) -> u64 {
+    let mut flags = 0;
+    if p.ids.files_id == parent.ids.files_id {
+        flags |= libc::CLONE_FILES as u64;
+    }
+    if p.ids.fs_id == parent.ids.fs_id {
+        flags |= libc::CLONE_FS as u64;
+    }
+    flags
 }
 
 /// The process's own state in its leader, then its other threads (which

@@ -115,19 +115,25 @@ pub(super) fn make_zombie(task: Task, scratch: &mut Scratch, status: u32) -> Res
 }
 
 /// Process groups: leaders make their groups first, then members join. The
-/// group of a shell job (the root's) is crust's own, so that the restoring
-/// shell's job control (Ctrl-Z, fg) reaches the job through crust.
-pub(super) fn set_process_groups(procs: &[Proc], shell_job: bool) -> Result<()> {
+/// group of a shell job (the root's) is crust's own when `in_crust_group`,
+/// so that the restoring shell's job control (Ctrl-Z, fg) reaches the job
+/// through crust; else a group of its own, led by its leader if that is in
+/// the tree, by the root if not.
+pub(super) fn set_process_groups(procs: &[Proc], in_crust_group: bool) -> Result<()> {
     let in_tree = |pid: u32| procs.iter().any(|p| p.image.pstree.pid == pid);
+    let root = procs[0].image.pstree.pid;
     let job_group = procs[0].image.pstree.pgid;
+    let group_of = |pgid: u32| match pgid == job_group {
+        true if in_crust_group => None,
+        true if !in_tree(job_group) => Some(root),
+        _ => in_tree(pgid).then_some(pgid),
+    };
     let mut order: Vec<&Proc> = procs.iter().collect();
-    order.sort_by_key(|p| p.image.pstree.pgid != p.image.pstree.pid);
+    order.sort_by_key(|p| group_of(p.image.pstree.pgid) != Some(p.image.pstree.pid));
     for p in order {
-        let (pid, pgid) = (p.image.pstree.pid, p.image.pstree.pgid);
-        if shell_job && pgid == job_group {
-            continue;
-        }
-        if in_tree(pgid) && nix::unistd::getpgid(Some(Pid::from_raw(pid as i32))).map(|g| g.as_raw() as u32) != Ok(pgid) {
+        let pid = p.image.pstree.pid;
+        let Some(pgid) = group_of(p.image.pstree.pgid) else { continue };
+        if nix::unistd::getpgid(Some(Pid::from_raw(pid as i32))).map(|g| g.as_raw() as u32) != Ok(pgid) {
             p.leader.call("setpgid", libc::SYS_setpgid, [0, pgid as u64, 0, 0, 0, 0])?;
         }
     }

@@ -10,6 +10,7 @@ mod futex;
 pub mod inventory;
 mod names;
 mod personality;
+mod posix_timers;
 mod prctl;
 mod regs;
 mod rlimits;
@@ -88,6 +89,7 @@ pub static COMPONENTS: &[&dyn Component] = &[
     &signals::Signals,
     &rlimits::Rlimits,
     &timers::Itimers,
+    &posix_timers::PosixTimers,
     &futex::Futex,
     &rseq::Rseq,
     &names::Names,

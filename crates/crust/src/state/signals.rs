@@ -5,7 +5,7 @@
 
 use nix::sys::signal::Signal;
 
-use super::{Component, ThreadDump, ThreadRestore};
+use super::{posix_timers, Component, ThreadDump, ThreadRestore};
 use crate::error::Result;
 use crate::images::criu::sigaction_signals;
 use crate::images::load::ThreadImage;
@@ -38,12 +38,18 @@ impl Component for Signals {
     }
 
     fn restore_process(&self, p: &mut ThreadRestore, tc: &TaskCoreEntry) -> Result<()> {
+        // Every signal waits, blocked, until restore_last sets each thread's
+        // own mask: the signals queued here, and those of timers armed later,
+        // must not be delivered in the middle of crust's injected syscalls.
+        // Threads made after this inherit the mask.
+        ptrace::set_sigmask(p.task.tid, !0)?;
         for (sig, sa) in sigaction_signals().zip(&tc.sigactions) {
             let act = p.scratch.reset().put_u64s(&[sa.sigaction, sa.flags, sa.restorer, sa.mask])?;
             p.task.call(&format!("rt_sigaction({sig})"), libc::SYS_rt_sigaction, [sig as u64, act, 0, 8, 0, 0])?;
         }
         let pid = p.process.pid() as u64;
-        for s in tc.signals_s.iter().flat_map(|q| &q.signals) {
+        // A timer's signal is queued again by its restored timer.
+        for s in tc.signals_s.iter().flat_map(|q| &q.signals).filter(|s| !posix_timers::queued_by_timer(tc, s)) {
             let info = p.scratch.reset().put(&s.siginfo)?;
             p.task.call("rt_sigqueueinfo", libc::SYS_rt_sigqueueinfo, [pid, signo(s), info, 0, 0, 0])?;
         }
@@ -58,7 +64,8 @@ impl Component for Signals {
             t.task.call("sigaltstack", libc::SYS_sigaltstack, [ss, 0, 0, 0, 0, 0])?;
         }
         let pid = t.process.pid() as u64;
-        for s in thread.core.signals_p.iter().flat_map(|q| &q.signals) {
+        let by_timer = |s: &&SiginfoEntry| posix_timers::queued_by_timer(&t.process.task, s);
+        for s in thread.core.signals_p.iter().flat_map(|q| &q.signals).filter(|s| !by_timer(s)) {
             let info = t.scratch.reset().put(&s.siginfo)?;
             let args = [pid, t.task.tid as u64, signo(s), info, 0, 0];
             t.task.call("rt_tgsigqueueinfo", libc::SYS_rt_tgsigqueueinfo, args)?;
