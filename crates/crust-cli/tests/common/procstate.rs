@@ -336,6 +336,10 @@ fn file_mtime(path: &str) -> Option<String> {
     // Anonymous pipes are made at the restore, their times with them; CRIU's
     // images keep no times of theirs.
     let target = std::fs::read_link(path).ok().filter(|t| t.starts_with("/"))?;
+    // memfds too: memfd.img keeps no times either.
+    if target.to_string_lossy().starts_with("/memfd:") {
+        return None;
+    }
     if target.starts_with("/proc") || target.starts_with("/sys") || target.starts_with("/dev") {
         return None;
     }
