@@ -44,7 +44,7 @@ pub struct Vma {
     pub status: u32,
     pub backing: Backing,
     /// madvise advice to give it again, as CRIU's vma_entry holds it: bit
-    /// `1 << MADV_x` for each (see [`crate::state::inventory::MADVISED`]).
+    /// `1 << MADV_x` for each (see [`crate::inventory::MADVISED`]).
     pub madv: u64,
     /// It may be made writable (VmFlag `mw`): for a shared file mapping,
     /// its file was opened for writing.
@@ -171,7 +171,7 @@ fn vmas(pid: i32, strict: bool) -> Result<Vec<Vma>> {
         if strict && !matches!(backing, Backing::Vdso | Backing::Vvar | Backing::Vsyscall) {
             if let Some((flags, pkey)) = raw.get(i) {
                 check_vm_flags(pid, m.address, flags, *pkey)?;
-                for (name, advice) in crate::state::inventory::MADVISED {
+                for (name, advice) in crate::inventory::MADVISED {
                     if flags.iter().any(|f| f == name) {
                         madv |= 1u64 << advice;
                     }
@@ -211,9 +211,9 @@ fn raw_vm_flags(smaps: &[u8]) -> Vec<(Vec<String>, u32)> {
 }
 
 /// A vma crust would map again without one of its flags, or with a memory
-/// protection key, refuses the dump (see [`crate::state::inventory::VM_FLAGS`]).
+/// protection key, refuses the dump (see [`crate::inventory::VM_FLAGS`]).
 fn check_vm_flags(pid: i32, (start, end): (u64, u64), flags: &[String], pkey: u32) -> Result<()> {
-    use crate::state::inventory::{vm_flag, Fate};
+    use crate::inventory::{vm_flag, Fate};
     let place = || format!("process {pid}: mapping {start:#x}-{end:#x}");
     let mut refused = Vec::new();
     for f in flags {

@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 
-use crust::state::inventory::{status_field, Fate};
+use crust::inventory::{status_field, Fate};
 
 /// What /proc shows of every task of a tree.
 pub struct ProcState {

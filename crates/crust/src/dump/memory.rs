@@ -14,7 +14,7 @@ use crate::mem::{self, Backing, PageReader, Vma};
 use crate::proc;
 use crate::progress::{Phase, Progress};
 use crate::ranges::split;
-use crate::shmem::SharedMemory;
+use crate::files::shmem::SharedMemory;
 
 impl TreeDump {
     /// mm-PID.img, then the pages. `brk` was read inside the process.

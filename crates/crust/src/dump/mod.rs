@@ -26,7 +26,7 @@ use crate::mem::{self, Vma};
 use crate::proc;
 use crate::progress::{Phase, Progress};
 use crate::remote::RemoteThread;
-use crate::shmem::SharedMemory;
+use crate::files::shmem::SharedMemory;
 use crate::state::{self, ThreadDump};
 use crate::tree::{FrozenProcess, FrozenTree};
 use memory::PendingPages;

@@ -1,11 +1,11 @@
 //! State crust does not restore (yet), met in a tree being dumped: the dump
-//! stops and names it, as [`crate::state::inventory`] says, before anything is
+//! stops and names it, as [`crate::inventory`] says, before anything is
 //! lost. The mappings' VmFlags are checked as they are read ([`crate::mem`]),
 //! file locks as the fds are ([`crate::files::locks`]).
 
 use crate::error::{Error, Result};
 use crate::proc;
-use crate::state::inventory::{self, Fate};
+use crate::inventory::{self, Fate};
 use crate::tree::FrozenProcess;
 
 /// What crust itself runs with, which restored processes inherit.

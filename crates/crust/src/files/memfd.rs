@@ -20,7 +20,7 @@ use crate::images::criu::PAGE_SIZE;
 use crate::images::load::{read_all, read_shmem, DumpImage, ShmemImage};
 use crate::images::proto::{FdTypes, FileEntry, FownEntry, MemfdFileEntry, MemfdInodeEntry};
 use crate::images::{ImageDir, Kind};
-use crate::shmem;
+use super::shmem;
 
 pub struct Memfd;
 

@@ -15,6 +15,7 @@ pub mod memfd;
 pub mod pidfd;
 pub mod pipe;
 pub mod reg;
+pub mod shmem;
 pub mod signalfd;
 pub mod timerfd;
 pub mod tty;

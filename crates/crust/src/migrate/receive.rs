@@ -114,7 +114,7 @@ fn receive_into(chan: &mut Channel, session: &Path) -> Result<Restored> {
                     .strip_prefix("pages-")
                     .and_then(|n| n.strip_suffix(".img"))
                     .and_then(|n| n.parse::<u32>().ok())
-                    .is_some_and(|id| id >= crate::shmem::PAGES_ID_BASE);
+                    .is_some_and(|id| id >= crate::files::shmem::PAGES_ID_BASE);
                 if !safe_name(&name) || (Kind::of_file_name(&name) == Some(Kind::Pages) && !shmem_pages) {
                     return Err(Error::Protocol(format!("refusing a file named {name:?} here")));
                 }

@@ -2,7 +2,7 @@
 //! the image's (see [`super::layout`]; what a child inherited from its parent
 //! is kept where it can be, see [`super::inherit`]), the saved pages put in,
 //! the mm's bounds, auxv and executable set. Shared memory objects are made by
-//! [`crate::shmem`], memfds by [`crate::files::memfd`].
+//! [`crate::files::shmem`], memfds by [`crate::files::memfd`].
 
 use std::collections::HashMap;
 

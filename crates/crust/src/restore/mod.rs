@@ -408,7 +408,7 @@ fn make_shared(root: &mut Proc, img: &DumpImage, terminal: Option<&str>) -> Resu
     let base = img.processes.iter().flat_map(|p| p.fds.iter().map(|f| f.fd as u64 + 1)).max().unwrap_or(0).max(3);
     let mut r = FdRestorer::new(&root.leader, &mut root.scratch, img, &Inherited::above(base), terminal);
     files::make_shared(&mut r)?;
-    let shmem_fds = crate::shmem::make(&mut r, img)?;
+    let shmem_fds = crate::files::shmem::make(&mut r, img)?;
     Ok((r.into_inherited(), shmem_fds))
 }
 

@@ -7,7 +7,6 @@
 mod creds;
 mod fs;
 mod futex;
-pub mod inventory;
 mod names;
 mod personality;
 mod posix_timers;
