@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use common::procstate::ProcState;
 use common::job::{dump, ready_field, restore, Job, STEP};
 use common::{assert_clean_failure, Workload, assert_running_untraced, crit_decode_dir, crust, dump_args, entries, num, run_with_timeout, TempDir};
 
@@ -84,6 +85,7 @@ fn flock_posix_and_ofd_locks_come_back_held_by_their_owners() {
     let images = dir.join("images");
     assert_dump_refused(job.pid, &images, &files, &["data", "flock"]);
 
+    let state = ProcState::of_tree(job.pid);
     dump(job.pid, &images, &["--file-locks"]);
     job.reap_original();
     assert!(locks_on(&files).is_empty(), "locks are left after the dump killed the tree: {:?}", locks_on(&files));
@@ -113,6 +115,7 @@ fn flock_posix_and_ofd_locks_come_back_held_by_their_owners() {
     let out = restore(&images, &[]);
     assert!(out.status.success(), "restore failed: {}", String::from_utf8_lossy(&out.stderr));
     job.adopt_restored();
+    state.assert_same(&ProcState::of_tree(job.pid), &[]);
     assert_eq!(locks_on(&files), before, "the restored tree does not hold the locks it held");
     assert_eq!(conflicting_lock(&files[0], 0, 10), (libc::F_WRLCK as i16, job.pid));
     assert_eq!(conflicting_lock(&files[0], 80, 10), (libc::F_RDLCK as i16, child));
@@ -240,11 +243,13 @@ fn sqlite_mid_transaction_keeps_its_lock_and_commits_after_restore() {
     s.run(&inserts(150, 200), "second half");
     s.assert_writers_locked_out("after the refused dump");
 
+    let state = ProcState::of_tree(s.job.pid);
     dump(s.job.pid, &images, &["--file-locks"]);
     s.job.reap_original();
     let out = restore(&images, &[]);
     assert!(out.status.success(), "restore failed: {}", String::from_utf8_lossy(&out.stderr));
     s.job.adopt_restored();
+    state.assert_same(&ProcState::of_tree(s.job.pid), &[]);
     s.assert_writers_locked_out("after the restore");
 
     s.run(&format!("{}\nCOMMIT;", inserts(200, 250)), "committed");
