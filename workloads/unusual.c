@@ -25,6 +25,7 @@
  *           mergeable|droppable|sequential|random
  *                         has a mapping with that flag (mlock, madvise, MAP_DROPPABLE)
  *   unusual thp-disable   has PR_SET_THP_DISABLE set
+ *   unusual thp-advised   has PR_SET_THP_DISABLE set except where madvised (6.18)
  *   unusual deadline      runs under SCHED_DEADLINE
  *   unusual membarrier    registered for private expedited membarriers
  *
@@ -206,8 +207,9 @@ int main(int argc, char **argv)
             die("sigwaitinfo");
         run_on(NULL);
     }
-    if (strcmp(argv[1], "thp-disable") == 0) {
-        if (prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0))
+    if (strcmp(argv[1], "thp-disable") == 0 || strcmp(argv[1], "thp-advised") == 0) {
+        /* PR_THP_DISABLE_EXCEPT_ADVISED is 1 << 1. */
+        if (prctl(PR_SET_THP_DISABLE, 1, strcmp(argv[1], "thp-advised") == 0 ? 2 : 0, 0, 0))
             die("PR_SET_THP_DISABLE");
         run_on(NULL);
     }

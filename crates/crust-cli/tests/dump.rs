@@ -1019,7 +1019,7 @@ fn dump_refuses_what_it_cannot_restore_inside_a_process_and_leaves_it_running() 
         ("thread-cpu-timer", "POSIX timer 0: it runs on the CPU clock of the thread that made it (CLOCK_THREAD_CPUTIME_ID), which /proc does not tell among 2 threads"),
         ("timer-overrun", "overruns (timer_getoverrun), a count a restored timer cannot be given back: not supported"),
         ("droppable", "VmFlag \"dp\": MAP_DROPPABLE"),
-        ("thp-disable", "THP_enabled is \"0\" where crust's is \"1\": restoring the THP-disable prctl"),
+        ("thp-advised", "PR_SET_THP_DISABLE with PR_THP_DISABLE_EXCEPT_ADVISED"),
         ("deadline", "scheduling policy 6 (priority 0): this scheduling policy is not supported yet"),
         ("membarrier", "registered for membarrier MEMBARRIER_CMD_PRIVATE_EXPEDITED: membarrier registrations are not supported yet"),
     ];

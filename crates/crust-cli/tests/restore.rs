@@ -922,3 +922,15 @@ fn an_fd_table_and_fs_state_shared_with_the_parent_are_shared_again() {
     assert!(kcmp_same(job.pid, child, 3), "the fs state is shared again");
     job.expect_ok();
 }
+
+#[test]
+fn the_thp_disable_prctl_survives_restore() {
+    let dir = TempDir::new("restore-thp-disable");
+    let mut job = Job::start("unusual", &["thp-disable"], dir.path());
+    job.ready();
+    assert_eq!(common::proc_status_field(job.pid, "THP_enabled").as_deref(), Some("0"));
+    // The /proc comparison checks THP_enabled again after the restore.
+    dump_and_restore(&mut job, &dir.join("images"));
+    assert_eq!(common::proc_status_field(job.pid, "THP_enabled").as_deref(), Some("0"));
+    job.expect_ok();
+}

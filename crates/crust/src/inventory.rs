@@ -125,7 +125,7 @@ pub static STATUS_FIELDS: &[(&str, Fate)] = &[
     ("VmSwap", Fate::NotNeeded("a statistic of memory use (swapped pages are read and saved)")),
     ("HugetlbPages", Fate::Refused("hugetlb memory: refused by the mappings' `ht` VmFlag")),
     ("CoreDumping", Fate::NotNeeded("a task dumping core is exiting")),
-    ("THP_enabled", Fate::SameAsCrust("the THP-disable prctl (PR_SET_THP_DISABLE)")),
+    ("THP_enabled", Fate::Saved("thp_disabled of mm-PID.img, set again with PR_SET_THP_DISABLE (prctl); the 6.18 except-advised mode, which this field does not show, is refused")),
     ("untag_mask", Fate::SameAsCrust("the address tagging mask (x86 LAM, ARCH_ENABLE_TAGGED_ADDR)")),
     ("x86_Thread_features", Fate::SameAsCrust("x86 thread features (shadow stack, ARCH_SHSTK_ENABLE)")),
     ("x86_Thread_features_locked", Fate::SameAsCrust("locked x86 thread features (ARCH_SHSTK_LOCK)")),

@@ -39,6 +39,7 @@ impl TreeDump {
             mm_saved_auxv: proc::auxv(pid)?,
             vmas: vmas_entries,
             dumpable: None,
+            thp_disabled: Some(thp_disabled(pid)?),
             ..Default::default()
         };
         let mut w = self.dir.writer(&format!("mm-{pid}.img"), Kind::Mm)?;
@@ -81,6 +82,13 @@ impl TreeDump {
         }
         Ok(())
     }
+}
+
+/// Whether THP is disabled for the process (PR_SET_THP_DISABLE), as its
+/// status shows it.
+fn thp_disabled(pid: i32) -> Result<bool> {
+    let status = proc::read_string(&format!("/proc/{pid}/status"))?;
+    Ok(status.lines().any(|l| l.strip_prefix("THP_enabled:").is_some_and(|v| v.trim() == "0")))
 }
 
 fn vma_entry(pid: i32, v: &Vma, files: &mut FileTable, shmem: &mut SharedMemory) -> Result<VmaEntry> {

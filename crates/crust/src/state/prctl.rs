@@ -1,6 +1,7 @@
 //! Process attributes read and set by prctl and friends: the child-subreaper
-//! flag (saved), oom_score_adj (saved, written from outside), and membarrier
-//! registrations (refused: no image holds them).
+//! flag (saved), the THP-disable flag (saved in mm-PID.img), oom_score_adj
+//! (saved, written from outside), and membarrier registrations (refused: no
+//! image holds them).
 
 use super::{Component, ThreadDump, ThreadRestore};
 use crate::error::{Context, Error, Result};
@@ -20,6 +21,15 @@ impl Component for Prctl {
         t.rt.call("prctl(PR_GET_CHILD_SUBREAPER)", libc::SYS_prctl, [libc::PR_GET_CHILD_SUBREAPER as u64, at, 0, 0, 0, 0])?;
         let flag = t.rt.read_scratch(4)?;
         tc.child_subreaper = Some(u32::from_le_bytes(flag[..4].try_into().expect("4 bytes")) != 0);
+        // THP disabled (bit 0) is saved from /proc (mm-PID.img's
+        // thp_disabled); disabled except where madvised (6.18) has no field.
+        let thp = t.rt.call("prctl(PR_GET_THP_DISABLE)", libc::SYS_prctl, [libc::PR_GET_THP_DISABLE as u64, 0, 0, 0, 0, 0])?;
+        if thp & !1 != 0 {
+            return Err(Error::unsupported(
+                format!("process {}", t.pid),
+                format!("it set PR_SET_THP_DISABLE with PR_THP_DISABLE_EXCEPT_ADVISED (flags {thp:#x}): not supported yet"),
+            ));
+        }
         // A private expedited barrier fails with EPERM unless the process
         // registered for it; when it did, it is one harmless barrier. (Global
         // expedited registrations cannot be seen from /proc or by a call.)
@@ -39,6 +49,9 @@ impl Component for Prctl {
     }
 
     fn restore_process(&self, p: &mut ThreadRestore, tc: &TaskCoreEntry) -> Result<()> {
+        if let Some(disabled) = p.process.mm.thp_disabled {
+            p.task.call("prctl(PR_SET_THP_DISABLE)", libc::SYS_prctl, [libc::PR_SET_THP_DISABLE as u64, disabled as u64, 0, 0, 0, 0])?;
+        }
         if tc.child_subreaper == Some(true) {
             p.task.call("prctl(PR_SET_CHILD_SUBREAPER)", libc::SYS_prctl, [libc::PR_SET_CHILD_SUBREAPER as u64, 1, 0, 0, 0, 0])?;
         }
