@@ -24,6 +24,7 @@
  *   unusual mlock|dontfork|dontdump|wipeonfork|hugepage|nohugepage|
  *           mergeable|droppable|sequential|random
  *                         has a mapping with that flag (mlock, madvise, MAP_DROPPABLE)
+ *   unusual async         has a pipe signalling it (O_ASYNC, F_SETOWN, F_SETSIG SIGUSR2)
  *   unusual thp-disable   has PR_SET_THP_DISABLE set
  *   unusual thp-advised   has PR_SET_THP_DISABLE set except where madvised (6.18)
  *   unusual deadline      runs under SCHED_DEADLINE
@@ -36,6 +37,7 @@
 #include <linux/seccomp.h>
 #include <pthread.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <linux/membarrier.h>
 #include <sys/epoll.h>
 #include <sys/file.h>
@@ -71,6 +73,30 @@ static void *sleeper(void *arg)
     for (;;)
         pause();
     return NULL;
+}
+
+static int async_pipe[2];
+static volatile sig_atomic_t sigio_fd = -1;
+
+static void on_sigio(int sig, siginfo_t *si, void *ctx)
+{
+    (void)sig, (void)ctx;
+    sigio_fd = si->si_fd;
+}
+
+/* The pipe still signals its owner, by SIGUSR2 with its fd, when written. */
+static void check_async(void)
+{
+    if (fcntl(async_pipe[0], F_GETOWN) != getpid() || fcntl(async_pipe[0], F_GETSIG) != SIGUSR2)
+        fail("owner %d, signal %d", fcntl(async_pipe[0], F_GETOWN), fcntl(async_pipe[0], F_GETSIG));
+    if (!(fcntl(async_pipe[0], F_GETFL) & O_ASYNC))
+        fail("O_ASYNC is gone");
+    if (write(async_pipe[1], "x", 1) != 1)
+        die("write");
+    for (int i = 0; i < 100 && sigio_fd < 0; i++)
+        sleep_ms(10);
+    if (sigio_fd != async_pipe[0])
+        fail("no SIGUSR2 for fd %d (got %d)", async_pipe[0], (int)sigio_fd);
 }
 
 static int in_flight[2];
@@ -205,6 +231,14 @@ int main(int argc, char **argv)
         sleep_ms_full(50);
         if (sigwaitinfo(&usr2, &si) != SIGUSR2 || timer_getoverrun(t) < 1)
             die("sigwaitinfo");
+        run_on(NULL);
+    }
+    if (strcmp(argv[1], "async") == 0) {
+        struct sigaction sa = { .sa_sigaction = on_sigio, .sa_flags = SA_SIGINFO };
+        if (sigaction(SIGUSR2, &sa, NULL) || pipe(async_pipe) || fcntl(async_pipe[0], F_SETOWN, getpid()) ||
+            fcntl(async_pipe[0], F_SETSIG, SIGUSR2) || fcntl(async_pipe[0], F_SETFL, O_ASYNC | O_NONBLOCK))
+            die("O_ASYNC pipe");
+        check = check_async;
         run_on(NULL);
     }
     if (strcmp(argv[1], "thp-disable") == 0 || strcmp(argv[1], "thp-advised") == 0) {

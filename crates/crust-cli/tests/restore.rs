@@ -934,3 +934,13 @@ fn the_thp_disable_prctl_survives_restore() {
     assert_eq!(common::proc_status_field(job.pid, "THP_enabled").as_deref(), Some("0"));
     job.expect_ok();
 }
+
+#[test]
+fn an_o_async_pipe_keeps_its_owner_and_signal() {
+    let dir = TempDir::new("restore-async");
+    let mut job = Job::start("unusual", &["async"], dir.path());
+    job.ready();
+    // The workload writes to the pipe after the restore and waits for its SIGUSR2.
+    dump_and_restore(&mut job, &dir.join("images"));
+    job.expect_ok();
+}

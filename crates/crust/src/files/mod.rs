@@ -100,13 +100,90 @@ fn take_fd(pid: i32, fd: i32) -> std::io::Result<OwnedFd> {
     Ok(pidfd_getfd(&pidfd, fd, PidfdGetfdFlags::empty())?)
 }
 
-/// The fown_entry of a file: who gets SIGIO. crust does not restore async owners
-/// yet, so it records none set and refuses files that have one.
-fn fown_of(fd: &OpenFd) -> Result<FownEntry> {
-    if fd.flags & libc::O_ASYNC as u32 != 0 {
-        return Err(fd.unsupported("O_ASYNC files are"));
+/// The fown_entry of a file: who gets SIGIO or SIGURG for it (F_SETOWN_EX)
+/// and by which signal (F_SETSIG), asked of crust's copy of the fd (the
+/// owner belongs to the open description). An owner outside the tree is
+/// refused: the restore could not name it.
+fn fown_of(fd: &OpenFd, tree: &[i32]) -> Result<FownEntry> {
+    let what = || format!("reading the owner of fd {} of process {}", fd.fd, fd.pid);
+    let file = fd.take()?;
+    // struct f_owner_ex { int type; pid_t pid; }
+    let mut owner_ex = [0i32; 2];
+    // SAFETY: F_GETOWN_EX writes one struct f_owner_ex (two ints) at the
+    // address given, which `owner_ex` is, alive for the call.
+    let r = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&file), F_GETOWN_EX, owner_ex.as_mut_ptr()) };
+    nix::errno::Errno::result(r).ctx(what)?;
+    let owner = Owner { type_: owner_ex[0], pid: owner_ex[1] };
+    // SAFETY: F_GETSIG takes no argument and writes no memory.
+    let signum = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&file), F_GETSIG) };
+    let signum = nix::errno::Errno::result(signum).ctx(what)?;
+    let known = match owner.type_ {
+        F_OWNER_TID => tree.iter().any(|p| std::path::Path::new(&format!("/proc/{p}/task/{}", owner.pid)).exists()),
+        // A process, or a process group led by one.
+        _ => tree.contains(&owner.pid),
+    };
+    if owner.pid != 0 && !known {
+        return Err(fd.unsupported(&format!("signals for it going to {} {} outside the tree are", owner_kind(owner.type_), owner.pid)));
     }
-    Ok(FownEntry::default())
+    Ok(FownEntry { uid: 0, euid: 0, signum: signum as u32, pid_type: owner.type_ as u32, pid: owner.pid as u32 })
+}
+
+// fcntl(2) owner commands and types (include/uapi/asm-generic/fcntl.h),
+// which the libc crate lacks.
+const F_SETSIG: i32 = 10;
+const F_GETSIG: i32 = 11;
+const F_SETOWN_EX: i32 = 15;
+const F_GETOWN_EX: i32 = 16;
+const F_OWNER_TID: i32 = 0;
+const F_OWNER_PGRP: i32 = 2;
+
+/// A file's owner (struct f_owner_ex).
+struct Owner {
+    type_: i32,
+    pid: i32,
+}
+
+fn owner_kind(kind: i32) -> &'static str {
+    match kind {
+        F_OWNER_TID => "thread",
+        F_OWNER_PGRP => "process group",
+        _ => "process",
+    }
+}
+
+/// The open flags and owner of a file, for the kinds that have them.
+fn flags_and_owner(entry: &FileEntry) -> Option<(u32, &FownEntry)> {
+    let e = entry;
+    e.reg.as_ref().map(|f| (f.flags, &f.fown))
+        .or_else(|| e.pipe.as_ref().map(|f| (f.flags, &f.fown)))
+        .or_else(|| e.efd.as_ref().map(|f| (f.flags, &f.fown)))
+        .or_else(|| e.epfd.as_ref().map(|f| (f.flags, &f.fown)))
+        .or_else(|| e.sgfd.as_ref().map(|f| (f.flags, &f.fown)))
+        .or_else(|| e.tfd.as_ref().map(|f| (f.flags, &f.fown)))
+        .or_else(|| e.ify.as_ref().map(|f| (f.flags, &f.fown)))
+        .or_else(|| e.tty.as_ref().map(|f| (f.flags, &f.fown)))
+        .or_else(|| e.memfd.as_ref().map(|f| (f.flags, &f.fown)))
+        .or_else(|| e.pidfd.as_ref().map(|f| (f.flags, &f.fown)))
+}
+
+/// Give the file at `fd` its owner, signal and O_ASYNC again, once every
+/// process of the tree exists (the owner may be any of them).
+fn set_owner(entry: &FileEntry, fd: u64, r: &mut FdRestorer) -> Result<()> {
+    let Some((flags, fown)) = flags_and_owner(entry) else { return Ok(()) };
+    if fown.pid != 0 {
+        let owner = [(fown.pid_type as u64) | ((fown.pid as u64) << 32)];
+        let at = r.scratch.reset().put_u64s(&owner)?;
+        r.task.call("fcntl(F_SETOWN_EX)", libc::SYS_fcntl, [fd, F_SETOWN_EX as u64, at, 0, 0, 0])?;
+    }
+    if fown.signum != 0 {
+        r.task.call("fcntl(F_SETSIG)", libc::SYS_fcntl, [fd, F_SETSIG as u64, fown.signum as u64, 0, 0, 0])?;
+    }
+    // open(2) ignores O_ASYNC: it is set once the owner is.
+    if flags & libc::O_ASYNC as u32 != 0 {
+        let now = r.task.call("fcntl(F_GETFL)", libc::SYS_fcntl, [fd, libc::F_GETFL as u64, 0, 0, 0, 0])?;
+        r.task.call("fcntl(F_SETFL, O_ASYNC)", libc::SYS_fcntl, [fd, libc::F_SETFL as u64, now | libc::O_ASYNC as u64, 0, 0, 0])?;
+    }
+    Ok(())
 }
 
 /// A kind of file, dump and restore side by side: how to recognise its fds,
@@ -241,6 +318,7 @@ pub fn restore_table(image: &ProcessImage, r: &mut FdRestorer, finished: &mut Ha
     for fd in &image.fds {
         if finished.insert(fd.id) {
             finish_file(file(img, fd.id)?, fd.fd as u64, r)?;
+            set_owner(file(img, fd.id)?, fd.fd as u64, r)?;
         }
     }
     Ok(())

@@ -57,7 +57,7 @@ impl FileKind for Terminal {
         Ok(FileEntry {
             r#type: FdTypes::Tty as i32,
             id,
-            tty: Some(TtyFileEntry { id, tty_info_id: info_id, flags: fd.flags, fown: fown_of(fd)?, ..Default::default() }),
+            tty: Some(TtyFileEntry { id, tty_info_id: info_id, flags: fd.flags, fown: fown_of(fd, &table.tree)?, ..Default::default() }),
             ..Default::default()
         })
     }

@@ -117,7 +117,7 @@ impl FileKind for UnixSocket {
             uflags: 0,
             backlog: 0,
             peer,
-            fown: fown_of(fd)?,
+            fown: fown_of(fd, &table.tree)?,
             opts,
             name: Vec::new(),
             shutdown: None,
