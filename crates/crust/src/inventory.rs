@@ -184,6 +184,7 @@ pub static PROCESS_STATE: &[(&str, Fate)] = &[
     ("child subreaper (PR_SET_CHILD_SUBREAPER)", Fate::Saved("prctl (child_subreaper in core-PID.img)")),
     ("membarrier registrations", Fate::Refused("membarrier registrations are not supported yet (private expedited ones are detected; global expedited ones cannot be and are not restored)")),
     ("file locks (flock, POSIX, OFD; read and write, ranges)", Fate::Saved("files::locks (filelocks.img) with --file-locks; refused without it")),
+    ("file owners for SIGIO/SIGURG (F_SETOWN_EX, F_SETSIG, O_ASYNC)", Fate::Saved("fown of each file entry, set again once the tree exists; an owner outside the tree is refused")),
     ("file leases and other lock kinds", Fate::Refused("file leases (F_SETLEASE) are not supported yet, not even with --file-locks")),
     ("memory mappings and their pages", Fate::Saved("mm-PID.img, pagemap/pages images")),
     ("open files", Fate::Saved("files (one FileKind per kind; unknown kinds refused)")),
