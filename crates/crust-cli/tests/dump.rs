@@ -798,6 +798,22 @@ fn kill_crust_during_dump(pid: i32, dir: &Path, kill_when: impl FnOnce(i32) -> b
     assert_eq!(status.signal(), Some(libc::SIGKILL), "crust ended with {status:?} instead of being killed");
 }
 
+/// Waits until the dump has begun writing image `name`; false if crust
+/// (process `cpid`) ended first or it took over 20 s.
+fn wait_for_staged(dir: &Path, cpid: i32, name: &str) -> bool {
+    // The staging directory is named after the process doing the work,
+    // which may be a child of the crust command.
+    let staged = || staging_dirs(dir).iter().any(|s| dir.join(s).join(name).exists());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !staged() {
+        if Instant::now() > deadline || !Path::new(&format!("/proc/{cpid}")).exists() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    true
+}
+
 fn sigblk(pid: i32) -> String {
     proc_status_field(pid, "SigBlk").expect("SigBlk")
 }
@@ -863,21 +879,17 @@ fn crust_killed_mid_dump_leaves_target_running() {
     // in-task state were read, the 512 MiB copy is under way.
     for extra_ms in [0u64, 30] {
         kill_crust_during_dump(w.pid, &dir, |cpid| {
-            // The staging directory is named after the process doing the work,
-            // which may be a child of the crust command.
-            let pages = || staging_dirs(&dir).iter().any(|s| dir.join(s).join("pages-1.img").exists());
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while !pages() {
-                if Instant::now() > deadline || !Path::new(&format!("/proc/{cpid}")).exists() {
-                    return false;
-                }
-                std::thread::sleep(Duration::from_micros(200));
-            }
+            let go = wait_for_staged(&dir, cpid, "pages-1.img");
             std::thread::sleep(Duration::from_millis(extra_ms));
-            true
+            go
         });
         assert_target_survived(&mut w, &mask, &dir, &format!("crust killed {extra_ms} ms into the page copy"));
     }
+    // ... and while its images are synced to disk (the digests, written
+    // first, are there): 512 MiB take a while, and a dump stopped then must
+    // not go on to put them in place and kill the tree.
+    kill_crust_during_dump(w.pid, &dir, |cpid| wait_for_staged(&dir, cpid, "crust-digests.json"));
+    assert_target_survived(&mut w, &mask, &dir, "crust killed while the images were synced");
 
     // A later dump into the same directory works and clears the stale staging dirs.
     let stats = dump_ok(w.pid, &dir, &["-R"]);

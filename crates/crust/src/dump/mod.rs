@@ -145,12 +145,13 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
     if opts.leave_running {
         // Everything is read: the tree need not wait for the disk.
         let mut stats = d.resume();
-        dir.commit()?;
+        dir.commit_unless(crate::cancel::check)?;
         stats.frozen_time_us = us(frozen_at.elapsed());
         Ok(stats)
     } else {
-        // The tree dies only once its images are safely in place.
-        dir.commit()?;
+        // The tree dies only once its images are safely in place, and a
+        // dump stopped while they were synced lets it run on.
+        dir.commit_unless(crate::cancel::check)?;
         Ok(d.kill())
     }
 }
@@ -161,7 +162,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
 /// receiver can check the rest, and build the tree, before they come.
 pub fn dump_frozen(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<Dumped> {
     let (tree, dir, mut stats, frozen_at, pages) = write_images(opts, sink)?;
-    dir.commit()?;
+    dir.commit_unless(crate::cancel::check)?;
     stats.frozen_time_us = us(frozen_at.elapsed());
     Ok(Dumped { tree, frozen_at, pages, stats })
 }

@@ -445,7 +445,14 @@ impl ImageDir {
 
     /// Make the dump whole: write the digests last of all; for a directory,
     /// sync, then move every file into place, inventory last.
-    pub fn commit(mut self) -> Result<()> {
+    pub fn commit(self) -> Result<()> {
+        self.commit_unless(|| Ok(()))
+    }
+
+    /// As [`ImageDir::commit`], but `stop` has the last word once everything
+    /// is synced and before anything is moved into place: syncing a large
+    /// dump takes long, and a dump stopped meanwhile must leave nothing.
+    pub fn commit_unless(mut self, stop: impl Fn() -> Result<()>) -> Result<()> {
         let digests = self.digests.lock().map(|d| d.clone()).unwrap_or_default();
         let manifest = digest::manifest(&digests)?;
         let mut w = ImageWriter { out: self.open(digest::MANIFEST)?, name: String::new(), hasher: Default::default(), digests: Default::default() };
@@ -453,13 +460,14 @@ impl ImageDir {
         w.finish()?;
         if let Backend::Dir { dir, staging } = &self.backend {
             let inventory = "inventory.img";
-            let _ = fs::remove_file(dir.join(inventory));
             let mut names = std::mem::take(&mut self.names);
             names.sort_by_key(|n| n == inventory);
             for name in &names {
                 let from = staging.join(name);
                 File::open(&from).and_then(|f| f.sync_all()).ctx(|| format!("syncing {}", from.display()))?;
             }
+            stop()?;
+            let _ = fs::remove_file(dir.join(inventory));
             for name in &names {
                 let to = dir.join(name);
                 fs::rename(staging.join(name), &to).ctx(|| format!("moving image into place as {}", to.display()))?;
