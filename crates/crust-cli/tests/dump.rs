@@ -905,7 +905,9 @@ fn crust_killed_mid_dump_leaves_target_running() {
 fn crust_killed_in_any_early_millisecond_leaves_target_running() {
     let tmp = TempDir::new("killed-sweep");
     let dir = tmp.join("images");
-    let mut w = Workload::spawn("bigmem", &[os("64")]);
+    // 256 MiB: its dump ends far past the sweep's 30 ms even on a fast
+    // machine, so a kill late under load still lands in the middle of it.
+    let mut w = Workload::spawn("bigmem", &[os("256")]);
     w.ready();
     let mask = sigblk(w.pid);
     // Every millisecond of crust's first 30: process start, seizing, reading
