@@ -157,7 +157,19 @@ impl<'a> JobBuilder<'a> {
         if !cgroups.is_empty() {
             enter_cgroups(&mut cmd, cgroups);
         }
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {name}: {e}"));
+        // A program file just written (a test's copy) may still be open for
+        // writing in a child another test thread forked meanwhile, until that
+        // child execs: exec fails with ETXTBSY for that moment.
+        let mut tries = 0;
+        let child = loop {
+            match cmd.spawn() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                other => break other.unwrap_or_else(|e| panic!("spawning {name}: {e}")),
+            }
+        };
         let pid = child.id() as i32;
         Job { name: name.into(), pid, out, read: 0, history: Vec::new(), child: Some(child), restored: false, sid: pid, session_live: true }
     }
