@@ -45,6 +45,8 @@ pub struct OpenFd {
     pub cloexec: bool,
     /// /proc/PID/fdinfo/FD, whose lines past the common ones depend on the kind.
     pub info: String,
+    /// crust's copy of the fd, once something asked for it.
+    taken: std::cell::OnceCell<OwnedFd>,
 }
 
 impl OpenFd {
@@ -60,7 +62,7 @@ impl OpenFd {
         let pos = field("pos:").parse().unwrap_or(0);
         let raw_flags = u32::from_str_radix(&field("flags:"), 8).unwrap_or(0);
         let cloexec = raw_flags & libc::O_CLOEXEC as u32 != 0;
-        Ok(OpenFd { pid, fd, link, stat, pos, flags: raw_flags & !(libc::O_CLOEXEC as u32), cloexec, info })
+        Ok(OpenFd { pid, fd, link, stat, pos, flags: raw_flags & !(libc::O_CLOEXEC as u32), cloexec, info, taken: Default::default() })
     }
 
     /// A line of fdinfo particular to this kind of file (`eventfd-count:`...).
@@ -83,9 +85,14 @@ impl OpenFd {
         SFlag::from_bits_truncate(self.stat.st_mode & SFlag::S_IFMT.bits())
     }
 
-    /// A copy of the task's fd in crust, without running code in the task.
-    pub fn take(&self) -> Result<OwnedFd> {
-        take_fd(self.pid, self.fd).ctx(|| format!("taking fd {} of process {} ({})", self.fd, self.pid, self.link))
+    /// A copy of the task's fd in crust, without running code in the task;
+    /// taken once, however many parts of the dump ask (its kind, its owner).
+    pub fn take(&self) -> Result<&OwnedFd> {
+        if let Some(fd) = self.taken.get() {
+            return Ok(fd);
+        }
+        let fd = take_fd(self.pid, self.fd).ctx(|| format!("taking fd {} of process {} ({})", self.fd, self.pid, self.link))?;
+        Ok(self.taken.get_or_init(|| fd))
     }
 
     pub(crate) fn unsupported(&self, what: &str) -> Error {
@@ -111,11 +118,11 @@ fn fown_of(fd: &OpenFd, tree: &[i32]) -> Result<FownEntry> {
     let mut owner_ex = [0i32; 2];
     // SAFETY: F_GETOWN_EX writes one struct f_owner_ex (two ints) at the
     // address given, which `owner_ex` is, alive for the call.
-    let r = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&file), F_GETOWN_EX, owner_ex.as_mut_ptr()) };
+    let r = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(file), F_GETOWN_EX, owner_ex.as_mut_ptr()) };
     nix::errno::Errno::result(r).ctx(what)?;
     let owner = Owner { type_: owner_ex[0], pid: owner_ex[1] };
     // SAFETY: F_GETSIG takes no argument and writes no memory.
-    let signum = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&file), F_GETSIG) };
+    let signum = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(file), F_GETSIG) };
     let signum = nix::errno::Errno::result(signum).ctx(what)?;
     let known = match owner.type_ {
         F_OWNER_TID => tree.iter().any(|p| std::path::Path::new(&format!("/proc/{p}/task/{}", owner.pid)).exists()),
@@ -317,8 +324,9 @@ pub fn restore_table(image: &ProcessImage, r: &mut FdRestorer, finished: &mut Ha
     r.task.call("close_range", libc::SYS_close_range, [base, u32::MAX as u64, 0, 0, 0, 0])?;
     for fd in &image.fds {
         if finished.insert(fd.id) {
-            finish_file(file(img, fd.id)?, fd.fd as u64, r)?;
-            set_owner(file(img, fd.id)?, fd.fd as u64, r)?;
+            let entry = file(img, fd.id)?;
+            finish_file(entry, fd.fd as u64, r)?;
+            set_owner(entry, fd.fd as u64, r)?;
         }
     }
     Ok(())

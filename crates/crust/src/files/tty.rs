@@ -148,11 +148,11 @@ fn ctty_info(id: u32, rdev: u32) -> TtyInfoEntry {
 fn tty_info(fd: &OpenFd, id: u32, index: u32) -> Result<TtyInfoEntry> {
     let what = || format!("reading terminal settings of {} (fd {} of process {})", fd.link, fd.fd, fd.pid);
     let tty = fd.take()?;
-    let t = tcgetattr(&tty).ctx(what)?;
-    let ws = tcgetwinsize(&tty).ctx(what)?;
+    let t = tcgetattr(tty).ctx(what)?;
+    let ws = tcgetwinsize(tty).ctx(what)?;
     // Session and foreground group of the terminal, 0 when it is nobody's controlling tty.
-    let sid = nix::sys::termios::tcgetsid(&tty).map_or(0, |p| p.as_raw() as u32);
-    let pgrp = nix::unistd::tcgetpgrp(&tty).map_or(0, |p| p.as_raw() as u32);
+    let sid = nix::sys::termios::tcgetsid(tty).map_or(0, |p| p.as_raw() as u32);
+    let pgrp = nix::unistd::tcgetpgrp(tty).map_or(0, |p| p.as_raw() as u32);
     let raw: libc::termios = t.clone().into();
     Ok(TtyInfoEntry {
         id,

@@ -81,12 +81,12 @@ impl FileKind for UnixSocket {
                 if passcred || passsec {
                     return Err(fd.unsupported("unix sockets receiving credentials with bytes queued are"));
                 }
-                let data = peek_stream(fd, &sock)?;
+                let data = peek_stream(fd, sock)?;
                 table.extras.get_mut::<Dumped>().queues.push((SkPacketEntry { id_for: id, length: data.len() as u32, ..Default::default() }, data));
             }
         } else {
             // Messages keep their bounds (and may be empty): any is refused.
-            match peek_some(&sock, &mut [0u8; 1]) {
+            match peek_some(sock, &mut [0u8; 1]) {
                 Err(Errno::EAGAIN) => {}
                 _ => return Err(fd.unsupported("unix datagram and seqpacket sockets with messages queued are")),
             }
