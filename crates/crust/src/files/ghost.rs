@@ -4,7 +4,7 @@
 //! deleted from the start, for the tree to open and map.
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -186,8 +186,7 @@ impl Materialized {
     /// holds them, the files get their saved times again.
     pub fn put_back_times(&self) -> Result<()> {
         for (fd, entry) in &self.files {
-            set_times(&std::fs::File::from(fd.try_clone().ctx(|| "duplicating a deleted file's fd")?), entry)
-                .ctx(|| "putting back the times of a deleted file")?;
+            set_times(fd, entry).ctx(|| "putting back the times of a deleted file")?;
         }
         Ok(())
     }
@@ -246,9 +245,7 @@ fn unnamed_file(dir: &OwnedFd, entry: &GhostFileEntry, data: &GhostData) -> std:
     // Holes at the end, and CRIU's ghosts without a size.
     let size = entry.size.unwrap_or_else(|| data.last().map_or(0, |(off, b)| off + b.len() as u64));
     f.set_len(size)?;
-    std::os::unix::fs::fchown(&f, Some(entry.uid), Some(entry.gid))?;
-    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(entry.mode & 0o7777))?;
-    set_times(&f, entry)?;
+    set_owner_mode_times(&f, entry)?;
     let read_only = std::fs::File::open(format!("/proc/self/fd/{}", f.as_raw_fd()))?;
     Ok(OwnedFd::from(read_only))
 }
@@ -258,23 +255,28 @@ fn unnamed_file(dir: &OwnedFd, entry: &GhostFileEntry, data: &GhostData) -> std:
 /// nowhere to be seen when the tree enters it through crust's fd.
 fn removed_dir(dir: &OwnedFd, entry: &GhostFileEntry) -> std::io::Result<OwnedFd> {
     use nix::fcntl::{openat, OFlag};
-    use nix::sys::stat::{fchmod, mkdirat, Mode};
+    use nix::sys::stat::{mkdirat, Mode};
     use nix::unistd::{unlinkat, UnlinkatFlags};
     let name = format!(".crust-removed-{}-{}", entry.ino.unwrap_or(0), std::process::id());
     mkdirat(dir, name.as_str(), Mode::from_bits_truncate(0o700))?;
     let opened = openat(dir, name.as_str(), OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty());
     unlinkat(dir, name.as_str(), UnlinkatFlags::RemoveDir)?;
     let fd = opened?;
-    nix::unistd::fchown(&fd, Some(entry.uid.into()), Some(entry.gid.into()))?;
-    fchmod(&fd, Mode::from_bits_truncate(entry.mode & 0o7777))?;
-    let d = std::fs::File::from(fd);
-    set_times(&d, entry)?;
-    Ok(OwnedFd::from(d))
+    set_owner_mode_times(&fd, entry)?;
+    Ok(fd)
+}
+
+/// The saved owner, then mode (a change of owner drops set-id bits), then
+/// times (the changes before would touch them).
+fn set_owner_mode_times(f: &impl AsFd, entry: &GhostFileEntry) -> std::io::Result<()> {
+    nix::unistd::fchown(f, Some(entry.uid.into()), Some(entry.gid.into()))?;
+    nix::sys::stat::fchmod(f, nix::sys::stat::Mode::from_bits_truncate(entry.mode & 0o7777))?;
+    set_times(f, entry)
 }
 
 /// The saved access and modification times (to the microsecond CRIU's
 /// image keeps); a time not saved is left as it is.
-fn set_times(f: &std::fs::File, entry: &GhostFileEntry) -> std::io::Result<()> {
+fn set_times(f: &impl AsFd, entry: &GhostFileEntry) -> std::io::Result<()> {
     use nix::sys::time::TimeSpec;
     let time = |t: &Option<Timeval>| match t {
         Some(t) => TimeSpec::new(t.tv_sec as i64, (t.tv_usec * 1000) as i64),
