@@ -282,7 +282,7 @@ pub fn restore_held(opts: &RestoreOptions, mut img: DumpImage, pages: &mut dyn P
         let p = &procs[i];
         // An fd table shared with the parent is the parent's, restored with it.
         let parent = procs[..i].iter().find(|q| q.image.pid() == p.image.pstree.ppid as i32);
-        let shares_table = parent.is_some_and(|q| shared_with_parent(p.image, q.image) & libc::CLONE_FILES as u64 != 0);
+        let shares_table = parent.is_some_and(|q| clone_flags_sharing(p.image, q.image) & libc::CLONE_FILES as u64 != 0);
         let p = &mut procs[i];
         if !shares_table {
             let mut r = FdRestorer::new(&p.leader, &mut p.scratch, img, &inherited, terminal);
@@ -468,7 +468,7 @@ fn make_tree<'a>(
             .iter_mut()
             .find(|q| q.image.pid() == p.pstree.ppid as i32)
             .ok_or_else(|| Error::image(img.dir.join("pstree.img"), format!("process {}: its parent {} is not in the image", p.pid(), p.pstree.ppid)))?;
-        let child = spawn::clone_in(&parent.leader, &mut parent.scratch, p.pid(), shared_with_parent(p, parent.image), libc::SIGCHLD as u64)?;
+        let child = spawn::clone_in(&parent.leader, &mut parent.scratch, p.pid(), clone_flags_sharing(p, parent.image), libc::SIGCHLD as u64)?;
         created.processes.push(child);
         spawn::wait_new_task(child)?;
         created.cgroups.place(child, cg_set(p))?;
@@ -501,7 +501,7 @@ fn make_tree<'a>(
 
 /// The clone flags that make a child share what it shared with its parent
 /// (its fd table, its fs state).
-fn shared_with_parent(p: &ProcessImage, parent: &ProcessImage) -> u64 {
+fn clone_flags_sharing(p: &ProcessImage, parent: &ProcessImage) -> u64 {
     let mut flags = 0;
     if p.ids.files_id == parent.ids.files_id {
         flags |= libc::CLONE_FILES as u64;
