@@ -243,23 +243,28 @@ impl Snapshot {
         let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return };
         let mut fds: Vec<i32> = dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
         fds.sort();
+        // Each fd's fdinfo and open flags, read once.
+        let infos: Vec<(i32, String, u64)> = fds
+            .into_iter()
+            .map(|fd| {
+                let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
+                let flags = info.lines().find_map(|l| l.strip_prefix("flags:")).and_then(|f| u64::from_str_radix(f.trim(), 8).ok());
+                (fd, info, flags.unwrap_or(u64::MAX))
+            })
+            .collect();
         // Every fd's object first: an epoll's targets may come after it.
-        for &fd in &fds {
+        for (fd, _, flags) in &infos {
             let target = self.link(&format!("/proc/{pid}/fd/{fd}"));
             self.put(format!("{pid} fd {fd}"), target);
             // Files the tree may write change their times themselves.
-            let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
-            let flags = info.lines().find_map(|l| l.strip_prefix("flags:")).and_then(|f| u64::from_str_radix(f.trim(), 8).ok());
-            if flags.is_some_and(|f| f & libc::O_ACCMODE as u64 == libc::O_RDONLY as u64) {
+            if flags & libc::O_ACCMODE as u64 == libc::O_RDONLY as u64 {
                 if let Some(mtime) = file_mtime(&format!("/proc/{pid}/fd/{fd}")) {
                     self.put(format!("{pid} fd {fd} mtime"), mtime);
                 }
             }
         }
-        for fd in fds {
-            let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
-            let append = info.lines().find_map(|l| l.strip_prefix("flags:")).and_then(|f| u64::from_str_radix(f.trim(), 8).ok())
-                .is_some_and(|f| f & libc::O_APPEND as u64 != 0);
+        for (fd, info, flags) in infos {
+            let append = flags & libc::O_APPEND as u64 != 0;
             // Files of proc and sysfs get inode numbers as they are looked up.
             let link = &self.entries[&format!("{pid} fd {fd}")];
             let stable = link.starts_with('/') && !link.starts_with("/proc/") && !link.starts_with("/sys/");
