@@ -645,6 +645,31 @@ fn zombies_and_reparented_children_come_back() {
     job.expect_ok();
 }
 
+/// A parent's wait for its stopped children: the stop it had collected with
+/// waitpid(WUNTRACED) is not reported again after the restore, the one it
+/// had not is, and it gets no SIGCHLD it had not had; after a dump that
+/// leaves the tree running as well (the workload checks all three).
+#[test]
+fn a_parent_still_hears_of_exactly_the_stops_it_had_not_collected() {
+    for leave_running in [true, false] {
+        let dir = TempDir::new("restore-childstops");
+        let mut job = Job::start("childstops", &[], dir.path());
+        let ready = job.ready();
+        let (waiting, collected) = (ready_field(&ready, "waiting"), ready_field(&ready, "collected"));
+        let images = dir.join("images");
+        if leave_running {
+            let before = ProcState::of_tree(job.pid);
+            dump(job.pid, &images, &["-R"]);
+            before.assert_same(&ProcState::of_tree(job.pid), &[]);
+        } else {
+            dump_and_restore(&mut job, &images);
+            let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(images.join("crust-meta.json")).unwrap()).unwrap();
+            assert_eq!(meta["stops_collected"], serde_json::json!([collected]), "waiting {waiting}");
+        }
+        job.expect_ok();
+    }
+}
+
 /// Uids need no names: a task running as a uid and gid that have no entry
 /// in /etc/passwd or /etc/group comes back with them, counting on.
 #[test]

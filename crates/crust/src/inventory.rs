@@ -93,7 +93,7 @@ pub fn vm_flag(name: &str) -> Result<Fate, String> {
 pub static STATUS_FIELDS: &[(&str, Fate)] = &[
     ("Name", Fate::Saved("names (comm in core-PID.img)")),
     ("Umask", Fate::Saved("fs (fs-PID.img)")),
-    ("State", Fate::Saved("the task state in core-PID.img (alive, stopped, zombie)")),
+    ("State", Fate::Saved("the task state in core-PID.img (alive, stopped, zombie); whether a stopped child's parent had collected the stop, in crust-meta.json (state/child_stops.rs)")),
     ("Tgid", Fate::Saved("pstree.img")),
     ("Ngid", Fate::NotNeeded("NUMA balancing's preferred node: the kernel's own, recomputed")),
     ("Pid", Fate::Saved("pstree.img")),
