@@ -682,6 +682,9 @@ fn a_task_under_a_uid_without_a_name_is_restored() {
     let args = [uid.as_str(), gid.as_str(), "--clear-groups", exe.to_str().unwrap()];
     let mut job = Job::build("test_mm", &args).program(Path::new("/usr/bin/setpriv")).start(dir.path());
     job.ready();
+    // test_mm starts its two threads after READY.
+    let threads = common::poll(STEP, std::time::Duration::from_millis(5), || (common::proc_tasks(job.pid).len() == 3).then_some(()));
+    assert!(threads.is_some(), "test_mm did not start its threads");
     let ids = |pid: i32| -> Vec<String> {
         let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
         tasks
