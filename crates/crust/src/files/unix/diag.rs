@@ -168,12 +168,13 @@ fn parse(msg: &[u8]) -> Option<Diag> {
     Some(d)
 }
 
-/// A name as people write it: a path, or `@name` for an abstract one.
+/// A name as people write it: a path (the kernel keeps its terminating
+/// NUL), or `@name` for an abstract one.
 pub fn show_name(name: &[u8]) -> String {
     match name.split_first() {
         None => "(unnamed)".into(),
         Some((0, rest)) => format!("@{}", String::from_utf8_lossy(rest).replace('\0', "@")),
-        Some(_) => String::from_utf8_lossy(name).into_owned(),
+        Some(_) => String::from_utf8_lossy(name).trim_end_matches('\0').to_string(),
     }
 }
 

@@ -218,7 +218,7 @@ impl FileKind for UnixSocket {
         if !binds(u.r#type, u.state, &u.name) || u.name[0] == 0 || u.uflags & USK_EXTERN != 0 {
             return None;
         }
-        let path = String::from_utf8_lossy(&u.name).into_owned();
+        let path = show_name(&u.name);
         match path_taken(std::path::Path::new(&path)) {
             Ok(None) => None,
             Ok(Some(why)) => Some(format!("unix socket {} is to be bound at {path}, but {why}", u.ino)),

@@ -137,7 +137,8 @@ pub fn addr_of(name: &[u8]) -> Result<UnixAddr> {
     use std::os::unix::ffi::OsStrExt;
     let r = match name.split_first() {
         Some((0, rest)) => UnixAddr::new_abstract(rest),
-        _ => UnixAddr::new(std::ffi::OsStr::from_bytes(name)),
+        // A path keeps its terminating NUL in the image, as the kernel reports it.
+        _ => UnixAddr::new(std::ffi::OsStr::from_bytes(name.strip_suffix(b"\0").unwrap_or(name))),
     };
     r.map_err(|e| Error::Invalid(format!("unix socket name {}: {e}", super::diag::show_name(name))))
 }
