@@ -18,6 +18,11 @@
  *     Z  stream pair, "left" queued for z[0], then z[1] closed
  *   unixsk syslog PATH   a datagram socket connected to PATH (outside the
  *        tree), which logs "before" once ready and "after <pid>" on SIGUSR1
+ *   unixsk named-sender DIR   a datagram socket at DIR/r.sock with a message
+ *        queued from a socket bound at DIR/s.sock
+ *   unixsk deleted DIR   a datagram socket bound at DIR/r.sock, unlinked
+ *   unixsk credentials DIR   a datagram socket at DIR/c.sock with SO_PASSCRED
+ *        and a message queued
  *
  * Prints "READY <pid>". On SIGUSR1 checks everything (queues in order with
  * their bounds, names, accept order, shutdown states, new traffic) and
@@ -111,8 +116,33 @@ int main(int argc, char **argv)
     workload_init();
     if (argc == 3 && strcmp(argv[1], "syslog") == 0)
         return run_syslog(argv[2]);
+    if (argc == 3 && strcmp(argv[1], "all") != 0) {
+        struct sockaddr_un ra, sa;
+        socklen_t rlen = path_addr(&ra, argv[2], "r.sock"), slen = path_addr(&sa, argv[2], "s.sock");
+        if (strcmp(argv[1], "named-sender") == 0) {
+            int r = bound(SOCK_DGRAM, &ra, rlen), s = bound(SOCK_DGRAM, &sa, slen);
+            if (sendto(s, "hi", 2, 0, (struct sockaddr *)&ra, rlen) != 2)
+                die("sendto");
+            (void)r;
+        } else if (strcmp(argv[1], "deleted") == 0) {
+            bound(SOCK_DGRAM, &ra, rlen);
+            if (unlink(ra.sun_path))
+                die("unlink");
+        } else if (strcmp(argv[1], "credentials") == 0) {
+            int r = bound(SOCK_DGRAM, &ra, rlen), one = 1, s = socket(AF_UNIX, SOCK_DGRAM, 0);
+            if (setsockopt(r, SOL_SOCKET, SO_PASSCRED, &one, sizeof one) ||
+                sendto(s, "hi", 2, 0, (struct sockaddr *)&ra, rlen) != 2)
+                die("credentials");
+        } else {
+            fprintf(stderr, "unknown mode %s\n", argv[1]);
+            return 2;
+        }
+        printf("READY %d\n", (int)getpid());
+        wait_usr1();
+        succeed();
+    }
     if (argc != 3 || strcmp(argv[1], "all") != 0) {
-        fprintf(stderr, "usage: unixsk all DIR | unixsk syslog PATH\n");
+        fprintf(stderr, "usage: unixsk all|named-sender|deleted|credentials DIR | unixsk syslog PATH\n");
         return 2;
     }
     const char *dir = argv[2];

@@ -97,3 +97,70 @@ fn a_program_logging_to_a_socket_outside_its_tree_moves_with_ext_unix_sk() {
     let n = listener.recv(&mut buf).unwrap();
     assert_eq!(String::from_utf8_lossy(&buf[..n]), format!("after {}", job.pid), "the restored program logs to the same listener");
 }
+
+#[test]
+fn a_leave_running_dump_leaves_every_unix_socket_and_queue_as_it_was() {
+    let dir = TempDir::new("unixsk-live");
+    let dir_s = dir.path().to_str().unwrap().to_string();
+    let mut job = Job::start("unixsk", &["all", &dir_s], dir.path());
+    job.ready();
+    dump(job.pid, &dir.join("images"), &["-R"]);
+    // The workload reads every queue in order, accepts, checks its names.
+    job.expect_ok();
+}
+
+#[test]
+fn a_restore_does_not_take_a_path_a_live_socket_or_another_file_holds() {
+    let dir = TempDir::new("unixsk-taken");
+    let dir_s = dir.path().to_str().unwrap().to_string();
+    let mut job = Job::start("unixsk", &["all", &dir_s], dir.path());
+    job.ready();
+    let images = dir.join("images");
+    dump(job.pid, &images, &[]);
+    job.reap_original();
+    let path = dir.join("dgram.sock");
+    std::fs::remove_file(&path).unwrap();
+    let squatter = UnixDatagram::bind(&path).unwrap();
+    // Found before anything is made: by crust check, and by the restore's own check.
+    let says = format!("to be bound at {}, but a live socket is bound there", path.display());
+    let check = crust(&[common::os("check"), common::os("--images"), images.as_os_str()], STEP);
+    let text = format!("{}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
+    assert!(!check.status.success() && text.contains(&says), "crust check: {text}");
+    let out = restore(&images, &[]);
+    let err = job.assert_restore_failed(&out, "a restore onto a live socket's path");
+    assert!(err.contains(&says), "{err}");
+    drop(squatter);
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, b"not a socket").unwrap();
+    let out = restore(&images, &[]);
+    let err = job.assert_restore_failed(&out, "a restore onto a regular file's path");
+    assert!(err.contains(&format!("to be bound at {}, but a file that is not a socket is there", path.display())), "{err}");
+    // With the path free again, the same images restore.
+    std::fs::remove_file(&path).unwrap();
+    restore_ok(&mut job, &images);
+    job.expect_ok();
+}
+
+#[test]
+fn what_unix_sockets_cannot_carry_is_refused_by_name() {
+    let dir = TempDir::new("unixsk-refused");
+    let dir_s = dir.path().to_str().unwrap().to_string();
+    let cases = [
+        ("named-sender", format!("datagrams queued from the named socket {dir_s}/s.sock")),
+        ("deleted", format!("bound unix sockets whose file {dir_s}/r.sock was deleted are not supported yet")),
+        ("credentials", "messages queued on a unix socket receiving credentials (SO_PASSCRED, SO_PASSSEC) are not supported yet".to_string()),
+    ];
+    for (mode, says) in cases {
+        let _ = std::fs::remove_file(dir.join("r.sock"));
+        let _ = std::fs::remove_file(dir.join("s.sock"));
+        let mut job = Job::start("unixsk", &[mode, &dir_s], dir.path());
+        job.ready();
+        let before = ProcState::of_tree(job.pid);
+        let pid_s = job.pid.to_string();
+        let out = crust(&dump_args(&pid_s, &dir.join(mode), &[]), STEP);
+        let err = assert_clean_failure(&out, mode);
+        assert!(err.contains(&says) && err.contains(&format!("process {}", job.pid)), "{mode}: {err}");
+        before.assert_same(&ProcState::of_tree(job.pid), &[]);
+        job.expect_ok();
+    }
+}

@@ -6,7 +6,7 @@ use std::io::IoSliceMut;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use nix::errno::Errno;
-use nix::sys::socket::{getsockopt, setsockopt, sockopt, ControlMessageOwned, MsgFlags, SockaddrStorage, UnixAddr};
+use nix::sys::socket::{getsockopt, setsockopt, sockopt, ControlMessageOwned, MsgFlags, SockaddrLike, UnixAddr};
 
 use super::{context, PeekOff};
 use crate::error::{Context, Error, Result};
@@ -99,8 +99,7 @@ pub fn peek_some(sock: &OwnedFd, buf: &mut [u8]) -> std::result::Result<(usize, 
     let mut control = nix::cmsg_space!([std::os::fd::RawFd; 253], libc::ucred, std::os::fd::RawFd);
     let mut iov = [IoSliceMut::new(buf)];
     let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
-    // Not UnixAddr: nix asserts on the empty address of an unnamed sender.
-    let msg = nix::sys::socket::recvmsg::<SockaddrStorage>(sock.as_raw_fd(), &mut iov, Some(&mut control), flags)?;
+    let msg = nix::sys::socket::recvmsg::<UnixAddr>(sock.as_raw_fd(), &mut iov, Some(&mut control), flags)?;
     let mut fds_in_flight = msg.flags.contains(MsgFlags::MSG_CTRUNC);
     for c in msg.cmsgs().into_iter().flatten() {
         if let ControlMessageOwned::ScmRights(fds) = c {
@@ -113,7 +112,10 @@ pub fn peek_some(sock: &OwnedFd, buf: &mut [u8]) -> std::result::Result<(usize, 
     if fds_in_flight {
         return Err(Errno::EBADMSG);
     }
-    let sender = msg.address.as_ref().and_then(|a| a.as_unix_addr()).map(name_of).unwrap_or_default();
+    // An unnamed sender's address is empty, shorter than its family: nix
+    // asserts on such an address, so it is not looked into.
+    let named = |a: &&UnixAddr| a.len() as usize > std::mem::size_of::<libc::sa_family_t>();
+    let sender = msg.address.as_ref().filter(named).map(name_of).unwrap_or_default();
     Ok((msg.bytes, sender))
 }
 
