@@ -14,6 +14,7 @@ pub mod locks;
 pub mod memfd;
 pub mod pidfd;
 pub mod pipe;
+pub mod pty;
 pub mod reg;
 pub mod shmem;
 pub mod signalfd;
