@@ -7,7 +7,8 @@
  *   unusual semaphore     holds an eventfd in semaphore mode
  *   unusual epoll-closed  an epoll watches a pipe by an fd since closed
  *                         (the pipe lives on in a dup)
- *   unusual unix-listening  listens on an abstract unix socket name
+ *   unusual unix-waiting-bytes  listens on an abstract unix socket name; a
+ *                         client waiting to be accepted has sent bytes
  *   unusual fd-in-flight  a unix socket pair carries an fd not received yet
  *   unusual epoll-reused  an epoll watches an eventfd by an fd number that
  *                         another eventfd took since (the first lives on)
@@ -141,7 +142,7 @@ int main(int argc, char **argv)
 {
     workload_init();
     if (argc != 2) {
-        fprintf(stderr, "usage: unusual seccomp|leader-exit|semaphore|epoll-closed|unix-listening|fd-in-flight|epoll-reused|sysv-shm|kmsg|...\n");
+        fprintf(stderr, "usage: unusual seccomp|leader-exit|semaphore|epoll-closed|unix-waiting-bytes|fd-in-flight|epoll-reused|sysv-shm|kmsg|...\n");
         return 2;
     }
     if (strcmp(argv[1], "seccomp") == 0) {
@@ -304,11 +305,13 @@ int main(int argc, char **argv)
             die("/dev/kmsg");
         run_on(NULL);
     }
-    if (strcmp(argv[1], "unix-listening") == 0) {
+    if (strcmp(argv[1], "unix-waiting-bytes") == 0) {
         struct sockaddr_un a = { .sun_family = AF_UNIX };
         int n = snprintf(a.sun_path + 1, sizeof a.sun_path - 1, "crust-test-%d", (int)getpid());
-        int s = socket(AF_UNIX, SOCK_STREAM, 0);
-        if (s < 0 || bind(s, (struct sockaddr *)&a, (socklen_t)(sizeof a.sun_family + 1 + n)) || listen(s, 1))
+        socklen_t len = (socklen_t)(sizeof a.sun_family + 1 + n);
+        int s = socket(AF_UNIX, SOCK_STREAM, 0), c = socket(AF_UNIX, SOCK_STREAM, 0);
+        if (s < 0 || c < 0 || bind(s, (struct sockaddr *)&a, len) || listen(s, 1) ||
+            connect(c, (struct sockaddr *)&a, len) || write(c, "hi", 2) != 2)
             die("unix socket");
         run_on(NULL);
     }

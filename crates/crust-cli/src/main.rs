@@ -61,6 +61,10 @@ enum Command {
         /// Save the tree's file locks (flock, POSIX, OFD); without it a lock stops the dump.
         #[arg(long = "file-locks")]
         file_locks: bool,
+        /// Save datagram unix sockets connected to a named socket outside the
+        /// tree (a logger's /dev/log); the restore connects them to that name.
+        #[arg(short = 'x', long = "ext-unix-sk")]
+        ext_unix_sk: bool,
         /// Print the stats as JSON.
         #[arg(long)]
         json: bool,
@@ -281,7 +285,7 @@ fn wait_root(pid: i32) -> Result<()> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Dump { pid, dir, leave_running, shell_job, cgroup_roots, freeze_cgroup, ghost_limit, file_locks, json } => {
+        Command::Dump { pid, dir, leave_running, shell_job, cgroup_roots, freeze_cgroup, ghost_limit, file_locks, ext_unix_sk, json } => {
             let bar = progress::Bar::on_stderr(json);
             let progress = bar.progress();
             let opts = DumpOptions {
@@ -293,6 +297,7 @@ fn run(cli: Cli) -> Result<()> {
                 freeze_cgroup,
                 ghost_limit,
                 file_locks,
+                ext_unix_sk,
                 progress,
             };
             let stats = guard::in_child(|| bar.around(|| Ok(dump(&opts)?))).with_context(|| format!("dump of process {pid} failed"))?;

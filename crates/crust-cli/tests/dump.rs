@@ -1019,7 +1019,7 @@ fn dump_refuses_what_it_cannot_restore_inside_a_process_and_leaves_it_running() 
         ("semaphore", "semaphore mode"),
         ("epoll-closed", "no longer at its fd"),
         ("epoll-reused", "no longer at its fd"),
-        ("unix-listening", "bound (named) unix sockets"),
+        ("unix-waiting-bytes", "bytes sent on a connection that @crust-test-{pid} has not accepted yet are not supported yet"),
         ("fd-in-flight", "fds in flight"),
         ("sysv-shm", "System V shared memory (key 0x0) is not supported yet"),
         ("inotify-queued", "anon_inode:inotify): an inotify instance with 32 bytes of events not read yet is not supported yet"),

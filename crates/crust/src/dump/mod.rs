@@ -46,6 +46,9 @@ pub struct DumpOptions {
     /// `--file-locks`: save the tree's file locks (flock, POSIX, OFD) instead
     /// of refusing them.
     pub file_locks: bool,
+    /// `--ext-unix-sk`: a datagram unix socket connected to a named socket
+    /// outside the tree is saved, to be connected to that name at restore.
+    pub ext_unix_sk: bool,
     /// Hears the pages being written (not those a streamed dump leaves out).
     pub progress: Progress,
 }
@@ -205,6 +208,7 @@ fn write_images(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<W
     }
     d.files.tree = tree.processes.iter().map(|p| p.pid).collect();
     d.files.locks.file_locks = opts.file_locks;
+    d.files.ext_unix_sk = opts.ext_unix_sk;
     d.files.locks.migrating = streamed;
     let mut root_ids = None;
     for (n, p) in tree.processes.iter().enumerate() {

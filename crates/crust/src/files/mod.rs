@@ -485,6 +485,8 @@ pub struct FileTable {
     pub tree: Vec<i32>,
     /// File locks held by the tree.
     pub locks: locks::Locks,
+    /// `--ext-unix-sk`: unix sockets may have a peer outside the tree.
+    pub ext_unix_sk: bool,
 }
 
 impl FileTable {
@@ -694,7 +696,8 @@ mod tests {
             pipe(4, 70),
             pipe(5, 80),
             pipe(6, 80),
-            // A socket pair split by a fork, and one kept in one process.
+            // A socket pair split by a fork, and one kept in one process
+            // (connected unix sockets are one object: it is shared too).
             unix(7, 10, 11),
             unix(8, 11, 10),
             unix(9, 12, 13),
@@ -706,7 +709,7 @@ mod tests {
             &[(100, &[1, 1, 2, 3, 5, 6, 7, 9, 10, 11]), (200, &[2, 4, 8]), (300, &[1 /* and a file no one wrote */, 99])],
             files,
         );
-        assert_eq!(shared_files(&img), [1, 2, 3, 4, 7, 8]);
+        assert_eq!(shared_files(&img), [1, 2, 3, 4, 7, 8, 9, 10]);
         // Alone, nothing is shared, however often a process holds a file.
         let img = image(&[(100, &[1, 1, 3, 4, 7, 8])], vec![reg(1), pipe(3, 70), pipe(4, 70), unix(7, 10, 11), unix(8, 11, 10)]);
         assert!(shared_files(&img).is_empty());

@@ -1,0 +1,166 @@
+//! Unix sockets beyond connected pairs: bound, listening with connections
+//! waiting, datagram and seqpacket queues, half-closed, and a datagram
+//! socket connected to a logger outside the tree (`--ext-unix-sk`). The
+//! workload (unixsk) checks itself after the restore.
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::time::Duration;
+
+use common::job::{dump, restore, Job, STEP};
+use common::procstate::ProcState;
+use common::{assert_clean_failure, crust, dump_args, num, TempDir};
+
+fn restore_ok(job: &mut Job, dir: &Path) {
+    let out = restore(dir, &[]);
+    assert!(out.status.success(), "restore from {} failed: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
+    job.adopt_restored();
+}
+
+/// The unix socket entries of files.img.
+fn sockets(images: &Path) -> Vec<serde_json::Value> {
+    let files = common::crit_show(&images.join("files.img"));
+    files["entries"].as_array().unwrap().iter().filter_map(|e| e.get("usk").cloned()).collect()
+}
+
+/// A socket's name as crit shows it, without the path's terminating NUL
+/// (kept in the image as the kernel reports it; crit writes "=00").
+fn name_of(usk: &serde_json::Value) -> String {
+    let name = usk["name"].as_str().unwrap_or_default();
+    name.strip_suffix("=00").unwrap_or(name).to_string()
+}
+
+#[test]
+fn bound_listening_queued_and_half_closed_unix_sockets_survive_restore() {
+    let dir = TempDir::new("unixsk-all");
+    let dir_s = dir.path().to_str().unwrap().to_string();
+    let mut job = Job::start("unixsk", &["all", &dir_s], dir.path());
+    job.ready();
+    let images = dir.join("images");
+    let before = ProcState::of_tree(job.pid);
+    dump(job.pid, &images, &[]);
+    job.reap_original();
+    // The dumped sockets' files stay behind, stale: the restore unlinks them
+    // and binds again.
+    for f in ["listen.sock", "dgram.sock"] {
+        assert!(std::fs::symlink_metadata(dir.join(f)).is_ok(), "{f} is left by the dumped socket");
+    }
+    restore_ok(&mut job, &images);
+    // An accepted connection is not bound to its listener's name again (as
+    // criu does): the /proc view of the tree is otherwise the same.
+    before.assert_same(&ProcState::of_tree(job.pid), &[]);
+
+    let socks = sockets(&images);
+    let listener = socks.iter().find(|u| name_of(u).ends_with("listen.sock") && u["state"] == "LISTEN").expect("the listener");
+    assert_eq!(num(&listener["backlog"]), 7, "{listener}");
+    assert!(listener.get("file_perms").is_some(), "the socket file's mode and owner are kept: {listener}");
+    let waiting = socks.iter().filter(|u| num(&u["peer"]) == num(&listener["ino"])).count();
+    assert_eq!(waiting, 2, "two connections wait to be accepted, their peer is the listener: {socks:?}");
+    let queues = common::crit_show(&images.join("sk-queues.img"));
+    let mut lengths: Vec<u64> = queues["entries"].as_array().unwrap().iter().map(|e| num(&e["length"])).collect();
+    lengths.sort();
+    // ping, pong, first, second message, from e, abstract, a, bb, ccc, g1, g22, tail, left
+    assert_eq!(lengths, [1, 2, 2, 3, 3, 4, 4, 4, 4, 5, 6, 8, 14], "one entry per message: {queues}");
+    job.expect_ok();
+}
+
+#[test]
+fn a_program_logging_to_a_socket_outside_its_tree_moves_with_ext_unix_sk() {
+    let dir = TempDir::new("unixsk-syslog");
+    let log = dir.join("log.sock");
+    let listener = UnixDatagram::bind(&log).unwrap();
+    listener.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut job = Job::start("unixsk", &["syslog", log.to_str().unwrap()], dir.path());
+    job.ready();
+    let mut buf = [0u8; 64];
+    let n = listener.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"before");
+
+    // Without the option: refused, naming the peer and its holder (this test).
+    let images = dir.join("refused");
+    let pid_s = job.pid.to_string();
+    let out = crust(&dump_args(&pid_s, &images, &[]), STEP);
+    let err = assert_clean_failure(&out, "dump of a socket connected outside the tree");
+    let holder = format!("held by process {}", std::process::id());
+    assert!(err.contains(log.to_str().unwrap()) && err.contains(&holder) && err.contains("--ext-unix-sk"), "{err}");
+
+    let images = dir.join("images");
+    dump(job.pid, &images, &["--ext-unix-sk"]);
+    job.reap_original();
+    let socks = sockets(&images);
+    let ext = socks.iter().find(|u| num(&u["uflags"]) == 1).expect("an entry for the peer outside the tree");
+    assert_eq!(name_of(ext), log.to_str().unwrap());
+    restore_ok(&mut job, &images);
+    job.expect_ok();
+    let n = listener.recv(&mut buf).unwrap();
+    assert_eq!(String::from_utf8_lossy(&buf[..n]), format!("after {}", job.pid), "the restored program logs to the same listener");
+}
+
+#[test]
+fn a_leave_running_dump_leaves_every_unix_socket_and_queue_as_it_was() {
+    let dir = TempDir::new("unixsk-live");
+    let dir_s = dir.path().to_str().unwrap().to_string();
+    let mut job = Job::start("unixsk", &["all", &dir_s], dir.path());
+    job.ready();
+    dump(job.pid, &dir.join("images"), &["-R"]);
+    // The workload reads every queue in order, accepts, checks its names.
+    job.expect_ok();
+}
+
+#[test]
+fn a_restore_does_not_take_a_path_a_live_socket_or_another_file_holds() {
+    let dir = TempDir::new("unixsk-taken");
+    let dir_s = dir.path().to_str().unwrap().to_string();
+    let mut job = Job::start("unixsk", &["all", &dir_s], dir.path());
+    job.ready();
+    let images = dir.join("images");
+    dump(job.pid, &images, &[]);
+    job.reap_original();
+    let path = dir.join("dgram.sock");
+    std::fs::remove_file(&path).unwrap();
+    let squatter = UnixDatagram::bind(&path).unwrap();
+    // Found before anything is made: by crust check, and by the restore's own check.
+    let says = format!("to be bound at {}, but a live socket is bound there", path.display());
+    let check = crust(&[common::os("check"), common::os("--images"), images.as_os_str()], STEP);
+    let text = format!("{}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
+    assert!(!check.status.success() && text.contains(&says), "crust check: {text}");
+    let out = restore(&images, &[]);
+    let err = job.assert_restore_failed(&out, "a restore onto a live socket's path");
+    assert!(err.contains(&says), "{err}");
+    drop(squatter);
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, b"not a socket").unwrap();
+    let out = restore(&images, &[]);
+    let err = job.assert_restore_failed(&out, "a restore onto a regular file's path");
+    assert!(err.contains(&format!("to be bound at {}, but a file that is not a socket is there", path.display())), "{err}");
+    // With the path free again, the same images restore.
+    std::fs::remove_file(&path).unwrap();
+    restore_ok(&mut job, &images);
+    job.expect_ok();
+}
+
+#[test]
+fn what_unix_sockets_cannot_carry_is_refused_by_name() {
+    let dir = TempDir::new("unixsk-refused");
+    let dir_s = dir.path().to_str().unwrap().to_string();
+    let cases = [
+        ("named-sender", format!("datagrams queued from the named socket {dir_s}/s.sock")),
+        ("deleted", format!("bound unix sockets whose file {dir_s}/r.sock was deleted are not supported yet")),
+        ("credentials", "messages queued on a unix socket receiving credentials (SO_PASSCRED, SO_PASSSEC) are not supported yet".to_string()),
+    ];
+    for (mode, says) in cases {
+        let _ = std::fs::remove_file(dir.join("r.sock"));
+        let _ = std::fs::remove_file(dir.join("s.sock"));
+        let mut job = Job::start("unixsk", &[mode, &dir_s], dir.path());
+        job.ready();
+        let before = ProcState::of_tree(job.pid);
+        let pid_s = job.pid.to_string();
+        let out = crust(&dump_args(&pid_s, &dir.join(mode), &[]), STEP);
+        let err = assert_clean_failure(&out, mode);
+        assert!(err.contains(&says) && err.contains(&format!("process {}", job.pid)), "{mode}: {err}");
+        before.assert_same(&ProcState::of_tree(job.pid), &[]);
+        job.expect_ok();
+    }
+}
