@@ -7,6 +7,7 @@
 
 pub mod eventfd;
 pub mod eventpoll;
+pub mod fanotify;
 pub mod fifo;
 pub mod ghost;
 pub mod inotify;
@@ -15,6 +16,7 @@ pub mod memfd;
 pub mod netlink;
 pub mod pidfd;
 pub mod pipe;
+pub mod pty;
 pub mod reg;
 pub mod shmem;
 pub mod signalfd;
@@ -187,6 +189,7 @@ fn flags_and_owner(entry: &FileEntry) -> Option<(u32, &FownEntry)> {
         .or_else(|| e.sgfd.as_ref().map(|f| (f.flags, &f.fown)))
         .or_else(|| e.tfd.as_ref().map(|f| (f.flags, &f.fown)))
         .or_else(|| e.ify.as_ref().map(|f| (f.flags, &f.fown)))
+        .or_else(|| e.ffy.as_ref().map(|f| (f.flags, &f.fown)))
         .or_else(|| e.tty.as_ref().map(|f| (f.flags, &f.fown)))
         .or_else(|| e.memfd.as_ref().map(|f| (f.flags, &f.fown)))
         .or_else(|| e.pidfd.as_ref().map(|f| (f.flags, &f.fown)))
@@ -276,6 +279,7 @@ pub static KINDS: &[&dyn FileKind] = &[
     &timerfd::Timerfd,
     &eventpoll::Eventpoll,
     &inotify::Inotify,
+    &fanotify::Fanotify,
     &memfd::Memfd,
     &pidfd::Pidfd,
     &reg::RegularFile,

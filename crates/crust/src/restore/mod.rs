@@ -287,6 +287,7 @@ pub fn restore_held(opts: &RestoreOptions, mut img: DumpImage, pages: &mut dyn P
         if !shares_table {
             let mut r = FdRestorer::new(&p.leader, &mut p.scratch, img, &inherited, terminal);
             files::restore_table(p.image, &mut r, &mut finished)?;
+            files::tty::set_foreground(p.image, &mut r)?;
         }
         make_threads(p, img, &mut created)?;
         stats.threads += p.image.threads.len();
@@ -445,7 +446,7 @@ impl Memory<'_> {
 /// inherit its pages copy-on-write as the originals did (see [`inherit`]);
 /// children get their sessions and process groups; zombies die at once.
 fn make_tree<'a>(
-    root: Proc<'a>,
+    mut root: Proc<'a>,
     crust_layout: &[Vma],
     opts: &RestoreOptions,
     memory: &mut Memory<'a>,
@@ -455,6 +456,8 @@ fn make_tree<'a>(
     let img = memory.img;
     if root.image.pstree.sid == root.image.pstree.pid && !opts.shell_job {
         root.leader.call("setsid", libc::SYS_setsid, [0; 6])?;
+        let mut r = FdRestorer::new(&root.leader, &mut root.scratch, img, memory.inherited, None);
+        files::tty::take_terminal(root.image, &mut r)?;
     }
     let scratch_addr = root.scratch.addr;
     let mut procs = vec![root];
@@ -472,9 +475,10 @@ fn make_tree<'a>(
         created.cgroups.place(child, cg_set(p))?;
         let task = Task::new(child, child, parent.leader.gadget())?;
         let parent_image = parent.image;
-        let scratch = Scratch::new(child, scratch_addr)?;
+        let mut scratch = Scratch::new(child, scratch_addr)?;
         if p.pstree.sid == p.pstree.pid {
             task.call("setsid", libc::SYS_setsid, [0; 6])?;
+            files::tty::take_terminal(p, &mut FdRestorer::new(&task, &mut scratch, img, memory.inherited, None))?;
         }
         forking += fork_start.elapsed();
         let mut proc = Proc { image: p, leader: task, threads: Vec::new(), scratch };
