@@ -10,6 +10,7 @@ pub mod eventpoll;
 pub mod fanotify;
 pub mod fifo;
 pub mod ghost;
+pub mod inet;
 pub mod inotify;
 pub mod locks;
 pub mod memfd;
@@ -194,6 +195,7 @@ fn flags_and_owner(entry: &FileEntry) -> Option<(u32, &FownEntry)> {
         .or_else(|| e.memfd.as_ref().map(|f| (f.flags, &f.fown)))
         .or_else(|| e.pidfd.as_ref().map(|f| (f.flags, &f.fown)))
         .or_else(|| e.nlsk.as_ref().map(|f| (f.flags, &f.fown)))
+        .or_else(|| e.isk.as_ref().map(|f| (f.flags, &f.fown)))
 }
 
 /// Give the file at `fd` its owner, signal and O_ASYNC again, once every
@@ -274,6 +276,7 @@ pub static KINDS: &[&dyn FileKind] = &[
     &fifo::Fifo,
     &unix::UnixSocket,
     &netlink::NetlinkSocket,
+    &inet::InetSocket,
     &eventfd::Eventfd,
     &signalfd::Signalfd,
     &timerfd::Timerfd,
