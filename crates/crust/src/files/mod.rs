@@ -18,6 +18,7 @@ pub mod reg;
 pub mod shmem;
 pub mod signalfd;
 pub mod timerfd;
+pub mod tcp_repair;
 pub mod tty;
 pub mod unix;
 
