@@ -137,3 +137,39 @@ fn inconsistent_entries_are_refused() {
     s.entry.unsq_len = Some(1);
     assert!(tcp_repair::check(&s).is_err(), "more unsent than the send queue holds");
 }
+
+fn crust_tables() -> Vec<String> {
+    let out = std::process::Command::new("nft").args(["list", "tables"]).output().expect("nft");
+    String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(crust::netlock::PREFIX)).map(str::to_string).collect()
+}
+
+#[test]
+fn the_lock_holds_a_connections_packets_until_dropped() {
+    if !root() {
+        eprintln!("skipped: nftables needs CAP_NET_ADMIN");
+        return;
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    let conn = (client.local_addr().unwrap(), client.peer_addr().unwrap());
+    let lock = crust::netlock::Lock::install(&[conn], "test").expect("install the lock");
+    let name = lock.name().to_string();
+    assert!(crust_tables().iter().any(|t| t.contains(&name)));
+    let found = crust::netlock::list().unwrap();
+    assert!(found.iter().any(|f| f.name == name && f.running == Some(std::process::id() as i32)), "{found:?}");
+    client.write_all(b"held").unwrap();
+    server.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let mut buf = [0u8; 4];
+    assert!(server.read(&mut buf).is_err(), "nothing passes the lock");
+    drop(lock);
+    assert!(!crust_tables().iter().any(|t| t.contains(&name)), "dropping the lock removes its table");
+    server.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    server.read_exact(&mut buf).expect("retransmitted once the lock is gone");
+    assert_eq!(&buf, b"held");
+    // A kept lock stays until removed by name.
+    let kept = crust::netlock::Lock::install(&[conn], "test").unwrap().keep();
+    assert!(crust_tables().iter().any(|t| t.contains(&kept)));
+    assert!(crust::netlock::remove(&kept).unwrap());
+    assert!(!crust::netlock::remove(&kept).unwrap(), "already gone");
+}
