@@ -15,16 +15,17 @@
 //!   before any connection's state is read, only if the tree has connections;
 //! - a dump that fails, is stopped, or leaves the tree running (`-R`) removes
 //!   it (the [`Lock`] guard's drop), once the sockets are out of repair mode;
-//! - a dump that kills the tree keeps it ([`Lock::keep`]) and records its
-//!   name in crust-meta.json; the restore of those images removes it once the
-//!   restored tree runs;
+//! - a dump that kills the tree keeps it ([`Lock::keep`], which marks it
+//!   with an empty chain `kept`) and records its name in crust-meta.json; the
+//!   restore of those images removes it once the restored tree runs;
 //! - a restore that fails leaves it: the images can still be restored, and
 //!   until then the peers' connections wait (retransmitting) instead of being
 //!   reset; the error says how to remove it;
 //! - a crust killed at any point (SIGKILL) cannot remove it: [`list`] finds
-//!   crust's tables and tells whether the crust that made each still runs,
-//!   and `crust network-unlock` removes the ones whose crust is gone (or the
-//!   one a dump kept, given its images).
+//!   crust's tables and tells whether the crust that made each still runs
+//!   and whether a dump kept it; `crust network-unlock` removes the ones
+//!   whose crust is gone and that no dump kept (`-D DIR`: the one the dump
+//!   in DIR kept; `--all`: every one whose crust is gone).
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
@@ -47,6 +48,9 @@ pub struct Lock {
 }
 
 static COUNT: AtomicU32 = AtomicU32::new(0);
+
+/// The chain (hooked to nothing) that marks a lock a dump kept on purpose.
+const KEPT: &str = "kept";
 
 /// crust's start time (clock ticks since boot), which with its pid names it
 /// uniquely: a pid reused later has another start time.
@@ -140,9 +144,15 @@ impl Lock {
         &self.name
     }
 
-    /// Leave the lock in place for a later restore; returns its name.
+    /// Leave the lock in place for a later restore, marked as kept; returns
+    /// its name.
     pub fn keep(mut self) -> String {
         self.kept = true;
+        match nft(&["add", "chain", "inet", &self.name, KEPT], None) {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => log::warn!("marking the network lock {} as kept: {e}", self.name),
+            Err(e) => log::warn!("marking the network lock {} as kept: {e}", self.name),
+        }
         std::mem::take(&mut self.name)
     }
 }
@@ -175,17 +185,30 @@ pub struct Found {
     pub name: String,
     /// The crust that made it, if that process still runs.
     pub running: Option<i32>,
+    /// A dump kept it for a restore.
+    pub kept: bool,
 }
 
-/// crust's tables in place, and whether the crust of each still runs.
+/// crust's tables in place, whether the crust of each still runs, and
+/// whether a dump kept it.
 pub fn list() -> Result<Vec<Found>> {
-    let text = nft(&["list", "tables", "inet"], None)?.map_err(|e| Error::Invalid(format!("listing nftables tables: {e}")))?;
-    Ok(text
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("table inet "))
-        .filter(|name| name.starts_with(PREFIX))
-        .map(|name| Found { name: name.to_string(), running: maker_running(name) })
-        .collect())
+    let text = nft(&["list", "chains", "inet"], None)?.map_err(|e| Error::Invalid(format!("listing nftables chains: {e}")))?;
+    let mut out: Vec<Found> = Vec::new();
+    // Chains are listed under their table: is it one of crust's?
+    let mut in_ours = false;
+    for line in text.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix("table inet ").map(|l| l.trim_end_matches(" {")) {
+            in_ours = name.starts_with(PREFIX);
+            if in_ours {
+                out.push(Found { name: name.to_string(), running: maker_running(name), kept: false });
+            }
+        } else if in_ours && line.strip_prefix("chain ").map(|l| l.trim_end_matches(" {")) == Some(KEPT) {
+            if let Some(last) = out.last_mut() {
+                last.kept = true;
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The crust that made table `name`, if it still runs.

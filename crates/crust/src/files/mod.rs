@@ -18,6 +18,8 @@ pub mod reg;
 pub mod shmem;
 pub mod signalfd;
 pub mod timerfd;
+pub mod tcp;
+pub mod tcp_conn;
 pub mod tcp_repair;
 pub mod tty;
 pub mod unix;
@@ -251,6 +253,7 @@ pub static KINDS: &[&dyn FileKind] = &[
     &pipe::Pipe,
     &fifo::Fifo,
     &unix::UnixSocket,
+    &tcp_conn::TcpConnection,
     &eventfd::Eventfd,
     &signalfd::Signalfd,
     &timerfd::Timerfd,
@@ -342,6 +345,7 @@ pub fn loaded<'a, T: std::any::Any + Send + Sync>(img: &'a DumpImage, images: &s
 /// Every kind's own images, and the file locks, read into `img.extras`.
 pub fn load_images(img: &mut DumpImage) -> Result<()> {
     KINDS.iter().try_for_each(|k| k.load_images(img))?;
+    tcp::load(img)?;
     locks::load(img)
 }
 
@@ -482,6 +486,8 @@ pub struct FileTable {
     pub tree: Vec<i32>,
     /// File locks held by the tree.
     pub locks: locks::Locks,
+    /// Established TCP connections of the tree, and the lock holding them.
+    pub tcp: tcp::Connections,
 }
 
 impl FileTable {
@@ -562,6 +568,7 @@ impl FileTable {
         }
         bytes += self.ghosts.write(dir)?;
         bytes += self.locks.write(dir)?;
+        bytes += self.tcp.write(dir)?;
         Ok(bytes)
     }
 }

@@ -22,6 +22,10 @@ pub struct DumpMeta {
     /// therefore holds exactly as its parent's does.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub shared_with_parent: std::collections::BTreeMap<i32, Vec<(u64, u64)>>,
+    /// The network lock (nftables table) the dump left holding the tree's
+    /// TCP connections, which the restore removes once the tree runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_lock: Option<String>,
 }
 
 /// Whether `path` lies on a file system whose files are made by the kernel
