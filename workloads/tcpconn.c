@@ -8,12 +8,13 @@
  *   --file-locks refuses it, after the connections are locked).
  * mem:MIB: the root also fills MIB MiB of memory (a dump that takes a while).
  *
- * pair: the process listens on 127.0.0.1:PORT, forks a child that connects;
- *   the listener is closed once the connection is accepted. Each end writes
+ * pair: the process listens on 127.0.0.1:PORT, forks a child that connects. Each end writes
  *   N bytes of its stream and reads nothing. Prints "READY <pid> child=<pid>".
  * server: the process listens on 127.0.0.1:PORT, prints "READY <pid>", and
  *   accepts one connection (the test's client, outside the tree); it writes
  *   N bytes of its stream, reads nothing, and prints "CONNECTED".
+ *
+ * The listener stays open, on the port of the connection's server end.
  *
  * Streams: the byte at offset i of the server's stream is down(i), of the
  * client's up(i); any byte lost, repeated or out of order shows.
@@ -204,7 +205,6 @@ int main(int argc, char **argv)
         int c = accept(lsn, NULL, NULL);
         if (c < 0)
             die("accept");
-        close(lsn);
         if (write_stream(c, down, 0, n))
             die("write");
         printf("CONNECTED\n");
@@ -233,7 +233,6 @@ int main(int argc, char **argv)
     int s = accept(lsn, NULL, NULL);
     if (s < 0)
         die("accept");
-    close(lsn);
     if (write_stream(s, down, 0, n))
         die("write");
     /* The child's bytes are queued here once it has written them all. */

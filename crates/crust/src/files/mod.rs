@@ -9,6 +9,7 @@ pub mod eventfd;
 pub mod eventpoll;
 pub mod fifo;
 pub mod ghost;
+pub mod inet;
 pub mod inotify;
 pub mod locks;
 pub mod memfd;
@@ -19,7 +20,6 @@ pub mod shmem;
 pub mod signalfd;
 pub mod timerfd;
 pub mod tcp;
-pub mod tcp_conn;
 pub mod tcp_repair;
 pub mod tty;
 pub mod unix;
@@ -174,6 +174,7 @@ fn flags_and_owner(entry: &FileEntry) -> Option<(u32, &FownEntry)> {
         .or_else(|| e.tty.as_ref().map(|f| (f.flags, &f.fown)))
         .or_else(|| e.memfd.as_ref().map(|f| (f.flags, &f.fown)))
         .or_else(|| e.pidfd.as_ref().map(|f| (f.flags, &f.fown)))
+        .or_else(|| e.isk.as_ref().map(|f| (f.flags, &f.fown)))
 }
 
 /// Give the file at `fd` its owner, signal and O_ASYNC again, once every
@@ -253,7 +254,7 @@ pub static KINDS: &[&dyn FileKind] = &[
     &pipe::Pipe,
     &fifo::Fifo,
     &unix::UnixSocket,
-    &tcp_conn::TcpConnection,
+    &inet::InetSocket,
     &eventfd::Eventfd,
     &signalfd::Signalfd,
     &timerfd::Timerfd,
