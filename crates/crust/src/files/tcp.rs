@@ -220,7 +220,7 @@ impl Connections {
         let mut bytes = 0;
         for (ino, s) in &self.streams {
             let data = [s.inq.as_slice(), s.outq.as_slice()].concat();
-            bytes += write_with_data(dir, &Kind::TcpStream.file_name(*ino as u64), Kind::TcpStream, &[(s.entry.clone(), data)])?;
+            bytes += write_with_data(dir, &Kind::TcpStream.file_name(*ino as u64), Kind::TcpStream, &[(s.entry, data)])?;
         }
         Ok(bytes)
     }
