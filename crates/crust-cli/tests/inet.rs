@@ -133,10 +133,10 @@ fn python_http_server_serves_a_file_before_and_after_restore() {
     wait_listening(port);
     assert_eq!(http_get(port, "/hello.txt"), "hello from before the dump\n");
     let images = dir.join("images");
-    dump(job.pid, &images, &["--shell-job"]);
+    dump(job.pid, &images, &[]);
     job.reap_original();
     std::fs::write(root.join("after.txt"), "written after the dump\n").unwrap();
-    let out = restore(&images, &["--shell-job"]);
+    let out = restore(&images, &[]);
     assert!(out.status.success(), "restore failed: {}", String::from_utf8_lossy(&out.stderr));
     job.adopt_restored();
     assert_eq!(http_get(port, "/hello.txt"), "hello from before the dump\n");
@@ -183,9 +183,9 @@ fn memcached_keeps_its_keys_and_answers_over_tcp_and_udp_after_restore() {
     assert_eq!(memcached_tcp(ports[0], "set greeting 0 0 5\r\nhello\r\n", "\r\n"), "STORED\r\n");
     assert!(memcached_udp(ports[1], "get greeting\r\n").contains("hello"));
     let images = dir.join("images");
-    dump(job.pid, &images, &["--shell-job"]);
+    dump(job.pid, &images, &[]);
     job.reap_original();
-    let out = restore(&images, &["--shell-job"]);
+    let out = restore(&images, &[]);
     assert!(out.status.success(), "restore failed: {}", String::from_utf8_lossy(&out.stderr));
     job.adopt_restored();
     assert_eq!(memcached_tcp(ports[0], "get greeting\r\n", "END\r\n"), "VALUE greeting 0 5\r\nhello\r\nEND\r\n");
@@ -211,7 +211,7 @@ fn an_established_connection_is_refused_by_name_and_the_server_goes_on() {
     std::thread::sleep(Duration::from_millis(300));
     let pid = job.pid.to_string();
     let images = dir.join("images");
-    let out = crust(&dump_args(&pid, &images, &["--shell-job"]), STEP);
+    let out = crust(&dump_args(&pid, &images, &[]), STEP);
     let err = assert_clean_failure(&out, "dump with an established connection");
     let want = format!("an established TCP connection 127.0.0.1:{port} -> {local}");
     assert!(err.contains(&want) && err.contains("--tcp-established"), "{err}");
@@ -253,4 +253,172 @@ fn a_port_taken_at_restore_names_its_holder_and_check_names_it_too() {
     job.expect_ok();
     assert_eq!(read_all(c4), "ok again\n");
     assert_eq!(read_all(c6), "ok again6\n");
+}
+
+/// A python3 program holding one socket of `case`, printing READY (and
+/// LISTENING first, for the cases a client must reach before READY).
+const SOCKETS_PY: &str = r#"
+import os, socket, sys, time
+case, port = sys.argv[1], int(sys.argv[2])
+keep = []
+if case == "backlog":
+    s = socket.socket(); s.bind(("127.0.0.1", port)); s.listen(5); keep.append(s)
+elif case == "udp-queued":
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", port)); keep.append(s)
+elif case == "close-wait":
+    l = socket.socket(); l.bind(("127.0.0.1", port)); l.listen(1)
+    print("LISTENING", flush=True)
+    c, _ = l.accept(); l.close(); keep.append(c)
+elif case == "raw":
+    keep.append(socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP))
+elif case == "defer-accept":
+    s = socket.socket(); s.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 5)
+    s.bind(("127.0.0.1", port)); s.listen(5); keep.append(s)
+elif case == "multicast":
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", port))
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, socket.inet_aton("239.1.2.3") + socket.inet_aton("127.0.0.1"))
+    keep.append(s)
+elif case == "half-closed":
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.connect(("127.0.0.1", port)); s.shutdown(socket.SHUT_WR)
+    keep.append(s)
+elif case == "prefork":
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", port)); s.listen(16)
+    for i in range(2):
+        if os.fork() == 0:
+            while True:
+                c, _ = s.accept(); c.sendall(b"served by %d\n" % os.getpid()); c.close()
+    keep.append(s)
+elif case == "bound":
+    addr = sys.argv[3]
+    u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); u.bind((addr, port)); keep.append(u)
+    t = socket.socket(socket.AF_INET6); t.bind((addr, port)); t.listen(5); keep.append(t)
+print("READY", flush=True)
+while True:
+    time.sleep(1)
+"#;
+
+fn python_sockets(dir: &TempDir, case: &str, port: u16, extra: &[&str]) -> Job {
+    let script = dir.join("sockets.py");
+    std::fs::write(&script, SOCKETS_PY).unwrap();
+    let port = port.to_string();
+    let mut args = vec![script.to_str().unwrap(), case, &port];
+    args.extend_from_slice(extra);
+    Job::build(case, &args).program(Path::new("/usr/bin/python3")).start(dir.path())
+}
+
+#[test]
+fn sockets_crust_cannot_restore_exactly_are_refused_by_name_and_left_as_they_were() {
+    let cases: &[(&str, &str)] = &[
+        ("backlog", "with 1 connection waiting to be accepted"),
+        ("udp-queued", "with datagrams queued"),
+        ("close-wait", "in state CLOSE_WAIT"),
+        ("raw", "raw inet sockets (RAW) are not supported yet"),
+        ("defer-accept", "inet sockets with TCP_DEFER_ACCEPT set ("),
+        ("multicast", "member of multicast group 239.1.2.3 (on interface 1)"),
+        ("half-closed", "shut down for writing"),
+    ];
+    for &(case, want) in cases {
+        let dir = TempDir::new(&format!("inet-refused-{case}"));
+        let port = free_ports(1)[0];
+        let mut job = python_sockets(&dir, case, port, &[]);
+        let mut client = None;
+        if case == "close-wait" {
+            assert_eq!(job.line(STEP), "LISTENING");
+            drop(TcpStream::connect(("127.0.0.1", port)).unwrap());
+        }
+        job.ready();
+        match case {
+            "backlog" => client = Some(TcpStream::connect(("127.0.0.1", port)).unwrap()),
+            "udp-queued" => drop(UdpSocket::bind("127.0.0.1:0").unwrap().send_to(b"queued", ("127.0.0.1", port)).unwrap()),
+            _ => {}
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let pid = job.pid.to_string();
+        let out = crust(&dump_args(&pid, &dir.join("images"), &[]), STEP);
+        let err = assert_clean_failure(&out, case);
+        assert!(err.contains(want) && err.contains(&format!("process {}: fd ", job.pid)), "{case}: {err}");
+        common::assert_running_untraced(job.pid, STEP);
+        drop(client);
+        job.end_session();
+    }
+}
+
+/// An IPv6 address on lo for the life of the test, removed on drop.
+struct LoAddress(String);
+
+impl LoAddress {
+    fn add(addr: &str) -> LoAddress {
+        let ok = std::process::Command::new("ip").args(["-6", "addr", "add", &format!("{addr}/128"), "dev", "lo", "nodad"]).status().unwrap().success();
+        assert!(ok, "adding {addr} to lo");
+        LoAddress(addr.to_string())
+    }
+
+    fn remove(&self) {
+        let mut ip = std::process::Command::new("ip");
+        // Once removed, it is not there to remove again: ip's complaint is not news.
+        let _ = ip.args(["-6", "addr", "del", &format!("{}/128", self.0), "dev", "lo"]).stderr(std::process::Stdio::null()).status();
+    }
+}
+
+impl Drop for LoAddress {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+#[test]
+fn an_address_missing_at_restore_is_reported_by_check_and_nothing_is_made() {
+    let dir = TempDir::new("inet-address");
+    let addr = format!("fd00:c0de::{:x}", std::process::id() % 0xffff);
+    let lo = LoAddress::add(&addr);
+    let port = free_ports(1)[0];
+    let mut job = python_sockets(&dir, "bound", port, &[&addr]);
+    job.ready();
+    let images = dir.join("images");
+    dump(job.pid, &images, &[]);
+    job.reap_original();
+    lo.remove();
+    let out = crust(&[os("check"), os("--images"), images.as_os_str()], STEP);
+    let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "check passed without {addr}: {text}");
+    let want = format!("address {addr} is not present on this host");
+    assert_eq!(text.matches(&want).count(), 2, "both sockets (UDP and TCP) reported at once: {text}");
+    let out = restore(&images, &[]);
+    let err = job.assert_restore_failed(&out, "restore without the address");
+    assert!(err.contains(&want), "{err}");
+    // With the address back, the same images restore.
+    let _lo = LoAddress::add(&addr);
+    let out = restore(&images, &[]);
+    assert!(out.status.success(), "restore failed: {}", String::from_utf8_lossy(&out.stderr));
+    job.adopt_restored();
+    assert!(TcpStream::connect((addr.parse::<Ipv6Addr>().unwrap(), port)).is_ok(), "the restored listener accepts");
+    job.end_session();
+}
+
+/// "served by PID" from a prefork worker.
+fn served_by(port: u16) -> i32 {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.trim().strip_prefix("served by ").and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("answer {out:?}"))
+}
+
+#[test]
+fn a_listener_shared_by_forked_workers_is_one_socket_again_and_they_accept_on_it() {
+    let dir = TempDir::new("inet-prefork");
+    let port = free_ports(1)[0];
+    let mut job = python_sockets(&dir, "prefork", port, &[]);
+    job.ready();
+    let workers: std::collections::BTreeSet<i32> = (0..6).map(|_| served_by(port)).collect();
+    let images = dir.join("images");
+    dump_and_restore(&mut job, &images, &[]);
+    let isk = isk_entries(&images);
+    assert_eq!(isk.len(), 1, "one listening socket, however many processes hold it: {isk:?}");
+    for _ in 0..6 {
+        let by = served_by(port);
+        assert!(workers.contains(&by) || common::proc_stat(by).is_some_and(|s| s.ppid == job.pid), "served by {by}, not a worker of {}", job.pid);
+    }
+    job.end_session();
 }

@@ -58,7 +58,8 @@ impl FileKind for InetSocket {
             return Err(fd.unsupported("inet sockets on a link-local IPv6 address with a scope id are"));
         }
         let ino = fd.stat.st_ino as u32;
-        let diag = diag_of(family, protocol, ino, local.port()).ctx(|| format!("asking sock_diag about inet socket {ino}"))?;
+        let cache = table.extras.get_mut::<DiagCache>();
+        let diag = cache.of(family, protocol, ino, local.port()).ctx(|| format!("asking sock_diag about inet socket {ino}"))?;
         let state = if protocol == libc::IPPROTO_TCP {
             tcp_state(sock).ctx(what)?
         } else if peer.is_some() {
@@ -90,7 +91,14 @@ impl FileKind for InetSocket {
                 if diag.rqueue != 0 {
                     return Err(fd.unsupported(&format!("a UDP socket on {local} with datagrams queued ({} bytes) is", diag.rqueue)));
                 }
+                if let Some((group, ifindex)) = joined_group(sock, family).ctx(what)? {
+                    return Err(fd.unsupported(&format!("a UDP socket on {local} member of multicast group {group} (on interface {ifindex}) is")));
+                }
             }
+        }
+        // (A TCP connection the peer closed is CLOSE_WAIT, refused above.)
+        if diag.shutdown != 0 {
+            return Err(fd.unsupported(&format!("half-closed inet sockets ({local}, shut down for {}) are", shutdown_name(diag.shutdown))));
         }
         let fresh = new_socket(family, ty, protocol).ctx(|| format!("making a fresh socket to compare fd {} of process {} with", fd.fd, fd.pid))?;
         check_others(fd, sock, &fresh, family, protocol, protocol == libc::IPPROTO_TCP && state == TCP_ESTABLISHED)?;
@@ -365,7 +373,7 @@ fn bad(e: &InetSkEntry, what: &str) -> Error {
 
 /// What sock_diag says of one socket, and of the connections being set up
 /// on its port.
-#[derive(Default)]
+#[derive(Clone, Copy, Default)]
 struct Diag {
     /// Bytes queued to read (UDP), or connections waiting in the accept queue (a listener).
     rqueue: u32,
@@ -373,6 +381,55 @@ struct Diag {
     wqueue: u32,
     /// Connections in SYN_RECV on the port of a listener.
     syn_recv: u32,
+    /// Directions shut down (RCV_SHUTDOWN 1, SEND_SHUTDOWN 2).
+    shutdown: u8,
+}
+
+/// One inet_diag dump per family and protocol, for every socket of a dump
+/// (the tree is frozen: what it says stays true).
+#[derive(Default)]
+struct DiagCache {
+    dumps: std::collections::HashMap<(i32, i32), Dumped>,
+}
+
+#[derive(Default)]
+struct Dumped {
+    by_inode: std::collections::HashMap<u32, Diag>,
+    syn_recv_by_port: std::collections::HashMap<u16, u32>,
+}
+
+impl DiagCache {
+    /// What inet_diag says of the socket with inode `ino` (bound to `port`).
+    /// An unbound socket is in no table: all zero then.
+    fn of(&mut self, family: i32, protocol: i32, ino: u32, port: u16) -> nix::Result<Diag> {
+        let dumped = match self.dumps.entry((family, protocol)) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let mut d = Dumped::default();
+                diag_dump(family as u8, protocol as u8, |m| {
+                    if m.state == TCP_SYN_RECV && m.inode == 0 {
+                        *d.syn_recv_by_port.entry(m.sport).or_default() += 1;
+                    } else if m.inode != 0 {
+                        d.by_inode.insert(m.inode, Diag { rqueue: m.rqueue, wqueue: m.wqueue, syn_recv: 0, shutdown: m.shutdown });
+                    }
+                })?;
+                v.insert(d)
+            }
+        };
+        let mut diag = dumped.by_inode.get(&ino).copied().unwrap_or_default();
+        if protocol == libc::IPPROTO_TCP && port != 0 {
+            diag.syn_recv = dumped.syn_recv_by_port.get(&port).copied().unwrap_or(0);
+        }
+        Ok(diag)
+    }
+}
+
+fn shutdown_name(how: u8) -> &'static str {
+    match how {
+        1 => "reading",
+        2 => "writing",
+        _ => "reading and writing",
+    }
 }
 
 /// One socket of an inet_diag dump.
@@ -382,26 +439,13 @@ struct DiagMsg {
     rqueue: u32,
     wqueue: u32,
     inode: u32,
-}
-
-/// Ask inet_diag about the socket with inode `ino` (bound to `port`). An
-/// unbound socket is in no table: all zero then.
-fn diag_of(family: i32, protocol: i32, ino: u32, port: u16) -> nix::Result<Diag> {
-    let mut d = Diag::default();
-    diag_dump(family as u8, protocol as u8, |m| {
-        if m.inode == ino && m.state != TCP_SYN_RECV {
-            d.rqueue = m.rqueue;
-            d.wqueue = m.wqueue;
-        } else if protocol == libc::IPPROTO_TCP && m.state == TCP_SYN_RECV && m.sport == port && port != 0 {
-            d.syn_recv += 1;
-        }
-    })?;
-    Ok(d)
+    shutdown: u8,
 }
 
 /// Every socket of `family` and `protocol` in crust's network namespace.
 fn diag_dump(family: u8, protocol: u8, mut each: impl FnMut(&DiagMsg)) -> nix::Result<()> {
     const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    const INET_DIAG_SHUTDOWN: u16 = 8;
     use nix::sys::socket::{socket, AddressFamily, SockFlag, SockProtocol, SockType};
     let nl = socket(AddressFamily::Netlink, SockType::Datagram, SockFlag::SOCK_CLOEXEC, SockProtocol::NetlinkSockDiag)?;
     // nlmsghdr (16 bytes) + inet_diag_req_v2 (56 bytes): every state, no id.
@@ -440,12 +484,26 @@ fn diag_dump(family: u8, protocol: u8, mut each: impl FnMut(&DiagMsg)) -> nix::R
             // inet_diag_msg: family, state, timer, retrans, id (48 bytes),
             // expires, rqueue, wqueue, uid, inode.
             if ty == SOCK_DIAG_BY_FAMILY && body.len() >= 72 {
+                // Attributes follow; INET_DIAG_SHUTDOWN comes unasked.
+                let mut shutdown = 0;
+                let mut a = 72;
+                while a + 4 <= body.len() {
+                    let (alen, atype) = (u16_at(body, a) as usize, u16_at(body, a + 2));
+                    if alen < 4 || a + alen > body.len() {
+                        break;
+                    }
+                    if atype == INET_DIAG_SHUTDOWN && alen > 4 {
+                        shutdown = body[a + 4];
+                    }
+                    a += (alen + 3) & !3;
+                }
                 each(&DiagMsg {
                     state: body[1],
                     sport: u16::from_be_bytes([body[4], body[5]]),
                     rqueue: u32_at(body, 56),
                     wqueue: u32_at(body, 60),
                     inode: u32_at(body, 68),
+                    shutdown,
                 });
             }
             at += (len + 3) & !3;
@@ -481,6 +539,67 @@ fn holders(protocol: i32, port: u16) -> String {
     } else {
         found.join(", ")
     }
+}
+
+/// A multicast group the socket joined, with the interface, if any: the
+/// image has no place for memberships. The kernel lists the groups of each
+/// interface, not who joined them: each is asked of the socket
+/// (MCAST_MSFILTER answers EADDRNOTAVAIL for a group it is not in).
+fn joined_group(sock: &OwnedFd, family: i32) -> nix::Result<Option<(IpAddr, u32)>> {
+    const MCAST_MSFILTER: i32 = 48;
+    // struct group_filter up to its source list: interface, padding, the group
+    // (a sockaddr_storage), mode, number of sources.
+    const SIZE: usize = 144;
+    let mut groups: Vec<(IpAddr, u32)> = Vec::new();
+    // /proc/net/igmp: "Idx Device : ..." lines, each followed by tab-led
+    // lines whose first word is a group (its network-order bytes as a
+    // native-endian hex word).
+    let igmp = std::fs::read_to_string("/proc/self/net/igmp").unwrap_or_default();
+    let mut ifindex = 0;
+    for line in igmp.lines().skip(1) {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if !line.starts_with('\t') {
+            ifindex = first.parse().unwrap_or(0);
+        } else if let Ok(g) = u32::from_str_radix(first, 16) {
+            groups.push((IpAddr::V4(Ipv4Addr::from(g.to_ne_bytes())), ifindex));
+        }
+    }
+    if family == libc::AF_INET6 {
+        // /proc/net/igmp6: index, device, the group in hex, users, flags, timer.
+        let igmp6 = std::fs::read_to_string("/proc/self/net/igmp6").unwrap_or_default();
+        for line in igmp6.lines() {
+            let w: Vec<&str> = line.split_whitespace().collect();
+            let (Some(idx), Some(hex)) = (w.first().and_then(|i| i.parse().ok()), w.get(2)) else { continue };
+            if let Ok(g) = u128::from_str_radix(hex, 16) {
+                groups.push((IpAddr::V6(Ipv6Addr::from(g)), idx));
+            }
+        }
+    }
+    for (group, ifindex) in groups {
+        let mut gf = [0u8; SIZE];
+        gf[0..4].copy_from_slice(&ifindex.to_ne_bytes());
+        let level = match group {
+            IpAddr::V4(g) => {
+                gf[8..10].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+                gf[12..16].copy_from_slice(&g.octets());
+                libc::IPPROTO_IP
+            }
+            IpAddr::V6(g) => {
+                gf[8..10].copy_from_slice(&(libc::AF_INET6 as u16).to_ne_bytes());
+                gf[16..32].copy_from_slice(&g.octets());
+                libc::IPPROTO_IPV6
+            }
+        };
+        let mut n = SIZE as libc::socklen_t;
+        // SAFETY: the kernel reads and writes at most `n` bytes at gf, which holds SIZE.
+        let r = unsafe { libc::getsockopt(sock.as_raw_fd(), level, MCAST_MSFILTER, gf.as_mut_ptr().cast(), &mut n) };
+        match Errno::result(r) {
+            Ok(_) => return Ok(Some((group, ifindex))),
+            Err(Errno::EADDRNOTAVAIL) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
 }
 
 /// A sysctl-free way to know an option's default: a fresh socket's value.
@@ -878,9 +997,9 @@ pub(crate) fn bind(sock: &OwnedFd, e: &InetSkEntry) -> Result<()> {
     }
     let what = context(e);
     let tcp = e.proto == libc::IPPROTO_TCP as u32;
-    if tcp {
-        set_int(sock, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1).ctx(&what)?;
-    }
+    // UDP sockets of the tree may share a port by SO_REUSEADDR: theirs, before bind.
+    let reuse = tcp || e.opts.reuseaddr == Some(true);
+    set_int(sock, libc::SOL_SOCKET, libc::SO_REUSEADDR, reuse as i32).ctx(&what)?;
     match nix::sys::socket::bind(sock.as_raw_fd(), &storage(local)) {
         Ok(()) => Ok(()),
         Err(Errno::EADDRINUSE) => {
@@ -892,7 +1011,7 @@ pub(crate) fn bind(sock: &OwnedFd, e: &InetSkEntry) -> Result<()> {
     }
 }
 
-/// Options that had to wait for bind: SO_REUSEADDR, which bind borrowed.
+/// Options that had to wait for bind: SO_REUSEADDR, which a TCP bind borrowed.
 pub(crate) fn set_after_bind(sock: &OwnedFd, e: &InetSkEntry) -> Result<()> {
     let v = e.opts.reuseaddr.unwrap_or(false);
     set_int(sock, libc::SOL_SOCKET, libc::SO_REUSEADDR, v as i32).ctx(context(e))
