@@ -65,6 +65,8 @@ enum Command {
         /// tree (a logger's /dev/log); the restore connects them to that name.
         #[arg(short = 'x', long = "ext-unix-sk")]
         ext_unix_sk: bool,
+        #[command(flatten)]
+        tcp: TcpArgs,
         /// Print the stats as JSON.
         #[arg(long)]
         json: bool,
@@ -92,9 +94,23 @@ enum Command {
         /// Seconds to wait for pids of the image that are still being released.
         #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
         pid_wait: f64,
+        #[command(flatten)]
+        tcp: TcpArgs,
         /// Print the stats as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Remove network locks (nftables tables) holding TCP connections of
+    /// dumped trees: those a crust killed half-way left (the default), the
+    /// one a dump in DIR kept for its restore (-D), or every one whose crust
+    /// no longer runs (--all). Lists what it finds.
+    NetworkUnlock {
+        /// The dump whose lock to remove.
+        #[arg(short = 'D', long = "images-dir", value_name = "DIR", conflicts_with = "all")]
+        dir: Option<PathBuf>,
+        /// Also the locks dumps kept for their restores.
+        #[arg(long)]
+        all: bool,
     },
     /// Move the tree rooted at PID to another host: dump, send, check, restore
     /// there, and kill it here only once it runs there.
@@ -271,6 +287,59 @@ fn wait_job_in_foreground(root: i32) -> Result<()> {
     }
 }
 
+/// criu's options for established TCP connections.
+#[derive(clap::Args)]
+struct TcpArgs {
+    /// Save (dump) and restore established TCP connections (TCP_REPAIR),
+    /// holding their packets with a network lock (nftables) in between.
+    #[arg(long = "tcp-established", conflicts_with = "tcp_close")]
+    tcp_established: bool,
+    /// Dump established TCP connections without their state, neither
+    /// locked nor kept; restore them closed.
+    #[arg(long = "tcp-close")]
+    tcp_close: bool,
+}
+
+impl TcpArgs {
+    fn mode(&self) -> crust::files::tcp::Mode {
+        use crust::files::tcp::Mode;
+        match (self.tcp_established, self.tcp_close) {
+            (true, _) => Mode::Established,
+            (_, true) => Mode::Close,
+            _ => Mode::Refuse,
+        }
+    }
+}
+
+/// `crust network-unlock`: the lock of the dump in `dir`, or every lock of
+/// crust's whose crust is gone (with `all`, also those dumps kept).
+fn network_unlock(dir: Option<&std::path::Path>, all: bool) -> Result<()> {
+    use crust::netlock;
+    if let Some(dir) = dir {
+        let name = crust::restore::network_lock(dir).with_context(|| format!("the dump in {} left no network lock", dir.display()))?;
+        match netlock::remove(&name)? {
+            true => println!("removed {name}"),
+            false => println!("{name} was already gone"),
+        }
+        return Ok(());
+    }
+    let found = netlock::list()?;
+    if found.is_empty() {
+        println!("no network lock of crust is in place");
+    }
+    for f in found {
+        match (f.running, f.kept) {
+            (Some(pid), _) => println!("{}: left, crust {pid} is running with it", f.name),
+            (None, true) if !all => println!("{}: left, a dump kept it for its restore (-D DIR or --all removes it)", f.name),
+            _ => {
+                netlock::remove(&f.name)?;
+                println!("removed {}", f.name);
+            }
+        }
+    }
+    Ok(())
+}
+
 fn wait_root(pid: i32) -> Result<()> {
     use nix::sys::wait::{waitpid, WaitStatus};
     loop {
@@ -285,7 +354,7 @@ fn wait_root(pid: i32) -> Result<()> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Dump { pid, dir, leave_running, shell_job, cgroup_roots, freeze_cgroup, ghost_limit, file_locks, ext_unix_sk, json } => {
+        Command::Dump { pid, dir, leave_running, shell_job, cgroup_roots, freeze_cgroup, ghost_limit, file_locks, ext_unix_sk, tcp, json } => {
             let bar = progress::Bar::on_stderr(json);
             let progress = bar.progress();
             let opts = DumpOptions {
@@ -298,6 +367,7 @@ fn run(cli: Cli) -> Result<()> {
                 ghost_limit,
                 file_locks,
                 ext_unix_sk,
+                tcp: tcp.mode(),
                 progress,
             };
             let stats = guard::in_child(|| bar.around(|| Ok(dump(&opts)?))).with_context(|| format!("dump of process {pid} failed"))?;
@@ -307,7 +377,7 @@ fn run(cli: Cli) -> Result<()> {
                 print_dump_stats(&stats, &dir);
             }
         }
-        Command::Restore { dir, detach, shell_job, pidfile, manage_cgroups, cgroup_roots, pid_wait, json } => {
+        Command::Restore { dir, detach, shell_job, pidfile, manage_cgroups, cgroup_roots, pid_wait, tcp, json } => {
             let bar = progress::Bar::on_stderr(json);
             let opts = RestoreOptions {
                 dir: dir.clone(),
@@ -318,6 +388,7 @@ fn run(cli: Cli) -> Result<()> {
                 cgroup_roots,
                 progress: bar.progress(),
                 private_copies: false,
+                tcp: tcp.mode(),
             };
             let restored = bar.around(|| restore(&opts)).with_context(|| format!("restore from {} failed", dir.display()))?;
             // As criu does, the numbers stay beside the images; the tree runs
@@ -407,6 +478,7 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{line}");
             }
         }
+        Command::NetworkUnlock { dir, all } => network_unlock(dir.as_deref(), all)?,
         Command::Demo => demo::run()?,
     }
     Ok(())

@@ -197,7 +197,7 @@ pub static PROCESS_STATE: &[(&str, Fate)] = &[
     ("open files", Fate::Saved("files (one FileKind per kind; unknown kinds refused)")),
     ("TCP and UDP sockets, IPv4 and IPv6: unbound, bound, listening (backlog), connected UDP", Fate::Saved("files::inet (inet_sk_entry in files.img): made in the task, bound, listening or connected again")),
     ("inet socket options", Fate::Saved("files::inet: those with a field in inet_sk_entry; any other one set otherwise than on a fresh socket, or a socket filter, is refused by name")),
-    ("established TCP connections", Fate::Refused("an established TCP connection needs --tcp-established, which is not supported yet")),
+    ("established TCP connections", Fate::Saved("files::tcp with --tcp-established: TCP_REPAIR state (sequence numbers, queues, window, MSS, window scales, SACK, timestamps) in tcp-stream-INO.img, held by a network lock (netlock, nftables) from the freeze until the restored tree runs; --tcp-close: restored closed; refused by name without either, and by crust migrate")),
     ("TCP sockets connecting or closing (SYN_SENT, FIN_WAIT..., CLOSE_WAIT), connections in a listener's accept queue or being set up", Fate::Refused("refused naming the state, or how many connections wait")),
     ("datagrams queued on a UDP socket", Fate::Refused("UDP sockets with datagrams queued are not supported yet")),
     ("raw and ping sockets, inet sockets of another network namespace", Fate::Refused("not supported yet")),

@@ -12,6 +12,7 @@ pub mod inventory;
 pub mod files;
 pub mod images;
 pub mod mem;
+pub mod netlock;
 pub mod migrate;
 pub mod proc;
 pub mod ranges;

@@ -14,6 +14,7 @@ use procfs::process::Stat;
 
 use crate::cgroups::{CgroupRecorder, CgroupRoot};
 use crate::error::{Context, Error, Result};
+use crate::files::tcp::{self, Connections};
 use crate::files::{FileTable, OpenFd};
 use crate::images::criu::{IMG_VERSION, SAME_AS_DUMPER, TASK_ALIVE, TASK_STOPPED, TASK_ZOMBIE};
 use crate::images::meta::{DumpMeta, FileStamp, META};
@@ -49,6 +50,9 @@ pub struct DumpOptions {
     /// `--ext-unix-sk`: a datagram unix socket connected to a named socket
     /// outside the tree is saved, to be connected to that name at restore.
     pub ext_unix_sk: bool,
+    /// What to do with established TCP connections (`--tcp-established`,
+    /// `--tcp-close`; refused without either).
+    pub tcp: crate::files::tcp::Mode,
     /// Hears the pages being written (not those a streamed dump leaves out).
     pub progress: Progress,
 }
@@ -97,6 +101,9 @@ fn us(d: Duration) -> u64 {
 /// A tree whose images are written, still frozen: the caller decides whether
 /// it dies (its state lives on elsewhere) or resumes (the move failed).
 pub struct Dumped {
+    /// The tree's TCP connections, and the lock holding them (dropped
+    /// before the tree, which then runs on).
+    connections: Connections,
     tree: FrozenTree,
     frozen_at: Instant,
     /// Pages not written yet (a streamed dump sends them last).
@@ -129,13 +136,19 @@ impl Dumped {
         Ok(sent)
     }
 
+    /// The tree dies; its connections close silently, and their lock stays
+    /// for the restore.
     pub fn kill(mut self) -> DumpStats {
-        self.tree.kill();
+        let tree = self.tree;
+        let connections = std::mem::take(&mut self.connections);
+        connections.kill_silently(|| tree.kill());
         self.stats.frozen_time_us = us(self.frozen_at.elapsed());
         self.stats
     }
 
+    /// The tree goes on: its connections' lock goes first.
     pub fn resume(mut self) -> DumpStats {
+        drop(std::mem::take(&mut self.connections));
         drop(self.tree);
         self.stats.frozen_time_us = us(self.frozen_at.elapsed());
         self.stats
@@ -143,8 +156,8 @@ impl Dumped {
 }
 
 pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
-    let (tree, dir, stats, frozen_at, pages) = write_images(opts, None)?;
-    let d = Dumped { tree, frozen_at, pages, stats };
+    let (tree, dir, stats, frozen_at, pages, connections) = write_images(opts, None)?;
+    let d = Dumped { tree, frozen_at, pages, connections, stats };
     if opts.leave_running {
         // Everything is read: the tree need not wait for the disk.
         let mut stats = d.resume();
@@ -164,13 +177,13 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
 /// A streamed dump leaves the pages out, for [`Dumped::send_pages`]: the
 /// receiver can check the rest, and build the tree, before they come.
 pub fn dump_frozen(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<Dumped> {
-    let (tree, dir, mut stats, frozen_at, pages) = write_images(opts, sink)?;
+    let (tree, dir, mut stats, frozen_at, pages, connections) = write_images(opts, sink)?;
     dir.commit_unless(crate::cancel::check)?;
     stats.frozen_time_us = us(frozen_at.elapsed());
-    Ok(Dumped { tree, frozen_at, pages, stats })
+    Ok(Dumped { tree, frozen_at, pages, connections, stats })
 }
 
-type Written = (FrozenTree, ImageDir, DumpStats, Instant, Vec<PendingPages>);
+type Written = (FrozenTree, ImageDir, DumpStats, Instant, Vec<PendingPages>, Connections);
 
 /// Freeze the tree and write all its images (not yet made visible); a
 /// streamed dump returns its pages unwritten.
@@ -212,6 +225,12 @@ fn write_images(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<W
     d.files.locks.file_locks = opts.file_locks;
     d.files.ext_unix_sk = opts.ext_unix_sk;
     d.files.locks.migrating = streamed;
+    // From here until the tree dies or runs on, its connections are held.
+    let (refusal, note) = match streamed {
+        true => (tcp::MIGRATE_REFUSAL, "crust: network lock of a migration".to_string()),
+        false => (tcp::DUMP_REFUSAL, format!("crust: network lock of the dump in {}", opts.dir.display())),
+    };
+    d.files.tcp = Connections::prepare(&d.files.tree, opts.tcp, refusal, &note)?;
     let mut root_ids = None;
     for (n, p) in tree.processes.iter().enumerate() {
         match p.zombie {
@@ -239,7 +258,8 @@ fn write_images(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<W
         w.entry(&d.stats.entry())?;
         d.stats.bytes_written += w.finish()?;
     }
-    Ok((tree, d.dir, d.stats, frozen_at, d.deferred))
+    let connections = std::mem::take(&mut d.files.tcp);
+    Ok((tree, d.dir, d.stats, frozen_at, d.deferred, connections))
 }
 
 /// By parent: its live children that are stopped.
@@ -447,7 +467,8 @@ impl TreeDump {
         let shared_with_parent = std::mem::take(&mut self.shared_with_parent);
         let devices = files.files.iter().filter_map(|f| f.reg.as_ref()).filter_map(crate::files::reg::device_of).collect();
         let stops_collected = std::mem::take(&mut self.stops_collected);
-        let meta = DumpMeta { cgroups: self.cgroups.report(), files: stamps, shared_with_parent, devices, stops_collected };
+        let network_lock = files.tcp.lock_name().map(str::to_string);
+        let meta = DumpMeta { cgroups: self.cgroups.report(), files: stamps, shared_with_parent, devices, stops_collected, network_lock };
         self.stats.bytes_written += self.dir.write_json(META, &meta)?;
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! TCP and UDP sockets over IPv4 and IPv6: unbound, bound, listening (with
-//! its backlog) and connected UDP, with the options servers set. Established
-//! TCP connections, TCP in other states, connections waiting in an accept
+//! its backlog) and connected UDP, with the options servers set; established
+//! TCP connections with their state from files/tcp.rs. TCP in other states, connections waiting in an accept
 //! queue, datagrams waiting in a UDP socket, raw sockets and sockets of
 //! another network namespace are refused by name.
 //!
@@ -81,7 +81,8 @@ impl FileKind for InetSocket {
                 backlog = diag.wqueue;
             }
             (libc::IPPROTO_TCP, TCP_CLOSE) => {}
-            (libc::IPPROTO_TCP, TCP_ESTABLISHED) => return Err(refuse_established(fd, local, peer)),
+            // Saved (or refused by name) by the dump's connections (files/tcp.rs).
+            (libc::IPPROTO_TCP, TCP_ESTABLISHED) => table.tcp.dump(fd, sock)?,
             (libc::IPPROTO_TCP, s) => {
                 let peer = peer.map(|p| format!(" -> {p}")).unwrap_or_default();
                 return Err(fd.unsupported(&format!("a TCP socket {local}{peer} in state {} is", state_name(s))));
@@ -100,7 +101,7 @@ impl FileKind for InetSocket {
             return Err(fd.unsupported(&format!("half-closed inet sockets ({local}, shut down for {}) are", shutdown_name(diag.shutdown))));
         }
         let fresh = new_socket(family, ty, protocol).ctx(|| format!("making a fresh socket to compare fd {} of process {} with", fd.fd, fd.pid))?;
-        check_others(fd, sock, &fresh, family, protocol)?;
+        check_others(fd, sock, &fresh, family, protocol, protocol == libc::IPPROTO_TCP && state == TCP_ESTABLISHED)?;
         let (opts, ip_opts, tcp_opts, v6only) = read_options(sock, &fresh, family, protocol).ctx(what)?;
         let id = table.new_id();
         let entry = InetSkEntry {
@@ -135,6 +136,11 @@ impl FileKind for InetSocket {
             restorable(file, e)?;
             let sock = new_socket(e.family as i32, e.r#type as i32, e.proto as i32).ctx(|| "making a trial socket".to_string())?;
             set_options(&sock, e)?;
+            // A connection binds in repair mode, past sockets on its port
+            // (files/tcp.rs checks what it needs).
+            if is_connection(e) {
+                return Ok(());
+            }
             bind(&sock, e)
         };
         trial().err().map(|err| format!("{name}: {err}"))
@@ -145,6 +151,13 @@ impl FileKind for InetSocket {
         restorable(file, e)?;
         let (fd, sock) = make_socket(r, e)?;
         set_options(&sock, e)?;
+        if is_connection(e) {
+            let local = addr(e.family, &e.src_addr, e.src_port).ok_or_else(|| bad(e, "its address"))?;
+            let peer = addr(e.family, &e.dst_addr, e.dst_port).ok_or_else(|| bad(e, "its peer address"))?;
+            super::tcp::restore(r.image, e, &sock, local, peer)?;
+            set_after_bind(&sock, e)?;
+            return Ok(fd);
+        }
         bind(&sock, e)?;
         if e.state == TCP_LISTEN as u32 {
             nix::sys::socket::listen(&sock, nix::sys::socket::Backlog::new(e.backlog as i32).map_err(|err| Error::Sys { context: context(e)(), err })?)
@@ -164,21 +177,17 @@ impl FileKind for InetSocket {
 const INET_PROTOS: &[&str] = &["TCP", "TCPv6", "UDP", "UDPv6", "RAW", "RAWv6", "PING", "PINGv6"];
 
 const TCP_ESTABLISHED: i32 = 1;
+
+/// An established TCP connection (see files/tcp.rs).
+fn is_connection(e: &InetSkEntry) -> bool {
+    e.proto == libc::IPPROTO_TCP as u32 && e.state == TCP_ESTABLISHED as u32
+}
 const TCP_CLOSE: i32 = 7;
 const TCP_LISTEN: i32 = 10;
 const TCP_SYN_RECV: u8 = 3;
 /// How inet_diag reports a TCP socket that is bound but neither listening
 /// nor connected (kernel 6.6 and later).
 const TCP_BOUND_INACTIVE: u8 = 13;
-
-/// The refusal of an established TCP connection: the one place a dump meets one.
-fn refuse_established(fd: &OpenFd, local: SocketAddr, peer: Option<SocketAddr>) -> Error {
-    let peer = peer.map_or_else(|| "?".to_string(), |p| p.to_string());
-    Error::unsupported(
-        format!("process {}: fd {} ({})", fd.pid, fd.fd, fd.link),
-        format!("an established TCP connection {local} -> {peer}: dumping it needs --tcp-established, which crust does not support yet"),
-    )
-}
 
 fn state_name(s: i32) -> String {
     let name = match s {
@@ -584,6 +593,9 @@ const V6: u8 = 2;
 const TCP: u8 = 4;
 const UDP: u8 = 8;
 const ALL: u8 = V4 | V6 | TCP | UDP;
+/// What a connection's handshake set, not the program: an established
+/// connection's is in its tcp-stream image (files/tcp.rs), not compared.
+const HANDSHAKE: u8 = 16;
 
 const fn w(level: i32, opt: i32, name: &'static str, on: u8) -> Watched {
     Watched { level, opt, name, len: 4, on }
@@ -631,7 +643,9 @@ const WATCHED: &[Watched] = &[
     w(libc::IPPROTO_IP, 25, "IP_RECVFRAGSIZE", ALL),
     w(libc::IPPROTO_IP, 26, "IP_RECVERR_RFC4884", ALL),
     w(libc::IPPROTO_IP, 32, "IP_MULTICAST_IF", ALL),
-    w(libc::IPPROTO_IP, 33, "IP_MULTICAST_TTL", ALL),
+    // An accepted TCP socket takes its SYN's TTL as its multicast TTL
+    // (tcp_v4_syn_recv_sock), and TCP sends no multicast: UDP only.
+    w(libc::IPPROTO_IP, 33, "IP_MULTICAST_TTL", V4 | V6 | UDP),
     w(libc::IPPROTO_IP, 34, "IP_MULTICAST_LOOP", ALL),
     w(libc::IPPROTO_IP, 49, "IP_MULTICAST_ALL", ALL),
     w(libc::IPPROTO_IP, 50, "IP_UNICAST_IF", ALL),
@@ -666,11 +680,11 @@ const WATCHED: &[Watched] = &[
     w(libc::IPPROTO_IPV6, 75, "IPV6_TRANSPARENT", V6 | TCP | UDP),
     w(libc::IPPROTO_IPV6, 76, "IPV6_UNICAST_IF", V6 | TCP | UDP),
     w(libc::IPPROTO_IPV6, 77, "IPV6_RECVFRAGSIZE", V6 | TCP | UDP),
-    w(libc::IPPROTO_TCP, 2, "TCP_MAXSEG", V4 | V6 | TCP),
+    w(libc::IPPROTO_TCP, 2, "TCP_MAXSEG", V4 | V6 | TCP | HANDSHAKE),
     w(libc::IPPROTO_TCP, 7, "TCP_SYNCNT", V4 | V6 | TCP),
     w(libc::IPPROTO_TCP, 8, "TCP_LINGER2", V4 | V6 | TCP),
     w(libc::IPPROTO_TCP, 9, "TCP_DEFER_ACCEPT", V4 | V6 | TCP),
-    w(libc::IPPROTO_TCP, 10, "TCP_WINDOW_CLAMP", V4 | V6 | TCP),
+    w(libc::IPPROTO_TCP, 10, "TCP_WINDOW_CLAMP", V4 | V6 | TCP | HANDSHAKE),
     Watched { level: libc::IPPROTO_TCP, opt: 13, name: "TCP_CONGESTION", len: 16, on: V4 | V6 | TCP },
     w(libc::IPPROTO_TCP, 16, "TCP_THIN_LINEAR_TIMEOUTS", V4 | V6 | TCP),
     w(libc::IPPROTO_TCP, 18, "TCP_USER_TIMEOUT", V4 | V6 | TCP),
@@ -696,9 +710,10 @@ fn kind_bits(family: i32, protocol: i32) -> (u8, u8) {
 
 /// Refuse the socket if an option without a field in the image differs
 /// from a fresh socket's, or a socket filter is attached.
-fn check_others(fd: &OpenFd, sock: &OwnedFd, fresh: &OwnedFd, family: i32, protocol: i32) -> Result<()> {
+fn check_others(fd: &OpenFd, sock: &OwnedFd, fresh: &OwnedFd, family: i32, protocol: i32, connected: bool) -> Result<()> {
     let (fam, proto) = kind_bits(family, protocol);
-    for o in WATCHED.iter().filter(|o| o.on & fam != 0 && o.on & proto != 0) {
+    let skip = if connected { HANDSHAKE } else { 0 };
+    for o in WATCHED.iter().filter(|o| o.on & fam != 0 && o.on & proto != 0 && o.on & skip == 0) {
         let (mine, base) = (get_raw(sock, o.level, o.opt, o.len), get_raw(fresh, o.level, o.opt, o.len));
         if mine != base {
             let show = |v: &nix::Result<Vec<u8>>| match v {
@@ -818,8 +833,7 @@ fn unsupported_is_none<T>(v: nix::Result<T>) -> nix::Result<Option<T>> {
 /// An image entry crust can make again (a CRIU image may hold others).
 fn restorable(file: &FileEntry, e: &InetSkEntry) -> Result<()> {
     let why = match (e.proto as i32, e.state as i32) {
-        (libc::IPPROTO_TCP, TCP_CLOSE | TCP_LISTEN) | (libc::IPPROTO_UDP, TCP_CLOSE | TCP_ESTABLISHED) => None,
-        (libc::IPPROTO_TCP, TCP_ESTABLISHED) => Some("established TCP connections are".to_string()),
+        (libc::IPPROTO_TCP, TCP_CLOSE | TCP_LISTEN | TCP_ESTABLISHED) | (libc::IPPROTO_UDP, TCP_CLOSE | TCP_ESTABLISHED) => None,
         (libc::IPPROTO_TCP, s) => Some(format!("TCP sockets in state {} are", state_name(s))),
         (p, _) => Some(format!("inet sockets of protocol {p} are")),
     };

@@ -22,6 +22,8 @@ pub mod reg;
 pub mod shmem;
 pub mod signalfd;
 pub mod timerfd;
+pub mod tcp;
+pub mod tcp_repair;
 pub mod tty;
 pub mod unix;
 
@@ -369,6 +371,7 @@ pub fn loaded<'a, T: std::any::Any + Send + Sync>(img: &'a DumpImage, images: &s
 /// Every kind's own images, and the file locks, read into `img.extras`.
 pub fn load_images(img: &mut DumpImage) -> Result<()> {
     KINDS.iter().try_for_each(|k| k.load_images(img))?;
+    tcp::load(img)?;
     locks::load(img)
 }
 
@@ -511,6 +514,8 @@ pub struct FileTable {
     pub locks: locks::Locks,
     /// `--ext-unix-sk`: unix sockets may have a peer outside the tree.
     pub ext_unix_sk: bool,
+    /// Established TCP connections of the tree, and the lock holding them.
+    pub tcp: tcp::Connections,
 }
 
 impl FileTable {
@@ -591,6 +596,7 @@ impl FileTable {
         }
         bytes += self.ghosts.write(dir)?;
         bytes += self.locks.write(dir)?;
+        bytes += self.tcp.write(dir)?;
         Ok(bytes)
     }
 }

@@ -26,6 +26,10 @@ pub struct DumpMeta {
     /// wait: their restored stop is collected again before the parent runs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stops_collected: Vec<i32>,
+    /// The network lock (nftables table) the dump left holding the tree's
+    /// TCP connections, which the restore removes once the tree runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_lock: Option<String>,
 }
 
 impl DumpMeta {

@@ -64,6 +64,10 @@ pub struct RestoreOptions {
     /// with its parent: the restore as crust did it before keeping
     /// copy-on-write sharing, slower and bigger; for comparison.
     pub private_copies: bool,
+    /// What to do with the established TCP connections of the images:
+    /// restore them (`--tcp-established`) or make them closed sockets
+    /// (`--tcp-close`); refused without either, as criu does.
+    pub tcp: files::tcp::Mode,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -235,15 +239,40 @@ pub fn load(dir: &Path, pages: Pages) -> Result<DumpImage> {
     Ok(img)
 }
 
-/// Restore the tree in `opts.dir` and let it run.
+/// Restore the tree in `opts.dir` and let it run; then the network lock
+/// the dump left holding its connections goes. A restore that fails leaves
+/// that lock: the images can still be restored, and until then the peers
+/// wait instead of being reset.
 pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
     let img = load(&opts.dir, Pages::InDir)?;
-    restore_held(opts, img, &mut PagesInDir)?.release()
+    let lock = network_lock(&opts.dir);
+    let restored = restore_held(opts, img, &mut PagesInDir).and_then(Held::release);
+    if let Some(name) = lock {
+        match &restored {
+            Ok(_) => {
+                if let Err(e) = crate::netlock::remove(&name) {
+                    log::warn!("the tree runs, but its connections are still held: {e}; remove the lock with `crust network-unlock -D {}`", opts.dir.display());
+                }
+            }
+            Err(_) => log::warn!(
+                "the network lock {name} of this dump still holds its TCP connections, for another restore; \
+                 `crust network-unlock -D {}` removes it (their peers then see resets)",
+                opts.dir.display()
+            ),
+        }
+    }
+    restored
+}
+
+/// The network lock a dump in `dir` left in place, from crust's notes.
+pub fn network_lock(dir: &Path) -> Option<String> {
+    DumpMeta::read(dir).network_lock
 }
 
 /// Build the whole tree of `img`, its pages from `pages`, and hold it stopped.
 pub fn restore_held(opts: &RestoreOptions, mut img: DumpImage, pages: &mut dyn PageSource) -> Result<Held> {
     let start = Instant::now();
+    img.extras.insert(files::tcp::RestoreMode(opts.tcp));
     preflight(&img, opts)?;
     // Deleted files the tree holds are made again for it to open and map.
     let ghosts = files::ghost::materialize(&mut img)?;

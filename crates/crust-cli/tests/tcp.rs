@@ -1,0 +1,276 @@
+//! Established TCP connections (`--tcp-established`, `--tcp-close`) and the
+//! network lock that holds them between the dump and the restore: the
+//! tcpconn workload (both ends in the tree, or the client outside it, in the
+//! test), redis with a redis-cli client connected across the dump, and the
+//! lock's lifetime (refused, failed and -R dumps, a crust killed mid-dump).
+//! Each test has ports of its own.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::job::{dump, ready_field, restore, Job, STEP};
+use common::{assert_clean_failure, crust, os, poll, TempDir};
+
+/// crust's nftables tables in place (the network locks).
+fn crust_tables() -> Vec<String> {
+    let out = Command::new("nft").args(["list", "tables"]).output().expect("running nft");
+    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.strip_prefix("table inet ")).filter(|n| n.starts_with("crust_lock_")).map(str::to_string).collect()
+}
+
+/// crust's tables whose comment names the dump in `images` (other tests
+/// make tables of their own meanwhile).
+fn locks_for(images: &Path) -> Vec<String> {
+    let dir = images.display().to_string();
+    crust_tables()
+        .into_iter()
+        .filter(|t| {
+            let out = Command::new("nft").args(["list", "table", "inet", t]).output().expect("running nft");
+            String::from_utf8_lossy(&out.stdout).contains(&dir)
+        })
+        .collect()
+}
+
+/// The lock a dump in `images` left, from crust's notes.
+fn kept_lock(images: &Path) -> Option<String> {
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(images.join("crust-meta.json")).ok()?).ok()?;
+    meta["network_lock"].as_str().map(str::to_string)
+}
+
+fn restore_ok(job: &mut Job, images: &Path, extra: &[&str]) {
+    let out = restore(images, extra);
+    assert!(out.status.success(), "restore failed: {}", String::from_utf8_lossy(&out.stderr));
+    job.adopt_restored();
+}
+
+/// The number of tcp-stream images in `images`.
+fn streams(images: &Path) -> usize {
+    std::fs::read_dir(images).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("tcp-stream-")).count()
+}
+
+#[test]
+fn a_connection_inside_the_tree_survives_with_its_queued_bytes() {
+    let dir = TempDir::new("tcp-pair");
+    let mut job = Job::start("tcpconn", &["47101", "pair", "100000", "300000", "open"], dir.path());
+    job.ready();
+    let images = dir.join("images");
+    dump(job.pid, &images, &["--tcp-established"]);
+    assert_eq!(streams(&images), 2, "one tcp-stream image per end");
+    let lock = kept_lock(&images).expect("the dump records its lock");
+    assert!(crust_tables().contains(&lock), "the lock stays until the restore");
+    let files = common::crit_show(&images.join("files.img"));
+    let isk: Vec<_> = files["entries"].as_array().unwrap().iter().filter_map(|e| e.get("isk")).collect();
+    let state = |s: &str| isk.iter().filter(|e| e["state"] == s).count();
+    assert_eq!((state("ESTABLISHED"), state("LISTEN")), (2, 1), "both ends, and the listener: {files}");
+    job.reap_original();
+    restore_ok(&mut job, &images, &["--tcp-established"]);
+    assert!(!crust_tables().contains(&lock), "the restore removes the lock once the tree runs");
+    // Each end reads the other's bytes (queued, then new), then an orderly end.
+    job.expect_ok();
+}
+
+#[test]
+fn without_the_option_the_dump_refuses_naming_the_connection() {
+    let dir = TempDir::new("tcp-refused");
+    let mut job = Job::start("tcpconn", &["47111", "pair", "1000", "1000", "open"], dir.path());
+    let child = ready_field(&job.ready(), "child");
+    let pid = job.pid.to_string();
+    let images = dir.join("images");
+    let out = crust(&[os("dump"), os("-t"), os(&pid), os("-D"), images.as_os_str()], STEP);
+    let err = assert_clean_failure(&out, "a dump of a tree with an established connection");
+    assert!(err.contains("established TCP connection") && err.contains("--tcp-established"), "{err}");
+    assert!(err.contains(":47111") && (err.contains(&format!("process {pid}")) || err.contains(&format!("process {child}"))), "names the connection and its holder: {err}");
+    assert_eq!(locks_for(&images), Vec::<String>::new(), "no lock left");
+    job.expect_ok();
+}
+
+#[test]
+fn a_failed_dump_and_a_leave_running_dump_leave_no_lock_and_a_live_connection() {
+    let dir = TempDir::new("tcp-failed");
+    let lock = format!("flock:{}", dir.join("tcpconn.lock").display());
+    let mut job = Job::start("tcpconn", &["47121", "pair", "50000", "50000", "open", &lock], dir.path());
+    job.ready();
+    let pid = job.pid.to_string();
+    // Refused for its flock, after the connections were locked and read.
+    let images = dir.join("images");
+    let out = crust(&[os("dump"), os("-t"), os(&pid), os("-D"), images.as_os_str(), os("--tcp-established")], STEP);
+    let err = assert_clean_failure(&out, "a dump of a tree holding a flock");
+    assert!(err.contains("lock"), "{err}");
+    assert_eq!(locks_for(&images), Vec::<String>::new(), "a failed dump removes its lock");
+    // -R: the sockets leave repair mode, the lock goes.
+    dump(job.pid, &dir.join("images-r"), &["--tcp-established", "--file-locks", "-R"]);
+    assert_eq!(locks_for(&dir.join("images-r")), Vec::<String>::new(), "a -R dump removes its lock");
+    assert!(kept_lock(&dir.join("images-r")).is_some(), "it had one");
+    job.expect_ok();
+}
+
+#[test]
+fn tcp_close_restores_connections_closed() {
+    let dir = TempDir::new("tcp-close");
+    let mut job = Job::start("tcpconn", &["47131", "pair", "1000", "1000", "closed"], dir.path());
+    job.ready();
+    let images = dir.join("images");
+    dump(job.pid, &images, &["--tcp-close"]);
+    assert_eq!(streams(&images), 0, "no state is kept");
+    assert_eq!(kept_lock(&images), None, "nor locked");
+    job.reap_original();
+    // The images hold connections: a restore must be told what to do with them.
+    let out = restore(&images, &[]);
+    let err = job.assert_restore_failed(&out, "a restore of connections without --tcp-close");
+    assert!(err.contains("--tcp-close"), "{err}");
+    restore_ok(&mut job, &images, &["--tcp-close"]);
+    job.expect_ok();
+}
+
+/// The byte at offset i of the workload's server stream / of the client's.
+fn down(i: usize) -> u8 {
+    (i.wrapping_mul(7) + i / 251) as u8
+}
+fn up(i: usize) -> u8 {
+    (i.wrapping_mul(13) + i / 241 + 1) as u8
+}
+
+#[test]
+fn a_client_outside_the_tree_keeps_its_connection_to_a_restored_server() {
+    let dir = TempDir::new("tcp-outside");
+    // Few enough bytes queued that the server's window stays open: what the
+    // client sends while the server is gone leaves at once.
+    let (n, m) = (20_000usize, 300_000usize);
+    let (ns, ms) = (n.to_string(), m.to_string());
+    let mut job = Job::start("tcpconn", &["47141", "server", &ns, &ms, "open"], dir.path());
+    job.ready();
+    let mut client = TcpStream::connect("127.0.0.1:47141").unwrap();
+    assert_eq!(job.line(STEP), "CONNECTED");
+    // N bytes queued for the server, which reads nothing before SIGUSR1.
+    let upstream: Vec<u8> = (0..n + m).map(up).collect();
+    client.write_all(&upstream[..n]).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let images = dir.join("images");
+    dump(job.pid, &images, &["--tcp-established"]);
+    job.reap_original();
+    // The server is gone: what the client sends now waits behind the lock
+    // (no reset), and arrives once the server is back.
+    client.set_nonblocking(true).unwrap();
+    let early = client.write(&upstream[n..n + 1000]).expect("the connection is alive meanwhile");
+    client.set_nonblocking(false).unwrap();
+    assert_eq!(early, 1000);
+    // Sent, and sent again, into the lock.
+    std::thread::sleep(Duration::from_millis(500));
+    restore_ok(&mut job, &images, &["--tcp-established"]);
+    job.signal(libc::SIGUSR1);
+    let mut writer = client.try_clone().unwrap();
+    let rest = upstream[n + early..].to_vec();
+    let w = std::thread::spawn(move || {
+        writer.write_all(&rest).unwrap();
+        writer.shutdown(std::net::Shutdown::Write).unwrap();
+    });
+    client.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut got = Vec::new();
+    client.read_to_end(&mut got).expect("the server's stream, then EOF, no reset");
+    w.join().unwrap();
+    assert_eq!(got.len(), n + m, "every byte of the server's stream, once");
+    assert!(got.iter().enumerate().all(|(i, b)| *b == down(i)), "in order");
+    assert_eq!(job.line(STEP), "OK", "the server read the client's stream whole");
+}
+
+/// A dump killed half-way (its worker, by SIGKILL) cannot remove its lock:
+/// the tree runs on, held, until `crust network-unlock` removes it; killing
+/// the `crust` command instead lets the worker clean up itself.
+#[test]
+fn a_crust_killed_mid_dump_leaves_a_lock_that_network_unlock_removes() {
+    let dir = TempDir::new("tcp-killed");
+    let mut job = Job::start("tcpconn", &["47151", "pair", "10000", "10000", "open", "mem:768"], dir.path());
+    job.ready();
+    let images = dir.join("images");
+    for kill_worker in [false, true] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_crust"));
+        cmd.args(["dump", "-t", &job.pid.to_string(), "-D"]).arg(&images).arg("--tcp-established");
+        let mut crust = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let new_lock = poll(STEP, Duration::from_millis(2), || locks_for(&images).into_iter().next());
+        let lock = new_lock.expect("the dump locks the connections");
+        let victim = if kill_worker {
+            let children = std::fs::read_to_string(format!("/proc/{}/task/{}/children", crust.id(), crust.id())).unwrap();
+            children.split_whitespace().next().expect("crust's worker").parse::<i32>().unwrap()
+        } else {
+            crust.id() as i32
+        };
+        // SAFETY: kill(2) of a process this test started (or its child).
+        unsafe { libc::kill(victim, libc::SIGKILL) };
+        let _ = crust.wait();
+        if kill_worker {
+            assert!(crust_tables().contains(&lock), "a killed worker cannot remove its lock");
+            let out = common::crust(&[os("network-unlock")], STEP);
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("removed {lock}")), "{}", String::from_utf8_lossy(&out.stdout));
+        } else {
+            let gone = poll(STEP, Duration::from_millis(20), || (!crust_tables().contains(&lock)).then_some(()));
+            assert!(gone.is_some(), "the worker of a killed crust removes its lock");
+        }
+        assert_eq!(locks_for(&images), Vec::<String>::new());
+        let _ = std::fs::remove_dir_all(&images);
+        // The tree was let go, its connections usable.
+        common::assert_running_untraced(job.pid, STEP);
+    }
+    job.expect_ok();
+}
+
+fn redis_cli(port: &str, args: &[&str]) -> String {
+    let out = Command::new("redis-cli").args(["-p", port]).args(args).output().expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// redis-server with keys set, and a redis-cli client connected across the
+/// dump and restore: the same connection (CLIENT ID) answers before and after.
+#[test]
+fn redis_and_a_connected_client_survive_the_dump() {
+    let dir = TempDir::new("tcp-redis");
+    let port = "47161";
+    let conf = format!("port {port}\nbind 127.0.0.1\ndaemonize no\nsave \"\"\nappendonly no\ndir {}\n", dir.path().display());
+    std::fs::write(dir.join("redis.conf"), conf).unwrap();
+    let mut job = Job::build("redis-server", &[dir.join("redis.conf").to_str().unwrap()]).program(Path::new("/usr/bin/redis-server")).start(dir.path());
+    let ok = poll(STEP, Duration::from_millis(50), || (redis_cli(port, &["PING"]) == "PONG").then_some(()));
+    assert!(ok.is_some(), "redis answers");
+    assert_eq!(redis_cli(port, &["SET", "greeting", "hello"]), "OK");
+    // One client connection kept open: commands on stdin, answers on stdout.
+    let mut cli = Command::new("redis-cli").args(["-p", port]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut to_cli = cli.stdin.take().unwrap();
+    let from_cli = std::io::BufReader::new(cli.stdout.take().unwrap());
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in from_cli.lines().map_while(|l| l.ok()) {
+            sink.lock().unwrap().push(l);
+        }
+    });
+    let ask = |to_cli: &mut std::process::ChildStdin, cmd: &str| -> String {
+        let n = lines.lock().unwrap().len();
+        writeln!(to_cli, "{cmd}").unwrap();
+        to_cli.flush().unwrap();
+        let start = Instant::now();
+        loop {
+            if let Some(l) = lines.lock().unwrap().get(n) {
+                return l.clone();
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "no answer to {cmd}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let id = ask(&mut to_cli, "CLIENT ID");
+    assert_eq!(ask(&mut to_cli, "GET greeting"), "hello");
+    let images = dir.join("images");
+    dump(job.pid, &images, &["--tcp-established"]);
+    job.reap_original();
+    restore_ok(&mut job, &images, &["--tcp-established"]);
+    assert_eq!(ask(&mut to_cli, "CLIENT ID"), id, "the same connection");
+    assert_eq!(ask(&mut to_cli, "GET greeting"), "hello");
+    assert_eq!(ask(&mut to_cli, "SET after restore"), "OK");
+    assert_eq!(redis_cli(port, &["GET", "after"]), "restore", "a new client sees it");
+    drop(to_cli);
+    let _ = cli.wait();
+    job.kill_restored();
+}
