@@ -2,7 +2,7 @@
  * tcpconn: an established TCP connection over loopback with bytes queued,
  * unread, both ways, to check it comes back whole.
  *
- *   tcpconn PORT pair|server N M open|closed [flock|mem:MIB]
+ *   tcpconn PORT pair|server N M open|closed [flock:PATH|mem:MIB]
  *
  * flock:PATH: the root also holds a flock on PATH (a dump without
  *   --file-locks refuses it, after the connections are locked).
@@ -174,7 +174,7 @@ static int side(int fd, int is_server, size_t n, size_t m, int closed, char *why
 int main(int argc, char **argv)
 {
     if (argc != 6 && argc != 7)
-        fail("usage: tcpconn PORT pair|server N M open|closed [flock|mem:MIB]");
+        fail("usage: tcpconn PORT pair|server N M open|closed [flock:PATH|mem:MIB]");
     workload_init();
     int port = atoi(argv[1]);
     int pair = strcmp(argv[2], "pair") == 0;
