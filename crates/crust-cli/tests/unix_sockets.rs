@@ -92,6 +92,14 @@ fn a_program_logging_to_a_socket_outside_its_tree_moves_with_ext_unix_sk() {
     let socks = sockets(&images);
     let ext = socks.iter().find(|u| num(&u["uflags"]) == 1).expect("an entry for the peer outside the tree");
     assert_eq!(name_of(ext), log.to_str().unwrap());
+    // With the logger gone, crust check says so before anything is made.
+    drop(listener);
+    std::fs::remove_file(&log).unwrap();
+    let check = crust(&[common::os("check"), common::os("--images"), images.as_os_str()], STEP);
+    let text = format!("{}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
+    assert!(!check.status.success() && text.contains(&format!("no socket is bound at {}", log.display())), "crust check: {text}");
+    let listener = UnixDatagram::bind(&log).unwrap();
+    listener.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     restore_ok(&mut job, &images);
     job.expect_ok();
     let n = listener.recv(&mut buf).unwrap();
