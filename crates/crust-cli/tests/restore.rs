@@ -645,6 +645,31 @@ fn zombies_and_reparented_children_come_back() {
     job.expect_ok();
 }
 
+/// A parent's wait for its stopped children: the stop it had collected with
+/// waitpid(WUNTRACED) is not reported again after the restore, the one it
+/// had not is, and it gets no SIGCHLD it had not had; after a dump that
+/// leaves the tree running as well (the workload checks all three).
+#[test]
+fn a_parent_still_hears_of_exactly_the_stops_it_had_not_collected() {
+    for leave_running in [true, false] {
+        let dir = TempDir::new("restore-childstops");
+        let mut job = Job::start("childstops", &[], dir.path());
+        let ready = job.ready();
+        let (waiting, collected) = (ready_field(&ready, "waiting"), ready_field(&ready, "collected"));
+        let images = dir.join("images");
+        if leave_running {
+            let before = ProcState::of_tree(job.pid);
+            dump(job.pid, &images, &["-R"]);
+            before.assert_same(&ProcState::of_tree(job.pid), &[]);
+        } else {
+            dump_and_restore(&mut job, &images);
+            let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(images.join("crust-meta.json")).unwrap()).unwrap();
+            assert_eq!(meta["stops_collected"], serde_json::json!([collected]), "waiting {waiting}");
+        }
+        job.expect_ok();
+    }
+}
+
 /// Uids need no names: a task running as a uid and gid that have no entry
 /// in /etc/passwd or /etc/group comes back with them, counting on.
 #[test]
@@ -657,6 +682,9 @@ fn a_task_under_a_uid_without_a_name_is_restored() {
     let args = [uid.as_str(), gid.as_str(), "--clear-groups", exe.to_str().unwrap()];
     let mut job = Job::build("test_mm", &args).program(Path::new("/usr/bin/setpriv")).start(dir.path());
     job.ready();
+    // test_mm starts its two threads after READY.
+    let threads = common::poll(STEP, std::time::Duration::from_millis(5), || (common::proc_tasks(job.pid).len() == 3).then_some(()));
+    assert!(threads.is_some(), "test_mm did not start its threads");
     let ids = |pid: i32| -> Vec<String> {
         let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
         tasks
@@ -943,4 +971,64 @@ fn an_o_async_pipe_keeps_its_owner_and_signal() {
     // The workload writes to the pipe after the restore and waits for its SIGUSR2.
     dump_and_restore(&mut job, &dir.join("images"));
     job.expect_ok();
+}
+
+/// Netlink sockets a program keeps open come back with their port ids,
+/// multicast groups (both words of the list) and buffer, and still talk to
+/// the kernel (the workload checks); a reply left unread is refused by
+/// name, the process left as it was.
+#[test]
+fn netlink_sockets_keep_their_port_ids_and_groups() {
+    let dir = TempDir::new("restore-netlink");
+    std::fs::create_dir_all(dir.join("queued")).unwrap();
+    let mut queued = Job::start("netlink", &["queued"], &dir.join("queued"));
+    queued.ready();
+    let before = ProcState::of_tree(queued.pid);
+    let out = crust(&common::dump_args(&queued.pid.to_string(), &dir.join("refused"), &[]), STEP);
+    let err = assert_clean_failure(&out, "dump of a netlink socket with a reply unread");
+    assert!(err.contains(&format!("process {}", queued.pid)) && err.contains("netlink sockets with messages waiting to be read"), "{err}");
+    before.assert_same(&ProcState::of_tree(queued.pid), &[]);
+    let mut job = Job::start("netlink", &[], dir.path());
+    let ready = job.ready();
+    let images = dir.join("images");
+    dump_and_restore(&mut job, &images);
+    let files = common::crit_show(&images.join("files.img"));
+    let sockets: Vec<&serde_json::Value> = files["entries"].as_array().unwrap().iter().filter_map(|f| f.get("nlsk")).collect();
+    assert_eq!(sockets.len(), 3, "three netlink sockets in files.img: {sockets:?}");
+    let route = ready_field(&ready, "route") as u64;
+    assert!(sockets.iter().any(|s| common::num(&s["portid"]) == route && s["groups"].as_array().is_some_and(|g| g.len() == 2)), "{sockets:?}");
+    job.expect_ok();
+}
+
+/// A real program on netlink: `ip monitor link` (iproute2, which sets
+/// NETLINK_EXT_ACK) still hears of new links after a dump and restore.
+#[test]
+fn ip_monitor_still_hears_of_new_links_after_a_restore() {
+    let dir = TempDir::new("restore-ipmonitor");
+    let mut job = Job::build("ipmonitor", &["-c", "exec ip monitor link"]).program(Path::new("/bin/sh")).start(dir.path());
+    let listening = common::poll(STEP, std::time::Duration::from_millis(10), || {
+        let comm = std::fs::read_to_string(format!("/proc/{}/comm", job.pid)).ok()?;
+        let fd = std::fs::read_link(format!("/proc/{}/fd/3", job.pid)).ok()?;
+        (comm.trim() == "ip" && fd.to_string_lossy().starts_with("socket:")).then_some(())
+    });
+    assert!(listening.is_some(), "ip monitor did not start");
+    let images = dir.join("images");
+    dump_and_restore(&mut job, &images);
+    // A veth pair of this test's own (veth is built in; dummy is a module).
+    let name = format!("crnl{}", std::process::id() % 100_000);
+    let ip = |args: &[&str]| std::process::Command::new("ip").args(args).status().expect("run ip").success();
+    struct Link<'a>(&'a str);
+    impl Drop for Link<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip").args(["link", "del", self.0]).status();
+        }
+    }
+    assert!(ip(&["link", "add", &name, "type", "veth", "peer", "name", &format!("{name}p")]), "ip link add");
+    let _link = Link(&name);
+    loop {
+        let l = job.line(STEP);
+        if l.contains(&name) {
+            break;
+        }
+    }
 }

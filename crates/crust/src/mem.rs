@@ -39,7 +39,7 @@ pub struct Vma {
     pub end: u64,
     pub pgoff: u64,
     pub prot: u32,
-    /// mmap flags: MAP_PRIVATE/MAP_SHARED, MAP_ANONYMOUS, MAP_GROWSDOWN, MAP_LOCKED (mlock).
+    /// mmap flags: MAP_PRIVATE/MAP_SHARED, MAP_ANONYMOUS, MAP_GROWSDOWN, MAP_LOCKED (mlock), MAP_NORESERVE.
     pub flags: u32,
     pub status: u32,
     pub backing: Backing,
@@ -168,6 +168,7 @@ fn vmas(pid: i32, strict: bool) -> Result<Vec<Vma>> {
         };
         let mut madv = 0;
         let mut locked = false;
+        let mut noreserve = false;
         if strict && !matches!(backing, Backing::Vdso | Backing::Vvar | Backing::Vsyscall) {
             if let Some((flags, pkey)) = raw.get(i) {
                 check_vm_flags(pid, m.address, flags, *pkey)?;
@@ -179,10 +180,14 @@ fn vmas(pid: i32, strict: bool) -> Result<Vec<Vma>> {
                 if flags.iter().any(|f| f == "lo") {
                     locked = true;
                 }
+                noreserve = flags.iter().any(|f| f == "nr");
             }
         }
         if locked {
             flags |= libc::MAP_LOCKED as u32;
+        }
+        if noreserve {
+            flags |= libc::MAP_NORESERVE as u32;
         }
         let may_write = m.extension.vm_flags.contains(VmFlags::MW);
         out.push(Vma { start: m.address.0, end: m.address.1, pgoff: m.offset, prot, flags, status, backing, madv, may_write });

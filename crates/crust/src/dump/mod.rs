@@ -202,6 +202,8 @@ fn write_images(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<W
         deferred: Vec::new(),
         shared_with_parent: BTreeMap::new(),
         dumped: Vec::new(),
+        stopped_children: stopped_children(&tree),
+        stops_collected: Vec::new(),
     };
     if let Some(limit) = opts.ghost_limit {
         d.files.ghosts.limit = limit;
@@ -240,6 +242,15 @@ fn write_images(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<W
     Ok((tree, d.dir, d.stats, frozen_at, d.deferred))
 }
 
+/// By parent: its live children that are stopped.
+fn stopped_children(tree: &FrozenTree) -> BTreeMap<i32, Vec<i32>> {
+    let mut out: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
+    for p in tree.processes.iter().filter(|p| p.stopped.is_some() && p.zombie.is_none()) {
+        out.entry(p.ppid).or_default().push(p.pid);
+    }
+    out
+}
+
 /// A dump being written: the images, and what is gathered across processes.
 struct TreeDump {
     dir: ImageDir,
@@ -259,6 +270,10 @@ struct TreeDump {
     shared_with_parent: BTreeMap<i32, Vec<(u64, u64)>>,
     /// The live processes dumped so far, with their ids.
     dumped: Vec<(i32, TaskKobjIdsEntry)>,
+    /// By parent: its stopped children, and of those, the ones whose stop
+    /// it had already collected with wait (see [`state::child_stops`]).
+    stopped_children: BTreeMap<i32, Vec<i32>>,
+    stops_collected: Vec<i32>,
 }
 
 impl TreeDump {
@@ -344,6 +359,10 @@ impl TreeDump {
         state::dump_thread(&mut t, &mut core)?;
         self.stats.bytes_written += t.bytes_written;
         let brk = if tid == pid { Some(rt.call("brk", libc::SYS_brk, [0; 6])?) } else { None };
+        if let Some(children) = self.stopped_children.get(&pid).filter(|_| tid == pid) {
+            let waiting = state::child_stops::uncollected(&rt, children)?;
+            self.stops_collected.extend(children.iter().filter(|c| !waiting.contains(c)));
+        }
         rt.finish()?;
         let mut w = self.dir.writer(&format!("core-{tid}.img"), Kind::Core)?;
         w.entry(&core)?;
@@ -427,7 +446,8 @@ impl TreeDump {
         let stamps = read_only.filter_map(|r| Some((r.name.clone(), FileStamp::of(&r.name)?))).collect();
         let shared_with_parent = std::mem::take(&mut self.shared_with_parent);
         let devices = files.files.iter().filter_map(|f| f.reg.as_ref()).filter_map(crate::files::reg::device_of).collect();
-        let meta = DumpMeta { cgroups: self.cgroups.report(), files: stamps, shared_with_parent, devices };
+        let stops_collected = std::mem::take(&mut self.stops_collected);
+        let meta = DumpMeta { cgroups: self.cgroups.report(), files: stamps, shared_with_parent, devices, stops_collected };
         self.stats.bytes_written += self.dir.write_json(META, &meta)?;
         Ok(())
     }

@@ -106,12 +106,6 @@ fn queued_bytes(fd: &OpenFd) -> Result<i32> {
 fn parse_watch(line: &str) -> Option<InotifyWdEntry> {
     let field = |name: &str| line.split_whitespace().find_map(|w| w.strip_prefix(name));
     let hex = |name: &str| u64::from_str_radix(field(name)?, 16).ok();
-    let text = field("f_handle:")?;
-    let bytes: Vec<u8> = (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect::<Option<_>>()?;
-    let handle_bytes = hex("fhandle-bytes:")? as u32;
-    if bytes.len() != handle_bytes as usize {
-        return None;
-    }
     Some(InotifyWdEntry {
         id: 0,
         i_ino: hex("ino:")?,
@@ -119,14 +113,28 @@ fn parse_watch(line: &str) -> Option<InotifyWdEntry> {
         ignored_mask: hex("ignored_mask:")? as u32,
         s_dev: hex("sdev:")? as u32,
         wd: hex("wd:")? as u32,
-        f_handle: FhEntry {
-            bytes: handle_bytes,
-            r#type: hex("fhandle-type:")? as u32,
-            // As CRIU packs it: little-endian words.
-            handle: bytes.chunks(8).map(|c| c.iter().rev().fold(0u64, |acc, &b| acc << 8 | b as u64)).collect(),
-            path: None,
-            mnt_id: None,
-        },
+        f_handle: parse_handle(line)?,
+    })
+}
+
+/// The file handle of an fdinfo line of inotify or fanotify:
+/// `fhandle-bytes:8 fhandle-type:1 f_handle:a200000012345678` (hex).
+pub(super) fn parse_handle(line: &str) -> Option<FhEntry> {
+    let field = |name: &str| line.split_whitespace().find_map(|w| w.strip_prefix(name));
+    let hex = |name: &str| u64::from_str_radix(field(name)?, 16).ok();
+    let text = field("f_handle:")?;
+    let bytes: Vec<u8> = (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect::<Option<_>>()?;
+    let handle_bytes = hex("fhandle-bytes:")? as u32;
+    if bytes.len() != handle_bytes as usize {
+        return None;
+    }
+    Some(FhEntry {
+        bytes: handle_bytes,
+        r#type: hex("fhandle-type:")? as u32,
+        // As CRIU packs it: little-endian words.
+        handle: bytes.chunks(8).map(|c| c.iter().rev().fold(0u64, |acc, &b| acc << 8 | b as u64)).collect(),
+        path: None,
+        mnt_id: None,
     })
 }
 
@@ -140,7 +148,7 @@ fn watch_path(w: &InotifyWdEntry) -> std::result::Result<String, String> {
 /// Open the file of handle `fh` on the file system of device `s_dev` (the
 /// kernel's encoding: major << 20 | minor) from a mount of it, and return the
 /// path it is at.
-fn handle_path(s_dev: u32, fh: &FhEntry) -> std::result::Result<String, String> {
+pub(super) fn handle_path(s_dev: u32, fh: &FhEntry) -> std::result::Result<String, String> {
     let majmin = format!("{}:{}", s_dev >> 20, s_dev & 0xf_ffff);
     let mounts = procfs::process::Process::myself().and_then(|p| p.mountinfo()).map_err(|e| e.to_string())?;
     let mount = mounts.into_iter().find(|m| m.majmin == majmin).ok_or_else(|| format!("no mount of device {majmin} here"))?;

@@ -7,13 +7,17 @@
 
 pub mod eventfd;
 pub mod eventpoll;
+pub mod fanotify;
 pub mod fifo;
 pub mod ghost;
+pub mod inet;
 pub mod inotify;
 pub mod locks;
 pub mod memfd;
+pub mod netlink;
 pub mod pidfd;
 pub mod pipe;
+pub mod pty;
 pub mod reg;
 pub mod shmem;
 pub mod signalfd;
@@ -95,6 +99,24 @@ impl OpenFd {
         Ok(self.taken.get_or_init(|| fd))
     }
 
+    /// For a socket, the protocol sockfs names it by ("TCP", "UDPv6",
+    /// "NETLINK", "UNIX"...), asked of the socket's inode through /proc:
+    /// taking the socket into crust would touch it (its net_cls and
+    /// net_prio marks would become crust's).
+    pub fn socket_protocol(&self) -> Option<String> {
+        if !self.link.starts_with("socket:[") {
+            return None;
+        }
+        let path = std::ffi::CString::new(format!("/proc/{}/fd/{}", self.pid, self.fd)).ok()?;
+        let mut buf = [0u8; 64];
+        // SAFETY: both names are NUL-terminated strings alive for the call,
+        // and the kernel writes at most buf.len() bytes into buf.
+        let n = unsafe { libc::getxattr(path.as_ptr(), c"system.sockprotoname".as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        let name = &buf[..usize::try_from(n).ok()?];
+        let name = name.split(|&b| b == 0).next().unwrap_or(name);
+        Some(String::from_utf8_lossy(name).into_owned())
+    }
+
     pub(crate) fn unsupported(&self, what: &str) -> Error {
         Error::unsupported(format!("process {}: fd {} ({})", self.pid, self.fd, self.link), format!("{what} not supported yet"))
     }
@@ -168,9 +190,12 @@ fn flags_and_owner(entry: &FileEntry) -> Option<(u32, &FownEntry)> {
         .or_else(|| e.sgfd.as_ref().map(|f| (f.flags, &f.fown)))
         .or_else(|| e.tfd.as_ref().map(|f| (f.flags, &f.fown)))
         .or_else(|| e.ify.as_ref().map(|f| (f.flags, &f.fown)))
+        .or_else(|| e.ffy.as_ref().map(|f| (f.flags, &f.fown)))
         .or_else(|| e.tty.as_ref().map(|f| (f.flags, &f.fown)))
         .or_else(|| e.memfd.as_ref().map(|f| (f.flags, &f.fown)))
         .or_else(|| e.pidfd.as_ref().map(|f| (f.flags, &f.fown)))
+        .or_else(|| e.nlsk.as_ref().map(|f| (f.flags, &f.fown)))
+        .or_else(|| e.isk.as_ref().map(|f| (f.flags, &f.fown)))
 }
 
 /// Give the file at `fd` its owner, signal and O_ASYNC again, once every
@@ -250,11 +275,14 @@ pub static KINDS: &[&dyn FileKind] = &[
     &pipe::Pipe,
     &fifo::Fifo,
     &unix::UnixSocket,
+    &netlink::NetlinkSocket,
+    &inet::InetSocket,
     &eventfd::Eventfd,
     &signalfd::Signalfd,
     &timerfd::Timerfd,
     &eventpoll::Eventpoll,
     &inotify::Inotify,
+    &fanotify::Fanotify,
     &memfd::Memfd,
     &pidfd::Pidfd,
     &reg::RegularFile,
@@ -595,6 +623,20 @@ pub(crate) fn kcmp(pid1: i32, pid2: i32, kind: libc::c_int, idx1: u64, idx2: u64
     // copy_from_user, which fails with EFAULT on a bad address, not UB.
     let r = unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, kind, idx1, idx2) };
     r == 0
+}
+
+/// Whether a socket (crust's copy) belongs to crust's network namespace:
+/// one made in another is refused (the restore would make it in the task's).
+pub(crate) fn in_crusts_netns(sock: &OwnedFd) -> nix::Result<bool> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    const SIOCGSKNS: libc::c_ulong = 0x894C;
+    // SAFETY: SIOCGSKNS takes no argument and returns a new fd (or -1).
+    let ns = nix::errno::Errno::result(unsafe { libc::ioctl(sock.as_raw_fd(), SIOCGSKNS) })?;
+    // SAFETY: the ioctl just made this fd, and nothing else owns it.
+    let ns = unsafe { OwnedFd::from_raw_fd(ns) };
+    let theirs = nix::sys::stat::fstat(&ns)?;
+    let mine = stat("/proc/self/ns/net")?;
+    Ok((theirs.st_dev, theirs.st_ino) == (mine.st_dev, mine.st_ino))
 }
 
 /// The family of a socket, found by its inode in the tables of

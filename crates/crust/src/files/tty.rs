@@ -1,7 +1,9 @@
-//! Terminals: the slave side of a pseudo-terminal (/dev/pts/N), and /dev/tty,
-//! the controlling terminal. A pty's settings (termios, window size, session
-//! and foreground group) go to tty-info.img once per terminal; each open file
-//! of it to files.img. /dev/tty is a terminal of type CTTY, as in CRIU.
+//! Terminals: the slave side of a pseudo-terminal (/dev/pts/N), its master
+//! (/dev/ptmx, see pty.rs for pairs the tree holds both ends of), and
+//! /dev/tty, the controlling terminal. A pty's settings (termios, window
+//! size, session and foreground group) go to tty-info.img once per terminal;
+//! each open file of it to files.img. /dev/tty is a terminal of type CTTY, as
+//! in CRIU. A slave whose master is not in the tree is a shell job's terminal.
 
 use std::os::fd::AsRawFd;
 
@@ -9,9 +11,9 @@ use nix::sys::stat::SFlag;
 use nix::sys::termios::tcgetattr;
 use rustix::termios::tcgetwinsize;
 
-use super::{fown_of, FdRestorer, FileTable, FileKind, OpenFd};
+use super::{fown_of, pty, FdRestorer, FileTable, FileKind, OpenFd};
 use crate::error::{Context, Error, Result};
-use crate::images::load::{read_all, DumpImage};
+use crate::images::load::{read_all, DumpImage, ProcessImage};
 use crate::images::{ImageDir, Kind};
 use crate::images::proto::{
     FdTypes, FileEntry, TermiosEntry, TtyFileEntry, TtyInfoEntry, TtyPtyEntry, TtyType, WinsizeEntry,
@@ -33,7 +35,7 @@ impl FileKind for Terminal {
     }
 
     fn matches(&self, fd: &OpenFd) -> bool {
-        pts_index(fd).is_some() || is_ctty(fd)
+        pts_index(fd).is_some() || is_ctty(fd) || pty::is_master(fd)
     }
 
     fn dump(&self, fd: &OpenFd, table: &mut FileTable) -> Result<FileEntry> {
@@ -41,12 +43,20 @@ impl FileKind for Terminal {
         if is_ctty(fd) {
             check_own_terminal(fd)?;
         }
-        let info_id = match table.extras.get_mut::<Infos>().0.iter().find(|t| t.rdev == rdev) {
+        // Every master has the rdev of /dev/ptmx: its pair's index tells them apart.
+        let index = if pty::is_master(fd) { Some(pty::master_index(fd)?) } else { pts_index(fd) };
+        let same = |t: &TtyInfoEntry| t.rdev == rdev && t.pty.as_ref().map(|p| p.index) == index;
+        let info_id = match table.extras.get_mut::<Infos>().0.iter().find(|t| same(t)) {
             Some(t) => t.id,
             None => {
                 let id = table.new_id();
-                let info = match pts_index(fd) {
-                    Some(index) => tty_info(fd, id, index)?,
+                let info = match index {
+                    Some(_) if pty::is_master(fd) => pty::master_info(fd, id, table)?,
+                    Some(index) => {
+                        let mut info = tty_info(fd, id, index)?;
+                        pty::slave_info(fd, index, &mut info, table)?;
+                        info
+                    }
                     None => ctty_info(id, rdev),
                 };
                 table.extras.get_mut::<Infos>().0.push(info);
@@ -64,6 +74,7 @@ impl FileKind for Terminal {
 
     fn write_images(&self, table: &FileTable, dir: &mut ImageDir) -> Result<u64> {
         let Some(infos) = table.extras.get::<Infos>().filter(|i| !i.0.is_empty()) else { return Ok(0) };
+        pty::check_pairs(table, &infos.0)?;
         let mut w = dir.writer("tty-info.img", Kind::TtyInfo)?;
         for t in &infos.0 {
             w.entry(t)?;
@@ -84,6 +95,20 @@ impl FileKind for Terminal {
         Ok(())
     }
 
+    /// Pty pairs of the tree, for whichever process holds their files.
+    fn make_in_root(&self, r: &mut FdRestorer) -> Result<()> {
+        let img = r.image;
+        let Some(infos) = img.extras.get::<Infos>() else { return Ok(()) };
+        for master in infos.0.iter().filter(|i| pty::is_master_info(i)) {
+            pty::pair(r, master, &infos.0)?;
+        }
+        Ok(())
+    }
+
+    fn check(&self, entry: &FileEntry, img: &DumpImage) -> Option<String> {
+        terminal_problem(entry, img)
+    }
+
     /// A shell job's terminal becomes the restoring terminal. Without --shell-job
     /// a terminal is not reopened by its number: pty numbers are reused, and the
     /// one with the same number may be someone else's session now.
@@ -92,15 +117,50 @@ impl FileKind for Terminal {
     fn restore(&self, entry: &FileEntry, r: &mut FdRestorer) -> Result<u64> {
         let t = entry.tty.as_ref().ok_or_else(|| super::missing(entry, "terminal"))?;
         let infos = &super::loaded::<Infos>(r.image, "tty-info.img")?.0;
-        let ctty = infos.iter().any(|i| i.id == t.tty_info_id && i.r#type == TtyType::Ctty as i32);
+        let info = infos.iter().find(|i| i.id == t.tty_info_id).ok_or_else(|| super::missing(entry, "terminal settings"))?;
+        if pty::is_master_info(info) {
+            return pty::restore_master(r, t.flags, info, infos);
+        }
+        if let Some(master) = pty::master_of(info, infos) {
+            return pty::restore_slave(r, t.flags, info, master, infos);
+        }
+        let ctty = info.r#type == TtyType::Ctty as i32;
         match r.terminal {
             Some(_) if ctty => r.open_path(CTTY_PATH, t.flags),
+            // The session's terminal is a pty of the tree, made its
+            // controlling terminal before its files were opened.
+            None if ctty && pty::session_has_pty(r.image, r.task.pid, infos) => r.open_path(CTTY_PATH, t.flags),
             Some(term) => r.open_path(term, t.flags | libc::O_NOCTTY as u32),
             None => Err(Error::Invalid(
                 "the tree uses a terminal: restore it with --shell-job, from the terminal it should use".into(),
             )),
         }
     }
+}
+
+/// What stands in the way of restoring the terminal of `entry` here.
+fn terminal_problem(entry: &FileEntry, img: &DumpImage) -> Option<String> {
+    let infos = &img.extras.get::<Infos>()?.0;
+    let t = entry.tty.as_ref()?;
+    let info = infos.iter().filter(|i| i.id == t.tty_info_id);
+    info.flat_map(|i| pty::problems(img, std::slice::from_ref(i), infos)).next()
+}
+
+/// Right after process `image` made its session: if its session's
+/// controlling terminal was a pty of the tree, it takes that terminal.
+pub fn take_terminal(image: &ProcessImage, r: &mut FdRestorer) -> Result<()> {
+    let img = r.image;
+    let Some(infos) = img.extras.get::<Infos>() else { return Ok(()) };
+    pty::take_terminal(image, r, &infos.0)
+}
+
+/// Once the fds of process `image` are in place: if it leads a session
+/// whose controlling terminal is a pty of the tree, it gives that terminal's
+/// foreground to the saved group.
+pub fn set_foreground(image: &ProcessImage, r: &mut FdRestorer) -> Result<()> {
+    let img = r.image;
+    let Some(infos) = img.extras.get::<Infos>() else { return Ok(()) };
+    pty::set_foreground(image, r, &infos.0)
 }
 
 /// Majors of Unix98 pty slaves (/dev/pts/N).
@@ -223,27 +283,34 @@ impl SavedTerminal {
     }
 }
 
+/// Give terminal `term` (or, through a pty master, its slave) the saved
+/// termios of terminal `id`.
+pub(super) fn set_termios(term: std::os::fd::BorrowedFd, t: &TermiosEntry, id: u32) -> Result<()> {
+    let what = || format!("setting the termios of terminal {id}");
+    let bad = |field: &str, v: u32| Error::Invalid(format!("tty-info.img: terminal {id}: {field} {v} is out of range"));
+    let byte = |field: &str, v: u32| u8::try_from(v).map_err(|_| bad(field, v));
+    let mut raw: libc::termios = tcgetattr(term).ctx(what)?.into();
+    raw.c_iflag = t.c_iflag;
+    raw.c_oflag = t.c_oflag;
+    raw.c_cflag = t.c_cflag;
+    raw.c_lflag = t.c_lflag;
+    raw.c_line = byte("c_line", t.c_line)?;
+    for (dst, &src) in raw.c_cc.iter_mut().zip(&t.c_cc) {
+        *dst = byte("c_cc", src)?;
+    }
+    raw.c_ispeed = t.c_ispeed;
+    raw.c_ospeed = t.c_ospeed;
+    nix::sys::termios::tcsetattr(term, nix::sys::termios::SetArg::TCSANOW, &raw.into()).ctx(what)
+}
+
 /// Give the restoring terminal the job's saved settings. Its window size is
 /// the truth (the size of the window it is shown in): it is left as it is.
 /// Returns whether it differs from the job's saved one, which the job must
 /// then be told of (SIGWINCH).
 pub fn apply_settings(term: std::os::fd::BorrowedFd, info: &TtyInfoEntry) -> Result<bool> {
     let what = || "applying the job's terminal settings".to_string();
-    let bad = |field: &str, v: u32| Error::Invalid(format!("tty-info.img: terminal {}: {field} {v} is out of range", info.id));
-    let byte = |field: &str, v: u32| u8::try_from(v).map_err(|_| bad(field, v));
     if let Some(t) = &info.termios {
-        let mut raw: libc::termios = tcgetattr(term).ctx(what)?.into();
-        raw.c_iflag = t.c_iflag;
-        raw.c_oflag = t.c_oflag;
-        raw.c_cflag = t.c_cflag;
-        raw.c_lflag = t.c_lflag;
-        raw.c_line = byte("c_line", t.c_line)?;
-        for (dst, &src) in raw.c_cc.iter_mut().zip(&t.c_cc) {
-            *dst = byte("c_cc", src)?;
-        }
-        raw.c_ispeed = t.c_ispeed;
-        raw.c_ospeed = t.c_ospeed;
-        nix::sys::termios::tcsetattr(term, nix::sys::termios::SetArg::TCSANOW, &raw.into()).ctx(what)?;
+        set_termios(term, t, info.id)?;
     }
     let now = tcgetwinsize(term).ctx(what)?;
     let resized = info.winsize.as_ref().is_some_and(|w| (w.ws_row, w.ws_col) != (u32::from(now.ws_row), u32::from(now.ws_col)));

@@ -22,6 +22,18 @@ pub struct DumpMeta {
     /// therefore holds exactly as its parent's does.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub shared_with_parent: std::collections::BTreeMap<i32, Vec<(u64, u64)>>,
+    /// Stopped processes whose parent had already collected the stop with
+    /// wait: their restored stop is collected again before the parent runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stops_collected: Vec<i32>,
+}
+
+impl DumpMeta {
+    /// The notes beside the images in `dir`; none (the defaults) for images
+    /// another tool wrote, or notes crust cannot read.
+    pub fn read(dir: &std::path::Path) -> DumpMeta {
+        std::fs::read(dir.join(META)).ok().and_then(|t| serde_json::from_slice(&t).ok()).unwrap_or_default()
+    }
 }
 
 /// Whether `path` lies on a file system whose files are made by the kernel

@@ -175,7 +175,7 @@ pub fn map_vmas(
             }
             continue;
         }
-        let keep = (libc::MAP_SHARED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_GROWSDOWN | libc::MAP_LOCKED) as u32;
+        let keep = (libc::MAP_SHARED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_GROWSDOWN | libc::MAP_LOCKED | libc::MAP_NORESERVE) as u32;
         let mut flags = (v.flags & keep) as u64 | libc::MAP_FIXED as u64;
         let len = v.end.checked_sub(v.start).ok_or_else(|| Error::Invalid(format!("vma {:#x}-{:#x} ends before it starts", v.start, v.end)))?;
         let (fd, off) = if v.status & VMA_ANON_SHARED != 0 {

@@ -29,7 +29,7 @@ use crate::error::{Context, Error, Result};
 use crate::files::{self, FdRestorer, Inherited};
 use crate::images::criu::{PAGE_SIZE, SAME_AS_DUMPER, TASK_STOPPED};
 use crate::images::digest;
-use crate::images::meta::{DumpMeta, META};
+use crate::images::meta::DumpMeta;
 use crate::images::load::{self, DumpImage, Pages, ProcessImage};
 use crate::mem::{self, Vma};
 use crate::progress::{Phase, Progress};
@@ -287,21 +287,22 @@ pub fn restore_held(opts: &RestoreOptions, mut img: DumpImage, pages: &mut dyn P
         if !shares_table {
             let mut r = FdRestorer::new(&p.leader, &mut p.scratch, img, &inherited, terminal);
             files::restore_table(p.image, &mut r, &mut finished)?;
+            files::tty::set_foreground(p.image, &mut r)?;
         }
         make_threads(p, img, &mut created)?;
         stats.threads += p.image.threads.len();
     }
-    // Last: the file locks are taken again (nothing closes an fd after
-    // this, which would drop a POSIX lock), crust's scratch areas go, every
-    // thread gets its registers back.
-    for p in &mut procs {
-        files::locks::restore(img, p.image, &p.leader, &mut p.scratch)?;
-        p.leader.call("munmap of the scratch area", libc::SYS_munmap, [p.scratch.addr, p.scratch.len, 0, 0, 0, 0])?;
-        p.tasks().try_for_each(|(task, thread)| state::restore_last(task, thread))?;
+    let stopped_first = stop_children_first(&mut procs, img)?;
+    for p in procs.iter_mut().filter(|p| !stopped_first.contains(&p.image.pid())) {
+        finish(p, img)?;
     }
     ghosts.put_back_times()?;
     pages_check.join().map_err(|_| Error::Invalid("the check of the pages images failed".into()))??;
-    let tasks = procs.iter().map(|p| (p.leader.tid, p.threads.iter().map(|t| t.tid).collect(), stop_signal(p.image))).collect();
+    let tasks = procs
+        .iter()
+        .filter(|p| !stopped_first.contains(&p.image.pid()))
+        .map(|p| (p.leader.tid, p.threads.iter().map(|t| t.tid).collect(), stop_signal(p.image)))
+        .collect();
     let root = procs[0].image.pid();
     stats.restore_time_us = start.elapsed().as_micros() as u64;
     Ok(Held { created, tasks, root, stats, start, terminal: job_tty })
@@ -415,9 +416,7 @@ fn make_shared(root: &mut Proc, img: &DumpImage, terminal: Option<&str>) -> Resu
 /// From crust's notes beside the images (none in CRIU's): by pid, the pages
 /// a process shared physically with its parent when dumped, sorted and merged.
 fn shared_at_dump(img: &DumpImage) -> BTreeMap<i32, Vec<(u64, u64)>> {
-    let meta = std::fs::read(img.dir.join(META)).ok().and_then(|t| serde_json::from_slice::<DumpMeta>(&t).ok());
-    let by_pid = meta.map(|m| m.shared_with_parent).unwrap_or_default();
-    by_pid.into_iter().map(|(pid, ranges)| (pid, crate::ranges::merge(ranges))).collect()
+    DumpMeta::read(&img.dir).shared_with_parent.into_iter().map(|(pid, ranges)| (pid, crate::ranges::merge(ranges))).collect()
 }
 
 /// What restoring a process's memory needs, and the pages counted so far.
@@ -447,7 +446,7 @@ impl Memory<'_> {
 /// inherit its pages copy-on-write as the originals did (see [`inherit`]);
 /// children get their sessions and process groups; zombies die at once.
 fn make_tree<'a>(
-    root: Proc<'a>,
+    mut root: Proc<'a>,
     crust_layout: &[Vma],
     opts: &RestoreOptions,
     memory: &mut Memory<'a>,
@@ -457,6 +456,8 @@ fn make_tree<'a>(
     let img = memory.img;
     if root.image.pstree.sid == root.image.pstree.pid && !opts.shell_job {
         root.leader.call("setsid", libc::SYS_setsid, [0; 6])?;
+        let mut r = FdRestorer::new(&root.leader, &mut root.scratch, img, memory.inherited, None);
+        files::tty::take_terminal(root.image, &mut r)?;
     }
     let scratch_addr = root.scratch.addr;
     let mut procs = vec![root];
@@ -474,9 +475,10 @@ fn make_tree<'a>(
         created.cgroups.place(child, cg_set(p))?;
         let task = Task::new(child, child, parent.leader.gadget())?;
         let parent_image = parent.image;
-        let scratch = Scratch::new(child, scratch_addr)?;
+        let mut scratch = Scratch::new(child, scratch_addr)?;
         if p.pstree.sid == p.pstree.pid {
             task.call("setsid", libc::SYS_setsid, [0; 6])?;
+            files::tty::take_terminal(p, &mut FdRestorer::new(&task, &mut scratch, img, memory.inherited, None))?;
         }
         forking += fork_start.elapsed();
         let mut proc = Proc { image: p, leader: task, threads: Vec::new(), scratch };
@@ -535,6 +537,36 @@ fn make_threads(p: &mut Proc, img: &DumpImage, created: &mut Created) -> Result<
         state::restore_thread(&mut t, thread)?;
     }
     Ok(())
+}
+
+/// Last for each process: the file locks are taken again (nothing closes
+/// an fd after this, which would drop a POSIX lock), crust's scratch area
+/// goes, every thread gets its registers back.
+fn finish(p: &mut Proc, img: &DumpImage) -> Result<()> {
+    files::locks::restore(img, p.image, &p.leader, &mut p.scratch)?;
+    p.leader.call("munmap of the scratch area", libc::SYS_munmap, [p.scratch.addr, p.scratch.len, 0, 0, 0, 0])?;
+    p.tasks().try_for_each(|(task, thread)| state::restore_last(task, thread))
+}
+
+/// Stopped processes whose parent is in the tree are finished and let go
+/// first, deepest first, so that each stops while its parent is still held:
+/// the parent then hears of the stop as it had when dumped (see
+/// [`state::child_stops`]). Returns their pids.
+fn stop_children_first(procs: &mut [Proc], img: &DumpImage) -> Result<HashSet<i32>> {
+    let collected = DumpMeta::read(&img.dir).stops_collected;
+    let mut done = HashSet::new();
+    for i in (0..procs.len()).rev() {
+        let Some(stop) = stop_signal(procs[i].image) else { continue };
+        let ppid = procs[i].image.pstree.ppid as i32;
+        let Some(j) = procs.iter().position(|q| q.image.pid() == ppid) else { continue };
+        finish(&mut procs[i], img)?;
+        let (pid, threads): (i32, Vec<i32>) = (procs[i].leader.tid, procs[i].threads.iter().map(|t| t.tid).collect());
+        let_go(pid, &threads, Some(stop))?;
+        done.insert(pid);
+        let parent = &mut procs[j];
+        state::child_stops::settle(&parent.leader, &mut parent.scratch, parent.image, pid, collected.contains(&pid))?;
+    }
+    Ok(done)
 }
 
 /// A stopped job goes on stopped, by the signal that stopped it (the shell

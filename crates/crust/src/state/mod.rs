@@ -4,6 +4,7 @@
 //! them in the order a restore sets them; adding a kind of state is one new
 //! module and one line there.
 
+pub mod child_stops;
 mod creds;
 mod fs;
 mod futex;

@@ -101,7 +101,7 @@ fn queue(raw: Vec<[u8; 128]>) -> Option<SignalQueueEntry> {
 }
 
 /// The signal number of a saved siginfo (its first field).
-fn signo(s: &SiginfoEntry) -> u64 {
+pub(super) fn signo(s: &SiginfoEntry) -> u64 {
     s.siginfo.get(0..4).map_or(0, |b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as u64)
 }
 

@@ -1,0 +1,93 @@
+//! Pseudo-terminal pairs inside the tree: a server holding a master with
+//! its child on the slave comes back whole (settings, session, foreground
+//! group, data flowing both ways); what cannot come back is refused by name
+//! and the tree goes on as it was.
+
+mod common;
+
+use std::path::Path;
+
+use common::job::{dump, end_session, ready_field, restore, Job};
+use common::procstate::ProcState;
+use common::{assert_clean_failure, crust, dump_args, TempDir};
+
+/// Dumps the job into `images` (which kills it), reaps it and what is left
+/// of the session `other` (the shell's, apart from the job's) and restores
+/// it; what /proc shows of the tree is the same after as before.
+fn dump_and_restore(job: &mut Job, images: &Path, other: i32) {
+    let before = ProcState::of_tree(job.pid);
+    dump(job.pid, images, &[]);
+    job.reap_original();
+    end_session(other);
+    let out = restore(images, &[]);
+    assert!(out.status.success(), "restore from {} failed: {}", images.display(), String::from_utf8_lossy(&out.stderr));
+    job.adopt_restored();
+    before.assert_same(&ProcState::of_tree(job.pid), &[]);
+}
+
+/// A pty pair inside the tree: a server on the master, a shell on the slave
+/// leading a session of its own with it as its controlling terminal, a job
+/// of the shell in the terminal's foreground. The pair comes back under its
+/// number with its termios, window size and packet mode, the shell's session
+/// and the job's foreground group (the /proc comparison checks tty_nr and
+/// tpgid of each process), and the job answers what the server types; the
+/// workload checks it all through its master.
+#[test]
+fn pty_pair_comes_back_with_its_session_foreground_and_settings() {
+    let dir = TempDir::new("ptys-pair");
+    let mut job = Job::start("ptys", &[], dir.path());
+    let ready = job.ready();
+    let (shell, fg, index) = (ready_field(&ready, "shell"), ready_field(&ready, "job"), ready_field(&ready, "index"));
+    let images = dir.join("images");
+    dump_and_restore(&mut job, &images, shell);
+    let infos = common::crit_show(&images.join("tty-info.img"));
+    let infos = infos["entries"].as_array().expect("tty-info.img entries");
+    let of_index = |e: &&serde_json::Value| e["pty"]["index"].as_u64() == Some(index as u64);
+    let master = infos.iter().filter(of_index).find(|e| common::num(&e["rdev"]) == 0x502).expect("the master's entry");
+    assert_eq!(master["packet_mode"].as_bool(), Some(true), "packet mode as crit reads it: {master}");
+    let slave = infos.iter().filter(of_index).find(|e| common::num(&e["rdev"]) != 0x502).expect("the slave's entry");
+    assert_eq!((common::num(&slave["sid"]), common::num(&slave["pgrp"])), (shell as u64, fg as u64), "session and foreground: {slave}");
+    assert_eq!(common::num(&slave["winsize"]["ws_col"]), 101);
+    let st = common::proc_stat(fg).expect("the job is back");
+    assert_eq!((st.session, st.pgrp), (shell, fg));
+    job.expect_ok();
+    end_session(shell);
+}
+
+/// Each pty the restore could not bring back whole is refused by name, and
+/// the tree runs on untouched: a master whose slave nobody holds, data
+/// queued either way, a locked pair, a slave held outside the tree too.
+#[test]
+fn ptys_that_cannot_come_back_whole_are_refused() {
+    let dir = TempDir::new("ptys-refused");
+    let cases = [
+        ("alone", "whose slave /dev/pts/{index} no process of the tree holds"),
+        ("output", "bytes its slave /dev/pts/{index} wrote not read yet"),
+        ("typed", "a pty with 6 bytes written to its slave"),
+        ("locked", "a locked pty master"),
+        ("outside", "whose slave /dev/pts/{index} process {test} outside the tree holds too"),
+    ];
+    for (mode, says) in cases {
+        let arg = if mode == "outside" { "" } else { mode };
+        let case = dir.join(mode);
+        std::fs::create_dir(&case).unwrap();
+        let mut job = Job::start("ptys", &[arg], &case);
+        let ready = job.ready();
+        let index = ready_field(&ready, "index");
+        let shell = (mode != "alone").then(|| ready_field(&ready, "shell"));
+        // The test holds the slave too.
+        let _held = (mode == "outside").then(|| std::fs::File::open(format!("/dev/pts/{index}")).expect("opening the slave"));
+        let before = ProcState::of_tree(job.pid);
+        let images = case.join("images");
+        let out = crust(&dump_args(&job.pid.to_string(), &images, &[]), common::job::STEP);
+        let err = assert_clean_failure(&out, &format!("dump of a tree with a pty ({mode})"));
+        let says = says.replace("{index}", &index.to_string()).replace("{test}", &std::process::id().to_string());
+        assert!(err.contains(&says) && err.contains("not supported"), "{mode}: {err}");
+        assert!(err.contains(&format!("process {}", job.pid)), "{mode}: the refusal names the master's holder: {err}");
+        before.assert_same(&ProcState::of_tree(job.pid), &[]);
+        job.expect_ok();
+        if let Some(sid) = shell {
+            end_session(sid);
+        }
+    }
+}
