@@ -92,6 +92,14 @@ fn a_program_logging_to_a_socket_outside_its_tree_moves_with_ext_unix_sk() {
     let socks = sockets(&images);
     let ext = socks.iter().find(|u| num(&u["uflags"]) == 1).expect("an entry for the peer outside the tree");
     assert_eq!(name_of(ext), log.to_str().unwrap());
+    // With the logger gone, crust check says so before anything is made.
+    drop(listener);
+    std::fs::remove_file(&log).unwrap();
+    let check = crust(&[common::os("check"), common::os("--images"), images.as_os_str()], STEP);
+    let text = format!("{}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
+    assert!(!check.status.success() && text.contains(&format!("no socket is bound at {}", log.display())), "crust check: {text}");
+    let listener = UnixDatagram::bind(&log).unwrap();
+    listener.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     restore_ok(&mut job, &images);
     job.expect_ok();
     let n = listener.recv(&mut buf).unwrap();
@@ -163,4 +171,52 @@ fn what_unix_sockets_cannot_carry_is_refused_by_name() {
         before.assert_same(&ProcState::of_tree(job.pid), &[]);
         job.expect_ok();
     }
+}
+
+fn tmux(sock: &Path, args: &[&str]) -> String {
+    let out = common::run_with_timeout(std::process::Command::new("tmux").arg("-S").arg(sock).args(args), STEP);
+    assert!(out.status.success(), "tmux {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Reap `pid` if it was handed to this process (a subreaper), and wait until it is gone.
+fn wait_gone(pid: i32) {
+    // SAFETY: waitpid on a pid that may be our child; ECHILD otherwise.
+    unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+    let gone = common::poll(STEP, Duration::from_millis(20), || {
+        // SAFETY: as above.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+        (!Path::new(&format!("/proc/{pid}")).exists()).then_some(())
+    });
+    assert!(gone.is_some(), "process {pid} is still there");
+}
+
+/// A real server holding a listening unix socket (and pty masters): a tmux
+/// server answers its clients at its socket path after the restore, with
+/// its session, window and pane contents.
+#[test]
+fn a_tmux_server_answers_at_its_socket_after_restore() {
+    let dir = TempDir::new("unixsk-tmux");
+    let sock = dir.join("tmux.sock");
+    tmux(&sock, &["new-session", "-d", "-s", "t", "echo hello-from-tmux; exec sleep 1000"]);
+    let pid: i32 = tmux(&sock, &["display-message", "-p", "#{pid}"]).trim().parse().unwrap();
+    let shown = common::poll(STEP, Duration::from_millis(20), || tmux(&sock, &["capture-pane", "-p", "-t", "t"]).contains("hello-from-tmux").then_some(()));
+    assert!(shown.is_some(), "the pane shows its output");
+    // The server and its pane's process, which the dump kills and this
+    // process (a subreaper) may be handed to reap.
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+    let tree: Vec<i32> = std::iter::once(pid).chain(children.split_whitespace().map(|c| c.parse().unwrap())).collect();
+    let images = dir.join("images");
+    dump(pid, &images, &[]);
+    tree.iter().for_each(|&p| wait_gone(p));
+    let out = restore(&images, &[]);
+    assert!(out.status.success(), "restore of tmux failed: {}", String::from_utf8_lossy(&out.stderr));
+    let pane = tmux(&sock, &["capture-pane", "-p", "-t", "t"]);
+    let windows_before = tmux(&sock, &["list-windows", "-t", "t"]).lines().count();
+    tmux(&sock, &["new-window", "-t", "t", "exec sleep 1000"]);
+    let windows = tmux(&sock, &["list-windows", "-t", "t"]).lines().count();
+    tmux(&sock, &["kill-server"]);
+    tree.iter().for_each(|&p| wait_gone(p));
+    assert!(pane.contains("hello-from-tmux"), "the pane keeps its contents: {pane:?}");
+    assert_eq!((windows_before, windows), (1, 2), "the restored server makes a new window");
 }

@@ -16,6 +16,12 @@
 //!
 //! An accepted connection carries its listener's name: as criu does, it is
 //! not bound again (the name is the listener's, which holds it).
+//!
+//! Connections waiting to be accepted are connected again as their clients
+//! are made, in the order of the files (criu's image keeps no accept order);
+//! bytes a client sent on one are refused, as criu does: they wait in a
+//! socket no fd reaches, which only accept() could read, and a dump must
+//! leave the tree as it was.
 
 mod diag;
 mod queue;
@@ -215,7 +221,15 @@ impl FileKind for UnixSocket {
 
     fn check(&self, file: &FileEntry, _img: &DumpImage) -> Option<String> {
         let u = file.usk.as_ref()?;
-        if !binds(u.r#type, u.state, &u.name) || u.name[0] == 0 || u.uflags & USK_EXTERN != 0 {
+        if u.uflags & USK_EXTERN != 0 {
+            // The peer outside the tree that sockets are to be connected to again.
+            return match live_at(&u.name) {
+                Ok(true) => None,
+                Ok(false) => Some(format!("no socket is bound at {}, the peer outside the tree of a unix socket to connect again", show_name(&u.name))),
+                Err(e) => Some(format!("looking for the peer outside the tree at {}: {e}", show_name(&u.name))),
+            };
+        }
+        if !binds(u.r#type, u.state, &u.name) || u.name[0] == 0 {
             return None;
         }
         let path = show_name(&u.name);
@@ -356,6 +370,8 @@ fn waiting_client(fd: &OpenFd, tree: &[i32], client: u32) -> Result<()> {
     Ok(())
 }
 
+const LIVE: &str = "a live socket is bound there";
+
 /// What stands in the way of binding a socket at `path`: None if nothing is
 /// there, or a socket file no live socket owns (left by the dumped one).
 fn path_taken(path: &std::path::Path) -> Result<Option<&'static str>> {
@@ -370,7 +386,15 @@ fn path_taken(path: &std::path::Path) -> Result<Option<&'static str>> {
     let live = diag::all(u32::MAX)?.into_iter().any(|s| {
         s.vfs.is_some_and(|(ino, dev)| st.st_ino == ino as u64 && libc::major(st.st_dev) == dev >> 20 && libc::minor(st.st_dev) == dev & 0xfffff)
     });
-    Ok(live.then_some("a live socket is bound there"))
+    Ok(live.then_some(LIVE))
+}
+
+/// Is a live socket bound to `name` (a path as crust sees it, or an abstract name)?
+fn live_at(name: &[u8]) -> Result<bool> {
+    if name.first() == Some(&0) {
+        return Ok(diag::all(u32::MAX)?.into_iter().any(|s| s.name.as_deref() == Some(name)));
+    }
+    Ok(path_taken(std::path::Path::new(&show_name(name)))? == Some(LIVE))
 }
 
 // Socket options nix does not name, made with nix's own helper.
