@@ -108,6 +108,20 @@ fn tmux(sock: &Path, args: &[&str]) -> std::process::Output {
     out
 }
 
+/// A tmux server of a test and its pane's shell: both ended on drop (a
+/// failed test included).
+struct Server<'a> {
+    sock: &'a Path,
+    pids: [i32; 2],
+}
+
+impl Drop for Server<'_> {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("tmux").arg("-S").arg(self.sock).arg("kill-server").output();
+        self.pids.iter().for_each(|&p| end_session(p));
+    }
+}
+
 /// What the pane shows, once it shows `want` (within 10 s).
 fn pane_showing(sock: &Path, want: &str) -> String {
     let mut shown = String::new();
@@ -134,6 +148,7 @@ fn tmux_server_and_its_pane_come_back() {
         String::from_utf8_lossy(&tmux(&sock, &["display-message", "-p", f]).stdout).trim().parse().expect("a pid")
     };
     let (server, pane) = (field("#{pid}"), field("#{pane_pid}"));
+    let _running = Server { sock: &sock, pids: [server, pane] };
     tmux(&sock, &["send-keys", "echo before-$((6*7))", "Enter"]);
     pane_showing(&sock, "before-42");
     let before = ProcState::of_tree(server);
@@ -154,7 +169,4 @@ fn tmux_server_and_its_pane_come_back() {
     tmux(&sock, &["send-keys", "echo after-$((6*7))", "Enter"]);
     let shown = pane_showing(&sock, "after-42");
     assert!(shown.contains("before-42"), "the pane lost what it showed: {shown}");
-    tmux(&sock, &["kill-server"]);
-    end_session(server);
-    end_session(pane);
 }
