@@ -91,3 +91,82 @@ fn ptys_that_cannot_come_back_whole_are_refused() {
         }
     }
 }
+
+/// tmux at `sock`, with a clean environment.
+fn tmux(sock: &Path, args: &[&str]) -> std::process::Output {
+    let out = std::process::Command::new("tmux")
+        .arg("-S")
+        .arg(sock)
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+        .env("HOME", sock.parent().unwrap())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("running tmux");
+    assert!(out.status.success(), "tmux {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// A tmux server of a test and its pane's shell: both ended on drop (a
+/// failed test included).
+struct Server<'a> {
+    sock: &'a Path,
+    pids: [i32; 2],
+}
+
+impl Drop for Server<'_> {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("tmux").arg("-S").arg(self.sock).arg("kill-server").output();
+        self.pids.iter().for_each(|&p| end_session(p));
+    }
+}
+
+/// What the pane shows, once it shows `want` (within 10 s).
+fn pane_showing(sock: &Path, want: &str) -> String {
+    let mut shown = String::new();
+    let found = common::poll(std::time::Duration::from_secs(10), std::time::Duration::from_millis(50), || {
+        shown = String::from_utf8_lossy(&tmux(sock, &["capture-pane", "-p"]).stdout).into_owned();
+        shown.contains(want).then_some(())
+    });
+    assert!(found.is_some(), "the pane does not show {want:?}: {shown}");
+    shown
+}
+
+/// A real tmux server (a daemon holding the pane's pty master and a
+/// listening unix socket at its -S path) with a bash in its pane, dumped
+/// and restored: the same client commands reach it at the same socket, the
+/// pane still shows what it showed, and its shell runs what is typed.
+#[test]
+fn tmux_server_and_its_pane_come_back() {
+    common::job::become_subreaper();
+    let dir = TempDir::new("ptys-tmux");
+    let sock = dir.join("tmux.sock");
+    let shell = "env -i PS1='$ ' TERM=dumb bash --norc --noprofile";
+    tmux(&sock, &["-f", "/dev/null", "new-session", "-d", "-x", "100", "-y", "30", shell]);
+    let field = |f: &str| -> i32 {
+        String::from_utf8_lossy(&tmux(&sock, &["display-message", "-p", f]).stdout).trim().parse().expect("a pid")
+    };
+    let (server, pane) = (field("#{pid}"), field("#{pane_pid}"));
+    let _running = Server { sock: &sock, pids: [server, pane] };
+    tmux(&sock, &["send-keys", "echo before-$((6*7))", "Enter"]);
+    pane_showing(&sock, "before-42");
+    let before = ProcState::of_tree(server);
+    let images = dir.join("images");
+    dump(server, &images, &[]);
+    // The server is the test's (a child subreaper's) since tmux daemonized;
+    // its pane's shell, in a session of its own, comes to the test too.
+    end_session(server);
+    end_session(pane);
+    let out = restore(&images, &[]);
+    assert!(out.status.success(), "restore of tmux failed: {}", String::from_utf8_lossy(&out.stderr));
+    // tmux's server was forked by its client (outside the tree) and then grew
+    // its heap: the kernel keeps the part grown after the fork as a vma of
+    // its own (another anon_vma chain), which a restore maps as one [heap].
+    // Memory, not terminals: the server's mappings may differ so.
+    let server_maps = format!("{server} map ");
+    before.assert_same(&ProcState::of_tree(server), &[&server_maps]);
+    tmux(&sock, &["send-keys", "echo after-$((6*7))", "Enter"]);
+    let shown = pane_showing(&sock, "after-42");
+    assert!(shown.contains("before-42"), "the pane lost what it showed: {shown}");
+}

@@ -193,6 +193,7 @@ pub static PROCESS_STATE: &[(&str, Fate)] = &[
     ("fanotify groups and their marks (inode, mount, file system; masks, ignored masks, mark flags)", Fate::Saved("files::fanotify: fanotify_file_entry in files.img (init flags, event flags, marks inline; a file-system mark is crust's own mark type 3)")),
     ("fanotify events queued and not read", Fate::Refused("FIONREAD of the group: not supported")),
     ("fanotify permission groups (FAN_CLASS_CONTENT, FAN_CLASS_PRE_CONTENT)", Fate::Refused("permission events read and not answered yet are visible nowhere (the kernel would answer them FAN_ALLOW when the dumped group goes): not supported")),
+    ("epoll targets whose fd was closed, or now holds another file", Fate::Saved("files::eventpoll: found at another fd of the process by kcmp(KCMP_EPOLL_TFD) (holder_fd, crust's own field of eventpoll_tfd_entry), added again under the old number; one no other fd of the process holds is refused")),
     ("memory mappings and their pages", Fate::Saved("mm-PID.img, pagemap/pages images")),
     ("open files", Fate::Saved("files (one FileKind per kind; unknown kinds refused)")),
     ("TCP and UDP sockets, IPv4 and IPv6: unbound, bound, listening (backlog), connected UDP", Fate::Saved("files::inet (inet_sk_entry in files.img): made in the task, bound, listening or connected again")),

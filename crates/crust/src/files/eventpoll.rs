@@ -1,6 +1,13 @@
 //! epoll: the files it watches, each with its events and data, by the fd
 //! number it was added under. A new epoll is made with the other files; the
 //! targets are added to it once every fd of its process is at its number.
+//!
+//! A target whose fd was closed since (or now holds another file) is found
+//! at another fd of the process by kcmp(KCMP_EPOLL_TFD), as CRIU does; the
+//! restore puts it at its old number for the time of the epoll_ctl (moving
+//! the file there now aside and back), so it is watched under that number
+//! again. A target that no fd of the process holds (only another process, or
+//! a mapping) is refused.
 
 use nix::sys::stat::stat;
 
@@ -25,23 +32,32 @@ impl FileKind for Eventpoll {
 
     fn dump(&self, fd: &OpenFd, table: &mut FileTable) -> Result<FileEntry> {
         let id = table.new_id();
-        let mut targets = Vec::new();
+        let mut targets: Vec<EventpollTfdEntry> = Vec::new();
         for line in fd.info.lines().filter(|l| l.starts_with("tfd:")) {
             let (tfd, events, data, ino) = parse_target(line).ok_or_else(|| {
                 Error::io_other(format!("process {}: fd {}: reading the epoll target {line:?}", fd.pid, fd.fd), "unexpected format")
             })?;
             // The restore adds the file at that fd number: it must still be there,
             // the very file (an inode alone does not tell: all eventfds share one).
+            // Several targets may have been added under one number (a file,
+            // then another that took its number): kcmp tells them apart by
+            // their rank among those.
+            let rank = targets.iter().filter(|t| t.tfd == tfd).count() as u32;
             let here = stat(format!("/proc/{}/fd/{tfd}", fd.pid).as_str()).map(|st| st.st_ino);
-            if here != Ok(ino) || !watches(fd.pid, fd.fd, tfd) {
-                return Err(fd.unsupported(&format!("epolls watching a file no longer at its fd {tfd} are")));
-            }
+            let holder_fd = if here == Ok(ino) && watches(fd.pid, fd.fd, tfd, rank, tfd) {
+                None
+            } else {
+                let holder = holder(fd.pid, fd.fd, tfd, rank).ok_or_else(|| {
+                    fd.unsupported(&format!("epolls watching a file closed at its fd {tfd} that no other fd of the process holds are"))
+                })?;
+                Some(holder)
+            };
             // A one-shot entry that fired is disarmed; adding it back would arm it.
             let armed = events & !(EPOLLONESHOT | EPOLLET | EPOLLWAKEUP | EPOLLEXCLUSIVE) != 0;
             if events & EPOLLONESHOT != 0 && !armed {
                 return Err(fd.unsupported("epolls holding a fired one-shot entry are"));
             }
-            targets.push(EventpollTfdEntry { id, tfd, events, data, dev: None, inode: Some(ino), pos: None });
+            targets.push(EventpollTfdEntry { id, tfd, events, data, dev: None, inode: Some(ino), pos: None, holder_fd });
         }
         Ok(FileEntry {
             r#type: FdTypes::Eventpoll as i32,
@@ -59,15 +75,50 @@ impl FileKind for Eventpoll {
 
     fn finish(&self, file: &FileEntry, fd: u64, r: &mut FdRestorer) -> Result<()> {
         for t in &entry(file)?.tfd {
-            // struct epoll_event is packed on x86-64: u32 events, u64 data.
-            let mut event = t.events.to_le_bytes().to_vec();
-            event.extend_from_slice(&t.data.to_le_bytes());
-            let addr = r.scratch.reset().put(&event)?;
-            let what = format!("adding fd {} to epoll fd {fd}", t.tfd);
-            r.task.call(&what, libc::SYS_epoll_ctl, [fd, libc::EPOLL_CTL_ADD as u64, t.tfd as u64, addr, 0, 0])?;
+            match t.holder_fd {
+                Some(holder) if holder != t.tfd => add_from(r, fd, t, holder)?,
+                _ => add(r, fd, t)?,
+            }
         }
         Ok(())
     }
+}
+
+/// epoll_ctl(ADD) of target `t` in the task, at its fd number.
+fn add(r: &mut FdRestorer, fd: u64, t: &EventpollTfdEntry) -> Result<()> {
+    // struct epoll_event is packed on x86-64: u32 events, u64 data.
+    let mut event = t.events.to_le_bytes().to_vec();
+    event.extend_from_slice(&t.data.to_le_bytes());
+    let addr = r.scratch.reset().put(&event)?;
+    let what = format!("adding fd {} to epoll fd {fd}", t.tfd);
+    r.task.call(&what, libc::SYS_epoll_ctl, [fd, libc::EPOLL_CTL_ADD as u64, t.tfd as u64, addr, 0, 0])?;
+    Ok(())
+}
+
+/// Target `t`, whose file is at fd `holder` now, added under its old number:
+/// the file is put there for the time of the epoll_ctl, and whatever was
+/// there (another file, with its FD_CLOEXEC) put back.
+fn add_from(r: &mut FdRestorer, fd: u64, t: &EventpollTfdEntry, holder: u32) -> Result<()> {
+    let tfd = t.tfd as u64;
+    let fd_flags = r.task.call("fcntl(F_GETFD)", libc::SYS_fcntl, [tfd, libc::F_GETFD as u64, 0, 0, 0, 0]);
+    let aside = match fd_flags {
+        Ok(flags) => Some((r.task.call("fcntl(F_DUPFD)", libc::SYS_fcntl, [tfd, libc::F_DUPFD as u64, 0, 0, 0, 0])?, flags)),
+        Err(Error::InTask { errno: nix::errno::Errno::EBADF, .. }) => None,
+        Err(e) => return Err(e),
+    };
+    r.task.call("dup2", libc::SYS_dup2, [holder as u64, tfd, 0, 0, 0, 0])?;
+    add(r, fd, t)?;
+    match aside {
+        Some((saved, flags)) => {
+            r.task.call("dup2", libc::SYS_dup2, [saved, tfd, 0, 0, 0, 0])?;
+            r.task.call("fcntl(F_SETFD)", libc::SYS_fcntl, [tfd, libc::F_SETFD as u64, flags, 0, 0, 0])?;
+            r.task.call("close", libc::SYS_close, [saved, 0, 0, 0, 0, 0])?;
+        }
+        None => {
+            r.task.call("close", libc::SYS_close, [tfd, 0, 0, 0, 0, 0])?;
+        }
+    }
+    Ok(())
 }
 
 /// One `tfd:` line of an epoll's fdinfo:
@@ -95,14 +146,24 @@ const EPOLLET: u32 = libc::EPOLLET as u32;
 const EPOLLWAKEUP: u32 = libc::EPOLLWAKEUP as u32;
 const EPOLLEXCLUSIVE: u32 = libc::EPOLLEXCLUSIVE as u32;
 
-/// kcmp(KCMP_EPOLL_TFD): is the file at fd `tfd` of `pid` the one epoll
-/// `epfd` of `pid` watches under that number?
-fn watches(pid: i32, epfd: i32, tfd: u32) -> bool {
+/// kcmp(KCMP_EPOLL_TFD): is the file at fd `candidate` of `pid` the one
+/// epoll `epfd` of `pid` watches as the `rank`th (from 0) target added under
+/// number `tfd`?
+fn watches(pid: i32, epfd: i32, tfd: u32, rank: u32, candidate: u32) -> bool {
     const KCMP_EPOLL_TFD: libc::c_int = 7;
     // struct kcmp_epoll_slot { efd, tfd, toff }
-    let slot: [u32; 3] = [epfd as u32, tfd, 0];
+    let slot: [u32; 3] = [epfd as u32, tfd, rank];
     // The kernel reads the slot, alive here for the call.
-    super::kcmp(pid, pid, KCMP_EPOLL_TFD, tfd as u64, slot.as_ptr() as u64)
+    super::kcmp(pid, pid, KCMP_EPOLL_TFD, candidate as u64, slot.as_ptr() as u64)
+}
+
+/// Another fd of `pid` that holds the file epoll `epfd` watches as its
+/// `rank`th target under number `tfd`.
+fn holder(pid: i32, epfd: i32, tfd: u32, rank: u32) -> Option<u32> {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    let mut fds: Vec<u32> = fds.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
+    fds.sort_unstable();
+    fds.into_iter().find(|&n| watches(pid, epfd, tfd, rank, n))
 }
 
 fn entry(file: &FileEntry) -> Result<&EventpollFileEntry> {

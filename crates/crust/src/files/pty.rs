@@ -12,7 +12,9 @@
 //! gets it, or gets a higher one (the old index is taken here: the pair
 //! comes back under another number, which the log says; processes that
 //! remembered the name /dev/pts/N see another one). The settings are given
-//! through crust's copy of the master, before any slave is opened again.
+//! through crust's copy of the master, before any slave is opened again;
+//! slaves are opened through the master (TIOCGPTPEER), with their flags as
+//! they were.
 //! The session leader makes the slave its controlling terminal (TIOCSCTTY)
 //! before its files are opened (a /dev/tty of the session needs it), and
 //! gives its foreground to the saved group (TIOCSPGRP).
@@ -189,13 +191,13 @@ fn slave_of<'a>(master: &TtyInfoEntry, infos: &'a [TtyInfoEntry]) -> Result<&'a 
 const MAX_TRIES: usize = 1024;
 
 /// The pair of `master` in the task: made once (with the settings of its
-/// slave), then found again. Returns the master's fd and the new index.
+/// slave), then found again. Returns the master's fd.
 /// Every pair is made in the root, before anything forks: its master is
 /// there for any process to take.
-pub(super) fn pair(r: &mut FdRestorer, master: &TtyInfoEntry, infos: &[TtyInfoEntry]) -> Result<(u64, u32)> {
+pub(super) fn pair(r: &mut FdRestorer, master: &TtyInfoEntry, infos: &[TtyInfoEntry]) -> Result<u64> {
     let want = master.pty.as_ref().map_or(0, |p| p.index);
-    if let (Some(fd), Some(index)) = (r.made("pty master", want.into()), r.made("pty index", want.into())) {
-        return Ok((fd, index as u32));
+    if let Some(fd) = r.made("pty master", want.into()) {
+        return Ok(fd);
     }
     let slave = slave_of(master, infos)?;
     let mut spare = Vec::new();
@@ -217,8 +219,7 @@ pub(super) fn pair(r: &mut FdRestorer, master: &TtyInfoEntry, infos: &[TtyInfoEn
     settle(&file, master, slave)?;
     let fd = r.to_high(fd)?;
     r.remember("pty master", want.into(), fd);
-    r.remember("pty index", want.into(), index.into());
-    Ok((fd, index))
+    Ok(fd)
 }
 
 /// The pair's settings, through crust's copy of the master (termios and
@@ -246,16 +247,27 @@ fn settle(file: &OwnedFd, master: &TtyInfoEntry, slave: &TtyInfoEntry) -> Result
 
 /// The master file of a pair, its open flags as they were.
 pub(super) fn restore_master(r: &mut FdRestorer, flags: u32, master: &TtyInfoEntry, infos: &[TtyInfoEntry]) -> Result<u64> {
-    let (fd, _) = pair(r, master, infos)?;
+    let fd = pair(r, master, infos)?;
     r.task.call("fcntl(F_SETFL) of a pty master", libc::SYS_fcntl, [fd, libc::F_SETFL as u64, flags as u64, 0, 0, 0])?;
     Ok(fd)
+}
+
+/// The slave of the master at `master_fd` opened in the task, above the
+/// image's fds, through the master (TIOCGPTPEER): its open flags are exactly
+/// those given (an open of /dev/pts/N would add O_LARGEFILE, which a slave
+/// opened that way, as openpty does, lacks), never as the controlling
+/// terminal, and whatever /dev/pts is mounted here.
+fn open_slave(r: &mut FdRestorer, master_fd: u64, flags: u32) -> Result<u64> {
+    let flags = flags | libc::O_NOCTTY as u32;
+    let fd = r.task.call("ioctl(TIOCGPTPEER)", libc::SYS_ioctl, [master_fd, libc::TIOCGPTPEER, flags.into(), 0, 0, 0])?;
+    r.to_high(fd)
 }
 
 /// A slave file of a pair: the slave opened again (never as the controlling
 /// terminal: that is the session leader's to take), exclusive if it was.
 pub(super) fn restore_slave(r: &mut FdRestorer, flags: u32, slave: &TtyInfoEntry, master: &TtyInfoEntry, infos: &[TtyInfoEntry]) -> Result<u64> {
-    let (_, index) = pair(r, master, infos)?;
-    let fd = r.open_path(&format!("/dev/pts/{index}"), flags | libc::O_NOCTTY as u32)?;
+    let master_fd = pair(r, master, infos)?;
+    let fd = open_slave(r, master_fd, flags)?;
     if slave.exclusive {
         r.task.call("ioctl(TIOCEXCL)", libc::SYS_ioctl, [fd, libc::TIOCEXCL, 0, 0, 0, 0])?;
     }
@@ -289,8 +301,8 @@ pub(super) fn take_terminal(image: &ProcessImage, r: &mut FdRestorer, infos: &[T
             format!("leading a session whose controlling terminal is pty /dev/pts/{want} without an fd of it is not supported"),
         ));
     }
-    let (_, index) = pair(r, master, infos)?;
-    let fd = r.open_path(&format!("/dev/pts/{index}"), (libc::O_RDWR | libc::O_NOCTTY) as u32)?;
+    let master_fd = pair(r, master, infos)?;
+    let fd = open_slave(r, master_fd, libc::O_RDWR as u32)?;
     r.task.call("ioctl(TIOCSCTTY)", libc::SYS_ioctl, [fd, libc::TIOCSCTTY, 0, 0, 0, 0])?;
     Ok(())
 }
