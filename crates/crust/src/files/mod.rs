@@ -198,6 +198,7 @@ fn flags_and_owner(entry: &FileEntry) -> Option<(u32, &FownEntry)> {
         .or_else(|| e.pidfd.as_ref().map(|f| (f.flags, &f.fown)))
         .or_else(|| e.nlsk.as_ref().map(|f| (f.flags, &f.fown)))
         .or_else(|| e.isk.as_ref().map(|f| (f.flags, &f.fown)))
+        .or_else(|| e.usk.as_ref().map(|f| (f.flags, &f.fown)))
 }
 
 /// Give the file at `fd` its owner, signal and O_ASYNC again, once every
