@@ -32,7 +32,8 @@ struct Row {
 }
 
 fn port(counter: usize) -> String {
-    (20000 + (std::process::id() as usize * 7 + counter) % 20000).to_string()
+    // Below the ephemeral range (32768 and up here), which connections use.
+    (20000 + (std::process::id() as usize * 7 + counter) % 12000).to_string()
 }
 
 fn bench(n: usize, counter: &mut usize) -> Result<Row> {
@@ -50,11 +51,16 @@ fn bench(n: usize, counter: &mut usize) -> Result<Row> {
         let stats = dump(&opts).map_err(|e| anyhow!("dump of {n} connections: {e}"))?;
         let dump_ms = ms(t.elapsed());
         w.wait_exit(Duration::from_secs(30))?;
+        reap_orphans()?;
         let opts = RestoreOptions { dir: images.0.clone(), tcp: Mode::Established, pid_wait: Duration::from_secs(5), ..Default::default() };
         let t = Instant::now();
         let restored = restore(&opts).map_err(|e| anyhow!("restore of {n} connections: {e}"))?;
         let restore_ms = ms(t.elapsed());
         w.adopt(restored.root)?;
+        // A signal that comes before the restored root is back in pause()
+        // is handled and pause() then sleeps on (crust restarts an
+        // interrupted syscall itself, without the kernel's EINTR rule).
+        wait_sleeping(restored.root)?;
         w.verify()?;
         if round > 0 {
             dumps.push(dump_ms);
@@ -63,6 +69,37 @@ fn bench(n: usize, counter: &mut usize) -> Result<Row> {
         }
     }
     Ok(Row { connections: n, dump_ms: median(&dumps), frozen_ms: median(&frozen), restore_ms: median(&restores) })
+}
+
+/// Waits until process `pid` sleeps (back in the call it was dumped in).
+fn wait_sleeping(pid: i32) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        if stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('S')) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(anyhow!("restored process {pid} did not go back to sleep"));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The client child of a killed tree comes to us (a subreaper) to be
+/// reaped: its pid is free for the restore only once it is.
+fn reap_orphans() -> Result<()> {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL)) {
+            Err(nix::errno::Errno::ECHILD) => return Ok(()),
+            Err(e) => return Err(anyhow!("reaping the killed tree: {e}")),
+            Ok(WaitStatus::StillAlive) if Instant::now() > deadline => return Err(anyhow!("children of a killed tree are still alive")),
+            Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(1)),
+            Ok(_) => {}
+        }
+    }
 }
 
 fn main() -> Result<()> {
