@@ -143,8 +143,16 @@ fn a_restore_does_not_take_a_path_a_live_socket_or_another_file_holds() {
     let out = restore(&images, &[]);
     let err = job.assert_restore_failed(&out, "a restore onto a regular file's path");
     assert!(err.contains(&format!("to be bound at {}, but a file that is not a socket is there", path.display())), "{err}");
-    // With the path free again, the same images restore.
     std::fs::remove_file(&path).unwrap();
+    // An abstract name a live socket holds, likewise.
+    use std::os::linux::net::SocketAddrExt;
+    let name = format!("crust-unixsk-dgram-{}", job.pid);
+    let squatter = UnixDatagram::bind_addr(&std::os::unix::net::SocketAddr::from_abstract_name(&name).unwrap()).unwrap();
+    let out = restore(&images, &[]);
+    let err = job.assert_restore_failed(&out, "a restore onto a live socket's abstract name");
+    assert!(err.contains(&format!("to be bound at @{name}, but a live socket is bound there")), "{err}");
+    drop(squatter);
+    // With the names free again, the same images restore.
     restore_ok(&mut job, &images);
     job.expect_ok();
 }

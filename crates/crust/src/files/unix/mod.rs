@@ -229,8 +229,15 @@ impl FileKind for UnixSocket {
                 Err(e) => Some(format!("looking for the peer outside the tree at {}: {e}", show_name(&u.name))),
             };
         }
-        if !binds(u.r#type, u.state, &u.name) || u.name[0] == 0 {
+        if !binds(u.r#type, u.state, &u.name) {
             return None;
+        }
+        if u.name[0] == 0 {
+            return match live_at(&u.name) {
+                Ok(false) => None,
+                Ok(true) => Some(format!("unix socket {} is to be bound at {}, but a live socket is bound there", u.ino, show_name(&u.name))),
+                Err(e) => Some(format!("unix socket {} is to be bound at {}: {e}", u.ino, show_name(&u.name))),
+            };
         }
         let path = show_name(&u.name);
         match path_taken(std::path::Path::new(&path)) {
