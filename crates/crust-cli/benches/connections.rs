@@ -57,10 +57,6 @@ fn bench(n: usize, counter: &mut usize) -> Result<Row> {
         let restored = restore(&opts).map_err(|e| anyhow!("restore of {n} connections: {e}"))?;
         let restore_ms = ms(t.elapsed());
         w.adopt(restored.root)?;
-        // A signal that comes before the restored root is back in pause()
-        // is handled and pause() then sleeps on (crust restarts an
-        // interrupted syscall itself, without the kernel's EINTR rule).
-        wait_sleeping(restored.root)?;
         w.verify()?;
         if round > 0 {
             dumps.push(dump_ms);
@@ -69,21 +65,6 @@ fn bench(n: usize, counter: &mut usize) -> Result<Row> {
         }
     }
     Ok(Row { connections: n, dump_ms: median(&dumps), frozen_ms: median(&frozen), restore_ms: median(&restores) })
-}
-
-/// Waits until process `pid` sleeps (back in the call it was dumped in).
-fn wait_sleeping(pid: i32) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-        if stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('S')) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(anyhow!("restored process {pid} did not go back to sleep"));
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
 }
 
 /// The client child of a killed tree comes to us (a subreaper) to be

@@ -1032,3 +1032,30 @@ fn ip_monitor_still_hears_of_new_links_after_a_restore() {
         }
     }
 }
+
+/// A thread interrupted in a syscall keeps the kernel's restart state: a
+/// process stopped in pause() with a handled signal pending comes back
+/// stopped, and when continued, the handler runs and pause() fails with
+/// EINTR, as without the dump (crust used to issue pause() again itself,
+/// after the handler, and it slept on); and with no signal, pause() sleeps on.
+#[test]
+fn an_interrupted_pause_fails_with_eintr_when_a_handler_runs_after_the_restore() {
+    let dir = TempDir::new("restore-eintr");
+    let mut job = Job::start("eintr", &[], dir.path());
+    job.ready();
+    let pid = job.pid;
+    let stopped = move || stopped_untraced(pid);
+    job.signal(libc::SIGSTOP);
+    assert!(common::poll(STEP, std::time::Duration::from_millis(2), || stopped().then_some(())).is_some(), "not stopped");
+    job.signal(libc::SIGUSR2);
+    let images = dir.join("images");
+    dump_and_restore(&mut job, &images);
+    assert!(stopped(), "restored stopped");
+    job.signal(libc::SIGCONT);
+    assert_eq!(job.line(STEP), "pause returned -1 errno 4 usr2 1");
+    // Back in pause(), through another dump and restore with nothing pending.
+    dump_and_restore(&mut job, &images.with_extension("2"));
+    job.signal(libc::SIGUSR2);
+    assert_eq!(job.line(STEP), "pause returned -1 errno 4 usr2 2");
+    job.expect_ok();
+}

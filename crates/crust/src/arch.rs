@@ -111,11 +111,15 @@ pub fn fpregs(xsave: &[u8]) -> UserX86FpregsEntry {
 }
 
 /// General registers back from the image. A thread caught inside an
-/// interrupted syscall gets the call issued again when it resumes (the kernel's
-/// restart state does not survive into the new task).
+/// interrupted syscall keeps the kernel's restart state (the syscall number
+/// and -ERESTARTSYS, -ERESTARTNOINTR or -ERESTARTNOHAND), for the kernel to
+/// decide when it resumes, as it would have: the call is issued again, or
+/// fails with EINTR if a handler runs first (see `ptrace::release`). A call
+/// the kernel would restart through restart_syscall(2)
+/// (-ERESTART_RESTARTBLOCK: nanosleep and the like) is issued again by
+/// crust, in full, since the restart block does not survive into the new task.
 pub fn user_regs(g: &UserX86RegsEntry) -> libc::user_regs_struct {
-    // -ERESTARTSYS, -ERESTARTNOINTR, -ERESTARTNOHAND, -ERESTART_RESTARTBLOCK.
-    const RESTART: [i64; 4] = [-512, -513, -514, -516];
+    const ERESTART_RESTARTBLOCK: i64 = -516;
     let mut r = libc::user_regs_struct {
         r15: g.r15,
         r14: g.r14,
@@ -145,11 +149,11 @@ pub fn user_regs(g: &UserX86RegsEntry) -> libc::user_regs_struct {
         fs: g.fs,
         gs: g.gs,
     };
-    if (r.orig_rax as i64) >= 0 && RESTART.contains(&(r.rax as i64)) {
+    if (r.orig_rax as i64) >= 0 && r.rax as i64 == ERESTART_RESTARTBLOCK {
         r.rax = r.orig_rax;
         r.rip = r.rip.wrapping_sub(2);
+        r.orig_rax = u64::MAX;
     }
-    r.orig_rax = u64::MAX;
     r
 }
 
@@ -252,6 +256,11 @@ mod tests {
         g.ip = 0x1002;
         let r = user_regs(&g);
         assert_eq!((r.rax, r.rip, r.orig_rax), (230, 0x1000, u64::MAX));
+        // pause() interrupted: the kernel decides, at release, as it would have.
+        g.orig_ax = 34;
+        g.ax = (-514i64) as u64; // -ERESTARTNOHAND
+        let r = user_regs(&g);
+        assert_eq!((r.rax, r.rip, r.orig_rax), ((-514i64) as u64, 0x1002, 34));
         g.ax = 0;
         let r = user_regs(&g);
         assert_eq!((r.rax, r.rip), (0, 0x1002), "a finished syscall is left alone");
