@@ -273,3 +273,25 @@ fn redis_and_a_connected_client_survive_the_dump() {
     let _ = cli.wait();
     job.kill_restored();
 }
+
+/// A connection waiting in the listener's accept queue is refused by name;
+/// with --skip-in-flight it is left out (criu's option) and the rest of the
+/// tree comes back.
+#[test]
+fn skip_in_flight_leaves_out_connections_not_accepted() {
+    let dir = TempDir::new("tcp-inflight");
+    let mut job = Job::start("tcpconn", &["47171", "pair", "1000", "1000", "open"], dir.path());
+    job.ready();
+    let waiting = TcpStream::connect("127.0.0.1:47171").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let pid = job.pid.to_string();
+    let images = dir.join("images");
+    let out = crust(&[os("dump"), os("-t"), os(&pid), os("-D"), images.as_os_str(), os("--tcp-established")], STEP);
+    let err = assert_clean_failure(&out, "a dump of a listener with a connection waiting");
+    assert!(err.contains("waiting to be accepted"), "{err}");
+    dump(job.pid, &images, &["--tcp-established", "--skip-in-flight"]);
+    job.reap_original();
+    restore_ok(&mut job, &images, &["--tcp-established"]);
+    drop(waiting);
+    job.expect_ok();
+}

@@ -69,6 +69,14 @@ impl FileKind for InetSocket {
         };
         let mut backlog = 0;
         match (protocol, state) {
+            (libc::IPPROTO_TCP, TCP_LISTEN) if table.tcp.skip_in_flight => {
+                // --skip-in-flight: connections not accepted yet are left
+                // out (reset when the listener closes), as criu does.
+                if diag.rqueue != 0 || diag.syn_recv != 0 {
+                    log::warn!("{local}: {} connection(s) not accepted yet are skipped (--skip-in-flight)", diag.rqueue + diag.syn_recv);
+                }
+                backlog = diag.wqueue;
+            }
             (libc::IPPROTO_TCP, TCP_LISTEN) => {
                 if diag.rqueue != 0 {
                     let n = diag.rqueue;
