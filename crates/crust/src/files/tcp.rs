@@ -272,8 +272,7 @@ pub const DUMP_REFUSAL: &str = "dump it with --tcp-established (or --tcp-close t
 /// What a migration says of one.
 pub const MIGRATE_REFUSAL: &str = "crust migrate does not move established TCP connections yet";
 
-/// The streams of the images, by socket inode; and what the restore does
-/// with the connections (`--tcp-established` or `--tcp-close`).
+/// The streams of the images (tcp-stream-<ino>.img), by socket inode.
 #[derive(Default)]
 pub struct Streams {
     by_ino: HashMap<u32, Stream>,
