@@ -8,7 +8,8 @@
  *          TOS, IP_FREEBIND, timeouts, SO_RCVLOWAT
  *   tcp6   TCP listening on [::]:P2 (dual stack, IPV6_V6ONLY 0), backlog 3,
  *          SO_REUSEPORT, TCP_CORK, hop limit, traffic class, bound to lo
- *   udp4   UDP bound to 127.0.0.1:P3, SO_BROADCAST
+ *   udp4   UDP bound to 127.0.0.1:P3, SO_BROADCAST, a socket filter (classic
+ *          BPF: the whole datagram passes)
  *   udpc   UDP connected to udp4, bound to 127.0.0.1:P4
  *   udp6   UDP bound to [::1]:P5, IPV6_V6ONLY 1, IPV6_RECVPKTINFO
  *   tcpb   TCP bound (not listening) to [::ffff:127.0.0.1]:P4
@@ -23,6 +24,7 @@
 #include "workload.h"
 
 #include <arpa/inet.h>
+#include <linux/filter.h>
 #include <fcntl.h>
 #include <net/if.h>
 #include <netinet/in.h>
@@ -155,6 +157,13 @@ int main(int argc, char **argv)
 
     int udp4 = socket(AF_INET, SOCK_DGRAM, 0);
     SET(udp4, SOL_SOCKET, SO_BROADCAST, 1);
+    struct sock_filter prog[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_LEN, 0),
+        BPF_STMT(BPF_RET | BPF_A, 0),
+    };
+    struct sock_fprog fprog = { 2, prog };
+    if (setsockopt(udp4, SOL_SOCKET, SO_ATTACH_FILTER, &fprog, sizeof fprog) != 0)
+        die("SO_ATTACH_FILTER");
     struct sockaddr_in a3 = v4("127.0.0.1", p3);
     if (bind(udp4, (struct sockaddr *)&a3, sizeof a3) != 0)
         die("udp4 bind");
@@ -235,6 +244,10 @@ int main(int argc, char **argv)
         fail("tcp6: no FD_CLOEXEC");
 
     EXPECT("udp4", udp4, SOL_SOCKET, SO_BROADCAST, 1);
+    struct sock_filter got_prog[4];
+    len = 4; /* SO_GET_FILTER counts in instructions */
+    if (getsockopt(udp4, SOL_SOCKET, SO_GET_FILTER, got_prog, &len) != 0 || len != 2 || memcmp(got_prog, prog, sizeof prog) != 0)
+        fail("udp4: the socket filter is not the one attached (%u instructions)", (unsigned)len);
     EXPECT("udp6", udp6, IPPROTO_IPV6, IPV6_V6ONLY, 1);
     EXPECT("udp6", udp6, IPPROTO_IPV6, IPV6_RECVPKTINFO, 1);
     EXPECT("tcpu", tcpu, IPPROTO_TCP, TCP_NODELAY, 1);

@@ -67,6 +67,10 @@ enum Command {
         ext_unix_sk: bool,
         #[command(flatten)]
         tcp: TcpArgs,
+        /// Leave out TCP connections not accepted yet (in a listener's
+        /// queue or being set up), instead of refusing the dump.
+        #[arg(long = "skip-in-flight")]
+        skip_in_flight: bool,
         /// Print the stats as JSON.
         #[arg(long)]
         json: bool,
@@ -173,6 +177,8 @@ enum Command {
         manage_cgroups: Mode,
         #[arg(long = "cgroup-root", value_name = "[CONTROLLER:]/PATH")]
         cgroup_roots: Vec<CgroupRoot>,
+        #[command(flatten)]
+        tcp: TcpArgs,
     },
     /// Say in plain words what the images in DIR hold and what a restore needs.
     Explain {
@@ -354,7 +360,7 @@ fn wait_root(pid: i32) -> Result<()> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Dump { pid, dir, leave_running, shell_job, cgroup_roots, freeze_cgroup, ghost_limit, file_locks, ext_unix_sk, tcp, json } => {
+        Command::Dump { pid, dir, leave_running, shell_job, cgroup_roots, freeze_cgroup, ghost_limit, file_locks, ext_unix_sk, tcp, skip_in_flight, json } => {
             let bar = progress::Bar::on_stderr(json);
             let progress = bar.progress();
             let opts = DumpOptions {
@@ -368,6 +374,7 @@ fn run(cli: Cli) -> Result<()> {
                 file_locks,
                 ext_unix_sk,
                 tcp: tcp.mode(),
+                skip_in_flight,
                 progress,
             };
             let stats = guard::in_child(|| bar.around(|| Ok(dump(&opts)?))).with_context(|| format!("dump of process {pid} failed"))?;
@@ -464,8 +471,8 @@ fn run(cli: Cli) -> Result<()> {
                 crust::migrate::channel::Channel::pipes(Box::new(input), fd, Box::new(output), "the migrating host".into());
             crust::migrate::receive::receive(&mut chan, &dir)?;
         }
-        Command::Check { images, shell_job, manage_cgroups, cgroup_roots } => {
-            let opts = RestoreOptions { dir: images.clone(), shell_job, manage_cgroups, cgroup_roots, ..Default::default() };
+        Command::Check { images, shell_job, manage_cgroups, cgroup_roots, tcp } => {
+            let opts = RestoreOptions { dir: images.clone(), shell_job, manage_cgroups, cgroup_roots, tcp: tcp.mode(), ..Default::default() };
             let img = crust::restore::load(&images, crust::images::load::Pages::InDir)?;
             let problems = crust::restore::check::problems(&img, &opts);
             if !problems.is_empty() {

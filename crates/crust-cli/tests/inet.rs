@@ -289,6 +289,38 @@ elif case == "prefork":
             while True:
                 c, _ = s.accept(); c.sendall(b"served by %d\n" % os.getpid()); c.close()
     keep.append(s)
+elif case == "other-netns":
+    # A UDP socket made in a network namespace of its own, passed here.
+    import subprocess
+    a, b = socket.socketpair()
+    code = "import socket, sys; b = socket.socket(fileno=int(sys.argv[1])); u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); socket.send_fds(b, [b'x'], [u.fileno()])"
+    subprocess.run(["unshare", "-n", sys.executable, "-c", code, str(b.fileno())], pass_fds=[b.fileno()], check=True)
+    _, fds, _, _ = socket.recv_fds(a, 1, 1)
+    a.close(); b.close()
+    keep.append(socket.socket(fileno=fds[0]))
+elif case in ("closed", "reset"):
+    # A connection that ended, its fd still open: closed both ways in turn,
+    # or reset by the peer (an error waits to be read).
+    l = socket.socket(); l.bind(("127.0.0.1", port)); l.listen(1)
+    print("LISTENING", flush=True)
+    c, _ = l.accept(); l.close()
+    if case == "closed":
+        assert c.recv(10) == b""
+        c.shutdown(socket.SHUT_WR)
+    # Until the last ACK (or the reset) is in: TCP_CLOSE (7).
+    while c.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] != 7:
+        time.sleep(0.01)
+    keep.append(c)
+    def check(sig, frame):
+        assert c.recv(10) == b"", "reads see the end"
+        try:
+            c.send(b"x")
+            print("FAIL a write succeeded", flush=True)
+        except BrokenPipeError:
+            print("OK", flush=True)
+        sys.exit(0)
+    import signal
+    signal.signal(signal.SIGUSR1, check)
 elif case == "bound":
     addr = sys.argv[3]
     u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); u.bind((addr, port)); keep.append(u)
@@ -317,6 +349,8 @@ fn sockets_crust_cannot_restore_exactly_are_refused_by_name_and_left_as_they_wer
         ("defer-accept", "inet sockets with TCP_DEFER_ACCEPT set ("),
         ("multicast", "member of multicast group 239.1.2.3 (on interface 1)"),
         ("half-closed", "shut down for writing"),
+        ("reset", "a closed TCP connection (on 127.0.0.1:"),
+        ("other-netns", "inet sockets of another network namespace than crust's are not supported yet"),
     ];
     for &(case, want) in cases {
         let dir = TempDir::new(&format!("inet-refused-{case}"));
@@ -326,6 +360,16 @@ fn sockets_crust_cannot_restore_exactly_are_refused_by_name_and_left_as_they_wer
         if case == "close-wait" {
             assert_eq!(job.line(STEP), "LISTENING");
             drop(TcpStream::connect(("127.0.0.1", port)).unwrap());
+        }
+        if case == "reset" {
+            assert_eq!(job.line(STEP), "LISTENING");
+            let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            // SO_LINGER {on, 0 s}: close sends a reset.
+            let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+            // SAFETY: setsockopt reads one struct linger from `linger`, alive for the call.
+            let r = unsafe { libc::setsockopt(std::os::fd::AsRawFd::as_raw_fd(&c), libc::SOL_SOCKET, libc::SO_LINGER, (&linger as *const libc::linger).cast(), std::mem::size_of::<libc::linger>() as u32) };
+            assert_eq!(r, 0);
+            drop(c);
         }
         job.ready();
         match case {
@@ -421,4 +465,23 @@ fn a_listener_shared_by_forked_workers_is_one_socket_again_and_they_accept_on_it
         assert!(workers.contains(&by) || common::proc_stat(by).is_some_and(|s| s.ppid == job.pid), "served by {by}, not a worker of {}", job.pid);
     }
     job.end_session();
+}
+
+#[test]
+fn a_connection_that_ended_with_its_fd_open_reads_the_end_after_restore() {
+    let dir = TempDir::new("inet-closed");
+    let port = free_ports(1)[0];
+    let mut job = python_sockets(&dir, "closed", port, &[]);
+    assert_eq!(job.line(STEP), "LISTENING");
+    let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    client.shutdown(std::net::Shutdown::Write).unwrap();
+    job.ready();
+    // The server's end was shut down both ways in turn: the client reads the end.
+    assert_eq!(client.read(&mut [0u8; 8]).unwrap(), 0);
+    let images = dir.join("images");
+    dump_and_restore(&mut job, &images, &[]);
+    let isk = isk_entries(&images);
+    let closed = isk.iter().find(|e| e["state"] == "CLOSE").unwrap_or_else(|| panic!("no closed socket: {isk:?}"));
+    assert_eq!(closed["shutdown"], "BOTH", "{closed}");
+    job.expect_ok();
 }

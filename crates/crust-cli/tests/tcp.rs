@@ -35,6 +35,18 @@ fn locks_for(images: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Removes, when dropped, every lock a dump in its directory left: a test
+/// that fails between its dump and its restore leaves no table behind.
+struct Locks(std::path::PathBuf);
+
+impl Drop for Locks {
+    fn drop(&mut self) {
+        for t in locks_for(&self.0) {
+            let _ = Command::new("nft").args(["delete", "table", "inet", &t]).status();
+        }
+    }
+}
+
 /// The lock a dump in `images` left, from crust's notes.
 fn kept_lock(images: &Path) -> Option<String> {
     let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(images.join("crust-meta.json")).ok()?).ok()?;
@@ -55,6 +67,7 @@ fn streams(images: &Path) -> usize {
 #[test]
 fn a_connection_inside_the_tree_survives_with_its_queued_bytes() {
     let dir = TempDir::new("tcp-pair");
+    let _locks = Locks(dir.path().to_path_buf());
     let mut job = Job::start("tcpconn", &["47101", "pair", "100000", "300000", "open"], dir.path());
     job.ready();
     let images = dir.join("images");
@@ -76,6 +89,7 @@ fn a_connection_inside_the_tree_survives_with_its_queued_bytes() {
 #[test]
 fn without_the_option_the_dump_refuses_naming_the_connection() {
     let dir = TempDir::new("tcp-refused");
+    let _locks = Locks(dir.path().to_path_buf());
     let mut job = Job::start("tcpconn", &["47111", "pair", "1000", "1000", "open"], dir.path());
     let child = ready_field(&job.ready(), "child");
     let pid = job.pid.to_string();
@@ -91,6 +105,7 @@ fn without_the_option_the_dump_refuses_naming_the_connection() {
 #[test]
 fn a_failed_dump_and_a_leave_running_dump_leave_no_lock_and_a_live_connection() {
     let dir = TempDir::new("tcp-failed");
+    let _locks = Locks(dir.path().to_path_buf());
     let lock = format!("flock:{}", dir.join("tcpconn.lock").display());
     let mut job = Job::start("tcpconn", &["47121", "pair", "50000", "50000", "open", &lock], dir.path());
     job.ready();
@@ -111,6 +126,7 @@ fn a_failed_dump_and_a_leave_running_dump_leave_no_lock_and_a_live_connection() 
 #[test]
 fn tcp_close_restores_connections_closed() {
     let dir = TempDir::new("tcp-close");
+    let _locks = Locks(dir.path().to_path_buf());
     let mut job = Job::start("tcpconn", &["47131", "pair", "1000", "1000", "closed"], dir.path());
     job.ready();
     let images = dir.join("images");
@@ -137,6 +153,7 @@ fn up(i: usize) -> u8 {
 #[test]
 fn a_client_outside_the_tree_keeps_its_connection_to_a_restored_server() {
     let dir = TempDir::new("tcp-outside");
+    let _locks = Locks(dir.path().to_path_buf());
     // Few enough bytes queued that the server's window stays open: what the
     // client sends while the server is gone leaves at once.
     let (n, m) = (20_000usize, 300_000usize);
@@ -183,6 +200,7 @@ fn a_client_outside_the_tree_keeps_its_connection_to_a_restored_server() {
 #[test]
 fn a_crust_killed_mid_dump_leaves_a_lock_that_network_unlock_removes() {
     let dir = TempDir::new("tcp-killed");
+    let _locks = Locks(dir.path().to_path_buf());
     let mut job = Job::start("tcpconn", &["47151", "pair", "10000", "10000", "open", "mem:768"], dir.path());
     job.ready();
     let images = dir.join("images");
@@ -228,6 +246,7 @@ fn redis_cli(port: &str, args: &[&str]) -> String {
 #[test]
 fn redis_and_a_connected_client_survive_the_dump() {
     let dir = TempDir::new("tcp-redis");
+    let _locks = Locks(dir.path().to_path_buf());
     let port = "47161";
     let conf = format!("port {port}\nbind 127.0.0.1\ndaemonize no\nsave \"\"\nappendonly no\ndir {}\n", dir.path().display());
     std::fs::write(dir.join("redis.conf"), conf).unwrap();
@@ -273,4 +292,27 @@ fn redis_and_a_connected_client_survive_the_dump() {
     drop(to_cli);
     let _ = cli.wait();
     job.kill_restored();
+}
+
+/// A connection waiting in the listener's accept queue is refused by name;
+/// with --skip-in-flight it is left out (criu's option) and the rest of the
+/// tree comes back.
+#[test]
+fn skip_in_flight_leaves_out_connections_not_accepted() {
+    let dir = TempDir::new("tcp-inflight");
+    let _locks = Locks(dir.path().to_path_buf());
+    let mut job = Job::start("tcpconn", &["47171", "pair", "1000", "1000", "open"], dir.path());
+    job.ready();
+    let waiting = TcpStream::connect("127.0.0.1:47171").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let pid = job.pid.to_string();
+    let images = dir.join("images");
+    let out = crust(&[os("dump"), os("-t"), os(&pid), os("-D"), images.as_os_str(), os("--tcp-established")], STEP);
+    let err = assert_clean_failure(&out, "a dump of a listener with a connection waiting");
+    assert!(err.contains("waiting to be accepted"), "{err}");
+    dump(job.pid, &images, &["--tcp-established", "--skip-in-flight"]);
+    job.reap_original();
+    restore_ok(&mut job, &images, &["--tcp-established"]);
+    drop(waiting);
+    job.expect_ok();
 }

@@ -53,6 +53,8 @@ pub struct DumpOptions {
     /// What to do with established TCP connections (`--tcp-established`,
     /// `--tcp-close`; refused without either).
     pub tcp: crate::files::tcp::Mode,
+    /// `--skip-in-flight`: leave out connections not accepted yet.
+    pub skip_in_flight: bool,
     /// Hears the pages being written (not those a streamed dump leaves out).
     pub progress: Progress,
 }
@@ -231,6 +233,7 @@ fn write_images(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<W
         false => (tcp::DUMP_REFUSAL, format!("crust: network lock of the dump in {}", opts.dir.display())),
     };
     d.files.tcp = Connections::prepare(&d.files.tree, opts.tcp, refusal, &note)?;
+    d.files.tcp.skip_in_flight = opts.skip_in_flight;
     let mut root_ids = None;
     for (n, p) in tree.processes.iter().enumerate() {
         match p.zombie {

@@ -18,7 +18,7 @@ use nix::sys::socket::{SockaddrIn, SockaddrIn6, SockaddrLike, SockaddrStorage};
 use super::{fown_of, take_fd, FdRestorer, FileKind, FileTable, OpenFd};
 use crate::error::{Context, Error, Result};
 use crate::images::load::DumpImage;
-use crate::images::proto::{FdTypes, FileEntry, InetSkEntry, IpOptsEntry, SkOptsEntry, TcpOptsEntry};
+use crate::images::proto::{FdTypes, FileEntry, InetSkEntry, IpOptsEntry, SkOptsEntry, SkShutdown, TcpOptsEntry};
 
 pub struct InetSocket;
 
@@ -68,7 +68,16 @@ impl FileKind for InetSocket {
             TCP_CLOSE
         };
         let mut backlog = 0;
+        let mut closed = false;
         match (protocol, state) {
+            (libc::IPPROTO_TCP, TCP_LISTEN) if table.tcp.skip_in_flight => {
+                // --skip-in-flight: connections not accepted yet are left
+                // out (reset when the listener closes), as criu does.
+                if diag.rqueue != 0 || diag.syn_recv != 0 {
+                    log::warn!("{local}: {} connection(s) not accepted yet are skipped (--skip-in-flight)", diag.rqueue + diag.syn_recv);
+                }
+                backlog = diag.wqueue;
+            }
             (libc::IPPROTO_TCP, TCP_LISTEN) => {
                 if diag.rqueue != 0 {
                     let n = diag.rqueue;
@@ -80,7 +89,17 @@ impl FileKind for InetSocket {
                 }
                 backlog = diag.wqueue;
             }
-            (libc::IPPROTO_TCP, TCP_CLOSE) => {}
+            (libc::IPPROTO_TCP, TCP_CLOSE) => {
+                // A connection that ended (or failed) and is not closed yet:
+                // the kernel shut it down both ways and let go of its port.
+                // The same from a fresh socket shut down both ways, unless an
+                // error waits to be read (poll says POLLERR; reading it
+                // would take it from the program).
+                closed = had_connection(sock).ctx(what)?;
+                if closed && pending_error(sock).ctx(what)? {
+                    return Err(fd.unsupported(&format!("a closed TCP connection (on {local}) with an error not yet read is")));
+                }
+            }
             // Saved (or refused by name) by the dump's connections (files/tcp.rs).
             (libc::IPPROTO_TCP, TCP_ESTABLISHED) => table.tcp.dump(fd, sock)?,
             (libc::IPPROTO_TCP, s) => {
@@ -101,8 +120,11 @@ impl FileKind for InetSocket {
             return Err(fd.unsupported(&format!("half-closed inet sockets ({local}, shut down for {}) are", shutdown_name(diag.shutdown))));
         }
         let fresh = new_socket(family, ty, protocol).ctx(|| format!("making a fresh socket to compare fd {} of process {} with", fd.fd, fd.pid))?;
-        check_others(fd, sock, &fresh, family, protocol, protocol == libc::IPPROTO_TCP && state == TCP_ESTABLISHED)?;
-        let (opts, ip_opts, tcp_opts, v6only) = read_options(sock, &fresh, family, protocol).ctx(what)?;
+        let connection = closed || (protocol == libc::IPPROTO_TCP && state == TCP_ESTABLISHED);
+        check_others(fd, sock, &fresh, family, protocol, connection)?;
+        let (mut opts, ip_opts, tcp_opts, v6only) = read_options(sock, &fresh, family, protocol).ctx(what)?;
+        opts.so_filter = socket_filter(fd, sock)?;
+        let local = if closed { unspecified(family) } else { local };
         let id = table.new_id();
         let entry = InetSkEntry {
             id,
@@ -122,6 +144,7 @@ impl FileKind for InetSocket {
             v6only,
             ip_opts: Some(ip_opts),
             tcp_opts,
+            shutdown: closed.then_some(SkShutdown::Both as i32),
             ..Default::default()
         };
         Ok(FileEntry { r#type: FdTypes::Inetsk as i32, id, isk: Some(entry), ..Default::default() })
@@ -168,6 +191,7 @@ impl FileKind for InetSocket {
             nix::sys::socket::connect(sock.as_raw_fd(), &storage(peer)).ctx(context(e))?;
         }
         set_after_bind(&sock, e)?;
+        shut_down(&sock, e)?;
         Ok(fd)
     }
 }
@@ -278,6 +302,21 @@ fn unspecified(family: i32) -> SocketAddr {
     } else {
         SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)
     }
+}
+
+/// Did the socket take part in a connection (TCP_INFO's tcpi_segs_out or
+/// tcpi_segs_in, which connect(AF_UNSPEC) resets)?
+fn had_connection(sock: &OwnedFd) -> nix::Result<bool> {
+    let info = get_raw(sock, libc::IPPROTO_TCP, libc::TCP_INFO, 144)?;
+    Ok(info.get(136..144).is_some_and(|segs| segs.iter().any(|&b| b != 0)))
+}
+
+/// Is an error waiting on the socket (sk_err, or its error queue)?
+fn pending_error(sock: &OwnedFd) -> nix::Result<bool> {
+    use std::os::fd::AsFd;
+    let mut fds = [nix::poll::PollFd::new(sock.as_fd(), nix::poll::PollFlags::empty())];
+    nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO)?;
+    Ok(fds[0].revents().is_some_and(|r| r.contains(nix::poll::PollFlags::POLLERR)))
 }
 
 /// tcpi_state, the first byte of TCP_INFO.
@@ -586,6 +625,9 @@ struct Watched {
     len: usize,
     /// Which sockets it is asked of (V4/V6, TCP/UDP bits).
     on: u8,
+    /// It follows the connection (the MSS, the window): asked only of
+    /// sockets that never had one.
+    conn: bool,
 }
 
 const V4: u8 = 1;
@@ -593,12 +635,9 @@ const V6: u8 = 2;
 const TCP: u8 = 4;
 const UDP: u8 = 8;
 const ALL: u8 = V4 | V6 | TCP | UDP;
-/// What a connection's handshake set, not the program: an established
-/// connection's is in its tcp-stream image (files/tcp.rs), not compared.
-const HANDSHAKE: u8 = 16;
 
 const fn w(level: i32, opt: i32, name: &'static str, on: u8) -> Watched {
-    Watched { level, opt, name, len: 4, on }
+    Watched { level, opt, name, len: 4, on, conn: false }
 }
 
 /// Options CRIU's image has no field for: a dump refuses a socket that has
@@ -622,9 +661,11 @@ const WATCHED: &[Watched] = &[
     w(libc::SOL_SOCKET, 73, "SO_RESERVE_MEM", ALL),
     w(libc::SOL_SOCKET, 75, "SO_RCVMARK", ALL),
     w(libc::SOL_SOCKET, 76, "SO_PASSPIDFD", ALL),
-    Watched { level: libc::SOL_SOCKET, opt: 61, name: "SO_TXTIME", len: 8, on: ALL },
-    // IP options; asked of IPv6 sockets too (they apply to v4-mapped traffic).
-    Watched { level: libc::IPPROTO_IP, opt: 4, name: "IP_OPTIONS", len: 40, on: ALL },
+    Watched { level: libc::SOL_SOCKET, opt: 61, name: "SO_TXTIME", len: 8, on: ALL, conn: false },
+    // IP options; asked of IPv6 sockets too (they apply to v4-mapped
+    // traffic). Multicast ones only of UDP: TCP does not multicast, and an
+    // accepted socket takes its multicast TTL from the peer's SYN.
+    Watched { level: libc::IPPROTO_IP, opt: 4, name: "IP_OPTIONS", len: 40, on: ALL, conn: false },
     w(libc::IPPROTO_IP, 1, "IP_TOS", V6 | TCP | UDP),
     w(libc::IPPROTO_IP, 2, "IP_TTL", V6 | TCP | UDP),
     w(libc::IPPROTO_IP, 6, "IP_RECVOPTS", ALL),
@@ -642,12 +683,10 @@ const WATCHED: &[Watched] = &[
     w(libc::IPPROTO_IP, 24, "IP_BIND_ADDRESS_NO_PORT", ALL),
     w(libc::IPPROTO_IP, 25, "IP_RECVFRAGSIZE", ALL),
     w(libc::IPPROTO_IP, 26, "IP_RECVERR_RFC4884", ALL),
-    w(libc::IPPROTO_IP, 32, "IP_MULTICAST_IF", ALL),
-    // An accepted TCP socket takes its SYN's TTL as its multicast TTL
-    // (tcp_v4_syn_recv_sock), and TCP sends no multicast: UDP only.
+    w(libc::IPPROTO_IP, 32, "IP_MULTICAST_IF", V4 | V6 | UDP),
     w(libc::IPPROTO_IP, 33, "IP_MULTICAST_TTL", V4 | V6 | UDP),
-    w(libc::IPPROTO_IP, 34, "IP_MULTICAST_LOOP", ALL),
-    w(libc::IPPROTO_IP, 49, "IP_MULTICAST_ALL", ALL),
+    w(libc::IPPROTO_IP, 34, "IP_MULTICAST_LOOP", V4 | V6 | UDP),
+    w(libc::IPPROTO_IP, 49, "IP_MULTICAST_ALL", V4 | V6 | UDP),
     w(libc::IPPROTO_IP, 50, "IP_UNICAST_IF", ALL),
     w(libc::IPPROTO_IP, 51, "IP_LOCAL_PORT_RANGE", ALL),
     w(libc::IPPROTO_IP, 8, "IP_PKTINFO", V6 | TCP | UDP),
@@ -658,12 +697,12 @@ const WATCHED: &[Watched] = &[
     w(libc::IPPROTO_IPV6, 5, "IPV6_2292RTHDR", V6 | TCP | UDP),
     w(libc::IPPROTO_IPV6, 8, "IPV6_2292HOPLIMIT", V6 | TCP | UDP),
     w(libc::IPPROTO_IPV6, 11, "IPV6_FLOWINFO", V6 | TCP | UDP),
-    w(libc::IPPROTO_IPV6, 17, "IPV6_MULTICAST_IF", V6 | TCP | UDP),
-    w(libc::IPPROTO_IPV6, 18, "IPV6_MULTICAST_HOPS", V6 | TCP | UDP),
-    w(libc::IPPROTO_IPV6, 19, "IPV6_MULTICAST_LOOP", V6 | TCP | UDP),
+    w(libc::IPPROTO_IPV6, 17, "IPV6_MULTICAST_IF", V6 | UDP),
+    w(libc::IPPROTO_IPV6, 18, "IPV6_MULTICAST_HOPS", V6 | UDP),
+    w(libc::IPPROTO_IPV6, 19, "IPV6_MULTICAST_LOOP", V6 | UDP),
     w(libc::IPPROTO_IPV6, 23, "IPV6_MTU_DISCOVER", V6 | TCP | UDP),
     w(libc::IPPROTO_IPV6, 25, "IPV6_RECVERR", V6 | TCP | UDP),
-    w(libc::IPPROTO_IPV6, 29, "IPV6_MULTICAST_ALL", V6 | TCP | UDP),
+    w(libc::IPPROTO_IPV6, 29, "IPV6_MULTICAST_ALL", V6 | UDP),
     w(libc::IPPROTO_IPV6, 31, "IPV6_RECVERR_RFC4884", V6 | TCP | UDP),
     w(libc::IPPROTO_IPV6, 33, "IPV6_FLOWINFO_SEND", V6 | TCP | UDP),
     w(libc::IPPROTO_IPV6, 51, "IPV6_RECVHOPLIMIT", V6 | TCP | UDP),
@@ -680,19 +719,19 @@ const WATCHED: &[Watched] = &[
     w(libc::IPPROTO_IPV6, 75, "IPV6_TRANSPARENT", V6 | TCP | UDP),
     w(libc::IPPROTO_IPV6, 76, "IPV6_UNICAST_IF", V6 | TCP | UDP),
     w(libc::IPPROTO_IPV6, 77, "IPV6_RECVFRAGSIZE", V6 | TCP | UDP),
-    w(libc::IPPROTO_TCP, 2, "TCP_MAXSEG", V4 | V6 | TCP | HANDSHAKE),
+    Watched { level: libc::IPPROTO_TCP, opt: 2, name: "TCP_MAXSEG", len: 4, on: V4 | V6 | TCP, conn: true },
     w(libc::IPPROTO_TCP, 7, "TCP_SYNCNT", V4 | V6 | TCP),
     w(libc::IPPROTO_TCP, 8, "TCP_LINGER2", V4 | V6 | TCP),
     w(libc::IPPROTO_TCP, 9, "TCP_DEFER_ACCEPT", V4 | V6 | TCP),
-    w(libc::IPPROTO_TCP, 10, "TCP_WINDOW_CLAMP", V4 | V6 | TCP | HANDSHAKE),
-    Watched { level: libc::IPPROTO_TCP, opt: 13, name: "TCP_CONGESTION", len: 16, on: V4 | V6 | TCP },
+    Watched { level: libc::IPPROTO_TCP, opt: 10, name: "TCP_WINDOW_CLAMP", len: 4, on: V4 | V6 | TCP, conn: true },
+    Watched { level: libc::IPPROTO_TCP, opt: 13, name: "TCP_CONGESTION", len: 16, on: V4 | V6 | TCP, conn: false },
     w(libc::IPPROTO_TCP, 16, "TCP_THIN_LINEAR_TIMEOUTS", V4 | V6 | TCP),
     w(libc::IPPROTO_TCP, 18, "TCP_USER_TIMEOUT", V4 | V6 | TCP),
     w(libc::IPPROTO_TCP, 23, "TCP_FASTOPEN", V4 | V6 | TCP),
     w(libc::IPPROTO_TCP, 25, "TCP_NOTSENT_LOWAT", V4 | V6 | TCP),
     w(libc::IPPROTO_TCP, 27, "TCP_SAVE_SYN", V4 | V6 | TCP),
     w(libc::IPPROTO_TCP, 30, "TCP_FASTOPEN_CONNECT", V4 | V6 | TCP),
-    Watched { level: libc::IPPROTO_TCP, opt: 31, name: "TCP_ULP", len: 16, on: V4 | V6 | TCP },
+    Watched { level: libc::IPPROTO_TCP, opt: 31, name: "TCP_ULP", len: 16, on: V4 | V6 | TCP, conn: false },
     w(libc::IPPROTO_TCP, 34, "TCP_FASTOPEN_NO_COOKIE", V4 | V6 | TCP),
     w(libc::IPPROTO_TCP, 36, "TCP_INQ", V4 | V6 | TCP),
     w(libc::IPPROTO_TCP, 37, "TCP_TX_DELAY", V4 | V6 | TCP),
@@ -709,11 +748,10 @@ fn kind_bits(family: i32, protocol: i32) -> (u8, u8) {
 }
 
 /// Refuse the socket if an option without a field in the image differs
-/// from a fresh socket's, or a socket filter is attached.
-fn check_others(fd: &OpenFd, sock: &OwnedFd, fresh: &OwnedFd, family: i32, protocol: i32, connected: bool) -> Result<()> {
+/// from a fresh socket's.
+fn check_others(fd: &OpenFd, sock: &OwnedFd, fresh: &OwnedFd, family: i32, protocol: i32, had_connection: bool) -> Result<()> {
     let (fam, proto) = kind_bits(family, protocol);
-    let skip = if connected { HANDSHAKE } else { 0 };
-    for o in WATCHED.iter().filter(|o| o.on & fam != 0 && o.on & proto != 0 && o.on & skip == 0) {
+    for o in WATCHED.iter().filter(|o| o.on & fam != 0 && o.on & proto != 0 && !(o.conn && had_connection)) {
         let (mine, base) = (get_raw(sock, o.level, o.opt, o.len), get_raw(fresh, o.level, o.opt, o.len));
         if mine != base {
             let show = |v: &nix::Result<Vec<u8>>| match v {
@@ -725,15 +763,49 @@ fn check_others(fd: &OpenFd, sock: &OwnedFd, fresh: &OwnedFd, family: i32, proto
             return Err(fd.unsupported(&format!("inet sockets with {} set ({}, a fresh socket has {}) are", o.name, show(&mine), show(&base))));
         }
     }
-    // SO_GET_FILTER with no room says how many instructions a filter has.
-    let mut n: libc::socklen_t = 0;
-    // SAFETY: with a length of 0 the kernel writes no bytes at the (null)
-    // buffer, only the filter's length into `n`.
-    let r = unsafe { libc::getsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, std::ptr::null_mut(), &mut n) };
-    if r == 0 && n != 0 {
-        return Err(fd.unsupported("inet sockets with a socket filter (SO_ATTACH_FILTER) are"));
-    }
     Ok(())
+}
+
+/// The classic BPF filter attached to the socket (SO_ATTACH_FILTER), one
+/// struct sock_filter per word as CRIU keeps it; an eBPF program
+/// (SO_ATTACH_BPF) has no such form and is refused.
+fn socket_filter(fd: &OpenFd, sock: &OwnedFd) -> Result<Vec<u64>> {
+    let what = || format!("reading the socket filter of fd {} of process {}", fd.fd, fd.pid);
+    // SO_GET_FILTER counts in instructions (8 bytes each), both ways; with
+    // none asked it says how many there are.
+    let mut n: libc::socklen_t = 0;
+    // SAFETY: with a length of 0 the kernel writes nothing at the (null)
+    // buffer, only the count into `n`.
+    let r = unsafe { libc::getsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_GET_FILTER, std::ptr::null_mut(), &mut n) };
+    match Errno::result(r) {
+        Err(Errno::EACCES) => return Err(fd.unsupported("inet sockets with an eBPF socket filter (SO_ATTACH_BPF) are")),
+        other => other.ctx(what)?,
+    };
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let mut prog = vec![0u64; n as usize];
+    let mut got = n;
+    // SAFETY: the kernel writes at most `n` instructions of 8 bytes at prog, which holds `n` u64.
+    let r = unsafe { libc::getsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_GET_FILTER, prog.as_mut_ptr().cast(), &mut got) };
+    Errno::result(r).ctx(what)?;
+    prog.truncate(got as usize);
+    Ok(prog)
+}
+
+/// Attach the image's classic BPF filter to the socket.
+fn attach_filter(sock: &OwnedFd, prog: &[u64], what: impl Fn() -> String) -> Result<()> {
+    if prog.is_empty() {
+        return Ok(());
+    }
+    let len = u16::try_from(prog.len()).map_err(|_| Error::Invalid(format!("{}: a socket filter of {} instructions", what(), prog.len())))?;
+    let fprog = libc::sock_fprog { len, filter: prog.as_ptr() as *mut libc::sock_filter };
+    // SAFETY: the kernel reads the sock_fprog and the `len` instructions it
+    // points to (prog, 8 bytes each, alive for the call).
+    let r = unsafe {
+        libc::setsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, (&fprog as *const libc::sock_fprog).cast(), std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t)
+    };
+    Errno::result(r).map(drop).ctx(what)
 }
 
 const SO_BUF_LOCK: i32 = 72;
@@ -946,6 +1018,7 @@ pub(crate) fn set_options(sock: &OwnedFd, e: &InetSkEntry) -> Result<()> {
             set(level, ttl, v as i32)?;
         }
     }
+    attach_filter(sock, &o.so_filter, &what)?;
     // After the TOS, which sets the priority from itself.
     if let Some(v) = o.so_priority {
         set(sol, libc::SO_PRIORITY, v as i32)?;
@@ -984,6 +1057,22 @@ pub(crate) fn bind(sock: &OwnedFd, e: &InetSkEntry) -> Result<()> {
         }
         Err(Errno::EADDRNOTAVAIL) => Err(Error::Invalid(format!("{}: address {} is not present on this host", what(), local.ip()))),
         Err(err) => Err(Error::Sys { context: what(), err }),
+    }
+}
+
+/// Shut the socket down as the image says. An unconnected socket takes the
+/// flags (its reads see EOF, its writes EPIPE) and says ENOTCONN.
+fn shut_down(sock: &OwnedFd, e: &InetSkEntry) -> Result<()> {
+    use nix::sys::socket::Shutdown;
+    let how = match e.shutdown.and_then(|s| SkShutdown::try_from(s).ok()) {
+        None | Some(SkShutdown::None) => return Ok(()),
+        Some(SkShutdown::Read) => Shutdown::Read,
+        Some(SkShutdown::Write) => Shutdown::Write,
+        Some(SkShutdown::Both) => Shutdown::Both,
+    };
+    match nix::sys::socket::shutdown(sock.as_raw_fd(), how) {
+        Ok(()) | Err(Errno::ENOTCONN) => Ok(()),
+        Err(err) => Err(Error::Sys { context: context(e)(), err }),
     }
 }
 

@@ -114,7 +114,11 @@ pub fn connections(pids: &[i32]) -> Result<Vec<Conn>> {
     // The tree shares crust's network namespace (the dump refuses others).
     for table in ["tcp", "tcp6"] {
         let path = format!("/proc/self/net/{table}");
-        let text = std::fs::read_to_string(&path).ctx(|| format!("reading {path}"))?;
+        let text = match std::fs::read_to_string(&path) {
+            // No IPv6 on this host: no tcp6 table.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            r => r.ctx(|| format!("reading {path}"))?,
+        };
         for line in text.lines().skip(1) {
             let f: Vec<&str> = line.split_whitespace().collect();
             let (Some(local), Some(peer), Some(state), Some(ino)) = (f.get(1), f.get(2), f.get(3), f.get(9)) else { continue };
@@ -152,6 +156,9 @@ pub struct Connections {
     lock: Option<Lock>,
     held: Vec<Held>,
     streams: Vec<(u32, Stream)>,
+    /// `--skip-in-flight`: connections in a listener's accept queue (or
+    /// being set up) are left out instead of refused.
+    pub skip_in_flight: bool,
 }
 
 impl Connections {
@@ -177,7 +184,7 @@ impl Connections {
             }
             _ => None,
         };
-        Ok(Connections { mode, refusal, met, lock, held: Vec::new(), streams: Vec::new() })
+        Ok(Connections { mode, refusal, met, lock, held: Vec::new(), streams: Vec::new(), skip_in_flight: false })
     }
 
     /// The lock in place, if any.
@@ -265,8 +272,7 @@ pub const DUMP_REFUSAL: &str = "dump it with --tcp-established (or --tcp-close t
 /// What a migration says of one.
 pub const MIGRATE_REFUSAL: &str = "crust migrate does not move established TCP connections yet";
 
-/// The streams of the images, by socket inode; and what the restore does
-/// with the connections (`--tcp-established` or `--tcp-close`).
+/// The streams of the images (tcp-stream-<ino>.img), by socket inode.
 #[derive(Default)]
 pub struct Streams {
     by_ino: HashMap<u32, Stream>,
