@@ -1,13 +1,22 @@
 //! TCP and UDP sockets over IPv4 and IPv6: unbound, bound, listening (with
-//! its backlog) and connected UDP, with the options servers set; established
-//! TCP connections with their state from files/tcp.rs. TCP in other states, connections waiting in an accept
-//! queue, datagrams waiting in a UDP socket, raw sockets and sockets of
-//! another network namespace are refused by name.
+//! its backlog) and connected UDP, with the options servers set, a classic
+//! BPF filter, and TCP connections that ended while their fd stays open
+//! (restored shut down both ways); established TCP connections with their
+//! state from files/tcp.rs. TCP in other states, connections waiting in an
+//! accept queue or being set up, datagrams waiting in a UDP socket,
+//! multicast memberships, half-closed UDP sockets, raw sockets and sockets
+//! of another network namespace are refused by name.
 //!
 //! Options: those CRIU's image has a field for are saved; every other option
 //! crust knows is compared with a fresh socket of the same kind, and one set
 //! otherwise refuses the dump (save it or refuse it). Queues and backlogs
-//! come from sock_diag (inet_diag), asked by inode.
+//! come from sock_diag (inet_diag), one dump per family and protocol.
+//!
+//! Restore makes the socket inside the task (so it is of the task's network
+//! namespace) and sets it up from crust through a copy of its fd: options,
+//! bind, listen or connect. `crust check` makes and binds each socket in
+//! crust the same way, so a port taken or an address missing is reported
+//! before anything is created.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
