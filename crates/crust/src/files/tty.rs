@@ -246,7 +246,10 @@ fn tty_info(fd: &OpenFd, id: u32, index: u32) -> Result<TtyInfoEntry> {
 
 /// The terminal of the job's session at dump time, if it had one.
 pub fn job_terminal(img: &DumpImage) -> Option<&TtyInfoEntry> {
-    let infos: Vec<&TtyInfoEntry> = img.extras.get::<Infos>()?.0.iter().filter(|t| t.r#type == TtyType::Pty as i32).collect();
+    let all = &img.extras.get::<Infos>()?.0;
+    // Not a pty the tree holds both ends of: that one is made again, not the job's.
+    let outside = |t: &&TtyInfoEntry| !pty::is_master_info(t) && pty::master_of(t, all).is_none();
+    let infos: Vec<&TtyInfoEntry> = all.iter().filter(|t| t.r#type == TtyType::Pty as i32).filter(outside).collect();
     let sid = img.processes[0].pstree.sid;
     infos.iter().find(|t| t.sid == sid).or_else(|| infos.first()).copied()
 }
