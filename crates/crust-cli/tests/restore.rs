@@ -191,6 +191,21 @@ fn scheduling_policy_nice_oom_score_adj_and_subreaper_survive_restore() {
     }
 }
 
+/// Capabilities (every set, per thread), securebits, no_new_privs and two
+/// seccomp filters (one shared by three threads, one a thread's own) are
+/// back after a restore, and the filters act. The shared filter kills the
+/// process on munmap and the other fails capset and PR_SET_SECUREBITS:
+/// crust runs all three after putting the filters back, so the restore
+/// itself shows that they do not stop it.
+#[test]
+fn capabilities_securebits_no_new_privs_and_seccomp_filters_survive_restore() {
+    let dir = TempDir::new("restore-secstate");
+    let mut job = Job::start("secstate", &[], dir.path());
+    job.ready();
+    dump_and_restore(&mut job, &dir.join("images"));
+    job.expect_ok();
+}
+
 /// Each anonymous mapping of `pid` with its madvise and mlock VmFlags.
 fn vm_flags(pid: i32) -> Vec<String> {
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
