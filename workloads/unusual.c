@@ -2,7 +2,8 @@
  * unusual: a process in a state crust refuses to dump (it could not restore
  * it yet), to check the refusal leaves it running as it was.
  *
- *   unusual seccomp       installs a seccomp filter (allowing everything)
+ *   unusual seccomp-strict  in seccomp strict mode, waits in read(2) (crust
+ *                         could run no syscall in it)
  *   unusual leader-exit   its main thread exits; a second thread runs on
  *   unusual semaphore     holds an eventfd in semaphore mode
  *   unusual epoll-closed  an epoll watches a pipe by an fd since closed
@@ -140,15 +141,23 @@ int main(int argc, char **argv)
 {
     workload_init();
     if (argc != 2) {
-        fprintf(stderr, "usage: unusual seccomp|leader-exit|semaphore|epoll-closed|unix-waiting-bytes|fd-in-flight|sysv-shm|kmsg|...\n");
+        fprintf(stderr, "usage: unusual seccomp-strict|leader-exit|semaphore|epoll-closed|unix-waiting-bytes|fd-in-flight|sysv-shm|kmsg|...\n");
         return 2;
     }
-    if (strcmp(argv[1], "seccomp") == 0) {
-        struct sock_filter allow = BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
-        struct sock_fprog prog = { .len = 1, .filter = &allow };
-        if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0)
-            die("seccomp");
-        run_on(NULL);
+    if (strcmp(argv[1], "seccomp-strict") == 0) {
+        /* Only read, write, exit and sigreturn are allowed from here: the
+         * SIGUSR1 handler ends the read (no SA_RESTART). */
+        int p[2];
+        if (pipe(p) != 0)
+            die("pipe");
+        printf("READY %d\n", (int)getpid());
+        if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_STRICT) != 0)
+            die("seccomp strict");
+        char c;
+        while (!got_usr1)
+            (void)!read(p[0], &c, 1);
+        (void)!write(1, "OK\n", 3);
+        syscall(SYS_exit, 0);
     }
     if (strcmp(argv[1], "leader-exit") == 0) {
         pthread_t t;

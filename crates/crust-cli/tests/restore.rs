@@ -191,6 +191,47 @@ fn scheduling_policy_nice_oom_score_adj_and_subreaper_survive_restore() {
     }
 }
 
+/// Capabilities (every set, per thread), securebits, no_new_privs and two
+/// seccomp filters (one shared by three threads, one a thread's own) are
+/// back after a restore, and the filters act. The shared filter kills the
+/// process on munmap and the other fails capset and PR_SET_SECUREBITS:
+/// crust runs all three after putting the filters back, so the restore
+/// itself shows that they do not stop it.
+#[test]
+fn capabilities_securebits_no_new_privs_and_seccomp_filters_survive_restore() {
+    let dir = TempDir::new("restore-secstate");
+    let mut job = Job::start("secstate", &[], dir.path());
+    job.ready();
+    dump_and_restore(&mut job, &dir.join("images"));
+    job.expect_ok();
+}
+
+/// The same state set the way container tools set it, by util-linux's
+/// setpriv before exec (the kernel computes the sets after exec): a process
+/// with no_new_privs, a reduced bounding set, an inheritable and ambient
+/// capability, and securebits.
+#[test]
+fn capabilities_set_by_setpriv_before_exec_survive_restore() {
+    let dir = TempDir::new("restore-setpriv");
+    let attrs = common::workload_path("attrs");
+    let args = [
+        "--no-new-privs",
+        "--bounding-set=-net_raw,-sys_boot",
+        "--inh-caps=+kill,+net_bind_service",
+        "--ambient-caps=+net_bind_service",
+        "--securebits=+noroot",
+        "--",
+        attrs.to_str().unwrap(),
+        "other",
+    ];
+    let mut job = Job::build("attrs", &args).program(Path::new("/usr/bin/setpriv")).start(dir.path());
+    job.ready();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", job.pid)).unwrap();
+    assert!(status.contains("NoNewPrivs:\t1") && status.contains("CapAmb:\t0000000000000400"), "setpriv did not set the state:\n{status}");
+    dump_and_restore(&mut job, &dir.join("images"));
+    job.expect_ok();
+}
+
 /// Each anonymous mapping of `pid` with its madvise and mlock VmFlags.
 fn vm_flags(pid: i32) -> Vec<String> {
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();

@@ -63,6 +63,8 @@ pub fn creds(st: &Status, secbits: u32) -> CredsEntry {
         cap_prm: cap_words(st.capprm),
         cap_eff: cap_words(st.capeff),
         cap_bnd: cap_words(st.capbnd.unwrap_or(0)),
+        cap_amb: cap_words(st.capamb.unwrap_or(0)),
+        no_new_privs: Some(st.nonewprivs.unwrap_or(0) as u32),
         secbits,
         groups: st.groups.clone(),
         ..Default::default()

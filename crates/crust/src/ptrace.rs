@@ -16,6 +16,10 @@ const PTRACE_PEEKSIGINFO: libc::c_uint = 0x4209;
 const PTRACE_GETSIGMASK: libc::c_uint = 0x420a;
 const PTRACE_SETSIGMASK: libc::c_uint = 0x420b;
 const PTRACE_GET_RSEQ_CONFIGURATION: libc::c_uint = 0x420f;
+const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
+const PTRACE_SECCOMP_GET_METADATA: libc::c_uint = 0x420d;
+/// The most instructions a classic BPF program may have (BPF_MAXINSNS).
+const BPF_MAXINSNS: usize = 4096;
 const PTRACE_PEEKSIGINFO_SHARED: u32 = 1;
 const NT_X86_XSTATE: libc::c_int = 0x202;
 /// Room for any xstate layout the kernel may hand us (2432 B here, 2688 B on Intel AVX-512).
@@ -50,8 +54,67 @@ pub fn wait_task(pid: Pid) -> nix::Result<WaitStatus> {
 /// Seize `tid` and ask it to stop, without waiting (its cgroup may be frozen).
 pub fn seize_no_wait(tid: i32) -> Result<()> {
     let pid = Pid::from_raw(tid);
-    ptrace::seize(pid, ptrace::Options::PTRACE_O_TRACESYSGOOD).ctx(|| format!("seizing task {tid}"))?;
+    ptrace::seize(pid, ptrace::Options::PTRACE_O_TRACESYSGOOD | suspend_seccomp()).ctx(|| format!("seizing task {tid}"))?;
     ptrace::interrupt(pid).ctx(|| format!("interrupting task {tid}"))
+}
+
+/// Whether crust may suspend the seccomp filters of the tasks it traces
+/// (PTRACE_O_SUSPEND_SECCOMP, made for checkpoint tools): it needs
+/// CAP_SYS_ADMIN and no seccomp mode of its own. The same holds for reading
+/// filters with PTRACE_SECCOMP_GET_FILTER.
+pub fn can_suspend_seccomp() -> bool {
+    static CAN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *CAN.get_or_init(|| {
+        let me = std::process::id() as i32;
+        crate::proc::status(me, me).is_ok_and(|st| st.seccomp.unwrap_or(0) == 0 && st.capeff & (1 << 21) /* CAP_SYS_ADMIN */ != 0)
+    })
+}
+
+/// PTRACE_O_SUSPEND_SECCOMP when crust may set it, else nothing: every
+/// syscall crust injects into a task with a filter (at dump and at restore,
+/// once its filters are back) then passes, whatever the filter says. A task
+/// with a filter is refused when crust may not.
+pub fn suspend_seccomp() -> ptrace::Options {
+    if can_suspend_seccomp() {
+        ptrace::Options::from_bits_retain(libc::PTRACE_O_SUSPEND_SECCOMP)
+    } else {
+        ptrace::Options::empty()
+    }
+}
+
+/// One seccomp filter of a stopped thread: its classic BPF program (8-byte
+/// sock_filter instructions) and its flags (the kernel tells only
+/// SECCOMP_FILTER_FLAG_LOG).
+pub struct SeccompFilter {
+    pub program: Vec<u8>,
+    pub flags: u64,
+}
+
+/// The seccomp filters of stopped thread `tid`, oldest first (as the kernel
+/// numbers them). Needs [`can_suspend_seccomp`]'s rights.
+pub fn seccomp_filters(tid: i32) -> Result<Vec<SeccompFilter>> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; BPF_MAXINSNS * 8];
+    for index in 0u64.. {
+        // SAFETY: buf holds BPF_MAXINSNS instructions, the most a filter has.
+        let n = unsafe { libc::ptrace(PTRACE_SECCOMP_GET_FILTER, tid, index as *mut libc::c_void, buf.as_mut_ptr()) };
+        if n < 0 {
+            match Errno::last() {
+                Errno::ENOENT => break,
+                e => return Err(Error::Ptrace { tid, what: format!("PTRACE_SECCOMP_GET_FILTER of filter {index}: {e}") }),
+            }
+        }
+        let len = (n as usize).min(BPF_MAXINSNS) * 8;
+        // struct seccomp_metadata: the filter's index in, its flags out.
+        let mut meta = [index, 0u64];
+        // SAFETY: meta is the 16-byte struct the request reads and writes.
+        let r = unsafe { libc::ptrace(PTRACE_SECCOMP_GET_METADATA, tid, std::mem::size_of_val(&meta) as *mut libc::c_void, meta.as_mut_ptr()) };
+        if r < 0 {
+            return Err(Error::Ptrace { tid, what: format!("PTRACE_SECCOMP_GET_METADATA of filter {index}: {}", Errno::last()) });
+        }
+        out.push(SeccompFilter { program: buf[..len].to_vec(), flags: meta[1] });
+    }
+    Ok(out)
 }
 
 /// Wait for the stop that PTRACE_INTERRUPT asked for. A signal that arrives first is

@@ -205,6 +205,7 @@ fn write_images(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<W
             None => ImageDir::create(&opts.dir)?,
         },
         files: FileTable::default(),
+        seccomp: state::SeccompTable::default(),
         shmem: SharedMemory::default(),
         cgroups: CgroupRecorder::new(opts.cgroup_roots.clone())?,
         namespaces: Vec::new(),
@@ -278,6 +279,7 @@ fn stopped_children(tree: &FrozenTree) -> BTreeMap<i32, Vec<i32>> {
 struct TreeDump {
     dir: ImageDir,
     files: FileTable,
+    seccomp: state::SeccompTable,
     /// Shared anonymous memory: like files, shared between processes and
     /// written once, after all of them.
     shmem: SharedMemory,
@@ -376,6 +378,7 @@ impl TreeDump {
             status: &status,
             stat: &stat,
             files: &mut self.files,
+            seccomp: &mut self.seccomp,
             dir: &mut self.dir,
             bytes_written: 0,
         };
@@ -454,6 +457,7 @@ impl TreeDump {
         self.files.locks.check_all_met(&pids)?;
         self.stats.bytes_written += self.files.write(&mut self.dir)?;
         self.stats.bytes_written += self.shmem.write(&mut self.dir)?;
+        self.stats.bytes_written += self.seccomp.write(&mut self.dir)?;
         let mut w = self.dir.writer("cgroup.img", Kind::Cgroup)?;
         w.entry(&self.cgroups.entry()?)?;
         self.stats.bytes_written += w.finish()?;
@@ -577,11 +581,11 @@ fn core_of(p: &FrozenProcess, tid: i32, stat: &Stat, ids: &TaskKobjIdsEntry, cg_
 
 /// What crust cannot restore yet must stop the dump, not be lost on restore:
 /// namespaces of a task's own (a container: a container-aware dump is needed),
-/// seccomp filters, no_new_privs, and capabilities other than its uid implies.
+/// seccomp strict mode, and seccomp filters crust may not suspend (any
+/// syscall it injects could be stopped or kill the task).
 fn check_isolation(tree: &FrozenTree) -> Result<()> {
     const NAMESPACES: [&str; 8] = ["pid", "net", "ipc", "uts", "mnt", "user", "cgroup", "time"];
     let me = std::process::id() as i32;
-    let own = proc::status(me, me)?;
     let own_state = refuse::Own::read()?;
     for p in tree.processes.iter().filter(|p| p.zombie.is_none()) {
         let who = proc::who(p.pid);
@@ -594,25 +598,16 @@ fn check_isolation(tree: &FrozenTree) -> Result<()> {
             }
         }
         for &tid in &p.threads {
-            let st = proc::status(p.pid, tid)?;
-            if st.seccomp.unwrap_or(0) != 0 {
-                return Err(Error::unsupported(&who, format!("thread {tid} has a seccomp filter: seccomp is not supported yet")));
-            }
-            if st.nonewprivs.unwrap_or(0) != 0 {
-                return Err(Error::unsupported(&who, format!("thread {tid} has no_new_privs set: that is not supported yet")));
-            }
-            // What setresuid from crust's credentials gives: crust's sets for
-            // root, empty effective/permitted/inheritable/ambient sets otherwise.
-            let root = st.euid == 0 || st.ruid == 0 || st.suid == 0;
-            let want = if root { (own.capinh, own.capprm, own.capeff) } else { (0, 0, 0) };
-            let caps_ok = (st.capinh, st.capprm, st.capeff) == want
-                && st.capbnd == own.capbnd
-                && st.capamb.unwrap_or(0) == 0;
-            if !caps_ok {
-                return Err(Error::unsupported(
-                    &who,
-                    format!("thread {tid} has capabilities other than its uid implies: restoring them is not supported yet"),
-                ));
+            match proc::status(p.pid, tid)?.seccomp.unwrap_or(0) {
+                0 => {}
+                1 => return Err(Error::unsupported(&who, format!("thread {tid} is in seccomp strict mode: not supported"))),
+                _ if !crate::ptrace::can_suspend_seccomp() => {
+                    return Err(Error::unsupported(
+                        &who,
+                        format!("thread {tid} has a seccomp filter, and crust may not suspend it (that needs CAP_SYS_ADMIN and no seccomp filter of crust's own)"),
+                    ))
+                }
+                _ => {}
             }
         }
         refuse::check_process(p, &who, &own_state)?;

@@ -236,6 +236,7 @@ fn wait_group_stop(pid: i32) -> Result<()> {
 pub fn load(dir: &Path, pages: Pages) -> Result<DumpImage> {
     let mut img = load::load(dir, pages)?;
     files::load_images(&mut img)?;
+    state::load_images(&mut img)?;
     Ok(img)
 }
 
@@ -403,8 +404,13 @@ fn make_root<'a>(img: &'a DumpImage, created: &mut Created) -> Result<(Proc<'a>,
     spawn::spawn_stopped(pid)?;
     created.processes.push(pid);
     created.cgroups.place(pid, cg_set(image))?;
-    let options =
-        Options::PTRACE_O_TRACEFORK | Options::PTRACE_O_TRACECLONE | Options::PTRACE_O_EXITKILL | Options::PTRACE_O_TRACESYSGOOD;
+    // Forks and threads inherit the options: seccomp filters restored early
+    // (see state::seccomp) cannot stop what crust injects afterwards.
+    let options = Options::PTRACE_O_TRACEFORK
+        | Options::PTRACE_O_TRACECLONE
+        | Options::PTRACE_O_EXITKILL
+        | Options::PTRACE_O_TRACESYSGOOD
+        | ptrace::suspend_seccomp();
     nix_ptrace::setoptions(Pid::from_raw(pid), options).ctx(|| format!("setting ptrace options on {pid}"))?;
     ptrace::set_sigmask(pid, !0)?;
     let crust_layout = mem::read_layout(pid)?;

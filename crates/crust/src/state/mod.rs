@@ -16,6 +16,7 @@ mod regs;
 mod rlimits;
 mod rseq;
 mod sched;
+mod seccomp;
 pub mod signals;
 mod timers;
 
@@ -29,6 +30,8 @@ use crate::images::ImageDir;
 use crate::remote::RemoteThread;
 use crate::task::{Scratch, Task};
 
+pub use seccomp::SeccompTable;
+
 /// One thread of a frozen process being dumped.
 pub struct ThreadDump<'a> {
     pub pid: i32,
@@ -39,6 +42,8 @@ pub struct ThreadDump<'a> {
     pub status: &'a Status,
     pub stat: &'a Stat,
     pub files: &'a mut FileTable,
+    /// The seccomp filters of the tree, each once (seccomp.img).
+    pub seccomp: &'a mut SeccompTable,
     pub dir: &'a mut ImageDir,
     /// Bytes of images written so far.
     pub bytes_written: u64,
@@ -82,7 +87,9 @@ pub trait Component: Sync {
 }
 
 /// Every component, in the order a restore sets them: credentials after
-/// limits (which need crust's), the registers last.
+/// limits (which need crust's); seccomp filters, then capabilities,
+/// securebits and no_new_privs last of what is set inside a thread (crust
+/// needs its own capabilities until then), the registers last.
 pub static COMPONENTS: &[&dyn Component] = &[
     &fs::Fs,
     &personality::Personality,
@@ -96,8 +103,15 @@ pub static COMPONENTS: &[&dyn Component] = &[
     &creds::Creds,
     &sched::Sched,
     &prctl::Prctl,
+    &seccomp::Seccomp,
+    &creds::Capabilities,
     &regs::Registers,
 ];
+
+/// Read the images components have of their own (seccomp.img) into `img`.
+pub fn load_images(img: &mut DumpImage) -> Result<()> {
+    seccomp::load_images(img)
+}
 
 /// What stands in the way of restoring `img` here, for every component.
 pub fn problems(img: &DumpImage) -> Vec<String> {
