@@ -547,7 +547,7 @@ fn in_parent(e: &PagemapEntry) -> bool {
 /// streamed) in the parent image. Returns its end.
 fn check_page_run(e: &PagemapEntry, pages_in: Pages) -> std::result::Result<u64, String> {
     let end = (e.nr_pages as u64).checked_mul(PAGE_SIZE).and_then(|len| e.vaddr.checked_add(len));
-    let Some(end) = end.filter(|_| e.nr_pages > 0 && e.vaddr % PAGE_SIZE == 0) else {
+    let Some(end) = end.filter(|_| e.nr_pages > 0 && e.vaddr.is_multiple_of(PAGE_SIZE)) else {
         return Err(format!("a run of {} pages at {:#x} is not a range", e.nr_pages, e.vaddr));
     };
     let flags = e.flags.unwrap_or(PE_PRESENT);
