@@ -504,7 +504,7 @@ fn load_process(dir: &Path, pstree: PstreeEntry, pages_in: Pages, digests: &mut 
     let inside = |a: u64| mm.vmas.iter().any(|v| v.start <= a && a < v.end);
     let (pagemap, pages_path) = read_pagemap(dir, &format!("pagemap-{pid}.img"), pages_in, |e| {
         let end = check_page_run(e, pages_in)?;
-        if !inside(e.vaddr) || !inside(end - 1) {
+        if !e.vaddr.is_multiple_of(PAGE_SIZE) || !inside(e.vaddr) || !inside(end - 1) {
             return Err(format!("pages at {:#x}-{end:#x} lie outside the process's memory", e.vaddr));
         }
         Ok(())
@@ -542,12 +542,12 @@ fn in_parent(e: &PagemapEntry) -> bool {
     e.in_parent == Some(true) || e.flags.unwrap_or(PE_PRESENT) & PE_PARENT != 0
 }
 
-/// A run of a process's pagemap is a page-aligned range, its pages either in
-/// this dump's pages image or (when the pages are in a directory, not
-/// streamed) in the parent image. Returns its end.
+/// A run of a process's pagemap is a range (its place is checked by the
+/// caller), its pages either in this dump's pages image or (when the pages
+/// are in a directory, not streamed) in the parent image. Returns its end.
 fn check_page_run(e: &PagemapEntry, pages_in: Pages) -> std::result::Result<u64, String> {
     let end = (e.nr_pages as u64).checked_mul(PAGE_SIZE).and_then(|len| e.vaddr.checked_add(len));
-    let Some(end) = end.filter(|_| e.nr_pages > 0 && e.vaddr.is_multiple_of(PAGE_SIZE)) else {
+    let Some(end) = end.filter(|_| e.nr_pages > 0) else {
         return Err(format!("a run of {} pages at {:#x} is not a range", e.nr_pages, e.vaddr));
     };
     let flags = e.flags.unwrap_or(PE_PRESENT);
@@ -559,6 +559,16 @@ fn check_page_run(e: &PagemapEntry, pages_in: Pages) -> std::result::Result<u64,
         (true, false) if pages_in == Pages::Streamed => Err("pages in a parent image cannot be streamed".into()),
         (false, false) => Err(format!("a run at {:#x} whose pages are nowhere (flags {flags:#x})", e.vaddr)),
         _ => Ok(end),
+    }
+}
+
+/// A run of a parent image's pagemap (which has no mm image to check it
+/// against): a page-aligned range.
+fn check_parent_run(e: &PagemapEntry) -> std::result::Result<(), String> {
+    check_page_run(e, Pages::InDir)?;
+    match e.vaddr.is_multiple_of(PAGE_SIZE) {
+        true => Ok(()),
+        false => Err(format!("a run at {:#x} is not page-aligned", e.vaddr)),
     }
 }
 
@@ -643,7 +653,7 @@ fn parent_pages(parent: &Path, pid: u32, pm_name: &str, depth: usize, digests: &
     if let Some(d) = manifest.as_ref().and_then(|m| m.get(pm_name)) {
         digest::verify_file(parent, pm_name, d)?;
     }
-    let (pagemap, pages_path) = read_pagemap(parent, pm_name, Pages::InDir, |e| check_page_run(e, Pages::InDir).map(|_| ()))?;
+    let (pagemap, pages_path) = read_pagemap(parent, pm_name, Pages::InDir, check_parent_run)?;
     let pages_name = pages_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     if let Some(d) = manifest.as_ref().and_then(|m| m.get(&pages_name)) {
         let prefix = "parent/".repeat(depth + 1);
@@ -661,7 +671,7 @@ pub fn pages_of(dir: &Path, pid: u32) -> Result<Vec<PagesAt>> {
     if !dir.join(&name).exists() {
         return Ok(Vec::new());
     }
-    let (pagemap, pages_path) = read_pagemap(dir, &name, Pages::InDir, |e| check_page_run(e, Pages::InDir).map(|_| ()))?;
+    let (pagemap, pages_path) = read_pagemap(dir, &name, Pages::InDir, check_parent_run)?;
     locate(dir, pid, &name, &pagemap, &pages_path, 0, &mut Vec::new())
 }
 
