@@ -15,7 +15,7 @@ use clap::{ArgAction, Parser, Subcommand};
 
 use std::time::Duration;
 
-use crust::dump::{dump, DumpOptions, DumpStats};
+use crust::dump::{dump, pre_dump, DumpOptions, DumpStats};
 use crust::cgroups::{CgroupRoot, Mode};
 use crust::migrate::{migrate, Destination, MigrateOptions};
 use crust::restore::{restore, RestoreOptions, Restored};
@@ -71,6 +71,36 @@ enum Command {
         /// queue or being set up), instead of refusing the dump.
         #[arg(long = "skip-in-flight")]
         skip_in_flight: bool,
+        /// The images of a pre-dump (or dump) before this one, relative to
+        /// DIR: pages they hold unchanged are not written again (a `parent`
+        /// link in DIR points there; a restore reads them from the chain).
+        #[arg(long = "prev-images-dir", value_name = "REL")]
+        prev_images_dir: Option<PathBuf>,
+        /// Let a later dump take this one as its parent (criu's option; crust
+        /// compares pages with the parent's, so any dump can be one).
+        #[arg(long = "track-mem")]
+        track_mem: bool,
+        /// Print the stats as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the memory of the tree rooted at PID to DIR and let it run on:
+    /// a later `dump --prev-images-dir` writes only the pages changed since.
+    PreDump {
+        #[arg(short = 't', long = "tree", value_name = "PID")]
+        pid: i32,
+        /// Directory for the images (created 0700 if missing).
+        #[arg(short = 'D', long = "images-dir", value_name = "DIR")]
+        dir: PathBuf,
+        /// The images of the pre-dump before this one, relative to DIR.
+        #[arg(long = "prev-images-dir", value_name = "REL")]
+        prev_images_dir: Option<PathBuf>,
+        /// Let a later dump take this one as its parent (always so in crust).
+        #[arg(long = "track-mem")]
+        track_mem: bool,
+        /// Freeze the tree through this cgroup's freezer before seizing it.
+        #[arg(long = "freeze-cgroup", value_name = "PATH")]
+        freeze_cgroup: Option<PathBuf>,
         /// Print the stats as JSON.
         #[arg(long)]
         json: bool,
@@ -218,7 +248,7 @@ fn init_logging(cli: &Cli) -> Result<()> {
 
 pub fn print_dump_stats(s: &DumpStats, dir: &std::path::Path) {
     println!(
-        "dumped {} process(es), {} thread(s) to {}: frozen {:.1} ms (freezing {:.1} ms), {} of {} pages written, {:.1} MiB of images",
+        "dumped {} process(es), {} thread(s) to {}: frozen {:.1} ms (freezing {:.1} ms), {} of {} pages written ({} in the parent images), {:.1} MiB of images",
         s.processes,
         s.threads,
         dir.display(),
@@ -226,6 +256,7 @@ pub fn print_dump_stats(s: &DumpStats, dir: &std::path::Path) {
         s.freezing_time_us as f64 / 1e3,
         s.pages_written,
         s.pages_scanned,
+        s.pages_skipped_parent,
         s.bytes_written as f64 / (1 << 20) as f64,
     );
     println!("{}", s.cgroups);
@@ -360,7 +391,22 @@ fn wait_root(pid: i32) -> Result<()> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Dump { pid, dir, leave_running, shell_job, cgroup_roots, freeze_cgroup, ghost_limit, file_locks, ext_unix_sk, tcp, skip_in_flight, json } => {
+        Command::Dump {
+            pid,
+            dir,
+            leave_running,
+            shell_job,
+            cgroup_roots,
+            freeze_cgroup,
+            ghost_limit,
+            file_locks,
+            ext_unix_sk,
+            tcp,
+            skip_in_flight,
+            prev_images_dir,
+            track_mem,
+            json,
+        } => {
             let bar = progress::Bar::on_stderr(json);
             let progress = bar.progress();
             let opts = DumpOptions {
@@ -375,9 +421,21 @@ fn run(cli: Cli) -> Result<()> {
                 ext_unix_sk,
                 tcp: tcp.mode(),
                 skip_in_flight,
+                prev_images_dir,
+                track_mem,
                 progress,
             };
             let stats = guard::in_child(|| bar.around(|| Ok(dump(&opts)?))).with_context(|| format!("dump of process {pid} failed"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+            } else {
+                print_dump_stats(&stats, &dir);
+            }
+        }
+        Command::PreDump { pid, dir, prev_images_dir, track_mem, freeze_cgroup, json } => {
+            let bar = progress::Bar::on_stderr(json);
+            let opts = DumpOptions { pid, dir: dir.clone(), prev_images_dir, track_mem, freeze_cgroup, progress: bar.progress(), ..Default::default() };
+            let stats = guard::in_child(|| bar.around(|| Ok(pre_dump(&opts)?))).with_context(|| format!("pre-dump of process {pid} failed"))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&stats)?);
             } else {

@@ -194,8 +194,13 @@ fn unknown_value(mut buf: &[u8]) -> Value {
     }
 }
 
-/// Every image of a dump directory, keyed by file name.
+/// Every image of a dump directory, keyed by file name; those of the dump
+/// before it in a chain under `parent`, and so on.
 pub fn show_dir(dir: &Path) -> Result<Value> {
+    show_chain(dir, 0)
+}
+
+fn show_chain(dir: &Path, depth: usize) -> Result<Value> {
     if !dir.join("inventory.img").exists() {
         return Err(Error::Invalid(format!("{}: no inventory.img, so no complete dump is here", dir.display())));
     }
@@ -208,6 +213,15 @@ pub fn show_dir(dir: &Path) -> Result<Value> {
     let mut out = Map::new();
     for name in names {
         out.insert(name.clone(), show_file(&dir.join(&name))?);
+    }
+    // A loop of links ends here rather than never.
+    const MAX_CHAIN: usize = 64;
+    let parent = dir.join("parent");
+    if parent.is_dir() {
+        if depth >= MAX_CHAIN {
+            return Err(Error::Invalid(format!("{}: more than {MAX_CHAIN} parent images (a loop of parent links?)", dir.display())));
+        }
+        out.insert("parent".into(), show_chain(&parent, depth + 1)?);
     }
     Ok(Value::Object(out))
 }

@@ -466,6 +466,8 @@ pub fn crit_decode_dir(dir: &Path) -> BTreeMap<String, Value> {
     let names: Vec<String> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("listing {}: {e}", dir.display()))
         .map(|e| e.expect("dir entry").file_name().to_string_lossy().into_owned())
+        // `parent`: the link of a chain to the dump before it.
+        .filter(|n| n != "parent")
         .filter(|n| {
             assert!(n.ends_with(".img") || n == "stats-dump" || n.starts_with("crust-") && n.ends_with(".json"), "unexpected file {n}");
             !(n.starts_with("pages-") || n.starts_with("crust-"))

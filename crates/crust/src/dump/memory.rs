@@ -2,12 +2,17 @@
 //! the files it maps in files.img) and the pages that hold contents of their
 //! own (pagemap-PID.img, pages-N.img).
 
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::{us, DumpStats, TreeDump};
 use crate::error::{Context, Result};
 use crate::files::{memfd, FileTable};
-use crate::images::criu::{PAGE_SIZE, PE_PRESENT, VMA_AREA_MEMFD};
+use crate::images::criu::{PAGE_SIZE, PE_PARENT, PE_PRESENT, VMA_AREA_MEMFD};
 use crate::images::proto::{MmEntry, PagemapEntry, PagemapHead, VmaEntry};
 use crate::images::Kind;
 use crate::mem::{self, Backing, PageReader, Vma};
@@ -49,20 +54,28 @@ impl TreeDump {
     }
 
     /// pagemap-PID.img: the runs of saved pages; their contents
-    /// (pages-N.img) are written once every process's are known.
-    fn pages(&mut self, pid: i32, pages_id: u32, vmas: &[Vma]) -> Result<()> {
+    /// (pages-N.img) are written once every process's are known. With a
+    /// parent image, the pages it holds unchanged are runs in the parent.
+    pub(super) fn pages(&mut self, pid: i32, pages_id: u32, vmas: &[Vma]) -> Result<()> {
         let saved = mem::private_page_runs(pid, vmas)?;
         self.stats.pages_scanned += saved.scanned;
+        let in_parent = match &self.parent {
+            Some(parent) => unchanged(pid, &saved, parent)?,
+            None => Vec::new(),
+        };
         // The pagemap first, whole, then the pages: images are written one at a
         // time (a streamed dump cannot interleave them).
         let mut map = self.dir.writer(&format!("pagemap-{pid}.img"), Kind::Pagemap)?;
         map.entry(&PagemapHead { pages_id })?;
         for run in &saved.runs {
-            let entry = PagemapEntry { vaddr: run.vaddr, nr_pages: run.nr_pages as u32, in_parent: None, flags: Some(PE_PRESENT) };
-            map.entry(&entry)?;
+            for (vaddr, len, parent) in split(&in_parent, run.vaddr, run.nr_pages * PAGE_SIZE) {
+                let flags = if parent { PE_PARENT } else { PE_PRESENT };
+                let entry = PagemapEntry { vaddr, nr_pages: (len / PAGE_SIZE) as u32, in_parent: None, flags: Some(flags) };
+                map.entry(&entry)?;
+            }
         }
         self.stats.bytes_written += map.finish()?;
-        self.deferred.push(PendingPages { pid, pages_id, saved, shared: Vec::new() });
+        self.deferred.push(PendingPages { pid, pages_id, saved, shared: Vec::new(), in_parent });
         Ok(())
     }
 
@@ -149,11 +162,62 @@ pub(super) fn shared_with_parent(child: &PendingPages, parent: &PendingPages) ->
     out
 }
 
+/// Of the saved pages of process `pid` (frozen), those whose bytes are the
+/// ones the images in `parent` (and its chain) hold for the same address:
+/// sorted ranges. A page is left to the parent only when its bytes were
+/// compared equal, so nothing is assumed clean: not even a damaged parent
+/// image can make the dump lose a write.
+fn unchanged(pid: i32, saved: &mem::SavedPages, parent: &Path) -> Result<Vec<(u64, u64)>> {
+    let theirs = crate::images::load::pages_of(parent, pid as u32)?;
+    if theirs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let reader = PageReader::new(pid)?;
+    let mut files: HashMap<&Path, File> = HashMap::new();
+    const CHUNK: u64 = 1 << 20;
+    let (mut now, mut before) = (vec![0u8; CHUNK as usize], vec![0u8; CHUNK as usize]);
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for run in &saved.runs {
+        let (start, end) = (run.vaddr, run.vaddr + run.nr_pages * PAGE_SIZE);
+        let first = theirs.partition_point(|p| p.vaddr + p.len <= start);
+        for p in theirs[first..].iter().take_while(|p| p.vaddr < end) {
+            let file = match files.entry(&p.path) {
+                Entry::Occupied(f) => f.into_mut(),
+                Entry::Vacant(v) => v.insert(File::open(&p.path).ctx(|| format!("opening {}", p.path.display()))?),
+            };
+            let (mut at, to) = (start.max(p.vaddr), end.min(p.vaddr + p.len));
+            while at < to {
+                crate::cancel::check()?;
+                let n = (to - at).min(CHUNK) as usize;
+                // Through /proc/PID/mem: pages shared copy-on-write with
+                // another process of the tree stay shared (see `read_pages`).
+                reader.read_pages(at, &mut now[..n], true)?;
+                let from = p.offset + (at - p.vaddr);
+                file.read_exact_at(&mut before[..n], from).ctx(|| format!("reading {} at offset {from}", p.path.display()))?;
+                for (i, (a, b)) in now[..n].chunks_exact(PAGE_SIZE as usize).zip(before[..n].chunks_exact(PAGE_SIZE as usize)).enumerate() {
+                    if a != b {
+                        continue;
+                    }
+                    let page = at + i as u64 * PAGE_SIZE;
+                    match out.last_mut() {
+                        Some(last) if last.1 == page => last.1 += PAGE_SIZE,
+                        _ => out.push((page, page + PAGE_SIZE)),
+                    }
+                }
+                at += n as u64;
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The saved pages of one process, read from it (still frozen) when written.
 pub(super) struct PendingPages {
     pid: i32,
     pages_id: u32,
     saved: mem::SavedPages,
+    /// Saved pages the parent images hold unchanged (sorted, apart): not written.
+    in_parent: Vec<(u64, u64)>,
     /// Saved pages it shares with its parent or a child (sorted, apart):
     /// read without pinning them (see [`PageReader::read_pages`]).
     pub(super) shared: Vec<(u64, u64)>,
@@ -168,8 +232,10 @@ impl PendingPages {
         format!("pages-{}.img", self.pages_id)
     }
 
+    /// Bytes of pages to write.
     pub(super) fn bytes(&self) -> u64 {
-        self.saved.runs.iter().map(|r| r.nr_pages * PAGE_SIZE).sum()
+        let all: u64 = self.saved.runs.iter().map(|r| r.nr_pages * PAGE_SIZE).sum();
+        all - self.in_parent.iter().map(|(s, e)| e - s).sum::<u64>()
     }
 
     /// Read the pages a chunk at a time and hand each chunk to `out`.
@@ -179,8 +245,13 @@ impl PendingPages {
         const CHUNK: u64 = 1 << 20;
         let mut buf = vec![0u8; CHUNK as usize];
         let mut read_time = Duration::ZERO;
-        for run in &self.saved.runs {
-            for (start, len, shared) in split(&self.shared, run.vaddr, run.nr_pages * PAGE_SIZE) {
+        let runs = self.saved.runs.iter().flat_map(|r| split(&self.in_parent, r.vaddr, r.nr_pages * PAGE_SIZE));
+        for (vaddr, len, in_parent) in runs {
+            if in_parent {
+                stats.pages_skipped_parent += len / PAGE_SIZE;
+                continue;
+            }
+            for (start, len, shared) in split(&self.shared, vaddr, len) {
                 let (mut addr, end) = (start, start + len);
                 while addr < end {
                     crate::cancel::check()?;
@@ -192,7 +263,7 @@ impl PendingPages {
                     addr += n as u64;
                 }
             }
-            stats.pages_written += run.nr_pages;
+            stats.pages_written += len / PAGE_SIZE;
         }
         stats.memdump_time_us += us(read_time);
         stats.memwrite_time_us += us(t.elapsed().saturating_sub(read_time));

@@ -2,6 +2,7 @@
 //! let it run on.
 
 mod memory;
+mod predump;
 mod refuse;
 
 use std::collections::BTreeMap;
@@ -31,6 +32,7 @@ use crate::files::shmem::SharedMemory;
 use crate::state::{self, ThreadDump};
 use crate::tree::{FrozenProcess, FrozenTree};
 use memory::PendingPages;
+pub use predump::pre_dump;
 
 #[derive(Clone, Debug, Default)]
 pub struct DumpOptions {
@@ -55,6 +57,15 @@ pub struct DumpOptions {
     pub tcp: crate::files::tcp::Mode,
     /// `--skip-in-flight`: leave out connections not accepted yet.
     pub skip_in_flight: bool,
+    /// `--prev-images-dir`: the images of the dump or pre-dump before this
+    /// one (relative to `dir`, as criu takes it). Pages whose bytes are
+    /// those the chain holds are not written again: their pagemap runs say
+    /// they are in the parent image, and a `parent` link points to it.
+    pub prev_images_dir: Option<PathBuf>,
+    /// `--track-mem`: a later dump may take this one as its parent. Every
+    /// dump may be one (pages are compared with the parent's, not tracked),
+    /// so this only says so.
+    pub track_mem: bool,
     /// Hears the pages being written (not those a streamed dump leaves out).
     pub progress: Progress,
 }
@@ -70,6 +81,9 @@ pub struct DumpStats {
     pub memwrite_time_us: u64,
     pub pages_scanned: u64,
     pub pages_written: u64,
+    /// Pages left out because the parent images hold them unchanged.
+    #[serde(default)]
+    pub pages_skipped_parent: u64,
     pub bytes_written: u64,
     /// One line on what cgroup.img holds and why.
     pub cgroups: String,
@@ -85,7 +99,7 @@ impl DumpStats {
                 memdump_time: self.memdump_time_us as u32,
                 memwrite_time: self.memwrite_time_us as u32,
                 pages_scanned: self.pages_scanned,
-                pages_skipped_parent: 0,
+                pages_skipped_parent: self.pages_skipped_parent,
                 pages_written: self.pages_written,
                 pages_lazy: 0,
                 ..Default::default()
@@ -199,28 +213,11 @@ fn write_images(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<W
     check_session(&tree, opts)?;
     check_isolation(&tree)?;
     let streamed = sink.is_some();
-    let mut d = TreeDump {
-        dir: match sink {
-            Some(sink) => ImageDir::stream(sink),
-            None => ImageDir::create(&opts.dir)?,
-        },
-        files: FileTable::default(),
-        seccomp: state::SeccompTable::default(),
-        shmem: SharedMemory::default(),
-        cgroups: CgroupRecorder::new(opts.cgroup_roots.clone())?,
-        namespaces: Vec::new(),
-        stats: DumpStats {
-            processes: tree.processes.len(),
-            threads: tree.thread_count(),
-            freezing_time_us: us(frozen_at - start),
-            ..Default::default()
-        },
-        deferred: Vec::new(),
-        shared_with_parent: BTreeMap::new(),
-        dumped: Vec::new(),
-        stopped_children: stopped_children(&tree),
-        stops_collected: Vec::new(),
+    let dir = match sink {
+        Some(sink) => ImageDir::stream(sink),
+        None => ImageDir::create(&opts.dir)?,
     };
+    let mut d = TreeDump::new(dir, opts, &tree, frozen_at - start)?;
     if let Some(limit) = opts.ghost_limit {
         d.files.ghosts.limit = limit;
     }
@@ -277,6 +274,9 @@ fn stopped_children(tree: &FrozenTree) -> BTreeMap<i32, Vec<i32>> {
 
 /// A dump being written: the images, and what is gathered across processes.
 struct TreeDump {
+    /// The images of the dump before it in a chain, if any (see
+    /// [`DumpOptions::prev_images_dir`]).
+    parent: Option<PathBuf>,
     dir: ImageDir,
     files: FileTable,
     seccomp: state::SeccompTable,
@@ -302,6 +302,41 @@ struct TreeDump {
 }
 
 impl TreeDump {
+    fn new(mut dir: ImageDir, opts: &DumpOptions, tree: &FrozenTree, freezing: Duration) -> Result<TreeDump> {
+        let parent = match &opts.prev_images_dir {
+            Some(rel) => {
+                let parent = opts.dir.join(rel);
+                if !parent.join("inventory.img").exists() {
+                    return Err(Error::Invalid(format!("--prev-images-dir {}: no dump or pre-dump is in {}", rel.display(), parent.display())));
+                }
+                // As criu links it: `parent`, relative to the images directory.
+                dir.symlink("parent", rel)?;
+                Some(parent)
+            }
+            None => None,
+        };
+        Ok(TreeDump {
+            parent,
+            dir,
+            files: FileTable::default(),
+            seccomp: state::SeccompTable::default(),
+            shmem: SharedMemory::default(),
+            cgroups: CgroupRecorder::new(opts.cgroup_roots.clone())?,
+            namespaces: Vec::new(),
+            stats: DumpStats {
+                processes: tree.processes.len(),
+                threads: tree.thread_count(),
+                freezing_time_us: us(freezing),
+                ..Default::default()
+            },
+            deferred: Vec::new(),
+            shared_with_parent: BTreeMap::new(),
+            dumped: Vec::new(),
+            stopped_children: stopped_children(tree),
+            stops_collected: Vec::new(),
+        })
+    }
+
     /// One live process: each thread's core, its memory, its fd table, its ids.
     fn process(&mut self, p: &FrozenProcess, index: u32) -> Result<TaskKobjIdsEntry> {
         let vmas = mem::read_vmas(p.pid)?;

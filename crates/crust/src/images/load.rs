@@ -61,6 +61,10 @@ pub struct ProcessImage {
     pub mm: MmEntry,
     pub pagemap: Vec<PagemapEntry>,
     pub pages_path: PathBuf,
+    /// Where the bytes of every page of `pagemap` lie (sorted by address):
+    /// in `pages_path`, or, for runs in a parent image, in the nearest
+    /// image of the chain that holds them.
+    pub pages: Vec<PagesAt>,
     pub fds: Vec<FdinfoEntry>,
     pub fs: FsEntry,
 }
@@ -251,7 +255,7 @@ pub fn load(dir: &Path, pages: Pages) -> Result<DumpImage> {
     check_pstree(&pstree_path, &pstree)?;
     let mut processes = Vec::new();
     for (_, p) in pstree {
-        processes.push(load_process(&dir, p, pages)?);
+        processes.push(load_process(&dir, p, pages, &mut pages_digests)?);
     }
     check_sharing(&dir, &processes)?;
     let files_path = dir.join("files.img");
@@ -327,18 +331,20 @@ fn load_shmem(dir: &Path, processes: &[ProcessImage]) -> Result<HashMap<u64, Shm
 pub fn read_shmem(dir: &Path, shmid: u64, size: u64) -> Result<ShmemImage> {
     let name = format!("pagemap-shmem-{shmid}.img");
     let (pagemap, pages_path) = read_pagemap(dir, &name, Pages::InDir, |e| check_run(e, size))?;
+    let pagemap = pagemap.into_iter().map(|(_, e)| e).collect();
     Ok(ShmemImage { size, pagemap, pages_path })
 }
 
-/// A pagemap image, each run accepted by `check` (or refused with its
-/// reason), and the pages image it indexes, whose size must match it (when
-/// the pages are in the directory).
+/// A pagemap image (each entry with its offset), each run accepted by
+/// `check` (or refused with its reason), and the pages image it indexes,
+/// whose size must match the runs present in it (when the pages are in the
+/// directory).
 fn read_pagemap(
     dir: &Path,
     name: &str,
     pages_in: Pages,
     check: impl Fn(&PagemapEntry) -> std::result::Result<(), String>,
-) -> Result<(Vec<PagemapEntry>, PathBuf)> {
+) -> Result<(Vec<(u64, PagemapEntry)>, PathBuf)> {
     let pm_path = dir.join(name);
     let mut r = ImageReader::open(&pm_path, Kind::Pagemap)?;
     let head: PagemapHead = r.one()?;
@@ -350,11 +356,13 @@ fn read_pagemap(
         let Some(e) = r.read_entry::<PagemapEntry>()? else { break };
         let located = |what: String| Error::Image { file: pm_path.clone(), offset: at, what };
         check(&e).map_err(located)?;
-        bytes = (e.nr_pages as u64)
-            .checked_mul(PAGE_SIZE)
-            .and_then(|len| bytes.checked_add(len))
-            .ok_or_else(|| located(format!("the runs up to this one hold more than 2^64 bytes ({} more pages)", e.nr_pages)))?;
-        pagemap.push(e);
+        if !in_parent(&e) {
+            bytes = (e.nr_pages as u64)
+                .checked_mul(PAGE_SIZE)
+                .and_then(|len| bytes.checked_add(len))
+                .ok_or_else(|| located(format!("the runs up to this one hold more than 2^64 bytes ({} more pages)", e.nr_pages)))?;
+        }
+        pagemap.push((at, e));
     }
     let pages = bytes / PAGE_SIZE;
     let pages_path = dir.join(format!("pages-{}.img", head.pages_id));
@@ -449,7 +457,9 @@ fn check_sharing(dir: &Path, processes: &[ProcessImage]) -> Result<()> {
     Ok(())
 }
 
-fn load_process(dir: &Path, pstree: PstreeEntry, pages_in: Pages) -> Result<ProcessImage> {
+/// One process's images; the digests of the parent pages images it reads
+/// from go to `digests`, to be checked with the dump's own.
+fn load_process(dir: &Path, pstree: PstreeEntry, pages_in: Pages, digests: &mut Vec<(String, FileDigest)>) -> Result<ProcessImage> {
     let pid = pstree.pid;
     let leader_path = dir.join(format!("core-{pid}.img"));
     let leader: CoreEntry = read_one(&leader_path, Kind::Core)?;
@@ -493,25 +503,14 @@ fn load_process(dir: &Path, pstree: PstreeEntry, pages_in: Pages) -> Result<Proc
     }
     let inside = |a: u64| mm.vmas.iter().any(|v| v.start <= a && a < v.end);
     let (pagemap, pages_path) = read_pagemap(dir, &format!("pagemap-{pid}.img"), pages_in, |e| {
-        let end = (e.nr_pages as u64).checked_mul(PAGE_SIZE).and_then(|len| e.vaddr.checked_add(len));
-        let Some(end) = end.filter(|_| e.nr_pages > 0) else {
-            return Err(format!("a run of {} pages at {:#x} is not a range", e.nr_pages, e.vaddr));
-        };
-        if e.vaddr % PAGE_SIZE != 0 || !inside(e.vaddr) || !inside(end - 1) {
+        let end = check_page_run(e, pages_in)?;
+        if !e.vaddr.is_multiple_of(PAGE_SIZE) || !inside(e.vaddr) || !inside(end - 1) {
             return Err(format!("pages at {:#x}-{end:#x} lie outside the process's memory", e.vaddr));
-        }
-        let flags = e.flags.unwrap_or(PE_PRESENT);
-        if e.in_parent == Some(true) || flags & PE_PARENT != 0 {
-            return Err("incremental dumps (pages in a parent image) are not supported yet".into());
-        }
-        if flags & PE_LAZY != 0 {
-            return Err("lazy pages (post-copy) are not supported yet".into());
-        }
-        if flags & PE_PRESENT == 0 {
-            return Err(format!("a run at {:#x} whose pages are nowhere (flags {flags:#x})", e.vaddr));
         }
         Ok(())
     })?;
+    let pages = locate(dir, pid, &format!("pagemap-{pid}.img"), &pagemap, &pages_path, 0, digests)?;
+    let pagemap = pagemap.into_iter().map(|(_, e)| e).collect();
     let fdinfo_path = dir.join(format!("fdinfo-{}.img", ids.files_id));
     let mut fds = Vec::new();
     let mut numbers = std::collections::HashSet::new();
@@ -524,7 +523,156 @@ fn load_process(dir: &Path, pstree: PstreeEntry, pages_in: Pages) -> Result<Proc
         fds.push(fd);
     }
     let fs: FsEntry = read_one(&dir.join(format!("fs-{pid}.img")), Kind::Fs)?;
-    Ok(ProcessImage { pstree, zombie: None, task, threads, ids, mm, pagemap, pages_path, fds, fs })
+    Ok(ProcessImage { pstree, zombie: None, task, threads, ids, mm, pagemap, pages_path, pages, fds, fs })
+}
+
+/// Where the bytes of saved pages lie: those of the `len` bytes at `vaddr`
+/// are at `offset` in the pages image `path` (of this dump or of a parent).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PagesAt {
+    pub vaddr: u64,
+    pub len: u64,
+    pub path: PathBuf,
+    pub offset: u64,
+}
+
+/// Whether a run's pages are in the parent image (criu's PE_PARENT, or the
+/// older `in_parent`) rather than in this dump's pages image.
+fn in_parent(e: &PagemapEntry) -> bool {
+    e.in_parent == Some(true) || e.flags.unwrap_or(PE_PRESENT) & PE_PARENT != 0
+}
+
+/// A run of a process's pagemap is a range (its place is checked by the
+/// caller), its pages either in this dump's pages image or (when the pages
+/// are in a directory, not streamed) in the parent image. Returns its end.
+fn check_page_run(e: &PagemapEntry, pages_in: Pages) -> std::result::Result<u64, String> {
+    let end = (e.nr_pages as u64).checked_mul(PAGE_SIZE).and_then(|len| e.vaddr.checked_add(len));
+    let Some(end) = end.filter(|_| e.nr_pages > 0) else {
+        return Err(format!("a run of {} pages at {:#x} is not a range", e.nr_pages, e.vaddr));
+    };
+    let flags = e.flags.unwrap_or(PE_PRESENT);
+    if flags & PE_LAZY != 0 {
+        return Err("lazy pages (post-copy) are not supported yet".into());
+    }
+    match (in_parent(e), flags & PE_PRESENT != 0) {
+        (true, true) => Err(format!("a run at {:#x} said to be both here and in the parent image (flags {flags:#x})", e.vaddr)),
+        (true, false) if pages_in == Pages::Streamed => Err("pages in a parent image cannot be streamed".into()),
+        (false, false) => Err(format!("a run at {:#x} whose pages are nowhere (flags {flags:#x})", e.vaddr)),
+        _ => Ok(end),
+    }
+}
+
+/// A run of a parent image's pagemap (which has no mm image to check it
+/// against): a page-aligned range.
+fn check_parent_run(e: &PagemapEntry) -> std::result::Result<(), String> {
+    check_page_run(e, Pages::InDir)?;
+    match e.vaddr.is_multiple_of(PAGE_SIZE) {
+        true => Ok(()),
+        false => Err(format!("a run at {:#x} is not page-aligned", e.vaddr)),
+    }
+}
+
+/// How many images a chain may have above a dump: a loop of `parent` links
+/// is an error, not a hang.
+const MAX_CHAIN: usize = 64;
+
+/// Where the bytes of every run of `pagemap` (image `name` of `dir`) lie,
+/// sorted by address: runs present in `pages_path` at their place in it,
+/// runs in the parent image looked up in `dir/parent` (criu's link to the
+/// previous dump of a chain), and so on up the chain. A run no parent holds
+/// is an error naming the pagemap and the run's offset in it; so is any
+/// fault of a parent's images. The digests of the parents' pages images
+/// go to `digests` (names relative to the first dump's directory).
+fn locate(
+    dir: &Path,
+    pid: u32,
+    name: &str,
+    pagemap: &[(u64, PagemapEntry)],
+    pages_path: &Path,
+    depth: usize,
+    digests: &mut Vec<(String, FileDigest)>,
+) -> Result<Vec<PagesAt>> {
+    let pm_path = dir.join(name);
+    let mut out = Vec::new();
+    let mut wanted = Vec::new();
+    let mut offset = 0;
+    for (at, e) in pagemap {
+        // Checked when read: the run is a range, and the sum of runs fits.
+        let len = e.nr_pages as u64 * PAGE_SIZE;
+        if in_parent(e) {
+            wanted.push((e.vaddr, e.vaddr + len, *at));
+        } else {
+            out.push(PagesAt { vaddr: e.vaddr, len, path: pages_path.to_path_buf(), offset });
+            offset += len;
+        }
+    }
+    if let Some(&(start, end, at)) = wanted.first() {
+        let pm_name = format!("pagemap-{pid}.img");
+        let located = |what: String| Error::Image { file: pm_path.clone(), offset: at, what };
+        if depth >= MAX_CHAIN {
+            return Err(located(format!("more than {MAX_CHAIN} parent images above it (a loop of parent links?)")));
+        }
+        // Where the link leads, so that errors name the parent's own files.
+        let link = dir.join("parent");
+        let parent = link.canonicalize().map_err(|e| {
+            located(format!("pages {start:#x}-{end:#x} are in the parent image, but {} leads to none ({e})", link.display()))
+        })?;
+        if !parent.join(&pm_name).exists() {
+            let what = format!("pages {start:#x}-{end:#x} are in the parent image, but there is no {}", parent.join(&pm_name).display());
+            return Err(located(what));
+        }
+        let theirs = parent_pages(&parent, pid, &pm_name, depth, digests)?;
+        for (start, end, at) in wanted {
+            let mut pos = start;
+            let first = theirs.partition_point(|p| p.vaddr + p.len <= start);
+            for p in &theirs[first..] {
+                if p.vaddr > pos || pos >= end {
+                    break;
+                }
+                let to = end.min(p.vaddr + p.len);
+                out.push(PagesAt { vaddr: pos, len: to - pos, path: p.path.clone(), offset: p.offset + (pos - p.vaddr) });
+                pos = to;
+            }
+            if pos < end {
+                let what = format!("page {pos:#x} is in the parent image, but {} does not hold it", parent.join(&pm_name).display());
+                return Err(Error::Image { file: pm_path.clone(), offset: at, what });
+            }
+        }
+    }
+    out.sort_by_key(|p| p.vaddr);
+    if let Some(w) = out.windows(2).find(|w| w[0].vaddr + w[0].len > w[1].vaddr) {
+        return Err(invalid(&pm_path, format!("runs at {:#x} and {:#x} overlap", w[0].vaddr, w[1].vaddr)));
+    }
+    Ok(out)
+}
+
+/// The pages of process `pid` in the parent images directory `parent`
+/// (checked against its manifest), wherever up the chain they lie.
+fn parent_pages(parent: &Path, pid: u32, pm_name: &str, depth: usize, digests: &mut Vec<(String, FileDigest)>) -> Result<Vec<PagesAt>> {
+    let manifest = digest::read_manifest(parent)?;
+    if let Some(d) = manifest.as_ref().and_then(|m| m.get(pm_name)) {
+        digest::verify_file(parent, pm_name, d)?;
+    }
+    let (pagemap, pages_path) = read_pagemap(parent, pm_name, Pages::InDir, check_parent_run)?;
+    let pages_name = pages_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if let Some(d) = manifest.as_ref().and_then(|m| m.get(&pages_name)) {
+        let prefix = "parent/".repeat(depth + 1);
+        digests.push((format!("{prefix}{pages_name}"), d.clone()));
+    }
+    locate(parent, pid, pm_name, &pagemap, &pages_path, depth + 1, digests)
+}
+
+/// Where the saved pages of process `pid` in the dump (or pre-dump) in `dir`
+/// lie, following its chain of parents: none if it has no pagemap there (a
+/// process the dump did not know). For a dump that writes only what changed
+/// since `dir`.
+pub fn pages_of(dir: &Path, pid: u32) -> Result<Vec<PagesAt>> {
+    let name = format!("pagemap-{pid}.img");
+    if !dir.join(&name).exists() {
+        return Ok(Vec::new());
+    }
+    let (pagemap, pages_path) = read_pagemap(dir, &name, Pages::InDir, check_parent_run)?;
+    locate(dir, pid, &name, &pagemap, &pages_path, 0, &mut Vec::new())
 }
 
 /// One shared memory object of an image, to make again.

@@ -443,6 +443,20 @@ impl ImageDir {
         w.finish()
     }
 
+    /// A symbolic link among the images to `target` (criu's `parent` link
+    /// from a dump to the one before it in a chain), put in place with them.
+    pub fn symlink(&mut self, name: &str, target: &Path) -> Result<()> {
+        match &self.backend {
+            Backend::Dir { staging, .. } => {
+                let path = staging.join(name);
+                std::os::unix::fs::symlink(target, &path).ctx(|| format!("creating link {}", path.display()))?;
+                self.names.push(name.to_string());
+                Ok(())
+            }
+            Backend::Stream { .. } => Err(Error::Invalid(format!("{name}: a streamed dump cannot link to images on this host"))),
+        }
+    }
+
     /// Make the dump whole: write the digests last of all; for a directory,
     /// sync, then move every file into place, inventory last.
     pub fn commit(self) -> Result<()> {
@@ -464,6 +478,10 @@ impl ImageDir {
             names.sort_by_key(|n| n == inventory);
             for name in &names {
                 let from = staging.join(name);
+                // A link has nothing to sync (and may point elsewhere from here).
+                if fs::symlink_metadata(&from).is_ok_and(|m| m.is_symlink()) {
+                    continue;
+                }
                 File::open(&from).and_then(|f| f.sync_all()).ctx(|| format!("syncing {}", from.display()))?;
             }
             stop()?;

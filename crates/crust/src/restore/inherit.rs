@@ -124,10 +124,11 @@ enum Before {
     /// the task sees), unsharing every page it reads; /proc/PID/mem only
     /// takes a reference.
     Memory(Option<File>),
-    /// The parent's pages image, which is what the parent's restore put
-    /// there: read from the page cache, faster than through the task's page
-    /// tables. Its runs: (start, end, offset in the file).
-    ParentImage { file: File, runs: Vec<(u64, u64, u64)> },
+    /// The parent's pages images (its dump's, and its chain's), which hold
+    /// what the parent's restore put there: read from the page cache, faster
+    /// than through the task's page tables. Its runs: (start, end, offset in
+    /// the file, which of `files`).
+    ParentImage { files: Vec<File>, runs: Vec<(u64, u64, u64, usize)> },
 }
 
 /// What lies under a piece of saved pages in the task.
@@ -163,15 +164,21 @@ impl<'a> PageSink<'a> {
     /// (where the images are at hand).
     pub fn compare_with_parent_image(&mut self) -> Result<()> {
         let Some(parent) = self.parent.filter(|_| !self.inherited.is_empty()) else { return Ok(()) };
-        let file = File::open(&parent.pages_path).ctx(|| format!("opening {}", parent.pages_path.display()))?;
-        let mut offset = 0u64;
-        let mut runs = Vec::with_capacity(parent.pagemap.len());
-        for e in &parent.pagemap {
-            let len = e.nr_pages as u64 * PAGE_SIZE;
-            runs.push((e.vaddr, e.vaddr.saturating_add(len), offset));
-            offset = offset.saturating_add(len);
+        // Each pages image of the parent's (its own, its chain's) once.
+        let mut files: Vec<(&std::path::Path, File)> = Vec::new();
+        let mut runs = Vec::with_capacity(parent.pages.len());
+        for p in &parent.pages {
+            let i = match files.iter().position(|(path, _)| *path == p.path.as_path()) {
+                Some(i) => i,
+                None => {
+                    files.push((&p.path, File::open(&p.path).ctx(|| format!("opening {}", p.path.display()))?));
+                    files.len() - 1
+                }
+            };
+            runs.push((p.vaddr, p.vaddr.saturating_add(p.len), p.offset, i));
         }
-        self.before = Before::ParentImage { file, runs };
+        let files = files.into_iter().map(|(_, f)| f).collect();
+        self.before = Before::ParentImage { files, runs };
         Ok(())
     }
 
@@ -186,17 +193,17 @@ impl<'a> PageSink<'a> {
                 let mem = mem.as_ref().expect("opened above");
                 mem.read_exact_at(buf, vaddr).ctx(|| format!("reading memory of process {} at {vaddr:#x}", self.pid))
             }
-            Before::ParentImage { file, runs } => {
+            Before::ParentImage { files, runs } => {
                 let mut done = 0usize;
                 while done < buf.len() {
                     let at = vaddr + done as u64;
-                    let i = runs.partition_point(|&(_, end, _)| end <= at);
-                    let &(start, end, offset) = runs.get(i).filter(|r| r.0 <= at).ok_or_else(|| {
+                    let i = runs.partition_point(|&(_, end, _, _)| end <= at);
+                    let &(start, end, offset, file) = runs.get(i).filter(|r| r.0 <= at).ok_or_else(|| {
                         Error::Invalid(format!("process {}: inherited page {at:#x} is not in its parent's pages", self.pid))
                     })?;
                     let n = ((end - at) as usize).min(buf.len() - done);
                     let from = offset + (at - start);
-                    file.read_exact_at(&mut buf[done..done + n], from).ctx(|| format!("reading the parent's saved pages at offset {from}"))?;
+                    files[file].read_exact_at(&mut buf[done..done + n], from).ctx(|| format!("reading the parent's saved pages at offset {from}"))?;
                     done += n;
                 }
                 Ok(())

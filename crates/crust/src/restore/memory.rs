@@ -4,14 +4,16 @@
 //! the mm's bounds, auxv and executable set. Shared memory objects are made by
 //! [`crate::files::shmem`], memfds by [`crate::files::memfd`].
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
+use std::fs::File;
+use std::path::Path;
 
 use super::inherit::{self, PageCounts, PageSink, Piece};
 use super::layout;
 use super::Proc;
 use crate::error::{Context, Result};
 use crate::files::{memfd, Inherited};
-use crate::images::criu::PAGE_SIZE;
 use crate::images::load::{DumpImage, ProcessImage};
 use crate::images::proto::VmaEntry;
 use crate::mem::Vma;
@@ -26,42 +28,49 @@ pub trait PageSource {
     fn fill(&mut self, task: &Task, scratch: &mut Scratch, p: &ProcessImage, sink: &mut PageSink) -> Result<()>;
 }
 
-/// Pages in the images directory: the task reads its own with pread; those
-/// over inherited pages crust reads, to compare them first with its
-/// parent's, also in the directory.
+/// Pages in the images directory (and, for a dump of a chain, in its
+/// parents'): the task reads its own with pread; those over inherited pages
+/// crust reads, to compare them first with its parent's, also in the images.
 pub struct PagesInDir;
 
 impl PageSource for PagesInDir {
     fn fill(&mut self, task: &Task, scratch: &mut Scratch, p: &ProcessImage, sink: &mut PageSink) -> Result<()> {
-        let path = p.pages_path.to_string_lossy();
-        let fd = task.open(scratch, &path, (libc::O_RDONLY | libc::O_CLOEXEC) as u32)?;
         sink.compare_with_parent_image()?;
-        let mut file = None;
-        let mut offset = 0u64;
-        for e in &p.pagemap {
-            // At most 2^32 pages of 2^12 bytes: the product fits; the sums are checked.
-            let len = e.nr_pages as u64 * PAGE_SIZE;
-            if e.vaddr.checked_add(len).is_none() || offset.checked_add(len).is_none() {
-                let what = format!("a run of {} pages at {:#x} reaches beyond 2^64", e.nr_pages, e.vaddr);
-                return Err(crate::error::Error::image(format!("pagemap-{}.img", p.pid()), what));
-            }
-            for (at, n, under) in sink.pieces(e.vaddr, len) {
-                let from = offset + (at - e.vaddr);
-                match under {
-                    Piece::Same => sink.keep(n),
-                    Piece::Inherited => {
-                        if file.is_none() {
-                            file = Some(std::fs::File::open(&p.pages_path).ctx(|| format!("opening {path}"))?);
+        // Each pages image read from, opened once: in the task, in crust.
+        let mut fds: HashMap<&Path, u64> = HashMap::new();
+        let mut files: HashMap<&Path, File> = HashMap::new();
+        let result = (|| {
+            for run in &p.pages {
+                for (at, n, under) in sink.pieces(run.vaddr, run.len) {
+                    let from = run.offset + (at - run.vaddr);
+                    match under {
+                        Piece::Same => sink.keep(n),
+                        Piece::Inherited => {
+                            let file = match files.entry(&run.path) {
+                                Entry::Occupied(f) => f.into_mut(),
+                                Entry::Vacant(v) => v.insert(File::open(&run.path).ctx(|| format!("opening {}", run.path.display()))?),
+                            };
+                            inherit::put_from_file(sink, file, from, at, n)?;
                         }
-                        inherit::put_from_file(sink, file.as_ref().expect("opened above"), from, at, n)?;
+                        Piece::Fresh => {
+                            let fd = match fds.get(run.path.as_path()) {
+                                Some(fd) => *fd,
+                                None => {
+                                    let fd = task.open(scratch, &run.path.to_string_lossy(), (libc::O_RDONLY | libc::O_CLOEXEC) as u32)?;
+                                    *fds.entry(&run.path).or_insert(fd)
+                                }
+                            };
+                            task.fill_run(fd, at, n, from, &mut |b| sink.written_by_task(b))?;
+                        }
                     }
-                    Piece::Fresh => task.fill_run(fd, at, n, from, &mut |b| sink.written_by_task(b))?,
                 }
             }
-            offset += len;
+            Ok(())
+        })();
+        for fd in fds.into_values() {
+            task.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
         }
-        task.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
-        Ok(())
+        result
     }
 }
 
