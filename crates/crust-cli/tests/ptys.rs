@@ -170,3 +170,48 @@ fn tmux_server_and_its_pane_come_back() {
     let shown = pane_showing(&sock, "after-42");
     assert!(shown.contains("before-42"), "the pane lost what it showed: {shown}");
 }
+
+/// A pty whose number is taken on the restoring host cannot come back as
+/// itself: `crust check` and the restore say so, nothing is left behind, and
+/// once the number is free again the restore succeeds.
+#[test]
+fn a_pty_whose_number_is_taken_here_is_reported_and_nothing_is_made() {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let dir = TempDir::new("ptys-taken");
+    let mut job = Job::start("ptys", &[], dir.path());
+    let ready = job.ready();
+    let (shell, index) = (ready_field(&ready, "shell"), ready_field(&ready, "index"));
+    let images = dir.join("images");
+    dump(job.pid, &images, &[]);
+    job.reap_original();
+    end_session(shell);
+    // Take /dev/pts/INDEX: the kernel hands out the lowest free number.
+    let mut held = Vec::new();
+    loop {
+        // SAFETY: open(2) of a path literal; the fd is owned at once.
+        let fd = unsafe { libc::open(c"/dev/ptmx".as_ptr(), libc::O_RDWR | libc::O_NOCTTY) };
+        assert!(fd >= 0, "open /dev/ptmx: {}", std::io::Error::last_os_error());
+        // SAFETY: a new fd of our own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut n: libc::c_uint = 0;
+        // SAFETY: TIOCGPTN writes one unsigned int.
+        assert_eq!(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGPTN, &mut n) }, 0);
+        held.push(fd);
+        assert!(n as i32 <= index, "/dev/pts/{index} was taken by someone else meanwhile");
+        if n as i32 == index {
+            break;
+        }
+    }
+    let says = format!("pty /dev/pts/{index} is taken here");
+    let check = crust(&[common::os("check"), common::os("--images"), images.as_os_str()], common::job::STEP);
+    assert!(!check.status.success() && String::from_utf8_lossy(&check.stderr).contains(&says), "check: {check:?}");
+    let out = restore(&images, &[]);
+    let err = job.assert_restore_failed(&out, "a restore with the pty's number taken");
+    assert!(err.contains(&says), "{err}");
+    drop(held);
+    let out = restore(&images, &[]);
+    assert!(out.status.success(), "restore once the number is free: {}", String::from_utf8_lossy(&out.stderr));
+    job.adopt_restored();
+    job.expect_ok();
+    end_session(shell);
+}

@@ -9,9 +9,9 @@
 //!
 //! A restore opens /dev/ptmx in the task and asks for the same index: the
 //! kernel hands out the lowest free one, so crust keeps opening until it
-//! gets it, or gets a higher one (the old index is taken here: the pair
-//! comes back under another number, which the log says; processes that
-//! remembered the name /dev/pts/N see another one). The settings are given
+//! gets it; a higher one means the old index is taken here, and the
+//! restore fails (programs remember their terminal's name), as `crust
+//! check` says beforehand. The settings are given
 //! through crust's copy of the master, before any slave is opened again;
 //! slaves are opened through the master (TIOCGPTPEER), with their flags as
 //! they were.
@@ -214,7 +214,10 @@ pub(super) fn pair(r: &mut FdRestorer, master: &TtyInfoEntry, infos: &[TtyInfoEn
         r.task.call("close of a spare pty", libc::SYS_close, [s, 0, 0, 0, 0, 0])?;
     }
     if index != want {
-        log::warn!("pty /dev/pts/{want} is taken here: the pair comes back as /dev/pts/{index}");
+        // Programs keep their terminal's name (ttyname, tmux's pane_tty):
+        // another number would be state changed under them.
+        r.task.call("close of a pty", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+        return Err(Error::Invalid(format!("pty /dev/pts/{want} is taken here (the kernel handed out /dev/pts/{index}): the pair cannot come back under its number")));
     }
     settle(&file, master, slave)?;
     let fd = r.to_high(fd)?;
@@ -335,9 +338,15 @@ pub(super) fn session_has_pty(img: &crate::images::load::DumpImage, pid: i32, in
 /// session leader must be a live process of the image.
 pub(super) fn problems(img: &crate::images::load::DumpImage, these: &[TtyInfoEntry], infos: &[TtyInfoEntry]) -> Vec<String> {
     let live = |sid: u32| img.processes.iter().any(|p| p.pstree.pid == sid && p.zombie.is_none());
-    these
+    let leaderless = these
         .iter()
         .filter(|i| i.sid != 0 && master_of(i, infos).is_some() && !live(i.sid))
-        .map(|i| format!("pty {}: the leader of session {}, whose controlling terminal it is, is not a live process of the image", i.id, i.sid))
-        .collect()
+        .map(|i| format!("pty {}: the leader of session {}, whose controlling terminal it is, is not a live process of the image", i.id, i.sid));
+    let taken = these
+        .iter()
+        .filter(|i| is_master_info(i))
+        .filter_map(|i| i.pty.as_ref())
+        .filter(|p| std::path::Path::new(&format!("/dev/pts/{}", p.index)).exists())
+        .map(|p| format!("pty /dev/pts/{} is taken here: the pair cannot come back under its number", p.index));
+    leaderless.chain(taken).collect()
 }
