@@ -119,6 +119,23 @@ fn wait_listening(port: u16) {
     assert!(up.is_some(), "nothing listens on port {port}");
 }
 
+/// Waits until the server on `port` has closed every connection the test
+/// made to it (none left ESTABLISHED or in CLOSE_WAIT on its side): a dump
+/// refuses a connection its peer closed but the server has not yet.
+fn wait_server_closed(port: u16) {
+    let open = || {
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+        let local = format!(":{port:04X}");
+        // sl local_address rem_address st ...; 01 ESTABLISHED, 08 CLOSE_WAIT.
+        table.lines().skip(1).any(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            w.len() > 3 && w[1].ends_with(&local) && (w[3] == "01" || w[3] == "08")
+        })
+    };
+    let closed = common::poll(Duration::from_secs(20), Duration::from_millis(10), || (!open()).then_some(()));
+    assert!(closed.is_some(), "the server on port {port} keeps a connection of the test open");
+}
+
 #[test]
 fn python_http_server_serves_a_file_before_and_after_restore() {
     let dir = TempDir::new("inet-http");
@@ -182,6 +199,7 @@ fn memcached_keeps_its_keys_and_answers_over_tcp_and_udp_after_restore() {
     wait_listening(ports[0]);
     assert_eq!(memcached_tcp(ports[0], "set greeting 0 0 5\r\nhello\r\n", "\r\n"), "STORED\r\n");
     assert!(memcached_udp(ports[1], "get greeting\r\n").contains("hello"));
+    wait_server_closed(ports[0]);
     let images = dir.join("images");
     dump(job.pid, &images, &[]);
     job.reap_original();

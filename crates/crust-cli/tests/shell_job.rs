@@ -427,7 +427,15 @@ fn dev_tty_is_reopened_as_the_restoring_terminal() {
     assert!(gone(pid), "the dump ends the job");
     let mut b = Terminal::open(24, 80);
     b.type_line(&format!("{CRUST} restore --shell-job -D {}", images.display()));
-    let back = poll(WAIT, Duration::from_millis(10), || matches!(state(pid), Some('S' | 'R')).then_some(()));
+    // Back once it runs as itself, untraced: while the restore builds it,
+    // it is a fork of crust, briefly running too, and a signal then would
+    // hit crust's work.
+    let untraced = || {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let has = |line: [&str; 2]| status.lines().any(|l| l.split_whitespace().eq(line));
+        has(["Name:", "devices"]) && has(["TracerPid:", "0"])
+    };
+    let back = poll(WAIT, Duration::from_millis(10), || (matches!(state(pid), Some('S' | 'R')) && untraced()).then_some(()));
     assert!(back.is_some(), "the job is back");
     // SAFETY: a signal to the restored job.
     unsafe { libc::kill(pid, libc::SIGUSR1) };
