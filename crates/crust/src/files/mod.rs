@@ -21,6 +21,7 @@ pub mod pty;
 pub mod reg;
 pub mod shmem;
 pub mod signalfd;
+pub mod sockopts;
 pub mod timerfd;
 pub mod tcp;
 pub mod tcp_repair;

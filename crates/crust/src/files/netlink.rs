@@ -13,12 +13,11 @@
 
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use nix::sys::socket::{getsockopt, setsockopt, sockopt};
-use nix::{getsockopt_impl, setsockopt_impl, sockopt_impl};
+use nix::sys::socket::{getsockopt, sockopt};
 
 use super::{fown_of, take_fd, FdRestorer, FileKind, FileTable, OpenFd};
 use crate::error::{Context, Error, Result};
-use crate::images::proto::{FdTypes, FileEntry, NetlinkSkEntry, SkOptsEntry};
+use crate::images::proto::{FdTypes, FileEntry, NetlinkSkEntry};
 
 pub struct NetlinkSocket;
 
@@ -57,11 +56,6 @@ fn row(fd: &OpenFd) -> Option<Row> {
         dumping: w[6] != "0",
     })
 }
-
-sockopt_impl!(
-    /// SO_RCVLOWAT: the fewest bytes a read waits for.
-    RcvLowat, Both, libc::SOL_SOCKET, libc::SO_RCVLOWAT, libc::c_int
-);
 
 impl FileKind for NetlinkSocket {
     fn name(&self) -> &'static str {
@@ -108,21 +102,7 @@ impl FileKind for NetlinkSocket {
         if getsockopt(sock, sockopt::SockType).ctx(what)? != nix::sys::socket::SockType::Raw {
             return Err(fd.unsupported("netlink sockets of a type other than SOCK_RAW (CRIU's image keeps no type) are"));
         }
-        let snd = getsockopt(sock, sockopt::SendTimeout).ctx(what)?;
-        let rcv = getsockopt(sock, sockopt::ReceiveTimeout).ctx(what)?;
-        let opts = SkOptsEntry {
-            so_sndbuf: getsockopt(sock, sockopt::SndBuf).ctx(what)? as u32,
-            so_rcvbuf: getsockopt(sock, sockopt::RcvBuf).ctx(what)? as u32,
-            so_snd_tmo_sec: snd.tv_sec() as u64,
-            so_snd_tmo_usec: snd.tv_usec() as u64,
-            so_rcv_tmo_sec: rcv.tv_sec() as u64,
-            so_rcv_tmo_usec: rcv.tv_usec() as u64,
-            so_priority: Some(getsockopt(sock, sockopt::Priority).ctx(what)? as u32),
-            so_rcvlowat: Some(getsockopt(sock, RcvLowat).ctx(what)? as u32),
-            so_mark: Some(getsockopt(sock, sockopt::Mark).ctx(what)?),
-            so_passcred: Some(getsockopt(sock, sockopt::PassCred).ctx(what)?),
-            ..Default::default()
-        };
+        let opts = super::sockopts::read(sock).ctx(what)?;
         let id = table.new_id();
         let entry = NetlinkSkEntry {
             id,
@@ -153,7 +133,7 @@ impl FileKind for NetlinkSocket {
         let fd = r.task.call("socket(AF_NETLINK)", libc::SYS_socket, args)?;
         let fd = r.to_high(fd)?;
         let sock = take_fd(r.task.pid, fd as i32).ctx(what)?;
-        set_options(&sock, &e.opts).ctx(what)?;
+        super::sockopts::set(&sock, &e.opts, &what)?;
         if e.portid != 0 {
             bind(&sock, e.portid).map_err(|err| match err {
                 nix::errno::Errno::EADDRINUSE => Error::Invalid(format!("{}: port id {} is taken here by another netlink socket", what(), e.portid)),
@@ -262,22 +242,3 @@ fn connect(sock: &OwnedFd, portid: u32, groups: u32) -> nix::Result<()> {
     nix::errno::Errno::result(r).map(drop)
 }
 
-fn set_options(sock: &OwnedFd, o: &SkOptsEntry) -> nix::Result<()> {
-    // The kernel doubles what it is given, and reports the doubled value.
-    setsockopt(sock, sockopt::SndBufForce, &(o.so_sndbuf as usize / 2))?;
-    setsockopt(sock, sockopt::RcvBufForce, &(o.so_rcvbuf as usize / 2))?;
-    let tv = |s: u64, us: u64| nix::sys::time::TimeVal::new(s as i64, us as i64);
-    setsockopt(sock, sockopt::SendTimeout, &tv(o.so_snd_tmo_sec, o.so_snd_tmo_usec))?;
-    setsockopt(sock, sockopt::ReceiveTimeout, &tv(o.so_rcv_tmo_sec, o.so_rcv_tmo_usec))?;
-    setsockopt(sock, sockopt::PassCred, &o.so_passcred.unwrap_or(false))?;
-    if let Some(v) = o.so_priority {
-        setsockopt(sock, sockopt::Priority, &(v as libc::c_int))?;
-    }
-    if let Some(v) = o.so_rcvlowat {
-        setsockopt(sock, RcvLowat, &(v as libc::c_int))?;
-    }
-    if let Some(v) = o.so_mark {
-        setsockopt(sock, sockopt::Mark, &v)?;
-    }
-    Ok(())
-}

@@ -29,13 +29,13 @@ mod queue;
 use std::collections::{HashMap, HashSet};
 use std::os::fd::OwnedFd;
 
-use nix::sys::socket::{getsockopt, setsockopt, sockopt};
+use nix::sys::socket::{getsockopt, sockopt};
 use nix::{getsockopt_impl, setsockopt_impl, sockopt_impl};
 
 use super::{fown_of, take_fd, write_with_data, FdRestorer, FileKind, FileTable, OpenFd};
 use crate::error::{Context, Error, Result};
 use crate::images::load::{read_with_data, DumpImage};
-use crate::images::proto::{FdTypes, FileEntry, FilePermsEntry, SkOptsEntry, SkPacketEntry, UnixSkEntry};
+use crate::images::proto::{FdTypes, FileEntry, FilePermsEntry, SkPacketEntry, UnixSkEntry};
 use crate::images::{ImageDir, Kind};
 use diag::{diag, held_by, holder, show_name, Diag, TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN};
 use queue::MAX_QUEUE;
@@ -99,7 +99,7 @@ impl FileKind for UnixSocket {
             return Err(fd.unsupported("unix sockets with a peek offset set are"));
         }
         let passcred = getsockopt(sock, sockopt::PassCred).ctx(what)?;
-        let passsec = getsockopt(sock, PassSec).ctx(what)?;
+        let passsec = getsockopt(sock, super::sockopts::PassSec).ctx(what)?;
         let peer = peer_of(fd, table, &d)?;
         if d.state == TCP_LISTEN {
             for &client in &d.icons {
@@ -144,22 +144,7 @@ impl FileKind for UnixSocket {
         for data in queued {
             dumped.queues.push((SkPacketEntry { id_for: id, length: data.len() as u32, ..Default::default() }, data));
         }
-        let snd = getsockopt(sock, sockopt::SendTimeout).ctx(what)?;
-        let rcv = getsockopt(sock, sockopt::ReceiveTimeout).ctx(what)?;
-        let opts = SkOptsEntry {
-            so_sndbuf: getsockopt(sock, sockopt::SndBuf).ctx(what)? as u32,
-            so_rcvbuf: getsockopt(sock, sockopt::RcvBuf).ctx(what)? as u32,
-            so_snd_tmo_sec: snd.tv_sec() as u64,
-            so_snd_tmo_usec: snd.tv_usec() as u64,
-            so_rcv_tmo_sec: rcv.tv_sec() as u64,
-            so_rcv_tmo_usec: rcv.tv_usec() as u64,
-            so_priority: Some(getsockopt(sock, sockopt::Priority).ctx(what)? as u32),
-            so_rcvlowat: Some(getsockopt(sock, RcvLowat).ctx(what)? as u32),
-            so_mark: Some(getsockopt(sock, sockopt::Mark).ctx(what)?),
-            so_passcred: Some(passcred),
-            so_passsec: Some(passsec),
-            ..Default::default()
-        };
+        let opts = super::sockopts::read(sock).ctx(what)?;
         let entry = UnixSkEntry {
             id,
             ino,
@@ -409,14 +394,6 @@ sockopt_impl!(
     /// SO_PEEK_OFF: where the next MSG_PEEK starts (-1: peeking is not offset).
     PeekOff, Both, libc::SOL_SOCKET, libc::SO_PEEK_OFF, libc::c_int
 );
-sockopt_impl!(
-    /// SO_PASSSEC: receive the peer's security context as a control message.
-    PassSec, Both, libc::SOL_SOCKET, libc::SO_PASSSEC, bool
-);
-sockopt_impl!(
-    /// SO_RCVLOWAT: the fewest bytes a read waits for.
-    RcvLowat, Both, libc::SOL_SOCKET, libc::SO_RCVLOWAT, libc::c_int
-);
 
 fn entry(file: &FileEntry) -> Result<&UnixSkEntry> {
     file.usk.as_ref().ok_or_else(|| super::missing(file, "unix socket"))
@@ -648,29 +625,5 @@ fn shut(sock: &OwnedFd, u: &UnixSkEntry) -> Result<()> {
 }
 
 fn set_options(sock: &OwnedFd, u: &UnixSkEntry) -> Result<()> {
-    let what = context(u);
-    let o = &u.opts;
-    // The kernel doubles what it is given, and reports the doubled value.
-    setsockopt(sock, sockopt::SndBufForce, &(o.so_sndbuf as usize / 2)).ctx(&what)?;
-    setsockopt(sock, sockopt::RcvBufForce, &(o.so_rcvbuf as usize / 2)).ctx(&what)?;
-    let tv = |s: u64, us: u64| match (i64::try_from(s), i64::try_from(us)) {
-        (Ok(s), Ok(us)) if us < 1_000_000 => Ok(nix::sys::time::TimeVal::new(s, us)),
-        _ => Err(Error::Invalid(format!("{}: a timeout of {s} s and {us} us", what()))),
-    };
-    setsockopt(sock, sockopt::SendTimeout, &tv(o.so_snd_tmo_sec, o.so_snd_tmo_usec)?).ctx(&what)?;
-    setsockopt(sock, sockopt::ReceiveTimeout, &tv(o.so_rcv_tmo_sec, o.so_rcv_tmo_usec)?).ctx(&what)?;
-    setsockopt(sock, sockopt::PassCred, &o.so_passcred.unwrap_or(false)).ctx(&what)?;
-    if let Some(v) = o.so_passsec {
-        setsockopt(sock, PassSec, &v).ctx(&what)?;
-    }
-    if let Some(v) = o.so_priority {
-        setsockopt(sock, sockopt::Priority, &(v as libc::c_int)).ctx(&what)?;
-    }
-    if let Some(v) = o.so_rcvlowat {
-        setsockopt(sock, RcvLowat, &(v as libc::c_int)).ctx(&what)?;
-    }
-    if let Some(v) = o.so_mark {
-        setsockopt(sock, sockopt::Mark, &v).ctx(&what)?;
-    }
-    Ok(())
+    super::sockopts::set(sock, &u.opts, &context(u))
 }
