@@ -247,8 +247,13 @@ fn init_logging(cli: &Cli) -> Result<()> {
 }
 
 pub fn print_dump_stats(s: &DumpStats, dir: &std::path::Path) {
+    // Only a dump with a parent leaves pages in it.
+    let in_parent = match s.pages_skipped_parent {
+        0 => String::new(),
+        n => format!(" ({n} in the parent images)"),
+    };
     println!(
-        "dumped {} process(es), {} thread(s) to {}: frozen {:.1} ms (freezing {:.1} ms), {} of {} pages written ({} in the parent images), {:.1} MiB of images",
+        "dumped {} process(es), {} thread(s) to {}: frozen {:.1} ms (freezing {:.1} ms), {} of {} pages written{in_parent}, {:.1} MiB of images",
         s.processes,
         s.threads,
         dir.display(),
@@ -256,7 +261,6 @@ pub fn print_dump_stats(s: &DumpStats, dir: &std::path::Path) {
         s.freezing_time_us as f64 / 1e3,
         s.pages_written,
         s.pages_scanned,
-        s.pages_skipped_parent,
         s.bytes_written as f64 / (1 << 20) as f64,
     );
     println!("{}", s.cgroups);
