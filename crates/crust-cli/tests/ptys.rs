@@ -11,6 +11,14 @@ use common::job::{dump, end_session, ready_field, restore, Job};
 use common::procstate::ProcState;
 use common::{assert_clean_failure, crust, dump_args, TempDir};
 
+/// A restore needs the pty numbers its tree had: the tests of this file
+/// take turns, so that one does not take the number another's tree freed.
+static PTYS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    PTYS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Dumps the job into `images` (which kills it), reaps it and what is left
 /// of the session `other` (the shell's, apart from the job's) and restores
 /// it; what /proc shows of the tree is the same after as before.
@@ -34,6 +42,7 @@ fn dump_and_restore(job: &mut Job, images: &Path, other: i32) {
 /// workload checks it all through its master.
 #[test]
 fn pty_pair_comes_back_with_its_session_foreground_and_settings() {
+    let _turn = one_at_a_time();
     let dir = TempDir::new("ptys-pair");
     let mut job = Job::start("ptys", &[], dir.path());
     let ready = job.ready();
@@ -59,6 +68,7 @@ fn pty_pair_comes_back_with_its_session_foreground_and_settings() {
 /// queued either way, a locked pair, a slave held outside the tree too.
 #[test]
 fn ptys_that_cannot_come_back_whole_are_refused() {
+    let _turn = one_at_a_time();
     let dir = TempDir::new("ptys-refused");
     let cases = [
         ("alone", "whose slave /dev/pts/{index} no process of the tree holds"),
@@ -139,6 +149,7 @@ fn pane_showing(sock: &Path, want: &str) -> String {
 /// pane still shows what it showed, and its shell runs what is typed.
 #[test]
 fn tmux_server_and_its_pane_come_back() {
+    let _turn = one_at_a_time();
     common::job::become_subreaper();
     let dir = TempDir::new("ptys-tmux");
     let sock = dir.join("tmux.sock");
@@ -176,6 +187,7 @@ fn tmux_server_and_its_pane_come_back() {
 /// once the number is free again the restore succeeds.
 #[test]
 fn a_pty_whose_number_is_taken_here_is_reported_and_nothing_is_made() {
+    let _turn = one_at_a_time();
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     let dir = TempDir::new("ptys-taken");
     let mut job = Job::start("ptys", &[], dir.path());
