@@ -3,6 +3,7 @@
  * one with waitpid(WUNTRACED) and not of the other. After the restore the
  * parent's waitpid must report the second's stop and not the first's again,
  * and the parent must get no SIGCHLD it did not get before.
+ * Argument "ignore": the parent ignores SIGCHLD (SIG_IGN; no signal at all).
  * READY waiting=PID collected=PID
  */
 #define _GNU_SOURCE
@@ -42,12 +43,12 @@ static pid_t stopped_child(void)
     }
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
     workload_init();
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_chld;
+    sa.sa_handler = argc > 1 && strcmp(argv[1], "ignore") == 0 ? SIG_IGN : on_chld;
     sa.sa_flags = SA_RESTART;
     if (sigaction(SIGCHLD, &sa, NULL) != 0)
         die("sigaction");

@@ -689,12 +689,13 @@ fn zombies_and_reparented_children_come_back() {
 /// A parent's wait for its stopped children: the stop it had collected with
 /// waitpid(WUNTRACED) is not reported again after the restore, the one it
 /// had not is, and it gets no SIGCHLD it had not had; after a dump that
-/// leaves the tree running as well (the workload checks all three).
+/// leaves the tree running as well, and for a parent that ignores SIGCHLD
+/// (no signal to wait for; the workload checks all of it).
 #[test]
 fn a_parent_still_hears_of_exactly_the_stops_it_had_not_collected() {
-    for leave_running in [true, false] {
+    for (leave_running, args) in [(true, &[][..]), (false, &[][..]), (false, &["ignore"][..])] {
         let dir = TempDir::new("restore-childstops");
-        let mut job = Job::start("childstops", &[], dir.path());
+        let mut job = Job::start("childstops", args, dir.path());
         let ready = job.ready();
         let (waiting, collected) = (ready_field(&ready, "waiting"), ready_field(&ready, "collected"));
         let images = dir.join("images");

@@ -88,11 +88,12 @@ fn sigchld_queued(pid: i32) -> Result<bool> {
     Ok(u64::from_str_radix(shd, 16).unwrap_or(0) & (1 << (libc::SIGCHLD - 1)) != 0)
 }
 
-/// Whether the parent's SIGCHLD action has SA_NOCLDSTOP: a child's stop
-/// sends it no signal then.
+/// Whether the parent's SIGCHLD action ignores it or has SA_NOCLDSTOP: a
+/// child's stop sends it no signal then (do_notify_parent_cldstop).
 fn stop_needs_no_signal(p: &ProcessImage) -> bool {
     let at = crate::images::criu::sigaction_signals().position(|s| s == libc::SIGCHLD as u32);
-    at.and_then(|i| p.task.sigactions.get(i)).is_some_and(|sa| sa.flags & libc::SA_NOCLDSTOP as u64 != 0)
+    at.and_then(|i| p.task.sigactions.get(i))
+        .is_some_and(|sa| sa.sigaction == libc::SIG_IGN as u64 || sa.flags & libc::SA_NOCLDSTOP as u64 != 0)
 }
 
 /// Whether SIGCHLD was pending in the process (or its leader) when dumped.
