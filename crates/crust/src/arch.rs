@@ -114,10 +114,13 @@ pub fn fpregs(xsave: &[u8]) -> UserX86FpregsEntry {
 /// interrupted syscall keeps the kernel's restart state (the syscall number
 /// and -ERESTARTSYS, -ERESTARTNOINTR or -ERESTARTNOHAND), for the kernel to
 /// decide when it resumes, as it would have: the call is issued again, or
-/// fails with EINTR if a handler runs first (see `ptrace::release`). A call
-/// the kernel would restart through restart_syscall(2)
-/// (-ERESTART_RESTARTBLOCK: nanosleep and the like) is issued again by
-/// crust, in full, since the restart block does not survive into the new task.
+/// fails with EINTR if a handler runs first (every restored task is let go
+/// by PTRACE_DETACH from a traced stop, which leaves it a pending-signal
+/// check on its way to user space). A call the kernel would restart through
+/// restart_syscall(2) (-ERESTART_RESTARTBLOCK: nanosleep and the like) is
+/// issued again by crust, in full, since the restart block does not survive
+/// into the new task; a thread dumped inside restart_syscall itself (a
+/// nanosleep stopped and continued) gets EINTR from it for the same reason.
 pub fn user_regs(g: &UserX86RegsEntry) -> libc::user_regs_struct {
     const ERESTART_RESTARTBLOCK: i64 = -516;
     let mut r = libc::user_regs_struct {
