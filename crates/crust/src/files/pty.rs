@@ -217,7 +217,12 @@ pub(super) fn pair(r: &mut FdRestorer, master: &TtyInfoEntry, infos: &[TtyInfoEn
         // Programs keep their terminal's name (ttyname, tmux's pane_tty):
         // another number would be state changed under them.
         r.task.call("close of a pty", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
-        return Err(Error::Invalid(format!("pty /dev/pts/{want} is taken here (the kernel handed out /dev/pts/{index}): the pair cannot come back under its number")));
+        let why = if index > want {
+            format!("is taken here (the kernel handed out /dev/pts/{index})")
+        } else {
+            format!("could not be reached: {MAX_TRIES} lower numbers are free here")
+        };
+        return Err(Error::Invalid(format!("pty /dev/pts/{want} {why}: the pair cannot come back under its number")));
     }
     settle(&file, master, slave)?;
     let fd = r.to_high(fd)?;
