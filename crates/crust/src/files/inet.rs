@@ -24,6 +24,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use nix::errno::Errno;
 use nix::sys::socket::{SockaddrIn, SockaddrIn6, SockaddrLike, SockaddrStorage};
 
+use super::sockopts::{get_int, get_raw, set_int, set_raw};
 use super::{fown_of, take_fd, FdRestorer, FileKind, FileTable, OpenFd};
 use crate::error::{Context, Error, Result};
 use crate::images::load::DumpImage;
@@ -257,34 +258,6 @@ fn new_socket(family: i32, ty: i32, protocol: i32) -> nix::Result<OwnedFd> {
     let fd = Errno::result(fd)?;
     // SAFETY: the call just made this fd, and nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn get_raw(sock: &OwnedFd, level: i32, opt: i32, len: usize) -> nix::Result<Vec<u8>> {
-    let mut buf = vec![0u8; len];
-    let mut n = len as libc::socklen_t;
-    // SAFETY: the kernel writes at most `n` bytes at buf, which holds `len`,
-    // and the length back into `n`.
-    let r = unsafe { libc::getsockopt(sock.as_raw_fd(), level, opt, buf.as_mut_ptr().cast(), &mut n) };
-    Errno::result(r)?;
-    buf.truncate((n as usize).min(len));
-    Ok(buf)
-}
-
-fn get_int(sock: &OwnedFd, level: i32, opt: i32) -> nix::Result<i32> {
-    let b = get_raw(sock, level, opt, 4)?;
-    let mut v = [0u8; 4];
-    v[..b.len().min(4)].copy_from_slice(&b[..b.len().min(4)]);
-    Ok(i32::from_ne_bytes(v))
-}
-
-fn set_raw(sock: &OwnedFd, level: i32, opt: i32, val: &[u8]) -> nix::Result<()> {
-    // SAFETY: the kernel reads `val.len()` bytes at val.
-    let r = unsafe { libc::setsockopt(sock.as_raw_fd(), level, opt, val.as_ptr().cast(), val.len() as libc::socklen_t) };
-    Errno::result(r).map(drop)
-}
-
-fn set_int(sock: &OwnedFd, level: i32, opt: i32, v: i32) -> nix::Result<()> {
-    set_raw(sock, level, opt, &v.to_ne_bytes())
 }
 
 /// The socket's own address (or its peer's); None when it has none.

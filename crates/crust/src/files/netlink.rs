@@ -15,6 +15,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 use nix::sys::socket::{getsockopt, sockopt};
 
+use super::sockopts::{get_int, set_int};
 use super::{fown_of, take_fd, FdRestorer, FileKind, FileTable, OpenFd};
 use crate::error::{Context, Error, Result};
 use crate::images::proto::{FdTypes, FileEntry, NetlinkSkEntry};
@@ -141,12 +142,12 @@ impl FileKind for NetlinkSocket {
             })?;
         }
         for &(opt, name) in FLAGS.iter().filter(|(opt, _)| e.crust_nl_flags.unwrap_or(0) & (1 << opt) != 0) {
-            set_int(&sock, opt, 1).ctx(|| format!("{}: setting {name}", what()))?;
+            set_int(&sock, SOL_NETLINK, opt, 1).ctx(|| format!("{}: setting {name}", what()))?;
         }
         for (word, bits) in e.groups.iter().enumerate() {
             for bit in (0..32).filter(|b| bits & (1 << b) != 0) {
                 let group = (word * 32 + bit + 1) as i32;
-                set_int(&sock, NETLINK_ADD_MEMBERSHIP, group).ctx(|| format!("{}: joining group {group}", what()))?;
+                set_int(&sock, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group).ctx(|| format!("{}: joining group {group}", what()))?;
             }
         }
         if e.state == CONNECTED {
@@ -159,20 +160,6 @@ impl FileKind for NetlinkSocket {
         }
         Ok(fd)
     }
-}
-
-fn get_int(sock: &OwnedFd, level: i32, opt: i32) -> nix::Result<i32> {
-    let mut v: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `v`, an int alive for the call.
-    let r = unsafe { libc::getsockopt(sock.as_raw_fd(), level, opt, (&mut v as *mut libc::c_int).cast(), &mut len) };
-    nix::errno::Errno::result(r).map(|_| v)
-}
-
-fn set_int(sock: &OwnedFd, opt: i32, v: i32) -> nix::Result<()> {
-    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from `v`, alive for the call.
-    let r = unsafe { libc::setsockopt(sock.as_raw_fd(), SOL_NETLINK, opt, (&v as *const i32).cast(), std::mem::size_of::<i32>() as u32) };
-    nix::errno::Errno::result(r).map(drop)
 }
 
 /// Every group the socket is a member of, 32 to a word (bit n of word w is

@@ -3,7 +3,7 @@
 //! credentials and security contexts): read from crust's copy of a socket at
 //! dump, set on the new one at restore. Each kind adds its own.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use nix::sys::socket::{getsockopt, setsockopt, sockopt};
 use nix::{getsockopt_impl, setsockopt_impl, sockopt_impl};
@@ -66,4 +66,36 @@ pub fn set(sock: &OwnedFd, o: &SkOptsEntry, what: &dyn Fn() -> String) -> Result
         setsockopt(sock, sockopt::Mark, &v).ctx(what)?;
     }
     Ok(())
+}
+
+/// Option `opt` of `level` as raw bytes, at most `len` of them.
+pub fn get_raw(sock: &OwnedFd, level: i32, opt: i32, len: usize) -> nix::Result<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    let mut n = len as libc::socklen_t;
+    // SAFETY: the kernel writes at most `n` bytes at buf, which holds `len`,
+    // and the length back into `n`.
+    let r = unsafe { libc::getsockopt(sock.as_raw_fd(), level, opt, buf.as_mut_ptr().cast(), &mut n) };
+    nix::errno::Errno::result(r)?;
+    buf.truncate((n as usize).min(len));
+    Ok(buf)
+}
+
+/// An int option.
+pub fn get_int(sock: &OwnedFd, level: i32, opt: i32) -> nix::Result<i32> {
+    let b = get_raw(sock, level, opt, 4)?;
+    let mut v = [0u8; 4];
+    v[..b.len().min(4)].copy_from_slice(&b[..b.len().min(4)]);
+    Ok(i32::from_ne_bytes(v))
+}
+
+/// Sets an option to raw bytes.
+pub fn set_raw(sock: &OwnedFd, level: i32, opt: i32, val: &[u8]) -> nix::Result<()> {
+    // SAFETY: the kernel reads `val.len()` bytes at val.
+    let r = unsafe { libc::setsockopt(sock.as_raw_fd(), level, opt, val.as_ptr().cast(), val.len() as libc::socklen_t) };
+    nix::errno::Errno::result(r).map(drop)
+}
+
+/// Sets an int option.
+pub fn set_int(sock: &OwnedFd, level: i32, opt: i32, v: i32) -> nix::Result<()> {
+    set_raw(sock, level, opt, &v.to_ne_bytes())
 }
