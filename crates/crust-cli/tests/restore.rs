@@ -1015,12 +1015,21 @@ fn an_o_async_pipe_keeps_its_owner_and_signal() {
     job.expect_ok();
 }
 
+/// The netlink tests take turns: the route socket of one hears the links
+/// the other makes, and a dump refuses messages waiting unread.
+static LINK_EVENTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn hearing_link_events() -> std::sync::MutexGuard<'static, ()> {
+    LINK_EVENTS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Netlink sockets a program keeps open come back with their port ids,
 /// multicast groups (both words of the list) and buffer, and still talk to
 /// the kernel (the workload checks); a reply left unread is refused by
 /// name, the process left as it was.
 #[test]
 fn netlink_sockets_keep_their_port_ids_and_groups() {
+    let _turn = hearing_link_events();
     let dir = TempDir::new("restore-netlink");
     std::fs::create_dir_all(dir.join("queued")).unwrap();
     let mut queued = Job::start("netlink", &["queued"], &dir.join("queued"));
@@ -1046,6 +1055,7 @@ fn netlink_sockets_keep_their_port_ids_and_groups() {
 /// NETLINK_EXT_ACK) still hears of new links after a dump and restore.
 #[test]
 fn ip_monitor_still_hears_of_new_links_after_a_restore() {
+    let _turn = hearing_link_events();
     let dir = TempDir::new("restore-ipmonitor");
     let mut job = Job::build("ipmonitor", &["-c", "exec ip monitor link"]).program(Path::new("/bin/sh")).start(dir.path());
     let listening = common::poll(STEP, std::time::Duration::from_millis(10), || {
