@@ -1,7 +1,8 @@
 //! The socket options CRIU's sk_opts_entry holds that every kind of socket
 //! has alike (buffers, timeouts, priority, low-water mark, mark, passing of
 //! credentials and security contexts): read from crust's copy of a socket at
-//! dump, set on the new one at restore. Each kind adds its own.
+//! dump, set on the new one at restore. Each kind adds its own, through the
+//! raw getsockopt/setsockopt helpers at the end, for options nix does not name.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 
