@@ -19,6 +19,7 @@ use crust::dump::{dump, pre_dump, DumpOptions, DumpStats};
 use crust::cgroups::{CgroupRoot, Mode};
 use crust::migrate::{migrate, Destination, MigrateOptions};
 use crust::restore::{restore, RestoreOptions, Restored};
+use crust::notify::Notify;
 
 #[derive(Parser)]
 #[command(name = "crust", version, about = "Checkpoint/restore for Linux process trees (CRIU-compatible images)")]
@@ -80,6 +81,11 @@ enum Command {
         /// compares pages with the parent's, so any dump can be one).
         #[arg(long = "track-mem")]
         track_mem: bool,
+        /// Run this program at each of criu's action points (pre-dump,
+        /// network-lock, post-dump, pre-restore ... post-resume), with the
+        /// point in CRTOOLS_SCRIPT_ACTION; its failure stops the work (repeatable).
+        #[arg(long = "action-script", value_name = "PATH")]
+        action_scripts: Vec<PathBuf>,
         /// Print the stats as JSON.
         #[arg(long)]
         json: bool,
@@ -101,6 +107,11 @@ enum Command {
         /// Freeze the tree through this cgroup's freezer before seizing it.
         #[arg(long = "freeze-cgroup", value_name = "PATH")]
         freeze_cgroup: Option<PathBuf>,
+        /// Run this program at each of criu's action points (pre-dump,
+        /// network-lock, post-dump, pre-restore ... post-resume), with the
+        /// point in CRTOOLS_SCRIPT_ACTION; its failure stops the work (repeatable).
+        #[arg(long = "action-script", value_name = "PATH")]
+        action_scripts: Vec<PathBuf>,
         /// Print the stats as JSON.
         #[arg(long)]
         json: bool,
@@ -130,6 +141,11 @@ enum Command {
         pid_wait: f64,
         #[command(flatten)]
         tcp: TcpArgs,
+        /// Run this program at each of criu's action points (pre-dump,
+        /// network-lock, post-dump, pre-restore ... post-resume), with the
+        /// point in CRTOOLS_SCRIPT_ACTION; its failure stops the work (repeatable).
+        #[arg(long = "action-script", value_name = "PATH")]
+        action_scripts: Vec<PathBuf>,
         /// Print the stats as JSON.
         #[arg(long)]
         json: bool,
@@ -409,6 +425,7 @@ fn run(cli: Cli) -> Result<()> {
             skip_in_flight,
             prev_images_dir,
             track_mem,
+            action_scripts,
             json,
         } => {
             let bar = progress::Bar::on_stderr(json);
@@ -428,6 +445,7 @@ fn run(cli: Cli) -> Result<()> {
                 prev_images_dir,
                 track_mem,
                 progress,
+                notify: Notify::scripts(action_scripts),
             };
             let stats = guard::in_child(|| bar.around(|| Ok(dump(&opts)?))).with_context(|| format!("dump of process {pid} failed"))?;
             if json {
@@ -436,9 +454,10 @@ fn run(cli: Cli) -> Result<()> {
                 print_dump_stats(&stats, &dir);
             }
         }
-        Command::PreDump { pid, dir, prev_images_dir, track_mem, freeze_cgroup, json } => {
+        Command::PreDump { pid, dir, prev_images_dir, track_mem, freeze_cgroup, action_scripts, json } => {
             let bar = progress::Bar::on_stderr(json);
-            let opts = DumpOptions { pid, dir: dir.clone(), prev_images_dir, track_mem, freeze_cgroup, progress: bar.progress(), ..Default::default() };
+            let notify = Notify::scripts(action_scripts);
+            let opts = DumpOptions { pid, dir: dir.clone(), prev_images_dir, track_mem, freeze_cgroup, progress: bar.progress(), notify, ..Default::default() };
             let stats = guard::in_child(|| bar.around(|| Ok(pre_dump(&opts)?))).with_context(|| format!("pre-dump of process {pid} failed"))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&stats)?);
@@ -446,7 +465,7 @@ fn run(cli: Cli) -> Result<()> {
                 print_dump_stats(&stats, &dir);
             }
         }
-        Command::Restore { dir, detach, shell_job, pidfile, manage_cgroups, cgroup_roots, pid_wait, tcp, json } => {
+        Command::Restore { dir, detach, shell_job, pidfile, manage_cgroups, cgroup_roots, pid_wait, tcp, action_scripts, json } => {
             let bar = progress::Bar::on_stderr(json);
             let opts = RestoreOptions {
                 dir: dir.clone(),
@@ -458,6 +477,7 @@ fn run(cli: Cli) -> Result<()> {
                 progress: bar.progress(),
                 private_copies: false,
                 tcp: tcp.mode(),
+                notify: Notify::scripts(action_scripts),
             };
             let restored = bar.around(|| restore(&opts)).with_context(|| format!("restore from {} failed", dir.display()))?;
             // As criu does, the numbers stay beside the images; the tree runs

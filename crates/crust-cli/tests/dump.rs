@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -1040,4 +1040,65 @@ fn dump_refuses_what_it_cannot_restore_inside_a_process_and_leaves_it_running() 
         assert_no_inventory(&images);
         w.expect_ok_on_usr1();
     }
+}
+
+// ---------------------------------------------------------------------------
+// action scripts: criu's points, in order, with the root's pid
+
+/// A script that appends "ACTION PID" to `log`, and fails at `fail_at`.
+fn action_script(tmp: &TempDir, log: &Path, fail_at: &str) -> PathBuf {
+    let script = tmp.join("action.sh");
+    let body = format!(
+        "#!/bin/sh\necho \"$CRTOOLS_SCRIPT_ACTION ${{CRTOOLS_INIT_PID:-none}}\" >> {}\n[ \"$CRTOOLS_SCRIPT_ACTION\" != \"{fail_at}\" ]\n",
+        log.display()
+    );
+    std::fs::write(&script, body).unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    script
+}
+
+fn log_lines(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log).unwrap_or_default().lines().map(str::to_string).collect()
+}
+
+#[test]
+fn action_scripts_hear_every_point_of_dump_and_restore_in_order() {
+    let tmp = TempDir::new("action-scripts");
+    let dir = tmp.join("images");
+    let log = tmp.join("log");
+    let script = action_script(&tmp, &log, "never");
+    let (mut w, _c) = start_test_mm();
+    let pid = w.pid.to_string();
+    dump_ok(w.pid, &dir, &["--action-script", script.to_str().unwrap()]);
+    assert_killed(&mut w);
+    let p = &pid;
+    assert_eq!(log_lines(&log), [format!("pre-dump {p}"), format!("network-lock {p}"), format!("post-dump {p}")]);
+
+    std::fs::remove_file(&log).unwrap();
+    let out = crust(&[os("restore"), os("-D"), dir.as_os_str(), os("-d"), os("--action-script"), script.as_os_str()], Duration::from_secs(60));
+    assert!(out.status.success(), "restore failed: {}", String::from_utf8_lossy(&out.stderr));
+    let restored = pidfd_open(w.pid).expect("the restored test_mm runs");
+    let expected: Vec<String> = ["pre-restore none", "setup-namespaces", "post-setup-namespaces", "post-restore", "pre-resume", "network-unlock", "post-resume"]
+        .iter()
+        .map(|s| if s.contains(' ') { s.to_string() } else { format!("{s} {p}") })
+        .collect();
+    assert_eq!(log_lines(&log), expected);
+    pidfd_kill(&restored, libc::SIGKILL);
+    assert!(pidfd_wait_exit(&restored, Duration::from_secs(5)));
+}
+
+#[test]
+fn a_failing_action_script_stops_the_dump_and_the_tree_runs_on() {
+    let tmp = TempDir::new("action-fails");
+    let dir = tmp.join("images");
+    let log = tmp.join("log");
+    let script = action_script(&tmp, &log, "network-lock");
+    let (mut w, mut c) = start_test_mm();
+    let out = crust(&dump_args(&w.pid.to_string(), &dir, &["--action-script", script.to_str().unwrap()]), Duration::from_secs(60));
+    let err = assert_clean_failure(&out, "dump with a failing action script");
+    assert!(err.contains("network-lock"), "the error names the point: {err}");
+    assert_no_inventory(&dir);
+    assert_running_untraced(w.pid, Duration::from_secs(2));
+    assert_keeps_counting(&mut w, &mut c, 4);
+    w.expect_ok_on_usr1();
 }

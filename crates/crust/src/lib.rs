@@ -13,6 +13,7 @@ pub mod files;
 pub mod images;
 pub mod mem;
 pub mod netlock;
+pub mod notify;
 pub mod migrate;
 pub mod proc;
 pub mod ranges;

@@ -31,6 +31,7 @@ use crate::remote::RemoteThread;
 use crate::files::shmem::SharedMemory;
 use crate::state::{self, ThreadDump};
 use crate::tree::{FrozenProcess, FrozenTree};
+use crate::notify::{Notify, Point};
 use memory::PendingPages;
 pub use predump::pre_dump;
 
@@ -68,6 +69,8 @@ pub struct DumpOptions {
     pub track_mem: bool,
     /// Hears the pages being written (not those a streamed dump leaves out).
     pub progress: Progress,
+    /// Hears criu's points of a dump (pre-dump, network-lock, post-dump).
+    pub notify: Notify,
 }
 
 /// What a dump did, for the user and for stats-dump.
@@ -174,18 +177,19 @@ impl Dumped {
 pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
     let (tree, dir, stats, frozen_at, pages, connections) = write_images(opts, None)?;
     let d = Dumped { tree, frozen_at, pages, connections, stats };
-    if opts.leave_running {
+    if opts.leave_running && !opts.notify.is_heard() {
         // Everything is read: the tree need not wait for the disk.
         let mut stats = d.resume();
         dir.commit_unless(crate::cancel::check)?;
         stats.frozen_time_us = us(frozen_at.elapsed());
-        Ok(stats)
-    } else {
-        // The tree dies only once its images are safely in place, and a
-        // dump stopped while they were synced lets it run on.
-        dir.commit_unless(crate::cancel::check)?;
-        Ok(d.kill())
+        return Ok(stats);
     }
+    // The tree dies only once its images are safely in place, and a dump
+    // stopped while they were synced lets it run on. post-dump comes, as
+    // criu's, with the images in place and the tree still frozen.
+    dir.commit_unless(crate::cancel::check)?;
+    opts.notify.at(Point::PostDump, Some(opts.pid))?;
+    Ok(if opts.leave_running { d.resume() } else { d.kill() })
 }
 
 /// Dump and keep the tree frozen, with its images in place: in `opts.dir`,
@@ -193,8 +197,14 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
 /// A streamed dump leaves the pages out, for [`Dumped::send_pages`]: the
 /// receiver can check the rest, and build the tree, before they come.
 pub fn dump_frozen(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<Dumped> {
+    let streamed = sink.is_some();
     let (tree, dir, mut stats, frozen_at, pages, connections) = write_images(opts, sink)?;
     dir.commit_unless(crate::cancel::check)?;
+    // A streamed dump's images are whole only once its pages are sent: its
+    // caller says post-dump then.
+    if !streamed {
+        opts.notify.at(Point::PostDump, Some(opts.pid))?;
+    }
     stats.frozen_time_us = us(frozen_at.elapsed());
     Ok(Dumped { tree, frozen_at, pages, connections, stats })
 }
@@ -204,6 +214,7 @@ type Written = (FrozenTree, ImageDir, DumpStats, Instant, Vec<PendingPages>, Con
 /// Freeze the tree and write all its images (not yet made visible); a
 /// streamed dump returns its pages unwritten.
 fn write_images(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<Written> {
+    opts.notify.at(Point::PreDump, Some(opts.pid))?;
     let start = Instant::now();
     let tree = match &opts.freeze_cgroup {
         Some(cg) => FrozenTree::seize_through_freezer(opts.pid, cg)?,
@@ -232,6 +243,7 @@ fn write_images(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<W
     };
     d.files.tcp = Connections::prepare(&d.files.tree, opts.tcp, refusal, &note)?;
     d.files.tcp.skip_in_flight = opts.skip_in_flight;
+    opts.notify.at(Point::NetworkLock, Some(opts.pid))?;
     let mut root_ids = None;
     for (n, p) in tree.processes.iter().enumerate() {
         match p.zombie {

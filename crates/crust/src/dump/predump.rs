@@ -12,6 +12,7 @@ use crate::images::criu::IMG_VERSION;
 use crate::images::proto::InventoryEntry;
 use crate::images::{ImageDir, Kind};
 use crate::mem;
+use crate::notify::Point;
 use crate::tree::FrozenTree;
 
 /// inventory_entry.pre_dump_mode: the pages were read (criu's PRE_DUMP_READ),
@@ -19,6 +20,7 @@ use crate::tree::FrozenTree;
 const PRE_DUMP_READ: u32 = 2;
 
 pub fn pre_dump(opts: &DumpOptions) -> Result<DumpStats> {
+    opts.notify.at(Point::PreDump, Some(opts.pid))?;
     let start = Instant::now();
     let tree = match &opts.freeze_cgroup {
         Some(cg) => FrozenTree::seize_through_freezer(opts.pid, cg)?,
@@ -45,5 +47,6 @@ pub fn pre_dump(opts: &DumpOptions) -> Result<DumpStats> {
     w.entry(&d.stats.entry())?;
     d.stats.bytes_written += w.finish()?;
     d.dir.commit_unless(crate::cancel::check)?;
+    opts.notify.at(Point::PostDump, Some(opts.pid))?;
     Ok(d.stats)
 }

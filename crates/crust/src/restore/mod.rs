@@ -39,6 +39,7 @@ use crate::task::{Scratch, Task, SCRATCH_LEN};
 pub use inherit::{PageCounts, PageSink};
 pub use memory::{PageSource, PagesInDir};
 use memory::Start;
+use crate::notify::{Notify, Point};
 
 #[derive(Clone, Debug, Default)]
 pub struct RestoreOptions {
@@ -68,6 +69,8 @@ pub struct RestoreOptions {
     /// restore them (`--tcp-established`) or make them closed sockets
     /// (`--tcp-close`); refused without either, as criu does.
     pub tcp: files::tcp::Mode,
+    /// Hears criu's points of a restore (pre-restore to post-resume).
+    pub notify: Notify,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -178,6 +181,12 @@ impl Held {
         &self.stats
     }
 
+    /// [`Held::release`], with pre-resume said first.
+    pub fn release_telling(self, notify: &Notify) -> Result<Restored> {
+        notify.at(Point::PreResume, Some(self.root))?;
+        self.release()
+    }
+
     /// Let every task go at once; a shell job with its terminal's
     /// foreground first, if it is to have it, and told afterwards if the
     /// terminal's window size is not the one it knew.
@@ -247,7 +256,7 @@ pub fn load(dir: &Path, pages: Pages) -> Result<DumpImage> {
 pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
     let img = load(&opts.dir, Pages::InDir)?;
     let lock = network_lock(&opts.dir);
-    let restored = restore_held(opts, img, &mut PagesInDir).and_then(Held::release);
+    let restored = restore_held(opts, img, &mut PagesInDir).and_then(|held| held.release_telling(&opts.notify));
     if let Some(name) = lock {
         match &restored {
             Ok(_) => {
@@ -262,7 +271,10 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
             ),
         }
     }
-    restored
+    let restored = restored?;
+    opts.notify.at(Point::NetworkUnlock, Some(restored.root))?;
+    opts.notify.at(Point::PostResume, Some(restored.root))?;
+    Ok(restored)
 }
 
 /// The network lock a dump in `dir` left in place, from crust's notes.
@@ -272,6 +284,7 @@ pub fn network_lock(dir: &Path) -> Option<String> {
 
 /// Build the whole tree of `img`, its pages from `pages`, and hold it stopped.
 pub fn restore_held(opts: &RestoreOptions, mut img: DumpImage, pages: &mut dyn PageSource) -> Result<Held> {
+    opts.notify.at(Point::PreRestore, None)?;
     let start = Instant::now();
     img.extras.insert(files::tcp::RestoreMode(opts.tcp));
     preflight(&img, opts)?;
@@ -290,6 +303,8 @@ pub fn restore_held(opts: &RestoreOptions, mut img: DumpImage, pages: &mut dyn P
     }
     let mut stats = RestoreStats { processes: img.processes.len(), ..Default::default() };
     let (mut root, crust_layout) = make_root(img, &mut created)?;
+    opts.notify.at(Point::SetupNamespaces, Some(root.leader.tid))?;
+    opts.notify.at(Point::PostSetupNamespaces, Some(root.leader.tid))?;
     let (inherited, shmem_fds) = make_shared(&mut root, img, terminal)?;
     let live = img.processes.iter().filter(|p| p.zombie.is_none());
     let page_bytes = live.flat_map(|p| &p.pagemap).map(|e| e.nr_pages as u64 * PAGE_SIZE).sum();
@@ -335,6 +350,7 @@ pub fn restore_held(opts: &RestoreOptions, mut img: DumpImage, pages: &mut dyn P
         .collect();
     let root = procs[0].image.pid();
     stats.restore_time_us = start.elapsed().as_micros() as u64;
+    opts.notify.at(Point::PostRestore, Some(root))?;
     Ok(Held { created, tasks, root, stats, start, terminal: job_tty })
 }
 
