@@ -961,13 +961,13 @@ impl Drop for Sleeper {
 #[test]
 fn dump_refuses_what_it_cannot_restore_and_leaves_it_running() {
     let dir = TempDir::new("refusals");
-    // A process in namespaces of its own (as in a container) needs a
-    // container-aware dump: crust says so instead of losing them.
-    let boxed = Sleeper::start(&["unshare", "--net", "--uts", "--"]);
+    // A process in a user namespace of its own: crust does not save one
+    // (its id maps), and says so instead of losing it.
+    let boxed = Sleeper::start(&["unshare", "--user", "--map-root-user", "--"]);
     let images = dir.join("ns");
     let out = crust(&dump_args(&boxed.pid().to_string(), &images, &[]), DUMP_TIMEOUT);
     let err = assert_clean_failure(&out, "dump of a process in its own namespaces");
-    assert!(err.contains("namespace of its own") && err.contains("not supported"), "{err}");
+    assert!(err.contains("user namespace of its own") && err.contains("not supported"), "{err}");
     assert_running_untraced(boxed.pid(), Duration::from_secs(5));
     assert_no_inventory(&images);
 }

@@ -14,6 +14,7 @@ pub mod images;
 pub mod mem;
 pub mod netlock;
 pub mod notify;
+pub mod ns;
 pub mod migrate;
 pub mod proc;
 pub mod ranges;

@@ -121,6 +121,7 @@ pub struct JobBuilder<'a> {
     cgroups: &'a [PathBuf],
     output: Option<&'a str>,
     program: Option<&'a Path>,
+    pre_exec: Option<fn() -> std::io::Result<()>>,
 }
 
 impl<'a> JobBuilder<'a> {
@@ -142,9 +143,16 @@ impl<'a> JobBuilder<'a> {
         self
     }
 
+    /// It runs `f` in its new process before the exec (which must be
+    /// async-signal-safe: to unshare namespaces and set them up).
+    pub fn pre_exec(mut self, f: fn() -> std::io::Result<()>) -> Self {
+        self.pre_exec = Some(f);
+        self
+    }
+
     /// Starts it, in a session of its own, writing to a file in `dir`.
     pub fn start(self, dir: &Path) -> Job {
-        let JobBuilder { name, args, cgroups, output, program } = self;
+        let JobBuilder { name, args, cgroups, output, program, pre_exec } = self;
         become_subreaper();
         let out = match output {
             Some(f) => dir.join(f),
@@ -156,6 +164,10 @@ impl<'a> JobBuilder<'a> {
         new_session(&mut cmd);
         if !cgroups.is_empty() {
             enter_cgroups(&mut cmd, cgroups);
+        }
+        if let Some(f) = pre_exec {
+            // SAFETY: the callers' functions make single syscalls only.
+            unsafe { cmd.pre_exec(f) };
         }
         // A program file just written (a test's copy) may still be open for
         // writing in a child another test thread forked meanwhile, until that
@@ -205,7 +217,7 @@ impl Job {
 
     /// A job to start with more options (cgroups, output file).
     pub fn build<'a>(name: &'a str, args: &'a [&'a str]) -> JobBuilder<'a> {
-        JobBuilder { name, args, cgroups: &[], output: None, program: None }
+        JobBuilder { name, args, cgroups: &[], output: None, program: None, pre_exec: None }
     }
 
     /// The next complete line of output, waiting up to `timeout`.

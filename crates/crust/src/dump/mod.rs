@@ -222,6 +222,7 @@ fn write_images(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<W
     };
     let frozen_at = Instant::now();
     check_session(&tree, opts)?;
+    let own_ns = crate::ns::own_namespaces(&tree)?;
     check_isolation(&tree)?;
     let streamed = sink.is_some();
     let dir = match sink {
@@ -229,6 +230,7 @@ fn write_images(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<W
         None => ImageDir::create(&opts.dir)?,
     };
     let mut d = TreeDump::new(dir, opts, &tree, frozen_at - start)?;
+    d.own_ns = own_ns;
     if let Some(limit) = opts.ghost_limit {
         d.files.ghosts.limit = limit;
     }
@@ -261,6 +263,9 @@ fn write_images(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<W
     }
     d.pstree(&tree, opts.pid)?;
     d.shared(&tree)?;
+    if let Some(ids) = &root_ids {
+        d.stats.bytes_written += crate::ns::dump(&d.own_ns, opts.pid, ids, &mut d.dir)?;
+    }
     d.inventory(root_ids)?;
     crate::cancel::check()?;
     d.stats.frozen_time_us = us(frozen_at.elapsed());
@@ -311,6 +316,8 @@ struct TreeDump {
     /// it had already collected with wait (see [`state::child_stops`]).
     stopped_children: BTreeMap<i32, Vec<i32>>,
     stops_collected: Vec<i32>,
+    /// The tree's own namespaces, saved with it.
+    own_ns: crate::ns::OwnNamespaces,
 }
 
 impl TreeDump {
@@ -346,6 +353,7 @@ impl TreeDump {
             dumped: Vec::new(),
             stopped_children: stopped_children(tree),
             stops_collected: Vec::new(),
+            own_ns: Default::default(),
         })
     }
 
@@ -522,7 +530,8 @@ impl TreeDump {
         let devices = files.files.iter().filter_map(|f| f.reg.as_ref()).filter_map(crate::files::reg::device_of).collect();
         let stops_collected = std::mem::take(&mut self.stops_collected);
         let network_lock = files.tcp.lock_name().map(str::to_string);
-        let meta = DumpMeta { cgroups: self.cgroups.report(), files: stamps, shared_with_parent, devices, stops_collected, network_lock };
+        let own_namespaces = self.own_ns.0.clone();
+        let meta = DumpMeta { cgroups: self.cgroups.report(), files: stamps, shared_with_parent, devices, stops_collected, network_lock, own_namespaces };
         self.stats.bytes_written += self.dir.write_json(META, &meta)?;
         Ok(())
     }
@@ -627,23 +636,13 @@ fn core_of(p: &FrozenProcess, tid: i32, stat: &Stat, ids: &TaskKobjIdsEntry, cg_
 }
 
 /// What crust cannot restore yet must stop the dump, not be lost on restore:
-/// namespaces of a task's own (a container: a container-aware dump is needed),
 /// seccomp strict mode, and seccomp filters crust may not suspend (any
-/// syscall it injects could be stopped or kill the task).
+/// syscall it injects could be stopped or kill the task). Namespaces are
+/// [`crate::ns`]'s to judge.
 fn check_isolation(tree: &FrozenTree) -> Result<()> {
-    const NAMESPACES: [&str; 8] = ["pid", "net", "ipc", "uts", "mnt", "user", "cgroup", "time"];
-    let me = std::process::id() as i32;
     let own_state = refuse::Own::read()?;
     for p in tree.processes.iter().filter(|p| p.zombie.is_none()) {
         let who = proc::who(p.pid);
-        for ns in NAMESPACES {
-            if proc::ns_inode(p.pid, ns) != proc::ns_inode(me, ns) {
-                return Err(Error::unsupported(
-                    &who,
-                    format!("it is in a {ns} namespace of its own: dumping processes inside namespaces (containers) is not supported yet"),
-                ));
-            }
-        }
         for &tid in &p.threads {
             match proc::status(p.pid, tid)?.seccomp.unwrap_or(0) {
                 0 => {}

@@ -30,6 +30,10 @@ pub struct DumpMeta {
     /// TCP connections, which the restore removes once the tree runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_lock: Option<String>,
+    /// The kinds of the tree's own namespaces ("uts"...), which the restore
+    /// makes again; the others are the host's.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub own_namespaces: std::collections::BTreeSet<String>,
 }
 
 impl DumpMeta {

@@ -244,6 +244,7 @@ fn wait_group_stop(pid: i32) -> Result<()> {
 /// Read a dump: its images (checked and typed) and every kind of file's own.
 pub fn load(dir: &Path, pages: Pages) -> Result<DumpImage> {
     let mut img = load::load(dir, pages)?;
+    crate::ns::load_images(&mut img, crate::ns::OwnNamespaces(DumpMeta::read(dir).own_namespaces))?;
     files::load_images(&mut img)?;
     state::load_images(&mut img)?;
     Ok(img)
@@ -303,6 +304,7 @@ pub fn restore_held(opts: &RestoreOptions, mut img: DumpImage, pages: &mut dyn P
     }
     let mut stats = RestoreStats { processes: img.processes.len(), ..Default::default() };
     let (mut root, crust_layout) = make_root(img, &mut created)?;
+    crate::ns::restore(img, root.leader.tid)?;
     opts.notify.at(Point::SetupNamespaces, Some(root.leader.tid))?;
     opts.notify.at(Point::PostSetupNamespaces, Some(root.leader.tid))?;
     let (inherited, shmem_fds) = make_shared(&mut root, img, terminal)?;
@@ -417,7 +419,7 @@ fn job_terminal(img: &DumpImage, opts: &RestoreOptions, created: &mut Created) -
 fn make_root<'a>(img: &'a DumpImage, created: &mut Created) -> Result<(Proc<'a>, Vec<Vma>)> {
     let image = &img.processes[0];
     let pid = image.pid();
-    spawn::spawn_stopped(pid)?;
+    spawn::spawn_stopped(pid, crate::ns::recorded(img).clone_flags()?)?;
     created.processes.push(pid);
     created.cgroups.place(pid, cg_set(image))?;
     // Forks and threads inherit the options: seccomp filters restored early

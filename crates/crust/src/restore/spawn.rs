@@ -12,11 +12,12 @@ use crate::error::{Context, Error, Result};
 use crate::ptrace;
 use crate::task::{Scratch, Task};
 
-/// crust forks itself with `pid` and the child waits, stopped, for crust to
-/// take it over.
-pub(super) fn spawn_stopped(pid: i32) -> Result<()> {
+/// crust forks itself with `pid`, in new namespaces of the kinds `namespaces`
+/// names, and the child waits, stopped, for crust to take it over.
+pub(super) fn spawn_stopped(pid: i32, namespaces: nix::sched::CloneFlags) -> Result<()> {
     let set_tid = [pid as libc::pid_t];
-    let args = CloneArgs { exit_signal: libc::SIGCHLD as u64, set_tid: set_tid.as_ptr() as u64, set_tid_size: 1, ..Default::default() };
+    let flags = namespaces.bits() as u32 as u64;
+    let args = CloneArgs { flags, exit_signal: libc::SIGCHLD as u64, set_tid: set_tid.as_ptr() as u64, set_tid_size: 1, ..Default::default() };
     // SAFETY: the kernel reads `args` (size given) and the one pid `set_tid`
     // points at, both alive on this stack for the call. Without CLONE_VM and
     // with no stack given, clone3 is a fork: the child runs on its own copy of

@@ -1,0 +1,190 @@
+//! Namespaces. The tree's own namespaces (its root's, where they are not
+//! crust's) are saved with it and made again for the restored root, which
+//! every process of the tree shares; the host's (crust's) stay the host's.
+//! Each kind of namespace is one module behind [`NsKind`], in [`KINDS`]; a
+//! namespace of a kind not in the table is refused, as is a process of the
+//! tree in another namespace than its root's.
+//!
+//! A namespace is filled from crust, not from inside the tree: a thread of
+//! crust joins it ([`in_namespace`]) and does its work there with plain
+//! syscalls (a hostname, a mount, a device), then ends, leaving crust where
+//! it was.
+
+mod uts;
+
+use std::collections::BTreeSet;
+use std::os::fd::AsFd;
+
+use nix::sched::CloneFlags;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Context, Error, Result};
+use crate::images::load::DumpImage;
+use crate::images::proto::TaskKobjIdsEntry;
+use crate::images::ImageDir;
+use crate::proc;
+use crate::tree::FrozenTree;
+
+/// A kind of namespace, dump and restore side by side.
+pub trait NsKind: Sync {
+    /// Its name in /proc/PID/ns/ ("uts").
+    fn name(&self) -> &'static str;
+    /// The clone flag that makes a new one.
+    fn clone_flag(&self) -> CloneFlags;
+    /// Its id in a task's ids (the number its images are named by).
+    fn id(&self, ids: &TaskKobjIdsEntry) -> Option<u32>;
+    /// Save the namespace the root `pid` is in, as number `id`; returns the
+    /// bytes written.
+    fn dump(&self, pid: i32, id: u32, dir: &mut ImageDir) -> Result<u64>;
+    /// Its images read back, into `img.extras`.
+    fn load_images(&self, img: &mut DumpImage, id: u32) -> Result<()>;
+    /// What stands in the way of making it again on this host.
+    fn problems(&self, _img: &DumpImage) -> Vec<String> {
+        Vec::new()
+    }
+    /// Fill the new namespace the restored root `pid` was made in.
+    fn restore(&self, img: &DumpImage, pid: i32) -> Result<()>;
+}
+
+/// Every kind crust saves, in the order a restore fills them.
+static KINDS: &[&dyn NsKind] = &[&uts::Uts];
+
+/// Every kind the kernel has, with its clone flag: a tree's own namespace of
+/// a kind not in [`KINDS`] is refused.
+const ALL: [(&str, CloneFlags); 8] = [
+    ("user", CloneFlags::CLONE_NEWUSER),
+    ("mnt", CloneFlags::CLONE_NEWNS),
+    ("net", CloneFlags::CLONE_NEWNET),
+    ("pid", CloneFlags::CLONE_NEWPID),
+    ("ipc", CloneFlags::CLONE_NEWIPC),
+    ("uts", CloneFlags::CLONE_NEWUTS),
+    ("cgroup", CloneFlags::CLONE_NEWCGROUP),
+    ("time", CloneFlags::from_bits_retain(libc::CLONE_NEWTIME)),
+];
+
+fn kind(name: &str) -> Option<&'static dyn NsKind> {
+    KINDS.iter().copied().find(|k| k.name() == name)
+}
+
+/// The tree's own namespaces, by kind name: recorded beside the images
+/// (crust-meta.json) for the restore to make them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnNamespaces(pub BTreeSet<String>);
+
+impl OwnNamespaces {
+    /// The clone flags that make them, for the restored root.
+    pub fn clone_flags(&self) -> Result<CloneFlags> {
+        self.0.iter().try_fold(CloneFlags::empty(), |flags, name| Ok(flags | known(name)?.clone_flag()))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+fn known(name: &str) -> Result<&'static dyn NsKind> {
+    kind(name).ok_or_else(|| Error::unsupported("the images", format!("the tree has a {name} namespace of its own, which this crust cannot make")))
+}
+
+/// Which namespaces are the tree's own, refusing what crust cannot save: a
+/// namespace of its own of a kind crust does not know, a process in another
+/// namespace than the root's, a process whose next children would be in
+/// another pid or time namespace than its own (it unshared and has not
+/// forked yet).
+pub fn own_namespaces(tree: &FrozenTree) -> Result<OwnNamespaces> {
+    let me = std::process::id() as i32;
+    let root = tree.processes[0].pid;
+    let mut own = OwnNamespaces::default();
+    for (name, _) in ALL {
+        let theirs = proc::ns_inode(root, name);
+        for p in tree.processes.iter().filter(|p| p.zombie.is_none()) {
+            if proc::ns_inode(p.pid, name) != theirs {
+                return Err(Error::unsupported(
+                    proc::who(p.pid),
+                    format!("it is in another {name} namespace than the tree's root {root}: namespaces inside the tree are not supported yet"),
+                ));
+            }
+            for (pending, of) in [("pid_for_children", "pid"), ("time_for_children", "time")] {
+                if of == name && proc::ns_inode(p.pid, pending) != proc::ns_inode(p.pid, name) {
+                    return Err(Error::unsupported(
+                        proc::who(p.pid),
+                        format!("its next children would be in another {name} namespace than its own (it unshared one and has not forked yet): not supported"),
+                    ));
+                }
+            }
+        }
+        if theirs != proc::ns_inode(me, name) {
+            if kind(name).is_none() {
+                return Err(Error::unsupported(
+                    proc::who(root),
+                    format!("it is in a {name} namespace of its own: dumping processes inside {name} namespaces is not supported yet"),
+                ));
+            }
+            own.0.insert(name.to_string());
+        }
+    }
+    Ok(own)
+}
+
+/// Save each of the tree's own namespaces, entered through its root `pid`
+/// with ids `ids`; returns the bytes written.
+pub fn dump(own: &OwnNamespaces, pid: i32, ids: &TaskKobjIdsEntry, dir: &mut ImageDir) -> Result<u64> {
+    let mut bytes = 0;
+    for k in KINDS.iter().filter(|k| own.0.contains(k.name())) {
+        let id = k.id(ids).ok_or_else(|| Error::Invalid(format!("process {pid} has no {} namespace id", k.name())))?;
+        bytes += k.dump(pid, id, dir)?;
+    }
+    Ok(bytes)
+}
+
+/// The own namespaces recorded beside the images.
+pub fn recorded(img: &DumpImage) -> &OwnNamespaces {
+    static NONE: std::sync::OnceLock<OwnNamespaces> = std::sync::OnceLock::new();
+    img.extras.get::<OwnNamespaces>().unwrap_or_else(|| NONE.get_or_init(OwnNamespaces::default))
+}
+
+/// Read the images of the tree's own namespaces (`own`, from crust's notes).
+pub fn load_images(img: &mut DumpImage, own: OwnNamespaces) -> Result<()> {
+    if let Some(root) = img.processes.first() {
+        let (ids, core) = (root.ids, img.dir.join(format!("core-{}.img", root.pid())));
+        for name in &own.0 {
+            let k = known(name)?;
+            let id = k.id(&ids).ok_or_else(|| Error::image(&core, format!("the root has no {name} namespace id")))?;
+            k.load_images(img, id)?;
+        }
+    }
+    img.extras.insert(own);
+    Ok(())
+}
+
+/// What stands in the way of making the tree's namespaces on this host.
+pub fn problems(img: &DumpImage) -> Vec<String> {
+    recorded(img).0.iter().filter_map(|name| kind(name)).flat_map(|k| k.problems(img)).collect()
+}
+
+/// Fill the namespaces the restored root `pid` was made in.
+pub fn restore(img: &DumpImage, pid: i32) -> Result<()> {
+    let own = recorded(img);
+    KINDS.iter().filter(|k| own.0.contains(k.name())).try_for_each(|k| k.restore(img, pid))
+}
+
+/// Run `work` on a thread of crust that has joined `pid`'s namespace of
+/// kind `name` (and only that one); the thread ends with `work`, so crust
+/// itself stays where it was. A mount namespace is joined after the thread
+/// stops sharing crust's root and working directory, as setns(2) needs.
+pub fn in_namespace<T: Send>(pid: i32, name: &str, work: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    let flag = ALL.iter().find(|(n, _)| *n == name).map(|(_, f)| *f).ok_or_else(|| Error::Invalid(format!("no namespace kind {name}")))?;
+    let path = format!("/proc/{pid}/ns/{name}");
+    let ns = std::fs::File::open(&path).ctx(|| format!("opening {path}"))?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            if flag == CloneFlags::CLONE_NEWNS {
+                nix::sched::unshare(CloneFlags::CLONE_FS).ctx(|| "unsharing the fs of a namespace thread")?;
+            }
+            nix::sched::setns(ns.as_fd(), flag).ctx(|| format!("joining {path}"))?;
+            work()
+        })
+        .join()
+        .map_err(|_| Error::Invalid(format!("the thread working in {path} panicked")))?
+    })
+}
