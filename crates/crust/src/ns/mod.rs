@@ -23,6 +23,7 @@ use crate::images::load::DumpImage;
 use crate::images::proto::TaskKobjIdsEntry;
 use crate::images::ImageDir;
 use crate::proc;
+use crate::task::{Scratch, Task};
 use crate::tree::FrozenTree;
 
 /// A kind of namespace, dump and restore side by side.
@@ -42,8 +43,18 @@ pub trait NsKind: Sync {
     fn problems(&self, _img: &DumpImage) -> Vec<String> {
         Vec::new()
     }
-    /// Fill the new namespace the restored root `pid` was made in.
-    fn restore(&self, img: &DumpImage, pid: i32) -> Result<()>;
+    /// Fill the new namespace the restored root was made in.
+    fn restore(&self, img: &DumpImage, root: &mut NsRoot) -> Result<()>;
+}
+
+/// The restored root, just made in its new namespaces, before anything else
+/// of the tree exists: crust can work in its namespaces from a thread of its
+/// own ([`in_namespace`]), or inject syscalls into it (what must be done by
+/// a task inside them all, as mounting a proc of the new pid namespace).
+pub struct NsRoot<'a> {
+    pub pid: i32,
+    pub task: &'a Task,
+    pub scratch: &'a mut Scratch,
 }
 
 /// Every kind crust saves, in the order a restore fills them.
@@ -162,10 +173,10 @@ pub fn problems(img: &DumpImage) -> Vec<String> {
     recorded(img).0.iter().filter_map(|name| kind(name)).flat_map(|k| k.problems(img)).collect()
 }
 
-/// Fill the namespaces the restored root `pid` was made in.
-pub fn restore(img: &DumpImage, pid: i32) -> Result<()> {
+/// Fill the namespaces the restored root was made in.
+pub fn restore(img: &DumpImage, root: &mut NsRoot) -> Result<()> {
     let own = recorded(img);
-    KINDS.iter().filter(|k| own.0.contains(k.name())).try_for_each(|k| k.restore(img, pid))
+    KINDS.iter().filter(|k| own.0.contains(k.name())).try_for_each(|k| k.restore(img, root))
 }
 
 /// Run `work` on a thread of crust that has joined `pid`'s namespace of

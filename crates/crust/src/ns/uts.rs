@@ -2,7 +2,7 @@
 
 use nix::sched::CloneFlags;
 
-use super::{in_namespace, NsKind};
+use super::{in_namespace, NsKind, NsRoot};
 use crate::error::{Context, Error, Result};
 use crate::images::load::{read_one, DumpImage};
 use crate::images::proto::{TaskKobjIdsEntry, UtsnsEntry};
@@ -55,9 +55,9 @@ impl NsKind for Uts {
         Ok(())
     }
 
-    fn restore(&self, img: &DumpImage, pid: i32) -> Result<()> {
+    fn restore(&self, img: &DumpImage, root: &mut NsRoot) -> Result<()> {
         let Some(Names(names)) = img.extras.get::<Names>() else { return Ok(()) };
-        in_namespace(pid, "uts", || {
+        in_namespace(root.pid, "uts", || {
             nix::unistd::sethostname(&names.nodename).ctx(|| format!("setting the host name {:?}", names.nodename))?;
             // SAFETY: the pointer and length describe `domainname`'s bytes,
             // alive for the call; the kernel copies them.

@@ -304,7 +304,7 @@ pub fn restore_held(opts: &RestoreOptions, mut img: DumpImage, pages: &mut dyn P
     }
     let mut stats = RestoreStats { processes: img.processes.len(), ..Default::default() };
     let (mut root, crust_layout) = make_root(img, &mut created)?;
-    crate::ns::restore(img, root.leader.tid)?;
+    crate::ns::restore(img, &mut crate::ns::NsRoot { pid: root.leader.tid, task: &root.leader, scratch: &mut root.scratch })?;
     opts.notify.at(Point::SetupNamespaces, Some(root.leader.tid))?;
     opts.notify.at(Point::PostSetupNamespaces, Some(root.leader.tid))?;
     let (inherited, shmem_fds) = make_shared(&mut root, img, terminal)?;
