@@ -66,6 +66,11 @@ enum Command {
         /// tree (a logger's /dev/log); the restore connects them to that name.
         #[arg(short = 'x', long = "ext-unix-sk")]
         ext_unix_sk: bool,
+        /// A pipe the tree shares with processes outside it (pipe:[INO], as
+        /// /proc/PID/fd shows it), saved as external: its restore must be
+        /// given one with --inherit-fd (repeatable).
+        #[arg(long = "external", value_name = "pipe:[INO]", value_parser = crust::files::parse_external)]
+        external: Vec<String>,
         #[command(flatten)]
         tcp: TcpArgs,
         /// Leave out TCP connections not accepted yet (in a listener's
@@ -139,6 +144,10 @@ enum Command {
         /// Seconds to wait for pids of the image that are still being released.
         #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
         pid_wait: f64,
+        /// Give the tree crust's fd N for the file KEY it shared with
+        /// processes outside it at dump (fd[N]:pipe:[INO]; repeatable).
+        #[arg(long = "inherit-fd", value_name = "fd[N]:KEY", value_parser = crust::files::parse_inherit_fd)]
+        inherit_fds: Vec<(i32, String)>,
         #[command(flatten)]
         tcp: TcpArgs,
         /// Run this program at each of criu's action points (pre-dump,
@@ -225,6 +234,10 @@ enum Command {
         cgroup_roots: Vec<CgroupRoot>,
         #[command(flatten)]
         tcp: TcpArgs,
+        /// Give the tree crust's fd N for the file KEY it shared with
+        /// processes outside it at dump (fd[N]:pipe:[INO]; repeatable).
+        #[arg(long = "inherit-fd", value_name = "fd[N]:KEY", value_parser = crust::files::parse_inherit_fd)]
+        inherit_fds: Vec<(i32, String)>,
     },
     /// Say in plain words what the images in DIR hold and what a restore needs.
     Explain {
@@ -421,6 +434,7 @@ fn run(cli: Cli) -> Result<()> {
             ghost_limit,
             file_locks,
             ext_unix_sk,
+            external,
             tcp,
             skip_in_flight,
             prev_images_dir,
@@ -440,6 +454,8 @@ fn run(cli: Cli) -> Result<()> {
                 ghost_limit,
                 file_locks,
                 ext_unix_sk,
+                external,
+                external_pipes: false,
                 tcp: tcp.mode(),
                 skip_in_flight,
                 prev_images_dir,
@@ -465,7 +481,7 @@ fn run(cli: Cli) -> Result<()> {
                 print_dump_stats(&stats, &dir);
             }
         }
-        Command::Restore { dir, detach, shell_job, pidfile, manage_cgroups, cgroup_roots, pid_wait, tcp, action_scripts, json } => {
+        Command::Restore { dir, detach, shell_job, pidfile, manage_cgroups, cgroup_roots, pid_wait, inherit_fds, tcp, action_scripts, json } => {
             let bar = progress::Bar::on_stderr(json);
             let opts = RestoreOptions {
                 dir: dir.clone(),
@@ -478,6 +494,7 @@ fn run(cli: Cli) -> Result<()> {
                 private_copies: false,
                 tcp: tcp.mode(),
                 notify: Notify::scripts(action_scripts),
+                inherit_fds: inherit_fds.into_iter().map(|(fd, key)| (key, fd)).collect(),
             };
             let restored = bar.around(|| restore(&opts)).with_context(|| format!("restore from {} failed", dir.display()))?;
             // As criu does, the numbers stay beside the images; the tree runs
@@ -553,8 +570,9 @@ fn run(cli: Cli) -> Result<()> {
                 crust::migrate::channel::Channel::pipes(Box::new(input), fd, Box::new(output), "the migrating host".into());
             crust::migrate::receive::receive(&mut chan, &dir)?;
         }
-        Command::Check { images, shell_job, manage_cgroups, cgroup_roots, tcp } => {
-            let opts = RestoreOptions { dir: images.clone(), shell_job, manage_cgroups, cgroup_roots, tcp: tcp.mode(), ..Default::default() };
+        Command::Check { images, shell_job, manage_cgroups, cgroup_roots, tcp, inherit_fds } => {
+            let inherit_fds = inherit_fds.into_iter().map(|(fd, key)| (key, fd)).collect();
+            let opts = RestoreOptions { dir: images.clone(), shell_job, manage_cgroups, cgroup_roots, tcp: tcp.mode(), inherit_fds, ..Default::default() };
             let img = crust::restore::load(&images, crust::images::load::Pages::InDir)?;
             let problems = crust::restore::check::problems(&img, &opts);
             if !problems.is_empty() {

@@ -934,7 +934,10 @@ impl Sleeper {
         cmd.args(&argv[1..]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
         // SAFETY: setsid is async-signal-safe.
         unsafe {
-            cmd.pre_exec(|| if libc::setsid() < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) });
+            cmd.pre_exec(|| {
+                close_inherited_fds(None);
+                if libc::setsid() < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+            });
         }
         let s = Sleeper(cmd.spawn().expect("spawn"));
         // Wait until the wrapper has exec'd sleep.
@@ -1067,24 +1070,25 @@ fn action_scripts_hear_every_point_of_dump_and_restore_in_order() {
     let dir = tmp.join("images");
     let log = tmp.join("log");
     let script = action_script(&tmp, &log, "never");
-    let (mut w, _c) = start_test_mm();
-    let pid = w.pid.to_string();
-    dump_ok(w.pid, &dir, &["--action-script", script.to_str().unwrap()]);
-    assert_killed(&mut w);
+    // Output to a file: a pipe to the test would have to be given back.
+    let mut job = common::job::Job::start("test_mm", &[], tmp.path());
+    job.ready();
+    let pid = job.pid.to_string();
+    dump_ok(job.pid, &dir, &["--action-script", script.to_str().unwrap()]);
+    job.reap_original();
     let p = &pid;
     assert_eq!(log_lines(&log), [format!("pre-dump {p}"), format!("network-lock {p}"), format!("post-dump {p}")]);
 
     std::fs::remove_file(&log).unwrap();
     let out = crust(&[os("restore"), os("-D"), dir.as_os_str(), os("-d"), os("--action-script"), script.as_os_str()], Duration::from_secs(60));
     assert!(out.status.success(), "restore failed: {}", String::from_utf8_lossy(&out.stderr));
-    let restored = pidfd_open(w.pid).expect("the restored test_mm runs");
+    job.adopt_restored();
     let expected: Vec<String> = ["pre-restore none", "setup-namespaces", "post-setup-namespaces", "post-restore", "pre-resume", "network-unlock", "post-resume"]
         .iter()
         .map(|s| if s.contains(' ') { s.to_string() } else { format!("{s} {p}") })
         .collect();
     assert_eq!(log_lines(&log), expected);
-    pidfd_kill(&restored, libc::SIGKILL);
-    assert!(pidfd_wait_exit(&restored, Duration::from_secs(5)));
+    job.kill_restored();
 }
 
 #[test]

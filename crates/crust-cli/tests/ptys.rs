@@ -104,16 +104,18 @@ fn ptys_that_cannot_come_back_whole_are_refused() {
 
 /// tmux at `sock`, with a clean environment.
 fn tmux(sock: &Path, args: &[&str]) -> std::process::Output {
-    let out = std::process::Command::new("tmux")
-        .arg("-S")
+    let mut cmd = std::process::Command::new("tmux");
+    cmd.arg("-S")
         .arg(sock)
         .args(args)
         .env_clear()
         .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
         .env("HOME", sock.parent().unwrap())
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("running tmux");
+        .stdin(std::process::Stdio::null());
+    // SAFETY: close_range only, between fork and exec. The tmux server keeps
+    // what its first client inherited: nothing of the test's but stdio.
+    unsafe { std::os::unix::process::CommandExt::pre_exec(&mut cmd, common::only_stdio) };
+    let out = cmd.output().expect("running tmux");
     assert!(out.status.success(), "tmux {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     out
 }

@@ -59,6 +59,7 @@ impl Terminal {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
+                common::close_inherited_fds(None);
                 Ok(())
             });
         }

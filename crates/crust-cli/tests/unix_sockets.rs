@@ -182,7 +182,12 @@ fn what_unix_sockets_cannot_carry_is_refused_by_name() {
 }
 
 fn tmux(sock: &Path, args: &[&str]) -> String {
-    let out = common::run_with_timeout(std::process::Command::new("tmux").arg("-S").arg(sock).args(args), STEP);
+    let mut cmd = std::process::Command::new("tmux");
+    cmd.arg("-S").arg(sock).args(args);
+    // SAFETY: close_range only, between fork and exec. The tmux server keeps
+    // what its first client inherited: nothing of the test's but stdio.
+    unsafe { std::os::unix::process::CommandExt::pre_exec(&mut cmd, common::only_stdio) };
+    let out = common::run_with_timeout(&mut cmd, STEP);
     assert!(out.status.success(), "tmux {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }

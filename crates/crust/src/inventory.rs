@@ -204,6 +204,7 @@ pub static PROCESS_STATE: &[(&str, Fate)] = &[
     ("datagrams queued on a UDP socket", Fate::Refused("UDP sockets with datagrams queued are not supported yet")),
     ("multicast memberships and half-closed UDP sockets", Fate::Refused("the image has no place for memberships; refused naming the group, or the direction shut down")),
     ("raw and ping sockets, inet sockets of another network namespace", Fate::Refused("not supported yet")),
+    ("pipes a process outside the tree holds too (a pipeline's reader, an engine's stdio)", Fate::Saved("files::pipe with --external pipe:[INO] (noted in crust-meta.json), restored only when given one with --inherit-fd fd[N]:pipe:[INO]; refused by name otherwise, at dump and at restore")),
     ("uts namespace of the tree's own (host and domain name)", Fate::Saved("ns::uts (utsns-ID.img); the tree's own namespaces are listed in crust-meta.json and made with the restored root")),
     ("namespaces of the tree's own of other kinds, a process in another namespace than the tree's root, a pid or time namespace for children not forked yet", Fate::Refused("refused by ns::own_namespaces, naming the kind and the process")),
     ("seccomp filters (classic BPF, per thread, in order; shared by threads when equal)", Fate::Saved("seccomp (seccomp.img), installed under PTRACE_O_SUSPEND_SECCOMP so that crust's later syscalls pass")),

@@ -34,11 +34,15 @@ pub fn become_subreaper() {
     });
 }
 
-/// Makes the command's process start a session of its own (setsid) before it execs.
+/// Makes the command's process start a session of its own (setsid) before
+/// it execs, holding only its stdio (see [`super::close_inherited_fds`]).
 pub fn new_session(cmd: &mut Command) {
-    // SAFETY: setsid is async-signal-safe.
+    // SAFETY: setsid and close_range are async-signal-safe.
     unsafe {
-        cmd.pre_exec(|| if libc::setsid() < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) });
+        cmd.pre_exec(|| {
+            super::close_inherited_fds(None);
+            if libc::setsid() < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+        });
     }
 }
 

@@ -168,6 +168,7 @@ impl Workload {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
+                close_inherited_fds(inherit_fd.map(|(_, to)| to));
                 Ok(())
             });
         }
@@ -418,11 +419,51 @@ pub fn os(s: &str) -> &OsStr {
     OsStr::new(s)
 }
 
-/// The arguments of `crust dump -t PID -D DIR EXTRA...`.
+/// In a new process before it execs: closes every fd above stdio but
+/// `keep`. Whatever the test process inherited without close-on-exec (a
+/// shell's or CI runner's pipes) would otherwise be held by the workload,
+/// shared with processes outside its tree, and refused by the dump.
+pub fn close_inherited_fds(keep: Option<RawFd>) {
+    let ranges = match keep {
+        Some(k) if k >= 3 => [(3, k as u32 - 1), (k as u32 + 1, u32::MAX)],
+        _ => [(3, u32::MAX), (1, 0)],
+    };
+    for (first, last) in ranges.into_iter().filter(|(f, l)| f <= l) {
+        // SAFETY: close_range is async-signal-safe and only closes fds.
+        unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) };
+    }
+}
+
+/// [`close_inherited_fds`] as a `pre_exec` step: the new process keeps its stdio only.
+pub fn only_stdio() -> std::io::Result<()> {
+    close_inherited_fds(None);
+    Ok(())
+}
+
+/// The arguments of `crust dump -t PID -D DIR EXTRA...`, saying that the
+/// process's stdio pipes are external (see [`stdio_pipes_external`]).
 pub fn dump_args<'a>(pid: &'a str, dir: &'a Path, extra: &[&'a str]) -> Vec<&'a OsStr> {
     let mut args = vec![os("dump"), os("-t"), os(pid), os("-D"), dir.as_os_str()];
     args.extend(extra.iter().map(|s| os(s)));
+    args.extend(stdio_pipes_external(pid));
     args
+}
+
+/// `--external pipe:[INO]` for each pipe among the process's fds 0-2: a
+/// [`Workload`]'s output reaches the test through pipes the test holds,
+/// which a dump refuses unless told they are external (a restore must then
+/// be given them back). The strings live as long as the test process.
+pub fn stdio_pipes_external(pid: &str) -> Vec<&'static OsStr> {
+    let mut out = Vec::new();
+    for fd in 0..3 {
+        let Ok(link) = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")) else { continue };
+        let link = link.to_string_lossy().into_owned();
+        if link.starts_with("pipe:[") && !out.iter().any(|a: &&OsStr| *a == OsStr::new(&link)) {
+            out.push(os("--external"));
+            out.push(OsStr::new(Box::leak(link.into_boxed_str())));
+        }
+    }
+    out
 }
 
 /// Asserts the command failed the way a user error should: a non-zero exit code

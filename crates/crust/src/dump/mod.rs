@@ -53,6 +53,12 @@ pub struct DumpOptions {
     /// `--ext-unix-sk`: a datagram unix socket connected to a named socket
     /// outside the tree is saved, to be connected to that name at restore.
     pub ext_unix_sk: bool,
+    /// `--external pipe:[INO]`: a pipe the tree shares with processes
+    /// outside it, saved as external (the restore must be given it).
+    pub external: Vec<String>,
+    /// Every pipe shared with processes outside the tree is external (what
+    /// a container engine's RPC means: it gives the container's stdio back).
+    pub external_pipes: bool,
     /// What to do with established TCP connections (`--tcp-established`,
     /// `--tcp-close`; refused without either).
     pub tcp: crate::files::tcp::Mode,
@@ -237,6 +243,8 @@ fn write_images(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<W
     d.files.tree = tree.processes.iter().map(|p| p.pid).collect();
     d.files.locks.file_locks = opts.file_locks;
     d.files.ext_unix_sk = opts.ext_unix_sk;
+    d.files.external = opts.external.iter().cloned().collect();
+    d.files.external_pipes = opts.external_pipes;
     d.files.locks.migrating = streamed;
     // From here until the tree dies or runs on, its connections are held.
     let (refusal, note) = match streamed {
@@ -531,7 +539,8 @@ impl TreeDump {
         let stops_collected = std::mem::take(&mut self.stops_collected);
         let network_lock = files.tcp.lock_name().map(str::to_string);
         let own_namespaces = self.own_ns.0.clone();
-        let meta = DumpMeta { cgroups: self.cgroups.report(), files: stamps, shared_with_parent, devices, stops_collected, network_lock, own_namespaces };
+        let external_files = crate::files::pipe::external_keys(files);
+        let meta = DumpMeta { cgroups: self.cgroups.report(), files: stamps, shared_with_parent, devices, stops_collected, network_lock, own_namespaces, external_files };
         self.stats.bytes_written += self.dir.write_json(META, &meta)?;
         Ok(())
     }

@@ -28,7 +28,7 @@ pub mod tcp_repair;
 pub mod tty;
 pub mod unix;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::OwnedFd;
 
 use nix::sys::stat::{stat, FileStat, SFlag};
@@ -377,6 +377,44 @@ pub fn load_images(img: &mut DumpImage) -> Result<()> {
     locks::load(img)
 }
 
+/// Files the restore's caller gives the tree in place of files it shared
+/// with processes outside at dump (criu's `--inherit-fd fd[N]:KEY`): by key
+/// (`pipe:[INO]`), the fd in crust that stands for it.
+#[derive(Clone, Debug, Default)]
+pub struct InheritFds(pub BTreeMap<String, i32>);
+
+/// The keys of the files the dump found shared with processes outside the
+/// tree (from crust's notes): each must be given at restore.
+#[derive(Clone, Debug, Default)]
+pub struct ExternalFiles(pub std::collections::BTreeSet<String>);
+
+/// criu's `fd[N]:KEY` form of an inherited fd: (N, KEY).
+pub fn parse_inherit_fd(arg: &str) -> std::result::Result<(i32, String), String> {
+    let bad = || format!("{arg:?}: expected fd[N]:KEY, as fd[3]:pipe:[12345]");
+    let rest = arg.strip_prefix("fd[").ok_or_else(bad)?;
+    let (n, key) = rest.split_once("]:").ok_or_else(bad)?;
+    let n: i32 = n.parse().map_err(|_| bad())?;
+    if n < 0 || key.is_empty() {
+        return Err(bad());
+    }
+    Ok((n, key.to_string()))
+}
+
+/// The external files a dump can take (`--external KEY`): pipes, by the
+/// key their /proc link shows.
+pub fn parse_external(arg: &str) -> std::result::Result<String, String> {
+    let ino = arg.strip_prefix("pipe:[").and_then(|r| r.strip_suffix(']')).and_then(|n| n.parse::<u32>().ok());
+    match ino {
+        Some(ino) => Ok(pipe::key(ino)),
+        None => Err(format!("{arg:?}: crust takes external pipes (pipe:[INO]) here; other kinds of external objects are not supported yet")),
+    }
+}
+
+/// The fd of crust that the restore was given for the file known as `key`.
+fn inherited(img: &DumpImage, key: &str) -> Option<i32> {
+    img.extras.get::<InheritFds>()?.0.get(key).copied()
+}
+
 /// What stands in the way of restoring the files of `img` (and their locks) here.
 pub fn problems(img: &DumpImage) -> Vec<String> {
     let mut files: Vec<&FileEntry> = img.files.values().collect();
@@ -516,6 +554,12 @@ pub struct FileTable {
     pub locks: locks::Locks,
     /// `--ext-unix-sk`: unix sockets may have a peer outside the tree.
     pub ext_unix_sk: bool,
+    /// `--external KEY`: files held outside the tree too (`pipe:[INO]`),
+    /// which the restore will be given.
+    pub external: std::collections::BTreeSet<String>,
+    /// Every pipe held outside the tree too is external (an engine's RPC,
+    /// which gives back the pipes of a container's stdio at restore).
+    pub external_pipes: bool,
     /// Established TCP connections of the tree, and the lock holding them.
     pub tcp: tcp::Connections,
 }

@@ -1,6 +1,8 @@
 //! Pipes: both ends of one pipe share its inode (pipe_id), and the bytes sitting
 //! in the pipe are saved once per pipe in pipes-data.img.
 
+use std::collections::{BTreeSet, HashMap};
+
 use nix::sys::time::TimeSpec;
 use std::os::unix::fs::MetadataExt;
 use std::io::Read;
@@ -21,6 +23,27 @@ pub struct Pipe;
 /// The bytes in each pipe, with its buffer size (pipes-data.img).
 #[derive(Default)]
 struct PipeData(Vec<(PipeDataEntry, Vec<u8>)>);
+
+/// Pipes that processes outside the tree also hold, as the dump found them:
+/// every pipe of the system, by inode, with the processes holding it (read
+/// once per dump, when the tree's first pipe is met).
+#[derive(Default)]
+struct Holders(Option<HashMap<u64, Vec<i32>>>);
+
+/// The keys (`pipe:[INO]`) of the tree's pipes held outside it too, which
+/// the restore must be given (criu's `--inherit-fd fd[N]:pipe:[INO]`).
+#[derive(Default)]
+struct External(BTreeSet<String>);
+
+/// The key a pipe is known by outside crust (its /proc/PID/fd link).
+pub fn key(pipe_id: u32) -> String {
+    format!("pipe:[{pipe_id}]")
+}
+
+/// The external pipes' keys the dump met, for crust's notes.
+pub fn external_keys(table: &FileTable) -> BTreeSet<String> {
+    table.extras.get::<External>().map(|e| e.0.clone()).unwrap_or_default()
+}
 
 // How a restore remembers the ends of the pipes it made.
 const READ_END: &str = "pipe read end";
@@ -43,6 +66,7 @@ impl FileKind for Pipe {
         let pipe_id = fd.stat.st_ino as u32;
         let saved = table.extras.get_mut::<PipeData>();
         if !saved.0.iter().any(|(d, _)| d.pipe_id == pipe_id) {
+            check_outside_holders(fd, table)?;
             let (data, size) = peek_pipe(fd)?;
             // Kept for its buffer size even when empty.
             if !data.is_empty() || size != 0 {
@@ -85,6 +109,9 @@ impl FileKind for Pipe {
 
     fn restore(&self, entry: &FileEntry, r: &mut FdRestorer) -> Result<u64> {
         let p = entry.pipe.as_ref().ok_or_else(|| super::missing(entry, "pipe"))?;
+        if let Some(given) = super::inherited(r.image, &self::key(p.pipe_id)) {
+            return reopen_given(p, given, r);
+        }
         let key = p.pipe_id as u64;
         let (rd, wr) = match (r.made(READ_END, key), r.made(WRITE_END, key)) {
             (Some(rd), Some(wr)) => (rd, wr),
@@ -109,6 +136,70 @@ impl FileKind for Pipe {
         }
         Ok(fd)
     }
+}
+
+/// A pipe that a process outside the tree holds too would come back as a
+/// new pipe that process knows nothing of: refused, naming the process,
+/// unless the dump was told the restore will be given it (`--external
+/// pipe:[INO]`), which is then noted.
+fn check_outside_holders(fd: &OpenFd, table: &mut FileTable) -> Result<()> {
+    let ino = fd.stat.st_ino;
+    let holders = table.extras.get_mut::<Holders>().0.get_or_insert_with(pipe_holders);
+    let me = std::process::id() as i32;
+    let outside: Vec<i32> = holders.get(&ino).into_iter().flatten().copied().filter(|p| *p != me && !table.tree.contains(p)).collect();
+    let Some(&holder) = outside.first() else { return Ok(()) };
+    let key = key(ino as u32);
+    if table.external.contains(&key) || table.external_pipes {
+        table.extras.get_mut::<External>().0.insert(key);
+        return Ok(());
+    }
+    Err(Error::unsupported(
+        format!("process {}: fd {} ({})", fd.pid, fd.fd, fd.link),
+        format!(
+            "{} outside the tree holds this pipe too ({} process(es) in all), and a restore would lose it: dump with --external {key}, \
+             then give the restore a pipe of yours for it with --inherit-fd fd[N]:{key}",
+            crate::proc::who(holder),
+            outside.len()
+        ),
+    ))
+}
+
+/// Every pipe any process holds, by inode: /proc/*/fd read once.
+fn pipe_holders() -> HashMap<u64, Vec<i32>> {
+    let mut out: HashMap<u64, Vec<i32>> = HashMap::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else { return out };
+    for pid in procs.flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()) {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
+        for fd in fds.flatten() {
+            let Ok(link) = std::fs::read_link(fd.path()) else { continue };
+            let ino = link.to_str().and_then(|l| l.strip_prefix("pipe:[")?.strip_suffix(']')?.parse::<u64>().ok());
+            if let Some(ino) = ino {
+                let pids = out.entry(ino).or_default();
+                if !pids.contains(&pid) {
+                    pids.push(pid);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// An external pipe the restore was given as crust's fd `given`: opened in
+/// the task through crust's /proc entry, in the direction the tree used.
+/// Its bytes are not put back: they stayed in the pipe the caller holds.
+fn reopen_given(p: &PipeEntry, given: i32, r: &mut FdRestorer) -> Result<u64> {
+    let end = if p.flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32 { WRITE_END } else { READ_END };
+    if let Some(fd) = r.made(end, p.pipe_id as u64) {
+        return Ok(fd);
+    }
+    let path = format!("/proc/{}/fd/{given}", std::process::id());
+    let access = if end == WRITE_END { libc::O_WRONLY } else { libc::O_RDONLY };
+    let flags = access | (p.flags as i32 & (libc::O_NONBLOCK | libc::O_DIRECT));
+    let at = r.scratch.reset().put_str(&path)?;
+    let fd = r.task.call("open of an inherited pipe", libc::SYS_openat, [libc::AT_FDCWD as u64, at, flags as u64, 0, 0, 0])?;
+    let fd = r.to_high(fd)?;
+    r.remember(end, p.pipe_id as u64, fd);
+    Ok(fd)
 }
 
 /// The bytes queued in a pipe (or a named FIFO), copied with tee(2) so they

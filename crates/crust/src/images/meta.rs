@@ -34,6 +34,10 @@ pub struct DumpMeta {
     /// makes again; the others are the host's.
     #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
     pub own_namespaces: std::collections::BTreeSet<String>,
+    /// Files the tree shared with processes outside it (`pipe:[INO]`),
+    /// dumped as external: a restore must be given each (`--inherit-fd`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub external_files: std::collections::BTreeSet<String>,
 }
 
 impl DumpMeta {

@@ -24,6 +24,7 @@ pub fn problems(img: &DumpImage, opts: &RestoreOptions) -> Vec<String> {
     out.extend(crate::ns::problems(img));
     out.extend(files::problems(img));
     out.extend(files::tcp::problems(img, opts.tcp));
+    out.extend(inherit_problems(img, opts));
     for (path, then) in meta.iter().flat_map(|m| m.files.iter()) {
         if let Some(now) = FileStamp::of(path) {
             if then.ino != 0 && (now.dev, now.ino) != (then.dev, then.ino) {
@@ -114,4 +115,24 @@ fn describe_holder(id: u32) -> String {
     let tgid = status.tgid;
     let what = if tgid == id as i32 { format!("process {id}") } else { format!("thread {id} of process {tgid}") };
     format!("{what} ({}, state {})", status.name, status.state)
+}
+
+/// Each file the tree shared with processes outside it at dump must be
+/// given (`--inherit-fd fd[N]:KEY`), by an fd crust has open: else the tree
+/// would get a new file those processes know nothing of.
+fn inherit_problems(img: &DumpImage, opts: &RestoreOptions) -> Vec<String> {
+    let mut out = Vec::new();
+    let external = img.extras.get::<files::ExternalFiles>().map(|e| e.0.clone()).unwrap_or_default();
+    for key in &external {
+        if !opts.inherit_fds.contains_key(key) {
+            out.push(format!("{key} was shared with processes outside the tree at dump: give the tree one of yours with --inherit-fd fd[N]:{key}"));
+        }
+    }
+    for (key, fd) in &opts.inherit_fds {
+        // SAFETY: F_GETFD only asks whether the fd is open.
+        if unsafe { libc::fcntl(*fd, libc::F_GETFD) } < 0 {
+            out.push(format!("--inherit-fd fd[{fd}]:{key}: fd {fd} is not open in crust"));
+        }
+    }
+    out
 }

@@ -71,6 +71,9 @@ pub struct RestoreOptions {
     pub tcp: files::tcp::Mode,
     /// Hears criu's points of a restore (pre-restore to post-resume).
     pub notify: Notify,
+    /// `--inherit-fd fd[N]:KEY`: crust's fd N stands for the file the dump
+    /// found shared with processes outside the tree under KEY (`pipe:[INO]`).
+    pub inherit_fds: BTreeMap<String, i32>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -244,7 +247,9 @@ fn wait_group_stop(pid: i32) -> Result<()> {
 /// Read a dump: its images (checked and typed) and every kind of file's own.
 pub fn load(dir: &Path, pages: Pages) -> Result<DumpImage> {
     let mut img = load::load(dir, pages)?;
-    crate::ns::load_images(&mut img, crate::ns::OwnNamespaces(DumpMeta::read(dir).own_namespaces))?;
+    let meta = DumpMeta::read(dir);
+    crate::ns::load_images(&mut img, crate::ns::OwnNamespaces(meta.own_namespaces))?;
+    img.extras.insert(files::ExternalFiles(meta.external_files));
     files::load_images(&mut img)?;
     state::load_images(&mut img)?;
     Ok(img)
@@ -288,6 +293,7 @@ pub fn restore_held(opts: &RestoreOptions, mut img: DumpImage, pages: &mut dyn P
     opts.notify.at(Point::PreRestore, None)?;
     let start = Instant::now();
     img.extras.insert(files::tcp::RestoreMode(opts.tcp));
+    img.extras.insert(files::InheritFds(opts.inherit_fds.clone()));
     preflight(&img, opts)?;
     // Deleted files the tree holds are made again for it to open and map.
     let ghosts = files::ghost::materialize(&mut img)?;
