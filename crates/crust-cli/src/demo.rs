@@ -73,7 +73,9 @@ fn run_in(work: &Path, pid_out: &mut Option<i32>) -> Result<()> {
     let log = work.join("test_mm.out");
     let out = std::fs::File::create(&log)?;
     let mut cmd = Command::new(&exe);
-    cmd.stdout(out).stdin(Stdio::null());
+    // stderr too: crust's own might be a pipe (`crust demo | less`), which
+    // the dump would rightly refuse as shared with a process outside the tree.
+    cmd.stderr(out.try_clone()?).stdout(out).stdin(Stdio::null());
     // SAFETY: the closure runs in the forked child before exec and only calls
     // setsid, which is async-signal-safe and touches no memory of the parent.
     // The child gets a session of its own so the dump needs no --shell-job.
