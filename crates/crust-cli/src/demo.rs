@@ -77,10 +77,15 @@ fn run_in(work: &Path, pid_out: &mut Option<i32>) -> Result<()> {
     // the dump would rightly refuse as shared with a process outside the tree.
     cmd.stderr(out.try_clone()?).stdout(out).stdin(Stdio::null());
     // SAFETY: the closure runs in the forked child before exec and only calls
-    // setsid, which is async-signal-safe and touches no memory of the parent.
-    // The child gets a session of its own so the dump needs no --shell-job.
+    // close_range and setsid, which are async-signal-safe and touch no memory
+    // of the parent. The child gets a session of its own so the dump needs no
+    // --shell-job, and only its stdio: an fd crust inherited (a pipe of the
+    // shell's) would be shared with processes outside the tree.
     unsafe {
-        cmd.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(std::io::Error::from));
+        cmd.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            nix::unistd::setsid().map(|_| ()).map_err(std::io::Error::from)
+        });
     }
     let child = cmd.spawn().context("starting test_mm")?;
     let pid = child.id() as i32;
