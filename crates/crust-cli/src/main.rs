@@ -187,6 +187,10 @@ enum Command {
         /// without it. A directory made for them is 0700.
         #[arg(short = 'D', long = "images-dir", value_name = "DIR")]
         stats_dir: Option<PathBuf>,
+        /// Unix sockets connected to a named socket outside the tree (a
+        /// logger's /dev/log) are connected to that name on the destination.
+        #[arg(short = 'x', long = "ext-unix-sk")]
+        ext_unix_sk: bool,
         /// Established TCP connections move with the tree (their address
         /// must move too: see --action-script), or arrive closed.
         #[command(flatten)]
@@ -521,7 +525,7 @@ fn run(cli: Cli) -> Result<()> {
             let v = if path.is_dir() { crust::show::show_dir(&path)? } else { crust::show::show_file(&path)? };
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
-        Command::Migrate { pid, to, key, shell_job, remote_crust, manage_cgroups, cgroup_roots, stats_dir, tcp, action_scripts, json } => {
+        Command::Migrate { pid, to, key, shell_job, remote_crust, manage_cgroups, cgroup_roots, stats_dir, ext_unix_sk, tcp, action_scripts, json } => {
             let remote_crust = match remote_crust {
                 Some(p) => p,
                 None => std::env::current_exe().context("finding crust's own path")?.to_string_lossy().into_owned(),
@@ -540,6 +544,7 @@ fn run(cli: Cli) -> Result<()> {
                 progress,
                 tcp: tcp.mode(),
                 notify: Notify::scripts(action_scripts),
+                ext_unix_sk,
             };
             let stats = guard::in_child(|| bar.around(|| Ok(migrate(&opts)?))).with_context(|| format!("migration of process {pid} failed; it runs on here"))?;
             if json {

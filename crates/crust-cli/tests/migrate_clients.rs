@@ -5,11 +5,16 @@
 //! pre-restore. The clients keep their connections: no reset, no byte lost
 //! or repeated either way; both network locks are in place while the address
 //! moves, and none is left once the move is done or has failed.
+//!
+//! Servers: tcpconn (a byte stream checked both ways), redis (three RESP
+//! clients, CLIENT ID unchanged), memcached (TCP client connected, UDP),
+//! python3 -m http.server (a keep-alive connection), and a program logging
+//! to a socket outside its tree (--ext-unix-sk, each host with its logger).
 
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -105,15 +110,58 @@ impl Operator {
 /// `crust migrate --tcp-established` of `pid` from A to B's crust serve,
 /// with the operator's script, started (not waited for).
 fn migrate(hosts: &Hosts, pid: i32, key: &Path, op: &Operator) -> HostChild {
+    migrate_with(hosts, pid, key, &["--tcp-established", "--action-script", op.script.to_str().unwrap()])
+}
+
+/// `crust migrate` of `pid` from A to B's crust serve with `extra`, started.
+fn migrate_with(hosts: &Hosts, pid: i32, key: &Path, extra: &[&str]) -> HostChild {
     let mut cmd = hosts.a.command(CRUST);
-    cmd.args(["migrate", "-t", &pid.to_string(), "--to", &format!("tcp://{}:7070", hosts.b.ip()), "--json", "--tcp-established"])
+    cmd.args(["migrate", "-t", &pid.to_string(), "--to", &format!("tcp://{}:7070", hosts.b.ip()), "--json"])
+        .args(extra)
         .arg("--key")
         .arg(key)
-        .arg("--action-script")
-        .arg(&op.script)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     cmd.spawn()
+}
+
+/// Host A and B with crust serve in B, and C with the service address on A.
+fn setup(test: &str, key_byte: u8) -> (Hosts, Clients, PathBuf, HostChild) {
+    let hosts = Hosts::new(test);
+    let clients = hosts.start_clients();
+    clients.move_service(&hosts, 'a');
+    let key = key_file(hosts.tmp(), key_byte);
+    let serve = hosts.b.start_crust_serve(Path::new(CRUST), 7070, &key, &hosts.tmp().join("serve-b"), &hosts.tmp().join("serve-b.log"));
+    (hosts, clients, key, serve)
+}
+
+/// Move `pid` to B with its clients, the operator moving the address; it
+/// runs in B (its pid as the test sees it), gone from A, no lock left.
+fn move_to_b(hosts: &Hosts, clients: &Clients, key: &Path, pid: i32, meanwhile: impl FnOnce()) -> i32 {
+    let op = Operator::new(hosts.tmp());
+    let migrating = migrate(hosts, pid, key, &op);
+    op.move_when_asked(hosts, clients, meanwhile);
+    let (ok, err) = finish(migrating);
+    assert!(ok, "migrate failed: {err}");
+    let in_b = poll(WAIT, Duration::from_millis(20), || live_in(&hosts.b, pid)).expect("it runs in B");
+    assert!(live_in(&hosts.a, pid).is_none(), "gone from A");
+    assert_eq!((locks_in(&hosts.a), locks_in(&hosts.b)), (vec![], vec![]), "no lock left");
+    in_b
+}
+
+/// A UDP socket in `host`'s network (bound there, on a thread that enters it).
+fn udp_in(host: &Host) -> UdpSocket {
+    let ns = host.ns_path("net");
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&ns).unwrap();
+        // SAFETY: setns of this thread only (network namespaces allow that).
+        assert_eq!(unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) }, 0);
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        s
+    })
+    .join()
+    .unwrap()
 }
 
 /// The end of a migration started by [`migrate`]: success and its stderr.
@@ -336,4 +384,149 @@ fn a_move_refused_after_the_address_moved_leaves_the_connection_in_a_and_no_lock
     assert_eq!(got.len(), n + m);
     assert!(got.iter().enumerate().all(|(i, b)| *b == down(i)), "in order");
     assert_eq!(wait_line(&out, |l| l == "OK" || l.starts_with("FAIL")), "OK");
+}
+
+/// memcached in A on the service address, a TCP client in C connected across
+/// the move (a command sent while the tree is held is answered once, after),
+/// and UDP from C answered in B.
+#[test]
+fn memcached_moves_to_b_with_a_tcp_client_connected_and_answers_udp_there() {
+    let (hosts, clients, key, _serve) = setup("migrate-memcached", 0x4d);
+    let (tcp, udp) = (47231u16, 47232u16);
+    let svc = clients.service().to_string();
+    let out = hosts.tmp().join("memcached.out");
+    let args = ["-u", "root", "-l", &svc, "-p", &tcp.to_string(), "-U", &udp.to_string(), "-t", "2"];
+    let job = start(&hosts.a, Path::new("/usr/bin/memcached"), &args, &out);
+    let addr = SocketAddr::from((clients.service(), tcp));
+    let conn = poll(WAIT, Duration::from_millis(50), || {
+        std::panic::catch_unwind(|| clients.host.connect(addr)).ok()
+    });
+    let mut conn = conn.expect("memcached listens");
+    conn.set_read_timeout(Some(WAIT)).unwrap();
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut answer = |conn: &mut TcpStream, cmd: &str| -> String {
+        if !cmd.is_empty() {
+            conn.write_all(cmd.as_bytes()).unwrap();
+        }
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("an answer, no reset");
+        line
+    };
+    assert_eq!(answer(&mut conn, "set greeting 0 0 5\r\nhello\r\n"), "STORED\r\n");
+    assert_eq!(answer(&mut conn, "set n 0 0 1\r\n1\r\n"), "STORED\r\n");
+    let udp_client = udp_in(&clients.host);
+    let ask_udp = |cmd: &str| -> String {
+        let mut msg = vec![0, 7, 0, 0, 0, 1, 0, 0];
+        msg.extend_from_slice(cmd.as_bytes());
+        udp_client.send_to(&msg, (clients.service(), udp)).unwrap();
+        let mut buf = [0u8; 2048];
+        let n = udp_client.recv(&mut buf).expect("an answer over UDP");
+        String::from_utf8_lossy(&buf[8..n]).into_owned()
+    };
+    assert!(ask_udp("get greeting\r\n").contains("hello"));
+
+    let mut during = conn.try_clone().unwrap();
+    move_to_b(&hosts, &clients, &key, job.host_pid(), || during.write_all(b"incr n 1\r\n").unwrap());
+    assert_eq!(answer(&mut conn, ""), "2\r\n", "the command sent while held is answered once");
+    assert_eq!(answer(&mut conn, "incr n 1\r\n"), "3\r\n", "the same connection goes on");
+    assert!(ask_udp("get greeting\r\n").contains("VALUE greeting 0 5\r\nhello"), "UDP answered in B");
+    assert_eq!(answer(&mut conn, "get n\r\n"), "VALUE n 0 1\r\n");
+}
+
+/// One GET on a kept-alive HTTP/1.1 connection; the body.
+fn http_get(conn: &mut TcpStream, path: &str) -> String {
+    write!(conn, "GET {path} HTTP/1.1\r\nHost: crust\r\n\r\n").unwrap();
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut status = String::new();
+    reader.read_line(&mut status).expect("a status line, no reset");
+    assert!(status.starts_with("HTTP/1.1 200"), "{status:?}");
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        if line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body).unwrap();
+    assert!(reader.buffer().is_empty());
+    String::from_utf8(body).unwrap()
+}
+
+/// python3 -m http.server (HTTP/1.1) in A on the service address: a
+/// keep-alive connection from C serves the next request from B, and a new
+/// one is served there too.
+#[test]
+fn python_http_server_moves_to_b_with_a_keep_alive_client() {
+    let (hosts, clients, key, _serve) = setup("migrate-http", 0x48);
+    let root = hosts.tmp().join("www");
+    std::fs::create_dir(&root).unwrap();
+    std::fs::write(root.join("hello.txt"), "hello from A\n").unwrap();
+    let port = 47241u16;
+    let out = hosts.tmp().join("http.out");
+    let svc = clients.service().to_string();
+    let args = ["-m", "http.server", "-b", &svc, "-p", "HTTP/1.1", "-d", root.to_str().unwrap(), &port.to_string()];
+    let job = start(&hosts.a, Path::new("/usr/bin/python3"), &args, &out);
+    let addr = SocketAddr::from((clients.service(), port));
+    let conn = poll(WAIT, Duration::from_millis(50), || std::panic::catch_unwind(|| clients.host.connect(addr)).ok());
+    let mut conn = conn.expect("http.server listens");
+    conn.set_read_timeout(Some(WAIT)).unwrap();
+    assert_eq!(http_get(&mut conn, "/hello.txt"), "hello from A\n");
+    move_to_b(&hosts, &clients, &key, job.host_pid(), || {});
+    std::fs::write(root.join("later.txt"), "written during the move\n").unwrap();
+    assert_eq!(http_get(&mut conn, "/later.txt"), "written during the move\n", "the kept-alive connection");
+    let mut fresh = clients.host.connect(addr);
+    fresh.set_read_timeout(Some(WAIT)).unwrap();
+    assert_eq!(http_get(&mut fresh, "/hello.txt"), "hello from A\n", "a new connection, served in B");
+}
+
+/// A logger of a host's own: a datagram socket bound at `path` (inside the
+/// host's mount namespace), each message a line of `out`.
+fn logger(host: &Host, path: &Path, out: &Path) -> HostChild {
+    let script = "import socket, sys\n\
+                  s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.bind(sys.argv[1])\n\
+                  print('listening', flush=True)\n\
+                  while True:\n\
+                  \x20   m = s.recv(4096)\n\
+                  \x20   print(m.decode(), flush=True)\n";
+    let child = start(host, Path::new("/usr/bin/python3"), &["-c", script, path.to_str().unwrap()], out);
+    wait_line(out, |l| l == "listening");
+    child
+}
+
+/// A program logging to a datagram socket outside its tree (each host has
+/// its own logger at the same path, as each has its own /dev/log) moves
+/// with --ext-unix-sk, refused by name without it, and logs to B's logger.
+#[test]
+fn a_program_logging_outside_its_tree_moves_with_ext_unix_sk() {
+    let (hosts, _clients, key, _serve) = setup("migrate-log", 0x4c);
+    let dev = hosts.tmp().join("dev");
+    std::fs::create_dir(&dev).unwrap();
+    for h in [&hosts.a, &hosts.b] {
+        h.run_ok(&["mount", "-t", "tmpfs", "none", dev.to_str().unwrap()]);
+    }
+    let log = dev.join("log");
+    let (log_a, log_b) = (hosts.tmp().join("log-a.txt"), hosts.tmp().join("log-b.txt"));
+    let _logger_a = logger(&hosts.a, &log, &log_a);
+    let _logger_b = logger(&hosts.b, &log, &log_b);
+    let out = hosts.tmp().join("unixsk.out");
+    let job = start(&hosts.a, &workload_path("unixsk"), &["syslog", log.to_str().unwrap()], &out);
+    wait_line(&out, |l| l.starts_with("READY"));
+    wait_line(&log_a, |l| l == "before");
+    let (ok, err) = finish(migrate_with(&hosts, job.host_pid(), &key, &[]));
+    assert!(!ok && err.contains("--ext-unix-sk") && err.contains(log.to_str().unwrap()), "refused without the option: {err}");
+    assert!(live_in(&hosts.a, job.host_pid()).is_some(), "runs on in A");
+    let (ok, err) = finish(migrate_with(&hosts, job.host_pid(), &key, &["--ext-unix-sk"]));
+    assert!(ok, "migrate failed: {err}");
+    let in_b = poll(WAIT, Duration::from_millis(20), || live_in(&hosts.b, job.host_pid())).expect("it runs in B");
+    assert!(live_in(&hosts.a, job.host_pid()).is_none(), "gone from A");
+    // SAFETY: our migrated workload.
+    unsafe { libc::kill(in_b, libc::SIGUSR1) };
+    assert_eq!(wait_line(&out, |l| l == "OK" || l.starts_with("FAIL")), "OK");
+    wait_line(&log_b, |l| l == format!("after {}", job.host_pid()));
+    assert_eq!(lines(&log_a), ["listening", "before"], "nothing more reached A's logger");
 }

@@ -143,6 +143,9 @@ pub struct MigrateOptions {
     pub tcp: crate::files::tcp::Mode,
     /// Hears criu's points of the move (see [`clients`]).
     pub notify: crate::notify::Notify,
+    /// `--ext-unix-sk`: unix sockets connected to a named socket outside
+    /// the tree (a logger's /dev/log) are connected to that name there.
+    pub ext_unix_sk: bool,
 }
 
 /// The version of the frames and their order; both ends must speak the same.
@@ -302,6 +305,7 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats> {
         cgroup_roots: opts.cgroup_roots.clone(),
         tcp: opts.tcp,
         notify: opts.notify.clone(),
+        ext_unix_sk: opts.ext_unix_sk,
         ..Default::default()
     };
     let t = Instant::now();
