@@ -170,6 +170,14 @@ pub struct MigrateStats {
     /// they arrive, so this overlaps the restore).
     pub transfer_time_us: u64,
     pub check_time_us: u64,
+    /// Holding the connections there and the action script's pre-restore
+    /// (where the operator moves their address).
+    #[serde(default)]
+    pub hold_time_us: u64,
+    /// Killing the tree here once it runs there (its connections silenced
+    /// first) and removing the lock here.
+    #[serde(default)]
+    pub kill_time_us: u64,
     /// From asking the destination to restore until the tree runs there.
     pub restore_time_us: u64,
     pub total_time_us: u64,
@@ -322,7 +330,9 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats> {
     let mut go_sent = false;
     let mut moved = false;
     let result = (|| -> Result<Vec<u8>> {
+        let t = Instant::now();
         moved = clients::hold_there(&link, opts)?;
+        stats.hold_time_us = t.elapsed().as_micros() as u64;
         let t = Instant::now();
         link.request(CHECK, &[], ANSWER_TIMEOUT)?;
         stats.check_time_us = t.elapsed().as_micros() as u64;
@@ -349,7 +359,9 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats> {
                 log::warn!("the destination's stats are unreadable ({e}); its tree runs");
                 Restored::default()
             });
+            let t = Instant::now();
             stats.dump = dumped.kill_unlocked();
+            stats.kill_time_us = t.elapsed().as_micros() as u64;
             stats.frozen_time_us = stats.dump.frozen_time_us;
             clients::running_there(opts, &remote);
             stats.remote = remote;
