@@ -112,10 +112,14 @@ struct Sample {
 /// One move of redis with `n` clients from A to B; redis is killed in B after.
 fn one_move(hosts: &Hosts, clients: &Clients, key: &Path, dir: &Path, n: usize, round: usize) -> Result<Sample> {
     clients.move_service(hosts, 'a');
+    // A port of its own per move: the connections of the redis killed in B
+    // before linger there (TIME_WAIT), and the same 4-tuple cannot be made
+    // again in B while they do.
+    let port = PORT + (2 * round + usize::from(n > 0)) as u16;
     let conf = dir.join(format!("redis-{n}-{round}.conf"));
     std::fs::write(
         &conf,
-        format!("port {PORT}\nbind {}\nprotected-mode no\ndaemonize no\nsave \"\"\nappendonly no\nmaxclients 4000\ndir {}\n", clients.service(), dir.display()),
+        format!("port {port}\nbind {}\nprotected-mode no\ndaemonize no\nsave \"\"\nappendonly no\nmaxclients 4000\ndir {}\n", clients.service(), dir.display()),
     )?;
     let out = dir.join(format!("redis-{n}-{round}.out"));
     let file = std::fs::File::create(&out)?;
@@ -124,7 +128,7 @@ fn one_move(hosts: &Hosts, clients: &Clients, key: &Path, dir: &Path, n: usize, 
     testing::job::new_session(&mut cmd);
     let redis = cmd.spawn();
     redis_up(&out)?;
-    let addr = SocketAddr::from((clients.service(), PORT));
+    let addr = SocketAddr::from((clients.service(), port));
     let mut conns: Vec<(TcpStream, BufReader<TcpStream>)> = connect_from(&clients.host, addr, n)?
         .into_iter()
         .map(|s| {
