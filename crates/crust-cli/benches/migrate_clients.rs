@@ -194,6 +194,9 @@ fn one_move(hosts: &Hosts, clients: &Clients, key: &Path, dir: &Path, n: usize, 
     })
 }
 
+/// A column of the tables: its name and what it reads of a sample.
+type Column<'a> = (&'a str, &'a dyn Fn(&Sample) -> f64);
+
 /// `wait_with_output` bounded in time.
 trait WaitOutput {
     fn wait_with_output_timeout(&mut self, timeout: Duration) -> Result<std::process::Output>;
@@ -238,7 +241,7 @@ fn main() -> Result<()> {
     }
     let med = |i: usize, f: &dyn Fn(&Sample) -> f64| median(&samples[i].iter().map(f).collect::<Vec<_>>());
     let range = |i: usize, f: &dyn Fn(&Sample) -> f64| min_max(&samples[i].iter().map(f).collect::<Vec<_>>());
-    let cols: [(&str, &dyn Fn(&Sample) -> f64); 11] = [
+    let cols: [Column; 11] = [
         ("wall", &|s| s.wall),
         ("total", &|s| s.total),
         ("frozen", &|s| s.frozen),
