@@ -2,8 +2,10 @@
  * tcpconn: an established TCP connection over loopback with bytes queued,
  * unread, both ways, to check it comes back whole.
  *
- *   tcpconn PORT pair|server N M open|closed [flock:PATH|mem:MIB]
+ *   tcpconn [ADDR:]PORT pair|server N M open|closed [flock:PATH|mem:MIB]
  *
+ * ADDR: the IPv4 address to listen on (default 127.0.0.1; a service
+ *   address that moves with the server in tests/migrate_clients.rs).
  * flock:PATH: the root also holds a flock on PATH (a dump without
  *   --file-locks refuses it, after the connections are locked).
  * mem:MIB: the root also fills MIB MiB of memory (a dump that takes a while).
@@ -174,9 +176,10 @@ static int side(int fd, int is_server, size_t n, size_t m, int closed, char *why
 int main(int argc, char **argv)
 {
     if (argc != 6 && argc != 7)
-        fail("usage: tcpconn PORT pair|server N M open|closed [flock:PATH|mem:MIB]");
+        fail("usage: tcpconn [ADDR:]PORT pair|server N M open|closed [flock:PATH|mem:MIB]");
     workload_init();
-    int port = atoi(argv[1]);
+    char *colon = strchr(argv[1], ':');
+    int port = atoi(colon ? colon + 1 : argv[1]);
     int pair = strcmp(argv[2], "pair") == 0;
     size_t n = (size_t)atol(argv[3]), m = (size_t)atol(argv[4]);
     int closed = strcmp(argv[5], "closed") == 0;
@@ -185,6 +188,11 @@ int main(int argc, char **argv)
     setsockopt(lsn, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (colon) {
+        *colon = 0;
+        if (inet_pton(AF_INET, argv[1], &a.sin_addr) != 1)
+            fail("bad address %s", argv[1]);
+    }
     if (bind(lsn, (struct sockaddr *)&a, sizeof a) || listen(lsn, 4))
         die("listen");
     char why[256] = "";

@@ -196,6 +196,21 @@ enum Command {
         /// without it. A directory made for them is 0700.
         #[arg(short = 'D', long = "images-dir", value_name = "DIR")]
         stats_dir: Option<PathBuf>,
+        /// Unix sockets connected to a named socket outside the tree (a
+        /// logger's /dev/log) are connected to that name on the destination.
+        #[arg(short = 'x', long = "ext-unix-sk")]
+        ext_unix_sk: bool,
+        /// Established TCP connections move with the tree (their address
+        /// must move too: see --action-script), or arrive closed.
+        #[command(flatten)]
+        tcp: TcpArgs,
+        /// Run this program, on this host, at each of criu's action points
+        /// of the move (pre-dump, network-lock, pre-restore: the
+        /// connections are held on both hosts, move their address now;
+        /// post-dump, post-restore, pre-resume, network-unlock,
+        /// post-resume), with the point in CRTOOLS_SCRIPT_ACTION (repeatable).
+        #[arg(long = "action-script", value_name = "PATH")]
+        action_scripts: Vec<PathBuf>,
         /// Print the stats as JSON.
         #[arg(long)]
         json: bool,
@@ -527,15 +542,27 @@ fn run(cli: Cli) -> Result<()> {
             let v = if path.is_dir() { crust::show::show_dir(&path)? } else { crust::show::show_file(&path)? };
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
-        Command::Migrate { pid, to, key, shell_job, remote_crust, manage_cgroups, cgroup_roots, stats_dir, json } => {
+        Command::Migrate { pid, to, key, shell_job, remote_crust, manage_cgroups, cgroup_roots, stats_dir, ext_unix_sk, tcp, action_scripts, json } => {
             let remote_crust = match remote_crust {
                 Some(p) => p,
                 None => std::env::current_exe().context("finding crust's own path")?.to_string_lossy().into_owned(),
             };
             let bar = progress::Bar::on_stderr(json);
             let progress = bar.progress();
-            let opts =
-                MigrateOptions { pid, to, shell_job, key, remote_crust, manage_cgroups, cgroup_roots, stats_dir, progress };
+            let opts = MigrateOptions {
+                pid,
+                to,
+                shell_job,
+                key,
+                remote_crust,
+                manage_cgroups,
+                cgroup_roots,
+                stats_dir,
+                progress,
+                tcp: tcp.mode(),
+                notify: Notify::scripts(action_scripts),
+                ext_unix_sk,
+            };
             let stats = guard::in_child(|| bar.around(|| Ok(migrate(&opts)?))).with_context(|| format!("migration of process {pid} failed; it runs on here"))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&stats)?);

@@ -100,7 +100,8 @@ impl Receiver {
 
     /// The images of `dir` but the pages, then the check; returns the pages files.
     fn send_images_and_check(&mut self, dir: &Path) -> Vec<(String, Vec<u8>)> {
-        self.send(HELLO, br#"{"protocol":2,"shell_job":false,"manage_cgroups":"soft","cgroup_roots":[]}"#);
+        let hello = format!(r#"{{"protocol":{},"shell_job":false,"manage_cgroups":"soft","cgroup_roots":[]}}"#, crust::migrate::PROTOCOL);
+        self.send(HELLO, hello.as_bytes());
         self.expect_ok("hello");
         let mut pages = Vec::new();
         let mut names: Vec<String> =
@@ -237,6 +238,6 @@ fn a_shared_workdir_and_another_protocol_are_refused() {
     rx.send(HELLO, br#"{"protocol":1,"shell_job":false}"#);
     let (kind, text) = rx.answer();
     assert_eq!(kind, ERR, "{text}");
-    assert!(text.contains("protocol 2") && text.contains("same crust"), "{text}");
+    assert!(text.contains(&format!("protocol {}", crust::migrate::PROTOCOL)) && text.contains("same crust"), "{text}");
     assert!(!rx.close_and_wait().success());
 }

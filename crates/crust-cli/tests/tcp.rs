@@ -1,7 +1,8 @@
 //! Established TCP connections (`--tcp-established`, `--tcp-close`) and the
 //! network lock that holds them between the dump and the restore: the
 //! tcpconn workload (both ends in the tree, or the client outside it, in the
-//! test), redis with a redis-cli client connected across the dump, and the
+//! test), redis with a redis-cli client, memcached with a TCP client and
+//! python3 -m http.server with a keep-alive one connected across the dump, and the
 //! lock's lifetime (refused, failed and -R dumps, a crust killed mid-dump).
 //! Each test has ports of its own.
 
@@ -315,4 +316,89 @@ fn skip_in_flight_leaves_out_connections_not_accepted() {
     restore_ok(&mut job, &images, &["--tcp-established"]);
     drop(waiting);
     job.expect_ok();
+}
+
+/// memcached with a TCP client connected across the dump and restore (a
+/// command sent while it is gone is answered once, after), and UDP.
+#[test]
+fn memcached_and_a_connected_tcp_client_survive_the_dump() {
+    let dir = TempDir::new("tcp-memcached");
+    let _locks = Locks(dir.path().to_path_buf());
+    let (tcp, udp) = ("47181", "47182");
+    let mut job = Job::build("memcached", &["-u", "root", "-l", "127.0.0.1", "-p", tcp, "-U", udp, "-t", "2"])
+        .program(Path::new("/usr/bin/memcached"))
+        .start(dir.path());
+    let conn = poll(STEP, Duration::from_millis(50), || TcpStream::connect(("127.0.0.1", 47181)).ok());
+    let mut conn = conn.expect("memcached listens");
+    conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+    let mut answer = |conn: &mut TcpStream, cmd: &str| -> String {
+        use std::io::BufRead;
+        if !cmd.is_empty() {
+            conn.write_all(cmd.as_bytes()).unwrap();
+        }
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("an answer, no reset");
+        line
+    };
+    assert_eq!(answer(&mut conn, "set n 0 0 1\r\n1\r\n"), "STORED\r\n");
+    let images = dir.join("images");
+    dump(job.pid, &images, &["--tcp-established"]);
+    job.reap_original();
+    conn.write_all(b"incr n 1\r\n").unwrap();
+    restore_ok(&mut job, &images, &["--tcp-established"]);
+    assert_eq!(answer(&mut conn, ""), "2\r\n", "the command sent while it was gone, answered once");
+    assert_eq!(answer(&mut conn, "incr n 1\r\n"), "3\r\n");
+    let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    u.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    u.send_to(b"\x00\x07\x00\x00\x00\x01\x00\x00get n\r\n", ("127.0.0.1", 47182)).unwrap();
+    let mut buf = [0u8; 512];
+    let n = u.recv(&mut buf).expect("an answer over UDP");
+    assert!(String::from_utf8_lossy(&buf[8..n]).contains("VALUE n 0 1\r\n3"), "{:?}", String::from_utf8_lossy(&buf[8..n]));
+    job.kill_restored();
+}
+
+/// python3 -m http.server (HTTP/1.1) with a keep-alive connection across the
+/// dump and restore.
+#[test]
+fn python_http_server_serves_a_keep_alive_connection_after_restore() {
+    let dir = TempDir::new("tcp-http");
+    let _locks = Locks(dir.path().to_path_buf());
+    let root = dir.join("www");
+    std::fs::create_dir(&root).unwrap();
+    std::fs::write(root.join("a.txt"), "before\n").unwrap();
+    let args = ["-m", "http.server", "-b", "127.0.0.1", "-p", "HTTP/1.1", "-d", root.to_str().unwrap(), "47191"];
+    let mut job = Job::build("http.server", &args).program(Path::new("/usr/bin/python3")).start(dir.path());
+    let conn = poll(STEP, Duration::from_millis(50), || TcpStream::connect(("127.0.0.1", 47191)).ok());
+    let mut conn = conn.expect("http.server listens");
+    conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let get = |conn: &mut TcpStream, path: &str| -> String {
+        use std::io::BufRead;
+        write!(conn, "GET {path} HTTP/1.1\r\nHost: crust\r\n\r\n").unwrap();
+        let mut r = std::io::BufReader::new(conn.try_clone().unwrap());
+        let (mut line, mut len) = (String::new(), 0usize);
+        r.read_line(&mut line).expect("a status line, no reset");
+        assert!(line.starts_with("HTTP/1.1 200"), "{line:?}");
+        loop {
+            line.clear();
+            r.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; len];
+        r.read_exact(&mut body).unwrap();
+        String::from_utf8(body).unwrap()
+    };
+    assert_eq!(get(&mut conn, "/a.txt"), "before\n");
+    let images = dir.join("images");
+    dump(job.pid, &images, &["--tcp-established"]);
+    job.reap_original();
+    std::fs::write(root.join("b.txt"), "after\n").unwrap();
+    restore_ok(&mut job, &images, &["--tcp-established"]);
+    assert_eq!(get(&mut conn, "/b.txt"), "after\n", "the kept-alive connection");
+    job.kill_restored();
 }

@@ -233,3 +233,48 @@ fn a_tmux_server_answers_at_its_socket_after_restore() {
     assert!(pane.contains("hello-from-tmux"), "the pane keeps its contents: {pane:?}");
     assert_eq!((windows_before, windows), (1, 2), "the restored server makes a new window");
 }
+
+/// A program with an fd in flight (SCM_RIGHTS, sent and not yet received)
+/// on a stream and on a datagram socket pair: the dump refuses it by name
+/// and leaves it as it was; the fd is still there to receive, and works.
+const IN_FLIGHT_PY: &str = r#"
+import array, os, signal, socket, sys
+kind = socket.SOCK_STREAM if sys.argv[1] == "stream" else socket.SOCK_DGRAM
+a, b = socket.socketpair(socket.AF_UNIX, kind)
+r, w = os.pipe()
+a.sendmsg([b"x"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [w]))])
+os.close(w)
+def check(*_):
+    fds = array.array("i")
+    msg, anc, flags, _ = b.recvmsg(16, socket.CMSG_SPACE(fds.itemsize))
+    for level, t, data in anc:
+        if level == socket.SOL_SOCKET and t == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    if msg != b"x" or len(fds) != 1:
+        print("FAIL the fd in flight is gone", msg, list(fds), flush=True); sys.exit(1)
+    os.write(fds[0], b"ok")
+    print("OK" if os.read(r, 2) == b"ok" else "FAIL the fd does not write to the pipe", flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGUSR1, check)
+print("READY", flush=True)
+while True:
+    signal.pause()
+"#;
+
+#[test]
+fn an_fd_in_flight_is_refused_by_name_and_left_in_flight() {
+    let dir = TempDir::new("unixsk-in-flight");
+    let script = dir.join("in_flight.py");
+    std::fs::write(&script, IN_FLIGHT_PY).unwrap();
+    for kind in ["stream", "dgram"] {
+        let mut job = Job::build("in_flight", &[script.to_str().unwrap(), kind]).program(Path::new("/usr/bin/python3")).start(dir.path());
+        job.ready();
+        let before = ProcState::of_tree(job.pid);
+        let pid_s = job.pid.to_string();
+        let out = crust(&dump_args(&pid_s, &dir.join(kind), &[]), STEP);
+        let err = assert_clean_failure(&out, kind);
+        assert!(err.contains("fds in flight (SCM_RIGHTS)") && err.contains(&format!("process {}", job.pid)), "{kind}: {err}");
+        before.assert_same(&ProcState::of_tree(job.pid), &[]);
+        job.expect_ok();
+    }
+}

@@ -168,6 +168,37 @@ impl Hosts {
         Sshd::start(&self.a, &self.b, port, self.tmp.path(), &self.marker)
     }
 
+    /// Starts host C, for the clients of a service that moves between A and
+    /// B (see [`Clients`]).
+    pub fn start_clients(&self) -> Clients {
+        let n = HOSTS_COUNTER.fetch_add(1, Ordering::SeqCst);
+        let pid = std::process::id();
+        let mut c = Host::start('c', format!("hostc-{pid}-{n}"), 0, &self.marker).wait_ready();
+        let x = self.subnet;
+        c.ip = Ipv4Addr::new(10, 200, x, 3);
+        let service = Ipv4Addr::new(10, 200, x, 100);
+        let name = |end: &str| format!("cr{pid:x}-{n}{end}");
+        let mut batch_c = format!("link set lo up\naddr add {}/32 dev lo\n", c.ip);
+        for (host, near, far) in [(&self.a, "ca", "ac"), (&self.b, "cb", "bc")] {
+            let out = run_with_timeout(
+                Command::new("ip").args([
+                    "link", "add", &name(near), "netns", &c.init_pid.to_string(), "type", "veth", "peer", "name", &name(far), "netns",
+                    &host.init_pid.to_string(),
+                ]),
+                RUN_TIMEOUT,
+            );
+            assert!(out.status.success(), "ip link add: {}", String::from_utf8_lossy(&out.stderr));
+            let batch = self.tmp.join(format!("ip-{far}.batch"));
+            std::fs::write(&batch, format!("link set {0} up\nroute add {1}/32 dev {0}\n", name(far), c.ip)).expect("writing ip batch");
+            host.run_ok(&["ip", "-b", batch.to_str().unwrap()]);
+            batch_c += &format!("link set {} up\n", name(near));
+        }
+        let batch = self.tmp.join("ip-c.batch");
+        std::fs::write(&batch, batch_c).expect("writing ip batch");
+        c.run_ok(&["ip", "-b", batch.to_str().unwrap()]);
+        Clients { to_a: name("ca"), to_b: name("cb"), service, host: c }
+    }
+
     /// What to look for after drop to prove nothing was left behind.
     pub fn fingerprint(&self) -> Fingerprint {
         Fingerprint {
@@ -184,6 +215,48 @@ impl Drop for Hosts {
         // Kill both at once; the fields' drops then wait for each.
         self.a.kill_init();
         self.b.kill_init();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Clients
+
+/// Host C: clients of a service whose address (10.200.X.100, a floating IP)
+/// is on A or on B, and moves between them. C is 10.200.X.3 (on its `lo`)
+/// and has a veth to A and one to B; A and B route 10.200.X.3 over theirs;
+/// C routes the service address over the veth of the host that holds it.
+/// Dropped, its init dies and its netns goes, with both veths.
+pub struct Clients {
+    pub host: Host,
+    to_a: String,
+    to_b: String,
+    service: Ipv4Addr,
+}
+
+impl Clients {
+    /// The service address.
+    pub fn service(&self) -> Ipv4Addr {
+        self.service
+    }
+
+    /// The clients' address.
+    pub fn ip(&self) -> Ipv4Addr {
+        self.host.ip
+    }
+
+    /// Put the service address on `to` (A or B of `hosts`), taking it off
+    /// the other, and route C's packets for it there: what an operator does
+    /// to a floating IP.
+    pub fn move_service(&self, hosts: &Hosts, to: char) {
+        let (from, to, via) = match to {
+            'a' => (&hosts.b, &hosts.a, &self.to_a),
+            _ => (&hosts.a, &hosts.b, &self.to_b),
+        };
+        let addr = format!("{}/32", self.service);
+        let _ = from.run(&["ip", "addr", "del", &addr, "dev", "lo"]);
+        to.run_ok(&["ip", "addr", "add", &addr, "dev", "lo"]);
+        let src = self.host.ip.to_string();
+        self.host.run_ok(&["ip", "route", "replace", &addr, "dev", via, "src", &src]);
     }
 }
 

@@ -171,6 +171,16 @@ impl Dumped {
         self.stats
     }
 
+    /// The tree dies, its connections silent, and their lock goes: they
+    /// live on in a copy that already runs elsewhere (a migration).
+    pub fn kill_unlocked(mut self) -> DumpStats {
+        let tree = self.tree;
+        let connections = std::mem::take(&mut self.connections);
+        connections.kill_and_unlock(|| tree.kill());
+        self.stats.frozen_time_us = us(self.frozen_at.elapsed());
+        self.stats
+    }
+
     /// The tree goes on: its connections' lock goes first.
     pub fn resume(mut self) -> DumpStats {
         drop(std::mem::take(&mut self.connections));

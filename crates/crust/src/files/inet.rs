@@ -315,7 +315,7 @@ fn words(ip: IpAddr) -> Vec<u32> {
 }
 
 /// The address of an image entry, if it is well formed.
-fn addr(family: u32, w: &[u32], port: u32) -> Option<SocketAddr> {
+pub(super) fn addr(family: u32, w: &[u32], port: u32) -> Option<SocketAddr> {
     let port = u16::try_from(port).ok()?;
     let bytes: Vec<u8> = w.iter().flat_map(|x| x.to_ne_bytes()).collect();
     match (family as i32, bytes.len()) {

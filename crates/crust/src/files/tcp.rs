@@ -260,6 +260,14 @@ impl Connections {
         self.held.clear();
         self.lock.take().map(Lock::keep)
     }
+
+    /// [`Connections::kill_silently`], and the lock goes too: the
+    /// connections live on elsewhere (a migration), not in a later restore.
+    pub fn kill_and_unlock(mut self, kill: impl FnOnce()) {
+        let lock = self.lock.take();
+        self.kill_silently(kill);
+        drop(lock);
+    }
 }
 
 impl Drop for Connections {
@@ -283,8 +291,8 @@ fn refuse(c: &Conn, refusal: &str) -> Error {
 
 /// What a dump without options says of a connection.
 pub const DUMP_REFUSAL: &str = "dump it with --tcp-established (or --tcp-close to restore it closed)";
-/// What a migration says of one.
-pub const MIGRATE_REFUSAL: &str = "crust migrate does not move established TCP connections yet";
+/// What a migration without options says of one.
+pub const MIGRATE_REFUSAL: &str = "migrate it with --tcp-established (or --tcp-close to restore it closed)";
 
 /// The streams of the images (tcp-stream-<ino>.img), by socket inode.
 #[derive(Default)]
@@ -299,6 +307,26 @@ pub struct RestoreMode(pub Mode);
 /// The established TCP sockets of the images.
 fn established_entries(img: &DumpImage) -> impl Iterator<Item = &InetSkEntry> {
     img.files.values().filter_map(|f| f.isk.as_ref()).filter(|e| e.proto == libc::IPPROTO_TCP as u32 && e.state == TCP_ESTABLISHED)
+}
+
+/// Hold, on this host, the established connections of `img` (a network
+/// lock named in `note`), before their address moves here and until their
+/// sockets are made again: a packet of theirs arriving meanwhile would meet
+/// no socket and be answered with a reset. None if the images hold none.
+pub fn lock_images(img: &DumpImage, note: &str) -> Result<Option<Lock>> {
+    let mut conns = Vec::new();
+    for e in established_entries(img) {
+        let local = super::inet::addr(e.family, &e.src_addr, e.src_port);
+        let peer = super::inet::addr(e.family, &e.dst_addr, e.dst_port);
+        let (Some(local), Some(peer)) = (local, peer) else {
+            return Err(Error::Invalid(format!("established TCP connection (socket {}): an address the image cannot hold", e.ino)));
+        };
+        conns.push((local, peer));
+    }
+    if conns.is_empty() {
+        return Ok(None);
+    }
+    Lock::install(&conns, note).map(Some)
 }
 
 /// Read tcp-stream-<ino>.img of every established socket of the images

@@ -245,7 +245,15 @@ pub fn write(sock: BorrowedFd<'_>, local: SocketAddr, peer: SocketAddr, s: &Stre
     set(sock, TCP_QUEUE_SEQ, &e.inq_seq.wrapping_sub(e.inq_len), &what)?;
     // In repair mode the socket may take the address of one still bound.
     nix::sys::socket::bind(sock.as_raw_fd(), &SockaddrStorage::from(local)).ctx(what)?;
-    nix::sys::socket::connect(sock.as_raw_fd(), &SockaddrStorage::from(peer)).ctx(what)?;
+    match nix::sys::socket::connect(sock.as_raw_fd(), &SockaddrStorage::from(peer)) {
+        Err(Errno::EADDRNOTAVAIL) => {
+            return Err(Error::Invalid(format!(
+                "{}: a socket of this host already has these two addresses (an earlier connection between them, in TIME_WAIT say)",
+                what()
+            )))
+        }
+        r => r.ctx(what)?,
+    }
     // struct tcp_repair_opt { u32 opt_code; u32 opt_val; }, before any byte is queued.
     let mut opts: Vec<[u32; 2]> = vec![[TCPOPT_MSS, e.mss_clamp]];
     if e.opt_mask & TCPI_OPT_WSCALE != 0 {

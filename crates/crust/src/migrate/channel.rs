@@ -31,6 +31,10 @@ pub const CHECK: u8 = 5;
 pub const RESTORE: u8 = 6;
 /// Let the held tree run. Answered OK once it does.
 pub const GO: u8 = 7;
+/// Hold the established TCP connections of the images sent so far with a
+/// network lock there, before their address moves there. Answered OK once
+/// they are held (or there are none) or ERR.
+pub const LOCK: u8 = 8;
 pub const OK: u8 = 20;
 pub const ERR: u8 = 21;
 

@@ -7,8 +7,14 @@
 //! of it on the destination. A link lost after the go and before the answer
 //! is the one case that cannot be settled (the destination kills its copy
 //! only if it cannot send the answer): crust says so, and resumes it here.
+//!
+//! Established TCP connections (`--tcp-established`) move with the tree;
+//! their address must move too, which is the operator's part (a floating
+//! IP): see [`clients`] for the order of things, the two network locks and
+//! the action script's points.
 
 pub mod channel;
+mod clients;
 pub mod receive;
 pub mod ssh;
 pub mod tcp;
@@ -24,6 +30,7 @@ use crate::cgroups::{CgroupRoot, Mode};
 use crate::dump::{dump_frozen, DumpOptions, DumpStats};
 use crate::error::{Error, Result};
 use crate::images::FileSink;
+use crate::notify::Point;
 use crate::progress::Progress;
 use crate::restore::RestoreStats;
 use channel::{Channel, ANSWER_TIMEOUT, CHECK, CHUNK, DATA, END_FILE, FILE, GO, HELLO, QUICK_TIMEOUT, RESTORE};
@@ -98,6 +105,9 @@ pub struct RemoteRestore {
     pub shell_job: bool,
     pub manage_cgroups: String,
     pub cgroup_roots: Vec<String>,
+    /// The restore's mode for established TCP connections: "established",
+    /// "close" or "" (refused).
+    pub tcp: String,
 }
 
 impl RemoteRestore {
@@ -128,10 +138,18 @@ pub struct MigrateOptions {
     pub stats_dir: Option<PathBuf>,
     /// Hears the pages being sent.
     pub progress: Progress,
+    /// `--tcp-established` / `--tcp-close`: the tree's established TCP
+    /// connections move with it (or arrive closed); refused without either.
+    pub tcp: crate::files::tcp::Mode,
+    /// Hears criu's points of the move (see [`clients`]).
+    pub notify: crate::notify::Notify,
+    /// `--ext-unix-sk`: unix sockets connected to a named socket outside
+    /// the tree (a logger's /dev/log) are connected to that name there.
+    pub ext_unix_sk: bool,
 }
 
 /// The version of the frames and their order; both ends must speak the same.
-pub const PROTOCOL: u32 = 2;
+pub const PROTOCOL: u32 = 3;
 
 /// What the destination reports once the tree runs there.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -152,6 +170,14 @@ pub struct MigrateStats {
     /// they arrive, so this overlaps the restore).
     pub transfer_time_us: u64,
     pub check_time_us: u64,
+    /// Holding the connections there and the action script's pre-restore
+    /// (where the operator moves their address).
+    #[serde(default)]
+    pub hold_time_us: u64,
+    /// Killing the tree here once it runs there (its connections silenced
+    /// first) and removing the lock here.
+    #[serde(default)]
+    pub kill_time_us: u64,
     /// From asking the destination to restore until the tree runs there.
     pub restore_time_us: u64,
     pub total_time_us: u64,
@@ -269,6 +295,7 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats> {
             .iter()
             .map(|r| format!("{}{}", r.controller.as_ref().map(|c| format!("{c}:")).unwrap_or_default(), r.path))
             .collect(),
+        tcp: clients::mode_name(opts.tcp).to_string(),
     };
     let mut link = Link::open(opts)?;
     let hello = serde_json::to_vec(&remote).map_err(|e| Error::io_other("encoding the hello", e))?;
@@ -284,6 +311,9 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats> {
         leave_running: false,
         shell_job: opts.shell_job,
         cgroup_roots: opts.cgroup_roots.clone(),
+        tcp: opts.tcp,
+        notify: opts.notify.clone(),
+        ext_unix_sk: opts.ext_unix_sk,
         ..Default::default()
     };
     let t = Instant::now();
@@ -298,7 +328,11 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats> {
         }
     };
     let mut go_sent = false;
+    let mut moved = false;
     let result = (|| -> Result<Vec<u8>> {
+        let t = Instant::now();
+        moved = clients::hold_there(&link, opts)?;
+        stats.hold_time_us = t.elapsed().as_micros() as u64;
         let t = Instant::now();
         link.request(CHECK, &[], ANSWER_TIMEOUT)?;
         stats.check_time_us = t.elapsed().as_micros() as u64;
@@ -307,7 +341,9 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats> {
         link.chan().send(RESTORE, &[])?;
         dumped.send_pages(&mut *link.sink(), &opts.progress)?;
         stats.transfer_time_us = t.elapsed().as_micros() as u64;
-        link.chan().answer_within(ANSWER_TIMEOUT)?;
+        opts.notify.at(Point::PostDump, Some(opts.pid))?;
+        let built = link.chan().answer_within(ANSWER_TIMEOUT)?;
+        clients::built_there(opts, &built)?;
         // Built there: the last moment to give up cleanly.
         crate::cancel::check()?;
         go_sent = true;
@@ -323,8 +359,11 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats> {
                 log::warn!("the destination's stats are unreadable ({e}); its tree runs");
                 Restored::default()
             });
-            stats.dump = dumped.kill();
+            let t = Instant::now();
+            stats.dump = dumped.kill_unlocked();
+            stats.kill_time_us = t.elapsed().as_micros() as u64;
             stats.frozen_time_us = stats.dump.frozen_time_us;
+            clients::running_there(opts, &remote);
             stats.remote = remote;
             stats.total_time_us = start.elapsed().as_micros() as u64;
             if let Some(dir) = &opts.stats_dir {
@@ -337,7 +376,7 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats> {
         }
         Err(e) => {
             dumped.resume();
-            let e = link.explain(e);
+            let e = clients::explain(link.explain(e), moved);
             let peer = link.chan().peer.clone();
             link.abort();
             if go_sent {

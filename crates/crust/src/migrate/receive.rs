@@ -13,7 +13,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::channel::{Channel, CHECK, DATA, END_FILE, FILE, GO, HELLO, OK, RESTORE};
+use super::channel::{Channel, CHECK, DATA, END_FILE, FILE, GO, HELLO, LOCK, OK, RESTORE};
 use super::{safe_name, RemoteRestore, Restored, PROTOCOL};
 use crate::error::{Context, Error, Result};
 use crate::images::Kind;
@@ -91,6 +91,9 @@ pub fn receive(chan: &mut Channel, workdir: &Path) -> Result<Restored> {
 fn receive_into(chan: &mut Channel, session: &Path) -> Result<Restored> {
     let mut restore = RemoteRestore::default();
     let mut file: Option<BufWriter<File>> = None;
+    // The tree's connections, held here from LOCK until it runs here (or
+    // until this fails: dropped, the lock goes).
+    let mut lock = None;
     loop {
         let (kind, payload) = chan.recv()?;
         match kind {
@@ -135,6 +138,12 @@ fn receive_into(chan: &mut Channel, session: &Path) -> Result<Restored> {
                 let mut f = file.take().ok_or_else(|| Error::Protocol("end of no file".into()))?;
                 f.flush().ctx(|| "writing a received image")?;
             }
+            LOCK => {
+                let img = crate::restore::load(session, Pages::Streamed)?;
+                let note = format!("crust: network lock of a migration received in {}", session.display());
+                lock = crate::files::tcp::lock_images(&img, &note)?;
+                chan.send(OK, &[])?;
+            }
             CHECK => {
                 let opts = restore_options(&restore, session)?;
                 let img = crate::restore::load(session, Pages::Streamed)?;
@@ -147,7 +156,7 @@ fn receive_into(chan: &mut Channel, session: &Path) -> Result<Restored> {
             RESTORE => {
                 let opts = restore_options(&restore, session)?;
                 let img = crate::restore::load(session, Pages::Streamed)?;
-                return restore_streamed(chan, &opts, img);
+                return restore_streamed(chan, &opts, img, lock);
             }
             k => return Err(Error::Protocol(format!("unexpected frame kind {k}"))),
         }
@@ -155,8 +164,13 @@ fn receive_into(chan: &mut Channel, session: &Path) -> Result<Restored> {
 }
 
 /// Build the tree with its pages from the link, report it built, and let it
-/// run when the source says go.
-fn restore_streamed(chan: &mut Channel, opts: &restore_mod::RestoreOptions, img: DumpImage) -> Result<Restored> {
+/// run when the source says go; then the lock holding its connections goes.
+fn restore_streamed(
+    chan: &mut Channel,
+    opts: &restore_mod::RestoreOptions,
+    img: DumpImage,
+    lock: Option<crate::netlock::Lock>,
+) -> Result<Restored> {
     let held = restore_mod::restore_held(opts, img, &mut StreamedPages { chan })?;
     let built = Restored { root: held.root(), stats: held.stats().clone() };
     chan.send(OK, &to_json(&built)?)?;
@@ -165,6 +179,7 @@ fn restore_streamed(chan: &mut Channel, opts: &restore_mod::RestoreOptions, img:
         (k, _) => return Err(Error::Protocol(format!("expected go, got frame kind {k}"))),
     }
     let restored = held.release()?;
+    drop(lock);
     let answer = Restored { root: restored.root, stats: restored.stats };
     if let Err(e) = chan.send(OK, &to_json(&answer)?) {
         // The source cannot learn that the tree runs here, so it resumes it
@@ -270,6 +285,7 @@ fn restore_options(r: &RemoteRestore, dir: &Path) -> Result<restore_mod::Restore
         pid_wait: Duration::from_secs(2),
         manage_cgroups: manage_cgroups.parse().map_err(Error::Protocol)?,
         cgroup_roots: r.cgroup_roots.iter().map(|c| c.parse()).collect::<std::result::Result<_, _>>().map_err(Error::Protocol)?,
+        tcp: super::clients::mode_of(&r.tcp)?,
         ..Default::default()
     })
 }
