@@ -68,7 +68,7 @@ impl Notify {
         Notify(Some(Arc::new(hear)))
     }
 
-    /// criu's `--action-script`s: each script is run at every point, with
+    /// criu's `--action-script`s: each script is run (by `sh -c`) at every point, with
     /// the point's name in CRTOOLS_SCRIPT_ACTION, the images directory
     /// `images_dir` in CRTOOLS_IMAGE_DIR and the root's pid, where there is
     /// one, in CRTOOLS_INIT_PID (criu's names); a script that fails stops
@@ -80,7 +80,10 @@ impl Notify {
         let images_dir = images_dir.to_path_buf();
         Notify::new(move |point, pid| {
             for script in &scripts {
-                let mut cmd = Command::new(script);
+                // As criu: through the shell, so that a script may be a
+                // command line (`--action-script "iptables-restore < rules"`).
+                let mut cmd = Command::new("sh");
+                cmd.arg("-c").arg(script);
                 cmd.env("CRTOOLS_SCRIPT_ACTION", point.criu_name());
                 cmd.env("CRTOOLS_IMAGE_DIR", &images_dir);
                 if let Some(pid) = pid {
