@@ -318,3 +318,77 @@ fn action_scripts_hear_each_action_in_order_with_criu_environment() {
     job.assert_counts_on_from(&last);
     job.expect_ok();
 }
+
+/// A busybox container of LXC's busybox template in a path of the test's
+/// own, as DESIGN.md section 6 found LXC needs for criu here (no network,
+/// console or ttys, no AppArmor); stopped and destroyed on drop.
+struct Container {
+    path: TempDir,
+    name: String,
+}
+
+impl Container {
+    fn lxc(&self, tool: &str, args: &[&str]) -> Output {
+        let mut cmd = Command::new(tool);
+        cmd.arg("-P").arg(self.path.path()).arg("-n").arg(&self.name).args(args);
+        run_with_timeout(&mut cmd, STEP)
+    }
+
+    fn create(test: &str) -> Container {
+        let c = Container { path: TempDir::new(test), name: format!("crust-{}", std::process::id()) };
+        let conf = c.path.join("base.conf");
+        std::fs::write(&conf, "lxc.net.0.type = empty\nlxc.console.path = none\nlxc.apparmor.profile = unconfined\n").unwrap();
+        let out = c.lxc("lxc-create", &["-t", "busybox", "-f", conf.to_str().unwrap()]);
+        assert!(out.status.success(), "lxc-create: {}", text(&out.stderr));
+        // The template sets ttys of its own after our file: none.
+        let config = c.path.join(format!("{}/config", c.name));
+        let text = std::fs::read_to_string(&config).unwrap();
+        std::fs::write(&config, text.replace("lxc.tty.max = 5", "lxc.tty.max = 0")).unwrap();
+        let out = c.lxc("lxc-start", &["-d"]);
+        assert!(out.status.success(), "lxc-start: {}", String::from_utf8_lossy(&out.stderr));
+        c
+    }
+
+    /// Its state and init's pid, as lxc-info says.
+    fn info(&self) -> (String, String) {
+        let out = self.lxc("lxc-info", &["-s", "-p", "-H"]);
+        let t = text(&out.stdout);
+        // "State:   RUNNING", "PID:   123" (-H: numbers not humanized).
+        let mut lines = t.lines().map(|l| l.split_whitespace().last().unwrap_or_default().to_string());
+        (lines.next().unwrap_or_default(), lines.next().unwrap_or_default())
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        self.lxc("lxc-stop", &["-k"]);
+        self.lxc("lxc-destroy", &[]);
+    }
+}
+
+#[test]
+fn lxc_checkpoint_of_a_container_is_refused_clearly_and_it_runs_on() {
+    if Command::new("lxc-checkpoint").arg("--version").output().is_err() {
+        panic!("lxc-checkpoint is missing: scripts/setup installs lxc");
+    }
+    let criu = Criu::new("criu-lxc-container");
+    let c = Container::create("lxc-container");
+    let (state, pid) = c.info();
+    assert_eq!(state, "RUNNING", "the container runs before the checkpoint");
+    let images = c.path.join("images");
+    let path = format!("{}:{}", criu.dir.path().display(), std::env::var("PATH").unwrap_or_default());
+    let out = run_with_timeout(
+        Command::new("lxc-checkpoint")
+            .args(["-P", c.path.path().to_str().unwrap(), "-n", &c.name, "-D", images.to_str().unwrap(), "-s"])
+            .env("PATH", path),
+        STEP,
+    );
+    assert!(!out.status.success(), "crust cannot dump a container's namespaces yet; lxc-checkpoint must fail");
+    // lxc-checkpoint shows criu's message; crust's log (dump.log) has it too.
+    let said = text(&out.stderr);
+    assert!(said.contains("mount namespace of its own") && said.contains("cannot dump"), "the refusal says why: {said}");
+    let log = std::fs::read_to_string(images.join("dump.log")).unwrap_or_default();
+    assert!(log.contains("mount namespace of its own"), "dump.log: {log}");
+    // Neither stopped nor left frozen.
+    assert_eq!(c.info(), ("RUNNING".to_string(), pid), "the container runs on, same init");
+}
