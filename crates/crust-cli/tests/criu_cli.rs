@@ -158,6 +158,36 @@ const LXC_COMMON: &[&str] = &[
     "tracefs",
 ];
 
+/// A freezer cgroup (v1) of the test's own, as LXC gives each container;
+/// declared before the job in it, it is thawed and removed after the job
+/// killed its processes.
+struct Freezer {
+    name: String,
+    dir: PathBuf,
+}
+
+impl Freezer {
+    fn new() -> Freezer {
+        let name = format!("crust-criu-cli-{}", std::process::id());
+        let dir = Path::new("/sys/fs/cgroup/freezer").join(&name);
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        Freezer { name, dir }
+    }
+}
+
+impl Drop for Freezer {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.dir.join("freezer.state"), "THAWED");
+        // A killed task leaves the cgroup a moment after it is reaped.
+        for _ in 0..500 {
+            match std::fs::remove_dir(&self.dir) {
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => std::thread::sleep(std::time::Duration::from_millis(10)),
+                _ => return,
+            }
+        }
+    }
+}
+
 #[test]
 fn lxc_checkpoint_argv_dumps_and_restores_a_tree_without_namespaces() {
     let criu = Criu::new("criu-lxc");
@@ -165,8 +195,16 @@ fn lxc_checkpoint_argv_dumps_and_restores_a_tree_without_namespaces() {
     let images = tmp.join("images");
     std::fs::create_dir(&images).unwrap();
     let d = images.to_str().unwrap();
-    let mut job = counting_job(tmp.path());
+    let freezer = Freezer::new();
+    let mut job = Job::build("test_mm", &[]).cgroups(std::slice::from_ref(&freezer.dir)).start(tmp.path());
+    job.ready();
+    for _ in 0..4 {
+        job.line(STEP);
+    }
     let pid = job.pid.to_string();
+    // LXC names the container's cgroups as roots, and freezes through its freezer.
+    let cgroup_root = format!("freezer:/{}", freezer.name);
+    let freeze = freezer.dir.to_str().unwrap();
 
     // What crust cannot do yet is refused by name, and the tree runs on.
     let mut args = vec!["dump", "-D", d, "-t", &pid, "--external", "tty[8801:0]"];
@@ -178,7 +216,8 @@ fn lxc_checkpoint_argv_dumps_and_restores_a_tree_without_namespaces() {
     let log = format!("{d}/dump.log");
     let mut args = vec!["dump"];
     args.extend_from_slice(LXC_COMMON);
-    args.extend_from_slice(&["-D", d, "-o", &log, "-v4", "--ext-mount-map", "/dev/console:console", "-t", &pid, "--skip-in-flight", "--force-irmap"]);
+    args.extend_from_slice(&["-D", d, "-o", &log, "--cgroup-root", &cgroup_root, "-v4", "--ext-mount-map", "/dev/console:console"]);
+    args.extend_from_slice(&["-t", &pid, "--skip-in-flight", "--freeze-cgroup", freeze, "--force-irmap"]);
     let out = criu.ok(&args);
     assert!(out.stdout.is_empty(), "criu dump is silent on success: {}", text(&out.stdout));
     job.reap_original();
@@ -205,12 +244,14 @@ fn lxc_checkpoint_argv_dumps_and_restores_a_tree_without_namespaces() {
 
     let mut args = vec!["restore"];
     args.extend_from_slice(LXC_COMMON);
-    args.extend_from_slice(&["-D", d, "-o", "restore.log", "-v4", "--root", "/", "--restore-detached", "--display-stats"]);
+    args.extend_from_slice(&["-D", d, "-o", "restore.log", "-v4", "--cgroup-root", &cgroup_root, "--root", "/", "--restore-detached", "--display-stats"]);
     let out = criu.ok(&args);
     assert!(text(&out.stdout).starts_with("Displaying restore stats:"), "{}", text(&out.stdout));
     job.adopt_restored();
     job.assert_counts_on_from(&last);
     assert!(images.join("restore.log").exists(), "-o is relative to the work directory, which is -D without -W");
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert!(cgroups.lines().any(|l| l.ends_with(&format!(":freezer:/{}", freezer.name))), "back in its freezer cgroup: {cgroups}");
     job.expect_ok();
 }
 
