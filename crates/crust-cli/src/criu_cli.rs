@@ -160,8 +160,7 @@ fn parse(args: &[String]) -> Result<(Vec<Given>, Vec<String>)> {
             given.push(Given { long: spec.long, value, negated });
         } else if arg.len() > 1 && arg.starts_with('-') {
             // A cluster of short options; one taking a value ends it.
-            let mut chars = arg[1..].char_indices();
-            while let Some((at, c)) = chars.next() {
+            for (at, c) in arg[1..].char_indices() {
                 let spec = OPTIONS.iter().find(|s| s.short == Some(c)).ok_or_else(|| anyhow!("invalid option -- '{c}'"))?;
                 let rest = &arg[1 + at + c.len_utf8()..];
                 let value = match spec.takes {
@@ -593,7 +592,10 @@ fn namespaced_options(opts: &mut Opts, own_ns: impl Fn(&str) -> Result<bool>) ->
 fn run_dump(mut opts: Opts, pre: bool) -> Result<ExitCode> {
     let dir = enter_dirs(&opts, true)?;
     let pid = opts.tree.context("-t/--tree PID is needed to dump")?;
-    namespaced_options(&mut opts, |ns| Ok(!shares_namespace(pid, ns)?))?;
+    // A pid that names no process is for the dump to report.
+    if Path::new(&format!("/proc/{pid}")).exists() {
+        namespaced_options(&mut opts, |ns| Ok(!shares_namespace(pid, ns)?))?;
+    }
     log_noops(&opts);
     if opts.manage_cgroups.is_some() {
         log::info!("--manage-cgroups: crust records the tree's cgroups on every dump; the mode applies at restore");
@@ -652,12 +654,13 @@ fn images_have_namespace(dir: &Path, ns: &str) -> Result<bool> {
 fn run_restore(mut opts: Opts) -> Result<ExitCode> {
     let dir = enter_dirs(&opts, false)?;
     namespaced_options(&mut opts, |ns| images_have_namespace(&dir, ns))?;
-    log_noops(&opts);
-    if let Some(root) = &opts.root {
-        if std::fs::canonicalize(root).ok().as_deref() != Some(Path::new("/")) {
+    if let Some(root) = opts.root.take() {
+        if std::fs::canonicalize(&root).ok().as_deref() != Some(Path::new("/")) {
             bail!("--root {}: crust restores into its own root; a restore into another root file system needs mount namespaces, which crust cannot restore yet", root.display());
         }
+        opts.noops.push((format!("--root {}", root.display()), "it is crust's own root, where crust restores"));
     }
+    log_noops(&opts);
     if opts.restore_sibling {
         bail!("--restore-sibling: crust restores the tree as its own child, not as a child of crust's parent");
     }
