@@ -2,8 +2,8 @@
 //! it, translated into crust's dump, pre-dump, restore and checks.
 //!
 //! crust takes it when run under the name `criu` (a link of that name in
-//! PATH). Options are read as criu's getopt reads them (`-t PID`, `-t PID`
-//! glued as `-tPID`, `-v4`, `--tree=PID`, unique prefixes of long names,
+//! PATH). Options are read as criu's getopt reads them (`-t PID`, or
+//! glued: `-tPID`, `-v4`, `--tree=PID`, unique prefixes of long names,
 //! `--no-X` to turn a flag off), after criu's configuration files
 //! (/etc/criu/default.conf, $HOME/.criu/default.conf, $CRIU_CONFIG_FILE,
 //! `--config FILE`: one option a line without its dashes). Each option is
