@@ -2,6 +2,7 @@
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+mod criu_cli;
 mod demo;
 mod guard;
 mod progress;
@@ -239,7 +240,7 @@ enum Command {
     /// Will the images in DIR restore on this host? Reports every problem at once.
     Check {
         /// The images to check against this host.
-        #[arg(long = "images", value_name = "DIR")]
+        #[arg(short = 'D', long = "images-dir", visible_alias = "images", value_name = "DIR")]
         images: PathBuf,
         #[arg(short = 'j', long = "shell-job")]
         shell_job: bool,
@@ -256,7 +257,11 @@ enum Command {
     },
     /// Say in plain words what the images in DIR hold and what a restore needs.
     Explain {
-        dir: PathBuf,
+        /// The images (or give them with -D).
+        #[arg(required_unless_present = "images_dir", conflicts_with = "images_dir", value_name = "DIR")]
+        dir: Option<PathBuf>,
+        #[arg(short = 'D', long = "images-dir", value_name = "DIR")]
+        images_dir: Option<PathBuf>,
         /// The cgroup mode a restore would use.
         #[arg(long = "manage-cgroups", default_value = "soft", value_name = "MODE")]
         manage_cgroups: Mode,
@@ -266,23 +271,21 @@ enum Command {
     },
     /// Decode the images in DIR and print them as JSON.
     Show {
-        /// An images directory, or one image file.
-        path: PathBuf,
+        /// An images directory, or one image file (or give the directory with -D).
+        #[arg(required_unless_present = "images_dir", conflicts_with = "images_dir", value_name = "PATH")]
+        path: Option<PathBuf>,
+        #[arg(short = 'D', long = "images-dir", value_name = "DIR")]
+        images_dir: Option<PathBuf>,
     },
     /// Start the bundled test_mm, checkpoint it and show what was saved.
     Demo,
 }
 
-fn init_logging(cli: &Cli) -> Result<()> {
-    let level = match cli.verbose {
-        0 => log::LevelFilter::Warn,
-        1 => log::LevelFilter::Info,
-        2 => log::LevelFilter::Debug,
-        _ => log::LevelFilter::Trace,
-    };
+/// Logs at `level` to stderr, or to `log_file` (truncated) if given.
+fn init_logging(level: log::LevelFilter, log_file: Option<&std::path::Path>) -> Result<()> {
     let mut b = env_logger::Builder::new();
     b.filter_level(level).format_timestamp_micros();
-    if let Some(path) = &cli.log_file {
+    if let Some(path) = log_file {
         let f = File::create(path).with_context(|| format!("creating log file {}", path.display()))?;
         b.target(env_logger::Target::Pipe(Box::new(f)));
     }
@@ -308,6 +311,15 @@ pub fn print_dump_stats(s: &DumpStats, dir: &std::path::Path) {
         s.bytes_written as f64 / (1 << 20) as f64,
     );
     println!("{}", s.cgroups);
+}
+
+/// As criu does, the numbers of a restore stay beside the images; the tree
+/// runs whether or not they can be written.
+fn write_restore_stats(dir: &std::path::Path, restored: &Restored) {
+    let stats_path = dir.join("stats-restore");
+    if let Err(e) = crust::images::write_image_file(&stats_path, crust::images::Kind::Stats, &restored.stats.entry()) {
+        log::warn!("{e}");
+    }
 }
 
 pub fn print_restore_stats(r: &Restored) {
@@ -476,7 +488,7 @@ fn run(cli: Cli) -> Result<()> {
                 prev_images_dir,
                 track_mem,
                 progress,
-                notify: Notify::scripts(action_scripts),
+                notify: Notify::scripts(action_scripts, Some(&dir)),
             };
             let stats = guard::in_child(|| bar.around(|| Ok(dump(&opts)?))).with_context(|| format!("dump of process {pid} failed"))?;
             if json {
@@ -487,7 +499,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::PreDump { pid, dir, prev_images_dir, track_mem, freeze_cgroup, action_scripts, json } => {
             let bar = progress::Bar::on_stderr(json);
-            let notify = Notify::scripts(action_scripts);
+            let notify = Notify::scripts(action_scripts, Some(&dir));
             let opts = DumpOptions { pid, dir: dir.clone(), prev_images_dir, track_mem, freeze_cgroup, progress: bar.progress(), notify, ..Default::default() };
             let stats = guard::in_child(|| bar.around(|| Ok(pre_dump(&opts)?))).with_context(|| format!("pre-dump of process {pid} failed"))?;
             if json {
@@ -508,16 +520,11 @@ fn run(cli: Cli) -> Result<()> {
                 progress: bar.progress(),
                 private_copies: false,
                 tcp: tcp.mode(),
-                notify: Notify::scripts(action_scripts),
+                notify: Notify::scripts(action_scripts, Some(&dir)),
                 inherit_fds: inherit_fds.into_iter().map(|(fd, key)| (key, fd)).collect(),
             };
             let restored = bar.around(|| restore(&opts)).with_context(|| format!("restore from {} failed", dir.display()))?;
-            // As criu does, the numbers stay beside the images; the tree runs
-            // whether or not they can be written.
-            let stats_path = dir.join("stats-restore");
-            if let Err(e) = crust::images::write_image_file(&stats_path, crust::images::Kind::Stats, &restored.stats.entry()) {
-                log::warn!("{e}");
-            }
+            write_restore_stats(&dir, &restored);
             if let Some(path) = pidfile {
                 std::fs::write(&path, format!("{}\n", restored.root))
                     .with_context(|| format!("writing pid file {}", path.display()))?;
@@ -538,7 +545,8 @@ fn run(cli: Cli) -> Result<()> {
                 return wait_root(restored.root);
             }
         }
-        Command::Show { path } => {
+        Command::Show { path, images_dir } => {
+            let path = path.or(images_dir).context("no images given")?;
             let v = if path.is_dir() { crust::show::show_dir(&path)? } else { crust::show::show_file(&path)? };
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
@@ -560,7 +568,7 @@ fn run(cli: Cli) -> Result<()> {
                 stats_dir,
                 progress,
                 tcp: tcp.mode(),
-                notify: Notify::scripts(action_scripts),
+                notify: Notify::scripts(action_scripts, None),
                 ext_unix_sk,
             };
             let stats = guard::in_child(|| bar.around(|| Ok(migrate(&opts)?))).with_context(|| format!("migration of process {pid} failed; it runs on here"))?;
@@ -607,7 +615,8 @@ fn run(cli: Cli) -> Result<()> {
             }
             println!("this host can restore {}", images.display());
         }
-        Command::Explain { dir, manage_cgroups, cgroup_roots } => {
+        Command::Explain { dir, images_dir, manage_cgroups, cgroup_roots } => {
+            let dir = dir.or(images_dir).context("no images given")?;
             for line in crust::explain::explain(&dir, manage_cgroups, &cgroup_roots)? {
                 println!("{line}");
             }
@@ -636,8 +645,18 @@ fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 fn main() -> ExitCode {
+    // Installed as `criu` (a link of that name), crust takes criu's command line.
+    if criu_cli::invoked_as_criu() {
+        return criu_cli::main();
+    }
     let cli = Cli::parse();
-    if let Err(e) = init_logging(&cli) {
+    let level = match cli.verbose {
+        0 => log::LevelFilter::Warn,
+        1 => log::LevelFilter::Info,
+        2 => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    };
+    if let Err(e) = init_logging(level, cli.log_file.as_deref()) {
         eprintln!("crust: error: {e:#}");
         return ExitCode::FAILURE;
     }

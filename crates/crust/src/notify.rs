@@ -5,7 +5,7 @@
 //! configure a network namespace). A caller that fails its point stops the
 //! dump or restore there, as a failing action script stops criu's.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
@@ -68,17 +68,26 @@ impl Notify {
         Notify(Some(Arc::new(hear)))
     }
 
-    /// criu's `--action-script`s: each script is run at every point, with
-    /// the point's name in CRTOOLS_SCRIPT_ACTION and the root's pid, where
-    /// there is one, in CRTOOLS_INIT_PID; a script that fails stops the work.
-    pub fn scripts(scripts: Vec<PathBuf>) -> Notify {
+    /// criu's `--action-script`s: each script is run (by `sh -c`) at every point, with
+    /// the point's name in CRTOOLS_SCRIPT_ACTION, the images directory
+    /// `images_dir` (if the images are on disk) in CRTOOLS_IMAGE_DIR and the root's pid, where there is
+    /// one, in CRTOOLS_INIT_PID (criu's names); a script that fails stops
+    /// the work.
+    pub fn scripts(scripts: Vec<PathBuf>, images_dir: Option<&Path>) -> Notify {
         if scripts.is_empty() {
             return Notify::default();
         }
+        let images_dir = images_dir.map(Path::to_path_buf);
         Notify::new(move |point, pid| {
             for script in &scripts {
-                let mut cmd = Command::new(script);
+                // As criu: through the shell, so that a script may be a
+                // command line (`--action-script "iptables-restore < rules"`).
+                let mut cmd = Command::new("sh");
+                cmd.arg("-c").arg(script);
                 cmd.env("CRTOOLS_SCRIPT_ACTION", point.criu_name());
+                if let Some(dir) = &images_dir {
+                    cmd.env("CRTOOLS_IMAGE_DIR", dir);
+                }
                 if let Some(pid) = pid {
                     cmd.env("CRTOOLS_INIT_PID", pid.to_string());
                 }

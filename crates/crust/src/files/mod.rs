@@ -394,10 +394,12 @@ pub fn parse_inherit_fd(arg: &str) -> std::result::Result<(i32, String), String>
     let rest = arg.strip_prefix("fd[").ok_or_else(bad)?;
     let (n, key) = rest.split_once("]:").ok_or_else(bad)?;
     let n: i32 = n.parse().map_err(|_| bad())?;
-    if n < 0 || key.is_empty() {
+    if n < 0 {
         return Err(bad());
     }
-    Ok((n, key.to_string()))
+    // Only pipes are given this way so far: any other key would match no
+    // file, and the caller's file would be dropped unsaid.
+    Ok((n, parse_external(key)?))
 }
 
 /// The external files a dump can take (`--external KEY`): pipes, by the

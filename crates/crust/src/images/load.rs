@@ -475,8 +475,16 @@ fn load_process(dir: &Path, pstree: PstreeEntry, pages_in: Pages, digests: &mut 
         }
         return Ok(ProcessImage { zombie: Some(tc.exit_code), pstree, ..Default::default() });
     }
-    let (Some(task), Some(ids)) = (leader.tc, leader.ids) else {
+    let Some(task) = leader.tc else {
         return Err(invalid(&leader_path, "leader's core without task state"));
+    };
+    // criu keeps the ids in ids-PID.img only (the core's own field is of
+    // older images); crust writes both, the same.
+    let ids_path = dir.join(format!("ids-{pid}.img"));
+    let ids = match (ids_path.exists(), leader.ids) {
+        (true, _) => read_one(&ids_path, Kind::Ids)?,
+        (false, Some(ids)) => ids,
+        (false, None) => return Err(invalid(&ids_path, "missing, and the leader's core has no ids either")),
     };
     let mut threads = Vec::new();
     for &tid in &pstree.threads {
