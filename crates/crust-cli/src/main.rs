@@ -5,6 +5,7 @@
 mod demo;
 mod guard;
 mod progress;
+mod swrk;
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -591,6 +592,9 @@ fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = swrk::dispatch() {
+        return code;
+    }
     let cli = Cli::parse();
     if let Err(e) = init_logging(&cli) {
         eprintln!("crust: error: {e:#}");
