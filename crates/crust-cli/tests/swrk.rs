@@ -382,3 +382,32 @@ fn crust_named_criu_serves_swrk() {
     let (status, _) = s.finish();
     assert!(status.success());
 }
+
+/// runc 1.1.5 with crust as its criu: the version handshake passes, the
+/// DUMP of a container (in namespaces of its own, which crust cannot dump
+/// yet) is refused, runc says criu failed and names the log, where the
+/// refusal is, and the container runs on.
+#[test]
+fn runc_checkpoint_reaches_crust_and_gets_a_clear_refusal() {
+    use common::bundle::{crust_as_criu, runc_installed, Container};
+    if !runc_installed() {
+        eprintln!("skipped: runc or /bin/busybox is missing (scripts/setup installs them)");
+        return;
+    }
+    let tmp = TempDir::new("swrk-runc");
+    let id = format!("crust-swrk-{}", std::process::id());
+    let c = Container::counter(tmp.path(), &id);
+    let before = c.counts_past(None);
+    let criu = crust_as_criu(tmp.path());
+    let images = tmp.join("images");
+    let out = c.runc(&["checkpoint", "--image-path", images.to_str().unwrap()], Some(&criu));
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "runc checkpoint cannot succeed yet: {err}");
+    assert!(!err.contains("CRIU version check failed") && !err.contains("must be"), "the VERSION handshake passes: {err}");
+    assert!(err.contains("criu failed: type DUMP") && err.contains("dump.log"), "runc reports the refused DUMP and its log: {err}");
+    let log = std::fs::read_to_string(images.join("dump.log")).expect("crust writes the log runc asked for");
+    assert!(log.contains("Error (crust):") && log.contains("mount namespace"), "the log says why: {log}");
+    assert!(!images.join("inventory.img").exists(), "nothing dumped");
+    assert_eq!(c.status(), "running");
+    c.counts_past(Some(before + 3));
+}
