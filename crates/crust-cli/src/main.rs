@@ -479,6 +479,7 @@ fn run(cli: Cli) -> Result<()> {
                 private_copies: false,
                 tcp: tcp.mode(),
                 notify: Notify::scripts(action_scripts),
+                sibling: false,
             };
             let restored = bar.around(|| restore(&opts)).with_context(|| format!("restore from {} failed", dir.display()))?;
             // As criu does, the numbers stay beside the images; the tree runs

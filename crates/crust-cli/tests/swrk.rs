@@ -204,7 +204,15 @@ fn dump_and_restore_with_every_notification_answered() {
     let mut opts = runc_like(&images, None);
     opts.rst_sibling = Some(true);
     opts.log_file = Some("restore.log".into());
-    let (heard, resp) = s.converse(&req(CriuReqType::Restore, Some(opts)), |_| true);
+    // While crust waits for the answer to post-restore, it surely runs:
+    // the root's parent then is the caller (rst_sibling), not crust.
+    let parent_at_post_restore = std::cell::RefCell::new(None);
+    let (heard, resp) = s.converse(&req(CriuReqType::Restore, Some(opts)), |n| {
+        if n == "post-restore" {
+            *parent_at_post_restore.borrow_mut() = common::proc_status_field(job.pid, "PPid");
+        }
+        true
+    });
     assert!(resp.success, "restore over RPC failed: {resp:?}");
     assert_eq!(resp.restore.as_ref().map(|r| r.pid), Some(job.pid), "the response names the restored root");
     assert_eq!(
@@ -214,6 +222,8 @@ fn dump_and_restore_with_every_notification_answered() {
     );
     let post_restore = heard.iter().find(|(n, _)| n == "post-restore").unwrap();
     assert_eq!(post_restore.1, Some(job.pid), "post-restore carries the restored root's pid (runc waits on it)");
+    let ppid = parent_at_post_restore.into_inner();
+    assert_eq!(ppid, Some(std::process::id().to_string()), "rst_sibling: the root is the caller's child, not crust's");
     let (status, stderr) = s.finish();
     assert!(status.success(), "criu must exit 0 after a RESTORE: {status:?} {stderr}");
     job.adopt_restored();

@@ -71,6 +71,9 @@ pub struct RestoreOptions {
     pub tcp: files::tcp::Mode,
     /// Hears criu's points of a restore (pre-restore to post-resume).
     pub notify: Notify,
+    /// criu's rst_sibling: the root is a child of crust's parent, not of
+    /// crust (runc waits on the tree it asked criu to restore).
+    pub sibling: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -107,7 +110,8 @@ impl RestoreStats {
     }
 }
 
-/// A restored tree, running. Its root is a child of the calling process.
+/// A restored tree, running. Its root is a child of the calling process
+/// (of its parent with [`RestoreOptions::sibling`]).
 pub struct Restored {
     pub root: i32,
     pub stats: RestoreStats,
@@ -302,7 +306,7 @@ pub fn restore_held(opts: &RestoreOptions, mut img: DumpImage, pages: &mut dyn P
         created.cgroups = Placement::prepare(entry, opts.manage_cgroups, &opts.cgroup_roots)?;
     }
     let mut stats = RestoreStats { processes: img.processes.len(), ..Default::default() };
-    let (mut root, crust_layout) = make_root(img, &mut created)?;
+    let (mut root, crust_layout) = make_root(img, opts.sibling, &mut created)?;
     opts.notify.at(Point::SetupNamespaces, Some(root.leader.tid))?;
     opts.notify.at(Point::PostSetupNamespaces, Some(root.leader.tid))?;
     let (inherited, shmem_fds) = make_shared(&mut root, img, terminal)?;
@@ -414,10 +418,10 @@ fn job_terminal(img: &DumpImage, opts: &RestoreOptions, created: &mut Created) -
 /// each thread gets its own back at the end), without crust's rseq
 /// registration, and with a scratch area where no image vma lies. Returns it
 /// with crust's memory layout, which every process starts from.
-fn make_root<'a>(img: &'a DumpImage, created: &mut Created) -> Result<(Proc<'a>, Vec<Vma>)> {
+fn make_root<'a>(img: &'a DumpImage, sibling: bool, created: &mut Created) -> Result<(Proc<'a>, Vec<Vma>)> {
     let image = &img.processes[0];
     let pid = image.pid();
-    spawn::spawn_stopped(pid)?;
+    spawn::spawn_stopped(pid, sibling)?;
     created.processes.push(pid);
     created.cgroups.place(pid, cg_set(image))?;
     // Forks and threads inherit the options: seccomp filters restored early

@@ -13,8 +13,11 @@ use crate::ptrace;
 use crate::task::{Scratch, Task};
 
 /// crust forks itself with `pid` and the child waits, stopped, for crust to
-/// take it over.
-pub(super) fn spawn_stopped(pid: i32) -> Result<()> {
+/// take it over; as a child of crust's parent if `sibling`.
+pub(super) fn spawn_stopped(pid: i32, sibling: bool) -> Result<()> {
+    if sibling {
+        return spawn_sibling(pid);
+    }
     let set_tid = [pid as libc::pid_t];
     let args = CloneArgs { exit_signal: libc::SIGCHLD as u64, set_tid: set_tid.as_ptr() as u64, set_tid_size: 1, ..Default::default() };
     // SAFETY: the kernel reads `args` (size given) and the one pid `set_tid`
@@ -41,6 +44,59 @@ pub(super) fn spawn_stopped(pid: i32) -> Result<()> {
             Some(libc::EEXIST) => Error::Invalid(format!("pid {pid} was taken while crust restored it")),
             _ => Error::Io { context: format!("creating process {pid}"), err: e },
         });
+    }
+    wait_new_task(pid)
+}
+
+/// criu's rst_sibling, which runc asks for: the root is a child of crust's
+/// parent (CLONE_PARENT), which waits on it as on any child of its own. Not
+/// being crust's child, it cannot make crust its tracer (PTRACE_TRACEME
+/// names the parent): it waits, polling that crust is still there, until
+/// crust seizes it (with EXITKILL: a crust that dies takes it along) and
+/// stops it. Its parent's death does not end it before: that parent gets it
+/// only once it runs.
+fn spawn_sibling(pid: i32) -> Result<()> {
+    let crust = nix::unistd::getpid();
+    let set_tid = [pid as libc::pid_t];
+    let args = CloneArgs {
+        // clone3 takes no exit signal with CLONE_PARENT: the child's is
+        // crust's own (SIGCHLD), as its parent expects of a child.
+        flags: libc::CLONE_PARENT as u64,
+        set_tid: set_tid.as_ptr() as u64,
+        set_tid_size: 1,
+        ..Default::default()
+    };
+    // SAFETY: as in spawn_stopped: the kernel reads `args` and `set_tid`,
+    // alive on this stack; the child is a fork that only makes single
+    // syscalls (kill, nanosleep: no allocation, no lock) until crust takes
+    // it over and replaces its memory, and never returns from here.
+    let r = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    if r == 0 {
+        let pause = libc::timespec { tv_sec: 0, tv_nsec: 1_000_000 };
+        // SAFETY: kill with signal 0 only checks that crust exists;
+        // nanosleep reads the timespec on this stack; _exit ends the child
+        // without running anything it copied from crust.
+        unsafe {
+            while libc::kill(crust.as_raw(), 0) == 0 {
+                libc::nanosleep(&pause, std::ptr::null_mut());
+            }
+            libc::_exit(127);
+        }
+    }
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(match e.raw_os_error() {
+            Some(libc::EEXIST) => Error::Invalid(format!("pid {pid} was taken while crust restored it")),
+            _ => Error::Io { context: format!("creating process {pid} as a sibling of crust"), err: e },
+        });
+    }
+    let task = Pid::from_raw(pid);
+    let taken = nix::sys::ptrace::seize(task, nix::sys::ptrace::Options::PTRACE_O_EXITKILL)
+        .and_then(|()| nix::sys::ptrace::interrupt(task))
+        .ctx(|| format!("taking over the new process {pid}"));
+    if let Err(e) = taken {
+        let _ = nix::sys::signal::kill(task, Signal::SIGKILL);
+        return Err(e);
     }
     wait_new_task(pid)
 }

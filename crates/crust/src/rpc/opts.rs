@@ -206,6 +206,7 @@ pub fn resolve(o: &CriuOpts, action: Action, caller: i32, notify: Notify) -> Res
         cgroup_roots,
         tcp,
         notify,
+        sibling: o.rst_sibling == Some(true),
         ..Default::default()
     };
     Ok(Resolved { images_dir, dump, restore })
