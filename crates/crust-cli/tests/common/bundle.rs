@@ -72,7 +72,10 @@ impl Container {
 
     /// The last number the container printed (None before its first line).
     pub fn count(&self) -> Option<u64> {
-        self.out.lock().unwrap().lines().filter_map(|l| l.trim().parse().ok()).last()
+        let text = self.out.lock().unwrap();
+        // Whole lines only: the pipe may have given half of the last.
+        let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+        whole.lines().rev().find_map(|l| l.trim().parse().ok())
     }
 
     /// Waits (up to 30 s) until the container printed past `n`; the count then.

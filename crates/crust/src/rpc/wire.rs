@@ -104,8 +104,11 @@ pub fn unknown_fields(raw: &[u8]) -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// The fields of one message: number, and the bytes of a length-delimited value.
-fn fields(mut b: &[u8]) -> Result<Vec<(u64, Option<&[u8]>)>> {
+/// One field of a message: its number, and the bytes of a length-delimited value.
+type Field<'a> = (u64, Option<&'a [u8]>);
+
+/// The fields of one message, in order.
+fn fields(mut b: &[u8]) -> Result<Vec<Field<'_>>> {
     let bad = || Error::Invalid("a damaged request: its protobuf encoding breaks off".into());
     let mut out = Vec::new();
     while !b.is_empty() {
