@@ -8,7 +8,7 @@
 mod common;
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -420,4 +420,47 @@ fn runc_checkpoint_reaches_crust_and_gets_a_clear_refusal() {
     assert!(!images.join("inventory.img").exists(), "nothing dumped");
     assert_eq!(c.status(), "running");
     c.counts_past(Some(before + 3));
+}
+
+/// crust killed in the middle of a DUMP (at network-lock, the tree frozen
+/// and crust's worker waiting for the answer): the worker puts the tree back
+/// and goes, the caller sees the socket close instead of waiting forever, and
+/// the tree runs on.
+#[test]
+fn a_crust_killed_during_a_dump_leaves_the_tree_running() {
+    let tmp = TempDir::new("swrk-killed");
+    let mut job = Job::start("test_mm", &[], tmp.path());
+    job.ready();
+    let images_path = tmp.join("images");
+    let images = open_dir(&images_path);
+    let s = Swrk::start();
+    s.send(&req(CriuReqType::Dump, Some(runc_like(&images, Some(job.pid)))));
+    for expected in ["pre-dump", "network-lock"] {
+        let n = s.recv();
+        assert_eq!(n.notify.and_then(|n| n.script).as_deref(), Some(expected));
+        if expected == "pre-dump" {
+            s.send(&CriuReq { r#type: CriuReqType::Notify as i32, notify_success: Some(true), ..Default::default() });
+        }
+    }
+    // SAFETY: kill of our own child, crust swrk.
+    unsafe { libc::kill(s.child.id() as i32, libc::SIGKILL) };
+    let mut pfd = libc::pollfd { fd: s.sock.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: poll on one live pollfd.
+    let ready = unsafe { libc::poll(&mut pfd, 1, 10_000) };
+    assert_eq!(ready, 1, "the socket is closed once crust's worker is gone");
+    let mut byte = [0u8; 64];
+    // SAFETY: recv into a live buffer.
+    let n = unsafe { libc::recv(s.sock.as_raw_fd(), byte.as_mut_ptr().cast(), byte.len(), 0) };
+    assert_eq!(n, 0, "no answer, only the end of the conversation");
+    let (status, _) = s.finish();
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    let state = common::proc_stat(job.pid).expect("the tree is there").state;
+    assert!(!matches!(state, 't' | 'T'), "the tree is not left stopped: state {state}");
+    assert!(!images_path.join("inventory.img").exists());
+    let before = job.drain().len();
+    for _ in 0..4 {
+        job.line(STEP);
+    }
+    assert!(job.history.len() >= before + 4, "the tree runs on");
+    job.expect_ok();
 }

@@ -66,19 +66,19 @@ pub fn serve(fd: OwnedFd, isolate: Isolate) -> Result<Ending> {
             Ok(Some(r)) => r,
             Ok(None) => return Ok(Ending::Closed),
             Err(e) => {
-                let _ = conn.send(&failure(CriuReqType::Empty as i32, &e), None);
+                let _ = conn.send(&failure(CriuReqType::Empty as i32, &e));
                 return Err(e);
             }
         };
         let Ok(kind) = CriuReqType::try_from(req.r#type) else {
             let e = Error::Invalid(format!("request type {} is not one of criu's", req.r#type));
-            conn.send(&failure(req.r#type, &e), None)?;
+            conn.send(&failure(req.r#type, &e))?;
             continue;
         };
         let unknown = wire::unknown_fields(&raw)?;
         if !unknown.is_empty() {
             let e = Error::unsupported("criu's RPC", format!("{} unknown to crust: refused rather than ignored", unknown.join(", ")));
-            conn.send(&failure(req.r#type, &e), None)?;
+            conn.send(&failure(req.r#type, &e))?;
             if matches!(kind, CriuReqType::Dump | CriuReqType::Restore) {
                 return Ok(Ending::Done(false));
             }
@@ -96,7 +96,7 @@ pub fn serve(fd: OwnedFd, isolate: Isolate) -> Result<Ending> {
                 };
                 let opts = req.opts.unwrap_or_default();
                 let resp = work(&conn, caller, &opts, action, isolate);
-                conn.send(&resp, None)?;
+                conn.send(&resp)?;
                 if action == Action::PreDump {
                     continue;
                 }
@@ -111,7 +111,7 @@ pub fn serve(fd: OwnedFd, isolate: Isolate) -> Result<Ending> {
             | CriuReqType::WaitPid
             | CriuReqType::SinglePreDump => failure(req.r#type, &Error::unsupported("criu's RPC", format!("{} requests are not supported by crust", kind.as_str_name()))),
         };
-        conn.send(&resp, None)?;
+        conn.send(&resp)?;
     }
 }
 
@@ -211,8 +211,8 @@ fn notifier(conn: Arc<Conn>) -> Notify {
     Notify::new(move |point, pid| {
         let name = point.criu_name();
         let notify = CriuNotify { script: Some(name.to_string()), pid };
-        conn.send(&CriuResp { notify: Some(notify), ..ok(CriuReqType::Notify) }, None)?;
-        match conn.recv()? {
+        conn.send(&CriuResp { notify: Some(notify), ..ok(CriuReqType::Notify) })?;
+        match conn.recv_during_work()? {
             Some((r, _)) if r.r#type == CriuReqType::Notify as i32 && r.notify_success == Some(true) => Ok(()),
             Some((r, _)) if r.r#type == CriuReqType::Notify as i32 => Err(Error::Invalid(format!("the caller failed its {name} step"))),
             Some((r, _)) => Err(Error::Invalid(format!("the caller answered the {name} notification with a request of type {}", r.r#type))),

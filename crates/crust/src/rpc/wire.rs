@@ -1,14 +1,13 @@
 //! The transport of criu's RPC: one bare protobuf message per packet of a
-//! SOCK_SEQPACKET socket (no length prefix), an fd riding along with
-//! SCM_RIGHTS where a notification carries one; and a look at a request's
+//! SOCK_SEQPACKET socket (no length prefix); and a look at a request's
 //! raw fields, so that an option crust's schema does not know is refused
 //! rather than dropped by the decoder.
 
 use std::io::IoSliceMut;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use nix::errno::Errno;
-use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, MsgFlags};
+use nix::sys::socket::{recvmsg, MsgFlags};
 use prost::Message;
 
 use super::proto::{CriuReq, CriuResp};
@@ -60,25 +59,44 @@ impl Conn {
     /// The next request; None once the caller closed its end.
     pub fn recv(&self) -> Result<Option<(CriuReq, Vec<u8>)>> {
         let Some(raw) = self.recv_raw()? else { return Ok(None) };
-        let req = CriuReq::decode(raw.as_slice()).map_err(|e| Error::Invalid(format!("a damaged request ({} bytes) is not a criu_req: {e}", raw.len())))?;
-        Ok(Some((req, raw)))
+        decode(raw)
     }
 
-    /// One response, with `fd` passed along if given.
-    pub fn send(&self, resp: &CriuResp, fd: Option<BorrowedFd>) -> Result<()> {
-        let bytes = resp.encode_to_vec();
-        let iov = [std::io::IoSlice::new(&bytes)];
-        let fds: Vec<RawFd> = fd.iter().map(|f| f.as_raw_fd()).collect();
-        let cmsg = [ControlMessage::ScmRights(&fds)];
-        let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
+    /// The next request, waited for in the middle of a dump or restore: a
+    /// stop asked of crust meanwhile (its parent gone, a signal) ends the
+    /// wait with [`Error::Cancelled`], so that the work is undone and the
+    /// socket closed, instead of holding the tree while the caller waits too.
+    pub fn recv_during_work(&self) -> Result<Option<(CriuReq, Vec<u8>)>> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
         loop {
-            match sendmsg::<()>(self.fd.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
+            crate::cancel::check()?;
+            let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::from(100u8)) {
+                Ok(0) | Err(Errno::EINTR) => continue,
+                Ok(_) => break,
+                Err(e) => return Err(e).ctx(|| "waiting for the caller's answer on the RPC socket"),
+            }
+        }
+        self.recv()
+    }
+
+    /// One response.
+    pub fn send(&self, resp: &CriuResp) -> Result<()> {
+        let bytes = resp.encode_to_vec();
+        loop {
+            match nix::sys::socket::send(self.fd.as_raw_fd(), &bytes, MsgFlags::MSG_NOSIGNAL) {
                 Ok(_) => return Ok(()),
                 Err(Errno::EINTR) => continue,
                 Err(e) => return Err(e).ctx(|| "sending a response on the RPC socket"),
             }
         }
     }
+}
+
+fn decode(raw: Vec<u8>) -> Result<Option<(CriuReq, Vec<u8>)>> {
+    let req = CriuReq::decode(raw.as_slice()).map_err(|e| Error::Invalid(format!("a damaged request ({} bytes) is not a criu_req: {e}", raw.len())))?;
+    Ok(Some((req, raw)))
 }
 
 /// The field numbers crust's schema declares, of criu_req and criu_opts.
