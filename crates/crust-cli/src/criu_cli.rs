@@ -490,8 +490,6 @@ fn run(args: &[String]) -> Result<ExitCode> {
             log_noops(&opts);
             Ok(check(&opts.features))
         }
-        // The RPC runc and podman speak (`criu swrk FD`) hooks in here.
-        "swrk" => bail!("criu swrk (criu's RPC, which runc and podman use) is not supported by this crust"),
         "service" | "page-server" | "lazy-pages" | "dedup" | "cpuinfo" | "image-cache" | "image-proxy" => {
             bail!("criu {command} is not supported by crust")
         }
@@ -661,9 +659,6 @@ fn run_restore(mut opts: Opts) -> Result<ExitCode> {
         opts.noops.push((format!("--root {}", root.display()), "it is crust's own root, where crust restores"));
     }
     log_noops(&opts);
-    if opts.restore_sibling {
-        bail!("--restore-sibling: crust restores the tree as its own child, not as a child of crust's parent");
-    }
     let inherit_fds = opts
         .inherit_fd
         .iter()
@@ -689,6 +684,7 @@ fn run_restore(mut opts: Opts) -> Result<ExitCode> {
         tcp: tcp_mode(&opts)?,
         notify: Notify::scripts(opts.action_scripts.clone(), Some(&dir)),
         inherit_fds,
+        sibling: opts.restore_sibling,
         ..Default::default()
     };
     let restored = restore(&restore_opts).with_context(|| format!("restore from {} failed", dir.display()))?;

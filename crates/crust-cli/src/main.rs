@@ -6,6 +6,7 @@ mod criu_cli;
 mod demo;
 mod guard;
 mod progress;
+mod swrk;
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -522,6 +523,7 @@ fn run(cli: Cli) -> Result<()> {
                 tcp: tcp.mode(),
                 notify: Notify::scripts(action_scripts, Some(&dir)),
                 inherit_fds: inherit_fds.into_iter().map(|(fd, key)| (key, fd)).collect(),
+                sibling: false,
             };
             let restored = bar.around(|| restore(&opts)).with_context(|| format!("restore from {} failed", dir.display()))?;
             write_restore_stats(&dir, &restored);
@@ -645,6 +647,9 @@ fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = swrk::dispatch() {
+        return code;
+    }
     // Installed as `criu` (a link of that name), crust takes criu's command line.
     if criu_cli::invoked_as_criu() {
         return criu_cli::main();

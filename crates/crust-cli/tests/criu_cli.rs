@@ -230,7 +230,6 @@ fn lxc_checkpoint_argv_dumps_and_restores_a_tree_without_namespaces() {
     // Restore-only container options crust cannot honour: refused by name,
     // nothing left behind.
     for (extra, named) in [
-        (&["--restore-sibling"][..], "--restore-sibling"),
         (&["--inherit-fd", "fd[1]:tty"][..], "--inherit-fd fd[1]:tty"),
         (&["--root", tmp.path().to_str().unwrap()][..], "--root"),
         (&["--lsm-profile", "apparmor:lxc-container-default"][..], "--lsm-profile"),

@@ -25,6 +25,7 @@ pub mod task;
 pub mod ptrace;
 pub mod remote;
 pub mod restore;
+pub mod rpc;
 pub mod tree;
 
 pub use error::{Error, Result};

@@ -390,7 +390,7 @@ pub struct ExternalFiles(pub std::collections::BTreeSet<String>);
 
 /// criu's `fd[N]:KEY` form of an inherited fd: (N, KEY).
 pub fn parse_inherit_fd(arg: &str) -> std::result::Result<(i32, String), String> {
-    let bad = || format!("{arg:?}: expected fd[N]:KEY, as fd[3]:pipe:[12345]");
+    let bad = || format!("{arg}: expected fd[N]:KEY, as fd[3]:pipe:[12345]");
     let rest = arg.strip_prefix("fd[").ok_or_else(bad)?;
     let (n, key) = rest.split_once("]:").ok_or_else(bad)?;
     let n: i32 = n.parse().map_err(|_| bad())?;
@@ -399,7 +399,7 @@ pub fn parse_inherit_fd(arg: &str) -> std::result::Result<(i32, String), String>
     }
     // Only pipes are given this way so far: any other key would match no
     // file, and the caller's file would be dropped unsaid.
-    Ok((n, parse_external(key)?))
+    Ok((n, parse_external(key).map_err(|e| format!("{arg}: {e}"))?))
 }
 
 /// The external files a dump can take (`--external KEY`): pipes, by the
@@ -408,7 +408,7 @@ pub fn parse_external(arg: &str) -> std::result::Result<String, String> {
     let ino = arg.strip_prefix("pipe:[").and_then(|r| r.strip_suffix(']')).and_then(|n| n.parse::<u32>().ok());
     match ino {
         Some(ino) => Ok(pipe::key(ino)),
-        None => Err(format!("{arg:?}: crust takes external pipes (pipe:[INO]) here; other kinds of external objects are not supported yet")),
+        None => Err(format!("{arg:?} is not a pipe: crust takes external pipes (pipe:[INO]) here; other kinds of external objects are not supported yet")),
     }
 }
 

@@ -74,6 +74,9 @@ pub struct RestoreOptions {
     /// `--inherit-fd fd[N]:KEY`: crust's fd N stands for the file the dump
     /// found shared with processes outside the tree under KEY (`pipe:[INO]`).
     pub inherit_fds: BTreeMap<String, i32>,
+    /// criu's rst_sibling: the root is a child of crust's parent, not of
+    /// crust (runc waits on the tree it asked criu to restore).
+    pub sibling: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -110,7 +113,8 @@ impl RestoreStats {
     }
 }
 
-/// A restored tree, running. Its root is a child of the calling process.
+/// A restored tree, running. Its root is a child of the calling process
+/// (of its parent with [`RestoreOptions::sibling`]).
 pub struct Restored {
     pub root: i32,
     pub stats: RestoreStats,
@@ -309,7 +313,7 @@ pub fn restore_held(opts: &RestoreOptions, mut img: DumpImage, pages: &mut dyn P
         created.cgroups = Placement::prepare(entry, opts.manage_cgroups, &opts.cgroup_roots)?;
     }
     let mut stats = RestoreStats { processes: img.processes.len(), ..Default::default() };
-    let (mut root, crust_layout) = make_root(img, &mut created)?;
+    let (mut root, crust_layout) = make_root(img, opts.sibling, &mut created)?;
     crate::ns::restore(img, &mut crate::ns::NsRoot { pid: root.leader.tid, task: &root.leader, scratch: &mut root.scratch })?;
     opts.notify.at(Point::SetupNamespaces, Some(root.leader.tid))?;
     opts.notify.at(Point::PostSetupNamespaces, Some(root.leader.tid))?;
@@ -422,10 +426,10 @@ fn job_terminal(img: &DumpImage, opts: &RestoreOptions, created: &mut Created) -
 /// each thread gets its own back at the end), without crust's rseq
 /// registration, and with a scratch area where no image vma lies. Returns it
 /// with crust's memory layout, which every process starts from.
-fn make_root<'a>(img: &'a DumpImage, created: &mut Created) -> Result<(Proc<'a>, Vec<Vma>)> {
+fn make_root<'a>(img: &'a DumpImage, sibling: bool, created: &mut Created) -> Result<(Proc<'a>, Vec<Vma>)> {
     let image = &img.processes[0];
     let pid = image.pid();
-    spawn::spawn_stopped(pid, crate::ns::recorded(img).clone_flags()?)?;
+    spawn::spawn_stopped(pid, crate::ns::recorded(img).clone_flags()?, sibling)?;
     created.processes.push(pid);
     created.cgroups.place(pid, cg_set(image))?;
     // Forks and threads inherit the options: seccomp filters restored early

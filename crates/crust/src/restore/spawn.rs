@@ -13,8 +13,12 @@ use crate::ptrace;
 use crate::task::{Scratch, Task};
 
 /// crust forks itself with `pid`, in new namespaces of the kinds `namespaces`
-/// names, and the child waits, stopped, for crust to take it over.
-pub(super) fn spawn_stopped(pid: i32, namespaces: nix::sched::CloneFlags) -> Result<()> {
+/// names, and the child waits, stopped, for crust to take it over; as a
+/// child of crust's parent if `sibling`.
+pub(super) fn spawn_stopped(pid: i32, namespaces: nix::sched::CloneFlags, sibling: bool) -> Result<()> {
+    if sibling {
+        return spawn_sibling(pid, namespaces);
+    }
     let set_tid = [pid as libc::pid_t];
     let flags = namespaces.bits() as u32 as u64;
     let args = CloneArgs { flags, exit_signal: libc::SIGCHLD as u64, set_tid: set_tid.as_ptr() as u64, set_tid_size: 1, ..Default::default() };
@@ -42,6 +46,59 @@ pub(super) fn spawn_stopped(pid: i32, namespaces: nix::sched::CloneFlags) -> Res
             Some(libc::EEXIST) => Error::Invalid(format!("pid {pid} was taken while crust restored it")),
             _ => Error::Io { context: format!("creating process {pid}"), err: e },
         });
+    }
+    wait_new_task(pid)
+}
+
+/// criu's rst_sibling, which runc asks for: the root is a child of crust's
+/// parent (CLONE_PARENT), which waits on it as on any child of its own. Not
+/// being crust's child, it cannot make crust its tracer (PTRACE_TRACEME
+/// names the parent): it waits, polling that crust is still there, until
+/// crust seizes it (with EXITKILL: a crust that dies takes it along) and
+/// stops it. Its parent's death does not end it before: that parent gets it
+/// only once it runs.
+fn spawn_sibling(pid: i32, namespaces: nix::sched::CloneFlags) -> Result<()> {
+    let crust = nix::unistd::getpid();
+    let set_tid = [pid as libc::pid_t];
+    let args = CloneArgs {
+        // clone3 takes no exit signal with CLONE_PARENT: the child's is
+        // crust's own (SIGCHLD), as its parent expects of a child.
+        flags: libc::CLONE_PARENT as u64 | namespaces.bits() as u32 as u64,
+        set_tid: set_tid.as_ptr() as u64,
+        set_tid_size: 1,
+        ..Default::default()
+    };
+    // SAFETY: as in spawn_stopped: the kernel reads `args` and `set_tid`,
+    // alive on this stack; the child is a fork that only makes single
+    // syscalls (kill, nanosleep: no allocation, no lock) until crust takes
+    // it over and replaces its memory, and never returns from here.
+    let r = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    if r == 0 {
+        let pause = libc::timespec { tv_sec: 0, tv_nsec: 1_000_000 };
+        // SAFETY: kill with signal 0 only checks that crust exists;
+        // nanosleep reads the timespec on this stack; _exit ends the child
+        // without running anything it copied from crust.
+        unsafe {
+            while libc::kill(crust.as_raw(), 0) == 0 {
+                libc::nanosleep(&pause, std::ptr::null_mut());
+            }
+            libc::_exit(127);
+        }
+    }
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(match e.raw_os_error() {
+            Some(libc::EEXIST) => Error::Invalid(format!("pid {pid} was taken while crust restored it")),
+            _ => Error::Io { context: format!("creating process {pid} as a sibling of crust"), err: e },
+        });
+    }
+    let task = Pid::from_raw(pid);
+    let taken = nix::sys::ptrace::seize(task, nix::sys::ptrace::Options::PTRACE_O_EXITKILL)
+        .and_then(|()| nix::sys::ptrace::interrupt(task))
+        .ctx(|| format!("taking over the new process {pid}"));
+    if let Err(e) = taken {
+        let _ = nix::sys::signal::kill(task, Signal::SIGKILL);
+        return Err(e);
     }
     wait_new_task(pid)
 }
