@@ -446,6 +446,7 @@ fn run(cli: Cli) -> Result<()> {
                 track_mem,
                 progress,
                 notify: Notify::scripts(action_scripts),
+                handoff: Default::default(),
             };
             let stats = guard::in_child(|| bar.around(|| Ok(dump(&opts)?))).with_context(|| format!("dump of process {pid} failed"))?;
             if json {

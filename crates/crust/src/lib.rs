@@ -24,6 +24,7 @@ pub mod task;
 pub mod ptrace;
 pub mod remote;
 pub mod restore;
+pub mod track;
 pub mod tree;
 
 pub use error::{Error, Result};
