@@ -31,6 +31,12 @@ pub const CHECK: u8 = 5;
 pub const RESTORE: u8 = 6;
 /// Let the held tree run. Answered OK once it does.
 pub const GO: u8 = 7;
+/// A pre-copy round begins (`crust migrate --live`): its number (text, from
+/// 1). Its files (pagemap and pages images, digests) go to a directory of
+/// their own, each round's `parent` the round before, as a pre-dump chain.
+pub const ROUND: u8 = 8;
+/// The round's files are all there: the final dump's `parent` is this round.
+pub const END_ROUND: u8 = 9;
 pub const OK: u8 = 20;
 pub const ERR: u8 = 21;
 

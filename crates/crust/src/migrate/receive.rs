@@ -13,11 +13,12 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::channel::{Channel, CHECK, DATA, END_FILE, FILE, GO, HELLO, OK, RESTORE};
+use super::channel::{Channel, CHECK, DATA, END_FILE, END_ROUND, FILE, GO, HELLO, OK, RESTORE, ROUND};
 use super::{safe_name, RemoteRestore, Restored, PROTOCOL};
 use crate::error::{Context, Error, Result};
 use crate::images::Kind;
-use crate::images::criu::PAGE_SIZE;
+use crate::images::criu::{PAGE_SIZE, PE_PARENT, PE_PRESENT};
+use crate::images::proto::PagemapEntry;
 use crate::images::load::{DumpImage, Pages, ProcessImage};
 use crate::task::{Scratch, Task};
 use crate::restore::{self as restore_mod, PageSink, PageSource};
@@ -91,6 +92,9 @@ pub fn receive(chan: &mut Channel, workdir: &Path) -> Result<Restored> {
 fn receive_into(chan: &mut Channel, session: &Path) -> Result<Restored> {
     let mut restore = RemoteRestore::default();
     let mut file: Option<BufWriter<File>> = None;
+    // The pre-copy round whose files are coming, and the last one done.
+    let mut round: Option<(u32, PathBuf)> = None;
+    let mut rounds_done = 0u32;
     loop {
         let (kind, payload) = chan.recv()?;
         match kind {
@@ -115,10 +119,17 @@ fn receive_into(chan: &mut Channel, session: &Path) -> Result<Restored> {
                     .and_then(|n| n.strip_suffix(".img"))
                     .and_then(|n| n.parse::<u32>().ok())
                     .is_some_and(|id| id >= crate::files::shmem::PAGES_ID_BASE);
-                if !safe_name(&name) || (Kind::of_file_name(&name) == Some(Kind::Pages) && !shmem_pages) {
+                // A round holds memory only: pagemaps, pages and their digests.
+                let allowed = match &round {
+                    Some(_) => {
+                        matches!(Kind::of_file_name(&name), Some(Kind::Pages | Kind::Pagemap)) || name == crate::images::digest::MANIFEST
+                    }
+                    None => Kind::of_file_name(&name) != Some(Kind::Pages) || shmem_pages,
+                };
+                if !safe_name(&name) || !allowed {
                     return Err(Error::Protocol(format!("refusing a file named {name:?} here")));
                 }
-                let path = session.join(&name);
+                let path = round.as_ref().map(|r| r.1.as_path()).unwrap_or(session).join(&name);
                 let f = std::fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
@@ -134,6 +145,30 @@ fn receive_into(chan: &mut Channel, session: &Path) -> Result<Restored> {
             END_FILE => {
                 let mut f = file.take().ok_or_else(|| Error::Protocol("end of no file".into()))?;
                 f.flush().ctx(|| "writing a received image")?;
+            }
+            ROUND => {
+                let n: u32 = std::str::from_utf8(&payload).ok().and_then(|t| t.parse().ok()).unwrap_or(0);
+                if round.is_some() || file.is_some() || n != rounds_done + 1 {
+                    return Err(Error::Protocol(format!("unexpected round {:?}", String::from_utf8_lossy(&payload))));
+                }
+                let dir = session.join(format!("round-{n}"));
+                std::fs::DirBuilder::new().mode(0o700).create(&dir).ctx(|| format!("creating {}", dir.display()))?;
+                if n > 1 {
+                    let link = dir.join("parent");
+                    std::os::unix::fs::symlink(format!("../round-{}", n - 1), &link).ctx(|| format!("creating {}", link.display()))?;
+                }
+                round = Some((n, dir));
+            }
+            END_ROUND => {
+                let (n, _) = round.take().ok_or_else(|| Error::Protocol("end of no round".into()))?;
+                if file.is_some() {
+                    return Err(Error::Protocol(format!("round {n} ended inside a file")));
+                }
+                // The final dump's pages in the parent image are in the last round's chain.
+                let link = session.join("parent");
+                let _ = std::fs::remove_file(&link);
+                std::os::unix::fs::symlink(format!("round-{n}"), &link).ctx(|| format!("creating {}", link.display()))?;
+                rounds_done = n;
             }
             CHECK => {
                 let opts = restore_options(&restore, session)?;
@@ -198,7 +233,14 @@ impl PageSource for StreamedPages<'_> {
                 )))
             }
         }
-        let runs: Vec<(u64, u64)> = p.pagemap.iter().map(|e| (e.vaddr, e.nr_pages as u64 * PAGE_SIZE)).collect();
+        // Pages a pre-copy round brought are in the rounds' images here
+        // (the parent chain); the rest come over the link, in order.
+        for at in p.pages.iter().filter(|at| at.path != p.pages_path) {
+            let file = File::open(&at.path).ctx(|| format!("opening {}", at.path.display()))?;
+            crate::restore::put_from_file(sink, &file, at.offset, at.vaddr, at.len)?;
+        }
+        let here = |e: &&PagemapEntry| !(e.in_parent == Some(true) || e.flags.unwrap_or(PE_PRESENT) & PE_PARENT != 0);
+        let runs: Vec<(u64, u64)> = p.pagemap.iter().filter(here).map(|e| (e.vaddr, e.nr_pages as u64 * PAGE_SIZE)).collect();
         put_streamed(self.chan, &name, &format!("pagemap-{}.img", p.pid()), &runs, sink)
     }
 }

@@ -36,7 +36,7 @@ use crate::progress::{Phase, Progress};
 use crate::ptrace;
 use crate::state::{self, signals, ThreadRestore};
 use crate::task::{Scratch, Task, SCRATCH_LEN};
-pub use inherit::{PageCounts, PageSink};
+pub use inherit::{put_from_file, PageCounts, PageSink};
 pub use memory::{PageSource, PagesInDir};
 use memory::Start;
 use crate::notify::{Notify, Point};
