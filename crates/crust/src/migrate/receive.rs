@@ -221,7 +221,7 @@ struct StreamedPages<'a> {
 }
 
 impl PageSource for StreamedPages<'_> {
-    fn fill(&mut self, _task: &Task, _scratch: &mut Scratch, p: &ProcessImage, sink: &mut PageSink) -> Result<()> {
+    fn fill(&mut self, task: &Task, scratch: &mut Scratch, p: &ProcessImage, sink: &mut PageSink) -> Result<()> {
         let name = p.pages_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         match self.chan.recv()? {
             (FILE, got) if got == name.as_bytes() => {}
@@ -234,11 +234,9 @@ impl PageSource for StreamedPages<'_> {
             }
         }
         // Pages a pre-copy round brought are in the rounds' images here
-        // (the parent chain); the rest come over the link, in order.
-        for at in p.pages.iter().filter(|at| at.path != p.pages_path) {
-            let file = File::open(&at.path).ctx(|| format!("opening {}", at.path.display()))?;
-            crate::restore::put_from_file(sink, &file, at.offset, at.vaddr, at.len)?;
-        }
+        // (the parent chain): the task reads them itself; the rest come
+        // over the link, in order.
+        crate::restore::fill_from_files(task, scratch, p.pages.iter().filter(|at| at.path != p.pages_path), sink)?;
         let here = |e: &&PagemapEntry| !(e.in_parent == Some(true) || e.flags.unwrap_or(PE_PRESENT) & PE_PARENT != 0);
         let runs: Vec<(u64, u64)> = p.pagemap.iter().filter(here).map(|e| (e.vaddr, e.nr_pages as u64 * PAGE_SIZE)).collect();
         put_streamed(self.chan, &name, &format!("pagemap-{}.img", p.pid()), &runs, sink)

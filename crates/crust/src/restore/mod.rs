@@ -36,8 +36,8 @@ use crate::progress::{Phase, Progress};
 use crate::ptrace;
 use crate::state::{self, signals, ThreadRestore};
 use crate::task::{Scratch, Task, SCRATCH_LEN};
-pub use inherit::{put_from_file, PageCounts, PageSink};
-pub use memory::{PageSource, PagesInDir};
+pub use inherit::{PageCounts, PageSink};
+pub use memory::{fill_from_files, PageSource, PagesInDir};
 use memory::Start;
 use crate::notify::{Notify, Point};
 
