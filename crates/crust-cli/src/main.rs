@@ -213,6 +213,12 @@ enum Command {
         /// post-resume), with the point in CRTOOLS_SCRIPT_ACTION (repeatable).
         #[arg(long = "action-script", value_name = "PATH")]
         action_scripts: Vec<PathBuf>,
+        /// Pre-copy: send the memory in rounds while the tree runs, each
+        /// round the pages written since the one before, then freeze it and
+        /// send only what was written since the last round (see
+        /// crust::migrate::live for when the rounds stop).
+        #[arg(long)]
+        live: bool,
         /// Print the stats as JSON.
         #[arg(long)]
         json: bool,
@@ -490,6 +496,7 @@ fn run(cli: Cli) -> Result<()> {
                 track_mem,
                 progress,
                 notify: Notify::scripts(action_scripts, Some(&dir)),
+                handoff: Default::default(),
             };
             let stats = guard::in_child(|| bar.around(|| Ok(dump(&opts)?))).with_context(|| format!("dump of process {pid} failed"))?;
             if json {
@@ -552,7 +559,7 @@ fn run(cli: Cli) -> Result<()> {
             let v = if path.is_dir() { crust::show::show_dir(&path)? } else { crust::show::show_file(&path)? };
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
-        Command::Migrate { pid, to, key, shell_job, remote_crust, manage_cgroups, cgroup_roots, stats_dir, ext_unix_sk, tcp, action_scripts, json } => {
+        Command::Migrate { pid, to, key, shell_job, remote_crust, manage_cgroups, cgroup_roots, stats_dir, ext_unix_sk, tcp, action_scripts, live, json } => {
             let remote_crust = match remote_crust {
                 Some(p) => p,
                 None => std::env::current_exe().context("finding crust's own path")?.to_string_lossy().into_owned(),
@@ -572,6 +579,7 @@ fn run(cli: Cli) -> Result<()> {
                 tcp: tcp.mode(),
                 notify: Notify::scripts(action_scripts, None),
                 ext_unix_sk,
+                live,
             };
             let stats = guard::in_child(|| bar.around(|| Ok(migrate(&opts)?))).with_context(|| format!("migration of process {pid} failed; it runs on here"))?;
             if json {
@@ -590,6 +598,16 @@ fn run(cli: Cli) -> Result<()> {
                     stats.restore_time_us as f64 / 1e3,
                     stats.total_time_us as f64 / 1e3,
                 );
+                for r in stats.pre_copy.iter().flat_map(|p| &p.rounds) {
+                    println!(
+                        "  pre-copy round {}: {} pages ({:.1} MiB) in {:.1} ms, {} pages/s written meanwhile",
+                        r.round,
+                        r.pages,
+                        r.bytes as f64 / 1048576.0,
+                        r.time_us as f64 / 1e3,
+                        r.dirty_pages_per_s
+                    );
+                }
             }
         }
         Command::Serve { listen, key, dir, max_sessions } => {

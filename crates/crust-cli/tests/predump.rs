@@ -41,6 +41,63 @@ fn assert_incremental(stats: &Value, pages: u64, what: &str) {
     assert!(skipped >= pages - STEP_PAGES, "{what}: only {skipped} pages left to the parent: {stats}");
 }
 
+/// While a pre-dump's tracking lasts, the program sees no fd of it: the
+/// keeper holds the userfaultfd (its vmas do show the `uw` flag).
+fn assert_tracking_hidden(pid: i32) {
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
+        let link = std::fs::read_link(e.path()).unwrap_or_default();
+        assert!(!link.to_string_lossy().contains("userfaultfd"), "fd {:?} of {pid} is {}", e.file_name(), link.display());
+    }
+}
+
+/// Whether any vma of `pid` is registered for write protection.
+fn tracked_vmas(pid: i32) -> usize {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    smaps.lines().filter(|l| l.starts_with("VmFlags:") && l.split_whitespace().any(|f| f == "uw")).count()
+}
+
+/// The keeper a pre-dump in `dir` left, from its note.
+fn keeper_of(dir: &Path) -> i32 {
+    let note: Value = serde_json::from_slice(&std::fs::read(dir.join("crust-tracking.json")).unwrap()).unwrap();
+    num(&note["keeper"]) as i32
+}
+
+#[test]
+fn tracking_leaves_nothing_after_the_dump_or_when_its_keeper_ends() {
+    let tmp = TempDir::new("predump-tracking");
+    let mut job = Job::start("dirtier", &["32"], tmp.path());
+    let pages = ready_field(&job.ready(), "pages") as u64;
+    let before = ProcState::of_tree(job.pid);
+    // Abandoned: the keeper ends (killed here, as its lifetime would end it):
+    // the kernel drops the registration with the last fd.
+    let first = tmp.join("abandoned");
+    pre_dump(job.pid, &first, &[]);
+    assert!(tracked_vmas(job.pid) > 0, "the pre-dump tracks");
+    assert_tracking_hidden(job.pid);
+    let keeper = keeper_of(&first);
+    assert_eq!(std::fs::read_to_string(format!("/proc/{keeper}/comm")).unwrap().trim(), "crust-track");
+    // SAFETY: a plain kill of the keeper this test's pre-dump made.
+    unsafe { libc::kill(keeper, libc::SIGKILL) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while tracked_vmas(job.pid) > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(tracked_vmas(job.pid), 0, "the keeper's end ends the tracking");
+    // A dump after it compares, since nothing tracks any more.
+    let pre = tmp.join("pre");
+    pre_dump(job.pid, &pre, &[]);
+    step(&mut job, 1);
+    let out = dump(job.pid, &tmp.join("final"), &["--leave-running", "--prev-images-dir", "../pre", "--json"]);
+    let stats: Value = serde_json::from_str(&out).expect("stats as JSON");
+    assert_incremental(&stats, pages, "dump after a pre-dump");
+    assert!(num(&stats["pages_tracked_clean"]) >= pages - STEP_PAGES, "{stats}");
+    // The dump took the tracking and ended it: the tree runs on as it was.
+    before.assert_same(&ProcState::of_tree(job.pid), &[]);
+    assert_eq!(tracked_vmas(job.pid), 0);
+    step(&mut job, 2);
+    job.expect_ok();
+}
+
 /// The pagemap runs of `pid` in a dump, as crit decodes them: (flags, pages).
 fn runs(imgs: &std::collections::BTreeMap<String, Value>, pid: i32) -> Vec<(std::collections::BTreeSet<String>, u64)> {
     entries(imgs, &format!("pagemap-{pid}.img")).iter().skip(1).map(|e| (flag_names(&e["flags"]), num(&e["nr_pages"]))).collect()
@@ -59,6 +116,8 @@ fn chain_of_three(tmp: &TempDir) -> (Job, u64, [std::path::PathBuf; 3], ProcStat
     let mut job = Job::start("dirtier", &["64"], tmp.path());
     let pages = ready_field(&job.ready(), "pages") as u64;
     let dirs = [tmp.join("pre1"), tmp.join("pre2"), tmp.join("final")];
+    // Before any tracking: what the restored tree must be again.
+    let before = ProcState::of_tree(job.pid);
 
     let full = pre_dump(job.pid, &dirs[0], &["--track-mem"]);
     assert!(num(&full["pages_written"]) >= pages, "the first pre-dump writes all: {full}");
@@ -67,11 +126,17 @@ fn chain_of_three(tmp: &TempDir) -> (Job, u64, [std::path::PathBuf; 3], ProcStat
     let second = pre_dump(job.pid, &dirs[1], &["--track-mem", "--prev-images-dir", "../pre1"]);
     assert_incremental(&second, pages, "second pre-dump");
     step(&mut job, 2);
+    assert_tracking_hidden(job.pid);
 
-    let before = ProcState::of_tree(job.pid);
     let out = dump(job.pid, &dirs[2], &["--track-mem", "--prev-images-dir", "../pre2", "--json"]);
     let last: Value = serde_json::from_str(&out).expect("stats as JSON");
     assert_incremental(&last, pages, "dump");
+    // The steps' pages were found by the tracking, not by comparing: only
+    // the few pages it does not cover (libraries' data) were read twice.
+    for (stats, what) in [(&second, "second pre-dump"), (&last, "dump")] {
+        assert!(num(&stats["pages_tracked_clean"]) >= pages - STEP_PAGES, "{what}: tracking vouched for too few pages: {stats}");
+        assert!(num(&stats["pages_compared"]) < 256, "{what}: too many pages compared: {stats}");
+    }
     job.reap_original();
     (job, pages, dirs, before)
 }

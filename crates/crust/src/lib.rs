@@ -26,6 +26,7 @@ pub mod ptrace;
 pub mod remote;
 pub mod restore;
 pub mod rpc;
+pub mod track;
 pub mod tree;
 
 pub use error::{Error, Result};

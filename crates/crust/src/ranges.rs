@@ -34,6 +34,11 @@ pub fn subtract(ranges: &[(u64, u64)], minus: &[(u64, u64)]) -> Vec<(u64, u64)> 
     out
 }
 
+/// What `a` and `b` (each sorted, apart) both cover.
+pub fn intersect(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    subtract(a, &subtract(a, b))
+}
+
 /// The parts of `len` bytes at `vaddr`, in order, each with whether it lies
 /// in one of `ranges` (sorted, apart).
 pub fn split(ranges: &[(u64, u64)], vaddr: u64, len: u64) -> Vec<(u64, u64, bool)> {

@@ -59,10 +59,7 @@ impl TreeDump {
     pub(super) fn pages(&mut self, pid: i32, pages_id: u32, vmas: &[Vma]) -> Result<()> {
         let saved = mem::private_page_runs(pid, vmas)?;
         self.stats.pages_scanned += saved.scanned;
-        let in_parent = match &self.parent {
-            Some(parent) => unchanged(pid, &saved, parent)?,
-            None => Vec::new(),
-        };
+        let in_parent = self.in_parent(pid, &saved)?;
         // The pagemap first, whole, then the pages: images are written one at a
         // time (a streamed dump cannot interleave them).
         let mut map = self.dir.writer(&format!("pagemap-{pid}.img"), Kind::Pagemap)?;
@@ -77,6 +74,33 @@ impl TreeDump {
         self.stats.bytes_written += map.finish()?;
         self.deferred.push(PendingPages { pid, pages_id, saved, shared: Vec::new(), in_parent });
         Ok(())
+    }
+
+    /// Of the saved pages of `pid`, those the parent images (or a live
+    /// migration's destination) hold as they are: pages dirty tracking
+    /// vouches for, and, where it does not cover, pages compared equal.
+    fn in_parent(&mut self, pid: i32, saved: &mem::SavedPages) -> Result<Vec<(u64, u64)>> {
+        let all: Vec<(u64, u64)> = saved.runs.iter().map(|r| (r.vaddr, r.vaddr + r.nr_pages * PAGE_SIZE)).collect();
+        let pages = |r: &[(u64, u64)]| r.iter().map(|(s, e)| (e - s) / PAGE_SIZE).sum::<u64>();
+        let (vouched, rest) = match (self.tracked.get(&pid), &self.parent) {
+            // A live migration's: `clean` is already what the destination holds.
+            (Some(t), None) => (crate::ranges::intersect(&all, &t.clean), Vec::new()),
+            (Some(t), Some(parent)) => {
+                let chain = crate::images::load::pages_of(parent, pid as u32)?.iter().map(|p| (p.vaddr, p.vaddr + p.len)).collect();
+                let clean = crate::ranges::intersect(&all, &t.clean);
+                (crate::ranges::intersect(&clean, &crate::ranges::merge(chain)), crate::ranges::subtract(&all, &t.covered))
+            }
+            (None, _) => (Vec::new(), all),
+        };
+        self.stats.pages_tracked_clean += pages(&vouched);
+        let compared = match &self.parent {
+            Some(parent) if !rest.is_empty() => {
+                self.stats.pages_compared += pages(&rest);
+                unchanged(pid, &rest, parent)?
+            }
+            _ => Vec::new(),
+        };
+        Ok(crate::ranges::merge(vouched.into_iter().chain(compared).collect()))
     }
 
     /// Every process's pages-N.img, in the order of pstree.img; `progress`
@@ -162,12 +186,12 @@ pub(super) fn shared_with_parent(child: &PendingPages, parent: &PendingPages) ->
     out
 }
 
-/// Of the saved pages of process `pid` (frozen), those whose bytes are the
+/// Of the pages `saved` of process `pid` (frozen), those whose bytes are the
 /// ones the images in `parent` (and its chain) hold for the same address:
 /// sorted ranges. A page is left to the parent only when its bytes were
 /// compared equal, so nothing is assumed clean: not even a damaged parent
 /// image can make the dump lose a write.
-fn unchanged(pid: i32, saved: &mem::SavedPages, parent: &Path) -> Result<Vec<(u64, u64)>> {
+fn unchanged(pid: i32, saved: &[(u64, u64)], parent: &Path) -> Result<Vec<(u64, u64)>> {
     let theirs = crate::images::load::pages_of(parent, pid as u32)?;
     if theirs.is_empty() {
         return Ok(Vec::new());
@@ -177,8 +201,7 @@ fn unchanged(pid: i32, saved: &mem::SavedPages, parent: &Path) -> Result<Vec<(u6
     const CHUNK: u64 = 1 << 20;
     let (mut now, mut before) = (vec![0u8; CHUNK as usize], vec![0u8; CHUNK as usize]);
     let mut out: Vec<(u64, u64)> = Vec::new();
-    for run in &saved.runs {
-        let (start, end) = (run.vaddr, run.vaddr + run.nr_pages * PAGE_SIZE);
+    for &(start, end) in saved {
         let first = theirs.partition_point(|p| p.vaddr + p.len <= start);
         for p in theirs[first..].iter().take_while(|p| p.vaddr < end) {
             let file = match files.entry(&p.path) {

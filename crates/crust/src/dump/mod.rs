@@ -75,6 +75,9 @@ pub struct DumpOptions {
     pub track_mem: bool,
     /// Hears the pages being written (not those a streamed dump leaves out).
     pub progress: Progress,
+    /// A live migration's dirty tracking and what the destination holds:
+    /// pages the tracking vouches for are left to the destination's copy.
+    pub handoff: crate::track::Handoff,
     /// Hears criu's points of a dump (pre-dump, network-lock, post-dump).
     pub notify: Notify,
 }
@@ -93,6 +96,12 @@ pub struct DumpStats {
     /// Pages left out because the parent images hold them unchanged.
     #[serde(default)]
     pub pages_skipped_parent: u64,
+    /// Of those, pages dirty tracking vouched for (not read).
+    #[serde(default)]
+    pub pages_tracked_clean: u64,
+    /// Pages read to be compared with the parent images (not tracked).
+    #[serde(default)]
+    pub pages_compared: u64,
     pub bytes_written: u64,
     /// One line on what cgroup.img holds and why.
     pub cgroups: String,
@@ -247,6 +256,9 @@ fn write_images(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<W
     };
     let mut d = TreeDump::new(dir, opts, &tree, frozen_at - start)?;
     d.own_ns = own_ns;
+    // The tracking ends here, before anything is read: it says what was
+    // written, and its registration is gone from the vmas the dump reads.
+    d.tracked = end_tracking(opts, d.parent.as_deref());
     if let Some(limit) = opts.ghost_limit {
         d.files.ghosts.limit = limit;
     }
@@ -298,6 +310,25 @@ fn write_images(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<W
     Ok((tree, d.dir, d.stats, frozen_at, d.deferred, connections))
 }
 
+/// What the tracking of a live migration (handed over) or of the pre-dump
+/// this dump follows (taken from its keeper) says at the freeze; the
+/// tracking is over once this returns.
+fn end_tracking(opts: &DumpOptions, parent: Option<&std::path::Path>) -> BTreeMap<i32, crate::track::Tracked> {
+    if let Some(handed) = opts.handoff.take() {
+        let mut tracked = crate::track::final_scan(handed.tracked);
+        // Only what the destination holds can be left to it.
+        for (pid, t) in &mut tracked {
+            let held = handed.held.get(pid).map(Vec::as_slice).unwrap_or_default();
+            t.clean = crate::ranges::intersect(&t.clean, held);
+        }
+        return tracked;
+    }
+    match parent {
+        Some(dir) => crate::track::final_scan(crate::track::take_from_keeper(dir)),
+        None => BTreeMap::new(),
+    }
+}
+
 /// By parent: its live children that are stopped.
 fn stopped_children(tree: &FrozenTree) -> BTreeMap<i32, Vec<i32>> {
     let mut out: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
@@ -336,6 +367,8 @@ struct TreeDump {
     stops_collected: Vec<i32>,
     /// The tree's own namespaces, saved with it.
     own_ns: crate::ns::OwnNamespaces,
+    /// By process: what dirty tracking says (see [`end_tracking`]).
+    tracked: BTreeMap<i32, crate::track::Tracked>,
 }
 
 impl TreeDump {
@@ -372,6 +405,7 @@ impl TreeDump {
             stopped_children: stopped_children(tree),
             stops_collected: Vec::new(),
             own_ns: Default::default(),
+            tracked: BTreeMap::new(),
         })
     }
 

@@ -3,7 +3,13 @@
 //! [`super::DumpOptions::prev_images_dir`]) and write only what changed
 //! since. As criu's pre-dump: pagemap-PID.img and pages-N.img for each
 //! process, inventory.img, stats-dump, and the `parent` link of a chain.
+//!
+//! Where soft-dirty is missing (it is here), the pre-dump starts dirty
+//! tracking (see [`crate::track`]) at the moment it read the pages, and
+//! leaves it with a keeper process that `tracking.json` names: the next
+//! dump of the chain takes it and reads only the pages written since.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use super::{us, DumpOptions, DumpStats, TreeDump};
@@ -13,6 +19,7 @@ use crate::images::proto::InventoryEntry;
 use crate::images::{ImageDir, Kind};
 use crate::mem;
 use crate::notify::Point;
+use crate::track;
 use crate::tree::FrozenTree;
 
 /// inventory_entry.pre_dump_mode: the pages were read (criu's PRE_DUMP_READ),
@@ -28,15 +35,28 @@ pub fn pre_dump(opts: &DumpOptions) -> Result<DumpStats> {
     };
     let frozen_at = Instant::now();
     let mut d = TreeDump::new(ImageDir::create(&opts.dir)?, opts, &tree, frozen_at - start)?;
+    d.tracked = super::end_tracking(opts, d.parent.as_deref());
+    let mut vmas_of = BTreeMap::new();
     for (n, p) in tree.processes.iter().enumerate().filter(|(_, p)| p.zombie.is_none()) {
         crate::cancel::check()?;
         // pages-N.img is numbered as the dump numbers it: by place in the tree.
         let vmas = mem::read_vmas(p.pid)?;
         d.pages(p.pid, n as u32 + 1, &vmas)?;
+        vmas_of.insert(p.pid, vmas);
     }
     d.shared_with_parent = d.shared_with_parents(&tree);
     d.mark_shared_pages(&tree);
     d.write_pages(&opts.progress)?;
+    // Tracking starts at the moment the pages were read (the tree is still
+    // frozen): the next dump of the chain writes only what is written since.
+    let tracking = track::start_tree(&tree, |pid| vmas_of.remove(&pid));
+    let keeper = match tracking.is_empty() {
+        true => None,
+        false => Some(track::Keeper::spawn(tracking)?),
+    };
+    if let Some(k) = &keeper {
+        d.stats.bytes_written += d.dir.write_json(track::TRACKING_JSON, &k.note)?;
+    }
     // Everything is read: the tree runs on while the images are synced.
     drop(tree);
     d.stats.frozen_time_us = us(frozen_at.elapsed());
@@ -47,6 +67,10 @@ pub fn pre_dump(opts: &DumpOptions) -> Result<DumpStats> {
     w.entry(&d.stats.entry())?;
     d.stats.bytes_written += w.finish()?;
     d.dir.commit_unless(crate::cancel::check)?;
+    // Until here a failure (or crust's end) ends the keeper, and the tracking with it.
+    if let Some(k) = keeper {
+        k.committed();
+    }
     opts.notify.at(Point::PostDump, Some(opts.pid))?;
     Ok(d.stats)
 }

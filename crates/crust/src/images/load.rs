@@ -511,7 +511,7 @@ fn load_process(dir: &Path, pstree: PstreeEntry, pages_in: Pages, digests: &mut 
     }
     let inside = |a: u64| mm.vmas.iter().any(|v| v.start <= a && a < v.end);
     let (pagemap, pages_path) = read_pagemap(dir, &format!("pagemap-{pid}.img"), pages_in, |e| {
-        let end = check_page_run(e, pages_in)?;
+        let end = check_page_run(e)?;
         if !e.vaddr.is_multiple_of(PAGE_SIZE) || !inside(e.vaddr) || !inside(end - 1) {
             return Err(format!("pages at {:#x}-{end:#x} lie outside the process's memory", e.vaddr));
         }
@@ -551,9 +551,10 @@ fn in_parent(e: &PagemapEntry) -> bool {
 }
 
 /// A run of a process's pagemap is a range (its place is checked by the
-/// caller), its pages either in this dump's pages image or (when the pages
-/// are in a directory, not streamed) in the parent image. Returns its end.
-fn check_page_run(e: &PagemapEntry, pages_in: Pages) -> std::result::Result<u64, String> {
+/// caller), its pages either in this dump's pages image or in the parent
+/// image (also for streamed pages: a live migration's pre-copy rounds left
+/// the parent chain on the destination). Returns its end.
+fn check_page_run(e: &PagemapEntry) -> std::result::Result<u64, String> {
     let end = (e.nr_pages as u64).checked_mul(PAGE_SIZE).and_then(|len| e.vaddr.checked_add(len));
     let Some(end) = end.filter(|_| e.nr_pages > 0) else {
         return Err(format!("a run of {} pages at {:#x} is not a range", e.nr_pages, e.vaddr));
@@ -564,7 +565,6 @@ fn check_page_run(e: &PagemapEntry, pages_in: Pages) -> std::result::Result<u64,
     }
     match (in_parent(e), flags & PE_PRESENT != 0) {
         (true, true) => Err(format!("a run at {:#x} said to be both here and in the parent image (flags {flags:#x})", e.vaddr)),
-        (true, false) if pages_in == Pages::Streamed => Err("pages in a parent image cannot be streamed".into()),
         (false, false) => Err(format!("a run at {:#x} whose pages are nowhere (flags {flags:#x})", e.vaddr)),
         _ => Ok(end),
     }
@@ -573,7 +573,7 @@ fn check_page_run(e: &PagemapEntry, pages_in: Pages) -> std::result::Result<u64,
 /// A run of a parent image's pagemap (which has no mm image to check it
 /// against): a page-aligned range.
 fn check_parent_run(e: &PagemapEntry) -> std::result::Result<(), String> {
-    check_page_run(e, Pages::InDir)?;
+    check_page_run(e)?;
     match e.vaddr.is_multiple_of(PAGE_SIZE) {
         true => Ok(()),
         false => Err(format!("a run at {:#x} is not page-aligned", e.vaddr)),

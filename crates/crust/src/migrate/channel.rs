@@ -35,6 +35,12 @@ pub const GO: u8 = 7;
 /// network lock there, before their address moves there. Answered OK once
 /// they are held (or there are none) or ERR.
 pub const LOCK: u8 = 8;
+/// A pre-copy round begins (`crust migrate --live`): its number (text, from
+/// 1). Its files (pagemap and pages images, digests) go to a directory of
+/// their own, each round's `parent` the round before, as a pre-dump chain.
+pub const ROUND: u8 = 9;
+/// The round's files are all there: the final dump's `parent` is this round.
+pub const END_ROUND: u8 = 10;
 pub const OK: u8 = 20;
 pub const ERR: u8 = 21;
 

@@ -13,8 +13,14 @@
 //! IP): see [`clients`] for the order of things, the two network locks and
 //! the action script's points.
 
+//!
+//! With `--live`, the memory goes first in rounds while the tree runs (see
+//! [`live`]); the check then comes at the freeze, after the rounds (a
+//! refusal costs the transfer, and leaves the tree running as it was).
+
 pub mod channel;
 mod clients;
+pub mod live;
 pub mod receive;
 pub mod ssh;
 pub mod tcp;
@@ -146,10 +152,12 @@ pub struct MigrateOptions {
     /// `--ext-unix-sk`: unix sockets connected to a named socket outside
     /// the tree (a logger's /dev/log) are connected to that name there.
     pub ext_unix_sk: bool,
+    /// `--live`: pre-copy rounds while the tree runs (see [`live`]).
+    pub live: bool,
 }
 
 /// The version of the frames and their order; both ends must speak the same.
-pub const PROTOCOL: u32 = 3;
+pub const PROTOCOL: u32 = 4;
 
 /// What the destination reports once the tree runs there.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -183,6 +191,9 @@ pub struct MigrateStats {
     pub total_time_us: u64,
     pub bytes_sent: u64,
     pub remote: Restored,
+    /// The pre-copy rounds of a live migration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_copy: Option<live::PreCopyStats>,
 }
 
 /// The link to the destination: frames over tcp:// or ssh://.
@@ -305,6 +316,23 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats> {
         link.abort();
         return Err(e);
     }
+    // Live: the memory goes in rounds while the tree runs; the tracking is
+    // handed to the dump, which leaves to the destination what it holds.
+    let handoff = crate::track::Handoff::default();
+    let mut pre_copy = None;
+    if opts.live {
+        match live::pre_copy(opts.pid, &link) {
+            Ok((handed, stats)) => {
+                handoff.put(handed);
+                pre_copy = Some(stats);
+            }
+            Err(e) => {
+                let e = link.explain(e);
+                link.abort();
+                return Err(e);
+            }
+        }
+    }
     // The images but the pages go as the dump writes them; nothing on disk.
     let dump_opts = DumpOptions {
         pid: opts.pid,
@@ -314,11 +342,15 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats> {
         tcp: opts.tcp,
         notify: opts.notify.clone(),
         ext_unix_sk: opts.ext_unix_sk,
+        handoff,
         ..Default::default()
     };
     let t = Instant::now();
     let dumped = dump_frozen(&dump_opts, Some(link.sink()));
-    let mut stats = MigrateStats { dump_time_us: t.elapsed().as_micros() as u64, ..Default::default() };
+    // Taken by the dump, or (if it failed before) closed here: no tracking
+    // outlives this point.
+    drop(dump_opts);
+    let mut stats = MigrateStats { dump_time_us: t.elapsed().as_micros() as u64, pre_copy, ..Default::default() };
     let mut dumped = match dumped {
         Ok(d) => d,
         Err(e) => {

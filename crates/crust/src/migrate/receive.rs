@@ -13,11 +13,12 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::channel::{Channel, CHECK, DATA, END_FILE, FILE, GO, HELLO, LOCK, OK, RESTORE};
+use super::channel::{Channel, CHECK, DATA, END_FILE, END_ROUND, FILE, GO, HELLO, LOCK, OK, RESTORE, ROUND};
 use super::{safe_name, RemoteRestore, Restored, PROTOCOL};
 use crate::error::{Context, Error, Result};
 use crate::images::Kind;
-use crate::images::criu::PAGE_SIZE;
+use crate::images::criu::{PAGE_SIZE, PE_PARENT, PE_PRESENT};
+use crate::images::proto::PagemapEntry;
 use crate::images::load::{DumpImage, Pages, ProcessImage};
 use crate::task::{Scratch, Task};
 use crate::restore::{self as restore_mod, PageSink, PageSource};
@@ -94,6 +95,9 @@ fn receive_into(chan: &mut Channel, session: &Path) -> Result<Restored> {
     // The tree's connections, held here from LOCK until it runs here (or
     // until this fails: dropped, the lock goes).
     let mut lock = None;
+    // The pre-copy round whose files are coming, and the last one done.
+    let mut round: Option<(u32, PathBuf)> = None;
+    let mut rounds_done = 0u32;
     loop {
         let (kind, payload) = chan.recv()?;
         match kind {
@@ -118,10 +122,17 @@ fn receive_into(chan: &mut Channel, session: &Path) -> Result<Restored> {
                     .and_then(|n| n.strip_suffix(".img"))
                     .and_then(|n| n.parse::<u32>().ok())
                     .is_some_and(|id| id >= crate::files::shmem::PAGES_ID_BASE);
-                if !safe_name(&name) || (Kind::of_file_name(&name) == Some(Kind::Pages) && !shmem_pages) {
+                // A round holds memory only: pagemaps, pages and their digests.
+                let allowed = match &round {
+                    Some(_) => {
+                        matches!(Kind::of_file_name(&name), Some(Kind::Pages | Kind::Pagemap)) || name == crate::images::digest::MANIFEST
+                    }
+                    None => Kind::of_file_name(&name) != Some(Kind::Pages) || shmem_pages,
+                };
+                if !safe_name(&name) || !allowed {
                     return Err(Error::Protocol(format!("refusing a file named {name:?} here")));
                 }
-                let path = session.join(&name);
+                let path = round.as_ref().map(|r| r.1.as_path()).unwrap_or(session).join(&name);
                 let f = std::fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
@@ -143,6 +154,30 @@ fn receive_into(chan: &mut Channel, session: &Path) -> Result<Restored> {
                 let note = format!("crust: network lock of a migration received in {}", session.display());
                 lock = crate::files::tcp::lock_images(&img, &note)?;
                 chan.send(OK, &[])?;
+            }
+            ROUND => {
+                let n: u32 = std::str::from_utf8(&payload).ok().and_then(|t| t.parse().ok()).unwrap_or(0);
+                if round.is_some() || file.is_some() || n != rounds_done + 1 {
+                    return Err(Error::Protocol(format!("unexpected round {:?}", String::from_utf8_lossy(&payload))));
+                }
+                let dir = session.join(format!("round-{n}"));
+                std::fs::DirBuilder::new().mode(0o700).create(&dir).ctx(|| format!("creating {}", dir.display()))?;
+                if n > 1 {
+                    let link = dir.join("parent");
+                    std::os::unix::fs::symlink(format!("../round-{}", n - 1), &link).ctx(|| format!("creating {}", link.display()))?;
+                }
+                round = Some((n, dir));
+            }
+            END_ROUND => {
+                let (n, _) = round.take().ok_or_else(|| Error::Protocol("end of no round".into()))?;
+                if file.is_some() {
+                    return Err(Error::Protocol(format!("round {n} ended inside a file")));
+                }
+                // The final dump's pages in the parent image are in the last round's chain.
+                let link = session.join("parent");
+                let _ = std::fs::remove_file(&link);
+                std::os::unix::fs::symlink(format!("round-{n}"), &link).ctx(|| format!("creating {}", link.display()))?;
+                rounds_done = n;
             }
             CHECK => {
                 let opts = restore_options(&restore, session)?;
@@ -201,7 +236,7 @@ struct StreamedPages<'a> {
 }
 
 impl PageSource for StreamedPages<'_> {
-    fn fill(&mut self, _task: &Task, _scratch: &mut Scratch, p: &ProcessImage, sink: &mut PageSink) -> Result<()> {
+    fn fill(&mut self, task: &Task, scratch: &mut Scratch, p: &ProcessImage, sink: &mut PageSink) -> Result<()> {
         let name = p.pages_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         match self.chan.recv()? {
             (FILE, got) if got == name.as_bytes() => {}
@@ -213,7 +248,12 @@ impl PageSource for StreamedPages<'_> {
                 )))
             }
         }
-        let runs: Vec<(u64, u64)> = p.pagemap.iter().map(|e| (e.vaddr, e.nr_pages as u64 * PAGE_SIZE)).collect();
+        // Pages a pre-copy round brought are in the rounds' images here
+        // (the parent chain): the task reads them itself; the rest come
+        // over the link, in order.
+        crate::restore::fill_from_files(task, scratch, p.pages.iter().filter(|at| at.path != p.pages_path), sink)?;
+        let here = |e: &&PagemapEntry| !(e.in_parent == Some(true) || e.flags.unwrap_or(PE_PRESENT) & PE_PARENT != 0);
+        let runs: Vec<(u64, u64)> = p.pagemap.iter().filter(here).map(|e| (e.vaddr, e.nr_pages as u64 * PAGE_SIZE)).collect();
         put_streamed(self.chan, &name, &format!("pagemap-{}.img", p.pid()), &runs, sink)
     }
 }

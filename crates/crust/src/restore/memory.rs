@@ -14,7 +14,7 @@ use super::layout;
 use super::Proc;
 use crate::error::{Context, Result};
 use crate::files::{memfd, Inherited};
-use crate::images::load::{DumpImage, ProcessImage};
+use crate::images::load::{DumpImage, PagesAt, ProcessImage};
 use crate::images::proto::VmaEntry;
 use crate::mem::Vma;
 use crate::ranges::subtract;
@@ -36,42 +36,49 @@ pub struct PagesInDir;
 impl PageSource for PagesInDir {
     fn fill(&mut self, task: &Task, scratch: &mut Scratch, p: &ProcessImage, sink: &mut PageSink) -> Result<()> {
         sink.compare_with_parent_image()?;
-        // Each pages image read from, opened once: in the task, in crust.
-        let mut fds: HashMap<&Path, u64> = HashMap::new();
-        let mut files: HashMap<&Path, File> = HashMap::new();
-        let result = (|| {
-            for run in &p.pages {
-                for (at, n, under) in sink.pieces(run.vaddr, run.len) {
-                    let from = run.offset + (at - run.vaddr);
-                    match under {
-                        Piece::Same => sink.keep(n),
-                        Piece::Inherited => {
-                            let file = match files.entry(&run.path) {
-                                Entry::Occupied(f) => f.into_mut(),
-                                Entry::Vacant(v) => v.insert(File::open(&run.path).ctx(|| format!("opening {}", run.path.display()))?),
-                            };
-                            inherit::put_from_file(sink, file, from, at, n)?;
-                        }
-                        Piece::Fresh => {
-                            let fd = match fds.get(run.path.as_path()) {
-                                Some(fd) => *fd,
-                                None => {
-                                    let fd = task.open(scratch, &run.path.to_string_lossy(), (libc::O_RDONLY | libc::O_CLOEXEC) as u32)?;
-                                    *fds.entry(&run.path).or_insert(fd)
-                                }
-                            };
-                            task.fill_run(fd, at, n, from, &mut |b| sink.written_by_task(b))?;
-                        }
+        fill_from_files(task, scratch, &p.pages, sink)
+    }
+}
+
+/// The pages of `runs` from the pages images they are in (files here): the
+/// task reads its own with pread; those over inherited pages crust reads,
+/// to compare them first.
+pub fn fill_from_files<'a>(task: &Task, scratch: &mut Scratch, runs: impl IntoIterator<Item = &'a PagesAt>, sink: &mut PageSink) -> Result<()> {
+    // Each pages image read from, opened once: in the task, in crust.
+    let mut fds: HashMap<&Path, u64> = HashMap::new();
+    let mut files: HashMap<&Path, File> = HashMap::new();
+    let result = (|| {
+        for run in runs {
+            for (at, n, under) in sink.pieces(run.vaddr, run.len) {
+                let from = run.offset + (at - run.vaddr);
+                match under {
+                    Piece::Same => sink.keep(n),
+                    Piece::Inherited => {
+                        let file = match files.entry(&run.path) {
+                            Entry::Occupied(f) => f.into_mut(),
+                            Entry::Vacant(v) => v.insert(File::open(&run.path).ctx(|| format!("opening {}", run.path.display()))?),
+                        };
+                        inherit::put_from_file(sink, file, from, at, n)?;
+                    }
+                    Piece::Fresh => {
+                        let fd = match fds.get(run.path.as_path()) {
+                            Some(fd) => *fd,
+                            None => {
+                                let fd = task.open(scratch, &run.path.to_string_lossy(), (libc::O_RDONLY | libc::O_CLOEXEC) as u32)?;
+                                *fds.entry(&run.path).or_insert(fd)
+                            }
+                        };
+                        task.fill_run(fd, at, n, from, &mut |b| sink.written_by_task(b))?;
                     }
                 }
             }
-            Ok(())
-        })();
-        for fd in fds.into_values() {
-            task.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
         }
-        result
+        Ok(())
+    })();
+    for fd in fds.into_values() {
+        task.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
     }
+    result
 }
 
 /// What a new task starts with: the mappings it has now, and of them what it

@@ -37,7 +37,7 @@ use crate::ptrace;
 use crate::state::{self, signals, ThreadRestore};
 use crate::task::{Scratch, Task, SCRATCH_LEN};
 pub use inherit::{PageCounts, PageSink};
-pub use memory::{PageSource, PagesInDir};
+pub use memory::{fill_from_files, PageSource, PagesInDir};
 use memory::Start;
 use crate::notify::{Notify, Point};
 
