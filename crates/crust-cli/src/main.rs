@@ -89,6 +89,8 @@ enum Command {
         /// Print the stats as JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        ns: NsArgs,
     },
     /// Write the memory of the tree rooted at PID to DIR and let it run on:
     /// a later `dump --prev-images-dir` writes only the pages changed since.
@@ -149,6 +151,8 @@ enum Command {
         /// Print the stats as JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        ns: NsArgs,
     },
     /// Remove network locks (nftables tables) holding TCP connections of
     /// dumped trees: those a crust killed half-way left (the default), the
@@ -225,6 +229,8 @@ enum Command {
         cgroup_roots: Vec<CgroupRoot>,
         #[command(flatten)]
         tcp: TcpArgs,
+        #[command(flatten)]
+        ns: NsArgs,
     },
     /// Say in plain words what the images in DIR hold and what a restore needs.
     Explain {
@@ -344,6 +350,47 @@ fn wait_job_in_foreground(root: i32) -> Result<()> {
     }
 }
 
+/// criu's options for the tree's namespaces: its root directory and the
+/// mounts from the host.
+#[derive(clap::Args)]
+struct NsArgs {
+    /// Restore: the directory the tree's root mount shows (by default the
+    /// one it showed at dump).
+    #[arg(long = "root", value_name = "PATH")]
+    root: Option<PathBuf>,
+    /// Dump: the mount at KEY (its mount point in the tree) is a mount from
+    /// the host, recorded as VAL; `auto`: every bind mount of a host path is,
+    /// recorded by that path. Restore: the external mount recorded as KEY is
+    /// host path VAL (repeatable).
+    #[arg(long = "ext-mount-map", value_name = "KEY:VAL|auto")]
+    ext_mount_map: Vec<String>,
+    /// `mnt[KEY]:VAL`: as --ext-mount-map KEY:VAL (repeatable).
+    #[arg(long = "external", value_name = "mnt[KEY]:VAL")]
+    external: Vec<String>,
+}
+
+impl NsArgs {
+    fn options(&self) -> anyhow::Result<crust::ns::NsOptions> {
+        let mut o = crust::ns::NsOptions { root: self.root.clone(), ..Default::default() };
+        for m in &self.ext_mount_map {
+            if m == "auto" {
+                o.ext_mount_auto = true;
+                continue;
+            }
+            let (k, v) = m.split_once(':').ok_or_else(|| anyhow::anyhow!("--ext-mount-map {m}: expected KEY:VAL or auto"))?;
+            o.ext_mount_map.push((k.to_string(), v.to_string()));
+        }
+        for e in &self.external {
+            let (k, v) = e
+                .strip_prefix("mnt[")
+                .and_then(|r| r.split_once("]:"))
+                .ok_or_else(|| anyhow::anyhow!("--external {e}: crust knows only mnt[KEY]:VAL"))?;
+            o.ext_mount_map.push((k.to_string(), v.to_string()));
+        }
+        Ok(o)
+    }
+}
+
 /// criu's options for established TCP connections.
 #[derive(clap::Args)]
 struct TcpArgs {
@@ -427,6 +474,7 @@ fn run(cli: Cli) -> Result<()> {
             track_mem,
             action_scripts,
             json,
+            ns,
         } => {
             let bar = progress::Bar::on_stderr(json);
             let progress = bar.progress();
@@ -446,6 +494,7 @@ fn run(cli: Cli) -> Result<()> {
                 track_mem,
                 progress,
                 notify: Notify::scripts(action_scripts),
+                ns: ns.options()?,
             };
             let stats = guard::in_child(|| bar.around(|| Ok(dump(&opts)?))).with_context(|| format!("dump of process {pid} failed"))?;
             if json {
@@ -465,7 +514,7 @@ fn run(cli: Cli) -> Result<()> {
                 print_dump_stats(&stats, &dir);
             }
         }
-        Command::Restore { dir, detach, shell_job, pidfile, manage_cgroups, cgroup_roots, pid_wait, tcp, action_scripts, json } => {
+        Command::Restore { dir, detach, shell_job, pidfile, manage_cgroups, cgroup_roots, pid_wait, tcp, action_scripts, json, ns } => {
             let bar = progress::Bar::on_stderr(json);
             let opts = RestoreOptions {
                 dir: dir.clone(),
@@ -478,6 +527,7 @@ fn run(cli: Cli) -> Result<()> {
                 private_copies: false,
                 tcp: tcp.mode(),
                 notify: Notify::scripts(action_scripts),
+                ns: ns.options()?,
             };
             let restored = bar.around(|| restore(&opts)).with_context(|| format!("restore from {} failed", dir.display()))?;
             // As criu does, the numbers stay beside the images; the tree runs
@@ -553,8 +603,8 @@ fn run(cli: Cli) -> Result<()> {
                 crust::migrate::channel::Channel::pipes(Box::new(input), fd, Box::new(output), "the migrating host".into());
             crust::migrate::receive::receive(&mut chan, &dir)?;
         }
-        Command::Check { images, shell_job, manage_cgroups, cgroup_roots, tcp } => {
-            let opts = RestoreOptions { dir: images.clone(), shell_job, manage_cgroups, cgroup_roots, tcp: tcp.mode(), ..Default::default() };
+        Command::Check { images, shell_job, manage_cgroups, cgroup_roots, tcp, ns } => {
+            let opts = RestoreOptions { dir: images.clone(), shell_job, manage_cgroups, cgroup_roots, tcp: tcp.mode(), ns: ns.options()?, ..Default::default() };
             let img = crust::restore::load(&images, crust::images::load::Pages::InDir)?;
             let problems = crust::restore::check::problems(&img, &opts);
             if !problems.is_empty() {

@@ -71,6 +71,8 @@ pub struct DumpOptions {
     pub progress: Progress,
     /// Hears criu's points of a dump (pre-dump, network-lock, post-dump).
     pub notify: Notify,
+    /// What the user says about the tree's namespaces (external mounts).
+    pub ns: crate::ns::NsOptions,
 }
 
 /// What a dump did, for the user and for stats-dump.
@@ -264,7 +266,7 @@ fn write_images(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<W
     d.pstree(&tree, opts.pid)?;
     d.shared(&tree)?;
     if let Some(ids) = &root_ids {
-        d.stats.bytes_written += crate::ns::dump(&d.own_ns, opts.pid, ids, &mut d.dir)?;
+        d.stats.bytes_written += crate::ns::dump(&d.own_ns, opts.pid, ids, &mut d.dir, &opts.ns)?;
     }
     d.inventory(root_ids)?;
     crate::cancel::check()?;

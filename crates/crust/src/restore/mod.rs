@@ -71,6 +71,9 @@ pub struct RestoreOptions {
     pub tcp: files::tcp::Mode,
     /// Hears criu's points of a restore (pre-restore to post-resume).
     pub notify: Notify,
+    /// Where the tree's namespaces find what is outside them (`--root`,
+    /// external mounts).
+    pub ns: crate::ns::NsOptions,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -304,7 +307,7 @@ pub fn restore_held(opts: &RestoreOptions, mut img: DumpImage, pages: &mut dyn P
     }
     let mut stats = RestoreStats { processes: img.processes.len(), ..Default::default() };
     let (mut root, crust_layout) = make_root(img, &mut created)?;
-    crate::ns::restore(img, &mut crate::ns::NsRoot { pid: root.leader.tid, task: &root.leader, scratch: &mut root.scratch })?;
+    crate::ns::restore(img, &mut crate::ns::NsRoot { pid: root.leader.tid, task: &root.leader, scratch: &mut root.scratch, opts: &opts.ns })?;
     opts.notify.at(Point::SetupNamespaces, Some(root.leader.tid))?;
     opts.notify.at(Point::PostSetupNamespaces, Some(root.leader.tid))?;
     let (inherited, shmem_fds) = make_shared(&mut root, img, terminal)?;
