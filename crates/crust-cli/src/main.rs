@@ -605,7 +605,8 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Check { images, shell_job, manage_cgroups, cgroup_roots, tcp, ns } => {
             let opts = RestoreOptions { dir: images.clone(), shell_job, manage_cgroups, cgroup_roots, tcp: tcp.mode(), ns: ns.options()?, ..Default::default() };
-            let img = crust::restore::load(&images, crust::images::load::Pages::InDir)?;
+            let mut img = crust::restore::load(&images, crust::images::load::Pages::InDir)?;
+            img.extras.insert(opts.ns.clone());
             let problems = crust::restore::check::problems(&img, &opts);
             if !problems.is_empty() {
                 anyhow::bail!("this host cannot restore {}:\n  {}", images.display(), problems.join("\n  "));

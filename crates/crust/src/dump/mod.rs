@@ -237,6 +237,7 @@ fn write_images(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<W
         d.files.ghosts.limit = limit;
     }
     d.files.tree = tree.processes.iter().map(|p| p.pid).collect();
+    d.files.view = crate::ns::dump_view(&d.own_ns, opts.pid);
     d.files.locks.file_locks = opts.file_locks;
     d.files.ext_unix_sk = opts.ext_unix_sk;
     d.files.locks.migrating = streamed;
@@ -527,9 +528,9 @@ impl TreeDump {
             .filter(|f| !files.ghosts.holds(f.id))
             .filter_map(|f| f.reg.as_ref())
             .filter(|r| r.flags & libc::O_ACCMODE as u32 == 0);
-        let stamps = read_only.filter_map(|r| Some((r.name.clone(), FileStamp::of(&r.name)?))).collect();
+        let stamps = read_only.filter_map(|r| Some((r.name.clone(), FileStamp::of(&files.seen_at(&r.name))?))).collect();
         let shared_with_parent = std::mem::take(&mut self.shared_with_parent);
-        let devices = files.files.iter().filter_map(|f| f.reg.as_ref()).filter_map(crate::files::reg::device_of).collect();
+        let devices = files.files.iter().filter_map(|f| f.reg.as_ref()).filter_map(|r| crate::files::reg::device_of(r, files)).collect();
         let stops_collected = std::mem::take(&mut self.stops_collected);
         let network_lock = files.tcp.lock_name().map(str::to_string);
         let own_namespaces = self.own_ns.0.clone();

@@ -58,6 +58,10 @@ pub struct NsRoot<'a> {
     pub task: &'a Task,
     pub scratch: &'a mut Scratch,
     pub opts: &'a NsOptions,
+    /// Set by a kind that changed the root's root directory: the root's fd
+    /// on crust's root, to reach crust's files (the images) from the task
+    /// until its fd table is made (which closes it).
+    pub host_root: Option<u64>,
 }
 
 /// What the user says about the namespaces, at dump and restore (criu's
@@ -154,6 +158,23 @@ pub fn own_namespaces(tree: &FrozenTree) -> Result<OwnNamespaces> {
         }
     }
     Ok(own)
+}
+
+/// Where crust finds the files of a tree whose root is `pid` at dump time,
+/// by the paths the tree sees them at: through the root's root when the tree
+/// has a mount namespace of its own ("/proc/PID/root"), else as they are.
+pub fn dump_view(own: &OwnNamespaces, pid: i32) -> Option<String> {
+    own.0.contains("mnt").then(|| format!("/proc/{pid}/root"))
+}
+
+/// Before a restore: where the tree's file `path` is on this host now. None
+/// when it is on a mount the restore makes (a tmpfs from the images, proc):
+/// nothing to look at beforehand.
+pub fn restore_view(img: &DumpImage, path: &str) -> Option<String> {
+    match recorded(img).0.contains("mnt") {
+        true => mnt::host_path_of(img, path),
+        false => Some(path.to_string()),
+    }
 }
 
 /// Save each of the tree's own namespaces, entered through its root `pid`

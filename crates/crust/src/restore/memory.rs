@@ -56,7 +56,7 @@ impl PageSource for PagesInDir {
                             let fd = match fds.get(run.path.as_path()) {
                                 Some(fd) => *fd,
                                 None => {
-                                    let fd = task.open(scratch, &run.path.to_string_lossy(), (libc::O_RDONLY | libc::O_CLOEXEC) as u32)?;
+                                    let fd = task.open_host(scratch, &run.path.to_string_lossy(), (libc::O_RDONLY | libc::O_CLOEXEC) as u32)?;
                                     *fds.entry(&run.path).or_insert(fd)
                                 }
                             };

@@ -124,7 +124,7 @@ fn plan(entries: &[MntEntry], tmpfs_saved: impl Fn(u32) -> bool) -> std::result:
             How::Root
         } else if e.ext_mount == Some(true) {
             How::External
-        } else if let Some(src) = bind_source(entries, &hows, i) {
+        } else if let Some(src) = bind_source(&entries[..i], &hows, e) {
             How::BindOf(src)
         } else if name == "tmpfs" && e.root == "/" && tmpfs_saved(e.root_dev) {
             How::Tmpfs
@@ -140,9 +140,9 @@ fn plan(entries: &[MntEntry], tmpfs_saved: impl Fn(u32) -> bool) -> std::result:
 
 /// An earlier mount of the same file system showing a directory that holds
 /// this one's (a peer of its shared group or its master's first, if any).
-fn bind_source(entries: &[MntEntry], hows: &[How], i: usize) -> Option<usize> {
-    let e = &entries[i];
-    let candidates = || (0..i).filter(|&j| entries[j].root_dev == e.root_dev && hows[j] != How::External && within(&e.root, &entries[j].root).is_some());
+fn bind_source(before: &[MntEntry], hows: &[How], e: &MntEntry) -> Option<usize> {
+    let entries = before;
+    let candidates = || (0..before.len()).filter(|&j| entries[j].root_dev == e.root_dev && hows[j] != How::External && within(&e.root, &entries[j].root).is_some());
     let in_group = |j: &usize| {
         let s = entries[*j].shared_id;
         s.is_some() && (s == e.shared_id || s == e.master_id)
@@ -166,18 +166,20 @@ fn host_path(m: &MountInfo, host: &[MountInfo]) -> Option<String> {
 }
 
 /// The mounts in parent-first order (the kernel's order among siblings).
+/// A loop of parents can not be in a live mountinfo; in an image it is
+/// refused (see `order_entries`).
 fn parents_first(mounts: Vec<MountInfo>, pid: i32) -> Result<Vec<MountInfo>> {
     let ids: std::collections::HashSet<u32> = mounts.iter().map(|m| m.id).collect();
     let mut roots = mounts.iter().filter(|m| !ids.contains(&m.parent));
     let (Some(root), None) = (roots.next(), roots.next()) else {
         return Err(Error::unsupported(crate::proc::who(pid), "its mount namespace has no single root mount"));
     };
-    let mut out = vec![root.clone()];
-    let mut i = 0;
-    while i < out.len() {
-        let id = out[i].id;
-        out.extend(mounts.iter().filter(|m| m.parent == id && m.id != id).cloned());
-        i += 1;
+    // Depth first, as the kernel lists a tree it mounted in that order.
+    let mut out = Vec::with_capacity(mounts.len());
+    let mut stack = vec![root.clone()];
+    while let Some(m) = stack.pop() {
+        stack.extend(mounts.iter().rev().filter(|c| c.parent == m.id && c.id != m.id).cloned());
+        out.push(m);
     }
     Ok(out)
 }
@@ -247,7 +249,7 @@ impl NsKind for Mnt {
                 let path = host_path(m, &host).ok_or_else(|| refuse("the root of the tree's mount namespace is not a directory of the host's".into()))?;
                 e.ext_key = Some(path);
                 How::Root
-            } else if let Some(src) = bind_source(&entries, &hows, i) {
+            } else if let Some(src) = bind_source(&entries, &hows, &e) {
                 How::BindOf(src)
             } else if FRESH.contains(&m.fstype.as_str()) && m.root == "/" && !(m.fstype == "devpts" && on_host) {
                 How::Fresh
@@ -353,6 +355,13 @@ impl NsKind for Mnt {
         }
         let externals: Vec<Option<String>> =
             tree.entries.iter().zip(&tree.hows).map(|(e, h)| (*h == How::External).then(|| external_path(e, opts)).transpose()).collect::<std::result::Result<_, _>>().map_err(Error::Invalid)?;
+        // Crust's root, kept open in the task above every fd of the images.
+        let base = img.processes.iter().flat_map(|p| p.fds.iter().map(|f| f.fd as u64 + 1)).max().unwrap_or(0).max(3);
+        let slash = root.scratch.reset().put_str("/")?;
+        let fd = root.task.call("opening crust's root", libc::SYS_openat, [libc::AT_FDCWD as u64, slash, (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64, 0, 0, 0])?;
+        let high = root.task.call("fcntl(F_DUPFD_CLOEXEC)", libc::SYS_fcntl, [fd, libc::F_DUPFD_CLOEXEC as u64, base, 0, 0, 0])?;
+        root.task.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+        root.host_root = Some(high);
         let pid = root.pid;
         let same_root = in_namespace(pid, "mnt", move || build(tree, &new_root, &externals, by_task, pid))?;
         if !same_root {
@@ -362,17 +371,51 @@ impl NsKind for Mnt {
     }
 }
 
+/// Before the restore: where `path` of the tree is on this host, through
+/// the mount that will show it (the options the restore was given are in
+/// `img.extras`). None if that mount is made from the images or is a
+/// pseudo file system.
+pub fn host_path_of(img: &DumpImage, path: &str) -> Option<String> {
+    let tree = img.extras.get::<Tree>()?;
+    let default = NsOptions::default();
+    let opts = img.extras.get::<NsOptions>().unwrap_or(&default);
+    // The last mount on the deepest mount point over `path` shows it.
+    let (i, rest) = tree.entries.iter().enumerate().filter_map(|(i, e)| Some((i, within(path, &e.mountpoint)?))).max_by_key(|(i, _)| (tree.entries[*i].mountpoint.len(), *i))?;
+    let dir = mount_dir(tree, opts, i)?;
+    Some(join(&dir, &rest))
+}
+
+/// The host directory mount `i` shows, if it is one.
+fn mount_dir(tree: &Tree, opts: &NsOptions, i: usize) -> Option<String> {
+    let e = &tree.entries[i];
+    match tree.hows[i] {
+        How::Root => root_path(e, opts).ok(),
+        How::External => external_path(e, opts).ok(),
+        How::BindOf(src) => Some(join(&mount_dir(tree, opts, src)?, &within(&e.root, &tree.entries[src].root)?)),
+        How::Fresh | How::Tmpfs => None,
+    }
+}
+
+fn join(dir: &str, rest: &str) -> String {
+    match rest {
+        "/" => dir.to_string(),
+        r => format!("{}{r}", dir.trim_end_matches('/')),
+    }
+}
+
 /// The entries parents first, the root's first.
 fn order_entries(entries: Vec<MntEntry>) -> std::result::Result<Vec<MntEntry>, String> {
     let ids: std::collections::HashSet<u32> = entries.iter().map(|e| e.mnt_id).collect();
     let mut roots = entries.iter().filter(|e| !ids.contains(&e.parent_mnt_id));
     let (Some(root), None) = (roots.next(), roots.next()) else { return Err("the mounts have no single root".into()) };
-    let mut out = vec![root.clone()];
-    let mut i = 0;
-    while i < out.len() {
-        let id = out[i].mnt_id;
-        out.extend(entries.iter().filter(|e| e.parent_mnt_id == id && e.mnt_id != id).cloned());
-        i += 1;
+    let mut out = Vec::with_capacity(entries.len());
+    let mut stack = vec![root.clone()];
+    while let Some(m) = stack.pop() {
+        if out.len() > entries.len() {
+            break;
+        }
+        stack.extend(entries.iter().rev().filter(|c| c.parent_mnt_id == m.mnt_id && c.mnt_id != m.mnt_id).cloned());
+        out.push(m);
     }
     if out.len() != entries.len() {
         return Err("some mounts are not under the root (a loop of parents)".into());
