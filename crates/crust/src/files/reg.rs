@@ -73,7 +73,8 @@ impl FileKind for RegularFile {
         // A file only read through an fd may have grown (a log followed by
         // `tail -f`), if it is the same file: its stamp says.
         let held = img.processes.iter().any(|p| p.fds.iter().any(|f| f.id == entry.id));
-        let stamp = img.extras.get::<Stamps>().and_then(|s| s.0.get(&reg.name)).filter(|_| held);
+        // A copy (--root) has another inode: only its size can say it grew.
+        let stamp = img.extras.get::<Stamps>().and_then(|s| s.0.get(&reg.name)).filter(|_| held && !crate::ns::moved(img, &reg.name));
         // A path on a mount the restore makes from the images: nothing to see yet.
         let at = crate::ns::restore_view(img, &reg.name)?;
         check(reg, &at, stamp).err()

@@ -177,6 +177,13 @@ pub fn restore_view(img: &DumpImage, path: &str) -> Option<String> {
     }
 }
 
+/// Whether the tree's file `path` is found at restore in another directory
+/// than at dump (`--root`, another host path for an external mount): a copy,
+/// whose inode says nothing.
+pub fn moved(img: &DumpImage, path: &str) -> bool {
+    recorded(img).0.contains("mnt") && mnt::host_path_of(img, path) != mnt::recorded_host_path_of(img, path)
+}
+
 /// Save each of the tree's own namespaces, entered through its root `pid`
 /// with ids `ids`; returns the bytes written.
 pub fn dump(own: &OwnNamespaces, pid: i32, ids: &TaskKobjIdsEntry, dir: &mut ImageDir, opts: &NsOptions) -> Result<u64> {

@@ -26,7 +26,7 @@ pub fn problems(img: &DumpImage, opts: &RestoreOptions) -> Vec<String> {
     out.extend(files::tcp::problems(img, opts.tcp));
     for (path, then) in meta.iter().flat_map(|m| m.files.iter()) {
         if let Some(now) = crate::ns::restore_view(img, path).and_then(|at| FileStamp::of(&at)) {
-            if then.ino != 0 && (now.dev, now.ino) != (then.dev, then.ino) {
+            if then.ino != 0 && (now.dev, now.ino) != (then.dev, then.ino) && !crate::ns::moved(img, path) {
                 out.push(format!("{path}: it was replaced since the dump (inode {} then, {} now)", then.ino, now.ino));
             } else if now.size == then.size && now.mtime_ns != then.mtime_ns {
                 out.push(format!("{path}: it was modified since the dump (same size, other modification time)"));

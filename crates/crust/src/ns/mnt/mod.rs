@@ -376,9 +376,17 @@ impl NsKind for Mnt {
 /// `img.extras`). None if that mount is made from the images or is a
 /// pseudo file system.
 pub fn host_path_of(img: &DumpImage, path: &str) -> Option<String> {
-    let tree = img.extras.get::<Tree>()?;
     let default = NsOptions::default();
-    let opts = img.extras.get::<NsOptions>().unwrap_or(&default);
+    host_path_with(img, img.extras.get::<NsOptions>().unwrap_or(&default), path)
+}
+
+/// As [`host_path_of`], as the dump recorded it (no option given).
+pub fn recorded_host_path_of(img: &DumpImage, path: &str) -> Option<String> {
+    host_path_with(img, &NsOptions::default(), path)
+}
+
+fn host_path_with(img: &DumpImage, opts: &NsOptions, path: &str) -> Option<String> {
+    let tree = img.extras.get::<Tree>()?;
     // The last mount on the deepest mount point over `path` shows it.
     let (i, rest) = tree.entries.iter().enumerate().filter_map(|(i, e)| Some((i, within(path, &e.mountpoint)?))).max_by_key(|(i, _)| (tree.entries[*i].mountpoint.len(), *i))?;
     let dir = mount_dir(tree, opts, i)?;
