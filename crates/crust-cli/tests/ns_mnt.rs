@@ -33,9 +33,14 @@ fn a_containers_mount_tree_comes_back_with_its_tmpfs_contents_and_counts_on() {
     let dir = TempDir::new("ns-mnt");
     let images = dir.join("images");
     let host = host_mounts();
-    let mut c = Container::start("box", dir.path(), &Options::default());
+    // /run shared, with a bind of a directory of it as its peer, and a
+    // slave of that group: propagation and binds inside the tree.
+    let setup = "mount --make-shared $R/run\nmkdir -p $R/tmp/peer $R/tmp/slave\nmount --bind $R/run/sub $R/tmp/peer\nmount --bind $R/run $R/tmp/slave\nmount --make-slave $R/tmp/slave";
+    let mut c = Container::start("box", dir.path(), &Options { extra_setup: setup, ..Default::default() });
     let (mounts_before, files_before) = state(c.job.pid);
     assert!(mounts_before.iter().any(|m| m.contains("/usr/lib on /lib")), "the /lib bind shows usr/lib: {mounts_before:#?}");
+    assert!(mounts_before.iter().any(|m| m.starts_with("/sub on /tmp/peer") && m.contains("[shared]")), "a peer: {mounts_before:#?}");
+    assert!(mounts_before.iter().any(|m| m.starts_with("/ on /tmp/slave") && m.contains("[master]")), "a slave: {mounts_before:#?}");
     dump(c.job.pid, &images, &["--ext-mount-map", "auto"]);
     c.job.reap_original();
     let last = c.last_count();
