@@ -25,7 +25,7 @@ fn host_mounts() -> Vec<String> {
 
 /// The state compared before and after: the mounts, and the tmpfs's files.
 fn state(pid: i32) -> (Vec<String>, Vec<String>) {
-    (mounts(pid), tree_listing(&Path::new(&format!("/proc/{pid}/root/run"))))
+    (mounts(pid), tree_listing(Path::new(&format!("/proc/{pid}/root/run"))))
 }
 
 #[test]
