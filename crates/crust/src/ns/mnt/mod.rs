@@ -278,6 +278,12 @@ impl NsKind for Mnt {
             entries.push(e);
             hows.push(how);
         }
+        // A KEY naming no external mount is a mistake the user should hear of.
+        for (key, _) in &opts.ext_mount_map {
+            if !mounts.iter().zip(&hows).any(|(m, h)| *h == How::External && m.mountpoint == *key) {
+                return Err(Error::Invalid(format!("--ext-mount-map {key}: the tree has no bind mount of a host path at {key}")));
+            }
+        }
         let mut bytes = 0;
         for (kdev, mountpoint) in tmpfs_devs {
             let what = format!("the tmpfs at {mountpoint} of {who}");
