@@ -68,11 +68,6 @@ enum Command {
         /// tree (a logger's /dev/log); the restore connects them to that name.
         #[arg(short = 'x', long = "ext-unix-sk")]
         ext_unix_sk: bool,
-        /// A pipe the tree shares with processes outside it (pipe:[INO], as
-        /// /proc/PID/fd shows it), saved as external: its restore must be
-        /// given one with --inherit-fd (repeatable).
-        #[arg(long = "external", value_name = "pipe:[INO]", value_parser = crust::files::parse_external)]
-        external: Vec<String>,
         #[command(flatten)]
         tcp: TcpArgs,
         /// Leave out TCP connections not accepted yet (in a listener's
@@ -96,6 +91,8 @@ enum Command {
         /// Print the stats as JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        ns: NsArgs,
     },
     /// Write the memory of the tree rooted at PID to DIR and let it run on:
     /// a later `dump --prev-images-dir` writes only the pages changed since.
@@ -160,6 +157,8 @@ enum Command {
         /// Print the stats as JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        ns: NsArgs,
     },
     /// Remove network locks (nftables tables) holding TCP connections of
     /// dumped trees: those a crust killed half-way left (the default), the
@@ -261,6 +260,8 @@ enum Command {
         /// processes outside it at dump (fd[N]:pipe:[INO]; repeatable).
         #[arg(long = "inherit-fd", value_name = "fd[N]:KEY", value_parser = crust::files::parse_inherit_fd)]
         inherit_fds: Vec<(i32, String)>,
+        #[command(flatten)]
+        ns: NsArgs,
     },
     /// Say in plain words what the images in DIR hold and what a restore needs.
     Explain {
@@ -391,6 +392,63 @@ fn wait_job_in_foreground(root: i32) -> Result<()> {
     }
 }
 
+/// criu's options for the tree's namespaces: its root directory and the
+/// mounts from the host.
+#[derive(clap::Args)]
+struct NsArgs {
+    /// Restore: the directory the tree's root mount shows (by default the
+    /// one it showed at dump).
+    #[arg(long = "root", value_name = "PATH")]
+    root: Option<PathBuf>,
+    /// Dump: the mount at KEY (its mount point in the tree) is a mount from
+    /// the host, recorded as VAL; `auto`: every bind mount of a host path is,
+    /// recorded by that path. Restore: the external mount recorded as KEY is
+    /// host path VAL (repeatable).
+    #[arg(long = "ext-mount-map", value_name = "KEY:VAL|auto")]
+    ext_mount_map: Vec<String>,
+    /// `mnt[KEY]:VAL`: as --ext-mount-map KEY:VAL. Dump: `pipe:[INO]` (as
+    /// /proc/PID/fd shows it), a pipe the tree shares with processes outside
+    /// it, saved as external: its restore must be given one with
+    /// --inherit-fd (repeatable).
+    #[arg(long = "external", value_name = "mnt[KEY]:VAL|pipe:[INO]")]
+    external: Vec<String>,
+}
+
+impl NsArgs {
+    fn options(&self) -> anyhow::Result<crust::ns::NsOptions> {
+        let mut o = crust::ns::NsOptions { root: self.root.clone(), ..Default::default() };
+        for m in &self.ext_mount_map {
+            if m == "auto" {
+                o.ext_mount_auto = true;
+                continue;
+            }
+            let (k, v) = m.split_once(':').ok_or_else(|| anyhow::anyhow!("--ext-mount-map {m}: expected KEY:VAL or auto"))?;
+            o.ext_mount_map.push((k.to_string(), v.to_string()));
+        }
+        for e in self.external.iter().filter(|e| !e.starts_with("pipe:")) {
+            let (k, v) = e
+                .strip_prefix("mnt[")
+                .and_then(|r| r.split_once("]:"))
+                .ok_or_else(|| anyhow::anyhow!("--external {e}: crust knows only mnt[KEY]:VAL and pipe:[INO]"))?;
+            o.ext_mount_map.push((k.to_string(), v.to_string()));
+        }
+        Ok(o)
+    }
+
+    /// The external pipes named (a dump's): `pipe:[INO]` keys.
+    fn pipes(&self) -> anyhow::Result<Vec<String>> {
+        self.external.iter().filter(|e| e.starts_with("pipe:")).map(|e| crust::files::parse_external(e).map_err(|e| anyhow::anyhow!("--external {e}"))).collect()
+    }
+
+    /// A restore is given pipes with --inherit-fd, not --external.
+    fn no_pipes(&self) -> anyhow::Result<()> {
+        match self.pipes()?.first() {
+            Some(p) => anyhow::bail!("--external {p}: a restore is given a pipe with --inherit-fd fd[N]:{p}"),
+            None => Ok(()),
+        }
+    }
+}
+
 /// criu's options for established TCP connections.
 #[derive(clap::Args)]
 struct TcpArgs {
@@ -468,13 +526,13 @@ fn run(cli: Cli) -> Result<()> {
             ghost_limit,
             file_locks,
             ext_unix_sk,
-            external,
             tcp,
             skip_in_flight,
             prev_images_dir,
             track_mem,
             action_scripts,
             json,
+            ns,
         } => {
             let bar = progress::Bar::on_stderr(json);
             let progress = bar.progress();
@@ -488,7 +546,7 @@ fn run(cli: Cli) -> Result<()> {
                 ghost_limit,
                 file_locks,
                 ext_unix_sk,
-                external,
+                external: ns.pipes()?,
                 external_pipes: false,
                 tcp: tcp.mode(),
                 skip_in_flight,
@@ -497,6 +555,7 @@ fn run(cli: Cli) -> Result<()> {
                 progress,
                 notify: Notify::scripts(action_scripts, Some(&dir)),
                 handoff: Default::default(),
+                ns: ns.options()?,
             };
             let stats = guard::in_child(|| bar.around(|| Ok(dump(&opts)?))).with_context(|| format!("dump of process {pid} failed"))?;
             if json {
@@ -516,7 +575,8 @@ fn run(cli: Cli) -> Result<()> {
                 print_dump_stats(&stats, &dir);
             }
         }
-        Command::Restore { dir, detach, shell_job, pidfile, manage_cgroups, cgroup_roots, pid_wait, inherit_fds, tcp, action_scripts, json } => {
+        Command::Restore { dir, detach, shell_job, pidfile, manage_cgroups, cgroup_roots, pid_wait, inherit_fds, tcp, action_scripts, json, ns } => {
+            ns.no_pipes()?;
             let bar = progress::Bar::on_stderr(json);
             let opts = RestoreOptions {
                 dir: dir.clone(),
@@ -531,6 +591,7 @@ fn run(cli: Cli) -> Result<()> {
                 notify: Notify::scripts(action_scripts, Some(&dir)),
                 inherit_fds: inherit_fds.into_iter().map(|(fd, key)| (key, fd)).collect(),
                 sibling: false,
+                ns: ns.options()?,
             };
             let restored = bar.around(|| restore(&opts)).with_context(|| format!("restore from {} failed", dir.display()))?;
             write_restore_stats(&dir, &restored);
@@ -625,10 +686,12 @@ fn run(cli: Cli) -> Result<()> {
                 crust::migrate::channel::Channel::pipes(Box::new(input), fd, Box::new(output), "the migrating host".into());
             crust::migrate::receive::receive(&mut chan, &dir)?;
         }
-        Command::Check { images, shell_job, manage_cgroups, cgroup_roots, tcp, inherit_fds } => {
+        Command::Check { images, shell_job, manage_cgroups, cgroup_roots, tcp, inherit_fds, ns } => {
+            ns.no_pipes()?;
             let inherit_fds = inherit_fds.into_iter().map(|(fd, key)| (key, fd)).collect();
-            let opts = RestoreOptions { dir: images.clone(), shell_job, manage_cgroups, cgroup_roots, tcp: tcp.mode(), inherit_fds, ..Default::default() };
-            let img = crust::restore::load(&images, crust::images::load::Pages::InDir)?;
+            let opts = RestoreOptions { dir: images.clone(), shell_job, manage_cgroups, cgroup_roots, tcp: tcp.mode(), inherit_fds, ns: ns.options()?, ..Default::default() };
+            let mut img = crust::restore::load(&images, crust::images::load::Pages::InDir)?;
+            img.extras.insert(opts.ns.clone());
             let problems = crust::restore::check::problems(&img, &opts);
             if !problems.is_empty() {
                 anyhow::bail!("this host cannot restore {}:\n  {}", images.display(), problems.join("\n  "));

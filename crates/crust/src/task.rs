@@ -13,11 +13,23 @@ pub struct Task {
     pub tid: i32,
     gadget: u64,
     base: libc::user_regs_struct,
+    /// An fd of the task on crust's root directory, once the task's own root
+    /// is another (a mount namespace of the tree's own): crust's files (the
+    /// images) are opened through it.
+    pub host_root: Option<u64>,
 }
 
 impl Task {
     pub fn new(pid: i32, tid: i32, gadget: u64) -> Result<Task> {
-        Ok(Task { pid, tid, gadget, base: ptrace::regs(tid)? })
+        Ok(Task { pid, tid, gadget, base: ptrace::regs(tid)?, host_root: None })
+    }
+
+    /// open(2) inside the task of a file of crust's (an image), by its path
+    /// from crust's root.
+    pub fn open_host(&self, scratch: &mut Scratch, path: &str, flags: u32) -> Result<u64> {
+        let Some(dir) = self.host_root else { return self.open(scratch, path, flags) };
+        let addr = scratch.reset().put_str(path.trim_start_matches('/'))?;
+        self.call(&format!("opening {path}"), libc::SYS_openat, [dir, addr, flags as u64, 0, 0, 0])
     }
 
     /// Run a syscall in the task; failures become errors naming `what`.

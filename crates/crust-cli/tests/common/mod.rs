@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod bundle;
+pub mod container;
 pub mod hosts;
 pub mod job;
 pub mod procstate;

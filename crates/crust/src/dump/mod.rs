@@ -80,6 +80,8 @@ pub struct DumpOptions {
     pub handoff: crate::track::Handoff,
     /// Hears criu's points of a dump (pre-dump, network-lock, post-dump).
     pub notify: Notify,
+    /// What the user says about the tree's namespaces (external mounts).
+    pub ns: crate::ns::NsOptions,
 }
 
 /// What a dump did, for the user and for stats-dump.
@@ -263,6 +265,7 @@ fn write_images(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<W
         d.files.ghosts.limit = limit;
     }
     d.files.tree = tree.processes.iter().map(|p| p.pid).collect();
+    d.files.view = crate::ns::dump_view(&d.own_ns, opts.pid);
     d.files.locks.file_locks = opts.file_locks;
     d.files.ext_unix_sk = opts.ext_unix_sk;
     d.files.external = opts.external.iter().cloned().collect();
@@ -294,7 +297,7 @@ fn write_images(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<W
     d.pstree(&tree, opts.pid)?;
     d.shared(&tree)?;
     if let Some(ids) = &root_ids {
-        d.stats.bytes_written += crate::ns::dump(&d.own_ns, opts.pid, ids, &mut d.dir)?;
+        d.stats.bytes_written += crate::ns::dump(&d.own_ns, opts.pid, ids, &mut d.dir, &opts.ns)?;
     }
     d.inventory(root_ids)?;
     crate::cancel::check()?;
@@ -577,9 +580,9 @@ impl TreeDump {
             .filter(|f| !files.ghosts.holds(f.id))
             .filter_map(|f| f.reg.as_ref())
             .filter(|r| r.flags & libc::O_ACCMODE as u32 == 0);
-        let stamps = read_only.filter_map(|r| Some((r.name.clone(), FileStamp::of(&r.name)?))).collect();
+        let stamps = read_only.filter_map(|r| Some((r.name.clone(), FileStamp::of(&files.seen_at(&r.name))?))).collect();
         let shared_with_parent = std::mem::take(&mut self.shared_with_parent);
-        let devices = files.files.iter().filter_map(|f| f.reg.as_ref()).filter_map(crate::files::reg::device_of).collect();
+        let devices = files.files.iter().filter_map(|f| f.reg.as_ref()).filter_map(|r| crate::files::reg::device_of(r, files)).collect();
         let stops_collected = std::mem::take(&mut self.stops_collected);
         let network_lock = files.tcp.lock_name().map(str::to_string);
         let own_namespaces = self.own_ns.0.clone();

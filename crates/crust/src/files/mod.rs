@@ -564,9 +564,20 @@ pub struct FileTable {
     pub external_pipes: bool,
     /// Established TCP connections of the tree, and the lock holding them.
     pub tcp: tcp::Connections,
+    /// Where the tree's paths are seen from crust, when the tree has a mount
+    /// namespace of its own (crate::ns::dump_view).
+    pub view: Option<String>,
 }
 
 impl FileTable {
+    /// The path crust reaches the tree's file `path` by.
+    pub fn seen_at(&self, path: &str) -> String {
+        match &self.view {
+            Some(root) => format!("{root}{path}"),
+            None => path.to_string(),
+        }
+    }
+
     pub fn new_id(&mut self) -> u32 {
         self.next_id += 1;
         self.next_id
@@ -592,7 +603,7 @@ impl FileTable {
                 self.add_ghost(id, source)?;
                 reg::entry_for_path(id, name, flags, source)?
             }
-            None => reg::entry_for_path(id, path, flags, path)?,
+            None => reg::entry_for_path(id, path, flags, &self.seen_at(path))?,
         };
         self.files.push(entry);
         self.by_path.insert((key, flags), id);

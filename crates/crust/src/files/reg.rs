@@ -43,7 +43,7 @@ impl FileKind for RegularFile {
         };
         let is_reg = fd.file_type() == SFlag::S_IFREG;
         if fd.file_type() == SFlag::S_IFCHR {
-            check_device_path(fd, &name)?;
+            check_device_path(fd, &name, &table.seen_at(&name))?;
         }
         Ok(FileEntry {
             r#type: FdTypes::Reg as i32,
@@ -73,8 +73,11 @@ impl FileKind for RegularFile {
         // A file only read through an fd may have grown (a log followed by
         // `tail -f`), if it is the same file: its stamp says.
         let held = img.processes.iter().any(|p| p.fds.iter().any(|f| f.id == entry.id));
-        let stamp = img.extras.get::<Stamps>().and_then(|s| s.0.get(&reg.name)).filter(|_| held);
-        check(reg, stamp).err()
+        // A copy (--root) has another inode: only its size can say it grew.
+        let stamp = img.extras.get::<Stamps>().and_then(|s| s.0.get(&reg.name)).filter(|_| held && !crate::ns::moved(img, &reg.name));
+        // A path on a mount the restore makes from the images: nothing to see yet.
+        let at = crate::ns::restore_view(img, &reg.name)?;
+        check(reg, &at, stamp).err()
     }
 
     /// crust's notes of the files only read: size, time, inode, last bytes.
@@ -112,18 +115,18 @@ pub fn memory_device(rdev: u64) -> Option<&'static str> {
 
 /// A device is reopened by its path: the path must lead to that very device
 /// (not to another node of another device, nor to nothing).
-fn check_device_path(fd: &OpenFd, name: &str) -> Result<()> {
+fn check_device_path(fd: &OpenFd, name: &str, seen_at: &str) -> Result<()> {
     let (major, minor) = (libc::major(fd.stat.st_rdev), libc::minor(fd.stat.st_rdev));
-    match stat(name) {
+    match stat(seen_at) {
         Ok(st) if st.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFCHR.bits() && st.st_rdev == fd.stat.st_rdev => Ok(()),
         _ => Err(fd.unsupported(&format!("character device {major}:{minor} whose path {name} no longer leads to it is"))),
     }
 }
 
 /// The path and device number of a character device entry, for crust's notes.
-pub fn device_of(reg: &RegFileEntry) -> Option<(String, u64)> {
+pub fn device_of(reg: &RegFileEntry, table: &FileTable) -> Option<(String, u64)> {
     let is_chr = reg.mode? & SFlag::S_IFMT.bits() == SFlag::S_IFCHR.bits();
-    let st = stat(reg.name.as_str()).ok().filter(|_| is_chr)?;
+    let st = stat(table.seen_at(&reg.name).as_str()).ok().filter(|_| is_chr)?;
     Some((reg.name.clone(), st.st_rdev))
 }
 
@@ -174,20 +177,20 @@ struct Stamps(std::collections::BTreeMap<String, FileStamp>);
 /// logrotate, an editor's save) or rewritten is refused. A file the task writes
 /// may have grown meanwhile (a log the original went on writing after a
 /// --leave-running dump), but not shrunk below the saved offset.
-fn check(reg: &RegFileEntry, stamp: Option<&FileStamp>) -> std::result::Result<(), String> {
-    let st = stat(reg.name.as_str()).map_err(|e| {
+fn check(reg: &RegFileEntry, at: &str, stamp: Option<&FileStamp>) -> std::result::Result<(), String> {
+    let st = stat(at).map_err(|e| {
         let why = if e == nix::errno::Errno::ENOENT { "it is missing".to_string() } else { e.to_string() };
         format!("{}: needed by the restore, but {why}", reg.name)
     })?;
     // proc, sysfs and cgroupfs files have no size of their own.
-    let is_reg = st.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFREG.bits() && !on_pseudo_fs(&reg.name);
+    let is_reg = st.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFREG.bits() && !on_pseudo_fs(at);
     let (Some(size), true) = (reg.size, is_reg) else { return Ok(()) };
     let now = st.st_size as u64;
     let read_only = reg.flags & libc::O_ACCMODE as u32 == libc::O_RDONLY as u32;
     if read_only && now != size {
         let refused = match stamp {
             Some(stamp) if now > size => {
-                stamp.grown_at(&reg.name).err().map(|why| format!("it grew since the dump ({size} bytes then, {now} now), but {why}"))
+                stamp.grown_at(at).err().map(|why| format!("it grew since the dump ({size} bytes then, {now} now), but {why}"))
             }
             _ => Some(format!("its size changed since the dump ({size} bytes then, {now} now)")),
         };

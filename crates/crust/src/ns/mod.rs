@@ -10,10 +10,12 @@
 //! syscalls (a hostname, a mount, a device), then ends, leaving crust where
 //! it was.
 
+mod mnt;
 mod uts;
 
 use std::collections::BTreeSet;
 use std::os::fd::AsFd;
+use std::path::PathBuf;
 
 use nix::sched::CloneFlags;
 use serde::{Deserialize, Serialize};
@@ -36,11 +38,11 @@ pub trait NsKind: Sync {
     fn id(&self, ids: &TaskKobjIdsEntry) -> Option<u32>;
     /// Save the namespace the root `pid` is in, as number `id`; returns the
     /// bytes written.
-    fn dump(&self, pid: i32, id: u32, dir: &mut ImageDir) -> Result<u64>;
+    fn dump(&self, pid: i32, id: u32, dir: &mut ImageDir, opts: &NsOptions) -> Result<u64>;
     /// Its images read back, into `img.extras`.
     fn load_images(&self, img: &mut DumpImage, id: u32) -> Result<()>;
     /// What stands in the way of making it again on this host.
-    fn problems(&self, _img: &DumpImage) -> Vec<String> {
+    fn problems(&self, _img: &DumpImage, _opts: &NsOptions) -> Vec<String> {
         Vec::new()
     }
     /// Fill the new namespace the restored root was made in.
@@ -55,10 +57,31 @@ pub struct NsRoot<'a> {
     pub pid: i32,
     pub task: &'a Task,
     pub scratch: &'a mut Scratch,
+    pub opts: &'a NsOptions,
+    /// Set by a kind that changed the root's root directory: the root's fd
+    /// on crust's root, to reach crust's files (the images) from the task
+    /// until its fd table is made (which closes it).
+    pub host_root: Option<u64>,
+}
+
+/// What the user says about the namespaces, at dump and restore (criu's
+/// options).
+#[derive(Clone, Debug, Default)]
+pub struct NsOptions {
+    /// `--root`: the directory the restored tree's root mount shows (by
+    /// default the one it showed at dump).
+    pub root: Option<PathBuf>,
+    /// `--ext-mount-map KEY:VAL`, `--external mnt[KEY]:VAL`: at dump, the
+    /// mount at KEY is external, recorded as VAL; at restore, the external
+    /// mount recorded as KEY is the host path VAL.
+    pub ext_mount_map: Vec<(String, String)>,
+    /// `--ext-mount-map auto`: at dump, a bind mount of a host path is
+    /// external, recorded by that path.
+    pub ext_mount_auto: bool,
 }
 
 /// Every kind crust saves, in the order a restore fills them.
-static KINDS: &[&dyn NsKind] = &[&uts::Uts];
+static KINDS: &[&dyn NsKind] = &[&uts::Uts, &mnt::Mnt];
 
 /// Every kind the kernel has, with its clone flag: a tree's own namespace of
 /// a kind not in [`KINDS`] is refused.
@@ -137,13 +160,37 @@ pub fn own_namespaces(tree: &FrozenTree) -> Result<OwnNamespaces> {
     Ok(own)
 }
 
+/// Where crust finds the files of a tree whose root is `pid` at dump time,
+/// by the paths the tree sees them at: through the root's root when the tree
+/// has a mount namespace of its own ("/proc/PID/root"), else as they are.
+pub fn dump_view(own: &OwnNamespaces, pid: i32) -> Option<String> {
+    own.0.contains("mnt").then(|| format!("/proc/{pid}/root"))
+}
+
+/// Before a restore: where the tree's file `path` is on this host now. None
+/// when it is on a mount the restore makes (a tmpfs from the images, proc):
+/// nothing to look at beforehand.
+pub fn restore_view(img: &DumpImage, path: &str) -> Option<String> {
+    match recorded(img).0.contains("mnt") {
+        true => mnt::host_path_of(img, path),
+        false => Some(path.to_string()),
+    }
+}
+
+/// Whether the tree's file `path` is found at restore in another directory
+/// than at dump (`--root`, another host path for an external mount): a copy,
+/// whose inode says nothing.
+pub fn moved(img: &DumpImage, path: &str) -> bool {
+    recorded(img).0.contains("mnt") && mnt::host_path_of(img, path) != mnt::recorded_host_path_of(img, path)
+}
+
 /// Save each of the tree's own namespaces, entered through its root `pid`
 /// with ids `ids`; returns the bytes written.
-pub fn dump(own: &OwnNamespaces, pid: i32, ids: &TaskKobjIdsEntry, dir: &mut ImageDir) -> Result<u64> {
+pub fn dump(own: &OwnNamespaces, pid: i32, ids: &TaskKobjIdsEntry, dir: &mut ImageDir, opts: &NsOptions) -> Result<u64> {
     let mut bytes = 0;
     for k in KINDS.iter().filter(|k| own.0.contains(k.name())) {
         let id = k.id(ids).ok_or_else(|| Error::Invalid(format!("process {pid} has no {} namespace id", k.name())))?;
-        bytes += k.dump(pid, id, dir)?;
+        bytes += k.dump(pid, id, dir, opts)?;
     }
     Ok(bytes)
 }
@@ -169,8 +216,8 @@ pub fn load_images(img: &mut DumpImage, own: OwnNamespaces) -> Result<()> {
 }
 
 /// What stands in the way of making the tree's namespaces on this host.
-pub fn problems(img: &DumpImage) -> Vec<String> {
-    recorded(img).0.iter().filter_map(|name| kind(name)).flat_map(|k| k.problems(img)).collect()
+pub fn problems(img: &DumpImage, opts: &NsOptions) -> Vec<String> {
+    recorded(img).0.iter().filter_map(|name| kind(name)).flat_map(|k| k.problems(img, opts)).collect()
 }
 
 /// Fill the namespaces the restored root was made in.

@@ -2,7 +2,7 @@
 
 use nix::sched::CloneFlags;
 
-use super::{in_namespace, NsKind, NsRoot};
+use super::{in_namespace, NsKind, NsOptions, NsRoot};
 use crate::error::{Context, Error, Result};
 use crate::images::load::{read_one, DumpImage};
 use crate::images::proto::{TaskKobjIdsEntry, UtsnsEntry};
@@ -30,7 +30,7 @@ impl NsKind for Uts {
         ids.uts_ns_id
     }
 
-    fn dump(&self, pid: i32, id: u32, dir: &mut ImageDir) -> Result<u64> {
+    fn dump(&self, pid: i32, id: u32, dir: &mut ImageDir, _opts: &NsOptions) -> Result<u64> {
         let names = in_namespace(pid, "uts", || {
             let u = nix::sys::utsname::uname().ctx(|| "reading the host name")?;
             let text = |s: &std::ffi::OsStr, what: &str| {

@@ -21,13 +21,13 @@ pub fn problems(img: &DumpImage, opts: &RestoreOptions) -> Vec<String> {
 
     // Files: present, and those only read unchanged since the dump.
     // Deleted files come with the images.
-    out.extend(crate::ns::problems(img));
+    out.extend(crate::ns::problems(img, &opts.ns));
     out.extend(files::problems(img));
     out.extend(files::tcp::problems(img, opts.tcp));
     out.extend(inherit_problems(img, opts));
     for (path, then) in meta.iter().flat_map(|m| m.files.iter()) {
-        if let Some(now) = FileStamp::of(path) {
-            if then.ino != 0 && (now.dev, now.ino) != (then.dev, then.ino) {
+        if let Some(now) = crate::ns::restore_view(img, path).and_then(|at| FileStamp::of(&at)) {
+            if then.ino != 0 && (now.dev, now.ino) != (then.dev, then.ino) && !crate::ns::moved(img, path) {
                 out.push(format!("{path}: it was replaced since the dump (inode {} then, {} now)", then.ino, now.ino));
             } else if now.size == then.size && now.mtime_ns != then.mtime_ns {
                 out.push(format!("{path}: it was modified since the dump (same size, other modification time)"));
@@ -35,7 +35,9 @@ pub fn problems(img: &DumpImage, opts: &RestoreOptions) -> Vec<String> {
         }
     }
     for (path, &rdev) in meta.iter().flat_map(|m| m.devices.iter()) {
-        out.extend(files::reg::check_device(path, rdev).err());
+        if let Some(at) = crate::ns::restore_view(img, path) {
+            out.extend(files::reg::check_device(&at, rdev).err().map(|e| e.replace(&at, path)));
+        }
     }
     out.sort();
     out.dedup();

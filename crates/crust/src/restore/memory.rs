@@ -64,7 +64,7 @@ pub fn fill_from_files<'a>(task: &Task, scratch: &mut Scratch, runs: impl IntoIt
                         let fd = match fds.get(run.path.as_path()) {
                             Some(fd) => *fd,
                             None => {
-                                let fd = task.open(scratch, &run.path.to_string_lossy(), (libc::O_RDONLY | libc::O_CLOEXEC) as u32)?;
+                                let fd = task.open_host(scratch, &run.path.to_string_lossy(), (libc::O_RDONLY | libc::O_CLOEXEC) as u32)?;
                                 *fds.entry(&run.path).or_insert(fd)
                             }
                         };

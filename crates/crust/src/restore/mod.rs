@@ -77,6 +77,9 @@ pub struct RestoreOptions {
     /// criu's rst_sibling: the root is a child of crust's parent, not of
     /// crust (runc waits on the tree it asked criu to restore).
     pub sibling: bool,
+    /// Where the tree's namespaces find what is outside them (`--root`,
+    /// external mounts).
+    pub ns: crate::ns::NsOptions,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -298,6 +301,7 @@ pub fn restore_held(opts: &RestoreOptions, mut img: DumpImage, pages: &mut dyn P
     let start = Instant::now();
     img.extras.insert(files::tcp::RestoreMode(opts.tcp));
     img.extras.insert(files::InheritFds(opts.inherit_fds.clone()));
+    img.extras.insert(opts.ns.clone());
     preflight(&img, opts)?;
     // Deleted files the tree holds are made again for it to open and map.
     let ghosts = files::ghost::materialize(&mut img)?;
@@ -314,7 +318,9 @@ pub fn restore_held(opts: &RestoreOptions, mut img: DumpImage, pages: &mut dyn P
     }
     let mut stats = RestoreStats { processes: img.processes.len(), ..Default::default() };
     let (mut root, crust_layout) = make_root(img, opts.sibling, &mut created)?;
-    crate::ns::restore(img, &mut crate::ns::NsRoot { pid: root.leader.tid, task: &root.leader, scratch: &mut root.scratch })?;
+    let mut ns_root = crate::ns::NsRoot { pid: root.leader.tid, task: &root.leader, scratch: &mut root.scratch, opts: &opts.ns, host_root: None };
+    crate::ns::restore(img, &mut ns_root)?;
+    root.leader.host_root = ns_root.host_root;
     opts.notify.at(Point::SetupNamespaces, Some(root.leader.tid))?;
     opts.notify.at(Point::PostSetupNamespaces, Some(root.leader.tid))?;
     let (inherited, shmem_fds) = make_shared(&mut root, img, terminal)?;
@@ -468,7 +474,15 @@ fn make_root<'a>(img: &'a DumpImage, sibling: bool, created: &mut Created) -> Re
 /// several processes share are made, above every fd of the image, for the
 /// forks to inherit. Returns them, with the fd of each shared memory object.
 fn make_shared(root: &mut Proc, img: &DumpImage, terminal: Option<&str>) -> Result<(Inherited, HashMap<u64, u64>)> {
-    root.leader.call("close_range", libc::SYS_close_range, [0, u32::MAX as u64, 0, 0, 0, 0])?;
+    // All but crust's root, kept (above the image's fds) to read the images
+    // through until the fd tables are made.
+    match root.leader.host_root {
+        Some(keep) => {
+            root.leader.call("close_range", libc::SYS_close_range, [0, keep - 1, 0, 0, 0, 0])?;
+            root.leader.call("close_range", libc::SYS_close_range, [keep + 1, u32::MAX as u64, 0, 0, 0, 0])?;
+        }
+        None => root.leader.call("close_range", libc::SYS_close_range, [0, u32::MAX as u64, 0, 0, 0, 0]).map(drop)?,
+    }
     let base = img.processes.iter().flat_map(|p| p.fds.iter().map(|f| f.fd as u64 + 1)).max().unwrap_or(0).max(3);
     let mut r = FdRestorer::new(&root.leader, &mut root.scratch, img, &Inherited::above(base), terminal);
     files::make_shared(&mut r)?;
@@ -536,7 +550,8 @@ fn make_tree<'a>(
         created.processes.push(child);
         spawn::wait_new_task(child)?;
         created.cgroups.place(child, cg_set(p))?;
-        let task = Task::new(child, child, parent.leader.gadget())?;
+        let mut task = Task::new(child, child, parent.leader.gadget())?;
+        task.host_root = parent.leader.host_root;
         let parent_image = parent.image;
         let mut scratch = Scratch::new(child, scratch_addr)?;
         if p.pstree.sid == p.pstree.pid {

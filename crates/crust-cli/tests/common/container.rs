@@ -1,0 +1,169 @@
+//! A minimal container made by a test: a busybox-static root file system in
+//! the test's temp dir, entered with unshare (a mount namespace, and the other
+//! namespaces the caller asks for) and pivot_root, with proc, a tmpfs /dev
+//! (a null node and a devpts of its own), a tmpfs /run with a few files of
+//! every kind, the test's temp dir bound at /data, and the host's /lib (a
+//! symlink to usr/lib on Debian 12) bound at /lib. Its workload is a busybox
+//! shell counting: each number goes to /run/count and, as a line, to
+//! /data/NAME.out, which the [`Job`] reads.
+//!
+//! The container's root process is the unshare process itself (unshare
+//! execs the shell without forking), so the tree to dump is `job.pid`.
+
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+
+use super::job::{Job, STEP};
+
+/// The host's busybox-static (scripts/setup installs it).
+pub const BUSYBOX: &str = "/bin/busybox";
+
+pub struct Container {
+    pub job: Job,
+    /// Its root directory on the host.
+    pub root: PathBuf,
+}
+
+/// What a container gets besides its mount namespace.
+#[derive(Default)]
+pub struct Options<'a> {
+    /// unshare's options for more namespaces ("--uts", "--ipc", "--net").
+    pub unshare: &'a [&'a str],
+    /// Shell lines run in the container's mount namespace before the
+    /// pivot_root, with $R its root directory (more mounts).
+    pub extra_setup: &'a str,
+}
+
+/// A busybox root file system at `root`.
+pub fn make_root(root: &Path) {
+    for d in ["bin", "proc", "sys", "dev", "run", "data", "lib", "tmp"] {
+        std::fs::create_dir_all(root.join(d)).unwrap_or_else(|e| panic!("mkdir {}/{d}: {e}", root.display()));
+    }
+    std::fs::copy(BUSYBOX, root.join("bin/busybox")).expect("copying busybox (scripts/setup installs busybox-static)");
+    for applet in ["sh", "sleep", "cat", "echo", "ls"] {
+        symlink("busybox", root.join("bin").join(applet)).expect("an applet link");
+    }
+}
+
+impl Container {
+    /// Starts a container named `name` under `dir` (its root at dir/NAME-root).
+    pub fn start(name: &str, dir: &Path, opts: &Options) -> Container {
+        let root = dir.join(format!("{name}-root"));
+        make_root(&root);
+        let script = dir.join(format!("{name}-setup.sh"));
+        let out = format!("/data/{name}.out");
+        let text = format!(
+            r#"set -e
+R={root}
+mount --bind $R $R
+mount -t proc proc $R/proc
+mount -t tmpfs -o size=1m,mode=755 tmpfs $R/dev
+mknod -m 666 $R/dev/null c 1 3
+mkdir $R/dev/pts
+mount -t devpts -o newinstance,ptmxmode=0666 devpts $R/dev/pts
+mount -t tmpfs -o size=2m,mode=1777 tmpfs $R/run
+mkdir $R/run/sub
+echo hello > $R/run/sub/f
+chmod 640 $R/run/sub/f
+chown 1000:1000 $R/run/sub/f
+ln -s sub/f $R/run/link
+ln $R/run/sub/f $R/run/hard
+mkfifo $R/run/fifo
+mknod -m 600 $R/run/zero c 1 5
+touch -d '2020-01-02 03:04:05' $R/run/sub/f
+mount --bind {data} $R/data
+mount --bind /lib $R/lib
+{extra}
+cd $R
+mkdir -p .old
+pivot_root . .old
+umount -l /.old
+rmdir /.old
+exec /bin/busybox sh -c 'i=0; while :; do i=$((i+1)); echo $i > /run/count; echo $i; sleep 0.05; done' </dev/null >{out} 2>&1
+"#,
+            root = root.display(),
+            data = dir.display(),
+            extra = opts.extra_setup,
+        );
+        std::fs::write(&script, text).expect("writing the container's setup");
+        let mut args = vec!["-m", "--propagation", "private"];
+        args.extend(opts.unshare);
+        let script_s = script.to_str().expect("a UTF-8 temp path").to_string();
+        args.extend([BUSYBOX, "sh", script_s.as_str()]);
+        // The job's output file is the one the shell writes as /data/NAME.out.
+        let job = Job::build(name, &args).program(Path::new("/usr/bin/unshare")).start(dir);
+        let mut c = Container { job, root };
+        // The first number: the container is up.
+        let first = c.job.line(STEP);
+        assert!(first.parse::<u64>().is_ok(), "the container's first line is a number: {first:?} ({:?})", c.job.history);
+        c
+    }
+
+    /// The last number it printed, after reading every line so far.
+    pub fn last_count(&mut self) -> u64 {
+        self.job.drain();
+        self.job.history.iter().rev().find_map(|l| l.parse().ok()).expect("a number")
+    }
+
+    /// The next numbers go on from `last` with no gap.
+    pub fn assert_counts_on_from(&mut self, last: u64) {
+        for want in last + 1..last + 4 {
+            let l = self.job.line(STEP);
+            assert_eq!(l, want.to_string(), "the count goes on from {last}: {:?}", super::tail(&self.job.history, 8));
+        }
+    }
+}
+
+/// `pid`'s mounts as its mount namespace shows them, without what changes
+/// from one mount to its copy (ids, device numbers of new super blocks, peer
+/// group numbers): one line per mount, sorted, parent given by mount point.
+pub fn mounts(pid: i32) -> Vec<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).expect("mountinfo");
+    let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split(' ').collect()).collect();
+    let mut out: Vec<String> = lines
+        .iter()
+        .map(|f| {
+            let parent = lines.iter().find(|p| p[0] == f[1]).map_or("-", |p| p[4]);
+            let dash = f.iter().position(|w| *w == "-").expect("a separator");
+            let tags: Vec<&str> = f[6..dash].iter().map(|t| t.split(':').next().unwrap_or(t)).collect();
+            format!("{} on {} (in {parent}) {} [{}] {} {} {}", f[3], f[4], f[5], tags.join(","), f[dash + 1], f[dash + 2], f[dash + 3])
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Every file under `dir`: path, type and mode, owner, size, link count,
+/// time, symlink target, device, contents of small files.
+pub fn tree_listing(dir: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir") {
+            let p = e.expect("entry").path();
+            let m = std::fs::symlink_metadata(&p).expect("lstat");
+            let rel = p.strip_prefix(dir).expect("under").display().to_string();
+            let extra = if m.file_type().is_symlink() {
+                std::fs::read_link(&p).expect("readlink").display().to_string()
+            } else if m.is_file() && m.len() < 4096 {
+                std::fs::read_to_string(&p).unwrap_or_default()
+            } else {
+                String::new()
+            };
+            if m.is_dir() {
+                stack.push(p.clone());
+            }
+            // The counter file changes every tick; its size is enough.
+            let extra = if rel == "count" { String::new() } else { extra };
+            let (mtime, size) = match () {
+                _ if rel == "count" => (0, 0),
+                _ if m.is_dir() => (m.mtime(), 0),
+                _ => (m.mtime(), m.len()),
+            };
+            out.push(format!("{rel} {:o} {}:{} size {size} links {} mtime {mtime} rdev {:x} {extra:?}", m.mode(), m.uid(), m.gid(), m.nlink(), m.rdev()));
+        }
+    }
+    out.sort();
+    out
+}
