@@ -141,6 +141,8 @@ enum Command {
         pid_wait: f64,
         #[command(flatten)]
         tcp: TcpArgs,
+        #[command(flatten)]
+        net: NetArgs,
         /// Run this program at each of criu's action points (pre-dump,
         /// network-lock, post-dump, pre-restore ... post-resume), with the
         /// point in CRTOOLS_SCRIPT_ACTION; its failure stops the work (repeatable).
@@ -225,6 +227,8 @@ enum Command {
         cgroup_roots: Vec<CgroupRoot>,
         #[command(flatten)]
         tcp: TcpArgs,
+        #[command(flatten)]
+        net: NetArgs,
     },
     /// Say in plain words what the images in DIR hold and what a restore needs.
     Explain {
@@ -368,6 +372,38 @@ impl TcpArgs {
     }
 }
 
+/// criu's restore options for the tree's network namespace.
+#[derive(clap::Args)]
+struct NetArgs {
+    /// A resource outside the tree: veth[IF]:HOSTIF[@BRIDGE] names the host
+    /// end of the namespace's veth IF (made here, attached to BRIDGE, up).
+    #[arg(long = "external", value_name = "veth[IF]:HOSTIF[@BRIDGE]")]
+    external: Vec<String>,
+    /// Namespaces to leave as the kernel makes them: net (the caller
+    /// configures the network namespace itself).
+    #[arg(long = "empty-ns", value_name = "net")]
+    empty_ns: Vec<String>,
+}
+
+impl NetArgs {
+    fn options(&self) -> Result<crust::ns::net::NetOptions> {
+        let mut opts = crust::ns::net::NetOptions::default();
+        for spec in &self.external {
+            match crust::ns::net::VethEnd::parse(spec) {
+                Some(end) => opts.veths.push(end.map_err(anyhow::Error::msg)?),
+                None => anyhow::bail!("--external {spec}: crust restores veth[IF]:HOSTIF[@BRIDGE] only"),
+            }
+        }
+        for ns in self.empty_ns.iter().flat_map(|n| n.split(',')) {
+            match ns {
+                "net" => opts.empty = true,
+                _ => anyhow::bail!("--empty-ns {ns}: crust leaves only a network namespace (net) empty"),
+            }
+        }
+        Ok(opts)
+    }
+}
+
 /// `crust network-unlock`: the lock of the dump in `dir`, or every lock of
 /// crust's whose crust is gone (with `all`, also those dumps kept).
 fn network_unlock(dir: Option<&std::path::Path>, all: bool) -> Result<()> {
@@ -465,7 +501,7 @@ fn run(cli: Cli) -> Result<()> {
                 print_dump_stats(&stats, &dir);
             }
         }
-        Command::Restore { dir, detach, shell_job, pidfile, manage_cgroups, cgroup_roots, pid_wait, tcp, action_scripts, json } => {
+        Command::Restore { dir, detach, shell_job, pidfile, manage_cgroups, cgroup_roots, pid_wait, tcp, net, action_scripts, json } => {
             let bar = progress::Bar::on_stderr(json);
             let opts = RestoreOptions {
                 dir: dir.clone(),
@@ -478,6 +514,7 @@ fn run(cli: Cli) -> Result<()> {
                 private_copies: false,
                 tcp: tcp.mode(),
                 notify: Notify::scripts(action_scripts),
+                net: net.options()?,
             };
             let restored = bar.around(|| restore(&opts)).with_context(|| format!("restore from {} failed", dir.display()))?;
             // As criu does, the numbers stay beside the images; the tree runs
@@ -553,8 +590,16 @@ fn run(cli: Cli) -> Result<()> {
                 crust::migrate::channel::Channel::pipes(Box::new(input), fd, Box::new(output), "the migrating host".into());
             crust::migrate::receive::receive(&mut chan, &dir)?;
         }
-        Command::Check { images, shell_job, manage_cgroups, cgroup_roots, tcp } => {
-            let opts = RestoreOptions { dir: images.clone(), shell_job, manage_cgroups, cgroup_roots, tcp: tcp.mode(), ..Default::default() };
+        Command::Check { images, shell_job, manage_cgroups, cgroup_roots, tcp, net } => {
+            let opts = RestoreOptions {
+                dir: images.clone(),
+                shell_job,
+                manage_cgroups,
+                cgroup_roots,
+                tcp: tcp.mode(),
+                net: net.options()?,
+                ..Default::default()
+            };
             let img = crust::restore::load(&images, crust::images::load::Pages::InDir)?;
             let problems = crust::restore::check::problems(&img, &opts);
             if !problems.is_empty() {

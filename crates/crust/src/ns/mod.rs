@@ -10,6 +10,7 @@
 //! syscalls (a hostname, a mount, a device), then ends, leaving crust where
 //! it was.
 
+pub mod net;
 mod uts;
 
 use std::collections::BTreeSet;
@@ -58,7 +59,7 @@ pub struct NsRoot<'a> {
 }
 
 /// Every kind crust saves, in the order a restore fills them.
-static KINDS: &[&dyn NsKind] = &[&uts::Uts];
+static KINDS: &[&dyn NsKind] = &[&uts::Uts, &net::Net];
 
 /// Every kind the kernel has, with its clone flag: a tree's own namespace of
 /// a kind not in [`KINDS`] is refused.
@@ -146,6 +147,12 @@ pub fn dump(own: &OwnNamespaces, pid: i32, ids: &TaskKobjIdsEntry, dir: &mut Ima
         bytes += k.dump(pid, id, dir)?;
     }
     Ok(bytes)
+}
+
+/// Whether the tree has a namespace of kind `name` of its own (made by the
+/// restore), from the notes beside its images.
+pub fn is_own(img: &DumpImage, name: &str) -> bool {
+    recorded(img).0.contains(name)
 }
 
 /// The own namespaces recorded beside the images.

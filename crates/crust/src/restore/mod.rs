@@ -71,6 +71,8 @@ pub struct RestoreOptions {
     pub tcp: files::tcp::Mode,
     /// Hears criu's points of a restore (pre-restore to post-resume).
     pub notify: Notify,
+    /// The host ends of the network namespace's veths, `--empty-ns net`.
+    pub net: crate::ns::net::NetOptions,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -288,6 +290,7 @@ pub fn restore_held(opts: &RestoreOptions, mut img: DumpImage, pages: &mut dyn P
     opts.notify.at(Point::PreRestore, None)?;
     let start = Instant::now();
     img.extras.insert(files::tcp::RestoreMode(opts.tcp));
+    img.extras.insert(opts.net.clone());
     preflight(&img, opts)?;
     // Deleted files the tree holds are made again for it to open and map.
     let ghosts = files::ghost::materialize(&mut img)?;
