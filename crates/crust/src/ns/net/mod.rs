@@ -491,11 +491,14 @@ fn restore_inside(saved: &Saved, opts: &NetOptions, mine: &std::fs::File, made: 
         conf::write_conf("ipv4", &d.name, conf::CONF4, &d.conf4)?;
         conf::write_conf("ipv6", &d.name, conf::CONF6, &d.conf6)?;
     }
-    for a in &saved.addresses {
-        replay(&mut rt, a).map_err(sys(|| format!("adding an address ({}) in the new network namespace", describe_addr(a))))?;
-    }
+    // Up first, as devices usually are before their addresses: the kernel
+    // then makes its own addresses (::1, link-local ones) and their routes
+    // as it did, and the saved copies of those are no news to it.
     for d in saved.devices.iter().filter(|d| d.flags & IFF_UP != 0) {
         set_link(&mut rt, d.ifindex as i32, IFF_UP, None).map_err(sys(|| format!("setting network device {} up", d.name)))?;
+    }
+    for a in &saved.addresses {
+        replay(&mut rt, a).map_err(sys(|| format!("adding an address ({}) in the new network namespace", describe_addr(a))))?;
     }
     // Routes through a gateway need the route to the gateway first.
     let via = |m: &Vec<u8>| nl::find(&nl::attrs(&m[nl::NLMSG_HDRLEN + 12..]), RTA_GATEWAY).is_some();
