@@ -9,12 +9,18 @@
  * that lived through a dump and restore shows it kept its place); each UDP
  * datagram is answered with "upong <datagram>". Connections stay open until
  * the client closes them. Runs until killed.
+ *
+ * It also holds unix sockets of the namespace: a listener on the abstract
+ * name "crust-netserve-PORT" and a connected pair; a TCP line "unix" sends a
+ * byte through the pair, answered "pong <n> unix:<byte>".
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
+#include <stddef.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "workload.h"
@@ -37,6 +43,14 @@ int main(int argc, char **argv)
     int u = socket(AF_INET, SOCK_DGRAM, 0);
     if (u < 0 || bind(u, (struct sockaddr *)&a, sizeof a))
         die("udp socket");
+    struct sockaddr_un ua = { .sun_family = AF_UNIX };
+    int ulen = snprintf(ua.sun_path + 1, sizeof ua.sun_path - 1, "crust-netserve-%d", port);
+    int ul = socket(AF_UNIX, SOCK_STREAM, 0);
+    if (ul < 0 || bind(ul, (struct sockaddr *)&ua, offsetof(struct sockaddr_un, sun_path) + 1 + ulen) || listen(ul, 4))
+        die("unix listener");
+    int sp[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, sp))
+        die("socketpair");
     printf("READY %d\n", getpid());
 
     int conns[MAXC];
@@ -86,6 +100,12 @@ int main(int argc, char **argv)
                 continue;
             }
             buf[r] = 0;
+            if (strcmp(buf, "unix\n") == 0) {
+                char c = 'u', got = 0;
+                if (write(sp[0], &c, 1) != 1 || read(sp[1], &got, 1) != 1)
+                    die("unix pair");
+                snprintf(buf, sizeof buf, "unix:%c\n", got);
+            }
             int len = snprintf(reply, sizeof reply, "pong %d %s", ++counts[i], buf);
             if (write(conns[i], reply, len) != len)
                 die("write");

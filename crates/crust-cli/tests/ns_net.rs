@@ -184,6 +184,9 @@ fn a_network_namespace_comes_back_whole_and_serves_the_host_through_its_veth() {
     let mut fresh = connect(&server);
     assert_eq!(ask(&mut fresh, "new"), "pong 1 new");
     assert_eq!(udp_ask(&server, "u1"), "upong u1");
+    assert_eq!(ask(&mut fresh, "unix"), "pong 2 unix:u", "the unix pair inside the namespace works");
+    let listening = inside(job.pid, "ss -xlH");
+    assert!(listening.contains(&format!("@crust-netserve-{port}")), "the abstract unix listener is back in the namespace: {listening}");
     job.kill_restored();
     wait_link_gone(host);
 }
