@@ -612,4 +612,26 @@ mod tests {
         assert!(matches!(VethEnd::parse("veth[a]:b/c"), Some(Err(_))));
         assert_eq!(VethEnd::parse("mnt[x]:y"), None);
     }
+
+    #[test]
+    fn ip_save_files_are_read_whole_or_refused() {
+        let dir = std::env::temp_dir().join(format!("crust-unit-netdump-{}", std::process::id()));
+        let mut msg = nl::header(nl::RTM_NEWADDR, 0);
+        msg.extend_from_slice(&[0u8; 8]);
+        let len = msg.len() as u32;
+        msg[0..4].copy_from_slice(&len.to_ne_bytes());
+        let mut good = IFADDR_MAGIC.to_ne_bytes().to_vec();
+        good.extend_from_slice(&msg);
+        good.extend_from_slice(&msg);
+        std::fs::write(&dir, &good).unwrap();
+        assert_eq!(read_dump(&dir, IFADDR_MAGIC, nl::RTM_NEWADDR, 8).unwrap().len(), 2);
+        assert!(read_dump(&dir, ROUTE_MAGIC, nl::RTM_NEWROUTE, 12).is_err(), "another magic");
+        std::fs::write(&dir, &good[..good.len() - 3]).unwrap();
+        assert!(read_dump(&dir, IFADDR_MAGIC, nl::RTM_NEWADDR, 8).is_err(), "truncated");
+        let mut other = good.clone();
+        other[8..10].copy_from_slice(&nl::RTM_NEWROUTE.to_ne_bytes());
+        std::fs::write(&dir, &other).unwrap();
+        assert!(read_dump(&dir, IFADDR_MAGIC, nl::RTM_NEWADDR, 8).is_err(), "a message of another type");
+        std::fs::remove_file(&dir).unwrap();
+    }
 }

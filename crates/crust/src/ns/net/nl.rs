@@ -54,7 +54,7 @@ impl Rtnl {
         Ok(Rtnl { sock, seq: 0 })
     }
 
-    fn send(&mut self, msg: &mut Vec<u8>) -> nix::Result<u32> {
+    fn send(&mut self, msg: &mut [u8]) -> nix::Result<u32> {
         self.seq += 1;
         msg[8..12].copy_from_slice(&self.seq.to_ne_bytes());
         let len = msg.len() as u32;
