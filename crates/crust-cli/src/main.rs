@@ -68,6 +68,10 @@ enum Command {
         ext_unix_sk: bool,
         #[command(flatten)]
         tcp: TcpArgs,
+        /// Namespaces of the tree's own to leave out: net (its caller
+        /// configures the network namespace itself; restore with --empty-ns net).
+        #[arg(long = "empty-ns", value_name = "net")]
+        empty_ns: Vec<String>,
         /// Leave out TCP connections not accepted yet (in a listener's
         /// queue or being set up), instead of refusing the dump.
         #[arg(long = "skip-in-flight")]
@@ -458,12 +462,14 @@ fn run(cli: Cli) -> Result<()> {
             file_locks,
             ext_unix_sk,
             tcp,
+            empty_ns,
             skip_in_flight,
             prev_images_dir,
             track_mem,
             action_scripts,
             json,
         } => {
+            let empty_net = NetArgs { external: Vec::new(), empty_ns }.options()?.empty;
             let bar = progress::Bar::on_stderr(json);
             let progress = bar.progress();
             let opts = DumpOptions {
@@ -477,6 +483,7 @@ fn run(cli: Cli) -> Result<()> {
                 file_locks,
                 ext_unix_sk,
                 tcp: tcp.mode(),
+                empty_net,
                 skip_in_flight,
                 prev_images_dir,
                 track_mem,

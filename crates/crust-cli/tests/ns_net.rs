@@ -229,6 +229,14 @@ fn empty_ns_net_leaves_the_namespace_bare_and_a_taken_host_end_fails_cleanly() {
     assert_eq!(names, ["lo"], "only the loopback: {links}");
     assert!(!link_exists(host), "no host end made");
     assert_eq!(inside(job.pid, "nft list ruleset").trim(), "", "no rules");
+    // Dumped again as restored: a namespace with a loopback only.
+    let again = dir.join("again");
+    dump(job.pid, &again, &[]);
+    job.reap_original();
+    let out = restore(&again, &[]);
+    assert!(out.status.success(), "restore of the restored tree failed: {}", String::from_utf8_lossy(&out.stderr));
+    job.adopt_restored();
+    assert_eq!(ip_json(job.pid, "link"), links, "the same bare namespace");
     job.kill_restored();
 }
 
@@ -237,7 +245,7 @@ fn a_device_crust_cannot_make_is_refused_by_name_and_the_tree_runs_on() {
     let (host, net, port) = ("vh-crust-ns3", "10.200.73", "17103");
     let dir = TempDir::new("ns-net-refused");
     let images = dir.join("images");
-    let (job, _link) = start(dir.path(), port, host, net);
+    let (mut job, _link) = start(dir.path(), port, host, net);
     inside(job.pid, "ip tuntap add crusttun0 mode tun");
     let out = crust(&dump_args(&job.pid.to_string(), &images, &[]), STEP);
     let err = assert_clean_failure(&out, "dump of a namespace with a tun device");
@@ -249,4 +257,21 @@ fn a_device_crust_cannot_make_is_refused_by_name_and_the_tree_runs_on() {
     assert!(err.contains("routing table 7"), "{err}");
     let mut conn = connect(&format!("{net}.2:{port}"));
     assert_eq!(ask(&mut conn, "still"), "pong 1 still", "the tree runs on");
+    drop(conn);
+
+    // With --empty-ns net the namespace is left out (its caller makes it):
+    // the dump takes the tree, and only a restore with --empty-ns net makes it.
+    inside(job.pid, "ip tuntap add crusttun0 mode tun");
+    dump(job.pid, &images, &["--empty-ns", "net"]);
+    job.reap_original();
+    wait_link_gone(host);
+    let out = restore(&images, &[]);
+    let err = job.assert_restore_failed(&out, "restore of a dump that left the namespace out, without --empty-ns");
+    assert!(err.contains("--empty-ns net"), "{err}");
+    let out = restore(&images, &["--empty-ns", "net"]);
+    assert!(out.status.success(), "restore with --empty-ns net failed: {}", String::from_utf8_lossy(&out.stderr));
+    job.adopt_restored();
+    let links = ip_json(job.pid, "link");
+    assert_eq!(links.as_array().unwrap().len(), 1, "only the loopback: {links}");
+    job.kill_restored();
 }

@@ -9,8 +9,9 @@
 //! Dumped and restored by a crust thread inside the namespace. A veth's
 //! other end is external: the restore makes it in crust's namespace under
 //! the name criu's `--external veth[IF]:HOSTIF[@BRIDGE]` gives, attached to
-//! BRIDGE and up. `--empty-ns net` leaves the new namespace as the kernel
-//! made it (a container engine configures it itself).
+//! BRIDGE and up. `--empty-ns net` on restore leaves the new namespace as
+//! the kernel made it (a container engine configures it itself); on dump it
+//! leaves the namespace out (recorded as the tree's own, with no images).
 //!
 //! Refused by name: devices of other kinds, a veth with both ends inside,
 //! devices enslaved to a master, routes of other tables than main (and
@@ -101,6 +102,10 @@ pub struct NetOptions {
     pub empty: bool,
 }
 
+/// The dump left the namespace out (`--empty-ns net`): only a restore with
+/// `--empty-ns net` can make it, as the kernel does.
+struct LeftOut;
+
 /// The namespace read back, for the restore.
 struct Saved {
     netns: NetnsEntry,
@@ -167,6 +172,11 @@ impl NsKind for Net {
 
     fn load_images(&self, img: &mut DumpImage, id: u32) -> Result<()> {
         let path = |kind| img.dir.join(image(kind, id));
+        // A dump with --empty-ns net left the namespace out.
+        if !path(Kind::Netns).exists() {
+            img.extras.insert(LeftOut);
+            return Ok(());
+        }
         let netns: NetnsEntry = read_one(&path(Kind::Netns), Kind::Netns)?;
         for (what, names, list) in [
             ("all_conf4", conf::CONF4, &netns.all_conf4),
@@ -212,11 +222,13 @@ impl NsKind for Net {
     }
 
     fn restore(&self, img: &DumpImage, root: &mut NsRoot) -> Result<()> {
-        let Some(saved) = img.extras.get::<Saved>() else { return Ok(()) };
         let opts = img.extras.get::<NetOptions>().cloned().unwrap_or_default();
         if opts.empty {
             return Ok(());
         }
+        let Some(saved) = img.extras.get::<Saved>() else {
+            return Err(Error::Invalid("the dump left the tree's network namespace out (--empty-ns net): restore it with --empty-ns net".into()));
+        };
         let mine = std::fs::File::open("/proc/self/ns/net").ctx(|| "opening crust's network namespace")?;
         let mut made = Vec::new();
         let inside = in_namespace(root.pid, "net", || restore_inside(saved, &opts, &mine, &mut made));
@@ -236,11 +248,14 @@ impl NsKind for Net {
 /// What `problems` finds in the way of the restore: a veth end without its
 /// name on the host, a host name taken, a bridge missing.
 pub fn problems(img: &DumpImage, opts: &NetOptions) -> Vec<String> {
-    let Some(saved) = img.extras.get::<Saved>() else { return Vec::new() };
     let mut out = Vec::new();
     if opts.empty {
         return out;
     }
+    if img.extras.get::<LeftOut>().is_some() {
+        out.push("the dump left the tree's network namespace out (--empty-ns net): restore it with --empty-ns net".into());
+    }
+    let Some(saved) = img.extras.get::<Saved>() else { return out };
     for d in saved.devices.iter().filter(|d| d.r#type == NdType::Veth as i32) {
         let Some(end) = opts.veths.iter().find(|v| v.inside == d.name) else {
             out.push(format!(
