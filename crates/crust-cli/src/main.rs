@@ -70,6 +70,10 @@ enum Command {
         ext_unix_sk: bool,
         #[command(flatten)]
         tcp: TcpArgs,
+        /// Namespaces of the tree's own to leave out: net (its caller
+        /// configures the network namespace itself; restore with --empty-ns net).
+        #[arg(long = "empty-ns", value_name = "net")]
+        empty_ns: Vec<String>,
         /// Leave out TCP connections not accepted yet (in a listener's
         /// queue or being set up), instead of refusing the dump.
         #[arg(long = "skip-in-flight")]
@@ -149,6 +153,8 @@ enum Command {
         inherit_fds: Vec<(i32, String)>,
         #[command(flatten)]
         tcp: TcpArgs,
+        #[command(flatten)]
+        net: NetArgs,
         /// Run this program at each of criu's action points (pre-dump,
         /// network-lock, post-dump, pre-restore ... post-resume), with the
         /// point in CRTOOLS_SCRIPT_ACTION; its failure stops the work (repeatable).
@@ -262,6 +268,8 @@ enum Command {
         inherit_fds: Vec<(i32, String)>,
         #[command(flatten)]
         ns: NsArgs,
+        #[command(flatten)]
+        net: NetArgs,
     },
     /// Say in plain words what the images in DIR hold and what a restore needs.
     Explain {
@@ -410,7 +418,9 @@ struct NsArgs {
     /// /proc/PID/fd shows it), a pipe the tree shares with processes outside
     /// it, saved as external: its restore must be given one with
     /// --inherit-fd (repeatable).
-    #[arg(long = "external", value_name = "mnt[KEY]:VAL|pipe:[INO]")]
+    /// Restore: `veth[IF]:HOSTIF[@BRIDGE]` names the host end of the network
+    /// namespace's veth IF (made here, attached to BRIDGE, up).
+    #[arg(long = "external", value_name = "mnt[KEY]:VAL|veth[IF]:HOSTIF[@BRIDGE]|pipe:[INO]")]
     external: Vec<String>,
 }
 
@@ -425,11 +435,11 @@ impl NsArgs {
             let (k, v) = m.split_once(':').ok_or_else(|| anyhow::anyhow!("--ext-mount-map {m}: expected KEY:VAL or auto"))?;
             o.ext_mount_map.push((k.to_string(), v.to_string()));
         }
-        for e in self.external.iter().filter(|e| !e.starts_with("pipe:")) {
+        for e in self.external.iter().filter(|e| !e.starts_with("pipe:") && !e.starts_with("veth[")) {
             let (k, v) = e
                 .strip_prefix("mnt[")
                 .and_then(|r| r.split_once("]:"))
-                .ok_or_else(|| anyhow::anyhow!("--external {e}: crust knows only mnt[KEY]:VAL and pipe:[INO]"))?;
+                .ok_or_else(|| anyhow::anyhow!("--external {e}: crust knows mnt[KEY]:VAL, veth[IF]:HOSTIF[@BRIDGE] and pipe:[INO]"))?;
             o.ext_mount_map.push((k.to_string(), v.to_string()));
         }
         Ok(o)
@@ -470,6 +480,37 @@ impl TcpArgs {
             (_, true) => Mode::Close,
             _ => Mode::Refuse,
         }
+    }
+}
+
+/// criu's restore options for the tree's network namespace.
+#[derive(clap::Args)]
+struct NetArgs {
+    /// Namespaces to leave as the kernel makes them: net (the caller
+    /// configures the network namespace itself).
+    #[arg(long = "empty-ns", value_name = "net")]
+    empty_ns: Vec<String>,
+}
+
+impl NetArgs {
+    /// The network namespace's options, with the veths among `external`
+    /// (`veth[IF]:HOSTIF[@BRIDGE]`: the host end of the namespace's veth IF,
+    /// made here, attached to BRIDGE, up).
+    fn options(&self, external: &[String]) -> Result<crust::ns::net::NetOptions> {
+        let mut opts = crust::ns::net::NetOptions::default();
+        for spec in external.iter().filter(|e| e.starts_with("veth[")) {
+            match crust::ns::net::VethEnd::parse(spec) {
+                Some(end) => opts.veths.push(end.map_err(anyhow::Error::msg)?),
+                None => anyhow::bail!("--external {spec}: expected veth[IF]:HOSTIF[@BRIDGE]"),
+            }
+        }
+        for ns in self.empty_ns.iter().flat_map(|n| n.split(',')) {
+            match ns {
+                "net" => opts.empty = true,
+                _ => anyhow::bail!("--empty-ns {ns}: crust leaves only a network namespace (net) empty"),
+            }
+        }
+        Ok(opts)
     }
 }
 
@@ -527,6 +568,7 @@ fn run(cli: Cli) -> Result<()> {
             file_locks,
             ext_unix_sk,
             tcp,
+            empty_ns,
             skip_in_flight,
             prev_images_dir,
             track_mem,
@@ -534,6 +576,7 @@ fn run(cli: Cli) -> Result<()> {
             json,
             ns,
         } => {
+            let empty_net = NetArgs { empty_ns }.options(&[])?.empty;
             let bar = progress::Bar::on_stderr(json);
             let progress = bar.progress();
             let opts = DumpOptions {
@@ -549,6 +592,7 @@ fn run(cli: Cli) -> Result<()> {
                 external: ns.pipes()?,
                 external_pipes: false,
                 tcp: tcp.mode(),
+                empty_net,
                 skip_in_flight,
                 prev_images_dir,
                 track_mem,
@@ -575,7 +619,7 @@ fn run(cli: Cli) -> Result<()> {
                 print_dump_stats(&stats, &dir);
             }
         }
-        Command::Restore { dir, detach, shell_job, pidfile, manage_cgroups, cgroup_roots, pid_wait, inherit_fds, tcp, action_scripts, json, ns } => {
+        Command::Restore { dir, detach, shell_job, pidfile, manage_cgroups, cgroup_roots, pid_wait, inherit_fds, tcp, net, action_scripts, json, ns } => {
             ns.no_pipes()?;
             let bar = progress::Bar::on_stderr(json);
             let opts = RestoreOptions {
@@ -592,6 +636,7 @@ fn run(cli: Cli) -> Result<()> {
                 inherit_fds: inherit_fds.into_iter().map(|(fd, key)| (key, fd)).collect(),
                 sibling: false,
                 ns: ns.options()?,
+                net: net.options(&ns.external)?,
             };
             let restored = bar.around(|| restore(&opts)).with_context(|| format!("restore from {} failed", dir.display()))?;
             write_restore_stats(&dir, &restored);
@@ -686,10 +731,20 @@ fn run(cli: Cli) -> Result<()> {
                 crust::migrate::channel::Channel::pipes(Box::new(input), fd, Box::new(output), "the migrating host".into());
             crust::migrate::receive::receive(&mut chan, &dir)?;
         }
-        Command::Check { images, shell_job, manage_cgroups, cgroup_roots, tcp, inherit_fds, ns } => {
+        Command::Check { images, shell_job, manage_cgroups, cgroup_roots, tcp, inherit_fds, ns, net } => {
             ns.no_pipes()?;
             let inherit_fds = inherit_fds.into_iter().map(|(fd, key)| (key, fd)).collect();
-            let opts = RestoreOptions { dir: images.clone(), shell_job, manage_cgroups, cgroup_roots, tcp: tcp.mode(), inherit_fds, ns: ns.options()?, ..Default::default() };
+            let opts = RestoreOptions {
+                dir: images.clone(),
+                shell_job,
+                manage_cgroups,
+                cgroup_roots,
+                tcp: tcp.mode(),
+                inherit_fds,
+                ns: ns.options()?,
+                net: net.options(&ns.external)?,
+                ..Default::default()
+            };
             let mut img = crust::restore::load(&images, crust::images::load::Pages::InDir)?;
             img.extras.insert(opts.ns.clone());
             let problems = crust::restore::check::problems(&img, &opts);

@@ -368,7 +368,7 @@ fn sockets_crust_cannot_restore_exactly_are_refused_by_name_and_left_as_they_wer
         ("multicast", "member of multicast group 239.1.2.3 (on interface 1)"),
         ("half-closed", "shut down for writing"),
         ("reset", "a closed TCP connection (on 127.0.0.1:"),
-        ("other-netns", "inet sockets of another network namespace than crust's are not supported yet"),
+        ("other-netns", "inet sockets of another network namespace than their process's are not supported yet"),
     ];
     for &(case, want) in cases {
         let dir = TempDir::new(&format!("inet-refused-{case}"));

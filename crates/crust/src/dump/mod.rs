@@ -62,6 +62,9 @@ pub struct DumpOptions {
     /// What to do with established TCP connections (`--tcp-established`,
     /// `--tcp-close`; refused without either).
     pub tcp: crate::files::tcp::Mode,
+    /// `--empty-ns net`: the tree's own network namespace is left out (its
+    /// caller configures it): recorded as the tree's own, with no images.
+    pub empty_net: bool,
     /// `--skip-in-flight`: leave out connections not accepted yet.
     pub skip_in_flight: bool,
     /// `--prev-images-dir`: the images of the dump or pre-dump before this
@@ -297,7 +300,11 @@ fn write_images(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<W
     d.pstree(&tree, opts.pid)?;
     d.shared(&tree)?;
     if let Some(ids) = &root_ids {
-        d.stats.bytes_written += crate::ns::dump(&d.own_ns, opts.pid, ids, &mut d.dir, &opts.ns)?;
+        let mut saved = d.own_ns.clone();
+        if opts.empty_net {
+            saved.0.remove("net");
+        }
+        d.stats.bytes_written += crate::ns::dump(&saved, opts.pid, ids, &mut d.dir, &opts.ns)?;
     }
     d.inventory(root_ids)?;
     crate::cancel::check()?;

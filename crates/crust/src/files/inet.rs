@@ -53,8 +53,8 @@ impl FileKind for InetSocket {
         }
         let sock = fd.take()?;
         let what = || format!("reading socket options of fd {} of process {}", fd.fd, fd.pid);
-        if !super::in_crusts_netns(sock).ctx(what)? {
-            return Err(fd.unsupported("inet sockets of another network namespace than crust's are"));
+        if !super::in_tasks_netns(sock, fd.pid).ctx(what)? {
+            return Err(fd.unsupported("inet sockets of another network namespace than their process's are"));
         }
         let family = get_int(sock, libc::SOL_SOCKET, libc::SO_DOMAIN).ctx(what)?;
         let ty = get_int(sock, libc::SOL_SOCKET, libc::SO_TYPE).ctx(what)?;
@@ -69,7 +69,7 @@ impl FileKind for InetSocket {
         }
         let ino = fd.stat.st_ino as u32;
         let cache = table.extras.get_mut::<DiagCache>();
-        let diag = cache.of(family, protocol, ino, local.port()).ctx(|| format!("asking sock_diag about inet socket {ino}"))?;
+        let diag = cache.of(fd.pid, family, protocol, ino, local.port())?;
         let state = if protocol == libc::IPPROTO_TCP {
             tcp_state(sock).ctx(what)?
         } else if peer.is_some() {
@@ -120,7 +120,7 @@ impl FileKind for InetSocket {
                 if diag.rqueue != 0 {
                     return Err(fd.unsupported(&format!("a UDP socket on {local} with datagrams queued ({} bytes) is", diag.rqueue)));
                 }
-                if let Some((group, ifindex)) = joined_group(sock, family).ctx(what)? {
+                if let Some((group, ifindex)) = joined_group(sock, family, fd.pid).ctx(what)? {
                     return Err(fd.unsupported(&format!("a UDP socket on {local} member of multicast group {group} (on interface {ifindex}) is")));
                 }
             }
@@ -129,7 +129,11 @@ impl FileKind for InetSocket {
         if diag.shutdown != 0 {
             return Err(fd.unsupported(&format!("half-closed inet sockets ({local}, shut down for {}) are", shutdown_name(diag.shutdown))));
         }
-        let fresh = new_socket(family, ty, protocol).ctx(|| format!("making a fresh socket to compare fd {} of process {} with", fd.fd, fd.pid))?;
+        // Made in the socket's namespace, whose settings give its defaults.
+        let (pid, n) = (fd.pid, fd.fd);
+        let fresh = super::in_netns_of(pid, || {
+            new_socket(family, ty, protocol).ctx(|| format!("making a fresh socket to compare fd {n} of process {pid} with"))
+        })?;
         let connection = closed || (protocol == libc::IPPROTO_TCP && state == TCP_ESTABLISHED);
         check_others(fd, sock, &fresh, family, protocol, connection)?;
         let (mut opts, ip_opts, tcp_opts, v6only) = read_options(sock, &fresh, family, protocol).ctx(what)?;
@@ -161,8 +165,10 @@ impl FileKind for InetSocket {
     }
 
     /// The socket made and bound here, in crust, as the restore will: an
-    /// address this host lacks, a port taken, a device missing.
-    fn check(&self, file: &FileEntry, _img: &DumpImage) -> Option<String> {
+    /// address this host lacks, a port taken, a device missing. In a network
+    /// namespace of the tree's own (made by the restore, with its addresses
+    /// and no other socket), only the options are tried.
+    fn check(&self, file: &FileEntry, img: &DumpImage) -> Option<String> {
         let e = file.isk.as_ref()?;
         let name = format!("file {} ({} socket {})", file.id, kind_name(e), describe(e));
         let trial = || -> Result<()> {
@@ -171,7 +177,7 @@ impl FileKind for InetSocket {
             set_options(&sock, e)?;
             // A connection binds in repair mode, past sockets on its port
             // (files/tcp.rs checks what it needs).
-            if is_connection(e) {
+            if is_connection(e) || crate::ns::is_own(img, "net") {
                 return Ok(());
             }
             bind(&sock, e)
@@ -396,19 +402,23 @@ struct Dumped {
 }
 
 impl DiagCache {
-    /// What inet_diag says of the socket with inode `ino` (bound to `port`).
-    /// An unbound socket is in no table: all zero then.
-    fn of(&mut self, family: i32, protocol: i32, ino: u32, port: u16) -> nix::Result<Diag> {
+    /// What inet_diag says of the socket with inode `ino` (bound to `port`)
+    /// of process `pid` (asked in its network namespace: every process of
+    /// the tree is in one). An unbound socket is in no table: all zero then.
+    fn of(&mut self, pid: i32, family: i32, protocol: i32, ino: u32, port: u16) -> Result<Diag> {
         let dumped = match self.dumps.entry((family, protocol)) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => {
                 let mut d = Dumped::default();
-                diag_dump(family as u8, protocol as u8, |m| {
-                    if m.state == TCP_SYN_RECV && m.inode == 0 {
-                        *d.syn_recv_by_port.entry(m.sport).or_default() += 1;
-                    } else if m.inode != 0 {
-                        d.by_inode.insert(m.inode, Diag { rqueue: m.rqueue, wqueue: m.wqueue, syn_recv: 0, shutdown: m.shutdown });
-                    }
+                super::in_netns_of(pid, || {
+                    diag_dump(family as u8, protocol as u8, |m| {
+                        if m.state == TCP_SYN_RECV && m.inode == 0 {
+                            *d.syn_recv_by_port.entry(m.sport).or_default() += 1;
+                        } else if m.inode != 0 {
+                            d.by_inode.insert(m.inode, Diag { rqueue: m.rqueue, wqueue: m.wqueue, syn_recv: 0, shutdown: m.shutdown });
+                        }
+                    })
+                    .ctx(|| format!("asking sock_diag about inet socket {ino}"))
                 })?;
                 v.insert(d)
             }
@@ -439,7 +449,7 @@ struct DiagMsg {
     shutdown: u8,
 }
 
-/// Every socket of `family` and `protocol` in crust's network namespace.
+/// Every socket of `family` and `protocol` in the calling thread's network namespace.
 fn diag_dump(family: u8, protocol: u8, mut each: impl FnMut(&DiagMsg)) -> nix::Result<()> {
     const SOCK_DIAG_BY_FAMILY: u16 = 20;
     const INET_DIAG_SHUTDOWN: u16 = 8;
@@ -542,7 +552,7 @@ fn holders(protocol: i32, port: u16) -> String {
 /// image has no place for memberships. The kernel lists the groups of each
 /// interface, not who joined them: each is asked of the socket
 /// (MCAST_MSFILTER answers EADDRNOTAVAIL for a group it is not in).
-fn joined_group(sock: &OwnedFd, family: i32) -> nix::Result<Option<(IpAddr, u32)>> {
+fn joined_group(sock: &OwnedFd, family: i32, pid: i32) -> nix::Result<Option<(IpAddr, u32)>> {
     const MCAST_MSFILTER: i32 = 48;
     // struct group_filter up to its source list: interface, padding, the group
     // (a sockaddr_storage), mode, number of sources.
@@ -551,7 +561,7 @@ fn joined_group(sock: &OwnedFd, family: i32) -> nix::Result<Option<(IpAddr, u32)
     // /proc/net/igmp: "Idx Device : ..." lines, each followed by tab-led
     // lines whose first word is a group (its network-order bytes as a
     // native-endian hex word).
-    let igmp = std::fs::read_to_string("/proc/self/net/igmp").unwrap_or_default();
+    let igmp = std::fs::read_to_string(format!("/proc/{pid}/net/igmp")).unwrap_or_default();
     let mut ifindex = 0;
     for line in igmp.lines().skip(1) {
         let first = line.split_whitespace().next().unwrap_or("");
@@ -563,7 +573,7 @@ fn joined_group(sock: &OwnedFd, family: i32) -> nix::Result<Option<(IpAddr, u32)
     }
     if family == libc::AF_INET6 {
         // /proc/net/igmp6: index, device, the group in hex, users, flags, timer.
-        let igmp6 = std::fs::read_to_string("/proc/self/net/igmp6").unwrap_or_default();
+        let igmp6 = std::fs::read_to_string(format!("/proc/{pid}/net/igmp6")).unwrap_or_default();
         for line in igmp6.lines() {
             let w: Vec<&str> = line.split_whitespace().collect();
             let (Some(idx), Some(hex)) = (w.first().and_then(|i| i.parse().ok()), w.get(2)) else { continue };

@@ -690,9 +690,11 @@ pub(crate) fn kcmp(pid1: i32, pid2: i32, kind: libc::c_int, idx1: u64, idx2: u64
     r == 0
 }
 
-/// Whether a socket (crust's copy) belongs to crust's network namespace:
-/// one made in another is refused (the restore would make it in the task's).
-pub(crate) fn in_crusts_netns(sock: &OwnedFd) -> nix::Result<bool> {
+/// Whether a socket (crust's copy) belongs to the network namespace of its
+/// process `pid`: crust's, or the tree's own (saved with it, and made again
+/// before the sockets). One made in another is refused (the restore would
+/// make it in the task's).
+pub(crate) fn in_tasks_netns(sock: &OwnedFd, pid: i32) -> nix::Result<bool> {
     use std::os::fd::{AsRawFd, FromRawFd};
     const SIOCGSKNS: libc::c_ulong = 0x894C;
     // SAFETY: SIOCGSKNS takes no argument and returns a new fd (or -1).
@@ -700,8 +702,19 @@ pub(crate) fn in_crusts_netns(sock: &OwnedFd) -> nix::Result<bool> {
     // SAFETY: the ioctl just made this fd, and nothing else owns it.
     let ns = unsafe { OwnedFd::from_raw_fd(ns) };
     let theirs = nix::sys::stat::fstat(&ns)?;
-    let mine = stat("/proc/self/ns/net")?;
-    Ok((theirs.st_dev, theirs.st_ino) == (mine.st_dev, mine.st_ino))
+    let task = stat(format!("/proc/{pid}/ns/net").as_str())?;
+    Ok((theirs.st_dev, theirs.st_ino) == (task.st_dev, task.st_ino))
+}
+
+/// Run `work` in the network namespace of process `pid` (sock_diag and
+/// /proc/net answer for the namespace of who asks): in crust itself when it
+/// is crust's, else on a thread that joined it.
+pub(crate) fn in_netns_of<T: Send>(pid: i32, work: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    let (mine, theirs) = (stat("/proc/self/ns/net"), stat(format!("/proc/{pid}/ns/net").as_str()));
+    match (mine, theirs) {
+        (Ok(a), Ok(b)) if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino) => crate::ns::in_namespace(pid, "net", work),
+        _ => work(),
+    }
 }
 
 /// The family of a socket, found by its inode in the tables of

@@ -83,8 +83,8 @@ impl FileKind for NetlinkSocket {
         }
         let sock = fd.take()?;
         let what = || format!("reading netlink socket fd {} of process {}", fd.fd, fd.pid);
-        if !super::in_crusts_netns(sock).ctx(what)? {
-            return Err(fd.unsupported("netlink sockets of another network namespace are"));
+        if !super::in_tasks_netns(sock, fd.pid).ctx(what)? {
+            return Err(fd.unsupported("netlink sockets of another network namespace than their process's are"));
         }
         let mut nl_flags = 0;
         for &(opt, _) in FLAGS {

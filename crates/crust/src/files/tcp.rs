@@ -125,9 +125,11 @@ pub fn connections(pids: &[i32]) -> Result<Vec<Conn>> {
     if by_ino.is_empty() {
         return Ok(out);
     }
-    // The tree shares crust's network namespace (the dump refuses others).
+    // Every process of the tree is in one network namespace (the dump
+    // refuses others), crust's or its own: /proc/PID/net shows PID's.
+    let netpid = by_ino.values().map(|&(pid, _)| pid).min().unwrap_or(0);
     for table in ["tcp", "tcp6"] {
-        let path = format!("/proc/self/net/{table}");
+        let path = format!("/proc/{netpid}/net/{table}");
         let text = match read_table(&path) {
             // No IPv6 on this host: no tcp6 table.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,

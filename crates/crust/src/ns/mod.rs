@@ -11,6 +11,7 @@
 //! it was.
 
 mod mnt;
+pub mod net;
 mod uts;
 
 use std::collections::BTreeSet;
@@ -81,7 +82,7 @@ pub struct NsOptions {
 }
 
 /// Every kind crust saves, in the order a restore fills them.
-static KINDS: &[&dyn NsKind] = &[&uts::Uts, &mnt::Mnt];
+static KINDS: &[&dyn NsKind] = &[&uts::Uts, &mnt::Mnt, &net::Net];
 
 /// Every kind the kernel has, with its clone flag: a tree's own namespace of
 /// a kind not in [`KINDS`] is refused.
@@ -193,6 +194,12 @@ pub fn dump(own: &OwnNamespaces, pid: i32, ids: &TaskKobjIdsEntry, dir: &mut Ima
         bytes += k.dump(pid, id, dir, opts)?;
     }
     Ok(bytes)
+}
+
+/// Whether the tree has a namespace of kind `name` of its own (made by the
+/// restore), from the notes beside its images.
+pub fn is_own(img: &DumpImage, name: &str) -> bool {
+    recorded(img).0.contains(name)
 }
 
 /// The own namespaces recorded beside the images.

@@ -22,6 +22,7 @@ pub fn problems(img: &DumpImage, opts: &RestoreOptions) -> Vec<String> {
     // Files: present, and those only read unchanged since the dump.
     // Deleted files come with the images.
     out.extend(crate::ns::problems(img, &opts.ns));
+    out.extend(crate::ns::net::problems(img, &opts.net));
     out.extend(files::problems(img));
     out.extend(files::tcp::problems(img, opts.tcp));
     out.extend(inherit_problems(img, opts));

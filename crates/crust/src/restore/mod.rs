@@ -80,6 +80,8 @@ pub struct RestoreOptions {
     /// Where the tree's namespaces find what is outside them (`--root`,
     /// external mounts).
     pub ns: crate::ns::NsOptions,
+    /// The host ends of the network namespace's veths, `--empty-ns net`.
+    pub net: crate::ns::net::NetOptions,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -302,6 +304,7 @@ pub fn restore_held(opts: &RestoreOptions, mut img: DumpImage, pages: &mut dyn P
     img.extras.insert(files::tcp::RestoreMode(opts.tcp));
     img.extras.insert(files::InheritFds(opts.inherit_fds.clone()));
     img.extras.insert(opts.ns.clone());
+    img.extras.insert(opts.net.clone());
     preflight(&img, opts)?;
     // Deleted files the tree holds are made again for it to open and map.
     let ghosts = files::ghost::materialize(&mut img)?;

@@ -60,16 +60,21 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_ne_bytes(b[at..at + 4].try_into().expect("4 bytes"))
 }
 
-fn socket(what: &dyn Fn() -> String) -> Result<std::os::fd::OwnedFd> {
+/// A sock_diag socket of the network namespace of process `pid` (made
+/// there, it answers for that namespace wherever it is used).
+fn socket(pid: i32) -> Result<std::os::fd::OwnedFd> {
     use nix::sys::socket::{socket, AddressFamily, SockFlag, SockProtocol, SockType};
-    socket(AddressFamily::Netlink, SockType::Datagram, SockFlag::SOCK_CLOEXEC, SockProtocol::NetlinkSockDiag).ctx(what)
+    crate::files::in_netns_of(pid, || {
+        socket(AddressFamily::Netlink, SockType::Datagram, SockFlag::SOCK_CLOEXEC, SockProtocol::NetlinkSockDiag)
+            .ctx(|| format!("making a sock_diag socket in the network namespace of process {pid}"))
+    })
 }
 
 /// Ask sock_diag about the unix socket with inode `ino`; None if there is
-/// none in crust's network namespace.
-pub fn diag(ino: u32) -> Result<Option<Diag>> {
+/// none in the network namespace of process `pid`.
+pub fn diag(pid: i32, ino: u32) -> Result<Option<Diag>> {
     let what = || format!("asking sock_diag about unix socket {ino}");
-    let nl = socket(&what)?;
+    let nl = socket(pid)?;
     nix::unistd::write(&nl, &request(ino, u32::MAX, libc::NLM_F_REQUEST as u16)).ctx(what)?;
     // An accept queue of 4096 connections names 16 KiB of clients.
     let mut buf = vec![0u8; 64 << 10];
@@ -88,11 +93,11 @@ pub fn diag(ino: u32) -> Result<Option<Diag>> {
     Ok(Some(d))
 }
 
-/// Every unix socket of crust's network namespace in one of `states` (a
-/// mask of 1 << state).
-pub fn all(states: u32) -> Result<Vec<Diag>> {
+/// Every unix socket of the network namespace of process `pid` in one of
+/// `states` (a mask of 1 << state).
+pub fn all(pid: i32, states: u32) -> Result<Vec<Diag>> {
     let what = || "asking sock_diag for the unix sockets".to_string();
-    let nl = socket(&what)?;
+    let nl = socket(pid)?;
     let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
     nix::unistd::write(&nl, &request(0, states, flags)).ctx(what)?;
     let mut out = Vec::new();

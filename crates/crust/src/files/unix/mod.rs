@@ -77,12 +77,12 @@ impl FileKind for UnixSocket {
     fn matches(&self, fd: &OpenFd) -> bool {
         // Asked by inode: taking a socket into crust would touch it (its net_cls
         // and net_prio marks become crust's), and a dump must not.
-        fd.link.starts_with("socket:[") && matches!(diag(fd.stat.st_ino as u32), Ok(Some(_)))
+        fd.link.starts_with("socket:[") && matches!(diag(fd.pid, fd.stat.st_ino as u32), Ok(Some(_)))
     }
 
     fn dump(&self, fd: &OpenFd, table: &mut FileTable) -> Result<FileEntry> {
         let ino = fd.stat.st_ino as u32;
-        let d = diag(ino)?.ok_or_else(|| fd.unsupported("unix sockets of another network namespace are"))?;
+        let d = diag(fd.pid, ino)?.ok_or_else(|| fd.unsupported("unix sockets of another network namespace than their process's are"))?;
         let sock = fd.take()?;
         let what = || format!("reading socket options of fd {} of process {}", fd.fd, fd.pid);
         let ty = d.ty as u32;
@@ -204,7 +204,7 @@ impl FileKind for UnixSocket {
         file.usk.as_ref().map(|u| if u.peer == 0 && u.name.is_empty() { u.ino as u64 } else { 0 })
     }
 
-    fn check(&self, file: &FileEntry, _img: &DumpImage) -> Option<String> {
+    fn check(&self, file: &FileEntry, img: &DumpImage) -> Option<String> {
         let u = file.usk.as_ref()?;
         if u.uflags & USK_EXTERN != 0 {
             // The peer outside the tree that sockets are to be connected to again.
@@ -215,6 +215,11 @@ impl FileKind for UnixSocket {
             };
         }
         if !binds(u.r#type, u.state, &u.name) {
+            return None;
+        }
+        // Abstract names are the network namespace's: one of the tree's
+        // own is made new, with no socket in it.
+        if u.name[0] == 0 && crate::ns::is_own(img, "net") {
             return None;
         }
         if u.name[0] == 0 {
@@ -301,7 +306,7 @@ fn peer_of(fd: &OpenFd, table: &mut FileTable, d: &Diag) -> Result<u32> {
         }
         Some(_) if d.ty as u32 == DGRAM => Err(fd.unsupported("datagram unix sockets connected to a socket since closed are")),
         _ if d.state == TCP_ESTABLISHED && d.ty as u32 != DGRAM => {
-            let listener = diag::all(1 << TCP_LISTEN)?.into_iter().find(|l| l.icons.contains(&d.ino));
+            let listener = diag::all(fd.pid, 1 << TCP_LISTEN)?.into_iter().find(|l| l.icons.contains(&d.ino));
             match listener {
                 Some(l) => {
                     let name = show_name(l.name.as_deref().unwrap_or_default());
@@ -329,7 +334,7 @@ fn peer_of(fd: &OpenFd, table: &mut FileTable, d: &Diag) -> Result<u32> {
 /// A peer `p` outside the tree: an entry of its own under `--ext-unix-sk`,
 /// or a refusal naming it and its holder.
 fn outside(fd: &OpenFd, table: &mut FileTable, d: &Diag, p: u32) -> Result<()> {
-    let pname = diag(p)?.and_then(|pd| pd.name).unwrap_or_default();
+    let pname = diag(fd.pid, p)?.and_then(|pd| pd.name).unwrap_or_default();
     let who = format!("unix socket {p} ({}{})", show_name(&pname), held(p));
     let refuse = |why: String| Err(Error::unsupported(place(fd), format!("its peer, {who}, is outside the dumped tree: {why}")));
     if d.ty as u32 != DGRAM {
@@ -364,6 +369,11 @@ fn waiting_client(fd: &OpenFd, tree: &[i32], client: u32) -> Result<()> {
 
 const LIVE: &str = "a live socket is bound there";
 
+/// crust's pid: its network namespace is the host's.
+fn crust() -> i32 {
+    std::process::id() as i32
+}
+
 /// What stands in the way of binding a socket at `path`: None if nothing is
 /// there, or a socket file no live socket owns (left by the dumped one).
 fn path_taken(path: &std::path::Path) -> Result<Option<&'static str>> {
@@ -375,7 +385,7 @@ fn path_taken(path: &std::path::Path) -> Result<Option<&'static str>> {
     if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
         return Ok(Some("a file that is not a socket is there"));
     }
-    let live = diag::all(u32::MAX)?.into_iter().any(|s| {
+    let live = diag::all(crust(), u32::MAX)?.into_iter().any(|s| {
         s.vfs.is_some_and(|(ino, dev)| st.st_ino == ino as u64 && libc::major(st.st_dev) == dev >> 20 && libc::minor(st.st_dev) == dev & 0xfffff)
     });
     Ok(live.then_some(LIVE))
@@ -384,7 +394,7 @@ fn path_taken(path: &std::path::Path) -> Result<Option<&'static str>> {
 /// Is a live socket bound to `name` (a path as crust sees it, or an abstract name)?
 fn live_at(name: &[u8]) -> Result<bool> {
     if name.first() == Some(&0) {
-        return Ok(diag::all(u32::MAX)?.into_iter().any(|s| s.name.as_deref() == Some(name)));
+        return Ok(diag::all(crust(), u32::MAX)?.into_iter().any(|s| s.name.as_deref() == Some(name)));
     }
     Ok(path_taken(std::path::Path::new(&show_name(name)))? == Some(LIVE))
 }
