@@ -10,6 +10,7 @@
 //! syscalls (a hostname, a mount, a device), then ends, leaving crust where
 //! it was.
 
+pub mod ipc;
 mod uts;
 
 use std::collections::BTreeSet;
@@ -58,7 +59,7 @@ pub struct NsRoot<'a> {
 }
 
 /// Every kind crust saves, in the order a restore fills them.
-static KINDS: &[&dyn NsKind] = &[&uts::Uts];
+static KINDS: &[&dyn NsKind] = &[&uts::Uts, &ipc::Ipc];
 
 /// Every kind the kernel has, with its clone flag: a tree's own namespace of
 /// a kind not in [`KINDS`] is refused.
@@ -164,6 +165,9 @@ pub fn load_images(img: &mut DumpImage, own: OwnNamespaces) -> Result<()> {
             k.load_images(img, id)?;
         }
     }
+    // Attachments of System V segments need the segments, of an ipc
+    // namespace of the tree's own.
+    ipc::check_attachments(img)?;
     img.extras.insert(own);
     Ok(())
 }

@@ -1,0 +1,112 @@
+//! A tree in an ipc namespace of its own: its System V segments (attached
+//! or not), semaphore sets, message queues and POSIX message queues come
+//! back with their ids, keys, modes and contents; a segment of another
+//! namespace attached by the tree is refused, and the tree runs on.
+//!
+//! Run: `cargo test -p crust-cli --test ns_ipc` (as root).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::job::*;
+use common::procstate::ProcState;
+use common::*;
+
+/// In the new process before exec: an ipc namespace of its own.
+fn own_ipc() -> std::io::Result<()> {
+    // SAFETY: one syscall.
+    match unsafe { libc::unshare(libc::CLONE_NEWIPC) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+fn ns_inode(pid: impl std::fmt::Display) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}/ns/ipc")).map(|m| m.ino()).unwrap_or_else(|e| panic!("/proc/{pid}/ns/ipc: {e}"))
+}
+
+/// `ipcs ARG` inside `pid`'s ipc namespace.
+fn ipcs(pid: i32, arg: &str) -> String {
+    let out = Command::new("nsenter").arg("-t").arg(pid.to_string()).args(["-i", "--", "ipcs", arg]).output().expect("running nsenter");
+    assert!(out.status.success(), "nsenter ipcs {arg} in {pid}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// What ipcs shows of every kind, in `pid`'s namespace.
+fn ipcs_all(pid: i32) -> Vec<String> {
+    ["-m", "-s", "-q"].iter().map(|a| ipcs(pid, a)).collect()
+}
+
+fn restore_ok(job: &mut Job, dir: &Path) {
+    let out = restore(dir, &[]);
+    assert!(out.status.success(), "restore from {} failed: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
+    job.adopt_restored();
+}
+
+#[test]
+fn an_ipc_namespace_comes_back_with_its_objects_ids_and_contents() {
+    let dir = TempDir::new("ns-ipc");
+    let images = dir.join("images");
+    let mut job = Job::build("ipcns", &[]).pre_exec(own_ipc).start(dir.path());
+    let ready = job.ready();
+    assert_ne!(ns_inode(job.pid), ns_inode("self"), "the job has an ipc namespace of its own");
+    let shm = ready_field(&ready, "shm");
+    assert!(shm > 0, "the segment's id is not the first one: {ready}");
+    let before = ipcs_all(job.pid);
+    assert!(before[0].contains(&format!("{shm} ")), "ipcs -m shows segment {shm}: {}", before[0]);
+    let state = ProcState::of_tree(job.pid);
+    dump(job.pid, &images, &[]);
+    job.reap_original();
+    let names: Vec<String> = std::fs::read_dir(&images).expect("images").flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    for kind in ["var", "shm", "sem", "msg", "mqueue"] {
+        assert!(names.iter().any(|n| n.starts_with(&format!("ipcns-{kind}-"))), "an ipcns-{kind} image among {names:?}");
+    }
+    restore_ok(&mut job, &images);
+    assert_ne!(ns_inode(job.pid), ns_inode("self"), "the restored job has an ipc namespace of its own");
+    assert_eq!(ipcs_all(job.pid), before, "ipcs shows the same objects inside the namespace");
+    // Other tests may make objects in the host's namespace meanwhile: none
+    // of the job's keys is there.
+    let host = ipcs_all(std::process::id() as i32).concat();
+    assert!(!host.contains("0x00c0de02") && !host.contains("0x00c0de03"), "the job's objects are not the host's: {host}");
+    // Segment B is read-only in the job, so its mapping's file times are
+    // compared: the segment is a new inode, made at the restore.
+    let b = ready.split_whitespace().find_map(|w| w.strip_prefix("b=")).expect("b= in READY");
+    let b = u64::from_str_radix(b, 16).expect("hex address");
+    state.assert_same(&ProcState::of_tree(job.pid), &[&format!("map {b:x}-{:x} mtime", b + 8192)]);
+    // Dumped again as restored, then it checks itself.
+    let again = dir.join("again");
+    dump(job.pid, &again, &[]);
+    job.reap_original();
+    restore_ok(&mut job, &again);
+    assert_eq!(ipcs_all(job.pid), before, "ipcs shows the same objects after a second restore");
+    job.expect_ok();
+}
+
+/// A segment of a namespace that is not the tree's own, attached by the
+/// tree, is refused by name; the tree runs on with it.
+fn foreign_segment_refused(mode: &str, own: bool, says: &str) {
+    let dir = TempDir::new(&format!("ns-ipc-{mode}"));
+    let images = dir.join("images");
+    let mut job = Job::start("ipcns", &[mode], dir.path());
+    let ready = job.ready();
+    let shm = ready_field(&ready, "shm");
+    assert_eq!(ns_inode(job.pid) != ns_inode("self"), own);
+    let out = crust(&dump_args(&job.pid.to_string(), &images, &[]), STEP);
+    let err = assert_clean_failure(&out, "dump of a tree attached to another namespace's segment");
+    assert!(err.contains("System V shared memory") && err.contains(&format!("id {shm}")) && err.contains(says), "the refusal says why: {err}");
+    assert_no_inventory(&images);
+    job.expect_ok();
+}
+
+#[test]
+fn a_segment_of_the_hosts_namespace_is_refused_and_the_tree_runs_on() {
+    foreign_segment_refused("host", false, "host's ipc namespace");
+}
+
+#[test]
+fn a_segment_of_a_namespace_the_process_left_is_refused_and_the_tree_runs_on() {
+    foreign_segment_refused("other", true, "another ipc namespace");
+}
