@@ -21,6 +21,19 @@ pub use sysv::{attach, check_attached, is_attachment};
 
 pub struct Ipc;
 
+/// The kernel's structs System V and mqueue calls fill, all of integers.
+trait Plain {}
+impl Plain for libc::shmid_ds {}
+impl Plain for libc::semid_ds {}
+impl Plain for libc::msqid_ds {}
+impl Plain for libc::mq_attr {}
+
+/// One of them, all zero (a valid value of each).
+fn zeroed<T: Plain>() -> T {
+    // SAFETY: T is a C struct of integers only (Plain): all-zero is valid.
+    unsafe { std::mem::zeroed() }
+}
+
 /// The namespace read back, for the restore.
 struct Saved {
     vars: IpcVarEntry,

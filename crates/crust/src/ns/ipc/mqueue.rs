@@ -59,8 +59,8 @@ fn mq_open(name: &str, flags: i32, mode: u32, attr: Option<&libc::mq_attr>) -> R
 }
 
 fn getattr(fd: &OwnedFd, name: &str) -> Result<libc::mq_attr> {
-    // SAFETY: mq_getsetattr into a zeroed mq_attr of ours.
-    let mut attr: libc::mq_attr = unsafe { std::mem::zeroed() };
+    let mut attr: libc::mq_attr = super::zeroed();
+    // SAFETY: mq_getsetattr into an mq_attr of ours.
     if unsafe { libc::syscall(libc::SYS_mq_getsetattr, fd.as_raw_fd(), std::ptr::null::<libc::mq_attr>(), &mut attr as *mut libc::mq_attr) } < 0 {
         return Err(Error::Sys { context: format!("reading the attributes of message queue /{name}"), err: Errno::last() });
     }
@@ -84,6 +84,7 @@ pub fn read(pid: i32) -> Result<Vec<Queue>> {
     if unsafe { libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()) } != 0 {
         return Err(Error::Sys { context: "making a private mount namespace".into(), err: Errno::last() });
     }
+    // SAFETY: mount(2) on constant nul-terminated strings.
     if unsafe { libc::mount(c"mqueue".as_ptr(), MOUNT_AT.as_ptr(), c"mqueue".as_ptr(), 0, std::ptr::null()) } != 0 {
         return Err(Error::Sys { context: "mounting the ipc namespace's mqueue file system".into(), err: Errno::last() });
     }
@@ -189,8 +190,7 @@ pub fn make(queues: &[Queue]) -> Result<()> {
     at_least(MQ_MSG_MAX, queues.iter().map(|q| q.maxmsg as u64).max().unwrap_or(0))?;
     at_least(MQ_MSGSIZE_MAX, queues.iter().map(|q| q.msgsize as u64).max().unwrap_or(0))?;
     for q in queues {
-        // SAFETY: a zeroed mq_attr of ours, its limits set.
-        let mut attr: libc::mq_attr = unsafe { std::mem::zeroed() };
+        let mut attr: libc::mq_attr = super::zeroed();
         attr.mq_maxmsg = q.maxmsg;
         attr.mq_msgsize = q.msgsize;
         let fd = mq_open(&q.name, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NONBLOCK, q.mode & 0o777, Some(&attr))?;

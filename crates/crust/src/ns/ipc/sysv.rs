@@ -33,12 +33,15 @@ const SHM_DEST: u32 = 0o1000;
 const SHM_LOCKED: u32 = 0o2000;
 const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
 
+/// A queued message and its bytes.
+pub type Message = (IpcMsg, Vec<u8>);
+
 /// The objects of a namespace.
 #[derive(Default)]
 pub struct Objects {
     pub shm: Vec<(IpcShmEntry, Vec<u8>)>,
     pub sem: Vec<(IpcSemEntry, Vec<u16>)>,
-    pub msg: Vec<(IpcMsgEntry, Vec<(IpcMsg, Vec<u8>)>)>,
+    pub msg: Vec<(IpcMsgEntry, Vec<Message>)>,
 }
 
 impl Objects {
@@ -84,12 +87,13 @@ fn each<T>(what: &str, highest: i32, mut stat: impl FnMut(i32) -> (i32, T), mut 
 pub fn read(pid: i32, vars: &IpcVarEntry) -> Result<Objects> {
     let place = || format!("the ipc namespace of {}", crate::proc::who(pid));
     let mut out = Objects::default();
-    // SAFETY (each unsafe block below): System V calls on buffers of the
-    // kernel's types (zeroed, ours for the call), or of the length given.
-    let highest = unsafe { libc::shmctl(0, SHM_INFO, &mut std::mem::zeroed()) };
+    // SAFETY: SHM_INFO fills a struct smaller than the shmid_ds given.
+    let highest = unsafe { libc::shmctl(0, SHM_INFO, &mut super::zeroed()) };
     let stat = |i| {
-        let mut ds: libc::shmid_ds = unsafe { std::mem::zeroed() };
-        (unsafe { libc::shmctl(i, SHM_STAT_ANY, &mut ds) }, ds)
+        let mut ds: libc::shmid_ds = super::zeroed();
+        // SAFETY: the kernel fills the shmid_ds of ours.
+        let id = unsafe { libc::shmctl(i, SHM_STAT_ANY, &mut ds) };
+        (id, ds)
     };
     each("shared memory segments", highest, stat, |id, ds| {
         let d = desc(&ds.shm_perm, id);
@@ -108,24 +112,31 @@ pub fn read(pid: i32, vars: &IpcVarEntry) -> Result<Objects> {
         Ok(())
     })?;
     let mut info = [0i32; 16];
+    // SAFETY: SEM_INFO fills a struct seminfo (10 ints) into `info`.
     let highest = unsafe { libc::semctl(0, 0, libc::SEM_INFO, info.as_mut_ptr()) };
     let stat = |i| {
-        let mut ds: libc::semid_ds = unsafe { std::mem::zeroed() };
-        (unsafe { libc::semctl(i, 0, libc::SEM_STAT_ANY, &mut ds as *mut libc::semid_ds) }, ds)
+        let mut ds: libc::semid_ds = super::zeroed();
+        // SAFETY: the kernel fills the semid_ds of ours.
+        let id = unsafe { libc::semctl(i, 0, libc::SEM_STAT_ANY, &mut ds as *mut libc::semid_ds) };
+        (id, ds)
     };
     each("semaphore sets", highest, stat, |id, sds| {
         let nsems = sds.sem_nsems as u32;
         let mut values = vec![0u16; nsems as usize];
+        // SAFETY: GETALL fills `nsems` u16s, the length of `values`.
         if unsafe { libc::semctl(id, 0, libc::GETALL, values.as_mut_ptr()) } < 0 {
             return Err(Error::Sys { context: format!("reading the values of semaphore set {id}"), err: Errno::last() });
         }
         out.sem.push((IpcSemEntry { desc: desc(&sds.sem_perm, id), nsems }, values));
         Ok(())
     })?;
-    let highest = unsafe { libc::msgctl(0, libc::MSG_INFO, &mut std::mem::zeroed()) };
+    // SAFETY: MSG_INFO fills a struct smaller than the msqid_ds given.
+    let highest = unsafe { libc::msgctl(0, libc::MSG_INFO, &mut super::zeroed()) };
     let stat = |i| {
-        let mut ds: libc::msqid_ds = unsafe { std::mem::zeroed() };
-        (unsafe { libc::msgctl(i, MSG_STAT_ANY, &mut ds) }, ds)
+        let mut ds: libc::msqid_ds = super::zeroed();
+        // SAFETY: the kernel fills the msqid_ds of ours.
+        let id = unsafe { libc::msgctl(i, MSG_STAT_ANY, &mut ds) };
+        (id, ds)
     };
     each("message queues", highest, stat, |id, mds| {
         let qnum = mds.msg_qnum as u32;
@@ -134,6 +145,7 @@ pub fn read(pid: i32, vars: &IpcVarEntry) -> Result<Objects> {
         let mut buf = vec![0u8; 8 + room];
         let mut messages = Vec::new();
         for n in 0..qnum {
+            // SAFETY: a buffer of a long and `room` bytes.
             let got = unsafe { libc::msgrcv(id, buf.as_mut_ptr().cast(), room, n as libc::c_long, libc::IPC_NOWAIT | MSG_COPY) };
             if got < 0 {
                 let err = Errno::last();
@@ -283,15 +295,17 @@ pub fn load(dir: &Path, id: u32) -> Result<Objects> {
 /// Run `create` as the creator `d` names (the thread's effective ids: the
 /// kernel takes the creator's from them), then as before.
 fn as_creator(d: &IpcDescEntry, create: impl FnOnce() -> i32) -> Result<i32> {
-    // SAFETY: raw set*id calls change the calling thread's ids only (glibc's
-    // would change every thread of crust); real and saved ids stay root,
-    // so the effective ones can be set back.
-    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    // Raw set*id calls change the calling thread's ids only (glibc's would
+    // change every thread of crust); real and saved ids stay root, so the
+    // effective ones can be set back.
+    let (euid, egid) = (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw());
     let keep = libc::uid_t::MAX;
     let set = |uid: u32, gid: u32| -> Result<()> {
+        // SAFETY: a syscall on integers.
         if unsafe { libc::syscall(libc::SYS_setresgid, keep, gid, keep) } != 0 {
             return Err(Error::Sys { context: format!("taking group {gid} to make an ipc object"), err: Errno::last() });
         }
+        // SAFETY: a syscall on integers.
         if unsafe { libc::syscall(libc::SYS_setresuid, keep, uid, keep) } != 0 {
             return Err(Error::Sys { context: format!("taking user {uid} to make an ipc object"), err: Errno::last() });
         }
@@ -301,9 +315,7 @@ fn as_creator(d: &IpcDescEntry, create: impl FnOnce() -> i32) -> Result<i32> {
     let r = create();
     let err = Errno::last();
     // The uid first back to root, which may then set the group.
-    if unsafe { libc::syscall(libc::SYS_setresuid, keep, euid, keep) } != 0 || unsafe { libc::syscall(libc::SYS_setresgid, keep, egid, keep) } != 0 {
-        return Err(Error::Sys { context: "taking crust's ids back".into(), err: Errno::last() });
-    }
+    set(euid, egid)?;
     if r < 0 {
         return Err(Error::Sys { context: format!("making ipc object {} (key {:#x})", d.id, d.key), err });
     }
@@ -344,33 +356,43 @@ pub fn make(o: &Objects) -> Result<()> {
     }
     for (e, data) in &o.shm {
         let d = &e.desc;
-        // SAFETY (each unsafe block below): System V calls on the kernel's
-        // types, zeroed and ours for the call, or buffers of the length given.
-        let id = make_one(SHM_NEXT_ID, "segment", d, |flags| unsafe { libc::shmget(d.key as i32, e.size as usize, flags) })?;
+        let id = make_one(SHM_NEXT_ID, "segment", d, |flags| {
+            // SAFETY: a syscall on integers.
+            unsafe { libc::shmget(d.key as i32, e.size as usize, flags) }
+        })?;
         let seg = Attached::new(id, e.size, 0)?;
         // Only the pages with contents: the others stay holes, as they were.
         for (n, page) in data.chunks(PAGE_SIZE as usize).enumerate() {
             if page.iter().any(|&b| b != 0) {
                 let at = (seg.addr + n as u64 * PAGE_SIZE) as *mut u8;
+                // SAFETY: the page lies inside the segment attached
+                // read-write at `seg.addr` (its length rounded up to pages).
                 unsafe { std::ptr::copy_nonoverlapping(page.as_ptr(), at, page.len()) };
             }
         }
         drop(seg);
-        let mut ds: libc::shmid_ds = unsafe { std::mem::zeroed() };
+        let mut ds: libc::shmid_ds = super::zeroed();
         set_perm(&mut ds.shm_perm, d);
+        // SAFETY: the kernel reads the shmid_ds of ours.
         check(unsafe { libc::shmctl(id, libc::IPC_SET, &mut ds) }, || format!("setting the owner and mode of segment {id}"))?;
         if d.mode & SHM_LOCKED != 0 {
+            // SAFETY: SHM_LOCK reads no buffer.
             check(unsafe { libc::shmctl(id, libc::SHM_LOCK, std::ptr::null_mut()) }, || format!("locking segment {id}"))?;
         }
     }
     for (e, values) in &o.sem {
         let d = &e.desc;
-        let id = make_one(SEM_NEXT_ID, "semaphore set", d, |flags| unsafe { libc::semget(d.key as i32, e.nsems as i32, flags) })?;
+        let id = make_one(SEM_NEXT_ID, "semaphore set", d, |flags| {
+            // SAFETY: a syscall on integers.
+            unsafe { libc::semget(d.key as i32, e.nsems as i32, flags) }
+        })?;
         if !values.is_empty() {
+            // SAFETY: SETALL reads `nsems` u16s, the length of `values` (checked at load).
             check(unsafe { libc::semctl(id, 0, libc::SETALL, values.as_ptr()) }, || format!("setting the values of semaphore set {id}"))?;
         }
-        let mut ds: libc::semid_ds = unsafe { std::mem::zeroed() };
+        let mut ds: libc::semid_ds = super::zeroed();
         set_perm(&mut ds.sem_perm, d);
+        // SAFETY: the kernel reads the semid_ds of ours.
         check(unsafe { libc::semctl(id, 0, libc::IPC_SET, &mut ds as *mut libc::semid_ds) }, || format!("setting the owner and mode of semaphore set {id}"))?;
     }
     // A queue is made with the namespace's msgmnb as its size, and may only
@@ -383,16 +405,21 @@ pub fn make(o: &Objects) -> Result<()> {
     }
     for (e, messages) in &o.msg {
         let d = &e.desc;
-        let id = make_one(MSG_NEXT_ID, "message queue", d, |flags| unsafe { libc::msgget(d.key as i32, flags) })?;
+        let id = make_one(MSG_NEXT_ID, "message queue", d, |flags| {
+            // SAFETY: a syscall on integers.
+            unsafe { libc::msgget(d.key as i32, flags) }
+        })?;
         for (n, (m, data)) in messages.iter().enumerate() {
             let mut buf = Vec::with_capacity(8 + data.len());
             buf.extend_from_slice(&(m.mtype as i64).to_ne_bytes());
             buf.extend_from_slice(data);
+            // SAFETY: a long and `data.len()` bytes in `buf`.
             check(unsafe { libc::msgsnd(id, buf.as_ptr().cast(), data.len(), libc::IPC_NOWAIT) }, || format!("queueing message {n} of message queue {id}"))?;
         }
-        let mut ds: libc::msqid_ds = unsafe { std::mem::zeroed() };
+        let mut ds: libc::msqid_ds = super::zeroed();
         set_perm(&mut ds.msg_perm, d);
         ds.msg_qbytes = e.qbytes as libc::msglen_t;
+        // SAFETY: the kernel reads the msqid_ds of ours.
         check(unsafe { libc::msgctl(id, libc::IPC_SET, &mut ds) }, || format!("setting the owner, mode and size of message queue {id}"))?;
     }
     Ok(())
@@ -431,7 +458,7 @@ pub fn check_attached(pid: i32, own: bool, vmas: &[Vma]) -> Result<()> {
     super::in_namespace(pid, "ipc", || {
         for ((v, key, id), mine) in attached.iter().zip(&mine) {
             let refuse = |why: &str| Error::unsupported(place(v), format!("System V shared memory (key {key:#x}, id {id}) {why}"));
-            let mut ds: libc::shmid_ds = unsafe { std::mem::zeroed() };
+            let mut ds: libc::shmid_ds = super::zeroed();
             // SAFETY: IPC_STAT into a zeroed shmid_ds of ours.
             if unsafe { libc::shmctl(*id, libc::IPC_STAT, &mut ds) } < 0 {
                 return Err(refuse("is not a segment of the tree's ipc namespace (attached before the process left another one): not supported"));
