@@ -110,3 +110,31 @@ fn a_segment_of_the_hosts_namespace_is_refused_and_the_tree_runs_on() {
 fn a_segment_of_a_namespace_the_process_left_is_refused_and_the_tree_runs_on() {
     foreign_segment_refused("other", true, "another ipc namespace");
 }
+
+/// A damaged ipc image is reported by file and offset, and the restore
+/// leaves nothing; the images whole again restore.
+#[test]
+fn a_damaged_ipc_image_is_reported_by_file_and_offset() {
+    let dir = TempDir::new("ns-ipc-damaged");
+    let images = dir.join("images");
+    let mut job = Job::build("ipcns", &[]).pre_exec(own_ipc).start(dir.path());
+    job.ready();
+    dump(job.pid, &images, &[]);
+    job.reap_original();
+    let shm = std::fs::read_dir(&images)
+        .expect("images")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("ipcns-shm-"))
+        .expect("an ipcns-shm image");
+    let whole = std::fs::read(&shm).expect("reading the shm image");
+    // Cut inside the first segment's pages.
+    std::fs::write(&shm, &whole[..whole.len() / 2]).expect("cutting the shm image");
+    let out = restore(&images, &[]);
+    let err = job.assert_restore_failed(&out, "restore from a cut ipcns-shm image");
+    let name = shm.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(err.contains(&name) && err.contains("offset") && err.contains("truncated"), "the error names the file and offset: {err}");
+    std::fs::write(&shm, &whole).expect("mending the shm image");
+    restore_ok(&mut job, &images);
+    job.expect_ok();
+}
