@@ -138,3 +138,134 @@ fn a_damaged_ipc_image_is_reported_by_file_and_offset() {
     restore_ok(&mut job, &images);
     job.expect_ok();
 }
+
+// ---------------------------------------------------------------------------
+// postgres: a real server on System V shared memory
+
+const POSTGRES: &str = "/usr/lib/postgresql/15/bin";
+
+/// The postgres user's uid and gid, for the server's pre_exec (a plain fn).
+static PG_IDS: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
+
+/// In the server before exec: an ipc namespace of its own, then the
+/// postgres user (the server refuses to run as root).
+fn postgres_in_own_ipc() -> std::io::Result<()> {
+    let (uid, gid) = *PG_IDS.get().expect("ids set before the start");
+    // SAFETY: single syscalls on integers.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWIPC) != 0 || libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// `psql -Atc SQL` over the server's socket in `dir`; its output, or None
+/// when it fails.
+fn psql(dir: &Path, sql: &str) -> Option<String> {
+    let out = Command::new("psql")
+        .args(["-h", &dir.to_string_lossy(), "-U", "postgres", "-d", "postgres", "-q", "-Atc", sql])
+        .output()
+        .ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn wait_psql(dir: &Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while psql(dir, "select 1").as_deref() != Some("1") {
+        assert!(std::time::Instant::now() < deadline, "postgres does not answer on {}", dir.display());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// The server's children: each makes a session of its own (postgres
+/// calls setsid in them), so ending the server's session leaves them; they
+/// are killed and reaped by pid (ours once the server is gone: the tests
+/// are a subreaper), those still a server's process on drop.
+struct Children(Vec<i32>);
+
+impl Children {
+    fn of(pid: i32) -> Children {
+        let all = std::fs::read_dir("/proc").expect("/proc").filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok());
+        Children(all.filter(|&c| proc_stat(c).is_some_and(|st| st.ppid == pid)).collect())
+    }
+
+    /// Kill those still there and reap them all.
+    fn end(&mut self) {
+        for pid in self.0.drain(..) {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            // SAFETY: kill and waitpid of a server's process, ours once the server is gone.
+            unsafe {
+                if String::from_utf8_lossy(&cmdline).contains("postgres") {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+        }
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+/// The ids of a user, from `id`.
+fn user_ids(user: &str) -> Option<(u32, u32)> {
+    let id = |flag: &str| Command::new("id").args([flag, user]).output().ok().filter(|o| o.status.success()).and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok());
+    Some((id("-u")?, id("-g")?))
+}
+
+#[test]
+fn postgres_in_an_ipc_namespace_of_its_own_answers_after_the_restore() {
+    let Some(ids) = user_ids("postgres").filter(|_| Path::new(POSTGRES).join("postgres").exists()) else {
+        eprintln!("skipped: Debian's postgresql 15 is not installed (scripts/setup installs it)");
+        return;
+    };
+    PG_IDS.get_or_init(|| ids);
+    let dir = TempDir::new("ns-ipc-pg");
+    let images = dir.join("images");
+    let chown = |p: &Path| std::os::unix::fs::chown(p, Some(ids.0), Some(ids.1)).unwrap_or_else(|e| panic!("chown {}: {e}", p.display()));
+    // The server's files are the postgres user's: its socket goes in `run`.
+    let (data, run) = (dir.join("data"), dir.join("run"));
+    for d in [&data, &run] {
+        std::fs::create_dir(d).expect("a server dir");
+        chown(d);
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).expect("chmod data");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let init = Command::new("setpriv")
+        .args(["--reuid", &ids.0.to_string(), "--regid", &ids.1.to_string(), "--clear-groups"])
+        .arg(format!("{POSTGRES}/initdb"))
+        .args(["-D", &data.to_string_lossy(), "-A", "trust", "-U", "postgres"])
+        .output()
+        .expect("running initdb");
+    assert!(init.status.success(), "initdb: {}", String::from_utf8_lossy(&init.stderr));
+    let conf = format!(
+        "listen_addresses = ''\nunix_socket_directories = '{}'\nshared_buffers = 16MB\nhuge_pages = off\n\
+         dynamic_shared_memory_type = sysv\nlogging_collector = off\n",
+        run.display()
+    );
+    let mut f = std::fs::OpenOptions::new().append(true).open(data.join("postgresql.conf")).expect("postgresql.conf");
+    std::io::Write::write_all(&mut f, conf.as_bytes()).expect("writing postgresql.conf");
+    let server = Path::new(POSTGRES).join("postgres");
+    let data_s = data.to_string_lossy().into_owned();
+    let mut job = Job::build("postgres", &["-D", &data_s]).program(&server).pre_exec(postgres_in_own_ipc).start(dir.path());
+    wait_psql(&run);
+    assert_ne!(ns_inode(job.pid), ns_inode("self"), "the server has an ipc namespace of its own");
+    assert_eq!(psql(&run, "create table t (x int); insert into t values (42); select sum(x) from t").as_deref(), Some("42"));
+    let segments = ipcs(job.pid, "-m");
+    assert!(segments.lines().filter(|l| l.starts_with("0x")).count() >= 2, "the server has System V segments: {segments}");
+    let mut children = Children::of(job.pid);
+    dump(job.pid, &images, &[]);
+    job.reap_original();
+    children.end();
+    restore_ok(&mut job, &images);
+    let _children = Children::of(job.pid);
+    assert_eq!(ipcs(job.pid, "-m"), segments, "the same segments, attached as often");
+    // A new backend, forked by the restored server, reads and writes.
+    assert_eq!(psql(&run, "insert into t values (8); select sum(x) from t").as_deref(), Some("50"), "the restored server answers: {:?}", job.drain());
+    job.kill_restored();
+}
