@@ -9,13 +9,16 @@
  *      read-write, filled with a pattern
  *   segment B: IPC_PRIVATE, 8 KiB, mode 0600, its first page set to 0xB5
  *      then detached; attached read-only again at a second place
+ *   segment C: IPC_PRIVATE, one page of 0xC3, attached, then removed
+ *      (IPC_RMID: it lives on while attached)
  *   semaphores: key 0xC0DE02, 3 of them: 7, 0, 42
  *   message queue: key 0xC0DE03, mode 0660: (1 "first"), (5 "five"),
  *      (2, 1000 bytes of pattern), (1 "second")
  *   POSIX queue /crust-ipcns, 8 messages of 64 bytes at most: "low" (1),
  *      "high" (9), "low2" (1); its fd closed
  *
- * Prints "READY <pid> shm=<id> priv=<id> sem=<id> msg=<id> b=<B's address, hex>". On SIGUSR1 it
+ * Prints "READY <pid> shm=<id> priv=<id> dest=<id> sem=<id> msg=<id> b=<B's
+ * address, hex>". On SIGUSR1 it
  * finds each object by key with the same id, checks contents, values and
  * messages in order, and that A is still shared (a byte written through
  * its attachment is seen through a new one), then prints OK or FAIL.
@@ -128,6 +131,14 @@ int main(int argc, char **argv)
     if (b_ro == (void *)-1)
         die("shmat B read-only");
 
+    int dest = shmget(IPC_PRIVATE, 4096, 0600);
+    unsigned char *c = dest < 0 ? (void *)-1 : shmat(dest, NULL, 0);
+    if (c == (void *)-1)
+        die("segment C");
+    memset(c, 0xC3, 4096);
+    if (shmctl(dest, IPC_RMID, NULL) != 0)
+        die("IPC_RMID C");
+
     int sem = semget(KEY_SEM, 3, IPC_CREAT | IPC_EXCL | 0600);
     unsigned short values[3] = { 7, 0, 42 };
     if (sem < 0 || semctl(sem, 0, SETALL, values) != 0)
@@ -157,7 +168,7 @@ int main(int argc, char **argv)
         die("mqueue");
     mq_close(mq);
 
-    printf("READY %d shm=%d priv=%d sem=%d msg=%d b=%lx\n", (int)getpid(), shm, priv, sem, msg, (unsigned long)b_ro);
+    printf("READY %d shm=%d priv=%d dest=%d sem=%d msg=%d b=%lx\n", (int)getpid(), shm, priv, dest, sem, msg, (unsigned long)b_ro);
     wait_usr1();
 
     if (shmget(KEY_A, 0, 0) != shm)
@@ -177,6 +188,12 @@ int main(int argc, char **argv)
     if (again[5] != 0x99)
         fail("segment A's attachment is not shared with the segment");
     shmdt(again);
+
+    if (shmctl(dest, IPC_STAT, &ds) != 0 || !(ds.shm_perm.mode & SHM_DEST) || ds.shm_nattch != 1)
+        fail("segment C is not removed and attached once");
+    for (size_t i = 0; i < 4096; i++)
+        if (c[i] != 0xC3)
+            fail("segment C differs at %zu", i);
 
     if (semget(KEY_SEM, 0, 0) != sem)
         fail("semaphores not found by key with id %d", sem);

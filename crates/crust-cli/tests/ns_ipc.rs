@@ -57,6 +57,7 @@ fn an_ipc_namespace_comes_back_with_its_objects_ids_and_contents() {
     assert!(shm > 0, "the segment's id is not the first one: {ready}");
     let before = ipcs_all(job.pid);
     assert!(before[0].contains(&format!("{shm} ")), "ipcs -m shows segment {shm}: {}", before[0]);
+    assert!(before[0].contains("dest"), "ipcs -m shows a segment removed while attached: {}", before[0]);
     let state = ProcState::of_tree(job.pid);
     dump(job.pid, &images, &[]);
     job.reap_original();

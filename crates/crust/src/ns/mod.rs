@@ -46,6 +46,12 @@ pub trait NsKind: Sync {
     }
     /// Fill the new namespace the restored root was made in.
     fn restore(&self, img: &DumpImage, root: &mut NsRoot) -> Result<()>;
+    /// Once every process of the tree (in it, with root `root`) is made,
+    /// before they run: what must wait for them (an ipc segment removed
+    /// while attached is removed once attached again).
+    fn finish(&self, _img: &DumpImage, _root: i32) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The restored root, just made in its new namespaces, before anything else
@@ -181,6 +187,12 @@ pub fn problems(img: &DumpImage) -> Vec<String> {
 pub fn restore(img: &DumpImage, root: &mut NsRoot) -> Result<()> {
     let own = recorded(img);
     KINDS.iter().filter(|k| own.0.contains(k.name())).try_for_each(|k| k.restore(img, root))
+}
+
+/// Finish the namespaces once the whole tree (root `root`) is made.
+pub fn finish(img: &DumpImage, root: i32) -> Result<()> {
+    let own = recorded(img);
+    KINDS.iter().filter(|k| own.0.contains(k.name())).try_for_each(|k| k.finish(img, root))
 }
 
 /// Run `work` on a thread of crust that has joined `pid`'s namespace of

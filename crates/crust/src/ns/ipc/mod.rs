@@ -247,4 +247,12 @@ impl NsKind for Ipc {
             write_vars(&saved.vars)
         })
     }
+
+    fn finish(&self, img: &DumpImage, root: i32) -> Result<()> {
+        let Some(saved) = img.extras.get::<Saved>() else { return Ok(()) };
+        if !sysv::removed_while_attached(&saved.sysv).is_empty() {
+            in_namespace(root, "ipc", || sysv::remove_attached(&saved.sysv))?;
+        }
+        Ok(())
+    }
 }

@@ -4,7 +4,9 @@
 //! its id, key, owner, creator and mode, in CRIU's images. They are made
 //! again with the same ids (kernel.*_next_id before each one) by a thread of
 //! crust in the new namespace, as their creator (its effective ids, for the
-//! creator fields), then given their owner and mode.
+//! creator fields), then given their owner and mode. A segment removed while
+//! attached (SHM_DEST in its mode) is removed again once the restored
+//! processes attached it (Linux lets a process attach it until then).
 //!
 //! A process's attachment of a segment is a vma (VMA_AREA_SYSVIPC, the
 //! segment's id in its shmid): at restore the process attaches the segment
@@ -97,12 +99,6 @@ pub fn read(pid: i32, vars: &IpcVarEntry) -> Result<Objects> {
     };
     each("shared memory segments", highest, stat, |id, ds| {
         let d = desc(&ds.shm_perm, id);
-        if d.mode & SHM_DEST != 0 {
-            return Err(Error::unsupported(
-                place(),
-                format!("System V shared memory segment {id} is removed but still attached (IPC_RMID): not supported yet"),
-            ));
-        }
         let size = ds.shm_segsz as u64;
         let data = segment_contents(id, size).map_err(|e| match e {
             Error::Unsupported { what, .. } => Error::unsupported(place(), what),
@@ -421,6 +417,22 @@ pub fn make(o: &Objects) -> Result<()> {
         ds.msg_qbytes = e.qbytes as libc::msglen_t;
         // SAFETY: the kernel reads the msqid_ds of ours.
         check(unsafe { libc::msgctl(id, libc::IPC_SET, &mut ds) }, || format!("setting the owner, mode and size of message queue {id}"))?;
+    }
+    Ok(())
+}
+
+/// The segments removed (IPC_RMID) while attached: they live on until
+/// their last detach.
+pub fn removed_while_attached(o: &Objects) -> Vec<i32> {
+    o.shm.iter().filter(|(e, _)| e.desc.mode & SHM_DEST != 0).map(|(e, _)| e.desc.id as i32).collect()
+}
+
+/// Remove again the segments removed while attached, once the restored
+/// processes attached them again (in the namespace the calling thread is in).
+pub fn remove_attached(o: &Objects) -> Result<()> {
+    for id in removed_while_attached(o) {
+        // SAFETY: IPC_RMID reads no buffer.
+        check(unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) }, || format!("removing segment {id} (removed while attached when dumped)"))?;
     }
     Ok(())
 }
