@@ -28,6 +28,8 @@
  * `ipcns other`: as `host`, then the process moves to an ipc namespace of
  * its own and makes a segment there with the same id: the attachment is
  * still of the first namespace. In both, SIGUSR1 checks A's pattern.
+ * `ipcns notify`: a POSIX queue holding one message, with a notification
+ * registered (mq_notify); SIGUSR1 checks the message is still there.
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -109,9 +111,29 @@ static int foreign(const char *mode)
     succeed();
 }
 
+static int notified(void)
+{
+    struct mq_attr attr = { .mq_maxmsg = 4, .mq_msgsize = 16 };
+    mq_unlink(MQ);
+    mqd_t mq = mq_open(MQ, O_CREAT | O_EXCL | O_RDWR | O_NONBLOCK, 0600, &attr);
+    struct sigevent ev = { .sigev_notify = SIGEV_SIGNAL, .sigev_signo = SIGUSR2 };
+    signal(SIGUSR2, SIG_IGN);
+    if (mq == (mqd_t)-1 || mq_send(mq, "kept", 4, 3) || mq_notify(mq, &ev))
+        die("mqueue with a notification");
+    printf("READY %d\n", (int)getpid());
+    wait_usr1();
+    char buf[16];
+    unsigned prio;
+    if (mq_receive(mq, buf, sizeof buf, &prio) != 4 || memcmp(buf, "kept", 4) || prio != 3)
+        fail("the queued message is gone");
+    succeed();
+}
+
 int main(int argc, char **argv)
 {
     workload_init();
+    if (argc > 1 && strcmp(argv[1], "notify") == 0)
+        return notified();
     if (argc > 1)
         return foreign(argv[1]);
     /* One of each made and removed: the next ids are not the first. */

@@ -112,6 +112,21 @@ fn a_segment_of_a_namespace_the_process_left_is_refused_and_the_tree_runs_on() {
     foreign_segment_refused("other", true, "another ipc namespace");
 }
 
+/// A POSIX queue with a notification registered is refused by name (its
+/// messages, taken and queued again, would fire it); it keeps its message.
+#[test]
+fn a_message_queue_with_a_notification_is_refused_and_keeps_its_messages() {
+    let dir = TempDir::new("ns-ipc-notify");
+    let images = dir.join("images");
+    let mut job = Job::build("ipcns", &["notify"]).pre_exec(own_ipc).start(dir.path());
+    job.ready();
+    let out = crust(&dump_args(&job.pid.to_string(), &images, &[]), STEP);
+    let err = assert_clean_failure(&out, "dump of a queue with a notification");
+    assert!(err.contains("/crust-ipcns") && err.contains("mq_notify") && err.contains(&format!("process {}", job.pid)), "the refusal names the queue and the process: {err}");
+    assert_no_inventory(&images);
+    job.expect_ok();
+}
+
 /// A damaged ipc image is reported by file and offset, and the restore
 /// leaves nothing; the images whole again restore.
 #[test]
