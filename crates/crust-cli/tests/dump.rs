@@ -1009,7 +1009,7 @@ fn dump_refuses_what_it_cannot_restore_inside_a_process_and_leaves_it_running() 
         ("epoll-closed", "that no other fd of the process holds"),
         ("unix-waiting-bytes", "bytes sent on a connection that @crust-test-{pid} has not accepted yet are not supported yet"),
         ("fd-in-flight", "fds in flight"),
-        ("sysv-shm", "System V shared memory (key 0x0) is not supported yet"),
+        ("sysv-shm", "of the host's ipc namespace is outside the tree: not supported"),
         ("inotify-queued", "anon_inode:inotify): an inotify instance with 32 bytes of events not read yet is not supported yet"),
         ("pidfd-outside", "outside the dumped tree, is not supported yet"),
         ("kmsg", "fd 3 (/dev/kmsg): character device 1:11 (crust reopens /dev/null, zero, full, random, urandom, tty and pty slaves) is not supported yet"),

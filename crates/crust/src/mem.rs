@@ -15,7 +15,7 @@ use crate::error::{Context, Error, Result};
 
 use crate::images::criu::{
     PAGE_SIZE, VMA_ANON_PRIVATE, VMA_ANON_SHARED, VMA_AREA_HEAP, VMA_AREA_REGULAR, VMA_AREA_STACK, VMA_AREA_VDSO,
-    VMA_AREA_VSYSCALL, VMA_AREA_VVAR, VMA_FILE_PRIVATE, VMA_FILE_SHARED,
+    VMA_AREA_SYSVIPC, VMA_AREA_VSYSCALL, VMA_AREA_VVAR, VMA_FILE_PRIVATE, VMA_FILE_SHARED,
 };
 
 /// What a vma is, as far as dumping and restoring it is concerned.
@@ -25,6 +25,8 @@ pub enum Backing {
     /// Shared anonymous memory (MAP_SHARED|MAP_ANONYMOUS, or /dev/zero mapped
     /// shared): a shmem object, shared with the forks that inherited it.
     AnonShared,
+    /// An attachment (shmat) of System V shared memory segment `id`, of key `key`.
+    SysvShm { key: u32, id: i32 },
     File { path: PathBuf },
     Vdso,
     /// `[vvar]` or `[vvar_vclock]`: kernel data pages mapped next to the vdso.
@@ -152,11 +154,12 @@ fn vmas(pid: i32, strict: bool) -> Result<Vec<Vma>> {
                 status |= VMA_ANON_PRIVATE;
                 Backing::Anon
             }
+            // Its inode number is the segment's id; whose segment it is,
+            // the dump checks (crate::ns::ipc::check_attached).
             MMapPath::Vsys(key) if strict => {
-                return Err(Error::unsupported(
-                    format!("process {pid}: mapping {:#x}-{:#x}", m.address.0, m.address.1),
-                    format!("System V shared memory (key {key:#x}) is not supported yet"),
-                ))
+                status |= VMA_AREA_SYSVIPC;
+                let id = i32::try_from(m.inode).map_err(|_| Error::Invalid(format!("process {pid}: System V segment of inode {}", m.inode)))?;
+                Backing::SysvShm { key: *key as u32, id }
             }
             other if strict => {
                 return Err(Error::unsupported(

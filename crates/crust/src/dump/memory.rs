@@ -148,6 +148,7 @@ fn vma_entry(pid: i32, v: &Vma, files: &mut FileTable, shmem: &mut SharedMemory)
             }
         }
         Backing::AnonShared => shmem.note(pid, v)?,
+        Backing::SysvShm { id, .. } => *id as u64,
         _ => 0,
     };
     Ok(VmaEntry {

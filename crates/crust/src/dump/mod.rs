@@ -422,6 +422,7 @@ impl TreeDump {
     /// One live process: each thread's core, its memory, its fd table, its ids.
     fn process(&mut self, p: &FrozenProcess, index: u32) -> Result<TaskKobjIdsEntry> {
         let vmas = mem::read_vmas(p.pid)?;
+        crate::ns::ipc::check_attached(p.pid, self.own_ns.0.contains("ipc"), &vmas)?;
         let mut ids = self.kobj_ids(p.pid, index);
         self.shared_with_others(p, &mut ids)?;
         let cg_set = self.cgroups.set_of(p.pid)?;

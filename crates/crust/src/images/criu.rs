@@ -27,6 +27,8 @@ pub const VMA_FILE_PRIVATE: u32 = 1 << 6;
 pub const VMA_FILE_SHARED: u32 = 1 << 7;
 pub const VMA_ANON_SHARED: u32 = 1 << 8;
 pub const VMA_ANON_PRIVATE: u32 = 1 << 9;
+/// An attachment of a System V shared memory segment; its shmid is the segment's id.
+pub const VMA_AREA_SYSVIPC: u32 = 1 << 10;
 pub const VMA_AREA_VVAR: u32 = 1 << 12;
 /// A mapping of a memfd; its shmid is the memfd's file in files.img.
 pub const VMA_AREA_MEMFD: u32 = 1 << 14;

@@ -13,7 +13,7 @@ use crate::images::proto::{
 use crate::images::digest::{self, FileDigest};
 use crate::images::{ImageReader, Kind};
 use crate::images::criu::{PE_LAZY, PE_PARENT, PE_PRESENT, TASK_ZOMBIE};
-use crate::images::criu::{PAGE_SIZE, VMA_ANON_SHARED, VMA_AREA_MEMFD, VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR};
+use crate::images::criu::{PAGE_SIZE, VMA_ANON_SHARED, VMA_AREA_MEMFD, VMA_AREA_SYSVIPC, VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR};
 
 /// The largest pid or tid Linux hands out (PID_MAX_LIMIT on 64-bit).
 pub const MAX_PID: u32 = 1 << 22;
@@ -142,7 +142,7 @@ fn invalid(path: &Path, what: impl Into<String>) -> Error {
 /// Whether vma `v` maps a file of files.img (by its id in `shmid`), as a
 /// restore maps it (see `restore::layout::map_vmas`).
 pub fn maps_file(v: &crate::images::proto::VmaEntry) -> bool {
-    v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL | VMA_ANON_SHARED) == 0
+    v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL | VMA_ANON_SHARED | VMA_AREA_SYSVIPC) == 0
         && v.flags & libc::MAP_ANONYMOUS as u32 == 0
 }
 

@@ -10,6 +10,7 @@
 //! syscalls (a hostname, a mount, a device), then ends, leaving crust where
 //! it was.
 
+pub mod ipc;
 mod mnt;
 pub mod net;
 mod uts;
@@ -48,6 +49,12 @@ pub trait NsKind: Sync {
     }
     /// Fill the new namespace the restored root was made in.
     fn restore(&self, img: &DumpImage, root: &mut NsRoot) -> Result<()>;
+    /// Once every process of the tree (in it, with root `root`) is made,
+    /// before they run: what must wait for them (an ipc segment removed
+    /// while attached is removed once attached again).
+    fn finish(&self, _img: &DumpImage, _root: i32) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The restored root, just made in its new namespaces, before anything else
@@ -82,7 +89,7 @@ pub struct NsOptions {
 }
 
 /// Every kind crust saves, in the order a restore fills them.
-static KINDS: &[&dyn NsKind] = &[&uts::Uts, &mnt::Mnt, &net::Net];
+static KINDS: &[&dyn NsKind] = &[&uts::Uts, &mnt::Mnt, &net::Net, &ipc::Ipc];
 
 /// Every kind the kernel has, with its clone flag: a tree's own namespace of
 /// a kind not in [`KINDS`] is refused.
@@ -218,6 +225,9 @@ pub fn load_images(img: &mut DumpImage, own: OwnNamespaces) -> Result<()> {
             k.load_images(img, id)?;
         }
     }
+    // Attachments of System V segments need the segments, of an ipc
+    // namespace of the tree's own.
+    ipc::check_attachments(img)?;
     img.extras.insert(own);
     Ok(())
 }
@@ -231,6 +241,12 @@ pub fn problems(img: &DumpImage, opts: &NsOptions) -> Vec<String> {
 pub fn restore(img: &DumpImage, root: &mut NsRoot) -> Result<()> {
     let own = recorded(img);
     KINDS.iter().filter(|k| own.0.contains(k.name())).try_for_each(|k| k.restore(img, root))
+}
+
+/// Finish the namespaces once the whole tree (root `root`) is made.
+pub fn finish(img: &DumpImage, root: i32) -> Result<()> {
+    let own = recorded(img);
+    KINDS.iter().filter(|k| own.0.contains(k.name())).try_for_each(|k| k.finish(img, root))
 }
 
 /// Run `work` on a thread of crust that has joined `pid`'s namespace of

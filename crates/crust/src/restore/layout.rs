@@ -175,6 +175,11 @@ pub fn map_vmas(
             }
             continue;
         }
+        if crate::ns::ipc::is_attachment(v) {
+            crate::ns::ipc::attach(task, v)?;
+            advise(task, v)?;
+            continue;
+        }
         let keep = (libc::MAP_SHARED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_GROWSDOWN | libc::MAP_LOCKED | libc::MAP_NORESERVE) as u32;
         let mut flags = (v.flags & keep) as u64 | libc::MAP_FIXED as u64;
         let len = v.end.checked_sub(v.start).ok_or_else(|| Error::Invalid(format!("vma {:#x}-{:#x} ends before it starts", v.start, v.end)))?;
@@ -199,9 +204,15 @@ pub fn map_vmas(
         if at != v.start {
             return Err(Error::Ptrace { tid: task.tid, what: format!("mmap of {:#x}-{:#x} landed at {at:#x}", v.start, v.end) });
         }
-        for advice in (0..64).filter(|b| v.madv.unwrap_or(0) & (1u64 << b) != 0) {
-            task.call("madvise", libc::SYS_madvise, [v.start, v.end - v.start, advice, 0, 0, 0])?;
-        }
+        advise(task, v)?;
+    }
+    Ok(())
+}
+
+/// The madvise advice vma `v` had, given again.
+fn advise(task: &Task, v: &VmaEntry) -> Result<()> {
+    for advice in (0..64).filter(|b| v.madv.unwrap_or(0) & (1u64 << b) != 0) {
+        task.call("madvise", libc::SYS_madvise, [v.start, v.end - v.start, advice, 0, 0, 0])?;
     }
     Ok(())
 }

@@ -363,6 +363,7 @@ pub fn restore_held(opts: &RestoreOptions, mut img: DumpImage, pages: &mut dyn P
         finish(p, img)?;
     }
     ghosts.put_back_times()?;
+    crate::ns::finish(img, procs[0].leader.tid)?;
     pages_check.join().map_err(|_| Error::Invalid("the check of the pages images failed".into()))??;
     let tasks = procs
         .iter()
