@@ -47,7 +47,7 @@ impl TreeDump {
             thp_disabled: Some(thp_disabled(pid)?),
             ..Default::default()
         };
-        let mut w = self.dir.writer(&format!("mm-{pid}.img"), Kind::Mm)?;
+        let mut w = self.dir.writer(&format!("mm-{}.img", self.files.pids.of(pid)), Kind::Mm)?;
         w.entry(&mm)?;
         self.stats.bytes_written += w.finish()?;
         self.pages(pid, index, vmas)
@@ -60,12 +60,12 @@ impl TreeDump {
         let saved = mem::private_page_runs(pid, vmas)?;
         self.stats.pages_scanned += saved.scanned;
         let in_parent = match &self.parent {
-            Some(parent) => unchanged(pid, &saved, parent)?,
+            Some(parent) => unchanged(pid, self.files.pids.of(pid), &saved, parent)?,
             None => Vec::new(),
         };
         // The pagemap first, whole, then the pages: images are written one at a
         // time (a streamed dump cannot interleave them).
-        let mut map = self.dir.writer(&format!("pagemap-{pid}.img"), Kind::Pagemap)?;
+        let mut map = self.dir.writer(&format!("pagemap-{}.img", self.files.pids.of(pid)), Kind::Pagemap)?;
         map.entry(&PagemapHead { pages_id })?;
         for run in &saved.runs {
             for (vaddr, len, parent) in split(&in_parent, run.vaddr, run.nr_pages * PAGE_SIZE) {
@@ -167,8 +167,8 @@ pub(super) fn shared_with_parent(child: &PendingPages, parent: &PendingPages) ->
 /// sorted ranges. A page is left to the parent only when its bytes were
 /// compared equal, so nothing is assumed clean: not even a damaged parent
 /// image can make the dump lose a write.
-fn unchanged(pid: i32, saved: &mem::SavedPages, parent: &Path) -> Result<Vec<(u64, u64)>> {
-    let theirs = crate::images::load::pages_of(parent, pid as u32)?;
+fn unchanged(pid: i32, image_pid: i32, saved: &mem::SavedPages, parent: &Path) -> Result<Vec<(u64, u64)>> {
+    let theirs = crate::images::load::pages_of(parent, image_pid as u32)?;
     if theirs.is_empty() {
         return Ok(Vec::new());
     }

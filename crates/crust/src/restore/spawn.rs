@@ -13,8 +13,11 @@ use crate::ptrace;
 use crate::task::{Scratch, Task};
 
 /// crust forks itself with `pid`, in new namespaces of the kinds `namespaces`
-/// names, and the child waits, stopped, for crust to take it over.
-pub(super) fn spawn_stopped(pid: i32, namespaces: nix::sched::CloneFlags) -> Result<()> {
+/// names, and the child waits, stopped, for crust to take it over. Returns
+/// its pid as crust sees it: `pid`, or in a new pid namespace (where it is
+/// `pid`, 1) whatever pid was free.
+pub(super) fn spawn_stopped(pid: i32, namespaces: nix::sched::CloneFlags) -> Result<i32> {
+    // set_tid names the pid in the innermost namespace first: only that one.
     let set_tid = [pid as libc::pid_t];
     let flags = namespaces.bits() as u32 as u64;
     let args = CloneArgs { flags, exit_signal: libc::SIGCHLD as u64, set_tid: set_tid.as_ptr() as u64, set_tid_size: 1, ..Default::default() };
@@ -43,7 +46,9 @@ pub(super) fn spawn_stopped(pid: i32, namespaces: nix::sched::CloneFlags) -> Res
             _ => Error::Io { context: format!("creating process {pid}"), err: e },
         });
     }
-    wait_new_task(pid)
+    let host = r as i32;
+    wait_new_task(host)?;
+    Ok(host)
 }
 
 /// The first stop of a task created under ptrace.
@@ -78,7 +83,8 @@ impl CloneArgs {
     }
 }
 
-/// clone3 inside `task`, giving the new task id `id`.
+/// clone3 inside `task`, giving the new task id `id` (in the task's pid
+/// namespace); returns its id as crust sees it.
 pub(super) fn clone_in(task: &Task, scratch: &mut Scratch, id: i32, flags: u64, exit_signal: u64) -> Result<i32> {
     let set_tid = scratch.reset().put(&id.to_le_bytes())?;
     let args = CloneArgs { flags, exit_signal, set_tid, set_tid_size: 1, ..Default::default() };
@@ -111,7 +117,8 @@ pub(super) fn make_zombie(task: Task, scratch: &mut Scratch, status: u32) -> Res
         let default_action = scratch.reset().put_u64s(&[libc::SIG_DFL as u64, 0, 0, 0])?;
         task.call(&format!("rt_sigaction({sig})"), libc::SYS_rt_sigaction, [sig as u64, default_action, 0, 8, 0, 0])?;
     }
-    let pid = task.pid as u64;
+    // The signal is sent from inside: by the id the task has there.
+    let pid = task.call("getpid", libc::SYS_getpid, [0; 6])?;
     task.call_to_death(libc::SYS_tgkill, [pid, pid, sig as u64, 0, 0, 0])
 }
 
@@ -132,9 +139,9 @@ pub(super) fn set_process_groups(procs: &[Proc], in_crust_group: bool) -> Result
     let mut order: Vec<&Proc> = procs.iter().collect();
     order.sort_by_key(|p| group_of(p.image.pstree.pgid) != Some(p.image.pstree.pid));
     for p in order {
-        let pid = p.image.pstree.pid;
         let Some(pgid) = group_of(p.image.pstree.pgid) else { continue };
-        if nix::unistd::getpgid(Some(Pid::from_raw(pid as i32))).map(|g| g.as_raw() as u32) != Ok(pgid) {
+        // Asked inside: the group's id there (the tree's pid namespace).
+        if p.leader.call("getpgid", libc::SYS_getpgid, [0; 6])? != pgid as u64 {
             p.leader.call("setpgid", libc::SYS_setpgid, [0, pgid as u64, 0, 0, 0, 0])?;
         }
     }

@@ -50,6 +50,8 @@ impl Component for PosixTimers {
         // they were made, which a restore follows, so /proc lists them alike.
         for mut e in listed.into_iter().rev() {
             check_clock(&e, t.pid, &threads).map_err(|what| Error::unsupported(&who, format!("POSIX timer {}: {what}", e.it_id)))?;
+            // The thread it signals, as the process names it.
+            e.notify_thread_id = e.notify_thread_id.map(|tid| t.files.pids.of(tid as i32) as _);
             let buf = t.rt.scratch();
             t.rt.call("timer_gettime", libc::SYS_timer_gettime, [e.it_id as u64, buf, 0, 0, 0, 0])?;
             let w: Vec<u64> = super::words(&t.rt.read_scratch(32)?).collect();
