@@ -7,13 +7,16 @@
  * exiting as it does. The init ("c": in a cgroup namespace it makes first)
  * makes a session of its own, forks a child that makes a process group of
  * its own and sleeps, and a child that exits at once with status 7 and is
- * left a zombie; then two threads print "t<i> <counter>" every 100 ms (as
+ * left a zombie, and a child that stops itself (SIGSTOP), whose stop it
+ * collects with waitpid(WUNTRACED); then two threads print "t<i> <counter>" every 100 ms (as
  * test_mm), the first also "mono <ms>" (CLOCK_MONOTONIC) after each count.
- * It prints "READY pid=<getpid> child=<pid> zombie=<pid>".
+ * It prints "READY pid=<getpid> child=<pid> zombie=<pid> stopped=<pid>".
+ *
+ * "x PROGRAM ARGS...": the init execs PROGRAM (another workload) instead.
  *
  * On SIGUSR1 (to the init): checks it is pid 1 with parent 0, the leader of
  * session 1, that the child is alive in its own group and the zombie still
- * a zombie with status 7; prints "OK" (exit 0) or "FAIL <reason>" (exit 1).
+ * a zombie with status 7, the stopped child's stop not reported again; prints "OK" (exit 0) or "FAIL <reason>" (exit 1).
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -72,7 +75,17 @@ static int init(int cgroup_ns)
     /* Wait until it is a zombie, leaving it one. */
     if (waitid(P_PID, zombie, &si, WEXITED | WNOWAIT) != 0)
         die("waitid");
-    printf("READY pid=%d child=%d zombie=%d\n", (int)getpid(), (int)child, (int)zombie);
+    pid_t stopped = fork();
+    if (stopped < 0)
+        die("fork");
+    if (stopped == 0) {
+        raise(SIGSTOP);
+        _exit(0);
+    }
+    int st;
+    if (waitpid(stopped, &st, WUNTRACED) != stopped || !WIFSTOPPED(st))
+        die("waitpid(WUNTRACED)");
+    printf("READY pid=%d child=%d zombie=%d stopped=%d\n", (int)getpid(), (int)child, (int)zombie, (int)stopped);
     pthread_t th[2];
     for (long i = 1; i <= 2; i++)
         if (pthread_create(&th[i - 1], NULL, worker, (void *)i) != 0)
@@ -88,6 +101,8 @@ static int init(int cgroup_ns)
     memset(&si, 0, sizeof si);
     if (waitid(P_PID, zombie, &si, WEXITED | WNOHANG | WNOWAIT) != 0 || si.si_pid != zombie || si.si_status != 7)
         fail("zombie %d: si_pid %d status %d", (int)zombie, (int)si.si_pid, si.si_status);
+    if (waitpid(stopped, &st, WUNTRACED | WNOHANG) != 0)
+        fail("the collected stop of %d was reported again", (int)stopped);
     succeed();
 }
 
@@ -106,6 +121,12 @@ int main(int argc, char **argv)
     pid_t root = fork();
     if (root < 0)
         die("fork");
+    if (root == 0 && opts[0] == 'x' && argc > 2) {
+        if (setsid() < 0)
+            die("setsid");
+        execv(argv[2], argv + 2);
+        die("execv");
+    }
     if (root == 0)
         return init(strchr(opts, 'c') != NULL);
     printf("ROOT %d\n", (int)root);

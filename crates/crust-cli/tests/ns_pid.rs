@@ -33,10 +33,14 @@ struct Tree {
 
 impl Tree {
     fn start(dir: &Path, opts: &str) -> (Tree, String) {
+        Tree::start_with(dir, &[opts])
+    }
+
+    fn start_with(dir: &Path, args: &[&str]) -> (Tree, String) {
         become_subreaper();
         let out = dir.join("pidns.out");
         let mut cmd = Command::new(workload_path("pidns"));
-        cmd.arg(opts);
+        cmd.args(args);
         output_to_file(&mut cmd, &out);
         new_session(&mut cmd);
         let outer = cmd.spawn().expect("spawning pidns");
@@ -204,7 +208,9 @@ fn a_pid_namespace_comes_back_with_the_same_pids_inside_twice_side_by_side_and_d
     t.counts();
     assert_ne!(ns_inode(t.root, "pid"), ns_inode("self", "pid"));
     let before = state_inside(t.root);
-    assert_eq!(before.len(), 3, "the root, its child and its zombie: {before:?}");
+    let stopped = ready_field(&ready, "stopped");
+    assert_eq!(before.len(), 4, "the root, its child, its zombie and its stopped child: {before:?}");
+    assert!(before.iter().any(|l| l == &format!("child {stopped} pgid 1 sid 1 state T")), "{before:?}");
     assert!(before.iter().any(|l| l == &format!("child {zombie} pgid 1 sid 1 state Z")), "{before:?}");
     assert!(before.iter().any(|l| l == &format!("child {child} pgid {child} sid 1 state S")), "{before:?}");
     dump(t.root, &images, &[]);
@@ -261,7 +267,7 @@ fn a_root_that_is_not_its_pid_namespaces_init_is_refused_and_runs_on() {
     let err = assert_clean_failure(&out, "dump of a process that is not its pid namespace's init");
     assert!(err.contains("pid namespace") && err.contains("init"), "the refusal says why: {err}");
     assert!(!images.join("inventory.img").exists(), "no images are left");
-    assert_eq!(state_inside(t.root).len(), 3, "the tree is whole");
+    assert_eq!(state_inside(t.root).len(), 4, "the tree is whole");
     t.counts();
     t.counts();
 }
@@ -316,4 +322,80 @@ fn a_cgroup_namespace_shows_the_same_cgroups_inside() {
     assert_eq!(inside(root), before);
     t.counts();
     assert!(t.check_and_end(root).success(), "{:?}", t.history);
+}
+
+/// Another workload as the init of a pid namespace of its own: it checks
+/// itself after the restore. Those whose state holds pids: pidfds, POSIX
+/// timers signalling a thread and on a thread's CPU clock, POSIX locks.
+/// (childstops reads /proc by the pids it sees, which needs a proc of its
+/// namespace's: a mount namespace of its own; pidns has a stopped child.)
+fn workload_as_init(name: &str, args: &[&str], dump_extra: &[&str]) {
+    let dir = TempDir::new(&format!("ns-pid-{name}"));
+    let images = dir.join("images");
+    let program = workload_path(name);
+    let mut all = vec!["x", program.to_str().expect("utf-8 path")];
+    all.extend(args);
+    let (mut t, ready) = Tree::start_with(dir.path(), &all);
+    assert_eq!(inner_pid(t.root), 1, "{name} is its namespace's init: {ready}");
+    dump(t.root, &images, dump_extra);
+    t.reap_outer();
+    let root = t.restore(&images);
+    t.root = root;
+    assert_eq!(inner_pid(root), 1);
+    // SAFETY: kill on our own child.
+    unsafe { libc::kill(root, libc::SIGUSR1) };
+    loop {
+        let l = t.line();
+        assert!(!l.starts_with("FAIL"), "{name} in a pid namespace, restored: {l}; {:?}", t.history);
+        if l == "OK" {
+            break;
+        }
+    }
+    let status = t.check_and_end(root);
+    assert!(status.success(), "{name}: {status:?}; {:?}", t.history);
+}
+
+/// The processes the pidfds of `pid` name, by their pids inside (the
+/// pidfds workload's own check reads /proc, the host's here, by those).
+fn pidfd_targets(pid: i32) -> Vec<(String, i32)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd")).expect("fds").flatten() {
+        let link = std::fs::read_link(e.path()).map(|l| l.to_string_lossy().into_owned()).unwrap_or_default();
+        if link != "anon_inode:[pidfd]" {
+            continue;
+        }
+        let fd = e.file_name().to_string_lossy().into_owned();
+        let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).expect("fdinfo");
+        let target: i32 = info.lines().find_map(|l| l.strip_prefix("Pid:")).expect("Pid:").trim().parse().expect("a pid");
+        out.push((fd, inner_pid(target)));
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn pidfds_inside_a_pid_namespace_name_the_same_processes() {
+    let dir = TempDir::new("ns-pid-pidfds");
+    let images = dir.join("images");
+    let program = workload_path("pidfds");
+    let (mut t, ready) = Tree::start_with(dir.path(), &["x", program.to_str().expect("utf-8 path")]);
+    let before = pidfd_targets(t.root);
+    let child = ready_field(&ready, "child");
+    assert_eq!(before.iter().map(|(_, p)| *p).collect::<std::collections::BTreeSet<_>>(), [1, child].into(), "{before:?}");
+    dump(t.root, &images, &[]);
+    t.reap_outer();
+    let root = t.restore(&images);
+    t.root = root;
+    assert_eq!(pidfd_targets(root), before, "each pidfd names the same process inside");
+}
+
+#[test]
+fn posix_timers_inside_a_pid_namespace() {
+    workload_as_init("ptimers", &[], &[]);
+}
+
+#[test]
+fn file_locks_inside_a_pid_namespace() {
+    let dir = TempDir::new("ns-pid-locks-files");
+    workload_as_init("locks", &[dir.path().to_str().expect("utf-8 path")], &["--file-locks"]);
 }
