@@ -33,16 +33,20 @@ struct Tree {
 
 impl Tree {
     fn start(dir: &Path, opts: &str) -> (Tree, String) {
-        Tree::start_with(dir, &[opts])
+        Tree::start_with(dir, &[opts], &[])
     }
 
-    fn start_with(dir: &Path, args: &[&str]) -> (Tree, String) {
+    /// `pidns ARGS...`, started in the cgroups `cgroups` (directories).
+    fn start_with(dir: &Path, args: &[&str], cgroups: &[PathBuf]) -> (Tree, String) {
         become_subreaper();
         let out = dir.join("pidns.out");
         let mut cmd = Command::new(workload_path("pidns"));
         cmd.args(args);
         output_to_file(&mut cmd, &out);
         new_session(&mut cmd);
+        if !cgroups.is_empty() {
+            enter_cgroups(&mut cmd, cgroups);
+        }
         let outer = cmd.spawn().expect("spawning pidns");
         let mut t = Tree { outer: Some(outer), root: 0, out, read: 0, history: Vec::new(), restored: Vec::new() };
         let mut ready = None;
@@ -301,11 +305,40 @@ fn a_time_namespace_keeps_its_clocks_going_on() {
     assert!(t.check_and_end(root).success(), "{:?}", t.history);
 }
 
+/// Cgroups of a test's own (cgroup v2 and v1's pids), removed on drop once
+/// their processes are gone.
+struct OwnCgroups(Vec<PathBuf>);
+
+impl OwnCgroups {
+    fn new(name: &str) -> OwnCgroups {
+        let name = format!("crust-test-{name}-{}", std::process::id());
+        let dirs: Vec<PathBuf> = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup/pids"].iter().map(|m| Path::new(m).join(&name)).collect();
+        for d in &dirs {
+            std::fs::create_dir(d).unwrap_or_else(|e| panic!("making {}: {e}", d.display()));
+        }
+        OwnCgroups(dirs)
+    }
+}
+
+impl Drop for OwnCgroups {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            // Its last processes may still be dying.
+            let gone = poll(Duration::from_secs(10), Duration::from_millis(20), || std::fs::remove_dir(d).ok());
+            if gone.is_none() {
+                eprintln!("cgroup {} is left", d.display());
+            }
+        }
+    }
+}
+
 #[test]
 fn a_cgroup_namespace_shows_the_same_cgroups_inside() {
     let dir = TempDir::new("ns-cgroup");
     let images = dir.join("images");
-    let (mut t, _) = Tree::start(dir.path(), "c");
+    // Cgroups other than crust's: the namespace's root is there.
+    let cgroups = OwnCgroups::new("nscg");
+    let (mut t, _) = Tree::start_with(dir.path(), &["c"], &cgroups.0);
     assert_ne!(ns_inode(t.root, "cgroup"), ns_inode("self", "cgroup"));
     let inside = |pid: i32| {
         let out = Command::new("nsenter").args(["-t", &pid.to_string(), "-C", "--", "cat", &format!("/proc/{pid}/cgroup")]).output().expect("nsenter");
@@ -314,12 +347,15 @@ fn a_cgroup_namespace_shows_the_same_cgroups_inside() {
     };
     let before = inside(t.root);
     assert!(before.lines().all(|l| l.ends_with(":/")), "the root is at its namespace's root: {before}");
+    let outside = std::fs::read_to_string(format!("/proc/{}/cgroup", t.root)).expect("its cgroups");
+    assert!(outside.contains("crust-test-nscg-"), "in the test's cgroups: {outside}");
     dump(t.root, &images, &[]);
     t.reap_outer();
     let root = t.restore(&images);
     t.root = root;
     assert_ne!(ns_inode(root, "cgroup"), ns_inode("self", "cgroup"), "in a cgroup namespace of its own");
     assert_eq!(inside(root), before);
+    assert_eq!(std::fs::read_to_string(format!("/proc/{root}/cgroup")).expect("its cgroups"), outside, "in the same cgroups");
     t.counts();
     assert!(t.check_and_end(root).success(), "{:?}", t.history);
 }
@@ -335,7 +371,7 @@ fn workload_as_init(name: &str, args: &[&str], dump_extra: &[&str]) {
     let program = workload_path(name);
     let mut all = vec!["x", program.to_str().expect("utf-8 path")];
     all.extend(args);
-    let (mut t, ready) = Tree::start_with(dir.path(), &all);
+    let (mut t, ready) = Tree::start_with(dir.path(), &all, &[]);
     assert_eq!(inner_pid(t.root), 1, "{name} is its namespace's init: {ready}");
     dump(t.root, &images, dump_extra);
     t.reap_outer();
@@ -378,7 +414,7 @@ fn pidfds_inside_a_pid_namespace_name_the_same_processes() {
     let dir = TempDir::new("ns-pid-pidfds");
     let images = dir.join("images");
     let program = workload_path("pidfds");
-    let (mut t, ready) = Tree::start_with(dir.path(), &["x", program.to_str().expect("utf-8 path")]);
+    let (mut t, ready) = Tree::start_with(dir.path(), &["x", program.to_str().expect("utf-8 path")], &[]);
     let before = pidfd_targets(t.root);
     let child = ready_field(&ready, "child");
     assert_eq!(before.iter().map(|(_, p)| *p).collect::<std::collections::BTreeSet<_>>(), [1, child].into(), "{before:?}");
