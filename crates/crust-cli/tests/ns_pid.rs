@@ -435,3 +435,28 @@ fn file_locks_inside_a_pid_namespace() {
     let dir = TempDir::new("ns-pid-locks-files");
     workload_as_init("locks", &[dir.path().to_str().expect("utf-8 path")], &["--file-locks"]);
 }
+
+/// A pre-dump and a dump on top of it: both name the pages images by the
+/// pids inside, so the dump leaves the unchanged pages to the pre-dump, and
+/// the tree comes back from the chain.
+#[test]
+fn a_pre_dump_chain_in_a_pid_namespace() {
+    let dir = TempDir::new("ns-pid-predump");
+    let (pre, images) = (dir.join("pre"), dir.join("images"));
+    let (mut t, _) = Tree::start(dir.path(), "");
+    let root = t.root.to_string();
+    let out = crust(&[os("pre-dump"), os("-t"), os(&root), os("-D"), pre.as_os_str(), os("--track-mem")], STEP);
+    assert!(out.status.success(), "pre-dump: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(pre.join("pagemap-1.img").exists() && pre.join("pagemap-2.img").exists(), "pagemaps by the pids inside");
+    t.counts();
+    let stats = dump(t.root, &images, &["--track-mem", "--prev-images-dir", "../pre", "--json"]);
+    let stats: serde_json::Value = serde_json::from_str(&stats).expect("stats as JSON");
+    assert!(num(&stats["pages_skipped_parent"]) > 0, "pages left to the pre-dump: {stats}");
+    t.reap_outer();
+    let last = last_counts(&t.history);
+    let root = t.restore(&images);
+    t.root = root;
+    assert_eq!(inner_pid(root), 1);
+    assert_counts_on(&mut t, &last);
+    assert!(t.check_and_end(root).success(), "{:?}", t.history);
+}

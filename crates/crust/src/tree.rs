@@ -210,25 +210,14 @@ impl FrozenTree {
     }
 
     /// Kill every process of the tree (after a successful dump) and wait until
-    /// the kernel has taken them down: each process's other threads before
-    /// its leader, and the root last, children first. The init of a pid
-    /// namespace (a root) does not finish dying until every other process
-    /// there is gone, which for a traced one means taken by crust's wait.
+    /// the kernel has taken them down.
     pub fn kill(mut self) {
         for p in &self.processes {
             let _ = kill(Pid::from_raw(p.pid), Signal::SIGKILL);
         }
-        let seized = &self.seized;
-        let order: Vec<i32> = self
-            .processes
-            .iter()
-            .rev()
-            .flat_map(|p| p.threads.iter().copied().filter(|&t| t != p.pid && seized.contains(&t)).chain([p.pid]))
-            .collect();
-        for tid in order {
-            // Consume the tracer's exit notification so the real parent can reap.
-            let _ = waitpid(Pid::from_raw(tid), Some(WaitPidFlag::__WALL));
-        }
+        let mut tids = self.seized.clone();
+        tids.extend(self.processes.iter().map(|p| p.pid).filter(|p| !self.seized.contains(p)));
+        reap_all(tids);
         self.seized.clear();
     }
 }
@@ -237,6 +226,22 @@ impl Drop for FrozenTree {
     fn drop(&mut self) {
         for &tid in &self.seized {
             ptrace::detach(tid);
+        }
+    }
+}
+
+/// Takes the exit of each of `tids` (killed tasks crust traces or forked),
+/// so that their real parents can reap them, in whatever order they come:
+/// a leader is reported only after its other threads, and the init of a pid
+/// namespace only after every other task there, including its own other
+/// threads, which for a traced one means after crust took its exit. Gives
+/// up after 10 s (a task crust could not take).
+pub fn reap_all(mut tids: Vec<i32>) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !tids.is_empty() && std::time::Instant::now() < deadline {
+        tids.retain(|&tid| matches!(waitpid(Pid::from_raw(tid), Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG)), Ok(nix::sys::wait::WaitStatus::StillAlive)));
+        if !tids.is_empty() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
     }
 }

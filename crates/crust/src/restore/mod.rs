@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use nix::sys::ptrace::{self as nix_ptrace, Options};
 use nix::sys::signal::{kill, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
@@ -130,18 +129,10 @@ impl Drop for Created {
         if self.done {
             return;
         }
-        // The root's threads are taken last, with it: the init of a pid
-        // namespace does not finish dying until every other process there
-        // is gone, which for a traced one means taken by crust's wait.
-        let root = self.processes.first().copied().unwrap_or(0);
-        let (root_threads, others): (Vec<i32>, Vec<i32>) =
-            self.threads.iter().partition(|t| Path::new(&format!("/proc/{root}/task/{t}")).exists());
         for &pid in &self.processes {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
-        for &tid in others.iter().chain(self.processes.iter().skip(1).rev()).chain(&root_threads).chain(self.processes.first()) {
-            let _ = waitpid(Pid::from_raw(tid), Some(WaitPidFlag::__WALL));
-        }
+        crate::tree::reap_all(self.threads.iter().chain(&self.processes).copied().collect());
         self.cgroups.undo();
         if let Some(t) = &self.terminal {
             t.put_back();
