@@ -38,14 +38,13 @@ impl Task {
         remote::check(self.tid, what, r)
     }
 
-    /// Run a syscall that creates a task (clone3), and return the new task's id.
+    /// Run a syscall that creates a task (clone3), and return the new task's
+    /// id as crust sees it (ptrace's report), which is not the one the call
+    /// returned inside a pid namespace of its own.
     pub fn call_clone(&self, what: &str, nr: i64, args: [u64; 6]) -> Result<i32> {
         let (r, created) = remote::syscall(self.tid, &self.base, self.gadget, nr, args)?;
         let id = remote::check(self.tid, what, r)? as i32;
-        match created {
-            Some(c) if c == id => Ok(id),
-            _ => Err(Error::Ptrace { tid: self.tid, what: format!("{what} created {id}, but ptrace did not report it") }),
-        }
+        created.ok_or_else(|| Error::Ptrace { tid: self.tid, what: format!("{what} created {id}, but ptrace did not report it") })
     }
 
     /// Run a syscall that ends the task; returns once it is dead.

@@ -210,17 +210,14 @@ impl FrozenTree {
     }
 
     /// Kill every process of the tree (after a successful dump) and wait until
-    /// the kernel has taken them down, non-leader threads first.
+    /// the kernel has taken them down.
     pub fn kill(mut self) {
         for p in &self.processes {
             let _ = kill(Pid::from_raw(p.pid), Signal::SIGKILL);
         }
-        let mut order: Vec<i32> = self.seized.iter().copied().filter(|t| !self.processes.iter().any(|p| p.pid == *t)).collect();
-        order.extend(self.processes.iter().rev().map(|p| p.pid));
-        for tid in order {
-            // Consume the tracer's exit notification so the real parent can reap.
-            let _ = waitpid(Pid::from_raw(tid), Some(WaitPidFlag::__WALL));
-        }
+        let mut tids = self.seized.clone();
+        tids.extend(self.processes.iter().map(|p| p.pid).filter(|p| !self.seized.contains(p)));
+        reap_all(tids);
         self.seized.clear();
     }
 }
@@ -229,6 +226,22 @@ impl Drop for FrozenTree {
     fn drop(&mut self) {
         for &tid in &self.seized {
             ptrace::detach(tid);
+        }
+    }
+}
+
+/// Takes the exit of each of `tids` (killed tasks crust traces or forked),
+/// so that their real parents can reap them, in whatever order they come:
+/// a leader is reported only after its other threads, and the init of a pid
+/// namespace only after every other task there, including its own other
+/// threads, which for a traced one means after crust took its exit. Gives
+/// up after 10 s (a task crust could not take).
+pub fn reap_all(mut tids: Vec<i32>) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !tids.is_empty() && std::time::Instant::now() < deadline {
+        tids.retain(|&tid| matches!(waitpid(Pid::from_raw(tid), Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG)), Ok(nix::sys::wait::WaitStatus::StillAlive)));
+        if !tids.is_empty() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
     }
 }
@@ -242,6 +255,45 @@ fn children(p: &FrozenProcess) -> Result<Vec<i32>> {
         out.extend(children.into_iter().map(|c| c as i32));
     }
     Ok(out)
+}
+
+/// Pids as the tree sees them, in its own pid namespace: what its images
+/// hold. crust itself goes on with its own view (the host's) for ptrace and
+/// /proc; the images are translated as they are written.
+#[derive(Clone, Debug, Default)]
+pub struct NsPids(Option<HashMap<i32, i32>>);
+
+impl NsPids {
+    /// Every thread of `tree` (in a pid namespace of its own), by the last
+    /// number of its NSpid: its id in the innermost namespace, the tree's.
+    pub fn read(tree: &FrozenTree) -> Result<NsPids> {
+        let mut map = HashMap::new();
+        for p in &tree.processes {
+            for &tid in &p.threads {
+                let path = format!("/proc/{}/task/{tid}/status", p.pid);
+                let text = std::fs::read_to_string(&path).ctx(|| format!("reading {path}"))?;
+                let inner = text.lines().find_map(|l| l.strip_prefix("NSpid:")).and_then(|l| l.split_whitespace().last()?.parse().ok());
+                let inner = inner.ok_or_else(|| Error::Invalid(format!("{path} has no NSpid line")))?;
+                map.insert(tid, inner);
+            }
+        }
+        Ok(NsPids(Some(map)))
+    }
+
+    /// The id in the tree's pid namespace of `host`, one of crust's; 0 for
+    /// one outside that namespace (a session or group leader outside it,
+    /// which the tree sees as 0 too).
+    pub fn of(&self, host: i32) -> i32 {
+        match &self.0 {
+            None => host,
+            Some(map) => map.get(&host).copied().unwrap_or(0),
+        }
+    }
+
+    /// Whether the tree has a pid namespace of its own.
+    pub fn translated(&self) -> bool {
+        self.0.is_some()
+    }
 }
 
 /// A cgroup frozen through its freezer (v1 freezer.state or v2 cgroup.freeze);

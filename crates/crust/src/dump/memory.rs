@@ -47,7 +47,7 @@ impl TreeDump {
             thp_disabled: Some(thp_disabled(pid)?),
             ..Default::default()
         };
-        let mut w = self.dir.writer(&format!("mm-{pid}.img"), Kind::Mm)?;
+        let mut w = self.dir.writer(&format!("mm-{}.img", self.files.pids.of(pid)), Kind::Mm)?;
         w.entry(&mm)?;
         self.stats.bytes_written += w.finish()?;
         self.pages(pid, index, vmas)
@@ -62,7 +62,7 @@ impl TreeDump {
         let in_parent = self.in_parent(pid, &saved)?;
         // The pagemap first, whole, then the pages: images are written one at a
         // time (a streamed dump cannot interleave them).
-        let mut map = self.dir.writer(&format!("pagemap-{pid}.img"), Kind::Pagemap)?;
+        let mut map = self.dir.writer(&format!("pagemap-{}.img", self.files.pids.of(pid)), Kind::Pagemap)?;
         map.entry(&PagemapHead { pages_id })?;
         for run in &saved.runs {
             for (vaddr, len, parent) in split(&in_parent, run.vaddr, run.nr_pages * PAGE_SIZE) {
@@ -86,7 +86,7 @@ impl TreeDump {
             // A live migration's: `clean` is already what the destination holds.
             (Some(t), None) => (crate::ranges::intersect(&all, &t.clean), Vec::new()),
             (Some(t), Some(parent)) => {
-                let chain = crate::images::load::pages_of(parent, pid as u32)?.iter().map(|p| (p.vaddr, p.vaddr + p.len)).collect();
+                let chain = crate::images::load::pages_of(parent, self.files.pids.of(pid) as u32)?.iter().map(|p| (p.vaddr, p.vaddr + p.len)).collect();
                 let clean = crate::ranges::intersect(&all, &t.clean);
                 (crate::ranges::intersect(&clean, &crate::ranges::merge(chain)), crate::ranges::subtract(&all, &t.covered))
             }
@@ -96,7 +96,7 @@ impl TreeDump {
         let compared = match &self.parent {
             Some(parent) if !rest.is_empty() => {
                 self.stats.pages_compared += pages(&rest);
-                unchanged(pid, &rest, parent)?
+                unchanged(pid, self.files.pids.of(pid), &rest, parent)?
             }
             _ => Vec::new(),
         };
@@ -192,8 +192,8 @@ pub(super) fn shared_with_parent(child: &PendingPages, parent: &PendingPages) ->
 /// sorted ranges. A page is left to the parent only when its bytes were
 /// compared equal, so nothing is assumed clean: not even a damaged parent
 /// image can make the dump lose a write.
-fn unchanged(pid: i32, saved: &[(u64, u64)], parent: &Path) -> Result<Vec<(u64, u64)>> {
-    let theirs = crate::images::load::pages_of(parent, pid as u32)?;
+fn unchanged(pid: i32, image_pid: i32, saved: &[(u64, u64)], parent: &Path) -> Result<Vec<(u64, u64)>> {
+    let theirs = crate::images::load::pages_of(parent, image_pid as u32)?;
     if theirs.is_empty() {
         return Ok(Vec::new());
     }

@@ -260,6 +260,9 @@ fn write_images(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<W
         None => ImageDir::create(&opts.dir)?,
     };
     let mut d = TreeDump::new(dir, opts, &tree, frozen_at - start)?;
+    if own_ns.0.contains("pid") {
+        d.files.pids = crate::tree::NsPids::read(&tree)?;
+    }
     d.own_ns = own_ns;
     // The tracking ends here, before anything is read: it says what was
     // written, and its registration is gone from the vmas the dump reads.
@@ -437,7 +440,7 @@ impl TreeDump {
         if ids.files_id == index {
             self.fds(p.pid, index)?;
         }
-        let mut w = self.dir.writer(&format!("ids-{}.img", p.pid), Kind::Ids)?;
+        let mut w = self.dir.writer(&format!("ids-{}.img", self.files.pids.of(p.pid)), Kind::Ids)?;
         w.entry(&ids)?;
         self.stats.bytes_written += w.finish()?;
         self.dumped.push((p.pid, ids));
@@ -504,11 +507,13 @@ impl TreeDump {
         self.stats.bytes_written += t.bytes_written;
         let brk = if tid == pid { Some(rt.call("brk", libc::SYS_brk, [0; 6])?) } else { None };
         if let Some(children) = self.stopped_children.get(&pid).filter(|_| tid == pid) {
-            let waiting = state::child_stops::uncollected(&rt, children)?;
-            self.stops_collected.extend(children.iter().filter(|c| !waiting.contains(c)));
+            // Asked inside the parent: by the children's ids there.
+            let inside: Vec<i32> = children.iter().map(|&c| self.files.pids.of(c)).collect();
+            let waiting = state::child_stops::uncollected(&rt, &inside)?;
+            self.stops_collected.extend(inside.iter().filter(|c| !waiting.contains(c)));
         }
         rt.finish()?;
-        let mut w = self.dir.writer(&format!("core-{tid}.img"), Kind::Core)?;
+        let mut w = self.dir.writer(&format!("core-{}.img", self.files.pids.of(tid)), Kind::Core)?;
         w.entry(&core)?;
         self.stats.bytes_written += w.finish()?;
         Ok(brk)
@@ -526,7 +531,8 @@ impl TreeDump {
             let open = OpenFd::read(pid, fd)?;
             let locks = self.files.locks.read(&open)?;
             let entry = self.files.dump_fd(&open)?;
-            self.files.locks.save(&open, entry.id, locks);
+            let image_pid = self.files.pids.of(pid);
+            self.files.locks.save(&open, entry.id, locks, image_pid);
             w.entry(&entry)?;
         }
         self.stats.bytes_written += w.finish()?;
@@ -546,7 +552,7 @@ impl TreeDump {
             }),
             ..Default::default()
         };
-        let mut w = self.dir.writer(&format!("core-{}.img", p.pid), Kind::Core)?;
+        let mut w = self.dir.writer(&format!("core-{}.img", self.files.pids.of(p.pid)), Kind::Core)?;
         w.entry(&core)?;
         self.stats.bytes_written += w.finish()?;
         Ok(())
@@ -554,13 +560,14 @@ impl TreeDump {
 
     fn pstree(&mut self, tree: &FrozenTree, root: i32) -> Result<()> {
         let mut w = self.dir.writer("pstree.img", Kind::Pstree)?;
+        let ns = |pid: i32| self.files.pids.of(pid) as u32;
         for p in &tree.processes {
             w.entry(&PstreeEntry {
-                pid: p.pid as u32,
-                ppid: if p.pid == root { 0 } else { p.ppid as u32 },
-                pgid: p.pgid as u32,
-                sid: p.sid as u32,
-                threads: p.threads.iter().map(|&t| t as u32).collect(),
+                pid: ns(p.pid),
+                ppid: if p.pid == root { 0 } else { ns(p.ppid) },
+                pgid: ns(p.pgid),
+                sid: ns(p.sid),
+                threads: p.threads.iter().map(|&t| ns(t)).collect(),
             })?;
         }
         self.stats.bytes_written += w.finish()?;
@@ -589,7 +596,7 @@ impl TreeDump {
             .filter_map(|f| f.reg.as_ref())
             .filter(|r| r.flags & libc::O_ACCMODE as u32 == 0);
         let stamps = read_only.filter_map(|r| Some((r.name.clone(), FileStamp::of(&files.seen_at(&r.name))?))).collect();
-        let shared_with_parent = std::mem::take(&mut self.shared_with_parent);
+        let shared_with_parent = std::mem::take(&mut self.shared_with_parent).into_iter().map(|(pid, r)| (self.files.pids.of(pid), r)).collect();
         let devices = files.files.iter().filter_map(|f| f.reg.as_ref()).filter_map(|r| crate::files::reg::device_of(r, files)).collect();
         let stops_collected = std::mem::take(&mut self.stops_collected);
         let network_lock = files.tcp.lock_name().map(str::to_string);

@@ -34,7 +34,13 @@ pub fn pre_dump(opts: &DumpOptions) -> Result<DumpStats> {
         None => FrozenTree::seize(opts.pid)?,
     };
     let frozen_at = Instant::now();
+    // Refused as the dump would refuse it; its pages images are named by
+    // the pids inside the tree's own pid namespace, as the dump's.
+    let own_ns = crate::ns::own_namespaces(&tree)?;
     let mut d = TreeDump::new(ImageDir::create(&opts.dir)?, opts, &tree, frozen_at - start)?;
+    if own_ns.0.contains("pid") {
+        d.files.pids = crate::tree::NsPids::read(&tree)?;
+    }
     d.tracked = super::end_tracking(opts, d.parent.as_deref());
     let mut vmas_of = BTreeMap::new();
     for (n, p) in tree.processes.iter().enumerate().filter(|(_, p)| p.zombie.is_none()) {

@@ -33,7 +33,7 @@ impl FileKind for Eventfd {
         Ok(FileEntry {
             r#type: FdTypes::Eventfd as i32,
             id,
-            efd: Some(EventfdFileEntry { id, flags: fd.flags, fown: fown_of(fd, &table.tree)?, counter }),
+            efd: Some(EventfdFileEntry { id, flags: fd.flags, fown: fown_of(fd, table)?, counter }),
             ..Default::default()
         })
     }

@@ -62,7 +62,7 @@ impl FileKind for Eventpoll {
         Ok(FileEntry {
             r#type: FdTypes::Eventpoll as i32,
             id,
-            epfd: Some(EventpollFileEntry { id, flags: fd.flags, fown: fown_of(fd, &table.tree)?, tfd: targets }),
+            epfd: Some(EventpollFileEntry { id, flags: fd.flags, fown: fown_of(fd, table)?, tfd: targets }),
             ..Default::default()
         })
     }

@@ -81,7 +81,7 @@ impl FileKind for Fanotify {
         Ok(FileEntry {
             r#type: FdTypes::Fanotify as i32,
             id,
-            ffy: Some(FanotifyFileEntry { id, flags: fd.flags, fown: fown_of(fd, &table.tree)?, faflags, evflags, mark: marks }),
+            ffy: Some(FanotifyFileEntry { id, flags: fd.flags, fown: fown_of(fd, table)?, faflags, evflags, mark: marks }),
             ..Default::default()
         })
     }

@@ -153,7 +153,7 @@ impl FileKind for InetSocket {
             backlog,
             src_addr: words(local.ip()),
             dst_addr: peer.map(|p| words(p.ip())).unwrap_or_default(),
-            fown: fown_of(fd, &table.tree)?,
+            fown: fown_of(fd, table)?,
             opts,
             v6only,
             ip_opts: Some(ip_opts),

@@ -62,7 +62,7 @@ impl FileKind for Inotify {
         Ok(FileEntry {
             r#type: FdTypes::Inotify as i32,
             id,
-            ify: Some(InotifyFileEntry { id, flags: fd.flags, fown: fown_of(fd, &table.tree)?, wd: wds }),
+            ify: Some(InotifyFileEntry { id, flags: fd.flags, fown: fown_of(fd, table)?, wd: wds }),
             ..Default::default()
         })
     }

@@ -151,11 +151,12 @@ impl Locks {
         Ok(Held(held))
     }
 
-    /// Save the locks `held` through `open`, whose file is `file_id` of files.img.
-    pub fn save(&mut self, open: &OpenFd, file_id: u32, held: Held) {
+    /// Save the locks `held` through `open`, whose file is `file_id` of
+    /// files.img, and whose process the images name `image_pid`.
+    pub fn save(&mut self, open: &OpenFd, file_id: u32, held: Held, image_pid: i32) {
         for (line, style, lock_type) in held.0 {
             let holder = if style == FL_POSIX { Holder::Process(open.pid) } else { Holder::Description(file_id) };
-            let entry = FileLockEntry { flag: style, r#type: lock_type, pid: open.pid, fd: open.fd, start: line.start, len: line.len() };
+            let entry = FileLockEntry { flag: style, r#type: lock_type, pid: image_pid, fd: open.fd, start: line.start, len: line.len() };
             if self.saved.insert((holder, line)) {
                 self.entries.push(entry);
             }

@@ -67,7 +67,7 @@ impl FileKind for Memfd {
     fn dump(&self, fd: &OpenFd, table: &mut FileTable) -> Result<FileEntry> {
         let inode_id = note_inode(table, &fd.link, &format!("/proc/{}/fd/{}", fd.pid, fd.fd))?;
         let id = table.new_id();
-        Ok(file_entry(id, fd.flags, fd.pos, fown_of(fd, &table.tree)?, inode_id))
+        Ok(file_entry(id, fd.flags, fd.pos, fown_of(fd, table)?, inode_id))
     }
 
     fn write_images(&self, table: &FileTable, dir: &mut ImageDir) -> Result<u64> {

@@ -136,7 +136,8 @@ fn take_fd(pid: i32, fd: i32) -> std::io::Result<OwnedFd> {
 /// and by which signal (F_SETSIG), asked of crust's copy of the fd (the
 /// owner belongs to the open description). An owner outside the tree is
 /// refused: the restore could not name it.
-fn fown_of(fd: &OpenFd, tree: &[i32]) -> Result<FownEntry> {
+fn fown_of(fd: &OpenFd, table: &FileTable) -> Result<FownEntry> {
+    let tree = &table.tree;
     let what = || format!("reading the owner of fd {} of process {}", fd.fd, fd.pid);
     let file = fd.take()?;
     // struct f_owner_ex { int type; pid_t pid; }
@@ -157,7 +158,7 @@ fn fown_of(fd: &OpenFd, tree: &[i32]) -> Result<FownEntry> {
     if owner.pid != 0 && !known {
         return Err(fd.unsupported(&format!("signals for it going to {} {} outside the tree are", owner_kind(owner.type_), owner.pid)));
     }
-    Ok(FownEntry { uid: 0, euid: 0, signum: signum as u32, pid_type: owner.type_ as u32, pid: owner.pid as u32 })
+    Ok(FownEntry { uid: 0, euid: 0, signum: signum as u32, pid_type: owner.type_ as u32, pid: table.pids.of(owner.pid) as u32 })
 }
 
 // fcntl(2) owner commands and types (include/uapi/asm-generic/fcntl.h),
@@ -552,6 +553,8 @@ pub struct FileTable {
     pub ghosts: ghost::Ghosts,
     /// The processes of the tree being dumped (what a pidfd may point to).
     pub tree: Vec<i32>,
+    /// Their pids as the images hold them (in the tree's pid namespace).
+    pub pids: crate::tree::NsPids,
     /// File locks held by the tree.
     pub locks: locks::Locks,
     /// `--ext-unix-sk`: unix sockets may have a peer outside the tree.

@@ -118,7 +118,7 @@ impl FileKind for NetlinkSocket {
             groups: memberships(sock).ctx(what)?,
             dst_portid,
             dst_group,
-            fown: fown_of(fd, &table.tree)?,
+            fown: fown_of(fd, table)?,
             opts,
             ns_id: None,
             crust_nl_flags: (nl_flags != 0).then_some(nl_flags),

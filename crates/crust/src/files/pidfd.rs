@@ -42,7 +42,7 @@ impl FileKind for Pidfd {
         Ok(FileEntry {
             r#type: FdTypes::Pidfd as i32,
             id,
-            pidfd: Some(PidfdEntry { id, ino: fd.stat.st_ino as u32, flags: fd.flags, nspid: pid, fown: fown_of(fd, &table.tree)? }),
+            pidfd: Some(PidfdEntry { id, ino: fd.stat.st_ino as u32, flags: fd.flags, nspid: table.pids.of(pid), fown: fown_of(fd, table)? }),
             ..Default::default()
         })
     }

@@ -78,7 +78,7 @@ impl FileKind for Pipe {
         Ok(FileEntry {
             r#type: FdTypes::Pipe as i32,
             id,
-            pipe: Some(PipeEntry { id, pipe_id, flags: fd.flags, fown: fown_of(fd, &table.tree)? }),
+            pipe: Some(PipeEntry { id, pipe_id, flags: fd.flags, fown: fown_of(fd, table)? }),
             ..Default::default()
         })
     }

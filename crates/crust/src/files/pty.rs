@@ -128,8 +128,8 @@ pub(super) fn slave_info(fd: &OpenFd, index: u32, info: &mut TtyInfoEntry, table
     for &pid in &table.tree {
         let st = crate::proc::stat(pid, pid)?;
         if st.tty_nr == rdev {
-            info.sid = st.session as u32;
-            info.pgrp = st.tpgid.max(0) as u32;
+            info.sid = table.pids.of(st.session) as u32;
+            info.pgrp = table.pids.of(st.tpgid.max(0)) as u32;
             break;
         }
     }
@@ -154,7 +154,7 @@ pub(super) fn check_pairs(table: &FileTable, infos: &[TtyInfoEntry]) -> Result<(
         if let Some((_, queued, holder)) = seen.slaves.iter().find(|(i, q, _)| i == index && *q > 0) {
             return Err(refuse(format!("a pty with {queued} bytes written to its slave ({holder}) not read yet is")));
         }
-        if slave.pgrp != 0 && !table.tree.iter().any(|&p| crate::proc::stat(p, p).is_ok_and(|s| s.pgrp as u32 == slave.pgrp)) {
+        if slave.pgrp != 0 && !table.tree.iter().any(|&p| crate::proc::stat(p, p).is_ok_and(|s| table.pids.of(s.pgrp) as u32 == slave.pgrp)) {
             return Err(refuse(format!("a pty whose foreground process group {} has no process of the tree in it is", slave.pgrp)));
         }
     }

@@ -52,7 +52,7 @@ impl FileKind for RegularFile {
                 id,
                 flags: fd.flags,
                 pos: fd.pos,
-                fown: fown_of(fd, &table.tree)?,
+                fown: fown_of(fd, table)?,
                 name,
                 size: is_reg.then_some(fd.stat.st_size as u64),
                 mode: Some(fd.stat.st_mode),

@@ -26,7 +26,7 @@ impl FileKind for Signalfd {
         Ok(FileEntry {
             r#type: FdTypes::Signalfd as i32,
             id,
-            sgfd: Some(SignalfdEntry { id, flags: fd.flags, fown: fown_of(fd, &table.tree)?, sigmask }),
+            sgfd: Some(SignalfdEntry { id, flags: fd.flags, fown: fown_of(fd, table)?, sigmask }),
             ..Default::default()
         })
     }

@@ -38,7 +38,7 @@ impl FileKind for Timerfd {
         let entry = TimerfdEntry {
             id,
             flags: fd.flags,
-            fown: fown_of(fd, &table.tree)?,
+            fown: fown_of(fd, table)?,
             clockid: fd.info_number("clockid:", 10)? as u32,
             ticks: fd.info_number("ticks:", 10)?,
             settime_flags,

@@ -67,7 +67,7 @@ impl FileKind for Terminal {
         Ok(FileEntry {
             r#type: FdTypes::Tty as i32,
             id,
-            tty: Some(TtyFileEntry { id, tty_info_id: info_id, flags: fd.flags, fown: fown_of(fd, &table.tree)?, ..Default::default() }),
+            tty: Some(TtyFileEntry { id, tty_info_id: info_id, flags: fd.flags, fown: fown_of(fd, table)?, ..Default::default() }),
             ..Default::default()
         })
     }
@@ -129,7 +129,10 @@ impl FileKind for Terminal {
             Some(_) if ctty => r.open_path(CTTY_PATH, t.flags),
             // The session's terminal is a pty of the tree, made its
             // controlling terminal before its files were opened.
-            None if ctty && pty::session_has_pty(r.image, r.task.pid, infos) => r.open_path(CTTY_PATH, t.flags),
+            // (The task's pid as the images have it: asked inside.)
+            None if ctty && pty::session_has_pty(r.image, r.task.call("getpid", libc::SYS_getpid, [0; 6])? as i32, infos) => {
+                r.open_path(CTTY_PATH, t.flags)
+            }
             Some(term) => r.open_path(term, t.flags | libc::O_NOCTTY as u32),
             None => Err(Error::Invalid(
                 "the tree uses a terminal: restore it with --shell-job, from the terminal it should use".into(),

@@ -10,9 +10,12 @@
 //! syscalls (a hostname, a mount, a device), then ends, leaving crust where
 //! it was.
 
+mod cgroup;
 pub mod ipc;
 mod mnt;
 pub mod net;
+mod pid;
+mod time;
 mod uts;
 
 use std::collections::BTreeSet;
@@ -38,6 +41,11 @@ pub trait NsKind: Sync {
     fn clone_flag(&self) -> CloneFlags;
     /// Its id in a task's ids (the number its images are named by).
     fn id(&self, ids: &TaskKobjIdsEntry) -> Option<u32>;
+    /// Refuse, at dump, a namespace of this kind the tree has that crust
+    /// cannot make again as it is.
+    fn check(&self, _tree: &FrozenTree) -> Result<()> {
+        Ok(())
+    }
     /// Save the namespace the root `pid` is in, as number `id`; returns the
     /// bytes written.
     fn dump(&self, pid: i32, id: u32, dir: &mut ImageDir, opts: &NsOptions) -> Result<u64>;
@@ -89,7 +97,7 @@ pub struct NsOptions {
 }
 
 /// Every kind crust saves, in the order a restore fills them.
-static KINDS: &[&dyn NsKind] = &[&uts::Uts, &mnt::Mnt, &net::Net, &ipc::Ipc];
+static KINDS: &[&dyn NsKind] = &[&uts::Uts, &pid::Pid, &time::Time, &cgroup::Cgroup, &mnt::Mnt, &net::Net, &ipc::Ipc];
 
 /// Every kind the kernel has, with its clone flag: a tree's own namespace of
 /// a kind not in [`KINDS`] is refused.
@@ -156,12 +164,13 @@ pub fn own_namespaces(tree: &FrozenTree) -> Result<OwnNamespaces> {
             }
         }
         if theirs != proc::ns_inode(me, name) {
-            if kind(name).is_none() {
+            let Some(k) = kind(name) else {
                 return Err(Error::unsupported(
                     proc::who(root),
                     format!("it is in a {name} namespace of its own: dumping processes inside {name} namespaces is not supported yet"),
                 ));
-            }
+            };
+            k.check(tree)?;
             own.0.insert(name.to_string());
         }
     }

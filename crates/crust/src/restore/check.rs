@@ -88,13 +88,15 @@ pub fn problems(img: &DumpImage, opts: &RestoreOptions) -> Vec<String> {
     out
 }
 
-/// The image's pids and tids that a process of this host holds.
+/// The image's pids and tids that a process of this host holds. In a pid
+/// namespace of the tree's own, made new by the restore, every pid is free.
 fn taken_pids(img: &DumpImage) -> Vec<u32> {
     let max = procfs::sys::kernel::pid_max().map_or(u32::MAX, |m| m as u32);
+    let own_pid_ns = crate::ns::recorded(img).0.contains("pid");
     img.processes
         .iter()
         .flat_map(|p| p.pstree.threads.iter().copied())
-        .filter(|&id| id >= max || std::path::Path::new(&format!("/proc/{id}")).exists())
+        .filter(|&id| id >= max || (!own_pid_ns && std::path::Path::new(&format!("/proc/{id}")).exists()))
         .collect()
 }
 

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use nix::sys::ptrace::{self as nix_ptrace, Options};
 use nix::sys::signal::{kill, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
@@ -145,9 +144,7 @@ impl Drop for Created {
         for &pid in &self.processes {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
-        for &tid in self.threads.iter().chain(self.processes.iter().rev()) {
-            let _ = waitpid(Pid::from_raw(tid), Some(WaitPidFlag::__WALL));
-        }
+        crate::tree::reap_all(self.threads.iter().chain(&self.processes).copied().collect());
         self.cgroups.undo();
         if let Some(t) = &self.terminal {
             t.put_back();
@@ -359,7 +356,7 @@ pub fn restore_held(opts: &RestoreOptions, mut img: DumpImage, pages: &mut dyn P
         stats.threads += p.image.threads.len();
     }
     let stopped_first = stop_children_first(&mut procs, img)?;
-    for p in procs.iter_mut().filter(|p| !stopped_first.contains(&p.image.pid())) {
+    for p in procs.iter_mut().filter(|p| !stopped_first.contains(&p.leader.tid)) {
         finish(p, img)?;
     }
     ghosts.put_back_times()?;
@@ -367,10 +364,10 @@ pub fn restore_held(opts: &RestoreOptions, mut img: DumpImage, pages: &mut dyn P
     pages_check.join().map_err(|_| Error::Invalid("the check of the pages images failed".into()))??;
     let tasks = procs
         .iter()
-        .filter(|p| !stopped_first.contains(&p.image.pid()))
+        .filter(|p| !stopped_first.contains(&p.leader.tid))
         .map(|p| (p.leader.tid, p.threads.iter().map(|t| t.tid).collect(), stop_signal(p.image)))
         .collect();
-    let root = procs[0].image.pid();
+    let root = procs[0].leader.tid;
     stats.restore_time_us = start.elapsed().as_micros() as u64;
     opts.notify.at(Point::PostRestore, Some(root))?;
     Ok(Held { created, tasks, root, stats, start, terminal: job_tty })
@@ -438,8 +435,8 @@ fn job_terminal(img: &DumpImage, opts: &RestoreOptions, created: &mut Created) -
 /// with crust's memory layout, which every process starts from.
 fn make_root<'a>(img: &'a DumpImage, sibling: bool, created: &mut Created) -> Result<(Proc<'a>, Vec<Vma>)> {
     let image = &img.processes[0];
-    let pid = image.pid();
-    spawn::spawn_stopped(pid, crate::ns::recorded(img).clone_flags()?, sibling)?;
+    // In a pid namespace of its own, the root's pid is 1 there and any here.
+    let pid = spawn::spawn_stopped(image.pid(), crate::ns::recorded(img).clone_flags()?, sibling)?;
     created.processes.push(pid);
     created.cgroups.place(pid, cg_set(image))?;
     // Forks and threads inherit the options: seccomp filters restored early
@@ -611,7 +608,7 @@ fn make_threads(p: &mut Proc, img: &DumpImage, created: &mut Created) -> Result<
         let tid = spawn::clone_in(&p.leader, &mut p.scratch, thread.tid, THREAD_FLAGS, 0)?;
         created.threads.push(tid);
         spawn::wait_new_task(tid)?;
-        p.threads.push(Task::new(p.image.pid(), tid, p.leader.gadget())?);
+        p.threads.push(Task::new(p.leader.pid, tid, p.leader.gadget())?);
     }
     let tasks = std::iter::once(&p.leader).chain(&p.threads).zip(&p.image.threads);
     for (task, thread) in tasks {
@@ -633,7 +630,7 @@ fn finish(p: &mut Proc, img: &DumpImage) -> Result<()> {
 /// Stopped processes whose parent is in the tree are finished and let go
 /// first, deepest first, so that each stops while its parent is still held:
 /// the parent then hears of the stop as it had when dumped (see
-/// [`state::child_stops`]). Returns their pids.
+/// [`state::child_stops`]). Returns their pids (crust's view).
 fn stop_children_first(procs: &mut [Proc], img: &DumpImage) -> Result<HashSet<i32>> {
     let collected = DumpMeta::read(&img.dir).stops_collected;
     let mut done = HashSet::new();
@@ -645,8 +642,10 @@ fn stop_children_first(procs: &mut [Proc], img: &DumpImage) -> Result<HashSet<i3
         let (pid, threads): (i32, Vec<i32>) = (procs[i].leader.tid, procs[i].threads.iter().map(|t| t.tid).collect());
         let_go(pid, &threads, Some(stop))?;
         done.insert(pid);
+        // The parent is asked by the child's id inside the tree, the images'.
+        let child = procs[i].image.pid();
         let parent = &mut procs[j];
-        state::child_stops::settle(&parent.leader, &mut parent.scratch, parent.image, pid, collected.contains(&pid))?;
+        state::child_stops::settle(&parent.leader, &mut parent.scratch, parent.image, child, collected.contains(&child))?;
     }
     Ok(done)
 }

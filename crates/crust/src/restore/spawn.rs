@@ -14,11 +14,14 @@ use crate::task::{Scratch, Task};
 
 /// crust forks itself with `pid`, in new namespaces of the kinds `namespaces`
 /// names, and the child waits, stopped, for crust to take it over; as a
-/// child of crust's parent if `sibling`.
-pub(super) fn spawn_stopped(pid: i32, namespaces: nix::sched::CloneFlags, sibling: bool) -> Result<()> {
+/// child of crust's parent if `sibling`. Returns its pid as crust sees it:
+/// `pid`, or in a new pid namespace (where it is `pid`, 1) whatever pid was
+/// free.
+pub(super) fn spawn_stopped(pid: i32, namespaces: nix::sched::CloneFlags, sibling: bool) -> Result<i32> {
     if sibling {
         return spawn_sibling(pid, namespaces);
     }
+    // set_tid names the pid in the innermost namespace first: only that one.
     let set_tid = [pid as libc::pid_t];
     let flags = namespaces.bits() as u32 as u64;
     let args = CloneArgs { flags, exit_signal: libc::SIGCHLD as u64, set_tid: set_tid.as_ptr() as u64, set_tid_size: 1, ..Default::default() };
@@ -47,7 +50,9 @@ pub(super) fn spawn_stopped(pid: i32, namespaces: nix::sched::CloneFlags, siblin
             _ => Error::Io { context: format!("creating process {pid}"), err: e },
         });
     }
-    wait_new_task(pid)
+    let host = r as i32;
+    wait_new_task(host)?;
+    Ok(host)
 }
 
 /// criu's rst_sibling, which runc asks for: the root is a child of crust's
@@ -57,7 +62,7 @@ pub(super) fn spawn_stopped(pid: i32, namespaces: nix::sched::CloneFlags, siblin
 /// crust seizes it (with EXITKILL: a crust that dies takes it along) and
 /// stops it. Its parent's death does not end it before: that parent gets it
 /// only once it runs.
-fn spawn_sibling(pid: i32, namespaces: nix::sched::CloneFlags) -> Result<()> {
+fn spawn_sibling(pid: i32, namespaces: nix::sched::CloneFlags) -> Result<i32> {
     let crust = nix::unistd::getpid();
     let set_tid = [pid as libc::pid_t];
     let args = CloneArgs {
@@ -92,7 +97,8 @@ fn spawn_sibling(pid: i32, namespaces: nix::sched::CloneFlags) -> Result<()> {
             _ => Error::Io { context: format!("creating process {pid} as a sibling of crust"), err: e },
         });
     }
-    let task = Pid::from_raw(pid);
+    let host = r as i32;
+    let task = Pid::from_raw(host);
     let taken = nix::sys::ptrace::seize(task, nix::sys::ptrace::Options::PTRACE_O_EXITKILL)
         .and_then(|()| nix::sys::ptrace::interrupt(task))
         .ctx(|| format!("taking over the new process {pid}"));
@@ -100,7 +106,8 @@ fn spawn_sibling(pid: i32, namespaces: nix::sched::CloneFlags) -> Result<()> {
         let _ = nix::sys::signal::kill(task, Signal::SIGKILL);
         return Err(e);
     }
-    wait_new_task(pid)
+    wait_new_task(host)?;
+    Ok(host)
 }
 
 /// The first stop of a task created under ptrace.
@@ -135,7 +142,8 @@ impl CloneArgs {
     }
 }
 
-/// clone3 inside `task`, giving the new task id `id`.
+/// clone3 inside `task`, giving the new task id `id` (in the task's pid
+/// namespace); returns its id as crust sees it.
 pub(super) fn clone_in(task: &Task, scratch: &mut Scratch, id: i32, flags: u64, exit_signal: u64) -> Result<i32> {
     let set_tid = scratch.reset().put(&id.to_le_bytes())?;
     let args = CloneArgs { flags, exit_signal, set_tid, set_tid_size: 1, ..Default::default() };
@@ -168,7 +176,8 @@ pub(super) fn make_zombie(task: Task, scratch: &mut Scratch, status: u32) -> Res
         let default_action = scratch.reset().put_u64s(&[libc::SIG_DFL as u64, 0, 0, 0])?;
         task.call(&format!("rt_sigaction({sig})"), libc::SYS_rt_sigaction, [sig as u64, default_action, 0, 8, 0, 0])?;
     }
-    let pid = task.pid as u64;
+    // The signal is sent from inside: by the id the task has there.
+    let pid = task.call("getpid", libc::SYS_getpid, [0; 6])?;
     task.call_to_death(libc::SYS_tgkill, [pid, pid, sig as u64, 0, 0, 0])
 }
 
@@ -189,9 +198,9 @@ pub(super) fn set_process_groups(procs: &[Proc], in_crust_group: bool) -> Result
     let mut order: Vec<&Proc> = procs.iter().collect();
     order.sort_by_key(|p| group_of(p.image.pstree.pgid) != Some(p.image.pstree.pid));
     for p in order {
-        let pid = p.image.pstree.pid;
         let Some(pgid) = group_of(p.image.pstree.pgid) else { continue };
-        if nix::unistd::getpgid(Some(Pid::from_raw(pid as i32))).map(|g| g.as_raw() as u32) != Ok(pgid) {
+        // Asked inside: the group's id there (the tree's pid namespace).
+        if p.leader.call("getpgid", libc::SYS_getpgid, [0; 6])? != pgid as u64 {
             p.leader.call("setpgid", libc::SYS_setpgid, [0, pgid as u64, 0, 0, 0, 0])?;
         }
     }

@@ -21,7 +21,7 @@ impl Component for Fs {
             t.files.path_id(&path.to_string_lossy(), dir_flags, &source)
         };
         let fs = FsEntry { cwd_id: id_of("cwd")?, root_id: id_of("root")?, umask: t.status.umask };
-        let mut w = t.dir.writer(&format!("fs-{pid}.img"), Kind::Fs)?;
+        let mut w = t.dir.writer(&format!("fs-{}.img", t.files.pids.of(pid)), Kind::Fs)?;
         w.entry(&fs)?;
         t.bytes_written += w.finish()?;
         Ok(())

@@ -45,11 +45,17 @@ impl Component for PosixTimers {
         let path = format!("/proc/{}/timers", t.pid);
         let listed = parse(&proc::read_string(&path)?).map_err(|what| Error::io_other(format!("reading {path}"), what))?;
         let who = format!("process {} ({})", t.pid, t.status.name);
-        let threads = proc_threads(t.pid)?;
+        // A CPU clock names its task as the process does: by its id in the
+        // tree's pid namespace.
+        let pids = &t.files.pids;
+        let threads: Vec<i32> = proc_threads(t.pid)?.into_iter().map(|tid| pids.of(tid)).collect();
+        let pid = pids.of(t.pid);
         // /proc lists the newest first; the image keeps them in the order
         // they were made, which a restore follows, so /proc lists them alike.
         for mut e in listed.into_iter().rev() {
-            check_clock(&e, t.pid, &threads).map_err(|what| Error::unsupported(&who, format!("POSIX timer {}: {what}", e.it_id)))?;
+            check_clock(&e, pid, &threads).map_err(|what| Error::unsupported(&who, format!("POSIX timer {}: {what}", e.it_id)))?;
+            // The thread it signals, as the process names it.
+            e.notify_thread_id = e.notify_thread_id.map(|tid| pids.of(tid) as _);
             let buf = t.rt.scratch();
             t.rt.call("timer_gettime", libc::SYS_timer_gettime, [e.it_id as u64, buf, 0, 0, 0, 0])?;
             let w: Vec<u64> = super::words(&t.rt.read_scratch(32)?).collect();

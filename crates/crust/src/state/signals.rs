@@ -67,7 +67,8 @@ impl Component for Signals {
         let by_timer = |s: &&SiginfoEntry| posix_timers::queued_by_timer(&t.process.task, s);
         for s in thread.core.signals_p.iter().flat_map(|q| &q.signals).filter(|s| !by_timer(s)) {
             let info = t.scratch.reset().put(&s.siginfo)?;
-            let args = [pid, t.task.tid as u64, signo(s), info, 0, 0];
+            // Sent from inside: by the ids the images hold, the tree's own.
+            let args = [pid, thread.tid as u64, signo(s), info, 0, 0];
             t.task.call("rt_tgsigqueueinfo", libc::SYS_rt_tgsigqueueinfo, args)?;
         }
         Ok(())

@@ -154,7 +154,7 @@ impl FileKind for UnixSocket {
             uflags: 0,
             backlog: if d.state == TCP_LISTEN { d.wqueue } else { 0 },
             peer,
-            fown: fown_of(fd, &table.tree)?,
+            fown: fown_of(fd, table)?,
             opts,
             name,
             // RCV_SHUTDOWN and SEND_SHUTDOWN are sk_shutdown's READ and WRITE.
