@@ -32,6 +32,11 @@ pub struct Options<'a> {
     /// Shell lines run in the container's mount namespace before the
     /// pivot_root, with $R its root directory (more mounts).
     pub extra_setup: &'a str,
+    /// Shell lines run inside the container once its root is switched,
+    /// before the counter starts (more processes of the tree).
+    pub after_pivot: &'a str,
+    /// A command the counting shell is exec'd through (setpriv ...).
+    pub exec_prefix: &'a str,
 }
 
 /// A busybox root file system at `root`.
@@ -79,11 +84,14 @@ mkdir -p .old
 pivot_root . .old
 umount -l /.old
 rmdir /.old
-exec /bin/busybox sh -c 'i=0; while :; do i=$((i+1)); echo $i > /run/count; echo $i; sleep 0.05; done' </dev/null >{out} 2>&1
+{after_pivot}
+exec {exec_prefix} /bin/busybox sh -c 'i=0; while :; do i=$((i+1)); echo $i > /run/count; echo $i; sleep 0.05; done' </dev/null >{out} 2>&1
 "#,
             root = root.display(),
             data = dir.display(),
             extra = opts.extra_setup,
+            after_pivot = opts.after_pivot,
+            exec_prefix = opts.exec_prefix,
         );
         std::fs::write(&script, text).expect("writing the container's setup");
         let mut args = vec!["-m", "--propagation", "private"];
