@@ -28,6 +28,8 @@ use crust::cgroups::{CgroupRoot, Mode};
 use crust::dump::{dump, pre_dump, DumpOptions, DumpStats};
 use crust::notify::Notify;
 use crust::restore::{restore, RestoreOptions, Restored};
+use crust::ns::net::NetOptions;
+use crust::ns::NsOptions;
 use crust::CRIU_COMPAT_VERSION;
 
 /// Whether crust was started under the name `criu`.
@@ -554,46 +556,60 @@ fn shares_namespace(pid: i32, ns: &str) -> Result<bool> {
     Ok(read(format!("/proc/{pid}/ns/{ns}"))? == read(format!("/proc/self/ns/{ns}"))?)
 }
 
-/// criu's options about the resources around a tree in namespaces of its own
-/// (mounts, external namespaces and devices). criu consults them only while
-/// dumping or restoring such namespaces, so for a tree without them they are
-/// no-ops; crust cannot dump namespaces yet, so with them they are refused
-/// by name. `own_ns(kind)` says whether the tree (or the images) has a
-/// namespace of that kind (`mnt`, `net`) of its own. When crust dumps and
-/// restores namespaces, their options are taken here.
-fn namespaced_options(opts: &mut Opts, own_ns: impl Fn(&str) -> Result<bool>) -> Result<()> {
+/// criu's options for the tree's namespaces, mapped onto crust's: external
+/// mounts and the root (mount namespace), veth host ends (network
+/// namespace). Where the tree (or the images) has no namespace of that kind
+/// of its own, an option is a no-op, as under criu, and logged so.
+fn namespaced_options(opts: &mut Opts, own_ns: impl Fn(&str) -> Result<bool>) -> Result<(NsOptions, NetOptions)> {
     const NO_NS: &str = "the tree has no namespace of this kind of its own, so there is nothing for it to apply to (criu too uses it only for a namespace it dumps or restores)";
+    let mut ns = NsOptions::default();
+    let mut net = NetOptions::default();
     let mount_options = std::mem::take(&mut opts.mount_options);
     for option in mount_options {
-        if own_ns("mnt")? {
-            bail!("{option}: the tree has a mount namespace of its own, which crust cannot dump or restore yet");
+        if !own_ns("mnt")? {
+            opts.noops.push((option, NO_NS));
+            continue;
         }
-        opts.noops.push((option, NO_NS));
+        match option.strip_prefix("--ext-mount-map ") {
+            Some("auto") => ns.ext_mount_auto = true,
+            Some(map) => {
+                let (k, v) = map.split_once(':').ok_or_else(|| anyhow!("--ext-mount-map {map}: expected KEY:VAL or auto"))?;
+                ns.ext_mount_map.push((k.to_string(), v.to_string()));
+            }
+            // Permissions criu asks for; crust saves the file systems and
+            // sharing it can make again and refuses the others by name.
+            None => opts.noops.push((option, "crust saves the mounts it can make again and refuses the others by name, without being asked")),
+        }
     }
     for ext in std::mem::take(&mut opts.external) {
         let kind = ext.split(['[', ':']).next().unwrap_or_default();
-        let ns = match kind {
-            "mnt" => "mnt",
-            "net" => "net",
+        match kind {
+            "mnt" if own_ns("mnt")? => {
+                let (k, v) = ext.strip_prefix("mnt[").and_then(|r| r.split_once("]:")).ok_or_else(|| anyhow!("--external {ext}: expected mnt[KEY]:VAL"))?;
+                ns.ext_mount_map.push((k.to_string(), v.to_string()));
+            }
+            "veth" if own_ns("net")? => match crust::ns::net::VethEnd::parse(&ext) {
+                Some(end) => net.veths.push(end.map_err(|e| anyhow!("--external {ext}: {e}"))?),
+                None => bail!("--external {ext}: expected veth[IF]:HOSTIF[@BRIDGE]"),
+            },
+            "net" if own_ns("net")? => bail!("--external {ext}: crust makes the tree's network namespace; it cannot join one given from outside yet"),
+            "mnt" | "net" | "veth" => opts.noops.push((format!("--external {ext}"), NO_NS)),
             "tty" => bail!("--external {ext}: crust cannot take a terminal from outside the tree yet (a shell job's terminal: --shell-job)"),
             "unix" => bail!("--external {ext}: crust cannot take a given unix socket as external yet (--ext-unix-sk covers datagram sockets connected to a name)"),
             _ => bail!("--external {ext}: crust cannot treat a {kind} resource as external yet"),
-        };
-        if own_ns(ns)? {
-            bail!("--external {ext}: the tree has a {ns} namespace of its own, which crust cannot dump or restore yet");
         }
-        opts.noops.push((format!("--external {ext}"), NO_NS));
     }
-    Ok(())
+    Ok((ns, net))
 }
 
 fn run_dump(mut opts: Opts, pre: bool) -> Result<ExitCode> {
     let dir = enter_dirs(&opts, true)?;
     let pid = opts.tree.context("-t/--tree PID is needed to dump")?;
     // A pid that names no process is for the dump to report.
-    if Path::new(&format!("/proc/{pid}")).exists() {
-        namespaced_options(&mut opts, |ns| Ok(!shares_namespace(pid, ns)?))?;
-    }
+    let (ns, _) = match Path::new(&format!("/proc/{pid}")).exists() {
+        true => namespaced_options(&mut opts, |ns| Ok(!shares_namespace(pid, ns)?))?,
+        false => Default::default(),
+    };
     log_noops(&opts);
     if opts.manage_cgroups.is_some() {
         log::info!("--manage-cgroups: crust records the tree's cgroups on every dump; the mode applies at restore");
@@ -618,6 +634,7 @@ fn run_dump(mut opts: Opts, pre: bool) -> Result<ExitCode> {
         prev_images_dir: opts.prev_images_dir.clone(),
         track_mem: opts.track_mem,
         notify,
+        ns,
         ..Default::default()
     };
     let what = if pre { "pre-dump" } else { "dump" };
@@ -651,12 +668,15 @@ fn images_have_namespace(dir: &Path, ns: &str) -> Result<bool> {
 
 fn run_restore(mut opts: Opts) -> Result<ExitCode> {
     let dir = enter_dirs(&opts, false)?;
-    namespaced_options(&mut opts, |ns| images_have_namespace(&dir, ns))?;
+    let (mut ns, net) = namespaced_options(&mut opts, |ns| images_have_namespace(&dir, ns))?;
     if let Some(root) = opts.root.take() {
-        if std::fs::canonicalize(&root).ok().as_deref() != Some(Path::new("/")) {
-            bail!("--root {}: crust restores into its own root; a restore into another root file system needs mount namespaces, which crust cannot restore yet", root.display());
+        match images_have_namespace(&dir, "mnt")? {
+            true => ns.root = Some(root),
+            false if std::fs::canonicalize(&root).ok().as_deref() == Some(Path::new("/")) => {
+                opts.noops.push((format!("--root {}", root.display()), "it is crust's own root, where crust restores"))
+            }
+            false => bail!("--root {}: the tree has no mount namespace of its own to root there", root.display()),
         }
-        opts.noops.push((format!("--root {}", root.display()), "it is crust's own root, where crust restores"));
     }
     log_noops(&opts);
     let inherit_fds = opts
@@ -685,6 +705,8 @@ fn run_restore(mut opts: Opts) -> Result<ExitCode> {
         notify: Notify::scripts(opts.action_scripts.clone(), Some(&dir)),
         inherit_fds,
         sibling: opts.restore_sibling,
+        ns,
+        net,
         ..Default::default()
     };
     let restored = restore(&restore_opts).with_context(|| format!("restore from {} failed", dir.display()))?;
