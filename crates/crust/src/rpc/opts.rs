@@ -6,6 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::ns::net::NetOptions;
+use crate::ns::NsOptions;
 use super::proto::{CriuCgMode, CriuNetworkLockMethod, CriuOpts};
 use crate::cgroups::{CgroupRoot, Mode};
 use crate::dump::DumpOptions;
@@ -72,18 +74,17 @@ fn refusals(o: &CriuOpts, action: Action) -> Vec<String> {
         }
     };
     no(o.ps.is_some(), "ps (a page server): crust writes and reads pages only in the images directory");
-    no(o.root.as_deref().is_some_and(|r| Path::new(r) != Path::new("/")), "root other than /: crust dumps and restores trees in its own mount namespace only (containers are not supported yet)");
     no(o.auto_dedup == Some(true), "auto_dedup: crust does not punch pages out of parent images");
     no(o.link_remap == Some(true), "link_remap: crust carries a deleted file in the images (ghost files), it does not link it back");
     no(!o.veths.is_empty(), "veths: crust does not restore network namespaces (yet)");
     no(o.force_irmap == Some(true) || !o.irmap_scan_paths.is_empty(), "force_irmap / irmap_scan_paths: crust finds inotify paths by itself, it has no inode map to force");
     no(!o.exec_cmd.is_empty(), "exec_cmd: crust does not run a command after the restore");
-    no(!o.ext_mnt.is_empty(), "ext_mnt: crust does not dump or restore mount namespaces (yet), so it has no external mounts to map");
-    no(o.auto_ext_mnt == Some(true) || o.ext_sharing == Some(true) || o.ext_masters == Some(true), "auto_ext_mnt / ext_sharing / ext_masters: crust does not dump or restore mount namespaces (yet)");
-    no(!o.skip_mnt.is_empty() || !o.enable_fs.is_empty(), "skip_mnt / enable_fs: crust does not dump or restore mount namespaces (yet)");
+    no(!o.skip_mnt.is_empty(), "skip_mnt: crust saves every mount of the tree's mount namespace or refuses the dump, it leaves none out");
     no(!o.unix_sk_ino.is_empty(), "unix_sk_ino: crust does not take external unix sockets by inode (ext_unix_sk covers datagram ones)");
-    no(!o.external.is_empty(), &format!("external ({}): crust does not take external resources (namespaces, mounts, files, ttys) yet", o.external.join(", ")));
-    no(o.empty_ns.unwrap_or(0) != 0, &format!("empty_ns {:#x}: crust does not make namespaces for the restored tree (yet)", o.empty_ns.unwrap_or(0)));
+    let others: Vec<&str> = o.external.iter().map(String::as_str).filter(|e| !e.starts_with("mnt[") && !e.starts_with("veth[")).collect();
+    no(!others.is_empty(), &format!("external ({}): crust takes external mounts (mnt[KEY]:VAL) and veths (veth[IF]:HOSTIF) only; joining namespaces, ttys and other files given from outside are not supported yet", others.join(", ")));
+    let empty = o.empty_ns.unwrap_or(0) as i32;
+    no(empty & !libc::CLONE_NEWNET != 0, &format!("empty_ns {empty:#x}: crust leaves only a network namespace (CLONE_NEWNET) to the caller"));
     no(!o.join_ns.is_empty(), "join_ns: crust restores into its own namespaces only (yet)");
     no(o.cgroup_props.is_some() || o.cgroup_props_file.is_some() || !o.cgroup_dump_controller.is_empty(), "cgroup_props / cgroup_props_file / cgroup_dump_controller: crust records every controller's properties of its own choice");
     no(o.cgroup_yard.is_some(), "cgroup_yard: crust works on the host's cgroup mounts, it mounts no yard");
@@ -157,6 +158,28 @@ pub fn log_path(o: &CriuOpts, caller: i32) -> Option<PathBuf> {
     Some(dir.join(name))
 }
 
+/// The namespace options of `o`: the root (a restore's, if not /), external
+/// mounts (ext_mnt, external mnt[KEY]:VAL, auto_ext_mnt) and veth host ends
+/// (external veth[IF]:HOSTIF[@BRIDGE]). ext_sharing and ext_masters are
+/// criu's permissions; crust saves the sharing it can make again and refuses
+/// the rest by name, so they ask nothing more of it.
+fn namespace_options(o: &CriuOpts) -> Result<(NsOptions, NetOptions)> {
+    let mut ns = NsOptions {
+        root: o.root.as_deref().filter(|r| Path::new(r) != Path::new("/")).map(PathBuf::from),
+        ext_mount_map: o.ext_mnt.iter().map(|m| (m.key.clone(), m.val.clone())).collect(),
+        ext_mount_auto: o.auto_ext_mnt == Some(true),
+    };
+    let mut net = NetOptions::default();
+    for e in &o.external {
+        if let Some((k, v)) = e.strip_prefix("mnt[").and_then(|r| r.split_once("]:")) {
+            ns.ext_mount_map.push((k.to_string(), v.to_string()));
+        } else if let Some(end) = crate::ns::net::VethEnd::parse(e) {
+            net.veths.push(end.map_err(|why| Error::Invalid(format!("external {e}: {why}")))?);
+        }
+    }
+    Ok((ns, net))
+}
+
 /// Check `o` for `action` and map it to crust's options; `caller` owns the
 /// fds it names; `notify` hears the action's points.
 pub fn resolve(o: &CriuOpts, action: Action, caller: i32, notify: Notify) -> Result<Resolved> {
@@ -178,6 +201,8 @@ pub fn resolve(o: &CriuOpts, action: Action, caller: i32, notify: Notify) -> Res
         _ => tcp::Mode::Refuse,
     };
     let cgroup_roots = cgroup_roots(o)?;
+    let (ns, net) = namespace_options(o)?;
+    let empty_net = o.empty_ns.unwrap_or(0) as i32 & libc::CLONE_NEWNET != 0;
     let dump = DumpOptions {
         pid: o.pid.unwrap_or(0),
         dir: images_dir.clone(),
@@ -196,6 +221,9 @@ pub fn resolve(o: &CriuOpts, action: Action, caller: i32, notify: Notify) -> Res
         // An engine gives the container's stdio pipes back at restore
         // (inherit_fd); a pipe it does not give is refused then, by name.
         external_pipes: true,
+        // The root is found again from the tree's mount namespace at dump.
+        ns: NsOptions { root: None, ..ns.clone() },
+        empty_net,
         ..Default::default()
     };
     let restore = RestoreOptions {
@@ -210,6 +238,8 @@ pub fn resolve(o: &CriuOpts, action: Action, caller: i32, notify: Notify) -> Res
         notify,
         sibling: o.rst_sibling == Some(true),
         inherit_fds: o.inherit_fd.iter().map(|i| (i.key.clone(), i.fd)).collect(),
+        ns,
+        net: NetOptions { empty: empty_net, ..net },
         ..Default::default()
     };
     Ok(Resolved { images_dir, dump, restore })
