@@ -145,6 +145,10 @@ fn a_lock_taken_by_another_process_meanwhile_is_named_by_check_and_restore() {
     let out = restore(&images, &[]);
     let err = job.assert_restore_failed(&out, "restore of a lock held by someone else");
     assert!(err.contains(&says), "{err}");
+    // Unlocked, not only closed: a child another test thread forks may hold
+    // a copy of the fd until it execs, and the lock with it.
+    // SAFETY: flock on an fd of ours.
+    assert_eq!(unsafe { libc::flock(intruder.as_raw_fd(), libc::LOCK_UN) }, 0);
     drop(intruder);
     // Nothing of the failed restore holds a lock; the next restore takes them all.
     let out = restore(&images, &[]);
