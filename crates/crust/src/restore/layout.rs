@@ -8,27 +8,32 @@ use crate::error::{Error, Result};
 use crate::images::proto::{MmEntry, PagemapEntry, VmaEntry};
 use crate::images::criu::{PAGE_SIZE, VMA_ANON_SHARED, VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR};
 use crate::mem::Backing;
-use crate::ranges::subtract;
+use crate::ranges::{intersect, merge, subtract};
 use crate::task::{Scratch, Task};
 
 /// Lowest and highest addresses crust places its own temporary mappings at.
 const LOW: u64 = 0x1000_0000;
 const HIGH: u64 = 0x7ff0_0000_0000;
 
-/// An address where `len` bytes are free of every range in `occupied`, with a
-/// page of gap on each side.
-pub fn free_gap(occupied: &[(u64, u64)], len: u64) -> Option<u64> {
-    let mut ranges: Vec<(u64, u64)> = occupied.to_vec();
-    ranges.sort_unstable();
-    let mut top = HIGH;
-    let need = len.checked_add(2 * PAGE_SIZE)?;
-    for &(start, end) in ranges.iter().rev() {
-        if end.checked_add(need).is_some_and(|e| e <= top) && end.saturating_add(PAGE_SIZE) >= LOW {
-            return Some(top - PAGE_SIZE - len);
-        }
-        top = top.min(start);
+/// The highest address between LOW and HIGH where `len` bytes are free of
+/// every range in `occupied`, with a page of gap on each side; `what` names the
+/// mapping in the error when there is none. `occupied` mixes address spaces
+/// (the image's and the task's), so its ranges may overlap, nest, lie below
+/// LOW (a non-PIE binary and its brk) or above HIGH (the stack, and the mmap
+/// base itself when ASLR puts it there): only the free space is looked at.
+pub fn free_gap(occupied: &[(u64, u64)], len: u64, what: &str) -> Result<u64> {
+    let busy = merge(occupied.to_vec());
+    let need = len.checked_add(2 * PAGE_SIZE);
+    let free = subtract(&[(LOW, HIGH)], &busy);
+    if let Some(&(_, end)) = free.iter().rev().find(|&&(start, end)| need.is_some_and(|n| end - start >= n)) {
+        return Ok(end - PAGE_SIZE - len);
     }
-    (top >= LOW.checked_add(need)?).then(|| top - PAGE_SIZE - len)
+    let within: Vec<String> = intersect(&[(LOW, HIGH)], &busy).iter().map(|(s, e)| format!("{s:#x}-{e:#x}")).collect();
+    Err(Error::Invalid(format!(
+        "no free range of {len:#x} bytes (and a guard page each side) between {LOW:#x} and {HIGH:#x} for {what}; \
+         occupied there: {}",
+        within.join(", ")
+    )))
 }
 
 fn is_vdso_group(status: u32) -> bool {
@@ -110,7 +115,7 @@ pub fn move_vdso(task: &mut Task, mm: &MmEntry, here: &[crate::mem::Vma], scratc
     occupied.push((cur[0].0, cur.last().expect("non-empty").1));
     occupied.push((scratch.addr, scratch.addr + scratch.len));
     occupied.push(img_span);
-    let temp = free_gap(&occupied, span).ok_or_else(|| Error::Invalid("no free address range to move the vdso through".into()))?;
+    let temp = free_gap(&occupied, span, "the vdso to move through")?;
     let vdso_offset = |g: &[(u64, u64, bool)]| g.iter().find(|v| v.2).map(|v| v.0).unwrap_or(0);
     let gadget_off = task.gadget() - vdso_offset(&cur);
     for target_base in [temp, img_span.0] {
@@ -232,15 +237,62 @@ pub fn protect_vmas(task: &Task, mm: &MmEntry, pagemap: &[PagemapEntry]) -> Resu
 mod tests {
     use super::*;
 
+    fn assert_apart(at: u64, len: u64, occupied: &[(u64, u64)]) {
+        assert!(at >= LOW && at + len <= HIGH, "{at:#x} out of bounds");
+        for &(s, e) in occupied {
+            assert!(at + len + PAGE_SIZE <= s || at >= e + PAGE_SIZE, "{at:#x} overlaps {s:#x}-{e:#x}");
+        }
+    }
+
     #[test]
     fn free_gap_avoids_every_range_with_a_guard_page() {
         let occupied = [(0x7fe0_0000_0000, HIGH), (0x5000_0000, 0x6000_0000), (0x7fd0_0000_0000, 0x7fdf_ffff_f000)];
         let len = 1 << 20;
-        let at = free_gap(&occupied, len).unwrap();
-        assert!(at >= LOW && at + len <= HIGH);
-        for (s, e) in occupied {
-            assert!(at + len + PAGE_SIZE <= s || at >= e + PAGE_SIZE, "{at:#x} overlaps {s:#x}-{e:#x}");
-        }
-        assert_eq!(free_gap(&[(LOW, HIGH)], len), None);
+        assert_apart(free_gap(&occupied, len, "a test").unwrap(), len, &occupied);
+        let err = free_gap(&[(LOW, HIGH)], len, "a test").unwrap_err().to_string();
+        assert!(err.contains("for a test") && err.contains("0x10000000-0x7ff000000000"), "{err}");
+    }
+
+    /// What move_vdso saw restoring a busybox-static shell (non-PIE, at
+    /// 0x400000, its brk below LOW) with ASLR off (and, rarely, with it on):
+    /// the image's and the task's vdso above HIGH, the scratch area just
+    /// below it. Every range in the bounds was then blocked by the one below
+    /// it, and the brk, below LOW, ended the search: free space between LOW
+    /// and the scratch area was not looked at.
+    #[test]
+    fn free_gap_finds_room_below_the_only_range_within_the_bounds() {
+        let occupied = [
+            (0x400000, 0x401000),
+            (0x401000, 0x585000),
+            (0x585000, 0x5db000),
+            (0x5db000, 0x5e2000),
+            (0x5e2000, 0x5e5000),
+            (0x5e5000, 0x5ec000),
+            (0x5ec000, 0x60e000),
+            (0x7fff_f7ff_7000, 0x7fff_f7ff_b000),
+            (0x7fff_f7ff_b000, 0x7fff_f7ff_d000),
+            (0x7fff_f7ff_d000, 0x7fff_f7ff_f000),
+            (0x7fff_fffd_e000, 0x7fff_ffff_f000),
+            (0xffff_ffff_ff60_0000, 0xffff_ffff_ff60_1000),
+            (0x7fff_f7fc_2000, 0x7fff_f7fc_a000),
+            (0x7fef_ffef_f000, 0x7fef_ffff_f000),
+            (0x7fff_f7ff_7000, 0x7fff_f7ff_f000),
+        ];
+        let at = free_gap(&occupied, 0x8000, "a test").unwrap();
+        assert_apart(at, 0x8000, &occupied);
+        assert_eq!(at, 0x7fef_ffef_f000 - PAGE_SIZE - 0x8000, "the highest slot");
+    }
+
+    #[test]
+    fn free_gap_sees_past_overlapping_and_straddling_ranges() {
+        // A range nested in a wider one (different address spaces overlap):
+        // the space above the inner one is still taken by the outer one.
+        let occupied = [(0x7000_0000_0000, 0x7fe0_0000_0000), (0x7100_0000_0000, 0x7100_0001_0000), (0x7fe0_0000_1000, 0x7fff_0000_0000)];
+        let at = free_gap(&occupied, 0x8000, "a test").unwrap();
+        assert_apart(at, 0x8000, &occupied);
+        // Ranges straddling each bound leave only what lies between them.
+        let occupied = [(0x100_0000, LOW + 0x10_0000), (LOW + 0x20_0000, 0x8000_0000_0000)];
+        assert_eq!(free_gap(&occupied, 0x8000, "a test").unwrap(), LOW + 0x20_0000 - PAGE_SIZE - 0x8000);
+        assert!(free_gap(&occupied, 0x10_0000, "a test").is_err(), "no room for a guard page each side");
     }
 }

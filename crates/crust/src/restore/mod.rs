@@ -462,8 +462,7 @@ fn make_root<'a>(img: &'a DumpImage, sibling: bool, created: &mut Created) -> Re
     }
     let mut occupied: Vec<(u64, u64)> = crust_layout.iter().map(|v| (v.start, v.end)).collect();
     occupied.extend(img.processes.iter().flat_map(|p| p.mm.vmas.iter().map(|v| (v.start, v.end))));
-    let scratch_addr = layout::free_gap(&occupied, SCRATCH_LEN)
-        .ok_or_else(|| Error::Invalid("no address range is free for crust's scratch area".into()))?;
+    let scratch_addr = layout::free_gap(&occupied, SCRATCH_LEN, "crust's scratch area")?;
     let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
     let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64;
     root.call("mmap of the scratch area", libc::SYS_mmap, [scratch_addr, SCRATCH_LEN, prot, flags, u64::MAX, 0])?;
