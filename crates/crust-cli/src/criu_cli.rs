@@ -29,7 +29,7 @@ use crust::dump::{dump, pre_dump, DumpOptions, DumpStats};
 use crust::notify::Notify;
 use crust::restore::{restore, RestoreOptions, Restored};
 use crust::ns::net::NetOptions;
-use crust::ns::NsOptions;
+use crust::ns::{External, NsOptions};
 use crust::CRIU_COMPAT_VERSION;
 
 /// Whether crust was started under the name `criu`.
@@ -571,11 +571,7 @@ fn namespaced_options(opts: &mut Opts, own_ns: impl Fn(&str) -> Result<bool>) ->
             continue;
         }
         match option.strip_prefix("--ext-mount-map ") {
-            Some("auto") => ns.ext_mount_auto = true,
-            Some(map) => {
-                let (k, v) = map.split_once(':').ok_or_else(|| anyhow!("--ext-mount-map {map}: expected KEY:VAL or auto"))?;
-                ns.ext_mount_map.push((k.to_string(), v.to_string()));
-            }
+            Some(map) => ns.add_ext_mount_map(map).map_err(|e| anyhow!(e))?,
             // Permissions criu asks for; crust saves the file systems and
             // sharing it can make again and refuses the others by name.
             None => opts.noops.push((option, "crust saves the mounts it can make again and refuses the others by name, without being asked")),
@@ -584,14 +580,8 @@ fn namespaced_options(opts: &mut Opts, own_ns: impl Fn(&str) -> Result<bool>) ->
     for ext in std::mem::take(&mut opts.external) {
         let kind = ext.split(['[', ':']).next().unwrap_or_default();
         match kind {
-            "mnt" if own_ns("mnt")? => {
-                let (k, v) = ext.strip_prefix("mnt[").and_then(|r| r.split_once("]:")).ok_or_else(|| anyhow!("--external {ext}: expected mnt[KEY]:VAL"))?;
-                ns.ext_mount_map.push((k.to_string(), v.to_string()));
-            }
-            "veth" if own_ns("net")? => match crust::ns::net::VethEnd::parse(&ext) {
-                Some(end) => net.veths.push(end.map_err(|e| anyhow!("--external {ext}: {e}"))?),
-                None => bail!("--external {ext}: expected veth[IF]:HOSTIF[@BRIDGE]"),
-            },
+            "mnt" if own_ns("mnt")? => parse_external(&ext)?.add_to(&mut ns, &mut net),
+            "veth" if own_ns("net")? => parse_external(&ext)?.add_to(&mut ns, &mut net),
             "net" if own_ns("net")? => bail!("--external {ext}: crust makes the tree's network namespace; it cannot join one given from outside yet"),
             "mnt" | "net" | "veth" => opts.noops.push((format!("--external {ext}"), NO_NS)),
             "tty" => bail!("--external {ext}: crust cannot take a terminal from outside the tree yet (a shell job's terminal: --shell-job)"),
@@ -600,6 +590,11 @@ fn namespaced_options(opts: &mut Opts, own_ns: impl Fn(&str) -> Result<bool>) ->
         }
     }
     Ok((ns, net))
+}
+
+/// `ext`, of a kind [`External`] parses (its kind is checked first).
+fn parse_external(ext: &str) -> Result<External> {
+    External::parse(ext).unwrap_or_else(|| Err(format!("--external {ext}: not an external mount or veth"))).map_err(|e| anyhow!(e))
 }
 
 fn run_dump(mut opts: Opts, pre: bool) -> Result<ExitCode> {

@@ -425,24 +425,20 @@ struct NsArgs {
 }
 
 impl NsArgs {
-    fn options(&self) -> anyhow::Result<crust::ns::NsOptions> {
-        let mut o = crust::ns::NsOptions { root: self.root.clone(), ..Default::default() };
+    /// The namespaces' options, with the veth host ends among --external
+    /// (a restore's: a dump has none to make).
+    fn options(&self) -> anyhow::Result<(crust::ns::NsOptions, crust::ns::net::NetOptions)> {
+        let mut ns = crust::ns::NsOptions { root: self.root.clone(), ..Default::default() };
+        let mut net = crust::ns::net::NetOptions::default();
         for m in &self.ext_mount_map {
-            if m == "auto" {
-                o.ext_mount_auto = true;
-                continue;
-            }
-            let (k, v) = m.split_once(':').ok_or_else(|| anyhow::anyhow!("--ext-mount-map {m}: expected KEY:VAL or auto"))?;
-            o.ext_mount_map.push((k.to_string(), v.to_string()));
+            ns.add_ext_mount_map(m).map_err(anyhow::Error::msg)?;
         }
-        for e in self.external.iter().filter(|e| !e.starts_with("pipe:") && !e.starts_with("veth[")) {
-            let (k, v) = e
-                .strip_prefix("mnt[")
-                .and_then(|r| r.split_once("]:"))
+        for e in self.external.iter().filter(|e| !e.starts_with("pipe:")) {
+            let external = crust::ns::External::parse(e)
                 .ok_or_else(|| anyhow::anyhow!("--external {e}: crust knows mnt[KEY]:VAL, veth[IF]:HOSTIF[@BRIDGE] and pipe:[INO]"))?;
-            o.ext_mount_map.push((k.to_string(), v.to_string()));
+            external.map_err(anyhow::Error::msg)?.add_to(&mut ns, &mut net);
         }
-        Ok(o)
+        Ok((ns, net))
     }
 
     /// The external pipes named (a dump's): `pipe:[INO]` keys.
@@ -493,24 +489,16 @@ struct NetArgs {
 }
 
 impl NetArgs {
-    /// The network namespace's options, with the veths among `external`
-    /// (`veth[IF]:HOSTIF[@BRIDGE]`: the host end of the namespace's veth IF,
-    /// made here, attached to BRIDGE, up).
-    fn options(&self, external: &[String]) -> Result<crust::ns::net::NetOptions> {
-        let mut opts = crust::ns::net::NetOptions::default();
-        for spec in external.iter().filter(|e| e.starts_with("veth[")) {
-            match crust::ns::net::VethEnd::parse(spec) {
-                Some(end) => opts.veths.push(end.map_err(anyhow::Error::msg)?),
-                None => anyhow::bail!("--external {spec}: expected veth[IF]:HOSTIF[@BRIDGE]"),
-            }
-        }
+    /// `--empty-ns net`: whether the network namespace is left to the caller.
+    fn empty_net(&self) -> Result<bool> {
+        let mut empty = false;
         for ns in self.empty_ns.iter().flat_map(|n| n.split(',')) {
             match ns {
-                "net" => opts.empty = true,
+                "net" => empty = true,
                 _ => anyhow::bail!("--empty-ns {ns}: crust leaves only a network namespace (net) empty"),
             }
         }
-        Ok(opts)
+        Ok(empty)
     }
 }
 
@@ -576,7 +564,7 @@ fn run(cli: Cli) -> Result<()> {
             json,
             ns,
         } => {
-            let empty_net = NetArgs { empty_ns }.options(&[])?.empty;
+            let empty_net = NetArgs { empty_ns }.empty_net()?;
             let bar = progress::Bar::on_stderr(json);
             let progress = bar.progress();
             let opts = DumpOptions {
@@ -599,7 +587,7 @@ fn run(cli: Cli) -> Result<()> {
                 progress,
                 notify: Notify::scripts(action_scripts, Some(&dir)),
                 handoff: Default::default(),
-                ns: ns.options()?,
+                ns: ns.options()?.0,
             };
             let stats = guard::in_child(|| bar.around(|| Ok(dump(&opts)?))).with_context(|| format!("dump of process {pid} failed"))?;
             if json {
@@ -621,6 +609,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Restore { dir, detach, shell_job, pidfile, manage_cgroups, cgroup_roots, pid_wait, inherit_fds, tcp, net, action_scripts, json, ns } => {
             ns.no_pipes()?;
+            let (ns, veths) = ns.options()?;
             let bar = progress::Bar::on_stderr(json);
             let opts = RestoreOptions {
                 dir: dir.clone(),
@@ -635,8 +624,8 @@ fn run(cli: Cli) -> Result<()> {
                 notify: Notify::scripts(action_scripts, Some(&dir)),
                 inherit_fds: inherit_fds.into_iter().map(|(fd, key)| (key, fd)).collect(),
                 sibling: false,
-                ns: ns.options()?,
-                net: net.options(&ns.external)?,
+                ns,
+                net: crust::ns::net::NetOptions { empty: net.empty_net()?, ..veths },
             };
             let restored = bar.around(|| restore(&opts)).with_context(|| format!("restore from {} failed", dir.display()))?;
             write_restore_stats(&dir, &restored);
@@ -733,6 +722,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Check { images, shell_job, manage_cgroups, cgroup_roots, tcp, inherit_fds, ns, net } => {
             ns.no_pipes()?;
+            let (ns, veths) = ns.options()?;
             let inherit_fds = inherit_fds.into_iter().map(|(fd, key)| (key, fd)).collect();
             let opts = RestoreOptions {
                 dir: images.clone(),
@@ -741,8 +731,8 @@ fn run(cli: Cli) -> Result<()> {
                 cgroup_roots,
                 tcp: tcp.mode(),
                 inherit_fds,
-                ns: ns.options()?,
-                net: net.options(&ns.external)?,
+                ns,
+                net: crust::ns::net::NetOptions { empty: net.empty_net()?, ..veths },
                 ..Default::default()
             };
             let mut img = crust::restore::load(&images, crust::images::load::Pages::InDir)?;

@@ -96,6 +96,49 @@ pub struct NsOptions {
     pub ext_mount_auto: bool,
 }
 
+impl NsOptions {
+    /// criu's `--ext-mount-map KEY:VAL` or `auto`, as crust's command line,
+    /// criu's and the RPC give it.
+    pub fn add_ext_mount_map(&mut self, spec: &str) -> std::result::Result<(), String> {
+        if spec == "auto" {
+            self.ext_mount_auto = true;
+            return Ok(());
+        }
+        let (key, path) = spec.split_once(':').ok_or_else(|| format!("--ext-mount-map {spec}: expected KEY:VAL or auto"))?;
+        self.ext_mount_map.push((key.to_string(), path.to_string()));
+        Ok(())
+    }
+}
+
+/// One of criu's `--external` forms that name something outside a tree's
+/// own namespaces, parsed once for crust's command line, criu's and the RPC.
+pub enum External {
+    /// `mnt[KEY]:VAL`: the external mount KEY is host path VAL.
+    Mount(String, String),
+    /// `veth[IF]:HOSTIF[@BRIDGE]`: the host end of the namespace's veth IF.
+    Veth(net::VethEnd),
+}
+
+impl External {
+    /// The form `spec` has, or None for another kind (the caller's to take
+    /// or refuse).
+    pub fn parse(spec: &str) -> Option<std::result::Result<External, String>> {
+        if let Some(rest) = spec.strip_prefix("mnt[") {
+            let mount = rest.split_once("]:").map(|(k, v)| External::Mount(k.to_string(), v.to_string()));
+            return Some(mount.ok_or_else(|| format!("--external {spec}: expected mnt[KEY]:VAL")));
+        }
+        net::VethEnd::parse(spec).map(|end| end.map(External::Veth))
+    }
+
+    /// Put it in the options of its kind of namespace.
+    pub fn add_to(self, ns: &mut NsOptions, net: &mut net::NetOptions) {
+        match self {
+            External::Mount(key, path) => ns.ext_mount_map.push((key, path)),
+            External::Veth(end) => net.veths.push(end),
+        }
+    }
+}
+
 /// Every kind crust saves, in the order a restore fills them.
 static KINDS: &[&dyn NsKind] = &[&uts::Uts, &pid::Pid, &time::Time, &cgroup::Cgroup, &mnt::Mnt, &net::Net, &ipc::Ipc];
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::ns::net::NetOptions;
-use crate::ns::NsOptions;
+use crate::ns::{External, NsOptions};
 use super::proto::{CriuCgMode, CriuNetworkLockMethod, CriuOpts};
 use crate::cgroups::{CgroupRoot, Mode};
 use crate::dump::DumpOptions;
@@ -170,11 +170,10 @@ fn namespace_options(o: &CriuOpts) -> Result<(NsOptions, NetOptions)> {
         ext_mount_auto: o.auto_ext_mnt == Some(true),
     };
     let mut net = NetOptions::default();
+    // Other kinds are refused by `refusals`.
     for e in &o.external {
-        if let Some((k, v)) = e.strip_prefix("mnt[").and_then(|r| r.split_once("]:")) {
-            ns.ext_mount_map.push((k.to_string(), v.to_string()));
-        } else if let Some(end) = crate::ns::net::VethEnd::parse(e) {
-            net.veths.push(end.map_err(|why| Error::Invalid(format!("external {e}: {why}")))?);
+        if let Some(external) = External::parse(e) {
+            external.map_err(|why| Error::Invalid(format!("external {e}: {why}")))?.add_to(&mut ns, &mut net);
         }
     }
     Ok((ns, net))
