@@ -12,29 +12,14 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::hosts::{Host, HostChild, Hosts};
-use common::job::{new_session, output_to_file};
+use common::hosts::{file_lines as lines, wait_file_line as wait_line, Host, HostChild, Hosts};
 use common::{poll, proc_stat, workload_path, CRUST};
 
 const WAIT: Duration = Duration::from_secs(60);
 
 /// A workload started in `host`, in a session of its own, writing to `out`.
 fn start(host: &Host, name: &str, args: &[&str], out: &Path) -> HostChild {
-    let mut cmd = host.command(workload_path(name));
-    cmd.args(args);
-    output_to_file(&mut cmd, out);
-    new_session(&mut cmd);
-    cmd.spawn()
-}
-
-fn lines(out: &Path) -> Vec<String> {
-    std::fs::read_to_string(out).unwrap_or_default().lines().map(str::to_string).collect()
-}
-
-/// Wait until `out` holds a line for which `f` is true; return it.
-fn wait_line(out: &Path, f: impl Fn(&str) -> bool) -> String {
-    let found = poll(WAIT, Duration::from_millis(20), || lines(out).into_iter().find(|l| f(l)));
-    found.unwrap_or_else(|| panic!("no such line in {}: {:?}", out.display(), lines(out)))
+    host.start_writing_to(&workload_path(name), args, out)
 }
 
 /// The last t1 counter in a test_mm output file.

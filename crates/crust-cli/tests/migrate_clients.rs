@@ -20,29 +20,10 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::hosts::{Clients, Host, HostChild, Hosts};
-use common::job::{new_session, output_to_file};
+use common::hosts::{file_lines as lines, wait_file_line as wait_line, Clients, Host, HostChild, Hosts};
 use common::{poll, workload_path, CRUST};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn lines(out: &Path) -> Vec<String> {
-    std::fs::read_to_string(out).unwrap_or_default().lines().map(str::to_string).collect()
-}
-
-fn wait_line(out: &Path, f: impl Fn(&str) -> bool) -> String {
-    let found = poll(WAIT, Duration::from_millis(20), || lines(out).into_iter().find(|l| f(l)));
-    found.unwrap_or_else(|| panic!("no such line in {}: {:?}", out.display(), lines(out)))
-}
-
-/// A program started in `host`, in a session of its own, writing to `out`.
-fn start(host: &Host, program: &Path, args: &[&str], out: &Path) -> HostChild {
-    let mut cmd = host.command(program);
-    cmd.args(args);
-    output_to_file(&mut cmd, out);
-    new_session(&mut cmd);
-    cmd.spawn()
-}
 
 /// crust's network locks (nftables tables) in `host`.
 fn locks_in(host: &Host) -> Vec<String> {
@@ -197,7 +178,7 @@ fn a_server_moves_to_b_and_its_client_in_c_keeps_the_connection_both_ways() {
     let (n, m) = (20_000usize, 300_000usize);
     let out = hosts.tmp().join("tcpconn.out");
     let listen = format!("{}:47201", clients.service());
-    let job = start(&hosts.a, &workload_path("tcpconn"), &[&listen, "server", &n.to_string(), &m.to_string(), "open"], &out);
+    let job = hosts.a.start_writing_to(&workload_path("tcpconn"), &[&listen, "server", &n.to_string(), &m.to_string(), "open"], &out);
     wait_line(&out, |l| l.starts_with("READY"));
     let mut client = clients.host.connect(SocketAddr::from((clients.service(), 47201)));
     wait_line(&out, |l| l == "CONNECTED");
@@ -307,7 +288,7 @@ fn redis_moves_to_b_with_its_clients_in_c_connected() {
     let conf_text = format!("port {port}\nbind {}\nprotected-mode no\ndaemonize no\nsave \"\"\nappendonly no\ndir {}\n", clients.service(), hosts.tmp().display());
     std::fs::write(&conf, conf_text).unwrap();
     let out = hosts.tmp().join("redis.out");
-    let job = start(&hosts.a, Path::new("/usr/bin/redis-server"), &[conf.to_str().unwrap()], &out);
+    let job = hosts.a.start_writing_to(Path::new("/usr/bin/redis-server"), &[conf.to_str().unwrap()], &out);
     let addr = SocketAddr::from((clients.service(), port));
     wait_line(&out, |l| l.contains("Ready to accept connections"));
     let mut conns: Vec<Resp> = (0..3).map(|_| Resp::new(clients.host.connect(addr))).collect();
@@ -351,7 +332,7 @@ fn a_move_refused_after_the_address_moved_leaves_the_connection_in_a_and_no_lock
     let (n, m) = (5_000usize, 50_000usize);
     let out = hosts.tmp().join("tcpconn.out");
     let listen = format!("{}:47221", clients.service());
-    let job = start(&hosts.a, &workload_path("tcpconn"), &[&listen, "server", &n.to_string(), &m.to_string(), "open"], &out);
+    let job = hosts.a.start_writing_to(&workload_path("tcpconn"), &[&listen, "server", &n.to_string(), &m.to_string(), "open"], &out);
     wait_line(&out, |l| l.starts_with("READY"));
     let mut client = clients.host.connect(SocketAddr::from((clients.service(), 47221)));
     wait_line(&out, |l| l == "CONNECTED");
@@ -396,7 +377,7 @@ fn memcached_moves_to_b_with_a_tcp_client_connected_and_answers_udp_there() {
     let svc = clients.service().to_string();
     let out = hosts.tmp().join("memcached.out");
     let args = ["-u", "root", "-l", &svc, "-p", &tcp.to_string(), "-U", &udp.to_string(), "-t", "2"];
-    let job = start(&hosts.a, Path::new("/usr/bin/memcached"), &args, &out);
+    let job = hosts.a.start_writing_to(Path::new("/usr/bin/memcached"), &args, &out);
     let addr = SocketAddr::from((clients.service(), tcp));
     let conn = poll(WAIT, Duration::from_millis(50), || {
         std::panic::catch_unwind(|| clients.host.connect(addr)).ok()
@@ -470,7 +451,7 @@ fn python_http_server_moves_to_b_with_a_keep_alive_client() {
     let out = hosts.tmp().join("http.out");
     let svc = clients.service().to_string();
     let args = ["-m", "http.server", "-b", &svc, "-p", "HTTP/1.1", "-d", root.to_str().unwrap(), &port.to_string()];
-    let job = start(&hosts.a, Path::new("/usr/bin/python3"), &args, &out);
+    let job = hosts.a.start_writing_to(Path::new("/usr/bin/python3"), &args, &out);
     let addr = SocketAddr::from((clients.service(), port));
     let conn = poll(WAIT, Duration::from_millis(50), || std::panic::catch_unwind(|| clients.host.connect(addr)).ok());
     let mut conn = conn.expect("http.server listens");
@@ -493,7 +474,7 @@ fn logger(host: &Host, path: &Path, out: &Path) -> HostChild {
                   while True:\n\
                   \x20   m = s.recv(4096)\n\
                   \x20   print(m.decode(), flush=True)\n";
-    let child = start(host, Path::new("/usr/bin/python3"), &["-c", script, path.to_str().unwrap()], out);
+    let child = host.start_writing_to(Path::new("/usr/bin/python3"), &["-c", script, path.to_str().unwrap()], out);
     wait_line(out, |l| l == "listening");
     child
 }
@@ -514,7 +495,7 @@ fn a_program_logging_outside_its_tree_moves_with_ext_unix_sk() {
     let _logger_a = logger(&hosts.a, &log, &log_a);
     let _logger_b = logger(&hosts.b, &log, &log_b);
     let out = hosts.tmp().join("unixsk.out");
-    let job = start(&hosts.a, &workload_path("unixsk"), &["syslog", log.to_str().unwrap()], &out);
+    let job = hosts.a.start_writing_to(&workload_path("unixsk"), &["syslog", log.to_str().unwrap()], &out);
     wait_line(&out, |l| l.starts_with("READY"));
     wait_line(&log_a, |l| l == "before");
     let (ok, err) = finish(migrate_with(&hosts, job.host_pid(), &key, &[]));

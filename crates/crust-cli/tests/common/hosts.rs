@@ -458,6 +458,15 @@ impl Host {
     /// added to it run inside the host, in the command's own process (so
     /// `setsid` there makes it a session leader in the host); `current_dir` is
     /// resolved inside the host's mount namespace.
+    /// `program` started here, in a session of its own, writing to `out`.
+    pub fn start_writing_to(&self, program: &Path, args: &[&str], out: &Path) -> HostChild {
+        let mut cmd = self.command(program);
+        cmd.args(args);
+        super::job::output_to_file(&mut cmd, out);
+        super::job::new_session(&mut cmd);
+        cmd.spawn()
+    }
+
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> HostCommand {
         let mut p = [0 as RawFd; 2];
         // SAFETY: plain pipe2 into a local array.
@@ -1074,6 +1083,20 @@ impl Fingerprint {
 // /proc helpers
 
 /// The NSpid line of /proc/PID/status: the pid in our namespace, then in each nested one.
+/// How long a test waits for a line a program of a host writes.
+const LINE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The lines a program wrote to `out` so far.
+pub fn file_lines(out: &Path) -> Vec<String> {
+    std::fs::read_to_string(out).unwrap_or_default().lines().map(str::to_string).collect()
+}
+
+/// Wait until `out` holds a line for which `f` is true; return it.
+pub fn wait_file_line(out: &Path, f: impl Fn(&str) -> bool) -> String {
+    let found = super::poll(LINE_TIMEOUT, Duration::from_millis(20), || file_lines(out).into_iter().find(|l| f(l)));
+    found.unwrap_or_else(|| panic!("no such line in {}: {:?}", out.display(), file_lines(out)))
+}
+
 pub fn nspid(pid: i32) -> Option<Vec<i32>> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = s.lines().find(|l| l.starts_with("NSpid:"))?;
