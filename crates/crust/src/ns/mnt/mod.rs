@@ -287,11 +287,11 @@ impl NsKind for Mnt {
         let mut bytes = 0;
         for (kdev, mountpoint) in tmpfs_devs {
             let what = format!("the tmpfs at {mountpoint} of {who}");
-            let data = in_namespace(pid, "mnt", || {
-                let at = sys::open_in(sys::open_path("/")?.as_fd(), &mountpoint)?;
-                let copy = sys::clone_mount(at.as_fd(), &what)?;
-                tmpfs::archive(&PathBuf::from(format!("/proc/thread-self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&copy))), &what)
-            })?;
+            // The copy is read from crust's own mount namespace: the tree's
+            // /proc may be of a pid namespace crust's thread is not in, where
+            // /proc/thread-self does not exist.
+            let copy = in_namespace(pid, "mnt", || sys::clone_mount(sys::open_in(sys::open_path("/")?.as_fd(), &mountpoint)?.as_fd(), &what))?;
+            let data = tmpfs::archive(&PathBuf::from(format!("/proc/thread-self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&copy))), &what)?;
             let mut w = dir.writer(&tmpfs::image_name(kdev), Kind::TmpfsDev)?;
             w.raw(&data)?;
             bytes += w.finish()?;
@@ -525,10 +525,14 @@ fn build(tree: &Tree, new_root: &str, externals: &[Option<String>], mut by_task:
         }
         made.push(Some(m));
     }
+    // Opened before pivot_root: after it /proc may be the tree's own, of a
+    // pid namespace where `pid` is another process or none.
+    let proc_pid = sys::open_path(&format!("/proc/{pid}"))?;
     sys::fchdir(root_fd.as_fd())?;
     sys::pivot_here()?;
-    let (mine, theirs) = (std::fs::metadata("/").ctx(|| "stat of the new root")?, std::fs::metadata(format!("/proc/{pid}/root/")).ctx(|| format!("stat of the root of {pid}"))?);
-    Ok((mine.dev(), mine.ino()) == (theirs.dev(), theirs.ino()))
+    let mine = std::fs::metadata("/").ctx(|| "stat of the new root")?;
+    let theirs = nix::sys::stat::fstatat(&proc_pid, "root/", nix::fcntl::AtFlags::empty()).ctx(|| format!("stat of the root of {pid}"))?;
+    Ok((mine.dev(), mine.ino()) == (theirs.st_dev, theirs.st_ino))
 }
 
 /// Entry `i`'s propagation: peers of its shared group (a bind of a peer is
