@@ -530,6 +530,10 @@ fn build(tree: &Tree, new_root: &str, externals: &[Option<String>], mut by_task:
     let proc_pid = sys::open_path(&format!("/proc/{pid}"))?;
     sys::fchdir(root_fd.as_fd())?;
     sys::pivot_here()?;
+    // Shared only now: pivot_root refuses a shared new root.
+    if root_e.shared_id.is_some() {
+        sys::mount(None, "/", libc::MS_SHARED)?;
+    }
     let mine = std::fs::metadata("/").ctx(|| "stat of the new root")?;
     let theirs = nix::sys::stat::fstatat(&proc_pid, "root/", nix::fcntl::AtFlags::empty()).ctx(|| format!("stat of the root of {pid}"))?;
     Ok((mine.dev(), mine.ino()) == (theirs.st_dev, theirs.st_ino))
@@ -545,15 +549,25 @@ fn propagation(tree: &Tree, i: usize, m: std::os::fd::BorrowedFd, what: &str) ->
     };
     let in_tree = |g: Option<u32>| g.is_some() && tree.entries.iter().any(|o| o.shared_id == g);
     // Bound from a peer of its master: a slave of that group.
-    if source.is_some_and(|s| s.shared_id.is_some() && s.shared_id == e.master_id) {
+    let slave_bound = source.is_some_and(|s| s.shared_id.is_some() && s.shared_id == e.master_id);
+    if slave_bound {
         sys::set_attrs(m, None, libc::MS_SLAVE, what)?;
     } else if e.master_id.is_some() && in_tree(e.master_id) {
         return Err(Error::Invalid(format!("{what}: its master group has no mount it could be bound from")));
     }
     let peer_bound = source.is_some_and(|s| s.shared_id.is_some() && s.shared_id == e.shared_id);
+    // A bind of a shared mount is that mount's peer: out of its group first,
+    // or what is mounted on either shows on both (LXC's /proc/sys, a bind of
+    // /proc in a group of its own, would get /proc's mounts twice).
+    let joined_source = source.is_some_and(|s| s.shared_id.is_some()) && !peer_bound && !slave_bound;
     match (e.shared_id, e.master_id) {
         (Some(_), _) if peer_bound => {}
-        (Some(_), _) => sys::set_attrs(m, None, libc::MS_SHARED, what)?,
+        (Some(_), _) => {
+            if joined_source {
+                sys::set_attrs(m, None, libc::MS_PRIVATE, what)?;
+            }
+            sys::set_attrs(m, None, libc::MS_SHARED, what)?
+        }
         // A slave of a host group: the copy from the host is one already.
         (None, Some(_)) => {}
         (None, None) => sys::set_attrs(m, None, libc::MS_PRIVATE, what)?,
