@@ -516,4 +516,17 @@ fn lxc_checkpoint_stops_and_restores_a_busybox_container_that_counts_on() {
         let m = std::fs::metadata(format!("/proc/{pid}/root/dev/{node}"));
         assert!(m.is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_char_device(&m.file_type())), "/dev/{node} is a device node again");
     }
+
+    // The restored container is checkpointed and restored again (the kernel
+    // now lists its proc before its /dev, whose boot_id is bound under proc).
+    let again = c.path.join("again");
+    let a = again.to_str().unwrap();
+    let (ok, said) = c.checkpoint(&criu, &["-D", a, "-s"]);
+    assert!(ok, "a second lxc-checkpoint -s: {said}");
+    let dumped = c.count();
+    let (ok, said) = c.checkpoint(&criu, &["-D", a, "-r"]);
+    assert!(ok, "a second lxc-checkpoint -r: {said}");
+    assert_eq!(c.info().0, "RUNNING");
+    c.count_passes(dumped).expect("the counter counts on after the second restore");
+    assert_eq!(common::container::mounts(c.info().1.parse().unwrap()), before, "the mounts after the second restore");
 }
