@@ -61,9 +61,11 @@ pub(super) fn spawn_stopped(pid: i32, namespaces: nix::sched::CloneFlags, siblin
 /// names the parent): it waits, polling that crust is still there, until
 /// crust seizes it (with EXITKILL: a crust that dies takes it along) and
 /// stops it. Its parent's death does not end it before: that parent gets it
-/// only once it runs.
+/// only once it runs. It watches crust through a pidfd, not by crust's pid:
+/// in a new pid namespace crust has no pid it could name.
 fn spawn_sibling(pid: i32, namespaces: nix::sched::CloneFlags) -> Result<i32> {
-    let crust = nix::unistd::getpid();
+    let me = rustix::process::Pid::from_raw(nix::unistd::getpid().as_raw()).ok_or_else(|| Error::Invalid("crust's pid is 0".into()))?;
+    let crust = rustix::process::pidfd_open(me, rustix::process::PidfdFlags::empty()).map_err(|e| Error::Io { context: "pidfd_open of crust itself".into(), err: e.into() })?;
     let set_tid = [pid as libc::pid_t];
     let args = CloneArgs {
         // clone3 takes no exit signal with CLONE_PARENT: the child's is
@@ -75,21 +77,21 @@ fn spawn_sibling(pid: i32, namespaces: nix::sched::CloneFlags) -> Result<i32> {
     };
     // SAFETY: as in spawn_stopped: the kernel reads `args` and `set_tid`,
     // alive on this stack; the child is a fork that only makes single
-    // syscalls (kill, nanosleep: no allocation, no lock) until crust takes
-    // it over and replaces its memory, and never returns from here.
+    // syscalls (poll: no allocation, no lock) until crust takes it over and
+    // replaces its memory, and never returns from here.
     let r = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
     if r == 0 {
-        let pause = libc::timespec { tv_sec: 0, tv_nsec: 1_000_000 };
-        // SAFETY: kill with signal 0 only checks that crust exists;
-        // nanosleep reads the timespec on this stack; _exit ends the child
-        // without running anything it copied from crust.
+        let mut watch = libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(&crust), events: libc::POLLIN, revents: 0 };
+        // SAFETY: poll reads and writes the pollfd on this stack, and
+        // returns once crust has exited (the pidfd is readable); errno is
+        // this thread's; _exit ends the child without running anything it
+        // copied from crust.
         unsafe {
-            while libc::kill(crust.as_raw(), 0) == 0 {
-                libc::nanosleep(&pause, std::ptr::null_mut());
-            }
+            while libc::poll(&mut watch, 1, -1) < 0 && *libc::__errno_location() == libc::EINTR {}
             libc::_exit(127);
         }
     }
+    drop(crust);
     if r < 0 {
         let e = std::io::Error::last_os_error();
         return Err(match e.raw_os_error() {

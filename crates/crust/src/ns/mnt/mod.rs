@@ -181,7 +181,63 @@ fn parents_first(mounts: Vec<MountInfo>, pid: i32) -> Result<Vec<MountInfo>> {
         stack.extend(mounts.iter().rev().filter(|c| c.parent == m.id && c.id != m.id).cloned());
         out.push(m);
     }
-    Ok(out)
+    let keys: Vec<MountKey> = out.iter().map(|m| MountKey { id: m.id, parent: m.parent, dev: m.kdev(), root: m.root.clone() }).collect();
+    Ok(sources_first(out, &keys))
+}
+
+/// What [`sources_first`] orders mounts by.
+struct MountKey {
+    id: u32,
+    parent: u32,
+    dev: u32,
+    root: String,
+}
+
+/// `list` (parents first) with each bind of a directory of a file system
+/// moved after the mount of that file system showing a directory above it
+/// (the one with the shortest root), so the restore can bind it from there:
+/// the kernel lists mounts as they were made, and a restored LXC container
+/// has its proc made before its /dev tmpfs, whose /.lxc-boot-id is bound
+/// under /proc. Otherwise the order is kept; a mount under its own source
+/// keeps its place.
+fn sources_first<T>(list: Vec<T>, keys: &[MountKey]) -> Vec<T> {
+    let n = keys.len();
+    let index = |id: u32| keys.iter().position(|k| k.id == id);
+    let under = |mut i: usize, above: usize| {
+        for _ in 0..n {
+            if i == above {
+                return true;
+            }
+            match index(keys[i].parent) {
+                Some(p) if p != i => i = p,
+                _ => return false,
+            }
+        }
+        false
+    };
+    let deps: Vec<Vec<usize>> = (0..n)
+        .map(|i| {
+            let k = &keys[i];
+            let mut d: Vec<usize> = index(k.parent).filter(|&p| p != i).into_iter().collect();
+            let source = (0..n)
+                .filter(|&j| j != i && keys[j].dev == k.dev && keys[j].root.len() < k.root.len() && within(&k.root, &keys[j].root).is_some())
+                .min_by_key(|&j| (keys[j].root.len(), j));
+            d.extend(source.filter(|&j| !under(j, i)));
+            d
+        })
+        .collect();
+    let mut done = vec![false; n];
+    let mut order = Vec::with_capacity(n);
+    for _ in 0..n {
+        // The first in the list whose parent and source are made; the first
+        // left if none (a loop: the restore refuses what it cannot make).
+        let next = (0..n).find(|&i| !done[i] && deps[i].iter().all(|&d| done[d])).or_else(|| (0..n).find(|&i| !done[i]));
+        let Some(i) = next else { break };
+        done[i] = true;
+        order.push(i);
+    }
+    let mut slots: Vec<Option<T>> = list.into_iter().map(Some).collect();
+    order.into_iter().filter_map(|i| slots[i].take()).collect()
 }
 
 fn entry_of(m: &MountInfo, who: &str) -> Result<MntEntry> {
@@ -287,11 +343,11 @@ impl NsKind for Mnt {
         let mut bytes = 0;
         for (kdev, mountpoint) in tmpfs_devs {
             let what = format!("the tmpfs at {mountpoint} of {who}");
-            let data = in_namespace(pid, "mnt", || {
-                let at = sys::open_in(sys::open_path("/")?.as_fd(), &mountpoint)?;
-                let copy = sys::clone_mount(at.as_fd(), &what)?;
-                tmpfs::archive(&PathBuf::from(format!("/proc/thread-self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&copy))), &what)
-            })?;
+            // The copy is read from crust's own mount namespace: the tree's
+            // /proc may be of a pid namespace crust's thread is not in, where
+            // /proc/thread-self does not exist.
+            let copy = in_namespace(pid, "mnt", || sys::clone_mount(sys::open_in(sys::open_path("/")?.as_fd(), &mountpoint)?.as_fd(), &what))?;
+            let data = tmpfs::archive(&PathBuf::from(format!("/proc/thread-self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&copy))), &what)?;
             let mut w = dir.writer(&tmpfs::image_name(kdev), Kind::TmpfsDev)?;
             w.raw(&data)?;
             bytes += w.finish()?;
@@ -434,7 +490,8 @@ fn order_entries(entries: Vec<MntEntry>) -> std::result::Result<Vec<MntEntry>, S
     if out.len() != entries.len() {
         return Err("some mounts are not under the root (a loop of parents)".into());
     }
-    Ok(out)
+    let keys: Vec<MountKey> = out.iter().map(|e| MountKey { id: e.mnt_id, parent: e.parent_mnt_id, dev: e.root_dev, root: e.root.clone() }).collect();
+    Ok(sources_first(out, &keys))
 }
 
 fn root_path(e: &MntEntry, opts: &NsOptions) -> std::result::Result<String, String> {
@@ -525,10 +582,18 @@ fn build(tree: &Tree, new_root: &str, externals: &[Option<String>], mut by_task:
         }
         made.push(Some(m));
     }
+    // Opened before pivot_root: after it /proc may be the tree's own, of a
+    // pid namespace where `pid` is another process or none.
+    let proc_pid = sys::open_path(&format!("/proc/{pid}"))?;
     sys::fchdir(root_fd.as_fd())?;
     sys::pivot_here()?;
-    let (mine, theirs) = (std::fs::metadata("/").ctx(|| "stat of the new root")?, std::fs::metadata(format!("/proc/{pid}/root/")).ctx(|| format!("stat of the root of {pid}"))?);
-    Ok((mine.dev(), mine.ino()) == (theirs.dev(), theirs.ino()))
+    // Shared only now: pivot_root refuses a shared new root.
+    if root_e.shared_id.is_some() {
+        sys::mount(None, "/", libc::MS_SHARED)?;
+    }
+    let mine = std::fs::metadata("/").ctx(|| "stat of the new root")?;
+    let theirs = nix::sys::stat::fstatat(&proc_pid, "root/", nix::fcntl::AtFlags::empty()).ctx(|| format!("stat of the root of {pid}"))?;
+    Ok((mine.dev(), mine.ino()) == (theirs.st_dev, theirs.st_ino))
 }
 
 /// Entry `i`'s propagation: peers of its shared group (a bind of a peer is
@@ -541,18 +606,53 @@ fn propagation(tree: &Tree, i: usize, m: std::os::fd::BorrowedFd, what: &str) ->
     };
     let in_tree = |g: Option<u32>| g.is_some() && tree.entries.iter().any(|o| o.shared_id == g);
     // Bound from a peer of its master: a slave of that group.
-    if source.is_some_and(|s| s.shared_id.is_some() && s.shared_id == e.master_id) {
+    let slave_bound = source.is_some_and(|s| s.shared_id.is_some() && s.shared_id == e.master_id);
+    if slave_bound {
         sys::set_attrs(m, None, libc::MS_SLAVE, what)?;
     } else if e.master_id.is_some() && in_tree(e.master_id) {
         return Err(Error::Invalid(format!("{what}: its master group has no mount it could be bound from")));
     }
     let peer_bound = source.is_some_and(|s| s.shared_id.is_some() && s.shared_id == e.shared_id);
+    // A bind of a shared mount is that mount's peer: out of its group first,
+    // or what is mounted on either shows on both (LXC's /proc/sys, a bind of
+    // /proc in a group of its own, would get /proc's mounts twice).
+    let joined_source = source.is_some_and(|s| s.shared_id.is_some()) && !peer_bound && !slave_bound;
     match (e.shared_id, e.master_id) {
         (Some(_), _) if peer_bound => {}
-        (Some(_), _) => sys::set_attrs(m, None, libc::MS_SHARED, what)?,
+        (Some(_), _) => {
+            if joined_source {
+                sys::set_attrs(m, None, libc::MS_PRIVATE, what)?;
+            }
+            sys::set_attrs(m, None, libc::MS_SHARED, what)?
+        }
         // A slave of a host group: the copy from the host is one already.
         (None, Some(_)) => {}
         (None, None) => sys::set_attrs(m, None, libc::MS_PRIVATE, what)?,
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(id: u32, parent: u32, dev: u32, root: &str) -> MountKey {
+        MountKey { id, parent, dev, root: root.into() }
+    }
+
+    #[test]
+    fn a_bind_comes_after_the_mount_it_is_bound_from() {
+        // A restored LXC container as the kernel lists it: proc (and its
+        // /proc/sys bind, and boot_id bound from /dev under that) before the
+        // /dev tmpfs.
+        let keys = [key(1, 0, 9, "/rootfs"), key(2, 1, 5, "/"), key(5, 2, 5, "/sys"), key(3, 5, 7, "/.lxc-boot-id"), key(4, 1, 7, "/")];
+        assert_eq!(sources_first(vec![1, 2, 5, 3, 4], &keys), [1, 2, 5, 4, 3]);
+        // Already in order: kept.
+        let keys = [key(1, 0, 9, "/rootfs"), key(4, 1, 7, "/"), key(2, 1, 5, "/"), key(3, 2, 7, "/.lxc-boot-id")];
+        assert_eq!(sources_first(vec![1, 4, 2, 3], &keys), [1, 4, 2, 3]);
+        // A file system's top mounted under a bind of its own subdirectory
+        // (the root among them): the parent wins, nothing is lost.
+        let keys = [key(1, 0, 7, "/sub"), key(2, 1, 7, "/")];
+        assert_eq!(sources_first(vec![1, 2], &keys), [1, 2]);
+    }
 }
