@@ -94,6 +94,10 @@ pub struct NsOptions {
     /// `--ext-mount-map auto`: at dump, a bind mount of a host path is
     /// external, recorded by that path.
     pub ext_mount_auto: bool,
+    /// At dump, an ext_mount_map KEY may name a path that is no mount of the
+    /// tree: runc names every device node of the container (bind mounts only
+    /// in a user namespace), criu's RPC takes that.
+    pub ext_mount_keys_may_miss: bool,
 }
 
 impl NsOptions {

@@ -168,6 +168,7 @@ fn namespace_options(o: &CriuOpts) -> Result<(NsOptions, NetOptions)> {
         root: o.root.as_deref().filter(|r| Path::new(r) != Path::new("/")).map(PathBuf::from),
         ext_mount_map: o.ext_mnt.iter().map(|m| (m.key.clone(), m.val.clone())).collect(),
         ext_mount_auto: o.auto_ext_mnt == Some(true),
+        ext_mount_keys_may_miss: true,
     };
     let mut net = NetOptions::default();
     // Other kinds are refused by `refusals`.

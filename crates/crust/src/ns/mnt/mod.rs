@@ -27,13 +27,13 @@
 //! old one) into it and the old root is detached.
 
 mod info;
+mod order;
 mod sys;
 mod tmpfs;
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
 
 use nix::sched::CloneFlags;
 
@@ -181,7 +181,7 @@ fn parents_first(mounts: Vec<MountInfo>, pid: i32) -> Result<Vec<MountInfo>> {
         stack.extend(mounts.iter().rev().filter(|c| c.parent == m.id && c.id != m.id).cloned());
         out.push(m);
     }
-    Ok(out)
+    Ok(order::sources_first(out, |m| order::Key { id: m.id, parent: m.parent, dev: m.kdev(), root: &m.root, mountpoint: &m.mountpoint }))
 }
 
 fn entry_of(m: &MountInfo, who: &str) -> Result<MntEntry> {
@@ -278,9 +278,14 @@ impl NsKind for Mnt {
             entries.push(e);
             hows.push(how);
         }
-        // A KEY naming no external mount is a mistake the user should hear of.
+        // A KEY naming no external mount is a mistake the user should hear
+        // of, but for a bind of a file system the tree has itself (runc
+        // names its masked /proc files, binds of the container's /dev/null):
+        // saved as that bind, it needs no host path. An engine may also name
+        // paths that are no mounts at all (ext_mount_keys_may_miss).
         for (key, _) in &opts.ext_mount_map {
-            if !mounts.iter().zip(&hows).any(|(m, h)| *h == How::External && m.mountpoint == *key) {
+            let at_key = || mounts.iter().zip(&hows).filter(|(m, _)| m.mountpoint == *key);
+            if !at_key().any(|(_, h)| matches!(h, How::External | How::BindOf(_))) && !(opts.ext_mount_keys_may_miss && at_key().next().is_none()) {
                 return Err(Error::Invalid(format!("--ext-mount-map {key}: the tree has no bind mount of a host path at {key}")));
             }
         }
@@ -290,7 +295,11 @@ impl NsKind for Mnt {
             let data = in_namespace(pid, "mnt", || {
                 let at = sys::open_in(sys::open_path("/")?.as_fd(), &mountpoint)?;
                 let copy = sys::clone_mount(at.as_fd(), &what)?;
-                tmpfs::archive(&PathBuf::from(format!("/proc/thread-self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&copy))), &what)
+                // Read from the copy as this thread's working directory: the
+                // tree's /proc may be of its own pid namespace, where crust's
+                // thread-self is not.
+                sys::fchdir(copy.as_fd())?;
+                tmpfs::archive(std::path::Path::new("."), &what)
             })?;
             let mut w = dir.writer(&tmpfs::image_name(kdev), Kind::TmpfsDev)?;
             w.raw(&data)?;
@@ -434,7 +443,7 @@ fn order_entries(entries: Vec<MntEntry>) -> std::result::Result<Vec<MntEntry>, S
     if out.len() != entries.len() {
         return Err("some mounts are not under the root (a loop of parents)".into());
     }
-    Ok(out)
+    Ok(order::sources_first(out, |e| order::Key { id: e.mnt_id, parent: e.parent_mnt_id, dev: e.root_dev, root: &e.root, mountpoint: &e.mountpoint }))
 }
 
 fn root_path(e: &MntEntry, opts: &NsOptions) -> std::result::Result<String, String> {
@@ -525,10 +534,15 @@ fn build(tree: &Tree, new_root: &str, externals: &[Option<String>], mut by_task:
         }
         made.push(Some(m));
     }
+    // The restored root's /proc entry is reached through the host's proc,
+    // opened before the pivot: the new root's /proc may be of the tree's
+    // own pid namespace, where `pid` is another number.
+    let proc_dir = std::fs::File::open(format!("/proc/{pid}")).ctx(|| format!("opening /proc/{pid}"))?;
     sys::fchdir(root_fd.as_fd())?;
     sys::pivot_here()?;
-    let (mine, theirs) = (std::fs::metadata("/").ctx(|| "stat of the new root")?, std::fs::metadata(format!("/proc/{pid}/root/")).ctx(|| format!("stat of the root of {pid}"))?);
-    Ok((mine.dev(), mine.ino()) == (theirs.dev(), theirs.ino()))
+    let theirs = nix::sys::stat::fstatat(proc_dir.as_fd(), "root/", nix::fcntl::AtFlags::empty()).ctx(|| format!("stat of the root of {pid}"))?;
+    let mine = std::fs::metadata("/").ctx(|| "stat of the new root")?;
+    Ok((mine.dev(), mine.ino()) == (theirs.st_dev, theirs.st_ino))
 }
 
 /// Entry `i`'s propagation: peers of its shared group (a bind of a peer is
