@@ -58,12 +58,16 @@ pub(super) fn spawn_stopped(pid: i32, namespaces: nix::sched::CloneFlags, siblin
 /// criu's rst_sibling, which runc asks for: the root is a child of crust's
 /// parent (CLONE_PARENT), which waits on it as on any child of its own. Not
 /// being crust's child, it cannot make crust its tracer (PTRACE_TRACEME
-/// names the parent): it waits, polling that crust is still there, until
+/// names the parent): it waits, on a pidfd of crust (readable once crust is
+/// gone; a pid would not do, crust has none in a new pid namespace), until
 /// crust seizes it (with EXITKILL: a crust that dies takes it along) and
 /// stops it. Its parent's death does not end it before: that parent gets it
 /// only once it runs.
 fn spawn_sibling(pid: i32, namespaces: nix::sched::CloneFlags) -> Result<i32> {
-    let crust = nix::unistd::getpid();
+    // Held to the end of this function: the child has its own copy.
+    let crust_pidfd = rustix::process::pidfd_open(rustix::process::getpid(), rustix::process::PidfdFlags::empty())
+        .map_err(|e| Error::Io { context: "pidfd_open of crust itself".into(), err: e.into() })?;
+    let crust = std::os::fd::AsRawFd::as_raw_fd(&crust_pidfd);
     let set_tid = [pid as libc::pid_t];
     let args = CloneArgs {
         // clone3 takes no exit signal with CLONE_PARENT: the child's is
@@ -79,14 +83,11 @@ fn spawn_sibling(pid: i32, namespaces: nix::sched::CloneFlags) -> Result<i32> {
     // it over and replaces its memory, and never returns from here.
     let r = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
     if r == 0 {
-        let pause = libc::timespec { tv_sec: 0, tv_nsec: 1_000_000 };
-        // SAFETY: kill with signal 0 only checks that crust exists;
-        // nanosleep reads the timespec on this stack; _exit ends the child
-        // without running anything it copied from crust.
+        let mut gone = libc::pollfd { fd: crust, events: libc::POLLIN, revents: 0 };
+        // SAFETY: poll reads and writes the pollfd on this stack; _exit
+        // ends the child without running anything it copied from crust.
         unsafe {
-            while libc::kill(crust.as_raw(), 0) == 0 {
-                libc::nanosleep(&pause, std::ptr::null_mut());
-            }
+            while libc::poll(&mut gone, 1, -1) != 1 {}
             libc::_exit(127);
         }
     }
