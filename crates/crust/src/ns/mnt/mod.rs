@@ -281,11 +281,10 @@ impl NsKind for Mnt {
         // A KEY naming no external mount is a mistake the user should hear
         // of, but for a bind of a file system the tree has itself (runc
         // names its masked /proc files, binds of the container's /dev/null):
-        // saved as that bind, it needs no host path. An engine may also name
-        // paths that are no mounts at all (ext_mount_keys_may_miss).
-        for (key, _) in &opts.ext_mount_map {
-            let at_key = || mounts.iter().zip(&hows).filter(|(m, _)| m.mountpoint == *key);
-            if !at_key().any(|(_, h)| matches!(h, How::External | How::BindOf(_))) && !(opts.ext_mount_keys_may_miss && at_key().next().is_none()) {
+        // saved as that bind, it needs no host path. An engine's keys are
+        // not checked (ext_mount_keys_may_miss).
+        for (key, _) in opts.ext_mount_map.iter().filter(|_| !opts.ext_mount_keys_may_miss) {
+            if !mounts.iter().zip(&hows).any(|(m, h)| m.mountpoint == *key && matches!(h, How::External | How::BindOf(_))) {
                 return Err(Error::Invalid(format!("--ext-mount-map {key}: the tree has no bind mount of a host path at {key}")));
             }
         }
