@@ -4,6 +4,8 @@
 //! `runc exec` / `runc kill` work on it; `--leave-running` keeps it running
 //! and its images restore once it is gone; a crust killed in the middle of
 //! a checkpoint leaves it running. The bundle: tests/common/bundle.rs.
+//! podman 4.3.1 (through runc) exports a checkpoint of such a container and
+//! imports it again, twice over (a restored container checkpointed again).
 
 mod common;
 
@@ -112,6 +114,10 @@ fn runc_checkpoint_then_restore_counts_on() {
     c.counts_past(Some(first + 3));
     assert_eq!(c.status(), "running");
     assert_init_is_pid_1(&c);
+    // In the cgroup runc made for it (criu's cg_root), not one below it.
+    let cpu = std::fs::read_to_string(format!("/proc/{}/cgroup", c.pid())).unwrap_or_default();
+    let cpu = cpu.lines().find(|l| l.split(':').nth(1) == Some("cpu")).unwrap_or_default().to_string();
+    assert!(cpu.ends_with(&format!(":/{id}")), "the restored init's cpu cgroup: {cpu}");
     eprintln!("runc with crust as criu: checkpoint {dumped:?}, restore {restored:?}");
     kill(&c);
 }
@@ -182,4 +188,76 @@ fn a_crust_killed_during_runc_checkpoint_leaves_the_container_running() {
     let now = c.count().expect("counted");
     c.counts_past(Some(now + 3));
     assert_init_is_pid_1(&c);
+}
+
+/// `podman ARGS...` (runc as its runtime, `criu` first in PATH): stdout, or
+/// the test fails with stderr.
+fn podman(criu: &Path, args: &[&str]) -> String {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let mut cmd = Command::new("podman");
+    cmd.args(["--runtime", "runc"]).args(args).env("PATH", format!("{}:{path}", criu.display()));
+    let out = common::run_with_timeout(&mut cmd, Duration::from_secs(120));
+    assert!(out.status.success(), "podman {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The last number a podman container logged.
+fn podman_count(criu: &Path, name: &str) -> Option<u64> {
+    podman(criu, &["logs", name]).lines().rev().find_map(|l| l.trim().parse().ok())
+}
+
+/// The podman container and image of a test, removed at its end.
+struct PodmanLeftovers(String, String);
+
+impl Drop for PodmanLeftovers {
+    fn drop(&mut self) {
+        let _ = Command::new("podman").args(["rm", "-f", &self.0]).output();
+        let _ = Command::new("podman").args(["rmi", "-f", &self.1]).output();
+    }
+}
+
+#[test]
+fn podman_checkpoint_export_and_restore_import_count_on() {
+    if skip() || Command::new("podman").arg("--version").output().is_err() {
+        eprintln!("skipped: podman is missing (scripts/setup installs it)");
+        return;
+    }
+    let tmp = TempDir::new("podman-cr");
+    let name = format!("crust-podman-{}", std::process::id());
+    let image = format!("localhost/{name}");
+    let _leftovers = PodmanLeftovers(name.clone(), image.clone());
+    let criu = crust_as_criu(tmp.path());
+    // A busybox image of the test's own (no registry here).
+    let rootfs = tmp.join("rootfs");
+    for d in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    std::fs::copy(common::bundle::BUSYBOX, rootfs.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh")).unwrap();
+    std::os::unix::fs::symlink("busybox", rootfs.join("bin/sleep")).unwrap();
+    let tar = tmp.join("rootfs.tar");
+    let out = Command::new("tar").arg("-C").arg(&rootfs).arg("-cf").arg(&tar).arg(".").output().unwrap();
+    assert!(out.status.success());
+    podman(&criu, &["import", tar.to_str().unwrap(), &image]);
+    // The ulimits podman asks of the runtime by default are above root's hard limits here (DESIGN.md 6).
+    let counter = "i=0; while true; do echo $i; i=$((i+1)); sleep 0.1; done";
+    podman(&criu, &["run", "-d", "--name", &name, "--network", "none", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096", &image, "sh", "-c", counter]);
+    let counts_past = |n: u64, within: u64| poll(Duration::from_secs(within), Duration::from_millis(50), || podman_count(&criu, &name).filter(|&c| c > n));
+    // Past 30 (3 s): a container counting again from 0 would not pass the
+    // count of the checkpoint in the 2 s given after a restore.
+    assert!(counts_past(30, 30).is_some(), "the container counts");
+    for round in 0..2 {
+        let export = tmp.join(format!("checkpoint-{round}.tar.gz"));
+        let start = Instant::now();
+        podman(&criu, &["container", "checkpoint", "--export", export.to_str().unwrap(), &name]);
+        let dumped = start.elapsed();
+        let last = podman_count(&criu, &name).expect("counted");
+        podman(&criu, &["rm", "-f", &name]);
+        let start = Instant::now();
+        podman(&criu, &["container", "restore", "--import", export.to_str().unwrap()]);
+        let restored = start.elapsed();
+        let now = counts_past(last, 2).unwrap_or_else(|| panic!("round {round}: the restored container counts on past {last} at once"));
+        assert!(counts_past(now + 2, 30).is_some(), "round {round}: it goes on counting");
+        eprintln!("podman with crust as criu, round {round}: checkpoint --export {dumped:?}, restore --import {restored:?}");
+    }
 }
