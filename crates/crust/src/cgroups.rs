@@ -122,6 +122,12 @@ fn parse_hierarchies(own: &Membership, mountinfo: &str) -> Vec<Hierarchy> {
 pub struct CgroupRoot {
     pub controller: Option<String>,
     pub path: String,
+    /// criu's meaning, as its RPC's cg_root at restore has it (runc and
+    /// podman name the container's new cgroup): the tree's cgroup in the
+    /// hierarchy (the deepest holding every recorded one) goes at `path`,
+    /// and the others below it as they were below it. Otherwise (crust's
+    /// --cgroup-root) the recorded paths are relative to `path`.
+    pub of_tree: bool,
 }
 
 impl std::str::FromStr for CgroupRoot {
@@ -134,15 +140,39 @@ impl std::str::FromStr for CgroupRoot {
         if !path.starts_with('/') {
             return Err(format!("{s}: the cgroup root must be an absolute path, as [controller:]/path"));
         }
-        Ok(CgroupRoot { controller, path: path.trim_end_matches('/').to_string() })
+        Ok(CgroupRoot { controller, path: path.trim_end_matches('/').to_string(), of_tree: false })
     }
 }
 
 /// The root that applies to a hierarchy: one naming one of its controllers, else
 /// one without a controller.
 fn root_for<'a>(roots: &'a [CgroupRoot], hierarchy: &str) -> Option<&'a str> {
+    root_entry(roots, hierarchy).map(|r| r.path.as_str())
+}
+
+fn root_entry<'a>(roots: &'a [CgroupRoot], hierarchy: &str) -> Option<&'a CgroupRoot> {
     let named = roots.iter().find(|r| r.controller.as_deref().is_some_and(|c| hierarchy.split(',').any(|h| h == c)));
-    named.or_else(|| roots.iter().find(|r| r.controller.is_none())).map(|r| r.path.as_str())
+    named.or_else(|| roots.iter().find(|r| r.controller.is_none()))
+}
+
+/// The deepest directory of hierarchy `name` holding every recorded cgroup
+/// of it: the tree's own cgroup there.
+fn tree_dir(entry: &CgroupEntry, name: &str) -> String {
+    let mut common: Option<Vec<&str>> = None;
+    for m in entry.sets.iter().flat_map(|s| s.ctls.iter()).filter(|m| m.name == name) {
+        let parts: Vec<&str> = m.path.split('/').filter(|c| !c.is_empty()).collect();
+        common = Some(match common {
+            None => parts,
+            Some(c) => c.iter().zip(&parts).take_while(|(a, b)| a == b).map(|(a, _)| *a).collect(),
+        });
+    }
+    format!("/{}", common.unwrap_or_default().join("/"))
+}
+
+/// `path` below `dir` (both cgroup paths from the hierarchy's top), if it is.
+fn within_cgroup<'a>(path: &'a str, dir: &str) -> Option<&'a str> {
+    let rest = path.strip_prefix(dir.trim_end_matches('/'))?;
+    (rest.is_empty() || rest.starts_with('/')).then_some(rest)
 }
 
 fn join(root: &str, path: &str) -> String {
@@ -370,7 +400,14 @@ fn plan_on<'a>(
                 .filter(|c| c.cnames.join(",") == m.name)
                 .flat_map(|c| c.dirs.iter())
                 .find(|d| d.dir_name == m.path);
-            planned.push(Planned { set: set.id, hierarchy: h.name.clone(), label, dir: h.host_dir(&m.path, roots), saved });
+            let relative = match root_entry(roots, &m.name) {
+                Some(r) if r.of_tree => {
+                    let base = tree_dir(entry, &m.name);
+                    join("/", within_cgroup(&m.path, &base).unwrap_or(&m.path))
+                }
+                _ => m.path.clone(),
+            };
+            planned.push(Planned { set: set.id, hierarchy: h.name.clone(), label, dir: h.host_dir(&relative, roots), saved });
         }
     }
     if problems.is_empty() {
@@ -550,7 +587,7 @@ mod tests {
     #[test]
     fn roots_apply_by_controller_then_to_all() {
         let roots: Vec<CgroupRoot> = ["memory:/jail/", "/all"].iter().map(|r| r.parse().unwrap()).collect();
-        assert_eq!(roots[0], CgroupRoot { controller: Some("memory".into()), path: "/jail".into() });
+        assert_eq!(roots[0], CgroupRoot { controller: Some("memory".into()), path: "/jail".into(), of_tree: false });
         assert_eq!(root_for(&roots, "memory"), Some("/jail"));
         assert_eq!(root_for(&roots, "cpu,cpuacct"), Some("/all"));
         assert_eq!(root_for(&roots[..1], "cpu,cpuacct"), None);
@@ -608,6 +645,16 @@ mod tests {
         let roots = ["/r".parse().unwrap()];
         let planned = plan_on(&entry, &roots, &hierarchies).unwrap();
         assert_eq!(planned[0].dir, tmp.join("memory/r/there"));
+        // criu's cg_root (runc's at restore): the tree's cgroup goes there.
+        let roots = [CgroupRoot { of_tree: true, .."/r".parse::<CgroupRoot>().unwrap() }];
+        let planned = plan_on(&entry, &roots, &hierarchies).unwrap();
+        assert_eq!((planned[0].dir.clone(), planned[1].dir.clone()), (tmp.join("memory/r"), tmp.join("unified/r")));
+        let nested = CgroupEntry {
+            sets: vec![CgSetEntry { id: 2, ctls: vec![member("memory", "/c1")] }, CgSetEntry { id: 3, ctls: vec![member("memory", "/c1/sub")] }],
+            controllers: vec![],
+        };
+        let planned = plan_on(&nested, &roots, &hierarchies).unwrap();
+        assert_eq!((planned[0].dir.clone(), planned[1].dir.clone()), (tmp.join("memory/r"), tmp.join("memory/r/sub")));
 
         // Paths that climb out, are relative, or name a hierarchy not mounted here.
         let bad = CgroupEntry {

@@ -78,6 +78,11 @@ impl Container {
         whole.lines().rev().find_map(|l| l.trim().parse().ok())
     }
 
+    /// What the container printed (since its last restore).
+    pub fn output(&self) -> String {
+        self.out.lock().unwrap().clone()
+    }
+
     /// Waits (up to 30 s) until the container printed past `n`; the count then.
     pub fn counts_past(&self, n: Option<u64>) -> u64 {
         poll(Duration::from_secs(30), Duration::from_millis(20), || self.count().filter(|&c| Some(c) > n))
@@ -93,6 +98,34 @@ impl Container {
             cmd.env("PATH", format!("{}:{path}", dir.display()));
         }
         run_with_timeout(&mut cmd, Duration::from_secs(60))
+    }
+
+    /// `runc restore -d ARGS... ID` with `criu_dir` first in its PATH: the
+    /// restored container's stdio are new pipes of runc's (criu's
+    /// inherit_fd), whose output the test reads from then on. runc's exit
+    /// status and stderr.
+    pub fn restore(&mut self, args: &[&str], criu_dir: &Path) -> (std::process::ExitStatus, String) {
+        let path = std::env::var("PATH").unwrap_or_default();
+        let mut cmd = Command::new(RUNC);
+        cmd.args(["restore", "-d"]).args(args).arg(&self.id).current_dir(&self.bundle).env("PATH", format!("{}:{path}", criu_dir.display()));
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("running runc restore");
+        let out = collect_text(child.stdout.take().expect("piped stdout"));
+        let err = collect_text(child.stderr.take().expect("piped stderr"));
+        let status = super::wait_child(&mut child, Duration::from_secs(60)).expect("runc restore -d returns");
+        self.out = out;
+        // runc's own words are written before it exits; the container's
+        // stderr (the same pipe) stays open, so the text is read, not awaited.
+        std::thread::sleep(Duration::from_millis(50));
+        let err = err.lock().unwrap().clone();
+        (status, err)
+    }
+
+    /// The container's init as runc's state gives it (0 when none).
+    pub fn pid(&self) -> i32 {
+        let out = self.runc(&["state"], None);
+        let state: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        state["pid"].as_i64().unwrap_or(0) as i32
     }
 
     /// runc's word on the container's status ("running", "stopped", ...).

@@ -192,14 +192,62 @@ fn reopen_given(p: &PipeEntry, given: i32, r: &mut FdRestorer) -> Result<u64> {
     if let Some(fd) = r.made(end, p.pipe_id as u64) {
         return Ok(fd);
     }
-    let path = format!("/proc/{}/fd/{given}", std::process::id());
     let access = if end == WRITE_END { libc::O_WRONLY } else { libc::O_RDONLY };
     let flags = access | (p.flags as i32 & (libc::O_NONBLOCK | libc::O_DIRECT));
-    let at = r.scratch.reset().put_str(&path)?;
-    let fd = r.task.call("open of an inherited pipe", libc::SYS_openat, [libc::AT_FDCWD as u64, at, flags as u64, 0, 0, 0])?;
+    let fd = if r.task.host_root.is_none() {
+        let at = r.scratch.reset().put_str(&format!("/proc/{}/fd/{given}", std::process::id()))?;
+        r.task.call("open of an inherited pipe", libc::SYS_openat, [libc::AT_FDCWD as u64, at, flags as u64, 0, 0, 0])?
+    } else {
+        // The task's root is the tree's own, whose /proc (if any) shows
+        // the tree's pid namespace, not crust: the given pipe is passed to
+        // the task, which opens it again through its own /proc entry.
+        let passed = pass_fd(r, given)?;
+        let at = r.scratch.reset().put_str(&format!("/proc/self/fd/{passed}"))?;
+        let opened = r.task.call("open of an inherited pipe through the tree's /proc", libc::SYS_openat, [libc::AT_FDCWD as u64, at, flags as u64, 0, 0, 0]);
+        r.task.call("close", libc::SYS_close, [passed, 0, 0, 0, 0, 0])?;
+        opened?
+    };
     let fd = r.to_high(fd)?;
     r.remember(end, p.pipe_id as u64, fd);
     Ok(fd)
+}
+
+/// Crust's fd `given` passed into the task (SCM_RIGHTS over a socketpair
+/// the task makes, whose one end crust takes): its number there.
+fn pass_fd(r: &mut FdRestorer, given: i32) -> Result<u64> {
+    use std::os::fd::AsRawFd;
+    let what = || format!("passing the inherited fd {given} to process {}", r.task.pid);
+    let pair = r.scratch.reset().put(&[0u8; 8])?;
+    let kind = (libc::SOCK_DGRAM | libc::SOCK_CLOEXEC) as u64;
+    r.task.call("socketpair", libc::SYS_socketpair, [libc::AF_UNIX as u64, kind, 0, pair, 0, 0])?;
+    let mut ends = [0u8; 8];
+    r.scratch.read(pair, &mut ends)?;
+    let (send_end, recv_end) = (i32::from_ne_bytes(ends[..4].try_into().unwrap_or_default()), i32::from_ne_bytes(ends[4..].try_into().unwrap_or_default()));
+    let sent = (|| {
+        let mine = super::take_fd(r.task.pid, send_end).ctx(what)?;
+        let iov = [std::io::IoSlice::new(b"f")];
+        let fds = [given];
+        nix::sys::socket::sendmsg::<()>(mine.as_raw_fd(), &iov, &[nix::sys::socket::ControlMessage::ScmRights(&fds)], nix::sys::socket::MsgFlags::empty(), None).ctx(what)?;
+        // A msghdr of one byte's iovec and room for one fd's cmsg.
+        let byte = r.scratch.reset().put(&[0u8; 8])?;
+        let iov = r.scratch.put_u64s(&[byte, 1])?;
+        // SAFETY: CMSG_SPACE is arithmetic on its argument.
+        let space = unsafe { libc::CMSG_SPACE(4) } as u64;
+        let control = r.scratch.put(&vec![0u8; space as usize])?;
+        let msg = r.scratch.put_u64s(&[0, 0, iov, 1, control, space, 0])?;
+        r.task.call("recvmsg of an inherited fd", libc::SYS_recvmsg, [recv_end as u64, msg, libc::MSG_CMSG_CLOEXEC as u64, 0, 0, 0])?;
+        let mut cmsg = vec![0u8; space as usize];
+        r.scratch.read(control, &mut cmsg)?;
+        let (level, kind) = (i32::from_ne_bytes(cmsg[8..12].try_into().unwrap_or_default()), i32::from_ne_bytes(cmsg[12..16].try_into().unwrap_or_default()));
+        if (level, kind) != (libc::SOL_SOCKET, libc::SCM_RIGHTS) {
+            return Err(Error::Invalid(format!("{}: no fd arrived", what())));
+        }
+        Ok(i32::from_ne_bytes(cmsg[16..20].try_into().unwrap_or_default()) as u64)
+    })();
+    for end in [send_end, recv_end] {
+        r.task.call("close", libc::SYS_close, [end as u64, 0, 0, 0, 0, 0])?;
+    }
+    sent
 }
 
 /// The bytes queued in a pipe (or a named FIFO), copied with tee(2) so they

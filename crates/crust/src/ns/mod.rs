@@ -94,6 +94,12 @@ pub struct NsOptions {
     /// `--ext-mount-map auto`: at dump, a bind mount of a host path is
     /// external, recorded by that path.
     pub ext_mount_auto: bool,
+    /// At dump, an ext_mount_map KEY may name a path that is no external
+    /// mount of the tree, as criu's RPC takes it: runc names every device
+    /// node (bind mounts only in a user namespace) and every cgroup mount
+    /// of its config, which crust may save otherwise (a fresh cgroup mount
+    /// of a hierarchy's root, in a container runc restored).
+    pub ext_mount_keys_may_miss: bool,
 }
 
 impl NsOptions {

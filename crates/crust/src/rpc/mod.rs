@@ -227,13 +227,23 @@ fn work(conn: &Arc<Conn>, caller: i32, o: &CriuOpts, action: Action, isolate: Is
     log.line(4, &format!("crust {} as criu {}.{} (swrk), for process {caller}: {o:?}", env!("CARGO_PKG_VERSION"), crate::CRIU_COMPAT_VERSION.major, crate::CRIU_COMPAT_VERSION.minor));
     let notify = if o.notify_scripts == Some(true) { notifier(conn.clone()) } else { Notify::default() };
     let result = opts::resolve(o, action, caller, notify).and_then(|r| match action {
-        Action::Dump => isolate(&|| dump(&r.dump)).map(|s| (s, None)),
+        Action::Dump => {
+            let stats = isolate(&|| dump(&r.dump))?;
+            // criu writes its stats in the work directory, where podman
+            // reads them; crust's stay beside the images too.
+            if let Some(work) = r.work_dir.as_ref().filter(|w| **w != r.images_dir) {
+                if let Err(e) = std::fs::copy(r.images_dir.join("stats-dump"), work.join("stats-dump")) {
+                    log::warn!("copying stats-dump to the work directory {}: {e}", work.display());
+                }
+            }
+            Ok((stats, None))
+        }
         Action::PreDump => isolate(&|| pre_dump(&r.dump)).map(|s| (s, None)),
         Action::Restore => {
             let restored = restore(&r.restore)?;
             // As criu's, the numbers stay beside the images; the tree runs
             // whether or not they can be written.
-            let stats_path = r.images_dir.join("stats-restore");
+            let stats_path = r.work_dir.as_ref().unwrap_or(&r.images_dir).join("stats-restore");
             if let Err(e) = crate::images::write_image_file(&stats_path, crate::images::Kind::Stats, &restored.stats.entry()) {
                 log::warn!("{e}");
             }

@@ -37,6 +37,9 @@ impl Action {
 /// A request's options, checked and resolved.
 pub struct Resolved {
     pub images_dir: PathBuf,
+    /// work_dir_fd's directory, where criu writes its stats (podman reads
+    /// stats-dump there).
+    pub work_dir: Option<PathBuf>,
     pub dump: DumpOptions,
     pub restore: RestoreOptions,
 }
@@ -168,6 +171,7 @@ fn namespace_options(o: &CriuOpts) -> Result<(NsOptions, NetOptions)> {
         root: o.root.as_deref().filter(|r| Path::new(r) != Path::new("/")).map(PathBuf::from),
         ext_mount_map: o.ext_mnt.iter().map(|m| (m.key.clone(), m.val.clone())).collect(),
         ext_mount_auto: o.auto_ext_mnt == Some(true),
+        ext_mount_keys_may_miss: true,
     };
     let mut net = NetOptions::default();
     // Other kinds are refused by `refusals`.
@@ -187,9 +191,7 @@ pub fn resolve(o: &CriuOpts, action: Action, caller: i32, notify: Notify) -> Res
         (_, Some(dir)) => PathBuf::from(dir),
         _ => return Err(Error::Invalid("neither images_dir_fd nor images_dir names the images directory".into())),
     };
-    if let Some(fd) = o.work_dir_fd.filter(|&fd| fd >= 0) {
-        caller_dir(caller, fd, "work_dir_fd")?;
-    }
+    let work_dir = o.work_dir_fd.filter(|&fd| fd >= 0).map(|fd| caller_dir(caller, fd, "work_dir_fd")).transpose()?;
     let problems = refusals(o, action);
     if !problems.is_empty() {
         return Err(Error::unsupported(format!("crust {} over criu's RPC", action.name()), format!("refused:\n  {}", problems.join("\n  "))));
@@ -232,7 +234,9 @@ pub fn resolve(o: &CriuOpts, action: Action, caller: i32, notify: Notify) -> Res
         // released a moment after its death here.
         pid_wait: Duration::from_secs(5),
         manage_cgroups: cgroup_mode(o),
-        cgroup_roots,
+        // criu places the tree's cgroup at cg_root (runc names the
+        // container's new cgroup there), it does not join the two.
+        cgroup_roots: cgroup_roots.into_iter().map(|r| CgroupRoot { of_tree: true, ..r }).collect(),
         tcp,
         notify,
         sibling: o.rst_sibling == Some(true),
@@ -241,7 +245,7 @@ pub fn resolve(o: &CriuOpts, action: Action, caller: i32, notify: Notify) -> Res
         net: NetOptions { empty: empty_net, ..net },
         ..Default::default()
     };
-    Ok(Resolved { images_dir, dump, restore })
+    Ok(Resolved { images_dir, work_dir, dump, restore })
 }
 
 #[cfg(test)]

@@ -27,13 +27,13 @@
 //! old one) into it and the old root is detached.
 
 mod info;
+mod order;
 mod sys;
 mod tmpfs;
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
 
 use nix::sched::CloneFlags;
 
@@ -181,63 +181,7 @@ fn parents_first(mounts: Vec<MountInfo>, pid: i32) -> Result<Vec<MountInfo>> {
         stack.extend(mounts.iter().rev().filter(|c| c.parent == m.id && c.id != m.id).cloned());
         out.push(m);
     }
-    let keys: Vec<MountKey> = out.iter().map(|m| MountKey { id: m.id, parent: m.parent, dev: m.kdev(), root: m.root.clone() }).collect();
-    Ok(sources_first(out, &keys))
-}
-
-/// What [`sources_first`] orders mounts by.
-struct MountKey {
-    id: u32,
-    parent: u32,
-    dev: u32,
-    root: String,
-}
-
-/// `list` (parents first) with each bind of a directory of a file system
-/// moved after the mount of that file system showing a directory above it
-/// (the one with the shortest root), so the restore can bind it from there:
-/// the kernel lists mounts as they were made, and a restored LXC container
-/// has its proc made before its /dev tmpfs, whose /.lxc-boot-id is bound
-/// under /proc. Otherwise the order is kept; a mount under its own source
-/// keeps its place.
-fn sources_first<T>(list: Vec<T>, keys: &[MountKey]) -> Vec<T> {
-    let n = keys.len();
-    let index = |id: u32| keys.iter().position(|k| k.id == id);
-    let under = |mut i: usize, above: usize| {
-        for _ in 0..n {
-            if i == above {
-                return true;
-            }
-            match index(keys[i].parent) {
-                Some(p) if p != i => i = p,
-                _ => return false,
-            }
-        }
-        false
-    };
-    let deps: Vec<Vec<usize>> = (0..n)
-        .map(|i| {
-            let k = &keys[i];
-            let mut d: Vec<usize> = index(k.parent).filter(|&p| p != i).into_iter().collect();
-            let source = (0..n)
-                .filter(|&j| j != i && keys[j].dev == k.dev && keys[j].root.len() < k.root.len() && within(&k.root, &keys[j].root).is_some())
-                .min_by_key(|&j| (keys[j].root.len(), j));
-            d.extend(source.filter(|&j| !under(j, i)));
-            d
-        })
-        .collect();
-    let mut done = vec![false; n];
-    let mut order = Vec::with_capacity(n);
-    for _ in 0..n {
-        // The first in the list whose parent and source are made; the first
-        // left if none (a loop: the restore refuses what it cannot make).
-        let next = (0..n).find(|&i| !done[i] && deps[i].iter().all(|&d| done[d])).or_else(|| (0..n).find(|&i| !done[i]));
-        let Some(i) = next else { break };
-        done[i] = true;
-        order.push(i);
-    }
-    let mut slots: Vec<Option<T>> = list.into_iter().map(Some).collect();
-    order.into_iter().filter_map(|i| slots[i].take()).collect()
+    Ok(order::sources_first(out, |m| order::Key { id: m.id, parent: m.parent, dev: m.kdev(), root: &m.root, mountpoint: &m.mountpoint }))
 }
 
 fn entry_of(m: &MountInfo, who: &str) -> Result<MntEntry> {
@@ -334,20 +278,28 @@ impl NsKind for Mnt {
             entries.push(e);
             hows.push(how);
         }
-        // A KEY naming no external mount is a mistake the user should hear of.
-        for (key, _) in &opts.ext_mount_map {
-            if !mounts.iter().zip(&hows).any(|(m, h)| *h == How::External && m.mountpoint == *key) {
+        // A KEY naming no external mount is a mistake the user should hear
+        // of, but for a bind of a file system the tree has itself (runc
+        // names its masked /proc files, binds of the container's /dev/null):
+        // saved as that bind, it needs no host path. An engine's keys are
+        // not checked (ext_mount_keys_may_miss).
+        for (key, _) in opts.ext_mount_map.iter().filter(|_| !opts.ext_mount_keys_may_miss) {
+            if !mounts.iter().zip(&hows).any(|(m, h)| m.mountpoint == *key && matches!(h, How::External | How::BindOf(_))) {
                 return Err(Error::Invalid(format!("--ext-mount-map {key}: the tree has no bind mount of a host path at {key}")));
             }
         }
         let mut bytes = 0;
         for (kdev, mountpoint) in tmpfs_devs {
             let what = format!("the tmpfs at {mountpoint} of {who}");
-            // The copy is read from crust's own mount namespace: the tree's
-            // /proc may be of a pid namespace crust's thread is not in, where
-            // /proc/thread-self does not exist.
-            let copy = in_namespace(pid, "mnt", || sys::clone_mount(sys::open_in(sys::open_path("/")?.as_fd(), &mountpoint)?.as_fd(), &what))?;
-            let data = tmpfs::archive(&PathBuf::from(format!("/proc/thread-self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&copy))), &what)?;
+            let data = in_namespace(pid, "mnt", || {
+                let at = sys::open_in(sys::open_path("/")?.as_fd(), &mountpoint)?;
+                let copy = sys::clone_mount(at.as_fd(), &what)?;
+                // Read from the copy as this thread's working directory: the
+                // tree's /proc may be of its own pid namespace, where crust's
+                // thread-self is not.
+                sys::fchdir(copy.as_fd())?;
+                tmpfs::archive(std::path::Path::new("."), &what)
+            })?;
             let mut w = dir.writer(&tmpfs::image_name(kdev), Kind::TmpfsDev)?;
             w.raw(&data)?;
             bytes += w.finish()?;
@@ -490,8 +442,7 @@ fn order_entries(entries: Vec<MntEntry>) -> std::result::Result<Vec<MntEntry>, S
     if out.len() != entries.len() {
         return Err("some mounts are not under the root (a loop of parents)".into());
     }
-    let keys: Vec<MountKey> = out.iter().map(|e| MountKey { id: e.mnt_id, parent: e.parent_mnt_id, dev: e.root_dev, root: e.root.clone() }).collect();
-    Ok(sources_first(out, &keys))
+    Ok(order::sources_first(out, |e| order::Key { id: e.mnt_id, parent: e.parent_mnt_id, dev: e.root_dev, root: &e.root, mountpoint: &e.mountpoint }))
 }
 
 fn root_path(e: &MntEntry, opts: &NsOptions) -> std::result::Result<String, String> {
@@ -630,29 +581,4 @@ fn propagation(tree: &Tree, i: usize, m: std::os::fd::BorrowedFd, what: &str) ->
         (None, None) => sys::set_attrs(m, None, libc::MS_PRIVATE, what)?,
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn key(id: u32, parent: u32, dev: u32, root: &str) -> MountKey {
-        MountKey { id, parent, dev, root: root.into() }
-    }
-
-    #[test]
-    fn a_bind_comes_after_the_mount_it_is_bound_from() {
-        // A restored LXC container as the kernel lists it: proc (and its
-        // /proc/sys bind, and boot_id bound from /dev under that) before the
-        // /dev tmpfs.
-        let keys = [key(1, 0, 9, "/rootfs"), key(2, 1, 5, "/"), key(5, 2, 5, "/sys"), key(3, 5, 7, "/.lxc-boot-id"), key(4, 1, 7, "/")];
-        assert_eq!(sources_first(vec![1, 2, 5, 3, 4], &keys), [1, 2, 5, 4, 3]);
-        // Already in order: kept.
-        let keys = [key(1, 0, 9, "/rootfs"), key(4, 1, 7, "/"), key(2, 1, 5, "/"), key(3, 2, 7, "/.lxc-boot-id")];
-        assert_eq!(sources_first(vec![1, 4, 2, 3], &keys), [1, 4, 2, 3]);
-        // A file system's top mounted under a bind of its own subdirectory
-        // (the root among them): the parent wins, nothing is lost.
-        let keys = [key(1, 0, 7, "/sub"), key(2, 1, 7, "/")];
-        assert_eq!(sources_first(vec![1, 2], &keys), [1, 2]);
-    }
 }
