@@ -503,3 +503,43 @@ fn a_connection_that_ended_with_its_fd_open_reads_the_end_after_restore() {
     assert_eq!(closed["shutdown"], "BOTH", "{closed}");
     job.expect_ok();
 }
+
+/// Starts udpqueue on four free ports and queues the datagram it expects
+/// from outside its tree (from 127.0.0.3:P4, a socket gone before the dump
+/// ends).
+fn udpqueue(dir: &TempDir) -> Job {
+    let p = free_ports(4);
+    let args: Vec<String> = p.iter().map(u16::to_string).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut job = Job::start("udpqueue", &args, dir.path());
+    job.ready();
+    let outside = UdpSocket::bind(("127.0.0.3", p[3])).unwrap();
+    outside.send_to(b"outside", ("127.0.0.1", p[0])).unwrap();
+    job
+}
+
+/// Datagrams queued on UDP sockets (IPv4, IPv6 and IPv4-mapped senders, an
+/// empty one, one of 60000 bytes, one on a connected socket, one from a
+/// sender outside the tree, another from a sender whose port is still
+/// taken) are read back after the restore, in order, each from its sender
+/// and to its address; sk-queues.img holds them.
+#[test]
+fn udp_datagrams_queued_are_read_back_in_order_from_their_senders_after_restore() {
+    let dir = TempDir::new("inet-udpqueue");
+    let mut job = udpqueue(&dir);
+    let images = dir.join("images");
+    dump_and_restore(&mut job, &images, &[]);
+    let queues = common::crit_show(&images.join("sk-queues.img"));
+    assert_eq!(queues["entries"].as_array().map(Vec::len), Some(7), "seven datagrams: {queues}");
+    job.expect_ok();
+}
+
+/// A dump that lets the tree run on leaves every datagram queued, and the
+/// options it peeked with as they were.
+#[test]
+fn a_leave_running_dump_leaves_udp_queues_as_they_were() {
+    let dir = TempDir::new("inet-udpqueue-running");
+    let mut job = udpqueue(&dir);
+    dump(job.pid, &dir.join("images"), &["--leave-running"]);
+    job.expect_ok();
+}

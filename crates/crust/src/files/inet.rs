@@ -28,7 +28,7 @@ use super::sockopts::{get_int, get_raw, set_int, set_raw};
 use super::{fown_of, take_fd, FdRestorer, FileKind, FileTable, OpenFd};
 use crate::error::{Context, Error, Result};
 use crate::images::load::DumpImage;
-use crate::images::proto::{FdTypes, FileEntry, InetSkEntry, IpOptsEntry, SkOptsEntry, SkShutdown, TcpOptsEntry};
+use crate::images::proto::{FdTypes, FileEntry, InetSkEntry, IpOptsEntry, SkOptsEntry, SkPacketEntry, SkShutdown, TcpOptsEntry};
 
 pub struct InetSocket;
 
@@ -79,6 +79,7 @@ impl FileKind for InetSocket {
         };
         let mut backlog = 0;
         let mut closed = false;
+        let mut queued = Vec::new();
         match (protocol, state) {
             (libc::IPPROTO_TCP, TCP_LISTEN) if table.tcp.skip_in_flight => {
                 // --skip-in-flight: connections not accepted yet are left
@@ -117,11 +118,11 @@ impl FileKind for InetSocket {
                 return Err(fd.unsupported(&format!("a TCP socket {local}{peer} in state {} is", state_name(s))));
             }
             _ => {
-                if diag.rqueue != 0 {
-                    return Err(fd.unsupported(&format!("a UDP socket on {local} with datagrams queued ({} bytes) is", diag.rqueue)));
-                }
                 if let Some((group, ifindex)) = joined_group(sock, family, fd.pid).ctx(what)? {
                     return Err(fd.unsupported(&format!("a UDP socket on {local} member of multicast group {group} (on interface {ifindex}) is")));
+                }
+                if diag.rqueue != 0 {
+                    queued = super::inet_queue::peek(fd, sock, family, local, diag.rqueue)?;
                 }
             }
         }
@@ -140,6 +141,7 @@ impl FileKind for InetSocket {
         opts.so_filter = socket_filter(fd, sock)?;
         let local = if closed { unspecified(family) } else { local };
         let id = table.new_id();
+        super::unix::add_queued(table, super::inet_queue::entries(id, queued));
         let entry = InetSkEntry {
             id,
             ino,
@@ -162,6 +164,22 @@ impl FileKind for InetSocket {
             ..Default::default()
         };
         Ok(FileEntry { r#type: FdTypes::Inetsk as i32, id, isk: Some(entry), ..Default::default() })
+    }
+
+    /// The datagrams queued on UDP sockets, from sk-queues.img (which
+    /// files/unix.rs reads for its sockets too).
+    fn load_images(&self, img: &mut DumpImage) -> Result<()> {
+        let udp: std::collections::HashSet<u32> = img.files.values().filter(|f| f.isk.as_ref().is_some_and(|e| e.proto == libc::IPPROTO_UDP as u32)).map(|f| f.id).collect();
+        let mut by_id: std::collections::HashMap<u32, Vec<super::inet_queue::Datagram>> = std::collections::HashMap::new();
+        if !udp.is_empty() {
+            let path = img.dir.join("sk-queues.img");
+            let entries = crate::images::load::read_with_data::<SkPacketEntry>(&path, crate::images::Kind::SkQueues, |e| e.length as u64)?;
+            for (e, data) in entries.into_iter().filter(|(e, _)| udp.contains(&e.id_for)) {
+                by_id.entry(e.id_for).or_default().push(super::inet_queue::datagram(&e, data)?);
+            }
+        }
+        img.extras.insert(Queued(by_id));
+        Ok(())
     }
 
     /// The socket made and bound here, in crust, as the restore will: an
@@ -206,11 +224,17 @@ impl FileKind for InetSocket {
             let peer = addr(e.family, &e.dst_addr, e.dst_port).ok_or_else(|| bad(e, "its peer address"))?;
             nix::sys::socket::connect(sock.as_raw_fd(), &storage(peer)).ctx(context(e))?;
         }
+        if let Some(datagrams) = super::loaded::<Queued>(r.image, "sk-queues.img")?.0.get(&file.id) {
+            super::inet_queue::refill(r.task.pid, &sock, datagrams, context(e))?;
+        }
         set_after_bind(&sock, e)?;
         shut_down(&sock, e)?;
         Ok(fd)
     }
 }
+
+/// The datagrams queued on UDP sockets at dump, by file id.
+struct Queued(std::collections::HashMap<u32, Vec<super::inet_queue::Datagram>>);
 
 /// What sockfs calls the protocols this kind takes (system.sockprotoname);
 /// raw and ping sockets are taken to be refused by name.

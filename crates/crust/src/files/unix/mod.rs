@@ -252,6 +252,12 @@ impl FileKind for UnixSocket {
     }
 }
 
+/// Entries for sk-queues.img from another kind of socket (a UDP socket's
+/// datagrams, files/inet_queue.rs): the image holds every socket's queue.
+pub(super) fn add_queued(table: &mut FileTable, entries: Vec<(SkPacketEntry, Vec<u8>)>) {
+    table.extras.get_mut::<Dumped>().queues.extend(entries);
+}
+
 /// Is a socket of this type, state and name bound to its name by itself?
 /// An accepted connection carries its listener's name, and is not.
 fn binds(ty: u32, state: u32, name: &[u8]) -> bool {
