@@ -2,10 +2,11 @@
 //! its backlog) and connected UDP, with the options servers set, a classic
 //! BPF filter, and TCP connections that ended while their fd stays open
 //! (restored shut down both ways); established TCP connections with their
-//! state from files/tcp.rs. TCP in other states, connections waiting in an
-//! accept queue or being set up, datagrams waiting in a UDP socket,
-//! multicast memberships, half-closed UDP sockets, raw sockets and sockets
-//! of another network namespace are refused by name.
+//! state from files/tcp.rs; datagrams waiting in a UDP socket
+//! (files/inet_queue.rs). TCP in other states, connections waiting in an
+//! accept queue or being set up (unless `--skip-in-flight`), multicast
+//! memberships, half-closed UDP sockets, raw sockets and sockets of another
+//! network namespace are refused by name.
 //!
 //! Options: those CRIU's image has a field for are saved; every other option
 //! crust knows is compared with a fresh socket of the same kind, and one set
