@@ -84,9 +84,14 @@ impl FileKind for InetSocket {
         match (protocol, state) {
             (libc::IPPROTO_TCP, TCP_LISTEN) if table.tcp.skip_in_flight => {
                 // --skip-in-flight: connections not accepted yet are left
-                // out (reset when the listener closes), as criu does.
+                // out (reset when the listener closes), as criu does, and
+                // the dump says so.
                 if diag.rqueue != 0 || diag.syn_recv != 0 {
-                    log::warn!("{local}: {} connection(s) not accepted yet are skipped (--skip-in-flight)", diag.rqueue + diag.syn_recv);
+                    let (queued, setting_up) = (diag.rqueue, diag.syn_recv);
+                    log::warn!(
+                        "process {}: fd {} ({}): a listening TCP socket on {local}: {queued} connection{} waiting to be accepted and {setting_up} being set up (SYN_RECV) are left out (--skip-in-flight): their clients see a reset once the dumped tree is gone",
+                        fd.pid, fd.fd, fd.link, plural(queued)
+                    );
                 }
                 backlog = diag.wqueue;
             }
