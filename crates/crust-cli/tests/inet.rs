@@ -542,3 +542,17 @@ fn a_leave_running_dump_leaves_udp_queues_as_they_were() {
     dump(job.pid, &dir.join("images"), &["--leave-running"]);
     job.expect_ok();
 }
+
+/// Peek offsets (SO_PEEK_OFF) of unix stream and datagram sockets and of a
+/// UDP socket, over queued data, and of a unix socket with nothing queued:
+/// each is the same after the restore and a peek starts where it did
+/// (the queues refilled first); the dump peeked through them and left them.
+#[test]
+fn peek_offsets_of_unix_and_udp_sockets_are_kept() {
+    let dir = TempDir::new("inet-peekoff");
+    let port = free_ports(1)[0].to_string();
+    let mut job = Job::start("peekoff", &[&port], dir.path());
+    job.ready();
+    dump_and_restore(&mut job, &dir.join("images"), &[]);
+    job.expect_ok();
+}

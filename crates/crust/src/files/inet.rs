@@ -81,6 +81,9 @@ impl FileKind for InetSocket {
         let mut backlog = 0;
         let mut closed = false;
         let mut queued = Vec::new();
+        // A UDP socket's peek offset is kept (crust's own field), set again
+        // once its queue is refilled; a TCP one's is refused (WATCHED).
+        let peek_off = if protocol == libc::IPPROTO_UDP { get_int(sock, libc::SOL_SOCKET, libc::SO_PEEK_OFF).ctx(what)? } else { -1 };
         match (protocol, state) {
             (libc::IPPROTO_TCP, TCP_LISTEN) if table.tcp.skip_in_flight => {
                 // --skip-in-flight: connections not accepted yet are left
@@ -128,7 +131,7 @@ impl FileKind for InetSocket {
                     return Err(fd.unsupported(&format!("a UDP socket on {local} member of multicast group {group} (on interface {ifindex}) is")));
                 }
                 if diag.rqueue != 0 {
-                    queued = super::inet_queue::peek(fd, sock, family, local, diag.rqueue)?;
+                    queued = super::inet_queue::peek(fd, sock, family, local, diag.rqueue, peek_off)?;
                 }
             }
         }
@@ -145,6 +148,7 @@ impl FileKind for InetSocket {
         check_others(fd, sock, &fresh, family, protocol, connection)?;
         let (mut opts, ip_opts, tcp_opts, v6only) = read_options(sock, &fresh, family, protocol).ctx(what)?;
         opts.so_filter = socket_filter(fd, sock)?;
+        opts.crust_peek_off = (peek_off != -1).then_some(peek_off);
         let local = if closed { unspecified(family) } else { local };
         let id = table.new_id();
         super::unix::add_queued(table, super::inet_queue::entries(id, queued));
@@ -232,6 +236,9 @@ impl FileKind for InetSocket {
         }
         if let Some(datagrams) = super::loaded::<Queued>(r.image, "sk-queues.img")?.0.get(&file.id) {
             super::inet_queue::refill(r.task.pid, &sock, datagrams, context(e))?;
+        }
+        if let Some(off) = e.opts.crust_peek_off.filter(|_| e.proto == libc::IPPROTO_UDP as u32) {
+            set_int(&sock, libc::SOL_SOCKET, libc::SO_PEEK_OFF, off).ctx(context(e))?;
         }
         set_after_bind(&sock, e)?;
         shut_down(&sock, e)?;
@@ -671,7 +678,8 @@ const WATCHED: &[Watched] = &[
     w(libc::SOL_SOCKET, 37, "SO_TIMESTAMPING", ALL),
     w(libc::SOL_SOCKET, 40, "SO_RXQ_OVFL", ALL),
     w(libc::SOL_SOCKET, 41, "SO_WIFI_STATUS", ALL),
-    w(libc::SOL_SOCKET, 42, "SO_PEEK_OFF", ALL),
+    // A UDP socket's is kept (crust_peek_off).
+    w(libc::SOL_SOCKET, 42, "SO_PEEK_OFF", V4 | V6 | TCP),
     w(libc::SOL_SOCKET, 43, "SO_NOFCS", ALL),
     w(libc::SOL_SOCKET, 44, "SO_LOCK_FILTER", ALL),
     w(libc::SOL_SOCKET, 45, "SO_SELECT_ERR_QUEUE", ALL),

@@ -39,20 +39,18 @@ pub struct Datagram {
 const MAX_DATAGRAM: usize = 65535;
 
 /// Every datagram queued on `sock` (crust's copy of fd `fd`), in order,
-/// left queued. `local` is the socket's address; `rmem` what sock_diag
-/// counts queued (each datagram takes a few hundred bytes of it at least,
-/// which bounds how many a peek can meet).
-pub fn peek(fd: &OpenFd, sock: &OwnedFd, family: i32, local: SocketAddr, rmem: u32) -> Result<Vec<Datagram>> {
+/// left queued, and its peek offset set back to `peek_off`. `local` is the
+/// socket's address; `rmem` what sock_diag counts queued (each datagram
+/// takes a few hundred bytes of it at least, which bounds how many a peek
+/// can meet).
+pub fn peek(fd: &OpenFd, sock: &OwnedFd, family: i32, local: SocketAddr, rmem: u32, peek_off: i32) -> Result<Vec<Datagram>> {
     let what = || format!("reading the datagrams queued on fd {} of process {}", fd.fd, fd.pid);
-    if get_int(sock, libc::SOL_SOCKET, libc::SO_PEEK_OFF).ctx(what)? != -1 {
-        return Err(fd.unsupported(&format!("a UDP socket on {local} with a peek offset set and datagrams queued is")));
-    }
     let (level, opt) = pktinfo_opt(family);
     let had_pktinfo = get_int(sock, level, opt).ctx(what)?;
     set_int(sock, level, opt, 1).ctx(what)?;
     let peeked = set_int(sock, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0).ctx(what).and_then(|()| peek_all(fd, sock, local, rmem));
     // Undone whatever the peek met: the tree keeps its options.
-    let undone = set_int(sock, libc::SOL_SOCKET, libc::SO_PEEK_OFF, -1).and_then(|()| set_int(sock, level, opt, had_pktinfo)).ctx(what);
+    let undone = set_int(sock, libc::SOL_SOCKET, libc::SO_PEEK_OFF, peek_off).and_then(|()| set_int(sock, level, opt, had_pktinfo)).ctx(what);
     let got = peeked?;
     undone?;
     Ok(got)
