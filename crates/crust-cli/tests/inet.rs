@@ -390,9 +390,8 @@ fn sockets_crust_cannot_restore_exactly_are_refused_by_name_and_left_as_they_wer
             drop(c);
         }
         job.ready();
-        match case {
-            "backlog" => client = Some(TcpStream::connect(("127.0.0.1", port)).unwrap()),
-            _ => {}
+        if case == "backlog" {
+            client = Some(TcpStream::connect(("127.0.0.1", port)).unwrap());
         }
         std::thread::sleep(Duration::from_millis(200));
         let pid = job.pid.to_string();
