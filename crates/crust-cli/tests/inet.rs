@@ -287,6 +287,13 @@ elif case == "close-wait":
     l = socket.socket(); l.bind(("127.0.0.1", port)); l.listen(1)
     print("LISTENING", flush=True)
     c, _ = l.accept(); l.close(); keep.append(c)
+elif case == "fin-wait":
+    # Connected to the test's listener, shut down for writing: the FIN is
+    # acknowledged, the peer's never comes.
+    c = socket.create_connection(("127.0.0.1", port)); c.shutdown(socket.SHUT_WR)
+    while c.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] != 5:
+        time.sleep(0.01)
+    keep.append(c)
 elif case == "raw":
     keep.append(socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP))
 elif case == "defer-accept":
@@ -363,6 +370,7 @@ fn sockets_crust_cannot_restore_exactly_are_refused_by_name_and_left_as_they_wer
         ("backlog", "with 1 connection waiting to be accepted"),
         ("packet", "packet sockets are not supported yet"),
         ("close-wait", "in state CLOSE_WAIT"),
+        ("fin-wait", "in state FIN_WAIT2 is not supported yet"),
         ("raw", "raw inet sockets (RAW) are not supported yet"),
         ("defer-accept", "inet sockets with TCP_DEFER_ACCEPT set ("),
         ("multicast", "member of multicast group 239.1.2.3 (on interface 1)"),
@@ -373,6 +381,7 @@ fn sockets_crust_cannot_restore_exactly_are_refused_by_name_and_left_as_they_wer
     for &(case, want) in cases {
         let dir = TempDir::new(&format!("inet-refused-{case}"));
         let port = free_ports(1)[0];
+        let listener = (case == "fin-wait").then(|| TcpListener::bind(("127.0.0.1", port)).unwrap());
         let mut job = python_sockets(&dir, case, port, &[]);
         let mut client = None;
         if case == "close-wait" {
@@ -400,6 +409,7 @@ fn sockets_crust_cannot_restore_exactly_are_refused_by_name_and_left_as_they_wer
         assert!(err.contains(want) && err.contains(&format!("process {}: fd ", job.pid)), "{case}: {err}");
         common::assert_running_untraced(job.pid, STEP);
         drop(client);
+        drop(listener);
         job.end_session();
     }
 }
