@@ -465,6 +465,48 @@ fn python_http_server_moves_to_b_with_a_keep_alive_client() {
     assert_eq!(http_get(&mut fresh, "/hello.txt"), "hello from A\n", "a new connection, served in B");
 }
 
+/// nginx, master and two workers, in A on the service address: a
+/// keep-alive connection from C gets the next page from B, and a new one is
+/// served there too.
+#[test]
+fn nginx_moves_to_b_with_a_keep_alive_client() {
+    let (hosts, clients, key, _serve) = setup("migrate-nginx", 0x4e);
+    let d = hosts.tmp().join("nginx");
+    for sub in ["html", "logs", "tmp"] {
+        std::fs::create_dir_all(d.join(sub)).unwrap();
+    }
+    std::fs::write(d.join("html/hello.txt"), "hello from A\n").unwrap();
+    let port = 47251u16;
+    let svc = clients.service();
+    let dd = d.display();
+    let conf = d.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off; master_process on; worker_processes 2; pid {dd}/nginx.pid; error_log {dd}/logs/error.log;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{ access_log {dd}/logs/access.log; client_body_temp_path {dd}/tmp; proxy_temp_path {dd}/tmp;\n\
+             fastcgi_temp_path {dd}/tmp; uwsgi_temp_path {dd}/tmp; scgi_temp_path {dd}/tmp; keepalive_timeout 600;\n\
+             server {{ listen {svc}:{port}; root {dd}/html; }} }}\n"
+        ),
+    )
+    .unwrap();
+    let prefix = format!("{dd}/");
+    let args = ["-p", prefix.as_str(), "-c", conf.to_str().unwrap()];
+    let job = hosts.a.start_writing_to(Path::new("/usr/sbin/nginx"), &args, &hosts.tmp().join("nginx.out"));
+    let addr = SocketAddr::from((svc, port));
+    let conn = poll(WAIT, Duration::from_millis(50), || std::panic::catch_unwind(|| clients.host.connect(addr)).ok());
+    let mut conn = conn.expect("nginx listens");
+    conn.set_read_timeout(Some(WAIT)).unwrap();
+    assert_eq!(http_get(&mut conn, "/hello.txt"), "hello from A\n");
+    move_to_b(&hosts, &clients, &key, job.host_pid(), || {});
+    std::fs::write(d.join("html/later.txt"), "written during the move\n").unwrap();
+    assert_eq!(http_get(&mut conn, "/later.txt"), "written during the move\n", "the kept-alive connection");
+    let mut fresh = clients.host.connect(addr);
+    fresh.set_read_timeout(Some(WAIT)).unwrap();
+    assert_eq!(http_get(&mut fresh, "/hello.txt"), "hello from A\n", "a new connection, served in B");
+}
+
 /// A logger of a host's own: a datagram socket bound at `path` (inside the
 /// host's mount namespace), each message a line of `out`.
 fn logger(host: &Host, path: &Path, out: &Path) -> HostChild {

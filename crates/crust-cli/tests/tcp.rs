@@ -296,25 +296,38 @@ fn redis_and_a_connected_client_survive_the_dump() {
 }
 
 /// A connection waiting in the listener's accept queue is refused by name;
-/// with --skip-in-flight it is left out (criu's option) and the rest of the
-/// tree comes back.
+/// with --skip-in-flight it is left out (criu's option), the dump says so
+/// naming the listener, and the rest of the tree comes back. The client
+/// left out sees a reset (not a connection that hangs), and the restored
+/// listener takes new connections.
 #[test]
 fn skip_in_flight_leaves_out_connections_not_accepted() {
     let dir = TempDir::new("tcp-inflight");
     let _locks = Locks(dir.path().to_path_buf());
     let mut job = Job::start("tcpconn", &["47171", "pair", "1000", "1000", "open"], dir.path());
     job.ready();
-    let waiting = TcpStream::connect("127.0.0.1:47171").unwrap();
+    let mut waiting = TcpStream::connect("127.0.0.1:47171").unwrap();
     std::thread::sleep(Duration::from_millis(100));
     let pid = job.pid.to_string();
     let images = dir.join("images");
     let out = crust(&[os("dump"), os("-t"), os(&pid), os("-D"), images.as_os_str(), os("--tcp-established")], STEP);
     let err = assert_clean_failure(&out, "a dump of a listener with a connection waiting");
-    assert!(err.contains("waiting to be accepted"), "{err}");
-    dump(job.pid, &images, &["--tcp-established", "--skip-in-flight"]);
+    assert!(err.contains("with 1 connection waiting to be accepted") && err.contains(&format!("process {pid}: fd ")), "{err}");
+    let out = crust(&[os("dump"), os("-t"), os(&pid), os("-D"), images.as_os_str(), os("--tcp-established"), os("--skip-in-flight")], STEP);
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "dump with --skip-in-flight: {said}");
+    assert!(
+        said.contains(&format!("process {pid}: fd ")) && said.contains("127.0.0.1:47171: 1 connection waiting to be accepted and 0 being set up (SYN_RECV) are left out (--skip-in-flight)"),
+        "the dump says what it left out: {said}"
+    );
     job.reap_original();
+    // The client left out is reset, not left hanging.
+    waiting.set_read_timeout(Some(STEP)).unwrap();
+    let mut buf = [0u8; 1];
+    let got = waiting.read(&mut buf);
+    assert!(matches!(&got, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset), "the client left out reads {got:?}");
     restore_ok(&mut job, &images, &["--tcp-established"]);
-    drop(waiting);
+    assert!(TcpStream::connect("127.0.0.1:47171").is_ok(), "the restored listener takes a new connection");
     job.expect_ok();
 }
 

@@ -2,10 +2,11 @@
 //! its backlog) and connected UDP, with the options servers set, a classic
 //! BPF filter, and TCP connections that ended while their fd stays open
 //! (restored shut down both ways); established TCP connections with their
-//! state from files/tcp.rs. TCP in other states, connections waiting in an
-//! accept queue or being set up, datagrams waiting in a UDP socket,
-//! multicast memberships, half-closed UDP sockets, raw sockets and sockets
-//! of another network namespace are refused by name.
+//! state from files/tcp.rs; datagrams waiting in a UDP socket
+//! (files/inet_queue.rs). TCP in other states, connections waiting in an
+//! accept queue or being set up (unless `--skip-in-flight`), multicast
+//! memberships, half-closed UDP sockets, raw sockets and sockets of another
+//! network namespace are refused by name.
 //!
 //! Options: those CRIU's image has a field for are saved; every other option
 //! crust knows is compared with a fresh socket of the same kind, and one set
@@ -28,7 +29,7 @@ use super::sockopts::{get_int, get_raw, set_int, set_raw};
 use super::{fown_of, take_fd, FdRestorer, FileKind, FileTable, OpenFd};
 use crate::error::{Context, Error, Result};
 use crate::images::load::DumpImage;
-use crate::images::proto::{FdTypes, FileEntry, InetSkEntry, IpOptsEntry, SkOptsEntry, SkShutdown, TcpOptsEntry};
+use crate::images::proto::{FdTypes, FileEntry, InetSkEntry, IpOptsEntry, SkOptsEntry, SkPacketEntry, SkShutdown, TcpOptsEntry};
 
 pub struct InetSocket;
 
@@ -79,12 +80,21 @@ impl FileKind for InetSocket {
         };
         let mut backlog = 0;
         let mut closed = false;
+        let mut queued = Vec::new();
+        // A UDP socket's peek offset is kept (crust's own field), set again
+        // once its queue is refilled; a TCP one's is refused (WATCHED).
+        let peek_off = if protocol == libc::IPPROTO_UDP { get_int(sock, libc::SOL_SOCKET, libc::SO_PEEK_OFF).ctx(what)? } else { -1 };
         match (protocol, state) {
             (libc::IPPROTO_TCP, TCP_LISTEN) if table.tcp.skip_in_flight => {
                 // --skip-in-flight: connections not accepted yet are left
-                // out (reset when the listener closes), as criu does.
+                // out (reset when the listener closes), as criu does, and
+                // the dump says so.
                 if diag.rqueue != 0 || diag.syn_recv != 0 {
-                    log::warn!("{local}: {} connection(s) not accepted yet are skipped (--skip-in-flight)", diag.rqueue + diag.syn_recv);
+                    let (queued, setting_up) = (diag.rqueue, diag.syn_recv);
+                    log::warn!(
+                        "process {}: fd {} ({}): a listening TCP socket on {local}: {queued} connection{} waiting to be accepted and {setting_up} being set up (SYN_RECV) are left out (--skip-in-flight): their clients see a reset once the dumped tree is gone",
+                        fd.pid, fd.fd, fd.link, plural(queued)
+                    );
                 }
                 backlog = diag.wqueue;
             }
@@ -117,11 +127,11 @@ impl FileKind for InetSocket {
                 return Err(fd.unsupported(&format!("a TCP socket {local}{peer} in state {} is", state_name(s))));
             }
             _ => {
-                if diag.rqueue != 0 {
-                    return Err(fd.unsupported(&format!("a UDP socket on {local} with datagrams queued ({} bytes) is", diag.rqueue)));
-                }
                 if let Some((group, ifindex)) = joined_group(sock, family, fd.pid).ctx(what)? {
                     return Err(fd.unsupported(&format!("a UDP socket on {local} member of multicast group {group} (on interface {ifindex}) is")));
+                }
+                if diag.rqueue != 0 {
+                    queued = super::inet_queue::peek(fd, sock, family, local, diag.rqueue, peek_off)?;
                 }
             }
         }
@@ -138,8 +148,10 @@ impl FileKind for InetSocket {
         check_others(fd, sock, &fresh, family, protocol, connection)?;
         let (mut opts, ip_opts, tcp_opts, v6only) = read_options(sock, &fresh, family, protocol).ctx(what)?;
         opts.so_filter = socket_filter(fd, sock)?;
+        opts.crust_peek_off = (peek_off != -1).then_some(peek_off);
         let local = if closed { unspecified(family) } else { local };
         let id = table.new_id();
+        super::unix::add_queued(table, super::inet_queue::entries(id, queued));
         let entry = InetSkEntry {
             id,
             ino,
@@ -162,6 +174,22 @@ impl FileKind for InetSocket {
             ..Default::default()
         };
         Ok(FileEntry { r#type: FdTypes::Inetsk as i32, id, isk: Some(entry), ..Default::default() })
+    }
+
+    /// The datagrams queued on UDP sockets, from sk-queues.img (which
+    /// files/unix.rs reads for its sockets too).
+    fn load_images(&self, img: &mut DumpImage) -> Result<()> {
+        let udp: std::collections::HashSet<u32> = img.files.values().filter(|f| f.isk.as_ref().is_some_and(|e| e.proto == libc::IPPROTO_UDP as u32)).map(|f| f.id).collect();
+        let mut by_id: std::collections::HashMap<u32, Vec<super::inet_queue::Datagram>> = std::collections::HashMap::new();
+        if !udp.is_empty() {
+            let path = img.dir.join("sk-queues.img");
+            let entries = crate::images::load::read_with_data::<SkPacketEntry>(&path, crate::images::Kind::SkQueues, |e| e.length as u64)?;
+            for (e, data) in entries.into_iter().filter(|(e, _)| udp.contains(&e.id_for)) {
+                by_id.entry(e.id_for).or_default().push(super::inet_queue::datagram(&e, data)?);
+            }
+        }
+        img.extras.insert(Queued(by_id));
+        Ok(())
     }
 
     /// The socket made and bound here, in crust, as the restore will: an
@@ -206,11 +234,20 @@ impl FileKind for InetSocket {
             let peer = addr(e.family, &e.dst_addr, e.dst_port).ok_or_else(|| bad(e, "its peer address"))?;
             nix::sys::socket::connect(sock.as_raw_fd(), &storage(peer)).ctx(context(e))?;
         }
+        if let Some(datagrams) = super::loaded::<Queued>(r.image, "sk-queues.img")?.0.get(&file.id) {
+            super::inet_queue::refill(r.task.pid, &sock, datagrams, context(e))?;
+        }
+        if let Some(off) = e.opts.crust_peek_off.filter(|_| e.proto == libc::IPPROTO_UDP as u32) {
+            set_int(&sock, libc::SOL_SOCKET, libc::SO_PEEK_OFF, off).ctx(context(e))?;
+        }
         set_after_bind(&sock, e)?;
         shut_down(&sock, e)?;
         Ok(fd)
     }
 }
+
+/// The datagrams queued on UDP sockets at dump, by file id.
+struct Queued(std::collections::HashMap<u32, Vec<super::inet_queue::Datagram>>);
 
 /// What sockfs calls the protocols this kind takes (system.sockprotoname);
 /// raw and ping sockets are taken to be refused by name.
@@ -641,7 +678,8 @@ const WATCHED: &[Watched] = &[
     w(libc::SOL_SOCKET, 37, "SO_TIMESTAMPING", ALL),
     w(libc::SOL_SOCKET, 40, "SO_RXQ_OVFL", ALL),
     w(libc::SOL_SOCKET, 41, "SO_WIFI_STATUS", ALL),
-    w(libc::SOL_SOCKET, 42, "SO_PEEK_OFF", ALL),
+    // A UDP socket's is kept (crust_peek_off).
+    w(libc::SOL_SOCKET, 42, "SO_PEEK_OFF", V4 | V6 | TCP),
     w(libc::SOL_SOCKET, 43, "SO_NOFCS", ALL),
     w(libc::SOL_SOCKET, 44, "SO_LOCK_FILTER", ALL),
     w(libc::SOL_SOCKET, 45, "SO_SELECT_ERR_QUEUE", ALL),

@@ -11,6 +11,7 @@ pub mod fanotify;
 pub mod fifo;
 pub mod ghost;
 pub mod inet;
+pub mod inet_queue;
 pub mod inotify;
 pub mod locks;
 pub mod memfd;

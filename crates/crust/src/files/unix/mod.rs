@@ -3,7 +3,7 @@
 //! sockets bound to a path or an abstract name, listening sockets with the
 //! connections waiting in their accept queue, datagram sockets connected to
 //! a named one, half-closed sockets, and the bytes and messages queued in
-//! each (messages keep their bounds). With `--ext-unix-sk`, a datagram socket
+//! each (messages keep their bounds), with the peek offset over them. With `--ext-unix-sk`, a datagram socket
 //! connected to a named socket outside the tree (a logger's /dev/log) is
 //! connected to that name again at restore; criu's image records such a peer
 //! as an entry of its own, with no fd, flagged external.
@@ -29,7 +29,7 @@ mod queue;
 use std::collections::{HashMap, HashSet};
 use std::os::fd::OwnedFd;
 
-use nix::sys::socket::{getsockopt, sockopt};
+use nix::sys::socket::{getsockopt, setsockopt, sockopt};
 use nix::{getsockopt_impl, setsockopt_impl, sockopt_impl};
 
 use super::{fown_of, take_fd, write_with_data, FdRestorer, FileKind, FileTable, OpenFd};
@@ -94,10 +94,9 @@ impl FileKind for UnixSocket {
         }
         let name = d.name.clone().unwrap_or_default();
         let file_perms = if binds(ty, d.state as u32, &name) && name[0] != 0 { Some(socket_file(fd, &name, &d)?) } else { None };
-        // CRIU's image has no place for a peek offset.
-        if getsockopt(sock, PeekOff).ctx(what)? != -1 {
-            return Err(fd.unsupported("unix sockets with a peek offset set are"));
-        }
+        // Kept in a field of crust's own (CRIU's image has none), set again
+        // once the queue is refilled.
+        let peek_off = getsockopt(sock, PeekOff).ctx(what)?;
         let passcred = getsockopt(sock, sockopt::PassCred).ctx(what)?;
         let passsec = getsockopt(sock, super::sockopts::PassSec).ctx(what)?;
         let peer = peer_of(fd, table, &d)?;
@@ -113,10 +112,10 @@ impl FileKind for UnixSocket {
                 if passcred || passsec {
                     return Err(fd.unsupported("unix sockets receiving credentials (SO_PASSCRED, SO_PASSSEC) with bytes queued are"));
                 }
-                queued.push(queue::peek_stream(fd, sock)?);
+                queued.push(queue::peek_stream(fd, sock, peek_off)?);
             }
         } else if d.state != TCP_LISTEN {
-            let messages = queue::peek_messages(fd, sock)?;
+            let messages = queue::peek_messages(fd, sock, peek_off)?;
             if !messages.is_empty() {
                 // Each message carries its sender's credentials, which criu's image has no place for.
                 if passcred || passsec {
@@ -144,7 +143,8 @@ impl FileKind for UnixSocket {
         for data in queued {
             dumped.queues.push((SkPacketEntry { id_for: id, length: data.len() as u32, ..Default::default() }, data));
         }
-        let opts = super::sockopts::read(sock).ctx(what)?;
+        let mut opts = super::sockopts::read(sock).ctx(what)?;
+        opts.crust_peek_off = (peek_off != -1).then_some(peek_off);
         let entry = UnixSkEntry {
             id,
             ino,
@@ -250,6 +250,12 @@ impl FileKind for UnixSocket {
         }
         Ok(fd)
     }
+}
+
+/// Entries for sk-queues.img from another kind of socket (a UDP socket's
+/// datagrams, files/inet_queue.rs): the image holds every socket's queue.
+pub(super) fn add_queued(table: &mut FileTable, entries: Vec<(SkPacketEntry, Vec<u8>)>) {
+    table.extras.get_mut::<Dumped>().queues.extend(entries);
 }
 
 /// Is a socket of this type, state and name bound to its name by itself?
@@ -499,6 +505,8 @@ fn make_pair(file: &FileEntry, u: &UnixSkEntry, peer_file: &FileEntry, peer: &Un
     // What was queued for one end is sent from the other.
     fill_from(&b, queued(r, file.id)?, u)?;
     fill_from(&a, queued(r, peer_file.id)?, peer)?;
+    set_peek_off(&a, u)?;
+    set_peek_off(&b, peer)?;
     shut(&a, u)?;
     shut(&b, peer)?;
     Ok(mine)
@@ -516,6 +524,7 @@ fn make_semi_closed(file: &FileEntry, u: &UnixSkEntry, r: &mut FdRestorer) -> Re
     let a = take_end(pid, mine, u)?;
     set_options(&a, u)?;
     fill_from(&take_end(pid, other, u)?, queued(r, file.id)?, u)?;
+    set_peek_off(&a, u)?;
     r.task.call("close", libc::SYS_close, [other, 0, 0, 0, 0, 0])?;
     Ok(mine)
 }
@@ -569,6 +578,7 @@ fn make_standalone(file: &FileEntry, u: &UnixSkEntry, peer: Option<(&FileEntry, 
         };
         queue::send_messages(&from, Some(&u.name), messages, u)?;
     }
+    set_peek_off(&sock, u)?;
     shut(&sock, u)?;
     Ok(fd)
 }
@@ -632,6 +642,15 @@ fn shut(sock: &OwnedFd, u: &UnixSkEntry) -> Result<()> {
         _ => return Ok(()),
     };
     nix::sys::socket::shutdown(std::os::fd::AsRawFd::as_raw_fd(sock), how).ctx(context(u))
+}
+
+/// The peek offset the socket had, once its queue is refilled (an offset
+/// into it).
+fn set_peek_off(sock: &OwnedFd, u: &UnixSkEntry) -> Result<()> {
+    match u.opts.crust_peek_off {
+        Some(off) => setsockopt(sock, PeekOff, &off).ctx(context(u)),
+        None => Ok(()),
+    }
 }
 
 fn set_options(sock: &OwnedFd, u: &UnixSkEntry) -> Result<()> {

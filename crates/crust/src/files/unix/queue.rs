@@ -23,8 +23,8 @@ const MAX_MESSAGE: usize = 8 << 20;
 
 /// The bytes queued in a stream socket, read with MSG_PEEK. A peek stops
 /// where the writer changes: a peek offset walks past each stretch, and is
-/// unset again after.
-pub fn peek_stream(fd: &OpenFd, sock: &OwnedFd) -> Result<Vec<u8>> {
+/// set back to the socket's own (`peek_off`) after.
+pub fn peek_stream(fd: &OpenFd, sock: &OwnedFd, peek_off: i32) -> Result<Vec<u8>> {
     let what = || format!("reading the data queued on fd {} of process {}", fd.fd, fd.pid);
     let queued = rustix::io::ioctl_fionread(sock).ctx(what)?;
     let mut data = vec![0u8; queued as usize];
@@ -41,7 +41,7 @@ pub fn peek_stream(fd: &OpenFd, sock: &OwnedFd) -> Result<Vec<u8>> {
         }
         Ok(())
     })();
-    setsockopt(sock, PeekOff, &-1).ctx(what)?;
+    setsockopt(sock, PeekOff, &peek_off).ctx(what)?;
     read?;
     if got != data.len() {
         return Err(Error::io_other(what(), format!("{got} of {} queued bytes could be read", data.len())));
@@ -57,8 +57,9 @@ pub struct Message {
 }
 
 /// Every message queued on a datagram or seqpacket socket, in order, read
-/// with MSG_PEEK: the peek offset moves past one message at each read.
-pub fn peek_messages(fd: &OpenFd, sock: &OwnedFd) -> Result<Vec<Message>> {
+/// with MSG_PEEK: the peek offset moves past one message at each read, and
+/// is set back to the socket's own (`peek_off`) after.
+pub fn peek_messages(fd: &OpenFd, sock: &OwnedFd, peek_off: i32) -> Result<Vec<Message>> {
     let what = || format!("reading the messages queued on fd {} of process {}", fd.fd, fd.pid);
     setsockopt(sock, PeekOff, &0).ctx(what)?;
     let mut out = Vec::new();
@@ -84,7 +85,7 @@ pub fn peek_messages(fd: &OpenFd, sock: &OwnedFd) -> Result<Vec<Message>> {
             }
         }
     })();
-    setsockopt(sock, PeekOff, &-1).ctx(what)?;
+    setsockopt(sock, PeekOff, &peek_off).ctx(what)?;
     read?;
     Ok(out)
 }
