@@ -110,9 +110,11 @@ int main(int argc, char **argv)
             (void)!write(cw, "from child", 10);
         _exit(0);
     }
-    /* Once the child holds fifo2. */
+    /* Once the child holds fifo2, and has closed its end of `hold` (EOF):
+     * READY must not come while the child still holds that pipe, or the
+     * test sees an fd that is gone by the dump. */
     close(hold[1]);
-    if (read(hold[0], buf, 1) != 1)
+    if (read(hold[0], buf, 1) != 1 || read(hold[0], buf, 1) != 0)
         die("read hold");
     close(hold[0]);
     printf("READY %d child=%d\n", (int)getpid(), (int)child);

@@ -23,7 +23,10 @@ where
     T: Serialize + DeserializeOwned,
     F: FnOnce() -> Result<T>,
 {
-    let (rd, wr) = nix::unistd::pipe().context("creating a pipe")?;
+    // Close-on-exec: what the worker runs (action scripts, nft) must not
+    // hold the write end, or a worker killed while they run would leave
+    // crust waiting for the end of its result as long as they live.
+    let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("creating a pipe")?;
     let parent = nix::unistd::getpid();
     // SAFETY: crust has started no thread yet when it forks its worker, so the
     // child cannot inherit a lock that another thread held; it runs `work`

@@ -226,7 +226,11 @@ fn a_tmux_server_answers_at_its_socket_after_restore() {
     assert!(out.status.success(), "restore of tmux failed: {}", String::from_utf8_lossy(&out.stderr));
     let pane = tmux(&sock, &["capture-pane", "-p", "-t", "t"]);
     let windows_before = tmux(&sock, &["list-windows", "-t", "t"]).lines().count();
-    tmux(&sock, &["new-window", "-t", "t", "exec sleep 1000"]);
+    // "t:" is the session: a bare "t" is first looked up as a window name
+    // prefix, and the window is named "tmux" (its pane's process before the
+    // exec) until tmux's rename, up to 500 ms after the pane starts: then it
+    // means window 0, and new-window fails with "index 0 in use".
+    tmux(&sock, &["new-window", "-t", "t:", "exec sleep 1000"]);
     let windows = tmux(&sock, &["list-windows", "-t", "t"]).lines().count();
     tmux(&sock, &["kill-server"]);
     tree.iter().for_each(|&p| wait_gone(p));

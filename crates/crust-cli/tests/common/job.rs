@@ -165,6 +165,10 @@ impl<'a> JobBuilder<'a> {
         let mut cmd = Command::new(program.map(Path::to_path_buf).unwrap_or_else(|| workload_path(name)));
         cmd.args(args);
         output_to_file(&mut cmd, &out);
+        // The file is appended to: a job started again in the same directory
+        // (a test's loop over modes) would otherwise read the lines of the one
+        // before, and take its READY for its own before it has even exec'ed.
+        let read = std::fs::metadata(&out).map_or(0, |m| m.len() as usize);
         new_session(&mut cmd);
         if !cgroups.is_empty() {
             enter_cgroups(&mut cmd, cgroups);
@@ -187,7 +191,7 @@ impl<'a> JobBuilder<'a> {
             }
         };
         let pid = child.id() as i32;
-        Job { name: name.into(), pid, out, read: 0, history: Vec::new(), child: Some(child), restored: false, sid: pid, session_live: true }
+        Job { name: name.into(), pid, out, read, history: Vec::new(), child: Some(child), restored: false, sid: pid, session_live: true }
     }
 }
 

@@ -16,7 +16,9 @@
 //!   then each socket sends its peer a window probe (restarting what the
 //!   lock stalled);
 //! - a crust killed half-way leaves the sockets as they were (out of repair
-//!   mode) and the lock, which `crust network-unlock` removes.
+//!   mode) and the lock, which `crust network-unlock` removes; but a worker
+//!   killed by SIGKILL in the moment it reads a socket leaves that one in
+//!   repair mode (as it leaves a thread it runs calls in): nothing can undo it.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
