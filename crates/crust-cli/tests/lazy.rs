@@ -10,7 +10,7 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use common::job::{dump, restore, Job, STEP};
 use common::procstate::ProcState;
@@ -154,4 +154,39 @@ fn lazy_restore_survives_fork_mremap_and_madvise_during_the_fill() {
     }
     assert!(lines.contains(&"CHILD OK".to_string()), "{lines:?}");
     assert!(job.wait_exit(STEP).success());
+}
+
+/// crust killed in the middle of the fill: the tree must not run on with
+/// its memory missing (reading zeros); its guard kills it, and goes.
+#[test]
+fn crust_killed_during_the_fill_takes_the_tree_with_it() {
+    let tmp = common::TempDir::new("lazy-killed");
+    let mut job = Job::start("dirtier", &["256"], tmp.path());
+    job.ready();
+    let images = tmp.join("images");
+    dump(job.pid, &images, &[]);
+    job.reap_original();
+    let mut lazy = LazyRestore::start(&images);
+    lazy.json();
+    let guard = common::poll(STEP, Duration::from_millis(5), || {
+        let kids = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", lazy.child.id())).unwrap_or_default();
+        kids.split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+            .find(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "crust-lazy"))
+    })
+    .expect("crust's guard process");
+    lazy.child.kill().unwrap();
+    let _ = lazy.child.wait();
+    job.adopt_restored();
+    let status = job.wait_exit(STEP);
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "the tree was killed, not left running on missing memory");
+    assert!(job.drain().iter().all(|l| !l.starts_with("FAIL")));
+    // It ends (handed to the test process, a subreaper: reaped here).
+    let gone = common::poll(STEP, Duration::from_millis(10), || {
+        // SAFETY: reaping the guard, handed to this process.
+        let r = unsafe { libc::waitpid(guard, std::ptr::null_mut(), libc::WNOHANG) };
+        (r == guard || !Path::new(&format!("/proc/{guard}")).exists()).then_some(())
+    });
+    assert!(gone.is_some(), "the guard {guard} ends");
 }

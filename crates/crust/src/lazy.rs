@@ -475,18 +475,21 @@ impl Running {
 pub struct LazyPages {
     files: LocalFiles,
     running: Running,
+    /// From the first registration on.
+    guard: Option<Guard>,
 }
 
 impl LazyPages {
     pub fn local() -> LazyPages {
         let files = LocalFiles::default();
-        LazyPages { running: Running::start(files.clone()), files }
+        LazyPages { running: Running::start(files.clone()), files, guard: None }
     }
 
-    /// The restore is done: no process comes any more. The fill goes on.
+    /// The restore is done: no process comes any more. The fill goes on,
+    /// guarded against crust's death.
     pub fn seal(mut self) -> Fill {
         drop(self.running.new.take());
-        Fill { thread: self.running.thread.take() }
+        Fill { thread: self.running.thread.take(), guard: self.guard.take() }
     }
 }
 
@@ -525,6 +528,11 @@ impl PageSource for LazyPages {
         if missing.0.is_empty() {
             return Ok(());
         }
+        // The first process registered is the root: the guard kills it
+        // and its descendants, every other process of the tree.
+        if self.guard.is_none() {
+            self.guard = Some(Guard::start(&[task.pid])?);
+        }
         let uffd = make_uffd(task, scratch)?;
         let used: Vec<(u64, u64)> = anon.iter().copied().filter(|&(s, e)| missing.0.range(..e).next_back().is_some_and(|(_, &(me, _))| me > s)).collect();
         for (s, e) in used {
@@ -562,25 +570,187 @@ fn make_uffd(task: &Task, scratch: &mut Scratch) -> Result<OwnedFd> {
 /// waits for the fill: the tree's memory must be all in before crust goes.
 pub struct Fill {
     thread: Option<JoinHandle<Result<FillStats>>>,
+    guard: Option<Guard>,
 }
 
 impl Fill {
     /// Wait until every page is in (or the tree is gone).
     pub fn wait(mut self) -> Result<FillStats> {
-        match self.thread.take().map(JoinHandle::join) {
+        self.end()
+    }
+
+    fn end(&mut self) -> Result<FillStats> {
+        let r = match self.thread.take().map(JoinHandle::join) {
             Some(Ok(r)) => r,
             Some(Err(_)) => Err(Error::Invalid("the lazy pages server panicked".into())),
             None => Ok(FillStats::default()),
-        }
+        };
+        // Every userfaultfd is closed now (the server's spaces are gone
+        // with it): the guard has nothing left to guard.
+        drop(self.guard.take());
+        r
     }
 }
 
 impl Drop for Fill {
     fn drop(&mut self) {
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        let _ = self.end();
+    }
+}
+
+/// crust killed while the fill goes on must not leave the tree running with
+/// pages missing (its userfaultfds closed, they would read as zeros). The
+/// guard is a process sharing crust's fd table (clone with CLONE_FILES), so
+/// every userfaultfd, also those forks bring later, stays open while it
+/// lives. It waits for crust to end: if crust ends before it is told to go
+/// (killed by crust once the fill is over), it kills the tree (the restored
+/// processes and their descendants), then exits, closing the fds.
+struct Guard {
+    pid: i32,
+    /// The pidfd of crust it polls (one fd of the shared table).
+    crust: i32,
+}
+
+impl Guard {
+    fn start(pids: &[i32]) -> Result<Guard> {
+        use rustix::process::{pidfd_open, Pid, PidfdFlags};
+        let me = Pid::from_raw(std::process::id() as i32).ok_or_else(|| Error::Invalid("crust's own pid".into()))?;
+        let crust = pidfd_open(me, PidfdFlags::empty()).ctx(|| "pidfd_open of crust itself")?;
+        let roots: Vec<i32> = pids.to_vec();
+        // SAFETY: a fork (no CLONE_VM) that shares the fd table; the child
+        // runs only guard_main, which makes raw syscalls on memory it owns
+        // (its copy of `roots`, stack buffers) and never returns.
+        let pid = unsafe { libc::syscall(libc::SYS_clone, (libc::CLONE_FILES | libc::SIGCHLD) as u64, 0u64, 0u64, 0u64, 0u64) };
+        if pid == 0 {
+            // SAFETY: see above.
+            unsafe { guard_main(crust.as_raw_fd(), &roots) }
+        }
+        if pid < 0 {
+            return Err(Error::Io { context: "starting the lazy pages guard".into(), err: std::io::Error::last_os_error() });
+        }
+        // Closing it here would close it for the guard too (one table).
+        Ok(Guard { pid: pid as i32, crust: std::os::fd::IntoRawFd::into_raw_fd(crust) })
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        // SAFETY: kill and reap crust's own child.
+        unsafe {
+            libc::kill(self.pid, libc::SIGKILL);
+            libc::waitpid(self.pid, std::ptr::null_mut(), libc::__WALL);
+            libc::close(self.crust);
         }
     }
+}
+
+/// The guard: waits for crust to end, then kills the tree. Async-signal-safe
+/// only (it runs in a fork of a threaded process): raw syscalls, stack buffers.
+unsafe fn guard_main(crust: i32, roots: &[i32]) -> ! {
+    libc::prctl(libc::PR_SET_NAME, c"crust-lazy".as_ptr() as libc::c_ulong, 0, 0, 0);
+    let mut p = libc::pollfd { fd: crust, events: libc::POLLIN, revents: 0 };
+    while libc::poll(&mut p, 1, -1) != 1 {}
+    // Processes are killed before they are looked into: none forks again.
+    let mut todo = [0i32; 4096];
+    let mut n = 0;
+    for &r in roots.iter().take(todo.len()) {
+        todo[n] = r;
+        n += 1;
+    }
+    let mut done = 0;
+    while done < n {
+        let pid = todo[done];
+        done += 1;
+        libc::kill(pid, libc::SIGKILL);
+        n = push_children(pid, &mut todo, n);
+    }
+    libc::_exit(0)
+}
+
+/// Appends the children of every thread of `pid` (/proc/PID/task/*/children)
+/// to `todo[n..]`; the new count.
+unsafe fn push_children(pid: i32, todo: &mut [i32], mut n: usize) -> usize {
+    let mut path = [0u8; 64];
+    let len = put_path(&mut path, &[b"/proc/", &num(pid as u64)[..], b"/task"]);
+    let dir = libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_DIRECTORY);
+    if dir < 0 {
+        return n;
+    }
+    let _ = len;
+    let mut buf = [0u8; 4096];
+    loop {
+        let got = libc::syscall(libc::SYS_getdents64, dir, buf.as_mut_ptr(), buf.len());
+        if got <= 0 {
+            break;
+        }
+        let mut at = 0usize;
+        while at < got as usize {
+            let reclen = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
+            let name = &buf[at + 19..at + reclen];
+            let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+            at += reclen;
+            if name.first().is_none_or(|b| !b.is_ascii_digit()) {
+                continue;
+            }
+            let mut cpath = [0u8; 96];
+            put_path(&mut cpath, &[b"/proc/", &num(pid as u64)[..], b"/task/", name, b"/children"]);
+            let fd = libc::open(cpath.as_ptr().cast(), libc::O_RDONLY);
+            if fd < 0 {
+                continue;
+            }
+            let mut text = [0u8; 4096];
+            let r = libc::read(fd, text.as_mut_ptr().cast(), text.len());
+            libc::close(fd);
+            let mut v: i64 = -1;
+            for &b in text.iter().take(r.max(0) as usize).chain(std::iter::once(&b' ')) {
+                if b.is_ascii_digit() {
+                    v = v.max(0) * 10 + (b - b'0') as i64;
+                } else if v >= 0 {
+                    if n < todo.len() {
+                        todo[n] = v as i32;
+                        n += 1;
+                    }
+                    v = -1;
+                }
+            }
+        }
+    }
+    libc::close(dir);
+    n
+}
+
+/// The decimal digits of `v`, NUL-padded.
+fn num(v: u64) -> [u8; 20] {
+    let mut out = [0u8; 20];
+    let mut digits = [0u8; 20];
+    let (mut v, mut k) = (v, 0);
+    loop {
+        digits[k] = b'0' + (v % 10) as u8;
+        k += 1;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    for i in 0..k {
+        out[i] = digits[k - 1 - i];
+    }
+    out
+}
+
+/// `parts` (each up to its first NUL) one after another in `buf`, NUL-ended.
+fn put_path(buf: &mut [u8], parts: &[&[u8]]) -> usize {
+    let mut at = 0;
+    for part in parts {
+        for &b in part.iter().take_while(|&&b| b != 0) {
+            if at + 1 < buf.len() {
+                buf[at] = b;
+                at += 1;
+            }
+        }
+    }
+    buf[at] = 0;
+    at
 }
 
 /// `crust restore --lazy-pages`: the tree in `opts.dir` runs before its
