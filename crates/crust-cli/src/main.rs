@@ -661,6 +661,9 @@ fn run(cli: Cli) -> Result<()> {
                 ns,
                 net: crust::ns::net::NetOptions { empty: net.empty_net()?, ..veths },
             };
+            if lazy_pages && opts.job_control {
+                anyhow::bail!("--lazy-pages: a shell job in the foreground is not restored lazily yet (restore it with -d, or without --lazy-pages)");
+            }
             let (restored, fill) = if lazy_pages {
                 let (restored, fill) = bar.around(|| crust::lazy::restore(&opts)).with_context(|| format!("restore from {} failed", dir.display()))?;
                 (restored, Some(fill))

@@ -168,13 +168,12 @@ fn crust_killed_during_the_fill_takes_the_tree_with_it() {
     job.reap_original();
     let mut lazy = LazyRestore::start(&images);
     lazy.json();
-    let guard = common::poll(STEP, Duration::from_millis(5), || {
+    let guard = common::poll(Duration::from_secs(5), Duration::from_millis(5), || {
         let kids = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", lazy.child.id())).unwrap_or_default();
         kids.split_whitespace()
             .filter_map(|p| p.parse::<i32>().ok())
             .find(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "crust-lazy"))
-    })
-    .expect("crust's guard process");
+    });
     lazy.child.kill().unwrap();
     let _ = lazy.child.wait();
     job.adopt_restored();
@@ -182,6 +181,7 @@ fn crust_killed_during_the_fill_takes_the_tree_with_it() {
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(status.signal(), Some(libc::SIGKILL), "the tree was killed, not left running on missing memory");
     assert!(job.drain().iter().all(|l| !l.starts_with("FAIL")));
+    let guard = guard.expect("crust's guard process (crust-lazy)");
     // It ends (handed to the test process, a subreaper: reaped here).
     let gone = common::poll(STEP, Duration::from_millis(10), || {
         // SAFETY: reaping the guard, handed to this process.
