@@ -132,6 +132,11 @@ enum Command {
         /// Return once the tree runs, instead of waiting for its root to exit.
         #[arg(short = 'd', long = "restore-detached")]
         detach: bool,
+        /// Post-copy: let the tree run before its private anonymous memory
+        /// is in; crust puts pages in as they are touched (userfaultfd) and
+        /// pushes the rest meanwhile, and exits once all are in.
+        #[arg(long = "lazy-pages")]
+        lazy_pages: bool,
         /// The tree is a shell job: it joins this terminal's session.
         #[arg(short = 'j', long = "shell-job")]
         shell_job: bool,
@@ -532,15 +537,44 @@ fn network_unlock(dir: Option<&std::path::Path>, all: bool) -> Result<()> {
 }
 
 fn wait_root(pid: i32) -> Result<()> {
+    match root_exit_code(pid)? {
+        0 => Ok(()),
+        code => std::process::exit(code),
+    }
+}
+
+/// Waits for the root to end; its exit code (128 + the signal that killed it).
+fn root_exit_code(pid: i32) -> Result<i32> {
     use nix::sys::wait::{waitpid, WaitStatus};
     loop {
         match waitpid(nix::unistd::Pid::from_raw(pid), None).context("waiting for the restored tree")? {
-            WaitStatus::Exited(_, 0) => return Ok(()),
-            WaitStatus::Exited(_, code) => std::process::exit(code),
-            WaitStatus::Signaled(_, sig, _) => std::process::exit(128 + sig as i32),
+            WaitStatus::Exited(_, code) => return Ok(code),
+            WaitStatus::Signaled(_, sig, _) => return Ok(128 + sig as i32),
             _ => continue,
         }
     }
+}
+
+/// The end of a lazy restore: crust serves the tree's pages until all are
+/// in (also when not waiting for the root, or after it ended: the rest of
+/// the tree may still miss pages), then says how the fill went.
+fn finish_fill(fill: crust::lazy::Fill, json: bool) -> Result<()> {
+    let stats = fill.wait().context("filling the restored tree's memory (lazy pages)")?;
+    if json {
+        println!("{}", serde_json::json!({ "lazy_pages": stats }));
+    } else {
+        println!(
+            "lazy pages: all in after {:.1} ms: {} faults ({} pages), {} pages pushed, {} zero pages, {} dropped by the tree, {} address spaces",
+            stats.fill_time_us as f64 / 1e3,
+            stats.faults,
+            stats.pages_on_fault,
+            stats.pages_pushed,
+            stats.zero_pages,
+            stats.pages_dropped,
+            stats.spaces
+        );
+    }
+    Ok(())
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -607,7 +641,7 @@ fn run(cli: Cli) -> Result<()> {
                 print_dump_stats(&stats, &dir);
             }
         }
-        Command::Restore { dir, detach, shell_job, pidfile, manage_cgroups, cgroup_roots, pid_wait, inherit_fds, tcp, net, action_scripts, json, ns } => {
+        Command::Restore { dir, detach, lazy_pages, shell_job, pidfile, manage_cgroups, cgroup_roots, pid_wait, inherit_fds, tcp, net, action_scripts, json, ns } => {
             ns.no_pipes()?;
             let (ns, veths) = ns.options()?;
             let bar = progress::Bar::on_stderr(json);
@@ -627,7 +661,15 @@ fn run(cli: Cli) -> Result<()> {
                 ns,
                 net: crust::ns::net::NetOptions { empty: net.empty_net()?, ..veths },
             };
-            let restored = bar.around(|| restore(&opts)).with_context(|| format!("restore from {} failed", dir.display()))?;
+            if lazy_pages && opts.job_control {
+                anyhow::bail!("--lazy-pages: a shell job in the foreground is not restored lazily yet (restore it with -d, or without --lazy-pages)");
+            }
+            let (restored, fill) = if lazy_pages {
+                let (restored, fill) = bar.around(|| crust::lazy::restore(&opts)).with_context(|| format!("restore from {} failed", dir.display()))?;
+                (restored, Some(fill))
+            } else {
+                (bar.around(|| restore(&opts)).with_context(|| format!("restore from {} failed", dir.display()))?, None)
+            };
             write_restore_stats(&dir, &restored);
             if let Some(path) = pidfile {
                 std::fs::write(&path, format!("{}\n", restored.root))
@@ -638,6 +680,14 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string(&out)?);
             } else {
                 print_restore_stats(&restored);
+            }
+            if let Some(fill) = fill {
+                if detach {
+                    return finish_fill(fill, json);
+                }
+                let code = root_exit_code(restored.root)?;
+                finish_fill(fill, json)?;
+                std::process::exit(code);
             }
             if !detach {
                 if opts.job_control {

@@ -9,6 +9,7 @@ pub mod dump;
 pub mod error;
 pub mod explain;
 pub mod inventory;
+pub mod lazy;
 pub mod files;
 pub mod images;
 pub mod mem;

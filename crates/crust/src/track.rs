@@ -248,7 +248,7 @@ impl ProcessTracking {
     }
 }
 
-fn take_fd(pid: i32, fd: i32) -> std::io::Result<OwnedFd> {
+pub(crate) fn take_fd(pid: i32, fd: i32) -> std::io::Result<OwnedFd> {
     use rustix::process::{pidfd_getfd, pidfd_open, Pid, PidfdFlags, PidfdGetfdFlags};
     let pid = Pid::from_raw(pid).ok_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL))?;
     let pidfd = pidfd_open(pid, PidfdFlags::empty())?;

@@ -266,9 +266,15 @@ pub fn load(dir: &Path, pages: Pages) -> Result<DumpImage> {
 /// that lock: the images can still be restored, and until then the peers
 /// wait instead of being reset.
 pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
+    restore_with(opts, &mut PagesInDir)
+}
+
+/// [`restore`], the saved pages put in by `pages` (a lazy restore's leaves
+/// some for later, see [`crate::lazy`]).
+pub fn restore_with(opts: &RestoreOptions, pages: &mut dyn PageSource) -> Result<Restored> {
     let img = load(&opts.dir, Pages::InDir)?;
     let lock = network_lock(&opts.dir);
-    let restored = restore_held(opts, img, &mut PagesInDir).and_then(|held| held.release_telling(&opts.notify));
+    let restored = restore_held(opts, img, pages).and_then(|held| held.release_telling(&opts.notify));
     if let Some(name) = lock {
         match &restored {
             Ok(_) => {
