@@ -187,6 +187,8 @@ pub static PROCESS_STATE: &[(&str, Fate)] = &[
     ("file owners for SIGIO/SIGURG (F_SETOWN_EX, F_SETSIG, O_ASYNC)", Fate::Saved("fown of each file entry, set again once the tree exists; an owner outside the tree is refused")),
     ("file leases and other lock kinds", Fate::Refused("file leases (F_SETLEASE) are not supported yet, not even with --file-locks")),
     ("pty pairs held inside the tree (master and slaves)", Fate::Saved("files::pty: tty-info.img per end (index, termios, window size, packet mode, exclusive mode, session and foreground group), tty_file_entry per open file; the same index again when it is free here")),
+    ("pty pairs of a container's own devpts instance (mounted in the tree's mount namespace, not the host's)", Fate::Saved("files::pty: as the host's, with the instance's device in tty_info_entry's dev on both ends; made again from the ptmx of the devpts the restore mounts anew, whose numbers are all free")),
+    ("a pty of a devpts instance other than the host's /dev/pts outside a mount namespace of the tree, or one the host mounts too", Fate::Refused("files::pty names the fd and the instance; not supported")),
     ("a pty master whose slave is held outside the tree or by no one", Fate::Refused("the pair cannot be restored whole: not supported")),
     ("data queued in a pty pair (either direction)", Fate::Refused("FIONREAD of master and slave; not supported (a partial line typed into a canonical slave is not reported by the kernel and is not seen)")),
     ("a locked pty (TIOCSPTLCK) held by the tree", Fate::Refused("not supported")),

@@ -244,6 +244,13 @@ pub fn moved(img: &DumpImage, path: &str) -> bool {
     recorded(img).0.contains("mnt") && mnt::host_path_of(img, path) != mnt::recorded_host_path_of(img, path)
 }
 
+/// Where the restore mounts anew the tree's devpts whose device was `dev`
+/// (as mnt_entry's root_dev): the mount point inside the tree, if its mount
+/// namespace is its own and has that devpts.
+pub fn own_devpts(img: &DumpImage, dev: u32) -> Option<String> {
+    recorded(img).0.contains("mnt").then(|| mnt::fresh_devpts(img, dev)).flatten()
+}
+
 /// Save each of the tree's own namespaces, entered through its root `pid`
 /// with ids `ids`; returns the bytes written.
 pub fn dump(own: &OwnNamespaces, pid: i32, ids: &TaskKobjIdsEntry, dir: &mut ImageDir, opts: &NsOptions) -> Result<u64> {
