@@ -92,3 +92,43 @@ fn a_pty_of_the_containers_own_devpts_comes_back_under_its_number() {
     c.job.kill_restored();
     end_session(shell);
 }
+
+/// A devpts mounted on the host at a path of the test's, unmounted on drop.
+struct HostDevpts(std::path::PathBuf);
+
+impl Drop for HostDevpts {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A pty of a devpts instance that is neither the host's /dev/pts nor a
+/// container's own (a second devpts the host mounts) is refused by name,
+/// and its holder runs on.
+#[test]
+fn a_pty_of_another_devpts_of_the_host_is_refused_by_name() {
+    let dir = TempDir::new("ns-pty-other");
+    let pts = dir.join("pts");
+    std::fs::create_dir(&pts).unwrap();
+    let mounted = std::process::Command::new("mount").args(["-t", "devpts", "-o", "newinstance,ptmxmode=0666", "devpts"]).arg(&pts).status().expect("mount");
+    assert!(mounted.success(), "mounting a devpts at {}", pts.display());
+    let _mounted = HostDevpts(pts.clone());
+    let code = "import fcntl, os, struct, sys, time\n\
+                d = sys.argv[1]\n\
+                m = os.open(d + '/ptmx', os.O_RDWR | os.O_NOCTTY)\n\
+                fcntl.ioctl(m, 0x40045431, struct.pack('i', 0))\n\
+                n = struct.unpack('I', fcntl.ioctl(m, 0x80045430, b'0000'))[0]\n\
+                s = os.open('%s/%d' % (d, n), os.O_RDWR | os.O_NOCTTY)\n\
+                print('READY', os.getpid(), flush=True)\n\
+                time.sleep(600)\n";
+    let pts_s = pts.to_str().expect("a UTF-8 temp path");
+    let mut job = Job::build("holder", &["-c", code, pts_s]).program(Path::new("/usr/bin/python3")).start(dir.path());
+    let pid = job.pid;
+    assert_eq!(job.ready(), pid.to_string());
+    let images = dir.join("images");
+    let out = crust(&dump_args(&pid.to_string(), &images, &[]), STEP);
+    let err = assert_clean_failure(&out, "dump of a pty of a second devpts of the host");
+    assert!(err.contains("devpts instance") && err.contains(&format!("process {pid}")) && err.contains("not supported"), "the refusal names the pty and its instance: {err}");
+    assert_no_inventory(&images);
+    assert!(proc_stat(pid).is_some_and(|s| s.state != 'Z'), "the holder runs on");
+}
