@@ -16,6 +16,7 @@ mod mnt;
 pub mod net;
 mod pid;
 mod time;
+pub mod user;
 mod uts;
 
 use std::collections::BTreeSet;
@@ -140,7 +141,7 @@ impl External {
 }
 
 /// Every kind crust saves, in the order a restore fills them.
-static KINDS: &[&dyn NsKind] = &[&uts::Uts, &pid::Pid, &time::Time, &cgroup::Cgroup, &mnt::Mnt, &net::Net, &ipc::Ipc];
+static KINDS: &[&dyn NsKind] = &[&user::User, &uts::Uts, &pid::Pid, &time::Time, &cgroup::Cgroup, &mnt::Mnt, &net::Net, &ipc::Ipc];
 
 /// Every kind the kernel has, with its clone flag: a tree's own namespace of
 /// a kind not in [`KINDS`] is refused.
