@@ -435,7 +435,7 @@ pub(super) fn problems(img: &crate::images::load::DumpImage, these: &[TtyInfoEnt
         .map(|i| format!("pty {}: the leader of session {}, whose controlling terminal it is, is not a live process of the image", i.id, i.sid));
     let taken = these
         .iter()
-        .filter(|i| is_master_info(i) && !i.dev.is_some_and(|dev| crate::ns::own_devpts(img, dev).is_some()))
+        .filter(|i| is_master_info(i) && i.dev.is_none_or(|dev| crate::ns::own_devpts(img, dev).is_none()))
         .filter_map(|i| i.pty.as_ref())
         .filter(|p| std::path::Path::new(&format!("/dev/pts/{}", p.index)).exists())
         .map(|p| format!("pty /dev/pts/{} is taken here: the pair cannot come back under its number", p.index));
