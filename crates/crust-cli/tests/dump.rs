@@ -964,9 +964,10 @@ impl Drop for Sleeper {
 #[test]
 fn dump_refuses_what_it_cannot_restore_and_leaves_it_running() {
     let dir = TempDir::new("refusals");
-    // A process in a user namespace of its own: crust does not save one
-    // (its id maps), and says so instead of losing it.
-    let boxed = Sleeper::start(&["unshare", "--user", "--map-root-user", "--"]);
+    // A process in a user namespace of its own and a mount namespace it
+    // owns: crust does not make namespaces a user namespace of the tree
+    // owns (ns_user.rs restores one alone), and says so instead of losing it.
+    let boxed = Sleeper::start(&["unshare", "--user", "--map-root-user", "--mount", "--"]);
     let images = dir.join("ns");
     let out = crust(&dump_args(&boxed.pid().to_string(), &images, &[]), DUMP_TIMEOUT);
     let err = assert_clean_failure(&out, "dump of a process in its own namespaces");

@@ -176,9 +176,17 @@ pub(crate) fn visible_mount(file: &std::fs::File, source: &str) -> bool {
 /// (the tree opens it through crust's fd). The restored tree holds it deleted,
 /// under the name the kernel gives such a file (`DIR/#INODE (deleted)`).
 /// Dropping this closes crust's copies; the tree's keep the files.
+///
+/// A tree with a mount namespace of its own had its deleted files on its own
+/// mounts (a tmpfs the restore makes from the images, its root): those are
+/// made once the namespace is ([`Materialized::place_in`]), in the directory
+/// the name has inside it. Until then crust holds a placeholder at the fd
+/// number the files' names already point to.
 pub struct Materialized {
     /// Each file, with the entry that has its times.
     files: Vec<(OwnedFd, GhostFileEntry)>,
+    /// Ghosts to make inside the tree's mounts: placeholder fd, name, ghost id.
+    pending: Vec<(OwnedFd, String, u32)>,
 }
 
 impl Materialized {
@@ -190,11 +198,44 @@ impl Materialized {
         }
         Ok(())
     }
+
+    /// Once the tree's mount namespace is made, its root `pid` in it: each
+    /// pending ghost made in the directory its name has there (resolved
+    /// inside that root: no symlink, no way out), or in the images directory
+    /// if that directory is gone, and put at its placeholder's fd number.
+    pub fn place_in(&mut self, img: &DumpImage, pid: i32) -> Result<()> {
+        use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let root_path = format!("/proc/{pid}/root");
+        let root = nix::fcntl::open(root_path.as_str(), OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
+            .ctx(|| format!("opening {root_path}"))?;
+        for (slot, name, ghost_id) in std::mem::take(&mut self.pending) {
+            let (entry, data) = img.ghost_files.get(&ghost_id).ok_or_else(|| Error::image("remap-fpath.img", format!("no ghost-file-{ghost_id:x}.img")))?;
+            let inside = Path::new(&name).parent().map(|d| d.strip_prefix("/").unwrap_or(d).to_path_buf());
+            let how = OpenHow::new().flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC).resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_SYMLINKS);
+            let dir = inside.and_then(|d| openat2(&root, if d.as_os_str().is_empty() { Path::new(".") } else { &d }, how).ok());
+            let file = match dir.and_then(|d| make(&d, entry, data).ok()) {
+                Some(f) => f,
+                None => place(&name, &img.dir, entry, data)?,
+            };
+            // The placeholder's number now holds the file; the first fd of it goes.
+            let mut slot = slot;
+            nix::unistd::dup3(&file, &mut slot, OFlag::O_CLOEXEC).ctx(|| format!("putting deleted file {name} at its fd"))?;
+            self.files.push((slot, entry.clone()));
+        }
+        Ok(())
+    }
 }
 
 /// Put every ghost file of `img` back, and point the files that use it at it.
+/// Ghosts of a tree with a mount namespace of its own wait for it
+/// ([`Materialized::place_in`]).
 pub fn materialize(img: &mut DumpImage) -> Result<Materialized> {
+    let later = crate::ns::is_own(img, "mnt");
     let mut files = Vec::new();
+    let mut pending = Vec::new();
     let mut placed: HashMap<u32, String> = HashMap::new();
     let mut remaps: Vec<(u32, u32)> = img.remaps.iter().map(|(&orig, &ghost)| (orig, ghost)).collect();
     remaps.sort_unstable();
@@ -209,9 +250,19 @@ pub fn materialize(img: &mut DumpImage) -> Result<Materialized> {
                     .ghost_files
                     .get(&ghost_id)
                     .ok_or_else(|| Error::image("remap-fpath.img", format!("no ghost-file-{ghost_id:x}.img")))?;
-                let file = place(&name, &img.dir, entry, data)?;
-                let path = format!("/proc/{}/fd/{}", std::process::id(), file.as_raw_fd());
-                files.push((file, entry.clone()));
+                let fd = if later {
+                    let slot = nix::fcntl::open("/dev/null", nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
+                        .ctx(|| "opening /dev/null as a deleted file's placeholder")?;
+                    let fd = slot.as_raw_fd();
+                    pending.push((slot, name.clone(), ghost_id));
+                    fd
+                } else {
+                    let file = place(&name, &img.dir, entry, data)?;
+                    let fd = file.as_raw_fd();
+                    files.push((file, entry.clone()));
+                    fd
+                };
+                let path = format!("/proc/{}/fd/{fd}", std::process::id());
                 placed.insert(ghost_id, path.clone());
                 path
             }
@@ -220,7 +271,7 @@ pub fn materialize(img: &mut DumpImage) -> Result<Materialized> {
             reg.name = path;
         }
     }
-    Ok(Materialized { files })
+    Ok(Materialized { files, pending })
 }
 
 /// A directory, opened without following any symlink on the way.
@@ -289,14 +340,18 @@ fn set_times(f: &impl AsFd, entry: &GhostFileEntry) -> std::io::Result<()> {
 /// The ghost of the file once called `name`: in that file's directory if it
 /// is there and takes one, else in the images directory `images`.
 fn place(name: &str, images: &Path, entry: &GhostFileEntry, data: &GhostData) -> Result<OwnedFd> {
-    let make = |dir: &OwnedFd| match entry.mode & libc::S_IFMT == libc::S_IFDIR {
-        true => removed_dir(dir, entry),
-        false => unnamed_file(dir, entry, data),
-    };
-    let in_own_dir = Path::new(name).parent().and_then(open_dir).and_then(|dir| make(&dir).ok());
+    let in_own_dir = Path::new(name).parent().and_then(open_dir).and_then(|dir| make(&dir, entry, data).ok());
     if let Some(file) = in_own_dir {
         return Ok(file);
     }
     let dir = open_dir(images).ok_or_else(|| Error::io_other(format!("{}: opening it to put back {name}", images.display()), "it cannot be opened as a directory"))?;
-    make(&dir).ctx(|| format!("putting back deleted file {name} in {}", images.display()))
+    make(&dir, entry, data).ctx(|| format!("putting back deleted file {name} in {}", images.display()))
+}
+
+/// The ghost `entry` made in `dir`: a removed directory or a file without a name.
+fn make(dir: &OwnedFd, entry: &GhostFileEntry, data: &GhostData) -> std::io::Result<OwnedFd> {
+    match entry.mode & libc::S_IFMT == libc::S_IFDIR {
+        true => removed_dir(dir, entry),
+        false => unnamed_file(dir, entry, data),
+    }
 }

@@ -26,6 +26,15 @@
 //! the slave is canonical), a foreground group no process of the tree is in.
 //! A slave whose master is outside the tree is a shell job's terminal, as
 //! before (tty.rs).
+//!
+//! A pair of a container's own devpts instance (the tree's mount namespace
+//! mounts a devpts the host does not) carries that instance's device in
+//! tty_info_entry's `dev` (the kernel's encoding, as mnt_entry's root_dev),
+//! on both ends: its numbers are its instance's, so pairs are told apart by
+//! (index, dev), and its holders outside the tree by device and instance,
+//! not by name. The restore makes that devpts anew (ns::mnt) and opens the
+//! pair from its `ptmx`, where every number is free: a new instance hands
+//! out the old numbers in order. The host's /dev/pts has no `dev`.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
@@ -60,10 +69,66 @@ pub(super) fn master_index(fd: &OpenFd) -> Result<u32> {
 /// made once every fd of the tree is dumped.
 #[derive(Default)]
 pub(super) struct Seen {
-    /// By pair index: who holds the master, for messages.
-    masters: Vec<(u32, String)>,
-    /// By pair index: bytes queued towards the slave, and who holds it.
-    slaves: Vec<(u32, i32, String)>,
+    /// By pair (index, instance): who holds the master, for messages.
+    masters: Vec<(Pair, String)>,
+    /// By pair: bytes queued towards the slave, who holds it, and its file
+    /// (st_dev, st_rdev), to find holders outside the tree.
+    slaves: Vec<(Pair, i32, String, (u64, u64))>,
+}
+
+/// A pair: its index and its devpts instance (None: the host's /dev/pts).
+type Pair = (u32, Option<u32>);
+
+fn pair_of(info: &TtyInfoEntry) -> Option<Pair> {
+    Some((info.pty.as_ref()?.index, info.dev))
+}
+
+/// The devpts instance of a pty file of the tree, as tty_info_entry's `dev`:
+/// None for the host's /dev/pts; for a container's own devpts (mounted in
+/// the tree's mount namespace, not in crust's), its device. A pty of any
+/// other instance is refused. A slave's file is on its instance; a master's
+/// instance is its slave's, found by opening the slave O_PATH through the
+/// master (TIOCGPTPEER), which neither opens the terminal nor needs it
+/// unlocked.
+pub(super) fn instance(fd: &OpenFd, table: &FileTable) -> Result<Option<u32>> {
+    let name = who(fd);
+    let st_dev = if is_master(fd) {
+        let master = fd.take()?;
+        // SAFETY: TIOCGPTPEER takes open flags by value and returns a new fd.
+        let peer = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, libc::O_PATH | libc::O_CLOEXEC) };
+        if peer < 0 {
+            return Err(std::io::Error::last_os_error()).ctx(|| format!("TIOCGPTPEER of {name}"));
+        }
+        // SAFETY: a new fd of crust's own.
+        let peer = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(peer) };
+        nix::sys::stat::fstat(&peer).ctx(|| format!("stat of the slave of {name}"))?.st_dev
+    } else {
+        fd.stat.st_dev
+    };
+    let host = nix::sys::stat::stat("/dev/pts").ctx(|| "stat of the host's /dev/pts")?.st_dev;
+    if st_dev == host {
+        return Ok(None);
+    }
+    let (major, minor) = (libc::major(st_dev), libc::minor(st_dev));
+    let devpts_in = |pid: u32| -> Option<String> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok()?;
+        text.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let fstype = f.iter().position(|w| *w == "-").and_then(|i| f.get(i + 1))?;
+            (*fstype == "devpts" && f.get(2) == Some(&format!("{major}:{minor}").as_str())).then(|| f[4].to_string())
+        })
+    };
+    let refuse = |what: &str| Err(fd.unsupported(&format!("a pty of a devpts instance ({major}:{minor}) {what} is")));
+    if table.view.is_none() {
+        return refuse("other than the host's /dev/pts, in a tree without a mount namespace of its own,");
+    }
+    if let Some(at) = devpts_in(std::process::id()) {
+        return refuse(&format!("the host mounts too (at {at}), not the container's own,"));
+    }
+    if devpts_in(fd.pid as u32).is_none() {
+        return refuse("not mounted in the tree's mount namespace");
+    }
+    Ok(Some((major << 20) | (minor & 0xf_ffff)))
 }
 
 /// An int an ioctl of crust's copy of a terminal reads.
@@ -93,7 +158,7 @@ fn who(fd: &OpenFd) -> String {
 
 /// The tty-info entry of a master: its index, packet mode. A locked pair or
 /// one with bytes the slave wrote and the master has not read is refused.
-pub(super) fn master_info(fd: &OpenFd, id: u32, table: &mut FileTable) -> Result<TtyInfoEntry> {
+pub(super) fn master_info(fd: &OpenFd, id: u32, dev: Option<u32>, table: &mut FileTable) -> Result<TtyInfoEntry> {
     let index = master_index(fd)?;
     let file = fd.take()?.as_fd();
     let name = who(fd);
@@ -105,13 +170,14 @@ pub(super) fn master_info(fd: &OpenFd, id: u32, table: &mut FileTable) -> Result
         return Err(fd.unsupported(&format!("a pty master with {queued} bytes its slave /dev/pts/{index} wrote not read yet is")));
     }
     let packet = ioctl_int(file, libc::TIOCGPKT, "TIOCGPKT", &name)? != 0;
-    table.extras.get_mut::<Seen>().masters.push((index, name));
+    table.extras.get_mut::<Seen>().masters.push(((index, dev), name));
     Ok(TtyInfoEntry {
         id,
         r#type: TtyType::Pty as i32,
         packet_mode: packet,
         rdev: ptmx_rdev() as u32,
         pty: Some(TtyPtyEntry { index }),
+        dev,
         ..Default::default()
     })
 }
@@ -134,7 +200,8 @@ pub(super) fn slave_info(fd: &OpenFd, index: u32, info: &mut TtyInfoEntry, table
         }
     }
     let queued = ioctl_int(file, libc::FIONREAD, "FIONREAD", &name)?;
-    table.extras.get_mut::<Seen>().slaves.push((index, queued, name));
+    let seen = ((index, info.dev), queued, name, (fd.stat.st_dev, fd.stat.st_rdev));
+    table.extras.get_mut::<Seen>().slaves.push(seen);
     Ok(())
 }
 
@@ -143,15 +210,17 @@ pub(super) fn slave_info(fd: &OpenFd, index: u32, info: &mut TtyInfoEntry, table
 /// group has a process of the tree in it.
 pub(super) fn check_pairs(table: &FileTable, infos: &[TtyInfoEntry]) -> Result<()> {
     let Some(seen) = table.extras.get::<Seen>() else { return Ok(()) };
-    for (index, master) in &seen.masters {
+    for (pair, master) in &seen.masters {
+        let index = pair.0;
         let refuse = |what: String| Error::unsupported(format!("pty master {master}"), format!("{what} not supported"));
-        let Some(slave) = infos.iter().find(|i| !is_master_info(i) && i.pty.as_ref().is_some_and(|p| p.index == *index)) else {
+        let Some(slave) = infos.iter().find(|i| !is_master_info(i) && pair_of(i) == Some(*pair)) else {
             return Err(refuse(format!("a pty whose slave /dev/pts/{index} no process of the tree holds (held outside it, or closed) is")));
         };
-        if let Some(pid) = outside_holder(*index, &table.tree) {
+        let file = seen.slaves.iter().find(|s| s.0 == *pair).map(|s| s.3);
+        if let Some(pid) = file.and_then(|f| outside_holder(f, &table.tree)) {
             return Err(refuse(format!("a pty whose slave /dev/pts/{index} process {pid} outside the tree holds too is")));
         }
-        if let Some((_, queued, holder)) = seen.slaves.iter().find(|(i, q, _)| i == index && *q > 0) {
+        if let Some((_, queued, holder, _)) = seen.slaves.iter().find(|(p, q, _, _)| p == pair && *q > 0) {
             return Err(refuse(format!("a pty with {queued} bytes written to its slave ({holder}) not read yet is")));
         }
         if slave.pgrp != 0 && !table.tree.iter().any(|&p| crate::proc::stat(p, p).is_ok_and(|s| table.pids.of(s.pgrp) as u32 == slave.pgrp)) {
@@ -161,23 +230,26 @@ pub(super) fn check_pairs(table: &FileTable, infos: &[TtyInfoEntry]) -> Result<(
     Ok(())
 }
 
-/// A process outside the tree with an fd of /dev/pts/`index`.
-fn outside_holder(index: u32, tree: &[i32]) -> Option<i32> {
-    let target = format!("/dev/pts/{index}");
+/// A process outside the tree with an fd of the slave whose file has
+/// (st_dev, st_rdev) `file`: the same device on the same devpts instance
+/// (a container's /dev/pts/0 is not the host's, though both are named so).
+fn outside_holder(file: (u64, u64), tree: &[i32]) -> Option<i32> {
+    use std::os::unix::fs::MetadataExt;
     let procs = std::fs::read_dir("/proc").ok()?;
     procs.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()).filter(|p| !tree.contains(p)).find(|pid| {
         let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
-        fds.flatten().any(|f| std::fs::read_link(f.path()).is_ok_and(|l| l.as_os_str() == target.as_str()))
+        let named_pts = |f: &std::fs::DirEntry| std::fs::read_link(f.path()).is_ok_and(|l| l.starts_with("/dev/pts/"));
+        fds.flatten().filter(named_pts).any(|f| std::fs::metadata(f.path()).is_ok_and(|m| (m.dev(), m.rdev()) == file))
     })
 }
 
 /// The master of a slave's pair, if the tree held it.
 pub(super) fn master_of<'a>(slave: &TtyInfoEntry, infos: &'a [TtyInfoEntry]) -> Option<&'a TtyInfoEntry> {
-    let index = slave.pty.as_ref()?.index;
+    let pair = pair_of(slave)?;
     if is_master_info(slave) || slave.r#type != TtyType::Pty as i32 {
         return None;
     }
-    infos.iter().find(|i| is_master_info(i) && i.pty.as_ref().is_some_and(|p| p.index == index))
+    infos.iter().find(|i| is_master_info(i) && pair_of(i) == Some(pair))
 }
 
 /// The slave of a master's pair (check_pairs made sure there is one).
@@ -196,13 +268,16 @@ const MAX_TRIES: usize = 1024;
 /// there for any process to take.
 pub(super) fn pair(r: &mut FdRestorer, master: &TtyInfoEntry, infos: &[TtyInfoEntry]) -> Result<u64> {
     let want = master.pty.as_ref().map_or(0, |p| p.index);
-    if let Some(fd) = r.made("pty master", want.into()) {
+    // Made pairs are remembered by their master's entry: two instances may
+    // each have a pair of one number.
+    if let Some(fd) = r.made("pty master", master.id.into()) {
         return Ok(fd);
     }
     let slave = slave_of(master, infos)?;
+    let ptmx = ptmx_of(r.image, master);
     let mut spare = Vec::new();
     let (fd, file, index) = loop {
-        let fd = r.open_low("/dev/ptmx", (libc::O_RDWR | libc::O_NOCTTY) as u32)?;
+        let fd = r.open_low(&ptmx, (libc::O_RDWR | libc::O_NOCTTY) as u32)?;
         let file = take_fd(r.task.pid, fd as i32).ctx(|| format!("taking the new pty master of process {}", r.task.pid))?;
         let index = ioctl_int(file.as_fd(), libc::TIOCGPTN, "TIOCGPTN", "a new pty master")? as u32;
         if index >= want || spare.len() >= MAX_TRIES {
@@ -226,8 +301,19 @@ pub(super) fn pair(r: &mut FdRestorer, master: &TtyInfoEntry, infos: &[TtyInfoEn
     }
     settle(&file, master, slave)?;
     let fd = r.to_high(fd)?;
-    r.remember("pty master", want.into(), fd);
+    r.remember("pty master", master.id.into(), fd);
     Ok(fd)
+}
+
+/// Where the task opens a new master of the pair of `master`: the `ptmx` of
+/// the container's devpts the restore made anew (inside the tree's new
+/// root), or the host's /dev/ptmx. A `dev` the tree's mounts do not make
+/// (criu's images may give the host's) is the host's.
+fn ptmx_of(img: &crate::images::load::DumpImage, master: &TtyInfoEntry) -> String {
+    match master.dev.and_then(|dev| crate::ns::own_devpts(img, dev)) {
+        Some(at) => format!("{}/ptmx", at.trim_end_matches('/')),
+        None => "/dev/ptmx".to_string(),
+    }
 }
 
 /// The pair's settings, through crust's copy of the master (termios and
@@ -349,7 +435,7 @@ pub(super) fn problems(img: &crate::images::load::DumpImage, these: &[TtyInfoEnt
         .map(|i| format!("pty {}: the leader of session {}, whose controlling terminal it is, is not a live process of the image", i.id, i.sid));
     let taken = these
         .iter()
-        .filter(|i| is_master_info(i))
+        .filter(|i| is_master_info(i) && i.dev.is_none_or(|dev| crate::ns::own_devpts(img, dev).is_none()))
         .filter_map(|i| i.pty.as_ref())
         .filter(|p| std::path::Path::new(&format!("/dev/pts/{}", p.index)).exists())
         .map(|p| format!("pty /dev/pts/{} is taken here: the pair cannot come back under its number", p.index));

@@ -45,15 +45,18 @@ impl FileKind for Terminal {
         }
         // Every master has the rdev of /dev/ptmx: its pair's index tells them apart.
         let index = if pty::is_master(fd) { Some(pty::master_index(fd)?) } else { pts_index(fd) };
-        let same = |t: &TtyInfoEntry| t.rdev == rdev && t.pty.as_ref().map(|p| p.index) == index;
+        // A container's devpts numbers its ptys from 0 as the host's does.
+        let dev = if index.is_some() { pty::instance(fd, table)? } else { None };
+        let same = |t: &TtyInfoEntry| t.rdev == rdev && t.pty.as_ref().map(|p| p.index) == index && t.dev == dev;
         let info_id = match table.extras.get_mut::<Infos>().0.iter().find(|t| same(t)) {
             Some(t) => t.id,
             None => {
                 let id = table.new_id();
                 let info = match index {
-                    Some(_) if pty::is_master(fd) => pty::master_info(fd, id, table)?,
+                    Some(_) if pty::is_master(fd) => pty::master_info(fd, id, dev, table)?,
                     Some(index) => {
                         let mut info = tty_info(fd, id, index)?;
+                        info.dev = dev;
                         pty::slave_info(fd, index, &mut info, table)?;
                         info
                     }

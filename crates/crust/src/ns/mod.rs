@@ -16,6 +16,7 @@ mod mnt;
 pub mod net;
 mod pid;
 mod time;
+pub mod user;
 mod uts;
 
 use std::collections::BTreeSet;
@@ -146,7 +147,7 @@ impl External {
 }
 
 /// Every kind crust saves, in the order a restore fills them.
-static KINDS: &[&dyn NsKind] = &[&uts::Uts, &pid::Pid, &time::Time, &cgroup::Cgroup, &mnt::Mnt, &net::Net, &ipc::Ipc];
+static KINDS: &[&dyn NsKind] = &[&user::User, &uts::Uts, &pid::Pid, &time::Time, &cgroup::Cgroup, &mnt::Mnt, &net::Net, &ipc::Ipc];
 
 /// Every kind the kernel has, with its clone flag: a tree's own namespace of
 /// a kind not in [`KINDS`] is refused.
@@ -248,6 +249,13 @@ pub fn restore_view(img: &DumpImage, path: &str) -> Option<String> {
 /// whose inode says nothing.
 pub fn moved(img: &DumpImage, path: &str) -> bool {
     recorded(img).0.contains("mnt") && mnt::host_path_of(img, path) != mnt::recorded_host_path_of(img, path)
+}
+
+/// Where the restore mounts anew the tree's devpts whose device was `dev`
+/// (as mnt_entry's root_dev): the mount point inside the tree, if its mount
+/// namespace is its own and has that devpts.
+pub fn own_devpts(img: &DumpImage, dev: u32) -> Option<String> {
+    recorded(img).0.contains("mnt").then(|| mnt::fresh_devpts(img, dev)).flatten()
 }
 
 /// Save each of the tree's own namespaces, entered through its root `pid`

@@ -310,7 +310,7 @@ pub fn restore_held(opts: &RestoreOptions, mut img: DumpImage, pages: &mut dyn P
     img.extras.insert(opts.net.clone());
     preflight(&img, opts)?;
     // Deleted files the tree holds are made again for it to open and map.
-    let ghosts = files::ghost::materialize(&mut img)?;
+    let mut ghosts = files::ghost::materialize(&mut img)?;
     let img = &img;
     let pages_check = check_pages_meanwhile(img);
     raise_nofile_limit();
@@ -327,6 +327,7 @@ pub fn restore_held(opts: &RestoreOptions, mut img: DumpImage, pages: &mut dyn P
     let mut ns_root = crate::ns::NsRoot { pid: root.leader.tid, task: &root.leader, scratch: &mut root.scratch, opts: &opts.ns, host_root: None };
     crate::ns::restore(img, &mut ns_root)?;
     root.leader.host_root = ns_root.host_root;
+    ghosts.place_in(img, root.leader.tid)?;
     opts.notify.at(Point::SetupNamespaces, Some(root.leader.tid))?;
     opts.notify.at(Point::PostSetupNamespaces, Some(root.leader.tid))?;
     let (inherited, shmem_fds) = make_shared(&mut root, img, terminal)?;

@@ -38,21 +38,55 @@ impl Component for Creds {
 
 /// Groups, gids, uids (per thread, as the kernel keeps them), each only if it
 /// differs. A change of uid keeps the capabilities ([`Capabilities`] sets them).
+/// The ids are compared as crust sees them (as the images keep them) and
+/// set from inside the task, through its user namespace's maps (the
+/// identity in crust's own).
 fn set_ids(task: &Task, scratch: &mut Scratch, c: &CredsEntry) -> Result<()> {
     let st = proc::status(task.pid, task.tid)?;
+    let (uids, gids) = (IdMap::of(task.tid, "uid_map")?, IdMap::of(task.tid, "gid_map")?);
     if st.groups != c.groups {
-        let words: Vec<u8> = c.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
+        let inside: Vec<u32> = c.groups.iter().map(|&g| gids.inside(g)).collect::<Result<_>>()?;
+        let words: Vec<u8> = inside.iter().flat_map(|g| g.to_le_bytes()).collect();
         let a = scratch.reset().put(&words)?;
         task.call("setgroups", libc::SYS_setgroups, [c.groups.len() as u64, a, 0, 0, 0, 0])?;
     }
     if (st.rgid, st.egid, st.sgid) != (c.gid, c.egid, c.sgid) {
-        task.call("setresgid", libc::SYS_setresgid, [c.gid as u64, c.egid as u64, c.sgid as u64, 0, 0, 0])?;
+        let [g, e, s] = [c.gid, c.egid, c.sgid].map(|id| gids.inside(id).map(u64::from));
+        task.call("setresgid", libc::SYS_setresgid, [g?, e?, s?, 0, 0, 0])?;
     }
     if (st.ruid, st.euid, st.suid) != (c.uid, c.euid, c.suid) {
+        let [u, e, s] = [c.uid, c.euid, c.suid].map(|id| uids.inside(id).map(u64::from));
         task.call("prctl(PR_SET_SECUREBITS)", libc::SYS_prctl, [libc::PR_SET_SECUREBITS as u64, SECBIT_NO_SETUID_FIXUP, 0, 0, 0, 0])?;
-        task.call("setresuid", libc::SYS_setresuid, [c.uid as u64, c.euid as u64, c.suid as u64, 0, 0, 0])?;
+        task.call("setresuid", libc::SYS_setresuid, [u?, e?, s?, 0, 0, 0])?;
     }
     Ok(())
+}
+
+/// A task's /proc/TID/uid_map or gid_map: (inside, outside, count) lines.
+struct IdMap {
+    path: String,
+    extents: Vec<(u32, u32, u32)>,
+}
+
+impl IdMap {
+    fn of(tid: i32, which: &str) -> Result<IdMap> {
+        let path = format!("/proc/{tid}/{which}");
+        let text = std::fs::read_to_string(&path).map_err(|err| crate::error::Error::Io { context: format!("reading {path}"), err })?;
+        let extents = text
+            .lines()
+            .filter_map(|l| {
+                let n: Vec<u32> = l.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+                (n.len() == 3).then(|| (n[0], n[1], n[2]))
+            })
+            .collect();
+        Ok(IdMap { path, extents })
+    }
+
+    /// Id `id` as crust sees it, as the task sees it.
+    fn inside(&self, id: u32) -> Result<u32> {
+        let found = self.extents.iter().find(|&&(_, out, n)| id >= out && id - out < n).map(|&(first, out, _)| first + (id - out));
+        found.ok_or_else(|| crate::error::Error::Invalid(format!("id {id} of the images is not mapped in the restored task's user namespace ({})", self.path)))
+    }
 }
 
 const SECBIT_NO_SETUID_FIXUP: u64 = 1 << 2;
@@ -140,8 +174,13 @@ impl Component for Capabilities {
         Ok(())
     }
 
-    /// A restored thread starts with crust's capabilities and can only lose some.
+    /// A restored thread starts with crust's capabilities and can only lose
+    /// some; in a user namespace of the tree's own it starts with all of them
+    /// there (the kernel gives them to the first task of a new one).
     fn problems(&self, img: &DumpImage) -> Vec<String> {
+        if crate::ns::is_own(img, "user") {
+            return Vec::new();
+        }
         let me = std::process::id() as i32;
         let Ok(own) = proc::status(me, me).map(|st| Caps::of_status(&st)) else {
             return vec!["reading crust's own capabilities from /proc/self/status failed".into()];

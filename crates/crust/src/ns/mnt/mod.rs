@@ -394,6 +394,14 @@ pub fn host_path_of(img: &DumpImage, path: &str) -> Option<String> {
     host_path_with(img, img.extras.get::<NsOptions>().unwrap_or(&default), path)
 }
 
+/// The mount point of the devpts with device `dev` the restore mounts anew
+/// (a container's own instance, where its ptys come back).
+pub fn fresh_devpts(img: &DumpImage, dev: u32) -> Option<String> {
+    let tree = img.extras.get::<Tree>()?;
+    let fresh = |(e, how): &(&MntEntry, &How)| **how == How::Fresh && fs_name(e) == "devpts" && e.root_dev == dev;
+    tree.entries.iter().zip(&tree.hows).find(fresh).map(|(e, _)| e.mountpoint.clone())
+}
+
 /// As [`host_path_of`], as the dump recorded it (no option given).
 pub fn recorded_host_path_of(img: &DumpImage, path: &str) -> Option<String> {
     host_path_with(img, &NsOptions::default(), path)
