@@ -287,11 +287,10 @@ impl NsKind for Mnt {
         let mut bytes = 0;
         for (kdev, mountpoint) in tmpfs_devs {
             let what = format!("the tmpfs at {mountpoint} of {who}");
-            let data = in_namespace(pid, "mnt", || {
-                let at = sys::open_in(sys::open_path("/")?.as_fd(), &mountpoint)?;
-                let copy = sys::clone_mount(at.as_fd(), &what)?;
-                tmpfs::archive(&PathBuf::from(format!("/proc/thread-self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&copy))), &what)
-            })?;
+            // The copy is read from crust's own namespaces: in the tree's,
+            // /proc may be that of a pid namespace without crust's threads.
+            let copy = in_namespace(pid, "mnt", || sys::clone_mount(sys::open_in(sys::open_path("/")?.as_fd(), &mountpoint)?.as_fd(), &what))?;
+            let data = tmpfs::archive(&PathBuf::from(format!("/proc/thread-self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&copy))), &what)?;
             let mut w = dir.writer(&tmpfs::image_name(kdev), Kind::TmpfsDev)?;
             w.raw(&data)?;
             bytes += w.finish()?;
@@ -369,8 +368,11 @@ impl NsKind for Mnt {
         root.task.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
         root.host_root = Some(high);
         let pid = root.pid;
-        let same_root = in_namespace(pid, "mnt", move || build(tree, &new_root, &externals, by_task, pid))?;
-        if !same_root {
+        let new = in_namespace(pid, "mnt", move || build(tree, &new_root, &externals, by_task))?;
+        // Read from crust's namespaces: the tree's /proc may be that of its
+        // own pid namespace, where `pid` is another process or none.
+        let theirs = std::fs::metadata(format!("/proc/{pid}/root/")).ctx(|| format!("stat of the root of {pid}"))?;
+        if new != (theirs.dev(), theirs.ino()) {
             return Err(Error::Invalid(format!("process {pid}: its root is not the new root after pivot_root")));
         }
         Ok(())
@@ -480,9 +482,9 @@ fn create(fs: std::os::fd::BorrowedFd, e: &MntEntry) -> Result<OwnedFd> {
 }
 
 /// In the new mount namespace: the tree under `new_root`, then pivot_root
-/// into it. Returns whether the restored root `pid` followed (its root is
-/// the new root).
-fn build(tree: &Tree, new_root: &str, externals: &[Option<String>], mut by_task: HashMap<usize, OwnedFd>, pid: i32) -> Result<bool> {
+/// into it. Returns the new root's device and inode, for the caller to see
+/// that the restored root followed.
+fn build(tree: &Tree, new_root: &str, externals: &[Option<String>], mut by_task: HashMap<usize, OwnedFd>) -> Result<(u64, u64)> {
     // Nothing done here may reach the host's mounts: the namespace's copies
     // only hear from them from now on.
     sys::mount(None, "/", libc::MS_REC | libc::MS_SLAVE)?;
@@ -527,8 +529,8 @@ fn build(tree: &Tree, new_root: &str, externals: &[Option<String>], mut by_task:
     }
     sys::fchdir(root_fd.as_fd())?;
     sys::pivot_here()?;
-    let (mine, theirs) = (std::fs::metadata("/").ctx(|| "stat of the new root")?, std::fs::metadata(format!("/proc/{pid}/root/")).ctx(|| format!("stat of the root of {pid}"))?);
-    Ok((mine.dev(), mine.ino()) == (theirs.dev(), theirs.ino()))
+    let mine = std::fs::metadata("/").ctx(|| "stat of the new root")?;
+    Ok((mine.dev(), mine.ino()))
 }
 
 /// Entry `i`'s propagation: peers of its shared group (a bind of a peer is
