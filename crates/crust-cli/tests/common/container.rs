@@ -62,15 +62,16 @@ pub fn make_root(root: &Path) {
     }
 }
 
-impl Container {
-    /// Starts a container named `name` under `dir` (its root at dir/NAME-root).
-    pub fn start(name: &str, dir: &Path, opts: &Options) -> Container {
-        let root = dir.join(format!("{name}-root"));
-        make_root(&root);
-        let script = dir.join(format!("{name}-setup.sh"));
-        let out = format!("/data/{name}.out");
-        let text = format!(
-            r#"set -e
+/// How to start a container named `name` under `dir` (its root at
+/// dir/NAME-root, made here; its counts written to dir/NAME.out by the
+/// shell inside): the program and its arguments, and the root.
+pub fn command(name: &str, dir: &Path, opts: &Options) -> (PathBuf, Vec<String>, PathBuf) {
+    let root = dir.join(format!("{name}-root"));
+    make_root(&root);
+    let script = dir.join(format!("{name}-setup.sh"));
+    let out = format!("/data/{name}.out");
+    let text = format!(
+        r#"set -e
 R={root}
 mount --bind $R $R
 mount -t proc proc $R/proc
@@ -99,32 +100,36 @@ rmdir /.old
 {after_pivot}
 exec {exec_prefix} /bin/busybox sh -c 'exec 3<>/run/fifo; i=0; while :; do i=$((i+1)); echo $i > /run/count; echo $i; read -t 0.05 -u 3 x; done' </dev/null >{out} 2>&1
 "#,
-            root = root.display(),
-            data = dir.display(),
-            extra = opts.extra_setup,
-            after_pivot = opts.after_pivot,
-            exec_prefix = opts.exec_prefix,
-        );
-        std::fs::write(&script, text).expect("writing the container's setup");
-        let mut args = vec!["-m", "--propagation", "private"];
-        args.extend(opts.unshare);
-        if opts.pid_ns {
-            args.extend(["--pid", "--fork", BUSYBOX, "setsid"]);
-        }
-        let script_s = script.to_str().expect("a UTF-8 temp path").to_string();
-        args.extend([BUSYBOX, "sh", script_s.as_str()]);
+        root = root.display(),
+        data = dir.display(),
+        extra = opts.extra_setup,
+        after_pivot = opts.after_pivot,
+        exec_prefix = opts.exec_prefix,
+    );
+    std::fs::write(&script, text).expect("writing the container's setup");
+    let mut args: Vec<String> = ["-m", "--propagation", "private"].iter().chain(opts.unshare).map(|a| a.to_string()).collect();
+    if opts.pid_ns {
+        args.extend(["--pid", "--fork", BUSYBOX, "setsid"].map(String::from));
+    }
+    args.extend([BUSYBOX.to_string(), "sh".into(), script.to_str().expect("a UTF-8 temp path").to_string()]);
+    if !opts.pid_ns {
+        return (PathBuf::from("/usr/bin/unshare"), args, root);
+    }
+    // unshare says how its child died, which would come between the
+    // counts: its stderr (and the setup's) goes to a file of its own.
+    let err = dir.join(format!("{name}-unshare.err"));
+    let mut sh_args = vec!["-c".to_string(), format!("exec /usr/bin/unshare \"$@\" 2>{}", err.display()), "unshare".into()];
+    sh_args.extend(args);
+    (PathBuf::from("/bin/sh"), sh_args, root)
+}
+
+impl Container {
+    /// Starts a container named `name` under `dir` (see [`command`]).
+    pub fn start(name: &str, dir: &Path, opts: &Options) -> Container {
+        let (program, args, root) = command(name, dir, opts);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         // The job's output file is the one the shell writes as /data/NAME.out.
-        let job = if opts.pid_ns {
-            // unshare says how its child died, which would come between the
-            // counts: its stderr (and the setup's) goes to a file of its own.
-            let err = dir.join(format!("{name}-unshare.err"));
-            let line = format!("exec /usr/bin/unshare \"$@\" 2>{}", err.display());
-            let mut sh_args = vec!["-c", line.as_str(), "unshare"];
-            sh_args.extend(&args);
-            Job::build(name, &sh_args).program(Path::new("/bin/sh")).start(dir)
-        } else {
-            Job::build(name, &args).program(Path::new("/usr/bin/unshare")).start(dir)
-        };
+        let job = Job::build(name, &args).program(&program).start(dir);
         let init = job.pid;
         let mut c = Container { job, init, root };
         // The first number: the container is up.
