@@ -360,10 +360,16 @@ impl NsKind for Mnt {
         }
         let externals: Vec<Option<String>> =
             tree.entries.iter().zip(&tree.hows).map(|(e, h)| (*h == How::External).then(|| external_path(e, opts)).transpose()).collect::<std::result::Result<_, _>>().map_err(Error::Invalid)?;
-        // Crust's root, kept open in the task above every fd of the images.
+        // Crust's root, kept open in the task above every fd of the images:
+        // a detached copy of the whole mount tree (open_tree with
+        // OPEN_TREE_CLONE and AT_RECURSIVE), since the old root detached
+        // after the pivot keeps no mounts under it (images on /dev/shm, or
+        // on any mount but the root's, would not be found through it).
         let base = img.processes.iter().flat_map(|p| p.fds.iter().map(|f| f.fd as u64 + 1)).max().unwrap_or(0).max(3);
         let slash = root.scratch.reset().put_str("/")?;
-        let fd = root.task.call("opening crust's root", libc::SYS_openat, [libc::AT_FDCWD as u64, slash, (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64, 0, 0, 0])?;
+        const OPEN_TREE_CLONE: u64 = 1;
+        const AT_RECURSIVE: u64 = 0x8000;
+        let fd = root.task.call("copying crust's mount tree", libc::SYS_open_tree, [libc::AT_FDCWD as u64, slash, OPEN_TREE_CLONE | AT_RECURSIVE | libc::O_CLOEXEC as u64, 0, 0, 0])?;
         let high = root.task.call("fcntl(F_DUPFD_CLOEXEC)", libc::SYS_fcntl, [fd, libc::F_DUPFD_CLOEXEC as u64, base, 0, 0, 0])?;
         root.task.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
         root.host_root = Some(high);
