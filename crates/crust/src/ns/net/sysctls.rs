@@ -9,8 +9,8 @@
 //! Left to conf.rs: ipv4/conf and ipv6/conf (per device, by CRIU's lists),
 //! unix/max_dgram_qlen. The neighbour tables' settings (ipv4/neigh,
 //! ipv6/neigh, per device) are compared too, and refused by name when
-//! changed: a device takes them from the namespace's defaults when it is
-//! made, which a restore cannot order for them all.
+//! changed: a device takes them from its table's defaults when it is
+//! made, and a restore would have to set each device's after making it.
 //!
 //! Read and written by a thread inside the namespace (/proc/sys/net shows
 //! the namespace of the thread that opens a file there).
@@ -24,25 +24,26 @@ use crate::images::proto::NetnsSysctl;
 
 const ROOT: &str = "/proc/sys/net";
 
-/// Directories kept elsewhere (conf.rs), or per device (neigh, compared
-/// apart), relative to [`ROOT`]; and files conf.rs keeps.
-const APART: &[&str] = &["ipv4/conf", "ipv6/conf", "ipv4/neigh", "ipv6/neigh", "unix/max_dgram_qlen"];
+/// Kept by conf.rs (CRIU's lists), relative to [`ROOT`].
+const ELSEWHERE: &[&str] = &["ipv4/conf", "ipv6/conf", "unix/max_dgram_qlen"];
+
+/// The neighbour tables' settings, per device.
+const NEIGH: &[&str] = &["ipv4/neigh/", "ipv6/neigh/"];
 
 /// The writable settings under `dir` (a path below [`ROOT`], "" for all),
-/// by path relative to [`ROOT`], with their values; `skip` says which
-/// relative paths to leave out.
-fn walk(dir: &str, skip: &dyn Fn(&str) -> bool, out: &mut BTreeMap<String, String>) -> Result<()> {
+/// by path relative to [`ROOT`], with their values, but those conf.rs keeps.
+fn walk(dir: &str, out: &mut BTreeMap<String, String>) -> Result<()> {
     let full = if dir.is_empty() { ROOT.to_string() } else { format!("{ROOT}/{dir}") };
     for e in std::fs::read_dir(&full).ctx(|| format!("listing {full}"))? {
         let e = e.ctx(|| format!("listing {full}"))?;
         let name = e.file_name().to_string_lossy().into_owned();
         let rel = if dir.is_empty() { name } else { format!("{dir}/{name}") };
-        if skip(&rel) {
+        if ELSEWHERE.contains(&rel.as_str()) {
             continue;
         }
         let meta = e.metadata().ctx(|| format!("stat of {ROOT}/{rel}"))?;
         if meta.is_dir() {
-            walk(&rel, skip, out)?;
+            walk(&rel, out)?;
         } else if meta.permissions().mode() & 0o600 == 0o600 {
             // Some can be written but not always read (EIO, EPERM): nothing
             // the tree could have read back either.
@@ -54,52 +55,40 @@ fn walk(dir: &str, skip: &dyn Fn(&str) -> bool, out: &mut BTreeMap<String, Strin
     Ok(())
 }
 
-/// The settings of the namespace this thread is in, and of a new one.
-fn both(skip: &(dyn Fn(&str) -> bool + Sync), dir: &str) -> Result<(BTreeMap<String, String>, BTreeMap<String, String>)> {
+/// In the tree's namespace (this thread's): the settings that differ from
+/// a new namespace's, which a thread of crust's makes to read them. A
+/// changed neighbour setting is refused (`who` names the tree).
+pub fn read_changed(who: &str) -> Result<Vec<NetnsSysctl>> {
     let mut now = BTreeMap::new();
-    walk(dir, skip, &mut now)?;
+    walk("", &mut now)?;
     let fresh = std::thread::scope(|s| {
         s.spawn(|| -> Result<BTreeMap<String, String>> {
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).ctx(|| "making a new network namespace to compare sysctls with")?;
             let mut fresh = BTreeMap::new();
-            walk(dir, skip, &mut fresh)?;
+            walk("", &mut fresh)?;
             Ok(fresh)
         })
         .join()
         .map_err(|_| Error::Invalid("the thread reading a new network namespace's sysctls panicked".into()))?
     })?;
-    Ok((now, fresh))
-}
-
-/// In the tree's namespace: the settings that differ from a new
-/// namespace's. A changed neighbour setting is refused (`who` names the tree).
-pub fn read_changed(who: &str) -> Result<Vec<NetnsSysctl>> {
-    let apart = |rel: &str| APART.iter().any(|a| rel == *a || rel.starts_with(&format!("{a}/")));
-    let (now, fresh) = both(&apart, "")?;
     let mut out = Vec::new();
     for (name, value) in &now {
-        if fresh.get(name) != Some(value) {
-            out.push(NetnsSysctl { name: name.clone(), value: value.clone() });
-        }
-    }
-    for proto in ["ipv4", "ipv6"] {
-        let dir = format!("{proto}/neigh");
-        if !Path::new(ROOT).join(&dir).exists() {
-            continue;
-        }
-        let (now, fresh) = both(&|_| false, &dir)?;
-        for (name, value) in &now {
-            // Each device's settings start as the table's defaults, which
-            // a new namespace's loopback shows (only the host's namespace
-            // has a "default" directory).
-            let setting = name[dir.len() + 1..].split_once('/').map_or(name.as_str(), |(_, s)| s);
-            let base = format!("{dir}/lo/{setting}");
-            if fresh.get(&base).is_some_and(|f| f != value) {
-                return Err(Error::unsupported(
-                    who.to_string(),
-                    format!("its network namespace has net.{} set to {value:?} (a new namespace's is {:?}): neighbour table settings are not saved yet", name.replace('/', "."), fresh[&base]),
-                ));
+        let Some(table) = NEIGH.iter().find(|n| name.starts_with(*n)) else {
+            if fresh.get(name) != Some(value) {
+                out.push(NetnsSysctl { name: name.clone(), value: value.clone() });
             }
+            continue;
+        };
+        // Each device's settings start as the table's defaults, which a new
+        // namespace's loopback shows (only the host's namespace has a
+        // "default" directory).
+        let setting = name[table.len()..].split_once('/').map_or(name.as_str(), |(_, s)| s);
+        let base = format!("{table}lo/{setting}");
+        if let Some(f) = fresh.get(&base).filter(|f| *f != value) {
+            return Err(Error::unsupported(
+                who.to_string(),
+                format!("its network namespace has net.{} set to {value:?} (a new namespace's is {f:?}): neighbour table settings are not saved yet", name.replace('/', ".")),
+            ));
         }
     }
     Ok(out)
