@@ -268,8 +268,11 @@ fn a_whole_container_in_its_own_pid_namespace_runs_twice_side_by_side_and_is_dum
     assert!(served_count("", &box_addr).is_some(), "the first copy serves on");
     second.end();
 
-    // The first copy, a tree crust restored, dumped again and restored again.
-    let again = dir.join("again");
+    // The first copy, a tree crust restored, dumped again and restored
+    // again, its images on another mount than the root file system's (the
+    // restore reads them from inside the tree's new mount namespace).
+    let shm = tempfile::Builder::new().prefix("crust-test-container-again-").tempdir_in("/dev/shm").expect("a temp dir in /dev/shm");
+    let again = shm.path().join("images");
     c.job.drain();
     dump(first.pid, &again, &["--ext-mount-map", "auto"]);
     first.end();
