@@ -164,7 +164,7 @@ exec /bin/setpriv {PRIV} /bin/busybox sh -c '{count}' </dev/null >/data/count.ou
     }
 
     fn last_count(&self) -> u64 {
-        std::fs::read_to_string(&self.out).unwrap_or_default().lines().filter_map(|l| l.parse().ok()).last().unwrap_or(0)
+        std::fs::read_to_string(&self.out).unwrap_or_default().lines().rev().find_map(|l| l.parse().ok()).unwrap_or(0)
     }
 
     fn wait_count_past(&self, n: u64) -> Result<()> {
