@@ -232,6 +232,16 @@ enum Command {
         /// Print the stats as JSON.
         #[arg(long)]
         json: bool,
+        /// The mount at KEY (its mount point in the tree) is a mount from
+        /// the host, recorded as VAL; `auto`: every bind mount of a host
+        /// path is, by that path. The destination shows the same host
+        /// paths (repeatable).
+        #[arg(long = "ext-mount-map", value_name = "KEY:VAL|auto")]
+        ext_mount_map: Vec<String>,
+        /// `veth[IF]:HOSTIF[@BRIDGE]`: the host end of the network
+        /// namespace's veth IF, made on the destination (repeatable).
+        #[arg(long = "external", value_name = "veth[IF]:HOSTIF[@BRIDGE]")]
+        external: Vec<String>,
     },
     /// Receive migrations on ADDR:PORT from peers holding the key.
     Serve {
@@ -704,7 +714,17 @@ fn run(cli: Cli) -> Result<()> {
             let v = if path.is_dir() { crust::show::show_dir(&path)? } else { crust::show::show_file(&path)? };
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
-        Command::Migrate { pid, to, key, shell_job, remote_crust, manage_cgroups, cgroup_roots, stats_dir, ext_unix_sk, tcp, action_scripts, live, json } => {
+        Command::Migrate { pid, to, key, shell_job, remote_crust, manage_cgroups, cgroup_roots, stats_dir, ext_unix_sk, tcp, action_scripts, live, json, ext_mount_map, external } => {
+            let mut ns = crust::ns::NsOptions::default();
+            for m in &ext_mount_map {
+                ns.add_ext_mount_map(m).map_err(anyhow::Error::msg)?;
+            }
+            for e in &external {
+                match crust::ns::net::VethEnd::parse(e) {
+                    Some(end) => drop(end.map_err(anyhow::Error::msg)?),
+                    None => anyhow::bail!("--external {e}: a migration takes veth[IF]:HOSTIF[@BRIDGE] (a mount from the host is named with --ext-mount-map)"),
+                }
+            }
             let remote_crust = match remote_crust {
                 Some(p) => p,
                 None => std::env::current_exe().context("finding crust's own path")?.to_string_lossy().into_owned(),
@@ -725,6 +745,8 @@ fn run(cli: Cli) -> Result<()> {
                 notify: Notify::scripts(action_scripts, None),
                 ext_unix_sk,
                 live,
+                ns,
+                veths: external,
             };
             let stats = guard::in_child(|| bar.around(|| Ok(migrate(&opts)?))).with_context(|| format!("migration of process {pid} failed; it runs on here"))?;
             if json {

@@ -28,10 +28,17 @@ impl ProcState {
     /// two reads 20 ms apart (a thread being started has every signal
     /// blocked for a moment), or the last of 25 reads.
     pub fn of_tree(root: i32) -> ProcState {
-        let mut last = ProcState::read(root);
+        ProcState::of_tree_in("/proc", root)
+    }
+
+    /// [`ProcState::of_tree`] as the proc mounted at `proc` shows it: a pid
+    /// namespace's own (`/proc/INIT/root/proc`), where pids, parents and
+    /// sessions are those inside, the same in every copy of a container.
+    pub fn of_tree_in(proc: &str, root: i32) -> ProcState {
+        let mut last = ProcState::read(proc, root);
         for _ in 0..25 {
             std::thread::sleep(std::time::Duration::from_millis(20));
-            let now = ProcState::read(root);
+            let now = ProcState::read(proc, root);
             if now.entries == last.entries {
                 break;
             }
@@ -40,9 +47,9 @@ impl ProcState {
         last
     }
 
-    fn read(root: i32) -> ProcState {
-        let mut s = Snapshot { entries: BTreeMap::new(), objects: HashMap::new() };
-        for pid in tree_pids(root) {
+    fn read(proc: &str, root: i32) -> ProcState {
+        let mut s = Snapshot { proc: proc.to_string(), entries: BTreeMap::new(), objects: HashMap::new() };
+        for pid in tree_pids(proc, root) {
             s.process(pid);
         }
         ProcState { root, entries: s.entries }
@@ -76,13 +83,13 @@ impl ProcState {
 }
 
 /// The pids of the tree of `root`, parents before children.
-fn tree_pids(root: i32) -> Vec<i32> {
+fn tree_pids(proc: &str, root: i32) -> Vec<i32> {
     let mut out = vec![root];
     let mut i = 0;
     while i < out.len() {
         let pid = out[i];
-        for tid in task_ids(pid) {
-            let children = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/children")).unwrap_or_default();
+        for tid in task_ids(proc, pid) {
+            let children = std::fs::read_to_string(format!("{proc}/{pid}/task/{tid}/children")).unwrap_or_default();
             out.extend(children.split_whitespace().filter_map(|c| c.parse::<i32>().ok()));
         }
         i += 1;
@@ -90,8 +97,8 @@ fn tree_pids(root: i32) -> Vec<i32> {
     out
 }
 
-fn task_ids(pid: i32) -> Vec<i32> {
-    let mut tids: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+fn task_ids(proc: &str, pid: i32) -> Vec<i32> {
+    let mut tids: Vec<i32> = std::fs::read_dir(format!("{proc}/{pid}/task"))
         .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
         .unwrap_or_default();
     tids.sort();
@@ -124,6 +131,8 @@ const PROCESS_FILES: &[&str] =
     &["cmdline", "environ", "limits", "oom_score_adj", "timers", "personality", "coredump_filter", "cgroup", "loginuid"];
 
 struct Snapshot {
+    /// Where the proc read is mounted.
+    proc: String,
     entries: BTreeMap<String, String>,
     /// Objects without a stable number (pipes, sockets, anonymous and
     /// deleted inodes), by the number the kernel gave them: their order of
@@ -142,35 +151,35 @@ impl Snapshot {
     }
 
     fn process(&mut self, pid: i32) {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return };
+        let Ok(stat) = std::fs::read_to_string(format!("{}/{pid}/stat", self.proc)) else { return };
         let zombie = stat_fields(&stat).get(3).is_some_and(|s| s == "Z");
         for (n, name) in STAT_FIELDS {
             if let Some(v) = stat_fields(&stat).get(n - 1) {
                 self.put(format!("{pid} stat {name}"), v.clone());
             }
         }
-        self.status(&format!("{pid}"), &format!("/proc/{pid}/status"));
+        self.status(&format!("{pid}"), &format!("{}/{pid}/status", self.proc));
         if zombie {
             return;
         }
         for file in PROCESS_FILES {
-            if let Ok(v) = std::fs::read_to_string(format!("/proc/{pid}/{file}")) {
+            if let Ok(v) = std::fs::read_to_string(format!("{}/{pid}/{file}", self.proc)) {
                 self.put(format!("{pid} {file}"), v);
             }
         }
         for link in ["exe", "cwd", "root"] {
-            let target = self.link(&format!("/proc/{pid}/{link}"));
+            let target = self.link(&format!("{}/{pid}/{link}", self.proc));
             self.put(format!("{pid} {link}"), target);
         }
         self.maps(pid);
         self.fds(pid);
-        for tid in task_ids(pid) {
+        for tid in task_ids(&self.proc, pid) {
             self.thread(pid, tid);
         }
     }
 
     fn thread(&mut self, pid: i32, tid: i32) {
-        let dir = format!("/proc/{pid}/task/{tid}");
+        let dir = format!("{}/{pid}/task/{tid}", self.proc);
         let key = format!("{pid}/{tid}");
         if let Ok(stat) = std::fs::read_to_string(format!("{dir}/stat")) {
             let fields = stat_fields(&stat);
@@ -214,14 +223,14 @@ impl Snapshot {
     /// Each mapping: range, protection, offset, file (device and inode of
     /// deleted and anonymous shared ones by order) and its VmFlags.
     fn maps(&mut self, pid: i32) {
-        let Ok(smaps) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else { return };
+        let Ok(smaps) = std::fs::read_to_string(format!("{}/{pid}/smaps", self.proc)) else { return };
         let mut current: Option<(String, String)> = None;
         for line in smaps.lines() {
             let words: Vec<&str> = line.split_whitespace().collect();
             if let Some(flags) = line.strip_prefix("VmFlags:") {
                 if let Some((range, desc)) = current.take() {
                     let written = desc.starts_with("rw") && desc[..4].ends_with('s');
-                    if let Some(mtime) = file_mtime(&format!("/proc/{pid}/map_files/{range}")).filter(|_| !written) {
+                    if let Some(mtime) = file_mtime(&format!("{}/{pid}/map_files/{range}", self.proc)).filter(|_| !written) {
                         self.put(format!("{pid} map {range} mtime"), mtime);
                     }
                     let flags: Vec<&str> = flags.split_whitespace().collect();
@@ -240,25 +249,25 @@ impl Snapshot {
     }
 
     fn fds(&mut self, pid: i32) {
-        let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return };
+        let Ok(dir) = std::fs::read_dir(format!("{}/{pid}/fd", self.proc)) else { return };
         let mut fds: Vec<i32> = dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
         fds.sort();
         // Each fd's fdinfo and open flags, read once.
         let infos: Vec<(i32, String, u64)> = fds
             .into_iter()
             .map(|fd| {
-                let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
+                let info = std::fs::read_to_string(format!("{}/{pid}/fdinfo/{fd}", self.proc)).unwrap_or_default();
                 let flags = info.lines().find_map(|l| l.strip_prefix("flags:")).and_then(|f| u64::from_str_radix(f.trim(), 8).ok());
                 (fd, info, flags.unwrap_or(u64::MAX))
             })
             .collect();
         // Every fd's object first: an epoll's targets may come after it.
         for (fd, _, flags) in &infos {
-            let target = self.link(&format!("/proc/{pid}/fd/{fd}"));
+            let target = self.link(&format!("{}/{pid}/fd/{fd}", self.proc));
             self.put(format!("{pid} fd {fd}"), target);
             // Files the tree may write change their times themselves.
             if flags & libc::O_ACCMODE as u64 == libc::O_RDONLY as u64 {
-                if let Some(mtime) = file_mtime(&format!("/proc/{pid}/fd/{fd}")) {
+                if let Some(mtime) = file_mtime(&format!("{}/{pid}/fd/{fd}", self.proc)) {
                     self.put(format!("{pid} fd {fd} mtime"), mtime);
                 }
             }

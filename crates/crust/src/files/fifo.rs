@@ -99,7 +99,10 @@ impl FileKind for Fifo {
         if let Some(problem) = img.files.get(&fifo.regf_id?).and_then(|regf| RegularFile.check(regf, img)) {
             return Some(problem);
         }
-        match stat(reg.name.as_str()) {
+        // A FIFO on a mount the restore makes (a tmpfs from the images) is
+        // not there yet: nothing to look at.
+        let at = crate::ns::restore_view(img, &reg.name)?;
+        match stat(at.as_str()) {
             Ok(st) if st.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFIFO.bits() => None,
             Ok(_) => Some(format!("{}: a named FIFO at dump time, but no longer one", reg.name)),
             Err(e) => Some(format!("{}: {e}", reg.name)),

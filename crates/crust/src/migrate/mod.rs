@@ -114,6 +114,9 @@ pub struct RemoteRestore {
     /// The restore's mode for established TCP connections: "established",
     /// "close" or "" (refused).
     pub tcp: String,
+    /// The host ends of the tree's network namespace's veths there, as
+    /// criu's `--external veth[IF]:HOSTIF[@BRIDGE]`.
+    pub veths: Vec<String>,
 }
 
 impl RemoteRestore {
@@ -124,6 +127,9 @@ impl RemoteRestore {
         }
         if self.shell_job {
             a.push("--shell-job".into());
+        }
+        for v in &self.veths {
+            a.extend(["--external".to_string(), v.clone()]);
         }
         a
     }
@@ -154,6 +160,12 @@ pub struct MigrateOptions {
     pub ext_unix_sk: bool,
     /// `--live`: pre-copy rounds while the tree runs (see [`live`]).
     pub live: bool,
+    /// The dump's options for the tree's namespaces (`--ext-mount-map`:
+    /// the host paths of its external mounts are the same there).
+    pub ns: crate::ns::NsOptions,
+    /// `--external veth[IF]:HOSTIF[@BRIDGE]`: the host ends of the tree's
+    /// veths, made there.
+    pub veths: Vec<String>,
 }
 
 /// The version of the frames and their order; both ends must speak the same.
@@ -307,6 +319,7 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats> {
             .map(|r| format!("{}{}", r.controller.as_ref().map(|c| format!("{c}:")).unwrap_or_default(), r.path))
             .collect(),
         tcp: clients::mode_name(opts.tcp).to_string(),
+        veths: opts.veths.clone(),
     };
     let mut link = Link::open(opts)?;
     let hello = serde_json::to_vec(&remote).map_err(|e| Error::io_other("encoding the hello", e))?;
@@ -343,6 +356,7 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats> {
         notify: opts.notify.clone(),
         ext_unix_sk: opts.ext_unix_sk,
         handoff,
+        ns: opts.ns.clone(),
         ..Default::default()
     };
     let t = Instant::now();

@@ -319,7 +319,13 @@ fn kill_tree(root: i32) {
 
 fn restore_options(r: &RemoteRestore, dir: &Path) -> Result<restore_mod::RestoreOptions> {
     let manage_cgroups = if r.manage_cgroups.is_empty() { "soft" } else { r.manage_cgroups.as_str() };
+    let mut net = crate::ns::net::NetOptions::default();
+    for spec in &r.veths {
+        let end = crate::ns::net::VethEnd::parse(spec).unwrap_or_else(|| Err(format!("{spec}: not a veth[IF]:HOSTIF[@BRIDGE]")));
+        net.veths.push(end.map_err(Error::Protocol)?);
+    }
     Ok(restore_mod::RestoreOptions {
+        net,
         dir: dir.to_path_buf(),
         shell_job: r.shell_job,
         pid_wait: Duration::from_secs(2),

@@ -369,16 +369,25 @@ impl NsKind for Mnt {
         }
         let externals: Vec<Option<String>> =
             tree.entries.iter().zip(&tree.hows).map(|(e, h)| (*h == How::External).then(|| external_path(e, opts)).transpose()).collect::<std::result::Result<_, _>>().map_err(Error::Invalid)?;
-        // Crust's root, kept open in the task above every fd of the images.
+        // Crust's root, kept open in the task above every fd of the images:
+        // a detached copy of the whole mount tree (open_tree with
+        // OPEN_TREE_CLONE and AT_RECURSIVE), since the old root detached
+        // after the pivot keeps no mounts under it (images on /dev/shm, or
+        // on any mount but the root's, would not be found through it).
         let base = img.processes.iter().flat_map(|p| p.fds.iter().map(|f| f.fd as u64 + 1)).max().unwrap_or(0).max(3);
         let slash = root.scratch.reset().put_str("/")?;
-        let fd = root.task.call("opening crust's root", libc::SYS_openat, [libc::AT_FDCWD as u64, slash, (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64, 0, 0, 0])?;
+        const OPEN_TREE_CLONE: u64 = 1;
+        const AT_RECURSIVE: u64 = 0x8000;
+        let fd = root.task.call("copying crust's mount tree", libc::SYS_open_tree, [libc::AT_FDCWD as u64, slash, OPEN_TREE_CLONE | AT_RECURSIVE | libc::O_CLOEXEC as u64, 0, 0, 0])?;
         let high = root.task.call("fcntl(F_DUPFD_CLOEXEC)", libc::SYS_fcntl, [fd, libc::F_DUPFD_CLOEXEC as u64, base, 0, 0, 0])?;
         root.task.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
         root.host_root = Some(high);
         let pid = root.pid;
-        let same_root = in_namespace(pid, "mnt", move || build(tree, &new_root, &externals, by_task, pid))?;
-        if !same_root {
+        let new = in_namespace(pid, "mnt", move || build(tree, &new_root, &externals, by_task))?;
+        // Read from crust's namespaces: the tree's /proc may be that of its
+        // own pid namespace, where `pid` is another process or none.
+        let theirs = std::fs::metadata(format!("/proc/{pid}/root/")).ctx(|| format!("stat of the root of {pid}"))?;
+        if new != (theirs.dev(), theirs.ino()) {
             return Err(Error::Invalid(format!("process {pid}: its root is not the new root after pivot_root")));
         }
         Ok(())
@@ -496,9 +505,9 @@ fn create(fs: std::os::fd::BorrowedFd, e: &MntEntry) -> Result<OwnedFd> {
 }
 
 /// In the new mount namespace: the tree under `new_root`, then pivot_root
-/// into it. Returns whether the restored root `pid` followed (its root is
-/// the new root).
-fn build(tree: &Tree, new_root: &str, externals: &[Option<String>], mut by_task: HashMap<usize, OwnedFd>, pid: i32) -> Result<bool> {
+/// into it. Returns the new root's device and inode, for the caller to see
+/// that the restored root followed.
+fn build(tree: &Tree, new_root: &str, externals: &[Option<String>], mut by_task: HashMap<usize, OwnedFd>) -> Result<(u64, u64)> {
     // Nothing done here may reach the host's mounts: the namespace's copies
     // only hear from them from now on.
     sys::mount(None, "/", libc::MS_REC | libc::MS_SLAVE)?;
@@ -541,9 +550,6 @@ fn build(tree: &Tree, new_root: &str, externals: &[Option<String>], mut by_task:
         }
         made.push(Some(m));
     }
-    // Opened before pivot_root: after it /proc may be the tree's own, of a
-    // pid namespace where `pid` is another process or none.
-    let proc_pid = sys::open_path(&format!("/proc/{pid}"))?;
     sys::fchdir(root_fd.as_fd())?;
     sys::pivot_here()?;
     // Shared only now: pivot_root refuses a shared new root.
@@ -551,8 +557,7 @@ fn build(tree: &Tree, new_root: &str, externals: &[Option<String>], mut by_task:
         sys::mount(None, "/", libc::MS_SHARED)?;
     }
     let mine = std::fs::metadata("/").ctx(|| "stat of the new root")?;
-    let theirs = nix::sys::stat::fstatat(&proc_pid, "root/", nix::fcntl::AtFlags::empty()).ctx(|| format!("stat of the root of {pid}"))?;
-    Ok((mine.dev(), mine.ino()) == (theirs.st_dev, theirs.st_ino))
+    Ok((mine.dev(), mine.ino()))
 }
 
 /// Entry `i`'s propagation: peers of its shared group (a bind of a peer is

@@ -16,11 +16,14 @@
 //! Refused by name: devices of other kinds, a veth with both ends inside,
 //! devices enslaved to a master, routes of other tables than main (and
 //! local, which the kernel fills from the addresses), policy routing rules
-//! other than the kernel's defaults, legacy iptables tables, a changed
-//! net.core.somaxconn (CRIU's images have no place for it).
+//! other than the kernel's defaults, legacy iptables tables, changed
+//! neighbour table settings. The namespace's other sysctls (tcp_*,
+//! ip_local_port_range, somaxconn...) that differ from a new namespace's are
+//! kept in a field of crust's own (sysctls.rs).
 
 mod conf;
 mod nl;
+mod sysctls;
 
 use std::os::fd::AsRawFd;
 
@@ -60,8 +63,6 @@ const RTPROT_KERNEL: u8 = 2;
 const RTM_F_CLONED: u32 = 0x200;
 const ARPHRD_LOOPBACK: u16 = 772;
 const IFF_UP: u32 = libc::IFF_UP as u32;
-/// The kernel's default net.core.somaxconn in a new namespace.
-const SOMAXCONN_DEFAULT: i64 = 4096;
 
 /// A veth's host end, from `--external veth[IF]:HOSTIF[@BRIDGE]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -187,6 +188,7 @@ impl NsKind for Net {
         ] {
             conf::check_list(what, names, list).map_err(|e| Error::image(path(Kind::Netns), e))?;
         }
+        sysctls::check(&netns.crust_sysctls).map_err(|e| Error::image(path(Kind::Netns), e))?;
         let devices: Vec<NetDeviceEntry> = read_all(&path(Kind::Netdev), Kind::Netdev)?;
         for d in &devices {
             let bad = |what: String| Error::image(path(Kind::Netdev), format!("device {:?} (index {}): {what}", d.name, d.ifindex));
@@ -386,14 +388,6 @@ fn dump_inside(who: &str) -> Result<Dumped> {
             }
         }
     }
-    let read_number = |path: &str| -> Result<i64> {
-        let text = std::fs::read_to_string(path).ctx(|| format!("reading {path}"))?;
-        text.trim().parse().map_err(|_| Error::io_other(format!("reading {path}"), format!("{text:?} is not a number")))
-    };
-    let somaxconn = read_number("/proc/sys/net/core/somaxconn")?;
-    if somaxconn != SOMAXCONN_DEFAULT {
-        return Err(refuse(format!("net.core.somaxconn set to {somaxconn} (CRIU's images have no place for it): not supported yet")));
-    }
     for table in ["ip_tables_names", "ip6_tables_names"] {
         let path = format!("/proc/thread-self/net/{table}");
         let names = std::fs::read_to_string(&path).unwrap_or_default();
@@ -408,6 +402,7 @@ fn dump_inside(who: &str) -> Result<Dumped> {
         all_conf6: conf::read_conf("ipv6", "all", conf::CONF6)?,
         def_conf6: conf::read_conf("ipv6", "default", conf::CONF6)?,
         unix_conf: conf::read_unix()?,
+        crust_sysctls: sysctls::read_changed(who)?,
         ..Default::default()
     };
     Ok(Dumped { netns, devices, addresses, routes, routes6, nftables: nft_ruleset(who)? })
@@ -482,6 +477,8 @@ fn set_link(rt: &mut nl::Rtnl, index: i32, flags: u32, mtu: Option<u32>) -> nix:
 /// ends made (in crust's namespace `mine`).
 fn restore_inside(saved: &Saved, opts: &NetOptions, mine: &std::fs::File, made: &mut Vec<String>) -> Result<()> {
     let n = &saved.netns;
+    // Before CRIU's lists: writing ip_forward resets the conf settings.
+    sysctls::write(&n.crust_sysctls)?;
     conf::write_conf("ipv4", "all", conf::CONF4, &n.all_conf4)?;
     conf::write_conf("ipv4", "default", conf::CONF4, &n.def_conf4)?;
     conf::write_conf("ipv6", "all", conf::CONF6, &n.all_conf6)?;
