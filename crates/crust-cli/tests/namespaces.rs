@@ -115,3 +115,18 @@ fn a_process_whose_children_would_be_in_another_pid_namespace_is_refused_and_run
     assert!(job.line(STEP).starts_with("pause returned -1 errno 4"), "it runs on: {:?}", job.history);
     job.expect_ok();
 }
+
+#[test]
+fn a_thread_in_a_namespace_of_its_own_is_refused_and_runs_on() {
+    let dir = TempDir::new("ns-thread");
+    let images = dir.join("images");
+    let mut job = Job::build("threadns", &[]).start(dir.path());
+    let tid = job.ready();
+    assert_ne!(ns_inode(format!("{}/task/{tid}", job.pid), "uts"), ns_inode(job.pid, "uts"), "the thread has a uts namespace of its own");
+    let out = crust(&dump_args(&job.pid.to_string(), &images, &[]), STEP);
+    let err = assert_clean_failure(&out, "dump of a process with a thread in a uts namespace of its own");
+    assert!(err.contains(&format!("thread {tid}")) && err.contains("uts namespace"), "the refusal names the thread and the namespace: {err}");
+    assert_no_inventory(&images);
+    job.signal(libc::SIGUSR1);
+    job.expect_ok();
+}

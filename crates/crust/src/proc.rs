@@ -139,6 +139,13 @@ pub fn ns_inode(pid: i32, ns: &str) -> Option<u64> {
     std::fs::metadata(format!("/proc/{pid}/ns/{ns}")).ok().map(|m| m.ino())
 }
 
+/// The namespace `ns` of thread `tid` of process `pid`: namespaces belong to
+/// threads (one may unshare alone), /proc/PID/ns shows the leader's only.
+pub fn thread_ns_inode(pid: i32, tid: i32, ns: &str) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}/task/{tid}/ns/{ns}")).ok().map(|m| m.ino())
+}
+
 /// Scheduling policy of a thread, with SCHED_RESET_ON_FORK if it is set
 /// (the policy field of /proc/PID/stat leaves that flag out; its real-time
 /// priority is there, see [`Stat::rt_priority`]).

@@ -187,8 +187,8 @@ fn known(name: &str) -> Result<&'static dyn NsKind> {
 }
 
 /// Which namespaces are the tree's own, refusing what crust cannot save: a
-/// namespace of its own of a kind crust does not know, a process in another
-/// namespace than the root's, a process whose next children would be in
+/// namespace of its own of a kind crust does not know, a process or thread in
+/// another namespace than the root's, a process whose next children would be in
 /// another pid or time namespace than its own (it unshared and has not
 /// forked yet).
 pub fn own_namespaces(tree: &FrozenTree) -> Result<OwnNamespaces> {
@@ -198,18 +198,21 @@ pub fn own_namespaces(tree: &FrozenTree) -> Result<OwnNamespaces> {
     for (name, _) in ALL {
         let theirs = proc::ns_inode(root, name);
         for p in tree.processes.iter().filter(|p| p.zombie.is_none()) {
-            if proc::ns_inode(p.pid, name) != theirs {
-                return Err(Error::unsupported(
-                    proc::who(p.pid),
-                    format!("it is in another {name} namespace than the tree's root {root}: namespaces inside the tree are not supported yet"),
-                ));
-            }
-            for (pending, of) in [("pid_for_children", "pid"), ("time_for_children", "time")] {
-                if of == name && proc::ns_inode(p.pid, pending) != proc::ns_inode(p.pid, name) {
+            for &tid in &p.threads {
+                let who = || if tid == p.pid { proc::who(p.pid) } else { format!("thread {tid} of {}", proc::who(p.pid)) };
+                if proc::thread_ns_inode(p.pid, tid, name) != theirs {
                     return Err(Error::unsupported(
-                        proc::who(p.pid),
-                        format!("its next children would be in another {name} namespace than its own (it unshared one and has not forked yet): not supported"),
+                        who(),
+                        format!("it is in another {name} namespace than the tree's root {root}: namespaces inside the tree are not supported yet"),
                     ));
+                }
+                for (pending, of) in [("pid_for_children", "pid"), ("time_for_children", "time")] {
+                    if of == name && proc::thread_ns_inode(p.pid, tid, pending) != proc::thread_ns_inode(p.pid, tid, name) {
+                        return Err(Error::unsupported(
+                            who(),
+                            format!("its next children would be in another {name} namespace than its own (it unshared one and has not forked yet): not supported"),
+                        ));
+                    }
                 }
             }
         }
