@@ -132,20 +132,30 @@ fn http_get_quiet(path: &str) -> Option<u64> {
 // dumped again once restored.
 
 /// The setup of the issue's test container, for [`full_container`].
-const FULL_SETUP: &str = "mkdir -p $R/lib64 && mount --bind /lib64 $R/lib64\n\
-                          cp /usr/bin/setpriv $R/bin/setpriv\n\
-                          hostname crust-box\n\
-                          ipcmk -M 8192 -p 0600 >/dev/null";
+fn full_setup() -> String {
+    format!(
+        "mkdir -p $R/lib64 && mount --bind /lib64 $R/lib64\n\
+         cp /usr/bin/setpriv $R/bin/setpriv\n\
+         cp {} $R/bin/seccomp-exec\n\
+         hostname crust-box\n\
+         ipcmk -M 8192 -p 0600 >/dev/null",
+        workload_path("seccomp_exec").display()
+    )
+}
 const FULL_AFTER: &str = "/bin/busybox httpd -f -p 8080 -h /run </dev/null >/dev/null 2>&1 &";
-const FULL_PREFIX: &str = "/bin/setpriv --no-new-privs --inh-caps=-all --bounding-set=-sys_module,-sys_rawio,-mknod --";
+/// no_new_privs, capabilities dropped and a seccomp filter, in that order
+/// (a filter needs no_new_privs without CAP_SYS_ADMIN).
+const FULL_PREFIX: &str = "/bin/setpriv --no-new-privs --inh-caps=-all --bounding-set=-sys_module,-sys_rawio,-mknod -- /bin/seccomp-exec";
 
 /// The issue's test container: every namespace but the user's (pid, mount,
 /// uts, ipc, net, cgroup), a shell counting, busybox httpd serving /run,
-/// no_new_privs, capabilities dropped, a System V segment, a host name.
+/// no_new_privs, capabilities dropped, a seccomp filter, a System V
+/// segment, a host name.
 fn full_container(name: &str, dir: &std::path::Path) -> Container {
+    let setup = full_setup();
     let opts = Options {
         unshare: &["--uts", "--ipc", "--net", "--cgroup"],
-        extra_setup: FULL_SETUP,
+        extra_setup: &setup,
         after_pivot: FULL_AFTER,
         exec_prefix: FULL_PREFIX,
         pid_ns: true,
@@ -227,6 +237,7 @@ fn a_whole_container_in_its_own_pid_namespace_runs_twice_side_by_side_and_is_dum
     assert!(served > 0);
     let (before, procs) = copy_state(c.init);
     assert!(before.iter().any(|l| l == "NoNewPrivs:\t1") && before.iter().any(|l| l == "crust-box"), "{before:#?}");
+    assert!(before.iter().any(|l| l == "Seccomp:\t2") && before.iter().any(|l| l == "Seccomp_filters:\t1"), "the init has its seccomp filter: {before:#?}");
     assert!(procs.get("1 stat ppid") == Some("0") && procs.get("1 stat session") == Some("1"), "the init of its own pid namespace, a session leader");
 
     dump(c.init, &images, &["--ext-mount-map", "auto"]);
