@@ -607,7 +607,14 @@ impl FileTable {
                 self.add_ghost(id, source)?;
                 reg::entry_for_path(id, name, flags, source)?
             }
-            None => reg::entry_for_path(id, path, flags, &self.seen_at(path))?,
+            None => {
+                // Mapped files, cwd, root and exe are reopened by path too.
+                let st = stat(source).ctx(|| format!("stat {source}"))?;
+                let seen_at = self.seen_at(path);
+                reg::path_leads_to(&st, &seen_at)
+                    .map_err(|why| Error::unsupported(format!("{source} ({path})"), format!("a file whose path {why} is not supported yet")))?;
+                reg::entry_for_path(id, path, flags, &seen_at)?
+            }
         };
         self.files.push(entry);
         self.by_path.insert((key, flags), id);

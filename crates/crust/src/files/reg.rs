@@ -5,7 +5,7 @@
 //! entry has no field for, go to crust's notes (`crust-meta.json`) and are
 //! checked before a restore reopens the path.
 
-use nix::sys::stat::{stat, SFlag};
+use nix::sys::stat::{stat, FileStat, SFlag};
 
 use super::{fown_of, ghost, FdRestorer, FileTable, FileKind, OpenFd};
 use crate::error::{Context, Result};
@@ -34,16 +34,18 @@ impl FileKind for RegularFile {
 
     fn dump(&self, fd: &OpenFd, table: &mut FileTable) -> Result<FileEntry> {
         let id = table.new_id();
-        let name = match fd.link.strip_suffix(ghost::DELETED) {
+        let (name, deleted) = match fd.link.strip_suffix(ghost::DELETED) {
             Some(name) => {
                 table.add_ghost(id, &format!("/proc/{}/fd/{}", fd.pid, fd.fd))?;
-                name.to_string()
+                (name.to_string(), true)
             }
-            None => fd.link.clone(),
+            None => (fd.link.clone(), false),
         };
         let is_reg = fd.file_type() == SFlag::S_IFREG;
         if fd.file_type() == SFlag::S_IFCHR {
             check_device_path(fd, &name, &table.seen_at(&name))?;
+        } else if !deleted {
+            path_leads_to(&fd.stat, &table.seen_at(&name)).map_err(|why| fd.unsupported(&format!("a file whose path {why} is")))?;
         }
         Ok(FileEntry {
             r#type: FdTypes::Reg as i32,
@@ -120,6 +122,21 @@ fn check_device_path(fd: &OpenFd, name: &str, seen_at: &str) -> Result<()> {
     match stat(seen_at) {
         Ok(st) if st.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFCHR.bits() && st.st_rdev == fd.stat.st_rdev => Ok(()),
         _ => Err(fd.unsupported(&format!("character device {major}:{minor} whose path {name} no longer leads to it is"))),
+    }
+}
+
+/// A file is reopened by its path: the path, as the tree sees it, must lead
+/// to that very file (`st`'s device and inode). It leads elsewhere, or
+/// nowhere, when the file is on a mount another was mounted over, or on one
+/// detached (`umount -l`, an old root left by pivot_root): the restore would
+/// open another file. Says why not, in words that follow "whose path".
+pub fn path_leads_to(st: &FileStat, seen_at: &str) -> std::result::Result<(), String> {
+    const HIDDEN: &str = "the file is on a mount hidden by another or detached";
+    match stat(seen_at) {
+        Ok(now) if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino) => Ok(()),
+        Ok(_) => Err(format!("now names another file ({HIDDEN})")),
+        Err(nix::errno::Errno::ENOENT) => Err(format!("now names no file ({HIDDEN})")),
+        Err(e) => Err(format!("cannot be looked up ({e})")),
     }
 }
 
