@@ -312,18 +312,18 @@ fn in_flight(fd: &OpenFd, table: &mut FileTable, fds: Vec<OwnedFd>) -> Result<Ve
     for f in fds {
         let file = OpenFd::read(crust(), f.as_raw_fd())?;
         let kind = KINDS.iter().find(|k| k.matches(&file)).map(|k| k.name());
-        let refuse = |what: &str| Err(fd.unsupported(&format!("fds in flight (SCM_RIGHTS) on it of {what} ({}) are", file.link)));
+        let refuse = |what: &str| Err(fd.unsupported(&format!("fds in flight (SCM_RIGHTS) on it {what} ({}) are", file.link)));
         match kind {
-            Some("regular file") if table.view.is_some() => return refuse("regular files, when the tree has a mount namespace of its own,"),
+            Some("regular file") if table.view.is_some() => return refuse("of regular files, the tree having a mount namespace of its own"),
             Some("regular file" | "pipe") => {}
             Some("unix socket") if table.extras.get_mut::<Dumped>().dumping.contains(&(file.stat.st_ino as u32)) => {
-                return refuse("a unix socket in flight in its own queue")
+                return refuse("of a unix socket being dumped (in flight in its own queue, or in a loop)")
             }
             Some("unix socket") => {
                 table.extras.get_mut::<Dumped>().flying.insert(file.stat.st_ino as u32);
             }
-            Some(other) => return refuse(&format!("a {other}")),
-            None => return refuse("an unknown kind of file"),
+            Some(other) => return refuse(&format!("of the kind {other}")),
+            None => return refuse("of an unknown kind"),
         }
         // Named as a file in flight on the task's socket: its own place is crust's.
         let id = table.dump_fd(&file).map_err(|e| Error::unsupported(place(fd), format!("fds in flight (SCM_RIGHTS) on it, {}: {e}", file.link)))?.id;
