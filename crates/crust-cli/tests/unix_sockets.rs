@@ -244,16 +244,21 @@ fn a_tmux_server_answers_at_its_socket_after_restore() {
 /// end of a socket pair whose other end it keeps. After the restore it
 /// receives them, in order, and checks each: the pipe carries its bytes to
 /// the read end, the file's offset is the one of its own fd (one open file),
-/// the socket talks to its peer.
+/// the socket talks to its peer. The socket pair comes first in one run (its
+/// kept end is dumped before the queue that holds its peer) and last in the
+/// other.
 const IN_FLIGHT_PY: &str = r#"
 import array, os, signal, socket, sys
 kind = socket.SOCK_STREAM if sys.argv[1] == "stream" else socket.SOCK_DGRAM
+if kind == socket.SOCK_DGRAM:
+    c1, c2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
 a, b = socket.socketpair(socket.AF_UNIX, kind)
 r, w = os.pipe()
 f = os.open(sys.argv[2], os.O_RDWR | os.O_CREAT, 0o600)
 os.write(f, b"0123456789")
 os.lseek(f, 4, os.SEEK_SET)
-c1, c2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+if kind == socket.SOCK_STREAM:
+    c1, c2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
 a.send(b"hd")
 for tag, fd in ((b"p", w), (b"f", f), (b"s", c2.fileno())):
     a.sendmsg([tag], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])

@@ -394,7 +394,7 @@ fn peer_of(fd: &OpenFd, table: &mut FileTable, d: &Diag) -> Result<u32> {
             }
             // No process holds it (crust may, having peeked it): it may be
             // in flight in a queue of the tree not dumped yet.
-            if matches!(holder(p), None) || holder(p) == Some(crust()) {
+            if holder(p).is_none_or(|h| h == crust()) {
                 dumped.peers_in_flight.push((p, place(fd)));
                 return Ok(p);
             }
