@@ -312,7 +312,7 @@ fn fds_in_flight_come_back_in_flight_and_work() {
     let script = dir.join("in_flight.py");
     std::fs::write(&script, IN_FLIGHT_PY).unwrap();
     for kind in ["stream", "dgram"] {
-        let file = dir.join(&format!("{kind}.data"));
+        let file = dir.join(format!("{kind}.data"));
         let mut job = Job::build("in_flight", &[script.to_str().unwrap(), kind, file.to_str().unwrap()])
             .program(Path::new("/usr/bin/python3"))
             .start(dir.path());
