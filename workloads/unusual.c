@@ -10,7 +10,8 @@
  *                         (the pipe lives on in a child only)
  *   unusual unix-waiting-bytes  listens on an abstract unix socket name; a
  *                         client waiting to be accepted has sent bytes
- *   unusual fd-in-flight  a unix socket pair carries an fd not received yet
+ *   unusual fd-in-flight  a unix socket pair carries an eventfd not received yet
+ *                         (crust takes regular files, pipes and unix sockets in flight)
  *   unusual sysv-shm      has a System V shared memory segment attached
  *   unusual inotify-queued  an inotify instance with an event not read yet
  *   unusual pidfd-outside   holds a pidfd of its parent, outside the tree
@@ -333,7 +334,9 @@ int main(int argc, char **argv)
         c->cmsg_level = SOL_SOCKET;
         c->cmsg_type = SCM_RIGHTS;
         c->cmsg_len = CMSG_LEN(sizeof(int));
-        int passed = 1;
+        int passed = eventfd(0, 0);
+        if (passed < 0)
+            die("eventfd");
         memcpy(CMSG_DATA(c), &passed, sizeof passed);
         if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) || sendmsg(sv[0], &m.msg, 0) != 1)
             die("sendmsg");

@@ -1009,7 +1009,7 @@ fn dump_refuses_what_it_cannot_restore_inside_a_process_and_leaves_it_running() 
         ("semaphore", "semaphore mode"),
         ("epoll-closed", "that no other fd of the process holds"),
         ("unix-waiting-bytes", "bytes sent on a connection that @crust-test-{pid} has not accepted yet are not supported yet"),
-        ("fd-in-flight", "fds in flight"),
+        ("fd-in-flight", "fds in flight (SCM_RIGHTS) on it of the kind eventfd (anon_inode:[eventfd]) are not supported yet"),
         ("sysv-shm", "of the host's ipc namespace is outside the tree: not supported"),
         ("inotify-queued", "anon_inode:inotify): an inotify instance with 32 bytes of events not read yet is not supported yet"),
         ("pidfd-outside", "outside the dumped tree, is not supported yet"),

@@ -238,26 +238,67 @@ fn a_tmux_server_answers_at_its_socket_after_restore() {
     assert_eq!((windows_before, windows), (1, 2), "the restored server makes a new window");
 }
 
-/// A program with an fd in flight (SCM_RIGHTS, sent and not yet received)
-/// on a stream and on a datagram socket pair: the dump refuses it by name
-/// and leaves it as it was; the fd is still there to receive, and works.
+/// A program with fds in flight (SCM_RIGHTS, sent and not yet received) on
+/// a stream or datagram socket pair, after a few plain bytes: a pipe's write
+/// end, a regular file at offset 4 that the program keeps open too, and one
+/// end of a socket pair whose other end it keeps. After the restore it
+/// receives them, in order, and checks each: the pipe carries its bytes to
+/// the read end, the file's offset is the one of its own fd (one open file),
+/// the socket talks to its peer. The socket pair comes first in one run (its
+/// kept end is dumped before the queue that holds its peer) and last in the
+/// other.
 const IN_FLIGHT_PY: &str = r#"
 import array, os, signal, socket, sys
 kind = socket.SOCK_STREAM if sys.argv[1] == "stream" else socket.SOCK_DGRAM
+if kind == socket.SOCK_DGRAM:
+    c1, c2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
 a, b = socket.socketpair(socket.AF_UNIX, kind)
 r, w = os.pipe()
-a.sendmsg([b"x"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [w]))])
+f = os.open(sys.argv[2], os.O_RDWR | os.O_CREAT, 0o600)
+os.write(f, b"0123456789")
+os.lseek(f, 4, os.SEEK_SET)
+if kind == socket.SOCK_STREAM:
+    c1, c2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+a.send(b"hd")
+for tag, fd in ((b"p", w), (b"f", f), (b"s", c2.fileno())):
+    a.sendmsg([tag], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
 os.close(w)
+c2.close()
+def fail(*what):
+    print("FAIL", *what, flush=True); sys.exit(1)
 def check(*_):
-    fds = array.array("i")
-    msg, anc, flags, _ = b.recvmsg(16, socket.CMSG_SPACE(fds.itemsize))
-    for level, t, data in anc:
-        if level == socket.SOL_SOCKET and t == socket.SCM_RIGHTS:
-            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
-    if msg != b"x" or len(fds) != 1:
-        print("FAIL the fd in flight is gone", msg, list(fds), flush=True); sys.exit(1)
-    os.write(fds[0], b"ok")
-    print("OK" if os.read(r, 2) == b"ok" else "FAIL the fd does not write to the pipe", flush=True)
+    data, fds = b"", array.array("i")
+    b.setblocking(False)
+    while True:
+        try:
+            msg, anc, flags, _ = b.recvmsg(16, socket.CMSG_SPACE(3 * fds.itemsize))
+        except BlockingIOError:
+            break
+        data += msg
+        for level, t, cdata in anc:
+            if level == socket.SOL_SOCKET and t == socket.SCM_RIGHTS:
+                fds.frombytes(cdata[: len(cdata) - len(cdata) % fds.itemsize])
+    if data != b"hdpfs" or len(fds) != 3:
+        fail("the fds in flight are gone:", data, list(fds))
+    p, g, s = fds
+    os.write(p, b"ok")
+    if os.read(r, 2) != b"ok":
+        fail("the pipe in flight does not write to the read end")
+    if os.lseek(g, 0, os.SEEK_CUR) != 4 or os.lseek(f, 0, os.SEEK_CUR) != 4:
+        fail("the file in flight is not at offset 4")
+    os.lseek(g, 7, os.SEEK_SET)
+    if os.lseek(f, 0, os.SEEK_CUR) != 7:
+        fail("the file in flight and the program's own fd are two open files")
+    if os.read(g, 3) != b"789":
+        fail("the file in flight reads wrong")
+    s = socket.socket(fileno=s)
+    s.send(b"ping")
+    if c1.recv(4) != b"ping":
+        fail("the socket in flight does not reach its peer")
+    c1.send(b"pong")
+    if s.recv(4) != b"pong":
+        fail("the socket in flight does not hear its peer")
+    print("OK", flush=True)
     sys.exit(0)
 signal.signal(signal.SIGUSR1, check)
 print("READY", flush=True)
@@ -266,19 +307,71 @@ while True:
 "#;
 
 #[test]
-fn an_fd_in_flight_is_refused_by_name_and_left_in_flight() {
+fn fds_in_flight_come_back_in_flight_and_work() {
     let dir = TempDir::new("unixsk-in-flight");
     let script = dir.join("in_flight.py");
     std::fs::write(&script, IN_FLIGHT_PY).unwrap();
     for kind in ["stream", "dgram"] {
-        let mut job = Job::build("in_flight", &[script.to_str().unwrap(), kind]).program(Path::new("/usr/bin/python3")).start(dir.path());
+        let file = dir.join(format!("{kind}.data"));
+        let mut job = Job::build("in_flight", &[script.to_str().unwrap(), kind, file.to_str().unwrap()])
+            .program(Path::new("/usr/bin/python3"))
+            .start(dir.path());
         job.ready();
+        let images = dir.join(kind);
         let before = ProcState::of_tree(job.pid);
-        let pid_s = job.pid.to_string();
-        let out = crust(&dump_args(&pid_s, &dir.join(kind), &[]), STEP);
-        let err = assert_clean_failure(&out, kind);
-        assert!(err.contains("fds in flight (SCM_RIGHTS)") && err.contains(&format!("process {}", job.pid)), "{kind}: {err}");
+        dump(job.pid, &images, &[]);
+        job.reap_original();
+        let queues = common::crit_show(&images.join("sk-queues.img"));
+        let rights: Vec<_> = queues["entries"].as_array().unwrap().iter().filter_map(|e| e.get("scm")).collect();
+        assert_eq!(rights.len(), 3, "{kind}: three items carry fds: {queues}");
+        // A stream's plain bytes go with the fds after them (no peek tells
+        // where they part); datagrams keep their bounds.
+        let lengths: Vec<u64> = queues["entries"].as_array().unwrap().iter().map(|e| num(&e["length"])).collect();
+        let expected: &[u64] = if kind == "stream" { &[3, 1, 1] } else { &[2, 1, 1, 1] };
+        assert_eq!(lengths, expected, "{kind}: {queues}");
+        restore_ok(&mut job, &images);
         before.assert_same(&ProcState::of_tree(job.pid), &[]);
         job.expect_ok();
     }
+}
+
+/// A kind of file crust does not take in flight (an eventfd) is refused by
+/// name, and the dump leaves it in flight: it is still there to receive.
+const EVENTFD_IN_FLIGHT_PY: &str = r#"
+import array, os, signal, socket, sys
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+e = os.eventfd(0)
+a.sendmsg([b"x"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [e]))])
+os.close(e)
+def check(*_):
+    fds = array.array("i")
+    msg, anc, flags, _ = b.recvmsg(16, socket.CMSG_SPACE(fds.itemsize))
+    for level, t, data in anc:
+        if level == socket.SOL_SOCKET and t == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    if msg != b"x" or len(fds) != 1:
+        print("FAIL the fd in flight is gone", msg, list(fds), flush=True); sys.exit(1)
+    os.eventfd_write(fds[0], 5)
+    print("OK" if os.eventfd_read(fds[0]) == 5 else "FAIL the eventfd does not count", flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGUSR1, check)
+print("READY", flush=True)
+while True:
+    signal.pause()
+"#;
+
+#[test]
+fn an_eventfd_in_flight_is_refused_by_name_and_left_in_flight() {
+    let dir = TempDir::new("unixsk-eventfd-in-flight");
+    let script = dir.join("in_flight.py");
+    std::fs::write(&script, EVENTFD_IN_FLIGHT_PY).unwrap();
+    let mut job = Job::build("in_flight", &[script.to_str().unwrap()]).program(Path::new("/usr/bin/python3")).start(dir.path());
+    job.ready();
+    let before = ProcState::of_tree(job.pid);
+    let pid_s = job.pid.to_string();
+    let out = crust(&dump_args(&pid_s, &dir.join("images"), &[]), STEP);
+    let err = assert_clean_failure(&out, "eventfd");
+    assert!(err.contains("fds in flight (SCM_RIGHTS)") && err.contains("eventfd") && err.contains(&format!("process {}", job.pid)), "{err}");
+    before.assert_same(&ProcState::of_tree(job.pid), &[]);
+    job.expect_ok();
 }

@@ -318,6 +318,10 @@ pub fn make_shared(r: &mut FdRestorer) -> Result<()> {
     let img = r.image;
     KINDS.iter().try_for_each(|k| k.make_in_root(r))?;
     for id in shared_files(img) {
+        // Made already, in flight in a queue made before it.
+        if r.files.contains_key(&id) {
+            continue;
+        }
         let fd = restore_file(file(img, id)?, r)?;
         r.files.insert(id, fd);
     }
@@ -450,8 +454,10 @@ pub(crate) fn shared_files(img: &DumpImage) -> Vec<u32> {
         .iter()
         .filter(|(id, v)| spans(v) || object(**id).and_then(|key| object_users.get(&key)).is_some_and(|v| spans(v)))
         .map(|(id, _)| *id)
+        .chain(unix::in_flight_ids(img))
         .collect();
     ids.sort_unstable();
+    ids.dedup();
     ids
 }
 

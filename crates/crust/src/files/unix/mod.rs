@@ -32,10 +32,10 @@ use std::os::fd::OwnedFd;
 use nix::sys::socket::{getsockopt, setsockopt, sockopt};
 use nix::{getsockopt_impl, setsockopt_impl, sockopt_impl};
 
-use super::{fown_of, take_fd, write_with_data, FdRestorer, FileKind, FileTable, OpenFd};
+use super::{fown_of, take_fd, write_with_data, FdRestorer, FileKind, FileTable, OpenFd, KINDS};
 use crate::error::{Context, Error, Result};
 use crate::images::load::{read_with_data, DumpImage};
-use crate::images::proto::{FdTypes, FileEntry, FilePermsEntry, SkPacketEntry, UnixSkEntry};
+use crate::images::proto::{FdTypes, FileEntry, FilePermsEntry, ScmEntry, SkPacketEntry, UnixSkEntry};
 use crate::images::{ImageDir, Kind};
 use diag::{diag, held_by, holder, show_name, Diag, TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN};
 use queue::MAX_QUEUE;
@@ -55,12 +55,34 @@ const SEQPACKET: u32 = libc::SOCK_SEQPACKET as u32;
 struct Dumped {
     queues: Vec<(SkPacketEntry, Vec<u8>)>,
     externs: HashSet<u32>,
+    /// crust's copies of the files in flight, kept open until the dump ends:
+    /// fds of the tree are matched to them by kcmp, and a number closed
+    /// early could be reused by another file.
+    in_flight: Vec<OwnedFd>,
+    /// The sockets dumped as files in flight, by inode.
+    flying: HashSet<u32>,
+    /// The sockets being dumped (a socket in flight in its own queue, or in
+    /// a loop of them, would be dumped without end).
+    dumping: HashSet<u32>,
+    /// Peers no process holds, which must turn up in flight in the tree's
+    /// queues: (inode, the fd whose peer it is).
+    peers_in_flight: Vec<(u32, String)>,
+}
+
+/// criu's scm_entry type of fds in flight.
+const SCM_RIGHTS: u32 = libc::SCM_RIGHTS as u32;
+
+/// One item queued on a socket: its bytes, and the file ids of the fds in
+/// flight with them.
+struct Packet {
+    data: Vec<u8>,
+    rights: Vec<u32>,
 }
 
 /// What was queued on sockets at dump time, by the file id of the receiving
 /// end: one item per message (stream bytes may come in several).
 #[derive(Default)]
-struct Queues(HashMap<u32, Vec<Vec<u8>>>);
+struct Queues(HashMap<u32, Vec<Packet>>);
 
 /// How a restore remembers the sockets it made, by inode.
 const MADE: &str = "unix socket";
@@ -106,13 +128,13 @@ impl FileKind for UnixSocket {
             }
         }
         let id = table.new_id();
-        let mut queued = Vec::new();
+        let mut queued: Vec<(Vec<u8>, Vec<OwnedFd>)> = Vec::new();
         if d.state != TCP_LISTEN && ty == STREAM {
             if d.rqueue != 0 {
                 if passcred || passsec {
                     return Err(fd.unsupported("unix sockets receiving credentials (SO_PASSCRED, SO_PASSSEC) with bytes queued are"));
                 }
-                queued.push(queue::peek_stream(fd, sock, peek_off)?);
+                queued.extend(queue::peek_stream(fd, sock, peek_off)?.into_iter().map(|c| (c.data, c.fds)));
             }
         } else if d.state != TCP_LISTEN {
             let messages = queue::peek_messages(fd, sock, peek_off)?;
@@ -136,13 +158,17 @@ impl FileKind for UnixSocket {
                     let from = show_name(&m.sender);
                     return Err(fd.unsupported(&format!("datagrams queued from the named socket {from} (criu's image keeps no sender name) are")));
                 }
-                queued.push(m.data);
+                queued.push((m.data, m.fds));
             }
         }
-        let dumped = table.extras.get_mut::<Dumped>();
-        for data in queued {
-            dumped.queues.push((SkPacketEntry { id_for: id, length: data.len() as u32, ..Default::default() }, data));
+        table.extras.get_mut::<Dumped>().dumping.insert(ino);
+        for (data, fds) in queued {
+            let rights = in_flight(fd, table, fds)?;
+            let scm = if rights.is_empty() { Vec::new() } else { vec![ScmEntry { r#type: SCM_RIGHTS, rights }] };
+            let entry = SkPacketEntry { id_for: id, length: data.len() as u32, scm, ..Default::default() };
+            table.extras.get_mut::<Dumped>().queues.push((entry, data));
         }
+        table.extras.get_mut::<Dumped>().dumping.remove(&ino);
         let mut opts = super::sockopts::read(sock).ctx(what)?;
         opts.crust_peek_off = (peek_off != -1).then_some(peek_off);
         let entry = UnixSkEntry {
@@ -167,6 +193,10 @@ impl FileKind for UnixSocket {
 
     fn write_images(&self, table: &FileTable, dir: &mut ImageDir) -> Result<u64> {
         let Some(dumped) = table.extras.get::<Dumped>() else { return Ok(0) };
+        if let Some((p, place)) = dumped.peers_in_flight.iter().find(|(p, _)| !dumped.flying.contains(p)) {
+            let what = format!("its peer, unix socket {p}, is held by no process and is not in flight in the tree's queues: not supported");
+            return Err(Error::unsupported(place.clone(), what));
+        }
         write_with_data(dir, "sk-queues.img", Kind::SkQueues, &dumped.queues)
     }
 
@@ -180,7 +210,7 @@ impl FileKind for UnixSocket {
             }
         }
         let path = img.dir.join("sk-queues.img");
-        let mut queues: HashMap<u32, Vec<Vec<u8>>> = HashMap::new();
+        let mut queues: HashMap<u32, Vec<Packet>> = HashMap::new();
         let mut sizes: HashMap<u32, usize> = HashMap::new();
         for (e, data) in read_with_data::<SkPacketEntry>(&path, Kind::SkQueues, |e| e.length as u64)? {
             let size = sizes.entry(e.id_for).or_default();
@@ -189,7 +219,19 @@ impl FileKind for UnixSocket {
                 let what = format!("file {}: more than {MAX_QUEUE} bytes queued, more than a socket can hold", e.id_for);
                 return Err(Error::Image { file: path, offset: 0, what });
             }
-            queues.entry(e.id_for).or_default().push(data);
+            let mut rights = Vec::new();
+            for scm in &e.scm {
+                if scm.r#type != SCM_RIGHTS {
+                    let what = format!("file {}: control messages of type {} queued (crust sends fds, SCM_RIGHTS, again)", e.id_for, scm.r#type);
+                    return Err(Error::Image { file: path, offset: 0, what });
+                }
+                if let Some(bad) = scm.rights.iter().find(|id| !img.files.contains_key(id)) {
+                    let what = format!("file {}: file {bad} in flight is not in files.img", e.id_for);
+                    return Err(Error::Image { file: path, offset: 0, what });
+                }
+                rights.extend_from_slice(&scm.rights);
+            }
+            queues.entry(e.id_for).or_default().push(Packet { data, rights });
         }
         img.extras.insert(Queues(queues));
         Ok(())
@@ -258,6 +300,47 @@ pub(super) fn add_queued(table: &mut FileTable, entries: Vec<(SkPacketEntry, Vec
     table.extras.get_mut::<Dumped>().queues.extend(entries);
 }
 
+/// Dump the files in flight with a queued item (crust's copies, from the
+/// peek) as files of the tree, and keep the copies open until the dump
+/// ends; their file ids, in order. A file also open in the tree is found by
+/// kcmp, as any shared description, and keeps its id. Regular files (seen
+/// from crust's mount namespace: not when the tree has its own), pipes and
+/// unix sockets are taken; any other kind is refused by name.
+fn in_flight(fd: &OpenFd, table: &mut FileTable, fds: Vec<OwnedFd>) -> Result<Vec<u32>> {
+    use std::os::fd::AsRawFd;
+    let mut ids = Vec::new();
+    for f in fds {
+        let file = OpenFd::read(crust(), f.as_raw_fd())?;
+        let kind = KINDS.iter().find(|k| k.matches(&file)).map(|k| k.name());
+        let refuse = |what: &str| Err(fd.unsupported(&format!("fds in flight (SCM_RIGHTS) on it {what} ({}) are", file.link)));
+        match kind {
+            Some("regular file") if table.view.is_some() => return refuse("of regular files, the tree having a mount namespace of its own"),
+            Some("regular file" | "pipe") => {}
+            Some("unix socket") if table.extras.get_mut::<Dumped>().dumping.contains(&(file.stat.st_ino as u32)) => {
+                return refuse("of a unix socket being dumped (in flight in its own queue, or in a loop)")
+            }
+            Some("unix socket") => {
+                table.extras.get_mut::<Dumped>().flying.insert(file.stat.st_ino as u32);
+            }
+            Some(other) => return refuse(&format!("of the kind {other}")),
+            None => return refuse("of an unknown kind"),
+        }
+        // Named as a file in flight on the task's socket: its own place is crust's.
+        let id = table.dump_fd(&file).map_err(|e| Error::unsupported(place(fd), format!("fds in flight (SCM_RIGHTS) on it, {}: {e}", file.link)))?.id;
+        ids.push(id);
+        table.extras.get_mut::<Dumped>().in_flight.push(f);
+    }
+    Ok(ids)
+}
+
+/// The files in flight in the images' queues: made in the root, before
+/// anything forks, so that the process whose socket queues one and the
+/// processes that hold it share it.
+pub(super) fn in_flight_ids(img: &DumpImage) -> Vec<u32> {
+    let Some(q) = img.extras.get::<Queues>() else { return Vec::new() };
+    q.0.values().flatten().flat_map(|p| p.rights.iter().copied()).collect()
+}
+
 /// Is a socket of this type, state and name bound to its name by itself?
 /// An accepted connection carries its listener's name, and is not.
 fn binds(ty: u32, state: u32, name: &[u8]) -> bool {
@@ -305,9 +388,17 @@ fn socket_file(fd: &OpenFd, name: &[u8], d: &Diag) -> Result<FilePermsEntry> {
 fn peer_of(fd: &OpenFd, table: &mut FileTable, d: &Diag) -> Result<u32> {
     match d.peer {
         Some(p) if p != 0 => {
-            if !held_by(&table.tree, p) {
-                outside(fd, table, d, p)?;
+            let dumped = table.extras.get_mut::<Dumped>();
+            if dumped.flying.contains(&p) || held_by(&table.tree, p) {
+                return Ok(p);
             }
+            // No process holds it (crust may, having peeked it): it may be
+            // in flight in a queue of the tree not dumped yet.
+            if holder(p).is_none_or(|h| h == crust()) {
+                dumped.peers_in_flight.push((p, place(fd)));
+                return Ok(p);
+            }
+            outside(fd, table, d, p)?;
             Ok(p)
         }
         Some(_) if d.ty as u32 == DGRAM => Err(fd.unsupported("datagram unix sockets connected to a socket since closed are")),
@@ -454,9 +545,27 @@ fn take_end(pid: i32, fd: u64, u: &UnixSkEntry) -> Result<OwnedFd> {
     take_fd(pid, fd as i32).ctx(context(u))
 }
 
-/// What was queued for the file `id`.
-fn queued<'a>(r: &FdRestorer<'a>, id: u32) -> Result<Option<&'a Vec<Vec<u8>>>> {
-    Ok(super::loaded::<Queues>(r.image, "sk-queues.img")?.0.get(&id))
+/// What was queued for the file `id`, with crust's copies of the files in
+/// flight made for the task (or found made: the tree's own fds of them).
+fn queued<'a>(r: &mut FdRestorer<'a>, id: u32) -> Result<Vec<queue::Outgoing<'a>>> {
+    let Some(packets) = super::loaded::<Queues>(r.image, "sk-queues.img")?.0.get(&id) else { return Ok(Vec::new()) };
+    let mut out = Vec::new();
+    for p in packets {
+        let mut fds = Vec::new();
+        for &right in &p.rights {
+            let at = match r.files.get(&right) {
+                Some(&fd) => fd,
+                None => {
+                    let made = super::restore_file(super::file(r.image, right)?, r)?;
+                    r.files.insert(right, made);
+                    made
+                }
+            };
+            fds.push(take_fd(r.task.pid, at as i32).ctx(|| format!("taking file {right}, in flight to file {id}"))?);
+        }
+        out.push(queue::Outgoing { data: &p.data, fds });
+    }
+    Ok(out)
 }
 
 /// Open the socket of `file` in the task, with whatever it must be made with.
@@ -503,8 +612,8 @@ fn make_pair(file: &FileEntry, u: &UnixSkEntry, peer_file: &FileEntry, peer: &Un
     set_options(&a, u)?;
     set_options(&b, peer)?;
     // What was queued for one end is sent from the other.
-    fill_from(&b, queued(r, file.id)?, u)?;
-    fill_from(&a, queued(r, peer_file.id)?, peer)?;
+    fill_from(&b, &queued(r, file.id)?, u)?;
+    fill_from(&a, &queued(r, peer_file.id)?, peer)?;
     set_peek_off(&a, u)?;
     set_peek_off(&b, peer)?;
     shut(&a, u)?;
@@ -523,7 +632,8 @@ fn make_semi_closed(file: &FileEntry, u: &UnixSkEntry, r: &mut FdRestorer) -> Re
     let pid = r.task.pid;
     let a = take_end(pid, mine, u)?;
     set_options(&a, u)?;
-    fill_from(&take_end(pid, other, u)?, queued(r, file.id)?, u)?;
+    let queue = queued(r, file.id)?;
+    fill_from(&take_end(pid, other, u)?, &queue, u)?;
     set_peek_off(&a, u)?;
     r.task.call("close", libc::SYS_close, [other, 0, 0, 0, 0, 0])?;
     Ok(mine)
@@ -562,7 +672,8 @@ fn make_standalone(file: &FileEntry, u: &UnixSkEntry, peer: Option<(&FileEntry, 
         let what = format!("connect to {}", show_name(&p.name));
         r.task.call(&what, libc::SYS_connect, [fd, at, addr.len() as u64, 0, 0, 0])?;
     }
-    if let Some(messages) = queued(r, file.id)? {
+    let messages = queued(r, file.id)?;
+    if !messages.is_empty() {
         let bad = |why: &str| Error::image("files.img", format!("unix socket {}: messages queued, but {why}", u.ino));
         if u.r#type != DGRAM {
             return Err(bad("it is not a datagram socket, nor one of a pair"));
@@ -576,7 +687,7 @@ fn make_standalone(file: &FileEntry, u: &UnixSkEntry, peer: Option<(&FileEntry, 
             (_, Some(s)) => s,
             (_, None) => return Err(bad("its peer is outside the tree")),
         };
-        queue::send_messages(&from, Some(&u.name), messages, u)?;
+        queue::send_messages(&from, Some(&u.name), &messages, u)?;
     }
     set_peek_off(&sock, u)?;
     shut(&sock, u)?;
@@ -624,10 +735,12 @@ fn bind_at(r: &mut FdRestorer, fd: u64, u: &UnixSkEntry) -> Result<()> {
 
 /// Queue what was queued for `to` by sending it from `sender`: one stream
 /// of bytes, or each message with its bounds.
-fn fill_from(sender: &OwnedFd, data: Option<&Vec<Vec<u8>>>, to: &UnixSkEntry) -> Result<()> {
-    let Some(data) = data else { return Ok(()) };
+fn fill_from(sender: &OwnedFd, data: &[queue::Outgoing], to: &UnixSkEntry) -> Result<()> {
+    if data.is_empty() {
+        return Ok(());
+    }
     if to.r#type == STREAM {
-        return queue::fill(sender, Some(&data.concat()), to);
+        return queue::fill(sender, data, to);
     }
     queue::send_messages(sender, None, data, to)
 }
