@@ -55,6 +55,16 @@ const SEQPACKET: u32 = libc::SOCK_SEQPACKET as u32;
 struct Dumped {
     queues: Vec<(SkPacketEntry, Vec<u8>)>,
     externs: HashSet<u32>,
+    /// The socket files (inode, device as the kernel encodes it) of the
+    /// path sockets saved, which the restore binds again.
+    rebound: HashSet<(u64, u64)>,
+}
+
+/// The socket files the restore makes again by binding the tree's sockets
+/// (inode, device as the kernel encodes it): a tmpfs's saved contents need
+/// not hold them.
+pub fn rebound_files(table: &FileTable) -> HashSet<(u64, u64)> {
+    table.extras.get::<Dumped>().map(|d| d.rebound.clone()).unwrap_or_default()
 }
 
 /// What was queued on sockets at dump time, by the file id of the receiving
@@ -94,6 +104,9 @@ impl FileKind for UnixSocket {
         }
         let name = d.name.clone().unwrap_or_default();
         let file_perms = if binds(ty, d.state as u32, &name) && name[0] != 0 { Some(socket_file(fd, &name, &d)?) } else { None };
+        if let (Some(_), Some((ino, dev))) = (&file_perms, d.vfs) {
+            table.extras.get_mut::<Dumped>().rebound.insert((ino as u64, dev as u64));
+        }
         // Kept in a field of crust's own (CRIU's image has none), set again
         // once the queue is refilled.
         let peek_off = getsockopt(sock, PeekOff).ctx(what)?;
