@@ -157,6 +157,33 @@ fn a_file_system_mounted_inside_is_refused_by_name_and_the_container_runs_on() {
 }
 
 #[test]
+fn a_socket_file_in_a_tmpfs_no_socket_of_the_tree_is_bound_to_is_refused_by_path() {
+    let dir = TempDir::new("ns-mnt-sockfile");
+    let images = dir.join("images");
+    let mut c = Container::start("sockfile", dir.path(), &Options::default());
+    // Bound by a socket of the test's (outside the tree), then left behind
+    // as it closes: the restore would make neither again.
+    let file = format!("/proc/{}/root/run/sub/stray.sock", c.job.pid);
+    let listener = std::os::unix::net::UnixListener::bind(&file).expect("bind in the container's tmpfs");
+    let refused = |c: &mut Container, what: &str| {
+        let out = crust(&dump_args(&c.job.pid.to_string(), &images, &["--ext-mount-map", "auto"]), STEP);
+        let err = assert_clean_failure(&out, what);
+        assert!(err.contains("/sub/stray.sock") && err.contains("tmpfs at /run"), "the refusal names the file and the tmpfs: {err}");
+        assert_no_inventory(&images);
+        let last = c.last_count();
+        let next = c.job.line(STEP);
+        assert!(next.parse::<u64>().unwrap() > last, "it counts on: {next}");
+    };
+    refused(&mut c, "dump with a socket file of a socket outside the tree in its tmpfs");
+    drop(listener);
+    refused(&mut c, "dump with a socket file left behind in its tmpfs");
+    // Gone, the dump goes through.
+    std::fs::remove_file(&file).unwrap();
+    dump(c.job.pid, &images, &["--ext-mount-map", "auto"]);
+    c.job.reap_original();
+}
+
+#[test]
 fn a_failed_restore_leaves_no_mount_behind() {
     let dir = TempDir::new("ns-mnt-fail");
     let images = dir.join("images");
