@@ -320,3 +320,94 @@ fn set_times(path: &Path, (atime, mtime): ((i64, i64), (i64, i64))) -> Result<()
     let (a, m) = (nix::sys::time::TimeSpec::new(atime.0, atime.1), nix::sys::time::TimeSpec::new(mtime.0, mtime.1));
     nix::sys::stat::utimensat(nix::fcntl::AT_FDCWD, path, &a, &m, nix::sys::stat::UtimensatFlags::NoFollowSymlink).ctx(|| format!("setting the times of {}", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory of its own under /dev/shm (a tmpfs), removed when dropped.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Scratch {
+            let p = PathBuf::from(format!("/dev/shm/crust-tmpfs-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir_all(&p).unwrap();
+            Scratch(p)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn set(path: &Path, name: &str, value: &[u8], nsec: i64) {
+        let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+        let n = CString::new(name).unwrap();
+        // SAFETY: nul-terminated strings, a value of its length.
+        assert_eq!(unsafe { libc::lsetxattr(c.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) }, 0);
+        set_times(path, ((5, 6), (981173106, nsec))).unwrap();
+    }
+
+    fn seen(path: &Path) -> (i64, i64, i64, Vec<(Vec<u8>, Vec<u8>)>) {
+        let m = std::fs::symlink_metadata(path).unwrap();
+        (m.mtime(), m.mtime_nsec(), m.atime(), xattrs(path).unwrap())
+    }
+
+    /// GNU tar (criu's, run with --xattrs) reads what crust writes, and crust
+    /// what it writes: attributes (a name with `=` and `%` too) and mtimes.
+    #[test]
+    fn gnu_tar_and_crust_read_each_others_attributes_and_times() {
+        let s = Scratch::new("gnu");
+        let (src, out, back) = (s.0.join("src"), s.0.join("out"), s.0.join("back"));
+        for d in [&src, &out, &back] {
+            std::fs::create_dir(d).unwrap();
+        }
+        std::fs::create_dir(src.join("d")).unwrap();
+        std::fs::write(src.join("d/f"), "x").unwrap();
+        set(&src.join("d/f"), "user.a=b%c", b"on a file\0binary", 123456789);
+        set(&src.join("d"), "user.crust", b"on a directory", 987654321);
+        let data = archive(&src, "a test tmpfs", &HashSet::new()).unwrap();
+        // GNU tar extracts crust's archive.
+        let tgz = s.0.join("t.tar.gz");
+        std::fs::write(&tgz, &data).unwrap();
+        let ok = std::process::Command::new("tar").args(["--extract", "--gzip", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-C"]).arg(&out).arg("-f").arg(&tgz).status().unwrap();
+        assert!(ok.success());
+        for rel in ["d", "d/f"] {
+            let (a, b) = (seen(&src.join(rel)), seen(&out.join(rel)));
+            assert_eq!((a.0, a.1, &a.3), (b.0, b.1, &b.3), "{rel} through GNU tar");
+        }
+        // And crust unpacks GNU tar's (as criu makes it).
+        let gnu = s.0.join("g.tar.gz");
+        let ok = std::process::Command::new("tar").args(["--create", "--gzip", "--xattrs", "--xattrs-include=*", "--numeric-owner", "--format=posix", "-C"]).arg(&src).arg("-f").arg(&gnu).arg("d").status().unwrap();
+        assert!(ok.success());
+        unpack(&std::fs::read(&gnu).unwrap(), &back.canonicalize().unwrap(), "a test archive").unwrap();
+        for rel in ["d", "d/f"] {
+            let (a, b) = (seen(&src.join(rel)), seen(&back.join(rel)));
+            assert_eq!((a.0, a.1, &a.3), (b.0, b.1, &b.3), "{rel} from GNU tar");
+        }
+        // crust's own, with the atime as it was when archived (reading the
+        // tree since moved the source's).
+        let again = s.0.join("again");
+        std::fs::create_dir(&again).unwrap();
+        unpack(&data, &again.canonicalize().unwrap(), "a test archive").unwrap();
+        for rel in ["d", "d/f"] {
+            let (a, b) = (seen(&src.join(rel)), seen(&again.join(rel)));
+            assert_eq!((a.0, a.1, 5, &a.3), (b.0, b.1, b.2, &b.3), "{rel} from crust");
+        }
+    }
+
+    #[test]
+    fn pax_times_read_back_as_written() {
+        for t in [(0, 0), (981173106, 123456789), (5, 1), (-1, 0), (-2, 500000000), (-1, 999999999)] {
+            assert_eq!(parse_pax_time(pax_time(t.0, t.1).as_bytes()), Some(t), "{}", pax_time(t.0, t.1));
+        }
+        assert_eq!(parse_pax_time(b"12.5"), Some((12, 500000000)));
+        assert_eq!(parse_pax_time(b"12.1234567891"), Some((12, 123456789)));
+        assert_eq!(parse_pax_time(b"-1.5"), Some((-2, 500000000)));
+        assert_eq!(parse_pax_time(b"x"), None);
+        assert_eq!(parse_pax_time(b""), None);
+    }
+}
