@@ -351,7 +351,11 @@ mod tests {
         set_times(path, ((5, 6), (981173106, nsec))).unwrap();
     }
 
-    fn seen(path: &Path) -> (i64, i64, i64, Vec<(Vec<u8>, Vec<u8>)>) {
+    /// An extended attribute: name, value.
+    type Xattr = (Vec<u8>, Vec<u8>);
+
+    /// mtime (seconds, nanoseconds), atime seconds, attributes.
+    fn seen(path: &Path) -> (i64, i64, i64, Vec<Xattr>) {
         let m = std::fs::symlink_metadata(path).unwrap();
         (m.mtime(), m.mtime_nsec(), m.atime(), xattrs(path).unwrap())
     }
