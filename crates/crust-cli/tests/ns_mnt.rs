@@ -28,6 +28,32 @@ fn state(pid: i32) -> (Vec<String>, Vec<String>) {
     (mounts(pid), tree_listing(Path::new(&format!("/proc/{pid}/root/run"))))
 }
 
+/// What a tar of whole seconds and no extended attributes would lose: the
+/// modification time to the nanosecond and the attribute `user.crust_test`
+/// of the tmpfs file or directory `rel` of process `pid`'s /run.
+fn fine_state(pid: i32, rel: &str) -> (i64, i64, Option<Vec<u8>>) {
+    use std::os::unix::fs::MetadataExt;
+    let path = format!("/proc/{pid}/root/run/{rel}");
+    let m = std::fs::symlink_metadata(&path).expect("lstat");
+    let c = std::ffi::CString::new(path).unwrap();
+    let mut buf = [0u8; 256];
+    // SAFETY: nul-terminated strings and a buffer of its length.
+    let n = unsafe { libc::lgetxattr(c.as_ptr(), c"user.crust_test".as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    (m.mtime(), m.mtime_nsec(), (n >= 0).then(|| buf[..n as usize].to_vec()))
+}
+
+/// Give `rel` (as [`fine_state`]) the attribute and 2001-02-03 04:05:06.123456789 UTC.
+fn set_fine_state(pid: i32, rel: &str, value: &[u8]) {
+    let c = std::ffi::CString::new(format!("/proc/{pid}/root/run/{rel}")).unwrap();
+    // SAFETY: nul-terminated strings and a value of its length.
+    let r = unsafe { libc::lsetxattr(c.as_ptr(), c"user.crust_test".as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+    assert_eq!(r, 0, "setxattr on {rel}: {}", std::io::Error::last_os_error());
+    let t = libc::timespec { tv_sec: 981173106, tv_nsec: 123456789 };
+    // SAFETY: as above, and two timespecs.
+    let r = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), [t, t].as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    assert_eq!(r, 0, "utimensat on {rel}: {}", std::io::Error::last_os_error());
+}
+
 #[test]
 fn a_containers_mount_tree_comes_back_with_its_tmpfs_contents_and_counts_on() {
     let dir = TempDir::new("ns-mnt");
@@ -35,8 +61,14 @@ fn a_containers_mount_tree_comes_back_with_its_tmpfs_contents_and_counts_on() {
     let host = host_mounts();
     // /run shared, with a bind of a directory of it as its peer, and a
     // slave of that group: propagation and binds inside the tree.
-    let setup = "mount --make-shared $R/run\nmkdir -p $R/tmp/peer $R/tmp/slave\nmount --bind $R/run/sub $R/tmp/peer\nmount --bind $R/run $R/tmp/slave\nmount --make-slave $R/tmp/slave";
+    // A file given (below) a time to the nanosecond and an extended
+    // attribute, as its directory: the tmpfs is saved whole.
+    let setup = "echo nano > $R/run/sub/nano\nmount --make-shared $R/run\nmkdir -p $R/tmp/peer $R/tmp/slave\nmount --bind $R/run/sub $R/tmp/peer\nmount --bind $R/run $R/tmp/slave\nmount --make-slave $R/tmp/slave";
     let mut c = Container::start("box", dir.path(), &Options { extra_setup: setup, ..Default::default() });
+    set_fine_state(c.job.pid, "sub/nano", b"on a file");
+    set_fine_state(c.job.pid, "sub", b"on a directory");
+    let fine_before: Vec<_> = ["sub/nano", "sub"].map(|rel| fine_state(c.job.pid, rel)).into();
+    assert_eq!(fine_before[0], (981173106, 123456789, Some(b"on a file".to_vec())), "set up as meant");
     let (mounts_before, files_before) = state(c.job.pid);
     assert!(mounts_before.iter().any(|m| m.contains("/usr/lib on /lib")), "the /lib bind shows usr/lib: {mounts_before:#?}");
     assert!(mounts_before.iter().any(|m| m.starts_with("/sub on /tmp/peer") && m.contains("[shared]")), "a peer: {mounts_before:#?}");
@@ -54,6 +86,8 @@ fn a_containers_mount_tree_comes_back_with_its_tmpfs_contents_and_counts_on() {
     let (mounts_after, files_after) = state(c.job.pid);
     assert_eq!(mounts_after, mounts_before, "the same mounts inside");
     assert_eq!(files_after, files_before, "the same tmpfs contents");
+    let fine_after: Vec<_> = ["sub/nano", "sub"].map(|rel| fine_state(c.job.pid, rel)).into();
+    assert_eq!(fine_after, fine_before, "times to the nanosecond and extended attributes come back");
     assert_eq!(std::fs::read_to_string(format!("/proc/{}/root/run/sub/f", c.job.pid)).unwrap(), "hello\n");
     assert_eq!(host_mounts(), host, "the host's mounts are untouched");
     // Dumped again, as restored.
@@ -120,6 +154,33 @@ fn a_file_system_mounted_inside_is_refused_by_name_and_the_container_runs_on() {
     let err = assert_clean_failure(&out, "dump without --ext-mount-map");
     assert!(err.contains("--ext-mount-map"), "the refusal says what to give: {err}");
     c.job.line(STEP);
+}
+
+#[test]
+fn a_socket_file_in_a_tmpfs_no_socket_of_the_tree_is_bound_to_is_refused_by_path() {
+    let dir = TempDir::new("ns-mnt-sockfile");
+    let images = dir.join("images");
+    let mut c = Container::start("sockfile", dir.path(), &Options::default());
+    // Bound by a socket of the test's (outside the tree), then left behind
+    // as it closes: the restore would make neither again.
+    let file = format!("/proc/{}/root/run/sub/stray.sock", c.job.pid);
+    let listener = std::os::unix::net::UnixListener::bind(&file).expect("bind in the container's tmpfs");
+    let refused = |c: &mut Container, what: &str| {
+        let out = crust(&dump_args(&c.job.pid.to_string(), &images, &["--ext-mount-map", "auto"]), STEP);
+        let err = assert_clean_failure(&out, what);
+        assert!(err.contains("/sub/stray.sock") && err.contains("tmpfs at /run"), "the refusal names the file and the tmpfs: {err}");
+        assert_no_inventory(&images);
+        let last = c.last_count();
+        let next = c.job.line(STEP);
+        assert!(next.parse::<u64>().unwrap() > last, "it counts on: {next}");
+    };
+    refused(&mut c, "dump with a socket file of a socket outside the tree in its tmpfs");
+    drop(listener);
+    refused(&mut c, "dump with a socket file left behind in its tmpfs");
+    // Gone, the dump goes through.
+    std::fs::remove_file(&file).unwrap();
+    dump(c.job.pid, &images, &["--ext-mount-map", "auto"]);
+    c.job.reap_original();
 }
 
 #[test]

@@ -307,7 +307,8 @@ fn write_images(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<W
         if opts.empty_net {
             saved.0.remove("net");
         }
-        d.stats.bytes_written += crate::ns::dump(&saved, opts.pid, ids, &mut d.dir, &opts.ns)?;
+        let ns_opts = crate::ns::NsOptions { rebound_socket_files: crate::files::unix::rebound_files(&d.files), ..opts.ns.clone() };
+        d.stats.bytes_written += crate::ns::dump(&saved, opts.pid, ids, &mut d.dir, &ns_opts)?;
     }
     d.inventory(root_ids)?;
     crate::cancel::check()?;

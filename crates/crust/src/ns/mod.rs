@@ -101,6 +101,10 @@ pub struct NsOptions {
     /// of its config, which crust may save otherwise (a fresh cgroup mount
     /// of a hierarchy's root, in a container runc restored).
     pub ext_mount_keys_may_miss: bool,
+    /// At dump, from crust and not the user: the socket files (inode,
+    /// device as the kernel encodes it) that the restore makes again by
+    /// binding the tree's sockets; a tmpfs's contents leave them out.
+    pub rebound_socket_files: std::collections::HashSet<(u64, u64)>,
 }
 
 impl NsOptions {

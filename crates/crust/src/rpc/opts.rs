@@ -172,6 +172,7 @@ fn namespace_options(o: &CriuOpts) -> Result<(NsOptions, NetOptions)> {
         ext_mount_map: o.ext_mnt.iter().map(|m| (m.key.clone(), m.val.clone())).collect(),
         ext_mount_auto: o.auto_ext_mnt == Some(true),
         ext_mount_keys_may_miss: true,
+        ..Default::default()
     };
     let mut net = NetOptions::default();
     // Other kinds are refused by `refusals`.

@@ -67,6 +67,9 @@ struct Dumped {
     /// Peers no process holds, which must turn up in flight in the tree's
     /// queues: (inode, the fd whose peer it is).
     peers_in_flight: Vec<(u32, String)>,
+    /// The socket files (inode, device as the kernel encodes it) of the
+    /// path sockets saved, which the restore binds again.
+    rebound: HashSet<(u64, u64)>,
 }
 
 /// criu's scm_entry type of fds in flight.
@@ -77,6 +80,13 @@ const SCM_RIGHTS: u32 = libc::SCM_RIGHTS as u32;
 struct Packet {
     data: Vec<u8>,
     rights: Vec<u32>,
+}
+
+/// The socket files the restore makes again by binding the tree's sockets
+/// (inode, device as the kernel encodes it): a tmpfs's saved contents need
+/// not hold them.
+pub fn rebound_files(table: &FileTable) -> HashSet<(u64, u64)> {
+    table.extras.get::<Dumped>().map(|d| d.rebound.clone()).unwrap_or_default()
 }
 
 /// What was queued on sockets at dump time, by the file id of the receiving
@@ -116,6 +126,9 @@ impl FileKind for UnixSocket {
         }
         let name = d.name.clone().unwrap_or_default();
         let file_perms = if binds(ty, d.state as u32, &name) && name[0] != 0 { Some(socket_file(fd, &name, &d)?) } else { None };
+        if let (Some(_), Some((ino, dev))) = (&file_perms, d.vfs) {
+            table.extras.get_mut::<Dumped>().rebound.insert((ino as u64, dev as u64));
+        }
         // Kept in a field of crust's own (CRIU's image has none), set again
         // once the queue is refilled.
         let peek_off = getsockopt(sock, PeekOff).ctx(what)?;

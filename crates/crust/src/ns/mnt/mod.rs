@@ -298,7 +298,7 @@ impl NsKind for Mnt {
                 // tree's /proc may be of its own pid namespace, where crust's
                 // thread-self is not.
                 sys::fchdir(copy.as_fd())?;
-                tmpfs::archive(std::path::Path::new("."), &what)
+                tmpfs::archive(std::path::Path::new("."), &what, &opts.rebound_socket_files)
             })?;
             let mut w = dir.writer(&tmpfs::image_name(kdev), Kind::TmpfsDev)?;
             w.raw(&data)?;
