@@ -12,6 +12,7 @@
 
 mod cgroup;
 pub mod ipc;
+pub mod join;
 mod mnt;
 pub mod net;
 mod pid;
@@ -101,6 +102,11 @@ pub struct NsOptions {
     /// of its config, which crust may save otherwise (a fresh cgroup mount
     /// of a hierarchy's root, in a container runc restored).
     pub ext_mount_keys_may_miss: bool,
+    /// At dump, `--external KIND[INO]:KEY`: namespaces shared with
+    /// something outside the tree, saved as external.
+    pub external_ns: Vec<join::ExtNs>,
+    /// At restore, `--join-ns KIND:PID|PATH`: what the external ones join.
+    pub join_ns: Vec<join::JoinNs>,
 }
 
 impl NsOptions {
@@ -124,6 +130,8 @@ pub enum External {
     Mount(String, String),
     /// `veth[IF]:HOSTIF[@BRIDGE]`: the host end of the namespace's veth IF.
     Veth(net::VethEnd),
+    /// `net[INO]:KEY` (uts, ipc too): the tree's namespace INO is external.
+    Namespace(join::ExtNs),
 }
 
 impl External {
@@ -134,6 +142,9 @@ impl External {
             let mount = rest.split_once("]:").map(|(k, v)| External::Mount(k.to_string(), v.to_string()));
             return Some(mount.ok_or_else(|| format!("--external {spec}: expected mnt[KEY]:VAL")));
         }
+        if let Some(ns) = join::ExtNs::parse(spec) {
+            return Some(ns.map(External::Namespace));
+        }
         net::VethEnd::parse(spec).map(|end| end.map(External::Veth))
     }
 
@@ -142,6 +153,7 @@ impl External {
         match self {
             External::Mount(key, path) => ns.ext_mount_map.push((key, path)),
             External::Veth(end) => net.veths.push(end),
+            External::Namespace(ns_) => ns.external_ns.push(ns_),
         }
     }
 }
@@ -300,7 +312,9 @@ pub fn load_images(img: &mut DumpImage, own: OwnNamespaces) -> Result<()> {
 
 /// What stands in the way of making the tree's namespaces on this host.
 pub fn problems(img: &DumpImage, opts: &NsOptions) -> Vec<String> {
-    recorded(img).0.iter().filter_map(|name| kind(name)).flat_map(|k| k.problems(img, opts)).collect()
+    let mut out: Vec<String> = recorded(img).0.iter().filter_map(|name| kind(name)).flat_map(|k| k.problems(img, opts)).collect();
+    out.extend(join::problems(img, &opts.join_ns));
+    out
 }
 
 /// Fill the namespaces the restored root was made in.

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::ns::net::NetOptions;
+use crate::ns::join::JoinNs;
 use crate::ns::{External, NsOptions};
 use super::proto::{CriuCgMode, CriuNetworkLockMethod, CriuOpts};
 use crate::cgroups::{CgroupRoot, Mode};
@@ -84,11 +85,10 @@ fn refusals(o: &CriuOpts, action: Action) -> Vec<String> {
     no(!o.exec_cmd.is_empty(), "exec_cmd: crust does not run a command after the restore");
     no(!o.skip_mnt.is_empty(), "skip_mnt: crust saves every mount of the tree's mount namespace or refuses the dump, it leaves none out");
     no(!o.unix_sk_ino.is_empty(), "unix_sk_ino: crust does not take external unix sockets by inode (ext_unix_sk covers datagram ones)");
-    let others: Vec<&str> = o.external.iter().map(String::as_str).filter(|e| !e.starts_with("mnt[") && !e.starts_with("veth[")).collect();
-    no(!others.is_empty(), &format!("external ({}): crust takes external mounts (mnt[KEY]:VAL) and veths (veth[IF]:HOSTIF) only; joining namespaces, ttys and other files given from outside are not supported yet", others.join(", ")));
+    let others: Vec<&str> = o.external.iter().map(String::as_str).filter(|e| External::parse(e).is_none()).collect();
+    no(!others.is_empty(), &format!("external ({}): crust takes external mounts (mnt[KEY]:VAL), veths (veth[IF]:HOSTIF) and net, uts and ipc namespaces (net[INO]:KEY) only; ttys and other files given from outside are not supported yet", others.join(", ")));
     let empty = o.empty_ns.unwrap_or(0) as i32;
     no(empty & !libc::CLONE_NEWNET != 0, &format!("empty_ns {empty:#x}: crust leaves only a network namespace (CLONE_NEWNET) to the caller"));
-    no(!o.join_ns.is_empty(), "join_ns: crust restores into its own namespaces only (yet)");
     no(o.cgroup_props.is_some() || o.cgroup_props_file.is_some() || !o.cgroup_dump_controller.is_empty(), "cgroup_props / cgroup_props_file / cgroup_dump_controller: crust records every controller's properties of its own choice");
     no(o.cgroup_yard.is_some(), "cgroup_yard: crust works on the host's cgroup mounts, it mounts no yard");
     no(o.timeout.is_some(), "timeout: crust has no bound on the time a dump takes (yet)");
@@ -172,7 +172,16 @@ fn namespace_options(o: &CriuOpts) -> Result<(NsOptions, NetOptions)> {
         ext_mount_map: o.ext_mnt.iter().map(|m| (m.key.clone(), m.val.clone())).collect(),
         ext_mount_auto: o.auto_ext_mnt == Some(true),
         ext_mount_keys_may_miss: true,
+        ..Default::default()
     };
+    for j in &o.join_ns {
+        let spec = format!("{}:{}", j.ns, j.ns_file);
+        let spec = match &j.extra_opt {
+            Some(extra) => format!("{spec},{extra}"),
+            None => spec,
+        };
+        ns.join_ns.push(JoinNs::parse(&spec).map_err(|why| Error::Invalid(format!("join_ns: {why}")))?);
+    }
     let mut net = NetOptions::default();
     // Other kinds are refused by `refusals`.
     for e in &o.external {
