@@ -3,7 +3,8 @@
 //! namespace another process is in. The dump refuses them, naming the
 //! holder, unless the namespace is marked external (`--external
 //! net[INO]:KEY`); the restore of such a dump needs one to join
-//! (`--join-ns net:PATH`) and makes the tree in that very namespace.
+//! (`--join-ns net:PATH`, `--join-ns uts:PID` through criu's command line)
+//! and makes the tree in that very namespace.
 //!
 //! Each test has its own netns name and port.
 //!
@@ -144,7 +145,7 @@ fn a_tree_in_a_named_netns_is_refused_unless_external_and_joins_it_again() {
 }
 
 #[test]
-fn a_uts_namespace_shared_with_an_outside_process_is_refused_naming_it() {
+fn a_uts_namespace_shared_with_an_outside_process_is_refused_naming_it_and_joined_through_criu_options() {
     let dir = TempDir::new("ns-join-uts");
     let images = dir.join("images");
     let mut job = Job::build("test_mm", &[]).pre_exec(own_uts).start(dir.path());
@@ -158,9 +159,27 @@ fn a_uts_namespace_shared_with_an_outside_process_is_refused_naming_it() {
     let err = assert_clean_failure(&out, "dump of a tree sharing its uts namespace");
     assert!(err.contains(&format!("uts:[{ino}]")) && err.contains(&format!("process {outsider_pid} (sleep)")), "the refusal names the namespace and the outsider: {err}");
     job.line(STEP);
-    // Marked external, it dumps.
+
+    // Marked external, it dumps, through criu's command line too; the
+    // restore joins the outsider's namespace, named by its pid.
+    let criu = dir.join("criu");
+    std::os::unix::fs::symlink(CRUST, &criu).expect("linking criu to crust");
+    let d = images.to_str().unwrap();
     let ext = format!("uts[{ino}]:myuts");
-    dump(job.pid, &images, &["--external", &ext]);
+    let out = Command::new(&criu).args(["dump", "-D", d, "-t", &pid, "--external", &ext]).output().unwrap();
+    assert!(out.status.success(), "criu dump with --external {ext}: {}", String::from_utf8_lossy(&out.stderr));
+    job.reap_original();
+    let out = Command::new(&criu).args(["restore", "-D", d, "-d"]).output().unwrap();
+    let err = job.assert_restore_failed(&out, "criu restore of an external uts namespace without --join-ns");
+    assert!(err.contains("--join-ns uts:"), "{err}");
+    let join = format!("uts:{outsider_pid}");
+    let out = Command::new(&criu).args(["restore", "-D", d, "-d", "--join-ns", &join]).output().unwrap();
+    assert!(out.status.success(), "criu restore --join-ns {join}: {}", String::from_utf8_lossy(&out.stderr));
+    job.adopt_restored();
+    assert_eq!(ns_ino(job.pid, "uts"), ino, "the restored tree is in the outsider's uts namespace");
+    let lines: Vec<String> = (0..4).map(|_| job.line(STEP)).collect();
+    assert_counting(&lines);
+    job.kill_restored();
     let _ = outsider.kill();
     let _ = outsider.wait();
 }
