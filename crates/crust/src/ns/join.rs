@@ -101,10 +101,10 @@ pub fn split_external(tree: &FrozenTree, own: &mut OwnNamespaces, ext: &[ExtNs])
             ));
         }
     }
-    for e in ext.iter().filter(|e| !out.0.contains_key(&e.kind)) {
-        return Err(Error::Invalid(format!("--external {}[{}]:{}: the tree has no {} namespace of its own with that inode", e.kind, e.ino, e.key, e.kind)));
+    match ext.iter().find(|e| !out.0.contains_key(&e.kind)) {
+        Some(e) => Err(Error::Invalid(format!("--external {}[{}]:{}: the tree has no {} namespace of its own with that inode", e.kind, e.ino, e.key, e.kind))),
+        None => Ok(out),
     }
-    Ok(out)
 }
 
 /// Something outside the tree holding namespace `kind:[ino]`: a process in
@@ -211,4 +211,23 @@ pub fn joined<T>(img: &DumpImage, join: &[JoinNs], work: impl FnOnce() -> Result
         nix::sched::setns(mine.as_fd(), f).ctx(|| "returning crust to its own namespace")?;
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn criu_forms_parse_and_others_are_left_or_refused() {
+        assert_eq!(ExtNs::parse("net[4026532001]:mynet"), Some(Ok(ExtNs { kind: "net".into(), ino: 4026532001, key: "mynet".into() })));
+        assert!(ExtNs::parse("mnt[/a]:b").is_none(), "an external mount is not a namespace");
+        assert!(ExtNs::parse("veth[eth0]:h").is_none());
+        assert!(ExtNs::parse("net[x]:k").is_some_and(|r| r.is_err()));
+        assert!(ExtNs::parse("uts[12]:").is_some_and(|r| r.is_err()));
+        assert_eq!(JoinNs::parse("net:/run/netns/a"), Ok(JoinNs { kind: "net".into(), path: "/run/netns/a".into() }));
+        assert_eq!(JoinNs::parse("ipc:42"), Ok(JoinNs { kind: "ipc".into(), path: "/proc/42/ns/ipc".into() }));
+        assert!(JoinNs::parse("user:42,0:0").is_err());
+        assert!(JoinNs::parse("mnt:/x").is_err());
+        assert!(JoinNs::parse("net").is_err());
+    }
 }
