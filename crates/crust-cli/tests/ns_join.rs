@@ -133,6 +133,19 @@ fn a_tree_in_a_named_netns_is_refused_unless_external_and_joins_it_again() {
     let err = job.assert_restore_failed(&out, "restore joining a uts namespace as net");
     assert!(err.contains("not a net namespace"), "{err}");
 
+    let out = restore(&images, &["--inherit-fd", "fd[0]:othernet"]);
+    let err = job.assert_restore_failed(&out, "restore given a namespace by a key the images do not have");
+    assert!(err.contains("fd[0]:othernet") && err.contains("--join-ns net:"), "{err}");
+
+    // Given by its key on an fd of crust's, as runc gives its container's.
+    let script = format!("exec {CRUST} restore -D {} -d --inherit-fd 'fd[7]:mynet' 7<{JN1}", images.display());
+    let out = run_with_timeout(Command::new("sh").args(["-c", &script]), STEP);
+    assert!(out.status.success(), "restore with --inherit-fd failed: {}", String::from_utf8_lossy(&out.stderr));
+    job.adopt_restored();
+    assert_eq!(ns_ino(job.pid, "net"), ino, "the restored tree is in the namespace given by its key");
+    assert_eq!(ask_inside(JN1, port, "fd"), "pong 1 fd");
+    job.kill_restored();
+
     let join = format!("net:{JN1}");
     let out = restore(&images, &["--join-ns", &join]);
     assert!(out.status.success(), "restore failed: {}", String::from_utf8_lossy(&out.stderr));

@@ -150,6 +150,19 @@ pub fn recorded(img: &DumpImage) -> &ExternalNamespaces {
     img.extras.get::<ExternalNamespaces>().unwrap_or_else(|| NONE.get_or_init(ExternalNamespaces::default))
 }
 
+/// What the restore joins: the `--join-ns` given, and for an external
+/// namespace none names, the fd of crust's given by its key (`--inherit-fd
+/// fd[N]:KEY`, as runc gives its container's network namespace).
+pub fn given(img: &DumpImage, join: &[JoinNs], inherit: &BTreeMap<String, i32>) -> Vec<JoinNs> {
+    let mut out = join.to_vec();
+    for (kind, key) in &recorded(img).0 {
+        if let (false, Some(fd)) = (join.iter().any(|j| &j.kind == kind), inherit.get(key)) {
+            out.push(JoinNs { kind: kind.clone(), path: format!("/proc/self/fd/{fd}") });
+        }
+    }
+    out
+}
+
 /// At restore: an external namespace with nothing to join, a namespace to
 /// join that is not external in the images or cannot be opened.
 pub fn problems(img: &DumpImage, join: &[JoinNs]) -> Vec<String> {
@@ -157,7 +170,7 @@ pub fn problems(img: &DumpImage, join: &[JoinNs]) -> Vec<String> {
     let mut out = Vec::new();
     for (kind, key) in &ext.0 {
         if !join.iter().any(|j| &j.kind == kind) {
-            out.push(format!("the tree's {kind} namespace was dumped as external ({key}): give one to join with --join-ns {kind}:PID|PATH"));
+            out.push(format!("the tree's {kind} namespace was dumped as external ({key}): give one to join with --join-ns {kind}:PID|PATH or --inherit-fd fd[N]:{key}"));
         }
     }
     for j in join {

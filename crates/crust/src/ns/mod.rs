@@ -312,9 +312,7 @@ pub fn load_images(img: &mut DumpImage, own: OwnNamespaces) -> Result<()> {
 
 /// What stands in the way of making the tree's namespaces on this host.
 pub fn problems(img: &DumpImage, opts: &NsOptions) -> Vec<String> {
-    let mut out: Vec<String> = recorded(img).0.iter().filter_map(|name| kind(name)).flat_map(|k| k.problems(img, opts)).collect();
-    out.extend(join::problems(img, &opts.join_ns));
-    out
+    recorded(img).0.iter().filter_map(|name| kind(name)).flat_map(|k| k.problems(img, opts)).collect()
 }
 
 /// Fill the namespaces the restored root was made in.

@@ -324,7 +324,7 @@ pub fn restore_held(opts: &RestoreOptions, mut img: DumpImage, pages: &mut dyn P
         created.cgroups = Placement::prepare(entry, opts.manage_cgroups, &opts.cgroup_roots)?;
     }
     let mut stats = RestoreStats { processes: img.processes.len(), ..Default::default() };
-    let (mut root, crust_layout) = make_root(img, opts.sibling, &opts.ns.join_ns, &mut created)?;
+    let (mut root, crust_layout) = make_root(img, opts.sibling, &crate::ns::join::given(img, &opts.ns.join_ns, &opts.inherit_fds), &mut created)?;
     let mut ns_root = crate::ns::NsRoot { pid: root.leader.tid, task: &root.leader, scratch: &mut root.scratch, opts: &opts.ns, host_root: None };
     crate::ns::restore(img, &mut ns_root)?;
     root.leader.host_root = ns_root.host_root;

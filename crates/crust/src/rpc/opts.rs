@@ -106,8 +106,11 @@ fn refusals(o: &CriuOpts, action: Action) -> Vec<String> {
     no(o.tcp_established == Some(true) && o.tcp_close == Some(true), "tcp_established and tcp_close together: say one");
     no(o.tcp_established == Some(true) && o.network_lock() == CriuNetworkLockMethod::Skip, "network_lock SKIP with tcp_established: crust always holds the connections with its nftables lock");
     let not_pipes: Vec<String> =
-        o.inherit_fd.iter().filter(|i| crate::files::parse_external(&i.key).is_err()).map(|i| format!("{}={}", i.key, i.fd)).collect();
-    no(!not_pipes.is_empty(), &format!("inherit_fd ({}): crust gives a restored tree the caller's pipes only (pipe:[INO])", not_pipes.join(", ")));
+        o.inherit_fd.iter().filter(|i| match action {
+            Action::Restore => crate::files::inherit_key(&i.key).is_err(),
+            _ => crate::files::parse_external(&i.key).is_err(),
+        }).map(|i| format!("{}={}", i.key, i.fd)).collect();
+    no(!not_pipes.is_empty(), &format!("inherit_fd ({}): crust gives a restored tree the caller's pipes (pipe:[INO]) and external namespaces (by their key) at restore only", not_pipes.join(", ")));
     // On restore the images name the pids: criu ignores `pid` there, and so does crust.
     if action != Action::Restore && o.pid.is_none() {
         out.push(format!("no pid: crust does not {} the calling process itself; name the tree's root", action.name()));
@@ -284,5 +287,32 @@ mod tests {
         let r = resolve(&o, Action::Restore, 1, Notify::default()).unwrap();
         assert_eq!(r.restore.manage_cgroups, Mode::Soft);
         assert_eq!(r.images_dir, PathBuf::from("/tmp"));
+    }
+
+    #[test]
+    fn external_namespaces_and_join_ns_are_taken_as_runc_sends_them() {
+        use crate::rpc::proto::JoinNamespace;
+        let join = |ns: &str, extra: Option<&str>| JoinNamespace { ns: ns.into(), ns_file: "/run/netns/x".into(), extra_opt: extra.map(Into::into) };
+        let o = CriuOpts {
+            images_dir_fd: -1,
+            images_dir: Some("/tmp".into()),
+            pid: Some(1),
+            external: vec!["net[4026532001]:extRootNetNS".into()],
+            ..Default::default()
+        };
+        let r = resolve(&o, Action::Dump, 1, Notify::default()).unwrap();
+        assert_eq!(r.dump.ns.external_ns[0].key, "extRootNetNS");
+        let o = CriuOpts {
+            images_dir_fd: -1,
+            images_dir: Some("/tmp".into()),
+            join_ns: vec![join("net", None)],
+            inherit_fd: vec![InheritFd { key: "extRootNetNS".into(), fd: 5 }],
+            ..Default::default()
+        };
+        let r = resolve(&o, Action::Restore, 1, Notify::default()).unwrap();
+        assert_eq!(r.restore.ns.join_ns[0].path, "/run/netns/x");
+        assert_eq!(r.restore.inherit_fds.get("extRootNetNS"), Some(&5));
+        let o = CriuOpts { images_dir_fd: -1, images_dir: Some("/tmp".into()), join_ns: vec![join("user", Some("0:0"))], ..Default::default() };
+        assert!(resolve(&o, Action::Restore, 1, Notify::default()).is_err(), "a user namespace is not joined");
     }
 }
