@@ -86,6 +86,9 @@ pub struct ExternalNamespaces(pub BTreeMap<String, String>);
 pub fn split_external(tree: &FrozenTree, own: &mut OwnNamespaces, ext: &[ExtNs]) -> Result<ExternalNamespaces> {
     let root = tree.processes[0].pid;
     let mut out = ExternalNamespaces::default();
+    // Read once, only if some namespace is to be checked: the tree is
+    // frozen meanwhile.
+    let mut outside = None;
     for kind in own.0.clone() {
         let Some(ino) = proc::ns_inode(root, &kind) else { continue };
         if let Some(e) = ext.iter().find(|e| e.kind == kind && e.ino == ino) {
@@ -93,7 +96,7 @@ pub fn split_external(tree: &FrozenTree, own: &mut OwnNamespaces, ext: &[ExtNs])
             out.0.insert(kind, e.key.clone());
             continue;
         }
-        if let Some(holder) = holder(tree, &kind, ino) {
+        if let Some(holder) = outside.get_or_insert_with(|| Outside::read(tree)).holder(&kind, ino) {
             let mark = if flag(&kind).is_some() { format!(" (or mark it external with --external {kind}[{ino}]:KEY and join it at restore)") } else { String::new() };
             return Err(Error::unsupported(
                 proc::who(root),
@@ -107,41 +110,62 @@ pub fn split_external(tree: &FrozenTree, own: &mut OwnNamespaces, ext: &[ExtNs])
     }
 }
 
-/// Something outside the tree holding namespace `kind:[ino]`: a process in
-/// it, a bind mount of it (in crust's mount namespace or the root's), a
-/// process's fd on it.
-fn holder(tree: &FrozenTree, kind: &str, ino: u64) -> Option<String> {
-    let inside: std::collections::HashSet<i32> = tree.processes.iter().map(|p| p.pid).collect();
-    let outside: Vec<i32> = std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|pid| !inside.contains(pid))
-        .collect();
-    if let Some(pid) = outside.iter().find(|&&pid| proc::ns_inode(pid, kind) == Some(ino)) {
-        return Some(proc::who(*pid));
-    }
-    let name = format!("{kind}:[{ino}]");
-    for at in ["self".to_string(), tree.processes[0].pid.to_string()] {
-        let mounts = std::fs::read_to_string(format!("/proc/{at}/mountinfo")).unwrap_or_default();
-        for line in mounts.lines() {
-            let fields: Vec<&str> = line.split(' ').collect();
-            let fstype = fields.iter().position(|f| *f == "-").and_then(|i| fields.get(i + 1));
-            if fstype == Some(&"nsfs") && fields.get(3) == Some(&name.as_str()) {
-                let place = if at == "self" { "crust's" } else { "the tree's" };
-                return Some(format!("a bind mount of it at {} (in {place} mount namespace)", fields.get(4).unwrap_or(&"?")));
+/// What outside the tree may hold a namespace: the processes, the nsfs
+/// bind mounts in crust's mount namespace and the tree root's (mount
+/// point by "KIND:[INO]", and whose), the fds on nsfs files of outside
+/// processes (by "KIND:[INO]").
+struct Outside {
+    pids: Vec<i32>,
+    mounts: Vec<(String, String, &'static str)>,
+    fds: BTreeMap<String, (i32, String)>,
+}
+
+impl Outside {
+    fn read(tree: &FrozenTree) -> Outside {
+        let inside: std::collections::HashSet<i32> = tree.processes.iter().map(|p| p.pid).collect();
+        let pids: Vec<i32> = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .filter(|pid| !inside.contains(pid))
+            .collect();
+        let mut mounts = Vec::new();
+        for (at, whose) in [("self".to_string(), "crust's"), (tree.processes[0].pid.to_string(), "the tree's")] {
+            let text = std::fs::read_to_string(format!("/proc/{at}/mountinfo")).unwrap_or_default();
+            for line in text.lines() {
+                let fields: Vec<&str> = line.split(' ').collect();
+                let fstype = fields.iter().position(|f| *f == "-").and_then(|i| fields.get(i + 1));
+                if let (Some(&"nsfs"), Some(root), Some(point)) = (fstype, fields.get(3), fields.get(4)) {
+                    mounts.push((root.to_string(), point.to_string(), whose));
+                }
             }
         }
-    }
-    for pid in outside {
-        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).into_iter().flatten().filter_map(|e| e.ok());
-        for fd in fds {
-            if std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == name.as_str()) {
-                return Some(format!("{}, by its fd {}", proc::who(pid), fd.file_name().to_string_lossy()));
+        let mut fds = BTreeMap::new();
+        for &pid in &pids {
+            for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).into_iter().flatten().filter_map(|e| e.ok()) {
+                let Ok(link) = std::fs::read_link(fd.path()) else { continue };
+                let link = link.to_string_lossy().into_owned();
+                // nsfs links read "KIND:[INO]"; other files' never have
+                // this shape with a namespace kind's name.
+                if link.ends_with(']') && link.split_once(":[").is_some_and(|(k, _)| super::ALL.iter().any(|(n, _)| *n == k)) {
+                    fds.entry(link).or_insert((pid, fd.file_name().to_string_lossy().into_owned()));
+                }
             }
         }
+        Outside { pids, mounts, fds }
     }
-    None
+
+    /// One holder of namespace `kind:[ino]`, described.
+    fn holder(&self, kind: &str, ino: u64) -> Option<String> {
+        if let Some(pid) = self.pids.iter().find(|&&pid| proc::ns_inode(pid, kind) == Some(ino)) {
+            return Some(proc::who(*pid));
+        }
+        let name = format!("{kind}:[{ino}]");
+        if let Some((_, point, whose)) = self.mounts.iter().find(|(root, _, _)| *root == name) {
+            return Some(format!("a bind mount of it at {point} (in {whose} mount namespace)"));
+        }
+        self.fds.get(&name).map(|(pid, fd)| format!("{}, by its fd {fd}", proc::who(*pid)))
+    }
 }
 
 /// The external namespaces recorded beside the images.
