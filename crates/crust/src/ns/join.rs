@@ -1,6 +1,6 @@
 //! Namespaces the tree shares with something outside it: another process
 //! in it, a bind mount of its nsfs file (`ip netns add` keeps one at
-//! /run/netns/NAME), an fd on it held by a process outside the tree. Made
+//! /run/netns/NAME). Made
 //! anew at restore, the tree would end up apart from them; so the dump
 //! refuses such a namespace, naming one holder, unless the user marks it
 //! external (criu's `--external KIND[INO]:KEY`): it is then not saved, its
@@ -112,12 +112,10 @@ pub fn split_external(tree: &FrozenTree, own: &mut OwnNamespaces, ext: &[ExtNs])
 
 /// What outside the tree may hold a namespace: the processes, the nsfs
 /// bind mounts in crust's mount namespace and the tree root's (mount
-/// point by "KIND:[INO]", and whose), the fds on nsfs files of outside
-/// processes (by "KIND:[INO]").
+/// point by "KIND:[INO]", and whose).
 struct Outside {
     pids: Vec<i32>,
     mounts: Vec<(String, String, &'static str)>,
-    fds: BTreeMap<String, (i32, String)>,
 }
 
 impl Outside {
@@ -140,19 +138,7 @@ impl Outside {
                 }
             }
         }
-        let mut fds = BTreeMap::new();
-        for &pid in &pids {
-            for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).into_iter().flatten().filter_map(|e| e.ok()) {
-                let Ok(link) = std::fs::read_link(fd.path()) else { continue };
-                let link = link.to_string_lossy().into_owned();
-                // nsfs links read "KIND:[INO]"; other files' never have
-                // this shape with a namespace kind's name.
-                if link.ends_with(']') && link.split_once(":[").is_some_and(|(k, _)| super::ALL.iter().any(|(n, _)| *n == k)) {
-                    fds.entry(link).or_insert((pid, fd.file_name().to_string_lossy().into_owned()));
-                }
-            }
-        }
-        Outside { pids, mounts, fds }
+        Outside { pids, mounts }
     }
 
     /// One holder of namespace `kind:[ino]`, described.
@@ -161,10 +147,11 @@ impl Outside {
             return Some(proc::who(*pid));
         }
         let name = format!("{kind}:[{ino}]");
-        if let Some((_, point, whose)) = self.mounts.iter().find(|(root, _, _)| *root == name) {
-            return Some(format!("a bind mount of it at {point} (in {whose} mount namespace)"));
-        }
-        self.fds.get(&name).map(|(pid, fd)| format!("{}, by its fd {fd}", proc::who(*pid)))
+        // An outside process's fd on an nsfs file is no holder here: a
+        // container's manager keeps them (lxc-start's monitor holds one on
+        // each namespace of its container) and needs nothing of the old
+        // namespace once the container is restored.
+        self.mounts.iter().find(|(root, _, _)| *root == name).map(|(_, point, whose)| format!("a bind mount of it at {point} (in {whose} mount namespace)"))
     }
 }
 
