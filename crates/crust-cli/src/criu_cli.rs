@@ -105,6 +105,7 @@ const OPTIONS: &[Spec] = &[
     // About mounts and namespaces the tree may have of its own.
     value("ext-mount-map", Some('M')),
     value("external", None),
+    value("join-ns", None),
     flag("enable-external-sharing", None),
     flag("enable-external-masters", None),
     value("enable-fs", None),
@@ -289,6 +290,8 @@ struct Opts {
     mount_options: Vec<String>,
     /// `--external` resources.
     external: Vec<String>,
+    /// `--join-ns NS:PID|PATH`, as given.
+    join_ns: Vec<String>,
     /// Options crust has no counterpart of, as given.
     unsupported: Vec<String>,
     /// Options accepted without effect, and why, for the log.
@@ -373,6 +376,7 @@ impl Opts {
             "enable-external-sharing" | "enable-external-masters" if on => self.mount_options.push(shown),
             "enable-external-sharing" | "enable-external-masters" => {}
             "external" => self.external.push(v),
+            "join-ns" => self.join_ns.push(v),
             "lazy-pages" | "stream" | "page-server" | "address" | "port" | "auto-dedup" if on => self.unsupported.push(shown),
             "lazy-pages" | "stream" | "page-server" | "auto-dedup" => {}
             "feature" => self.features.push(v),
@@ -582,8 +586,8 @@ fn namespaced_options(opts: &mut Opts, restore: bool, own_ns: impl Fn(&str) -> R
         match kind {
             "mnt" if own_ns("mnt")? => parse_external(&ext)?.add_to(&mut ns, &mut net),
             "veth" if own_ns("net")? => parse_external(&ext)?.add_to(&mut ns, &mut net),
-            "net" if own_ns("net")? => bail!("--external {ext}: crust makes the tree's network namespace; it cannot join one given from outside yet"),
-            "mnt" | "net" | "veth" => opts.noops.push((format!("--external {ext}"), NO_NS)),
+            "net" | "uts" | "ipc" if !restore && own_ns(kind)? => parse_external(&ext)?.add_to(&mut ns, &mut net),
+            "mnt" | "net" | "uts" | "ipc" | "veth" => opts.noops.push((format!("--external {ext}"), NO_NS)),
             // At restore a key is only looked up by what the images mark
             // external, and crust's images mark nothing else so (a dump
             // refuses the rest). lxc-checkpoint 5.0 passes one such key for
@@ -595,12 +599,18 @@ fn namespaced_options(opts: &mut Opts, restore: bool, own_ns: impl Fn(&str) -> R
             _ => bail!("--external {ext}: crust cannot treat a {kind} resource as external yet"),
         }
     }
+    for join in std::mem::take(&mut opts.join_ns) {
+        match restore {
+            true => ns.join_ns.push(crust::ns::join::JoinNs::parse(&join).map_err(|e| anyhow!(e))?),
+            false => opts.noops.push((format!("--join-ns {join}"), "a dump joins nothing (criu too reads it at restore only)")),
+        }
+    }
     Ok((ns, net))
 }
 
 /// `ext`, of a kind [`External`] parses (its kind is checked first).
 fn parse_external(ext: &str) -> Result<External> {
-    External::parse(ext).unwrap_or_else(|| Err(format!("--external {ext}: not an external mount or veth"))).map_err(|e| anyhow!(e))
+    External::parse(ext).unwrap_or_else(|| Err(format!("--external {ext}: not an external mount, veth or namespace"))).map_err(|e| anyhow!(e))
 }
 
 fn run_dump(mut opts: Opts, pre: bool) -> Result<ExitCode> {

@@ -435,22 +435,29 @@ struct NsArgs {
     /// --inherit-fd (repeatable).
     /// Restore: `veth[IF]:HOSTIF[@BRIDGE]` names the host end of the network
     /// namespace's veth IF (made here, attached to BRIDGE, up).
-    #[arg(long = "external", value_name = "mnt[KEY]:VAL|veth[IF]:HOSTIF[@BRIDGE]|pipe:[INO]")]
+    /// Dump: `net[INO]:KEY` (uts, ipc too): the tree's namespace INO,
+    /// shared with something outside the tree, is external, recorded as KEY.
+    #[arg(long = "external", value_name = "mnt[KEY]:VAL|veth[IF]:HOSTIF[@BRIDGE]|pipe:[INO]|net[INO]:KEY")]
     external: Vec<String>,
+    /// Restore: make the tree in this namespace of kind NS (net, uts, ipc),
+    /// process PID's or the nsfs file PATH (/run/netns/NAME): the one its
+    /// external namespace of that kind joins (repeatable).
+    #[arg(long = "join-ns", value_name = "NS:PID|PATH", value_parser = crust::ns::join::JoinNs::parse)]
+    join_ns: Vec<crust::ns::join::JoinNs>,
 }
 
 impl NsArgs {
     /// The namespaces' options, with the veth host ends among --external
     /// (a restore's: a dump has none to make).
     fn options(&self) -> anyhow::Result<(crust::ns::NsOptions, crust::ns::net::NetOptions)> {
-        let mut ns = crust::ns::NsOptions { root: self.root.clone(), ..Default::default() };
+        let mut ns = crust::ns::NsOptions { root: self.root.clone(), join_ns: self.join_ns.clone(), ..Default::default() };
         let mut net = crust::ns::net::NetOptions::default();
         for m in &self.ext_mount_map {
             ns.add_ext_mount_map(m).map_err(anyhow::Error::msg)?;
         }
         for e in self.external.iter().filter(|e| !e.starts_with("pipe:")) {
             let external = crust::ns::External::parse(e)
-                .ok_or_else(|| anyhow::anyhow!("--external {e}: crust knows mnt[KEY]:VAL, veth[IF]:HOSTIF[@BRIDGE] and pipe:[INO]"))?;
+                .ok_or_else(|| anyhow::anyhow!("--external {e}: crust knows mnt[KEY]:VAL, veth[IF]:HOSTIF[@BRIDGE], pipe:[INO] and net|uts|ipc[INO]:KEY"))?;
             external.map_err(anyhow::Error::msg)?.add_to(&mut ns, &mut net);
         }
         Ok((ns, net))

@@ -252,7 +252,8 @@ fn write_images(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<W
     };
     let frozen_at = Instant::now();
     check_session(&tree, opts)?;
-    let own_ns = crate::ns::own_namespaces(&tree)?;
+    let mut own_ns = crate::ns::own_namespaces(&tree)?;
+    let ext_ns = crate::ns::join::split_external(&tree, &mut own_ns, &opts.ns.external_ns)?;
     check_isolation(&tree)?;
     let streamed = sink.is_some();
     let dir = match sink {
@@ -264,6 +265,7 @@ fn write_images(opts: &DumpOptions, sink: Option<Box<dyn FileSink>>) -> Result<W
         d.files.pids = crate::tree::NsPids::read(&tree)?;
     }
     d.own_ns = own_ns;
+    d.ext_ns = ext_ns;
     // The tracking ends here, before anything is read: it says what was
     // written, and its registration is gone from the vmas the dump reads.
     d.tracked = end_tracking(opts, d.parent.as_deref());
@@ -381,6 +383,8 @@ struct TreeDump {
     stops_collected: Vec<i32>,
     /// The tree's own namespaces, saved with it.
     own_ns: crate::ns::OwnNamespaces,
+    /// The tree's namespaces marked external: not saved, only named.
+    ext_ns: crate::ns::join::ExternalNamespaces,
     /// By process: what dirty tracking says (see [`end_tracking`]).
     tracked: BTreeMap<i32, crate::track::Tracked>,
 }
@@ -419,6 +423,7 @@ impl TreeDump {
             stopped_children: stopped_children(tree),
             stops_collected: Vec::new(),
             own_ns: Default::default(),
+            ext_ns: Default::default(),
             tracked: BTreeMap::new(),
         })
     }
@@ -603,7 +608,8 @@ impl TreeDump {
         let network_lock = files.tcp.lock_name().map(str::to_string);
         let own_namespaces = self.own_ns.0.clone();
         let external_files = crate::files::pipe::external_keys(files);
-        let meta = DumpMeta { cgroups: self.cgroups.report(), files: stamps, shared_with_parent, devices, stops_collected, network_lock, own_namespaces, external_files };
+        let external_namespaces = self.ext_ns.0.clone();
+        let meta = DumpMeta { cgroups: self.cgroups.report(), files: stamps, shared_with_parent, devices, stops_collected, network_lock, own_namespaces, external_files, external_namespaces };
         self.stats.bytes_written += self.dir.write_json(META, &meta)?;
         Ok(())
     }

@@ -36,7 +36,8 @@ pub fn pre_dump(opts: &DumpOptions) -> Result<DumpStats> {
     let frozen_at = Instant::now();
     // Refused as the dump would refuse it; its pages images are named by
     // the pids inside the tree's own pid namespace, as the dump's.
-    let own_ns = crate::ns::own_namespaces(&tree)?;
+    let mut own_ns = crate::ns::own_namespaces(&tree)?;
+    crate::ns::join::split_external(&tree, &mut own_ns, &opts.ns.external_ns)?;
     let mut d = TreeDump::new(ImageDir::create(&opts.dir)?, opts, &tree, frozen_at - start)?;
     if own_ns.0.contains("pid") {
         d.files.pids = crate::tree::NsPids::read(&tree)?;

@@ -403,9 +403,17 @@ pub fn parse_inherit_fd(arg: &str) -> std::result::Result<(i32, String), String>
     if n < 0 {
         return Err(bad());
     }
-    // Only pipes are given this way so far: any other key would match no
-    // file, and the caller's file would be dropped unsaid.
-    Ok((n, parse_external(key).map_err(|e| format!("{arg}: {e}"))?))
+    Ok((n, inherit_key(key).map_err(|e| format!("{arg}: {e}"))?))
+}
+
+/// The key of an inherited fd: a pipe's, as [`parse_external`] gives it,
+/// or any other (an external namespace's, `--external net[INO]:KEY`),
+/// which the restore's preflight refuses unless the images name it.
+pub fn inherit_key(key: &str) -> std::result::Result<String, String> {
+    match key.starts_with("pipe:") || key.is_empty() {
+        true => parse_external(key),
+        false => Ok(key.to_string()),
+    }
 }
 
 /// The external files a dump can take (`--external KEY`): pipes, by the

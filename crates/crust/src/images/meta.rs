@@ -38,6 +38,11 @@ pub struct DumpMeta {
     /// dumped as external: a restore must be given each (`--inherit-fd`).
     #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
     pub external_files: std::collections::BTreeSet<String>,
+    /// The tree's namespaces shared with something outside it, kind ->
+    /// key (`--external net[INO]:KEY`): not saved; a restore joins one
+    /// given for each (`--join-ns`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub external_namespaces: std::collections::BTreeMap<String, String>,
 }
 
 impl DumpMeta {

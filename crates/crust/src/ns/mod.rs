@@ -12,6 +12,7 @@
 
 mod cgroup;
 pub mod ipc;
+pub mod join;
 mod mnt;
 pub mod net;
 mod pid;
@@ -105,6 +106,11 @@ pub struct NsOptions {
     /// device as the kernel encodes it) that the restore makes again by
     /// binding the tree's sockets; a tmpfs's contents leave them out.
     pub rebound_socket_files: std::collections::HashSet<(u64, u64)>,
+    /// At dump, `--external KIND[INO]:KEY`: namespaces shared with
+    /// something outside the tree, saved as external.
+    pub external_ns: Vec<join::ExtNs>,
+    /// At restore, `--join-ns KIND:PID|PATH`: what the external ones join.
+    pub join_ns: Vec<join::JoinNs>,
 }
 
 impl NsOptions {
@@ -128,6 +134,8 @@ pub enum External {
     Mount(String, String),
     /// `veth[IF]:HOSTIF[@BRIDGE]`: the host end of the namespace's veth IF.
     Veth(net::VethEnd),
+    /// `net[INO]:KEY` (uts, ipc too): the tree's namespace INO is external.
+    Namespace(join::ExtNs),
 }
 
 impl External {
@@ -138,6 +146,9 @@ impl External {
             let mount = rest.split_once("]:").map(|(k, v)| External::Mount(k.to_string(), v.to_string()));
             return Some(mount.ok_or_else(|| format!("--external {spec}: expected mnt[KEY]:VAL")));
         }
+        if let Some(ns) = join::ExtNs::parse(spec) {
+            return Some(ns.map(External::Namespace));
+        }
         net::VethEnd::parse(spec).map(|end| end.map(External::Veth))
     }
 
@@ -146,6 +157,7 @@ impl External {
         match self {
             External::Mount(key, path) => ns.ext_mount_map.push((key, path)),
             External::Veth(end) => net.veths.push(end),
+            External::Namespace(ns_) => ns.external_ns.push(ns_),
         }
     }
 }

@@ -26,6 +26,7 @@ pub fn problems(img: &DumpImage, opts: &RestoreOptions) -> Vec<String> {
     out.extend(files::problems(img));
     out.extend(files::tcp::problems(img, opts.tcp));
     out.extend(inherit_problems(img, opts));
+    out.extend(crate::ns::join::problems(img, &crate::ns::join::given(img, &opts.ns.join_ns, &opts.inherit_fds)));
     for (path, then) in meta.iter().flat_map(|m| m.files.iter()) {
         if let Some(now) = crate::ns::restore_view(img, path).and_then(|at| FileStamp::of(&at)) {
             if then.ino != 0 && (now.dev, now.ino) != (then.dev, then.ino) && !crate::ns::moved(img, path) {
@@ -133,7 +134,14 @@ fn inherit_problems(img: &DumpImage, opts: &RestoreOptions) -> Vec<String> {
             out.push(format!("{key} was shared with processes outside the tree at dump: give the tree one of yours with --inherit-fd fd[N]:{key}"));
         }
     }
+    let namespaces = crate::ns::join::recorded(img);
     for (key, fd) in &opts.inherit_fds {
+        // A pipe the dump did not find shared is left unused, as criu
+        // does (runc gives its stdio pipes either way); any other key must
+        // name an external namespace of the images.
+        if files::parse_external(key).is_err() && !namespaces.0.values().any(|k| k == key) {
+            out.push(format!("--inherit-fd fd[{fd}]:{key}: nothing in the images is external by that key (crust takes pipes and namespaces this way)"));
+        }
         // SAFETY: F_GETFD only asks whether the fd is open.
         if unsafe { libc::fcntl(*fd, libc::F_GETFD) } < 0 {
             out.push(format!("--inherit-fd fd[{fd}]:{key}: fd {fd} is not open in crust"));

@@ -256,6 +256,7 @@ pub fn load(dir: &Path, pages: Pages) -> Result<DumpImage> {
     let meta = DumpMeta::read(dir);
     crate::ns::load_images(&mut img, crate::ns::OwnNamespaces(meta.own_namespaces))?;
     img.extras.insert(files::ExternalFiles(meta.external_files));
+    img.extras.insert(crate::ns::join::ExternalNamespaces(meta.external_namespaces));
     files::load_images(&mut img)?;
     state::load_images(&mut img)?;
     Ok(img)
@@ -323,7 +324,7 @@ pub fn restore_held(opts: &RestoreOptions, mut img: DumpImage, pages: &mut dyn P
         created.cgroups = Placement::prepare(entry, opts.manage_cgroups, &opts.cgroup_roots)?;
     }
     let mut stats = RestoreStats { processes: img.processes.len(), ..Default::default() };
-    let (mut root, crust_layout) = make_root(img, opts.sibling, &mut created)?;
+    let (mut root, crust_layout) = make_root(img, opts.sibling, &crate::ns::join::given(img, &opts.ns.join_ns, &opts.inherit_fds), &mut created)?;
     let mut ns_root = crate::ns::NsRoot { pid: root.leader.tid, task: &root.leader, scratch: &mut root.scratch, opts: &opts.ns, host_root: None };
     crate::ns::restore(img, &mut ns_root)?;
     root.leader.host_root = ns_root.host_root;
@@ -440,10 +441,12 @@ fn job_terminal(img: &DumpImage, opts: &RestoreOptions, created: &mut Created) -
 /// each thread gets its own back at the end), without crust's rseq
 /// registration, and with a scratch area where no image vma lies. Returns it
 /// with crust's memory layout, which every process starts from.
-fn make_root<'a>(img: &'a DumpImage, sibling: bool, created: &mut Created) -> Result<(Proc<'a>, Vec<Vma>)> {
+fn make_root<'a>(img: &'a DumpImage, sibling: bool, join: &[crate::ns::join::JoinNs], created: &mut Created) -> Result<(Proc<'a>, Vec<Vma>)> {
     let image = &img.processes[0];
     // In a pid namespace of its own, the root's pid is 1 there and any here.
-    let pid = spawn::spawn_stopped(image.pid(), crate::ns::recorded(img).clone_flags()?, sibling)?;
+    // Its external namespaces are joined, not made: it is forked in them.
+    let flags = crate::ns::recorded(img).clone_flags()?;
+    let pid = crate::ns::join::joined(img, join, || spawn::spawn_stopped(image.pid(), flags, sibling))?;
     created.processes.push(pid);
     created.cgroups.place(pid, cg_set(image))?;
     // Forks and threads inherit the options: seccomp filters restored early

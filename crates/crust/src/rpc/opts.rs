@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::ns::net::NetOptions;
+use crate::ns::join::JoinNs;
 use crate::ns::{External, NsOptions};
 use super::proto::{CriuCgMode, CriuNetworkLockMethod, CriuOpts};
 use crate::cgroups::{CgroupRoot, Mode};
@@ -84,11 +85,10 @@ fn refusals(o: &CriuOpts, action: Action) -> Vec<String> {
     no(!o.exec_cmd.is_empty(), "exec_cmd: crust does not run a command after the restore");
     no(!o.skip_mnt.is_empty(), "skip_mnt: crust saves every mount of the tree's mount namespace or refuses the dump, it leaves none out");
     no(!o.unix_sk_ino.is_empty(), "unix_sk_ino: crust does not take external unix sockets by inode (ext_unix_sk covers datagram ones)");
-    let others: Vec<&str> = o.external.iter().map(String::as_str).filter(|e| !e.starts_with("mnt[") && !e.starts_with("veth[")).collect();
-    no(!others.is_empty(), &format!("external ({}): crust takes external mounts (mnt[KEY]:VAL) and veths (veth[IF]:HOSTIF) only; joining namespaces, ttys and other files given from outside are not supported yet", others.join(", ")));
+    let others: Vec<&str> = o.external.iter().map(String::as_str).filter(|e| External::parse(e).is_none()).collect();
+    no(!others.is_empty(), &format!("external ({}): crust takes external mounts (mnt[KEY]:VAL), veths (veth[IF]:HOSTIF) and net, uts and ipc namespaces (net[INO]:KEY) only; ttys and other files given from outside are not supported yet", others.join(", ")));
     let empty = o.empty_ns.unwrap_or(0) as i32;
     no(empty & !libc::CLONE_NEWNET != 0, &format!("empty_ns {empty:#x}: crust leaves only a network namespace (CLONE_NEWNET) to the caller"));
-    no(!o.join_ns.is_empty(), "join_ns: crust restores into its own namespaces only (yet)");
     no(o.cgroup_props.is_some() || o.cgroup_props_file.is_some() || !o.cgroup_dump_controller.is_empty(), "cgroup_props / cgroup_props_file / cgroup_dump_controller: crust records every controller's properties of its own choice");
     no(o.cgroup_yard.is_some(), "cgroup_yard: crust works on the host's cgroup mounts, it mounts no yard");
     no(o.timeout.is_some(), "timeout: crust has no bound on the time a dump takes (yet)");
@@ -106,8 +106,11 @@ fn refusals(o: &CriuOpts, action: Action) -> Vec<String> {
     no(o.tcp_established == Some(true) && o.tcp_close == Some(true), "tcp_established and tcp_close together: say one");
     no(o.tcp_established == Some(true) && o.network_lock() == CriuNetworkLockMethod::Skip, "network_lock SKIP with tcp_established: crust always holds the connections with its nftables lock");
     let not_pipes: Vec<String> =
-        o.inherit_fd.iter().filter(|i| crate::files::parse_external(&i.key).is_err()).map(|i| format!("{}={}", i.key, i.fd)).collect();
-    no(!not_pipes.is_empty(), &format!("inherit_fd ({}): crust gives a restored tree the caller's pipes only (pipe:[INO])", not_pipes.join(", ")));
+        o.inherit_fd.iter().filter(|i| match action {
+            Action::Restore => crate::files::inherit_key(&i.key).is_err(),
+            _ => crate::files::parse_external(&i.key).is_err(),
+        }).map(|i| format!("{}={}", i.key, i.fd)).collect();
+    no(!not_pipes.is_empty(), &format!("inherit_fd ({}): crust gives a restored tree the caller's pipes (pipe:[INO]) and external namespaces (by their key) at restore only", not_pipes.join(", ")));
     // On restore the images name the pids: criu ignores `pid` there, and so does crust.
     if action != Action::Restore && o.pid.is_none() {
         out.push(format!("no pid: crust does not {} the calling process itself; name the tree's root", action.name()));
@@ -174,6 +177,14 @@ fn namespace_options(o: &CriuOpts) -> Result<(NsOptions, NetOptions)> {
         ext_mount_keys_may_miss: true,
         ..Default::default()
     };
+    for j in &o.join_ns {
+        let spec = format!("{}:{}", j.ns, j.ns_file);
+        let spec = match &j.extra_opt {
+            Some(extra) => format!("{spec},{extra}"),
+            None => spec,
+        };
+        ns.join_ns.push(JoinNs::parse(&spec).map_err(|why| Error::Invalid(format!("join_ns: {why}")))?);
+    }
     let mut net = NetOptions::default();
     // Other kinds are refused by `refusals`.
     for e in &o.external {
@@ -276,5 +287,32 @@ mod tests {
         let r = resolve(&o, Action::Restore, 1, Notify::default()).unwrap();
         assert_eq!(r.restore.manage_cgroups, Mode::Soft);
         assert_eq!(r.images_dir, PathBuf::from("/tmp"));
+    }
+
+    #[test]
+    fn external_namespaces_and_join_ns_are_taken_as_runc_sends_them() {
+        use crate::rpc::proto::JoinNamespace;
+        let join = |ns: &str, extra: Option<&str>| JoinNamespace { ns: ns.into(), ns_file: "/run/netns/x".into(), extra_opt: extra.map(Into::into) };
+        let o = CriuOpts {
+            images_dir_fd: -1,
+            images_dir: Some("/tmp".into()),
+            pid: Some(1),
+            external: vec!["net[4026532001]:extRootNetNS".into()],
+            ..Default::default()
+        };
+        let r = resolve(&o, Action::Dump, 1, Notify::default()).unwrap();
+        assert_eq!(r.dump.ns.external_ns[0].key, "extRootNetNS");
+        let o = CriuOpts {
+            images_dir_fd: -1,
+            images_dir: Some("/tmp".into()),
+            join_ns: vec![join("net", None)],
+            inherit_fd: vec![InheritFd { key: "extRootNetNS".into(), fd: 5 }],
+            ..Default::default()
+        };
+        let r = resolve(&o, Action::Restore, 1, Notify::default()).unwrap();
+        assert_eq!(r.restore.ns.join_ns[0].path, "/run/netns/x");
+        assert_eq!(r.restore.inherit_fds.get("extRootNetNS"), Some(&5));
+        let o = CriuOpts { images_dir_fd: -1, images_dir: Some("/tmp".into()), join_ns: vec![join("user", Some("0:0"))], ..Default::default() };
+        assert!(resolve(&o, Action::Restore, 1, Notify::default()).is_err(), "a user namespace is not joined");
     }
 }
