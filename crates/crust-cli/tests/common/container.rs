@@ -107,10 +107,15 @@ exec {exec_prefix} /bin/busybox sh -c 'exec 3<>/run/fifo; i=0; while :; do i=$((
         exec_prefix = opts.exec_prefix,
     );
     std::fs::write(&script, text).expect("writing the container's setup");
-    let mut args: Vec<String> = ["-m", "--propagation", "private"].iter().chain(opts.unshare).map(|a| a.to_string()).collect();
+    let mut args: Vec<String> = Vec::new();
     if opts.pid_ns {
-        args.extend(["--pid", "--fork", BUSYBOX, "setsid"].map(String::from));
+        // The outer unshare makes only the pid namespace and waits for its
+        // child; the other namespaces are made by an inner unshare that
+        // execs, so the waiting one is in none of them (crust refuses a
+        // namespace an outside process is in).
+        args.extend(["--pid", "--fork", BUSYBOX, "setsid", "/usr/bin/unshare"].map(String::from));
     }
+    args.extend(["-m", "--propagation", "private"].iter().chain(opts.unshare).map(|a| a.to_string()));
     args.extend([BUSYBOX.to_string(), "sh".into(), script.to_str().expect("a UTF-8 temp path").to_string()]);
     if !opts.pid_ns {
         return (PathBuf::from("/usr/bin/unshare"), args, root);
