@@ -42,6 +42,11 @@ impl FileKind for RegularFile {
             None => (fd.link.clone(), false),
         };
         let is_reg = fd.file_type() == SFlag::S_IFREG;
+        if is_message_queue(fd) {
+            // Its link names the queue inside the mqueue file system, not a
+            // path to reopen it by.
+            return Err(fd.unsupported("an open POSIX message queue (mq_open) is"));
+        }
         if fd.file_type() == SFlag::S_IFCHR {
             check_device_path(fd, &name, &table.seen_at(&name))?;
         } else if !deleted {
@@ -123,6 +128,12 @@ fn check_device_path(fd: &OpenFd, name: &str, seen_at: &str) -> Result<()> {
         Ok(st) if st.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFCHR.bits() && st.st_rdev == fd.stat.st_rdev => Ok(()),
         _ => Err(fd.unsupported(&format!("character device {major}:{minor} whose path {name} no longer leads to it is"))),
     }
+}
+
+/// Whether `fd` is a POSIX message queue (a file of the mqueue file system).
+fn is_message_queue(fd: &OpenFd) -> bool {
+    const MQUEUE_MAGIC: nix::sys::statfs::FsType = nix::sys::statfs::FsType(0x1980_0202);
+    nix::sys::statfs::statfs(format!("/proc/{}/fd/{}", fd.pid, fd.fd).as_str()).is_ok_and(|fs| fs.filesystem_type() == MQUEUE_MAGIC)
 }
 
 /// A file is reopened by its path: the path, as the tree sees it, must lead
