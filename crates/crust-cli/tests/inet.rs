@@ -565,3 +565,52 @@ fn peek_offsets_of_unix_and_udp_sockets_are_kept() {
     dump_and_restore(&mut job, &dir.join("images"), &[]);
     job.expect_ok();
 }
+
+/// Two UDP sockets: one holding a datagram built up with MSG_MORE and not
+/// sent, one connected to a port nobody listens on, holding the ICMP error
+/// of its last send, not yet read. SIGUSR1 checks both are as they were.
+const UDP_PENDING_PY: &str = r#"
+import errno, signal, socket, sys, time
+kind = sys.argv[1]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", 0))
+if kind == "more":
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    s.sendto(b"held", socket.MSG_MORE, sink.getsockname())
+else:
+    gone = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    gone.bind(("127.0.0.1", 0))
+    port = gone.getsockname()[1]
+    gone.close()
+    s.connect(("127.0.0.1", port))
+    s.send(b"x")
+    time.sleep(0.2)
+def check(*_):
+    if kind == "more":
+        s.sendto(b"!", sink.getsockname())
+        ok = sink.recv(100) == b"held!"
+    else:
+        ok = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == errno.ECONNREFUSED
+    print("OK" if ok else "FAIL the socket lost its state", flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGUSR1, check)
+print("READY", flush=True)
+while True:
+    signal.pause()
+"#;
+
+#[test]
+fn udp_sockets_with_data_not_sent_or_an_error_not_read_are_refused_and_keep_it() {
+    let dir = TempDir::new("inet-udp-pending");
+    let script = dir.join("udp_pending.py");
+    std::fs::write(&script, UDP_PENDING_PY).unwrap();
+    for (kind, says) in [("more", "not yet sent"), ("error", "error not yet read")] {
+        let mut job = Job::build(&format!("udp_pending_{kind}"), &[script.to_str().unwrap(), kind]).program(Path::new("/usr/bin/python3")).start(dir.path());
+        job.ready();
+        let out = crust(&dump_args(&job.pid.to_string(), &dir.join(format!("images-{kind}")), &[]), STEP);
+        let err = assert_clean_failure(&out, kind);
+        assert!(err.contains("UDP socket") && err.contains(says) && err.contains(&format!("process {}", job.pid)), "{kind}: the refusal says why: {err}");
+        job.expect_ok();
+    }
+}

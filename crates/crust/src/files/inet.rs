@@ -130,6 +130,17 @@ impl FileKind for InetSocket {
                 if let Some((group, ifindex)) = joined_group(sock, family, fd.pid).ctx(what)? {
                     return Err(fd.unsupported(&format!("a UDP socket on {local} member of multicast group {group} (on interface {ifindex}) is")));
                 }
+                // A datagram built up and not sent (MSG_MORE without
+                // UDP_CORK set) and an error not yet read (an ICMP error on a
+                // connected socket, the error queue) have no place in the
+                // images; poll shows the error without taking it.
+                if diag.wqueue != 0 {
+                    let n = diag.wqueue;
+                    return Err(fd.unsupported(&format!("a UDP socket on {local} with {n} bytes not yet sent (MSG_MORE) is")));
+                }
+                if pending_error(sock).ctx(what)? {
+                    return Err(fd.unsupported(&format!("a UDP socket on {local} with an error not yet read (POLLERR) is")));
+                }
                 if diag.rqueue != 0 {
                     queued = super::inet_queue::peek(fd, sock, family, local, diag.rqueue, peek_off)?;
                 }
