@@ -124,7 +124,10 @@ exec /bin/setpriv {PRIV} /bin/busybox sh -c '{count}' </dev/null >/data/count.ou
                 );
                 std::fs::write(&script, text)?;
                 let mut c = Command::new("/usr/bin/unshare");
-                c.args(["-m", "--propagation", "private", "--uts", "--ipc", "--net", "--cgroup", "--pid", "--fork", BUSYBOX, "setsid", BUSYBOX, "sh"]).arg(&script);
+                // The outer unshare (which waits) makes only the pid
+                // namespace; an inner one that execs makes the others, so
+                // no process outside the tree is in them.
+                c.args(["--pid", "--fork", BUSYBOX, "setsid", "/usr/bin/unshare", "-m", "--propagation", "private", "--uts", "--ipc", "--net", "--cgroup", BUSYBOX, "sh"]).arg(&script);
                 c
             }
         };
@@ -228,8 +231,7 @@ exec /bin/setpriv {PRIV} /bin/busybox sh -c '{count}' </dev/null >/data/count.ou
 
 impl Drop for Tree {
     fn drop(&mut self) {
-        // SAFETY: a kill by pid of the tree this bench made (or restored, its child).
-        unsafe { libc::kill(self.root, libc::SIGKILL) };
+        kill_tree(self.root);
         if let Some(mut c) = self.first.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -237,6 +239,18 @@ impl Drop for Tree {
         let _ = reap_until_gone(self.root);
         let _ = Command::new("ip").args(["link", "del", HOST_IF]).output();
     }
+}
+
+/// SIGKILL to `pid` and every process under it, children first (the plain
+/// tree's httpd is the root's child: killing the root alone left it serving).
+fn kill_tree(pid: i32) {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+        kill_tree(child);
+    }
+    // SAFETY: a kill by pid of a process of the tree this bench made (or
+    // restored, its child).
+    unsafe { libc::kill(pid, libc::SIGKILL) };
 }
 
 fn run(argv: &[&str]) -> Result<()> {
