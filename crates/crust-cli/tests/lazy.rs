@@ -27,6 +27,14 @@ fn uffd_left(pid: i32) -> (usize, usize) {
     (fds, vmas)
 }
 
+/// `job` dumped (which kills it) to `dir`/images, and reaped: those images.
+fn dump_to(job: &mut Job, dir: &Path) -> std::path::PathBuf {
+    let images = dir.join("images");
+    dump(job.pid, &images, &[]);
+    job.reap_original();
+    images
+}
+
 /// `crust restore -D DIR -d --lazy-pages --json` started; its stdout lines.
 struct LazyRestore {
     child: Child,
@@ -78,9 +86,7 @@ fn lazy_restore_runs_before_the_fill_and_leaves_nothing() {
     let mut job = Job::start("dirtier", &["256"], tmp.path());
     job.ready();
     let before = ProcState::of_tree(job.pid);
-    let images = tmp.join("images");
-    dump(job.pid, &images, &[]);
-    job.reap_original();
+    let images = dump_to(&mut job, tmp.path());
 
     let started = Instant::now();
     let mut lazy = LazyRestore::start(&images);
@@ -130,9 +136,7 @@ fn lazy_restore_survives_fork_mremap_and_madvise_during_the_fill() {
     let tmp = common::TempDir::new("lazy-events");
     let mut job = Job::start("lazyfill", &["256"], tmp.path());
     job.ready();
-    let images = tmp.join("images");
-    dump(job.pid, &images, &[]);
-    job.reap_original();
+    let images = dump_to(&mut job, tmp.path());
     let mut lazy = LazyRestore::start(&images);
     lazy.json();
     // SAFETY: a signal to the restored workload: it forks and changes its memory at once.
@@ -163,9 +167,7 @@ fn crust_killed_during_the_fill_takes_the_tree_with_it() {
     let tmp = common::TempDir::new("lazy-killed");
     let mut job = Job::start("dirtier", &["256"], tmp.path());
     job.ready();
-    let images = tmp.join("images");
-    dump(job.pid, &images, &[]);
-    job.reap_original();
+    let images = dump_to(&mut job, tmp.path());
     let mut lazy = LazyRestore::start(&images);
     lazy.json();
     let guard = common::poll(Duration::from_secs(5), Duration::from_millis(5), || {
